@@ -1,0 +1,63 @@
+/* tests/support/testutil: see testutil.h. */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/file.h"
+
+static const char *source_dir(void) {
+    const char *dir = getenv("XLKV_SOURCE_DIR");
+    return dir && *dir ? dir : ".";
+}
+
+char *tu_source_path(const char *relative) { return xlkv_path_join(source_dir(), relative); }
+
+char *tu_shared_data(const char *relative) {
+    const char *env = getenv("XLKV_SHARED_DATA");
+    char *base = env && *env ? strdup(env) : xlkv_path_join(source_dir(), "../shared/data");
+    char *path = xlkv_path_join(base, relative);
+    free(base);
+    if (!xlkv_file_exists(path)) {
+        fprintf(stderr, "skipping: shared data %s is absent (set XLKV_SHARED_DATA to its folder)\n", path);
+        free(path);
+        return NULL;
+    }
+    return path;
+}
+
+char *tu_write_temp(const char *suffix, const void *data, size_t size) {
+    char tmpl[] = "/tmp/xlkv-test-XXXXXX";
+    int fd = mkstemp(tmpl);
+    assert_true(fd >= 0);
+    close(fd);
+    size_t n = strlen(tmpl) + strlen(suffix) + 1;
+    char *path = malloc(n);
+    snprintf(path, n, "%s%s", tmpl, suffix);
+    if (strcmp(path, tmpl)) rename(tmpl, path);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    if (size) assert_int_equal(fwrite(data, 1, size, f), size);
+    fclose(f);
+    return path;
+}
+
+char *tu_temp_dir(void) {
+    char tmpl[] = "/tmp/xlkv-test-dir-XXXXXX";
+    char *dir = mkdtemp(tmpl);
+    assert_non_null(dir);
+    return strdup(dir);
+}
+
+double tu_max_abs_diff(const float *a, const float *b, size_t n) {
+    double worst = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (d != d) return INFINITY;
+        if (d > worst) worst = d;
+    }
+    return worst;
+}

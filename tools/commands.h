@@ -1,0 +1,11 @@
+/* tools/commands: the xlkv subcommands, one file each (tools/cmd_<name>.c). Each takes argc/argv after the
+ * subcommand name (argv[0] is the subcommand), prints, and returns a process exit status. */
+#ifndef XLKV_TOOLS_COMMANDS_H
+#define XLKV_TOOLS_COMMANDS_H
+
+int cmd_layers(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_chat(int argc, char **argv);
+int cmd_logits(int argc, char **argv);
+
+#endif
