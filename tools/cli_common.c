@@ -1,0 +1,198 @@
+/* tools/cli_common: see cli_common.h. */
+#include "cli_common.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *cli_value(const char *command, int argc, char **argv, int *i) {
+    if (*i + 1 >= argc) {
+        fprintf(stderr, "xlkv %s: option %s needs a value\n", command, argv[*i]);
+        return NULL;
+    }
+    return argv[++*i];
+}
+
+bool cli_parse_int(const char *command, const char *flag, const char *text, long min, long max, int *out) {
+    char *end = NULL;
+    errno = 0;
+    long value = strtol(text, &end, 10);
+    if (errno || end == text || *end != '\0' || value < min || value > max) {
+        fprintf(stderr, "xlkv %s: %s expects an integer in [%ld, %ld], got '%s'\n", command, flag, min, max, text);
+        return false;
+    }
+    *out = (int)value;
+    return true;
+}
+
+bool cli_parse_float(const char *command, const char *flag, const char *text, float *out) {
+    char *end = NULL;
+    errno = 0;
+    float value = strtof(text, &end);
+    if (errno || end == text || *end != '\0' || !isfinite(value)) {
+        fprintf(stderr, "xlkv %s: %s expects a number, got '%s'\n", command, flag, text);
+        return false;
+    }
+    *out = value;
+    return true;
+}
+
+void cli_model_options_init(cli_model_options *o) {
+    memset(o, 0, sizeof *o);
+    o->forward_passes = -1;
+    o->backward_passes = -1;
+    o->device = "cpu";
+}
+
+static bool is_flag(const char *arg, const char *short_name, const char *long_name) {
+    return (short_name && !strcmp(arg, short_name)) || (long_name && !strcmp(arg, long_name));
+}
+
+cli_parse_result cli_parse_model_option(cli_model_options *o, const char *command, int argc, char **argv, int *i) {
+    const char *arg = argv[*i];
+    const char *value;
+#define CLI_STRING(short_name, long_name, field)                                                                       \
+    if (is_flag(arg, short_name, long_name)) {                                                                         \
+        if (!(value = cli_value(command, argc, argv, i))) return CLI_USAGE_ERROR;                                      \
+        o->field = value;                                                                                              \
+        return CLI_CONSUMED;                                                                                           \
+    }
+#define CLI_INT(short_name, long_name, field, min, max)                                                                \
+    if (is_flag(arg, short_name, long_name)) {                                                                         \
+        if (!(value = cli_value(command, argc, argv, i))) return CLI_USAGE_ERROR;                                      \
+        return cli_parse_int(command, arg, value, min, max, &o->field) ? CLI_CONSUMED : CLI_USAGE_ERROR;               \
+    }
+    CLI_STRING("-m", "--model", model)
+    CLI_STRING(NULL, "--tokenizer", tokenizer)
+    CLI_STRING(NULL, "--layer-types", layer_types)
+    CLI_STRING(NULL, "--kv-map", kv_map)
+    CLI_STRING(NULL, "--device", device)
+    CLI_INT(NULL, "--forward-passes", forward_passes, 0, 1000)
+    CLI_INT(NULL, "--backward-passes", backward_passes, 0, 1000)
+    CLI_INT("-c", "--ctx-size", n_ctx, 0, 1 << 24)
+    CLI_INT("-t", "--threads", n_threads, 0, 4096)
+#undef CLI_STRING
+#undef CLI_INT
+    if (!strcmp(arg, "--sequential")) {
+        o->sequential = true;
+        return CLI_CONSUMED;
+    }
+    return CLI_NOT_MINE;
+}
+
+cli_parse_result cli_parse_sampling_option(xlkv_sampler_params *p, const char *command, int argc, char **argv,
+                                           int *i) {
+    const char *arg = argv[*i];
+    const char *value;
+    if (!strcmp(arg, "--temp") || !strcmp(arg, "--top-p") || !strcmp(arg, "--repeat-penalty")) {
+        if (!(value = cli_value(command, argc, argv, i))) return CLI_USAGE_ERROR;
+        float *field = !strcmp(arg, "--temp") ? &p->temperature : !strcmp(arg, "--top-p") ? &p->top_p : &p->repeat_penalty;
+        return cli_parse_float(command, arg, value, field) ? CLI_CONSUMED : CLI_USAGE_ERROR;
+    }
+    if (!strcmp(arg, "--top-k") || !strcmp(arg, "--repeat-last-n")) {
+        if (!(value = cli_value(command, argc, argv, i))) return CLI_USAGE_ERROR;
+        int *field = !strcmp(arg, "--top-k") ? &p->top_k : &p->repeat_last_n;
+        return cli_parse_int(command, arg, value, 0, 1 << 24, field) ? CLI_CONSUMED : CLI_USAGE_ERROR;
+    }
+    if (!strcmp(arg, "-s") || !strcmp(arg, "--seed")) {
+        if (!(value = cli_value(command, argc, argv, i))) return CLI_USAGE_ERROR;
+        char *end = NULL;
+        errno = 0;
+        unsigned long long seed = strtoull(value, &end, 10);
+        if (errno || end == value || *end != '\0' || value[0] == '-') {
+            fprintf(stderr, "xlkv %s: %s expects a non-negative integer, got '%s'\n", command, arg, value);
+            return CLI_USAGE_ERROR;
+        }
+        p->seed = seed;
+        return CLI_CONSUMED;
+    }
+    return CLI_NOT_MINE;
+}
+
+void cli_print_model_help(FILE *out) {
+    fprintf(out,
+            "model and layer map:\n"
+            "  -m, --model PATH          Hugging Face model directory or llama2.c checkpoint (.bin)\n"
+            "      --tokenizer FILE      tokenizer (default: found beside the model)\n"
+            "      --layer-types MAP     layer map: layer_types string (0_20_20s_21) or preset\n"
+            "                            (standard, cla:K, lckv:W, yoco, pizza|sandwich|lasagna-bottom|middle|top:l)\n"
+            "      --kv-map FILE         KVSharer map (JSON {\"layer\": source, ...})\n"
+            "      --forward-passes M    cyclic groups: iterations without gradient (default: config, else 7)\n"
+            "      --backward-passes B   cyclic groups: iterations with gradient (default: config, else 2)\n"
+            "      --sequential          prefill one token at a time (exact mode)\n"
+            "  -c, --ctx-size N          context length (default: the model's)\n"
+            "  -t, --threads N           CPU threads (default: all cores)\n"
+            "      --device cpu|cuda     compute device (default cpu)\n");
+}
+
+void cli_print_sampling_help(FILE *out) {
+    fprintf(out, "sampling:\n"
+                 "      --temp T              temperature, 0 = greedy (default 0.8)\n"
+                 "      --top-k K             keep the K most likely tokens, 0 = off (default 40)\n"
+                 "      --top-p P             nucleus sampling, 1 = off (default 0.95)\n"
+                 "      --repeat-penalty R    penalty for recent tokens, 1 = off (default 1.0)\n"
+                 "      --repeat-last-n N     tokens the penalty looks back on (default 64)\n"
+                 "  -s, --seed N              random seed (default: from the clock)\n");
+}
+
+bool cli_load_model(const char *command, const cli_model_options *o, xlkv_model **out) {
+    *out = NULL;
+    if (!o->model) {
+        fprintf(stderr, "xlkv %s: no model given (-m PATH); see xlkv %s --help\n", command, command);
+        return false;
+    }
+    if (strcmp(o->device, "cpu") != 0) {
+        fprintf(stderr, "xlkv %s: device '%s' is not available in this build (devices: cpu)\n", command, o->device);
+        return false;
+    }
+    xlkv_model_params params = xlkv_model_default_params();
+    params.layer_types = o->layer_types;
+    params.kv_map_path = o->kv_map;
+    params.tokenizer_path = o->tokenizer;
+    params.forward_passes = o->forward_passes;
+    params.backward_passes = o->backward_passes;
+    xlkv_status status = xlkv_model_load(o->model, &params, out);
+    if (status != XLKV_OK) {
+        fprintf(stderr, "xlkv %s: cannot load model: %s\n", command, xlkv_last_error());
+        return false;
+    }
+    return true;
+}
+
+bool cli_create_context(const char *command, const cli_model_options *o, const xlkv_model *model,
+                        xlkv_context **out) {
+    xlkv_context_params params = xlkv_context_default_params();
+    params.n_ctx = o->n_ctx;
+    params.n_threads = o->n_threads;
+    params.sequential = o->sequential;
+    xlkv_status status = xlkv_context_create(model, &params, out);
+    if (status != XLKV_OK) {
+        fprintf(stderr, "xlkv %s: cannot create a context: %s\n", command, xlkv_last_error());
+        return false;
+    }
+    return true;
+}
+
+const char *cli_format_bytes(double bytes, char *buf, size_t cap) {
+    const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int u = 0;
+    while (bytes >= 1024.0 && u < 4) {
+        bytes /= 1024.0;
+        u++;
+    }
+    snprintf(buf, cap, u ? "%.2f %s" : "%.0f %s", bytes, units[u]);
+    return buf;
+}
+
+void cli_report_kv_memory(const char *command, const xlkv_model *model, const xlkv_context *ctx) {
+    const xlkv_hparams *hp = &model->hp;
+    size_t per_token = xlkv_layer_map_kv_bytes_per_token(model->map, hp->n_kv_heads, hp->head_dim, 4);
+    size_t standard = (size_t)hp->n_layers * 2u * (size_t)hp->n_kv_heads * (size_t)hp->head_dim * 4u;
+    char a[32], b[32], c[32];
+    fprintf(stderr, "xlkv %s: KV layers %d of %d; KV %s/token (standard map: %s/token, %.2fx less); cache %s for %d "
+                    "positions\n",
+            command, model->map->n_kv_layers, hp->n_layers, cli_format_bytes((double)per_token, a, sizeof a),
+            cli_format_bytes((double)standard, b, sizeof b), per_token ? (double)standard / (double)per_token : 0.0,
+            cli_format_bytes((double)xlkv_context_kv_bytes(ctx), c, sizeof c), ctx->params.n_ctx);
+}

@@ -1,0 +1,50 @@
+/* tools/cli_common: options shared by the subcommands (model, layer map, context, sampling), strict number parsing,
+ * and loading a model + context from them. Flag names follow llama.cpp where one exists. */
+#ifndef XLKV_TOOLS_CLI_COMMON_H
+#define XLKV_TOOLS_CLI_COMMON_H
+
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "infer/context.h"
+#include "infer/sampler.h"
+#include "model/model.h"
+
+typedef struct cli_model_options {
+    const char *model;          /* -m, --model */
+    const char *tokenizer;      /* --tokenizer */
+    const char *layer_types;    /* --layer-types */
+    const char *kv_map;         /* --kv-map */
+    int forward_passes;         /* --forward-passes (-1 = config) */
+    int backward_passes;        /* --backward-passes (-1 = config) */
+    int n_ctx;                  /* -c, --ctx-size (0 = model's) */
+    int n_threads;              /* -t, --threads (0 = auto) */
+    bool sequential;            /* --sequential */
+    const char *device;         /* --device cpu|cuda */
+} cli_model_options;
+
+/* Result of offering argv[*i] to a parser: consumed (advance past it and its value), not ours, or a usage error
+ * (already reported on stderr). */
+typedef enum cli_parse_result { CLI_CONSUMED, CLI_NOT_MINE, CLI_USAGE_ERROR } cli_parse_result;
+
+void cli_model_options_init(cli_model_options *o);
+cli_parse_result cli_parse_model_option(cli_model_options *o, const char *command, int argc, char **argv, int *i);
+cli_parse_result cli_parse_sampling_option(xlkv_sampler_params *p, const char *command, int argc, char **argv, int *i);
+void cli_print_model_help(FILE *out);
+void cli_print_sampling_help(FILE *out);
+
+/* The value after flag argv[*i] (advances *i), or NULL after reporting that it is missing. */
+const char *cli_value(const char *command, int argc, char **argv, int *i);
+bool cli_parse_int(const char *command, const char *flag, const char *text, long min, long max, int *out);
+bool cli_parse_float(const char *command, const char *flag, const char *text, float *out);
+
+/* Loads the model (and its tokenizer) named by the options; reports failures on stderr. */
+bool cli_load_model(const char *command, const cli_model_options *o, xlkv_model **out);
+bool cli_create_context(const char *command, const cli_model_options *o, const xlkv_model *model,
+                        xlkv_context **out);
+/* "12.5 KiB" style; writes into buf. */
+const char *cli_format_bytes(double bytes, char *buf, size_t cap);
+/* One stderr line: the map's KV layers and KV memory per token against the standard map, and the cache held. */
+void cli_report_kv_memory(const char *command, const xlkv_model *model, const xlkv_context *ctx);
+
+#endif
