@@ -165,7 +165,7 @@ bool cli_create_context(const char *command, const cli_model_options *o, const x
     xlkv_context_params params = xlkv_context_default_params();
     params.n_ctx = o->n_ctx;
     params.n_threads = o->n_threads;
-    params.sequential = o->sequential;
+    params.prefill_mode = o->sequential ? XLKV_PREFILL_SEQUENTIAL : XLKV_PREFILL_AUTO;
     xlkv_status status = xlkv_context_create(model, &params, out);
     if (status != XLKV_OK) {
         fprintf(stderr, "xlkv %s: cannot create a context: %s\n", command, xlkv_last_error());

@@ -101,6 +101,7 @@ int cmd_chat(int argc, char **argv) {
     const bool interactive = isatty(STDIN_FILENO);
     if (interactive) fprintf(stderr, "xlkv chat: %s loaded; /reset starts over, /quit leaves\n", mo.model);
     int turns = 0, generated = 0;
+    int pending = -1; /* the answer's last token: generated but not yet run, so it opens the next turn */
     double decode_seconds = 0.0;
     for (;;) {
         if (interactive) fprintf(stderr, "> ");
@@ -110,6 +111,7 @@ int cmd_chat(int argc, char **argv) {
         if (!strcmp(line, "/quit")) break;
         if (!strcmp(line, "/reset")) {
             xlkv_context_reset(ctx);
+            pending = -1;
             fprintf(stderr, "xlkv chat: conversation reset\n");
             continue;
         }
@@ -117,6 +119,18 @@ int cmd_chat(int argc, char **argv) {
         if (xlkv_tokenizer_encode(model->tokenizer, line, ctx->n_past == 0, &ids, &n_ids) != XLKV_OK) {
             fprintf(stderr, "xlkv %s: cannot tokenize: %s\n", command, xlkv_last_error());
             continue;
+        }
+        if (pending >= 0) {
+            int *joined = realloc(ids, ((size_t)n_ids + 1) * sizeof *ids);
+            if (!joined) {
+                free(ids);
+                fprintf(stderr, "xlkv %s: out of memory\n", command);
+                goto done;
+            }
+            ids = joined;
+            memmove(ids + 1, ids, (size_t)n_ids * sizeof *ids);
+            ids[0] = pending;
+            n_ids++;
         }
         if (n_ids == 0) {
             free(ids);
@@ -144,6 +158,7 @@ int cmd_chat(int argc, char **argv) {
             fprintf(stderr, "xlkv %s: %s\n", command, xlkv_last_error());
             goto done;
         }
+        pending = stats.n_generated > 0 ? a.prev : -1;
         turns++;
         generated += stats.n_generated;
         decode_seconds += stats.decode_seconds;

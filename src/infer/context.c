@@ -10,7 +10,7 @@
 #include "core/status.h"
 
 xlkv_context_params xlkv_context_default_params(void) {
-    return (xlkv_context_params){.n_ctx = 0, .n_threads = 0, .sequential = false, .iterations = 0};
+    return (xlkv_context_params){.n_ctx = 0, .n_threads = 0, .prefill_mode = XLKV_PREFILL_AUTO, .iterations = 0};
 }
 
 static void free_activations(xlkv_context *ctx) {

@@ -14,10 +14,18 @@
 #include "model/model.h"
 #include "xlkv.h"
 
+/* How a chunk of several tokens is run. AUTO follows SEMANTICS.md section 3: the plan, except sequential for a map
+ * with cyclic groups when the chunk has at most m + b tokens. */
+typedef enum xlkv_prefill_mode {
+    XLKV_PREFILL_AUTO = 0,
+    XLKV_PREFILL_SEQUENTIAL, /* one token at a time (exact) */
+    XLKV_PREFILL_PLAN,       /* the iteration plan whatever the chunk length (tests of the exactness property) */
+} xlkv_prefill_mode;
+
 typedef struct xlkv_context_params {
     int n_ctx;          /* positions the cache holds; 0 = the model's max_seq_len */
     int n_threads;      /* 0 = all cores */
-    bool sequential;    /* always prefill one token at a time (exact mode) */
+    xlkv_prefill_mode prefill_mode;
     int iterations;     /* m + b for cyclic groups; 0 = the model's forward_passes + backward_passes */
 } xlkv_context_params;
 

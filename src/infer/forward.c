@@ -111,8 +111,10 @@ xlkv_status xlkv_context_forward(xlkv_context *ctx, const int *tokens, int n, bo
                              tokens[r], r, model->hp.vocab_size);
 
     /* sequential mode: asked for, or a cyclic map on a chunk too short for the iterations (SEMANTICS.md 3) */
+    const xlkv_prefill_mode mode = ctx->params.prefill_mode;
     const bool one_at_a_time =
-        ctx->params.sequential || (xlkv_layer_map_has_cyclic(model->map) && n <= ctx->params.iterations);
+        mode == XLKV_PREFILL_SEQUENTIAL || (mode == XLKV_PREFILL_AUTO && xlkv_layer_map_has_cyclic(model->map) &&
+                                            n <= ctx->params.iterations);
     const int chunk = one_at_a_time ? 1 : n;
     XLKV_TRY(xlkv_context_reserve(ctx, chunk, all_logits ? n : 1));
     omp_set_num_threads(ctx->params.n_threads);
