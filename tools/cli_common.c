@@ -42,6 +42,7 @@ void cli_model_options_init(cli_model_options *o) {
     memset(o, 0, sizeof *o);
     o->forward_passes = -1;
     o->backward_passes = -1;
+    o->sliding_window = -1;
     o->device = "cpu";
 }
 
@@ -70,6 +71,7 @@ cli_parse_result cli_parse_model_option(cli_model_options *o, const char *comman
     CLI_STRING(NULL, "--device", device)
     CLI_INT(NULL, "--forward-passes", forward_passes, 0, 1000)
     CLI_INT(NULL, "--backward-passes", backward_passes, 0, 1000)
+    CLI_INT(NULL, "--sliding-window", sliding_window, 0, 1 << 24)
     CLI_INT("-c", "--ctx-size", n_ctx, 0, 1 << 24)
     CLI_INT("-t", "--threads", n_threads, 0, 4096)
 #undef CLI_STRING
@@ -120,6 +122,7 @@ void cli_print_model_help(FILE *out) {
             "      --kv-map FILE         KVSharer map (JSON {\"layer\": source, ...})\n"
             "      --forward-passes M    cyclic groups: iterations without gradient (default: config, else 7)\n"
             "      --backward-passes B   cyclic groups: iterations with gradient (default: config, else 2)\n"
+            "      --sliding-window W    window of the layers marked 's' (default: config)\n"
             "      --sequential          prefill one token at a time (exact mode)\n"
             "  -c, --ctx-size N          context length (default: the model's)\n"
             "  -t, --threads N           CPU threads (default: all cores)\n"
@@ -152,6 +155,7 @@ bool cli_load_model(const char *command, const cli_model_options *o, xlkv_model 
     params.tokenizer_path = o->tokenizer;
     params.forward_passes = o->forward_passes;
     params.backward_passes = o->backward_passes;
+    params.sliding_window = o->sliding_window;
     xlkv_status status = xlkv_model_load(o->model, &params, out);
     if (status != XLKV_OK) {
         fprintf(stderr, "xlkv %s: cannot load model: %s\n", command, xlkv_last_error());

@@ -17,6 +17,7 @@ typedef struct cli_model_options {
     const char *kv_map;         /* --kv-map */
     int forward_passes;         /* --forward-passes (-1 = config) */
     int backward_passes;        /* --backward-passes (-1 = config) */
+    int sliding_window;         /* --sliding-window (-1 = config) */
     int n_ctx;                  /* -c, --ctx-size (0 = model's) */
     int n_threads;              /* -t, --threads (0 = auto) */
     bool sequential;            /* --sequential */

@@ -1,0 +1,40 @@
+# xlkv: the two commands of the README, and a few more. CMake does the building; this file only strings steps together.
+#   make run    set-up, build, and generate text with the default model
+#   make test   set-up, build (release, and ASan+UBSan), all tests
+SHARED_DATA ?= $(abspath ../shared/data)
+DEFAULT_MODEL ?= $(SHARED_DATA)/models/stories260K/stories260K.bin
+JOBS ?= $(shell nproc)
+PROMPT ?= Once upon a time
+
+.PHONY: setup build build-asan run test bench fuzz clean
+
+setup:
+	@bash scripts/setup-deps.sh
+
+build: setup
+	@cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+	@cmake --build build -j $(JOBS)
+
+build-asan: setup
+	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DXLKV_SANITIZE=ON -DXLKV_NATIVE=OFF >/dev/null
+	@cmake --build build-asan -j $(JOBS)
+
+run: build
+	@if [ -f "$(DEFAULT_MODEL)" ]; then \
+	  ./build/xlkv generate -m "$(DEFAULT_MODEL)" -p "$(PROMPT)" -n 256 --temp 0.8 -s 42; \
+	else \
+	  echo "make run: the default model $(DEFAULT_MODEL) is absent."; \
+	  echo "It needs the stories260K checkpoint (llama2.c format) and its tokenizer tok512.bin beside it;"; \
+	  echo "set DEFAULT_MODEL=/path/to/model (a Hugging Face directory or a llama2.c .bin) or SHARED_DATA=/path/to/data."; \
+	  exit 1; \
+	fi
+
+test: build build-asan
+	@cd build && XLKV_SHARED_DATA=$(SHARED_DATA) ctest --output-on-failure -j $(JOBS)
+	@cd build-asan && XLKV_SHARED_DATA=$(SHARED_DATA) ctest --output-on-failure -j $(JOBS)
+
+bench: build
+	@./build/bench_cpu --shared-data $(SHARED_DATA) --out bench/results/cpu.jsonl
+
+clean:
+	rm -rf build build-asan
