@@ -95,13 +95,26 @@ typedef struct shorthand {
 } shorthand;
 
 static const shorthand shorthands[] = {
-    {"standard", lasagna_groups, TARGET_BOTTOM, every_layer, NULL, 0, 0, 0, 1, false},
-    {"cla", fixed_size_groups, TARGET_BOTTOM, value_as_is, "K", 2, 1, 0, 1, false},
-    {"lckv", sandwich_groups, TARGET_TOP, warmup_to_kv_layers, "W", 2, 0, -1, 1, false},
-    {"yoco", pizza_groups, TARGET_BOTTOM, half_plus_one_kv_layers, NULL, 0, 0, 0, 2, true},
+    {.name = "standard", .partition = lasagna_groups, .target = TARGET_BOTTOM, .partition_parameter = every_layer,
+     .min_layers = 1},
+    {.name = "cla", .partition = fixed_size_groups, .target = TARGET_BOTTOM, .partition_parameter = value_as_is,
+     .value_name = "K", .default_value = 2, .min_value = 1, .max_offset = 0, .min_layers = 1},
+    {.name = "lckv", .partition = sandwich_groups, .target = TARGET_TOP, .partition_parameter = warmup_to_kv_layers,
+     .value_name = "W", .default_value = 2, .min_value = 0, .max_offset = -1, .min_layers = 1},
+    {.name = "yoco", .partition = pizza_groups, .target = TARGET_BOTTOM, .partition_parameter = half_plus_one_kv_layers,
+     .min_layers = 2, .sliding_standalone = true},
 };
 
-enum { N_FAMILIES = sizeof families / sizeof families[0], N_SHORTHANDS = sizeof shorthands / sizeof shorthands[0] };
+enum {
+    N_FAMILIES = sizeof families / sizeof families[0],
+    N_TARGETS = sizeof target_names / sizeof target_names[0],
+    N_SHORTHANDS = sizeof shorthands / sizeof shorthands[0],
+};
+
+/* The first `length` bytes of `text` are exactly `word`. */
+static bool is_word(const char *text, size_t length, const char *word) {
+    return strlen(word) == length && !strncmp(text, word, length);
+}
 
 /* A family preset (pizza-top:l ...) seen as a shorthand whose value is l, required, in [1, L]. */
 static shorthand family_preset(const partition_family *family, target_rule target) {
@@ -113,7 +126,7 @@ static shorthand family_preset(const partition_family *family, target_rule targe
 /* Finds the preset called `name` (`name_length` bytes, without the ":value"); false if there is none. */
 static bool find_preset(const char *name, size_t name_length, shorthand *out) {
     for (int s = 0; s < N_SHORTHANDS; s++)
-        if (strlen(shorthands[s].name) == name_length && !strncmp(name, shorthands[s].name, name_length)) {
+        if (is_word(name, name_length, shorthands[s].name)) {
             *out = shorthands[s];
             return true;
         }
@@ -124,8 +137,8 @@ static bool find_preset(const char *name, size_t name_length, shorthand *out) {
             continue;
         const char *target = name + family_length + 1;
         size_t target_length = name_length - family_length - 1;
-        for (int t = 0; t < 3; t++)
-            if (strlen(target_names[t]) == target_length && !strncmp(target, target_names[t], target_length)) {
+        for (int t = 0; t < N_TARGETS; t++)
+            if (is_word(target, target_length, target_names[t])) {
                 *out = family_preset(&families[f], (target_rule)t);
                 return true;
             }
@@ -152,7 +165,7 @@ void xlkv_layer_map_preset_names(char *buffer, size_t capacity) {
         if (shorthands[s].value_name) append_text(buffer, capacity, &length, "[:%s]", shorthands[s].value_name);
     }
     for (int f = 0; f < N_FAMILIES; f++)
-        for (int t = 0; t < 3; t++)
+        for (int t = 0; t < N_TARGETS; t++)
             append_text(buffer, capacity, &length, ", %s-%s:l", families[f].name, target_names[t]);
 }
 
