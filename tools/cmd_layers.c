@@ -256,7 +256,10 @@ static void print_memory(const xlkv_layer_map *map, const xlkv_hparams *hp, cons
         char mine[32], standard[32];
         format_bytes((double)per_token * lengths[k], mine, sizeof mine);
         format_bytes((double)standard_per_token * lengths[k], standard, sizeof standard);
-        printf("%8d  %14s  %14s\n", lengths[k], mine, standard);
+        const char *note = lengths[k] == hp->max_seq_len ? "  (the model's max_seq_len)"
+                           : lengths[k] == ctx_size      ? "  (--ctx-size)"
+                                                         : "";
+        printf("%8d  %14s  %14s%s\n", lengths[k], mine, standard, note);
     }
 }
 
