@@ -153,10 +153,6 @@ static xlkv_status parse_layer_types(const char *text, int n_layers, xlkv_layer_
     return status;
 }
 
-/* Defined in layer_presets.c: expands a preset name, or returns XLKV_E_UNSUPPORTED (no error message) when `text`
- * is not a preset name. */
-xlkv_status xlkv_layer_map_preset(const char *text, int n_layers, xlkv_layer_map **out);
-
 xlkv_status xlkv_layer_map_parse(const char *text, int n_layers, xlkv_layer_map **out) {
     *out = NULL;
     if (!text || !*text) return xlkv_fail(XLKV_E_INVALID, "layer map: empty string");

@@ -31,8 +31,23 @@ struct xlkv_layer_map {
 };
 
 /* Parses `text`, which is either a layer_types string ("0_1_2s_3") with exactly n_layers entries, or a preset name
- * (see above) expanded for n_layers layers. */
+ * (xlkv_layer_map_preset below) expanded for n_layers layers. */
 xlkv_status xlkv_layer_map_parse(const char *text, int n_layers, xlkv_layer_map **out);
+
+/* Expands a preset name for n_layers layers (SEMANTICS.md section 1). Every preset is a partition of the layers into
+ * consecutive groups whose layers all read the group's target (bottom = first layer, top = last,
+ * middle = floor((first + last) / 2)):
+ *   standard                          every layer reads itself
+ *   pizza|sandwich|lasagna-bottom|middle|top:l   l KV layers, 1 <= l <= L, required; l = L is the standard map
+ *   cla[:K]    groups of K adjacent layers reading their bottom layer, 1 <= K <= L, default K = 2 (CLA2); when K does
+ *              not divide L the last group is smaller (= lasagna-bottom:L/K when it does)
+ *   lckv[:W]   sandwich-top with W warmup layers (l = W + 1), 0 <= W < L, default W = 2 (the LCKV paper's setting)
+ *   yoco       pizza-bottom with l = L/2 + 1, its standalone layers sliding-window; needs L >= 2
+ * Fails with XLKV_E_INVALID and a message naming the preset and the value (or listing the known presets). */
+xlkv_status xlkv_layer_map_preset(const char *text, int n_layers, xlkv_layer_map **out);
+
+/* The known preset names, comma-separated ("standard, cla[:K], ..."), for messages and --help; truncated to fit. */
+void xlkv_layer_map_preset_names(char *buffer, size_t capacity);
 
 /* Builds a map from kv_src[] and sliding[] (sliding may be NULL = no sliding layers); validates and derives. */
 xlkv_status xlkv_layer_map_from_array(const int *kv_src, const bool *sliding, int n_layers, xlkv_layer_map **out);
@@ -40,7 +55,8 @@ xlkv_status xlkv_layer_map_from_array(const int *kv_src, const bool *sliding, in
 /* Standard map: every layer reads itself. */
 xlkv_status xlkv_layer_map_standard(int n_layers, xlkv_layer_map **out);
 
-/* KVSharer map: a JSON object {"i": j, ...} with j < i; unlisted layers read themselves; chains collapsed to roots. */
+/* KVSharer map: a JSON object {"i": j, ...} with j < i; unlisted layers read themselves; chains collapsed to roots.
+ * Keys are canonical decimal layer indexes ("5", not "05" or " 5"), values integers; each key at most once. */
 xlkv_status xlkv_layer_map_from_kvsharer_json(const char *json_text, int n_layers, xlkv_layer_map **out);
 xlkv_status xlkv_layer_map_load_kvsharer(const char *path, int n_layers, xlkv_layer_map **out); /* names the file */
 
