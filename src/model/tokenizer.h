@@ -18,6 +18,9 @@
 xlkv_status xlkv_tokenizer_load(const char *path, xlkv_tokenizer **out);
 /* GPT-2 files: encoder.json (= vocab.json) + vocab.bpe (= merges.txt). */
 xlkv_status xlkv_tokenizer_load_gpt2(const char *encoder_json_path, const char *merges_path, xlkv_tokenizer **out);
+/* Loads from a file image in memory (for embedded vocabularies and fuzzing); `name` picks the format like a path
+ * does (falling back on the content: "GGUF" magic, a JSON object, else llama2.c) and names the source in errors. */
+xlkv_status xlkv_tokenizer_load_memory(const void *data, size_t size, const char *name, xlkv_tokenizer **out);
 void xlkv_tokenizer_free(xlkv_tokenizer *tok);
 
 int xlkv_tokenizer_n_vocab(const xlkv_tokenizer *tok);
@@ -34,7 +37,13 @@ xlkv_status xlkv_tokenizer_encode(const xlkv_tokenizer *tok, const char *text, b
  * id out of range. */
 int xlkv_tokenizer_decode(const xlkv_tokenizer *tok, int prev_id, int id, char *buf, size_t cap);
 
+/* Decodes a whole id sequence (each id following the previous one, the first following nothing) into a fresh
+ * NUL-terminated heap string (caller frees); *out_len (optional) excludes the NUL. Ids out of range fail. */
+xlkv_status xlkv_tokenizer_detokenize(const xlkv_tokenizer *tok, const int *ids, int n, char **out_text, size_t *out_len);
+
 /* The raw vocabulary string of a token (NULL if out of range), for display and tests. */
 const char *xlkv_tokenizer_piece(const xlkv_tokenizer *tok, int id);
+/* The id of a vocabulary string, -1 if absent. */
+int xlkv_tokenizer_find(const xlkv_tokenizer *tok, const char *piece);
 
 #endif
