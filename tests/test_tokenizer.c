@@ -125,6 +125,31 @@ static void load_detects_format_from_content(void **state) {
     free(path);
 }
 
+/* A Metaspace pre-tokenizer with split keeps merges inside words; without byte_fallback unknown text is <unk>. */
+static void tokenizer_json_metaspace_split(void **state) {
+    (void)state;
+    const char json[] =
+        "{\"model\": {\"type\": \"BPE\", \"unk_token\": \"<unk>\", \"byte_fallback\": false,"
+        " \"vocab\": {\"<unk>\": 0, \"<s>\": 1, \"</s>\": 2, \"\u2581\": 3, \"a\": 4, \"b\": 5, \"ab\": 6,"
+        " \"b\u2581\": 7},"
+        " \"merges\": [\"b \u2581\", [\"a\", \"b\"]]},"
+        " \"pre_tokenizer\": {\"type\": \"Metaspace\", \"replacement\": \"\u2581\", \"prepend_scheme\": \"first\","
+        " \"split\": true},"
+        " \"added_tokens\": [{\"id\": 1, \"content\": \"<s>\", \"special\": true}]}";
+    char *path = tu_write_temp(".json", json, strlen(json));
+    xlkv_tokenizer *tok;
+    TU_ASSERT_OK(xlkv_tokenizer_load(path, &tok));
+    assert_int_equal(xlkv_tokenizer_bos(tok), 1);
+    assert_int_equal(xlkv_tokenizer_eos(tok), 2);
+    static const int split_words[] = {1, 3, 6, 3, 6}; /* "b\u2581" would win across the word boundary */
+    assert_encodes_to(tok, "ab ab", true, split_words, 5);
+    static const int unknown[] = {3, 6, 0};
+    assert_encodes_to(tok, "ab?", false, unknown, 3);
+    xlkv_tokenizer_free(tok);
+    remove(path);
+    free(path);
+}
+
 static double seconds_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -175,7 +200,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(stories260k_encodes_like_run_c), cmocka_unit_test(decode_follows_run_c),
         cmocka_unit_test(gpt2_decodes_byte_symbols),      cmocka_unit_test(load_detects_format_from_content),
-        cmocka_unit_test(encodes_100kb_quickly),
+        cmocka_unit_test(tokenizer_json_metaspace_split), cmocka_unit_test(encodes_100kb_quickly),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -353,6 +353,13 @@ static void json_bad_merge(void **state) {
                         ".json", XLKV_E_FORMAT, "merge 0 is neither");
 }
 
+static void json_split_pretokenizer(void **state) {
+    (void)state;
+    expect_text_failure("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"pre_tokenizer\": "
+                        "{\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\"}, {\"type\": \"ByteLevel\"}]}}",
+                        ".json", XLKV_E_UNSUPPORTED, "Split pre-tokenizer");
+}
+
 /* ---- GPT-2 files and plain I/O --------------------------------------------------------------------------------- */
 
 static void gpt2_files_bad(void **state) {
@@ -403,7 +410,7 @@ int main(void) {
         cmocka_unit_test(json_not_object),          cmocka_unit_test(json_lacks_model),
         cmocka_unit_test(json_lacks_vocab),         cmocka_unit_test(json_unknown_model_type),
         cmocka_unit_test(json_bad_vocab_id),        cmocka_unit_test(json_merges_missing),
-        cmocka_unit_test(json_bad_merge),           cmocka_unit_test(gpt2_files_bad),
+        cmocka_unit_test(json_bad_merge), cmocka_unit_test(json_split_pretokenizer),           cmocka_unit_test(gpt2_files_bad),
         cmocka_unit_test(missing_file),             cmocka_unit_test(empty_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

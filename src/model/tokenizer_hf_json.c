@@ -145,6 +145,10 @@ static xlkv_status build(xlkv_tokenizer **out, const cJSON *root, const char *na
                          cJSON_IsString(type) ? type->valuestring : "?");
     const cJSON *vocab = field(model, "vocab");
     if (!vocab) return xlkv_fail(XLKV_E_FORMAT, "%s: tokenizer.json lacks model.vocab", name);
+    /* A Split pre-tokenizer carries its own regex (Llama 3, GPT-4 style); applying GPT-2's instead would silently
+     * give different ids, so refuse it. */
+    if (find_component(field(root, "pre_tokenizer"), "pretokenizers", "Split"))
+        return xlkv_fail(XLKV_E_UNSUPPORTED, "%s: the Split pre-tokenizer (a custom regex) is not supported", name);
     bool byte_level = is_byte_level(root);
     XLKV_TRY(tokenizer_create(name, byte_level ? TOKENIZER_BYTE_LEVEL : TOKENIZER_SPM_MERGES, 0, out));
     xlkv_tokenizer *tok = *out;
