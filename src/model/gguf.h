@@ -3,7 +3,8 @@
  *
  * Opening walks every metadata entry once and checks it against the file size, so after a successful open every
  * accessor below is bounds-safe and cannot fail on a truncated file. Strings point into the file mapping (they are
- * not NUL-terminated); they live as long as the xlkv_gguf. */
+ * not NUL-terminated); they live as long as the xlkv_gguf. Numbers are read as little-endian (the GGUF default; the
+ * host is assumed little-endian too). */
 #ifndef XLKV_MODEL_GGUF_H
 #define XLKV_MODEL_GGUF_H
 

@@ -5,7 +5,16 @@
  *    space is added, pairs merge by score (llama2.c tokenizer.bin, GGUF llama vocab, tokenizer.json merges by rank);
  *  - GPT-2 byte-level BPE: regex pre-tokenization, bytes mapped to printable code points, merges by rank.
  * Formats read: llama2.c tokenizer.bin, Hugging Face tokenizer.json, GGUF vocabulary (tokenizer.ggml.*),
- * GPT-2 encoder.json + vocab.bpe. */
+ * GPT-2 encoder.json + vocab.bpe.
+ *
+ * Conformance: reproduces every llama.cpp test vector of ggml-vocab-llama-spm and ggml-vocab-gpt-2 (see
+ * tests/test_tokenizer_conformance.c). The dummy prefix rule of llama2.c (a space before any non-empty text) is the
+ * one llama.cpp and SentencePiece apply, so both give the same ids.
+ * Not handled: special tokens written in the text ("<s>", "<|endoftext|>") are encoded as plain text, never as their
+ * special ids; tokenizer.json Split pre-tokenizers (Llama 3 style regexes), ByteLevel add_prefix_space, and GGUF
+ * "gpt2" vocabularies whose tokenizer.ggml.pre is not gpt-2 are refused with XLKV_E_UNSUPPORTED.
+ * llama2.c vocabularies carry no token types, so decoding <s> / </s> gives their pieces ("\n<s>\n"), as run.c does;
+ * GGUF and tokenizer.json control tokens decode to nothing. */
 #ifndef XLKV_MODEL_TOKENIZER_H
 #define XLKV_MODEL_TOKENIZER_H
 

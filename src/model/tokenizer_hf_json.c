@@ -18,7 +18,8 @@ static const cJSON *field(const cJSON *object, const char *key) {
     return cJSON_IsObject(object) ? cJSON_GetObjectItemCaseSensitive(object, key) : NULL;
 }
 
-/* Calls visit on `component` and, for a "Sequence", on each of its parts (key "normalizers" / "pretokenizers"). */
+/* The component of the given type: `component` itself or, for a "Sequence", one of its parts (listed under
+ * list_key: "normalizers", "pretokenizers", "decoders"); NULL if none. */
 static const cJSON *find_component(const cJSON *component, const char *list_key, const char *type) {
     if (string_is(field(component, "type"), type)) return component;
     if (!string_is(field(component, "type"), "Sequence")) return NULL;

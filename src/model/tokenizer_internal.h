@@ -86,8 +86,8 @@ xlkv_status tokenizer_create(const char *source, tokenizer_algorithm algorithm, 
 xlkv_status tokenizer_add_piece(xlkv_tokenizer *tok, const char *piece, size_t len, float score, int type);
 /* Builds the piece index; call after all pieces are added and before merges. */
 xlkv_status tokenizer_index_pieces(xlkv_tokenizer *tok);
-/* Adds the merge "left right" with the next rank. Returns XLKV_E_FORMAT (naming the merge) if a side or the
- * concatenation is not in the vocabulary; `line` is for the message. */
+/* Adds the merge "left right" with the given rank. Returns XLKV_E_FORMAT (naming the merge) if a side or the
+ * concatenation is not in the vocabulary. */
 xlkv_status tokenizer_add_merge(xlkv_tokenizer *tok, const char *left, size_t left_len, const char *right,
                                 size_t right_len, int32_t rank);
 /* Splits a merges line "a b" at its single separating space and adds it. */
