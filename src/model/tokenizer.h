@@ -5,7 +5,16 @@
  *    space is added, pairs merge by score (llama2.c tokenizer.bin, GGUF llama vocab, tokenizer.json merges by rank);
  *  - GPT-2 byte-level BPE: regex pre-tokenization, bytes mapped to printable code points, merges by rank.
  * Formats read: llama2.c tokenizer.bin, Hugging Face tokenizer.json, GGUF vocabulary (tokenizer.ggml.*),
- * GPT-2 encoder.json + vocab.bpe. */
+ * GPT-2 encoder.json + vocab.bpe.
+ *
+ * Conformance: reproduces every llama.cpp test vector of ggml-vocab-llama-spm and ggml-vocab-gpt-2 (see
+ * tests/test_tokenizer_conformance.c). The dummy prefix rule of llama2.c (a space before any non-empty text) is the
+ * one llama.cpp and SentencePiece apply, so both give the same ids.
+ * Not handled: special tokens written in the text ("<s>", "<|endoftext|>") are encoded as plain text, never as their
+ * special ids; tokenizer.json Split pre-tokenizers (Llama 3 style regexes), ByteLevel add_prefix_space, and GGUF
+ * "gpt2" vocabularies whose tokenizer.ggml.pre is not gpt-2 are refused with XLKV_E_UNSUPPORTED.
+ * llama2.c vocabularies carry no token types, so decoding <s> / </s> gives their pieces ("\n<s>\n"), as run.c does;
+ * GGUF and tokenizer.json control tokens decode to nothing. */
 #ifndef XLKV_MODEL_TOKENIZER_H
 #define XLKV_MODEL_TOKENIZER_H
 
@@ -18,6 +27,9 @@
 xlkv_status xlkv_tokenizer_load(const char *path, xlkv_tokenizer **out);
 /* GPT-2 files: encoder.json (= vocab.json) + vocab.bpe (= merges.txt). */
 xlkv_status xlkv_tokenizer_load_gpt2(const char *encoder_json_path, const char *merges_path, xlkv_tokenizer **out);
+/* Loads from a file image in memory (for embedded vocabularies and fuzzing); `name` picks the format like a path
+ * does (falling back on the content: "GGUF" magic, a JSON object, else llama2.c) and names the source in errors. */
+xlkv_status xlkv_tokenizer_load_memory(const void *data, size_t size, const char *name, xlkv_tokenizer **out);
 void xlkv_tokenizer_free(xlkv_tokenizer *tok);
 
 int xlkv_tokenizer_n_vocab(const xlkv_tokenizer *tok);
@@ -34,7 +46,13 @@ xlkv_status xlkv_tokenizer_encode(const xlkv_tokenizer *tok, const char *text, b
  * id out of range. */
 int xlkv_tokenizer_decode(const xlkv_tokenizer *tok, int prev_id, int id, char *buf, size_t cap);
 
+/* Decodes a whole id sequence (each id following the previous one, the first following nothing) into a fresh
+ * NUL-terminated heap string (caller frees); *out_len (optional) excludes the NUL. Ids out of range fail. */
+xlkv_status xlkv_tokenizer_detokenize(const xlkv_tokenizer *tok, const int *ids, int n, char **out_text, size_t *out_len);
+
 /* The raw vocabulary string of a token (NULL if out of range), for display and tests. */
 const char *xlkv_tokenizer_piece(const xlkv_tokenizer *tok, int id);
+/* The id of a vocabulary string, -1 if absent. */
+int xlkv_tokenizer_find(const xlkv_tokenizer *tok, const char *piece);
 
 #endif
