@@ -2,7 +2,12 @@
  *
  * Matrices are row-major [out_features, in_features], as in Hugging Face checkpoints (y = W x).
  * Owns one allocation per tensor via the arena below; non-KV layers have wk = wv = NULL (never loaded, SEMANTICS.md 5).
- * When embeddings are tied, `output` aliases `tok_embeddings`. */
+ * When embeddings are tied, `output` aliases `tok_embeddings`.
+ *
+ * RoPE convention: rotary embeddings rotate INTERLEAVED pairs of each head, (2i, 2i+1), as llama2.c does. The rows of
+ * wq and wk are stored in that order. Hugging Face checkpoints rotate pairs (i, i + head_dim/2) ("rotate_half"); their
+ * loader reorders the rows of q_proj / k_proj within each head on load (model/rope_layout.h), so every backend sees
+ * one convention whatever the source format. */
 #ifndef XLKV_MODEL_WEIGHTS_H
 #define XLKV_MODEL_WEIGHTS_H
 
