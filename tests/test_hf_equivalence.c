@@ -4,6 +4,7 @@
  * a fixed id sequence, plus the logits of sharing maps applied to the same checkpoint. xlkv must match to 1e-4, as one
  * prompt, as prefill + decode, and one token at a time. */
 #include <cjson/cJSON.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 

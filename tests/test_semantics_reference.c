@@ -3,6 +3,7 @@
  * Cases cover cyclic maps in sequential mode and through the iteration plan with too few and with enough iterations,
  * sliding windows and force_nodiag, on the GQA fixtures of tests/fixtures/hf. */
 #include <cjson/cJSON.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
