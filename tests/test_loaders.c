@@ -284,6 +284,27 @@ static void sharing_map_skips_kv_projections_of_non_kv_layers(void **state) {
     free(dir);
 }
 
+/* A KVSharer map file selects the same layout as the equivalent layer_types string. */
+static void kvsharer_map_file_is_used(void **state) {
+    (void)state;
+    char *fixture = fixture_dir("gqa_untied");
+    char *dir = tu_temp_dir();
+    cw_write_text(dir, "map.json", "{\"1\": 0}");
+    char *map_path = xlkv_path_join(dir, "map.json");
+    xlkv_model_params params = xlkv_model_default_params();
+    params.kv_map_path = map_path;
+    xlkv_model *model = NULL;
+    TU_ASSERT_OK(xlkv_model_load(fixture, &params, &model));
+    char *text = xlkv_layer_map_to_string(model->map);
+    assert_string_equal(text, "0_0_2");
+    assert_null(model->weights.layers[1].wk);
+    free(text);
+    xlkv_model_free(model);
+    free(map_path);
+    free(dir);
+    free(fixture);
+}
+
 /* The bytes of the skipped k_proj / v_proj are overwritten with NaN: the standard map must refuse the file (so the
  * check works), the sharing map must load it unchanged (so those bytes were never read). */
 static void skipped_projections_are_never_read(void **state) {
@@ -520,6 +541,7 @@ int main(void) {
         cmocka_unit_test(hf_fixtures_load_with_reference_values),
         cmocka_unit_test(hf_config_reads_lckv_fields_and_variants),
         cmocka_unit_test(sharing_map_skips_kv_projections_of_non_kv_layers),
+        cmocka_unit_test(kvsharer_map_file_is_used),
         cmocka_unit_test(skipped_projections_are_never_read),
         cmocka_unit_test(sharded_checkpoint_loads),
         cmocka_unit_test(f16_checkpoint_loads),

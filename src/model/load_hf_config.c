@@ -229,14 +229,11 @@ static xlkv_status read_config_fields(const config_reader *c, xlkv_hparams *hp, 
     return read_layer_types(c, out_layer_types);
 }
 
-xlkv_status xlkv_hf_read_config(const char *config_path, xlkv_hparams *hp, char **out_layer_types) {
+xlkv_status xlkv_hf_parse_config(const char *text, size_t size, const char *config_path, xlkv_hparams *hp,
+                                 char **out_layer_types) {
     if (out_layer_types) *out_layer_types = NULL;
     xlkv_hparams_defaults(hp);
-    char *text = NULL;
-    size_t size = 0;
-    XLKV_TRY(xlkv_read_file(config_path, &text, &size));
     cJSON *root = cJSON_ParseWithLength(text, size);
-    free(text);
     if (!root) return xlkv_fail(XLKV_E_FORMAT, "%s: not valid JSON", config_path);
     if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);
@@ -252,4 +249,15 @@ xlkv_status xlkv_hf_read_config(const char *config_path, xlkv_hparams *hp, char 
     else
         free(layer_types);
     return XLKV_OK;
+}
+
+xlkv_status xlkv_hf_read_config(const char *config_path, xlkv_hparams *hp, char **out_layer_types) {
+    if (out_layer_types) *out_layer_types = NULL;
+    xlkv_hparams_defaults(hp);
+    char *text = NULL;
+    size_t size = 0;
+    XLKV_TRY(xlkv_read_file(config_path, &text, &size));
+    xlkv_status status = xlkv_hf_parse_config(text, size, config_path, hp, out_layer_types);
+    free(text);
+    return status;
 }

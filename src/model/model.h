@@ -50,6 +50,9 @@ void xlkv_model_free(xlkv_model *model);
 /* ---- format-specific loaders (model/load_*.c) ---- */
 /* config.json -> hparams (+ its layer_types string, heap, NULL if absent). */
 xlkv_status xlkv_hf_read_config(const char *config_path, xlkv_hparams *hp, char **out_layer_types);
+/* The same from config.json text held in memory (`config_path` only names it in messages; the fuzzer's entry). */
+xlkv_status xlkv_hf_parse_config(const char *text, size_t size, const char *config_path, xlkv_hparams *hp,
+                                 char **out_layer_types);
 /* model.safetensors or the sharded index in `dir` -> weights for hp under map (fp32/fp16/bf16 converted to fp32). */
 xlkv_status xlkv_hf_load_weights(const char *dir, const xlkv_hparams *hp, const xlkv_layer_map *map, xlkv_weights *w);
 /* llama2.c legacy checkpoint: header -> hparams; weights for hp under map (may be NULL for header only). */
