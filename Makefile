@@ -36,5 +36,8 @@ test: build build-asan
 bench: build
 	@./build/bench_cpu --shared-data $(SHARED_DATA) --out bench/results/cpu.jsonl
 
+fuzz:
+	@bash scripts/fuzz.sh
+
 clean:
 	rm -rf build build-asan

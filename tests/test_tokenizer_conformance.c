@@ -3,7 +3,7 @@
  * vocabulary: the GGUF file, llama2.c's tokenizer.bin, GPT-2's encoder.json + vocab.bpe, and Hugging Face
  * tokenizer.json files generated here from those (BPE by merge rank, as HF stores Llama and GPT-2). Decoding the ids
  * gives the input back. Failing strings are printed with the expected and the actual ids. */
-#include <cJSON.h>
+#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -60,6 +60,7 @@ xlkv_status xlkv_context_create(const xlkv_model *model, const xlkv_context_para
     ctx->model = model;
     ctx->ops = xlkv_backend_cpu();
     ctx->params = p;
+    openblas_set_num_threads(p.n_threads);
     xlkv_status status =
         xlkv_kv_cache_init(&ctx->cache, model->map->n_kv_layers, p.n_ctx, hp->n_kv_heads * hp->head_dim);
     if (status != XLKV_OK) {

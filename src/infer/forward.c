@@ -117,8 +117,7 @@ xlkv_status xlkv_context_forward(xlkv_context *ctx, const int *tokens, int n, bo
                                             n <= ctx->params.iterations);
     const int chunk = one_at_a_time ? 1 : n;
     XLKV_TRY(xlkv_context_reserve(ctx, chunk, all_logits ? n : 1));
-    omp_set_num_threads(ctx->params.n_threads);
-    openblas_set_num_threads(ctx->params.n_threads);
+    if (omp_get_max_threads() != ctx->params.n_threads) omp_set_num_threads(ctx->params.n_threads);
 
     const int vocab = model->hp.vocab_size;
     for (int start = 0; start < n; start += chunk) {

@@ -1,7 +1,7 @@
 /* model/tokenizer_gpt2_files: reads OpenAI's GPT-2 tokenizer files: encoder.json (= vocab.json, piece -> id) and
  * vocab.bpe (= merges.txt: a "#version" line, then one "a b" merge per line, best first). <|endoftext|> is both BOS
  * and EOS, as in GPT-2. */
-#include <cJSON.h>
+#include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
 

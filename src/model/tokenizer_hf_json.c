@@ -3,7 +3,7 @@
  *    pre-tokenizer; byte_fallback; merges by rank;
  *  - GPT-2 byte-level: a ByteLevel pre-tokenizer (or decoder).
  * Merges may be "a b" strings or ["a", "b"] pairs. added_tokens mark special tokens and give BOS/EOS by name. */
-#include <cJSON.h>
+#include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
 
