@@ -6,7 +6,7 @@ DEFAULT_MODEL ?= $(SHARED_DATA)/models/stories260K/stories260K.bin
 JOBS ?= $(shell nproc)
 PROMPT ?= Once upon a time
 
-.PHONY: setup build build-asan run test bench fuzz clean
+.PHONY: setup build build-asan run test test-cuda bench fuzz clean
 
 setup:
 	@bash scripts/setup-deps.sh
@@ -30,8 +30,12 @@ run: build
 	fi
 
 test: build build-asan
-	@cd build && XLKV_SHARED_DATA=$(SHARED_DATA) ctest --output-on-failure -j $(JOBS)
-	@cd build-asan && XLKV_SHARED_DATA=$(SHARED_DATA) ctest --output-on-failure -j $(JOBS)
+	@cd build && XLKV_SHARED_DATA=$(SHARED_DATA) ctest --output-on-failure -j $(JOBS) -LE cuda
+	@cd build-asan && XLKV_SHARED_DATA=$(SHARED_DATA) ctest --output-on-failure -j $(JOBS) -LE cuda
+
+# CUDA tests: need a GPU (the GPU machine); CI never runs them.
+test-cuda: build
+	@cd build && XLKV_SHARED_DATA=$(SHARED_DATA) ctest --output-on-failure -L cuda
 
 bench: build
 	@./build/bench_cpu --shared-data $(SHARED_DATA) --out bench/results/cpu.jsonl

@@ -1,0 +1,123 @@
+/* backend/cuda/cuda_kernels: the CUDA kernels of xlkv, as C-callable launchers (implemented in *.cu files here).
+ *
+ * Owns the device-side math of one decoder step; the engine (backend/cuda/cuda_engine.c) owns buffers, weights, the
+ * paged KV pool, cuBLAS and the order of launches. Every launcher is asynchronous on `stream` (a cudaStream_t passed
+ * as void * so that C callers need no CUDA headers) and returns 0 or the cudaError_t of the launch.
+ *
+ * Activations, weights and KV are of one element type `dt` (fp32 for exact comparisons, bf16 for speed); arithmetic
+ * and accumulation are fp32. Matrices are row-major; "row stride" arguments let a kernel read a column block of a
+ * fused product (e.g. q, k, v from one [n, q_dim + 2 kv_dim] GEMM output). All index arrays are device memory.
+ *
+ * The attention kernels implement SEMANTICS.md section 2 exactly: query at position t sees key positions p with
+ * p <= t (p < t when mask_diagonal), t - p < window (window 0 = unlimited), keys and values of cache slot read_slot
+ * (RoPE already applied to keys), grouped-query heads (query head h reads KV head h / (n_heads / n_kv_heads)), and
+ * a zero output row when nothing is visible. */
+#ifndef XLKV_BACKEND_CUDA_KERNELS_H
+#define XLKV_BACKEND_CUDA_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum xlkv_dtype { XLKV_DTYPE_F32 = 0, XLKV_DTYPE_BF16 = 1 } xlkv_dtype;
+
+/* The paged KV pool. One block holds `block_size` consecutive positions of one sequence for every KV slot:
+ *   pool[block][slot][kv][pos_in_block][kv_dim], kv 0 = keys, 1 = values, elements of the engine's dtype.
+ * block_tables[seq * max_blocks_per_seq + i] is the physical block of positions [i*block_size, (i+1)*block_size). */
+typedef struct xlkv_paged_kv {
+    void *pool;
+    int n_slots;
+    int block_size;
+    int kv_dim;                 /* n_kv_heads * head_dim */
+    const int *block_tables;    /* device [max_seqs, max_blocks_per_seq] */
+    int max_blocks_per_seq;
+} xlkv_paged_kv;
+
+typedef struct xlkv_attention_rule {
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;
+    int window;        /* 0 = full attention */
+    int mask_diagonal; /* cyclic source (kv_src > layer) or force_nodiag */
+    int read_slot;     /* the KV slot this layer reads */
+} xlkv_attention_rule;
+
+/* out[r, :] = table[tokens[r], :] for r < n. */
+int xlkv_cuda_embedding(void *out, const void *table, const int *tokens, int n, int dim, xlkv_dtype dt, void *stream);
+
+/* out[r] = x[r] / rms(x[r]) * gain, rows of `dim`. */
+int xlkv_cuda_rmsnorm(void *out, const void *x, const void *gain, int n, int dim, float eps, xlkv_dtype dt,
+                      void *stream);
+
+/* Fused residual + norm: x[r] += y[r]; out[r] = rmsnorm(x[r]) * gain. (y may have row stride y_stride.) */
+int xlkv_cuda_add_rmsnorm(void *x, const void *y, int y_stride, void *out, const void *gain, int n, int dim, float eps,
+                          xlkv_dtype dt, void *stream);
+
+/* x[r] += y[r] (rows of dim, y with row stride y_stride). */
+int xlkv_cuda_add(void *x, const void *y, int y_stride, int n, int dim, xlkv_dtype dt, void *stream);
+
+/* Rotates heads of x in place: rows r < n, row stride x_stride, n_heads heads of head_dim starting at column 0 of the
+ * row; position positions[r]; interleaved pairs (2i, 2i+1) by angle pos * theta^(-2i/head_dim), read from fp32
+ * tables cos_table/sin_table [max_positions, head_dim/2]. */
+int xlkv_cuda_rope(void *x, int x_stride, int n, int n_heads, int head_dim, const int *positions,
+                   const float *cos_table, const float *sin_table, xlkv_dtype dt, void *stream);
+
+/* Writes K (RoPE applied here, as xlkv_cuda_rope would) and V rows into the pool: row r goes to sequence
+ * row_seq[r] (index into block_tables), position row_pos[r], slot `slot`. k and v have row stride kv_stride. */
+int xlkv_cuda_kv_write(const xlkv_paged_kv *kv, int slot, const void *k, const void *v, int kv_stride, int n,
+                       const int *row_seq, const int *row_pos, int head_dim, const float *cos_table,
+                       const float *sin_table, xlkv_dtype dt, void *stream);
+
+/* Zeroes positions [pos0, pos0 + n) of sequence `seq` in slot `slot` (targets before a cyclic group's first
+ * iteration). seq, pos0 and n are host values; the block table is read on the device. */
+int xlkv_cuda_kv_zero(const xlkv_paged_kv *kv, int slot, int seq, int pos0, int n, xlkv_dtype dt, void *stream);
+
+/* out[h] = silu(gate[h]) * up[h] for rows r < n; gate and up rows of `hidden` with row stride in_stride
+ * (e.g. a fused [n, 2*hidden] product: gate = buf, up = buf + hidden, in_stride = 2*hidden). */
+int xlkv_cuda_swiglu(void *out, const void *gate, const void *up, int in_stride, int n, int hidden, xlkv_dtype dt,
+                     void *stream);
+
+/* Prefill attention of one sequence: n query rows at positions pos0 .. pos0+n-1 (q row stride q_stride, heads
+ * contiguous), keys/values of positions 0 .. pos0+n-1 of sequence `seq` in slot rule->read_slot. A tiled kernel
+ * (flash-attention style, online softmax, tensor cores for bf16 where possible). out: [n, n_heads*head_dim]. */
+int xlkv_cuda_attention_prefill(void *out, const void *q, int q_stride, int n, int pos0, int seq,
+                                const xlkv_paged_kv *kv, const xlkv_attention_rule *rule, xlkv_dtype dt, void *stream);
+
+/* Decode attention for a batch: row b is one query of sequence row_seq[b] at position row_pos[b] (it sees keys
+ * 0..row_pos[b] under the rule). Split-K over the keys: the grid is fixed by (batch, n_heads, n_splits) with
+ * n_splits = ceil(max_positions / split_size), so the launch can be captured in a CUDA graph and reused whatever the
+ * sequences' lengths; splits past a sequence's end exit at once. workspace: device floats of
+ * xlkv_cuda_attention_decode_workspace(...) elements. */
+size_t xlkv_cuda_attention_decode_workspace(int batch, int n_heads, int head_dim, int max_positions);
+int xlkv_cuda_attention_decode(void *out, const void *q, int q_stride, int batch, const int *row_seq,
+                               const int *row_pos, int max_positions, const xlkv_paged_kv *kv,
+                               const xlkv_attention_rule *rule, float *workspace, xlkv_dtype dt, void *stream);
+
+/* Greedy: out[b] = argmax over logits[b, 0..vocab) (lowest index on ties), logits fp32 [batch, vocab]. */
+int xlkv_cuda_argmax(int *out, const float *logits, int batch, int vocab, void *stream);
+
+/* Per-row sampling parameters, device array [batch]. */
+typedef struct xlkv_cuda_sampling {
+    float temperature;    /* 0 = greedy */
+    int top_k;            /* 0 = off (then at most XLKV_CUDA_MAX_CANDIDATES candidates are kept for top-p) */
+    float top_p;          /* 1 = off */
+    float repeat_penalty; /* 1 = off */
+    uint64_t seed;
+    uint64_t step;        /* counter-based RNG (Philox): draw = f(seed, step), so a sequence samples the same
+                             tokens whatever batch it runs in */
+} xlkv_cuda_sampling;
+enum { XLKV_CUDA_MAX_CANDIDATES = 256, XLKV_CUDA_PENALTY_WINDOW = 64 };
+
+/* Samples out[b] from logits[b] (fp32, modified in place): repetition penalty over the row's recent tokens
+ * history[b * XLKV_CUDA_PENALTY_WINDOW ..] (history_len[b] of them valid, -1 padding), then greedy when
+ * temperature is 0, else temperature -> top-k -> top-p -> draw. */
+int xlkv_cuda_sample(int *out, float *logits, int batch, int vocab, const xlkv_cuda_sampling *params,
+                     const int *history, const int *history_len, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

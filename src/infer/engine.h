@@ -1,0 +1,99 @@
+/* infer/engine: many sequences generated together (batched generation with continuous batching), on any backend.
+ *
+ * Owns the scheduling contract that generate --batch, the benchmarks and the server rely on:
+ *   - sequences are added and removed between steps; a removed sequence frees its KV storage at once;
+ *   - xlkv_engine_step() first prefills every sequence added since the last step (through the iteration plan, as
+ *     infer/forward.c does), then decodes one token for every running sequence, and reports each new token;
+ *   - KV storage is a pool of fixed-size blocks that only KV layers occupy (paged on CUDA), so under a sharing map the
+ *     same memory holds proportionally more sequences; xlkv_engine_add() fails with XLKV_E_CAPACITY when the pool
+ *     cannot hold the new sequence's prompt + max_new_tokens, or when max_batch sequences are running;
+ *   - sampling is per sequence and deterministic in (seed, step): a sequence produces the same tokens whether it runs
+ *     alone or in a batch.
+ * Backends: "cpu" (infer/engine_cpu.c: one xlkv_context per sequence) and "cuda" (backend/cuda/cuda_engine.c). */
+#ifndef XLKV_INFER_ENGINE_H
+#define XLKV_INFER_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "infer/context.h"
+#include "infer/sampler.h"
+#include "model/model.h"
+#include "xlkv.h"
+
+typedef struct xlkv_engine xlkv_engine;
+
+typedef enum xlkv_engine_dtype { XLKV_ENGINE_F32 = 0, XLKV_ENGINE_BF16 = 1 } xlkv_engine_dtype;
+
+typedef struct xlkv_engine_params {
+    const char *device;        /* "cpu" (default) or "cuda" */
+    xlkv_engine_dtype dtype;   /* CUDA: bf16 (default there) or f32; CPU: f32 only */
+    int max_batch;             /* most sequences running at once (default 1) */
+    int n_ctx;                 /* most positions per sequence (0 = the model's max_seq_len) */
+    int block_size;            /* positions per KV block (default 16) */
+    size_t kv_pool_bytes;      /* KV pool size; 0 = enough for max_batch full sequences, or what memory_budget
+                                  leaves after weights and activations when that is set */
+    size_t memory_budget_bytes;/* CUDA: device memory the engine may use in all (0 = no limit beyond the card) */
+    int iterations;            /* m + b for cyclic groups (0 = the model's) */
+    xlkv_prefill_mode prefill_mode;
+    int n_threads;             /* CPU threads (0 = all cores) */
+    bool cuda_graphs;          /* capture the decode step in CUDA graphs (default true) */
+    int max_prefill_tokens;    /* CUDA: activation rows reserved for prefill chunks (0 = n_ctx) */
+} xlkv_engine_params;
+
+xlkv_engine_params xlkv_engine_default_params(void);
+
+/* One new token of one sequence. finished: the sequence ended with this step (end token sampled — then `token` is
+ * that end token and is not part of the text —, max_new_tokens reached, or its context is full); it stays allocated
+ * until xlkv_engine_remove(). */
+typedef struct xlkv_engine_event {
+    int seq;
+    int token;
+    bool finished;
+    bool end_token;
+} xlkv_engine_event;
+
+typedef struct xlkv_engine_stats {
+    int running;              /* sequences added and not finished */
+    int allocated;            /* sequences not yet removed */
+    size_t kv_blocks_total;
+    size_t kv_blocks_used;
+    size_t kv_bytes_per_token;/* of this map and dtype */
+    size_t kv_pool_bytes;
+    size_t device_bytes;      /* weights + activations + KV pool (CUDA), host bytes on CPU */
+} xlkv_engine_stats;
+
+xlkv_status xlkv_engine_create(const xlkv_model *model, const xlkv_engine_params *params, xlkv_engine **out);
+void xlkv_engine_free(xlkv_engine *engine);
+
+/* Adds a sequence with its prompt (n_prompt >= 1); it is prefilled at the next step. *out_seq receives its id. */
+xlkv_status xlkv_engine_add(xlkv_engine *engine, const int *prompt, int n_prompt, int max_new_tokens,
+                            const xlkv_sampler_params *sampling, int *out_seq);
+/* Frees a sequence (finished or not) and its KV blocks. */
+xlkv_status xlkv_engine_remove(xlkv_engine *engine, int seq);
+/* Prefills pending sequences, decodes one token for every running one; writes up to `capacity` events. */
+xlkv_status xlkv_engine_step(xlkv_engine *engine, xlkv_engine_event *events, int capacity, int *out_n_events);
+void xlkv_engine_get_stats(const xlkv_engine *engine, xlkv_engine_stats *out);
+
+/* Test path: runs tokens[0..n) as one chunk of sequence `seq` (after whatever it holds; a fresh sequence is added
+ * with n_prompt = 0 through xlkv_engine_add_empty) and copies the fp32 logits of every row to host logits[n, vocab]. */
+xlkv_status xlkv_engine_add_empty(xlkv_engine *engine, int *out_seq);
+xlkv_status xlkv_engine_forward_logits(xlkv_engine *engine, int seq, const int *tokens, int n, float *logits);
+
+/* The backend table behind the engine (one per device). */
+typedef struct xlkv_engine_backend {
+    const char *name;
+    xlkv_status (*create)(const xlkv_model *model, const xlkv_engine_params *params, void **state);
+    void (*destroy)(void *state);
+    xlkv_status (*add)(void *state, const int *prompt, int n_prompt, int max_new_tokens,
+                       const xlkv_sampler_params *sampling, int *out_seq);
+    xlkv_status (*remove)(void *state, int seq);
+    xlkv_status (*step)(void *state, xlkv_engine_event *events, int capacity, int *out_n_events);
+    void (*get_stats)(const void *state, xlkv_engine_stats *out);
+    xlkv_status (*forward_logits)(void *state, int seq, const int *tokens, int n, float *logits);
+} xlkv_engine_backend;
+
+const xlkv_engine_backend *xlkv_engine_backend_cpu(void);
+const xlkv_engine_backend *xlkv_engine_backend_cuda(void); /* NULL when built without CUDA */
+
+#endif
