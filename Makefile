@@ -6,18 +6,22 @@ DEFAULT_MODEL ?= $(SHARED_DATA)/models/stories260K/stories260K.bin
 JOBS ?= $(shell nproc)
 PROMPT ?= Once upon a time
 
+MAKEFLAGS += --no-print-directory
+# Build logs go to build*/build.log; they are shown only when the build fails.
 .PHONY: setup build build-asan run test test-cuda bench fuzz clean
 
 setup:
 	@bash scripts/setup-deps.sh
 
 build: setup
+	@echo "build: configuring and building build/ (log: build/build.log)"
 	@cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
-	@cmake --build build -j $(JOBS)
+	@cmake --build build -j $(JOBS) >build/build.log 2>&1 || (tail -40 build/build.log; exit 1)
 
 build-asan: setup
+	@echo "build: configuring and building build-asan/ with ASan + UBSan (log: build-asan/build.log)"
 	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DXLKV_SANITIZE=ON -DXLKV_NATIVE=OFF >/dev/null
-	@cmake --build build-asan -j $(JOBS)
+	@cmake --build build-asan -j $(JOBS) >build-asan/build.log 2>&1 || (tail -40 build-asan/build.log; exit 1)
 
 run: build
 	@if [ -f "$(DEFAULT_MODEL)" ]; then \
