@@ -25,7 +25,7 @@ build-asan: setup
 
 run: build
 	@if [ -f "$(DEFAULT_MODEL)" ]; then \
-	  ./build/xlkv generate -m "$(DEFAULT_MODEL)" -p "$(PROMPT)" -n 256 --temp 0.8 -s 42; \
+	  printf '%s' "$(PROMPT)"; ./build/xlkv generate -m "$(DEFAULT_MODEL)" -p "$(PROMPT)" -n 256 --temp 0.8 -s 42; \
 	else \
 	  echo "make run: the default model $(DEFAULT_MODEL) is absent."; \
 	  echo "It needs the stories260K checkpoint (llama2.c format) and its tokenizer tok512.bin beside it;"; \
