@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (device tool): builds xlkv against the Debian packages staged in .deps/ (see
+# ../shared/tools/stage-deps.sh; the GPU machine has no package registry), runs the CUDA tests and, optionally, the
+# GPU benchmark. Logs and results go to $OUT (or ./gpu-out).
+#   bash scripts/gpu-session.sh [tests] [bench] [bench-quick]
+# Shared data is read from ./devdata (a copy of the parts of ../shared/data the tests need, carried with the call).
+set -uo pipefail
+out=${OUT:-$PWD/gpu-out}
+mkdir -p "$out"
+export CMAKE_PREFIX_PATH=$PWD/.deps/root/usr
+export LD_LIBRARY_PATH=$PWD/.deps/root/usr/lib/x86_64-linux-gnu:$PWD/.deps/root/usr/lib/x86_64-linux-gnu/openblas-openmp${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export XLKV_SHARED_DATA=$PWD/devdata
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+if ! { cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j "$(nproc)"; } >"$out/build.log" 2>&1; then
+  echo "build failed:"; grep -E "error|Error" "$out/build.log" | head -40; exit 1
+fi
+echo "build ok"
+for what in "$@"; do
+  case "$what" in
+    tests)
+      (cd build && ctest -L cuda --output-on-failure --timeout 600) >"$out/test-cuda.log" 2>&1
+      echo "test-cuda exit $?"; grep -E "^(ok|FAIL|CHECK|check)|Passed|Failed|tests passed|\*\*\*" "$out/test-cuda.log" | tail -60 ;;
+    cpu-tests)
+      (cd build && ctest -LE cuda --output-on-failure) >"$out/test-cpu.log" 2>&1; echo "cpu tests exit $?" ;;
+    bench)
+      ./build/bench_gpu --out "$out/gpu.jsonl" 2>&1 | tee "$out/bench.log" | tail -60 ;;
+    bench-quick)
+      ./build/bench_gpu --quick --out "$out/gpu-quick.jsonl" 2>&1 | tee "$out/bench-quick.log" | tail -60 ;;
+  esac
+done
