@@ -146,6 +146,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     const int ties = block_sum_int(local_ties, s_scratch); /* its barriers also publish s_count and the slots */
     const int above = s_count;
     const int need = k - above;
+    __syncthreads(); /* everyone has read s_count before the tie pass adds to it */
     if (ties <= need) {
         for (int i = tid; i < vocab; i += SAMPLE_THREADS)
             if (order_key(row[i]) == threshold) {
