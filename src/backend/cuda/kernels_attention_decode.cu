@@ -1,0 +1,344 @@
+/* backend/cuda/kernels_attention_decode: decode attention for a batch of single-query rows, split-K over the keys.
+ *
+ * Design. Keys are cut in splits of DECODE_SPLIT = 256 positions; n_splits = ceil(max_positions / 256) is fixed by
+ * max_positions, so the grid (batch, n_kv_heads, n_splits) does not depend on the rows' lengths (CUDA-graph safe).
+ * Pass 1: one CTA of 128 threads per (row, KV head, split) handles all G = n_heads / n_kv_heads query heads of that
+ * KV head, so each K/V row is read once: scores into shared memory (8..32 lanes per K row with 16-byte loads,
+ * a shuffle reduction per query head), a per-head softmax over the split, then P.V with every lane owning a 16-byte
+ * slice of V; it writes the partial (max, sum, unnormalized accumulator) per (row, query head, split) to the
+ * workspace. A split with no visible key writes max = -inf and returns at once. Pass 2 (combine): one CTA per
+ * (row, query head) rescales and sums the partials; a row with nothing visible gets zeros.
+ * The grouped kernel covers head_dim 64/128 and G in {1, 2, 4, 8} with aligned rows; anything else takes a generic
+ * path (one warp per (row, query head, split), scalar loads, head_dim <= 256) with the same workspace format.
+ *
+ * Cost model (tinyllama, bf16: head_dim 64, 4 KV heads, G = 8): per row and layer, the visible context L is read
+ * once: 2 (K, V) * L * 256 (kv_dim) * 2 bytes = 1 KiB per position, FLOPs 4 * L * 32 * 64 = 8 KFLOP per position
+ * (8 FLOP per byte: memory-bound; target: near HBM bandwidth, ~3 TB/s on H100, e.g. batch 512 at L = 1024:
+ * 512 MiB -> ~0.18 ms per layer). Partials: per (row, query head, split) 66 floats, small beside the KV bytes. */
+#include "backend/cuda/kernels_attention_common.cuh"
+
+using namespace xlkv_cuda;
+
+namespace {
+
+constexpr int DECODE_SPLIT = 256;
+constexpr int DECODE_THREADS = 128;
+constexpr int DECODE_WARPS = DECODE_THREADS / 32;
+constexpr int COMBINE_THREADS = 64;
+
+int decode_splits(int max_positions) { return max_positions <= 0 ? 1 : (max_positions + DECODE_SPLIT - 1) / DECODE_SPLIT; }
+
+template <typename T> struct decode_params {
+    const T *q;
+    int q_stride;
+    const int *row_seq;
+    const int *row_pos;
+    const T *pool;
+    pool_view view;
+    int n_heads, n_kv_heads, head_dim, window, mask_diagonal, read_slot, n_splits;
+    float scale;
+    float *part_acc; /* [batch][n_heads][n_splits][head_dim] */
+    float *part_max; /* [batch][n_heads][n_splits] */
+    float *part_sum; /* [batch][n_heads][n_splits] */
+};
+
+/* The row's visible keys inside split `split`: [*lo, *hi], empty when *lo > *hi (also for padding rows). */
+__device__ __forceinline__ void split_range(int seq, int t, int window, int mask_diagonal, int split, int n_splits,
+                                            int *lo, int *hi) {
+    int first, last;
+    visible_range(t, window, mask_diagonal, &first, &last);
+    const int split_lo = split * DECODE_SPLIT, split_hi = split_lo + DECODE_SPLIT - 1;
+    *lo = first > split_lo ? first : split_lo;
+    *hi = last < split_hi ? last : split_hi;
+    if (seq < 0 || t < 0 || split >= n_splits) *hi = *lo - 1;
+}
+
+/* ---- grouped pass 1: one CTA per (row, KV head, split), all G query heads of the KV head ---- */
+template <typename T, int D, int G>
+__global__ void __launch_bounds__(DECODE_THREADS) decode_grouped_kernel(decode_params<T> p) {
+    constexpr int VEC = vec_width<T>::value;
+    constexpr int LPR = D / VEC;  /* lanes per K/V row */
+    constexpr int RPW = 32 / LPR; /* rows per warp per step */
+    constexpr int ROWS_PER_STEP = DECODE_WARPS * RPW;
+    constexpr int UNROLL = 2;
+    static_assert(D % VEC == 0 && 32 % LPR == 0, "head_dim must split a warp evenly");
+
+    __shared__ float s_q[G][D];
+    __shared__ float s_p[G][DECODE_SPLIT];
+    __shared__ float s_red[DECODE_WARPS][G][D];
+
+    const int b = blockIdx.x, kv_head = blockIdx.y, split = blockIdx.z;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int sub = lane % LPR, row_group = lane / LPR;
+    const int seq = p.row_seq[b], t = p.row_pos[b];
+    int lo, hi;
+    split_range(seq, t, p.window, p.mask_diagonal, split, p.n_splits, &lo, &hi);
+    const size_t part0 = ((size_t)b * p.n_heads + (size_t)kv_head * G) * p.n_splits + split; /* head j: + j * n_splits */
+    if (lo > hi) { /* uniform over the CTA */
+        if (tid < G) {
+            p.part_max[part0 + (size_t)tid * p.n_splits] = -INFINITY;
+            p.part_sum[part0 + (size_t)tid * p.n_splits] = 0.0f;
+        }
+        return;
+    }
+
+    const T *q_row = p.q + (size_t)b * p.q_stride + (size_t)kv_head * G * D;
+    for (int i = tid; i < G * D; i += DECODE_THREADS) s_q[i / D][i % D] = to_float<T>(q_row[i]);
+    __syncthreads();
+
+    const int kv_col = kv_head * D + sub * VEC;
+    /* scores */
+    {
+        float q_reg[G][VEC];
+#pragma unroll
+        for (int j = 0; j < G; j++)
+#pragma unroll
+            for (int v = 0; v < VEC; v++) q_reg[j][v] = s_q[j][sub * VEC + v];
+        for (int step0 = lo + warp * RPW; step0 <= hi; step0 += ROWS_PER_STEP * UNROLL) { /* warp-uniform */
+            float k_reg[UNROLL][VEC];
+#pragma unroll
+            for (int u = 0; u < UNROLL; u++) {
+                const int pos = step0 + row_group + u * ROWS_PER_STEP;
+                if (pos <= hi)
+                    load_vec<T>(p.pool + pool_row_offset(p.view, seq, pos, p.read_slot, 0) + kv_col, k_reg[u]);
+                else {
+#pragma unroll
+                    for (int v = 0; v < VEC; v++) k_reg[u][v] = 0.0f;
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < UNROLL; u++) {
+                const int pos = step0 + row_group + u * ROWS_PER_STEP;
+#pragma unroll
+                for (int j = 0; j < G; j++) {
+                    float dot = 0.0f;
+#pragma unroll
+                    for (int v = 0; v < VEC; v++) dot += q_reg[j][v] * k_reg[u][v];
+#pragma unroll
+                    for (int off = LPR / 2; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+                    if (sub == 0 && pos <= hi) s_p[j][pos - lo] = dot * p.scale;
+                }
+            }
+        }
+    }
+    __syncthreads();
+
+    /* softmax over the split, one warp per query head */
+    const int len = hi - lo + 1;
+    for (int j = warp; j < G; j += DECODE_WARPS) {
+        float m = -INFINITY;
+        for (int i = lane; i < len; i += 32) m = fmaxf(m, s_p[j][i]);
+        m = warp_max(m);
+        float l = 0.0f;
+        for (int i = lane; i < len; i += 32) {
+            const float e = expf(s_p[j][i] - m);
+            s_p[j][i] = e;
+            l += e;
+        }
+        l = warp_sum(l);
+        if (lane == 0) {
+            p.part_max[part0 + (size_t)j * p.n_splits] = m;
+            p.part_sum[part0 + (size_t)j * p.n_splits] = l;
+        }
+    }
+    __syncthreads();
+
+    /* P.V */
+    float acc[G][VEC];
+#pragma unroll
+    for (int j = 0; j < G; j++)
+#pragma unroll
+        for (int v = 0; v < VEC; v++) acc[j][v] = 0.0f;
+    for (int step0 = lo + warp * RPW; step0 <= hi; step0 += ROWS_PER_STEP * UNROLL) {
+        float v_reg[UNROLL][VEC];
+#pragma unroll
+        for (int u = 0; u < UNROLL; u++) {
+            const int pos = step0 + row_group + u * ROWS_PER_STEP;
+            if (pos <= hi)
+                load_vec<T>(p.pool + pool_row_offset(p.view, seq, pos, p.read_slot, 1) + kv_col, v_reg[u]);
+            else {
+#pragma unroll
+                for (int v = 0; v < VEC; v++) v_reg[u][v] = 0.0f;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; u++) {
+            const int pos = step0 + row_group + u * ROWS_PER_STEP;
+            if (pos <= hi) {
+#pragma unroll
+                for (int j = 0; j < G; j++) {
+                    const float w = s_p[j][pos - lo];
+#pragma unroll
+                    for (int v = 0; v < VEC; v++) acc[j][v] += w * v_reg[u][v];
+                }
+            }
+        }
+    }
+    /* reduce over the row groups of the warp, then over warps */
+#pragma unroll
+    for (int off = LPR; off < 32; off <<= 1)
+#pragma unroll
+        for (int j = 0; j < G; j++)
+#pragma unroll
+            for (int v = 0; v < VEC; v++) acc[j][v] += __shfl_xor_sync(0xffffffffu, acc[j][v], off);
+    if (row_group == 0) {
+#pragma unroll
+        for (int j = 0; j < G; j++)
+#pragma unroll
+            for (int v = 0; v < VEC; v++) s_red[warp][j][sub * VEC + v] = acc[j][v];
+    }
+    __syncthreads();
+    for (int i = tid; i < G * D; i += DECODE_THREADS) {
+        const int j = i / D, d = i % D;
+        float sum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < DECODE_WARPS; w++) sum += s_red[w][j][d];
+        p.part_acc[(part0 + (size_t)j * p.n_splits) * D + d] = sum;
+    }
+}
+
+/* ---- generic pass 1: one warp per (row, query head, split); grid (batch, ceil(n_heads / 4), n_splits) ---- */
+template <typename T> __global__ void __launch_bounds__(DECODE_THREADS) decode_generic_kernel(decode_params<T> p) {
+    __shared__ float s_q[DECODE_WARPS][GENERIC_MAX_HEAD_DIM];
+    const int b = blockIdx.x, split = blockIdx.z;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int h = blockIdx.y * DECODE_WARPS + warp;
+    if (h >= p.n_heads) return; /* whole warp; no block barrier below */
+    const int group = p.n_heads / p.n_kv_heads, kv_head = h / group;
+    const int seq = p.row_seq[b], t = p.row_pos[b];
+    int lo, hi;
+    split_range(seq, t, p.window, p.mask_diagonal, split, p.n_splits, &lo, &hi);
+    const size_t part = ((size_t)b * p.n_heads + h) * p.n_splits + split;
+    if (lo > hi) {
+        if (lane == 0) {
+            p.part_max[part] = -INFINITY;
+            p.part_sum[part] = 0.0f;
+        }
+        return;
+    }
+    const T *q_row = p.q + (size_t)b * p.q_stride + (size_t)h * p.head_dim;
+    for (int d = lane; d < p.head_dim; d += 32) s_q[warp][d] = to_float<T>(q_row[d]);
+    __syncwarp();
+    float m, l, acc[8];
+    warp_attend_range<T>(s_q[warp], p.pool, p.view, seq, p.read_slot, kv_head * p.head_dim, p.head_dim, lo, hi, p.scale,
+                         &m, &l, acc);
+    if (lane == 0) {
+        p.part_max[part] = m;
+        p.part_sum[part] = l;
+    }
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int d = lane + 32 * i;
+        if (d < p.head_dim) p.part_acc[part * p.head_dim + d] = acc[i];
+    }
+}
+
+/* ---- pass 2: one CTA per (row, query head) ---- */
+template <typename T>
+__global__ void decode_combine_kernel(T *out, const float *part_acc, const float *part_max, const float *part_sum,
+                                      int n_heads, int head_dim, int n_splits) {
+    const int b = blockIdx.x, h = blockIdx.y;
+    const size_t part0 = ((size_t)b * n_heads + h) * n_splits;
+    T *out_row = out + ((size_t)b * n_heads + h) * head_dim;
+    float m_all = -INFINITY;
+    for (int s = 0; s < n_splits; s++) m_all = fmaxf(m_all, part_max[part0 + s]);
+    if (m_all == -INFINITY) { /* nothing visible */
+        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) out_row[d] = from_float<T>(0.0f);
+        return;
+    }
+    float l_all = 0.0f;
+    for (int s = 0; s < n_splits; s++) {
+        const float m = part_max[part0 + s];
+        if (m != -INFINITY) l_all += part_sum[part0 + s] * expf(m - m_all);
+    }
+    const float inv = 1.0f / l_all;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float o = 0.0f;
+        for (int s = 0; s < n_splits; s++) {
+            const float m = part_max[part0 + s];
+            if (m != -INFINITY) o += part_acc[(part0 + s) * head_dim + d] * expf(m - m_all);
+        }
+        out_row[d] = from_float<T>(o * inv);
+    }
+}
+
+template <typename T, int D, int G> void launch_grouped(const decode_params<T> &p, int batch, cudaStream_t stream) {
+    const dim3 grid(batch, p.n_kv_heads, p.n_splits);
+    decode_grouped_kernel<T, D, G><<<grid, DECODE_THREADS, 0, stream>>>(p);
+}
+
+template <typename T, int D> bool try_grouped(const decode_params<T> &p, int batch, int group, cudaStream_t stream) {
+    switch (group) {
+    case 1: launch_grouped<T, D, 1>(p, batch, stream); return true;
+    case 2: launch_grouped<T, D, 2>(p, batch, stream); return true;
+    case 4: launch_grouped<T, D, 4>(p, batch, stream); return true;
+    case 8: launch_grouped<T, D, 8>(p, batch, stream); return true;
+    default: return false;
+    }
+}
+
+template <typename T>
+int attention_decode(void *out, const void *q, int q_stride, int batch, const int *row_seq, const int *row_pos,
+                     int max_positions, const xlkv_paged_kv *kv, const xlkv_attention_rule *rule, float *workspace,
+                     cudaStream_t stream) {
+    if (batch <= 0) return 0;
+    if (!kv || !rule || !workspace || rule->n_heads <= 0 || rule->n_kv_heads <= 0 ||
+        rule->n_heads % rule->n_kv_heads != 0 || rule->head_dim <= 0 || kv->kv_dim != rule->n_kv_heads * rule->head_dim ||
+        rule->read_slot < 0 || rule->read_slot >= kv->n_slots || kv->block_size <= 0)
+        return (int)cudaErrorInvalidValue;
+    decode_params<T> p;
+    p.q = (const T *)q;
+    p.q_stride = q_stride;
+    p.row_seq = row_seq;
+    p.row_pos = row_pos;
+    p.pool = (const T *)kv->pool;
+    p.view = make_pool_view(kv);
+    p.n_heads = rule->n_heads;
+    p.n_kv_heads = rule->n_kv_heads;
+    p.head_dim = rule->head_dim;
+    p.window = rule->window;
+    p.mask_diagonal = rule->mask_diagonal;
+    p.read_slot = rule->read_slot;
+    p.n_splits = decode_splits(max_positions);
+    p.scale = 1.0f / sqrtf((float)rule->head_dim);
+    const size_t n_parts = (size_t)batch * rule->n_heads * p.n_splits;
+    p.part_acc = workspace;
+    p.part_max = workspace + n_parts * rule->head_dim;
+    p.part_sum = p.part_max + n_parts;
+    if (p.n_splits > 65535 || rule->n_heads > 65535) return (int)cudaErrorInvalidValue;
+
+    const int group = rule->n_heads / rule->n_kv_heads;
+    const bool aligned = vector_ok<T>(q, rule->head_dim, q_stride) && vector_ok<T>(kv->pool, kv->kv_dim, kv->kv_dim);
+    bool launched = false;
+    if (aligned && rule->head_dim == 64) launched = try_grouped<T, 64>(p, batch, group, stream);
+    else if (aligned && rule->head_dim == 128) launched = try_grouped<T, 128>(p, batch, group, stream);
+    if (!launched) {
+        if (rule->head_dim > GENERIC_MAX_HEAD_DIM) return (int)cudaErrorInvalidValue;
+        const dim3 grid(batch, (rule->n_heads + DECODE_WARPS - 1) / DECODE_WARPS, p.n_splits);
+        decode_generic_kernel<T><<<grid, DECODE_THREADS, 0, stream>>>(p);
+    }
+    int err = launch_status();
+    if (err) return err;
+    const dim3 combine_grid(batch, rule->n_heads);
+    decode_combine_kernel<T><<<combine_grid, COMBINE_THREADS, 0, stream>>>((T *)out, p.part_acc, p.part_max, p.part_sum,
+                                                                          rule->n_heads, rule->head_dim, p.n_splits);
+    return launch_status();
+}
+
+} // namespace
+
+extern "C" {
+
+size_t xlkv_cuda_attention_decode_workspace(int batch, int n_heads, int head_dim, int max_positions) {
+    if (batch <= 0 || n_heads <= 0 || head_dim <= 0) return 0;
+    return (size_t)batch * (size_t)n_heads * (size_t)decode_splits(max_positions) * ((size_t)head_dim + 2);
+}
+
+int xlkv_cuda_attention_decode(void *out, const void *q, int q_stride, int batch, const int *row_seq,
+                               const int *row_pos, int max_positions, const xlkv_paged_kv *kv,
+                               const xlkv_attention_rule *rule, float *workspace, xlkv_dtype dt, void *stream) {
+    XLKV_DISPATCH_DTYPE(dt, attention_decode, out, q, q_stride, batch, row_seq, row_pos, max_positions, kv, rule,
+                        workspace, (cudaStream_t)stream);
+}
+
+} // extern "C"

@@ -1,0 +1,128 @@
+/* backend/cuda/kernels_common: device helpers shared by the kernel files (not a public header).
+ *
+ * Owns: fp32 <-> element conversions, 16-byte vector loads/stores of T (float: 4 elements, bf16: 8), the paged-pool
+ * address of a (sequence, position, slot, K/V) row, warp/block reductions, and the dtype dispatch macro. */
+#ifndef XLKV_BACKEND_CUDA_KERNELS_COMMON_CUH
+#define XLKV_BACKEND_CUDA_KERNELS_COMMON_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "backend/cuda/cuda_kernels.h"
+
+namespace xlkv_cuda {
+
+template <typename T> __device__ __forceinline__ float to_float(T x);
+template <> __device__ __forceinline__ float to_float<float>(float x) { return x; }
+template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+/* Elements of T in one 16-byte vector. */
+template <typename T> struct vec_width { static constexpr int value = 16 / (int)sizeof(T); };
+
+/* Loads 16 bytes (p must be 16-byte aligned) as vec_width<T> floats. */
+template <typename T> __device__ __forceinline__ void load_vec(const T *p, float *out) {
+    const uint4 raw = *reinterpret_cast<const uint4 *>(p);
+    const T *elems = reinterpret_cast<const T *>(&raw);
+#pragma unroll
+    for (int i = 0; i < vec_width<T>::value; i++) out[i] = to_float<T>(elems[i]);
+}
+
+/* Stores vec_width<T> floats as 16 bytes (p 16-byte aligned), rounding to T. */
+template <typename T> __device__ __forceinline__ void store_vec(T *p, const float *in) {
+    uint4 raw;
+    T *elems = reinterpret_cast<T *>(&raw);
+#pragma unroll
+    for (int i = 0; i < vec_width<T>::value; i++) elems[i] = from_float<T>(in[i]);
+    *reinterpret_cast<uint4 *>(p) = raw;
+}
+
+/* True when 16-byte vector access of rows of `dim` elements with row stride `stride` (elements) is aligned. */
+template <typename T> inline bool vector_ok(const void *base, int dim, int stride) {
+    const int w = vec_width<T>::value;
+    return ((uintptr_t)base % 16 == 0) && dim % w == 0 && stride % w == 0;
+}
+
+/* Pool geometry as plain values (kernel parameters). Element offset of row (block, slot, kv, pos_in_block):
+ *   pool[block][slot][kv][pos_in_block][kv_dim]. */
+struct pool_view {
+    int n_slots;
+    int block_size;
+    int kv_dim;
+    int max_blocks_per_seq;
+    const int *block_tables;
+};
+
+inline pool_view make_pool_view(const xlkv_paged_kv *kv) {
+    pool_view v;
+    v.n_slots = kv->n_slots;
+    v.block_size = kv->block_size;
+    v.kv_dim = kv->kv_dim;
+    v.max_blocks_per_seq = kv->max_blocks_per_seq;
+    v.block_tables = kv->block_tables;
+    return v;
+}
+
+/* Element offset of the first element of the row of position `pos` of sequence `seq`, slot `slot`, kv 0 (keys) or
+ * 1 (values). Reads the block table (device). */
+__device__ __forceinline__ size_t pool_row_offset(const pool_view &v, int seq, int pos, int slot, int kv) {
+    const int block = v.block_tables[(size_t)seq * (size_t)v.max_blocks_per_seq + (size_t)(pos / v.block_size)];
+    const int pos_in_block = pos % v.block_size;
+    return ((((size_t)block * (size_t)v.n_slots + (size_t)slot) * 2 + (size_t)kv) * (size_t)v.block_size +
+            (size_t)pos_in_block) *
+           (size_t)v.kv_dim;
+}
+
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+    return x;
+}
+
+__device__ __forceinline__ float warp_max(float x) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, off));
+    return x;
+}
+
+/* Sum over the block (blockDim.x a multiple of 32, <= 1024); every thread gets the result. `scratch`: 32 floats of
+ * shared memory, reusable after return. */
+__device__ __forceinline__ float block_sum(float x, float *scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = (blockDim.x + 31) >> 5;
+    x = warp_sum(x);
+    __syncthreads(); /* scratch may still be read by a previous call */
+    if (lane == 0) scratch[warp] = x;
+    __syncthreads();
+    float total = 0.0f;
+    for (int w = 0; w < n_warps; w++) total += scratch[w]; /* same order in every thread: identical results */
+    return total;
+}
+
+__device__ __forceinline__ float block_max(float x, float *scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = (blockDim.x + 31) >> 5;
+    x = warp_max(x);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = x;
+    __syncthreads();
+    float m = -INFINITY;
+    for (int w = 0; w < n_warps; w++) m = fmaxf(m, scratch[w]);
+    return m;
+}
+
+inline int launch_status() { return (int)cudaGetLastError(); }
+
+} // namespace xlkv_cuda
+
+/* Calls FN<float>(...) or FN<__nv_bfloat16>(...) by dtype; returns cudaErrorInvalidValue for an unknown dtype. */
+#define XLKV_DISPATCH_DTYPE(dt, FN, ...)                                                                               \
+    do {                                                                                                               \
+        if ((dt) == XLKV_DTYPE_F32) return FN<float>(__VA_ARGS__);                                                     \
+        if ((dt) == XLKV_DTYPE_BF16) return FN<__nv_bfloat16>(__VA_ARGS__);                                            \
+        return (int)cudaErrorInvalidValue;                                                                             \
+    } while (0)
+
+#endif
