@@ -55,6 +55,12 @@ xlkv_status xlkv_cuda_kv_pool_init(xlkv_cuda_kv_pool *pool, size_t n_blocks, int
     pool->block_bytes = xlkv_cuda_kv_block_bytes(n_slots, block_size, kv_dim, elem_bytes);
 
     const size_t entries = table_entries(pool);
+    /* the device pool first: when it does not fit, fail before building host lists of its size */
+    xlkv_status status = xlkv_cuda_alloc(&pool->pool, n_blocks * pool->block_bytes, "the KV pool");
+    if (status != XLKV_OK) {
+        xlkv_cuda_kv_pool_free(pool);
+        return status;
+    }
     pool->host_tables = calloc(entries, sizeof(int)); /* all SCRATCH_BLOCK */
     pool->owned = calloc((size_t)max_seqs, sizeof(int));
     pool->free_blocks = malloc((n_blocks - 1) * sizeof(int));
@@ -66,9 +72,7 @@ xlkv_status xlkv_cuda_kv_pool_init(xlkv_cuda_kv_pool *pool, size_t n_blocks, int
     pool->n_free = n_blocks - 1;
     for (size_t i = 0; i < pool->n_free; i++) pool->free_blocks[i] = (int)(n_blocks - 1 - i);
 
-    xlkv_status status = xlkv_cuda_alloc(&pool->pool, n_blocks * pool->block_bytes, "the KV pool");
-    if (status == XLKV_OK)
-        status = xlkv_cuda_alloc((void **)&pool->device_tables, entries * sizeof(int), "the KV block tables");
+    status = xlkv_cuda_alloc((void **)&pool->device_tables, entries * sizeof(int), "the KV block tables");
     if (status == XLKV_OK) {
         cudaError_t err = cudaMemsetAsync(pool->pool, 0, n_blocks * pool->block_bytes, stream);
         if (err == cudaSuccess) err = cudaMemsetAsync(pool->device_tables, 0, entries * sizeof(int), stream);
