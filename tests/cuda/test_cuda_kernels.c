@@ -1,0 +1,799 @@
+/* tests/cuda/test_cuda_kernels: every launcher of backend/cuda/cuda_kernels.h on the GPU against the CPU reference
+ * (backend/cpu ops, or a loop written here from the definition).
+ *
+ * Inputs are random (never zero); bf16 inputs are rounded to bf16 on the host first and the fp32 reference runs on
+ * the rounded values. Outputs are poisoned with NaN before each launch, so an element the kernel forgot shows as a
+ * failure. Error = max |gpu - ref| / max |ref| (absolute when the reference is all zeros); tolerances: fp32 1e-5
+ * (attention 2e-5), bf16 1e-2. Every check prints one line (kernel, dtype, shape, error, tolerance) for the GPU log;
+ * a failing check fails the test. Attention runs over a paged pool with two sequences, two slots and a shuffled block
+ * table, so an addressing error shows. Needs a GPU: labelled "cuda", run by `make test-cuda`. */
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/backend.h"
+#include "backend/cuda/cuda_kernels.h"
+#include "model/float_formats.h"
+#include "testutil.h"
+
+#define TOL_F32 1e-5
+#define TOL_F32_ATTENTION 2e-5
+#define TOL_BF16 1e-2
+
+#define CK(expr)                                                                                                       \
+    do {                                                                                                               \
+        cudaError_t ck_err_ = (expr);                                                                                  \
+        if (ck_err_ != cudaSuccess) fail_msg("%s:%d: %s -> %s", __FILE__, __LINE__, #expr, cudaGetErrorString(ck_err_)); \
+    } while (0)
+/* A launcher call: its return code, then a synchronize that surfaces asynchronous errors. */
+#define CK_LAUNCH(expr)                                                                                                \
+    do {                                                                                                               \
+        int ck_rc_ = (expr);                                                                                           \
+        if (ck_rc_ != 0)                                                                                               \
+            fail_msg("%s:%d: %s -> %d (%s)", __FILE__, __LINE__, #expr, ck_rc_, cudaGetErrorString((cudaError_t)ck_rc_)); \
+        CK(cudaDeviceSynchronize());                                                                                   \
+    } while (0)
+
+static unsigned long long rng_state = 0x1234567ull;
+static unsigned rng_u32(void) {
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (unsigned)(rng_state >> 33);
+}
+/* uniform in [-1, 1] without zero */
+static float uniform_nonzero(void) {
+    float v;
+    do v = (float)(rng_u32() & 0xFFFFFF) / 8388608.0f - 1.0f;
+    while (v == 0.0f);
+    return v;
+}
+
+static const char *dt_name(xlkv_dtype dt) { return dt == XLKV_DTYPE_F32 ? "f32" : "bf16"; }
+static size_t dt_size(xlkv_dtype dt) { return dt == XLKV_DTYPE_F32 ? 4 : 2; }
+static double tol_for(xlkv_dtype dt, double f32_tol) { return dt == XLKV_DTYPE_F32 ? f32_tol : TOL_BF16; }
+
+static float round_one(float v, xlkv_dtype dt) {
+    return dt == XLKV_DTYPE_F32 ? v : xlkv_bf16_to_f32(xlkv_f32_to_bf16(v));
+}
+static void round_all(float *a, size_t n, xlkv_dtype dt) {
+    for (size_t i = 0; i < n; i++) a[i] = round_one(a[i], dt);
+}
+/* random values, already representable in dt */
+static float *random_host(size_t n, xlkv_dtype dt) {
+    float *a = malloc((n ? n : 1) * sizeof *a);
+    assert_non_null(a);
+    for (size_t i = 0; i < n; i++) a[i] = round_one(uniform_nonzero(), dt);
+    return a;
+}
+
+static void *device_alloc(size_t bytes) {
+    void *d = NULL;
+    CK(cudaMalloc(&d, bytes ? bytes : 1));
+    return d;
+}
+static void *device_poisoned(size_t n, xlkv_dtype dt) {
+    void *d = device_alloc(n * dt_size(dt));
+    CK(cudaMemset(d, 0xFF, n * dt_size(dt))); /* all-ones: NaN in fp32 and bf16 */
+    return d;
+}
+static void upload(void *d, const float *a, size_t n, xlkv_dtype dt) {
+    if (dt == XLKV_DTYPE_F32) {
+        CK(cudaMemcpy(d, a, n * sizeof(float), cudaMemcpyHostToDevice));
+        return;
+    }
+    uint16_t *h = malloc((n ? n : 1) * sizeof *h);
+    assert_non_null(h);
+    for (size_t i = 0; i < n; i++) h[i] = xlkv_f32_to_bf16(a[i]);
+    CK(cudaMemcpy(d, h, n * sizeof *h, cudaMemcpyHostToDevice));
+    free(h);
+}
+static void *to_device(const float *a, size_t n, xlkv_dtype dt) {
+    void *d = device_alloc(n * dt_size(dt));
+    upload(d, a, n, dt);
+    return d;
+}
+static float *from_device(const void *d, size_t n, xlkv_dtype dt) {
+    float *a = malloc((n ? n : 1) * sizeof *a);
+    assert_non_null(a);
+    if (dt == XLKV_DTYPE_F32) {
+        CK(cudaMemcpy(a, d, n * sizeof(float), cudaMemcpyDeviceToHost));
+        return a;
+    }
+    uint16_t *h = malloc((n ? n : 1) * sizeof *h);
+    assert_non_null(h);
+    CK(cudaMemcpy(h, d, n * sizeof *h, cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < n; i++) a[i] = xlkv_bf16_to_f32(h[i]);
+    free(h);
+    return a;
+}
+static int *ints_to_device(const int *a, size_t n) {
+    int *d = device_alloc(n * sizeof *a);
+    CK(cudaMemcpy(d, a, n * sizeof *a, cudaMemcpyHostToDevice));
+    return d;
+}
+static int *ints_from_device(const int *d, size_t n) {
+    int *a = malloc((n ? n : 1) * sizeof *a);
+    assert_non_null(a);
+    CK(cudaMemcpy(a, d, n * sizeof *a, cudaMemcpyDeviceToHost));
+    return a;
+}
+
+/* Compares, prints one line, fails the test when out of tolerance or when an element is not finite. */
+static void expect_close(const char *kernel, xlkv_dtype dt, const char *shape, const float *got, const float *ref,
+                         size_t n, double tol) {
+    double max_diff = 0.0, max_ref = 0.0;
+    size_t not_finite = 0, worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(got[i])) {
+            if (not_finite++ == 0) worst = i;
+            continue;
+        }
+        const double diff = fabs((double)got[i] - (double)ref[i]);
+        if (diff > max_diff) {
+            max_diff = diff;
+            if (!not_finite) worst = i;
+        }
+        if (fabs((double)ref[i]) > max_ref) max_ref = fabs((double)ref[i]);
+    }
+    const double err = max_ref > 0.0 ? max_diff / max_ref : max_diff;
+    const int ok = not_finite == 0 && err <= tol;
+    printf("[%s] %-22s %-4s %-58s err %.3e (tol %.1e)%s\n", ok ? "PASS" : "FAIL", kernel, dt_name(dt), shape, err, tol,
+           not_finite ? " NOT FINITE" : "");
+    fflush(stdout);
+    if (!ok)
+        fail_msg("%s %s %s: err %.3e > tol %.1e, %zu non-finite; element %zu: gpu %g ref %g", kernel, dt_name(dt), shape,
+                 err, tol, not_finite, worst, (double)got[worst], (double)ref[worst]);
+}
+
+static void expect_ints(const char *kernel, const char *shape, const int *got, const int *ref, int n) {
+    int mismatches = 0, first = -1;
+    for (int i = 0; i < n; i++)
+        if (got[i] != ref[i] && mismatches++ == 0) first = i;
+    printf("[%s] %-22s      %-58s %d/%d mismatches\n", mismatches ? "FAIL" : "PASS", kernel, shape, mismatches, n);
+    fflush(stdout);
+    if (mismatches) fail_msg("%s %s: row %d: gpu %d, expected %d", kernel, shape, first, got[first], ref[first]);
+}
+
+static int setup_device(void **state) {
+    (void)state;
+    int count = 0;
+    cudaError_t err = cudaGetDeviceCount(&count);
+    if (err != cudaSuccess || count == 0) {
+        printf("NO CUDA DEVICE (%s): these tests need a GPU\n", cudaGetErrorString(err));
+        return -1;
+    }
+    return 0;
+}
+
+/* fp32 RoPE tables [positions, head_dim / 2], theta 10000 */
+static void rope_tables(int positions, int head_dim, float **cos_out, float **sin_out) {
+    const int half = head_dim / 2;
+    float *c = malloc((size_t)positions * half * sizeof *c), *s = malloc((size_t)positions * half * sizeof *s);
+    assert_true(c && s);
+    for (int p = 0; p < positions; p++)
+        for (int i = 0; i < half; i++) {
+            const double angle = p * pow(10000.0, -2.0 * i / head_dim);
+            c[(size_t)p * half + i] = (float)cos(angle);
+            s[(size_t)p * half + i] = (float)sin(angle);
+        }
+    *cos_out = c;
+    *sin_out = s;
+}
+
+/* ---------------------------------------------------------------- element-wise */
+
+static void elementwise_kernels_match_cpu(void **state) {
+    (void)state;
+    const xlkv_backend_ops *ops = xlkv_backend_cpu();
+    const int shapes[][2] = {{3, 2048}, {2, 37}, {1, 5632}, {4, 24}}; /* (n, dim): vector and scalar paths */
+    for (int dti = 0; dti < 2; dti++) {
+        const xlkv_dtype dt = dti ? XLKV_DTYPE_BF16 : XLKV_DTYPE_F32;
+        const double tol = tol_for(dt, TOL_F32);
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            const int n = shapes[si][0], dim = shapes[si][1];
+            const int y_stride = dim % 8 == 0 ? dim + 8 : dim + 3; /* strided y as in a fused product */
+            char shape[96];
+            snprintf(shape, sizeof shape, "n=%d dim=%d y_stride=%d", n, dim, y_stride);
+            const size_t nd = (size_t)n * dim;
+
+            /* embedding */
+            const int vocab = 50;
+            float *table = random_host((size_t)vocab * dim, dt);
+            int tokens[4] = {7, 49, 0, 23};
+            void *d_table = to_device(table, (size_t)vocab * dim, dt), *d_out = device_poisoned(nd, dt);
+            int *d_tokens = ints_to_device(tokens, (size_t)n);
+            CK_LAUNCH(xlkv_cuda_embedding(d_out, d_table, d_tokens, n, dim, dt, NULL));
+            float *got = from_device(d_out, nd, dt), *ref = malloc(nd * sizeof *ref);
+            for (int r = 0; r < n; r++) memcpy(ref + (size_t)r * dim, table + (size_t)tokens[r] * dim, dim * sizeof *ref);
+            expect_close("embedding", dt, shape, got, ref, nd, 0.0);
+            free(got);
+            CK(cudaFree(d_table));
+            CK(cudaFree(d_tokens));
+            free(table);
+
+            /* rmsnorm */
+            float *x = random_host(nd, dt), *gain = random_host((size_t)dim, dt);
+            void *d_x = to_device(x, nd, dt), *d_gain = to_device(gain, (size_t)dim, dt);
+            CK(cudaMemset(d_out, 0xFF, nd * dt_size(dt)));
+            CK_LAUNCH(xlkv_cuda_rmsnorm(d_out, d_x, d_gain, n, dim, 1e-5f, dt, NULL));
+            got = from_device(d_out, nd, dt);
+            ops->rmsnorm(ref, x, gain, n, dim, 1e-5f);
+            expect_close("rmsnorm", dt, shape, got, ref, nd, tol);
+            free(got);
+
+            /* add_rmsnorm: x += y (stored in dt), out = rmsnorm(x) */
+            float *y = random_host((size_t)n * y_stride, dt);
+            void *d_y = to_device(y, (size_t)n * y_stride, dt);
+            CK(cudaMemset(d_out, 0xFF, nd * dt_size(dt)));
+            CK_LAUNCH(xlkv_cuda_add_rmsnorm(d_x, d_y, y_stride, d_out, d_gain, n, dim, 1e-5f, dt, NULL));
+            float *x_sum = malloc(nd * sizeof *x_sum);
+            for (int r = 0; r < n; r++)
+                for (int i = 0; i < dim; i++)
+                    x_sum[(size_t)r * dim + i] = round_one(x[(size_t)r * dim + i] + y[(size_t)r * y_stride + i], dt);
+            got = from_device(d_x, nd, dt);
+            expect_close("add_rmsnorm (x)", dt, shape, got, x_sum, nd, tol);
+            free(got);
+            got = from_device(d_out, nd, dt);
+            ops->rmsnorm(ref, x_sum, gain, n, dim, 1e-5f);
+            expect_close("add_rmsnorm (out)", dt, shape, got, ref, nd, tol);
+            free(got);
+
+            /* add: x_sum += y */
+            CK_LAUNCH(xlkv_cuda_add(d_x, d_y, y_stride, n, dim, dt, NULL));
+            for (int r = 0; r < n; r++)
+                for (int i = 0; i < dim; i++) ref[(size_t)r * dim + i] = x_sum[(size_t)r * dim + i] + y[(size_t)r * y_stride + i];
+            got = from_device(d_x, nd, dt);
+            expect_close("add", dt, shape, got, ref, nd, tol);
+            free(got);
+
+            /* swiglu from a fused [n, 2 * dim (+pad)] buffer: gate = buf, up = buf + dim */
+            const int in_stride = 2 * y_stride;
+            float *fused = random_host((size_t)n * in_stride, dt);
+            void *d_fused = to_device(fused, (size_t)n * in_stride, dt);
+            CK(cudaMemset(d_out, 0xFF, nd * dt_size(dt)));
+            CK_LAUNCH(xlkv_cuda_swiglu(d_out, d_fused, (char *)d_fused + (size_t)dim * dt_size(dt), in_stride, n, dim, dt,
+                                       NULL));
+            float *up = malloc(nd * sizeof *up);
+            for (int r = 0; r < n; r++)
+                for (int i = 0; i < dim; i++) {
+                    ref[(size_t)r * dim + i] = fused[(size_t)r * in_stride + i];
+                    up[(size_t)r * dim + i] = fused[(size_t)r * in_stride + dim + i];
+                }
+            ops->swiglu(ref, up, nd);
+            got = from_device(d_out, nd, dt);
+            expect_close("swiglu", dt, shape, got, ref, nd, tol);
+            free(got);
+
+            free(x);
+            free(gain);
+            free(y);
+            free(x_sum);
+            free(fused);
+            free(up);
+            free(ref);
+            CK(cudaFree(d_x));
+            CK(cudaFree(d_gain));
+            CK(cudaFree(d_y));
+            CK(cudaFree(d_fused));
+            CK(cudaFree(d_out));
+        }
+    }
+}
+
+static void rope_matches_cpu(void **state) {
+    (void)state;
+    const xlkv_backend_ops *ops = xlkv_backend_cpu();
+    const int cases[][3] = {{5, 32, 64}, {3, 4, 16}, {2, 2, 8}}; /* n, n_heads, head_dim */
+    for (int dti = 0; dti < 2; dti++) {
+        const xlkv_dtype dt = dti ? XLKV_DTYPE_BF16 : XLKV_DTYPE_F32;
+        for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+            const int n = cases[ci][0], n_heads = cases[ci][1], head_dim = cases[ci][2];
+            const int width = n_heads * head_dim, x_stride = width + 2 * 64; /* q columns of a fused qkv */
+            const int max_pos = 300;
+            float *cos_t, *sin_t;
+            rope_tables(max_pos, head_dim, &cos_t, &sin_t);
+            int positions[5] = {0, 299, 17, 1, 128};
+            float *x = random_host((size_t)n * x_stride, dt);
+            void *d_x = to_device(x, (size_t)n * x_stride, dt);
+            float *d_cos = to_device(cos_t, (size_t)max_pos * head_dim / 2, XLKV_DTYPE_F32);
+            float *d_sin = to_device(sin_t, (size_t)max_pos * head_dim / 2, XLKV_DTYPE_F32);
+            int *d_pos = ints_to_device(positions, (size_t)n);
+            CK_LAUNCH(xlkv_cuda_rope(d_x, x_stride, n, n_heads, head_dim, d_pos, d_cos, d_sin, dt, NULL));
+            float *got = from_device(d_x, (size_t)n * x_stride, dt);
+            float *ref = malloc((size_t)n * x_stride * sizeof *ref);
+            memcpy(ref, x, (size_t)n * x_stride * sizeof *ref);
+            for (int r = 0; r < n; r++)
+                ops->rope(ref + (size_t)r * x_stride, 1, n_heads, head_dim, positions[r], cos_t, sin_t);
+            char shape[96];
+            snprintf(shape, sizeof shape, "n=%d heads=%d head_dim=%d stride=%d", n, n_heads, head_dim, x_stride);
+            expect_close("rope", dt, shape, got, ref, (size_t)n * x_stride, tol_for(dt, TOL_F32)); /* pad untouched */
+            free(got);
+            free(ref);
+            free(x);
+            free(cos_t);
+            free(sin_t);
+            CK(cudaFree(d_x));
+            CK(cudaFree(d_cos));
+            CK(cudaFree(d_sin));
+            CK(cudaFree(d_pos));
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- paged pool */
+
+typedef struct host_pool {
+    int n_slots, block_size, kv_dim, n_seqs, max_blocks_per_seq, n_blocks;
+    float *data;       /* [n_blocks][n_slots][2][block_size][kv_dim], values representable in dt */
+    int *block_tables; /* [n_seqs][max_blocks_per_seq], a shuffled permutation of the blocks */
+} host_pool;
+
+static host_pool make_host_pool(int n_slots, int block_size, int kv_dim, int n_seqs, int capacity, xlkv_dtype dt) {
+    host_pool p = {.n_slots = n_slots, .block_size = block_size, .kv_dim = kv_dim, .n_seqs = n_seqs};
+    p.max_blocks_per_seq = (capacity + block_size - 1) / block_size;
+    p.n_blocks = n_seqs * p.max_blocks_per_seq;
+    p.data = random_host((size_t)p.n_blocks * n_slots * 2 * block_size * kv_dim, dt);
+    p.block_tables = malloc((size_t)p.n_blocks * sizeof *p.block_tables);
+    assert_non_null(p.block_tables);
+    for (int i = 0; i < p.n_blocks; i++) p.block_tables[i] = i;
+    for (int i = p.n_blocks - 1; i > 0; i--) { /* Fisher-Yates */
+        const int j = (int)(rng_u32() % (unsigned)(i + 1)), t = p.block_tables[i];
+        p.block_tables[i] = p.block_tables[j];
+        p.block_tables[j] = t;
+    }
+    return p;
+}
+static size_t host_pool_elems(const host_pool *p) {
+    return (size_t)p->n_blocks * p->n_slots * 2 * p->block_size * p->kv_dim;
+}
+static float *host_pool_row(const host_pool *p, int seq, int pos, int slot, int kv) {
+    const int block = p->block_tables[seq * p->max_blocks_per_seq + pos / p->block_size];
+    return p->data + ((((size_t)block * p->n_slots + slot) * 2 + kv) * p->block_size + pos % p->block_size) * p->kv_dim;
+}
+/* contiguous [n_pos, kv_dim] keys (kv 0) or values (kv 1) of a sequence */
+static float *host_pool_gather(const host_pool *p, int seq, int slot, int kv, int n_pos) {
+    float *out = malloc((size_t)(n_pos ? n_pos : 1) * p->kv_dim * sizeof *out);
+    assert_non_null(out);
+    for (int pos = 0; pos < n_pos; pos++)
+        memcpy(out + (size_t)pos * p->kv_dim, host_pool_row(p, seq, pos, slot, kv), p->kv_dim * sizeof *out);
+    return out;
+}
+
+typedef struct device_pool {
+    xlkv_paged_kv kv;
+    void *pool;
+    int *tables;
+} device_pool;
+static device_pool upload_pool(const host_pool *p, xlkv_dtype dt) {
+    device_pool d;
+    d.pool = to_device(p->data, host_pool_elems(p), dt);
+    d.tables = ints_to_device(p->block_tables, (size_t)p->n_blocks);
+    d.kv = (xlkv_paged_kv){.pool = d.pool, .n_slots = p->n_slots, .block_size = p->block_size, .kv_dim = p->kv_dim,
+                           .block_tables = d.tables, .max_blocks_per_seq = p->max_blocks_per_seq};
+    return d;
+}
+static void free_device_pool(device_pool *d) {
+    CK(cudaFree(d->pool));
+    CK(cudaFree(d->tables));
+}
+static void free_host_pool(host_pool *p) {
+    free(p->data);
+    free(p->block_tables);
+}
+
+static void kv_write_and_zero_match_host(void **state) {
+    (void)state;
+    const xlkv_backend_ops *ops = xlkv_backend_cpu();
+    const int cases[][3] = {{4, 2, 16}, {1, 4, 64}, {3, 1, 8}}; /* block_size, n_kv_heads, head_dim */
+    for (int dti = 0; dti < 2; dti++) {
+        const xlkv_dtype dt = dti ? XLKV_DTYPE_BF16 : XLKV_DTYPE_F32;
+        for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+            const int block_size = cases[ci][0], n_kv_heads = cases[ci][1], head_dim = cases[ci][2];
+            const int kv_dim = n_kv_heads * head_dim, capacity = 16, slot = 1;
+            host_pool hp = make_host_pool(2, block_size, kv_dim, 2, capacity, dt);
+            device_pool dp = upload_pool(&hp, dt);
+            float *cos_t, *sin_t;
+            rope_tables(capacity, head_dim, &cos_t, &sin_t);
+            float *d_cos = to_device(cos_t, (size_t)capacity * head_dim / 2, XLKV_DTYPE_F32);
+            float *d_sin = to_device(sin_t, (size_t)capacity * head_dim / 2, XLKV_DTYPE_F32);
+            enum { N_ROWS = 5 };
+            const int row_seq[N_ROWS] = {0, 1, 0, 1, 0}, row_pos[N_ROWS] = {0, 3, 7, 15, 9};
+            const int kv_stride = 2 * kv_dim + 8; /* k and v columns of a fused qkv-like buffer */
+            float *kv_rows = random_host((size_t)N_ROWS * kv_stride, dt);
+            void *d_rows = to_device(kv_rows, (size_t)N_ROWS * kv_stride, dt);
+            int *d_seq = ints_to_device(row_seq, N_ROWS), *d_pos = ints_to_device(row_pos, N_ROWS);
+            CK_LAUNCH(xlkv_cuda_kv_write(&dp.kv, slot, d_rows, (char *)d_rows + (size_t)kv_dim * dt_size(dt), kv_stride,
+                                         N_ROWS, d_seq, d_pos, head_dim, d_cos, d_sin, dt, NULL));
+            for (int r = 0; r < N_ROWS; r++) {
+                float *k_dst = host_pool_row(&hp, row_seq[r], row_pos[r], slot, 0);
+                float *v_dst = host_pool_row(&hp, row_seq[r], row_pos[r], slot, 1);
+                memcpy(k_dst, kv_rows + (size_t)r * kv_stride, kv_dim * sizeof *k_dst);
+                ops->rope(k_dst, 1, n_kv_heads, head_dim, row_pos[r], cos_t, sin_t);
+                round_all(k_dst, (size_t)kv_dim, dt);
+                memcpy(v_dst, kv_rows + (size_t)r * kv_stride + kv_dim, kv_dim * sizeof *v_dst);
+            }
+            char shape[96];
+            snprintf(shape, sizeof shape, "block=%d kv_heads=%d head_dim=%d (whole pool)", block_size, n_kv_heads,
+                     head_dim);
+            float *got = from_device(dp.pool, host_pool_elems(&hp), dt);
+            expect_close("kv_write", dt, shape, got, hp.data, host_pool_elems(&hp), tol_for(dt, TOL_F32));
+            memcpy(hp.data, got, host_pool_elems(&hp) * sizeof *got); /* exact baseline for kv_zero */
+            free(got);
+
+            /* zero positions [2, 11) of sequence 1, slot 0 */
+            CK_LAUNCH(xlkv_cuda_kv_zero(&dp.kv, 0, 1, 2, 9, dt, NULL));
+            for (int pos = 2; pos < 11; pos++)
+                for (int kv = 0; kv < 2; kv++) memset(host_pool_row(&hp, 1, pos, 0, kv), 0, kv_dim * sizeof(float));
+            got = from_device(dp.pool, host_pool_elems(&hp), dt);
+            expect_close("kv_zero", dt, shape, got, hp.data, host_pool_elems(&hp), 0.0);
+            free(got);
+
+            free(kv_rows);
+            free(cos_t);
+            free(sin_t);
+            CK(cudaFree(d_rows));
+            CK(cudaFree(d_seq));
+            CK(cudaFree(d_pos));
+            CK(cudaFree(d_cos));
+            CK(cudaFree(d_sin));
+            free_device_pool(&dp);
+            free_host_pool(&hp);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- attention */
+
+typedef struct attention_shape {
+    int n_heads, n_kv_heads, head_dim;
+} attention_shape;
+typedef struct attention_rule_case {
+    int window, mask_diagonal, block_size;
+    int pos0, n; /* prefill: queries at pos0 .. pos0 + n - 1 */
+} attention_rule_case;
+
+static const attention_shape ATTENTION_SHAPES[] = {
+    {32, 4, 64}, /* tinyllama: grouped decode G = 8, tensor-core prefill */
+    {8, 4, 8},   /* generic paths */
+    {4, 2, 16},  /* generic paths */
+    {8, 8, 128}, /* G = 1, head_dim 128 */
+    {16, 4, 64}, /* G = 4 */
+    {4, 2, 128}, /* G = 2 */
+};
+static const attention_rule_case ATTENTION_RULES[] = {
+    {0, 0, 16, 0, 150},  /* causal, three query tiles */
+    {0, 1, 1, 70, 100},  /* masked diagonal, block size 1, queries in the middle */
+    {3, 1, 16, 0, 130},  /* tiny window + diagonal */
+    {1, 0, 16, 33, 65},  /* window 1: only the diagonal */
+    {77, 0, 1, 0, 200},  /* window crossing key tiles */
+    {1, 1, 16, 5, 20},   /* nothing visible anywhere: zeros */
+    {100, 1, 16, 64, 64},/* aligned tiles, window + diagonal */
+};
+
+static void attention_prefill_matches_cpu(void **state) {
+    (void)state;
+    const xlkv_backend_ops *ops = xlkv_backend_cpu();
+    const int read_slot = 1, seq = 1;
+    for (int dti = 0; dti < 2; dti++) {
+        const xlkv_dtype dt = dti ? XLKV_DTYPE_BF16 : XLKV_DTYPE_F32;
+        for (size_t si = 0; si < sizeof ATTENTION_SHAPES / sizeof ATTENTION_SHAPES[0]; si++) {
+            const attention_shape sh = ATTENTION_SHAPES[si];
+            const int kv_dim = sh.n_kv_heads * sh.head_dim, q_width = sh.n_heads * sh.head_dim;
+            const int q_stride = q_width + 2 * kv_dim;
+            for (size_t ri = 0; ri < sizeof ATTENTION_RULES / sizeof ATTENTION_RULES[0]; ri++) {
+                const attention_rule_case rc = ATTENTION_RULES[ri];
+                const int n_ctx = rc.pos0 + rc.n;
+                host_pool hp = make_host_pool(2, rc.block_size, kv_dim, 2, n_ctx + 5, dt);
+                device_pool dp = upload_pool(&hp, dt);
+                float *q_full = random_host((size_t)rc.n * q_stride, dt);
+                float *q = malloc((size_t)rc.n * q_width * sizeof *q);
+                for (int r = 0; r < rc.n; r++) memcpy(q + (size_t)r * q_width, q_full + (size_t)r * q_stride, q_width * sizeof *q);
+                void *d_q = to_device(q_full, (size_t)rc.n * q_stride, dt);
+                void *d_out = device_poisoned((size_t)rc.n * q_width, dt);
+                const xlkv_attention_rule rule = {.n_heads = sh.n_heads, .n_kv_heads = sh.n_kv_heads,
+                                                  .head_dim = sh.head_dim, .window = rc.window,
+                                                  .mask_diagonal = rc.mask_diagonal, .read_slot = read_slot};
+                CK_LAUNCH(xlkv_cuda_attention_prefill(d_out, d_q, q_stride, rc.n, rc.pos0, seq, &dp.kv, &rule, dt, NULL));
+                float *got = from_device(d_out, (size_t)rc.n * q_width, dt);
+
+                float *k = host_pool_gather(&hp, seq, read_slot, 0, n_ctx), *v = host_pool_gather(&hp, seq, read_slot, 1, n_ctx);
+                const xlkv_attention_args args = {.n_heads = sh.n_heads, .n_kv_heads = sh.n_kv_heads,
+                                                  .head_dim = sh.head_dim, .window = rc.window,
+                                                  .mask_diagonal = rc.mask_diagonal != 0, .k = k, .v = v};
+                float *ref = malloc((size_t)rc.n * q_width * sizeof *ref);
+                ops->attention(ref, q, rc.n, rc.pos0, &args);
+                char shape[128];
+                snprintf(shape, sizeof shape, "h=%d kvh=%d hd=%d win=%d diag=%d bs=%d pos0=%d n=%d", sh.n_heads,
+                         sh.n_kv_heads, sh.head_dim, rc.window, rc.mask_diagonal, rc.block_size, rc.pos0, rc.n);
+                expect_close("attention_prefill", dt, shape, got, ref, (size_t)rc.n * q_width,
+                             tol_for(dt, TOL_F32_ATTENTION));
+                free(got);
+                free(ref);
+                free(k);
+                free(v);
+                free(q);
+                free(q_full);
+                CK(cudaFree(d_q));
+                CK(cudaFree(d_out));
+                free_device_pool(&dp);
+                free_host_pool(&hp);
+            }
+        }
+    }
+}
+
+static void attention_decode_matches_cpu(void **state) {
+    (void)state;
+    const xlkv_backend_ops *ops = xlkv_backend_cpu();
+    const int read_slot = 1, max_positions = 700; /* 3 splits of 256 */
+    enum { BATCH = 12 };
+    /* rows of different lengths over two sequences, crossing split boundaries; position 0 included */
+    const int row_seq[BATCH] = {0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0};
+    const int row_pos[BATCH] = {0, 0, 1, 2, 37, 255, 256, 257, 511, 512, 600, 699};
+    for (int dti = 0; dti < 2; dti++) {
+        const xlkv_dtype dt = dti ? XLKV_DTYPE_BF16 : XLKV_DTYPE_F32;
+        for (size_t si = 0; si < sizeof ATTENTION_SHAPES / sizeof ATTENTION_SHAPES[0]; si++) {
+            const attention_shape sh = ATTENTION_SHAPES[si];
+            const int kv_dim = sh.n_kv_heads * sh.head_dim, q_width = sh.n_heads * sh.head_dim;
+            const int q_stride = q_width + 2 * kv_dim;
+            for (size_t ri = 0; ri < sizeof ATTENTION_RULES / sizeof ATTENTION_RULES[0]; ri++) {
+                const attention_rule_case rc = ATTENTION_RULES[ri];
+                host_pool hp = make_host_pool(2, rc.block_size, kv_dim, 2, max_positions, dt);
+                device_pool dp = upload_pool(&hp, dt);
+                float *q_full = random_host((size_t)BATCH * q_stride, dt);
+                void *d_q = to_device(q_full, (size_t)BATCH * q_stride, dt);
+                void *d_out = device_poisoned((size_t)BATCH * q_width, dt);
+                const size_t ws_floats = xlkv_cuda_attention_decode_workspace(BATCH, sh.n_heads, sh.head_dim, max_positions);
+                assert_true(ws_floats > 0);
+                float *d_ws = device_poisoned(ws_floats, XLKV_DTYPE_F32); /* NaN: no stale partial may be read */
+                int *d_seq = ints_to_device(row_seq, BATCH), *d_pos = ints_to_device(row_pos, BATCH);
+                const xlkv_attention_rule rule = {.n_heads = sh.n_heads, .n_kv_heads = sh.n_kv_heads,
+                                                  .head_dim = sh.head_dim, .window = rc.window,
+                                                  .mask_diagonal = rc.mask_diagonal, .read_slot = read_slot};
+                CK_LAUNCH(xlkv_cuda_attention_decode(d_out, d_q, q_stride, BATCH, d_seq, d_pos, max_positions, &dp.kv,
+                                                     &rule, d_ws, dt, NULL));
+                float *got = from_device(d_out, (size_t)BATCH * q_width, dt);
+
+                float *ref = malloc((size_t)BATCH * q_width * sizeof *ref);
+                for (int b = 0; b < BATCH; b++) {
+                    const int t = row_pos[b];
+                    float *k = host_pool_gather(&hp, row_seq[b], read_slot, 0, t + 1);
+                    float *v = host_pool_gather(&hp, row_seq[b], read_slot, 1, t + 1);
+                    const xlkv_attention_args args = {.n_heads = sh.n_heads, .n_kv_heads = sh.n_kv_heads,
+                                                      .head_dim = sh.head_dim, .window = rc.window,
+                                                      .mask_diagonal = rc.mask_diagonal != 0, .k = k, .v = v};
+                    ops->attention(ref + (size_t)b * q_width, q_full + (size_t)b * q_stride, 1, t, &args);
+                    free(k);
+                    free(v);
+                }
+                char shape[128];
+                snprintf(shape, sizeof shape, "h=%d kvh=%d hd=%d win=%d diag=%d bs=%d batch=%d", sh.n_heads,
+                         sh.n_kv_heads, sh.head_dim, rc.window, rc.mask_diagonal, rc.block_size, BATCH);
+                expect_close("attention_decode", dt, shape, got, ref, (size_t)BATCH * q_width,
+                             tol_for(dt, TOL_F32_ATTENTION));
+                if (rc.mask_diagonal) /* row 0 (position 0, diagonal masked) must be exactly zero */
+                    for (int i = 0; i < q_width; i++)
+                        if (got[i] != 0.0f) fail_msg("attention_decode %s: position 0 not zero (%g)", shape, (double)got[i]);
+                free(got);
+                free(ref);
+                free(q_full);
+                CK(cudaFree(d_q));
+                CK(cudaFree(d_out));
+                CK(cudaFree(d_ws));
+                CK(cudaFree(d_seq));
+                CK(cudaFree(d_pos));
+                free_device_pool(&dp);
+                free_host_pool(&hp);
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- sampling */
+
+static int host_argmax(const float *x, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+/* Runs xlkv_cuda_sample on a copy of `logits` [batch, vocab]; returns the tokens (heap) and, if wanted, the
+ * logits after the kernel (penalized in place). */
+static int *run_sample(const float *logits, int batch, int vocab, const xlkv_cuda_sampling *params, const int *history,
+                       const int *history_len, float **logits_after) {
+    float *d_logits = to_device(logits, (size_t)batch * vocab, XLKV_DTYPE_F32);
+    xlkv_cuda_sampling *d_params = device_alloc((size_t)batch * sizeof *d_params);
+    CK(cudaMemcpy(d_params, params, (size_t)batch * sizeof *params, cudaMemcpyHostToDevice));
+    int *d_hist = ints_to_device(history, (size_t)batch * XLKV_CUDA_PENALTY_WINDOW);
+    int *d_hist_len = ints_to_device(history_len, (size_t)batch);
+    int *d_out = device_alloc((size_t)batch * sizeof(int));
+    CK(cudaMemset(d_out, 0xFF, (size_t)batch * sizeof(int)));
+    CK_LAUNCH(xlkv_cuda_sample(d_out, d_logits, batch, vocab, d_params, d_hist, d_hist_len, NULL));
+    int *out = ints_from_device(d_out, (size_t)batch);
+    if (logits_after) *logits_after = from_device(d_logits, (size_t)batch * vocab, XLKV_DTYPE_F32);
+    CK(cudaFree(d_logits));
+    CK(cudaFree(d_params));
+    CK(cudaFree(d_hist));
+    CK(cudaFree(d_hist_len));
+    CK(cudaFree(d_out));
+    return out;
+}
+
+static void argmax_and_greedy_sampling(void **state) {
+    (void)state;
+    enum { BATCH = 6, VOCAB = 32000 };
+    float *logits = random_host((size_t)BATCH * VOCAB, XLKV_DTYPE_F32);
+    logits[1 * VOCAB + 7000] = 5.0f; /* a tie: the lower index wins */
+    logits[1 * VOCAB + 100] = 5.0f;
+    logits[2 * VOCAB + VOCAB - 1] = 3.0f; /* last element */
+    logits[3 * VOCAB + 0] = 3.0f;         /* first element */
+    int expected[BATCH];
+    for (int b = 0; b < BATCH; b++) expected[b] = host_argmax(logits + (size_t)b * VOCAB, VOCAB);
+    assert_int_equal(expected[1], 100);
+
+    float *d_logits = to_device(logits, (size_t)BATCH * VOCAB, XLKV_DTYPE_F32);
+    int *d_out = device_alloc(BATCH * sizeof(int));
+    CK(cudaMemset(d_out, 0xFF, BATCH * sizeof(int)));
+    CK_LAUNCH(xlkv_cuda_argmax(d_out, d_logits, BATCH, VOCAB, NULL));
+    int *got = ints_from_device(d_out, BATCH);
+    expect_ints("argmax", "batch=6 vocab=32000 (ties, first, last)", got, expected, BATCH);
+    free(got);
+    CK(cudaFree(d_logits));
+    CK(cudaFree(d_out));
+
+    /* greedy sampling (temperature 0) and top_k = 1 are the argmax */
+    xlkv_cuda_sampling params[BATCH];
+    int history[BATCH * XLKV_CUDA_PENALTY_WINDOW], history_len[BATCH];
+    for (int i = 0; i < BATCH * XLKV_CUDA_PENALTY_WINDOW; i++) history[i] = -1;
+    for (int b = 0; b < BATCH; b++) {
+        params[b] = (xlkv_cuda_sampling){.temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .repeat_penalty = 1.0f,
+                                         .seed = 42, .step = (uint64_t)b};
+        history_len[b] = 0;
+    }
+    got = run_sample(logits, BATCH, VOCAB, params, history, history_len, NULL);
+    expect_ints("sample greedy", "batch=6 vocab=32000 temperature=0", got, expected, BATCH);
+    free(got);
+    for (int b = 0; b < BATCH; b++) {
+        params[b].temperature = 1.0f;
+        params[b].top_k = 1;
+    }
+    got = run_sample(logits, BATCH, VOCAB, params, history, history_len, NULL);
+    expect_ints("sample top_k=1", "batch=6 vocab=32000 temperature=1", got, expected, BATCH);
+    free(got);
+    free(logits);
+}
+
+static void sampling_is_deterministic_per_seed_and_step(void **state) {
+    (void)state;
+    enum { BATCH = 8, VOCAB = 1000 };
+    float *row = random_host(VOCAB, XLKV_DTYPE_F32);
+    float *logits = malloc((size_t)BATCH * VOCAB * sizeof *logits);
+    for (int b = 0; b < BATCH; b++) memcpy(logits + (size_t)b * VOCAB, row, VOCAB * sizeof *row);
+    xlkv_cuda_sampling params[BATCH];
+    int history[BATCH * XLKV_CUDA_PENALTY_WINDOW], history_len[BATCH] = {0};
+    for (int i = 0; i < BATCH * XLKV_CUDA_PENALTY_WINDOW; i++) history[i] = -1;
+    for (int b = 0; b < BATCH; b++) /* rows b and b + 4 share (seed, step) */
+        params[b] = (xlkv_cuda_sampling){.temperature = 1.5f, .top_k = 0, .top_p = 1.0f, .repeat_penalty = 1.0f,
+                                         .seed = 1234, .step = (uint64_t)(b % 4) + 17};
+    int *first = run_sample(logits, BATCH, VOCAB, params, history, history_len, NULL);
+    int *second = run_sample(logits, BATCH, VOCAB, params, history, history_len, NULL);
+    expect_ints("sample determinism", "same (seed, step), two runs", second, first, BATCH);
+    int shifted[BATCH];
+    for (int b = 0; b < BATCH; b++) shifted[b] = first[(b + 4) % BATCH];
+    expect_ints("sample determinism", "same (seed, step), other batch positions", first, shifted, BATCH);
+    for (int b = 0; b < BATCH; b++)
+        if (first[b] < 0 || first[b] >= VOCAB) fail_msg("sample: token %d out of range", first[b]);
+    free(first);
+    free(second);
+    free(logits);
+    free(row);
+}
+
+static void sampling_matches_softmax_frequencies(void **state) {
+    (void)state;
+    enum { DRAWS = 20000, VOCAB = 8 };
+    const float row[VOCAB] = {0.0f, 0.5f, 1.0f, 1.5f, -1.0f, 2.0f, 0.2f, -0.5f};
+    double prob[VOCAB], sum = 0.0;
+    for (int i = 0; i < VOCAB; i++) sum += prob[i] = exp((double)row[i]);
+    for (int i = 0; i < VOCAB; i++) prob[i] /= sum;
+    float *logits = malloc((size_t)DRAWS * VOCAB * sizeof *logits);
+    xlkv_cuda_sampling *params = malloc(DRAWS * sizeof *params);
+    int *history = malloc((size_t)DRAWS * XLKV_CUDA_PENALTY_WINDOW * sizeof *history);
+    int *history_len = calloc(DRAWS, sizeof *history_len);
+    assert_true(logits && params && history && history_len);
+    for (size_t i = 0; i < (size_t)DRAWS * XLKV_CUDA_PENALTY_WINDOW; i++) history[i] = -1;
+    for (int d = 0; d < DRAWS; d++) {
+        memcpy(logits + (size_t)d * VOCAB, row, sizeof row);
+        params[d] = (xlkv_cuda_sampling){.temperature = 1.0f, .top_k = 0, .top_p = 1.0f, .repeat_penalty = 1.0f,
+                                         .seed = 99, .step = (uint64_t)d};
+    }
+    int *tokens = run_sample(logits, DRAWS, VOCAB, params, history, history_len, NULL);
+    double freq[VOCAB] = {0}, max_dev = 0.0;
+    for (int d = 0; d < DRAWS; d++) {
+        if (tokens[d] < 0 || tokens[d] >= VOCAB) fail_msg("sample: token %d out of range", tokens[d]);
+        freq[tokens[d]] += 1.0 / DRAWS;
+    }
+    for (int i = 0; i < VOCAB; i++)
+        if (fabs(freq[i] - prob[i]) > max_dev) max_dev = fabs(freq[i] - prob[i]);
+    const int ok = max_dev <= 0.015; /* ~4.5 sigma for the largest probability at 20000 draws */
+    printf("[%s] %-22s      %-58s max |freq - p| %.4f (tol 0.015)\n", ok ? "PASS" : "FAIL", "sample frequencies",
+           "vocab=8 draws=20000 temperature=1", max_dev);
+    if (!ok) fail_msg("sampling frequencies deviate from softmax by %.4f", max_dev);
+    free(tokens);
+
+    /* top-k = 3: only the three largest; top-p = 0.5: only the smallest prefix reaching 0.5 (tokens 5, 3: 0.62) */
+    for (int d = 0; d < DRAWS; d++) params[d].top_k = 3;
+    tokens = run_sample(logits, DRAWS, VOCAB, params, history, history_len, NULL);
+    int outside = 0;
+    for (int d = 0; d < DRAWS; d++) outside += tokens[d] != 5 && tokens[d] != 3 && tokens[d] != 2;
+    printf("[%s] %-22s      %-58s %d draws outside\n", outside ? "FAIL" : "PASS", "sample top_k", "vocab=8 top_k=3", outside);
+    if (outside) fail_msg("top-k 3 drew %d tokens outside the top 3", outside);
+    free(tokens);
+    for (int d = 0; d < DRAWS; d++) {
+        params[d].top_k = 0;
+        params[d].top_p = 0.5f;
+    }
+    tokens = run_sample(logits, DRAWS, VOCAB, params, history, history_len, NULL);
+    outside = 0;
+    int count5 = 0;
+    for (int d = 0; d < DRAWS; d++) {
+        outside += tokens[d] != 5 && tokens[d] != 3;
+        count5 += tokens[d] == 5;
+    }
+    const double expect5 = prob[5] / (prob[5] + prob[3]), got5 = (double)count5 / DRAWS;
+    const int ok_p = outside == 0 && fabs(got5 - expect5) <= 0.015;
+    printf("[%s] %-22s      %-58s %d outside, p(5) %.4f vs %.4f\n", ok_p ? "PASS" : "FAIL", "sample top_p",
+           "vocab=8 top_p=0.5", outside, got5, expect5);
+    if (!ok_p) fail_msg("top-p 0.5: %d draws outside {5, 3}, p(5) %.4f vs %.4f", outside, got5, expect5);
+    free(tokens);
+    free(logits);
+    free(params);
+    free(history);
+    free(history_len);
+}
+
+static void repetition_penalty_changes_the_choice(void **state) {
+    (void)state;
+    enum { VOCAB = 300 };
+    float logits[VOCAB];
+    for (int i = 0; i < VOCAB; i++) logits[i] = 0.01f * (float)(i % 50) - 0.6f; /* in [-0.6, -0.11] */
+    logits[5] = 2.0f;                                                              /* the argmax */
+    logits[2] = 1.9f;                                                              /* wins once 5 is penalized */
+    logits[9] = -1.0f;
+    int history[XLKV_CUDA_PENALTY_WINDOW], history_len = 4;
+    for (int i = 0; i < XLKV_CUDA_PENALTY_WINDOW; i++) history[i] = -1;
+    history[0] = 5;
+    history[1] = 9;
+    history[2] = 5; /* repeated: penalized once */
+    history[3] = 100000; /* out of the vocabulary: ignored */
+    xlkv_cuda_sampling params = {.temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .repeat_penalty = 1.5f, .seed = 1,
+                                 .step = 0};
+    float *after = NULL;
+    int *token = run_sample(logits, 1, VOCAB, &params, history, &history_len, &after);
+    const int expected = 2;
+    expect_ints("sample penalty", "penalty 1.5 moves the argmax 5 -> 2", token, &expected, 1);
+    float ref[VOCAB];
+    memcpy(ref, logits, sizeof ref);
+    ref[5] = 2.0f / 1.5f;
+    ref[9] = -1.0f * 1.5f;
+    expect_close("sample penalty logits", XLKV_DTYPE_F32, "in place, each distinct token once", after, ref, VOCAB, 1e-6);
+    free(token);
+    free(after);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(elementwise_kernels_match_cpu),
+        cmocka_unit_test(rope_matches_cpu),
+        cmocka_unit_test(kv_write_and_zero_match_host),
+        cmocka_unit_test(attention_prefill_matches_cpu),
+        cmocka_unit_test(attention_decode_matches_cpu),
+        cmocka_unit_test(argmax_and_greedy_sampling),
+        cmocka_unit_test(sampling_is_deterministic_per_seed_and_step),
+        cmocka_unit_test(sampling_matches_softmax_frequencies),
+        cmocka_unit_test(repetition_penalty_changes_the_choice),
+    };
+    return cmocka_run_group_tests(tests, setup_device, NULL);
+}
