@@ -133,6 +133,9 @@ static xlkv_status copy_pieces(const arena_plan *plan, char *arena, xlkv_dtype d
             XLKV_CUDA_TRY(cudaMemcpy(arena + p->offset, p->host, p->count * sizeof(float), cudaMemcpyHostToDevice),
                           "uploading weights");
         }
+        /* a pageable cudaMemcpy may return before its DMA lands, and the engine's stream does not wait for the
+         * legacy stream: finish here */
+        XLKV_CUDA_TRY(cudaDeviceSynchronize(), "finishing the weight upload");
         return XLKV_OK;
     }
     size_t largest = 0;
@@ -149,6 +152,10 @@ static xlkv_status copy_pieces(const arena_plan *plan, char *arena, xlkv_dtype d
         if (err != cudaSuccess) status = xlkv_cuda_fail(err, "uploading weights");
     }
     free(staging);
+    if (status == XLKV_OK) {
+        cudaError_t err = cudaDeviceSynchronize();
+        if (err != cudaSuccess) status = xlkv_cuda_fail(err, "finishing the weight upload");
+    }
     return status;
 }
 
