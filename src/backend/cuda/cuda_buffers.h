@@ -1,0 +1,70 @@
+/* backend/cuda/cuda_buffers: the activations and per-step inputs of the CUDA engine, allocated once at create.
+ *
+ * Owns one device arena (activations for `rows` rows, fp32 logits, the decode attention workspace, the RoPE tables,
+ * the per-step input region, the sampled ids) and one pinned host block mirroring the input region and the sampled
+ * ids. The input region holds everything a pass reads that changes from step to step (tokens, the table row and the
+ * position of every row, sampling parameters, repetition history): it is filled on the host and sent with one copy
+ * before a pass, so a captured CUDA graph, whose pointers are fixed, sees new values at every replay. */
+#ifndef XLKV_BACKEND_CUDA_BUFFERS_H
+#define XLKV_BACKEND_CUDA_BUFFERS_H
+
+#include <cuda_runtime.h>
+#include <stddef.h>
+
+#include "backend/cuda/cuda_kernels.h"
+#include "model/hparams.h"
+#include "xlkv.h"
+
+/* Byte offsets inside the input region for a pass of `rows` rows of which the first `sample_rows` are sampled. */
+typedef struct xlkv_cuda_step_layout {
+    size_t sampling;    /* xlkv_cuda_sampling [sample_rows] */
+    size_t history_len; /* int [sample_rows] */
+    size_t history;     /* int [sample_rows, XLKV_CUDA_PENALTY_WINDOW] */
+    size_t tokens;      /* int [rows] */
+    size_t row_seq;     /* int [rows] block-table row of each row */
+    size_t row_pos;     /* int [rows] position of each row */
+    size_t bytes;       /* bytes to send */
+} xlkv_cuda_step_layout;
+
+xlkv_cuda_step_layout xlkv_cuda_step_layout_for(int rows, int sample_rows);
+
+/* What to size the buffers for. */
+typedef struct xlkv_cuda_buffer_shape {
+    int rows;        /* activation rows: max(decode_rows, prefill rows) */
+    int decode_rows; /* the largest (padded) decode batch */
+    int logit_rows;  /* rows of fp32 logits computed at once (>= decode_rows) */
+    int n_ctx;       /* positions: RoPE tables and the decode attention's key range */
+} xlkv_cuda_buffer_shape;
+
+typedef struct xlkv_cuda_buffers {
+    void *arena; /* the one device allocation */
+    size_t bytes;
+    xlkv_cuda_buffer_shape shape;
+    void *x;               /* [rows, dim] residual stream */
+    void *x_group_in;      /* [rows, dim] input of the cyclic group being iterated */
+    void *xb;              /* [rows, dim] normalized */
+    void *qkv;             /* [rows, q_dim + 2 kv_dim] fused q | k | v (q only for non-KV layers) */
+    void *att;             /* [rows, q_dim] attention output */
+    void *proj;            /* [rows, dim] o-proj / down-proj output */
+    void *gate_up;         /* [rows, 2 hidden] fused gate | up */
+    void *hb;              /* [rows, hidden] SwiGLU output */
+    float *logits;         /* [logit_rows, vocab] fp32 */
+    float *attn_workspace; /* [xlkv_cuda_attention_decode_workspace(decode_rows, ...)] */
+    float *rope_cos;       /* [n_ctx, head_dim / 2] */
+    float *rope_sin;       /* [n_ctx, head_dim / 2] */
+    char *inputs;          /* device input region [inputs_bytes] */
+    size_t inputs_bytes;
+    int *sampled;          /* device [decode_rows] sampled ids */
+    char *host_inputs;     /* pinned mirror of `inputs` */
+    int *host_sampled;     /* pinned [decode_rows] */
+} xlkv_cuda_buffers;
+
+/* Device bytes xlkv_cuda_buffers_init will allocate. */
+size_t xlkv_cuda_buffers_bytes(const xlkv_hparams *hp, xlkv_dtype dt, const xlkv_cuda_buffer_shape *shape);
+
+/* Allocates everything and uploads the RoPE tables (computed as infer/context.c does). Synchronous. */
+xlkv_status xlkv_cuda_buffers_init(xlkv_cuda_buffers *b, const xlkv_hparams *hp, xlkv_dtype dt,
+                                   const xlkv_cuda_buffer_shape *shape, cudaStream_t stream);
+void xlkv_cuda_buffers_free(xlkv_cuda_buffers *b);
+
+#endif

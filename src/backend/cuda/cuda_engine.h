@@ -1,0 +1,85 @@
+/* backend/cuda/cuda_engine: the state of the CUDA engine, shared by its files (not a public header).
+ *
+ * cuda_engine.c owns the backend table, the sequences and the scheduling of a step; cuda_executor.c owns the passes
+ * (the plan for a prefill chunk, the batched decode pass); the other files own one resource each (weights, paged KV
+ * pool, buffers, cuBLAS, graphs). Sequence `slot` = its row in the KV block tables = its index in `seqs`. */
+#ifndef XLKV_BACKEND_CUDA_ENGINE_H
+#define XLKV_BACKEND_CUDA_ENGINE_H
+
+#include <cuda_runtime.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "backend/cuda/cuda_buffers.h"
+#include "backend/cuda/cuda_gemm.h"
+#include "backend/cuda/cuda_graphs.h"
+#include "backend/cuda/cuda_kernels.h"
+#include "backend/cuda/cuda_kv_pool.h"
+#include "backend/cuda/cuda_weights.h"
+#include "infer/engine.h"
+
+typedef enum xlkv_cuda_seq_state {
+    XLKV_CUDA_SEQ_FREE = 0, /* slot unused */
+    XLKV_CUDA_SEQ_EMPTY,    /* added without a prompt: only forward_logits runs it */
+    XLKV_CUDA_SEQ_PENDING,  /* added, prefilled at the next step */
+    XLKV_CUDA_SEQ_RUNNING,  /* decoding one token per step */
+    XLKV_CUDA_SEQ_FINISHED, /* done; keeps its blocks until removed */
+} xlkv_cuda_seq_state;
+
+typedef struct xlkv_cuda_sequence {
+    int id;
+    xlkv_cuda_seq_state state;
+    int *prompt; /* [n_prompt], freed after prefill */
+    int n_prompt;
+    int max_new_tokens;            /* < 0: until an end token or a full context */
+    xlkv_cuda_sampling sampling;   /* step is set per draw */
+    int penalty_window;            /* min(repeat_last_n, XLKV_CUDA_PENALTY_WINDOW) */
+    int n_past;                    /* positions in the cache */
+    int n_generated;               /* tokens emitted (end token excluded) */
+    int next_token;                /* the last sampled token, fed at position n_past by the next decode */
+    int recent[XLKV_CUDA_PENALTY_WINDOW]; /* last tokens (prompt and generated), oldest first */
+    int n_recent;
+} xlkv_cuda_sequence;
+
+typedef struct xlkv_cuda_engine {
+    const xlkv_model *model;
+    xlkv_engine_params params; /* resolved: no zeros left where a default applies */
+    xlkv_dtype dt;
+    size_t elem_bytes;
+    int n_ctx;
+    int iterations;  /* m + b for cyclic groups */
+    int prefill_rows; /* most tokens of a plan chunk */
+    int decode_rows;  /* bucket(max_batch) */
+    int max_seqs;     /* sequence slots (running, finished and empty) */
+    cudaStream_t stream;
+    xlkv_cuda_gemm gemm;
+    xlkv_cuda_weights weights;
+    xlkv_cuda_buffers buf;
+    xlkv_cuda_kv_pool kv;
+    xlkv_cuda_graph_cache graphs;
+    xlkv_cuda_sequence *seqs; /* [max_seqs] */
+    int next_id;
+    bool broken; /* a device failure happened: refuse further work */
+} xlkv_cuda_engine;
+
+/* ---- cuda_executor.c ---- */
+
+/* Runs tokens[0..n) of sequence `slot` at positions pos0.. through the model (the plan, or one token at a time when
+ * the prefill mode says so). If all_logits, copies logits[n, vocab] to host `logits`; else leaves the last row's
+ * logits in buf.logits row 0. Returns with work possibly pending on the stream. */
+xlkv_status xlkv_cuda_prefill(xlkv_cuda_engine *e, int slot, const int *tokens, int n, int pos0, float *host_logits);
+
+/* The batched decode pass over the input region laid out for `bucket` rows (embedding .. sampling into buf.sampled),
+ * as a CUDA-graph pass (user = the engine). */
+xlkv_status xlkv_cuda_decode_pass(void *engine, int bucket);
+
+/* Samples one token from buf.logits row 0 with the sampling rows already in the input region laid out for
+ * (0 rows, 1 sample row) into buf.sampled[0]. */
+xlkv_status xlkv_cuda_sample_first(xlkv_cuda_engine *e);
+
+/* Makes the host input mirror writable: waits until the stream has consumed the previous copy. */
+xlkv_status xlkv_cuda_inputs_begin(xlkv_cuda_engine *e);
+/* Sends the first `bytes` of the input mirror to the device (asynchronous, on the stream). */
+xlkv_status xlkv_cuda_inputs_send(xlkv_cuda_engine *e, size_t bytes);
+
+#endif

@@ -1,0 +1,236 @@
+/* backend/cuda/cuda_executor: the plan executor on the GPU (SEMANTICS.md sections 2-4, the same semantics as
+ * infer/forward.c). The only place of the CUDA backend that reads the layer map: which layers own KV (kv_slot),
+ * which slot a layer reads, its window and mask, and the plan's cyclic groups.
+ *
+ * One layer over n rows: rmsnorm -> one GEMM for q (+ k, v for a KV layer) -> RoPE on q -> kv_write (RoPE on k, into
+ * the layer's slot) -> attention on the read slot (prefill: one sequence's chunk; decode: one row per sequence) ->
+ * o-proj GEMM -> residual add + rmsnorm fused -> gate|up GEMM -> SwiGLU -> down GEMM -> residual add.
+ * A cyclic group over a prefill chunk of n > 1 tokens is iterated in place as forward.c does: zero the group's KV
+ * slots at the chunk's positions, save the group input, run the group `iterations` times restoring the input before
+ * every iteration after the first. Decode rows and chunks of one token run every plan step once. */
+#include <string.h>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/cuda_engine.h"
+
+/* The rows of one pass. tokens / row_seq / row_pos are device arrays [n]. */
+typedef struct pass_rows {
+    int n;
+    const int *tokens;
+    const int *row_seq; /* block-table row of each row */
+    const int *row_pos; /* position of each row */
+    bool decode;        /* rows of different sequences, one token each (attention_decode) */
+    int seq_slot;       /* prefill: the sequence's table row */
+    int pos0;           /* prefill: position of row 0 */
+} pass_rows;
+
+static char *offset_bytes(void *base, size_t bytes) { return (char *)base + bytes; }
+
+static xlkv_status run_layer(xlkv_cuda_engine *e, int layer, const pass_rows *rows) {
+    const xlkv_hparams *hp = &e->model->hp;
+    const xlkv_layer_map *map = e->model->map;
+    const xlkv_cuda_layer_weights *w = &e->weights.layers[layer];
+    xlkv_cuda_buffers *b = &e->buf;
+    const xlkv_dtype dt = e->dt;
+    void *stream = e->stream;
+    const int n = rows->n, dim = hp->dim, hidden = hp->hidden_dim, head_dim = hp->head_dim;
+    const int q_dim = hp->n_heads * head_dim, kv_dim = hp->n_kv_heads * head_dim;
+    const int qkv_stride = w->qkv_rows; /* row stride of the fused q | k | v output */
+    const xlkv_paged_kv kv = xlkv_cuda_kv_pool_view(&e->kv);
+
+    XLKV_CUDA_TRY(xlkv_cuda_rmsnorm(b->xb, b->x, w->attn_norm, n, dim, hp->norm_eps, dt, stream), "attention rmsnorm");
+    XLKV_TRY(xlkv_cuda_linear(&e->gemm, b->qkv, b->xb, w->w_qkv, n, dim, w->qkv_rows));
+    XLKV_CUDA_TRY(xlkv_cuda_rope(b->qkv, qkv_stride, n, hp->n_heads, head_dim, rows->row_pos, b->rope_cos, b->rope_sin,
+                                 dt, stream),
+                  "RoPE on the queries");
+    if (xlkv_is_kv_layer(map, layer)) {
+        const void *k = offset_bytes(b->qkv, (size_t)q_dim * e->elem_bytes);
+        const void *v = offset_bytes(b->qkv, (size_t)(q_dim + kv_dim) * e->elem_bytes);
+        XLKV_CUDA_TRY(xlkv_cuda_kv_write(&kv, map->kv_slot[layer], k, v, qkv_stride, n, rows->row_seq, rows->row_pos,
+                                         head_dim, b->rope_cos, b->rope_sin, dt, stream),
+                      "writing K/V to the pool");
+    }
+    const xlkv_attention_rule rule = {
+        .n_heads = hp->n_heads,
+        .n_kv_heads = hp->n_kv_heads,
+        .head_dim = head_dim,
+        .window = map->sliding[layer] ? hp->sliding_window : 0,
+        .mask_diagonal = xlkv_is_cyclic(map, layer) || hp->force_nodiag,
+        .read_slot = xlkv_read_slot(map, layer),
+    };
+    if (rows->decode) {
+        XLKV_CUDA_TRY(xlkv_cuda_attention_decode(b->att, b->qkv, qkv_stride, n, rows->row_seq, rows->row_pos, e->n_ctx,
+                                                 &kv, &rule, b->attn_workspace, dt, stream),
+                      "decode attention");
+    } else {
+        XLKV_CUDA_TRY(xlkv_cuda_attention_prefill(b->att, b->qkv, qkv_stride, n, rows->pos0, rows->seq_slot, &kv,
+                                                  &rule, dt, stream),
+                      "prefill attention");
+    }
+    XLKV_TRY(xlkv_cuda_linear(&e->gemm, b->proj, b->att, w->wo, n, q_dim, dim));
+    XLKV_CUDA_TRY(xlkv_cuda_add_rmsnorm(b->x, b->proj, dim, b->xb, w->ffn_norm, n, dim, hp->norm_eps, dt, stream),
+                  "residual + FFN rmsnorm");
+    XLKV_TRY(xlkv_cuda_linear(&e->gemm, b->gate_up, b->xb, w->w_gate_up, n, dim, 2 * hidden));
+    XLKV_CUDA_TRY(xlkv_cuda_swiglu(b->hb, b->gate_up, offset_bytes(b->gate_up, (size_t)hidden * e->elem_bytes),
+                                   2 * hidden, n, hidden, dt, stream),
+                  "SwiGLU");
+    XLKV_TRY(xlkv_cuda_linear(&e->gemm, b->proj, b->hb, w->w_down, n, hidden, dim));
+    XLKV_CUDA_TRY(xlkv_cuda_add(b->x, b->proj, dim, n, dim, dt, stream), "FFN residual");
+    return XLKV_OK;
+}
+
+static xlkv_status run_layers(xlkv_cuda_engine *e, int first, int last, const pass_rows *rows) {
+    for (int layer = first; layer <= last; layer++) XLKV_TRY(run_layer(e, layer, rows));
+    return XLKV_OK;
+}
+
+/* A cyclic group over a prefill chunk (see the header comment; forward.c's run_cyclic_group). */
+static xlkv_status run_cyclic_group(xlkv_cuda_engine *e, const xlkv_plan_step *step, const pass_rows *rows) {
+    const xlkv_layer_map *map = e->model->map;
+    const xlkv_paged_kv kv = xlkv_cuda_kv_pool_view(&e->kv);
+    const size_t bytes = (size_t)rows->n * (size_t)e->model->hp.dim * e->elem_bytes;
+    for (int j = step->first; j <= step->last; j++)
+        if (xlkv_is_kv_layer(map, j))
+            XLKV_CUDA_TRY(xlkv_cuda_kv_zero(&kv, map->kv_slot[j], rows->seq_slot, rows->pos0, rows->n, e->dt,
+                                            e->stream),
+                          "zeroing a cyclic group's KV");
+    XLKV_CUDA_TRY(cudaMemcpyAsync(e->buf.x_group_in, e->buf.x, bytes, cudaMemcpyDeviceToDevice, e->stream),
+                  "saving a cyclic group's input");
+    for (int iteration = 0; iteration < e->iterations; iteration++) {
+        if (iteration > 0)
+            XLKV_CUDA_TRY(cudaMemcpyAsync(e->buf.x, e->buf.x_group_in, bytes, cudaMemcpyDeviceToDevice, e->stream),
+                          "restoring a cyclic group's input");
+        XLKV_TRY(run_layers(e, step->first, step->last, rows));
+    }
+    return XLKV_OK;
+}
+
+/* Embedding, then every plan step (forward.c's run_chunk). */
+static xlkv_status run_pass(xlkv_cuda_engine *e, const pass_rows *rows) {
+    const xlkv_layer_map *map = e->model->map;
+    XLKV_CUDA_TRY(xlkv_cuda_embedding(e->buf.x, e->weights.tok_embeddings, rows->tokens, rows->n, e->model->hp.dim,
+                                      e->dt, e->stream),
+                  "embedding");
+    for (int s = 0; s < map->n_plan_steps; s++) {
+        const xlkv_plan_step *step = &map->plan[s];
+        if (step->cyclic && !rows->decode && rows->n > 1)
+            XLKV_TRY(run_cyclic_group(e, step, rows));
+        else
+            XLKV_TRY(run_layers(e, step->first, step->last, rows));
+    }
+    return XLKV_OK;
+}
+
+/* Final norm and classifier of rows [first_row, first_row + n_rows) of x into out[n_rows, vocab] (device fp32). */
+static xlkv_status compute_logits(xlkv_cuda_engine *e, int first_row, int n_rows, float *out) {
+    const xlkv_hparams *hp = &e->model->hp;
+    const void *x = offset_bytes(e->buf.x, (size_t)first_row * (size_t)hp->dim * e->elem_bytes);
+    XLKV_CUDA_TRY(xlkv_cuda_rmsnorm(e->buf.xb, x, e->weights.output_norm, n_rows, hp->dim, hp->norm_eps, e->dt,
+                                    e->stream),
+                  "final rmsnorm");
+    return xlkv_cuda_linear_f32_out(&e->gemm, out, e->buf.xb, e->weights.output, n_rows, hp->dim, hp->vocab_size);
+}
+
+/* Logits of `n_rows` rows starting at first_row, to host[n_rows, vocab], through buf.logits in pieces. */
+static xlkv_status logits_to_host(xlkv_cuda_engine *e, int first_row, int n_rows, float *host) {
+    const size_t vocab = (size_t)e->model->hp.vocab_size;
+    for (int done = 0; done < n_rows;) {
+        int count = n_rows - done;
+        if (count > e->buf.shape.logit_rows) count = e->buf.shape.logit_rows;
+        XLKV_TRY(compute_logits(e, first_row + done, count, e->buf.logits));
+        XLKV_CUDA_TRY(cudaMemcpyAsync(host + (size_t)done * vocab, e->buf.logits, (size_t)count * vocab * sizeof(float),
+                                      cudaMemcpyDeviceToHost, e->stream),
+                      "copying logits to the host");
+        done += count;
+    }
+    return XLKV_OK;
+}
+
+xlkv_status xlkv_cuda_inputs_begin(xlkv_cuda_engine *e) {
+    XLKV_CUDA_TRY(cudaStreamSynchronize(e->stream), "waiting for the previous step");
+    return XLKV_OK;
+}
+
+xlkv_status xlkv_cuda_inputs_send(xlkv_cuda_engine *e, size_t bytes) {
+    XLKV_CUDA_TRY(cudaMemcpyAsync(e->buf.inputs, e->buf.host_inputs, bytes, cudaMemcpyHostToDevice, e->stream),
+                  "sending the step inputs");
+    return XLKV_OK;
+}
+
+static bool runs_sequentially(const xlkv_cuda_engine *e, int n) {
+    const xlkv_prefill_mode mode = e->params.prefill_mode;
+    return mode == XLKV_PREFILL_SEQUENTIAL ||
+           (mode == XLKV_PREFILL_AUTO && xlkv_layer_map_has_cyclic(e->model->map) && n <= e->iterations);
+}
+
+xlkv_status xlkv_cuda_prefill(xlkv_cuda_engine *e, int slot, const int *tokens, int n, int pos0, float *host_logits) {
+    const bool sequential = runs_sequentially(e, n);
+    const size_t vocab = (size_t)e->model->hp.vocab_size;
+    /* pieces that fit the input region; in plan mode each piece is one chunk of the plan */
+    const int piece_rows = sequential ? e->buf.shape.rows : e->prefill_rows;
+    for (int start = 0; start < n; start += piece_rows) {
+        const int count = n - start < piece_rows ? n - start : piece_rows;
+        const xlkv_cuda_step_layout layout = xlkv_cuda_step_layout_for(count, 0);
+        XLKV_TRY(xlkv_cuda_inputs_begin(e));
+        int *host_tokens = (int *)(e->buf.host_inputs + layout.tokens);
+        int *host_seq = (int *)(e->buf.host_inputs + layout.row_seq);
+        int *host_pos = (int *)(e->buf.host_inputs + layout.row_pos);
+        for (int r = 0; r < count; r++) {
+            host_tokens[r] = tokens[start + r];
+            host_seq[r] = slot;
+            host_pos[r] = pos0 + start + r;
+        }
+        XLKV_TRY(xlkv_cuda_inputs_send(e, layout.bytes));
+        const int *dev_tokens = (const int *)(e->buf.inputs + layout.tokens);
+        const int *dev_seq = (const int *)(e->buf.inputs + layout.row_seq);
+        const int *dev_pos = (const int *)(e->buf.inputs + layout.row_pos);
+        const bool last_piece = start + count == n;
+        if (sequential) {
+            for (int r = 0; r < count; r++) {
+                const pass_rows rows = {.n = 1, .tokens = dev_tokens + r, .row_seq = dev_seq + r,
+                                        .row_pos = dev_pos + r, .decode = true};
+                XLKV_TRY(run_pass(e, &rows));
+                if (host_logits)
+                    XLKV_TRY(logits_to_host(e, 0, 1, host_logits + (size_t)(start + r) * vocab));
+                else if (last_piece && r == count - 1)
+                    XLKV_TRY(compute_logits(e, 0, 1, e->buf.logits));
+            }
+        } else {
+            const pass_rows rows = {.n = count, .tokens = dev_tokens, .row_seq = dev_seq, .row_pos = dev_pos,
+                                    .decode = false, .seq_slot = slot, .pos0 = pos0 + start};
+            XLKV_TRY(run_pass(e, &rows));
+            if (host_logits)
+                XLKV_TRY(logits_to_host(e, 0, count, host_logits + (size_t)start * vocab));
+            else if (last_piece)
+                XLKV_TRY(compute_logits(e, count - 1, 1, e->buf.logits));
+        }
+    }
+    return XLKV_OK;
+}
+
+static xlkv_status sample_rows(xlkv_cuda_engine *e, const xlkv_cuda_step_layout *layout, int n_rows) {
+    XLKV_CUDA_TRY(xlkv_cuda_sample(e->buf.sampled, e->buf.logits, n_rows, e->model->hp.vocab_size,
+                                   (const xlkv_cuda_sampling *)(e->buf.inputs + layout->sampling),
+                                   (const int *)(e->buf.inputs + layout->history),
+                                   (const int *)(e->buf.inputs + layout->history_len), e->stream),
+                  "sampling");
+    return XLKV_OK;
+}
+
+xlkv_status xlkv_cuda_sample_first(xlkv_cuda_engine *e) {
+    const xlkv_cuda_step_layout layout = xlkv_cuda_step_layout_for(0, 1);
+    return sample_rows(e, &layout, 1);
+}
+
+xlkv_status xlkv_cuda_decode_pass(void *engine, int bucket) {
+    xlkv_cuda_engine *e = engine;
+    const xlkv_cuda_step_layout layout = xlkv_cuda_step_layout_for(bucket, bucket);
+    const pass_rows rows = {.n = bucket,
+                            .tokens = (const int *)(e->buf.inputs + layout.tokens),
+                            .row_seq = (const int *)(e->buf.inputs + layout.row_seq),
+                            .row_pos = (const int *)(e->buf.inputs + layout.row_pos),
+                            .decode = true};
+    XLKV_TRY(run_pass(e, &rows));
+    XLKV_TRY(compute_logits(e, 0, bucket, e->buf.logits));
+    return sample_rows(e, &layout, bucket);
+}
