@@ -18,7 +18,7 @@ echo "build ok"
 for what in "$@"; do
   case "$what" in
     tests)
-      (cd build && ctest -L cuda --output-on-failure --timeout 600) >"$out/test-cuda.log" 2>&1
+      (cd build && ctest -L cuda -V --timeout 600) >"$out/test-cuda.log" 2>&1
       echo "test-cuda exit $?"; grep -E "^(ok|FAIL|CHECK|check)|Passed|Failed|tests passed|\*\*\*" "$out/test-cuda.log" | tail -60 ;;
     cpu-tests)
       (cd build && ctest -LE cuda --output-on-failure) >"$out/test-cpu.log" 2>&1; echo "cpu tests exit $?" ;;
