@@ -277,11 +277,12 @@ xlkv_status xlkv_train_graph_forward(xlkv_train_graph *g, const int *tokens, con
             if (!xlkv_is_kv_layer(map, j)) continue;
             const int slot = map->kv_slot[j];
             const size_t offset = (size_t)slot * (size_t)N * (size_t)kv_dim;
+            current[slot] = (kv_source){g->const_k + offset, g->const_v + offset, NULL, NULL};
+            if (g->freeze_constant_kv) continue;
             memset(g->const_k + offset, 0, (size_t)N * (size_t)kv_dim * sizeof(float));
             memset(g->const_v + offset, 0, (size_t)N * (size_t)kv_dim * sizeof(float));
-            current[slot] = (kv_source){g->const_k + offset, g->const_v + offset, NULL, NULL};
         }
-        for (int it = 0; it < g->forward_passes + g->backward_passes; it++) {
+        for (int it = g->freeze_constant_kv ? g->forward_passes : 0; it < g->forward_passes + g->backward_passes; it++) {
             const bool grad = it >= g->forward_passes;
             memcpy(g->x, g->x_group_in, row_bytes);
             for (int layer = step->first; layer <= step->last; layer++)

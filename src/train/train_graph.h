@@ -43,6 +43,10 @@ typedef struct xlkv_train_graph {
     float *dq, *datt;                 /* [n_rows, q_dim] */
     float *dgate, *dup, *dh;          /* [n_rows, hidden_dim] */
     float *arena;                     /* every float buffer above and in the records, one allocation */
+    /* For gradient checks: when set, forwards skip the no-grad iterations and reuse the constant K/V left by the
+     * previous forward, so the loss is exactly the function whose gradient the backward computes (the gradient is
+     * truncated at the no-grad iterations by definition, SEMANTICS.md 6). Off in training. */
+    bool freeze_constant_kv;
 } xlkv_train_graph;
 
 /* Plans the tape for batch x seq under the store's map with m forward_passes and b backward_passes, and allocates
