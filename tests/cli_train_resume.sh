@@ -22,7 +22,7 @@ fail() { echo "FAIL $*"; failures=$((failures + 1)); }
   && echo "ok   tokenize: $(tail -1 "$tmp/err")" || fail "tokenize outputs"
 
 args=(--shape tiny --layer-types lckv:1 --forward-passes 1 --backward-passes 2 --data "$tmp/data" --steps 30
-      --batch 4 --seq 32 --lr 3e-3 --warmup 5 --save-every 5 --eval-every 10 --eval-batches 2 --seed 3 -t 2)
+      --batch 4 --seq 32 --lr 3e-3 --warmup 5 --save-every 5 --eval-every 10 --eval-batches 2 --seed 3 -t 1)
 "$xlkv" train "${args[@]}" --out "$tmp/straight" 2>"$tmp/straight.log" || { tail -5 "$tmp/straight.log"; fail "train"; }
 
 # the same run, killed after its first checkpoint, then resumed
