@@ -1,7 +1,7 @@
 /* tests/test_train_shakespeare: training lowers the held-out loss. tinyshakespeare (../shared/data; skipped when
  * absent) tokenized with the stories260K tokenizer (tok512.bin, 512 tokens) through the library's corpus tokenizer
- * (last 10% held out), then a 2-layer model (dim 48) trained for 160 steps of 8 x 32 tokens under cla:2.
- * Stated target: held-out loss from ln(512) = 6.24 at initialisation to below 4.3 nats/token (measured: 4.19). */
+ * (last 10% held out), then a 2-layer model (dim 48) trained for 400 steps of 8 x 32 tokens under cla:2.
+ * Stated target: held-out loss from ln(512) = 6.24 at initialisation to below 3.9 nats/token (measured: 3.76). */
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -14,7 +14,7 @@
 #include "train/tokenize_corpus.h"
 #include "train/trainer.h"
 
-static const double target_loss = 4.3;
+static const double target_loss = 3.9;
 void openblas_set_num_threads(int n); /* OpenBLAS (cblas.h is private to the library target) */
 
 static void training_lowers_held_out_loss(void **state) {
@@ -45,7 +45,7 @@ static void training_lowers_held_out_loss(void **state) {
     xlkv_param_store *store = NULL;
     TU_ASSERT_OK(xlkv_store_from_shape(&hp, "cla:2", 1, &store));
     xlkv_train_options o = xlkv_train_default_options();
-    o.batch = 8, o.seq = 32, o.steps = 160, o.warmup = 10, o.lr = 1e-2f, o.min_lr = 1e-3f, o.eval_batches = 8;
+    o.batch = 8, o.seq = 32, o.steps = 400, o.warmup = 10, o.lr = 1e-2f, o.min_lr = 1e-3f, o.eval_batches = 8;
     o.adamw.weight_decay = 0.0f;
     xlkv_trainer *tr = NULL;
     TU_ASSERT_OK(xlkv_trainer_create(store, data, &o, &tr));
