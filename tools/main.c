@@ -15,6 +15,9 @@ static const subcommand subcommands[] = {
     {"chat", cmd_chat, "interactive chat on the terminal"},
     {"logits", cmd_logits, "write the logits of every position as JSON (for checks against other implementations)"},
     {"layers", cmd_layers, "print a model's layer map, KV layers, iteration plan and KV memory"},
+    {"tokenize", cmd_tokenize, "turn text files (plain or .xz) into token shards for training"},
+    {"train", cmd_train, "train a model under any layer map (CPU reference trainer, fp32)"},
+    {"convert", cmd_convert, "write a checkpoint under a new layer map (W_K/W_V copied or averaged)"},
 };
 
 static void usage(FILE *out) {

@@ -1,0 +1,74 @@
+/* tools/cmd_convert: `xlkv convert`: a checkpoint under a new layer map, W_K / W_V of the new KV layers copied or
+ * averaged over their readers (SEMANTICS.md section 5), written as an atomic Hugging Face checkpoint. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli_common.h"
+#include "commands.h"
+#include "train/checkpoint.h"
+#include "train/model_setup.h"
+
+static void usage(FILE *out) {
+    fprintf(out, "usage: xlkv convert --from CKPT --to DIR --layer-types MAP [--kv-init copy|average]\n"
+                 "                    [--forward-passes M] [--backward-passes B] [--sliding-window W]\n\n"
+                 "  --from CKPT             Hugging Face directory or llama2.c .bin (loaded under its own map)\n"
+                 "  --to DIR                output checkpoint (written atomically; the tokenizer is copied)\n"
+                 "  --layer-types MAP       the new layer map (string or preset)\n"
+                 "  --kv-init copy|average  each KV layer keeps its W_K/W_V, or takes the mean over the layers that\n"
+                 "                          read it, itself included (MLKV-style) (default copy)\n");
+}
+
+int cmd_convert(int argc, char **argv) {
+    const char *command = "convert", *from = NULL, *to = NULL, *layer_types = NULL, *kv_init_text = "copy";
+    xlkv_train_overrides overrides = {-1, -1, -1, -1};
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i], *v;
+        if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(arg, "--from")) {
+            if (!(from = cli_value(command, argc, argv, &i))) return 2;
+        } else if (!strcmp(arg, "--to")) {
+            if (!(to = cli_value(command, argc, argv, &i))) return 2;
+        } else if (!strcmp(arg, "--layer-types")) {
+            if (!(layer_types = cli_value(command, argc, argv, &i))) return 2;
+        } else if (!strcmp(arg, "--kv-init")) {
+            if (!(kv_init_text = cli_value(command, argc, argv, &i))) return 2;
+        } else if (!strcmp(arg, "--forward-passes") || !strcmp(arg, "--backward-passes") ||
+                   !strcmp(arg, "--sliding-window")) {
+            int *field = !strcmp(arg, "--forward-passes") ? &overrides.forward_passes
+                         : !strcmp(arg, "--backward-passes") ? &overrides.backward_passes : &overrides.sliding_window;
+            if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_int(command, arg, v, 0, 1 << 24, field)) return 2;
+        } else {
+            fprintf(stderr, "xlkv %s: unknown option '%s'; see xlkv %s --help\n", command, arg, command);
+            return 2;
+        }
+    }
+    if (!from || !to || !layer_types) {
+        fprintf(stderr, "xlkv %s: --from, --to and --layer-types are required\n", command);
+        return 2;
+    }
+    xlkv_kv_init kv_init;
+    if (!strcmp(kv_init_text, "copy")) kv_init = XLKV_KV_INIT_COPY;
+    else if (!strcmp(kv_init_text, "average")) kv_init = XLKV_KV_INIT_AVERAGE;
+    else {
+        fprintf(stderr, "xlkv %s: --kv-init expects copy or average, got '%s'\n", command, kv_init_text);
+        return 2;
+    }
+    xlkv_param_store *store = NULL;
+    if (xlkv_store_from_checkpoint(from, layer_types, kv_init, &overrides, &store) != XLKV_OK) {
+        fprintf(stderr, "xlkv %s: %s\n", command, xlkv_last_error());
+        return 1;
+    }
+    char *tokenizer = xlkv_find_tokenizer_file(from);
+    xlkv_checkpoint_extras extras = {.tokenizer_path = tokenizer};
+    xlkv_status status = xlkv_checkpoint_write(store, to, &extras);
+    if (status == XLKV_OK)
+        fprintf(stderr, "xlkv %s: wrote %s (map %s, %d KV layers of %d, kv-init %s)\n", command, to, layer_types,
+                store->map->n_kv_layers, store->hp.n_layers, kv_init_text);
+    else
+        fprintf(stderr, "xlkv %s: %s\n", command, xlkv_last_error());
+    free(tokenizer);
+    xlkv_param_store_free(store);
+    return status == XLKV_OK ? 0 : 1;
+}

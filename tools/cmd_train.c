@@ -1,0 +1,307 @@
+/* tools/cmd_train: `xlkv train`: the CPU reference trainer (src/train). One progress line per step on stderr; an
+ * evaluation every --eval-every steps; atomic checkpoints every --save-every steps and at the end (OUT/latest);
+ * --resume continues bit-exactly from OUT/latest; loss.svg in OUT at the end. */
+#include <cblas.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli_common.h"
+#include "commands.h"
+#include "core/file.h"
+#include "train/model_setup.h"
+#include "train/trainer.h"
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: xlkv train --data DIR --out DIR (--shape NAME | --model-config FILE | --init-from CKPT) [options]\n\n"
+            "model:\n"
+            "      --shape tiny|small      a named shape (tiny: 4 x 64, CPU tests; small: 12 x 768, 12/6 heads)\n"
+            "      --model-config FILE     a Hugging Face config.json (random initialisation)\n"
+            "      --init-from CKPT        a pretrained checkpoint (HF directory or llama2.c .bin)\n"
+            "      --layer-types MAP       layer map (string or preset; default: the config's, else standard)\n"
+            "      --kv-init copy|average  with --init-from and a new map: W_K/W_V of each KV layer copied, or the mean\n"
+            "                              over the layers that read it (MLKV-style) (default copy)\n"
+            "      --forward-passes M      cyclic groups: iterations without gradient (default 7)\n"
+            "      --backward-passes B     cyclic groups: iterations with gradient, >= 2 (default 2)\n"
+            "      --sliding-window W      window of the layers marked 's'\n"
+            "      --force-nodiag          mask the attention diagonal in every layer\n"
+            "      --tokenizer FILE        copied into checkpoints (default: the one in --data)\n"
+            "data and schedule:\n"
+            "      --data DIR              token shards made by xlkv tokenize (train-*.bin, valid-*.bin)\n"
+            "      --steps N               optimizer steps (default 1000)\n"
+            "      --batch N               sequences per micro-batch (default 8)\n"
+            "      --seq N                 tokens per sequence (default 256)\n"
+            "      --accum N               micro-batches per step (gradient accumulation, default 1)\n"
+            "      --lr F                  peak learning rate (default 1e-3)\n"
+            "      --min-lr F              final learning rate of the cosine (default lr / 10)\n"
+            "      --warmup N              linear warm-up steps (default 100, at most steps)\n"
+            "      --weight-decay F        AdamW decoupled decay of matrices (default 0.1)\n"
+            "      --clip F                global gradient-norm clip, 0 = off (default 1.0)\n"
+            "      --seed N                initialisation and data seed (default 1)\n"
+            "evaluation, checkpoints, speed:\n"
+            "      --eval-every N          held-out loss every N steps and at the end, 0 = off (default 0)\n"
+            "      --eval-batches N        micro-batches per evaluation (default 8)\n"
+            "      --save-every N          checkpoint every N steps, 0 = only at the end (default 0)\n"
+            "      --out DIR               checkpoints (DIR/checkpoint-N, DIR/latest) and DIR/loss.svg\n"
+            "      --resume                continue from DIR/latest (same seed, batch, seq, accum, m, b)\n"
+            "      --peak-tflops F         the machine's peak fp32 TFLOP/s, to print MFU (default: MFU not shown)\n"
+            "  -t, --threads N             CPU threads (default: all cores)\n");
+}
+
+typedef struct train_cli {
+    const char *shape, *model_config, *init_from, *layer_types, *kv_init, *tokenizer, *data, *out;
+    xlkv_train_overrides overrides;
+    xlkv_train_options options;
+    float min_lr, peak_tflops;
+    int threads;
+    bool resume;
+} train_cli;
+
+static bool parse_long(const char *flag, const char *text, long *out) {
+    int value = 0;
+    if (!cli_parse_int("train", flag, text, 0, 1 << 30, &value)) return false;
+    *out = value;
+    return true;
+}
+
+static int parse_args(int argc, char **argv, train_cli *c) {
+    const char *command = "train";
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i], *v = NULL;
+#define STRING_FLAG(name, field)                                                                                       \
+    if (!strcmp(arg, name)) {                                                                                          \
+        if (!(c->field = cli_value(command, argc, argv, &i))) return 2;                                                \
+        continue;                                                                                                      \
+    }
+#define INT_FLAG(name, field, min, max)                                                                                \
+    if (!strcmp(arg, name)) {                                                                                          \
+        if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_int(command, arg, v, min, max, &c->field)) return 2; \
+        continue;                                                                                                      \
+    }
+#define LONG_FLAG(name, field)                                                                                         \
+    if (!strcmp(arg, name)) {                                                                                          \
+        if (!(v = cli_value(command, argc, argv, &i)) || !parse_long(arg, v, &c->field)) return 2;                     \
+        continue;                                                                                                      \
+    }
+#define FLOAT_FLAG(name, field)                                                                                        \
+    if (!strcmp(arg, name)) {                                                                                          \
+        if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_float(command, arg, v, &c->field)) return 2;       \
+        continue;                                                                                                      \
+    }
+        if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
+            usage(stdout);
+            return 1;
+        }
+        STRING_FLAG("--shape", shape)
+        STRING_FLAG("--model-config", model_config)
+        STRING_FLAG("--init-from", init_from)
+        STRING_FLAG("--layer-types", layer_types)
+        STRING_FLAG("--kv-init", kv_init)
+        STRING_FLAG("--tokenizer", tokenizer)
+        STRING_FLAG("--data", data)
+        STRING_FLAG("--out", out)
+        INT_FLAG("--forward-passes", overrides.forward_passes, 0, 1000)
+        INT_FLAG("--backward-passes", overrides.backward_passes, 0, 1000)
+        INT_FLAG("--sliding-window", overrides.sliding_window, 0, 1 << 24)
+        INT_FLAG("--batch", options.batch, 1, 1 << 20)
+        INT_FLAG("--seq", options.seq, 1, 1 << 24)
+        INT_FLAG("--accum", options.accum, 1, 1 << 20)
+        INT_FLAG("--eval-batches", options.eval_batches, 1, 1 << 20)
+        INT_FLAG("-t", threads, 0, 4096)
+        INT_FLAG("--threads", threads, 0, 4096)
+        LONG_FLAG("--steps", options.steps)
+        LONG_FLAG("--warmup", options.warmup)
+        LONG_FLAG("--eval-every", options.eval_every)
+        LONG_FLAG("--save-every", options.save_every)
+        FLOAT_FLAG("--lr", options.lr)
+        FLOAT_FLAG("--min-lr", min_lr)
+        FLOAT_FLAG("--weight-decay", options.adamw.weight_decay)
+        FLOAT_FLAG("--clip", options.clip)
+        FLOAT_FLAG("--peak-tflops", peak_tflops)
+#undef STRING_FLAG
+#undef INT_FLAG
+#undef LONG_FLAG
+#undef FLOAT_FLAG
+        if (!strcmp(arg, "--seed")) {
+            if (!(v = cli_value(command, argc, argv, &i))) return 2;
+            char *end = NULL;
+            c->options.seed = strtoull(v, &end, 10);
+            if (end == v || *end || v[0] == '-') {
+                fprintf(stderr, "xlkv train: --seed expects a non-negative integer, got '%s'\n", v);
+                return 2;
+            }
+            continue;
+        }
+        if (!strcmp(arg, "--force-nodiag")) {
+            c->overrides.force_nodiag = 1;
+            continue;
+        }
+        if (!strcmp(arg, "--resume")) {
+            c->resume = true;
+            continue;
+        }
+        fprintf(stderr, "xlkv train: unknown option '%s'; see xlkv train --help\n", arg);
+        return 2;
+    }
+    return 0;
+}
+
+static const char *format_duration(double seconds, char *buf, size_t cap) {
+    long s = (long)(seconds + 0.5);
+    if (s >= 3600) snprintf(buf, cap, "%ldh%02ldm", s / 3600, s % 3600 / 60);
+    else if (s >= 60) snprintf(buf, cap, "%ldm%02lds", s / 60, s % 60);
+    else snprintf(buf, cap, "%lds", s);
+    return buf;
+}
+
+/* The store to train: a shape, a config.json or a checkpoint; NULL after reporting the problem. */
+static xlkv_param_store *make_store(const train_cli *c, int data_vocab, int data_eos, const char *tokenizer_path) {
+    const int sources = !!c->shape + !!c->model_config + !!c->init_from;
+    if (sources != 1) {
+        fprintf(stderr, "xlkv train: give exactly one of --shape, --model-config and --init-from\n");
+        return NULL;
+    }
+    xlkv_param_store *store = NULL;
+    xlkv_status status;
+    if (c->init_from) {
+        xlkv_kv_init kv_init = XLKV_KV_INIT_COPY;
+        if (c->kv_init && !strcmp(c->kv_init, "average")) kv_init = XLKV_KV_INIT_AVERAGE;
+        else if (c->kv_init && strcmp(c->kv_init, "copy")) {
+            fprintf(stderr, "xlkv train: --kv-init expects copy or average, got '%s'\n", c->kv_init);
+            return NULL;
+        }
+        status = xlkv_store_from_checkpoint(c->init_from, c->layer_types, kv_init, &c->overrides, &store);
+    } else {
+        xlkv_hparams hp;
+        char *config_map = NULL;
+        if (c->shape) {
+            status = xlkv_train_shape(c->shape, data_vocab, &hp);
+            if (status == XLKV_OK && tokenizer_path) {
+                xlkv_tokenizer *tok = NULL;
+                if (xlkv_tokenizer_load(tokenizer_path, &tok) == XLKV_OK) {
+                    hp.bos_id = xlkv_tokenizer_bos(tok);
+                    hp.eos_id = xlkv_tokenizer_eos(tok);
+                }
+                xlkv_tokenizer_free(tok);
+            }
+            if (hp.eos_id < 0) hp.eos_id = data_eos;
+        } else {
+            status = xlkv_hf_read_config(c->model_config, &hp, &config_map);
+        }
+        if (status == XLKV_OK) {
+            xlkv_apply_train_overrides(&hp, &c->overrides);
+            status = xlkv_store_from_shape(&hp, c->layer_types ? c->layer_types : config_map, c->options.seed, &store);
+        }
+        free(config_map);
+    }
+    if (status != XLKV_OK) {
+        fprintf(stderr, "xlkv train: cannot set up the model: %s\n", xlkv_last_error());
+        return NULL;
+    }
+    return store;
+}
+
+int cmd_train(int argc, char **argv) {
+    train_cli c = {.overrides = {-1, -1, -1, -1}, .options = xlkv_train_default_options(), .min_lr = -1.0f};
+    int rc = parse_args(argc, argv, &c);
+    if (rc) return rc == 1 ? 0 : rc;
+    if (!c.data || !c.out) {
+        fprintf(stderr, "xlkv train: --data DIR and --out DIR are required; see xlkv train --help\n");
+        return 2;
+    }
+    if (c.threads > 0) {
+        omp_set_num_threads(c.threads);
+        openblas_set_num_threads(c.threads);
+    }
+    xlkv_token_dataset *probe = NULL;
+    if (xlkv_token_dataset_open(c.data, "train", &probe) != XLKV_OK) {
+        fprintf(stderr, "xlkv train: %s\n", xlkv_last_error());
+        return 1;
+    }
+    const int data_vocab = probe->vocab_size, data_eos = probe->eos_id;
+    xlkv_token_dataset_free(probe);
+    char *tokenizer = c.tokenizer ? strdup(c.tokenizer) : xlkv_find_tokenizer_file(c.data);
+    xlkv_param_store *store = make_store(&c, data_vocab, data_eos, tokenizer);
+    if (!store) {
+        free(tokenizer);
+        return 1;
+    }
+    /* m, b of the model (config, checkpoint or overrides) drive the training iterations too */
+    c.options.forward_passes = store->hp.forward_passes;
+    c.options.backward_passes = store->hp.backward_passes;
+    if (c.options.warmup > c.options.steps) c.options.warmup = c.options.steps;
+    c.options.min_lr = c.min_lr >= 0.0f ? c.min_lr : c.options.lr / 10.0f;
+    const size_t n_params = store->n_params;
+    char *layer_types = xlkv_layer_map_to_string(store->map);
+    xlkv_trainer *tr = NULL;
+    if (xlkv_trainer_create(store, c.data, &c.options, &tr) != XLKV_OK) {
+        fprintf(stderr, "xlkv train: %s\n", xlkv_last_error());
+        free(tokenizer);
+        free(layer_types);
+        return 1;
+    }
+    rc = 1;
+    char *latest = xlkv_path_join(c.out, "latest");
+    if (c.resume && latest && xlkv_file_exists(latest)) {
+        if (xlkv_trainer_resume(tr, latest) != XLKV_OK) {
+            fprintf(stderr, "xlkv train: cannot resume: %s\n", xlkv_last_error());
+            goto done;
+        }
+        fprintf(stderr, "xlkv train: resumed from %s at step %ld\n", latest, tr->step);
+    } else if (c.resume) {
+        fprintf(stderr, "xlkv train: --resume: no %s yet, starting from the beginning\n", latest ? latest : c.out);
+    }
+    fprintf(stderr, "xlkv train: %zu parameters, map %s, batch %d x %d x accum %d, %ld steps, m=%d b=%d, %d threads; "
+                    "MFU %s\n", n_params, layer_types ? layer_types : "?", c.options.batch, c.options.seq,
+            c.options.accum, c.options.steps, c.options.forward_passes, c.options.backward_passes,
+            omp_get_max_threads(), c.peak_tflops > 0 ? "against --peak-tflops" : "not shown (no --peak-tflops)");
+    double elapsed = 0.0;
+    long steps_timed = 0;
+    long last_saved = tr->step;
+    while (tr->step < c.options.steps) {
+        xlkv_step_report r;
+        if (xlkv_trainer_step(tr, &r) != XLKV_OK) {
+            fprintf(stderr, "xlkv train: %s\n", xlkv_last_error());
+            goto done;
+        }
+        elapsed += r.seconds;
+        steps_timed++;
+        char eta[32], mfu[32] = "";
+        format_duration(elapsed / steps_timed * (double)(c.options.steps - tr->step), eta, sizeof eta);
+        if (c.peak_tflops > 0) snprintf(mfu, sizeof mfu, " | MFU %.1f%%", 100.0 * r.flops / r.seconds / (c.peak_tflops * 1e12));
+        fprintf(stderr, "step %5ld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s%s | ETA %s\n", r.step,
+                c.options.steps, r.loss, (double)r.lr, r.grad_norm, r.tokens / r.seconds, mfu, eta);
+        const bool last = tr->step == c.options.steps;
+        if (c.options.eval_every > 0 && (tr->step % c.options.eval_every == 0 || last) && tr->valid_data) {
+            double loss = 0.0;
+            if (xlkv_trainer_eval(tr, &loss) != XLKV_OK) {
+                fprintf(stderr, "xlkv train: %s\n", xlkv_last_error());
+                goto done;
+            }
+            fprintf(stderr, "eval  %5ld | held-out loss %.4f\n", tr->step, loss);
+        }
+        if ((c.options.save_every > 0 && tr->step % c.options.save_every == 0) || last) {
+            if (xlkv_trainer_save(tr, c.out, tokenizer) != XLKV_OK) {
+                fprintf(stderr, "xlkv train: cannot save: %s\n", xlkv_last_error());
+                goto done;
+            }
+            last_saved = tr->step;
+            fprintf(stderr, "saved %s/checkpoint-%06ld\n", c.out, tr->step);
+        }
+    }
+    if (last_saved != tr->step && xlkv_trainer_save(tr, c.out, tokenizer) != XLKV_OK) {
+        fprintf(stderr, "xlkv train: cannot save: %s\n", xlkv_last_error());
+        goto done;
+    }
+    char *svg = xlkv_path_join(c.out, "loss.svg");
+    if (svg && xlkv_trainer_write_loss_svg(tr, svg) == XLKV_OK) fprintf(stderr, "loss curve: %s\n", svg);
+    free(svg);
+    rc = 0;
+done:
+    free(latest);
+    free(tokenizer);
+    free(layer_types);
+    xlkv_trainer_free(tr);
+    return rc;
+}
