@@ -6,7 +6,7 @@ DEFAULT_MODEL ?= $(SHARED_DATA)/models/stories260K/stories260K.bin
 JOBS ?= $(shell nproc)
 PROMPT ?= Once upon a time
 
-.PHONY: setup build build-asan run test test-cuda bench fuzz clean
+.PHONY: setup build build-asan run test test-cuda bench bench-gpu fuzz clean
 
 setup:
 	@bash scripts/setup-deps.sh
@@ -39,6 +39,11 @@ test-cuda: build
 
 bench: build
 	@./build/bench_cpu --shared-data $(SHARED_DATA) --out bench/results/cpu.jsonl
+
+# GPU benchmark (the GPU machine; ~7.5 minutes, scheduled by --deadline-s): decode, prefill, throughput protocol.
+# BENCH_GPU_ARGS=--quick for a smoke run (about a minute). Without a GPU it says so and exits 0.
+bench-gpu: build
+	@./build/bench_gpu --out bench/results/gpu.jsonl $(BENCH_GPU_ARGS)
 
 fuzz:
 	@bash scripts/fuzz.sh
