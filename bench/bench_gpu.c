@@ -17,7 +17,10 @@
  *          until XLKV_E_CAPACITY: C sequences (if all 4096 fit: batch 4096);
  *       2. refinement above C by doubling the step (C + C/64, C + C/32, ...) then bisection, at most --search-probes
  *          engines (each "fits" = create at max_batch B + B adds succeed; exact, since the pool reserves up front) —
- *          a max_batch-B engine reserves fewer activation rows than the 4096 one, so it may hold a few more;
+ *          a max_batch-B engine reserves fewer activation rows than the 4096 one, so it may hold a few more; done only
+ *          while the search stays within a quarter of the measurement's time share (else the 4096 engine with its C
+ *          sequences runs, and the JSON line gives batch C with batch_upper_bound 4096: a lower bound);
+ *       (if even the 4096 engine cannot be created: plain doubling from 1, then the same refinement);
  *     then the fixed prompt replicated over the batch, exactly gen new tokens each (ignore_end_tokens), throughput =
  *     batch x gen / wall time including prefill. "Whole GPU" = a budget of the free device memory at start less
  *     1 GiB (kept for cuBLAS workspaces and graphs), so both regimes size the pool the same way.
@@ -553,7 +556,9 @@ static void measure_throughput(const bench_options *o, const xlkv_model *m, sett
     int lo, hi = o->max_batch + 1;
     f->probes = 1;
     lo = admit(o, m, s, budget_bytes, o->max_batch, prompt, &engine);
-    const bool refine = lo != o->max_batch && (lo <= 0 || o->search_probes > 0);
+    /* refine only when engines are cheap next to the time share (each probe is a create: weights upload + pool) */
+    const bool time_for_refinement = xlkv_now_seconds() - start < 0.125 * limit_s;
+    const bool refine = lo != o->max_batch && (lo <= 0 || (o->search_probes > 0 && time_for_refinement));
     if (lo > 0 && lo < o->max_batch) hi = o->max_batch;
     if (refine) {
         xlkv_engine_free(engine);
