@@ -92,7 +92,9 @@ xlkv_status xlkv_engine_step(xlkv_engine *engine, xlkv_engine_event *events, int
 void xlkv_engine_get_stats(const xlkv_engine *engine, xlkv_engine_stats *out);
 
 /* Test path: runs tokens[0..n) as one chunk of sequence `seq` (after whatever it holds; a fresh sequence is added
- * with n_prompt = 0 through xlkv_engine_add_empty) and copies the fp32 logits of every row to host logits[n, vocab]. */
+ * with n_prompt = 0 through xlkv_engine_add_empty) and copies the fp32 logits of every row to host logits[n, vocab].
+ * The sequence must not be generating (pending or running): one from add_empty, or a finished one. An empty sequence
+ * takes KV blocks as its positions grow (XLKV_E_CAPACITY when the pool or n_ctx is exhausted); step() skips it. */
 xlkv_status xlkv_engine_add_empty(xlkv_engine *engine, int *out_seq);
 xlkv_status xlkv_engine_forward_logits(xlkv_engine *engine, int seq, const int *tokens, int n, float *logits);
 
