@@ -8,7 +8,7 @@ PROMPT ?= Once upon a time
 
 MAKEFLAGS += --no-print-directory
 # Build logs go to build*/build.log; they are shown only when the build fails.
-.PHONY: setup build build-asan run test test-cuda bench fuzz clean
+.PHONY: setup build build-asan run test test-cuda bench bench-gpu fuzz clean
 
 setup:
 	@bash scripts/setup-deps.sh
@@ -43,6 +43,11 @@ test-cuda: build
 
 bench: build
 	@./build/bench_cpu --shared-data $(SHARED_DATA) --out bench/results/cpu.jsonl
+
+# GPU benchmark (the GPU machine; ~7.5 minutes, scheduled by --deadline-s): decode, prefill, throughput protocol.
+# BENCH_GPU_ARGS=--quick for a smoke run (about a minute). Without a GPU it says so and exits 0.
+bench-gpu: build
+	@./build/bench_gpu --out bench/results/gpu.jsonl $(BENCH_GPU_ARGS)
 
 fuzz:
 	@bash scripts/fuzz.sh

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "infer/engine.h"
+
 const char *cli_value(const char *command, int argc, char **argv, int *i) {
     if (*i + 1 >= argc) {
         fprintf(stderr, "xlkv %s: option %s needs a value\n", command, argv[*i]);
@@ -69,6 +71,7 @@ cli_parse_result cli_parse_model_option(cli_model_options *o, const char *comman
     CLI_STRING(NULL, "--layer-types", layer_types)
     CLI_STRING(NULL, "--kv-map", kv_map)
     CLI_STRING(NULL, "--device", device)
+    CLI_STRING(NULL, "--dtype", dtype)
     CLI_INT(NULL, "--forward-passes", forward_passes, 0, 1000)
     CLI_INT(NULL, "--backward-passes", backward_passes, 0, 1000)
     CLI_INT(NULL, "--sliding-window", sliding_window, 0, 1 << 24)
@@ -126,7 +129,8 @@ void cli_print_model_help(FILE *out) {
             "      --sequential          prefill one token at a time (exact mode)\n"
             "  -c, --ctx-size N          context length (default: the model's)\n"
             "  -t, --threads N           CPU threads (default: all cores)\n"
-            "      --device cpu|cuda     compute device (default cpu)\n");
+            "      --device cpu|cuda     compute device (default cpu; cuda in builds with CUDA)\n"
+            "      --dtype f32|bf16      cuda element type of weights, activations and KV (default bf16)\n");
 }
 
 void cli_print_sampling_help(FILE *out) {
@@ -145,8 +149,18 @@ bool cli_load_model(const char *command, const cli_model_options *o, xlkv_model 
         fprintf(stderr, "xlkv %s: no model given (-m PATH); see xlkv %s --help\n", command, command);
         return false;
     }
-    if (strcmp(o->device, "cpu") != 0) {
-        fprintf(stderr, "xlkv %s: device '%s' is not available in this build (devices: cpu)\n", command, o->device);
+    if (o->dtype && strcmp(o->dtype, "f32") != 0 && strcmp(o->dtype, "bf16") != 0) {
+        fprintf(stderr, "xlkv %s: --dtype expects f32 or bf16, got '%s'\n", command, o->dtype);
+        return false;
+    }
+    const bool have_cuda = xlkv_engine_backend_cuda() != NULL;
+    if (strcmp(o->device, "cpu") != 0 && !(have_cuda && !strcmp(o->device, "cuda"))) {
+        fprintf(stderr, "xlkv %s: device '%s' is not available in this build (devices: cpu%s)\n", command, o->device,
+                have_cuda ? ", cuda" : "");
+        return false;
+    }
+    if (o->dtype && !strcmp(o->dtype, "bf16") && !cli_on_cuda(o)) {
+        fprintf(stderr, "xlkv %s: --dtype bf16 needs --device cuda (the cpu runs f32)\n", command);
         return false;
     }
     xlkv_model_params params = xlkv_model_default_params();
@@ -164,8 +178,15 @@ bool cli_load_model(const char *command, const cli_model_options *o, xlkv_model 
     return true;
 }
 
+bool cli_on_cuda(const cli_model_options *o) { return !strcmp(o->device, "cuda"); }
+
 bool cli_create_context(const char *command, const cli_model_options *o, const xlkv_model *model,
                         xlkv_context **out) {
+    *out = NULL;
+    if (strcmp(o->device, "cpu") != 0) {
+        fprintf(stderr, "xlkv %s: runs on the cpu only (--device %s is for generate and logits)\n", command, o->device);
+        return false;
+    }
     xlkv_context_params params = xlkv_context_default_params();
     params.n_ctx = o->n_ctx;
     params.n_threads = o->n_threads;

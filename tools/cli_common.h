@@ -22,6 +22,7 @@ typedef struct cli_model_options {
     int n_threads;              /* -t, --threads (0 = auto) */
     bool sequential;            /* --sequential */
     const char *device;         /* --device cpu|cuda */
+    const char *dtype;          /* --dtype f32|bf16 (NULL = the device's default: bf16 on cuda, f32 on cpu) */
 } cli_model_options;
 
 /* Result of offering argv[*i] to a parser: consumed (advance past it and its value), not ours, or a usage error
@@ -39,8 +40,12 @@ const char *cli_value(const char *command, int argc, char **argv, int *i);
 bool cli_parse_int(const char *command, const char *flag, const char *text, long min, long max, int *out);
 bool cli_parse_float(const char *command, const char *flag, const char *text, float *out);
 
-/* Loads the model (and its tokenizer) named by the options; reports failures on stderr. */
+/* Whether the options name the cuda device (generate and logits then run through the engine). */
+bool cli_on_cuda(const cli_model_options *o);
+/* Loads the model (and its tokenizer) named by the options after checking that the device exists in this build and
+ * that --dtype suits it; reports failures on stderr. */
 bool cli_load_model(const char *command, const cli_model_options *o, xlkv_model **out);
+/* A CPU context for the options (refuses --device cuda: the commands that call it run on the CPU only). */
 bool cli_create_context(const char *command, const cli_model_options *o, const xlkv_model *model,
                         xlkv_context **out);
 /* "12.5 KiB" style; writes into buf. */

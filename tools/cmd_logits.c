@@ -1,11 +1,13 @@
 /* tools/cmd_logits: `xlkv logits`: the logits of every position as JSON ({"logits": [[...], ...]}), so a model can be
  * checked against another implementation. --prefill N runs the first N ids as one prompt and the rest as decode
- * steps; --sequential runs every id as its own step; default: all ids as one prompt. */
+ * steps; --sequential runs every id as its own step; default: all ids as one prompt. On --device cuda the same chunks
+ * run through the engine (one empty sequence, forward_logits). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli_common.h"
+#include "cli_engine.h"
 #include "commands.h"
 
 static void usage(FILE *out) {
@@ -96,6 +98,7 @@ int cmd_logits(int argc, char **argv) {
     float *all = NULL;
     xlkv_model *model = NULL;
     xlkv_context *ctx = NULL;
+    xlkv_engine *engine = NULL;
     FILE *f = NULL;
     if (ids_text && !parse_ids(ids_text, &ids, &n)) return 2;
     if (!cli_load_model(command, &mo, &model)) goto done;
@@ -113,7 +116,6 @@ int cmd_logits(int argc, char **argv) {
         fprintf(stderr, "xlkv %s: --prefill %d exceeds the %d ids given\n", command, prefill, n);
         goto done;
     }
-    if (!cli_create_context(command, &mo, model, &ctx)) goto done;
     const int vocab = model->hp.vocab_size;
     all = malloc((size_t)n * (size_t)vocab * sizeof *all);
     if (!all) {
@@ -121,16 +123,22 @@ int cmd_logits(int argc, char **argv) {
         goto done;
     }
     /* one forward for the prompt part, then one per remaining id */
-    int first = prefill > 0 ? prefill : mo.sequential ? 1 : n;
-    for (int start = 0; start < n;) {
-        int count = start == 0 ? first : 1;
-        const float *logits = NULL;
-        if (xlkv_context_forward(ctx, ids + start, count, true, &logits) != XLKV_OK) {
-            fprintf(stderr, "xlkv %s: %s\n", command, xlkv_last_error());
-            goto done;
+    const int first = prefill > 0 ? prefill : mo.sequential ? 1 : n;
+    if (cli_on_cuda(&mo)) {
+        if (!cli_create_engine(command, &mo, model, 1, &engine)) goto done;
+        if (!cli_engine_logits(command, engine, ids, n, first, vocab, all)) goto done;
+    } else {
+        if (!cli_create_context(command, &mo, model, &ctx)) goto done;
+        for (int start = 0; start < n;) {
+            int count = start == 0 ? first : 1;
+            const float *logits = NULL;
+            if (xlkv_context_forward(ctx, ids + start, count, true, &logits) != XLKV_OK) {
+                fprintf(stderr, "xlkv %s: %s\n", command, xlkv_last_error());
+                goto done;
+            }
+            memcpy(all + (size_t)start * (size_t)vocab, logits, (size_t)count * (size_t)vocab * sizeof *all);
+            start += count;
         }
-        memcpy(all + (size_t)start * (size_t)vocab, logits, (size_t)count * (size_t)vocab * sizeof *all);
-        start += count;
     }
     f = output ? fopen(output, "w") : stdout;
     if (!f) {
@@ -145,6 +153,7 @@ done:
     free(all);
     free(ids);
     xlkv_context_free(ctx);
+    xlkv_engine_free(engine);
     xlkv_model_free(model);
     return rc;
 }

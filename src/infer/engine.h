@@ -23,7 +23,13 @@
 
 typedef struct xlkv_engine xlkv_engine;
 
-typedef enum xlkv_engine_dtype { XLKV_ENGINE_F32 = 0, XLKV_ENGINE_BF16 = 1 } xlkv_engine_dtype;
+/* XLKV_ENGINE_DTYPE_AUTO (the default) is resolved by xlkv_engine_create: bf16 on cuda, f32 on cpu. Backends always
+ * receive F32 or BF16. */
+typedef enum xlkv_engine_dtype {
+    XLKV_ENGINE_DTYPE_AUTO = -1,
+    XLKV_ENGINE_F32 = 0,
+    XLKV_ENGINE_BF16 = 1,
+} xlkv_engine_dtype;
 
 typedef struct xlkv_engine_params {
     const char *device;        /* "cpu" (default) or "cuda" */
@@ -39,8 +45,12 @@ typedef struct xlkv_engine_params {
     int n_threads;             /* CPU threads (0 = all cores) */
     bool cuda_graphs;          /* capture the decode step in CUDA graphs (default true) */
     int max_prefill_tokens;    /* CUDA: activation rows reserved for prefill chunks (0 = n_ctx) */
+    bool ignore_end_tokens;    /* end tokens are ordinary tokens: a sequence runs to max_new_tokens or a full context
+                                  (the throughput protocol: exactly `gen` tokens per sequence); default false */
 } xlkv_engine_params;
 
+/* device "cpu", dtype AUTO, max_batch 1, n_ctx 0, block_size 16, pools 0, iterations 0, prefill AUTO, threads 0,
+ * cuda_graphs true, max_prefill_tokens 0, ignore_end_tokens false. */
 xlkv_engine_params xlkv_engine_default_params(void);
 
 /* One new token of one sequence. finished: the sequence ended with this step (end token sampled — then `token` is
@@ -63,20 +73,28 @@ typedef struct xlkv_engine_stats {
     size_t device_bytes;      /* weights + activations + KV pool (CUDA), host bytes on CPU */
 } xlkv_engine_stats;
 
+/* Validates params (unknown or absent device, bf16 on cpu, max_batch < 1, ... fail with a message), resolves the
+ * defaults (device cpu, dtype, n_ctx = the model's max_seq_len, block_size 16, iterations = the model's m + b) and
+ * hands the resolved params to the device's backend. params NULL = the defaults. */
 xlkv_status xlkv_engine_create(const xlkv_model *model, const xlkv_engine_params *params, xlkv_engine **out);
 void xlkv_engine_free(xlkv_engine *engine);
 
-/* Adds a sequence with its prompt (n_prompt >= 1); it is prefilled at the next step. *out_seq receives its id. */
+/* Adds a sequence with its prompt (n_prompt >= 1, ids inside the vocabulary; max_new_tokens >= 1; sampling NULL =
+ * greedy); it is prefilled at the next step. *out_seq receives its id, in [0, max_batch), reused after remove.
+ * max_batch counts allocated sequences (finished ones hold their KV until removed). */
 xlkv_status xlkv_engine_add(xlkv_engine *engine, const int *prompt, int n_prompt, int max_new_tokens,
                             const xlkv_sampler_params *sampling, int *out_seq);
 /* Frees a sequence (finished or not) and its KV blocks. */
 xlkv_status xlkv_engine_remove(xlkv_engine *engine, int seq);
-/* Prefills pending sequences, decodes one token for every running one; writes up to `capacity` events. */
+/* Prefills pending sequences, decodes one token for every running one; writes one event per such sequence (prefill
+ * events first). Fails with XLKV_E_INVALID, doing nothing, when `capacity` is smaller than that number. */
 xlkv_status xlkv_engine_step(xlkv_engine *engine, xlkv_engine_event *events, int capacity, int *out_n_events);
 void xlkv_engine_get_stats(const xlkv_engine *engine, xlkv_engine_stats *out);
 
 /* Test path: runs tokens[0..n) as one chunk of sequence `seq` (after whatever it holds; a fresh sequence is added
- * with n_prompt = 0 through xlkv_engine_add_empty) and copies the fp32 logits of every row to host logits[n, vocab]. */
+ * with n_prompt = 0 through xlkv_engine_add_empty) and copies the fp32 logits of every row to host logits[n, vocab].
+ * The sequence must not be generating (pending or running): one from add_empty, or a finished one. An empty sequence
+ * takes KV blocks as its positions grow (XLKV_E_CAPACITY when the pool or n_ctx is exhausted); step() skips it. */
 xlkv_status xlkv_engine_add_empty(xlkv_engine *engine, int *out_seq);
 xlkv_status xlkv_engine_forward_logits(xlkv_engine *engine, int seq, const int *tokens, int n, float *logits);
 
