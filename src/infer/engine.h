@@ -80,8 +80,10 @@ xlkv_status xlkv_engine_create(const xlkv_model *model, const xlkv_engine_params
 void xlkv_engine_free(xlkv_engine *engine);
 
 /* Adds a sequence with its prompt (n_prompt >= 1, ids inside the vocabulary; max_new_tokens >= 1; sampling NULL =
- * greedy); it is prefilled at the next step. *out_seq receives its id, in [0, max_batch), reused after remove.
- * max_batch counts allocated sequences (finished ones hold their KV until removed). */
+ * greedy); it is prefilled at the next step. *out_seq receives a non-negative id, unique among the sequences not yet
+ * removed. At most max_batch sequences generate at once (the CPU backend also counts finished sequences that are not
+ * removed yet: ids there are slots in [0, max_batch), reused after remove); finished sequences hold their KV blocks
+ * until removed. */
 xlkv_status xlkv_engine_add(xlkv_engine *engine, const int *prompt, int n_prompt, int max_new_tokens,
                             const xlkv_sampler_params *sampling, int *out_seq);
 /* Frees a sequence (finished or not) and its KV blocks. */

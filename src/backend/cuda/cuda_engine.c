@@ -10,7 +10,8 @@
  *     own chunk) and gets its first token at once; then one batched decode pass runs over every sequence that was
  *     already running when the step began. So a sequence added before step k gets token 1 at step k and token i at
  *     step k + i - 1, whoever else runs. Each new token is one event, in that order.
- *   - A sequence finishes when it samples an end token (eos_id or bos_id of the model; the event has end_token set
+ *   - A sequence finishes when it samples an end token (eos_id or bos_id of the model, unless ignore_end_tokens; the
+ *     event has end_token set
  *     and the token is not text), when it has max_new_tokens tokens, or when its cache is full (n_ctx positions).
  *     It keeps its blocks until remove(). Ids are never reused.
  *   - Sampling on the GPU: repetition penalty over the last min(repeat_last_n, 64) tokens (prompt included), then
@@ -311,7 +312,7 @@ static xlkv_status engine_remove(void *state, int seq) {
 /* Records a newly sampled token of s (fed or not) and decides whether s finishes. */
 static void accept_token(xlkv_cuda_engine *e, xlkv_cuda_sequence *s, int token, xlkv_engine_event *event) {
     const xlkv_hparams *hp = &e->model->hp;
-    const bool end = token == hp->eos_id || token == hp->bos_id;
+    const bool end = !e->params.ignore_end_tokens && (token == hp->eos_id || token == hp->bos_id);
     bool finished = end;
     if (!end) {
         s->n_generated++;
