@@ -391,7 +391,8 @@ static void errors_have_clear_messages(void **state) {
     int long_prompt[40] = {0};
     TU_ASSERT_FAILS(xlkv_engine_add(engine, long_prompt, 40, 4, &sp, &seq), XLKV_E_CAPACITY, "exceeds the context");
     TU_ASSERT_FAILS(xlkv_engine_remove(engine, 1), XLKV_E_INVALID, "no sequence 1");
-    TU_ASSERT_FAILS(xlkv_engine_remove(engine, 7), XLKV_E_INVALID, "outside [0, 2)");
+    TU_ASSERT_FAILS(xlkv_engine_remove(engine, 7), XLKV_E_INVALID, "no sequence 7");
+    TU_ASSERT_FAILS(xlkv_engine_remove(engine, -1), XLKV_E_INVALID, "negative");
     int a, b, c;
     TU_ASSERT_OK(xlkv_engine_add(engine, prompt_a, 3, 4, &sp, &a));
     TU_ASSERT_OK(xlkv_engine_add(engine, prompt_b, 4, 4, NULL, &b));
