@@ -432,8 +432,9 @@ static xlkv_engine_params engine_params(const bench_options *o, int max_batch, i
 
 /* Steps until every sequence has finished or `limit_s` has passed; returns the tokens generated (-1 on failure). */
 static long long run_steps(xlkv_engine *engine, xlkv_engine_event *events, int capacity, double limit_s,
-                           bool *complete) {
+                           bool *complete, double *first_step_s) {
     const double start = xlkv_now_seconds();
+    if (first_step_s) *first_step_s = 0.0;
     long long tokens = 0;
     *complete = false;
     for (;;) {
@@ -446,6 +447,8 @@ static long long run_steps(xlkv_engine *engine, xlkv_engine_event *events, int c
         if (xlkv_now_seconds() - start > limit_s) return tokens;
         int n_events = 0;
         if (xlkv_engine_step(engine, events, capacity, &n_events) != XLKV_OK) return -1;
+        /* the first step prefills every sequence: its time is the prefill share of the wall time */
+        if (tokens == 0 && first_step_s) *first_step_s = xlkv_now_seconds() - start;
         tokens += n_events;
     }
 }
@@ -479,7 +482,7 @@ static void measure_single(const bench_options *o, const xlkv_model *m, single_f
                 xlkv_engine_step(engine, &event, 1, &n_events) != XLKV_OK)
                 goto fail;
             const double start = xlkv_now_seconds();
-            long long tokens = run_steps(engine, &event, 1, 1e9, &complete);
+            long long tokens = run_steps(engine, &event, 1, 1e9, &complete, NULL);
             const double seconds = xlkv_now_seconds() - start;
             if (tokens < 0 || xlkv_engine_remove(engine, seq) != XLKV_OK) goto fail;
             if (r >= 0) decode[r] = (double)tokens / seconds;
@@ -536,6 +539,7 @@ typedef struct throughput_figures {
     int probes;          /* engines created by the search */
     double search_seconds;
     double seconds;
+    double prefill_seconds; /* the first step: every prompt prefilled, first tokens sampled */
     long long tokens;
     double tokens_per_s;
     bool complete;
@@ -625,7 +629,7 @@ static void measure_throughput(const bench_options *o, const xlkv_model *m, sett
         goto done;
     }
     const double run_start = xlkv_now_seconds();
-    f->tokens = run_steps(engine, events, o->max_batch, left > 1.0 ? left : 1.0, &f->complete);
+    f->tokens = run_steps(engine, events, o->max_batch, left > 1.0 ? left : 1.0, &f->complete, &f->prefill_seconds);
     f->seconds = xlkv_now_seconds() - run_start;
     if (f->tokens < 0) {
         snprintf(f->error, sizeof f->error, "step failed: %s", xlkv_last_error());
@@ -921,10 +925,11 @@ int main(int argc, char **argv) {
                             ", \"setting\": \"%d+%d\", \"prompt\": %d, \"gen\": %d, \"budget\": \"%s\", "
                             "\"budget_bytes\": %zu, \"batch\": %d, \"batch_upper_bound\": %d, \"search_engines\": %d, "
                             "\"search_s\": %.2f, \"pool_bytes\": %zu, \"device_bytes\": %zu, \"tokens\": %lld, "
-                            "\"run_s\": %.3f, \"tokens_per_s\": %.2f, \"complete\": %s, \"time_limit_s\": %.1f",
+                            "\"run_s\": %.3f, \"prefill_step_s\": %.3f, \"tokens_per_s\": %.2f, \"complete\": %s, "
+                            "\"time_limit_s\": %.1f",
                             st.prompt, st.gen, st.prompt, st.gen, o.budgets[b].name, o.budgets[b].bytes, f->batch,
                             f->upper_bound, f->probes, f->search_seconds, f->pool_bytes, f->device_bytes, f->tokens,
-                            f->seconds, f->tokens_per_s, f->complete ? "true" : "false", limit);
+                            f->seconds, f->prefill_seconds, f->tokens_per_s, f->complete ? "true" : "false", limit);
                     if (f->skipped) fprintf(ri.out, ", \"skipped\": \"%s\"", f->skipped);
                     json_end(&ri, f->error);
                 }
