@@ -7,5 +7,7 @@ int cmd_layers(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
 int cmd_logits(int argc, char **argv);
+int cmd_perplexity(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
 
 #endif

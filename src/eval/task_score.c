@@ -142,6 +142,7 @@ xlkv_status xlkv_task_evaluate(const xlkv_eval_model *model, const xlkv_tokenize
             status = score_request(model, tok, task, ex, c, tokens, logits, &ll, &out->n_cont_tokens[r]);
             out->loglik[r] = ll.loglik;
             out->is_greedy[r] = ll.is_greedy;
+            if (status == XLKV_OK && ll.n_scored < out->n_cont_tokens[r]) out->n_cut_continuations++;
         }
         if (progress) progress(progress_user, e + 1, data->n_examples);
     }

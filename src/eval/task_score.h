@@ -30,6 +30,7 @@ typedef struct xlkv_task_result {
     double *loglik;      /* [n_requests] */
     bool *is_greedy;     /* [n_requests] */
     int *n_cont_tokens;  /* [n_requests] */
+    int n_cut_continuations; /* requests whose continuation alone exceeded the model's context (loglik.h) */
 } xlkv_task_result;
 
 /* Scores every example of `data`; progress (may be NULL) gets examples done / total. Fails on a request the model
