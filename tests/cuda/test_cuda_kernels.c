@@ -592,6 +592,44 @@ static void attention_decode_matches_cpu(void **state) {
 
 /* ---------------------------------------------------------------- sampling */
 
+/* The few-row bf16 product against the CPU matmul on the same bf16-rounded inputs, bf16 and fp32 outputs, every row
+ * count it takes, an `in` that is not a multiple of the unrolled chunk, and the shapes it refuses. */
+static void gemv_matches_cpu(void **state) {
+    (void)state;
+    const xlkv_backend_ops *cpu = xlkv_backend_cpu();
+    const int shapes[][2] = {{2048, 2560}, {5632, 40}, {72, 33}, {8, 5}};
+    for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++) {
+        const int in = shapes[sh][0], out = shapes[sh][1];
+        for (int n = 1; n <= XLKV_CUDA_GEMV_MAX_ROWS; n++) {
+            float *x = random_host((size_t)n * in, XLKV_DTYPE_BF16), *w = random_host((size_t)out * in, XLKV_DTYPE_BF16);
+            float *ref = malloc(sizeof(float) * (size_t)n * out);
+            cpu->matmul(ref, x, w, n, in, out);
+            void *dx = to_device(x, (size_t)n * in, XLKV_DTYPE_BF16), *dw = to_device(w, (size_t)out * in, XLKV_DTYPE_BF16);
+            for (int f32_out = 0; f32_out <= 1; f32_out++) {
+                const xlkv_dtype out_dt = f32_out ? XLKV_DTYPE_F32 : XLKV_DTYPE_BF16;
+                void *dy = device_poisoned((size_t)n * out, out_dt);
+                assert_true(xlkv_cuda_gemv_supported(n, in, dx, dw, XLKV_DTYPE_BF16));
+                CK_LAUNCH(xlkv_cuda_gemv(dy, f32_out, dx, dw, n, in, out, XLKV_DTYPE_BF16, NULL));
+                CK(cudaDeviceSynchronize());
+                float *got = from_device(dy, (size_t)n * out, out_dt);
+                char shape[96];
+                snprintf(shape, sizeof shape, "n %d, in %d, out %d, %s out", n, in, out, f32_out ? "f32" : "bf16");
+                expect_close("gemv", XLKV_DTYPE_BF16, shape, got, ref, (size_t)n * out, f32_out ? 5e-5 : TOL_BF16);
+                free(got);
+                CK(cudaFree(dy));
+            }
+            free(x);
+            free(w);
+            free(ref);
+            CK(cudaFree(dx));
+            CK(cudaFree(dw));
+        }
+    }
+    assert_false(xlkv_cuda_gemv_supported(1, 2048, NULL, NULL, XLKV_DTYPE_F32));
+    assert_false(xlkv_cuda_gemv_supported(XLKV_CUDA_GEMV_MAX_ROWS + 1, 2048, NULL, NULL, XLKV_DTYPE_BF16));
+    assert_false(xlkv_cuda_gemv_supported(1, 2047, NULL, NULL, XLKV_DTYPE_BF16));
+}
+
 static int host_argmax(const float *x, int n) {
     int best = 0;
     for (int i = 1; i < n; i++)
@@ -790,6 +828,7 @@ int main(void) {
         cmocka_unit_test(kv_write_and_zero_match_host),
         cmocka_unit_test(attention_prefill_matches_cpu),
         cmocka_unit_test(attention_decode_matches_cpu),
+        cmocka_unit_test(gemv_matches_cpu),
         cmocka_unit_test(argmax_and_greedy_sampling),
         cmocka_unit_test(sampling_is_deterministic_per_seed_and_step),
         cmocka_unit_test(sampling_matches_softmax_frequencies),

@@ -47,12 +47,26 @@ static xlkv_status gemm_ex(const xlkv_cuda_gemm *gemm, void *y, cudaDataType_t y
     return XLKV_OK;
 }
 
+/* A few bf16 rows: our matrix-vector kernel streams W at close to full bandwidth, where cuBLAS reached 570-1680 GB/s
+ * at n = 1 (H100, tinyllama shapes); otherwise cuBLAS. */
+static xlkv_status product(const xlkv_cuda_gemm *gemm, void *y, int y_is_f32, const void *x, const void *w, int n,
+                           int in, int out) {
+    if (xlkv_cuda_gemv_supported(n, in, x, w, gemm->dt)) {
+        cudaStream_t stream = NULL;
+        XLKV_CUBLAS_TRY(cublasGetStream(gemm->handle, &stream), "cublasGetStream");
+        const int err = xlkv_cuda_gemv(y, y_is_f32, x, w, n, in, out, gemm->dt, stream);
+        if (err) return xlkv_fail(XLKV_E_BACKEND, "matrix-vector product: %s", cudaGetErrorString((cudaError_t)err));
+        return XLKV_OK;
+    }
+    return gemm_ex(gemm, y, y_is_f32 ? CUDA_R_32F : cuda_type(gemm->dt), x, w, n, in, out);
+}
+
 xlkv_status xlkv_cuda_linear(const xlkv_cuda_gemm *gemm, void *y, const void *x, const void *w, int n, int in,
                              int out) {
-    return gemm_ex(gemm, y, cuda_type(gemm->dt), x, w, n, in, out);
+    return product(gemm, y, 0, x, w, n, in, out);
 }
 
 xlkv_status xlkv_cuda_linear_f32_out(const xlkv_cuda_gemm *gemm, float *y, const void *x, const void *w, int n, int in,
                                      int out) {
-    return gemm_ex(gemm, y, CUDA_R_32F, x, w, n, in, out);
+    return product(gemm, y, 1, x, w, n, in, out);
 }

@@ -96,6 +96,15 @@ int xlkv_cuda_attention_decode(void *out, const void *q, int q_stride, int batch
                                const int *row_pos, int max_positions, const xlkv_paged_kv *kv,
                                const xlkv_attention_rule *rule, float *workspace, xlkv_dtype dt, void *stream);
 
+/* Products of a few rows (decode of small batches), bf16 only: y[n, out] = x[n, in] . w[out, in]^T with rows
+ * contiguous, fp32 accumulation, y bf16 or (y_is_f32) fp32. Returns cudaErrorNotSupported where
+ * xlkv_cuda_gemv_supported() is false (f32, n > XLKV_CUDA_GEMV_MAX_ROWS, in not a multiple of 8, unaligned): the
+ * caller then uses cuBLAS. */
+enum { XLKV_CUDA_GEMV_MAX_ROWS = 8 };
+int xlkv_cuda_gemv_supported(int n, int in, const void *x, const void *w, xlkv_dtype dt);
+int xlkv_cuda_gemv(void *y, int y_is_f32, const void *x, const void *w, int n, int in, int out, xlkv_dtype dt,
+                   void *stream);
+
 /* Greedy: out[b] = argmax over logits[b, 0..vocab) (lowest index on ties), logits fp32 [batch, vocab]. */
 int xlkv_cuda_argmax(int *out, const float *logits, int batch, int vocab, void *stream);
 

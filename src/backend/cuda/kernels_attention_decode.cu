@@ -1,7 +1,10 @@
 /* backend/cuda/kernels_attention_decode: decode attention for a batch of single-query rows, split-K over the keys.
  *
- * Design. Keys are cut in splits of DECODE_SPLIT = 256 positions; n_splits = ceil(max_positions / 256) is fixed by
- * max_positions, so the grid (batch, n_kv_heads, n_splits) does not depend on the rows' lengths (CUDA-graph safe).
+ * Design. Keys are cut in splits of split_size positions: 256 when the batch gives the GPU enough CTAs, halved down
+ * to 32 while (batch x query-head groups x splits) stays under ~1024 CTAs, so that batch 1 still spreads over the
+ * SMs (measured on an H100, tinyllama, batch 1 at 512 positions: 8 CTAs of 256 took 26.6 us per layer). The split
+ * size depends only on (batch, n_heads, max_positions), all fixed for a captured graph, never on the rows' lengths,
+ * so the grid (batch, n_kv_heads, n_splits) is CUDA-graph safe.
  * Pass 1: one CTA of 128 threads per (row, KV head, split) handles all G = n_heads / n_kv_heads query heads of that
  * KV head, so each K/V row is read once: scores into shared memory (8..32 lanes per K row with 16-byte loads,
  * a shuffle reduction per query head), a per-head softmax over the split, then P.V with every lane owning a 16-byte
@@ -21,12 +24,25 @@ using namespace xlkv_cuda;
 
 namespace {
 
-constexpr int DECODE_SPLIT = 256;
+constexpr int DECODE_SPLIT = 256; /* the largest split (shared-memory score buffer) */
+constexpr int DECODE_MIN_SPLIT = 32;
+constexpr long DECODE_TARGET_CTAS = 1024;
 constexpr int DECODE_THREADS = 128;
 constexpr int DECODE_WARPS = DECODE_THREADS / 32;
 constexpr int COMBINE_THREADS = 64;
 
-int decode_splits(int max_positions) { return max_positions <= 0 ? 1 : (max_positions + DECODE_SPLIT - 1) / DECODE_SPLIT; }
+/* Split size for a launch: see the design note above. */
+int decode_split_size(int batch, int n_heads, int max_positions) {
+    const long groups = (long)batch * (n_heads >= 8 ? n_heads / 8 : 1);
+    int split = DECODE_SPLIT;
+    while (split > DECODE_MIN_SPLIT && groups * ((max_positions + split - 1) / split) < DECODE_TARGET_CTAS) split /= 2;
+    return split;
+}
+
+int decode_splits(int batch, int n_heads, int max_positions) {
+    const int split = decode_split_size(batch, n_heads, max_positions);
+    return max_positions <= 0 ? 1 : (max_positions + split - 1) / split;
+}
 
 template <typename T> struct decode_params {
     const T *q;
@@ -35,7 +51,7 @@ template <typename T> struct decode_params {
     const int *row_pos;
     const T *pool;
     pool_view view;
-    int n_heads, n_kv_heads, head_dim, window, mask_diagonal, read_slot, n_splits;
+    int n_heads, n_kv_heads, head_dim, window, mask_diagonal, read_slot, n_splits, split_size;
     float scale;
     float *part_acc; /* [batch][n_heads][n_splits][head_dim] */
     float *part_max; /* [batch][n_heads][n_splits] */
@@ -44,10 +60,10 @@ template <typename T> struct decode_params {
 
 /* The row's visible keys inside split `split`: [*lo, *hi], empty when *lo > *hi (also for padding rows). */
 __device__ __forceinline__ void split_range(int seq, int t, int window, int mask_diagonal, int split, int n_splits,
-                                            int *lo, int *hi) {
+                                            int split_size, int *lo, int *hi) {
     int first, last;
     visible_range(t, window, mask_diagonal, &first, &last);
-    const int split_lo = split * DECODE_SPLIT, split_hi = split_lo + DECODE_SPLIT - 1;
+    const int split_lo = split * split_size, split_hi = split_lo + split_size - 1;
     *lo = first > split_lo ? first : split_lo;
     *hi = last < split_hi ? last : split_hi;
     if (seq < 0 || t < 0 || split >= n_splits) *hi = *lo - 1;
@@ -60,7 +76,7 @@ __global__ void __launch_bounds__(DECODE_THREADS) decode_grouped_kernel(decode_p
     constexpr int LPR = D / VEC;  /* lanes per K/V row */
     constexpr int RPW = 32 / LPR; /* rows per warp per step */
     constexpr int ROWS_PER_STEP = DECODE_WARPS * RPW;
-    constexpr int UNROLL = 2;
+    constexpr int UNROLL = 4; /* K/V rows in flight per lane: bandwidth needs several 16-byte loads outstanding */
     static_assert(D % VEC == 0 && 32 % LPR == 0, "head_dim must split a warp evenly");
 
     __shared__ float s_q[G][D];
@@ -72,7 +88,7 @@ __global__ void __launch_bounds__(DECODE_THREADS) decode_grouped_kernel(decode_p
     const int sub = lane % LPR, row_group = lane / LPR;
     const int seq = p.row_seq[b], t = p.row_pos[b];
     int lo, hi;
-    split_range(seq, t, p.window, p.mask_diagonal, split, p.n_splits, &lo, &hi);
+    split_range(seq, t, p.window, p.mask_diagonal, split, p.n_splits, p.split_size, &lo, &hi);
     const size_t part0 = ((size_t)b * p.n_heads + (size_t)kv_head * G) * p.n_splits + split; /* head j: + j * n_splits */
     if (lo > hi) { /* uniform over the CTA */
         if (tid < G) {
@@ -207,7 +223,7 @@ template <typename T> __global__ void __launch_bounds__(DECODE_THREADS) decode_g
     const int group = p.n_heads / p.n_kv_heads, kv_head = h / group;
     const int seq = p.row_seq[b], t = p.row_pos[b];
     int lo, hi;
-    split_range(seq, t, p.window, p.mask_diagonal, split, p.n_splits, &lo, &hi);
+    split_range(seq, t, p.window, p.mask_diagonal, split, p.n_splits, p.split_size, &lo, &hi);
     const size_t part = ((size_t)b * p.n_heads + h) * p.n_splits + split;
     if (lo > hi) {
         if (lane == 0) {
@@ -299,7 +315,8 @@ int attention_decode(void *out, const void *q, int q_stride, int batch, const in
     p.window = rule->window;
     p.mask_diagonal = rule->mask_diagonal;
     p.read_slot = rule->read_slot;
-    p.n_splits = decode_splits(max_positions);
+    p.split_size = decode_split_size(batch, rule->n_heads, max_positions);
+    p.n_splits = decode_splits(batch, rule->n_heads, max_positions);
     p.scale = 1.0f / sqrtf((float)rule->head_dim);
     const size_t n_parts = (size_t)batch * rule->n_heads * p.n_splits;
     p.part_acc = workspace;
@@ -331,7 +348,14 @@ extern "C" {
 
 size_t xlkv_cuda_attention_decode_workspace(int batch, int n_heads, int head_dim, int max_positions) {
     if (batch <= 0 || n_heads <= 0 || head_dim <= 0) return 0;
-    return (size_t)batch * (size_t)n_heads * (size_t)decode_splits(max_positions) * ((size_t)head_dim + 2);
+    /* a launch may use fewer rows than the workspace was sized for, and fewer rows can mean more splits: size for the
+     * largest over every batch up to `batch` */
+    size_t parts = 0;
+    for (int b = 1; b <= batch; b++) {
+        const size_t n = (size_t)b * (size_t)n_heads * (size_t)decode_splits(b, n_heads, max_positions);
+        if (n > parts) parts = n;
+    }
+    return parts * ((size_t)head_dim + 2);
 }
 
 int xlkv_cuda_attention_decode(void *out, const void *q, int q_stride, int batch, const int *row_seq,

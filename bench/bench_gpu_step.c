@@ -1,0 +1,210 @@
+/* bench/bench_gpu_step: where a batched decode step's time goes, kernel by kernel, at the tinyllama shape (bf16).
+ * Times, with CUDA events (median of 20 after warm-up), each launch a decode step of B rows makes per layer (the
+ * cuBLAS products at their fused shapes, the elementwise kernels, kv_write and the split-K decode attention over L
+ * visible positions through a paged pool), and reports achieved bandwidth / FLOP rate against the device's.
+ * Usage: bench_gpu_step [--batch B] [--context L]. Prints a table; not a test. Without CUDA it says so and exits 0. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef XLKV_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include "backend/cuda/cuda_gemm.h"
+#include "backend/cuda/cuda_kernels.h"
+
+enum { DIM = 2048, HEADS = 32, KV_HEADS = 4, HEAD_DIM = 64, FFN = 5632, VOCAB = 32000, LAYERS = 22, REPS = 20 };
+
+static void check(cudaError_t err, const char *what) {
+    if (err != cudaSuccess) {
+        fprintf(stderr, "bench_gpu_step: %s: %s\n", what, cudaGetErrorString(err));
+        exit(1);
+    }
+}
+
+static void *device_random(size_t bytes) {
+    void *p = NULL;
+    check(cudaMalloc(&p, bytes), "cudaMalloc");
+    /* a non-zero, non-constant bf16 pattern: bytes 0x3b/0x3c give values around 0.003..0.01 */
+    unsigned char *host = malloc(bytes > (64u << 20) ? (64u << 20) : bytes);
+    size_t chunk = bytes > (64u << 20) ? (64u << 20) : bytes;
+    for (size_t i = 0; i < chunk; i++) host[i] = (unsigned char)((i & 1) ? 0x3b + (i % 3 == 0) : (i * 37) & 0xff);
+    for (size_t off = 0; off < bytes; off += chunk)
+        check(cudaMemcpy((char *)p + off, host, bytes - off < chunk ? bytes - off : chunk, cudaMemcpyHostToDevice),
+              "fill");
+    free(host);
+    return p;
+}
+
+typedef void (*launch_fn)(void *ctx);
+
+static double time_ms(launch_fn fn, void *ctx, cudaStream_t stream) {
+    cudaEvent_t a, b;
+    check(cudaEventCreate(&a), "event");
+    check(cudaEventCreate(&b), "event");
+    for (int i = 0; i < 3; i++) fn(ctx);
+    float ms[REPS];
+    for (int r = 0; r < REPS; r++) {
+        check(cudaEventRecord(a, stream), "record");
+        fn(ctx);
+        check(cudaEventRecord(b, stream), "record");
+        check(cudaEventSynchronize(b), "sync");
+        check(cudaEventElapsedTime(&ms[r], a, b), "elapsed");
+    }
+    for (int i = 1; i < REPS; i++)
+        for (int j = i; j > 0 && ms[j] < ms[j - 1]; j--) {
+            float t = ms[j];
+            ms[j] = ms[j - 1];
+            ms[j - 1] = t;
+        }
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    return ms[REPS / 2];
+}
+
+typedef struct step_ctx {
+    int batch, context;
+    cudaStream_t stream;
+    xlkv_cuda_gemm gemm;
+    void *x, *y, *big, *w_qkv, *w_o, *w_gu, *w_down, *w_out, *gain;
+    float *logits, *workspace, *cos_t, *sin_t;
+    int *row_seq, *row_pos, *tokens;
+    xlkv_paged_kv kv;
+    int gemm_n, gemm_in, gemm_out;
+    const void *gemm_w;
+} step_ctx;
+
+static void run_gemm(void *p) {
+    step_ctx *c = p;
+    if (xlkv_cuda_linear(&c->gemm, c->big, c->x, c->gemm_w, c->gemm_n, c->gemm_in, c->gemm_out) != XLKV_OK) exit(1);
+}
+static void run_logits(void *p) {
+    step_ctx *c = p;
+    if (xlkv_cuda_linear_f32_out(&c->gemm, c->logits, c->x, c->w_out, c->batch, DIM, VOCAB) != XLKV_OK) exit(1);
+}
+static void run_attention(void *p) {
+    step_ctx *c = p;
+    xlkv_attention_rule rule = {HEADS, KV_HEADS, HEAD_DIM, 0, 0, 0};
+    check((cudaError_t)xlkv_cuda_attention_decode(c->y, c->x, HEADS * HEAD_DIM, c->batch, c->row_seq, c->row_pos,
+                                                  c->context + 16, &c->kv, &rule, c->workspace, XLKV_DTYPE_BF16,
+                                                  c->stream),
+          "attention");
+}
+static void run_rmsnorm(void *p) {
+    step_ctx *c = p;
+    check((cudaError_t)xlkv_cuda_add_rmsnorm(c->x, c->y, DIM, c->big, c->gain, c->batch, DIM, 1e-5f, XLKV_DTYPE_BF16,
+                                             c->stream),
+          "add_rmsnorm");
+}
+static void run_swiglu(void *p) {
+    step_ctx *c = p;
+    check((cudaError_t)xlkv_cuda_swiglu(c->y, c->big, (char *)c->big + (size_t)FFN * 2, 2 * FFN, c->batch, FFN,
+                                        XLKV_DTYPE_BF16, c->stream),
+          "swiglu");
+}
+static void run_kv_write(void *p) {
+    step_ctx *c = p;
+    check((cudaError_t)xlkv_cuda_kv_write(&c->kv, 0, c->big, (char *)c->big + 256 * 2, 2560, c->batch, c->row_seq,
+                                          c->row_pos, HEAD_DIM, c->cos_t, c->sin_t, XLKV_DTYPE_BF16, c->stream),
+          "kv_write");
+}
+static void run_argmax(void *p) {
+    step_ctx *c = p;
+    check((cudaError_t)xlkv_cuda_argmax(c->tokens, c->logits, c->batch, VOCAB, c->stream), "argmax");
+}
+
+int main(int argc, char **argv) {
+    int batch = 608, context = 768;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--batch")) batch = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--context")) context = atoi(argv[i + 1]);
+    }
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+        printf("bench_gpu_step: needs a CUDA device; none found\n");
+        return 0;
+    }
+    step_ctx c = {.batch = batch, .context = context};
+    check(cudaStreamCreate(&c.stream), "stream");
+    if (xlkv_cuda_gemm_init(&c.gemm, XLKV_DTYPE_BF16, c.stream) != XLKV_OK) return 1;
+    const size_t rows = (size_t)batch;
+    c.x = device_random(rows * 4096 * 2);
+    c.y = device_random(rows * 2 * FFN * 2);
+    c.big = device_random(rows * 2 * FFN * 2);
+    c.w_qkv = device_random((size_t)2560 * DIM * 2);
+    c.w_o = device_random((size_t)DIM * DIM * 2);
+    c.w_gu = device_random((size_t)2 * FFN * DIM * 2);
+    c.w_down = device_random((size_t)DIM * FFN * 2);
+    c.w_out = device_random((size_t)VOCAB * DIM * 2);
+    c.gain = device_random(DIM * 2);
+    check(cudaMalloc((void **)&c.logits, rows * VOCAB * sizeof(float)), "logits");
+    check(cudaMemset(c.logits, 0x3c, rows * VOCAB * sizeof(float)), "logits");
+    const int block = 16, blocks_per_seq = (context + 16 + block - 1) / block;
+    c.kv = (xlkv_paged_kv){.n_slots = 1, .block_size = block, .kv_dim = KV_HEADS * HEAD_DIM,
+                           .max_blocks_per_seq = blocks_per_seq};
+    c.kv.pool = device_random(rows * blocks_per_seq * 2 * block * 256 * 2);
+    int *tables = malloc(rows * blocks_per_seq * sizeof(int)), *seqs = malloc(rows * sizeof(int)),
+        *pos = malloc(rows * sizeof(int));
+    for (size_t i = 0; i < rows * (size_t)blocks_per_seq; i++) tables[i] = (int)i;
+    for (size_t b = 0; b < rows; b++) {
+        seqs[b] = (int)b;
+        pos[b] = context - 1;
+    }
+    int *d_tables;
+    check(cudaMalloc((void **)&d_tables, rows * blocks_per_seq * sizeof(int)), "tables");
+    check(cudaMemcpy(d_tables, tables, rows * blocks_per_seq * sizeof(int), cudaMemcpyHostToDevice), "tables");
+    c.kv.block_tables = d_tables;
+    check(cudaMalloc((void **)&c.row_seq, rows * sizeof(int)), "seq");
+    check(cudaMalloc((void **)&c.row_pos, rows * sizeof(int)), "pos");
+    check(cudaMalloc((void **)&c.tokens, rows * sizeof(int)), "tokens");
+    check(cudaMemcpy(c.row_seq, seqs, rows * sizeof(int), cudaMemcpyHostToDevice), "seq");
+    check(cudaMemcpy(c.row_pos, pos, rows * sizeof(int), cudaMemcpyHostToDevice), "pos");
+    size_t ws = xlkv_cuda_attention_decode_workspace(batch, HEADS, HEAD_DIM, context + 16);
+    check(cudaMalloc((void **)&c.workspace, ws * sizeof(float)), "workspace");
+    c.cos_t = device_random((size_t)(context + 16) * 32 * 4);
+    c.sin_t = device_random((size_t)(context + 16) * 32 * 4);
+
+    printf("decode step pieces, tinyllama bf16, batch %d, context %d (per layer unless noted)\n", batch, context);
+    printf("%-28s %10s %12s %12s\n", "piece", "us", "GB/s", "TFLOP/s");
+    struct { const char *name; const void *w; int in, out; } gemms[] = {
+        {"qkv product", c.w_qkv, DIM, 2560}, {"o product", c.w_o, DIM, DIM},
+        {"gate_up product", c.w_gu, DIM, 2 * FFN}, {"down product", c.w_down, FFN, DIM}};
+    double layer_us = 0;
+    for (int g = 0; g < 4; g++) {
+        c.gemm_n = batch;
+        c.gemm_in = gemms[g].in;
+        c.gemm_out = gemms[g].out;
+        c.gemm_w = gemms[g].w;
+        double ms = time_ms(run_gemm, &c, c.stream);
+        double bytes = 2.0 * ((double)gemms[g].in * gemms[g].out + (double)batch * (gemms[g].in + gemms[g].out));
+        double flops = 2.0 * batch * (double)gemms[g].in * gemms[g].out;
+        printf("%-28s %10.1f %12.0f %12.1f\n", gemms[g].name, ms * 1e3, bytes / ms / 1e6, flops / ms / 1e9);
+        layer_us += ms * 1e3;
+    }
+    double ms = time_ms(run_attention, &c, c.stream);
+    double kv_bytes = (double)batch * context * 2 * 256 * 2;
+    printf("%-28s %10.1f %12.0f %12s\n", "decode attention", ms * 1e3, kv_bytes / ms / 1e6, "-");
+    layer_us += ms * 1e3;
+    launch_fn small[] = {run_rmsnorm, run_swiglu, run_kv_write};
+    const char *small_names[] = {"add_rmsnorm", "swiglu", "kv_write"};
+    for (int k = 0; k < 3; k++) {
+        ms = time_ms(small[k], &c, c.stream);
+        printf("%-28s %10.1f\n", small_names[k], ms * 1e3);
+        layer_us += ms * 1e3 * (k == 0 ? 2 : 1);
+    }
+    ms = time_ms(run_logits, &c, c.stream);
+    printf("%-28s %10.1f   (once per step)\n", "logits product", ms * 1e3);
+    double step_us = layer_us * LAYERS + ms * 1e3;
+    ms = time_ms(run_argmax, &c, c.stream);
+    printf("%-28s %10.1f   (once per step)\n", "argmax", ms * 1e3);
+    step_us += ms * 1e3;
+    printf("sum of pieces: %.1f us per layer, %.2f ms per step (rope and launch gaps not counted)\n", layer_us,
+           step_us / 1e3);
+    return 0;
+}
+#else
+int main(void) {
+    printf("bench_gpu_step: built without CUDA; needs a GPU build\n");
+    return 0;
+}
+#endif
