@@ -100,7 +100,19 @@ __global__ void __launch_bounds__(DECODE_THREADS) decode_grouped_kernel(decode_p
 
     const T *q_row = p.q + (size_t)b * p.q_stride + (size_t)kv_head * G * D;
     for (int i = tid; i < G * D; i += DECODE_THREADS) s_q[i / D][i % D] = to_float<T>(q_row[i]);
+    /* the split's block-table entries, read once: every K/V load below then needs no dependent table load */
+    __shared__ int s_block[DECODE_SPLIT + 1];
+    const int bs = p.view.block_size, first_block = lo / bs;
+    const int *table = p.view.block_tables + (size_t)seq * (size_t)p.view.max_blocks_per_seq;
+    for (int i = tid; i <= hi / bs - first_block; i += DECODE_THREADS) s_block[i] = table[first_block + i];
     __syncthreads();
+    const size_t slot_stride = (size_t)bs * (size_t)p.view.kv_dim;                         /* one K or V plane */
+    const size_t block_stride = (size_t)p.view.n_slots * 2 * slot_stride;                   /* one whole block */
+    const size_t plane0 = (size_t)p.read_slot * 2 * slot_stride;                            /* this slot's keys */
+    auto row_offset = [&](int pos, int kv) {
+        return (size_t)s_block[pos / bs - first_block] * block_stride + plane0 + (size_t)kv * slot_stride +
+               (size_t)(pos % bs) * (size_t)p.view.kv_dim;
+    };
 
     const int kv_col = kv_head * D + sub * VEC;
     /* scores */
@@ -116,7 +128,7 @@ __global__ void __launch_bounds__(DECODE_THREADS) decode_grouped_kernel(decode_p
             for (int u = 0; u < UNROLL; u++) {
                 const int pos = step0 + row_group + u * ROWS_PER_STEP;
                 if (pos <= hi)
-                    load_vec<T>(p.pool + pool_row_offset(p.view, seq, pos, p.read_slot, 0) + kv_col, k_reg[u]);
+                    load_vec<T>(p.pool + row_offset(pos, 0) + kv_col, k_reg[u]);
                 else {
 #pragma unroll
                     for (int v = 0; v < VEC; v++) k_reg[u][v] = 0.0f;
@@ -171,7 +183,7 @@ __global__ void __launch_bounds__(DECODE_THREADS) decode_grouped_kernel(decode_p
         for (int u = 0; u < UNROLL; u++) {
             const int pos = step0 + row_group + u * ROWS_PER_STEP;
             if (pos <= hi)
-                load_vec<T>(p.pool + pool_row_offset(p.view, seq, pos, p.read_slot, 1) + kv_col, v_reg[u]);
+                load_vec<T>(p.pool + row_offset(pos, 1) + kv_col, v_reg[u]);
             else {
 #pragma unroll
                 for (int v = 0; v < VEC; v++) v_reg[u][v] = 0.0f;
