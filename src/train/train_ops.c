@@ -4,6 +4,7 @@
  *             ds_p = P_p (dP_p - delta); dq = scale sum ds_p k_p; dk_p += scale ds_p q; dv_p += P_p do
  *   swiglu    h = silu(a) u        da = dh u silu'(a), silu'(a) = sig(a) (1 + a (1 - sig(a))); du = dh silu(a)
  *   softmax cross-entropy          dlogits = p - onehot(target) */
+#include "backend/cpu/cpu_attention.h"
 #include "train/train_ops.h"
 
 #include <cblas.h>
@@ -98,16 +99,13 @@ static inline float dot(const float *a, const float *b, int n) {
 
 /* The visible key positions [first, last] of query position t (empty when last < first). */
 static inline void visible_range(const xlkv_train_attention_shape *a, int t, int *first, int *last) {
-    *last = a->mask_diagonal ? t - 1 : t;
-    *first = a->window > 0 ? t - a->window + 1 : 0;
-    if (*first < 0) *first = 0;
+    xlkv_cpu_visible_range(t, a->window, a->mask_diagonal, first, last);
 }
 
 void xlkv_train_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                                   const xlkv_train_attention_shape *a) {
     const int T = a->seq, hd = a->head_dim, group = a->n_heads / a->n_kv_heads;
     const size_t q_stride = (size_t)a->n_heads * (size_t)hd, kv_stride = (size_t)a->n_kv_heads * (size_t)hd;
-    const float scale = 1.0f / sqrtf((float)hd);
     const long work = (long)a->batch * a->n_heads * T * T * hd;
 #pragma omp parallel if (work >= PARALLEL_MIN_WORK)
     {
@@ -123,36 +121,14 @@ void xlkv_train_attention_forward(float *out, float *lse, const float *q, const 
                     float *row_lse = lse + row * (size_t)a->n_heads + (size_t)h;
                     int first, last;
                     visible_range(a, t, &first, &last);
-                    memset(o, 0, (size_t)hd * sizeof *o);
                     if (!scores) { /* allocation failed: poison, never silent */
                         for (int i = 0; i < hd; i++) o[i] = NAN;
                         *row_lse = NAN;
                         continue;
                     }
-                    if (last < first) {
-                        *row_lse = -INFINITY;
-                        continue;
-                    }
-                    float max = -INFINITY;
-                    for (int p = first; p <= last; p++) {
-                        const float *kp = k + ((size_t)b * (size_t)T + (size_t)p) * kv_stride + kv_off;
-                        float s = dot(qh, kp, hd) * scale;
-                        scores[p - first] = s;
-                        if (s > max) max = s;
-                    }
-                    float sum = 0.0f;
-                    for (int p = first; p <= last; p++) {
-                        float e = expf(scores[p - first] - max);
-                        scores[p - first] = e;
-                        sum += e;
-                    }
-                    const float inv = 1.0f / sum;
-                    for (int p = first; p <= last; p++) {
-                        const float wgt = scores[p - first] * inv;
-                        const float *vp = v + ((size_t)b * (size_t)T + (size_t)p) * kv_stride + kv_off;
-                        for (int i = 0; i < hd; i++) o[i] += wgt * vp[i];
-                    }
-                    *row_lse = max + logf(sum);
+                    const float *k0 = k + (size_t)b * (size_t)T * kv_stride + kv_off;
+                    const float *v0 = v + (size_t)b * (size_t)T * kv_stride + kv_off;
+                    *row_lse = xlkv_cpu_attend_row(o, qh, k0, v0, kv_stride, first, last, hd, scores);
                 }
         free(scores);
     }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "backend/backend.h"
+#include "backend/cpu/cpu_attention.h"
 
 /* Below this many multiply-adds a parallel region costs more than it saves. */
 enum { PARALLEL_MIN_WORK = 1 << 15 };
@@ -65,19 +66,14 @@ static void cpu_rope(float *x, int n, int n_heads, int head_dim, int pos0, const
     }
 }
 
-/* One query row of one head: softmax over visible keys, weighted sum of values, written to out[head_dim]. */
-static void attend_one(float *out, const float *q, int t, const xlkv_attention_args *a, int kv_head, float *scores) {
-    const int hd = a->head_dim;
-    const size_t kv_stride = (size_t)a->n_kv_heads * (size_t)hd;
-    int last = a->mask_diagonal ? t - 1 : t;
-    int first = a->window > 0 ? t - a->window + 1 : 0;
-    if (first < 0) first = 0;
-    memset(out, 0, (size_t)hd * sizeof *out);
-    if (last < first) return; /* nothing visible: zero output */
-    const float scale = 1.0f / sqrtf((float)hd);
+float xlkv_cpu_attend_row(float *out, const float *q, const float *k0, const float *v0, size_t stride, int first,
+                          int last, int head_dim, float *scores) {
+    memset(out, 0, (size_t)head_dim * sizeof *out);
+    if (last < first) return -INFINITY; /* nothing visible: zero output */
+    const float scale = 1.0f / sqrtf((float)head_dim);
     float max = -INFINITY;
     for (int p = first; p <= last; p++) {
-        float s = dot(q, a->k + (size_t)p * kv_stride + (size_t)kv_head * (size_t)hd, hd) * scale;
+        float s = dot(q, k0 + (size_t)p * stride, head_dim) * scale;
         scores[p - first] = s;
         if (s > max) max = s;
     }
@@ -90,9 +86,19 @@ static void attend_one(float *out, const float *q, int t, const xlkv_attention_a
     const float inv = 1.0f / sum;
     for (int p = first; p <= last; p++) {
         const float wgt = scores[p - first] * inv;
-        const float *v = a->v + (size_t)p * kv_stride + (size_t)kv_head * (size_t)hd;
-        for (int i = 0; i < hd; i++) out[i] += wgt * v[i];
+        const float *v = v0 + (size_t)p * stride;
+        for (int i = 0; i < head_dim; i++) out[i] += wgt * v[i];
     }
+    return max + logf(sum);
+}
+
+/* One query row of one head at position t, reading KV head kv_head. */
+static void attend_one(float *out, const float *q, int t, const xlkv_attention_args *a, int kv_head, float *scores) {
+    const size_t kv_stride = (size_t)a->n_kv_heads * (size_t)a->head_dim;
+    const size_t head_offset = (size_t)kv_head * (size_t)a->head_dim;
+    int first, last;
+    xlkv_cpu_visible_range(t, a->window, a->mask_diagonal, &first, &last);
+    xlkv_cpu_attend_row(out, q, a->k + head_offset, a->v + head_offset, kv_stride, first, last, a->head_dim, scores);
 }
 
 static void cpu_attention(float *out, const float *q, int n, int pos0, const xlkv_attention_args *a) {
