@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cli_common.h"
+#include "cli_eval_runner.h"
 #include "commands.h"
 #include "core/file.h"
 #include "core/timing.h"
@@ -231,7 +232,7 @@ int cmd_eval(int argc, char **argv) {
     }
     int rc = 1, n_rows = 0;
     xlkv_model *model = NULL;
-    xlkv_context *context = NULL;
+    cli_eval_runner runner = {0};
     task_row *rows = calloc((size_t)n_tasks, sizeof *rows);
     if (!rows) goto done;
     if (!cli_load_model(command, &mo, &model)) goto done;
@@ -240,8 +241,9 @@ int cmd_eval(int argc, char **argv) {
                 mo.model);
         goto done;
     }
-    if (!cli_create_context(command, &mo, model, &context)) goto done;
-    xlkv_eval_model eval_model = xlkv_eval_model_from_context(context);
+    if (!cli_eval_runner_open(command, &mo, model, mo.n_ctx > 0 ? mo.n_ctx : model->hp.max_seq_len, &runner))
+        goto done;
+    xlkv_eval_model eval_model = runner.model;
     for (int t = 0; t < n_tasks; t++) {
         if (!run_task(command, &eval_model, model->tokenizer, tasks[t], data_dir, limit, on_error, &rows[n_rows]))
             goto done;
@@ -253,7 +255,7 @@ done:
     if (rc != 0 && n_rows > 0) print_table(rows, n_rows); /* what finished before the failure */
     free(rows);
     free(tasks);
-    xlkv_context_free(context);
+    cli_eval_runner_close(&runner);
     xlkv_model_free(model);
     return rc;
 }

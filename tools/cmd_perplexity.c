@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cli_common.h"
+#include "cli_eval_runner.h"
 #include "commands.h"
 #include "core/timing.h"
 #include "eval/perplexity.h"
@@ -94,7 +95,7 @@ int cmd_perplexity(int argc, char **argv) {
     }
     int rc = 1;
     xlkv_model *model = NULL;
-    xlkv_context *context = NULL;
+    cli_eval_runner runner = {0};
     xlkv_token_streams streams = {0};
     if (!cli_load_model(command, &mo, &model)) goto done;
     if (!model->tokenizer) {
@@ -113,15 +114,14 @@ int cmd_perplexity(int argc, char **argv) {
         fprintf(stderr, "xlkv %s: --stride %d exceeds --ctx %d\n", command, stride, ctx);
         goto done;
     }
-    mo.n_ctx = ctx; /* the cache holds one window */
-    if (!cli_create_context(command, &mo, model, &context)) goto done;
+    if (!cli_eval_runner_open(command, &mo, model, ctx /* the cache holds one window */, &runner)) goto done;
     if (xlkv_eval_tokenize_text_file(file, model->tokenizer, model->hp.vocab_size, max_tokens, &streams) != XLKV_OK) {
         fprintf(stderr, "xlkv %s: %s\n", command, xlkv_last_error());
         goto done;
     }
     fprintf(stderr, "xlkv %s: %s: %ld tokens in %d stream%s; ctx %d, stride %d\n", command, file, streams.n_tokens,
             streams.n_streams, streams.n_streams == 1 ? "" : "s", ctx, stride);
-    xlkv_eval_model eval_model = xlkv_eval_model_from_context(context);
+    xlkv_eval_model eval_model = runner.model;
     xlkv_eval_ppl acc = {0};
     eval_progress progress;
     eval_progress_start(&progress, command, "tokens", streams.n_tokens);
@@ -147,7 +147,7 @@ int cmd_perplexity(int argc, char **argv) {
     rc = json && !write_json(json, &mo, file, ctx, stride, max_tokens, &streams, &acc, seconds) ? 1 : 0;
 done:
     xlkv_token_streams_free(&streams);
-    xlkv_context_free(context);
+    cli_eval_runner_close(&runner);
     xlkv_model_free(model);
     return rc;
 }

@@ -2,12 +2,13 @@
  * the logits of every position, the vocabulary size and the longest sequence it accepts.
  *
  * The scorers (loglik, perplexity, task_score) see only this, so the same code runs on the CPU context today and on
- * another engine (GPU, batched) later by supplying another forward function. The CPU adapter over xlkv_context is
- * the only place that knows about contexts (eval_model_context.c). */
+ * another engine by supplying another forward function. The adapters are the only places that know how: over an
+ * xlkv_context (eval_model_context.c, the CPU default) and over an xlkv_engine (eval_model_engine.c, --device cuda). */
 #ifndef XLKV_EVAL_EVAL_MODEL_H
 #define XLKV_EVAL_EVAL_MODEL_H
 
 #include "infer/context.h"
+#include "infer/engine.h"
 #include "xlkv.h"
 
 /* Runs tokens[0..n) as a new sequence (positions 0 .. n-1, nothing before them) and writes logits[n, vocab]:
@@ -25,5 +26,10 @@ typedef struct xlkv_eval_model {
 xlkv_status xlkv_eval_forward_context(void *user, const int *tokens, int n, float *logits);
 /* An eval model running on `ctx` (max_len = the context's positions, n_vocab = the model's vocabulary). */
 xlkv_eval_model xlkv_eval_model_from_context(xlkv_context *ctx);
+
+/* The engine adapter (eval_model_engine.c): user is an xlkv_engine (any device); each call runs a fresh empty
+ * sequence through xlkv_engine_forward_logits and removes it. max_len: the engine's positions per sequence. */
+xlkv_status xlkv_eval_forward_engine(void *user, const int *tokens, int n, float *logits);
+xlkv_eval_model xlkv_eval_model_from_engine(xlkv_engine *engine, int n_vocab, int max_len);
 
 #endif
