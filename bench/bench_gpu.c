@@ -43,6 +43,8 @@
  * --quick (standard and lckv:2, 512+512, 16 GiB, one run each, no refinement) finishes in about a minute.
  *
  * On a machine without CUDA (or a build without the CUDA engine) it says that it needs a GPU and exits 0.
+ * The throughput protocol itself (batch search, timed run) is src/eval/throughput.c, the random models
+ * src/eval/bench_model.c; `xlkv bench throughput` runs the same protocol from the CLI.
  * --device cpu runs the same protocol on the cpu engine with a small random shape (--shape tiny) to check the program
  * itself; its figures mean nothing. */
 #include <math.h>
@@ -56,6 +58,8 @@
 
 #include "core/status.h"
 #include "core/timing.h"
+#include "eval/bench_model.h"
+#include "eval/throughput.h"
 #include "infer/engine.h"
 #include "model/model.h"
 #include "model/weights.h"
@@ -152,116 +156,6 @@ static const char *json_escape(const char *text, char *buf, size_t cap) {
     }
     buf[n] = '\0';
     return buf;
-}
-
-/* The shape of BENCHMARKS.md (`tinyllama`), or a small one for --device cpu. */
-static bool shape_hparams(const char *shape, xlkv_hparams *hp) {
-    xlkv_hparams_defaults(hp);
-    hp->n_layers = 22;
-    hp->max_seq_len = 4096; /* 2048 + 2048 */
-    hp->sliding_window = 1024; /* yoco's standalone layers (YOCO's setting); unused by maps without sliding layers */
-    if (!strcmp(shape, "tinyllama")) {
-        hp->dim = 2048;
-        hp->hidden_dim = 5632;
-        hp->n_heads = 32;
-        hp->n_kv_heads = 4;
-        hp->head_dim = 64;
-        hp->vocab_size = 32000;
-        return true;
-    }
-    if (!strcmp(shape, "tiny")) {
-        hp->dim = 64;
-        hp->hidden_dim = 128;
-        hp->n_heads = 4;
-        hp->n_kv_heads = 2;
-        hp->head_dim = 16;
-        hp->vocab_size = 256;
-        hp->sliding_window = 16;
-        return true;
-    }
-    return false;
-}
-
-/* x[i] = center + half_width * U(-1, 1), counter-based (splitmix64 of stream and index), so threads need no shared
- * state: xlkv_weights_randomize draws normals one at a time, which takes ~30 s for 1.1 B parameters. */
-static void fill_uniform(float *x, size_t n, uint64_t stream, float center, float half_width) {
-    if (!x) return;
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        uint64_t z = stream * 0x9E3779B97F4A7C15ull + i;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        z ^= z >> 31;
-        const float u = (float)(z >> 40) * (1.0f / 16777216.0f); /* [0, 1) */
-        x[i] = center + half_width * (2.0f * u - 1.0f);
-    }
-}
-
-/* Random weights for the standard map, std 1/sqrt(dim) as xlkv_model_create_random, drawn in parallel. Speed does
- * not depend on the values; the distribution (uniform of the same variance) keeps activations O(1) the same way. */
-static xlkv_status create_random_model(const xlkv_hparams *hp, xlkv_model **out) {
-    *out = NULL;
-    XLKV_TRY(xlkv_hparams_validate(hp, "bench model"));
-    xlkv_model *m = calloc(1, sizeof *m);
-    if (!m) return xlkv_fail(XLKV_E_NOMEM, "bench model: out of memory");
-    m->hp = *hp;
-    xlkv_status status = xlkv_layer_map_standard(hp->n_layers, &m->map);
-    if (status == XLKV_OK) status = xlkv_weights_alloc_all(&m->weights, hp, m->map);
-    if (status != XLKV_OK) {
-        xlkv_model_free(m);
-        return status;
-    }
-    const size_t dim = (size_t)hp->dim, hidden = (size_t)hp->hidden_dim, vocab = (size_t)hp->vocab_size;
-    const size_t q_dim = (size_t)hp->n_heads * (size_t)hp->head_dim;
-    const size_t kv_dim = (size_t)hp->n_kv_heads * (size_t)hp->head_dim;
-    const float width = sqrtf(3.0f / (float)hp->dim), norm_width = 0.1f * sqrtf(3.0f);
-    xlkv_weights *w = &m->weights;
-    uint64_t stream = 1;
-    fill_uniform(w->tok_embeddings, vocab * dim, stream++, 0.0f, width);
-    for (int l = 0; l < hp->n_layers; l++) {
-        xlkv_layer_weights *lw = &w->layers[l];
-        fill_uniform(lw->attn_norm, dim, stream++, 1.0f, norm_width);
-        fill_uniform(lw->wq, q_dim * dim, stream++, 0.0f, width);
-        fill_uniform(lw->wk, kv_dim * dim, stream++, 0.0f, width);
-        fill_uniform(lw->wv, kv_dim * dim, stream++, 0.0f, width);
-        fill_uniform(lw->wo, dim * q_dim, stream++, 0.0f, width);
-        fill_uniform(lw->ffn_norm, dim, stream++, 1.0f, norm_width);
-        fill_uniform(lw->w_gate, hidden * dim, stream++, 0.0f, width);
-        fill_uniform(lw->w_up, hidden * dim, stream++, 0.0f, width);
-        fill_uniform(lw->w_down, dim * hidden, stream++, 0.0f, width);
-    }
-    fill_uniform(w->output_norm, dim, stream++, 1.0f, norm_width);
-    if (w->output != w->tok_embeddings) fill_uniform(w->output, vocab * dim, stream++, 0.0f, width);
-    *out = m;
-    return XLKV_OK;
-}
-
-/* The same weights under another map: a model whose non-KV layers have no K/V projections (as a loader would give),
- * sharing the tensors of `base` (the standard map's). Freed with free_map_view. */
-static xlkv_status make_map_view(const xlkv_model *base, const char *map_text, xlkv_model *view) {
-    memset(view, 0, sizeof *view);
-    view->hp = base->hp;
-    view->weights = base->weights;
-    view->weights.buffers = NULL;
-    view->weights.n_buffers = view->weights.cap_buffers = 0;
-    view->weights.layers = NULL;
-    XLKV_TRY(xlkv_layer_map_parse(map_text, base->hp.n_layers, &view->map));
-    view->weights.layers = malloc((size_t)base->hp.n_layers * sizeof *view->weights.layers);
-    if (!view->weights.layers) {
-        xlkv_layer_map_free(view->map);
-        return xlkv_fail(XLKV_E_NOMEM, "bench: out of memory");
-    }
-    for (int l = 0; l < base->hp.n_layers; l++) {
-        view->weights.layers[l] = base->weights.layers[l];
-        if (!xlkv_is_kv_layer(view->map, l)) view->weights.layers[l].wk = view->weights.layers[l].wv = NULL;
-    }
-    return XLKV_OK;
-}
-
-static void free_map_view(xlkv_model *view) {
-    free(view->weights.layers);
-    xlkv_layer_map_free(view->map);
-    memset(view, 0, sizeof *view);
 }
 
 /* ---- model arithmetic: bytes and FLOPs ---------------------------------------------------------------------------- */
@@ -416,10 +310,6 @@ done:
 
 /* ---- engine runs ------------------------------------------------------------------------------------------------ */
 
-static void fill_prompt(int *prompt, int n, int vocab) {
-    for (int i = 0; i < n; i++) prompt[i] = 3 + (int)(((long long)i * 7919) % (vocab - 3));
-}
-
 static xlkv_engine_params engine_params(const bench_options *o, int max_batch, int n_ctx, size_t budget_bytes) {
     xlkv_engine_params p = xlkv_engine_default_params();
     p.device = o->device;
@@ -428,29 +318,6 @@ static xlkv_engine_params engine_params(const bench_options *o, int max_batch, i
     p.memory_budget_bytes = budget_bytes;
     p.ignore_end_tokens = true;
     return p;
-}
-
-/* Steps until every sequence has finished or `limit_s` has passed; returns the tokens generated (-1 on failure). */
-static long long run_steps(xlkv_engine *engine, xlkv_engine_event *events, int capacity, double limit_s,
-                           bool *complete, double *first_step_s) {
-    const double start = xlkv_now_seconds();
-    if (first_step_s) *first_step_s = 0.0;
-    long long tokens = 0;
-    *complete = false;
-    for (;;) {
-        xlkv_engine_stats stats;
-        xlkv_engine_get_stats(engine, &stats);
-        if (stats.running == 0) {
-            *complete = true;
-            return tokens;
-        }
-        if (xlkv_now_seconds() - start > limit_s) return tokens;
-        int n_events = 0;
-        if (xlkv_engine_step(engine, events, capacity, &n_events) != XLKV_OK) return -1;
-        /* the first step prefills every sequence: its time is the prefill share of the wall time */
-        if (tokens == 0 && first_step_s) *first_step_s = xlkv_now_seconds() - start;
-        tokens += n_events;
-    }
 }
 
 typedef struct single_figures {
@@ -474,7 +341,7 @@ static void measure_single(const bench_options *o, const xlkv_model *m, single_f
     double decode[MAX_RUNS], prefill[MAX_RUNS];
     bool complete;
     if (!prompt || xlkv_engine_create(m, &p, &engine) != XLKV_OK) goto fail;
-    fill_prompt(prompt, PREFILL_PROMPT, m->hp.vocab_size);
+    xlkv_throughput_fill_prompt(prompt, PREFILL_PROMPT, m->hp.vocab_size);
     if (o->do_decode) {
         for (int r = -1; r < runs; r++) { /* run -1: warm-up (CUDA graphs, caches) */
             const int new_tokens = r < 0 ? 32 : DECODE_NEW;
@@ -482,7 +349,7 @@ static void measure_single(const bench_options *o, const xlkv_model *m, single_f
                 xlkv_engine_step(engine, &event, 1, &n_events) != XLKV_OK)
                 goto fail;
             const double start = xlkv_now_seconds();
-            long long tokens = run_steps(engine, &event, 1, 1e9, &complete, NULL);
+            long long tokens = xlkv_throughput_run_steps(engine, &event, 1, 1e9, &complete, NULL);
             const double seconds = xlkv_now_seconds() - start;
             if (tokens < 0 || xlkv_engine_remove(engine, seq) != XLKV_OK) goto fail;
             if (r >= 0) decode[r] = (double)tokens / seconds;
@@ -515,131 +382,6 @@ static void measure_single(const bench_options *o, const xlkv_model *m, single_f
 fail:
     snprintf(f->error, sizeof f->error, "%s", xlkv_last_error());
     xlkv_engine_free(engine);
-    free(prompt);
-}
-
-/* Creates an engine for batch `batch` under the budget and adds sequences until `batch` or XLKV_E_CAPACITY; returns
- * how many were admitted (-1: the engine could not be created). Keeps the engine in *out when out is not NULL. */
-static int admit(const bench_options *o, const xlkv_model *m, setting s, size_t budget_bytes, int batch,
-                 const int *prompt, xlkv_engine **out) {
-    if (out) *out = NULL;
-    xlkv_engine_params p = engine_params(o, batch, s.prompt + s.gen, budget_bytes);
-    xlkv_engine *engine = NULL;
-    if (xlkv_engine_create(m, &p, &engine) != XLKV_OK) return -1;
-    int admitted = 0, seq;
-    while (admitted < batch && xlkv_engine_add(engine, prompt, s.prompt, s.gen, NULL, &seq) == XLKV_OK) admitted++;
-    if (out) *out = engine;
-    else xlkv_engine_free(engine);
-    return admitted;
-}
-
-typedef struct throughput_figures {
-    int batch;
-    int upper_bound;     /* smallest batch known not to fit (max_batch + 1 when the cap fits) */
-    int probes;          /* engines created by the search */
-    double search_seconds;
-    double seconds;
-    double prefill_seconds; /* the first step: every prompt prefilled, first tokens sampled */
-    long long tokens;
-    double tokens_per_s;
-    bool complete;
-    const char *skipped; /* reason, or NULL */
-    size_t pool_bytes, device_bytes;
-    char error[256];
-} throughput_figures;
-
-static void measure_throughput(const bench_options *o, const xlkv_model *m, setting s, size_t budget_bytes,
-                               double limit_s, double prefill_tps, throughput_figures *f) {
-    memset(f, 0, sizeof *f);
-    const double start = xlkv_now_seconds();
-    int *prompt = malloc((size_t)s.prompt * sizeof *prompt);
-    xlkv_engine_event *events = malloc((size_t)o->max_batch * sizeof *events);
-    xlkv_engine *engine = NULL;
-    if (!prompt || !events) {
-        snprintf(f->error, sizeof f->error, "out of memory");
-        goto done;
-    }
-    fill_prompt(prompt, s.prompt, m->hp.vocab_size);
-
-    /* 1. what one engine at the cap admits; without refinement, that engine runs */
-    int lo, hi = o->max_batch + 1;
-    f->probes = 1;
-    lo = admit(o, m, s, budget_bytes, o->max_batch, prompt, &engine);
-    /* refine only when engines are cheap next to the time share (each probe is a create: weights upload + pool) */
-    const bool time_for_refinement = xlkv_now_seconds() - start < 0.125 * limit_s;
-    const bool refine = lo != o->max_batch && (lo <= 0 || (o->search_probes > 0 && time_for_refinement));
-    if (lo > 0 && lo < o->max_batch) hi = o->max_batch;
-    if (refine) {
-        xlkv_engine_free(engine);
-        engine = NULL;
-        if (lo < 0) { /* the cap's activations do not fit: plain doubling from 1 */
-            lo = 0;
-            hi = 1;
-            while (hi <= o->max_batch && f->probes < 32) {
-                f->probes++;
-                if (admit(o, m, s, budget_bytes, hi, prompt, NULL) != hi) break;
-                lo = hi;
-                hi *= 2;
-            }
-            if (hi > o->max_batch) hi = o->max_batch;
-        }
-        /* 2. refinement: doubling steps above lo, then bisection, within a quarter of the time limit */
-        int step = lo / 64 > 0 ? lo / 64 : 1, refinements = 0;
-        bool bisecting = false;
-        while (lo > 0 && hi - lo > 1 && refinements < o->search_probes &&
-               xlkv_now_seconds() - start < 0.25 * limit_s) {
-            int candidate = bisecting ? lo + (hi - lo) / 2 : (lo + step < hi ? lo + step : lo + (hi - lo) / 2);
-            refinements++;
-            f->probes++;
-            if (admit(o, m, s, budget_bytes, candidate, prompt, NULL) == candidate) {
-                lo = candidate;
-                step *= 2;
-            } else {
-                hi = candidate;
-                bisecting = true;
-            }
-        }
-        if (lo <= 0) {
-            snprintf(f->error, sizeof f->error, "not even one sequence fits: %s", xlkv_last_error());
-            goto done;
-        }
-        /* the engine to run: batch lo, created afresh (admitted during the search) */
-        f->probes++;
-        if (admit(o, m, s, budget_bytes, lo, prompt, &engine) != lo) {
-            snprintf(f->error, sizeof f->error, "batch %d admitted during the search but not for the run: %s", lo,
-                     xlkv_last_error());
-            goto done;
-        }
-    } else if (lo == 0) {
-        snprintf(f->error, sizeof f->error, "not even one sequence fits: %s", xlkv_last_error());
-        goto done;
-    }
-    f->batch = lo;
-    f->upper_bound = hi;
-    f->search_seconds = xlkv_now_seconds() - start;
-    xlkv_engine_stats stats;
-    xlkv_engine_get_stats(engine, &stats);
-    f->pool_bytes = stats.kv_pool_bytes;
-    f->device_bytes = stats.device_bytes;
-
-    /* 3. the run: exactly gen tokens each, within what is left of the limit */
-    const double left = limit_s - f->search_seconds;
-    if (prefill_tps > 0 && (double)f->batch * s.prompt / prefill_tps > left) {
-        f->skipped = "the predicted prefill alone exceeds the time limit";
-        goto done;
-    }
-    const double run_start = xlkv_now_seconds();
-    f->tokens = run_steps(engine, events, o->max_batch, left > 1.0 ? left : 1.0, &f->complete, &f->prefill_seconds);
-    f->seconds = xlkv_now_seconds() - run_start;
-    if (f->tokens < 0) {
-        snprintf(f->error, sizeof f->error, "step failed: %s", xlkv_last_error());
-        f->tokens = 0;
-        goto done;
-    }
-    f->tokens_per_s = f->seconds > 0 ? (double)f->tokens / f->seconds : 0.0;
-done:
-    xlkv_engine_free(engine);
-    free(events);
     free(prompt);
 }
 
@@ -808,8 +550,8 @@ int main(int argc, char **argv) {
         device_total = device_free = (size_t)(64 * GIB); /* "gpu" budget stand-in for the cpu check */
     }
     xlkv_hparams hp;
-    if (!shape_hparams(o.shape, &hp)) {
-        fprintf(stderr, "bench_gpu: unknown shape '%s' (tinyllama, tiny)\n", o.shape);
+    if (!xlkv_bench_shape_hparams(o.shape, &hp)) {
+        fprintf(stderr, "bench_gpu: unknown shape '%s' (tinyllama, small, tiny)\n", o.shape);
         return 2;
     }
     ri.out = fopen(o.out, "a");
@@ -845,7 +587,7 @@ int main(int argc, char **argv) {
     /* one random model (standard map); every map is a view of its weights */
     double t0 = xlkv_now_seconds();
     xlkv_model *base = NULL;
-    if (create_random_model(&hp, &base) != XLKV_OK) {
+    if (xlkv_bench_random_model(&hp, &base) != XLKV_OK) {
         fprintf(stderr, "bench_gpu: %s\n", xlkv_last_error());
         fclose(ri.out);
         return 1;
@@ -856,7 +598,7 @@ int main(int argc, char **argv) {
     memset(singles, 0, sizeof singles);
     int n_views = 0;
     for (int i = 0; i < o.n_maps; i++) {
-        if (make_map_view(base, o.maps[i], &views[n_views]) != XLKV_OK) {
+        if (xlkv_bench_map_view(base, o.maps[i], &views[n_views]) != XLKV_OK) {
             fprintf(stderr, "bench_gpu: map '%s': %s\n", o.maps[i], xlkv_last_error());
             continue;
         }
@@ -896,14 +638,14 @@ int main(int argc, char **argv) {
     }
 
     /* throughput: setting x budget x map, each with an equal share of the time left */
-    static throughput_figures results[MAX_ITEMS][MAX_ITEMS][MAX_ITEMS];
+    static xlkv_throughput_figures results[MAX_ITEMS][MAX_ITEMS][MAX_ITEMS];
     if (o.do_throughput) {
         const int total = o.n_settings * o.n_budgets * n_views;
         int done = 0;
         for (int s = 0; s < o.n_settings; s++)
             for (int b = 0; b < o.n_budgets; b++)
                 for (int i = 0; i < n_views; i++, done++) {
-                    throughput_figures *f = &results[s][b][i];
+                    xlkv_throughput_figures *f = &results[s][b][i];
                     const double share = (deadline - xlkv_now_seconds()) / (total - done);
                     const double limit = share < o.limit_s ? share : o.limit_s;
                     const setting st = o.settings[s];
@@ -911,7 +653,14 @@ int main(int argc, char **argv) {
                         memset(f, 0, sizeof *f);
                         f->skipped = "the run's deadline leaves no time";
                     } else {
-                        measure_throughput(&o, &views[i], st, o.budgets[b].bytes, limit, singles[i].prefill_tps, f);
+                        xlkv_throughput_params tp = xlkv_throughput_default_params();
+                        tp.device = o.device;
+                        tp.max_batch = o.max_batch;
+                        tp.search_probes = o.search_probes;
+                        tp.limit_s = limit;
+                        tp.prefill_tps = singles[i].prefill_tps;
+                        tp.budget_bytes = o.budgets[b].bytes;
+                        xlkv_throughput_measure(&views[i], &tp, st.prompt, st.gen, f); /* failures: f->error */
                     }
                     const char *note = f->error[0] ? f->error : f->skipped ? f->skipped : f->complete ? "" : "PARTIAL";
                     printf("%4d+%-4d %-6s %-18s batch %5d%s %10.1f tokens/s (search %d engines, %.1f s; run %.1f s) "
@@ -957,7 +706,7 @@ int main(int argc, char **argv) {
             printf("%-18s", o.maps[i]);
             for (int s = 0; s < o.n_settings; s++)
                 for (int b = 0; b < o.n_budgets; b++) {
-                    const throughput_figures *f = &results[s][b][i];
+                    const xlkv_throughput_figures *f = &results[s][b][i];
                     char cell[48];
                     if (f->tokens > 0)
                         snprintf(cell, sizeof cell, "%.0f%s (%d)", f->tokens_per_s, f->complete ? "" : "*", f->batch);
@@ -969,7 +718,7 @@ int main(int argc, char **argv) {
         }
     }
     printf("\n%s: %.0f s in all; JSON lines appended to %s\n", "bench_gpu", xlkv_now_seconds() - start, o.out);
-    for (int i = 0; i < n_views; i++) free_map_view(&views[i]);
+    for (int i = 0; i < n_views; i++) xlkv_bench_map_view_free(&views[i]);
     xlkv_model_free(base);
     fclose(ri.out);
     return 0;

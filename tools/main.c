@@ -16,6 +16,7 @@ static const subcommand subcommands[] = {
     {"logits", cmd_logits, "write the logits of every position as JSON (for checks against other implementations)"},
     {"perplexity", cmd_perplexity, "perplexity of a text file with sliding windows (progress and ETA on stderr)"},
     {"eval", cmd_eval, "zero-shot tasks (piqa, arc, hellaswag, lambada, ...) scored as lm-eval-harness does"},
+    {"bench", cmd_bench, "throughput benchmark (the papers' protocol) over layer maps: table, JSON lines, SVG"},
     {"layers", cmd_layers, "print a model's layer map, KV layers, iteration plan and KV memory"},
     {"tokenize", cmd_tokenize, "turn text files (plain or .xz) into token shards for training"},
     {"train", cmd_train, "train a model under any layer map (CPU reference trainer, fp32)"},
