@@ -19,13 +19,13 @@ expect_error() {
     grep -qF -- "$needle" "$tmp/err" || fail "$what: stderr lacks '$needle': $(cat "$tmp/err")"
 }
 
-"$XLKV" bench throughput --shape tiny --device cpu --settings 5+16 --budget 64MiB --layer-types standard,lckv:2 \
+"$XLKV" bench throughput --shape tiny --device cpu --settings 5+16 --budget 8MiB --limit-s 600 --layer-types standard,lckv:2 \
     --json "$tmp/x.jsonl" --svg "$tmp/y.svg" >"$tmp/out" 2>"$tmp/err"
 status=$?
 if [ "$status" -ne 0 ]; then
     fail "bench throughput: exit status $status ($(cat "$tmp/err"))"
 else
-    grep -qF "5+16 64MiB" "$tmp/out" || fail "table lacks the column: $(cat "$tmp/out")"
+    grep -qF "5+16 8MiB" "$tmp/out" || fail "table lacks the column: $(cat "$tmp/out")"
     [ "$(wc -l <"$tmp/x.jsonl")" -eq 2 ] || fail "JSON: expected 2 lines: $(cat "$tmp/x.jsonl")"
     batch() { grep "\"map\": \"$1\"" "$tmp/x.jsonl" | sed -n 's/.*"batch": \([0-9]*\),.*/\1/p'; }
     tokens() { grep "\"map\": \"$1\"" "$tmp/x.jsonl" | sed -n 's/.*"tokens": \([0-9]*\),.*/\1/p'; }
