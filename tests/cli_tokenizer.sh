@@ -37,6 +37,11 @@ else
         fail "tokenize with the trained tokenizer: $(cat "$tmp/err")"
 fi
 
+# Books separated by 0x1E lines: the separator never becomes a token.
+{ cat "$tmp/corpus.txt"; printf '\036\n'; cat "$tmp/corpus.txt"; printf '\036\n'; cat "$tmp/corpus.txt"; } >"$tmp/books.txt"
+"$XLKV" tokenizer train --vocab-size 300 -o "$tmp/books.json" "$tmp/books.txt" 2>"$tmp/err" || fail "books: $(cat "$tmp/err")"
+grep -qF '"\u001e"' "$tmp/books.json" && fail "the 0x1E separator became a token"
+
 # Same text compressed gives the same file.
 if command -v xz >/dev/null; then
     xz -k "$tmp/corpus.txt"

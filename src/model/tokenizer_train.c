@@ -286,7 +286,21 @@ xlkv_status xlkv_bpe_trainer_add_file(xlkv_bpe_trainer *t, const char *path) {
     char *data = NULL;
     size_t size = 0;
     XLKV_TRY(xlkv_read_data_file(path, &data, &size));
-    xlkv_status st = xlkv_bpe_trainer_add_text(t, data, size);
+    /* Books separated by lines holding only 0x1E (Gutenberg shards) are texts of their own, as xlkv tokenize
+     * encodes them; the separator lines are not text. */
+    xlkv_status st = XLKV_OK;
+    const char *p = data, *end = data + size;
+    while (p < end && st == XLKV_OK) {
+        const char *book_end = end, *next = end;
+        for (const char *q = p; q < end; q++)
+            if (*q == '\x1e' && (q == data || q[-1] == '\n') && (q + 1 == end || q[1] == '\n')) {
+                book_end = q;
+                next = q + 1 < end ? q + 2 : end;
+                break;
+            }
+        st = xlkv_bpe_trainer_add_text(t, p, (size_t)(book_end - p));
+        p = next;
+    }
     free(data);
     return st;
 }

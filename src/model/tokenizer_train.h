@@ -55,7 +55,8 @@ xlkv_status xlkv_bpe_trainer_create(const xlkv_bpe_train_options *options, xlkv_
 void xlkv_bpe_trainer_free(xlkv_bpe_trainer *trainer);
 /* Counts the words of one text (its start gets the dummy prefix). Ignores what lies beyond max_chars. */
 xlkv_status xlkv_bpe_trainer_add_text(xlkv_bpe_trainer *trainer, const char *text, size_t len);
-/* Reads a file (plain, .xz or .bz2) and adds it as one text. */
+/* Reads a file (plain, .xz or .bz2) and adds it as one text, or one per book where lines holding only 0x1E separate
+ * books (the separators are dropped). */
 xlkv_status xlkv_bpe_trainer_add_file(xlkv_bpe_trainer *trainer, const char *path);
 /* True once max_chars bytes have been read. */
 bool xlkv_bpe_trainer_full(const xlkv_bpe_trainer *trainer);
