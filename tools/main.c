@@ -19,6 +19,7 @@ static const subcommand subcommands[] = {
     {"bench", cmd_bench, "throughput benchmark (the papers' protocol) over layer maps: table, JSON lines, SVG"},
     {"layers", cmd_layers, "print a model's layer map, KV layers, iteration plan and KV memory"},
     {"tokenize", cmd_tokenize, "turn text files (plain or .xz) into token shards for training"},
+    {"tokenizer", cmd_tokenizer, "train a BPE vocabulary with byte fallback on text: xlkv tokenizer train -> tokenizer.json"},
     {"train", cmd_train, "train a model under any layer map (CPU reference trainer, fp32)"},
     {"convert", cmd_convert, "write a checkpoint under a new layer map (W_K/W_V copied or averaged)"},
 };
