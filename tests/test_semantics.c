@@ -10,29 +10,9 @@
 #include "model/model.h"
 #include "testutil.h"
 
-static const char *const maps[] = {
-    "standard", "cla:2", "cla:3", "lckv:1", "lckv:2", "lckv:4", "yoco",
-    "pizza-bottom:2", "pizza-middle:2", "pizza-top:3", "sandwich-bottom:3", "sandwich-middle:3", "sandwich-top:2",
-    "lasagna-bottom:2", "lasagna-middle:3", "lasagna-top:2",
-    "0_2_2_3_4_5", "1_1_2_3_4_5", "3_3_1_3_4_5", "0_0_1_3_5_5", "0_1s_1s_3s_3s_0", "5_5_5_5_5_5",
-};
-enum { N_MAPS = sizeof maps / sizeof maps[0], N_TOKENS = 7 };
+enum { N_TOKENS = 7 };
 static const int tokens[N_TOKENS] = {1, 17, 5, 42, 8, 33, 2};
 
-static xlkv_hparams tiny_hparams(void) {
-    xlkv_hparams hp;
-    xlkv_hparams_defaults(&hp);
-    hp.dim = 32;
-    hp.hidden_dim = 48;
-    hp.n_layers = 6;
-    hp.n_heads = 4;
-    hp.n_kv_heads = 2;
-    hp.head_dim = 8;
-    hp.vocab_size = 50;
-    hp.max_seq_len = 32;
-    hp.sliding_window = 3;
-    return hp;
-}
 
 static xlkv_model *tiny_model(const char *map_text, const xlkv_hparams *hp) {
     xlkv_layer_map *map = NULL;
@@ -73,19 +53,19 @@ static void assert_close(const float *a, const float *b, size_t n, double tol, c
 
 static void plan_with_enough_iterations_equals_sequential(void **state) {
     (void)state;
-    xlkv_hparams hp = tiny_hparams();
+    xlkv_hparams hp = tu_tiny_hparams();
     const int whole[] = {N_TOKENS};
     int cyclic_maps = 0;
-    for (int m = 0; m < N_MAPS; m++) {
-        xlkv_model *model = tiny_model(maps[m], &hp);
+    for (int m = 0; m < TU_N_TINY_MAPS; m++) {
+        xlkv_model *model = tiny_model(tu_tiny_maps[m], &hp);
         float *sequential = run(model, XLKV_PREFILL_SEQUENTIAL, 9, whole, 1);
         float *plan = run(model, XLKV_PREFILL_PLAN, N_TOKENS, whole, 1);
-        assert_close(sequential, plan, (size_t)N_TOKENS * hp.vocab_size, 1e-4, "plan vs sequential", maps[m]);
+        assert_close(sequential, plan, (size_t)N_TOKENS * hp.vocab_size, 1e-4, "plan vs sequential", tu_tiny_maps[m]);
         if (xlkv_layer_map_has_cyclic(model->map)) {
             /* the property is not vacuous: one iteration is not enough for a cyclic map */
             float *short_plan = run(model, XLKV_PREFILL_PLAN, 1, whole, 1);
             double d = tu_max_abs_diff(sequential, short_plan, (size_t)N_TOKENS * hp.vocab_size);
-            if (!(d > 1e-3)) fail_msg("map %s: a single iteration already matches sequential mode (%g)", maps[m], d);
+            if (!(d > 1e-3)) fail_msg("map %s: a single iteration already matches sequential mode (%g)", tu_tiny_maps[m], d);
             free(short_plan);
             cyclic_maps++;
         }
@@ -98,18 +78,18 @@ static void plan_with_enough_iterations_equals_sequential(void **state) {
 
 static void prefill_then_decode_equals_full_forward(void **state) {
     (void)state;
-    xlkv_hparams hp = tiny_hparams();
+    xlkv_hparams hp = tu_tiny_hparams();
     const int whole[] = {N_TOKENS}, prefill_decode[] = {3, 1, 1, 1, 1}, chunked[] = {4, 3};
-    for (int m = 0; m < N_MAPS; m++) {
-        xlkv_model *model = tiny_model(maps[m], &hp);
+    for (int m = 0; m < TU_N_TINY_MAPS; m++) {
+        xlkv_model *model = tiny_model(tu_tiny_maps[m], &hp);
         float *full = run(model, XLKV_PREFILL_PLAN, N_TOKENS, whole, 1);
         float *split = run(model, XLKV_PREFILL_PLAN, N_TOKENS, prefill_decode, 5);
         float *chunks = run(model, XLKV_PREFILL_PLAN, N_TOKENS, chunked, 2);
         float *automatic = run(model, XLKV_PREFILL_AUTO, 0, prefill_decode, 5);
         const size_t n = (size_t)N_TOKENS * hp.vocab_size;
-        assert_close(full, split, n, 1e-4, "prefill + decode vs full forward", maps[m]);
-        assert_close(full, chunks, n, 1e-4, "chunked prefill vs full forward", maps[m]);
-        assert_close(full, automatic, n, 1e-4, "default mode (3-token prompt runs sequentially)", maps[m]);
+        assert_close(full, split, n, 1e-4, "prefill + decode vs full forward", tu_tiny_maps[m]);
+        assert_close(full, chunks, n, 1e-4, "chunked prefill vs full forward", tu_tiny_maps[m]);
+        assert_close(full, automatic, n, 1e-4, "default mode (3-token prompt runs sequentially)", tu_tiny_maps[m]);
         free(full);
         free(split);
         free(chunks);
@@ -120,7 +100,7 @@ static void prefill_then_decode_equals_full_forward(void **state) {
 
 static void cyclic_layer_attends_to_nothing_at_position_zero(void **state) {
     (void)state;
-    xlkv_hparams hp = tiny_hparams();
+    xlkv_hparams hp = tu_tiny_hparams();
     const int whole[] = {N_TOKENS};
     xlkv_model *model = tiny_model("1_1_2_3_4_5", &hp); /* layer 0 reads layer 1: upward */
     float *before = run(model, XLKV_PREFILL_SEQUENTIAL, 0, whole, 1);
@@ -137,7 +117,7 @@ static void cyclic_layer_attends_to_nothing_at_position_zero(void **state) {
 
 static void force_nodiag_masks_every_layer(void **state) {
     (void)state;
-    xlkv_hparams hp = tiny_hparams();
+    xlkv_hparams hp = tu_tiny_hparams();
     hp.force_nodiag = true;
     const int whole[] = {N_TOKENS};
     xlkv_model *model = tiny_model("standard", &hp);
@@ -154,7 +134,7 @@ static void force_nodiag_masks_every_layer(void **state) {
 
 static void sliding_window_limits_what_is_seen(void **state) {
     (void)state;
-    xlkv_hparams hp = tiny_hparams();
+    xlkv_hparams hp = tu_tiny_hparams();
     const int whole[] = {N_TOKENS};
     /* a window as long as the prompt changes nothing; a short one changes the late positions only */
     xlkv_model *plain = tiny_model("0_1_2_3_4_5", &hp);
@@ -177,9 +157,9 @@ static void sliding_window_limits_what_is_seen(void **state) {
 
 static void kv_memory_follows_the_formula(void **state) {
     (void)state;
-    xlkv_hparams hp = tiny_hparams();
-    for (int m = 0; m < N_MAPS; m++) {
-        xlkv_model *model = tiny_model(maps[m], &hp);
+    xlkv_hparams hp = tu_tiny_hparams();
+    for (int m = 0; m < TU_N_TINY_MAPS; m++) {
+        xlkv_model *model = tiny_model(tu_tiny_maps[m], &hp);
         xlkv_context *ctx = NULL;
         TU_ASSERT_OK(xlkv_context_create(model, NULL, &ctx));
         const xlkv_layer_map *map = model->map;
@@ -200,7 +180,7 @@ static void kv_memory_follows_the_formula(void **state) {
 
 static void forward_rejects_bad_input(void **state) {
     (void)state;
-    xlkv_hparams hp = tiny_hparams();
+    xlkv_hparams hp = tu_tiny_hparams();
     xlkv_model *model = tiny_model("standard", &hp);
     xlkv_context_params p = xlkv_context_default_params();
     p.n_ctx = 4;

@@ -50,20 +50,6 @@ static void *engine_create(const xlkv_model *model, const xlkv_engine_params *p)
     return state;
 }
 
-static xlkv_hparams tiny_hparams(void) {
-    xlkv_hparams hp;
-    xlkv_hparams_defaults(&hp);
-    hp.dim = 32;
-    hp.hidden_dim = 48;
-    hp.n_layers = 6;
-    hp.n_heads = 4;
-    hp.n_kv_heads = 2;
-    hp.head_dim = 8;
-    hp.vocab_size = 50;
-    hp.max_seq_len = 32;
-    hp.sliding_window = 3;
-    return hp;
-}
 
 /* A shape that takes the kernels' fast paths (head_dim 64 or 128, GQA). */
 static xlkv_hparams medium_hparams(int head_dim) {
@@ -336,13 +322,7 @@ static void stories260k_greedy_matches_llama2c(void **state) {
 
 /* ---- (b) f32 vs the CPU ------------------------------------------------------------------------------------- */
 
-static const char *const maps[] = {
-    "standard", "cla:2", "cla:3", "lckv:1", "lckv:2", "lckv:4", "yoco",
-    "pizza-bottom:2", "pizza-middle:2", "pizza-top:3", "sandwich-bottom:3", "sandwich-middle:3", "sandwich-top:2",
-    "lasagna-bottom:2", "lasagna-middle:3", "lasagna-top:2",
-    "0_2_2_3_4_5", "1_1_2_3_4_5", "3_3_1_3_4_5", "0_0_1_3_5_5", "0_1s_1s_3s_3s_0", "5_5_5_5_5_5",
-};
-enum { N_MAPS = sizeof maps / sizeof maps[0], N_TOKENS = 7 };
+enum { N_TOKENS = 7 };
 static const int tiny_tokens[N_TOKENS] = {1, 17, 5, 42, 8, 33, 2};
 
 typedef struct mode_case {
@@ -364,14 +344,14 @@ enum { N_MODES = sizeof mode_cases / sizeof mode_cases[0] };
 
 static void f32_logits_match_cpu_on_every_map(void **state) {
     (void)state;
-    xlkv_hparams hp = tiny_hparams();
+    xlkv_hparams hp = tu_tiny_hparams();
     const size_t n = (size_t)N_TOKENS * (size_t)hp.vocab_size;
     for (int c = 0; c < N_MODES; c++) {
         const mode_case *mc = &mode_cases[c];
         double worst = 0.0;
         const char *worst_map = "";
-        for (int m = 0; m < N_MAPS; m++) {
-            xlkv_model *model = random_model(maps[m], &hp, 7);
+        for (int m = 0; m < TU_N_TINY_MAPS; m++) {
+            xlkv_model *model = random_model(tu_tiny_maps[m], &hp, 7);
             xlkv_engine_params p = engine_params(XLKV_ENGINE_F32, 2);
             p.prefill_mode = mc->mode;
             p.iterations = mc->iterations;
@@ -379,17 +359,17 @@ static void f32_logits_match_cpu_on_every_map(void **state) {
             float *ref = cpu_logits(model, mc->mode, mc->iterations, tiny_tokens, mc->chunks, mc->n_chunks);
             float *got = gpu_logits(model, &p, tiny_tokens, mc->chunks, mc->n_chunks);
             double d = tu_max_abs_diff(ref, got, n);
-            if (!(d <= 1e-4)) fail_msg("(b) map %s, %s: max |gpu - cpu| = %g > 1e-4", maps[m], mc->name, d);
+            if (!(d <= 1e-4)) fail_msg("(b) map %s, %s: max |gpu - cpu| = %g > 1e-4", tu_tiny_maps[m], mc->name, d);
             if (d > worst) {
                 worst = d;
-                worst_map = maps[m];
+                worst_map = tu_tiny_maps[m];
             }
             free(ref);
             free(got);
             xlkv_model_free(model);
         }
         char what[96];
-        snprintf(what, sizeof what, "(b) f32 vs cpu, %d maps, %s", N_MAPS, mc->name);
+        snprintf(what, sizeof what, "(b) f32 vs cpu, %d maps, %s", TU_N_TINY_MAPS, mc->name);
         printf("check %-58s max |diff| %.3g (worst map %s)\n", what, worst, worst_map);
     }
 }
@@ -428,12 +408,12 @@ static int cpu_greedy(const xlkv_model *model, const int *prompt, int n_prompt, 
  * enough for the plan under cyclic maps) equals the CPU's generate loop, for every map. */
 static void batched_greedy_matches_cpu_generate_on_every_map(void **state) {
     (void)state;
-    xlkv_hparams hp = tiny_hparams();
+    xlkv_hparams hp = tu_tiny_hparams();
     enum { N_SEQS = 4, N_NEW = 12 };
     const int prompt_lengths[N_SEQS] = {1, 4, 12, 16};
     int compared = 0;
-    for (int m = 0; m < N_MAPS; m++) {
-        xlkv_model *model = random_model(maps[m], &hp, 11);
+    for (int m = 0; m < TU_N_TINY_MAPS; m++) {
+        xlkv_model *model = random_model(tu_tiny_maps[m], &hp, 11);
         xlkv_engine_params p = engine_params(XLKV_ENGINE_F32, N_SEQS);
         p.block_size = 4;
         void *engine = engine_create(model, &p);
@@ -455,7 +435,7 @@ static void batched_greedy_matches_cpu_generate_on_every_map(void **state) {
             const int gpu_text = gpu[i].n - (gpu[i].ended_with_end_token ? 1 : 0);
             if (gpu_text != n || memcmp(cpu, gpu[i].tokens, sizeof(int) * (size_t)n) != 0 ||
                 ended != (bool)gpu[i].ended_with_end_token)
-                fail_msg("(b) map %s, sequence %d (prompt %d): GPU batched greedy differs from CPU generate", maps[m], i,
+                fail_msg("(b) map %s, sequence %d (prompt %d): GPU batched greedy differs from CPU generate", tu_tiny_maps[m], i,
                          specs[i].n_prompt);
             compared += n;
         }
@@ -463,7 +443,7 @@ static void batched_greedy_matches_cpu_generate_on_every_map(void **state) {
         xlkv_model_free(model);
     }
     printf("check %-58s identical (%d tokens over %d maps)\n", "(b) batched greedy generation vs cpu generate", compared,
-           N_MAPS);
+           TU_N_TINY_MAPS);
 }
 
 /* Larger shapes (the kernels' head_dim 64 / 128 paths), f32 against the CPU and bf16 against the CPU. */

@@ -61,3 +61,25 @@ double tu_max_abs_diff(const float *a, const float *b, size_t n) {
     }
     return worst;
 }
+
+xlkv_hparams tu_tiny_hparams(void) {
+    xlkv_hparams hp;
+    xlkv_hparams_defaults(&hp);
+    hp.dim = 32;
+    hp.hidden_dim = 48;
+    hp.n_layers = 6;
+    hp.n_heads = 4;
+    hp.n_kv_heads = 2;
+    hp.head_dim = 8;
+    hp.vocab_size = 50;
+    hp.max_seq_len = 32;
+    hp.sliding_window = 3;
+    return hp;
+}
+
+const char *const tu_tiny_maps[TU_N_TINY_MAPS] = {
+    "standard", "cla:2", "cla:3", "lckv:1", "lckv:2", "lckv:4", "yoco",
+    "pizza-bottom:2", "pizza-middle:2", "pizza-top:3", "sandwich-bottom:3", "sandwich-middle:3", "sandwich-top:2",
+    "lasagna-bottom:2", "lasagna-middle:3", "lasagna-top:2",
+    "0_2_2_3_4_5", "1_1_2_3_4_5", "3_3_1_3_4_5", "0_0_1_3_5_5", "0_1s_1s_3s_3s_0", "5_5_5_5_5_5",
+};

@@ -20,6 +20,13 @@ char *tu_source_path(const char *relative);
 char *tu_write_temp(const char *suffix, const void *data, size_t size);
 /* A fresh temporary directory (heap path). */
 char *tu_temp_dir(void);
+/* The tiny random-model shape (6 layers, GQA 4/2 heads of 8, sliding window 3) and the layer maps that the CPU and
+ * CUDA semantics tests both run: every preset family plus hand-written cyclic, nested and sliding maps. */
+#include "model/hparams.h"
+xlkv_hparams tu_tiny_hparams(void);
+extern const char *const tu_tiny_maps[];
+enum { TU_N_TINY_MAPS = 22 };
+
 /* Largest |a[i] - b[i]|. */
 double tu_max_abs_diff(const float *a, const float *b, size_t n);
 /* Asserts that a status is XLKV_OK, printing xlkv_last_error() otherwise. */
