@@ -14,9 +14,13 @@ typedef struct cli_eval_runner {
     xlkv_eval_model model;
 } cli_eval_runner;
 
-/* max_len: the longest sequence one forward must take (a perplexity window, or the model's context for tasks). */
+/* Requests per scoring call on a device when --batch-size is not given. */
+#define CLI_EVAL_DEFAULT_DEVICE_BATCH 32
+
+/* max_len: the longest sequence one forward must take (a perplexity window, or the model's context for tasks);
+ * batch_size: requests per scoring call (--batch-size; 0 = CLI_EVAL_DEFAULT_DEVICE_BATCH on a device, 1 on the CPU). */
 bool cli_eval_runner_open(const char *command, const cli_model_options *o, const xlkv_model *model, int max_len,
-                          cli_eval_runner *out);
+                          int batch_size, cli_eval_runner *out);
 void cli_eval_runner_close(cli_eval_runner *runner);
 
 #endif

@@ -34,6 +34,7 @@ static void usage(FILE *out) {
                  "      --data-dir DIR        task files (default %s)\n"
                  "      --limit N             score only the first N items of each task\n"
                  "      --on-error MODE       malformed data lines: stop (default) or skip (counted, reported)\n"
+                 "      --batch-size N        sequences scored per call on a device (default 32; results do not depend on it)\n"
                  "      --json OUT            also write the results as JSON to OUT\n",
             DEFAULT_DATA_DIR);
     cli_print_model_help(out);
@@ -155,7 +156,7 @@ static bool run_task(const char *command, const xlkv_eval_model *eval_model, con
         fprintf(stderr, "xlkv %s: %s: skipped %d malformed item%s (first: %s)\n", command, task->name, data.n_skipped,
                 data.n_skipped == 1 ? "" : "s", data.first_skipped ? data.first_skipped : "?");
     char label[64];
-    snprintf(label, sizeof label, "%s items", task->name);
+    snprintf(label, sizeof label, "%s requests", task->name);
     eval_progress progress;
     eval_progress_start(&progress, command, label, 0);
     xlkv_status status = xlkv_task_evaluate(eval_model, tok, task, &data, eval_progress_report, &progress, &result);
@@ -186,7 +187,7 @@ int cmd_eval(int argc, char **argv) {
     cli_model_options mo;
     cli_model_options_init(&mo);
     const char *task_list = NULL, *data_dir = DEFAULT_DATA_DIR, *json = NULL;
-    int limit = 0;
+    int limit = 0, batch_size = 0;
     xlkv_on_error on_error = XLKV_ON_ERROR_STOP;
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
@@ -203,6 +204,8 @@ int cmd_eval(int argc, char **argv) {
             if (!(data_dir = cli_value(command, argc, argv, &i))) return 2;
         } else if (!strcmp(arg, "--json")) {
             if (!(json = cli_value(command, argc, argv, &i))) return 2;
+        } else if (!strcmp(arg, "--batch-size")) {
+            if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_int(command, arg, v, 1, 4096, &batch_size)) return 2;
         } else if (!strcmp(arg, "--limit")) {
             if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_int(command, arg, v, 1, 1 << 30, &limit)) return 2;
         } else if (!strcmp(arg, "--on-error")) {
@@ -241,7 +244,7 @@ int cmd_eval(int argc, char **argv) {
                 mo.model);
         goto done;
     }
-    if (!cli_eval_runner_open(command, &mo, model, mo.n_ctx > 0 ? mo.n_ctx : model->hp.max_seq_len, &runner))
+    if (!cli_eval_runner_open(command, &mo, model, mo.n_ctx > 0 ? mo.n_ctx : model->hp.max_seq_len, batch_size, &runner))
         goto done;
     xlkv_eval_model eval_model = runner.model;
     for (int t = 0; t < n_tasks; t++) {

@@ -25,6 +25,7 @@ static void usage(FILE *out) {
                  "      --ctx N               window length (default: min(model max context, %d))\n"
                  "      --stride S            window advance (default: N / 2)\n"
                  "      --max-tokens N        score only the first N tokens of the file\n"
+                 "      --batch-size N        sequences scored per call on a device (default 32; results do not depend on it)\n"
                  "      --json OUT            also write the result as JSON to OUT\n",
             DEFAULT_MAX_CTX);
     cli_print_model_help(out);
@@ -63,7 +64,7 @@ int cmd_perplexity(int argc, char **argv) {
     cli_model_options mo;
     cli_model_options_init(&mo);
     const char *file = NULL, *json = NULL;
-    int ctx = 0, stride = 0, max_tokens = 0;
+    int ctx = 0, stride = 0, max_tokens = 0, batch_size = 0;
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
         cli_parse_result r = cli_parse_model_option(&mo, command, argc, argv, &i);
@@ -81,6 +82,8 @@ int cmd_perplexity(int argc, char **argv) {
             if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_int(command, arg, v, 2, 1 << 24, &ctx)) return 2;
         } else if (!strcmp(arg, "--stride")) {
             if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_int(command, arg, v, 1, 1 << 24, &stride)) return 2;
+        } else if (!strcmp(arg, "--batch-size")) {
+            if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_int(command, arg, v, 1, 4096, &batch_size)) return 2;
         } else if (!strcmp(arg, "--max-tokens")) {
             if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_int(command, arg, v, 2, 1 << 30, &max_tokens))
                 return 2;
@@ -114,7 +117,7 @@ int cmd_perplexity(int argc, char **argv) {
         fprintf(stderr, "xlkv %s: --stride %d exceeds --ctx %d\n", command, stride, ctx);
         goto done;
     }
-    if (!cli_eval_runner_open(command, &mo, model, ctx /* the cache holds one window */, &runner)) goto done;
+    if (!cli_eval_runner_open(command, &mo, model, ctx /* the cache holds one window */, batch_size, &runner)) goto done;
     if (xlkv_eval_tokenize_text_file(file, model->tokenizer, model->hp.vocab_size, max_tokens, &streams) != XLKV_OK) {
         fprintf(stderr, "xlkv %s: %s\n", command, xlkv_last_error());
         goto done;

@@ -66,15 +66,24 @@ static xlkv_status check_vocab(const int *ids, int n, int n_vocab) {
     return XLKV_OK;
 }
 
-static xlkv_status score_request(const xlkv_eval_model *model, const xlkv_tokenizer *tok, const xlkv_task_info *task,
-                                 const xlkv_task_example *ex, int c, int *tokens, float *logits, xlkv_eval_loglik *ll,
-                                 int *n_cont_tokens) {
+/* Encodes example ex's choice c into a request (tokens in a heap array of exactly n + 1 ids, *out_tokens). */
+static xlkv_status build_request(const xlkv_eval_model *model, const xlkv_tokenizer *tok, const xlkv_task_info *task,
+                                 const xlkv_task_example *ex, int c, int *scratch, xlkv_score_request *req,
+                                 int **out_tokens, int *n_cont_tokens) {
     int *context = NULL, *cont = NULL, n_context = 0, n_cont = 0;
+    *out_tokens = NULL;
     xlkv_status status =
         xlkv_task_encode_request(tok, ex->contexts[c], ex->continuations[c], &context, &n_context, &cont, &n_cont);
     if (status == XLKV_OK) status = check_vocab(context, n_context, model->n_vocab);
     if (status == XLKV_OK) status = check_vocab(cont, n_cont, model->n_vocab);
-    if (status == XLKV_OK) status = xlkv_eval_continuation(model, context, n_context, cont, n_cont, tokens, logits, ll);
+    if (status == XLKV_OK)
+        status = xlkv_eval_continuation_request(model, context, n_context, cont, n_cont, scratch, req);
+    if (status == XLKV_OK) {
+        *out_tokens = malloc(((size_t)req->n + 1) * sizeof **out_tokens);
+        if (!*out_tokens) status = xlkv_fail(XLKV_E_NOMEM, "eval: cannot allocate a request of %d tokens", req->n + 1);
+        else memcpy(*out_tokens, scratch, ((size_t)req->n + 1) * sizeof **out_tokens);
+        req->tokens = *out_tokens;
+    }
     if (status != XLKV_OK) xlkv_error_prefix("%s, item at line %ld, choice %d", task->name, ex->line, c);
     *n_cont_tokens = n_cont;
     free(context);
@@ -117,6 +126,50 @@ static void aggregate(const xlkv_task_info *task, const xlkv_task_data *data, xl
     r->perplexity = task->format == XLKV_TASK_LAMBADA ? exp(-loglik_sum / n) : NAN;
 }
 
+/* Scoring order: longest request first (lm-eval's order, which keeps a batch's sequences of similar length), ties
+ * by request index, so the order and every result are the same for any batch size. */
+typedef struct request_key {
+    int n, index;
+} request_key;
+
+static int longest_first(const void *a, const void *b) {
+    const request_key *ka = a, *kb = b;
+    if (ka->n != kb->n) return ka->n > kb->n ? -1 : 1;
+    return (ka->index > kb->index) - (ka->index < kb->index);
+}
+
+/* Scores the requests in `order`, `batch` per call, into out->loglik / is_greedy. */
+static xlkv_status score_requests(const xlkv_eval_model *model, xlkv_score_request *requests, const request_key *order,
+                                  int n_requests, xlkv_eval_progress_fn progress, void *progress_user,
+                                  xlkv_task_result *out) {
+    const int batch = xlkv_eval_model_batch(model);
+    xlkv_score_request *group = malloc((size_t)batch * sizeof *group);
+    double *log_probs = malloc((size_t)batch * (size_t)model->max_len * sizeof *log_probs);
+    bool *is_argmax = malloc((size_t)batch * (size_t)model->max_len * sizeof *is_argmax);
+    xlkv_status status = XLKV_OK;
+    if (!group || !log_probs || !is_argmax)
+        status = xlkv_fail(XLKV_E_NOMEM, "eval: cannot allocate a batch of %d requests", batch);
+    for (int first = 0; status == XLKV_OK && first < n_requests; first += batch) {
+        const int count = n_requests - first < batch ? n_requests - first : batch;
+        for (int i = 0; i < count; i++) {
+            group[i] = requests[order[first + i].index];
+            group[i].log_probs = log_probs + (size_t)i * (size_t)model->max_len;
+            group[i].is_argmax = is_argmax + (size_t)i * (size_t)model->max_len;
+        }
+        status = xlkv_eval_model_score(model, group, count);
+        for (int i = 0; status == XLKV_OK && i < count; i++) {
+            const xlkv_eval_loglik ll = xlkv_eval_loglik_of(&group[i]);
+            out->loglik[order[first + i].index] = ll.loglik;
+            out->is_greedy[order[first + i].index] = ll.is_greedy;
+        }
+        if (status == XLKV_OK && progress) progress(progress_user, first + count, n_requests);
+    }
+    free(group);
+    free(log_probs);
+    free(is_argmax);
+    return status;
+}
+
 xlkv_status xlkv_task_evaluate(const xlkv_eval_model *model, const xlkv_tokenizer *tok, const xlkv_task_info *task,
                                const xlkv_task_data *data, xlkv_eval_progress_fn progress, void *progress_user,
                                xlkv_task_result *out) {
@@ -129,25 +182,34 @@ xlkv_status xlkv_task_evaluate(const xlkv_eval_model *model, const xlkv_tokenize
     out->loglik = malloc((size_t)n_requests * sizeof *out->loglik);
     out->is_greedy = malloc((size_t)n_requests * sizeof *out->is_greedy);
     out->n_cont_tokens = malloc((size_t)n_requests * sizeof *out->n_cont_tokens);
-    int *tokens = malloc(((size_t)model->max_len + 1) * sizeof *tokens);
-    float *logits = malloc((size_t)model->max_len * (size_t)model->n_vocab * sizeof *logits);
+    int *scratch = malloc(((size_t)model->max_len + 1) * sizeof *scratch);
+    xlkv_score_request *requests = calloc((size_t)n_requests, sizeof *requests);
+    int **tokens = calloc((size_t)n_requests, sizeof *tokens);
+    request_key *order = malloc((size_t)n_requests * sizeof *order);
     xlkv_status status = XLKV_OK;
-    if (!out->first_request || !out->loglik || !out->is_greedy || !out->n_cont_tokens || !tokens || !logits)
+    if (!out->first_request || !out->loglik || !out->is_greedy || !out->n_cont_tokens || !scratch || !requests ||
+        !tokens || !order)
         status = xlkv_fail(XLKV_E_NOMEM, "%s: cannot allocate scores for %d requests", task->name, n_requests);
+    /* every request encoded first (errors name the item), then scored in batches */
     for (int e = 0, r = 0; status == XLKV_OK && e < data->n_examples; e++) {
         const xlkv_task_example *ex = &data->examples[e];
         out->first_request[e] = r;
         for (int c = 0; status == XLKV_OK && c < ex->n_choices; c++, r++) {
-            xlkv_eval_loglik ll = {0};
-            status = score_request(model, tok, task, ex, c, tokens, logits, &ll, &out->n_cont_tokens[r]);
-            out->loglik[r] = ll.loglik;
-            out->is_greedy[r] = ll.is_greedy;
-            if (status == XLKV_OK && ll.n_scored < out->n_cont_tokens[r]) out->n_cut_continuations++;
+            status = build_request(model, tok, task, ex, c, scratch, &requests[r], &tokens[r], &out->n_cont_tokens[r]);
+            if (status == XLKV_OK && xlkv_score_request_rows(&requests[r]) < out->n_cont_tokens[r])
+                out->n_cut_continuations++;
+            order[r] = (request_key){.n = requests[r].n, .index = r};
         }
-        if (progress) progress(progress_user, e + 1, data->n_examples);
     }
+    if (status == XLKV_OK) {
+        qsort(order, (size_t)n_requests, sizeof *order, longest_first);
+        status = score_requests(model, requests, order, n_requests, progress, progress_user, out);
+    }
+    for (int r = 0; tokens && r < n_requests; r++) free(tokens[r]);
     free(tokens);
-    free(logits);
+    free(requests);
+    free(order);
+    free(scratch);
     if (status != XLKV_OK) {
         xlkv_task_result_free(out);
         return status;

@@ -3,7 +3,8 @@
  * Request encoding (HFLM._encode_pair): the continuation is " " + choice; trailing spaces of the context move to the
  * start of the continuation; context ids = encode(context) and whole ids = encode(context + continuation), both with
  * BOS first (llama2.c-style models are trained with BOS; lm-eval's add_bos_token=True); the continuation's ids are
- * whole[len(context ids):]. Each request then goes through xlkv_eval_continuation (loglik.h).
+ * whole[len(context ids):]. Each request is then built as in loglik.h; all of a task's requests are encoded first and
+ * scored longest first (lm-eval's order), the model's `batch` requests per call; results never depend on the batch.
  * Metrics: acc = argmax over choices of the summed log-likelihood is gold (first maximum on ties, as numpy.argmax);
  * acc_norm = the same with each log-likelihood divided by the choice's length in bytes (without the delimiter; lm-eval
  * divides by characters, the same for ASCII); WinoGrande reports acc only (its choices share one continuation).
@@ -33,7 +34,7 @@ typedef struct xlkv_task_result {
     int n_cut_continuations; /* requests whose continuation alone exceeded the model's context (loglik.h) */
 } xlkv_task_result;
 
-/* Scores every example of `data`; progress (may be NULL) gets examples done / total. Fails on a request the model
+/* Scores every example of `data`; progress (may be NULL) gets requests scored / total. Fails on a request the model
  * cannot represent (a token id at or above its vocabulary, or a continuation longer than its context). */
 xlkv_status xlkv_task_evaluate(const xlkv_eval_model *model, const xlkv_tokenizer *tok, const xlkv_task_info *task,
                                const xlkv_task_data *data, xlkv_eval_progress_fn progress, void *progress_user,

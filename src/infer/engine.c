@@ -172,3 +172,44 @@ xlkv_status xlkv_engine_forward_logits(xlkv_engine *engine, int seq, const int *
         return xlkv_fail(XLKV_E_UNSUPPORTED, "engine forward: device '%s' has no forward_logits", engine->backend->name);
     return engine->backend->forward_logits(engine->state, seq, tokens, n, logits);
 }
+
+/* The host path of xlkv_engine_score: one fresh sequence per request, logits of every row, scored here. */
+static xlkv_status score_through_logits(xlkv_engine *engine, xlkv_score_request *requests, int count) {
+    const int vocab = engine->model->hp.vocab_size;
+    int longest = 0;
+    for (int i = 0; i < count; i++)
+        if (requests[i].n > longest) longest = requests[i].n;
+    float *logits = malloc((size_t)longest * (size_t)vocab * sizeof *logits);
+    if (!logits) return xlkv_fail(XLKV_E_NOMEM, "engine score: cannot allocate %d x %d logits", longest, vocab);
+    xlkv_status status = XLKV_OK;
+    for (int i = 0; status == XLKV_OK && i < count; i++) {
+        xlkv_score_request *req = &requests[i];
+        int seq = -1;
+        status = xlkv_engine_add_empty(engine, &seq);
+        if (status != XLKV_OK) break;
+        status = engine->backend->forward_logits(engine->state, seq, req->tokens, req->n, logits);
+        if (status == XLKV_OK) xlkv_score_rows(req, logits + (size_t)req->first_row * (size_t)vocab, vocab);
+        xlkv_status removed = engine->backend->remove(engine->state, seq);
+        if (status == XLKV_OK) status = removed;
+    }
+    free(logits);
+    return status;
+}
+
+xlkv_status xlkv_engine_score(xlkv_engine *engine, xlkv_score_request *requests, int count) {
+    if (!engine || (count > 0 && !requests)) return xlkv_fail(XLKV_E_INVALID, "engine score: missing argument");
+    for (int i = 0; i < count; i++) {
+        const xlkv_score_request *req = &requests[i];
+        if (!req->tokens || !req->log_probs || !req->is_argmax)
+            return xlkv_fail(XLKV_E_INVALID, "engine score: request %d has no tokens or no outputs", i);
+        if (req->n < 1 || req->first_row < 0 || req->first_row >= req->n)
+            return xlkv_fail(XLKV_E_INVALID, "engine score: request %d scores rows [%d, %d) (need 0 <= first < n)", i,
+                             req->first_row, req->n);
+        XLKV_TRY(check_tokens(engine, "score", req->tokens, req->n + 1));
+    }
+    if (count == 0) return XLKV_OK;
+    if (engine->backend->score) return engine->backend->score(engine->state, requests, count);
+    if (!engine->backend->forward_logits)
+        return xlkv_fail(XLKV_E_UNSUPPORTED, "engine score: device '%s' has no forward_logits", engine->backend->name);
+    return score_through_logits(engine, requests, count);
+}

@@ -18,6 +18,7 @@
 
 #include "infer/context.h"
 #include "infer/sampler.h"
+#include "infer/token_scores.h"
 #include "model/model.h"
 #include "xlkv.h"
 
@@ -100,6 +101,12 @@ void xlkv_engine_get_stats(const xlkv_engine *engine, xlkv_engine_stats *out);
 xlkv_status xlkv_engine_add_empty(xlkv_engine *engine, int *out_seq);
 xlkv_status xlkv_engine_forward_logits(xlkv_engine *engine, int seq, const int *tokens, int n, float *logits);
 
+/* Scores `count` requests (infer/token_scores.h), each as a fresh sequence of its own (added and removed here), with
+ * no sequence of the engine's disturbed. A backend with a `score` entry scores on the device (and may run the requests
+ * together); otherwise each request runs through forward_logits and is scored on the host. The results of a request do
+ * not depend on the others in the call. */
+xlkv_status xlkv_engine_score(xlkv_engine *engine, xlkv_score_request *requests, int count);
+
 /* The backend table behind the engine (one per device). */
 typedef struct xlkv_engine_backend {
     const char *name;
@@ -111,6 +118,8 @@ typedef struct xlkv_engine_backend {
     xlkv_status (*step)(void *state, xlkv_engine_event *events, int capacity, int *out_n_events);
     void (*get_stats)(const void *state, xlkv_engine_stats *out);
     xlkv_status (*forward_logits)(void *state, int seq, const int *tokens, int n, float *logits);
+    /* optional (NULL: the dispatcher scores through forward_logits); requests are validated */
+    xlkv_status (*score)(void *state, xlkv_score_request *requests, int count);
 } xlkv_engine_backend;
 
 const xlkv_engine_backend *xlkv_engine_backend_cpu(void);

@@ -126,6 +126,11 @@ enum { XLKV_CUDA_MAX_CANDIDATES = 256, XLKV_CUDA_PENALTY_WINDOW = 64 };
 int xlkv_cuda_sample(int *out, float *logits, int batch, int vocab, const xlkv_cuda_sampling *params,
                      const int *history, const int *history_len, void *stream);
 
+/* Scores rows of fp32 logits[n_rows, vocab] (infer/token_scores.h): log_probs[r] = log softmax(row r)[targets[r]]
+ * (log-sum-exp accumulated in double), is_argmax[r] = targets[r] is the row's first maximum. */
+int xlkv_cuda_score_rows(const float *logits, int n_rows, int vocab, const int *targets, double *log_probs,
+                         unsigned char *is_argmax, void *stream);
+
 #ifdef __cplusplus
 }
 #endif
