@@ -318,9 +318,13 @@ static void test_stories_tasks(void **state) {
     const cJSON *task;
     cJSON_ArrayForEach(task, tasks) check_task(&eval_model, model->tokenizer, task->string, task, &worst);
     printf("stories260K task samples: largest loglik difference %.2e\n", worst);
-    /* batching changes the order of the calls, never a result: every task again with 5 requests per call */
+    /* batching changes the order of the calls, never a result: three formats again with 5 requests per call */
     eval_model.batch = 5;
-    cJSON_ArrayForEach(task, tasks) check_task(&eval_model, model->tokenizer, task->string, task, &worst);
+    cJSON_ArrayForEach(task, tasks) {
+        if (!strcmp(task->string, "piqa") || !strcmp(task->string, "winogrande") ||
+            !strcmp(task->string, "lambada_openai"))
+            check_task(&eval_model, model->tokenizer, task->string, task, &worst);
+    }
     xlkv_context_free(ctx);
     xlkv_model_free(model);
     cJSON_Delete(root);
