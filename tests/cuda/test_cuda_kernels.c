@@ -119,9 +119,9 @@ static int *ints_from_device(const int *d, size_t n) {
     return a;
 }
 
-/* Compares, prints one line, fails the test when out of tolerance or when an element is not finite. */
-static void expect_close(const char *kernel, xlkv_dtype dt, const char *shape, const float *got, const float *ref,
-                         size_t n, double tol) {
+/* Compares, prints one line; returns 1 when within tolerance and finite. *worst_out: the worst element. */
+static int check_close(const char *kernel, xlkv_dtype dt, const char *shape, const float *got, const float *ref,
+                       size_t n, double tol, size_t *worst_out) {
     double max_diff = 0.0, max_ref = 0.0;
     size_t not_finite = 0, worst = 0;
     for (size_t i = 0; i < n; i++) {
@@ -140,10 +140,21 @@ static void expect_close(const char *kernel, xlkv_dtype dt, const char *shape, c
     const int ok = not_finite == 0 && err <= tol;
     printf("[%s] %-22s %-4s %-58s err %.3e (tol %.1e)%s\n", ok ? "PASS" : "FAIL", kernel, dt_name(dt), shape, err, tol,
            not_finite ? " NOT FINITE" : "");
-    fflush(stdout);
     if (!ok)
-        fail_msg("%s %s %s: err %.3e > tol %.1e, %zu non-finite; element %zu: gpu %g ref %g", kernel, dt_name(dt), shape,
-                 err, tol, not_finite, worst, (double)got[worst], (double)ref[worst]);
+        printf("       worst element %zu: gpu %g ref %g (%zu non-finite)\n", worst, (double)got[worst], (double)ref[worst],
+               not_finite);
+    fflush(stdout);
+    if (worst_out) *worst_out = worst;
+    return ok;
+}
+
+/* Compares, prints one line, fails the test when out of tolerance or when an element is not finite. */
+static void expect_close(const char *kernel, xlkv_dtype dt, const char *shape, const float *got, const float *ref,
+                         size_t n, double tol) {
+    size_t worst = 0;
+    if (!check_close(kernel, dt, shape, got, ref, n, tol, &worst))
+        fail_msg("%s %s %s: out of tolerance %.1e or not finite; element %zu: gpu %g ref %g", kernel, dt_name(dt), shape,
+                 tol, worst, (double)got[worst], (double)ref[worst]);
 }
 
 static void expect_ints(const char *kernel, const char *shape, const int *got, const int *ref, int n) {
@@ -590,6 +601,143 @@ static void attention_decode_matches_cpu(void **state) {
     }
 }
 
+/* Both decode kernels (AUTO: the tensor-core kernel where it applies; SCALAR: the CUDA-core kernels) against the CPU
+ * attention, over batches 1, 3, 17 and 300 (so split sizes 32 .. 256 and many CTAs), G = 1, 2, 3, 4, 8 (tensor-core
+ * path) and 16 (scalar path), head_dim 64 and 128, every rule of ATTENTION_RULES (windows, masked diagonal, block
+ * sizes 1 and 16), rows at lengths just around the 16-key warp slices, the 64-key tiles and the splits, padding rows
+ * (seq -1: zero output) and rows that share a sequence, blocks shuffled over the pool. Every case prints a line and
+ * the test fails at the end if any did, so one GPU run reports every failing case. */
+typedef struct decode_case_rows {
+    int batch, n_seqs;
+    int *row_seq, *row_pos;
+} decode_case_rows;
+
+static decode_case_rows decode_rows(int batch, int max_positions) {
+    static const int around[] = {64, 0, 1, 15, 16, 17, 31, 32, 33, 63, 65, 127, 128, 129, 255, 256, 257, 383, 384,
+                                 385, 511, 512, 513, 640, 697, 698};
+    const int n_around = (int)(sizeof around / sizeof around[0]);
+    decode_case_rows r = {.batch = batch, .n_seqs = batch < 8 ? 2 : 8};
+    r.row_seq = malloc((size_t)batch * sizeof *r.row_seq);
+    r.row_pos = malloc((size_t)batch * sizeof *r.row_pos);
+    assert_non_null(r.row_seq);
+    assert_non_null(r.row_pos);
+    for (int b = 0; b < batch; b++) {
+        r.row_seq[b] = b % r.n_seqs;
+        if (b == 0) r.row_pos[b] = max_positions - 1; /* the longest row: every split */
+        else if (b - 1 < n_around) r.row_pos[b] = around[b - 1];
+        else r.row_pos[b] = (int)(rng_u32() % (unsigned)max_positions);
+        if (b == 1) r.row_seq[b] = -1; /* a padding row (batch >= 3: row 1 has position 64, but no sequence) */
+    }
+    return r;
+}
+
+static void attention_decode_kernels_match_cpu(void **state) {
+    (void)state;
+    const xlkv_backend_ops *ops = xlkv_backend_cpu();
+    const attention_shape shapes[] = {
+        {32, 4, 64},  /* tinyllama, G = 8 */
+        {16, 4, 64},  /* G = 4 */
+        {4, 2, 128},  /* G = 2, head_dim 128 */
+        {8, 8, 128},  /* G = 1, head_dim 128 */
+        {12, 4, 64},  /* G = 3: not a power of two */
+        {16, 1, 64},  /* G = 16: past the tensor-core path (scalar path for both) */
+        {16, 2, 128}, /* G = 8, head_dim 128 */
+    };
+    const int batches[] = {1, 3, 17, 300};
+    const int read_slot = 1, max_positions = 700;
+    int cases = 0, failures = 0;
+    for (int dti = 0; dti < 2; dti++) {
+        const xlkv_dtype dt = dti ? XLKV_DTYPE_BF16 : XLKV_DTYPE_F32;
+        for (size_t bi = 0; bi < sizeof batches / sizeof batches[0]; bi++) {
+            const int batch = batches[bi];
+            for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+                const attention_shape sh = shapes[si];
+                const int kv_dim = sh.n_kv_heads * sh.head_dim, q_width = sh.n_heads * sh.head_dim;
+                const int q_stride = q_width + 2 * kv_dim;
+                for (size_t ri = 0; ri < sizeof ATTENTION_RULES / sizeof ATTENTION_RULES[0]; ri++) {
+                    /* batch 300 (slow on the CPU side): three rules, bf16 only (fp32 takes the scalar path anyway) */
+                    if (batch == 300 && (dt == XLKV_DTYPE_F32 || (ri != 0 && ri != 2 && ri != 4))) continue;
+                    const attention_rule_case rc = ATTENTION_RULES[ri];
+                    decode_case_rows rows = decode_rows(batch, max_positions);
+                    host_pool hp = make_host_pool(2, rc.block_size, kv_dim, rows.n_seqs, max_positions, dt);
+                    device_pool dp = upload_pool(&hp, dt);
+                    float *q_full = random_host((size_t)batch * q_stride, dt);
+                    void *d_q = to_device(q_full, (size_t)batch * q_stride, dt);
+                    int *d_seq = ints_to_device(rows.row_seq, (size_t)batch);
+                    int *d_pos = ints_to_device(rows.row_pos, (size_t)batch);
+                    const size_t ws_floats =
+                        xlkv_cuda_attention_decode_workspace(batch, sh.n_heads, sh.head_dim, max_positions);
+                    assert_true(ws_floats > 0);
+                    const xlkv_attention_rule rule = {.n_heads = sh.n_heads, .n_kv_heads = sh.n_kv_heads,
+                                                      .head_dim = sh.head_dim, .window = rc.window,
+                                                      .mask_diagonal = rc.mask_diagonal, .read_slot = read_slot};
+
+                    float *ref = calloc((size_t)batch * q_width, sizeof *ref); /* padding rows: zeros */
+                    assert_non_null(ref);
+                    for (int b = 0; b < batch; b++) {
+                        if (rows.row_seq[b] < 0) continue;
+                        const int t = rows.row_pos[b];
+                        float *k = host_pool_gather(&hp, rows.row_seq[b], read_slot, 0, t + 1);
+                        float *v = host_pool_gather(&hp, rows.row_seq[b], read_slot, 1, t + 1);
+                        const xlkv_attention_args args = {.n_heads = sh.n_heads, .n_kv_heads = sh.n_kv_heads,
+                                                          .head_dim = sh.head_dim, .window = rc.window,
+                                                          .mask_diagonal = rc.mask_diagonal != 0, .k = k, .v = v};
+                        ops->attention(ref + (size_t)b * q_width, q_full + (size_t)b * q_stride, 1, t, &args);
+                        free(k);
+                        free(v);
+                    }
+                    for (int which = 0; which < 2; which++) {
+                        const xlkv_cuda_decode_kernel kernel = which ? XLKV_CUDA_DECODE_SCALAR : XLKV_CUDA_DECODE_AUTO;
+                        void *d_out = device_poisoned((size_t)batch * q_width, dt);
+                        float *d_ws = device_poisoned(ws_floats, XLKV_DTYPE_F32); /* NaN: no stale partial read */
+                        CK_LAUNCH(xlkv_cuda_attention_decode_with(d_out, d_q, q_stride, batch, d_seq, d_pos,
+                                                                  max_positions, &dp.kv, &rule, d_ws, dt, kernel, NULL));
+                        float *got = from_device(d_out, (size_t)batch * q_width, dt);
+                        char shape[160];
+                        snprintf(shape, sizeof shape, "%s b=%d h=%d kvh=%d hd=%d win=%d diag=%d bs=%d",
+                                 which ? "scalar" : "auto", batch, sh.n_heads, sh.n_kv_heads, sh.head_dim, rc.window,
+                                 rc.mask_diagonal, rc.block_size);
+                        size_t worst = 0;
+                        cases++;
+                        if (!check_close("attention_decode_with", dt, shape, got, ref, (size_t)batch * q_width,
+                                         tol_for(dt, TOL_F32_ATTENTION), &worst)) {
+                            const int wb = (int)(worst / (size_t)q_width);
+                            printf("       worst row %d: seq %d position %d, head %d, dim %d\n", wb, rows.row_seq[wb],
+                                   rows.row_pos[wb], (int)(worst % (size_t)q_width) / sh.head_dim,
+                                   (int)(worst % (size_t)q_width) % sh.head_dim);
+                            failures++;
+                        }
+                        for (int b = 0; b < batch; b++) { /* nothing visible: exactly zero */
+                            const int empty = rows.row_seq[b] < 0 || (rc.mask_diagonal && rows.row_pos[b] == 0);
+                            for (int i = 0; empty && i < q_width; i++)
+                                if (got[(size_t)b * q_width + i] != 0.0f) {
+                                    printf("[FAIL] attention_decode_with %s: row %d sees nothing but element %d is %g\n",
+                                           shape, b, i, (double)got[(size_t)b * q_width + i]);
+                                    failures++;
+                                    break;
+                                }
+                        }
+                        free(got);
+                        CK(cudaFree(d_out));
+                        CK(cudaFree(d_ws));
+                    }
+                    free(ref);
+                    free(q_full);
+                    free(rows.row_seq);
+                    free(rows.row_pos);
+                    CK(cudaFree(d_q));
+                    CK(cudaFree(d_seq));
+                    CK(cudaFree(d_pos));
+                    free_device_pool(&dp);
+                    free_host_pool(&hp);
+                }
+            }
+        }
+    }
+    printf("attention_decode_with: %d cases, %d failures\n", cases, failures);
+    if (failures) fail_msg("attention_decode_with: %d of %d checks failed (lines marked FAIL above)", failures, cases);
+}
+
 /* ---------------------------------------------------------------- sampling */
 
 /* The few-row bf16 product against the CPU matmul on the same bf16-rounded inputs, bf16 and fp32 outputs, every row
@@ -828,6 +976,7 @@ int main(void) {
         cmocka_unit_test(kv_write_and_zero_match_host),
         cmocka_unit_test(attention_prefill_matches_cpu),
         cmocka_unit_test(attention_decode_matches_cpu),
+        cmocka_unit_test(attention_decode_kernels_match_cpu),
         cmocka_unit_test(gemv_matches_cpu),
         cmocka_unit_test(argmax_and_greedy_sampling),
         cmocka_unit_test(sampling_is_deterministic_per_seed_and_step),

@@ -95,6 +95,15 @@ size_t xlkv_cuda_attention_decode_workspace(int batch, int n_heads, int head_dim
 int xlkv_cuda_attention_decode(void *out, const void *q, int q_stride, int batch, const int *row_seq,
                                const int *row_pos, int max_positions, const xlkv_paged_kv *kv,
                                const xlkv_attention_rule *rule, float *workspace, xlkv_dtype dt, void *stream);
+/* The same with the pass-1 kernel chosen: AUTO (what xlkv_cuda_attention_decode does: the tensor-core kernel for
+ * bf16, head_dim 64/128, n_heads / n_kv_heads <= 8 and aligned rows, else the scalar kernels) or SCALAR (the CUDA-core
+ * grouped/generic kernels only: the previous implementation, kept for fp32, other shapes, and comparisons in tests and
+ * benchmarks). Same workspace, same results within rounding. */
+typedef enum xlkv_cuda_decode_kernel { XLKV_CUDA_DECODE_AUTO = 0, XLKV_CUDA_DECODE_SCALAR = 1 } xlkv_cuda_decode_kernel;
+int xlkv_cuda_attention_decode_with(void *out, const void *q, int q_stride, int batch, const int *row_seq,
+                                    const int *row_pos, int max_positions, const xlkv_paged_kv *kv,
+                                    const xlkv_attention_rule *rule, float *workspace, xlkv_dtype dt,
+                                    xlkv_cuda_decode_kernel which, void *stream);
 
 /* Products of a few rows (decode of small batches), bf16 only: y[n, out] = x[n, in] . w[out, in]^T with rows
  * contiguous, fp32 accumulation, y bf16 or (y_is_f32) fp32. Returns cudaErrorNotSupported where

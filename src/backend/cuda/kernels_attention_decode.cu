@@ -1,24 +1,39 @@
 /* backend/cuda/kernels_attention_decode: decode attention for a batch of single-query rows, split-K over the keys.
  *
- * Design. Keys are cut in splits of split_size positions: 256 when the batch gives the GPU enough CTAs, halved down
+ * Splits. Keys are cut in splits of split_size positions: 256 when the batch gives the GPU enough CTAs, halved down
  * to 32 while (batch x query-head groups x splits) stays under ~1024 CTAs, so that batch 1 still spreads over the
- * SMs (measured on an H100, tinyllama, batch 1 at 512 positions: 8 CTAs of 256 took 26.6 us per layer). The split
- * size depends only on (batch, n_heads, max_positions), all fixed for a captured graph, never on the rows' lengths,
- * so the grid (batch, n_kv_heads, n_splits) is CUDA-graph safe.
- * Pass 1: one CTA of 128 threads per (row, KV head, split) handles all G = n_heads / n_kv_heads query heads of that
- * KV head, so each K/V row is read once: scores into shared memory (8..32 lanes per K row with 16-byte loads,
- * a shuffle reduction per query head), a per-head softmax over the split, then P.V with every lane owning a 16-byte
- * slice of V; it writes the partial (max, sum, unnormalized accumulator) per (row, query head, split) to the
- * workspace. A split with no visible key writes max = -inf and returns at once. Pass 2 (combine): one CTA per
- * (row, query head) rescales and sums the partials; a row with nothing visible gets zeros.
- * The grouped kernel covers head_dim 64/128 and G in {1, 2, 4, 8} with aligned rows; anything else takes a generic
- * path (one warp per (row, query head, split), scalar loads, head_dim <= 256) with the same workspace format.
+ * SMs. The split size depends only on (batch, n_heads, max_positions), all fixed for a captured graph, never on the
+ * rows' lengths, so every grid below is CUDA-graph safe. Pass 1 writes one partial (max, sum of exp(score - max),
+ * unnormalized accumulator) per (row, query head, split) to the workspace; a split with no visible key writes
+ * max = -inf. Pass 2 (combine): one CTA per (row, query head) rescales and sums the partials; a row with nothing
+ * visible (masked diagonal at position 0, a window past everything, a padding row with seq < 0) gets zeros.
+ *
+ * Pass 1, tensor-core kernel (bf16 only; head_dim 64 or 128; G = n_heads / n_kv_heads <= 8; 16-byte aligned rows):
+ * one CTA of 4 warps per (row, KV head, split), a single pass with an online softmax. The G query heads of the KV
+ * head are the rows of an m16n8k16 A tile (rows >= G and 8..15 zero; Q fragments are loaded once from global memory
+ * into registers). The split's keys stream through shared memory in tiles of 64 positions (K and V, cp.async 16-byte
+ * chunks gathered through the block table, cached in shared memory for the split; rows past the last visible key
+ * zero-filled, never read), double-buffered so tile j+1 loads while tile j computes. Warp w owns keys 16w .. 16w+15 of
+ * each tile: S = Q K^T (2 n8 tiles), scale/mask/online softmax in fp32 (exp2, scale folded in) on row g of its
+ * fragment, then O += P V with P taken from the S accumulators as bf16 A fragments (no shared-memory round trip).
+ * Each warp keeps its own (m, l, O); at the end the four are merged in shared memory (reusing the K/V buffers) and
+ * written as the split's partial (max converted from log2 to natural units, the combine's format). No score buffer,
+ * one barrier pair per 64-key tile, 96 registers and 37 KB of shared memory per CTA at head_dim 64 (5 CTAs per SM).
+ *
+ * Pass 1, scalar kernels (fp32; bf16 of any other shape; also selectable with XLKV_CUDA_DECODE_SCALAR for tests and
+ * benchmarks): the grouped kernel (head_dim 64/128, G in {1, 2, 4, 8}, aligned rows) has one CTA of 128 threads per
+ * (row, KV head, split): scores into shared memory (8..32 lanes per K row with 16-byte loads, a shuffle reduction per
+ * query head), a per-head softmax over the split, then P.V with every lane owning a 16-byte slice of V. Anything else
+ * takes the generic kernel (one warp per (row, query head, split), scalar loads, head_dim <= 256). Same workspace.
+ * (Measured on an H100, tinyllama, batch 608 at 768 positions: the grouped kernel reaches ~1 TB/s, shuffle/ALU bound.)
  *
  * Cost model (tinyllama, bf16: head_dim 64, 4 KV heads, G = 8): per row and layer, the visible context L is read
  * once: 2 (K, V) * L * 256 (kv_dim) * 2 bytes = 1 KiB per position, FLOPs 4 * L * 32 * 64 = 8 KFLOP per position
  * (8 FLOP per byte: memory-bound; target: near HBM bandwidth, ~3 TB/s on H100, e.g. batch 512 at L = 1024:
- * 512 MiB -> ~0.18 ms per layer). Partials: per (row, query head, split) 66 floats, small beside the KV bytes. */
+ * 512 MiB -> ~0.18 ms per layer; the tensor-core kernel computes 16-row tiles for G = 8, 2x the useful FLOPs, still
+ * far under the mma peak). Partials: per (row, query head, split) 66 floats, small beside the KV bytes. */
 #include "backend/cuda/kernels_attention_common.cuh"
+#include "backend/cuda/kernels_mma.cuh"
 
 using namespace xlkv_cuda;
 
@@ -53,6 +68,7 @@ template <typename T> struct decode_params {
     pool_view view;
     int n_heads, n_kv_heads, head_dim, window, mask_diagonal, read_slot, n_splits, split_size;
     float scale;
+    float scale_log2; /* scale * log2(e): the tensor-core path works in exp2 */
     float *part_acc; /* [batch][n_heads][n_splits][head_dim] */
     float *part_max; /* [batch][n_heads][n_splits] */
     float *part_sum; /* [batch][n_heads][n_splits] */
@@ -225,6 +241,208 @@ __global__ void __launch_bounds__(DECODE_THREADS) decode_grouped_kernel(decode_p
     }
 }
 
+/* ---- tensor-core pass 1 (bf16): one CTA of 4 warps per (row, KV head, split), single pass ---- */
+constexpr int MMA_TILE = 64;                     /* key positions per shared-memory tile, 16 per warp */
+constexpr int MMA_WARP_KEYS = MMA_TILE / DECODE_WARPS;
+constexpr int MMA_MAX_GROUP = 8;                 /* query heads per KV head: the rows g of the m16 tile */
+template <int D> __host__ __device__ constexpr int mma_smem_row() { return D + 8; } /* padded: conflict-free ldmatrix */
+template <int D> __host__ __device__ constexpr size_t mma_smem_bytes() {
+    return (size_t)2 * 2 * MMA_TILE * mma_smem_row<D>() * sizeof(__nv_bfloat16); /* 2 stages x (K, V) */
+}
+static_assert(MMA_WARP_KEYS == 16, "each warp owns one k16 slice of the tile");
+
+template <int D> __global__ void __launch_bounds__(DECODE_THREADS) decode_mma_kernel(decode_params<__nv_bfloat16> p) {
+    constexpr int SROW = mma_smem_row<D>();
+    constexpr int CHUNKS = D / 8; /* 16-byte chunks per K/V row */
+    static_assert((size_t)MMA_MAX_GROUP * D * sizeof(float) * DECODE_WARPS <= mma_smem_bytes<D>(),
+                  "the warp merge reuses the K/V buffers");
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    __nv_bfloat16 *s_k = reinterpret_cast<__nv_bfloat16 *>(smem_raw); /* [2][MMA_TILE][SROW] */
+    __nv_bfloat16 *s_v = s_k + 2 * MMA_TILE * SROW;
+    __shared__ int s_block[DECODE_SPLIT + 1];
+    __shared__ float s_m[DECODE_WARPS][MMA_MAX_GROUP], s_l[DECODE_WARPS][MMA_MAX_GROUP];
+
+    const int b = blockIdx.x, kv_head = blockIdx.y, split = blockIdx.z;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int G = p.n_heads / p.n_kv_heads; /* 1 .. MMA_MAX_GROUP (checked by the launcher) */
+    const int seq = p.row_seq[b], t = p.row_pos[b];
+    int lo, hi;
+    split_range(seq, t, p.window, p.mask_diagonal, split, p.n_splits, p.split_size, &lo, &hi);
+    const size_t part0 = ((size_t)b * p.n_heads + (size_t)kv_head * G) * p.n_splits + split; /* head j: + j * n_splits */
+    if (lo > hi) { /* uniform over the CTA */
+        if (tid < G) {
+            p.part_max[part0 + (size_t)tid * p.n_splits] = -INFINITY;
+            p.part_sum[part0 + (size_t)tid * p.n_splits] = 0.0f;
+        }
+        return;
+    }
+
+    /* the split's block-table entries, read once */
+    const int bs = p.view.block_size, first_block = lo / bs;
+    const int *table = p.view.block_tables + (size_t)seq * (size_t)p.view.max_blocks_per_seq;
+    for (int i = tid; i <= hi / bs - first_block; i += DECODE_THREADS) s_block[i] = table[first_block + i];
+    __syncthreads();
+    const size_t slot_stride = (size_t)bs * (size_t)p.view.kv_dim;       /* one K or V plane of a block */
+    const size_t block_stride = (size_t)p.view.n_slots * 2 * slot_stride; /* one whole block */
+    const __nv_bfloat16 *plane_k = p.pool + (size_t)p.read_slot * 2 * slot_stride + (size_t)kv_head * D;
+    const int n_tiles = (hi - lo + MMA_TILE) / MMA_TILE;
+
+    /* tile `tile` (positions lo + 64 tile ..) into stage `buf`; rows past hi are zero-filled, never read */
+    auto load_tile = [&](int tile, int buf) {
+        const int k0 = lo + tile * MMA_TILE;
+        __nv_bfloat16 *dk = s_k + buf * MMA_TILE * SROW, *dv = s_v + buf * MMA_TILE * SROW;
+#pragma unroll
+        for (int c = tid; c < MMA_TILE * CHUNKS; c += DECODE_THREADS) {
+            const int row = c / CHUNKS, ch = c % CHUNKS;
+            const int pos = k0 + row;
+            const bool valid = pos <= hi;
+            const __nv_bfloat16 *src_k = p.pool;
+            if (valid)
+                src_k = plane_k + (size_t)s_block[pos / bs - first_block] * block_stride +
+                        (size_t)(pos % bs) * (size_t)p.view.kv_dim + ch * 8;
+            cp_async_16(dk + row * SROW + ch * 8, src_k, valid);
+            cp_async_16(dv + row * SROW + ch * 8, valid ? src_k + slot_stride : p.pool, valid);
+        }
+    };
+    load_tile(0, 0);
+    cp_async_commit();
+
+    /* Q fragments straight from global memory: row g of the m16 tile is query head g of the group (rows >= G and
+     * rows 8..15 are zero), so a[1] = a[3] = 0 */
+    const int g = lane >> 2, tq = lane & 3;
+    const bool head_ok = g < G;
+    uint32_t q_frag[D / 16][4];
+    {
+        const __nv_bfloat16 *q_row = p.q + (size_t)b * p.q_stride + (size_t)(kv_head * G + (head_ok ? g : 0)) * D;
+#pragma unroll
+        for (int kc = 0; kc < D / 16; kc++) {
+            q_frag[kc][0] = head_ok ? *reinterpret_cast<const uint32_t *>(q_row + kc * 16 + 2 * tq) : 0u;
+            q_frag[kc][1] = 0u;
+            q_frag[kc][2] = head_ok ? *reinterpret_cast<const uint32_t *>(q_row + kc * 16 + 8 + 2 * tq) : 0u;
+            q_frag[kc][3] = 0u;
+        }
+    }
+
+    float o_acc[D / 8][4];
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) o_acc[dt][i] = 0.0f;
+    float m_run = -INFINITY, l_run = 0.0f; /* row g, log2 units; l_run is this lane's share (columns 2tq, 2tq+1) */
+
+    for (int tile = 0; tile < n_tiles; tile++) {
+        const int buf = tile & 1;
+        if (tile + 1 < n_tiles) load_tile(tile + 1, buf ^ 1);
+        cp_async_commit(); /* possibly empty: keeps the group count uniform */
+        cp_async_wait<1>();
+        __syncthreads();
+        const int key0 = lo + tile * MMA_TILE + warp * MMA_WARP_KEYS; /* this warp's 16 keys */
+        if (key0 <= hi) {                                              /* warp-uniform */
+            const __nv_bfloat16 *tk = s_k + (buf * MMA_TILE + warp * MMA_WARP_KEYS) * SROW;
+            const __nv_bfloat16 *tv = s_v + (buf * MMA_TILE + warp * MMA_WARP_KEYS) * SROW;
+
+            /* S = Q K^T: 16 (heads) x 16 keys */
+            float s[2][4];
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++) {
+#pragma unroll
+                for (int i = 0; i < 4; i++) s[nt][i] = 0.0f;
+#pragma unroll
+                for (int kc2 = 0; kc2 < D / 32; kc2++) {
+                    uint32_t kb[4];
+                    ldmatrix_x4(kb, tk + (nt * 8 + (lane & 7)) * SROW + kc2 * 32 + (lane >> 3) * 8);
+                    mma_bf16_16816(s[nt], q_frag[2 * kc2], kb[0], kb[1]);
+                    mma_bf16_16816(s[nt], q_frag[2 * kc2 + 1], kb[2], kb[3]);
+                }
+            }
+
+            /* scale, mask keys past hi, online softmax of row g (rows 8..15 are padding: ignored) */
+            float e[2][2], tile_max = -INFINITY;
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int i = 0; i < 2; i++) {
+                    const int key = key0 + nt * 8 + 2 * tq + i;
+                    const float v = key <= hi ? s[nt][i] * p.scale_log2 : -INFINITY;
+                    e[nt][i] = v;
+                    tile_max = fmaxf(tile_max, v);
+                }
+            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+            const float m_new = fmaxf(m_run, tile_max); /* finite: key0 <= hi, so key0 itself is visible */
+            const float alpha = exp2f(m_run - m_new);   /* m_run = -inf -> 0 (l, o are 0 anyway) */
+            m_run = m_new;
+            float row_sum = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int i = 0; i < 2; i++) {
+                    e[nt][i] = exp2f(e[nt][i] - m_new);
+                    row_sum += e[nt][i];
+                }
+            l_run = l_run * alpha + row_sum;
+#pragma unroll
+            for (int dt = 0; dt < D / 8; dt++) {
+                o_acc[dt][0] *= alpha;
+                o_acc[dt][1] *= alpha;
+            }
+
+            /* O += P V: P (16 x 16 keys) from the S accumulators, rows 8..15 zero */
+            uint32_t a[4];
+            a[0] = pack_bf16x2(e[0][0], e[0][1]);
+            a[1] = 0u;
+            a[2] = pack_bf16x2(e[1][0], e[1][1]);
+            a[3] = 0u;
+#pragma unroll
+            for (int dt = 0; dt < D / 8; dt += 2) {
+                uint32_t vb[4];
+                ldmatrix_x4_trans(vb, tv + (((lane >> 3) & 1) * 8 + (lane & 7)) * SROW + (dt + (lane >> 4)) * 8);
+                mma_bf16_16816(o_acc[dt], a, vb[0], vb[1]);
+                mma_bf16_16816(o_acc[dt + 1], a, vb[2], vb[3]);
+            }
+        }
+        __syncthreads(); /* this stage is refilled by the next iteration's prefetch */
+    }
+    cp_async_wait<0>(); /* only empty groups remain; the K/V buffers become the merge area below */
+
+    /* merge the 4 warps' (m, l, o) of each head; write the split's partial (max in natural-log units) */
+    l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
+    l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
+    float *s_o = reinterpret_cast<float *>(smem_raw); /* [DECODE_WARPS][MMA_MAX_GROUP][D] */
+    if (head_ok) {
+        if (tq == 0) {
+            s_m[warp][g] = m_run;
+            s_l[warp][g] = l_run;
+        }
+        float *o_row = s_o + ((size_t)warp * MMA_MAX_GROUP + g) * D + 2 * tq;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++) {
+            o_row[dt * 8] = o_acc[dt][0];
+            o_row[dt * 8 + 1] = o_acc[dt][1];
+        }
+    }
+    __syncthreads();
+    for (int i = tid; i < G * D; i += DECODE_THREADS) {
+        const int j = i / D, d = i % D;
+        float m_all = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < DECODE_WARPS; w++) m_all = fmaxf(m_all, s_m[w][j]); /* finite: lo is visible */
+        float o = 0.0f, l = 0.0f;
+#pragma unroll
+        for (int w = 0; w < DECODE_WARPS; w++) {
+            const float f = exp2f(s_m[w][j] - m_all); /* a warp that saw no key: -inf -> 0 */
+            o += s_o[((size_t)w * MMA_MAX_GROUP + j) * D + d] * f;
+            l += s_l[w][j] * f;
+        }
+        const size_t part = part0 + (size_t)j * p.n_splits;
+        p.part_acc[part * D + d] = o;
+        if (d == 0) {
+            p.part_max[part] = m_all * 0.69314718055994531f; /* log2 -> natural units, as the combine expects */
+            p.part_sum[part] = l;
+        }
+    }
+}
+
 /* ---- generic pass 1: one warp per (row, query head, split); grid (batch, ceil(n_heads / 4), n_splits) ---- */
 template <typename T> __global__ void __launch_bounds__(DECODE_THREADS) decode_generic_kernel(decode_params<T> p) {
     __shared__ float s_q[DECODE_WARPS][GENERIC_MAX_HEAD_DIM];
@@ -305,14 +523,40 @@ template <typename T, int D> bool try_grouped(const decode_params<T> &p, int bat
     }
 }
 
+template <int D> int launch_mma(const decode_params<__nv_bfloat16> &p, int batch, cudaStream_t stream) {
+    constexpr size_t smem = mma_smem_bytes<D>();
+    static bool smem_limit_raised = false; /* once per process (benign race: the call is idempotent) */
+    if (smem > 48 * 1024 && !smem_limit_raised) {
+        const cudaError_t err =
+            cudaFuncSetAttribute(decode_mma_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (err != cudaSuccess) return (int)err;
+        smem_limit_raised = true;
+    }
+    const dim3 grid(batch, p.n_kv_heads, p.n_splits);
+    decode_mma_kernel<D><<<grid, DECODE_THREADS, smem, stream>>>(p);
+    return launch_status();
+}
+
+/* The tensor-core path for bf16 only; any other element type never takes it. */
+template <typename T> int try_mma(const decode_params<T> &, int, cudaStream_t, bool *launched) {
+    *launched = false;
+    return 0;
+}
+template <> int try_mma<__nv_bfloat16>(const decode_params<__nv_bfloat16> &p, int batch, cudaStream_t stream,
+                                       bool *launched) {
+    *launched = true;
+    return p.head_dim == 64 ? launch_mma<64>(p, batch, stream) : launch_mma<128>(p, batch, stream);
+}
+
 template <typename T>
 int attention_decode(void *out, const void *q, int q_stride, int batch, const int *row_seq, const int *row_pos,
                      int max_positions, const xlkv_paged_kv *kv, const xlkv_attention_rule *rule, float *workspace,
-                     cudaStream_t stream) {
+                     xlkv_cuda_decode_kernel which, cudaStream_t stream) {
     if (batch <= 0) return 0;
     if (!kv || !rule || !workspace || rule->n_heads <= 0 || rule->n_kv_heads <= 0 ||
         rule->n_heads % rule->n_kv_heads != 0 || rule->head_dim <= 0 || kv->kv_dim != rule->n_kv_heads * rule->head_dim ||
-        rule->read_slot < 0 || rule->read_slot >= kv->n_slots || kv->block_size <= 0)
+        rule->read_slot < 0 || rule->read_slot >= kv->n_slots || kv->block_size <= 0 ||
+        (which != XLKV_CUDA_DECODE_AUTO && which != XLKV_CUDA_DECODE_SCALAR))
         return (int)cudaErrorInvalidValue;
     decode_params<T> p;
     p.q = (const T *)q;
@@ -325,11 +569,12 @@ int attention_decode(void *out, const void *q, int q_stride, int batch, const in
     p.n_kv_heads = rule->n_kv_heads;
     p.head_dim = rule->head_dim;
     p.window = rule->window;
-    p.mask_diagonal = rule->mask_diagonal;
+    p.mask_diagonal = rule->mask_diagonal ? 1 : 0;
     p.read_slot = rule->read_slot;
     p.split_size = decode_split_size(batch, rule->n_heads, max_positions);
     p.n_splits = decode_splits(batch, rule->n_heads, max_positions);
     p.scale = 1.0f / sqrtf((float)rule->head_dim);
+    p.scale_log2 = p.scale * 1.4426950408889634f;
     const size_t n_parts = (size_t)batch * rule->n_heads * p.n_splits;
     p.part_acc = workspace;
     p.part_max = workspace + n_parts * rule->head_dim;
@@ -338,15 +583,20 @@ int attention_decode(void *out, const void *q, int q_stride, int batch, const in
 
     const int group = rule->n_heads / rule->n_kv_heads;
     const bool aligned = vector_ok<T>(q, rule->head_dim, q_stride) && vector_ok<T>(kv->pool, kv->kv_dim, kv->kv_dim);
+    const bool dim_ok = rule->head_dim == 64 || rule->head_dim == 128;
     bool launched = false;
-    if (aligned && rule->head_dim == 64) launched = try_grouped<T, 64>(p, batch, group, stream);
-    else if (aligned && rule->head_dim == 128) launched = try_grouped<T, 128>(p, batch, group, stream);
+    int err = 0;
+    if (which == XLKV_CUDA_DECODE_AUTO && aligned && dim_ok && group <= MMA_MAX_GROUP)
+        err = try_mma<T>(p, batch, stream, &launched);
+    if (err) return err;
+    if (!launched && aligned && rule->head_dim == 64) launched = try_grouped<T, 64>(p, batch, group, stream);
+    else if (!launched && aligned && rule->head_dim == 128) launched = try_grouped<T, 128>(p, batch, group, stream);
     if (!launched) {
         if (rule->head_dim > GENERIC_MAX_HEAD_DIM) return (int)cudaErrorInvalidValue;
         const dim3 grid(batch, (rule->n_heads + DECODE_WARPS - 1) / DECODE_WARPS, p.n_splits);
         decode_generic_kernel<T><<<grid, DECODE_THREADS, 0, stream>>>(p);
     }
-    int err = launch_status();
+    err = launch_status();
     if (err) return err;
     const dim3 combine_grid(batch, rule->n_heads);
     decode_combine_kernel<T><<<combine_grid, COMBINE_THREADS, 0, stream>>>((T *)out, p.part_acc, p.part_max, p.part_sum,
@@ -370,11 +620,19 @@ size_t xlkv_cuda_attention_decode_workspace(int batch, int n_heads, int head_dim
     return parts * ((size_t)head_dim + 2);
 }
 
+int xlkv_cuda_attention_decode_with(void *out, const void *q, int q_stride, int batch, const int *row_seq,
+                                    const int *row_pos, int max_positions, const xlkv_paged_kv *kv,
+                                    const xlkv_attention_rule *rule, float *workspace, xlkv_dtype dt,
+                                    xlkv_cuda_decode_kernel which, void *stream) {
+    XLKV_DISPATCH_DTYPE(dt, attention_decode, out, q, q_stride, batch, row_seq, row_pos, max_positions, kv, rule,
+                        workspace, which, (cudaStream_t)stream);
+}
+
 int xlkv_cuda_attention_decode(void *out, const void *q, int q_stride, int batch, const int *row_seq,
                                const int *row_pos, int max_positions, const xlkv_paged_kv *kv,
                                const xlkv_attention_rule *rule, float *workspace, xlkv_dtype dt, void *stream) {
-    XLKV_DISPATCH_DTYPE(dt, attention_decode, out, q, q_stride, batch, row_seq, row_pos, max_positions, kv, rule,
-                        workspace, (cudaStream_t)stream);
+    return xlkv_cuda_attention_decode_with(out, q, q_stride, batch, row_seq, row_pos, max_positions, kv, rule,
+                                           workspace, dt, XLKV_CUDA_DECODE_AUTO, stream);
 }
 
 } // extern "C"
