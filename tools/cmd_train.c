@@ -10,6 +10,7 @@
 #include "cli_common.h"
 #include "commands.h"
 #include "core/file.h"
+#include "core/status.h"
 #include "train/model_setup.h"
 #include "train/trainer.h"
 
@@ -17,7 +18,10 @@ static void usage(FILE *out) {
     fprintf(out,
             "usage: xlkv train --data DIR --out DIR (--shape NAME | --model-config FILE | --init-from CKPT) [options]\n\n"
             "model:\n"
-            "      --shape tiny|small      a named shape (tiny: 4 x 64, CPU tests; small: 12 x 768, 12/6 heads)\n"
+            "      --shape tiny|default|small  a named shape (tiny: 4 x 64, CPU tests; default: 8 x 512, 8/4 heads, 512\n"
+            "                              positions; small: 12 x 768, 12/6 heads, 1024 positions)\n"
+            "      --layers N --dim N --heads N --kv-heads N --ffn N --max-seq N\n"
+            "                              with --shape: override its dimensions (head_dim = dim / heads)\n"
             "      --model-config FILE     a Hugging Face config.json (random initialisation)\n"
             "      --init-from CKPT        a pretrained checkpoint (HF directory or llama2.c .bin)\n"
             "      --layer-types MAP       layer map (string or preset; default: the config's, else standard)\n"
@@ -59,6 +63,7 @@ typedef struct train_cli {
     xlkv_train_overrides overrides;
     xlkv_train_options options;
     float min_lr, peak_tflops;
+    int layers, dim, heads, kv_heads, ffn, max_seq; /* shape overrides; 0 = keep */
     int threads;
     bool resume;
 } train_cli;
@@ -111,6 +116,12 @@ static int parse_args(int argc, char **argv, train_cli *c) {
         INT_FLAG("--forward-passes", overrides.forward_passes, 0, 1000)
         INT_FLAG("--backward-passes", overrides.backward_passes, 0, 1000)
         INT_FLAG("--sliding-window", overrides.sliding_window, 0, 1 << 24)
+        INT_FLAG("--layers", layers, 1, 4096)
+        INT_FLAG("--dim", dim, 1, 1 << 16)
+        INT_FLAG("--heads", heads, 1, 4096)
+        INT_FLAG("--kv-heads", kv_heads, 1, 4096)
+        INT_FLAG("--ffn", ffn, 1, 1 << 20)
+        INT_FLAG("--max-seq", max_seq, 1, 1 << 24)
         INT_FLAG("--batch", options.batch, 1, 1 << 20)
         INT_FLAG("--seq", options.seq, 1, 1 << 24)
         INT_FLAG("--accum", options.accum, 1, 1 << 20)
@@ -165,6 +176,10 @@ static const char *format_duration(double seconds, char *buf, size_t cap) {
 /* The store to train: a shape, a config.json or a checkpoint; NULL after reporting the problem. */
 static xlkv_param_store *make_store(const train_cli *c, int data_vocab, int data_eos, const char *tokenizer_path) {
     const int sources = !!c->shape + !!c->model_config + !!c->init_from;
+    if ((c->layers || c->dim || c->heads || c->kv_heads || c->ffn || c->max_seq) && !c->shape) {
+        fprintf(stderr, "xlkv train: --layers, --dim, --heads, --kv-heads, --ffn and --max-seq modify a --shape\n");
+        return NULL;
+    }
     if (sources != 1) {
         fprintf(stderr, "xlkv train: give exactly one of --shape, --model-config and --init-from\n");
         return NULL;
@@ -184,6 +199,20 @@ static xlkv_param_store *make_store(const train_cli *c, int data_vocab, int data
         char *config_map = NULL;
         if (c->shape) {
             status = xlkv_train_shape(c->shape, data_vocab, &hp);
+            if (status == XLKV_OK && (c->layers || c->dim || c->heads || c->kv_heads || c->ffn || c->max_seq)) {
+                if (c->layers) hp.n_layers = c->layers;
+                if (c->dim) hp.dim = c->dim;
+                if (c->heads) hp.n_heads = c->heads;
+                if (c->kv_heads) hp.n_kv_heads = c->kv_heads;
+                if (c->ffn) hp.hidden_dim = c->ffn;
+                if (c->max_seq) hp.max_seq_len = c->max_seq;
+                hp.head_dim = hp.n_heads > 0 ? hp.dim / hp.n_heads : 0;
+                if (hp.head_dim * hp.n_heads != hp.dim || hp.n_kv_heads > hp.n_heads || hp.n_heads % hp.n_kv_heads)
+                    status = xlkv_fail(XLKV_E_INVALID, "--dim %d must be a multiple of --heads %d, and --heads of "
+                                                       "--kv-heads %d", hp.dim, hp.n_heads, hp.n_kv_heads);
+                else
+                    status = xlkv_hparams_validate(&hp, c->shape);
+            }
             if (status == XLKV_OK && tokenizer_path) {
                 xlkv_tokenizer *tok = NULL;
                 if (xlkv_tokenizer_load(tokenizer_path, &tok) == XLKV_OK) {

@@ -3,12 +3,14 @@
  *     definition): rmsnorm, rope, swiglu, embedding (repeated ids), attention (causal GQA, masked diagonal, windows,
  *     MHA, head_dim 16 / 64 / 128 / 80), cross-entropy, AdamW, sum of squares. Error = max |gpu - ref| / max |ref|.
  *  2. gradients of one forward + backward of a tiny model, tensor by tensor, GPU (f32) vs CPU, under standard,
- *     cla:2 (bottom), lckv:1 (cyclic, m = 1, b = 2), a sliding-window map and force_nodiag, with accumulation.
+ *     cla:2 (bottom), lckv:1 (cyclic, m = 1, b = 2 and m = 2, b = 3), a sliding-window map, 0_2_2_3 and
+ *     force_nodiag, with two accumulated micro-batches, through both attention paths (gemm and warp).
  *  3. a few trainer steps (xlkv_trainer with options.device_cuda): f32 losses per step within 1e-4 relative and final
  *     parameters within 1e-4 of the largest parameter; bf16 losses within 3 %.
  *  4. resume on the GPU (save at step 4 of 8, a fresh GPU trainer resumed) == the uninterrupted GPU run, bit for bit
  *     (parameters, moments, losses), in f32 and in bf16.
  * Every check prints one "check ..." line with the measured error and the tolerance. Needs a GPU (label cuda). */
+#define _DEFAULT_SOURCE /* setenv */
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdio.h>
@@ -359,8 +361,11 @@ static void gradients_match_cpu(void **state) {
             tokens[a][r] = (int)((unsigned)(r * 37 + a * 11 + (r * r) % 13) % VOCAB);
             targets[a][r] = (int)((unsigned)(r * 17 + a * 5 + 3) % VOCAB);
         }
-    for (size_t ci = 0; ci < sizeof model_cases / sizeof *model_cases; ci++) {
-        const model_case *c = &model_cases[ci];
+    static const char *const attention_paths[] = {"gemm", "warp"};
+    for (size_t run = 0; run < 2 * sizeof model_cases / sizeof *model_cases; run++) {
+        const model_case *c = &model_cases[run / 2];
+        const char *path = attention_paths[run % 2];
+        setenv("XLKV_TRAIN_ATTENTION", path, 1);
         xlkv_param_store *cpu = make_store(c, 3), *gpu_store = make_store(c, 3);
         xlkv_train_graph *graph = NULL;
         xlkv_gpu_trainer *gt = NULL;
@@ -378,7 +383,8 @@ static void gradients_match_cpu(void **state) {
         TU_ASSERT_OK(xlkv_gpu_trainer_download(gt, gpu_store, true));
         char what[160];
         float l_gpu[2] = {(float)gpu_loss[0], (float)gpu_loss[1]}, l_cpu[2] = {(float)cpu_loss[0], (float)cpu_loss[1]};
-        snprintf(what, sizeof what, "f32 loss, %s%s m=%d b=%d", c->map, c->force_nodiag ? " nodiag" : "", c->m, c->b);
+        snprintf(what, sizeof what, "f32 loss, %s%s m=%d b=%d, %s attention", c->map, c->force_nodiag ? " nodiag" : "",
+                 c->m, c->b, path);
         check(what, l_gpu, l_cpu, 2, 1e-5);
         double worst = 0.0;
         const char *worst_name = "";
@@ -395,14 +401,15 @@ static void gradients_match_cpu(void **state) {
             if (err > worst || isnan(err)) worst = err, worst_name = tensor->name;
         }
         const bool ok = worst <= 1e-4;
-        printf("check f32 gradients, %-14s%s m=%d b=%d: worst tensor %-40s error %.2e (tolerance 1e-4) %s\n", c->map,
-               c->force_nodiag ? " nodiag" : "", c->m, c->b, worst_name, worst, ok ? "ok" : "FAIL");
+        printf("check f32 gradients, %-10s%s m=%d b=%d, %s attention: worst tensor %-36s error %.2e (tolerance 1e-4) "
+               "%s\n", c->map, c->force_nodiag ? " nodiag" : "", c->m, c->b, path, worst_name, worst, ok ? "ok" : "FAIL");
         if (!ok) failures++;
         xlkv_train_graph_free(graph);
         xlkv_gpu_trainer_free(gt);
         xlkv_param_store_free(cpu);
         xlkv_param_store_free(gpu_store);
     }
+    unsetenv("XLKV_TRAIN_ATTENTION");
     if (failures) fail_msg("%d gradient check(s) failed", failures);
 }
 

@@ -2,7 +2,15 @@
  * the same tape (one record per layer of an acyclic run, b x group layers per cyclic group), the same "current K/V"
  * per slot, the same constant K/V of the no-grad iterations, the same backward walk (a record's dK/dV complete when
  * the walk reaches it; discarded hidden outputs of grad iterations enter with zero gradient; the group's input
- * gradient summed over its grad iterations). Kernels: backend/cuda/train_kernels.cu; products: cuBLAS. */
+ * gradient summed over its grad iterations). Kernels: backend/cuda/train_kernels.cu; products: cuBLAS.
+ *
+ * Attention has two implementations with the same semantics, both exact in fp32:
+ *   gemm: cuBLAS strided-batched products for the scores (fp32, [n_heads][batch][seq][seq], recomputed in the
+ *         backward, never saved), a masked-softmax kernel that also writes the log-sum-exp, P.V, and for the
+ *         backward dP = dO.V^T, dS = P (dP - delta) scale, dQ = dS.K, dK += dS^T.Q, dV += P^T.dO (query heads of
+ *         one KV head accumulate in order). The default while the two score buffers fit in 8 GiB.
+ *   warp: one warp per (query row, head) / (key row, KV head), online softmax, nothing of size T x T (the fallback
+ *         for long sequences). XLKV_TRAIN_ATTENTION=warp|gemm forces one (the tests run both). */
 #include "train/gpu_trainer.h"
 
 #include <math.h>
@@ -46,6 +54,8 @@ struct xlkv_gpu_trainer {
     float *const_k, *const_v, *rope_cos, *rope_sin;
     float *x, *x_group_in, *final_inv_rms, *x_final, *xf, *probs;
     float *dx, *dx_group_in, *dxb, *dq, *datt, *dgate, *dup, *dh, *delta, *partials;
+    bool gemm_attention;
+    float *scores, *dscores; /* [n_heads][batch][seq][seq] (gemm attention only) */
     double *row_loss, *norm_partials;       /* device */
     int *tokens, *targets, *order, *starts; /* device [n_rows] (+1 for starts) */
     int n_groups;
@@ -239,6 +249,15 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
     XLKV_TRY(xlkv_cuda_alloc((void **)&g->double_arena, (N + norm_chunks + 1) * sizeof(double), "loss buffers"));
     g->row_loss = g->double_arena;
     g->norm_partials = g->row_loss + N;
+    const size_t score_floats = (size_t)hp->n_heads * N * (size_t)g->seq;
+    const char *choice = getenv("XLKV_TRAIN_ATTENTION");
+    if (choice && !strcmp(choice, "warp")) g->gemm_attention = false;
+    else if (choice && !strcmp(choice, "gemm")) g->gemm_attention = true;
+    else g->gemm_attention = 2 * score_floats * sizeof(float) <= ((size_t)8 << 30);
+    if (g->gemm_attention) {
+        XLKV_TRY(xlkv_cuda_alloc((void **)&g->scores, score_floats * sizeof(float), "attention scores"));
+        XLKV_TRY(xlkv_cuda_alloc((void **)&g->dscores, score_floats * sizeof(float), "attention score gradients"));
+    }
     XLKV_TRY(upload_rope_tables(g));
     return XLKV_OK;
 }
@@ -283,6 +302,8 @@ void xlkv_gpu_trainer_free(xlkv_gpu_trainer *g) {
     cudaFree(g->arena);
     cudaFree(g->int_arena);
     cudaFree(g->double_arena);
+    cudaFree(g->scores);
+    cudaFree(g->dscores);
     if (g->stream) (void)cudaStreamDestroy(g->stream);
     free(g->records);
     free(g->w);
@@ -347,6 +368,91 @@ static xlkv_status linear_backward(xlkv_gpu_trainer *g, float *dx, float *dw, co
     return gemm(g, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, x, in, dy, out, 1.0f, dw, in);
 }
 
+/* batch_count products C_i = op(A_i) op(B_i) (column-major, as cuBLAS), A_i = A + i * stride_a, ... */
+static xlkv_status gemm_batched(xlkv_gpu_trainer *g, cublasOperation_t op_a, cublasOperation_t op_b, int m, int n,
+                                int k, float alpha, const float *a, int lda, long long stride_a, const float *b,
+                                int ldb, long long stride_b, float beta, float *c, int ldc, long long stride_c,
+                                int batch_count) {
+    const cublasComputeType_t compute = g->bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
+    XLKV_CUBLAS_TRY(cublasGemmStridedBatchedEx(g->cublas, op_a, op_b, m, n, k, &alpha, a, CUDA_R_32F, lda, stride_a, b,
+                                               CUDA_R_32F, ldb, stride_b, &beta, c, CUDA_R_32F, ldc, stride_c,
+                                               batch_count, compute, CUBLAS_GEMM_DEFAULT),
+                    "attention product (cublasGemmStridedBatchedEx)");
+    return XLKV_OK;
+}
+
+/* Geometry of the products of one query head h: row-major Q_bh [T, hd] (row stride qs), K_bh / V_bh [T, hd] (row
+ * stride kvs), scores S_hb [T, T]; batched over the B sequences. In cuBLAS' column-major view Q_bh is (hd x T),
+ * ld qs, and S_hb is (T_key x T_query), ld T. */
+typedef struct head_view {
+    int T, hd;
+    int qs, kvs;
+    long long q_step, kv_step, s_step; /* between sequences */
+} head_view;
+
+static head_view head_view_of(const xlkv_gpu_trainer *g) {
+    const xlkv_hparams *hp = &g->store->hp;
+    const int T = g->seq, hd = hp->head_dim, qs = hp->n_heads * hd, kvs = hp->n_kv_heads * hd;
+    return (head_view){T, hd, qs, kvs, (long long)T * qs, (long long)T * kvs, (long long)T * T};
+}
+
+/* scores of every head: S_hb[t][p] = scale q_t . k_p */
+static xlkv_status attention_scores(xlkv_gpu_trainer *g, const float *q, const float *k) {
+    const xlkv_hparams *hp = &g->store->hp;
+    const head_view v = head_view_of(g);
+    const int group = hp->n_heads / hp->n_kv_heads;
+    const float scale = 1.0f / sqrtf((float)hp->head_dim);
+    for (int h = 0; h < hp->n_heads; h++)
+        XLKV_TRY(gemm_batched(g, CUBLAS_OP_T, CUBLAS_OP_N, v.T, v.T, v.hd, scale, k + (size_t)(h / group) * v.hd, v.kvs,
+                              v.kv_step, q + (size_t)h * v.hd, v.qs, v.q_step, 0.0f,
+                              g->scores + (size_t)h * g->batch * v.s_step, v.T, v.s_step, g->batch));
+    return XLKV_OK;
+}
+
+static xlkv_status attention_forward_gemm(xlkv_gpu_trainer *g, float *out, float *lse, const float *q, const float *k,
+                                          const float *vv, const xlkv_cuda_train_attention_shape *shape) {
+    const xlkv_hparams *hp = &g->store->hp;
+    const head_view v = head_view_of(g);
+    const int group = hp->n_heads / hp->n_kv_heads;
+    XLKV_TRY(attention_scores(g, q, k));
+    KERNEL_TRY(xlkv_cuda_train_softmax_rows(g->scores, lse, shape, true, g->stream), "attention softmax");
+    for (int h = 0; h < hp->n_heads; h++) /* O_bh = P_hb . V_bh */
+        XLKV_TRY(gemm_batched(g, CUBLAS_OP_N, CUBLAS_OP_N, v.hd, v.T, v.T, 1.0f, vv + (size_t)(h / group) * v.hd, v.kvs,
+                              v.kv_step, g->scores + (size_t)h * g->batch * v.s_step, v.T, v.s_step, 0.0f,
+                              out + (size_t)h * v.hd, v.qs, v.q_step, g->batch));
+    return XLKV_OK;
+}
+
+static xlkv_status attention_backward_gemm(xlkv_gpu_trainer *g, float *dq, float *dk, float *dv, const float *dout,
+                                           const float *out, const float *lse, const float *q, const float *k,
+                                           const float *vv, const xlkv_cuda_train_attention_shape *shape) {
+    const xlkv_hparams *hp = &g->store->hp;
+    const head_view v = head_view_of(g);
+    const int group = hp->n_heads / hp->n_kv_heads;
+    KERNEL_TRY(xlkv_cuda_train_attention_delta(g->delta, dout, out, shape, g->stream), "attention delta");
+    XLKV_TRY(attention_scores(g, q, k));
+    KERNEL_TRY(xlkv_cuda_train_softmax_rows(g->scores, (float *)lse, shape, false, g->stream), "attention softmax");
+    for (int h = 0; h < hp->n_heads; h++) /* dP_hb[t][p] = do_t . v_p */
+        XLKV_TRY(gemm_batched(g, CUBLAS_OP_T, CUBLAS_OP_N, v.T, v.T, v.hd, 1.0f, vv + (size_t)(h / group) * v.hd, v.kvs,
+                              v.kv_step, dout + (size_t)h * v.hd, v.qs, v.q_step, 0.0f,
+                              g->dscores + (size_t)h * g->batch * v.s_step, v.T, v.s_step, g->batch));
+    KERNEL_TRY(xlkv_cuda_train_softmax_backward_rows(g->dscores, g->scores, g->delta, shape, g->stream),
+               "attention softmax backward");
+    for (int h = 0; h < hp->n_heads; h++) {
+        const float *ds = g->dscores + (size_t)h * g->batch * v.s_step, *p = g->scores + (size_t)h * g->batch * v.s_step;
+        const size_t kv_off = (size_t)(h / group) * v.hd, q_off = (size_t)h * v.hd;
+        XLKV_TRY(gemm_batched(g, CUBLAS_OP_N, CUBLAS_OP_N, v.hd, v.T, v.T, 1.0f, k + kv_off, v.kvs, v.kv_step, ds, v.T,
+                              v.s_step, 0.0f, dq + q_off, v.qs, v.q_step, g->batch)); /* dQ = dS . K */
+        if (dk) /* dK += dS^T . Q */
+            XLKV_TRY(gemm_batched(g, CUBLAS_OP_N, CUBLAS_OP_T, v.hd, v.T, v.T, 1.0f, q + q_off, v.qs, v.q_step, ds, v.T,
+                                  v.s_step, 1.0f, dk + kv_off, v.kvs, v.kv_step, g->batch));
+        if (dv) /* dV += P^T . dO */
+            XLKV_TRY(gemm_batched(g, CUBLAS_OP_N, CUBLAS_OP_T, v.hd, v.T, v.T, 1.0f, dout + q_off, v.qs, v.q_step, p,
+                                  v.T, v.s_step, 1.0f, dv + kv_off, v.kvs, v.kv_step, g->batch));
+    }
+    return XLKV_OK;
+}
+
 static xlkv_status zero(xlkv_gpu_trainer *g, float *p, size_t n) {
     XLKV_CUDA_TRY(cudaMemsetAsync(p, 0, n * sizeof(float), g->stream), "clearing a buffer");
     return XLKV_OK;
@@ -405,8 +511,9 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
     rec->read_dk = src->dk;
     rec->read_dv = src->dv;
     const xlkv_cuda_train_attention_shape shape = attention_shape(g, layer);
-    KERNEL_TRY(xlkv_cuda_train_attention_forward(rec->att, rec->lse, rec->q, src->k, src->v, &shape, st),
-               "attention forward");
+    if (g->gemm_attention) XLKV_TRY(attention_forward_gemm(g, rec->att, rec->lse, rec->q, src->k, src->v, &shape));
+    else KERNEL_TRY(xlkv_cuda_train_attention_forward(rec->att, rec->lse, rec->q, src->k, src->v, &shape, st),
+                    "attention forward");
     XLKV_TRY(linear(g, proj, rec->att, w->wo, N, q_dim, dim));
     KERNEL_TRY(xlkv_cuda_train_add(x, proj, n_dim, st), "residual add");
 
@@ -523,9 +630,13 @@ static xlkv_status layer_backward(xlkv_gpu_trainer *g, gpu_record *rec) {
     XLKV_TRY(zero(g, g->datt, (size_t)N * (size_t)q_dim));
     XLKV_TRY(linear_backward(g, g->datt, dw->wo, g->dx, rec->att, w->wo, N, q_dim, dim));
     const xlkv_cuda_train_attention_shape shape = attention_shape(g, layer);
-    KERNEL_TRY(xlkv_cuda_train_attention_backward(g->dq, rec->read_dk, rec->read_dv, g->delta, g->datt, rec->att,
-                                                  rec->lse, rec->q, rec->read_k, rec->read_v, &shape, st),
-               "attention backward");
+    if (g->gemm_attention)
+        XLKV_TRY(attention_backward_gemm(g, g->dq, rec->read_dk, rec->read_dv, g->datt, rec->att, rec->lse, rec->q,
+                                         rec->read_k, rec->read_v, &shape));
+    else
+        KERNEL_TRY(xlkv_cuda_train_attention_backward(g->dq, rec->read_dk, rec->read_dv, g->delta, g->datt, rec->att,
+                                                      rec->lse, rec->q, rec->read_k, rec->read_v, &shape, st),
+                   "attention backward");
     KERNEL_TRY(xlkv_cuda_train_rope(g->dq, N, g->seq, hp->n_heads, hp->head_dim, g->rope_cos, g->rope_sin, -1.0f, st),
                "rope backward");
     XLKV_TRY(zero(g, g->dxb, n_dim));

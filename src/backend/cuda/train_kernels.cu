@@ -328,6 +328,58 @@ int attention_backward_launch(float *dq, float *dk, float *dv, float *delta, con
     return launch_status();
 }
 
+/* ---- pieces of the matrix-product attention: one warp per score row (h, b, t) of [H][B][T][T] ---------------- */
+__global__ void softmax_rows(float *scores, float *lse, attn_args a, int compute_lse) {
+    const int lane = threadIdx.x & 31;
+    const size_t warp = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5;
+    const size_t rows = (size_t)a.n_heads * a.batch * a.seq;
+    if (warp >= rows) return;
+    const int t = (int)(warp % a.seq), b = (int)((warp / a.seq) % a.batch), h = (int)(warp / ((size_t)a.seq * a.batch));
+    float *row = scores + warp * (size_t)a.seq;
+    float *row_lse = lse + ((size_t)b * a.seq + t) * a.n_heads + h;
+    int first, last;
+    visible_range(a, t, &first, &last);
+    float l;
+    if (compute_lse) {
+        float max = -INFINITY;
+        for (int p = first + lane; p <= last; p += 32) max = fmaxf(max, row[p]);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) max = fmaxf(max, __shfl_xor_sync(0xffffffffu, max, o));
+        float sum = 0.0f;
+        for (int p = first + lane; p <= last; p += 32) sum += expf(row[p] - max);
+        sum = warp_sum(sum);
+        l = last >= first ? max + logf(sum) : -INFINITY;
+        if (lane == 0) *row_lse = l;
+    } else {
+        l = *row_lse;
+    }
+    for (int p = lane; p < a.seq; p += 32) row[p] = p >= first && p <= last ? expf(row[p] - l) : 0.0f;
+}
+
+__global__ void softmax_backward_rows(float *dprobs, const float *probs, const float *delta, attn_args a) {
+    const int lane = threadIdx.x & 31;
+    const size_t warp = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5;
+    const size_t rows = (size_t)a.n_heads * a.batch * a.seq;
+    if (warp >= rows) return;
+    const int t = (int)(warp % a.seq), b = (int)((warp / a.seq) % a.batch), h = (int)(warp / ((size_t)a.seq * a.batch));
+    const float d = delta[((size_t)b * a.seq + t) * a.n_heads + h];
+    float *drow = dprobs + warp * (size_t)a.seq;
+    const float *prow = probs + warp * (size_t)a.seq;
+    for (int p = lane; p < a.seq; p += 32) drow[p] = prow[p] * (drow[p] - d) * a.scale;
+}
+
+template <int DPL> __global__ void attention_delta(float *delta, const float *dout, const float *out, attn_args a) {
+    const int lane = threadIdx.x & 31;
+    const size_t warp = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5;
+    if (warp >= (size_t)a.batch * a.seq * a.n_heads) return;
+    const size_t off = warp * a.head_dim; /* (row * n_heads + h) * head_dim */
+    float x[DPL], y[DPL];
+    load_head<DPL>(x, dout + off, a.head_dim, lane);
+    load_head<DPL>(y, out + off, a.head_dim, lane);
+    const float d = head_dot<DPL>(x, y);
+    if (lane == 0) delta[warp] = d;
+}
+
 /* ---- loss and optimizer ---------------------------------------------------------------------------------------- */
 __global__ void cross_entropy_forward(float *probs, double *row_loss, const int *targets, int vocab) {
     __shared__ float shared_f[32];
@@ -472,6 +524,35 @@ int xlkv_cuda_train_attention_backward(float *dq, float *dk, float *dv, float *d
     if (a.head_dim <= 128) return attention_backward_launch<4>(dq, dk, dv, delta, dout, out, lse, q, k, v, a, s);
     if (a.head_dim <= 256) return attention_backward_launch<8>(dq, dk, dv, delta, dout, out, lse, q, k, v, a, s);
     return (int)cudaErrorInvalidValue;
+}
+
+int xlkv_cuda_train_softmax_rows(float *scores, float *lse, const xlkv_cuda_train_attention_shape *shape,
+                                 bool compute_lse, void *stream) {
+    const attn_args a = make_args(shape);
+    softmax_rows<<<warp_blocks((size_t)a.n_heads * a.batch * a.seq), kBlock, 0, (cudaStream_t)stream>>>(
+        scores, lse, a, compute_lse ? 1 : 0);
+    return launch_status();
+}
+
+int xlkv_cuda_train_softmax_backward_rows(float *dprobs, const float *probs, const float *delta,
+                                          const xlkv_cuda_train_attention_shape *shape, void *stream) {
+    const attn_args a = make_args(shape);
+    softmax_backward_rows<<<warp_blocks((size_t)a.n_heads * a.batch * a.seq), kBlock, 0, (cudaStream_t)stream>>>(
+        dprobs, probs, delta, a);
+    return launch_status();
+}
+
+int xlkv_cuda_train_attention_delta(float *delta, const float *dout, const float *out,
+                                    const xlkv_cuda_train_attention_shape *shape, void *stream) {
+    const attn_args a = make_args(shape);
+    const unsigned blocks = warp_blocks((size_t)a.batch * a.seq * a.n_heads);
+    cudaStream_t s = (cudaStream_t)stream;
+    if (a.head_dim <= 32) attention_delta<1><<<blocks, kBlock, 0, s>>>(delta, dout, out, a);
+    else if (a.head_dim <= 64) attention_delta<2><<<blocks, kBlock, 0, s>>>(delta, dout, out, a);
+    else if (a.head_dim <= 128) attention_delta<4><<<blocks, kBlock, 0, s>>>(delta, dout, out, a);
+    else if (a.head_dim <= 256) attention_delta<8><<<blocks, kBlock, 0, s>>>(delta, dout, out, a);
+    else return (int)cudaErrorInvalidValue;
+    return launch_status();
 }
 
 int xlkv_cuda_train_cross_entropy_forward(float *probs, double *row_loss, const int *targets, int n, int vocab,

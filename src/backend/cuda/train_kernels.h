@@ -62,6 +62,19 @@ int xlkv_cuda_train_attention_backward(float *dq, float *dk, float *dv, float *d
                                        const float *out, const float *lse, const float *q, const float *k,
                                        const float *v, const xlkv_cuda_train_attention_shape *shape, void *stream);
 
+/* The pieces of the matrix-product attention (backend/cuda/train_gpu.c runs the products with cuBLAS over a score
+ * buffer laid out [n_heads][batch][seq][seq], row (h, b, t) holding the scaled scores of query t against keys 0..T-1):
+ *   softmax_rows: masked softmax of every row in place (entries a query does not see become 0); with
+ *                 compute_lse, writes lse[(b*T + t) * n_heads + h] (-inf when nothing is visible), else uses it;
+ *   softmax_backward_rows: dscores = probs * (dprobs - delta) * scale in place over dprobs;
+ *   attention_delta: delta[row * n_heads + h] = dout . out over the head's dims. */
+int xlkv_cuda_train_softmax_rows(float *scores, float *lse, const xlkv_cuda_train_attention_shape *shape,
+                                 bool compute_lse, void *stream);
+int xlkv_cuda_train_softmax_backward_rows(float *dprobs, const float *probs, const float *delta,
+                                          const xlkv_cuda_train_attention_shape *shape, void *stream);
+int xlkv_cuda_train_attention_delta(float *delta, const float *dout, const float *out,
+                                    const xlkv_cuda_train_attention_shape *shape, void *stream);
+
 /* Softmax of logits[n, vocab] in place (probabilities) and row_loss[r] = -log p(target) in double. */
 int xlkv_cuda_train_cross_entropy_forward(float *probs, double *row_loss, const int *targets, int n, int vocab,
                                           void *stream);
