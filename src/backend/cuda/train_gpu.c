@@ -209,7 +209,8 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
     const xlkv_param_store *s = g->store;
     const xlkv_hparams *hp = &s->hp;
     const size_t N = (size_t)g->n_rows, n_params = s->n_params;
-    XLKV_CUDA_TRY(cudaStreamCreateWithFlags(&g->stream, cudaStreamNonBlocking), "creating the trainer's stream");
+    /* a blocking stream: it orders with the legacy default stream that cudaMemcpy / cudaMemset use */
+    XLKV_CUDA_TRY(cudaStreamCreate(&g->stream), "creating the trainer's stream");
     XLKV_CUBLAS_TRY(cublasCreate(&g->cublas), "creating the cuBLAS handle");
     XLKV_CUBLAS_TRY(cublasSetStream(g->cublas, g->stream), "binding cuBLAS to the trainer's stream");
     const size_t workspace = (size_t)32 << 20;
@@ -322,6 +323,7 @@ xlkv_status xlkv_gpu_trainer_upload(xlkv_gpu_trainer *g, const xlkv_param_store 
     XLKV_CUDA_TRY(cudaMemcpy(g->params, store->params, bytes, cudaMemcpyHostToDevice), "uploading the parameters");
     XLKV_CUDA_TRY(cudaMemcpy(g->adam_m, store->adam_m, bytes, cudaMemcpyHostToDevice), "uploading AdamW moments");
     XLKV_CUDA_TRY(cudaMemcpy(g->adam_v, store->adam_v, bytes, cudaMemcpyHostToDevice), "uploading AdamW moments");
+    XLKV_CUDA_TRY(cudaDeviceSynchronize(), "uploading the parameters");
     return XLKV_OK;
 }
 
