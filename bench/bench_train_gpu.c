@@ -18,6 +18,7 @@
 #include "train/model_setup.h"
 #include "train/train_graph.h"
 
+#ifdef XLKV_HAVE_CUDA
 static int compare_doubles(const void *a, const void *b) {
     const double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -79,6 +80,7 @@ done:
     free(tokens), free(targets), free(times);
     return rc;
 }
+#endif
 
 int main(int argc, char **argv) {
 #ifndef XLKV_HAVE_CUDA

@@ -1,12 +1,14 @@
 /* tests/cuda/test_cuda_train: the CUDA trainer against the CPU reference trainer.
  *  1. every kernel of backend/cuda/train_kernels.h on random inputs vs train/train_ops.c (or a loop from the
  *     definition): rmsnorm, rope, swiglu, embedding (repeated ids), attention (causal GQA, masked diagonal, windows,
- *     MHA, head_dim 16 / 64 / 128 / 80), cross-entropy, AdamW, sum of squares. Error = max |gpu - ref| / max |ref|.
+ *     MHA, head_dim 16 / 64 / 128 / 80), the masked softmax / its backward / delta of the matrix-product attention,
+ *     cross-entropy, AdamW, sum of squares. Error = max |gpu - ref| / max |ref|.
  *  2. gradients of one forward + backward of a tiny model, tensor by tensor, GPU (f32) vs CPU, under standard,
  *     cla:2 (bottom), lckv:1 (cyclic, m = 1, b = 2 and m = 2, b = 3), a sliding-window map, 0_2_2_3 and
  *     force_nodiag, with two accumulated micro-batches, through both attention paths (gemm and warp).
- *  3. a few trainer steps (xlkv_trainer with options.device_cuda): f32 losses per step within 1e-4 relative and final
- *     parameters within 1e-4 of the largest parameter; bf16 losses within 3 %.
+ *  3. a few trainer steps (xlkv_trainer with options.device_cuda): f32 losses per step within 1e-4 relative, the
+ *     held-out loss too, and the final parameters' update (final - initial) within 1e-2 in norm with at most 0.1 % of
+ *     elements off by more than 1e-5; bf16 losses within 3 %.
  *  4. resume on the GPU (save at step 4 of 8, a fresh GPU trainer resumed) == the uninterrupted GPU run, bit for bit
  *     (parameters, moments, losses), in f32 and in bf16.
  * Every check prints one "check ..." line with the measured error and the tolerance. Needs a GPU (label cuda). */
@@ -232,6 +234,62 @@ static void kernel_attention_case(const char *name, int batch, int seq, int n_he
     cudaFree(d_delta), cudaFree(d_dk), cudaFree(d_dv);
 }
 
+/* The masked-softmax pieces of the matrix-product attention, against loops from their definition. */
+static void kernel_softmax_rows(void) {
+    const xlkv_cuda_train_attention_shape shape = {2, 19, 3, 1, 16, 4, true}; /* window 4 + diagonal: empty rows too */
+    const int H = 3, B = 2, T = 19, hd = 16;
+    const size_t n = (size_t)H * B * T * T, rows = (size_t)B * T;
+    const float scale = 0.25f;
+    float *scores = random_array(n, 4.0f), *probs = malloc(sizeof(float) * n), *lse = malloc(sizeof(float) * rows * H);
+    float *dprobs = random_array(n, 1.0f), *ds = malloc(sizeof(float) * n), *delta = random_array(rows * H, 1.0f);
+    for (int h = 0; h < H; h++)
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++) {
+                const size_t row = (((size_t)h * B + b) * T + t) * T;
+                const int last = t - 1, first = t - 4 + 1 < 0 ? 0 : t - 4 + 1;
+                double max = -INFINITY, sum = 0.0;
+                for (int p = first; p <= last; p++) max = fmax(max, scores[row + p]);
+                for (int p = first; p <= last; p++) sum += exp(scores[row + p] - max);
+                const float l = last >= first ? (float)(max + log(sum)) : -INFINITY;
+                lse[((size_t)b * T + t) * H + h] = l;
+                const float d = delta[((size_t)b * T + t) * H + h];
+                for (int p = 0; p < T; p++) {
+                    probs[row + p] = p >= first && p <= last ? (float)exp(scores[row + p] - l) : 0.0f;
+                    ds[row + p] = probs[row + p] * (dprobs[row + p] - d) * scale;
+                }
+            }
+    float *d_scores = dev_floats(scores, n), *d_lse = dev_floats(lse, rows * H), *d_dp = dev_floats(dprobs, n);
+    float *d_delta = dev_floats(delta, rows * H);
+    CK(cudaMemset(d_lse, 0xFF, sizeof(float) * rows * H));
+    CK_LAUNCH(xlkv_cuda_train_softmax_rows(d_scores, d_lse, &shape, true, NULL));
+    float *g_p = download(d_scores, n), *g_lse = download(d_lse, rows * H);
+    check("masked softmax rows (window 4 + diagonal): probabilities", g_p, probs, n, 1e-5);
+    check("masked softmax rows: log-sum-exp", g_lse, lse, rows * H, 1e-5);
+    CK(cudaMemcpy(d_scores, scores, sizeof(float) * n, cudaMemcpyHostToDevice));
+    CK_LAUNCH(xlkv_cuda_train_softmax_rows(d_scores, d_lse, &shape, false, NULL));
+    free(g_p);
+    g_p = download(d_scores, n);
+    check("masked softmax rows from a saved log-sum-exp", g_p, probs, n, 1e-5);
+    CK_LAUNCH(xlkv_cuda_train_softmax_backward_rows(d_dp, d_scores, d_delta, &shape, NULL));
+    float *g_ds = download(d_dp, n);
+    check("masked softmax backward dscores", g_ds, ds, n, 1e-5);
+    /* delta = dout . out per (row, head) */
+    const size_t qn = rows * H * hd;
+    float *dout = random_array(qn, 1.0f), *out = random_array(qn, 1.0f), *ref = malloc(sizeof(float) * rows * H);
+    for (size_t r = 0; r < rows * H; r++) {
+        double acc = 0.0;
+        for (int i = 0; i < hd; i++) acc += (double)dout[r * hd + i] * out[r * hd + i];
+        ref[r] = (float)acc;
+    }
+    float *d_dout = dev_floats(dout, qn), *d_out = dev_floats(out, qn);
+    CK_LAUNCH(xlkv_cuda_train_attention_delta(d_delta, d_dout, d_out, &shape, NULL));
+    float *g_delta = download(d_delta, rows * H);
+    check("attention delta = dout . out", g_delta, ref, rows * H, 1e-5);
+    free(scores), free(probs), free(lse), free(dprobs), free(ds), free(delta), free(g_p), free(g_lse), free(g_ds);
+    free(dout), free(out), free(ref), free(g_delta);
+    cudaFree(d_scores), cudaFree(d_lse), cudaFree(d_dp), cudaFree(d_delta), cudaFree(d_dout), cudaFree(d_out);
+}
+
 static void kernel_attention(void) {
     kernel_attention_case("causal GQA 4/2 x16, 2 x 33", 2, 33, 4, 2, 16, 0, false);
     kernel_attention_case("diagonal masked (cyclic) GQA 4/2 x16", 2, 17, 4, 2, 16, 0, true);
@@ -314,6 +372,7 @@ static void kernels_match_cpu(void **state) {
     kernel_rope_swiglu();
     kernel_embedding();
     kernel_attention();
+    kernel_softmax_rows();
     kernel_loss_and_optimizer();
     if (failures) fail_msg("%d kernel check(s) failed", failures);
 }
@@ -455,6 +514,8 @@ static void trainers_agree(void **state) {
         xlkv_trainer *cpu = make_trainer(data, &cases[ci], false, false, STEPS);
         xlkv_trainer *f32 = make_trainer(data, &cases[ci], true, false, STEPS);
         xlkv_trainer *bf16 = make_trainer(data, &cases[ci], true, true, STEPS);
+        float *initial = malloc(cpu->store->n_params * sizeof *initial);
+        memcpy(initial, cpu->store->params, cpu->store->n_params * sizeof *initial);
         for (int s = 0; s < STEPS; s++) {
             TU_ASSERT_OK(xlkv_trainer_step(cpu, NULL));
             TU_ASSERT_OK(xlkv_trainer_step(f32, NULL));
@@ -477,8 +538,24 @@ static void trainers_agree(void **state) {
         snprintf(what, sizeof what, "trainer bf16 losses per step, %s", cases[ci].map);
         check(what, bf16->train_losses, cpu->train_losses, STEPS, 3e-2);
         TU_ASSERT_OK(xlkv_gpu_trainer_download(f32->gpu, f32->store, false));
-        snprintf(what, sizeof what, "trainer f32 final parameters, %s", cases[ci].map);
-        check(what, f32->store->params, cpu->store->params, cpu->store->n_params, 1e-4);
+        /* AdamW normalises each element's update, so an element whose gradient is ~0 can move either way on the two
+         * devices: compare the whole update (final - initial) in norm, and count elements off by more than 1e-5 */
+        double diff2 = 0.0, update2 = 0.0, worst = 0.0;
+        size_t off = 0;
+        for (size_t i = 0; i < cpu->store->n_params; i++) {
+            const double d = (double)f32->store->params[i] - cpu->store->params[i];
+            const double u = (double)cpu->store->params[i] - initial[i];
+            diff2 += d * d, update2 += u * u;
+            if (fabs(d) > worst || isnan(d)) worst = isnan(d) ? INFINITY : fabs(d);
+            off += fabs(d) > 1e-5;
+        }
+        const double rel = sqrt(diff2 / update2);
+        const bool ok = rel <= 1e-2 && off * 1000 <= cpu->store->n_params;
+        printf("check trainer f32 final parameters, %-8s: |update gpu - update cpu| / |update cpu| %.2e (tolerance "
+               "1e-2), max |difference| %.2e, %zu of %zu elements off by > 1e-5 (at most 0.1%%) %s\n", cases[ci].map,
+               rel, worst, off, cpu->store->n_params, ok ? "ok" : "FAIL");
+        if (!ok) failures++;
+        free(initial);
         float e_gpu = (float)f32_eval, e_cpu = (float)cpu_eval;
         snprintf(what, sizeof what, "trainer f32 held-out loss, %s", cases[ci].map);
         check(what, &e_gpu, &e_cpu, 1, 1e-4);
