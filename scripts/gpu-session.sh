@@ -2,7 +2,7 @@
 # Runs on the GPU machine (device tool): builds xlkv against the Debian packages staged in .deps/ (see
 # ../shared/tools/stage-deps.sh; the GPU machine has no package registry), runs the CUDA tests and, optionally, the
 # GPU benchmark. Logs and results go to $OUT (or ./gpu-out).
-#   bash scripts/gpu-session.sh [tests] [bench] [bench-quick]
+#   bash scripts/gpu-session.sh [tests] [bench] [bench-quick] [train-tests] [train-bench]
 # Shared data is read from ./devdata (a copy of the parts of ../shared/data the tests need, carried with the call).
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
@@ -24,6 +24,12 @@ for what in "$@"; do
       (cd build && ctest -LE cuda --output-on-failure) >"$out/test-cpu.log" 2>&1; echo "cpu tests exit $?" ;;
     bench)
       ./build/bench_gpu --out "$out/gpu.jsonl" 2>&1 | tee "$out/bench.log" | tail -60 ;;
+    train-tests)
+      (cd build && ctest -R "cuda_test_cuda_train|cuda_cli_cuda_train" -V --timeout 600) >"$out/test-cuda-train.log" 2>&1
+      echo "train tests exit $?"; grep -E "^(ok|FAIL|check|losses)|Passed|Failed|tests passed" "$out/test-cuda-train.log" | tail -120 ;;
+    train-bench)
+      ./build/bench_train_gpu --out "$out/train_gpu.jsonl" 2>&1 | tee "$out/train-bench.log"
+      python3 scripts/bench_train_torch.py --out "$out/train_torch.jsonl" 2>&1 | tail -20 | tee "$out/train-torch.log" ;;
     bench-quick)
       ./build/bench_gpu --quick --out "$out/gpu-quick.jsonl" 2>&1 | tee "$out/bench-quick.log" | tail -60 ;;
   esac

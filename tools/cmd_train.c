@@ -1,4 +1,5 @@
-/* tools/cmd_train: `xlkv train`: the CPU reference trainer (src/train). One progress line per step on stderr; an
+/* tools/cmd_train: `xlkv train`: the CPU reference trainer (src/train), or with --device cuda the same loop with the
+ * graph, AdamW and clipping on the GPU (train/gpu_trainer.h). One progress line per step on stderr; an
  * evaluation every --eval-every steps; atomic checkpoints every --save-every steps and at the end (OUT/latest);
  * --resume continues bit-exactly from OUT/latest; loss.svg in OUT at the end. */
 #include <cblas.h>
@@ -9,6 +10,7 @@
 #include "cli_common.h"
 #include "commands.h"
 #include "core/file.h"
+#include "core/status.h"
 #include "train/model_setup.h"
 #include "train/trainer.h"
 
@@ -16,7 +18,10 @@ static void usage(FILE *out) {
     fprintf(out,
             "usage: xlkv train --data DIR --out DIR (--shape NAME | --model-config FILE | --init-from CKPT) [options]\n\n"
             "model:\n"
-            "      --shape tiny|small      a named shape (tiny: 4 x 64, CPU tests; small: 12 x 768, 12/6 heads)\n"
+            "      --shape tiny|default|small  a named shape (tiny: 4 x 64, CPU tests; default: 8 x 512, 8/4 heads, 512\n"
+            "                              positions; small: 12 x 768, 12/6 heads, 1024 positions)\n"
+            "      --layers N --dim N --heads N --kv-heads N --ffn N --max-seq N\n"
+            "                              with --shape: override its dimensions (head_dim = dim / heads)\n"
             "      --model-config FILE     a Hugging Face config.json (random initialisation)\n"
             "      --init-from CKPT        a pretrained checkpoint (HF directory or llama2.c .bin)\n"
             "      --layer-types MAP       layer map (string or preset; default: the config's, else standard)\n"
@@ -45,15 +50,20 @@ static void usage(FILE *out) {
             "      --save-every N          checkpoint every N steps, 0 = only at the end (default 0)\n"
             "      --out DIR               checkpoints (DIR/checkpoint-N, DIR/latest) and DIR/loss.svg\n"
             "      --resume                continue from DIR/latest (same seed, batch, seq, accum, m, b)\n"
-            "      --peak-tflops F         the machine's peak fp32 TFLOP/s, to print MFU (default: MFU not shown)\n"
+            "      --peak-tflops F         the machine's peak TFLOP/s, to print MFU (default: 989, the H100 bf16 dense\n"
+            "                              peak, with --device cuda; on the CPU MFU is not shown without it)\n"
+            "      --device cpu|cuda       where the graph and the optimizer run (default cpu)\n"
+            "      --dtype bf16|f32        with --device cuda: bf16 tensor-core products with fp32 master weights\n"
+            "                              (default), or pedantic fp32 (no TF32) to compare with the CPU trainer\n"
             "  -t, --threads N             CPU threads (default: all cores)\n");
 }
 
 typedef struct train_cli {
-    const char *shape, *model_config, *init_from, *layer_types, *kv_init, *tokenizer, *data, *out;
+    const char *shape, *model_config, *init_from, *layer_types, *kv_init, *tokenizer, *data, *out, *device, *dtype;
     xlkv_train_overrides overrides;
     xlkv_train_options options;
     float min_lr, peak_tflops;
+    int layers, dim, heads, kv_heads, ffn, max_seq; /* shape overrides; 0 = keep */
     int threads;
     bool resume;
 } train_cli;
@@ -101,9 +111,17 @@ static int parse_args(int argc, char **argv, train_cli *c) {
         STRING_FLAG("--tokenizer", tokenizer)
         STRING_FLAG("--data", data)
         STRING_FLAG("--out", out)
+        STRING_FLAG("--device", device)
+        STRING_FLAG("--dtype", dtype)
         INT_FLAG("--forward-passes", overrides.forward_passes, 0, 1000)
         INT_FLAG("--backward-passes", overrides.backward_passes, 0, 1000)
         INT_FLAG("--sliding-window", overrides.sliding_window, 0, 1 << 24)
+        INT_FLAG("--layers", layers, 1, 4096)
+        INT_FLAG("--dim", dim, 1, 1 << 16)
+        INT_FLAG("--heads", heads, 1, 4096)
+        INT_FLAG("--kv-heads", kv_heads, 1, 4096)
+        INT_FLAG("--ffn", ffn, 1, 1 << 20)
+        INT_FLAG("--max-seq", max_seq, 1, 1 << 24)
         INT_FLAG("--batch", options.batch, 1, 1 << 20)
         INT_FLAG("--seq", options.seq, 1, 1 << 24)
         INT_FLAG("--accum", options.accum, 1, 1 << 20)
@@ -158,6 +176,10 @@ static const char *format_duration(double seconds, char *buf, size_t cap) {
 /* The store to train: a shape, a config.json or a checkpoint; NULL after reporting the problem. */
 static xlkv_param_store *make_store(const train_cli *c, int data_vocab, int data_eos, const char *tokenizer_path) {
     const int sources = !!c->shape + !!c->model_config + !!c->init_from;
+    if ((c->layers || c->dim || c->heads || c->kv_heads || c->ffn || c->max_seq) && !c->shape) {
+        fprintf(stderr, "xlkv train: --layers, --dim, --heads, --kv-heads, --ffn and --max-seq modify a --shape\n");
+        return NULL;
+    }
     if (sources != 1) {
         fprintf(stderr, "xlkv train: give exactly one of --shape, --model-config and --init-from\n");
         return NULL;
@@ -177,6 +199,20 @@ static xlkv_param_store *make_store(const train_cli *c, int data_vocab, int data
         char *config_map = NULL;
         if (c->shape) {
             status = xlkv_train_shape(c->shape, data_vocab, &hp);
+            if (status == XLKV_OK && (c->layers || c->dim || c->heads || c->kv_heads || c->ffn || c->max_seq)) {
+                if (c->layers) hp.n_layers = c->layers;
+                if (c->dim) hp.dim = c->dim;
+                if (c->heads) hp.n_heads = c->heads;
+                if (c->kv_heads) hp.n_kv_heads = c->kv_heads;
+                if (c->ffn) hp.hidden_dim = c->ffn;
+                if (c->max_seq) hp.max_seq_len = c->max_seq;
+                hp.head_dim = hp.n_heads > 0 ? hp.dim / hp.n_heads : 0;
+                if (hp.head_dim * hp.n_heads != hp.dim || hp.n_kv_heads > hp.n_heads || hp.n_heads % hp.n_kv_heads)
+                    status = xlkv_fail(XLKV_E_INVALID, "--dim %d must be a multiple of --heads %d, and --heads of "
+                                                       "--kv-heads %d", hp.dim, hp.n_heads, hp.n_kv_heads);
+                else
+                    status = xlkv_hparams_validate(&hp, c->shape);
+            }
             if (status == XLKV_OK && tokenizer_path) {
                 xlkv_tokenizer *tok = NULL;
                 if (xlkv_tokenizer_load(tokenizer_path, &tok) == XLKV_OK) {
@@ -210,6 +246,21 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "xlkv train: --data DIR and --out DIR are required; see xlkv train --help\n");
         return 2;
     }
+    if (c.device && strcmp(c.device, "cpu") && strcmp(c.device, "cuda")) {
+        fprintf(stderr, "xlkv train: --device expects cpu or cuda, got '%s'\n", c.device);
+        return 2;
+    }
+    if (c.dtype && strcmp(c.dtype, "bf16") && strcmp(c.dtype, "f32")) {
+        fprintf(stderr, "xlkv train: --dtype expects bf16 or f32, got '%s'\n", c.dtype);
+        return 2;
+    }
+    c.options.device_cuda = c.device && !strcmp(c.device, "cuda");
+    if (c.dtype && !c.options.device_cuda) {
+        fprintf(stderr, "xlkv train: --dtype applies to --device cuda (the CPU trainer is fp32)\n");
+        return 2;
+    }
+    c.options.cuda_bf16 = !c.dtype || !strcmp(c.dtype, "bf16");
+    if (c.options.device_cuda && !(c.peak_tflops > 0)) c.peak_tflops = 989.0f; /* H100 SXM bf16 dense */
     if (c.threads > 0) {
         omp_set_num_threads(c.threads);
         openblas_set_num_threads(c.threads);
@@ -252,10 +303,14 @@ int cmd_train(int argc, char **argv) {
     } else if (c.resume) {
         fprintf(stderr, "xlkv train: --resume: no %s yet, starting from the beginning\n", latest ? latest : c.out);
     }
-    fprintf(stderr, "xlkv train: %zu parameters, map %s, batch %d x %d x accum %d, %ld steps, m=%d b=%d, %d threads; "
+    char mfu_basis[64], device_text[48];
+    snprintf(device_text, sizeof device_text, "cpu, %d threads", omp_get_max_threads());
+    snprintf(mfu_basis, sizeof mfu_basis, "against %.0f TFLOP/s", (double)c.peak_tflops);
+    fprintf(stderr, "xlkv train: %zu parameters, map %s, batch %d x %d x accum %d, %ld steps, m=%d b=%d, %s; "
                     "MFU %s\n", n_params, layer_types ? layer_types : "?", c.options.batch, c.options.seq,
             c.options.accum, c.options.steps, c.options.forward_passes, c.options.backward_passes,
-            omp_get_max_threads(), c.peak_tflops > 0 ? "against --peak-tflops" : "not shown (no --peak-tflops)");
+            c.options.device_cuda ? (c.options.cuda_bf16 ? "cuda bf16" : "cuda f32") : device_text,
+            c.peak_tflops > 0 ? mfu_basis : "not shown (no --peak-tflops)");
     double elapsed = 0.0;
     long steps_timed = 0;
     long last_saved = tr->step;

@@ -16,11 +16,14 @@ xlkv_status xlkv_train_shape(const char *name, int vocab_size, xlkv_hparams *hp)
     if (!strcmp(name, "tiny")) {
         hp->dim = 64, hp->hidden_dim = 176, hp->n_layers = 4, hp->n_heads = 4, hp->n_kv_heads = 2;
         hp->max_seq_len = 256;
+    } else if (!strcmp(name, "default")) { /* the project's default models (models/), trained on the GPU */
+        hp->dim = 512, hp->hidden_dim = 1376, hp->n_layers = 8, hp->n_heads = 8, hp->n_kv_heads = 4;
+        hp->max_seq_len = 512;
     } else if (!strcmp(name, "small")) {
         hp->dim = 768, hp->hidden_dim = 2048, hp->n_layers = 12, hp->n_heads = 12, hp->n_kv_heads = 6;
         hp->max_seq_len = 1024;
     } else {
-        return xlkv_fail(XLKV_E_INVALID, "unknown model shape '%s' (known: tiny, small)", name);
+        return xlkv_fail(XLKV_E_INVALID, "unknown model shape '%s' (known: tiny, default, small)", name);
     }
     hp->head_dim = hp->dim / hp->n_heads;
     return xlkv_hparams_validate(hp, name);

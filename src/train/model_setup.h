@@ -8,6 +8,7 @@
 
 /* Named shapes (tied embeddings, max_position_embeddings as listed; vocab given by the caller):
  *   tiny   4 layers, hidden 64, 4 / 2 heads (head_dim 16), ffn 176, 256 positions: CPU tests in seconds
+ *   default 8 layers, hidden 512, 8 / 4 heads (head_dim 64), ffn 1376, 512 positions: the project's default models
  *   small  12 layers, hidden 768, 12 / 6 heads (head_dim 64), ffn 2048, 1024 positions: the study's shape */
 xlkv_status xlkv_train_shape(const char *name, int vocab_size, xlkv_hparams *out);
 

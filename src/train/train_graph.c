@@ -137,9 +137,8 @@ static const xlkv_plan_step *first_cyclic_step(const xlkv_layer_map *map) {
     return NULL;
 }
 
-xlkv_status xlkv_train_graph_create(const xlkv_param_store *store, int batch, int seq, int forward_passes,
-                                    int backward_passes, xlkv_train_graph **out) {
-    *out = NULL;
+xlkv_status xlkv_train_graph_check(const xlkv_param_store *store, int batch, int seq, int forward_passes,
+                                   int backward_passes) {
     const xlkv_hparams *hp = &store->hp;
     if (batch <= 0 || seq <= 0)
         return xlkv_fail(XLKV_E_INVALID, "trainer: batch (%d) and sequence length (%d) must be positive", batch, seq);
@@ -158,6 +157,13 @@ xlkv_status xlkv_train_graph_create(const xlkv_param_store *store, int batch, in
                          "trainer: backward_passes (b) is %d, but the layer map has a cyclic group (layers %d..%d); "
                          "training needs b >= 2, or the W_K / W_V of the group's targets get no gradient "
                          "(SEMANTICS.md section 6)", backward_passes, cyclic->first, cyclic->last);
+    return XLKV_OK;
+}
+
+xlkv_status xlkv_train_graph_create(const xlkv_param_store *store, int batch, int seq, int forward_passes,
+                                    int backward_passes, xlkv_train_graph **out) {
+    *out = NULL;
+    XLKV_TRY(xlkv_train_graph_check(store, batch, seq, forward_passes, backward_passes));
     xlkv_train_graph *g = calloc(1, sizeof *g);
     if (!g) return xlkv_fail(XLKV_E_NOMEM, "trainer: out of memory");
     g->store = store;
@@ -378,7 +384,7 @@ void xlkv_train_graph_logits(const xlkv_train_graph *g, float *logits) {
 static double layer_flops(const xlkv_train_graph *g, int layer) {
     const xlkv_hparams *hp = &g->store->hp;
     const xlkv_layer_map *map = g->store->map;
-    const double N = g->n_rows, dim = hp->dim, hid = hp->hidden_dim;
+    const double N = (double)g->batch * g->seq, dim = hp->dim, hid = hp->hidden_dim;
     const double q_dim = (double)hp->n_heads * hp->head_dim, kv_dim = (double)hp->n_kv_heads * hp->head_dim;
     double matmul = dim * q_dim * 2 + 3 * dim * hid + (xlkv_is_kv_layer(map, layer) ? 2 * dim * kv_dim : 0);
     double visible = map->sliding[layer] && hp->sliding_window > 0 && hp->sliding_window < g->seq
@@ -386,14 +392,21 @@ static double layer_flops(const xlkv_train_graph *g, int layer) {
     return 2 * N * matmul + 4 * N * visible * q_dim;
 }
 
-double xlkv_train_graph_flops(const xlkv_train_graph *g) {
-    const xlkv_hparams *hp = &g->store->hp;
-    const xlkv_layer_map *map = g->store->map;
-    double grad_forward = 2.0 * g->n_rows * hp->dim * hp->vocab_size, no_grad = 0.0;
-    for (int r = 0; r < g->n_records; r++) grad_forward += layer_flops(g, g->records[r].layer);
-    for (int st = 0; st < map->n_plan_steps; st++)
-        if (map->plan[st].cyclic)
-            for (int layer = map->plan[st].first; layer <= map->plan[st].last; layer++)
-                no_grad += g->forward_passes * layer_flops(g, layer);
+double xlkv_train_flops(const xlkv_param_store *store, int batch, int seq, int forward_passes, int backward_passes) {
+    const xlkv_hparams *hp = &store->hp;
+    const xlkv_layer_map *map = store->map;
+    const xlkv_train_graph g = {.store = store, .batch = batch, .seq = seq};
+    double grad_forward = 2.0 * batch * seq * (double)hp->dim * hp->vocab_size, no_grad = 0.0;
+    for (int st = 0; st < map->n_plan_steps; st++) {
+        const xlkv_plan_step *step = &map->plan[st];
+        for (int layer = step->first; layer <= step->last; layer++) {
+            grad_forward += (step->cyclic ? backward_passes : 1) * layer_flops(&g, layer);
+            if (step->cyclic) no_grad += forward_passes * layer_flops(&g, layer);
+        }
+    }
     return 3.0 * grad_forward + no_grad;
+}
+
+double xlkv_train_graph_flops(const xlkv_train_graph *g) {
+    return xlkv_train_flops(g->store, g->batch, g->seq, g->forward_passes, g->backward_passes);
 }

@@ -54,6 +54,10 @@ typedef struct xlkv_train_graph {
 xlkv_status xlkv_train_graph_create(const xlkv_param_store *store, int batch, int seq, int forward_passes,
                                     int backward_passes, xlkv_train_graph **out);
 void xlkv_train_graph_free(xlkv_train_graph *graph);
+/* The checks of xlkv_train_graph_create alone (shared by the GPU trainer): positive batch and seq, seq within the
+ * model's positions, m, b >= 0 and b >= 2 with cyclic groups. */
+xlkv_status xlkv_train_graph_check(const xlkv_param_store *store, int batch, int seq, int forward_passes,
+                                   int backward_passes);
 
 /* Runs tokens[B*T] with next-token targets[B*T] (ids checked against the vocabulary); *out_loss = mean cross-entropy
  * over the B*T positions. Saves what backward needs. */
@@ -68,5 +72,7 @@ void xlkv_train_graph_logits(const xlkv_train_graph *graph, float *logits);
 /* Floating-point operations of one forward + backward of this graph (matrix products and attention, counting the
  * iterated layers m + b times forward and b times backward), for MFU. */
 double xlkv_train_graph_flops(const xlkv_train_graph *graph);
+/* The same count for a batch x seq step under m, b without a graph (the GPU trainer's MFU). */
+double xlkv_train_flops(const xlkv_param_store *store, int batch, int seq, int forward_passes, int backward_passes);
 
 #endif

@@ -43,7 +43,10 @@ xlkv_status xlkv_trainer_create(xlkv_param_store *store, const char *data_dir, c
     tr->options = *o;
     tr->store = store;
     tr->data_rng.state = o->seed ^ data_seed_salt;
-    xlkv_status status = xlkv_train_graph_create(store, o->batch, o->seq, o->forward_passes, o->backward_passes,
+    xlkv_status status =
+        o->device_cuda ? xlkv_gpu_trainer_create(store, o->batch, o->seq, o->forward_passes, o->backward_passes,
+                                                 o->cuda_bf16, &tr->gpu)
+                       : xlkv_train_graph_create(store, o->batch, o->seq, o->forward_passes, o->backward_passes,
                                                  &tr->graph);
     if (status == XLKV_OK) status = xlkv_token_dataset_open(data_dir, "train", &tr->train_data);
     if (status == XLKV_OK) {
@@ -77,6 +80,7 @@ xlkv_status xlkv_trainer_create(xlkv_param_store *store, const char *data_dir, c
 void xlkv_trainer_free(xlkv_trainer *tr) {
     if (!tr) return;
     xlkv_train_graph_free(tr->graph);
+    xlkv_gpu_trainer_free(tr->gpu);
     xlkv_param_store_free(tr->store);
     xlkv_token_dataset_free(tr->train_data);
     xlkv_token_dataset_free(tr->valid_data);
@@ -92,22 +96,35 @@ xlkv_status xlkv_trainer_step(xlkv_trainer *tr, xlkv_step_report *report) {
     if (tr->step >= o->steps) return xlkv_fail(XLKV_E_INVALID, "trainer: all %ld steps are done", o->steps);
     const double start = xlkv_now_seconds();
     xlkv_param_store *s = tr->store;
-    memset(s->grads, 0, s->n_params * sizeof(float));
+    if (tr->gpu) XLKV_TRY(xlkv_gpu_trainer_zero_grads(tr->gpu));
+    else memset(s->grads, 0, s->n_params * sizeof(float));
     double loss_sum = 0.0;
     for (int micro = 0; micro < o->accum; micro++) {
         xlkv_token_dataset_sample(tr->train_data, &tr->data_rng, o->batch, o->seq, tr->tokens, tr->targets);
         double loss = 0.0;
-        XLKV_TRY(xlkv_train_graph_forward(tr->graph, tr->tokens, tr->targets, &loss));
-        xlkv_train_graph_backward(tr->graph, 1.0f / (float)o->accum);
+        if (tr->gpu) {
+            XLKV_TRY(xlkv_gpu_trainer_forward(tr->gpu, tr->tokens, tr->targets, &loss));
+            XLKV_TRY(xlkv_gpu_trainer_backward(tr->gpu, 1.0f / (float)o->accum));
+        } else {
+            XLKV_TRY(xlkv_train_graph_forward(tr->graph, tr->tokens, tr->targets, &loss));
+            xlkv_train_graph_backward(tr->graph, 1.0f / (float)o->accum);
+        }
         loss_sum += loss;
     }
     const double loss = loss_sum / o->accum;
     if (!isfinite(loss))
         return xlkv_fail(XLKV_E_INVALID, "trainer: the loss is not finite at step %ld (lower the learning rate?)",
                          tr->step + 1);
-    const double norm = xlkv_clip_grad_norm(s, o->clip);
+    double norm = 0.0;
     const float lr = xlkv_lr_schedule(tr->step, o->warmup, o->steps, o->lr, o->min_lr);
-    xlkv_adamw_step(s, &o->adamw, lr, tr->step + 1);
+    if (tr->gpu) {
+        XLKV_TRY(xlkv_gpu_trainer_clip_grad_norm(tr->gpu, o->clip, &norm));
+        XLKV_TRY(xlkv_gpu_trainer_adamw_step(tr->gpu, &o->adamw, lr, tr->step + 1));
+        XLKV_TRY(xlkv_gpu_trainer_synchronize(tr->gpu));
+    } else {
+        norm = xlkv_clip_grad_norm(s, o->clip);
+        xlkv_adamw_step(s, &o->adamw, lr, tr->step + 1);
+    }
     tr->train_losses[tr->step] = (float)loss;
     tr->step++;
     if (report) {
@@ -117,7 +134,7 @@ xlkv_status xlkv_trainer_step(xlkv_trainer *tr, xlkv_step_report *report) {
         report->lr = lr;
         report->seconds = xlkv_now_seconds() - start;
         report->tokens = (double)o->accum * o->batch * o->seq;
-        report->flops = o->accum * xlkv_train_graph_flops(tr->graph);
+        report->flops = o->accum * xlkv_train_flops(s, o->batch, o->seq, o->forward_passes, o->backward_passes);
     }
     return XLKV_OK;
 }
@@ -129,7 +146,8 @@ xlkv_status xlkv_trainer_eval(xlkv_trainer *tr, double *out_loss) {
     for (int b = 0; b < tr->options.eval_batches; b++) {
         xlkv_token_dataset_sample(tr->valid_data, &rng, tr->options.batch, tr->options.seq, tr->tokens, tr->targets);
         double loss = 0.0;
-        XLKV_TRY(xlkv_train_graph_forward(tr->graph, tr->tokens, tr->targets, &loss));
+        if (tr->gpu) XLKV_TRY(xlkv_gpu_trainer_forward(tr->gpu, tr->tokens, tr->targets, &loss));
+        else XLKV_TRY(xlkv_train_graph_forward(tr->graph, tr->tokens, tr->targets, &loss));
         sum += loss;
     }
     *out_loss = sum / tr->options.eval_batches;
@@ -271,8 +289,9 @@ xlkv_status xlkv_trainer_save(xlkv_trainer *tr, const char *out_dir, const char 
     char *latest_tmp = xlkv_path_join(out_dir, link_tmp);
     unsigned char *state = NULL;
     size_t state_size = 0;
-    xlkv_status status = dir && latest && latest_tmp ? xlkv_trainer_state_serialize(tr, &state, &state_size)
-                                                     : xlkv_fail(XLKV_E_NOMEM, "trainer: out of memory");
+    xlkv_status status = dir && latest && latest_tmp ? XLKV_OK : xlkv_fail(XLKV_E_NOMEM, "trainer: out of memory");
+    if (status == XLKV_OK && tr->gpu) status = xlkv_gpu_trainer_download(tr->gpu, tr->store, false);
+    if (status == XLKV_OK) status = xlkv_trainer_state_serialize(tr, &state, &state_size);
     if (status == XLKV_OK) {
         ssize_t n = readlink(latest, previous, sizeof previous - 1);
         previous[n > 0 ? n : 0] = '\0';
@@ -324,6 +343,7 @@ xlkv_status xlkv_trainer_resume(xlkv_trainer *tr, const char *checkpoint_dir) {
                              : xlkv_fail(XLKV_E_IO, "%s: no trainer_state.bin (not a training checkpoint?)",
                                          checkpoint_dir);
     if (status == XLKV_OK) status = xlkv_trainer_state_restore(tr, (const unsigned char *)bytes, size, path);
+    if (status == XLKV_OK && tr->gpu) status = xlkv_gpu_trainer_upload(tr->gpu, tr->store);
     free(bytes);
     free(path);
     return status;

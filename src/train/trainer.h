@@ -17,6 +17,7 @@
 
 #include <stdbool.h>
 
+#include "train/gpu_trainer.h"
 #include "train/optimizer.h"
 #include "train/param_store.h"
 #include "train/rng.h"
@@ -34,6 +35,8 @@ typedef struct xlkv_train_options {
     int eval_batches;
     long save_every;                     /* 0 = only at the end */
     unsigned long long seed;
+    bool device_cuda;                    /* graph, AdamW and clipping on the GPU (train/gpu_trainer.h) */
+    bool cuda_bf16;                      /* with device_cuda: bf16 tensor-core products (else pedantic fp32) */
 } xlkv_train_options;
 
 xlkv_train_options xlkv_train_default_options(void);
@@ -46,7 +49,9 @@ typedef struct xlkv_eval_point {
 typedef struct xlkv_trainer {
     xlkv_train_options options;
     xlkv_param_store *store;   /* owned */
-    xlkv_train_graph *graph;
+    xlkv_train_graph *graph;   /* CPU graph; NULL with options.device_cuda */
+    xlkv_gpu_trainer *gpu;     /* GPU graph and optimizer; NULL on the CPU. Parameters and moments live on the GPU
+                                  during training; save downloads them, resume uploads them. */
     xlkv_token_dataset *train_data, *valid_data; /* valid_data NULL when the directory has no valid shards */
     xlkv_rng data_rng;
     long step;                 /* optimizer steps done */

@@ -1,0 +1,715 @@
+/* backend/cuda/train_gpu: the GPU trainer (see train/gpu_trainer.h). It follows train/train_graph.c step by step:
+ * the same tape (one record per layer of an acyclic run, b x group layers per cyclic group), the same "current K/V"
+ * per slot, the same constant K/V of the no-grad iterations, the same backward walk (a record's dK/dV complete when
+ * the walk reaches it; discarded hidden outputs of grad iterations enter with zero gradient; the group's input
+ * gradient summed over its grad iterations). Kernels: backend/cuda/train_kernels.cu; products: cuBLAS.
+ *
+ * Attention has two implementations with the same semantics, both exact in fp32:
+ *   gemm: cuBLAS strided-batched products for the scores (fp32, [n_heads][batch][seq][seq], recomputed in the
+ *         backward, never saved), a masked-softmax kernel that also writes the log-sum-exp, P.V, and for the
+ *         backward dP = dO.V^T, dS = P (dP - delta) scale, dQ = dS.K, dK += dS^T.Q, dV += P^T.dO (query heads of
+ *         one KV head accumulate in order). The default while the two score buffers fit in 8 GiB.
+ *   warp: one warp per (query row, head) / (key row, KV head), online softmax, nothing of size T x T (the fallback
+ *         for long sequences). XLKV_TRAIN_ATTENTION=warp|gemm forces one (the tests run both). */
+#include "train/gpu_trainer.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/train_kernels.h"
+#include "core/status.h"
+#include "train/train_graph.h"
+
+typedef struct gpu_record {
+    int layer;
+    int group_iteration;
+    bool iteration_start;
+    float *x_in, *attn_inv_rms, *xb, *q, *k, *v, *dk, *dv;
+    const float *read_k, *read_v;
+    float *read_dk, *read_dv;
+    float *att, *lse, *x_mid, *ffn_inv_rms, *xb2, *gate, *up, *h;
+} gpu_record;
+
+typedef struct kv_source {
+    const float *k, *v;
+    float *dk, *dv;
+} kv_source;
+
+struct xlkv_gpu_trainer {
+    const xlkv_param_store *store; /* layout, shape and map (host) */
+    int batch, seq, n_rows, forward_passes, backward_passes;
+    bool bf16;
+    cudaStream_t stream;
+    cublasHandle_t cublas;
+    void *workspace;
+    float *params, *grads, *adam_m, *adam_v; /* device [n_params] */
+    xlkv_layer_weights *w, *dw;              /* [n_layers] device pointers into params / grads */
+    float *tok_embeddings, *output_norm, *output, *d_tok_embeddings, *d_output_norm, *d_output;
+    gpu_record *records;
+    int n_records;
+    gpu_record scratch;
+    kv_source *current; /* [n_kv_layers + 1] */
+    float *const_k, *const_v, *rope_cos, *rope_sin;
+    float *x, *x_group_in, *final_inv_rms, *x_final, *xf, *probs;
+    float *dx, *dx_group_in, *dxb, *dq, *datt, *dgate, *dup, *dh, *delta, *partials;
+    bool gemm_attention;
+    float *scores, *dscores; /* [n_heads][batch][seq][seq] (gemm attention only) */
+    double *row_loss, *norm_partials;       /* device */
+    int *tokens, *targets, *order, *starts; /* device [n_rows] (+1 for starts) */
+    int n_groups;
+    float *arena;
+    int *int_arena;
+    double *double_arena;
+    double *host_row_loss, *host_norm_partials;
+    int *host_order, *host_starts, *host_counts;
+};
+
+#define KERNEL_TRY(call, what)                                                                                         \
+    do {                                                                                                               \
+        int kernel_err_ = (call);                                                                                      \
+        if (kernel_err_) return xlkv_cuda_fail((cudaError_t)kernel_err_, (what));                                      \
+    } while (0)
+
+static float *take(float *base, size_t *cursor, size_t n) {
+    float *p = base ? base + *cursor : NULL;
+    *cursor += (n + 63) & ~(size_t)63; /* 256-byte alignment for every buffer */
+    return p;
+}
+
+static void carve_record(xlkv_gpu_trainer *g, gpu_record *rec, bool with_kv, float *base, size_t *cursor) {
+    const xlkv_hparams *hp = &g->store->hp;
+    const size_t N = (size_t)g->n_rows, dim = (size_t)hp->dim, hid = (size_t)hp->hidden_dim;
+    const size_t q_dim = (size_t)hp->n_heads * (size_t)hp->head_dim, kv_dim = (size_t)hp->n_kv_heads * (size_t)hp->head_dim;
+    rec->x_in = take(base, cursor, N * dim);
+    rec->attn_inv_rms = take(base, cursor, N);
+    rec->xb = take(base, cursor, N * dim);
+    rec->q = take(base, cursor, N * q_dim);
+    if (with_kv) {
+        rec->k = take(base, cursor, N * kv_dim);
+        rec->v = take(base, cursor, N * kv_dim);
+        rec->dk = take(base, cursor, N * kv_dim);
+        rec->dv = take(base, cursor, N * kv_dim);
+    }
+    rec->att = take(base, cursor, N * q_dim);
+    rec->lse = take(base, cursor, N * (size_t)hp->n_heads);
+    rec->x_mid = take(base, cursor, N * dim);
+    rec->ffn_inv_rms = take(base, cursor, N);
+    rec->xb2 = take(base, cursor, N * dim);
+    rec->gate = take(base, cursor, N * hid);
+    rec->up = take(base, cursor, N * hid);
+    rec->h = take(base, cursor, N * hid);
+}
+
+static size_t carve_all(xlkv_gpu_trainer *g, float *base) {
+    const xlkv_hparams *hp = &g->store->hp;
+    const xlkv_layer_map *map = g->store->map;
+    const size_t N = (size_t)g->n_rows, dim = (size_t)hp->dim, hid = (size_t)hp->hidden_dim;
+    const size_t q_dim = (size_t)hp->n_heads * (size_t)hp->head_dim, kv_dim = (size_t)hp->n_kv_heads * (size_t)hp->head_dim;
+    size_t cursor = 0;
+    g->rope_cos = take(base, &cursor, (size_t)g->seq * (size_t)(hp->head_dim / 2));
+    g->rope_sin = take(base, &cursor, (size_t)g->seq * (size_t)(hp->head_dim / 2));
+    for (int r = 0; r < g->n_records; r++)
+        carve_record(g, &g->records[r], xlkv_is_kv_layer(map, g->records[r].layer), base, &cursor);
+    carve_record(g, &g->scratch, false, base, &cursor);
+    if (xlkv_layer_map_has_cyclic(map)) {
+        g->const_k = take(base, &cursor, (size_t)map->n_kv_layers * N * kv_dim);
+        g->const_v = take(base, &cursor, (size_t)map->n_kv_layers * N * kv_dim);
+    }
+    g->x = take(base, &cursor, N * dim);
+    g->x_group_in = take(base, &cursor, N * dim);
+    g->final_inv_rms = take(base, &cursor, N);
+    g->x_final = take(base, &cursor, N * dim);
+    g->xf = take(base, &cursor, N * dim);
+    g->probs = take(base, &cursor, N * (size_t)hp->vocab_size);
+    g->dx = take(base, &cursor, N * dim);
+    g->dx_group_in = take(base, &cursor, N * dim);
+    g->dxb = take(base, &cursor, N * dim);
+    g->dq = take(base, &cursor, N * q_dim);
+    g->datt = take(base, &cursor, N * q_dim);
+    g->dgate = take(base, &cursor, N * hid);
+    g->dup = take(base, &cursor, N * hid);
+    g->dh = take(base, &cursor, N * hid);
+    g->delta = take(base, &cursor, N * (size_t)hp->n_heads);
+    g->partials = take(base, &cursor, ((N + XLKV_CUDA_TRAIN_ROW_CHUNK - 1) / XLKV_CUDA_TRAIN_ROW_CHUNK) * dim);
+    return cursor;
+}
+
+static int plan_tape(const xlkv_gpu_trainer *g, gpu_record *records) {
+    const xlkv_layer_map *map = g->store->map;
+    int n = 0;
+    for (int s = 0; s < map->n_plan_steps; s++) {
+        const xlkv_plan_step *step = &map->plan[s];
+        const int iterations = step->cyclic ? g->backward_passes : 1;
+        for (int it = 0; it < iterations; it++)
+            for (int layer = step->first; layer <= step->last; layer++) {
+                if (records) {
+                    records[n].layer = layer;
+                    records[n].group_iteration = step->cyclic ? it : -1;
+                    records[n].iteration_start = step->cyclic && layer == step->first;
+                }
+                n++;
+            }
+    }
+    return n;
+}
+
+/* Device pointer of a host pointer into the store's params (or grads): same offset. */
+static float *device_of(const float *host, const float *host_base, float *device_base) {
+    return host ? device_base + (host - host_base) : NULL;
+}
+
+static void map_weights(xlkv_gpu_trainer *g) {
+    const xlkv_param_store *s = g->store;
+    for (int l = 0; l < s->hp.n_layers; l++) {
+        const xlkv_layer_weights *hw = &s->weights.layers[l];
+        xlkv_layer_weights *w = &g->w[l], *dw = &g->dw[l];
+#define MAP(field)                                                                                                     \
+    w->field = device_of(hw->field, s->params, g->params);                                                            \
+    dw->field = device_of(hw->field, s->params, g->grads);
+        MAP(attn_norm) MAP(wq) MAP(wk) MAP(wv) MAP(wo) MAP(ffn_norm) MAP(w_gate) MAP(w_up) MAP(w_down)
+#undef MAP
+    }
+    g->tok_embeddings = device_of(s->weights.tok_embeddings, s->params, g->params);
+    g->output_norm = device_of(s->weights.output_norm, s->params, g->params);
+    g->output = device_of(s->weights.output, s->params, g->params);
+    g->d_tok_embeddings = device_of(s->weights.tok_embeddings, s->params, g->grads);
+    g->d_output_norm = device_of(s->weights.output_norm, s->params, g->grads);
+    g->d_output = device_of(s->weights.output, s->params, g->grads);
+}
+
+static xlkv_status upload_rope_tables(xlkv_gpu_trainer *g) {
+    const int hd = g->store->hp.head_dim, half = hd / 2;
+    const float theta = g->store->hp.rope_theta;
+    const size_t n = (size_t)g->seq * (size_t)half;
+    float *cos_table = malloc(n * sizeof *cos_table), *sin_table = malloc(n * sizeof *sin_table);
+    if (!cos_table || !sin_table) {
+        free(cos_table);
+        free(sin_table);
+        return xlkv_fail(XLKV_E_NOMEM, "GPU trainer: out of host memory");
+    }
+    for (int i = 0; i < half; i++) { /* as train_graph.c: the same bits */
+        float freq = 1.0f / powf(theta, (float)(2 * i) / (float)hd);
+        for (int pos = 0; pos < g->seq; pos++) {
+            float angle = (float)pos * freq;
+            cos_table[(size_t)pos * (size_t)half + (size_t)i] = cosf(angle);
+            sin_table[(size_t)pos * (size_t)half + (size_t)i] = sinf(angle);
+        }
+    }
+    cudaError_t err = cudaMemcpy(g->rope_cos, cos_table, n * sizeof(float), cudaMemcpyHostToDevice);
+    if (err == cudaSuccess) err = cudaMemcpy(g->rope_sin, sin_table, n * sizeof(float), cudaMemcpyHostToDevice);
+    free(cos_table);
+    free(sin_table);
+    if (err != cudaSuccess) return xlkv_cuda_fail(err, "uploading the RoPE tables");
+    return XLKV_OK;
+}
+
+static xlkv_status setup(xlkv_gpu_trainer *g) {
+    const xlkv_param_store *s = g->store;
+    const xlkv_hparams *hp = &s->hp;
+    const size_t N = (size_t)g->n_rows, n_params = s->n_params;
+    /* a blocking stream: it orders with the legacy default stream that cudaMemcpy / cudaMemset use */
+    XLKV_CUDA_TRY(cudaStreamCreate(&g->stream), "creating the trainer's stream");
+    XLKV_CUBLAS_TRY(cublasCreate(&g->cublas), "creating the cuBLAS handle");
+    XLKV_CUBLAS_TRY(cublasSetStream(g->cublas, g->stream), "binding cuBLAS to the trainer's stream");
+    const size_t workspace = (size_t)32 << 20;
+    XLKV_TRY(xlkv_cuda_alloc(&g->workspace, workspace, "the cuBLAS workspace"));
+    XLKV_CUBLAS_TRY(cublasSetWorkspace(g->cublas, g->workspace, workspace), "giving cuBLAS its workspace");
+    XLKV_CUBLAS_TRY(cublasSetMathMode(g->cublas, g->bf16 ? CUBLAS_DEFAULT_MATH : CUBLAS_PEDANTIC_MATH),
+                    "setting the cuBLAS math mode");
+    XLKV_TRY(xlkv_cuda_alloc((void **)&g->params, 4 * n_params * sizeof(float), "parameters, gradients, AdamW moments"));
+    g->grads = g->params + n_params;
+    g->adam_m = g->grads + n_params;
+    g->adam_v = g->adam_m + n_params;
+    XLKV_CUDA_TRY(cudaMemset(g->grads, 0, n_params * sizeof(float)), "zeroing the gradients");
+    g->n_records = plan_tape(g, NULL);
+    g->records = calloc((size_t)g->n_records, sizeof *g->records);
+    g->w = calloc((size_t)hp->n_layers, sizeof *g->w);
+    g->dw = calloc((size_t)hp->n_layers, sizeof *g->dw);
+    g->current = calloc((size_t)s->map->n_kv_layers + 1, sizeof *g->current);
+    const size_t norm_chunks = (n_params + XLKV_CUDA_TRAIN_NORM_CHUNK - 1) / XLKV_CUDA_TRAIN_NORM_CHUNK;
+    g->host_row_loss = malloc(N * sizeof(double));
+    g->host_norm_partials = malloc((norm_chunks + 1) * sizeof(double));
+    g->host_order = malloc(N * sizeof(int));
+    g->host_starts = malloc((N + 1) * sizeof(int));
+    g->host_counts = malloc(((size_t)hp->vocab_size + 1) * sizeof(int));
+    if (!g->records || !g->w || !g->dw || !g->current || !g->host_row_loss || !g->host_norm_partials ||
+        !g->host_order || !g->host_starts || !g->host_counts)
+        return xlkv_fail(XLKV_E_NOMEM, "GPU trainer: out of host memory");
+    plan_tape(g, g->records);
+    map_weights(g);
+    const size_t floats = carve_all(g, NULL);
+    XLKV_TRY(xlkv_cuda_alloc((void **)&g->arena, floats * sizeof(float), "the trainer's activations"));
+    carve_all(g, g->arena);
+    XLKV_TRY(xlkv_cuda_alloc((void **)&g->int_arena, (4 * N + 1) * sizeof(int), "token buffers"));
+    g->tokens = g->int_arena;
+    g->targets = g->tokens + N;
+    g->order = g->targets + N;
+    g->starts = g->order + N;
+    XLKV_TRY(xlkv_cuda_alloc((void **)&g->double_arena, (N + norm_chunks + 1) * sizeof(double), "loss buffers"));
+    g->row_loss = g->double_arena;
+    g->norm_partials = g->row_loss + N;
+    const size_t score_floats = (size_t)hp->n_heads * N * (size_t)g->seq;
+    const char *choice = getenv("XLKV_TRAIN_ATTENTION");
+    if (choice && !strcmp(choice, "warp")) g->gemm_attention = false;
+    else if (choice && !strcmp(choice, "gemm")) g->gemm_attention = true;
+    else g->gemm_attention = 2 * score_floats * sizeof(float) <= ((size_t)8 << 30);
+    if (g->gemm_attention) {
+        XLKV_TRY(xlkv_cuda_alloc((void **)&g->scores, score_floats * sizeof(float), "attention scores"));
+        XLKV_TRY(xlkv_cuda_alloc((void **)&g->dscores, score_floats * sizeof(float), "attention score gradients"));
+    }
+    XLKV_TRY(upload_rope_tables(g));
+    return XLKV_OK;
+}
+
+xlkv_status xlkv_gpu_trainer_create(const xlkv_param_store *store, int batch, int seq, int forward_passes,
+                                    int backward_passes, bool bf16, xlkv_gpu_trainer **out) {
+    *out = NULL;
+    XLKV_TRY(xlkv_train_graph_check(store, batch, seq, forward_passes, backward_passes));
+    if (store->hp.head_dim > 256 || store->hp.head_dim % 2)
+        return xlkv_fail(XLKV_E_INVALID, "GPU trainer: head_dim %d is not supported (even, at most 256)",
+                         store->hp.head_dim);
+    int devices = 0;
+    cudaError_t err = cudaGetDeviceCount(&devices);
+    if (err != cudaSuccess || devices == 0)
+        return xlkv_fail(XLKV_E_BACKEND, "--device cuda: no CUDA device is usable (%s)",
+                         err != cudaSuccess ? cudaGetErrorString(err) : "no device");
+    xlkv_gpu_trainer *g = calloc(1, sizeof *g);
+    if (!g) return xlkv_fail(XLKV_E_NOMEM, "GPU trainer: out of memory");
+    g->store = store;
+    g->batch = batch;
+    g->seq = seq;
+    g->n_rows = batch * seq;
+    g->forward_passes = forward_passes;
+    g->backward_passes = backward_passes;
+    g->bf16 = bf16;
+    xlkv_status status = setup(g);
+    if (status == XLKV_OK) status = xlkv_gpu_trainer_upload(g, store);
+    if (status != XLKV_OK) {
+        xlkv_gpu_trainer_free(g);
+        return status;
+    }
+    *out = g;
+    return XLKV_OK;
+}
+
+void xlkv_gpu_trainer_free(xlkv_gpu_trainer *g) {
+    if (!g) return;
+    if (g->stream) (void)cudaStreamSynchronize(g->stream);
+    if (g->cublas) (void)cublasDestroy(g->cublas);
+    cudaFree(g->workspace);
+    cudaFree(g->params);
+    cudaFree(g->arena);
+    cudaFree(g->int_arena);
+    cudaFree(g->double_arena);
+    cudaFree(g->scores);
+    cudaFree(g->dscores);
+    if (g->stream) (void)cudaStreamDestroy(g->stream);
+    free(g->records);
+    free(g->w);
+    free(g->dw);
+    free(g->current);
+    free(g->host_row_loss);
+    free(g->host_norm_partials);
+    free(g->host_order);
+    free(g->host_starts);
+    free(g->host_counts);
+    free(g);
+}
+
+xlkv_status xlkv_gpu_trainer_upload(xlkv_gpu_trainer *g, const xlkv_param_store *store) {
+    const size_t bytes = store->n_params * sizeof(float);
+    XLKV_CUDA_TRY(cudaMemcpy(g->params, store->params, bytes, cudaMemcpyHostToDevice), "uploading the parameters");
+    XLKV_CUDA_TRY(cudaMemcpy(g->adam_m, store->adam_m, bytes, cudaMemcpyHostToDevice), "uploading AdamW moments");
+    XLKV_CUDA_TRY(cudaMemcpy(g->adam_v, store->adam_v, bytes, cudaMemcpyHostToDevice), "uploading AdamW moments");
+    XLKV_CUDA_TRY(cudaDeviceSynchronize(), "uploading the parameters");
+    return XLKV_OK;
+}
+
+xlkv_status xlkv_gpu_trainer_download(xlkv_gpu_trainer *g, xlkv_param_store *store, bool with_grads) {
+    const size_t bytes = store->n_params * sizeof(float);
+    XLKV_CUDA_TRY(cudaStreamSynchronize(g->stream), "finishing the queued training work");
+    XLKV_CUDA_TRY(cudaMemcpy(store->params, g->params, bytes, cudaMemcpyDeviceToHost), "downloading the parameters");
+    XLKV_CUDA_TRY(cudaMemcpy(store->adam_m, g->adam_m, bytes, cudaMemcpyDeviceToHost), "downloading AdamW moments");
+    XLKV_CUDA_TRY(cudaMemcpy(store->adam_v, g->adam_v, bytes, cudaMemcpyDeviceToHost), "downloading AdamW moments");
+    if (with_grads)
+        XLKV_CUDA_TRY(cudaMemcpy(store->grads, g->grads, bytes, cudaMemcpyDeviceToHost), "downloading the gradients");
+    return XLKV_OK;
+}
+
+xlkv_status xlkv_gpu_trainer_zero_grads(xlkv_gpu_trainer *g) {
+    XLKV_CUDA_TRY(cudaMemsetAsync(g->grads, 0, g->store->n_params * sizeof(float), g->stream), "zeroing gradients");
+    return XLKV_OK;
+}
+
+xlkv_status xlkv_gpu_trainer_synchronize(xlkv_gpu_trainer *g) {
+    XLKV_CUDA_TRY(cudaStreamSynchronize(g->stream), "running the training step on the GPU");
+    return XLKV_OK;
+}
+
+/* ---- products: row-major y[n, out] = x[n, in] . w[out, in]^T and its two backward products --------------------- */
+static xlkv_status gemm(xlkv_gpu_trainer *g, cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k,
+                        const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc) {
+    const float alpha = 1.0f;
+    const cublasComputeType_t compute = g->bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
+    XLKV_CUBLAS_TRY(cublasGemmEx(g->cublas, op_a, op_b, m, n, k, &alpha, a, CUDA_R_32F, lda, b, CUDA_R_32F, ldb, &beta,
+                                 c, CUDA_R_32F, ldc, compute, CUBLAS_GEMM_DEFAULT),
+                    "training matrix product (cublasGemmEx)");
+    return XLKV_OK;
+}
+
+static xlkv_status linear(xlkv_gpu_trainer *g, float *y, const float *x, const float *w, int n, int in, int out) {
+    return gemm(g, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, w, in, x, in, 0.0f, y, out);
+}
+
+/* dx[n, in] += dy . w (dx may be NULL); dw[out, in] += dy^T . x */
+static xlkv_status linear_backward(xlkv_gpu_trainer *g, float *dx, float *dw, const float *dy, const float *x,
+                                   const float *w, int n, int in, int out) {
+    if (dx) XLKV_TRY(gemm(g, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, w, in, dy, out, 1.0f, dx, in));
+    return gemm(g, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, x, in, dy, out, 1.0f, dw, in);
+}
+
+/* batch_count products C_i = op(A_i) op(B_i) (column-major, as cuBLAS), A_i = A + i * stride_a, ... */
+static xlkv_status gemm_batched(xlkv_gpu_trainer *g, cublasOperation_t op_a, cublasOperation_t op_b, int m, int n,
+                                int k, float alpha, const float *a, int lda, long long stride_a, const float *b,
+                                int ldb, long long stride_b, float beta, float *c, int ldc, long long stride_c,
+                                int batch_count) {
+    const cublasComputeType_t compute = g->bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
+    XLKV_CUBLAS_TRY(cublasGemmStridedBatchedEx(g->cublas, op_a, op_b, m, n, k, &alpha, a, CUDA_R_32F, lda, stride_a, b,
+                                               CUDA_R_32F, ldb, stride_b, &beta, c, CUDA_R_32F, ldc, stride_c,
+                                               batch_count, compute, CUBLAS_GEMM_DEFAULT),
+                    "attention product (cublasGemmStridedBatchedEx)");
+    return XLKV_OK;
+}
+
+/* Geometry of the products of one query head h: row-major Q_bh [T, hd] (row stride qs), K_bh / V_bh [T, hd] (row
+ * stride kvs), scores S_hb [T, T]; batched over the B sequences. In cuBLAS' column-major view Q_bh is (hd x T),
+ * ld qs, and S_hb is (T_key x T_query), ld T. */
+typedef struct head_view {
+    int T, hd;
+    int qs, kvs;
+    long long q_step, kv_step, s_step; /* between sequences */
+} head_view;
+
+static head_view head_view_of(const xlkv_gpu_trainer *g) {
+    const xlkv_hparams *hp = &g->store->hp;
+    const int T = g->seq, hd = hp->head_dim, qs = hp->n_heads * hd, kvs = hp->n_kv_heads * hd;
+    return (head_view){T, hd, qs, kvs, (long long)T * qs, (long long)T * kvs, (long long)T * T};
+}
+
+/* scores of every head: S_hb[t][p] = scale q_t . k_p */
+static xlkv_status attention_scores(xlkv_gpu_trainer *g, const float *q, const float *k) {
+    const xlkv_hparams *hp = &g->store->hp;
+    const head_view v = head_view_of(g);
+    const int group = hp->n_heads / hp->n_kv_heads;
+    const float scale = 1.0f / sqrtf((float)hp->head_dim);
+    for (int h = 0; h < hp->n_heads; h++)
+        XLKV_TRY(gemm_batched(g, CUBLAS_OP_T, CUBLAS_OP_N, v.T, v.T, v.hd, scale, k + (size_t)(h / group) * v.hd, v.kvs,
+                              v.kv_step, q + (size_t)h * v.hd, v.qs, v.q_step, 0.0f,
+                              g->scores + (size_t)h * g->batch * v.s_step, v.T, v.s_step, g->batch));
+    return XLKV_OK;
+}
+
+static xlkv_status attention_forward_gemm(xlkv_gpu_trainer *g, float *out, float *lse, const float *q, const float *k,
+                                          const float *vv, const xlkv_cuda_train_attention_shape *shape) {
+    const xlkv_hparams *hp = &g->store->hp;
+    const head_view v = head_view_of(g);
+    const int group = hp->n_heads / hp->n_kv_heads;
+    XLKV_TRY(attention_scores(g, q, k));
+    KERNEL_TRY(xlkv_cuda_train_softmax_rows(g->scores, lse, shape, true, g->stream), "attention softmax");
+    for (int h = 0; h < hp->n_heads; h++) /* O_bh = P_hb . V_bh */
+        XLKV_TRY(gemm_batched(g, CUBLAS_OP_N, CUBLAS_OP_N, v.hd, v.T, v.T, 1.0f, vv + (size_t)(h / group) * v.hd, v.kvs,
+                              v.kv_step, g->scores + (size_t)h * g->batch * v.s_step, v.T, v.s_step, 0.0f,
+                              out + (size_t)h * v.hd, v.qs, v.q_step, g->batch));
+    return XLKV_OK;
+}
+
+static xlkv_status attention_backward_gemm(xlkv_gpu_trainer *g, float *dq, float *dk, float *dv, const float *dout,
+                                           const float *out, const float *lse, const float *q, const float *k,
+                                           const float *vv, const xlkv_cuda_train_attention_shape *shape) {
+    const xlkv_hparams *hp = &g->store->hp;
+    const head_view v = head_view_of(g);
+    const int group = hp->n_heads / hp->n_kv_heads;
+    KERNEL_TRY(xlkv_cuda_train_attention_delta(g->delta, dout, out, shape, g->stream), "attention delta");
+    XLKV_TRY(attention_scores(g, q, k));
+    KERNEL_TRY(xlkv_cuda_train_softmax_rows(g->scores, (float *)lse, shape, false, g->stream), "attention softmax");
+    for (int h = 0; h < hp->n_heads; h++) /* dP_hb[t][p] = do_t . v_p */
+        XLKV_TRY(gemm_batched(g, CUBLAS_OP_T, CUBLAS_OP_N, v.T, v.T, v.hd, 1.0f, vv + (size_t)(h / group) * v.hd, v.kvs,
+                              v.kv_step, dout + (size_t)h * v.hd, v.qs, v.q_step, 0.0f,
+                              g->dscores + (size_t)h * g->batch * v.s_step, v.T, v.s_step, g->batch));
+    KERNEL_TRY(xlkv_cuda_train_softmax_backward_rows(g->dscores, g->scores, g->delta, shape, g->stream),
+               "attention softmax backward");
+    for (int h = 0; h < hp->n_heads; h++) {
+        const float *ds = g->dscores + (size_t)h * g->batch * v.s_step, *p = g->scores + (size_t)h * g->batch * v.s_step;
+        const size_t kv_off = (size_t)(h / group) * v.hd, q_off = (size_t)h * v.hd;
+        XLKV_TRY(gemm_batched(g, CUBLAS_OP_N, CUBLAS_OP_N, v.hd, v.T, v.T, 1.0f, k + kv_off, v.kvs, v.kv_step, ds, v.T,
+                              v.s_step, 0.0f, dq + q_off, v.qs, v.q_step, g->batch)); /* dQ = dS . K */
+        if (dk) /* dK += dS^T . Q */
+            XLKV_TRY(gemm_batched(g, CUBLAS_OP_N, CUBLAS_OP_T, v.hd, v.T, v.T, 1.0f, q + q_off, v.qs, v.q_step, ds, v.T,
+                                  v.s_step, 1.0f, dk + kv_off, v.kvs, v.kv_step, g->batch));
+        if (dv) /* dV += P^T . dO */
+            XLKV_TRY(gemm_batched(g, CUBLAS_OP_N, CUBLAS_OP_T, v.hd, v.T, v.T, 1.0f, dout + q_off, v.qs, v.q_step, p,
+                                  v.T, v.s_step, 1.0f, dv + kv_off, v.kvs, v.kv_step, g->batch));
+    }
+    return XLKV_OK;
+}
+
+static xlkv_status zero(xlkv_gpu_trainer *g, float *p, size_t n) {
+    XLKV_CUDA_TRY(cudaMemsetAsync(p, 0, n * sizeof(float), g->stream), "clearing a buffer");
+    return XLKV_OK;
+}
+
+static xlkv_status copy(xlkv_gpu_trainer *g, float *dst, const float *src, size_t n) {
+    XLKV_CUDA_TRY(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, g->stream),
+                  "copying activations");
+    return XLKV_OK;
+}
+
+static xlkv_cuda_train_attention_shape attention_shape(const xlkv_gpu_trainer *g, int layer) {
+    const xlkv_hparams *hp = &g->store->hp;
+    const xlkv_layer_map *map = g->store->map;
+    return (xlkv_cuda_train_attention_shape){
+        .batch = g->batch, .seq = g->seq, .n_heads = hp->n_heads, .n_kv_heads = hp->n_kv_heads,
+        .head_dim = hp->head_dim, .window = map->sliding[layer] ? hp->sliding_window : 0,
+        .mask_diagonal = xlkv_is_cyclic(map, layer) || hp->force_nodiag,
+    };
+}
+
+/* ---- forward ---------------------------------------------------------------------------------------------------- */
+static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer, bool grad) {
+    const xlkv_hparams *hp = &g->store->hp;
+    const xlkv_layer_map *map = g->store->map;
+    const xlkv_layer_weights *w = &g->w[layer];
+    const int N = g->n_rows, dim = hp->dim, hid = hp->hidden_dim;
+    const int q_dim = hp->n_heads * hp->head_dim, kv_dim = hp->n_kv_heads * hp->head_dim;
+    const size_t n_dim = (size_t)N * (size_t)dim;
+    float *x = g->x, *proj = g->dxb;
+    void *st = g->stream;
+
+    if (grad) XLKV_TRY(copy(g, rec->x_in, x, n_dim));
+    KERNEL_TRY(xlkv_cuda_train_rmsnorm_forward(rec->xb, rec->attn_inv_rms, x, w->attn_norm, N, dim, hp->norm_eps, st),
+               "rmsnorm forward");
+    XLKV_TRY(linear(g, rec->q, rec->xb, w->wq, N, dim, q_dim));
+    KERNEL_TRY(xlkv_cuda_train_rope(rec->q, N, g->seq, hp->n_heads, hp->head_dim, g->rope_cos, g->rope_sin, 1.0f, st),
+               "rope forward");
+    if (xlkv_is_kv_layer(map, layer)) {
+        const int slot = map->kv_slot[layer];
+        const size_t slot_offset = (size_t)slot * (size_t)N * (size_t)kv_dim;
+        float *k = grad ? rec->k : g->const_k + slot_offset, *v = grad ? rec->v : g->const_v + slot_offset;
+        XLKV_TRY(linear(g, k, rec->xb, w->wk, N, dim, kv_dim));
+        XLKV_TRY(linear(g, v, rec->xb, w->wv, N, dim, kv_dim));
+        KERNEL_TRY(xlkv_cuda_train_rope(k, N, g->seq, hp->n_kv_heads, hp->head_dim, g->rope_cos, g->rope_sin, 1.0f, st),
+                   "rope forward");
+        g->current[slot] = (kv_source){k, v, grad ? rec->dk : NULL, grad ? rec->dv : NULL};
+        if (grad) {
+            XLKV_TRY(zero(g, rec->dk, (size_t)N * (size_t)kv_dim));
+            XLKV_TRY(zero(g, rec->dv, (size_t)N * (size_t)kv_dim));
+        }
+    }
+    const kv_source *src = &g->current[xlkv_read_slot(map, layer)];
+    rec->read_k = src->k;
+    rec->read_v = src->v;
+    rec->read_dk = src->dk;
+    rec->read_dv = src->dv;
+    const xlkv_cuda_train_attention_shape shape = attention_shape(g, layer);
+    if (g->gemm_attention) XLKV_TRY(attention_forward_gemm(g, rec->att, rec->lse, rec->q, src->k, src->v, &shape));
+    else KERNEL_TRY(xlkv_cuda_train_attention_forward(rec->att, rec->lse, rec->q, src->k, src->v, &shape, st),
+                    "attention forward");
+    XLKV_TRY(linear(g, proj, rec->att, w->wo, N, q_dim, dim));
+    KERNEL_TRY(xlkv_cuda_train_add(x, proj, n_dim, st), "residual add");
+
+    if (grad) XLKV_TRY(copy(g, rec->x_mid, x, n_dim));
+    KERNEL_TRY(xlkv_cuda_train_rmsnorm_forward(rec->xb2, rec->ffn_inv_rms, x, w->ffn_norm, N, dim, hp->norm_eps, st),
+               "rmsnorm forward");
+    XLKV_TRY(linear(g, rec->gate, rec->xb2, w->w_gate, N, dim, hid));
+    XLKV_TRY(linear(g, rec->up, rec->xb2, w->w_up, N, dim, hid));
+    KERNEL_TRY(xlkv_cuda_train_swiglu_forward(rec->h, rec->gate, rec->up, (size_t)N * (size_t)hid, st),
+               "swiglu forward");
+    XLKV_TRY(linear(g, proj, rec->h, w->w_down, N, hid, dim));
+    KERNEL_TRY(xlkv_cuda_train_add(x, proj, n_dim, st), "residual add");
+    return XLKV_OK;
+}
+
+/* Rows grouped by token, rows ascending inside a group (a counting sort, stable): the embedding backward's order. */
+static void group_rows_by_token(xlkv_gpu_trainer *g, const int *tokens) {
+    const int N = g->n_rows, vocab = g->store->hp.vocab_size;
+    int *count = g->host_counts;
+    memset(count, 0, ((size_t)vocab + 1) * sizeof *count);
+    for (int r = 0; r < N; r++) count[tokens[r] + 1]++;
+    for (int i = 0; i < vocab; i++) count[i + 1] += count[i];
+    for (int r = 0; r < N; r++) g->host_order[count[tokens[r]]++] = r;
+    int groups = 0;
+    for (int j = 0; j < N; j++)
+        if (j == 0 || tokens[g->host_order[j]] != tokens[g->host_order[j - 1]]) g->host_starts[groups++] = j;
+    g->host_starts[groups] = N;
+    g->n_groups = groups;
+}
+
+xlkv_status xlkv_gpu_trainer_forward(xlkv_gpu_trainer *g, const int *tokens, const int *targets, double *out_loss) {
+    const xlkv_param_store *s = g->store;
+    const xlkv_hparams *hp = &s->hp;
+    const xlkv_layer_map *map = s->map;
+    const int N = g->n_rows, dim = hp->dim, kv_dim = hp->n_kv_heads * hp->head_dim;
+    const size_t n_dim = (size_t)N * (size_t)dim;
+    void *st = g->stream;
+    for (int r = 0; r < N; r++)
+        if (tokens[r] < 0 || tokens[r] >= hp->vocab_size || targets[r] < 0 || targets[r] >= hp->vocab_size)
+            return xlkv_fail(XLKV_E_INVALID, "trainer: token %d / target %d at row %d is outside the vocabulary [0, %d)",
+                             tokens[r], targets[r], r, hp->vocab_size);
+    XLKV_CUDA_TRY(cudaStreamSynchronize(g->stream), "finishing the previous step"); /* host buffers are reused */
+    group_rows_by_token(g, tokens);
+    XLKV_CUDA_TRY(cudaMemcpyAsync(g->tokens, tokens, (size_t)N * sizeof(int), cudaMemcpyHostToDevice, g->stream),
+                  "uploading tokens");
+    XLKV_CUDA_TRY(cudaMemcpyAsync(g->targets, targets, (size_t)N * sizeof(int), cudaMemcpyHostToDevice, g->stream),
+                  "uploading targets");
+    XLKV_CUDA_TRY(cudaMemcpyAsync(g->order, g->host_order, (size_t)N * sizeof(int), cudaMemcpyHostToDevice, g->stream),
+                  "uploading the embedding order");
+    XLKV_CUDA_TRY(cudaMemcpyAsync(g->starts, g->host_starts, (size_t)(g->n_groups + 1) * sizeof(int),
+                                  cudaMemcpyHostToDevice, g->stream), "uploading the embedding groups");
+    memset(g->current, 0, ((size_t)map->n_kv_layers + 1) * sizeof *g->current);
+    KERNEL_TRY(xlkv_cuda_train_embedding_forward(g->x, g->tokens, g->tok_embeddings, N, dim, st), "embedding forward");
+    int r = 0;
+    for (int stp = 0; stp < map->n_plan_steps; stp++) {
+        const xlkv_plan_step *step = &map->plan[stp];
+        if (!step->cyclic) {
+            for (int layer = step->first; layer <= step->last; layer++, r++)
+                XLKV_TRY(layer_forward(g, &g->records[r], layer, true));
+            continue;
+        }
+        XLKV_TRY(copy(g, g->x_group_in, g->x, n_dim));
+        for (int j = step->first; j <= step->last; j++) { /* targets hold zeros before the first iteration */
+            if (!xlkv_is_kv_layer(map, j)) continue;
+            const int slot = map->kv_slot[j];
+            const size_t offset = (size_t)slot * (size_t)N * (size_t)kv_dim;
+            g->current[slot] = (kv_source){g->const_k + offset, g->const_v + offset, NULL, NULL};
+            XLKV_TRY(zero(g, g->const_k + offset, (size_t)N * (size_t)kv_dim));
+            XLKV_TRY(zero(g, g->const_v + offset, (size_t)N * (size_t)kv_dim));
+        }
+        for (int it = 0; it < g->forward_passes + g->backward_passes; it++) {
+            const bool grad = it >= g->forward_passes;
+            XLKV_TRY(copy(g, g->x, g->x_group_in, n_dim));
+            for (int layer = step->first; layer <= step->last; layer++)
+                XLKV_TRY(layer_forward(g, grad ? &g->records[r++] : &g->scratch, layer, grad));
+        }
+    }
+    XLKV_TRY(copy(g, g->x_final, g->x, n_dim));
+    KERNEL_TRY(xlkv_cuda_train_rmsnorm_forward(g->xf, g->final_inv_rms, g->x_final, g->output_norm, N, dim,
+                                               hp->norm_eps, st), "final rmsnorm");
+    XLKV_TRY(linear(g, g->probs, g->xf, g->output, N, dim, hp->vocab_size));
+    KERNEL_TRY(xlkv_cuda_train_cross_entropy_forward(g->probs, g->row_loss, g->targets, N, hp->vocab_size, st),
+               "cross-entropy forward");
+    XLKV_CUDA_TRY(cudaMemcpyAsync(g->host_row_loss, g->row_loss, (size_t)N * sizeof(double), cudaMemcpyDeviceToHost,
+                                  g->stream), "downloading the loss");
+    XLKV_CUDA_TRY(cudaStreamSynchronize(g->stream), "running the forward pass on the GPU");
+    double total = 0.0;
+    for (int i = 0; i < N; i++) total += g->host_row_loss[i];
+    *out_loss = total / (double)N;
+    return XLKV_OK;
+}
+
+/* ---- backward --------------------------------------------------------------------------------------------------- */
+static xlkv_status layer_backward(xlkv_gpu_trainer *g, gpu_record *rec) {
+    const xlkv_hparams *hp = &g->store->hp;
+    const xlkv_layer_map *map = g->store->map;
+    const int layer = rec->layer;
+    const xlkv_layer_weights *w = &g->w[layer], *dw = &g->dw[layer];
+    const int N = g->n_rows, dim = hp->dim, hid = hp->hidden_dim;
+    const int q_dim = hp->n_heads * hp->head_dim, kv_dim = hp->n_kv_heads * hp->head_dim;
+    const size_t n_dim = (size_t)N * (size_t)dim;
+    void *st = g->stream;
+
+    XLKV_TRY(zero(g, g->dh, (size_t)N * (size_t)hid));
+    XLKV_TRY(linear_backward(g, g->dh, dw->w_down, g->dx, rec->h, w->w_down, N, hid, dim));
+    KERNEL_TRY(xlkv_cuda_train_swiglu_backward(g->dgate, g->dup, g->dh, rec->gate, rec->up, (size_t)N * (size_t)hid,
+                                               st), "swiglu backward");
+    XLKV_TRY(zero(g, g->dxb, n_dim));
+    XLKV_TRY(linear_backward(g, g->dxb, dw->w_gate, g->dgate, rec->xb2, w->w_gate, N, dim, hid));
+    XLKV_TRY(linear_backward(g, g->dxb, dw->w_up, g->dup, rec->xb2, w->w_up, N, dim, hid));
+    KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward(g->dx, dw->ffn_norm, g->dxb, rec->x_mid, rec->ffn_inv_rms, w->ffn_norm,
+                                                N, dim, g->partials, st), "rmsnorm backward");
+
+    XLKV_TRY(zero(g, g->datt, (size_t)N * (size_t)q_dim));
+    XLKV_TRY(linear_backward(g, g->datt, dw->wo, g->dx, rec->att, w->wo, N, q_dim, dim));
+    const xlkv_cuda_train_attention_shape shape = attention_shape(g, layer);
+    if (g->gemm_attention)
+        XLKV_TRY(attention_backward_gemm(g, g->dq, rec->read_dk, rec->read_dv, g->datt, rec->att, rec->lse, rec->q,
+                                         rec->read_k, rec->read_v, &shape));
+    else
+        KERNEL_TRY(xlkv_cuda_train_attention_backward(g->dq, rec->read_dk, rec->read_dv, g->delta, g->datt, rec->att,
+                                                      rec->lse, rec->q, rec->read_k, rec->read_v, &shape, st),
+                   "attention backward");
+    KERNEL_TRY(xlkv_cuda_train_rope(g->dq, N, g->seq, hp->n_heads, hp->head_dim, g->rope_cos, g->rope_sin, -1.0f, st),
+               "rope backward");
+    XLKV_TRY(zero(g, g->dxb, n_dim));
+    XLKV_TRY(linear_backward(g, g->dxb, dw->wq, g->dq, rec->xb, w->wq, N, dim, q_dim));
+    if (xlkv_is_kv_layer(map, layer)) {
+        KERNEL_TRY(xlkv_cuda_train_rope(rec->dk, N, g->seq, hp->n_kv_heads, hp->head_dim, g->rope_cos, g->rope_sin,
+                                        -1.0f, st), "rope backward");
+        XLKV_TRY(linear_backward(g, g->dxb, dw->wk, rec->dk, rec->xb, w->wk, N, dim, kv_dim));
+        XLKV_TRY(linear_backward(g, g->dxb, dw->wv, rec->dv, rec->xb, w->wv, N, dim, kv_dim));
+    }
+    KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward(g->dx, dw->attn_norm, g->dxb, rec->x_in, rec->attn_inv_rms,
+                                                w->attn_norm, N, dim, g->partials, st), "rmsnorm backward");
+    return XLKV_OK;
+}
+
+xlkv_status xlkv_gpu_trainer_backward(xlkv_gpu_trainer *g, float loss_scale) {
+    const xlkv_hparams *hp = &g->store->hp;
+    const int N = g->n_rows, dim = hp->dim, vocab = hp->vocab_size;
+    const size_t n_dim = (size_t)N * (size_t)dim;
+    void *st = g->stream;
+    KERNEL_TRY(xlkv_cuda_train_cross_entropy_backward(g->probs, g->targets, N, vocab, loss_scale / (float)N, st),
+               "cross-entropy backward");
+    XLKV_TRY(zero(g, g->dxb, n_dim));
+    XLKV_TRY(linear_backward(g, g->dxb, g->d_output, g->probs, g->xf, g->output, N, dim, vocab));
+    XLKV_TRY(zero(g, g->dx, n_dim));
+    KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward(g->dx, g->d_output_norm, g->dxb, g->x_final, g->final_inv_rms,
+                                                g->output_norm, N, dim, g->partials, st), "final rmsnorm backward");
+    XLKV_TRY(zero(g, g->dx_group_in, n_dim));
+    for (int r = g->n_records - 1; r >= 0; r--) {
+        gpu_record *rec = &g->records[r];
+        XLKV_TRY(layer_backward(g, rec));
+        if (!rec->iteration_start) continue;
+        KERNEL_TRY(xlkv_cuda_train_add(g->dx_group_in, g->dx, n_dim, st), "group input gradient");
+        if (rec->group_iteration == 0) {
+            XLKV_TRY(copy(g, g->dx, g->dx_group_in, n_dim));
+            XLKV_TRY(zero(g, g->dx_group_in, n_dim));
+        } else {
+            XLKV_TRY(zero(g, g->dx, n_dim));
+        }
+    }
+    KERNEL_TRY(xlkv_cuda_train_embedding_backward(g->d_tok_embeddings, g->dx, g->tokens, g->order, g->starts,
+                                                  g->n_groups, dim, st), "embedding backward");
+    return XLKV_OK;
+}
+
+/* ---- optimizer -------------------------------------------------------------------------------------------------- */
+xlkv_status xlkv_gpu_trainer_clip_grad_norm(xlkv_gpu_trainer *g, double max_norm, double *out_norm) {
+    const size_t n = g->store->n_params, chunks = (n + XLKV_CUDA_TRAIN_NORM_CHUNK - 1) / XLKV_CUDA_TRAIN_NORM_CHUNK;
+    KERNEL_TRY(xlkv_cuda_train_sum_squares(g->norm_partials, g->grads, n, g->stream), "gradient norm");
+    XLKV_CUDA_TRY(cudaMemcpyAsync(g->host_norm_partials, g->norm_partials, chunks * sizeof(double),
+                                  cudaMemcpyDeviceToHost, g->stream), "downloading the gradient norm");
+    XLKV_CUDA_TRY(cudaStreamSynchronize(g->stream), "running the backward pass on the GPU");
+    double total = 0.0;
+    for (size_t c = 0; c < chunks; c++) total += g->host_norm_partials[c];
+    const double norm = sqrt(total);
+    if (max_norm > 0.0 && norm > max_norm)
+        KERNEL_TRY(xlkv_cuda_train_scale(g->grads, (float)(max_norm / (norm + 1e-6)), n, g->stream), "gradient clip");
+    *out_norm = norm;
+    return XLKV_OK;
+}
+
+xlkv_status xlkv_gpu_trainer_adamw_step(xlkv_gpu_trainer *g, const xlkv_adamw_params *p, float lr, long step) {
+    const xlkv_param_store *s = g->store;
+    const float c1 = (float)(1.0 - pow((double)p->beta1, (double)step));
+    const float c2 = (float)(1.0 - pow((double)p->beta2, (double)step));
+    for (int t = 0; t < s->n_tensors; t++) {
+        const xlkv_param_tensor *tensor = &s->tensors[t];
+        const size_t n = (size_t)tensor->rows * (size_t)(tensor->cols ? tensor->cols : 1), o = tensor->offset;
+        const float decay = tensor->kind == XLKV_PARAM_MATRIX ? p->weight_decay : 0.0f;
+        KERNEL_TRY(xlkv_cuda_train_adamw(g->params + o, g->grads + o, g->adam_m + o, g->adam_v + o, n, lr, p->beta1,
+                                         p->beta2, p->eps, decay, c1, c2, g->stream), "AdamW update");
+    }
+    return XLKV_OK;
+}

@@ -1,0 +1,583 @@
+/* backend/cuda/train_kernels: the trainer's kernels (see train_kernels.h). Formulas as train/train_ops.c:
+ *   rmsnorm   y = g x s            dx = s (g dy) - x s^3 / D * sum(g dy x)
+ *   attention o = sum_p P_p v_p,   P = softmax(scale q.k_p); with dP_p = do.v_p and delta = do.o:
+ *             ds_p = P_p (dP_p - delta); dq = scale sum ds_p k_p; dk_p += scale ds_p q; dv_p += P_p do
+ *   swiglu    h = silu(a) u        da = dh u silu'(a), silu'(a) = sig(a) (1 + a (1 - sig(a))); du = dh silu(a)
+ *   softmax cross-entropy          dlogits = p - onehot(target)
+ * Attention is the simple correct version: one warp per (query row, head) for the output and dq (online softmax
+ * over the visible keys; scores in fp32, never stored), and one warp per (key row, KV head) for dk / dv, walking the
+ * queries that see that key and recomputing their probabilities from the saved log-sum-exp. Each output element has
+ * one writer, so there are no atomics and the results are deterministic. */
+#include <cuda_runtime.h>
+#include <math.h>
+
+#include "backend/cuda/train_kernels.h"
+
+namespace {
+
+constexpr int kBlock = 256;
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* Block-wide reductions (blockDim.x == kBlock); every thread gets the result. */
+template <typename T, typename Op> __device__ T block_reduce(T v, Op op, T *shared) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    T r = shared[0];
+    for (int w = 1; w < kBlock / 32; w++) r = op(r, shared[w]);
+    __syncthreads();
+    return r;
+}
+struct add_op {
+    template <typename T> __device__ T operator()(T a, T b) const { return a + b; }
+};
+struct max_op {
+    __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+int launch_status() { return (int)cudaGetLastError(); }
+unsigned blocks_for(size_t n) { return (unsigned)((n + kBlock - 1) / kBlock); }
+
+__global__ void embedding_forward(float *x, const int *tokens, const float *table, int dim) {
+    const size_t r = blockIdx.x;
+    const float *src = table + (size_t)tokens[r] * (size_t)dim;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) x[r * (size_t)dim + (size_t)i] = src[i];
+}
+
+__global__ void embedding_backward(float *dtable, const float *dx, const int *tokens, const int *order,
+                                   const int *starts, int dim) {
+    const int g = blockIdx.x, begin = starts[g], end = starts[g + 1];
+    float *dst = dtable + (size_t)tokens[order[begin]] * (size_t)dim;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        float acc = dst[i]; /* rows added one by one in row order, as the CPU does */
+        for (int j = begin; j < end; j++) acc += dx[(size_t)order[j] * (size_t)dim + (size_t)i];
+        dst[i] = acc;
+    }
+}
+
+__global__ void rmsnorm_forward(float *y, float *inv_rms, const float *x, const float *gain, int dim, float eps) {
+    __shared__ float shared[32];
+    const size_t r = blockIdx.x;
+    const float *xr = x + r * (size_t)dim;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = block_reduce(ss, add_op(), shared);
+    const float s = 1.0f / sqrtf(ss / (float)dim + eps);
+    if (threadIdx.x == 0) inv_rms[r] = s;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) y[r * (size_t)dim + (size_t)i] = gain[i] * (s * xr[i]);
+}
+
+__global__ void rmsnorm_backward_rows(float *dx, const float *dy, const float *x, const float *inv_rms,
+                                      const float *gain, int dim) {
+    __shared__ float shared[32];
+    const size_t r = blockIdx.x, off = r * (size_t)dim;
+    const float s = inv_rms[r];
+    float dot = 0.0f;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) dot += gain[i] * dy[off + i] * x[off + i];
+    dot = block_reduce(dot, add_op(), shared);
+    const float coef = dot * s * s * s / (float)dim;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) dx[off + i] += s * gain[i] * dy[off + i] - coef * x[off + i];
+}
+
+__global__ void rmsnorm_gain_partials(float *partials, const float *dy, const float *x, const float *inv_rms, int n,
+                                      int dim) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x, chunk = blockIdx.y;
+    if (i >= dim) return;
+    const int r0 = chunk * XLKV_CUDA_TRAIN_ROW_CHUNK, r1 = min(n, r0 + XLKV_CUDA_TRAIN_ROW_CHUNK);
+    float sum = 0.0f;
+    for (int r = r0; r < r1; r++) sum += dy[(size_t)r * dim + i] * x[(size_t)r * dim + i] * inv_rms[r];
+    partials[(size_t)chunk * dim + i] = sum;
+}
+
+__global__ void rmsnorm_gain_sum(float *dgain, const float *partials, int chunks, int dim) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= dim) return;
+    float sum = 0.0f;
+    for (int c = 0; c < chunks; c++) sum += partials[(size_t)c * dim + i];
+    dgain[i] += sum;
+}
+
+__global__ void rope(float *x, int n, int seq, int n_heads, int head_dim, const float *cos_table,
+                     const float *sin_table, float direction) {
+    const int half = head_dim / 2;
+    const size_t pairs = (size_t)n * n_heads * half;
+    for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < pairs; idx += (size_t)gridDim.x * blockDim.x) {
+        const int i = (int)(idx % half);
+        const size_t rh = idx / half; /* row * n_heads + head */
+        const int pos = (int)((rh / n_heads) % seq);
+        float *v = x + rh * head_dim;
+        const float c = cos_table[(size_t)pos * half + i], sn = direction * sin_table[(size_t)pos * half + i];
+        const float a = v[2 * i], b = v[2 * i + 1];
+        v[2 * i] = a * c - b * sn;
+        v[2 * i + 1] = a * sn + b * c;
+    }
+}
+
+__global__ void swiglu_forward(float *h, const float *gate, const float *up, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float g = gate[i];
+        h[i] = g * (1.0f / (1.0f + expf(-g))) * up[i];
+    }
+}
+
+__global__ void swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up,
+                                size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float g = gate[i], sig = 1.0f / (1.0f + expf(-g)), silu = g * sig;
+        dgate[i] = dh[i] * up[i] * sig * (1.0f + g * (1.0f - sig));
+        dup[i] = dh[i] * silu;
+    }
+}
+
+__global__ void add(float *y, const float *x, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) y[i] += x[i];
+}
+
+__global__ void scale(float *x, float s, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) x[i] *= s;
+}
+
+/* ---- attention ------------------------------------------------------------------------------------------------ */
+struct attn_args {
+    int batch, seq, n_heads, n_kv_heads, head_dim, window, mask_diagonal;
+    float scale;
+};
+
+__device__ __forceinline__ void visible_range(const attn_args &a, int t, int *first, int *last) {
+    *last = a.mask_diagonal ? t - 1 : t;
+    *first = a.window > 0 ? t - a.window + 1 : 0;
+    if (*first < 0) *first = 0;
+}
+
+/* Lane `lane` holds dims lane, lane + 32, ... (DPL of them); dims >= head_dim read as zero. */
+template <int DPL> __device__ __forceinline__ void load_head(float *dst, const float *src, int head_dim, int lane) {
+#pragma unroll
+    for (int j = 0; j < DPL; j++) {
+        const int d = lane + 32 * j;
+        dst[j] = d < head_dim ? src[d] : 0.0f;
+    }
+}
+template <int DPL> __device__ __forceinline__ float head_dot(const float *a, const float *b) {
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < DPL; j++) s += a[j] * b[j];
+    return warp_sum(s);
+}
+
+/* One warp per (row, head): out and lse. */
+template <int DPL>
+__global__ void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, attn_args a) {
+    const int lane = threadIdx.x & 31;
+    const size_t warp = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5;
+    const size_t n_rows = (size_t)a.batch * a.seq;
+    if (warp >= n_rows * a.n_heads) return;
+    const size_t row = warp / a.n_heads;
+    const int h = (int)(warp % a.n_heads), t = (int)(row % a.seq), b = (int)(row / a.seq);
+    const int group = a.n_heads / a.n_kv_heads, hd = a.head_dim;
+    const size_t q_stride = (size_t)a.n_heads * hd, kv_stride = (size_t)a.n_kv_heads * hd;
+    const float *kv_base_k = k + (size_t)b * a.seq * kv_stride + (size_t)(h / group) * hd;
+    const float *kv_base_v = v + (size_t)b * a.seq * kv_stride + (size_t)(h / group) * hd;
+    float qh[DPL], acc[DPL], kp[DPL], vp[DPL];
+    load_head<DPL>(qh, q + row * q_stride + (size_t)h * hd, hd, lane);
+#pragma unroll
+    for (int j = 0; j < DPL; j++) acc[j] = 0.0f;
+    int first, last;
+    visible_range(a, t, &first, &last);
+    float max = -INFINITY, sum = 0.0f;
+    for (int p = first; p <= last; p++) {
+        load_head<DPL>(kp, kv_base_k + (size_t)p * kv_stride, hd, lane);
+        load_head<DPL>(vp, kv_base_v + (size_t)p * kv_stride, hd, lane);
+        const float s = head_dot<DPL>(qh, kp) * a.scale;
+        const float new_max = fmaxf(max, s), corr = expf(max - new_max), w = expf(s - new_max);
+        sum = sum * corr + w;
+#pragma unroll
+        for (int j = 0; j < DPL; j++) acc[j] = acc[j] * corr + w * vp[j];
+        max = new_max;
+    }
+    float *o = out + row * q_stride + (size_t)h * hd;
+    const bool any = last >= first;
+#pragma unroll
+    for (int j = 0; j < DPL; j++) {
+        const int d = lane + 32 * j;
+        if (d < hd) o[d] = any ? acc[j] / sum : 0.0f;
+    }
+    if (lane == 0) lse[row * a.n_heads + h] = any ? max + logf(sum) : -INFINITY;
+}
+
+/* One warp per (row, head): delta = dout . out and dq. */
+template <int DPL>
+__global__ void attention_backward_dq(float *dq, float *delta, const float *dout, const float *out, const float *lse,
+                                      const float *q, const float *k, const float *v, attn_args a) {
+    const int lane = threadIdx.x & 31;
+    const size_t warp = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5;
+    const size_t n_rows = (size_t)a.batch * a.seq;
+    if (warp >= n_rows * a.n_heads) return;
+    const size_t row = warp / a.n_heads;
+    const int h = (int)(warp % a.n_heads), t = (int)(row % a.seq), b = (int)(row / a.seq);
+    const int group = a.n_heads / a.n_kv_heads, hd = a.head_dim;
+    const size_t q_stride = (size_t)a.n_heads * hd, kv_stride = (size_t)a.n_kv_heads * hd;
+    const size_t q_off = row * q_stride + (size_t)h * hd;
+    const float *kb = k + (size_t)b * a.seq * kv_stride + (size_t)(h / group) * hd;
+    const float *vb = v + (size_t)b * a.seq * kv_stride + (size_t)(h / group) * hd;
+    float qh[DPL], doh[DPL], oh[DPL], dqh[DPL], kp[DPL], vp[DPL];
+    load_head<DPL>(qh, q + q_off, hd, lane);
+    load_head<DPL>(doh, dout + q_off, hd, lane);
+    load_head<DPL>(oh, out + q_off, hd, lane);
+    const float d = head_dot<DPL>(doh, oh);
+    if (lane == 0) delta[row * a.n_heads + h] = d;
+#pragma unroll
+    for (int j = 0; j < DPL; j++) dqh[j] = 0.0f;
+    const float row_lse = lse[row * a.n_heads + h];
+    int first, last;
+    visible_range(a, t, &first, &last);
+    if (isfinite(row_lse))
+        for (int p = first; p <= last; p++) {
+            load_head<DPL>(kp, kb + (size_t)p * kv_stride, hd, lane);
+            load_head<DPL>(vp, vb + (size_t)p * kv_stride, hd, lane);
+            const float prob = expf(head_dot<DPL>(qh, kp) * a.scale - row_lse);
+            const float ds = prob * (head_dot<DPL>(doh, vp) - d) * a.scale;
+#pragma unroll
+            for (int j = 0; j < DPL; j++) dqh[j] += ds * kp[j];
+        }
+#pragma unroll
+    for (int j = 0; j < DPL; j++) {
+        const int dd = lane + 32 * j;
+        if (dd < hd) dq[q_off + dd] = dqh[j];
+    }
+}
+
+/* One warp per (key row, KV head): dk, dv += over the queries (of the group's heads) that see the key. */
+template <int DPL>
+__global__ void attention_backward_dkdv(float *dk, float *dv, const float *delta, const float *dout, const float *lse,
+                                        const float *q, const float *k, const float *v, attn_args a) {
+    const int lane = threadIdx.x & 31;
+    const size_t warp = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5;
+    const size_t n_rows = (size_t)a.batch * a.seq;
+    if (warp >= n_rows * a.n_kv_heads) return;
+    const size_t key_row = warp / a.n_kv_heads;
+    const int kvh = (int)(warp % a.n_kv_heads), p = (int)(key_row % a.seq), b = (int)(key_row / a.seq);
+    const int group = a.n_heads / a.n_kv_heads, hd = a.head_dim;
+    const size_t q_stride = (size_t)a.n_heads * hd, kv_stride = (size_t)a.n_kv_heads * hd;
+    const size_t kv_off = key_row * kv_stride + (size_t)kvh * hd;
+    float kp[DPL], vp[DPL], dkp[DPL], dvp[DPL], qt[DPL], dot_[DPL];
+    load_head<DPL>(kp, k + kv_off, hd, lane);
+    load_head<DPL>(vp, v + kv_off, hd, lane);
+#pragma unroll
+    for (int j = 0; j < DPL; j++) dkp[j] = dvp[j] = 0.0f;
+    const int t_first = a.mask_diagonal ? p + 1 : p;
+    int t_last = a.seq - 1;
+    if (a.window > 0 && p + a.window - 1 < t_last) t_last = p + a.window - 1;
+    for (int h = kvh * group; h < (kvh + 1) * group; h++)
+        for (int t = t_first; t <= t_last; t++) {
+            const size_t row = (size_t)b * a.seq + t, q_off = row * q_stride + (size_t)h * hd;
+            const float row_lse = lse[row * a.n_heads + h];
+            if (!isfinite(row_lse)) continue;
+            load_head<DPL>(qt, q + q_off, hd, lane);
+            load_head<DPL>(dot_, dout + q_off, hd, lane);
+            const float prob = expf(head_dot<DPL>(qt, kp) * a.scale - row_lse);
+            const float ds = prob * (head_dot<DPL>(dot_, vp) - delta[row * a.n_heads + h]) * a.scale;
+#pragma unroll
+            for (int j = 0; j < DPL; j++) {
+                dkp[j] += ds * qt[j];
+                dvp[j] += prob * dot_[j];
+            }
+        }
+#pragma unroll
+    for (int j = 0; j < DPL; j++) {
+        const int d = lane + 32 * j;
+        if (d < hd) {
+            if (dk) dk[kv_off + d] += dkp[j];
+            if (dv) dv[kv_off + d] += dvp[j];
+        }
+    }
+}
+
+attn_args make_args(const xlkv_cuda_train_attention_shape *s) {
+    return attn_args{s->batch, s->seq, s->n_heads, s->n_kv_heads, s->head_dim, s->window, s->mask_diagonal ? 1 : 0,
+                     1.0f / sqrtf((float)s->head_dim)};
+}
+
+unsigned warp_blocks(size_t warps) { return (unsigned)((warps * 32 + kBlock - 1) / kBlock); }
+
+template <int DPL>
+int attention_forward_launch(float *out, float *lse, const float *q, const float *k, const float *v, attn_args a,
+                             cudaStream_t stream) {
+    const size_t warps = (size_t)a.batch * a.seq * a.n_heads;
+    attention_forward<DPL><<<warp_blocks(warps), kBlock, 0, stream>>>(out, lse, q, k, v, a);
+    return launch_status();
+}
+
+template <int DPL>
+int attention_backward_launch(float *dq, float *dk, float *dv, float *delta, const float *dout, const float *out,
+                              const float *lse, const float *q, const float *k, const float *v, attn_args a,
+                              cudaStream_t stream) {
+    const size_t rows = (size_t)a.batch * a.seq;
+    attention_backward_dq<DPL><<<warp_blocks(rows * a.n_heads), kBlock, 0, stream>>>(dq, delta, dout, out, lse, q, k,
+                                                                                     v, a);
+    int err = launch_status();
+    if (err || (!dk && !dv)) return err;
+    attention_backward_dkdv<DPL><<<warp_blocks(rows * a.n_kv_heads), kBlock, 0, stream>>>(dk, dv, delta, dout, lse, q,
+                                                                                          k, v, a);
+    return launch_status();
+}
+
+/* ---- pieces of the matrix-product attention: one warp per score row (h, b, t) of [H][B][T][T] ---------------- */
+__global__ void softmax_rows(float *scores, float *lse, attn_args a, int compute_lse) {
+    const int lane = threadIdx.x & 31;
+    const size_t warp = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5;
+    const size_t rows = (size_t)a.n_heads * a.batch * a.seq;
+    if (warp >= rows) return;
+    const int t = (int)(warp % a.seq), b = (int)((warp / a.seq) % a.batch), h = (int)(warp / ((size_t)a.seq * a.batch));
+    float *row = scores + warp * (size_t)a.seq;
+    float *row_lse = lse + ((size_t)b * a.seq + t) * a.n_heads + h;
+    int first, last;
+    visible_range(a, t, &first, &last);
+    float l;
+    if (compute_lse) {
+        float max = -INFINITY;
+        for (int p = first + lane; p <= last; p += 32) max = fmaxf(max, row[p]);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) max = fmaxf(max, __shfl_xor_sync(0xffffffffu, max, o));
+        float sum = 0.0f;
+        for (int p = first + lane; p <= last; p += 32) sum += expf(row[p] - max);
+        sum = warp_sum(sum);
+        l = last >= first ? max + logf(sum) : -INFINITY;
+        if (lane == 0) *row_lse = l;
+    } else {
+        l = *row_lse;
+    }
+    for (int p = lane; p < a.seq; p += 32) row[p] = p >= first && p <= last ? expf(row[p] - l) : 0.0f;
+}
+
+__global__ void softmax_backward_rows(float *dprobs, const float *probs, const float *delta, attn_args a) {
+    const int lane = threadIdx.x & 31;
+    const size_t warp = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5;
+    const size_t rows = (size_t)a.n_heads * a.batch * a.seq;
+    if (warp >= rows) return;
+    const int t = (int)(warp % a.seq), b = (int)((warp / a.seq) % a.batch), h = (int)(warp / ((size_t)a.seq * a.batch));
+    const float d = delta[((size_t)b * a.seq + t) * a.n_heads + h];
+    float *drow = dprobs + warp * (size_t)a.seq;
+    const float *prow = probs + warp * (size_t)a.seq;
+    for (int p = lane; p < a.seq; p += 32) drow[p] = prow[p] * (drow[p] - d) * a.scale;
+}
+
+template <int DPL> __global__ void attention_delta(float *delta, const float *dout, const float *out, attn_args a) {
+    const int lane = threadIdx.x & 31;
+    const size_t warp = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5;
+    if (warp >= (size_t)a.batch * a.seq * a.n_heads) return;
+    const size_t off = warp * a.head_dim; /* (row * n_heads + h) * head_dim */
+    float x[DPL], y[DPL];
+    load_head<DPL>(x, dout + off, a.head_dim, lane);
+    load_head<DPL>(y, out + off, a.head_dim, lane);
+    const float d = head_dot<DPL>(x, y);
+    if (lane == 0) delta[warp] = d;
+}
+
+/* ---- loss and optimizer ---------------------------------------------------------------------------------------- */
+__global__ void cross_entropy_forward(float *probs, double *row_loss, const int *targets, int vocab) {
+    __shared__ float shared_f[32];
+    __shared__ double shared_d[32];
+    const size_t r = blockIdx.x;
+    float *row = probs + r * (size_t)vocab;
+    const float target_logit = row[targets[r]];
+    float max = -INFINITY;
+    for (int c = threadIdx.x; c < vocab; c += blockDim.x) max = fmaxf(max, row[c]);
+    max = block_reduce(max, max_op(), shared_f);
+    double sum = 0.0;
+    for (int c = threadIdx.x; c < vocab; c += blockDim.x) {
+        const float e = expf(row[c] - max);
+        row[c] = e;
+        sum += e;
+    }
+    sum = block_reduce(sum, add_op(), shared_d);
+    const float inv = (float)(1.0 / sum);
+    for (int c = threadIdx.x; c < vocab; c += blockDim.x) row[c] *= inv;
+    if (threadIdx.x == 0) row_loss[r] = -((double)(target_logit - max) - log(sum));
+}
+
+__global__ void cross_entropy_backward(float *probs, const int *targets, int vocab, float s) {
+    const size_t r = blockIdx.x;
+    float *row = probs + r * (size_t)vocab;
+    const int target = targets[r];
+    for (int c = threadIdx.x; c < vocab; c += blockDim.x) row[c] = row[c] * s - (c == target ? s : 0.0f);
+}
+
+__global__ void adamw(float *w, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
+                      float eps, float decay, float c1, float c2) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        /* __fmul_rn / __fadd_rn: no contraction into FMAs, so the update rounds as the CPU's does */
+        const float gi = g[i];
+        const float mi = __fadd_rn(__fmul_rn(beta1, m[i]), __fmul_rn(1.0f - beta1, gi));
+        const float vi = __fadd_rn(__fmul_rn(beta2, v[i]), __fmul_rn(__fmul_rn(1.0f - beta2, gi), gi));
+        m[i] = mi;
+        v[i] = vi;
+        const float mhat = mi / c1, vhat = vi / c2;
+        const float update = __fadd_rn(mhat / (sqrtf(vhat) + eps), __fmul_rn(decay, w[i]));
+        w[i] = __fadd_rn(w[i], -__fmul_rn(lr, update));
+    }
+}
+
+__global__ void sum_squares(double *partials, const float *g, size_t n) {
+    __shared__ double shared[32];
+    const size_t begin = (size_t)blockIdx.x * XLKV_CUDA_TRAIN_NORM_CHUNK;
+    const size_t end = begin + XLKV_CUDA_TRAIN_NORM_CHUNK < n ? begin + XLKV_CUDA_TRAIN_NORM_CHUNK : n;
+    double s = 0.0;
+    for (size_t i = begin + threadIdx.x; i < end; i += blockDim.x) s += (double)g[i] * (double)g[i];
+    s = block_reduce(s, add_op(), shared);
+    if (threadIdx.x == 0) partials[blockIdx.x] = s;
+}
+
+unsigned grid_for(size_t n) {
+    const size_t blocks = (n + kBlock - 1) / kBlock;
+    return (unsigned)(blocks < 65535u * 8u ? (blocks ? blocks : 1) : 65535u * 8u);
+}
+
+} // namespace
+
+extern "C" {
+
+int xlkv_cuda_train_embedding_forward(float *x, const int *tokens, const float *table, int n, int dim, void *stream) {
+    embedding_forward<<<n, kBlock, 0, (cudaStream_t)stream>>>(x, tokens, table, dim);
+    return launch_status();
+}
+
+int xlkv_cuda_train_embedding_backward(float *dtable, const float *dx, const int *tokens, const int *order,
+                                       const int *starts, int n_groups, int dim, void *stream) {
+    if (n_groups <= 0) return 0;
+    embedding_backward<<<n_groups, kBlock, 0, (cudaStream_t)stream>>>(dtable, dx, tokens, order, starts, dim);
+    return launch_status();
+}
+
+int xlkv_cuda_train_rmsnorm_forward(float *y, float *inv_rms, const float *x, const float *gain, int n, int dim,
+                                    float eps, void *stream) {
+    rmsnorm_forward<<<n, kBlock, 0, (cudaStream_t)stream>>>(y, inv_rms, x, gain, dim, eps);
+    return launch_status();
+}
+
+int xlkv_cuda_train_rmsnorm_backward(float *dx, float *dgain, const float *dy, const float *x, const float *inv_rms,
+                                     const float *gain, int n, int dim, float *partials, void *stream) {
+    cudaStream_t s = (cudaStream_t)stream;
+    rmsnorm_backward_rows<<<n, kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, dim);
+    int err = launch_status();
+    if (err) return err;
+    const int chunks = (n + XLKV_CUDA_TRAIN_ROW_CHUNK - 1) / XLKV_CUDA_TRAIN_ROW_CHUNK;
+    rmsnorm_gain_partials<<<dim3(blocks_for((size_t)dim), (unsigned)chunks), kBlock, 0, s>>>(partials, dy, x, inv_rms,
+                                                                                            n, dim);
+    if ((err = launch_status())) return err;
+    rmsnorm_gain_sum<<<blocks_for((size_t)dim), kBlock, 0, s>>>(dgain, partials, chunks, dim);
+    return launch_status();
+}
+
+int xlkv_cuda_train_rope(float *x, int n, int seq, int n_heads, int head_dim, const float *cos_table,
+                         const float *sin_table, float direction, void *stream) {
+    rope<<<grid_for((size_t)n * n_heads * (head_dim / 2)), kBlock, 0, (cudaStream_t)stream>>>(
+        x, n, seq, n_heads, head_dim, cos_table, sin_table, direction);
+    return launch_status();
+}
+
+int xlkv_cuda_train_swiglu_forward(float *h, const float *gate, const float *up, size_t n, void *stream) {
+    swiglu_forward<<<grid_for(n), kBlock, 0, (cudaStream_t)stream>>>(h, gate, up, n);
+    return launch_status();
+}
+
+int xlkv_cuda_train_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up,
+                                    size_t n, void *stream) {
+    swiglu_backward<<<grid_for(n), kBlock, 0, (cudaStream_t)stream>>>(dgate, dup, dh, gate, up, n);
+    return launch_status();
+}
+
+int xlkv_cuda_train_add(float *y, const float *x, size_t n, void *stream) {
+    add<<<grid_for(n), kBlock, 0, (cudaStream_t)stream>>>(y, x, n);
+    return launch_status();
+}
+
+int xlkv_cuda_train_scale(float *x, float s, size_t n, void *stream) {
+    scale<<<grid_for(n), kBlock, 0, (cudaStream_t)stream>>>(x, s, n);
+    return launch_status();
+}
+
+int xlkv_cuda_train_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                                      const xlkv_cuda_train_attention_shape *shape, void *stream) {
+    const attn_args a = make_args(shape);
+    cudaStream_t s = (cudaStream_t)stream;
+    if (a.head_dim <= 32) return attention_forward_launch<1>(out, lse, q, k, v, a, s);
+    if (a.head_dim <= 64) return attention_forward_launch<2>(out, lse, q, k, v, a, s);
+    if (a.head_dim <= 128) return attention_forward_launch<4>(out, lse, q, k, v, a, s);
+    if (a.head_dim <= 256) return attention_forward_launch<8>(out, lse, q, k, v, a, s);
+    return (int)cudaErrorInvalidValue;
+}
+
+int xlkv_cuda_train_attention_backward(float *dq, float *dk, float *dv, float *delta, const float *dout,
+                                       const float *out, const float *lse, const float *q, const float *k,
+                                       const float *v, const xlkv_cuda_train_attention_shape *shape, void *stream) {
+    const attn_args a = make_args(shape);
+    cudaStream_t s = (cudaStream_t)stream;
+    if (a.head_dim <= 32) return attention_backward_launch<1>(dq, dk, dv, delta, dout, out, lse, q, k, v, a, s);
+    if (a.head_dim <= 64) return attention_backward_launch<2>(dq, dk, dv, delta, dout, out, lse, q, k, v, a, s);
+    if (a.head_dim <= 128) return attention_backward_launch<4>(dq, dk, dv, delta, dout, out, lse, q, k, v, a, s);
+    if (a.head_dim <= 256) return attention_backward_launch<8>(dq, dk, dv, delta, dout, out, lse, q, k, v, a, s);
+    return (int)cudaErrorInvalidValue;
+}
+
+int xlkv_cuda_train_softmax_rows(float *scores, float *lse, const xlkv_cuda_train_attention_shape *shape,
+                                 bool compute_lse, void *stream) {
+    const attn_args a = make_args(shape);
+    softmax_rows<<<warp_blocks((size_t)a.n_heads * a.batch * a.seq), kBlock, 0, (cudaStream_t)stream>>>(
+        scores, lse, a, compute_lse ? 1 : 0);
+    return launch_status();
+}
+
+int xlkv_cuda_train_softmax_backward_rows(float *dprobs, const float *probs, const float *delta,
+                                          const xlkv_cuda_train_attention_shape *shape, void *stream) {
+    const attn_args a = make_args(shape);
+    softmax_backward_rows<<<warp_blocks((size_t)a.n_heads * a.batch * a.seq), kBlock, 0, (cudaStream_t)stream>>>(
+        dprobs, probs, delta, a);
+    return launch_status();
+}
+
+int xlkv_cuda_train_attention_delta(float *delta, const float *dout, const float *out,
+                                    const xlkv_cuda_train_attention_shape *shape, void *stream) {
+    const attn_args a = make_args(shape);
+    const unsigned blocks = warp_blocks((size_t)a.batch * a.seq * a.n_heads);
+    cudaStream_t s = (cudaStream_t)stream;
+    if (a.head_dim <= 32) attention_delta<1><<<blocks, kBlock, 0, s>>>(delta, dout, out, a);
+    else if (a.head_dim <= 64) attention_delta<2><<<blocks, kBlock, 0, s>>>(delta, dout, out, a);
+    else if (a.head_dim <= 128) attention_delta<4><<<blocks, kBlock, 0, s>>>(delta, dout, out, a);
+    else if (a.head_dim <= 256) attention_delta<8><<<blocks, kBlock, 0, s>>>(delta, dout, out, a);
+    else return (int)cudaErrorInvalidValue;
+    return launch_status();
+}
+
+int xlkv_cuda_train_cross_entropy_forward(float *probs, double *row_loss, const int *targets, int n, int vocab,
+                                          void *stream) {
+    cross_entropy_forward<<<n, kBlock, 0, (cudaStream_t)stream>>>(probs, row_loss, targets, vocab);
+    return launch_status();
+}
+
+int xlkv_cuda_train_cross_entropy_backward(float *probs, const int *targets, int n, int vocab, float s,
+                                           void *stream) {
+    cross_entropy_backward<<<n, kBlock, 0, (cudaStream_t)stream>>>(probs, targets, vocab, s);
+    return launch_status();
+}
+
+int xlkv_cuda_train_adamw(float *w, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
+                          float eps, float decay, float c1, float c2, void *stream) {
+    adamw<<<grid_for(n), kBlock, 0, (cudaStream_t)stream>>>(w, g, m, v, n, lr, beta1, beta2, eps, decay, c1, c2);
+    return launch_status();
+}
+
+int xlkv_cuda_train_sum_squares(double *partials, const float *g, size_t n, void *stream) {
+    const size_t chunks = (n + XLKV_CUDA_TRAIN_NORM_CHUNK - 1) / XLKV_CUDA_TRAIN_NORM_CHUNK;
+    if (!chunks) return 0;
+    sum_squares<<<(unsigned)chunks, kBlock, 0, (cudaStream_t)stream>>>(partials, g, n);
+    return launch_status();
+}
+
+} // extern "C"

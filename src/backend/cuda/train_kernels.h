@@ -1,0 +1,96 @@
+/* backend/cuda/train_kernels: the CUDA kernels of the trainer (forward passes that save what their backward needs,
+ * the exact backward passes, cross-entropy, AdamW, gradient-norm partials), as C-callable launchers implemented in
+ * train_kernels.cu. They mirror train/train_ops.h operation by operation (same conventions, same formulas):
+ *   rows are tokens; a batch [B, T] is B * T rows, row r at position r % T;
+ *   backward launchers ADD into parameter gradients (dgain, dtable) and into inputs marked "+=", overwrite the rest;
+ *   every reduction has a fixed order (no atomics), so the same inputs give the same bits on every run.
+ * All buffers are fp32 device memory (master weights, activations, gradients); the products themselves are cuBLAS
+ * (backend/cuda/train_gpu.c). Every launcher is asynchronous on `stream` (a cudaStream_t passed as void *) and
+ * returns 0 or the cudaError_t of the launch. */
+#ifndef XLKV_BACKEND_CUDA_TRAIN_KERNELS_H
+#define XLKV_BACKEND_CUDA_TRAIN_KERNELS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* x[n, dim] = table[tokens[r]] */
+int xlkv_cuda_train_embedding_forward(float *x, const int *tokens, const float *table, int n, int dim, void *stream);
+/* dtable[token] += sum of dx rows holding that token, in row order. `order` lists the rows grouped by token (stably,
+ * rows ascending inside a group); group g is order[starts[g] .. starts[g + 1]) and its token is tokens[order[starts[g]]]. */
+int xlkv_cuda_train_embedding_backward(float *dtable, const float *dx, const int *tokens, const int *order,
+                                       const int *starts, int n_groups, int dim, void *stream);
+
+/* y = x * inv_rms * gain, inv_rms[r] = 1 / sqrt(mean(x^2) + eps) */
+int xlkv_cuda_train_rmsnorm_forward(float *y, float *inv_rms, const float *x, const float *gain, int n, int dim,
+                                    float eps, void *stream);
+/* dx += ...; dgain += column sums of dy * x * inv_rms (rows in chunks of XLKV_CUDA_TRAIN_ROW_CHUNK, chunks summed in
+ * order). `partials` is scratch of ceil(n / chunk) * dim floats. */
+enum { XLKV_CUDA_TRAIN_ROW_CHUNK = 256 };
+int xlkv_cuda_train_rmsnorm_backward(float *dx, float *dgain, const float *dy, const float *x, const float *inv_rms,
+                                     const float *gain, int n, int dim, float *partials, void *stream);
+
+/* In-place interleaved RoPE rotation (direction +1 forward, -1 backward); tables [seq, head_dim / 2]. */
+int xlkv_cuda_train_rope(float *x, int n, int seq, int n_heads, int head_dim, const float *cos_table,
+                         const float *sin_table, float direction, void *stream);
+
+/* h = silu(gate) * up; backward overwrites dgate, dup. */
+int xlkv_cuda_train_swiglu_forward(float *h, const float *gate, const float *up, size_t n, void *stream);
+int xlkv_cuda_train_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up,
+                                    size_t n, void *stream);
+
+/* y += x (n elements) */
+int xlkv_cuda_train_add(float *y, const float *x, size_t n, void *stream);
+/* x *= scale */
+int xlkv_cuda_train_scale(float *x, float scale, size_t n, void *stream);
+
+/* Attention of SEMANTICS.md section 2 (as xlkv_train_attention_shape): query t sees key p iff p <= t (p < t when
+ * mask_diagonal) and t - p < window (0 = unlimited); nothing visible -> zero output and lse = -inf. Any head_dim
+ * <= 256 (a launch with a larger one returns cudaErrorInvalidValue). */
+typedef struct xlkv_cuda_train_attention_shape {
+    int batch, seq, n_heads, n_kv_heads, head_dim, window;
+    bool mask_diagonal;
+} xlkv_cuda_train_attention_shape;
+int xlkv_cuda_train_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                                      const xlkv_cuda_train_attention_shape *shape, void *stream);
+/* dq = ...; delta[B*T, n_heads] = dout . out (scratch, written here); dk += ..., dv += ... (both NULL when K/V are
+ * constants; then only dq is computed). */
+int xlkv_cuda_train_attention_backward(float *dq, float *dk, float *dv, float *delta, const float *dout,
+                                       const float *out, const float *lse, const float *q, const float *k,
+                                       const float *v, const xlkv_cuda_train_attention_shape *shape, void *stream);
+
+/* The pieces of the matrix-product attention (backend/cuda/train_gpu.c runs the products with cuBLAS over a score
+ * buffer laid out [n_heads][batch][seq][seq], row (h, b, t) holding the scaled scores of query t against keys 0..T-1):
+ *   softmax_rows: masked softmax of every row in place (entries a query does not see become 0); with
+ *                 compute_lse, writes lse[(b*T + t) * n_heads + h] (-inf when nothing is visible), else uses it;
+ *   softmax_backward_rows: dscores = probs * (dprobs - delta) * scale in place over dprobs;
+ *   attention_delta: delta[row * n_heads + h] = dout . out over the head's dims. */
+int xlkv_cuda_train_softmax_rows(float *scores, float *lse, const xlkv_cuda_train_attention_shape *shape,
+                                 bool compute_lse, void *stream);
+int xlkv_cuda_train_softmax_backward_rows(float *dprobs, const float *probs, const float *delta,
+                                          const xlkv_cuda_train_attention_shape *shape, void *stream);
+int xlkv_cuda_train_attention_delta(float *delta, const float *dout, const float *out,
+                                    const xlkv_cuda_train_attention_shape *shape, void *stream);
+
+/* Softmax of logits[n, vocab] in place (probabilities) and row_loss[r] = -log p(target) in double. */
+int xlkv_cuda_train_cross_entropy_forward(float *probs, double *row_loss, const int *targets, int n, int vocab,
+                                          void *stream);
+/* dlogits = (probs - onehot(target)) * scale, in place over probs. */
+int xlkv_cuda_train_cross_entropy_backward(float *probs, const int *targets, int n, int vocab, float scale,
+                                           void *stream);
+
+/* One AdamW update of n parameters (see train/optimizer.h; c1, c2 the bias corrections as fp32). */
+int xlkv_cuda_train_adamw(float *w, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
+                          float eps, float decay, float c1, float c2, void *stream);
+/* partials[c] = sum over chunk c (XLKV_CUDA_TRAIN_NORM_CHUNK elements, the last one shorter) of g^2, in double. */
+enum { XLKV_CUDA_TRAIN_NORM_CHUNK = 1 << 16 };
+int xlkv_cuda_train_sum_squares(double *partials, const float *g, size_t n, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,618 @@
+/* tests/cuda/test_cuda_train: the CUDA trainer against the CPU reference trainer.
+ *  1. every kernel of backend/cuda/train_kernels.h on random inputs vs train/train_ops.c (or a loop from the
+ *     definition): rmsnorm, rope, swiglu, embedding (repeated ids), attention (causal GQA, masked diagonal, windows,
+ *     MHA, head_dim 16 / 64 / 128 / 80), the masked softmax / its backward / delta of the matrix-product attention,
+ *     cross-entropy, AdamW, sum of squares. Error = max |gpu - ref| / max |ref|.
+ *  2. gradients of one forward + backward of a tiny model, tensor by tensor, GPU (f32) vs CPU, under standard,
+ *     cla:2 (bottom), lckv:1 (cyclic, m = 1, b = 2 and m = 2, b = 3), a sliding-window map, 0_2_2_3 and
+ *     force_nodiag, with two accumulated micro-batches, through both attention paths (gemm and warp).
+ *  3. a few trainer steps (xlkv_trainer with options.device_cuda): f32 losses per step within 1e-4 relative, the
+ *     held-out loss too, and the final parameters' update (final - initial) within 1e-2 in norm with at most 0.1 % of
+ *     elements off by more than 1e-5; bf16 losses within 3 %.
+ *  4. resume on the GPU (save at step 4 of 8, a fresh GPU trainer resumed) == the uninterrupted GPU run, bit for bit
+ *     (parameters, moments, losses), in f32 and in bf16.
+ * Every check prints one "check ..." line with the measured error and the tolerance. Needs a GPU (label cuda). */
+#define _DEFAULT_SOURCE /* setenv */
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cuda/train_kernels.h"
+#include "core/file.h"
+#include "testutil.h"
+#include "train/gpu_trainer.h"
+#include "train/model_setup.h"
+#include "train/train_graph.h"
+#include "train/train_ops.h"
+#include "train/trainer.h"
+
+#define CK(expr)                                                                                                       \
+    do {                                                                                                               \
+        cudaError_t ck_err_ = (expr);                                                                                  \
+        if (ck_err_ != cudaSuccess) fail_msg("%s:%d: %s -> %s", __FILE__, __LINE__, #expr, cudaGetErrorString(ck_err_)); \
+    } while (0)
+#define CK_LAUNCH(expr)                                                                                                \
+    do {                                                                                                               \
+        int ck_rc_ = (expr);                                                                                           \
+        if (ck_rc_ != 0) fail_msg("%s:%d: %s -> %s", __FILE__, __LINE__, #expr, cudaGetErrorString((cudaError_t)ck_rc_)); \
+        CK(cudaDeviceSynchronize());                                                                                   \
+    } while (0)
+
+static int failures;
+static unsigned long long rng_state = 0x9E3779B97F4A7C15ull;
+static float uniform(void) { /* [-1, 1) */
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((rng_state >> 40) & 0xFFFFFF) / 8388608.0f - 1.0f;
+}
+static float *random_array(size_t n, float scale) {
+    float *a = malloc(n * sizeof *a);
+    for (size_t i = 0; i < n; i++) a[i] = scale * uniform();
+    return a;
+}
+static void *to_device(const void *host, size_t bytes) {
+    void *d = NULL;
+    CK(cudaMalloc(&d, bytes ? bytes : 4));
+    if (host && bytes) CK(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice));
+    return d;
+}
+static float *dev_floats(const float *host, size_t n) { return to_device(host, n * sizeof(float)); }
+static void from_device(void *host, const void *dev, size_t bytes) {
+    CK(cudaMemcpy(host, dev, bytes, cudaMemcpyDeviceToHost));
+}
+static float *download(const float *dev, size_t n) {
+    float *h = malloc(n * sizeof *h);
+    from_device(h, dev, n * sizeof *h);
+    return h;
+}
+
+/* max |a - b| / max |b| (absolute when b is all zeros); prints a check line; counts failures. */
+static double check(const char *what, const float *gpu, const float *ref, size_t n, double tol) {
+    double diff = 0.0, scale = 0.0;
+    bool finite = true;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(gpu[i]) && !(isinf(gpu[i]) && gpu[i] == ref[i])) finite = false;
+        if (isinf(ref[i]) && gpu[i] == ref[i]) continue;
+        const double d = fabs((double)gpu[i] - (double)ref[i]);
+        if (d > diff || isnan(d)) diff = d;
+        if (fabs((double)ref[i]) > scale) scale = fabs((double)ref[i]);
+    }
+    const double err = scale > 0 ? diff / scale : diff;
+    const bool ok = finite && err <= tol;
+    printf("check %-58s error %.2e (tolerance %.0e) %s\n", what, err, tol, ok ? "ok" : "FAIL");
+    if (!ok) failures++;
+    return err;
+}
+
+/* ---- 1. kernels ----------------------------------------------------------------------------------------------- */
+static void kernel_rmsnorm(void) {
+    const int n = 37, dim = 96;
+    float *x = random_array((size_t)n * dim, 2.0f), *gain = random_array(dim, 1.0f), *dy = random_array((size_t)n * dim, 1.0f);
+    float *dx0 = random_array((size_t)n * dim, 0.5f), *dg0 = random_array(dim, 0.5f);
+    float *y = malloc(sizeof(float) * n * dim), *inv = malloc(sizeof(float) * n);
+    float *dx = malloc(sizeof(float) * n * dim), *dg = malloc(sizeof(float) * dim);
+    memcpy(dx, dx0, sizeof(float) * n * dim), memcpy(dg, dg0, sizeof(float) * dim);
+    xlkv_train_rmsnorm_forward(y, inv, x, gain, n, dim, 1e-5f);
+    xlkv_train_rmsnorm_backward(dx, dg, dy, x, inv, gain, n, dim);
+    float *d_x = dev_floats(x, (size_t)n * dim), *d_gain = dev_floats(gain, dim), *d_dy = dev_floats(dy, (size_t)n * dim);
+    float *d_y = dev_floats(y, (size_t)n * dim), *d_inv = dev_floats(inv, n), *d_dx = dev_floats(dx0, (size_t)n * dim);
+    float *d_dg = dev_floats(dg0, dim), *d_part = NULL;
+    CK(cudaMalloc((void **)&d_part, sizeof(float) * dim * 2));
+    CK(cudaMemset(d_y, 0xFF, sizeof(float) * n * dim)); /* NaN poison */
+    CK_LAUNCH(xlkv_cuda_train_rmsnorm_forward(d_y, d_inv, d_x, d_gain, n, dim, 1e-5f, NULL));
+    float *gy = download(d_y, (size_t)n * dim), *ginv = download(d_inv, n);
+    check("rmsnorm forward y [37 x 96]", gy, y, (size_t)n * dim, 1e-6);
+    check("rmsnorm forward inv_rms", ginv, inv, n, 1e-6);
+    CK_LAUNCH(xlkv_cuda_train_rmsnorm_backward(d_dx, d_dg, d_dy, d_x, d_inv, d_gain, n, dim, d_part, NULL));
+    float *gdx = download(d_dx, (size_t)n * dim), *gdg = download(d_dg, dim);
+    check("rmsnorm backward dx (+=)", gdx, dx, (size_t)n * dim, 1e-5);
+    check("rmsnorm backward dgain (+=)", gdg, dg, dim, 1e-5);
+    free(x), free(gain), free(dy), free(dx0), free(dg0), free(y), free(inv), free(dx), free(dg);
+    free(gy), free(ginv), free(gdx), free(gdg);
+    cudaFree(d_x), cudaFree(d_gain), cudaFree(d_dy), cudaFree(d_y), cudaFree(d_inv), cudaFree(d_dx), cudaFree(d_dg);
+    cudaFree(d_part);
+}
+
+static void kernel_rope_swiglu(void) {
+    const int n = 12, seq = 6, heads = 3, hd = 16, half = hd / 2;
+    float *cos_t = malloc(sizeof(float) * seq * half), *sin_t = malloc(sizeof(float) * seq * half);
+    for (int p = 0; p < seq; p++)
+        for (int i = 0; i < half; i++) {
+            const float a = (float)p / powf(10000.0f, (float)(2 * i) / hd);
+            cos_t[p * half + i] = cosf(a), sin_t[p * half + i] = sinf(a);
+        }
+    const size_t len = (size_t)n * heads * hd;
+    float *x = random_array(len, 1.0f), *ref = malloc(sizeof(float) * len);
+    memcpy(ref, x, sizeof(float) * len);
+    xlkv_train_rope_forward(ref, n, seq, heads, hd, cos_t, sin_t);
+    float *d_x = dev_floats(x, len), *d_c = dev_floats(cos_t, (size_t)seq * half), *d_s = dev_floats(sin_t, (size_t)seq * half);
+    CK_LAUNCH(xlkv_cuda_train_rope(d_x, n, seq, heads, hd, d_c, d_s, 1.0f, NULL));
+    float *g = download(d_x, len);
+    check("rope forward [12 rows, 2 sequences, 3 heads x 16]", g, ref, len, 1e-6);
+    xlkv_train_rope_backward(ref, n, seq, heads, hd, cos_t, sin_t);
+    CK_LAUNCH(xlkv_cuda_train_rope(d_x, n, seq, heads, hd, d_c, d_s, -1.0f, NULL));
+    free(g);
+    g = download(d_x, len);
+    check("rope backward (inverse rotation)", g, ref, len, 1e-6);
+    free(g), free(x), free(ref), free(cos_t), free(sin_t), cudaFree(d_x), cudaFree(d_c), cudaFree(d_s);
+
+    const size_t m = 1000;
+    float *gate = random_array(m, 4.0f), *up = random_array(m, 2.0f), *dh = random_array(m, 1.0f);
+    float *h = malloc(sizeof(float) * m), *dg = malloc(sizeof(float) * m), *du = malloc(sizeof(float) * m);
+    xlkv_train_swiglu_forward(h, gate, up, m);
+    xlkv_train_swiglu_backward(dg, du, dh, gate, up, m);
+    float *d_gate = dev_floats(gate, m), *d_up = dev_floats(up, m), *d_dh = dev_floats(dh, m);
+    float *d_h = dev_floats(h, m), *d_dg = dev_floats(dg, m), *d_du = dev_floats(du, m);
+    CK(cudaMemset(d_h, 0xFF, sizeof(float) * m));
+    CK_LAUNCH(xlkv_cuda_train_swiglu_forward(d_h, d_gate, d_up, m, NULL));
+    CK_LAUNCH(xlkv_cuda_train_swiglu_backward(d_dg, d_du, d_dh, d_gate, d_up, m, NULL));
+    float *gh = download(d_h, m), *gdg = download(d_dg, m), *gdu = download(d_du, m);
+    check("swiglu forward [1000]", gh, h, m, 1e-6);
+    check("swiglu backward dgate", gdg, dg, m, 1e-6);
+    check("swiglu backward dup", gdu, du, m, 1e-6);
+    free(gate), free(up), free(dh), free(h), free(dg), free(du), free(gh), free(gdg), free(gdu);
+    cudaFree(d_gate), cudaFree(d_up), cudaFree(d_dh), cudaFree(d_h), cudaFree(d_dg), cudaFree(d_du);
+}
+
+static void kernel_embedding(void) {
+    const int n = 40, dim = 24, vocab = 9;
+    int tokens[40];
+    for (int r = 0; r < n; r++) tokens[r] = (r * 5 + r / 7) % vocab; /* repeated ids */
+    tokens[3] = tokens[4] = tokens[5] = 2;
+    float *table = random_array((size_t)vocab * dim, 1.0f), *dx = random_array((size_t)n * dim, 1.0f);
+    float *dtable = random_array((size_t)vocab * dim, 0.1f), *x = malloc(sizeof(float) * n * dim);
+    float *d_dtable = dev_floats(dtable, (size_t)vocab * dim);
+    xlkv_train_embedding_forward(x, tokens, table, n, dim);
+    xlkv_train_embedding_backward(dtable, dx, tokens, n, dim);
+    int order[40], starts[41], groups = 0, k = 0;
+    for (int t = 0; t < vocab; t++) {
+        int first = k;
+        for (int r = 0; r < n; r++)
+            if (tokens[r] == t) order[k++] = r;
+        if (k > first) starts[groups++] = first;
+    }
+    starts[groups] = n;
+    int *d_tok = to_device(tokens, sizeof tokens), *d_order = to_device(order, sizeof order);
+    int *d_starts = to_device(starts, sizeof(int) * (size_t)(groups + 1));
+    float *d_table = dev_floats(table, (size_t)vocab * dim), *d_dx = dev_floats(dx, (size_t)n * dim);
+    float *d_x = dev_floats(x, (size_t)n * dim);
+    CK(cudaMemset(d_x, 0xFF, sizeof(float) * n * dim));
+    CK_LAUNCH(xlkv_cuda_train_embedding_forward(d_x, d_tok, d_table, n, dim, NULL));
+    CK_LAUNCH(xlkv_cuda_train_embedding_backward(d_dtable, d_dx, d_tok, d_order, d_starts, groups, dim, NULL));
+    float *gx = download(d_x, (size_t)n * dim), *gdt = download(d_dtable, (size_t)vocab * dim);
+    check("embedding forward [40 ids of 9]", gx, x, (size_t)n * dim, 0.0);
+    check("embedding backward (+=, repeated ids, row order)", gdt, dtable, (size_t)vocab * dim, 0.0);
+    free(table), free(dx), free(dtable), free(x), free(gx), free(gdt);
+    cudaFree(d_tok), cudaFree(d_order), cudaFree(d_starts), cudaFree(d_table), cudaFree(d_dx), cudaFree(d_x);
+    cudaFree(d_dtable);
+}
+
+static void kernel_attention_case(const char *name, int batch, int seq, int n_heads, int n_kv_heads, int hd,
+                                  int window, bool diag) {
+    const xlkv_train_attention_shape cpu = {batch, seq, n_heads, n_kv_heads, hd, window, diag};
+    const xlkv_cuda_train_attention_shape gpu = {batch, seq, n_heads, n_kv_heads, hd, window, diag};
+    const size_t N = (size_t)batch * seq, qn = N * n_heads * hd, kvn = N * n_kv_heads * hd;
+    float *q = random_array(qn, 1.5f), *k = random_array(kvn, 1.5f), *v = random_array(kvn, 1.0f);
+    float *dout = random_array(qn, 1.0f), *dk = random_array(kvn, 0.1f), *dv = random_array(kvn, 0.1f);
+    float *out = malloc(sizeof(float) * qn), *lse = malloc(sizeof(float) * N * n_heads), *dq = malloc(sizeof(float) * qn);
+    float *d_dk = dev_floats(dk, kvn), *d_dv = dev_floats(dv, kvn);
+    xlkv_train_attention_forward(out, lse, q, k, v, &cpu);
+    xlkv_train_attention_backward(dq, dk, dv, dout, out, lse, q, k, v, &cpu);
+    float *d_q = dev_floats(q, qn), *d_k = dev_floats(k, kvn), *d_v = dev_floats(v, kvn), *d_dout = dev_floats(dout, qn);
+    float *d_out = dev_floats(out, qn), *d_lse = dev_floats(lse, N * n_heads), *d_dq = dev_floats(dq, qn);
+    float *d_delta = dev_floats(lse, N * n_heads);
+    CK(cudaMemset(d_out, 0xFF, sizeof(float) * qn));
+    CK(cudaMemset(d_dq, 0xFF, sizeof(float) * qn));
+    CK_LAUNCH(xlkv_cuda_train_attention_forward(d_out, d_lse, d_q, d_k, d_v, &gpu, NULL));
+    CK_LAUNCH(xlkv_cuda_train_attention_backward(d_dq, d_dk, d_dv, d_delta, d_dout, d_out, d_lse, d_q, d_k, d_v, &gpu,
+                                                 NULL));
+    float *g_out = download(d_out, qn), *g_lse = download(d_lse, N * n_heads), *g_dq = download(d_dq, qn);
+    float *g_dk = download(d_dk, kvn), *g_dv = download(d_dv, kvn);
+    char what[128];
+    snprintf(what, sizeof what, "attention %s out", name);
+    check(what, g_out, out, qn, 2e-5);
+    snprintf(what, sizeof what, "attention %s lse", name);
+    check(what, g_lse, lse, N * n_heads, 2e-5);
+    snprintf(what, sizeof what, "attention %s dq", name);
+    check(what, g_dq, dq, qn, 5e-5);
+    snprintf(what, sizeof what, "attention %s dk (+=)", name);
+    check(what, g_dk, dk, kvn, 5e-5);
+    snprintf(what, sizeof what, "attention %s dv (+=)", name);
+    check(what, g_dv, dv, kvn, 5e-5);
+    /* constant K/V: only dq */
+    CK(cudaMemset(d_dq, 0xFF, sizeof(float) * qn));
+    CK_LAUNCH(xlkv_cuda_train_attention_backward(d_dq, NULL, NULL, d_delta, d_dout, d_out, d_lse, d_q, d_k, d_v, &gpu,
+                                                 NULL));
+    free(g_dq);
+    g_dq = download(d_dq, qn);
+    snprintf(what, sizeof what, "attention %s dq with constant K/V", name);
+    check(what, g_dq, dq, qn, 5e-5);
+    free(q), free(k), free(v), free(dout), free(dk), free(dv), free(out), free(lse), free(dq);
+    free(g_out), free(g_lse), free(g_dq), free(g_dk), free(g_dv);
+    cudaFree(d_q), cudaFree(d_k), cudaFree(d_v), cudaFree(d_dout), cudaFree(d_out), cudaFree(d_lse), cudaFree(d_dq);
+    cudaFree(d_delta), cudaFree(d_dk), cudaFree(d_dv);
+}
+
+/* The masked-softmax pieces of the matrix-product attention, against loops from their definition. */
+static void kernel_softmax_rows(void) {
+    const xlkv_cuda_train_attention_shape shape = {2, 19, 3, 1, 16, 4, true}; /* window 4 + diagonal: empty rows too */
+    const int H = 3, B = 2, T = 19, hd = 16;
+    const size_t n = (size_t)H * B * T * T, rows = (size_t)B * T;
+    const float scale = 0.25f;
+    float *scores = random_array(n, 4.0f), *probs = malloc(sizeof(float) * n), *lse = malloc(sizeof(float) * rows * H);
+    float *dprobs = random_array(n, 1.0f), *ds = malloc(sizeof(float) * n), *delta = random_array(rows * H, 1.0f);
+    for (int h = 0; h < H; h++)
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++) {
+                const size_t row = (((size_t)h * B + b) * T + t) * T;
+                const int last = t - 1, first = t - 4 + 1 < 0 ? 0 : t - 4 + 1;
+                double max = -INFINITY, sum = 0.0;
+                for (int p = first; p <= last; p++) max = fmax(max, scores[row + p]);
+                for (int p = first; p <= last; p++) sum += exp(scores[row + p] - max);
+                const float l = last >= first ? (float)(max + log(sum)) : -INFINITY;
+                lse[((size_t)b * T + t) * H + h] = l;
+                const float d = delta[((size_t)b * T + t) * H + h];
+                for (int p = 0; p < T; p++) {
+                    probs[row + p] = p >= first && p <= last ? (float)exp(scores[row + p] - l) : 0.0f;
+                    ds[row + p] = probs[row + p] * (dprobs[row + p] - d) * scale;
+                }
+            }
+    float *d_scores = dev_floats(scores, n), *d_lse = dev_floats(lse, rows * H), *d_dp = dev_floats(dprobs, n);
+    float *d_delta = dev_floats(delta, rows * H);
+    CK(cudaMemset(d_lse, 0xFF, sizeof(float) * rows * H));
+    CK_LAUNCH(xlkv_cuda_train_softmax_rows(d_scores, d_lse, &shape, true, NULL));
+    float *g_p = download(d_scores, n), *g_lse = download(d_lse, rows * H);
+    check("masked softmax rows (window 4 + diagonal): probabilities", g_p, probs, n, 1e-5);
+    check("masked softmax rows: log-sum-exp", g_lse, lse, rows * H, 1e-5);
+    CK(cudaMemcpy(d_scores, scores, sizeof(float) * n, cudaMemcpyHostToDevice));
+    CK_LAUNCH(xlkv_cuda_train_softmax_rows(d_scores, d_lse, &shape, false, NULL));
+    free(g_p);
+    g_p = download(d_scores, n);
+    check("masked softmax rows from a saved log-sum-exp", g_p, probs, n, 1e-5);
+    CK_LAUNCH(xlkv_cuda_train_softmax_backward_rows(d_dp, d_scores, d_delta, &shape, NULL));
+    float *g_ds = download(d_dp, n);
+    check("masked softmax backward dscores", g_ds, ds, n, 1e-5);
+    /* delta = dout . out per (row, head) */
+    const size_t qn = rows * H * hd;
+    float *dout = random_array(qn, 1.0f), *out = random_array(qn, 1.0f), *ref = malloc(sizeof(float) * rows * H);
+    for (size_t r = 0; r < rows * H; r++) {
+        double acc = 0.0;
+        for (int i = 0; i < hd; i++) acc += (double)dout[r * hd + i] * out[r * hd + i];
+        ref[r] = (float)acc;
+    }
+    float *d_dout = dev_floats(dout, qn), *d_out = dev_floats(out, qn);
+    CK_LAUNCH(xlkv_cuda_train_attention_delta(d_delta, d_dout, d_out, &shape, NULL));
+    float *g_delta = download(d_delta, rows * H);
+    check("attention delta = dout . out", g_delta, ref, rows * H, 1e-5);
+    free(scores), free(probs), free(lse), free(dprobs), free(ds), free(delta), free(g_p), free(g_lse), free(g_ds);
+    free(dout), free(out), free(ref), free(g_delta);
+    cudaFree(d_scores), cudaFree(d_lse), cudaFree(d_dp), cudaFree(d_delta), cudaFree(d_dout), cudaFree(d_out);
+}
+
+static void kernel_attention(void) {
+    kernel_attention_case("causal GQA 4/2 x16, 2 x 33", 2, 33, 4, 2, 16, 0, false);
+    kernel_attention_case("diagonal masked (cyclic) GQA 4/2 x16", 2, 17, 4, 2, 16, 0, true);
+    kernel_attention_case("window 2", 1, 20, 4, 2, 16, 2, false);
+    kernel_attention_case("window 3 + diagonal", 2, 19, 4, 2, 16, 3, true);
+    kernel_attention_case("MHA 3/3 x64, 70 positions", 1, 70, 3, 3, 64, 0, false);
+    kernel_attention_case("GQA 12/6 x64 (small's heads), 2 x 40", 2, 40, 12, 6, 64, 0, false);
+    kernel_attention_case("GQA 4/1 x128, window 9 + diagonal", 1, 50, 4, 1, 128, 9, true);
+    kernel_attention_case("head_dim 80 (lanes partly idle)", 1, 21, 2, 1, 80, 0, false);
+}
+
+static void kernel_loss_and_optimizer(void) {
+    const int n = 7, vocab = 1001;
+    float *logits = random_array((size_t)n * vocab, 6.0f), *probs = malloc(sizeof(float) * n * vocab);
+    int targets[7] = {0, 1000, 17, 17, 500, 3, 999};
+    memcpy(probs, logits, sizeof(float) * n * vocab);
+    const double total = xlkv_train_cross_entropy_forward(probs, targets, n, vocab);
+    float *d_probs = dev_floats(logits, (size_t)n * vocab);
+    int *d_targets = to_device(targets, sizeof targets);
+    double *d_loss = to_device(NULL, sizeof(double) * n), loss[7];
+    CK_LAUNCH(xlkv_cuda_train_cross_entropy_forward(d_probs, d_loss, d_targets, n, vocab, NULL));
+    from_device(loss, d_loss, sizeof loss);
+    double gpu_total = 0.0;
+    for (int r = 0; r < n; r++) gpu_total += loss[r];
+    float a = (float)gpu_total, b = (float)total;
+    check("cross-entropy forward: summed loss [7 x 1001]", &a, &b, 1, 1e-6);
+    float *gp = download(d_probs, (size_t)n * vocab);
+    check("cross-entropy forward: probabilities", gp, probs, (size_t)n * vocab, 1e-5);
+    xlkv_train_cross_entropy_backward(probs, probs, targets, n, vocab, 0.37f);
+    CK_LAUNCH(xlkv_cuda_train_cross_entropy_backward(d_probs, d_targets, n, vocab, 0.37f, NULL));
+    free(gp);
+    gp = download(d_probs, (size_t)n * vocab);
+    check("cross-entropy backward dlogits", gp, probs, (size_t)n * vocab, 1e-5);
+    free(gp), free(logits), free(probs), cudaFree(d_probs), cudaFree(d_targets), cudaFree(d_loss);
+
+    const size_t m = 5000;
+    float *w = random_array(m, 0.1f), *g = random_array(m, 0.01f), *mm = random_array(m, 0.001f), *vv = random_array(m, 1e-5f);
+    for (size_t i = 0; i < m; i++) vv[i] = fabsf(vv[i]);
+    float *d_w = dev_floats(w, m), *d_g = dev_floats(g, m), *d_m = dev_floats(mm, m), *d_v = dev_floats(vv, m);
+    const float lr = 3e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, decay = 0.1f;
+    const long step = 3;
+    const float c1 = (float)(1.0 - pow(b1, step)), c2 = (float)(1.0 - pow(b2, step));
+    for (size_t i = 0; i < m; i++) { /* train/optimizer.c's loop */
+        mm[i] = b1 * mm[i] + (1.0f - b1) * g[i];
+        vv[i] = b2 * vv[i] + (1.0f - b2) * g[i] * g[i];
+        const float mhat = mm[i] / c1, vhat = vv[i] / c2;
+        w[i] -= lr * (mhat / (sqrtf(vhat) + eps) + decay * w[i]);
+    }
+    CK_LAUNCH(xlkv_cuda_train_adamw(d_w, d_g, d_m, d_v, m, lr, b1, b2, eps, decay, c1, c2, NULL));
+    float *gw = download(d_w, m), *gm = download(d_m, m), *gv = download(d_v, m);
+    check("AdamW parameters [5000]", gw, w, m, 1e-6);
+    check("AdamW first moment", gm, mm, m, 1e-6);
+    check("AdamW second moment", gv, vv, m, 1e-6);
+    free(gw), free(gm), free(gv), free(w), free(mm), free(vv);
+    cudaFree(d_w), cudaFree(d_m), cudaFree(d_v);
+
+    const size_t big = 3 * XLKV_CUDA_TRAIN_NORM_CHUNK + 123;
+    float *gg = random_array(big, 1.0f);
+    float *d_gg = dev_floats(gg, big);
+    double *d_part = to_device(NULL, sizeof(double) * 4), part[4], ref = 0.0, got = 0.0;
+    for (size_t i = 0; i < big; i++) ref += (double)gg[i] * gg[i];
+    CK_LAUNCH(xlkv_cuda_train_sum_squares(d_part, d_gg, big, NULL));
+    from_device(part, d_part, sizeof part);
+    for (int c = 0; c < 4; c++) got += part[c];
+    float fa = (float)got, fb = (float)ref;
+    check("sum of squares over 4 chunks (gradient norm)", &fa, &fb, 1, 1e-6);
+    CK_LAUNCH(xlkv_cuda_train_scale(d_gg, 0.5f, big, NULL));
+    float *gs = download(d_gg, big);
+    for (size_t i = 0; i < big; i++) gg[i] *= 0.5f;
+    check("scale (gradient clipping)", gs, gg, big, 0.0);
+    free(gs), free(gg), free(g), cudaFree(d_gg), cudaFree(d_part), cudaFree(d_g);
+}
+
+static void kernels_match_cpu(void **state) {
+    (void)state;
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) skip();
+    failures = 0;
+    kernel_rmsnorm();
+    kernel_rope_swiglu();
+    kernel_embedding();
+    kernel_attention();
+    kernel_softmax_rows();
+    kernel_loss_and_optimizer();
+    if (failures) fail_msg("%d kernel check(s) failed", failures);
+}
+
+/* ---- 2. gradients of a whole model ------------------------------------------------------------------------------ */
+enum { VOCAB = 61 };
+
+static xlkv_hparams tiny_hparams(int m, int b) {
+    xlkv_hparams hp;
+    xlkv_hparams_defaults(&hp);
+    hp.dim = 64, hp.hidden_dim = 96, hp.n_layers = 4, hp.n_heads = 4, hp.n_kv_heads = 2, hp.head_dim = 16;
+    hp.vocab_size = VOCAB, hp.max_seq_len = 64, hp.forward_passes = m, hp.backward_passes = b;
+    hp.sliding_window = 5;
+    return hp;
+}
+
+typedef struct model_case {
+    const char *map;
+    int m, b;
+    bool force_nodiag;
+} model_case;
+static const model_case model_cases[] = {
+    {"standard", 0, 2, false}, {"cla:2", 0, 2, false}, {"lckv:1", 1, 2, false}, {"lckv:1", 2, 3, false},
+    {"0_1s_1s_3", 0, 2, false}, {"0_2_2_3", 1, 2, false}, {"standard", 0, 2, true},
+};
+
+static xlkv_param_store *make_store(const model_case *c, unsigned long long seed) {
+    xlkv_hparams hp = tiny_hparams(c->m, c->b);
+    hp.force_nodiag = c->force_nodiag;
+    xlkv_param_store *store = NULL;
+    TU_ASSERT_OK(xlkv_store_from_shape(&hp, c->map, seed, &store));
+    for (size_t i = 0; i < store->n_params; i++) store->params[i] *= 5.0f; /* logits not flat */
+    return store;
+}
+
+static void gradients_match_cpu(void **state) {
+    (void)state;
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) skip();
+    failures = 0;
+    enum { B = 2, T = 24, N = B * T };
+    int tokens[2][N], targets[2][N];
+    for (int a = 0; a < 2; a++)
+        for (int r = 0; r < N; r++) {
+            tokens[a][r] = (int)((unsigned)(r * 37 + a * 11 + (r * r) % 13) % VOCAB);
+            targets[a][r] = (int)((unsigned)(r * 17 + a * 5 + 3) % VOCAB);
+        }
+    static const char *const attention_paths[] = {"gemm", "warp"};
+    for (size_t run = 0; run < 2 * sizeof model_cases / sizeof *model_cases; run++) {
+        const model_case *c = &model_cases[run / 2];
+        const char *path = attention_paths[run % 2];
+        setenv("XLKV_TRAIN_ATTENTION", path, 1);
+        xlkv_param_store *cpu = make_store(c, 3), *gpu_store = make_store(c, 3);
+        xlkv_train_graph *graph = NULL;
+        xlkv_gpu_trainer *gt = NULL;
+        TU_ASSERT_OK(xlkv_train_graph_create(cpu, B, T, c->m, c->b, &graph));
+        TU_ASSERT_OK(xlkv_gpu_trainer_create(gpu_store, B, T, c->m, c->b, false, &gt));
+        TU_ASSERT_OK(xlkv_gpu_trainer_zero_grads(gt));
+        memset(cpu->grads, 0, cpu->n_params * sizeof(float));
+        double cpu_loss[2], gpu_loss[2];
+        for (int a = 0; a < 2; a++) { /* two accumulated micro-batches */
+            TU_ASSERT_OK(xlkv_train_graph_forward(graph, tokens[a], targets[a], &cpu_loss[a]));
+            xlkv_train_graph_backward(graph, 0.5f);
+            TU_ASSERT_OK(xlkv_gpu_trainer_forward(gt, tokens[a], targets[a], &gpu_loss[a]));
+            TU_ASSERT_OK(xlkv_gpu_trainer_backward(gt, 0.5f));
+        }
+        TU_ASSERT_OK(xlkv_gpu_trainer_download(gt, gpu_store, true));
+        char what[160];
+        float l_gpu[2] = {(float)gpu_loss[0], (float)gpu_loss[1]}, l_cpu[2] = {(float)cpu_loss[0], (float)cpu_loss[1]};
+        snprintf(what, sizeof what, "f32 loss, %s%s m=%d b=%d, %s attention", c->map, c->force_nodiag ? " nodiag" : "",
+                 c->m, c->b, path);
+        check(what, l_gpu, l_cpu, 2, 1e-5);
+        double worst = 0.0;
+        const char *worst_name = "";
+        for (int t = 0; t < cpu->n_tensors; t++) {
+            const xlkv_param_tensor *tensor = &cpu->tensors[t];
+            const size_t n = (size_t)tensor->rows * (size_t)(tensor->cols ? tensor->cols : 1);
+            double diff = 0.0, scale = 0.0;
+            for (size_t i = 0; i < n; i++) {
+                const double a = gpu_store->grads[tensor->offset + i], b = cpu->grads[tensor->offset + i];
+                if (fabs(a - b) > diff || isnan(a)) diff = isnan(a) ? INFINITY : fabs(a - b);
+                if (fabs(b) > scale) scale = fabs(b);
+            }
+            const double err = scale > 0 ? diff / scale : diff;
+            if (err > worst || isnan(err)) worst = err, worst_name = tensor->name;
+        }
+        const bool ok = worst <= 1e-4;
+        printf("check f32 gradients, %-10s%s m=%d b=%d, %s attention: worst tensor %-36s error %.2e (tolerance 1e-4) "
+               "%s\n", c->map, c->force_nodiag ? " nodiag" : "", c->m, c->b, path, worst_name, worst, ok ? "ok" : "FAIL");
+        if (!ok) failures++;
+        xlkv_train_graph_free(graph);
+        xlkv_gpu_trainer_free(gt);
+        xlkv_param_store_free(cpu);
+        xlkv_param_store_free(gpu_store);
+    }
+    unsetenv("XLKV_TRAIN_ATTENTION");
+    if (failures) fail_msg("%d gradient check(s) failed", failures);
+}
+
+/* ---- 3. and 4. the trainer -------------------------------------------------------------------------------------- */
+static char *make_data_dir(void) {
+    char *dir = tu_temp_dir();
+    enum { LEN = 6000 };
+    int32_t *tokens = malloc(LEN * sizeof *tokens);
+    unsigned s = 7;
+    for (int i = 0; i < LEN; i++) {
+        s = s * 1103515245u + 12345u;
+        tokens[i] = i % 3 == 0 ? (int32_t)((s >> 16) % VOCAB) : (tokens[i - 1] * 7 + 3) % VOCAB;
+    }
+    char *train = xlkv_path_join(dir, "train-00000.bin"), *valid = xlkv_path_join(dir, "valid-00000.bin");
+    TU_ASSERT_OK(xlkv_token_shard_write(train, tokens, 5000, VOCAB, 2));
+    TU_ASSERT_OK(xlkv_token_shard_write(valid, tokens + 5000, 1000, VOCAB, 2));
+    free(train), free(valid), free(tokens);
+    return dir;
+}
+
+static xlkv_trainer *make_trainer(const char *data, const model_case *c, bool cuda, bool bf16, long steps) {
+    xlkv_hparams hp = tiny_hparams(c->m, c->b);
+    xlkv_param_store *store = NULL;
+    TU_ASSERT_OK(xlkv_store_from_shape(&hp, c->map, 11, &store));
+    xlkv_train_options o = xlkv_train_default_options();
+    o.batch = 4, o.seq = 32, o.steps = steps, o.warmup = 2, o.lr = 3e-3f, o.min_lr = 3e-4f, o.eval_batches = 2;
+    o.forward_passes = c->m, o.backward_passes = c->b, o.accum = 2;
+    o.device_cuda = cuda, o.cuda_bf16 = bf16;
+    xlkv_trainer *tr = NULL;
+    TU_ASSERT_OK(xlkv_trainer_create(store, data, &o, &tr));
+    return tr;
+}
+
+static void trainers_agree(void **state) {
+    (void)state;
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) skip();
+    failures = 0;
+    char *data = make_data_dir();
+    const model_case cases[] = {{"standard", 0, 2, false}, {"cla:2", 0, 2, false}, {"lckv:1", 1, 2, false}};
+    enum { STEPS = 6 };
+    for (int ci = 0; ci < 3; ci++) {
+        xlkv_trainer *cpu = make_trainer(data, &cases[ci], false, false, STEPS);
+        xlkv_trainer *f32 = make_trainer(data, &cases[ci], true, false, STEPS);
+        xlkv_trainer *bf16 = make_trainer(data, &cases[ci], true, true, STEPS);
+        float *initial = malloc(cpu->store->n_params * sizeof *initial);
+        memcpy(initial, cpu->store->params, cpu->store->n_params * sizeof *initial);
+        for (int s = 0; s < STEPS; s++) {
+            TU_ASSERT_OK(xlkv_trainer_step(cpu, NULL));
+            TU_ASSERT_OK(xlkv_trainer_step(f32, NULL));
+            TU_ASSERT_OK(xlkv_trainer_step(bf16, NULL));
+        }
+        double cpu_eval, f32_eval, bf16_eval;
+        TU_ASSERT_OK(xlkv_trainer_eval(cpu, &cpu_eval));
+        TU_ASSERT_OK(xlkv_trainer_eval(f32, &f32_eval));
+        TU_ASSERT_OK(xlkv_trainer_eval(bf16, &bf16_eval));
+        char what[160];
+        printf("losses %s: cpu", cases[ci].map);
+        for (int s = 0; s < STEPS; s++) printf(" %.5f", cpu->train_losses[s]);
+        printf(" | cuda f32");
+        for (int s = 0; s < STEPS; s++) printf(" %.5f", f32->train_losses[s]);
+        printf(" | cuda bf16");
+        for (int s = 0; s < STEPS; s++) printf(" %.5f", bf16->train_losses[s]);
+        printf(" | eval cpu %.5f f32 %.5f bf16 %.5f\n", cpu_eval, f32_eval, bf16_eval);
+        snprintf(what, sizeof what, "trainer f32 losses per step, %s (6 steps, accum 2)", cases[ci].map);
+        check(what, f32->train_losses, cpu->train_losses, STEPS, 1e-4);
+        snprintf(what, sizeof what, "trainer bf16 losses per step, %s", cases[ci].map);
+        check(what, bf16->train_losses, cpu->train_losses, STEPS, 3e-2);
+        TU_ASSERT_OK(xlkv_gpu_trainer_download(f32->gpu, f32->store, false));
+        /* AdamW normalises each element's update, so an element whose gradient is ~0 can move either way on the two
+         * devices: compare the whole update (final - initial) in norm, and count elements off by more than 1e-5 */
+        double diff2 = 0.0, update2 = 0.0, worst = 0.0;
+        size_t off = 0;
+        for (size_t i = 0; i < cpu->store->n_params; i++) {
+            const double d = (double)f32->store->params[i] - cpu->store->params[i];
+            const double u = (double)cpu->store->params[i] - initial[i];
+            diff2 += d * d, update2 += u * u;
+            if (fabs(d) > worst || isnan(d)) worst = isnan(d) ? INFINITY : fabs(d);
+            off += fabs(d) > 1e-5;
+        }
+        const double rel = sqrt(diff2 / update2);
+        const bool ok = rel <= 1e-2 && off * 1000 <= cpu->store->n_params;
+        printf("check trainer f32 final parameters, %-8s: |update gpu - update cpu| / |update cpu| %.2e (tolerance "
+               "1e-2), max |difference| %.2e, %zu of %zu elements off by > 1e-5 (at most 0.1%%) %s\n", cases[ci].map,
+               rel, worst, off, cpu->store->n_params, ok ? "ok" : "FAIL");
+        if (!ok) failures++;
+        free(initial);
+        float e_gpu = (float)f32_eval, e_cpu = (float)cpu_eval;
+        snprintf(what, sizeof what, "trainer f32 held-out loss, %s", cases[ci].map);
+        check(what, &e_gpu, &e_cpu, 1, 1e-4);
+        xlkv_trainer_free(cpu);
+        xlkv_trainer_free(f32);
+        xlkv_trainer_free(bf16);
+    }
+    free(data);
+    if (failures) fail_msg("%d trainer check(s) failed", failures);
+}
+
+static void gpu_resume_equals_uninterrupted_run(void **state) {
+    (void)state;
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) skip();
+    char *data = make_data_dir();
+    const model_case cases[] = {{"cla:2", 0, 2, false}, {"lckv:1", 1, 2, false}};
+    for (int ci = 0; ci < 2; ci++)
+        for (int bf16 = 0; bf16 < 2; bf16++) {
+            char *out = tu_temp_dir();
+            xlkv_trainer *straight = make_trainer(data, &cases[ci], true, bf16, 8);
+            for (int s = 0; s < 8; s++) {
+                TU_ASSERT_OK(xlkv_trainer_step(straight, NULL));
+                if (s == 3) TU_ASSERT_OK(xlkv_trainer_save(straight, out, NULL));
+            }
+            TU_ASSERT_OK(xlkv_gpu_trainer_download(straight->gpu, straight->store, false));
+            xlkv_trainer *resumed = make_trainer(data, &cases[ci], true, bf16, 8);
+            char *latest = xlkv_path_join(out, "latest");
+            TU_ASSERT_OK(xlkv_trainer_resume(resumed, latest));
+            assert_int_equal(resumed->step, 4);
+            while (resumed->step < 8) TU_ASSERT_OK(xlkv_trainer_step(resumed, NULL));
+            TU_ASSERT_OK(xlkv_gpu_trainer_download(resumed->gpu, resumed->store, false));
+            const size_t bytes = straight->store->n_params * sizeof(float);
+            const bool same = !memcmp(resumed->store->params, straight->store->params, bytes) &&
+                              !memcmp(resumed->store->adam_m, straight->store->adam_m, bytes) &&
+                              !memcmp(resumed->store->adam_v, straight->store->adam_v, bytes) &&
+                              !memcmp(resumed->train_losses, straight->train_losses, 8 * sizeof(float));
+            const double diff = tu_max_abs_diff(resumed->store->params, straight->store->params, straight->store->n_params);
+            printf("check GPU resume (%s, %s): save at 4, resume, 8 steps == uninterrupted: %s (max parameter "
+                   "difference %.2e)\n", cases[ci].map, bf16 ? "bf16" : "f32", same ? "bit-identical ok" : "DIFFERENT FAIL",
+                   diff);
+            if (!same) fail_msg("GPU resume under %s (%s) differs from the uninterrupted run", cases[ci].map,
+                                bf16 ? "bf16" : "f32");
+            free(latest);
+            xlkv_trainer_free(straight);
+            xlkv_trainer_free(resumed);
+            free(out);
+        }
+    free(data);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(kernels_match_cpu),
+        cmocka_unit_test(gradients_match_cpu),
+        cmocka_unit_test(trainers_agree),
+        cmocka_unit_test(gpu_resume_equals_uninterrupted_run),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
