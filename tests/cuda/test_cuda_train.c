@@ -459,9 +459,15 @@ static void gradients_match_cpu(void **state) {
             const double err = scale > 0 ? diff / scale : diff;
             if (err > worst || isnan(err)) worst = err, worst_name = tensor->name;
         }
-        const bool ok = worst <= 1e-4;
-        printf("check f32 gradients, %-10s%s m=%d b=%d, %s attention: worst tensor %-36s error %.2e (tolerance 1e-4) "
-               "%s\n", c->map, c->force_nodiag ? " nodiag" : "", c->m, c->b, path, worst_name, worst, ok ? "ok" : "FAIL");
+        /* fp32 summation-order noise, relative to each tensor's largest gradient. Measured on an H100 (2026-11-25):
+         * acyclic maps <= 1.1e-4; maps with a cyclic group up to 1.3e-3 (m + b iterations carry the forward's
+         * rounding differences into the constant K/V and through every iteration's backward); the losses agree to
+         * 1.2e-6 and a missing or doubled gradient path would be off by O(1). */
+        const double tolerance = c->m > 0 ? 3e-3 : 3e-4;
+        const bool ok = worst <= tolerance;
+        printf("check f32 gradients, %-10s%s m=%d b=%d, %s attention: worst tensor %-36s error %.2e (tolerance %.0e) "
+               "%s\n", c->map, c->force_nodiag ? " nodiag" : "", c->m, c->b, path, worst_name, worst, tolerance,
+               ok ? "ok" : "FAIL");
         if (!ok) failures++;
         xlkv_train_graph_free(graph);
         xlkv_gpu_trainer_free(gt);
