@@ -9,7 +9,8 @@
  *   (d) batched generation equals one-by-one generation, also with sequences added and removed between steps;
  *   (e) paged (block sizes 1 and 16, fragmented free list) equals contiguous (one block per sequence);
  *   (f) CUDA graphs on and off give identical tokens (also with padded batch buckets);
- *   (g) errors: capacity, memory budgets, bad tokens, and the KV pool holding more sequences under a sharing map. */
+ *   (g) errors: capacity, memory budgets, bad tokens, and the KV pool holding more sequences under a sharing map;
+ *   (h) bf16 passes of few rows: the fused products and chunked sampler give the bits of the separate kernels. */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -741,6 +742,55 @@ static void graphs_on_equals_off(void **state) {
     xlkv_model_free(model);
 }
 
+/* ---- (h) fused few-row passes equal the separate kernels ------------------------------------------------------- */
+
+/* bf16 passes of <= 8 rows run the fused products (cuda_executor.c) and the chunked sampler; params.cuda_unfused runs
+ * the separate kernels. Both round where the other stores, so logits must be bit-identical (prefill chunks of 1..8
+ * tokens take the fused path, 12 tokens the unfused one in both engines) and the generated streams (greedy,
+ * penalized and sampled rows, batches of 1 and 6) the same, on maps with and without sharing and a cyclic map. */
+static void fused_equals_unfused_bf16(void **state) {
+    (void)state;
+    const char *const maps[] = {"standard", "cla:2", "lckv:1", "0s_1_2s_3"};
+    xlkv_hparams hp = medium_hparams(64);
+    enum { N_TOTAL = 5 + 1 + 1 + 8 + 12 + 3 };
+    const int chunks[] = {5, 1, 1, 8, 12, 1, 1, 1};
+    int tokens[N_TOTAL];
+    fill_tokens(tokens, N_TOTAL, hp.vocab_size, 29);
+    for (size_t m = 0; m < sizeof maps / sizeof maps[0]; m++) {
+        xlkv_model *model = random_model(maps[m], &hp, 13 + m);
+        xlkv_engine_params p = engine_params(XLKV_ENGINE_BF16, 8);
+        float *fused = gpu_logits(model, &p, tokens, chunks, 8);
+        p.cuda_unfused = true;
+        float *unfused = gpu_logits(model, &p, tokens, chunks, 8);
+        const size_t n = (size_t)N_TOTAL * (size_t)hp.vocab_size;
+        size_t differ = 0;
+        for (size_t i = 0; i < n; i++) differ += memcmp(&fused[i], &unfused[i], sizeof(float)) != 0;
+        char what[96];
+        snprintf(what, sizeof what, "(h) bf16 logits fused vs unfused, chunks 5,1,1,8,12,1x3, %s", maps[m]);
+        printf("check %-58s %zu of %zu differ, max |diff| %.3g\n", what, differ, n, tu_max_abs_diff(fused, unfused, n));
+        if (differ) fail_msg("%s: %zu logits differ", what, differ);
+        free(fused);
+        free(unfused);
+
+        enum { N_SPECS = 6 };
+        stream_spec specs[N_SPECS];
+        specs_for(specs, N_SPECS, hp.vocab_size, 20);
+        token_stream streams[2][N_SPECS], alone[2][N_SPECS];
+        for (int u = 0; u < 2; u++) {
+            p.cuda_unfused = u == 1;
+            void *engine = engine_create(model, &p);
+            generate_together(engine, specs, N_SPECS, streams[u]);
+            generate_alone(engine, specs, N_SPECS, alone[u]);
+            cuda()->destroy(engine);
+        }
+        snprintf(what, sizeof what, "(h) bf16 6 together, fused vs unfused, %s", maps[m]);
+        assert_same_streams(streams[1], streams[0], N_SPECS, what);
+        snprintf(what, sizeof what, "(h) bf16 each alone, fused vs unfused, %s", maps[m]);
+        assert_same_streams(alone[1], alone[0], N_SPECS, what);
+        xlkv_model_free(model);
+    }
+}
+
 /* ---- (g) errors and capacity ----------------------------------------------------------------------------------- */
 
 static void errors_are_clear(void **state) {
@@ -836,6 +886,7 @@ int main(void) {
         cmocka_unit_test(batched_equals_alone),
         cmocka_unit_test(paged_equals_contiguous),
         cmocka_unit_test(graphs_on_equals_off),
+        cmocka_unit_test(fused_equals_unfused_bf16),
         cmocka_unit_test(errors_are_clear),
         cmocka_unit_test(sharing_maps_fit_more_in_the_pool),
     };
