@@ -10,7 +10,8 @@
  *   (e) paged (block sizes 1 and 16, fragmented free list) equals contiguous (one block per sequence);
  *   (f) CUDA graphs on and off give identical tokens (also with padded batch buckets);
  *   (g) errors: capacity, memory budgets, bad tokens, and the KV pool holding more sequences under a sharing map;
- *   (h) bf16 passes of few rows: the fused products and chunked sampler give the bits of the separate kernels. */
+ *   (h) bf16 passes of few rows: the fused products and chunked sampler give the bits of the separate kernels;
+ *   (i) short prompts of the sequential mode prefilled together equal each prefilled alone. */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -791,6 +792,52 @@ static void fused_equals_unfused_bf16(void **state) {
     }
 }
 
+/* ---- (i) short prompts of the sequential mode are prefilled together ------------------------------------------- */
+
+/* Under a cyclic map, prompts of <= iterations tokens run token by token; the engine prefills all pending ones of a
+ * step together (one batched decode pass per position). The streams must equal each sequence generated alone (f32:
+ * 12 sequences, prompts of 1..22 tokens so both modes mix; bf16: 6 sequences, a bucket of 8 rows where the products
+ * are the row-independent few-row kernels), and the first step's events come in the order the sequences were added. */
+static void sequential_prefill_together_equals_alone(void **state) {
+    (void)state;
+    xlkv_hparams hp = medium_hparams(64);
+    xlkv_model *model = random_model("lckv:1", &hp, 31);
+    const xlkv_engine_dtype dtypes[] = {XLKV_ENGINE_F32, XLKV_ENGINE_BF16};
+    for (int d = 0; d < 2; d++) {
+        const int n_specs = dtypes[d] == XLKV_ENGINE_F32 ? 12 : 6;
+        stream_spec specs[12];
+        specs_for(specs, n_specs, hp.vocab_size, 10);
+        xlkv_engine_params p = engine_params(dtypes[d], n_specs);
+        p.iterations = 9; /* prompts of 1, 8, 6, 13, ... : 1..9 sequential, longer ones through the plan */
+        void *engine = engine_create(model, &p);
+        token_stream alone[12], together[12];
+        generate_alone(engine, specs, n_specs, alone);
+        generate_together(engine, specs, n_specs, together);
+        char what[96];
+        snprintf(what, sizeof what, "(i) %d short prompts prefilled together vs alone, lckv:1, %s", n_specs,
+                 dtypes[d] == XLKV_ENGINE_F32 ? "f32" : "bf16");
+        assert_same_streams(alone, together, n_specs, what);
+
+        /* the first step: one event per sequence, in the order added */
+        int ids[12];
+        for (int i = 0; i < n_specs; i++) ids[i] = add_spec(engine, &specs[i]);
+        xlkv_engine_event events[MAX_SEQS];
+        int n_events = 0;
+        TU_ASSERT_OK(cuda()->step(engine, events, MAX_SEQS, &n_events));
+        assert_int_equal(n_events, n_specs);
+        int out_of_order = 0;
+        for (int i = 0; i < n_specs; i++) {
+            out_of_order += events[i].seq != ids[i];
+            out_of_order += events[i].token != alone[i].tokens[0];
+        }
+        printf("check %-58s %d mismatches\n", "(i) first step's events: order added, first tokens", out_of_order);
+        if (out_of_order) fail_msg("(i) the first step's events are not in the order added or differ from alone");
+        for (int i = 0; i < n_specs; i++) TU_ASSERT_OK(cuda()->remove(engine, ids[i]));
+        cuda()->destroy(engine);
+    }
+    xlkv_model_free(model);
+}
+
 /* ---- (g) errors and capacity ----------------------------------------------------------------------------------- */
 
 static void errors_are_clear(void **state) {
@@ -887,6 +934,7 @@ int main(void) {
         cmocka_unit_test(paged_equals_contiguous),
         cmocka_unit_test(graphs_on_equals_off),
         cmocka_unit_test(fused_equals_unfused_bf16),
+        cmocka_unit_test(sequential_prefill_together_equals_alone),
         cmocka_unit_test(errors_are_clear),
         cmocka_unit_test(sharing_maps_fit_more_in_the_pool),
     };

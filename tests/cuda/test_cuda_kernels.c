@@ -915,8 +915,11 @@ static void gemv_fused_matches_cpu_and_unfused(void **state) {
                         char shape[112];
                         snprintf(shape, sizeof shape, "%s n %d in %d out %d x_stride %d %s out%s", gemv_input_name(kind),
                                  n, in, out, x_stride, f32_out ? "f32" : "bf16", accumulate ? " +=" : "");
-                        /* accumulate: error relative to the residual's scale as well */
-                        expect_close("gemv_fused", bf, shape, got, ref, (size_t)n * out, f32_out ? 5e-5 : TOL_BF16);
+                        /* fp32 out: the plain product as the gemv test; a fused input may round one element of
+                         * the bf16 input the other way than the host (another summation order in the norm, expf's
+                         * last bit), ~3e-4 of the largest output each: 2e-3. The bit check below is the strict one. */
+                        const double tol = !f32_out ? TOL_BF16 : kind == XLKV_GEMV_INPUT_PLAIN ? 5e-5 : 2e-3;
+                        expect_close("gemv_fused", bf, shape, got, ref, (size_t)n * out, tol);
                         /* the unfused GPU sequence */
                         void *dz = accumulate ? to_device(y0, (size_t)n * out, out_dt)
                                               : device_poisoned((size_t)n * out, out_dt);

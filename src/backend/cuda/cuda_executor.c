@@ -210,14 +210,14 @@ xlkv_status xlkv_cuda_inputs_send(xlkv_cuda_engine *e, size_t bytes) {
     return XLKV_OK;
 }
 
-static bool runs_sequentially(const xlkv_cuda_engine *e, int n) {
+bool xlkv_cuda_prefills_sequentially(const xlkv_cuda_engine *e, int n) {
     const xlkv_prefill_mode mode = e->params.prefill_mode;
     return mode == XLKV_PREFILL_SEQUENTIAL ||
            (mode == XLKV_PREFILL_AUTO && xlkv_layer_map_has_cyclic(e->model->map) && n <= e->iterations);
 }
 
 xlkv_status xlkv_cuda_prefill(xlkv_cuda_engine *e, int slot, const int *tokens, int n, int pos0, float *host_logits) {
-    const bool sequential = runs_sequentially(e, n);
+    const bool sequential = xlkv_cuda_prefills_sequentially(e, n);
     const size_t vocab = (size_t)e->model->hp.vocab_size;
     /* pieces that fit the input region; in plan mode each piece is one chunk of the plan */
     const int piece_rows = sequential ? e->buf.shape.rows : e->prefill_rows;
