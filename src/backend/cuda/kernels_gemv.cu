@@ -155,14 +155,22 @@ int launch_one(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat1
         if (err != cudaSuccess) return (int)err;
         attribute_set = true;
     }
-    int device = 0, sms = 0, per_sm = 0;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, GEMV_THREADS, smem);
-    if (err != cudaSuccess) return (int)err;
-    if (per_sm < 1) per_sm = 1;
+    /* resident CTAs for this shared-memory size, remembered for the last size asked (the grid only sets how rows
+     * are spread: any value >= 1 computes the same result) */
+    static size_t cached_smem = (size_t)-1;
+    static long long cached_resident = 0;
+    long long resident = cached_smem == smem ? cached_resident : 0;
+    if (resident <= 0) {
+        int device = 0, sms = 0, per_sm = 0;
+        cudaError_t err = cudaGetDevice(&device);
+        if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+        if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, GEMV_THREADS, smem);
+        if (err != cudaSuccess) return (int)err;
+        resident = (long long)(sms > 0 ? sms : 1) * (per_sm > 0 ? per_sm : 1);
+        cached_resident = resident;
+        cached_smem = smem;
+    }
     const long long needed = ((long long)out + GEMV_WARPS - 1) / GEMV_WARPS;
-    const long long resident = (long long)sms * per_sm;
     const int blocks = (int)(needed < resident ? needed : resident);
     kernel<<<blocks, GEMV_THREADS, smem, stream>>>(y, x, x_stride, gain, eps, w, in, out, accumulate);
     return launch_status();
