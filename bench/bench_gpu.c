@@ -100,6 +100,7 @@ typedef struct bench_options {
     double limit_s;
     double deadline_s;
     bool quick;
+    bool unfused; /* engine param cuda_unfused: the separate kernels instead of the fused few-row products */
 } bench_options;
 
 /* What the JSON lines share. */
@@ -110,6 +111,7 @@ typedef struct run_info {
     char date[32];
     const char *shape;
     const char *device;
+    bool unfused;
     double bandwidth;  /* bytes/s, 0 if not measured */
     double peak_flops; /* FLOP/s, 0 if not measured */
 } run_info;
@@ -317,6 +319,7 @@ static xlkv_engine_params engine_params(const bench_options *o, int max_batch, i
     p.n_ctx = (n_ctx + 15) / 16 * 16;
     p.memory_budget_bytes = budget_bytes;
     p.ignore_end_tokens = true;
+    p.cuda_unfused = o->unfused;
     return p;
 }
 
@@ -390,6 +393,7 @@ fail:
 static void json_begin(const run_info *ri, const char *what, const char *map, const xlkv_model *m) {
     fprintf(ri->out, "{\"bench\": \"gpu\", \"what\": \"%s\", \"shape\": \"%s\", \"device\": \"%s\"", what, ri->shape,
             ri->device);
+    if (ri->unfused) fprintf(ri->out, ", \"kernels\": \"unfused\"");
     if (map) fprintf(ri->out, ", \"map\": \"%s\", \"kv_layers\": %d", map, m->map->n_kv_layers);
 }
 
@@ -409,6 +413,7 @@ static void usage(FILE *out) {
             "throughput]\n"
             "                 [--quick] [--runs N] [--max-batch N] [--search-probes N] [--limit-s S] [--deadline-s S]\n"
             "                 [--out FILE.jsonl] [--device cuda|cpu] [--shape tinyllama|tiny]\n"
+            "                 [--unfused] (few-row bf16 passes with the separate kernels: the A/B baseline)\n"
             "  budgets: gpu (the whole device) or a size in GiB (16, 16GiB) or MiB (512MiB)\n");
 }
 
@@ -477,6 +482,7 @@ static bool parse_options(int argc, char **argv, bench_options *o) {
         const char *arg = argv[i];
         const bool has_value = i + 1 < argc;
         if (!strcmp(arg, "--quick")) o->quick = true;
+        else if (!strcmp(arg, "--unfused")) o->unfused = true;
         else if (!strcmp(arg, "--maps") && has_value) maps = argv[++i];
         else if (!strcmp(arg, "--settings") && has_value) settings = argv[++i];
         else if (!strcmp(arg, "--budgets") && has_value) budgets = argv[++i];
@@ -529,7 +535,7 @@ int main(int argc, char **argv) {
     bench_options o;
     if (!parse_options(argc, argv, &o)) return 2;
     const double start = xlkv_now_seconds(), deadline = start + o.deadline_s;
-    run_info ri = {.shape = o.shape, .device = o.device};
+    run_info ri = {.shape = o.shape, .device = o.device, .unfused = o.unfused};
     size_t device_free = 0, device_total = 0;
     const bool on_cuda = !strcmp(o.device, "cuda");
     if (on_cuda) {

@@ -2,6 +2,11 @@
  * Times, with CUDA events (median of 20 after warm-up), each launch a decode step of B rows makes per layer (the
  * cuBLAS products at their fused shapes, the elementwise kernels, kv_write and the split-K decode attention over L
  * visible positions through a paged pool), and reports achieved bandwidth / FLOP rate against the device's.
+ * For B <= XLKV_CUDA_GEMV_MAX_ROWS it also times the fused few-row path the engine takes (cuda_executor.c): the four
+ * products with their fused input / epilogue, rope_kv_write, the fused logits product and the chunked sampler, each
+ * alone, and then a whole decode step (22 layers with their own weights, attention included, logits, sampling)
+ * captured in one CUDA graph and replayed: its time is the engine's step without host work, so B x 1e6 / us is the
+ * decode tokens/s the kernels allow (bench_gpu's decode_b1 measures the engine itself).
  * Usage: bench_gpu_step [--batch B] [--context L]. Prints a table; not a test. Without CUDA it says so and exits 0. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,6 +74,11 @@ typedef struct step_ctx {
     void *x, *y, *big, *w_qkv, *w_o, *w_gu, *w_down, *w_out, *gain;
     float *logits, *workspace, *cos_t, *sin_t;
     int *row_seq, *row_pos, *tokens;
+    void *layers;          /* LAYERS x (qkv | o | gate_up | down) weights for the step graph (B <= 8) */
+    void *sample_ws;       /* chunked sampler workspace */
+    xlkv_cuda_sampling *sampling;
+    int *history, *history_len;
+    int layer;             /* the layer whose weights the fused launches use */
     xlkv_paged_kv kv;
     int gemm_n, gemm_in, gemm_out;
     const void *gemm_w;
@@ -111,6 +121,152 @@ static void run_kv_write(void *p) {
 static void run_argmax(void *p) {
     step_ctx *c = p;
     check((cudaError_t)xlkv_cuda_argmax(c->tokens, c->logits, c->batch, VOCAB, c->stream), "argmax");
+}
+
+/* ---- the fused few-row path (B <= XLKV_CUDA_GEMV_MAX_ROWS) ---- */
+
+static const size_t QKV_W = (size_t)2560 * DIM, O_W = (size_t)DIM * DIM, GU_W = (size_t)2 * FFN * DIM,
+                    DOWN_W = (size_t)DIM * FFN;
+static const void *layer_weight(const step_ctx *c, int which) {
+    const size_t per_layer = QKV_W + O_W + GU_W + DOWN_W;
+    const size_t offsets[4] = {0, QKV_W, QKV_W + O_W, QKV_W + O_W + GU_W};
+    return (const char *)c->layers + ((size_t)c->layer * per_layer + offsets[which]) * 2;
+}
+static void check_rc(int rc, const char *what) { check((cudaError_t)rc, what); }
+static void run_fused_qkv(void *p) {
+    step_ctx *c = p;
+    const xlkv_cuda_gemv_input norm = {.kind = XLKV_GEMV_INPUT_RMSNORM, .gain = c->gain, .eps = 1e-5f};
+    check_rc(xlkv_cuda_gemv_fused(c->big, 0, 0, c->x, &norm, layer_weight(c, 0), c->batch, DIM, 2560, XLKV_DTYPE_BF16,
+                                  c->stream),
+             "fused qkv");
+}
+static void run_rope_kv(void *p) {
+    step_ctx *c = p;
+    check_rc(xlkv_cuda_rope_kv_write(c->big, 2560, c->batch, HEADS, HEAD_DIM, c->row_seq, c->row_pos, c->cos_t,
+                                     c->sin_t, &c->kv, 0, HEADS * HEAD_DIM, HEADS * HEAD_DIM + 256, XLKV_DTYPE_BF16,
+                                     c->stream),
+             "rope_kv_write");
+}
+static void run_fused_o(void *p) {
+    step_ctx *c = p;
+    check_rc(xlkv_cuda_gemv_fused(c->x, 0, 1, c->y, NULL, layer_weight(c, 1), c->batch, DIM, DIM, XLKV_DTYPE_BF16,
+                                  c->stream),
+             "fused o");
+}
+static void run_fused_gate_up(void *p) {
+    step_ctx *c = p;
+    const xlkv_cuda_gemv_input norm = {.kind = XLKV_GEMV_INPUT_RMSNORM, .gain = c->gain, .eps = 1e-5f};
+    check_rc(xlkv_cuda_gemv_fused(c->big, 0, 0, c->x, &norm, layer_weight(c, 2), c->batch, DIM, 2 * FFN,
+                                  XLKV_DTYPE_BF16, c->stream),
+             "fused gate_up");
+}
+static void run_fused_down(void *p) {
+    step_ctx *c = p;
+    const xlkv_cuda_gemv_input swiglu = {.kind = XLKV_GEMV_INPUT_SWIGLU};
+    check_rc(xlkv_cuda_gemv_fused(c->x, 0, 1, c->big, &swiglu, layer_weight(c, 3), c->batch, FFN, DIM,
+                                  XLKV_DTYPE_BF16, c->stream),
+             "fused down");
+}
+static void run_fused_logits(void *p) {
+    step_ctx *c = p;
+    const xlkv_cuda_gemv_input norm = {.kind = XLKV_GEMV_INPUT_RMSNORM, .gain = c->gain, .eps = 1e-5f};
+    check_rc(xlkv_cuda_gemv_fused(c->logits, 1, 0, c->x, &norm, c->w_out, c->batch, DIM, VOCAB, XLKV_DTYPE_BF16,
+                                  c->stream),
+             "fused logits");
+}
+static void run_sample_split(void *p) {
+    step_ctx *c = p;
+    check_rc(xlkv_cuda_sample_split(c->tokens, c->logits, c->batch, VOCAB, c->sampling, c->history, c->history_len,
+                                    c->sample_ws, c->stream),
+             "sample_split");
+}
+static void run_sample(void *p) {
+    step_ctx *c = p;
+    check_rc(xlkv_cuda_sample(c->tokens, c->logits, c->batch, VOCAB, c->sampling, c->history, c->history_len,
+                              c->stream),
+             "sample");
+}
+/* One decode step the way cuda_executor.c runs it for few rows (embedding left out: one tiny copy). */
+static void run_fused_step(void *p) {
+    step_ctx *c = p;
+    for (int l = 0; l < LAYERS; l++) {
+        c->layer = l;
+        run_fused_qkv(c);
+        run_rope_kv(c);
+        run_attention(c);
+        run_fused_o(c);
+        run_fused_gate_up(c);
+        run_fused_down(c);
+    }
+    c->layer = 0;
+    run_fused_logits(c);
+    run_sample_split(c);
+}
+static cudaGraphExec_t step_graph;
+static void run_step_graph(void *p) {
+    step_ctx *c = p;
+    check(cudaGraphLaunch(step_graph, c->stream), "graph launch");
+}
+
+static void bench_fused(step_ctx *c) {
+    const size_t per_layer = QKV_W + O_W + GU_W + DOWN_W;
+    c->layers = device_random((size_t)LAYERS * per_layer * 2);
+    c->sample_ws = NULL;
+    check(cudaMalloc(&c->sample_ws, xlkv_cuda_sample_split_workspace(c->batch, VOCAB)), "sample workspace");
+    xlkv_cuda_sampling greedy[XLKV_CUDA_GEMV_MAX_ROWS];
+    memset(greedy, 0, sizeof greedy);
+    for (int b = 0; b < XLKV_CUDA_GEMV_MAX_ROWS; b++) {
+        greedy[b].top_p = 1.0f;
+        greedy[b].repeat_penalty = 1.0f;
+    }
+    check(cudaMalloc((void **)&c->sampling, sizeof greedy), "sampling");
+    check(cudaMemcpy(c->sampling, greedy, sizeof greedy, cudaMemcpyHostToDevice), "sampling");
+    check(cudaMalloc((void **)&c->history, sizeof(int) * XLKV_CUDA_GEMV_MAX_ROWS * XLKV_CUDA_PENALTY_WINDOW), "history");
+    check(cudaMalloc((void **)&c->history_len, sizeof(int) * XLKV_CUDA_GEMV_MAX_ROWS), "history");
+    check(cudaMemset(c->history_len, 0, sizeof(int) * XLKV_CUDA_GEMV_MAX_ROWS), "history");
+    c->layer = 0;
+
+    printf("\nfused few-row path (what the engine runs at batch %d), one launch each (launch gaps included)\n",
+           c->batch);
+    printf("%-28s %10s %12s\n", "piece", "us", "GB/s");
+    struct { const char *name; launch_fn fn; double weight_bytes; } pieces[] = {
+        {"qkv product + rmsnorm in", run_fused_qkv, 2.0 * (double)QKV_W},
+        {"rope_kv_write", run_rope_kv, 0},
+        {"o product + residual", run_fused_o, 2.0 * (double)O_W},
+        {"gate_up product + rmsnorm in", run_fused_gate_up, 2.0 * (double)GU_W},
+        {"down product + swiglu, resid", run_fused_down, 2.0 * (double)DOWN_W},
+        {"logits product + rmsnorm in", run_fused_logits, 2.0 * (double)VOCAB * DIM},
+        {"sample_split (greedy)", run_sample_split, 0},
+        {"sample one CTA (greedy)", run_sample, 0},
+    };
+    double products_us = 0;
+    for (size_t i = 0; i < sizeof pieces / sizeof pieces[0]; i++) {
+        const double ms = time_ms(pieces[i].fn, c, c->stream);
+        if (pieces[i].weight_bytes > 0)
+            printf("%-28s %10.1f %12.0f\n", pieces[i].name, ms * 1e3, pieces[i].weight_bytes / ms / 1e6);
+        else
+            printf("%-28s %10.1f\n", pieces[i].name, ms * 1e3);
+        if (i == 0 || i == 2 || i == 3 || i == 4) products_us += ms * 1e3;
+    }
+    printf("four products: %.1f us per layer (%.0f GB/s over %.1f MB of weights)\n", products_us,
+           2.0 * (double)per_layer / products_us / 1e3, 2.0 * (double)per_layer / 1e6);
+
+    /* the whole step in one graph */
+    run_fused_step(c); /* direct run first: sets kernel attributes outside the capture */
+    check(cudaStreamSynchronize(c->stream), "sync");
+    cudaGraph_t graph;
+    check(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal), "capture");
+    run_fused_step(c);
+    check(cudaStreamEndCapture(c->stream, &graph), "capture");
+    check(cudaGraphInstantiate(&step_graph, graph, 0), "instantiate");
+    const double ms = time_ms(run_step_graph, c, c->stream);
+    const double weights = (double)LAYERS * 2.0 * (double)per_layer + 2.0 * (double)VOCAB * DIM;
+    const double kv = (double)LAYERS * c->batch * c->context * 2 * 256 * 2;
+    printf("decode step in one CUDA graph: %.1f us -> %.0f tokens/s at batch %d; %.0f GB/s of weights + KV "
+           "(%.2f GB per step)\n",
+           ms * 1e3, c->batch * 1e3 / ms, c->batch, (weights + kv) / ms / 1e6, (weights + kv) / 1e9);
+    cudaGraphExecDestroy(step_graph);
+    cudaGraphDestroy(graph);
 }
 
 int main(int argc, char **argv) {
@@ -200,6 +356,7 @@ int main(int argc, char **argv) {
     step_us += ms * 1e3;
     printf("sum of pieces: %.1f us per layer, %.2f ms per step (rope and launch gaps not counted)\n", layer_us,
            step_us / 1e3);
+    if (batch <= XLKV_CUDA_GEMV_MAX_ROWS) bench_fused(&c);
     return 0;
 }
 #else

@@ -48,6 +48,8 @@ typedef struct xlkv_engine_params {
     int max_prefill_tokens;    /* CUDA: activation rows reserved for prefill chunks (0 = n_ctx) */
     bool ignore_end_tokens;    /* end tokens are ordinary tokens: a sequence runs to max_new_tokens or a full context
                                   (the throughput protocol: exactly `gen` tokens per sequence); default false */
+    bool cuda_unfused;         /* CUDA: few-row bf16 passes keep the separate kernels instead of the fused products
+                                  and the chunked sampler (A/B timing and the fused-vs-unfused test); default false */
 } xlkv_engine_params;
 
 /* device "cpu", dtype AUTO, max_batch 1, n_ctx 0, block_size 16, pools 0, iterations 0, prefill AUTO, threads 0,

@@ -9,7 +9,9 @@
  *   (d) batched generation equals one-by-one generation, also with sequences added and removed between steps;
  *   (e) paged (block sizes 1 and 16, fragmented free list) equals contiguous (one block per sequence);
  *   (f) CUDA graphs on and off give identical tokens (also with padded batch buckets);
- *   (g) errors: capacity, memory budgets, bad tokens, and the KV pool holding more sequences under a sharing map. */
+ *   (g) errors: capacity, memory budgets, bad tokens, and the KV pool holding more sequences under a sharing map;
+ *   (h) bf16 passes of few rows: the fused products and chunked sampler give the bits of the separate kernels;
+ *   (i) short prompts of the sequential mode prefilled together equal each prefilled alone. */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -741,6 +743,101 @@ static void graphs_on_equals_off(void **state) {
     xlkv_model_free(model);
 }
 
+/* ---- (h) fused few-row passes equal the separate kernels ------------------------------------------------------- */
+
+/* bf16 passes of <= 8 rows run the fused products (cuda_executor.c) and the chunked sampler; params.cuda_unfused runs
+ * the separate kernels. Both round where the other stores, so logits must be bit-identical (prefill chunks of 1..8
+ * tokens take the fused path, 12 tokens the unfused one in both engines) and the generated streams (greedy,
+ * penalized and sampled rows, batches of 1 and 6) the same, on maps with and without sharing and a cyclic map. */
+static void fused_equals_unfused_bf16(void **state) {
+    (void)state;
+    const char *const maps[] = {"standard", "cla:2", "lckv:1", "0s_1_2s_3"};
+    xlkv_hparams hp = medium_hparams(64);
+    enum { N_TOTAL = 5 + 1 + 1 + 8 + 12 + 3 };
+    const int chunks[] = {5, 1, 1, 8, 12, 1, 1, 1};
+    int tokens[N_TOTAL];
+    fill_tokens(tokens, N_TOTAL, hp.vocab_size, 29);
+    for (size_t m = 0; m < sizeof maps / sizeof maps[0]; m++) {
+        xlkv_model *model = random_model(maps[m], &hp, 13 + m);
+        xlkv_engine_params p = engine_params(XLKV_ENGINE_BF16, 8);
+        float *fused = gpu_logits(model, &p, tokens, chunks, 8);
+        p.cuda_unfused = true;
+        float *unfused = gpu_logits(model, &p, tokens, chunks, 8);
+        const size_t n = (size_t)N_TOTAL * (size_t)hp.vocab_size;
+        size_t differ = 0;
+        for (size_t i = 0; i < n; i++) differ += memcmp(&fused[i], &unfused[i], sizeof(float)) != 0;
+        char what[96];
+        snprintf(what, sizeof what, "(h) bf16 logits fused vs unfused, chunks 5,1,1,8,12,1x3, %s", maps[m]);
+        printf("check %-58s %zu of %zu differ, max |diff| %.3g\n", what, differ, n, tu_max_abs_diff(fused, unfused, n));
+        if (differ) fail_msg("%s: %zu logits differ", what, differ);
+        free(fused);
+        free(unfused);
+
+        enum { N_SPECS = 6 };
+        stream_spec specs[N_SPECS];
+        specs_for(specs, N_SPECS, hp.vocab_size, 20);
+        token_stream streams[2][N_SPECS], alone[2][N_SPECS];
+        for (int u = 0; u < 2; u++) {
+            p.cuda_unfused = u == 1;
+            void *engine = engine_create(model, &p);
+            generate_together(engine, specs, N_SPECS, streams[u]);
+            generate_alone(engine, specs, N_SPECS, alone[u]);
+            cuda()->destroy(engine);
+        }
+        snprintf(what, sizeof what, "(h) bf16 6 together, fused vs unfused, %s", maps[m]);
+        assert_same_streams(streams[1], streams[0], N_SPECS, what);
+        snprintf(what, sizeof what, "(h) bf16 each alone, fused vs unfused, %s", maps[m]);
+        assert_same_streams(alone[1], alone[0], N_SPECS, what);
+        xlkv_model_free(model);
+    }
+}
+
+/* ---- (i) short prompts of the sequential mode are prefilled together ------------------------------------------- */
+
+/* Under a cyclic map, prompts of <= iterations tokens run token by token; the engine prefills all pending ones of a
+ * step together (one batched decode pass per position). The streams must equal each sequence generated alone (f32:
+ * 12 sequences, prompts of 1..22 tokens so both modes mix; bf16: 6 sequences, a bucket of 8 rows where the products
+ * are the row-independent few-row kernels), and the first step's events come in the order the sequences were added. */
+static void sequential_prefill_together_equals_alone(void **state) {
+    (void)state;
+    xlkv_hparams hp = medium_hparams(64);
+    xlkv_model *model = random_model("lckv:1", &hp, 31);
+    const xlkv_engine_dtype dtypes[] = {XLKV_ENGINE_F32, XLKV_ENGINE_BF16};
+    for (int d = 0; d < 2; d++) {
+        const int n_specs = dtypes[d] == XLKV_ENGINE_F32 ? 12 : 6;
+        stream_spec specs[12];
+        specs_for(specs, n_specs, hp.vocab_size, 10);
+        xlkv_engine_params p = engine_params(dtypes[d], n_specs);
+        p.iterations = 9; /* prompts of 1, 8, 6, 13, ... : 1..9 sequential, longer ones through the plan */
+        void *engine = engine_create(model, &p);
+        token_stream alone[12], together[12];
+        generate_alone(engine, specs, n_specs, alone);
+        generate_together(engine, specs, n_specs, together);
+        char what[96];
+        snprintf(what, sizeof what, "(i) %d short prompts prefilled together vs alone, lckv:1, %s", n_specs,
+                 dtypes[d] == XLKV_ENGINE_F32 ? "f32" : "bf16");
+        assert_same_streams(alone, together, n_specs, what);
+
+        /* the first step: one event per sequence, in the order added */
+        int ids[12];
+        for (int i = 0; i < n_specs; i++) ids[i] = add_spec(engine, &specs[i]);
+        xlkv_engine_event events[MAX_SEQS];
+        int n_events = 0;
+        TU_ASSERT_OK(cuda()->step(engine, events, MAX_SEQS, &n_events));
+        assert_int_equal(n_events, n_specs);
+        int out_of_order = 0;
+        for (int i = 0; i < n_specs; i++) {
+            out_of_order += events[i].seq != ids[i];
+            out_of_order += events[i].token != alone[i].tokens[0];
+        }
+        printf("check %-58s %d mismatches\n", "(i) first step's events: order added, first tokens", out_of_order);
+        if (out_of_order) fail_msg("(i) the first step's events are not in the order added or differ from alone");
+        for (int i = 0; i < n_specs; i++) TU_ASSERT_OK(cuda()->remove(engine, ids[i]));
+        cuda()->destroy(engine);
+    }
+    xlkv_model_free(model);
+}
+
 /* ---- (g) errors and capacity ----------------------------------------------------------------------------------- */
 
 static void errors_are_clear(void **state) {
@@ -836,6 +933,8 @@ int main(void) {
         cmocka_unit_test(batched_equals_alone),
         cmocka_unit_test(paged_equals_contiguous),
         cmocka_unit_test(graphs_on_equals_off),
+        cmocka_unit_test(fused_equals_unfused_bf16),
+        cmocka_unit_test(sequential_prefill_together_equals_alone),
         cmocka_unit_test(errors_are_clear),
         cmocka_unit_test(sharing_maps_fit_more_in_the_pool),
     };

@@ -969,6 +969,337 @@ static void repetition_penalty_changes_the_choice(void **state) {
     free(after);
 }
 
+/* ---------------------------------------------------------------- fused decode kernels */
+
+/* Exact comparison of two GPU results (fused launch vs the unfused kernel sequence): prints one line with the count of
+ * differing elements; fails on any. */
+static void expect_identical(const char *kernel, xlkv_dtype dt, const char *shape, const float *got, const float *ref,
+                             size_t n) {
+    size_t differ = 0, first = 0;
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&got[i], &ref[i], sizeof(float)) != 0 && differ++ == 0) first = i;
+    printf("[%s] %-22s %-4s %-58s %zu/%zu elements differ from the unfused kernels\n", differ ? "FAIL" : "PASS", kernel,
+           dt_name(dt), shape, differ, n);
+    fflush(stdout);
+    if (differ)
+        fail_msg("%s %s %s: %zu elements differ; element %zu: fused %g unfused %g", kernel, dt_name(dt), shape, differ,
+                 first, (double)got[first], (double)ref[first]);
+}
+
+static const char *gemv_input_name(int kind) {
+    return kind == XLKV_GEMV_INPUT_RMSNORM ? "rmsnorm" : kind == XLKV_GEMV_INPUT_SWIGLU ? "swiglu" : "plain";
+}
+
+/* The fused few-row product, every input kind x residual epilogue x output type x n = 1..8, against (a) the CPU
+ * composition (bf16-rounded where the unfused sequence stores) and (b) the unfused GPU sequence (rmsnorm / swiglu
+ * kernel, plain gemv, add kernel), which must give the same bits. x rows are strided (x_stride > the minimum) and
+ * outputs odd-sized; the shapes it must refuse (f32, n > 8, in not a multiple of 8, misaligned gain) are refused. */
+static void gemv_fused_matches_cpu_and_unfused(void **state) {
+    (void)state;
+    const xlkv_backend_ops *cpu = xlkv_backend_cpu();
+    const xlkv_dtype bf = XLKV_DTYPE_BF16;
+    const int shapes[][2] = {{2048, 2560}, {5632, 40}, {72, 33}, {8, 5}, {256, 1001}};
+    const float eps = 1e-5f;
+    for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++) {
+        const int in = shapes[sh][0], out = shapes[sh][1];
+        float *w = random_host((size_t)out * in, bf), *gain = random_host((size_t)in, bf);
+        void *dw = to_device(w, (size_t)out * in, bf), *dgain = to_device(gain, (size_t)in, bf);
+        for (int kind = XLKV_GEMV_INPUT_PLAIN; kind <= XLKV_GEMV_INPUT_SWIGLU; kind++) {
+            const int width = kind == XLKV_GEMV_INPUT_SWIGLU ? 2 * in : in; /* elements of x a row uses */
+            const int x_stride = width + 8;
+            for (int n = 1; n <= XLKV_CUDA_GEMV_MAX_ROWS; n++) {
+                float *x = random_host((size_t)n * x_stride, bf);
+                void *dx = to_device(x, (size_t)n * x_stride, bf);
+                /* host input rows [n, in]: what the unfused sequence stores, rounded to bf16 */
+                float *prepared = malloc(sizeof(float) * (size_t)n * in);
+                assert_non_null(prepared);
+                for (int r = 0; r < n; r++) {
+                    const float *xr = x + (size_t)r * x_stride;
+                    float *pr = prepared + (size_t)r * in;
+                    if (kind == XLKV_GEMV_INPUT_RMSNORM) {
+                        cpu->rmsnorm(pr, xr, gain, 1, in, eps);
+                    } else if (kind == XLKV_GEMV_INPUT_SWIGLU) {
+                        memcpy(pr, xr, sizeof(float) * (size_t)in);
+                        cpu->swiglu(pr, xr + in, (size_t)in);
+                    } else {
+                        memcpy(pr, xr, sizeof(float) * (size_t)in);
+                    }
+                }
+                round_all(prepared, (size_t)n * in, bf);
+                float *product = malloc(sizeof(float) * (size_t)n * out);
+                assert_non_null(product);
+                cpu->matmul(product, prepared, w, n, in, out);
+                /* the unfused GPU input rows (contiguous [n, in]) for the bit-exact comparison */
+                void *d_prepared = device_poisoned((size_t)n * in, bf);
+                if (kind == XLKV_GEMV_INPUT_RMSNORM) {
+                    for (int r = 0; r < n; r++)
+                        CK_LAUNCH(xlkv_cuda_rmsnorm((char *)d_prepared + (size_t)r * in * 2,
+                                                    (const char *)dx + (size_t)r * x_stride * 2, dgain, 1, in, eps, bf,
+                                                    NULL));
+                } else if (kind == XLKV_GEMV_INPUT_SWIGLU) {
+                    CK_LAUNCH(xlkv_cuda_swiglu(d_prepared, dx, (const char *)dx + (size_t)in * 2, x_stride, n, in, bf,
+                                               NULL));
+                } else {
+                    CK(cudaMemcpy2D(d_prepared, (size_t)in * 2, dx, (size_t)x_stride * 2, (size_t)in * 2, (size_t)n,
+                                    cudaMemcpyDeviceToDevice));
+                }
+                const xlkv_cuda_gemv_input input = {.kind = kind, .x_stride = x_stride, .gain = dgain, .eps = eps};
+                assert_true(xlkv_cuda_gemv_input_supported(n, in, dx, &input, dw, bf));
+                for (int f32_out = 0; f32_out <= 1; f32_out++) {
+                    const xlkv_dtype out_dt = f32_out ? XLKV_DTYPE_F32 : bf;
+                    for (int accumulate = 0; accumulate <= 1; accumulate++) {
+                        float *y0 = random_host((size_t)n * out, out_dt); /* the residual for accumulate */
+                        void *dy = accumulate ? to_device(y0, (size_t)n * out, out_dt)
+                                              : device_poisoned((size_t)n * out, out_dt);
+                        CK_LAUNCH(xlkv_cuda_gemv_fused(dy, f32_out, accumulate, dx, &input, dw, n, in, out, bf, NULL));
+                        float *got = from_device(dy, (size_t)n * out, out_dt);
+                        /* reference: product rounded to the output type, then y0 + it rounded */
+                        float *ref = malloc(sizeof(float) * (size_t)n * out);
+                        assert_non_null(ref);
+                        for (size_t i = 0; i < (size_t)n * out; i++) {
+                            const float p = round_one(product[i], out_dt);
+                            ref[i] = accumulate ? round_one(y0[i] + p, out_dt) : p;
+                        }
+                        char shape[112];
+                        snprintf(shape, sizeof shape, "%s n %d in %d out %d x_stride %d %s out%s", gemv_input_name(kind),
+                                 n, in, out, x_stride, f32_out ? "f32" : "bf16", accumulate ? " +=" : "");
+                        /* fp32 out: the plain product as the gemv test; a fused input may round one element of
+                         * the bf16 input the other way than the host (another summation order in the norm, expf's
+                         * last bit), ~3e-4 of the largest output each: 2e-3. The bit check below is the strict one. */
+                        const double tol = !f32_out ? TOL_BF16 : kind == XLKV_GEMV_INPUT_PLAIN ? 5e-5 : 2e-3;
+                        expect_close("gemv_fused", bf, shape, got, ref, (size_t)n * out, tol);
+                        /* the unfused GPU sequence */
+                        void *dz = accumulate ? to_device(y0, (size_t)n * out, out_dt)
+                                              : device_poisoned((size_t)n * out, out_dt);
+                        if (accumulate) {
+                            void *dp = device_poisoned((size_t)n * out, out_dt);
+                            CK_LAUNCH(xlkv_cuda_gemv(dp, f32_out, d_prepared, dw, n, in, out, bf, NULL));
+                            CK_LAUNCH(xlkv_cuda_add(dz, dp, out, n, out, out_dt, NULL));
+                            CK(cudaFree(dp));
+                        } else {
+                            CK_LAUNCH(xlkv_cuda_gemv(dz, f32_out, d_prepared, dw, n, in, out, bf, NULL));
+                        }
+                        float *unfused = from_device(dz, (size_t)n * out, out_dt);
+                        expect_identical("gemv_fused", bf, shape, got, unfused, (size_t)n * out);
+                        free(unfused);
+                        free(ref);
+                        free(got);
+                        free(y0);
+                        CK(cudaFree(dy));
+                        CK(cudaFree(dz));
+                    }
+                }
+                free(prepared);
+                free(product);
+                free(x);
+                CK(cudaFree(dx));
+                CK(cudaFree(d_prepared));
+            }
+        }
+        /* refusals: f32, too many rows, in not a multiple of 8, a misaligned gain, a too-short stride */
+        const xlkv_cuda_gemv_input norm = {.kind = XLKV_GEMV_INPUT_RMSNORM, .gain = dgain};
+        const xlkv_cuda_gemv_input odd_gain = {.kind = XLKV_GEMV_INPUT_RMSNORM, .gain = (char *)dgain + 2};
+        const xlkv_cuda_gemv_input short_stride = {.kind = XLKV_GEMV_INPUT_SWIGLU, .x_stride = in};
+        assert_false(xlkv_cuda_gemv_input_supported(1, in, dw, &norm, dw, XLKV_DTYPE_F32));
+        assert_false(xlkv_cuda_gemv_input_supported(XLKV_CUDA_GEMV_MAX_ROWS + 1, in, dw, &norm, dw, bf));
+        assert_false(xlkv_cuda_gemv_input_supported(1, in + 1, dw, &norm, dw, bf));
+        assert_false(xlkv_cuda_gemv_input_supported(1, in, dw, &odd_gain, dw, bf));
+        assert_false(xlkv_cuda_gemv_input_supported(1, in, dw, &short_stride, dw, bf));
+        assert_int_equal(xlkv_cuda_gemv_fused(dw, 0, 0, dw, &norm, dw, 9, in, out, bf, NULL), (int)cudaErrorNotSupported);
+        free(w);
+        free(gain);
+        CK(cudaFree(dw));
+        CK(cudaFree(dgain));
+    }
+}
+
+/* rope_kv_write against the two kernels it replaces (xlkv_cuda_rope on the queries, xlkv_cuda_kv_write of K/V, both
+ * checked against the CPU above): the same qkv buffer and the same pool bits, both dtypes, 1..8 and 37 rows, padding
+ * rows (position or sequence -1), odd head_dim, and a layer without KV (kv NULL: only the queries rotate). */
+static void rope_kv_write_matches_unfused(void **state) {
+    (void)state;
+    const int cases[][4] = {{4, 2, 16, 4}, {1, 4, 64, 8}, {3, 1, 7, 2}}; /* block_size, kv heads, head_dim, q heads */
+    const int row_counts[] = {1, 2, 3, 5, 8, 37};
+    for (int dti = 0; dti < 2; dti++) {
+        const xlkv_dtype dt = dti ? XLKV_DTYPE_BF16 : XLKV_DTYPE_F32;
+        for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+            const int block_size = cases[ci][0], n_kv_heads = cases[ci][1], head_dim = cases[ci][2];
+            const int n_heads = cases[ci][3];
+            const int kv_dim = n_kv_heads * head_dim, q_dim = n_heads * head_dim, capacity = 48, slot = 1;
+            const int stride = q_dim + 2 * kv_dim + 3;
+            float *cos_t, *sin_t;
+            rope_tables(capacity, head_dim, &cos_t, &sin_t);
+            float *d_cos = to_device(cos_t, (size_t)capacity * (head_dim / 2), XLKV_DTYPE_F32);
+            float *d_sin = to_device(sin_t, (size_t)capacity * (head_dim / 2), XLKV_DTYPE_F32);
+            for (size_t ri = 0; ri < sizeof row_counts / sizeof row_counts[0]; ri++) {
+                const int n = row_counts[ri];
+                int *row_seq = malloc(sizeof(int) * (size_t)n), *row_pos = malloc(sizeof(int) * (size_t)n);
+                assert_true(row_seq && row_pos);
+                for (int r = 0; r < n; r++) { /* distinct (seq, pos) per row; row 2 padding, row 4 no sequence */
+                    row_seq[r] = r % 2;
+                    row_pos[r] = r / 2 + 5 * (r % 2);
+                }
+                if (n > 2) row_pos[2] = -1;
+                if (n > 4) row_seq[4] = -1;
+                int *d_seq = ints_to_device(row_seq, (size_t)n), *d_pos = ints_to_device(row_pos, (size_t)n);
+                float *qkv = random_host((size_t)n * stride, dt);
+                for (int with_kv = 0; with_kv <= 1; with_kv++) {
+                    host_pool hp = make_host_pool(2, block_size, kv_dim, 2, capacity, dt);
+                    device_pool fused_pool = upload_pool(&hp, dt), plain_pool = upload_pool(&hp, dt);
+                    void *d_fused = to_device(qkv, (size_t)n * stride, dt), *d_plain = to_device(qkv, (size_t)n * stride, dt);
+                    CK_LAUNCH(xlkv_cuda_rope_kv_write(d_fused, stride, n, n_heads, head_dim, d_seq, d_pos, d_cos, d_sin,
+                                                      with_kv ? &fused_pool.kv : NULL, slot, q_dim, q_dim + kv_dim, dt,
+                                                      NULL));
+                    CK_LAUNCH(xlkv_cuda_rope(d_plain, stride, n, n_heads, head_dim, d_pos, d_cos, d_sin, dt, NULL));
+                    if (with_kv)
+                        CK_LAUNCH(xlkv_cuda_kv_write(&plain_pool.kv, slot, (char *)d_plain + (size_t)q_dim * dt_size(dt),
+                                                     (char *)d_plain + (size_t)(q_dim + kv_dim) * dt_size(dt), stride, n,
+                                                     d_seq, d_pos, head_dim, d_cos, d_sin, dt, NULL));
+                    char shape[112];
+                    snprintf(shape, sizeof shape, "rows %d heads %d kv_heads %d head_dim %d block %d %s", n, n_heads,
+                             n_kv_heads, head_dim, block_size, with_kv ? "kv" : "no kv");
+                    float *got = from_device(d_fused, (size_t)n * stride, dt);
+                    float *ref = from_device(d_plain, (size_t)n * stride, dt);
+                    expect_identical("rope_kv_write qkv", dt, shape, got, ref, (size_t)n * stride);
+                    free(got);
+                    free(ref);
+                    got = from_device(fused_pool.pool, host_pool_elems(&hp), dt);
+                    ref = from_device(plain_pool.pool, host_pool_elems(&hp), dt);
+                    expect_identical("rope_kv_write pool", dt, shape, got, ref, host_pool_elems(&hp));
+                    if (with_kv) { /* and the pool did change where the rows went */
+                        size_t changed = 0;
+                        for (size_t i = 0; i < host_pool_elems(&hp); i++) changed += got[i] != hp.data[i];
+                        if (changed == 0) fail_msg("rope_kv_write %s: the pool was not written", shape);
+                    }
+                    free(got);
+                    free(ref);
+                    CK(cudaFree(d_fused));
+                    CK(cudaFree(d_plain));
+                    free_device_pool(&fused_pool);
+                    free_device_pool(&plain_pool);
+                    free_host_pool(&hp);
+                }
+                free(qkv);
+                free(row_seq);
+                free(row_pos);
+                CK(cudaFree(d_seq));
+                CK(cudaFree(d_pos));
+            }
+            free(cos_t);
+            free(sin_t);
+            CK(cudaFree(d_cos));
+            CK(cudaFree(d_sin));
+        }
+    }
+}
+
+/* Runs xlkv_cuda_sample_split (the chunked sampler) on a copy of `logits`; as run_sample. */
+static int *run_sample_split(const float *logits, int batch, int vocab, const xlkv_cuda_sampling *params,
+                             const int *history, const int *history_len, float **logits_after) {
+    float *d_logits = to_device(logits, (size_t)batch * vocab, XLKV_DTYPE_F32);
+    xlkv_cuda_sampling *d_params = device_alloc((size_t)batch * sizeof *d_params);
+    CK(cudaMemcpy(d_params, params, (size_t)batch * sizeof *params, cudaMemcpyHostToDevice));
+    int *d_hist = ints_to_device(history, (size_t)batch * XLKV_CUDA_PENALTY_WINDOW);
+    int *d_hist_len = ints_to_device(history_len, (size_t)batch);
+    int *d_out = device_alloc((size_t)batch * sizeof(int));
+    void *d_ws = device_alloc(xlkv_cuda_sample_split_workspace(batch, vocab));
+    CK(cudaMemset(d_out, 0xFF, (size_t)batch * sizeof(int)));
+    CK_LAUNCH(xlkv_cuda_sample_split(d_out, d_logits, batch, vocab, d_params, d_hist, d_hist_len, d_ws, NULL));
+    int *out = ints_from_device(d_out, (size_t)batch);
+    if (logits_after) *logits_after = from_device(d_logits, (size_t)batch * vocab, XLKV_DTYPE_F32);
+    CK(cudaFree(d_logits));
+    CK(cudaFree(d_params));
+    CK(cudaFree(d_hist));
+    CK(cudaFree(d_hist_len));
+    CK(cudaFree(d_out));
+    CK(cudaFree(d_ws));
+    return out;
+}
+
+/* The chunked sampler gives the tokens and the penalized logits of the one-CTA sampler: greedy rows (ties across
+ * chunk borders, first / last element, a row of -inf with one NaN), penalized greedy rows (a repeated history token,
+ * one outside the vocabulary, tokens in different chunks), sampling rows (temperature, top-k, top-p), vocabularies
+ * of one chunk, a partial last chunk and 32000, batches 1..8. */
+static void sample_split_matches_sample(void **state) {
+    (void)state;
+    const int vocabs[] = {300, XLKV_CUDA_SAMPLE_CHUNK, 1500, 32000};
+    for (size_t vi = 0; vi < sizeof vocabs / sizeof vocabs[0]; vi++) {
+        const int vocab = vocabs[vi];
+        for (int batch = 1; batch <= 8; batch++) {
+            float *logits = random_host((size_t)batch * vocab, XLKV_DTYPE_F32);
+            xlkv_cuda_sampling *params = malloc(sizeof *params * (size_t)batch);
+            int *history = malloc(sizeof(int) * (size_t)batch * XLKV_CUDA_PENALTY_WINDOW);
+            int *history_len = malloc(sizeof(int) * (size_t)batch);
+            assert_true(params && history && history_len);
+            for (int b = 0; b < batch; b++) {
+                float *row = logits + (size_t)b * vocab;
+                int *hist = history + (size_t)b * XLKV_CUDA_PENALTY_WINDOW;
+                for (int i = 0; i < XLKV_CUDA_PENALTY_WINDOW; i++) hist[i] = -1;
+                history_len[b] = 0;
+                params[b] = (xlkv_cuda_sampling){.temperature = 0.0f, .top_k = 0, .top_p = 1.0f,
+                                                 .repeat_penalty = 1.0f, .seed = 7, .step = (uint64_t)b};
+                switch (b % 8) {
+                case 0: /* a tie across a chunk border: the lower index wins */
+                    row[vocab - 1] = 4.0f;
+                    row[vocab / 3] = 4.0f;
+                    break;
+                case 1: row[0] = 4.0f; break;
+                case 2: row[vocab - 1] = 4.0f; break;
+                case 3: /* all -inf but one NaN: index 0 (the one-CTA sampler's answer) */
+                    for (int i = 0; i < vocab; i++) row[i] = -INFINITY;
+                    row[vocab / 2] = NAN;
+                    break;
+                case 4: /* penalty moves the argmax; history tokens in several chunks, a repeat, one out of range */
+                    row[vocab - 2] = 3.0f;
+                    row[1] = 2.9f;
+                    row[vocab / 2] = -0.5f;
+                    hist[0] = vocab - 2;
+                    hist[1] = vocab / 2;
+                    hist[2] = vocab - 2;
+                    hist[3] = vocab + 5;
+                    hist[4] = 1;
+                    history_len[b] = 5;
+                    params[b].repeat_penalty = 1.3f;
+                    break;
+                case 5: params[b].temperature = 0.8f; break;
+                case 6:
+                    params[b].temperature = 1.0f;
+                    params[b].top_k = 5;
+                    params[b].repeat_penalty = 1.2f;
+                    hist[0] = 3;
+                    history_len[b] = 1;
+                    break;
+                default:
+                    params[b].temperature = 1.2f;
+                    params[b].top_p = 0.7f;
+                    break;
+                }
+            }
+            float *after_one = NULL, *after_split = NULL;
+            int *one = run_sample(logits, batch, vocab, params, history, history_len, &after_one);
+            int *split = run_sample_split(logits, batch, vocab, params, history, history_len, &after_split);
+            char shape[96];
+            snprintf(shape, sizeof shape, "batch %d vocab %d (greedy, ties, NaN, penalty, top-k/p)", batch, vocab);
+            expect_ints("sample_split", shape, split, one, batch);
+            expect_identical("sample_split logits", XLKV_DTYPE_F32, shape, after_split, after_one, (size_t)batch * vocab);
+            /* and the greedy rows against the host */
+            for (int b = 0; b < batch; b++) {
+                if (params[b].temperature != 0.0f || b % 8 == 3) continue;
+                const int expected = host_argmax(after_one + (size_t)b * vocab, vocab);
+                if (split[b] != expected) fail_msg("sample_split %s: row %d: %d, host argmax %d", shape, b, split[b], expected);
+            }
+            free(one);
+            free(split);
+            free(after_one);
+            free(after_split);
+            free(logits);
+            free(params);
+            free(history);
+            free(history_len);
+        }
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(elementwise_kernels_match_cpu),
@@ -982,6 +1313,9 @@ int main(void) {
         cmocka_unit_test(sampling_is_deterministic_per_seed_and_step),
         cmocka_unit_test(sampling_matches_softmax_frequencies),
         cmocka_unit_test(repetition_penalty_changes_the_choice),
+        cmocka_unit_test(gemv_fused_matches_cpu_and_unfused),
+        cmocka_unit_test(rope_kv_write_matches_unfused),
+        cmocka_unit_test(sample_split_matches_sample),
     };
     return cmocka_run_group_tests(tests, setup_device, NULL);
 }

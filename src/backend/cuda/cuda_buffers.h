@@ -50,6 +50,7 @@ typedef struct xlkv_cuda_buffers {
     void *hb;              /* [rows, hidden] SwiGLU output */
     float *logits;         /* [logit_rows, vocab] fp32 */
     float *attn_workspace; /* [xlkv_cuda_attention_decode_workspace(decode_rows, ...)] */
+    void *sample_workspace; /* [xlkv_cuda_sample_split_workspace(decode_rows, vocab)] bytes */
     float *rope_cos;       /* [n_ctx, head_dim / 2] */
     float *rope_sin;       /* [n_ctx, head_dim / 2] */
     char *inputs;          /* device input region [inputs_bytes] */

@@ -344,6 +344,15 @@ static void stage_sampling(xlkv_cuda_engine *e, const xlkv_cuda_step_layout *lay
     history_len[b] = n;
 }
 
+/* After its prompt is in the cache: s runs, and `token` (sampled from the last prompt position) is its first. */
+static void finish_prefill(xlkv_cuda_engine *e, xlkv_cuda_sequence *s, int token, xlkv_engine_event *event) {
+    s->n_past = s->n_prompt;
+    free(s->prompt);
+    s->prompt = NULL;
+    s->state = XLKV_CUDA_SEQ_RUNNING;
+    accept_token(e, s, token, event);
+}
+
 /* Prefills a pending sequence and samples its first token. */
 static xlkv_status prefill_sequence(xlkv_cuda_engine *e, xlkv_cuda_sequence *s, xlkv_engine_event *event) {
     const int slot = slot_of(e, s);
@@ -356,12 +365,62 @@ static xlkv_status prefill_sequence(xlkv_cuda_engine *e, xlkv_cuda_sequence *s, 
     XLKV_CUDA_TRY(cudaMemcpyAsync(e->buf.host_sampled, e->buf.sampled, sizeof(int), cudaMemcpyDeviceToHost, e->stream),
                   "copying the sampled token");
     XLKV_CUDA_TRY(cudaStreamSynchronize(e->stream), "prefill");
-    s->n_past = s->n_prompt;
-    free(s->prompt);
-    s->prompt = NULL;
-    s->state = XLKV_CUDA_SEQ_RUNNING;
-    accept_token(e, s, e->buf.host_sampled[0], event);
+    finish_prefill(e, s, e->buf.host_sampled[0], event);
     return XLKV_OK;
+}
+
+/* Prefills together the pending sequences slots[0..count) whose prompts run in sequential mode (count <= max_batch):
+ * pass p is one batched decode pass (the captured graph of its bucket) over token p of every prompt longer than p,
+ * at position p. Each row computes what xlkv_cuda_prefill's sequential mode computes for it alone (rows of a decode
+ * pass are independent), and a sequence's first token is sampled in the pass of its last prompt token with its own
+ * sampling row (other rows sample as greedy padding; their tokens are dropped). So the longest prompt sets the number
+ * of passes, instead of the sum of the prompts. events[i] receives slots[i]'s first token. */
+static xlkv_status prefill_sequential_together(xlkv_cuda_engine *e, const int *slots, int count,
+                                               xlkv_engine_event *events) {
+    int longest = 0;
+    for (int i = 0; i < count; i++)
+        if (e->seqs[slots[i]].n_prompt > longest) longest = e->seqs[slots[i]].n_prompt;
+    int *rows = malloc((size_t)(count > 0 ? count : 1) * sizeof(int)); /* group index of each row of a pass */
+    if (!rows) return xlkv_fail(XLKV_E_NOMEM, "cuda engine: step: out of host memory");
+    xlkv_status status = XLKV_OK;
+    for (int p = 0; p < longest && status == XLKV_OK; p++) {
+        int batch = 0, finishing = 0;
+        for (int i = 0; i < count; i++)
+            if (e->seqs[slots[i]].n_prompt > p) {
+                rows[batch++] = i;
+                finishing += e->seqs[slots[i]].n_prompt == p + 1;
+            }
+        const int bucket = xlkv_cuda_batch_bucket(batch);
+        const xlkv_cuda_step_layout layout = xlkv_cuda_step_layout_for(bucket, bucket);
+        status = xlkv_cuda_inputs_begin(e);
+        if (status != XLKV_OK) break;
+        int *tokens = (int *)(e->buf.host_inputs + layout.tokens);
+        int *row_seq = (int *)(e->buf.host_inputs + layout.row_seq);
+        int *row_pos = (int *)(e->buf.host_inputs + layout.row_pos);
+        for (int b = 0; b < bucket; b++) {
+            const xlkv_cuda_sequence *s = b < batch ? &e->seqs[slots[rows[b]]] : NULL;
+            tokens[b] = s ? s->prompt[p] : 0;
+            row_seq[b] = s ? slots[rows[b]] : e->kv.padding_row;
+            row_pos[b] = s ? p : 0;
+            stage_sampling(e, &layout, b, s && s->n_prompt == p + 1 ? s : NULL);
+        }
+        status = xlkv_cuda_inputs_send(e, layout.bytes);
+        if (status == XLKV_OK) status = xlkv_cuda_graphs_run(&e->graphs, bucket, xlkv_cuda_decode_pass, e, e->stream);
+        if (status != XLKV_OK || !finishing) continue;
+        cudaError_t err = cudaMemcpyAsync(e->buf.host_sampled, e->buf.sampled, (size_t)batch * sizeof(int),
+                                          cudaMemcpyDeviceToHost, e->stream);
+        if (err == cudaSuccess) err = cudaStreamSynchronize(e->stream);
+        if (err != cudaSuccess) {
+            status = xlkv_cuda_fail(err, "prefilling sequences together");
+            break;
+        }
+        for (int b = 0; b < batch; b++) {
+            xlkv_cuda_sequence *s = &e->seqs[slots[rows[b]]];
+            if (s->n_prompt == p + 1) finish_prefill(e, s, e->buf.host_sampled[b], &events[rows[b]]);
+        }
+    }
+    free(rows);
+    return status;
 }
 
 /* One decode pass over the sequences listed in slots[0..batch). */
@@ -398,15 +457,46 @@ static xlkv_status step_sequences(xlkv_cuda_engine *e, xlkv_engine_event *events
     int batch = 0;
     for (int s = 0; s < e->max_seqs; s++)
         if (e->seqs[s].state == XLKV_CUDA_SEQ_RUNNING) decode_slots[batch++] = s;
-    /* prefill in the order added (ids grow) */
-    for (;;) {
+    /* prefill in the order added (ids grow); prompts of the sequential mode all together after the others, their
+     * events still in the order added */
+    int *together = decode_slots + batch, n_together = 0; /* slots after the decode list: max_seqs in all */
+    xlkv_engine_event *together_events = NULL;
+    int *together_event_index = NULL;
+    int pending = 0;
+    for (int s = 0; s < e->max_seqs; s++) pending += e->seqs[s].state == XLKV_CUDA_SEQ_PENDING;
+    if (pending > 0) {
+        together_events = malloc((size_t)pending * sizeof *together_events);
+        together_event_index = malloc((size_t)pending * sizeof *together_event_index);
+        if (!together_events || !together_event_index) {
+            free(together_events);
+            free(together_event_index);
+            return xlkv_fail(XLKV_E_NOMEM, "cuda engine: step: out of host memory");
+        }
+    }
+    xlkv_status status = XLKV_OK;
+    for (int last_id = -1; status == XLKV_OK;) {
         xlkv_cuda_sequence *next = NULL;
         for (int s = 0; s < e->max_seqs; s++)
-            if (e->seqs[s].state == XLKV_CUDA_SEQ_PENDING && (!next || e->seqs[s].id < next->id)) next = &e->seqs[s];
+            if (e->seqs[s].state == XLKV_CUDA_SEQ_PENDING && e->seqs[s].id > last_id &&
+                (!next || e->seqs[s].id < next->id))
+                next = &e->seqs[s];
         if (!next) break;
-        XLKV_TRY(prefill_sequence(e, next, &events[*n_events]));
-        (*n_events)++;
+        last_id = next->id;
+        if (xlkv_cuda_prefills_sequentially(e, next->n_prompt)) {
+            together_event_index[n_together] = (*n_events)++; /* its place in the order added */
+            together[n_together++] = slot_of(e, next);
+        } else {
+            status = prefill_sequence(e, next, &events[*n_events]);
+            if (status == XLKV_OK) (*n_events)++;
+        }
     }
+    if (status == XLKV_OK && n_together > 0) {
+        status = prefill_sequential_together(e, together, n_together, together_events);
+        for (int i = 0; status == XLKV_OK && i < n_together; i++) events[together_event_index[i]] = together_events[i];
+    }
+    free(together_events);
+    free(together_event_index);
+    XLKV_TRY(status);
     if (batch > 0) {
         XLKV_TRY(decode_batch(e, decode_slots, batch, events + *n_events));
         *n_events += batch;

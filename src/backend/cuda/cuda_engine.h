@@ -69,6 +69,10 @@ typedef struct xlkv_cuda_engine {
  * logits in buf.logits row 0. Returns with work possibly pending on the stream. */
 xlkv_status xlkv_cuda_prefill(xlkv_cuda_engine *e, int slot, const int *tokens, int n, int pos0, float *host_logits);
 
+/* True when a prompt of n tokens is prefilled token by token (sequential mode: the mode says so, or a cyclic map and
+ * n <= iterations under the default mode). */
+bool xlkv_cuda_prefills_sequentially(const xlkv_cuda_engine *e, int n);
+
 /* The batched decode pass over the input region laid out for `bucket` rows (embedding .. sampling into buf.sampled),
  * as a CUDA-graph pass (user = the engine). */
 xlkv_status xlkv_cuda_decode_pass(void *engine, int bucket);

@@ -7,7 +7,16 @@
  * o-proj GEMM -> residual add + rmsnorm fused -> gate|up GEMM -> SwiGLU -> down GEMM -> residual add.
  * A cyclic group over a prefill chunk of n > 1 tokens is iterated in place as forward.c does: zero the group's KV
  * slots at the chunk's positions, save the group input, run the group `iterations` times restoring the input before
- * every iteration after the first. Decode rows and chunks of one token run every plan step once. */
+ * every iteration after the first.
+ * Decode rows and chunks of one token run every plan step once.
+ *
+ * Few rows in bf16 (n <= XLKV_CUDA_GEMV_MAX_ROWS, unless params.cuda_unfused): the layer runs as six launches with the
+ * row-wise steps fused into the products (kernels_gemv.cu): qkv product with the attention RMSNorm of x as its input
+ * -> rope_kv_write -> attention -> o-proj with the residual add as its epilogue (x += o) -> gate|up product with the
+ * FFN RMSNorm of x as its input -> down product with SwiGLU of gate|up as its input and the residual add as its
+ * epilogue; the logits product takes the final RMSNorm as its input. Every fused step rounds where the unfused
+ * sequence stores, so both give the same bits (tests/cuda/test_cuda_engine.c checks it). fp32 and larger n keep the
+ * separate kernels and cuBLAS. RoPE on the queries and kv_write are one launch on every path. */
 #include <string.h>
 
 #include "backend/cuda/cuda_check.h"
@@ -26,6 +35,27 @@ typedef struct pass_rows {
 
 static char *offset_bytes(void *base, size_t bytes) { return (char *)base + bytes; }
 
+static xlkv_status gemv_status(int err, const char *what) {
+    if (err) return xlkv_fail(XLKV_E_BACKEND, "%s: %s", what, cudaGetErrorString((cudaError_t)err));
+    return XLKV_OK;
+}
+
+/* True when the layer's four products run fused for n rows (bf16, few rows, shapes the fused kernel takes). */
+static bool layer_runs_fused(const xlkv_cuda_engine *e, int layer, int n) {
+    if (e->params.cuda_unfused || e->dt != XLKV_DTYPE_BF16) return false;
+    const xlkv_hparams *hp = &e->model->hp;
+    const xlkv_cuda_layer_weights *w = &e->weights.layers[layer];
+    const xlkv_cuda_buffers *b = &e->buf;
+    const xlkv_cuda_gemv_input norm_attn = {.kind = XLKV_GEMV_INPUT_RMSNORM, .gain = w->attn_norm};
+    const xlkv_cuda_gemv_input norm_ffn = {.kind = XLKV_GEMV_INPUT_RMSNORM, .gain = w->ffn_norm};
+    const xlkv_cuda_gemv_input swiglu = {.kind = XLKV_GEMV_INPUT_SWIGLU};
+    const int q_dim = hp->n_heads * hp->head_dim;
+    return xlkv_cuda_gemv_input_supported(n, hp->dim, b->x, &norm_attn, w->w_qkv, e->dt) &&
+           xlkv_cuda_gemv_input_supported(n, q_dim, b->att, NULL, w->wo, e->dt) &&
+           xlkv_cuda_gemv_input_supported(n, hp->dim, b->x, &norm_ffn, w->w_gate_up, e->dt) &&
+           xlkv_cuda_gemv_input_supported(n, hp->hidden_dim, b->gate_up, &swiglu, w->w_down, e->dt);
+}
+
 static xlkv_status run_layer(xlkv_cuda_engine *e, int layer, const pass_rows *rows) {
     const xlkv_hparams *hp = &e->model->hp;
     const xlkv_layer_map *map = e->model->map;
@@ -38,18 +68,22 @@ static xlkv_status run_layer(xlkv_cuda_engine *e, int layer, const pass_rows *ro
     const int qkv_stride = w->qkv_rows; /* row stride of the fused q | k | v output */
     const xlkv_paged_kv kv = xlkv_cuda_kv_pool_view(&e->kv);
 
-    XLKV_CUDA_TRY(xlkv_cuda_rmsnorm(b->xb, b->x, w->attn_norm, n, dim, hp->norm_eps, dt, stream), "attention rmsnorm");
-    XLKV_TRY(xlkv_cuda_linear(&e->gemm, b->qkv, b->xb, w->w_qkv, n, dim, w->qkv_rows));
-    XLKV_CUDA_TRY(xlkv_cuda_rope(b->qkv, qkv_stride, n, hp->n_heads, head_dim, rows->row_pos, b->rope_cos, b->rope_sin,
-                                 dt, stream),
-                  "RoPE on the queries");
-    if (xlkv_is_kv_layer(map, layer)) {
-        const void *k = offset_bytes(b->qkv, (size_t)q_dim * e->elem_bytes);
-        const void *v = offset_bytes(b->qkv, (size_t)(q_dim + kv_dim) * e->elem_bytes);
-        XLKV_CUDA_TRY(xlkv_cuda_kv_write(&kv, map->kv_slot[layer], k, v, qkv_stride, n, rows->row_seq, rows->row_pos,
-                                         head_dim, b->rope_cos, b->rope_sin, dt, stream),
-                      "writing K/V to the pool");
+    const bool fused = layer_runs_fused(e, layer, n);
+
+    if (fused) {
+        const xlkv_cuda_gemv_input norm = {.kind = XLKV_GEMV_INPUT_RMSNORM, .gain = w->attn_norm, .eps = hp->norm_eps};
+        XLKV_TRY(gemv_status(xlkv_cuda_gemv_fused(b->qkv, 0, 0, b->x, &norm, w->w_qkv, n, dim, w->qkv_rows, dt, stream),
+                             "qkv product with the attention rmsnorm"));
+    } else {
+        XLKV_CUDA_TRY(xlkv_cuda_rmsnorm(b->xb, b->x, w->attn_norm, n, dim, hp->norm_eps, dt, stream),
+                      "attention rmsnorm");
+        XLKV_TRY(xlkv_cuda_linear(&e->gemm, b->qkv, b->xb, w->w_qkv, n, dim, w->qkv_rows));
     }
+    const bool kv_layer = xlkv_is_kv_layer(map, layer);
+    XLKV_CUDA_TRY(xlkv_cuda_rope_kv_write(b->qkv, qkv_stride, n, hp->n_heads, head_dim, rows->row_seq, rows->row_pos,
+                                          b->rope_cos, b->rope_sin, kv_layer ? &kv : NULL,
+                                          kv_layer ? map->kv_slot[layer] : 0, q_dim, q_dim + kv_dim, dt, stream),
+                  "RoPE on the queries and writing K/V to the pool");
     const xlkv_attention_rule rule = {
         .n_heads = hp->n_heads,
         .n_kv_heads = hp->n_kv_heads,
@@ -66,6 +100,18 @@ static xlkv_status run_layer(xlkv_cuda_engine *e, int layer, const pass_rows *ro
         XLKV_CUDA_TRY(xlkv_cuda_attention_prefill(b->att, b->qkv, qkv_stride, n, rows->pos0, rows->seq_slot, &kv,
                                                   &rule, dt, stream),
                       "prefill attention");
+    }
+    if (fused) {
+        const xlkv_cuda_gemv_input norm = {.kind = XLKV_GEMV_INPUT_RMSNORM, .gain = w->ffn_norm, .eps = hp->norm_eps};
+        const xlkv_cuda_gemv_input swiglu = {.kind = XLKV_GEMV_INPUT_SWIGLU};
+        XLKV_TRY(gemv_status(xlkv_cuda_gemv_fused(b->x, 0, 1, b->att, NULL, w->wo, n, q_dim, dim, dt, stream),
+                             "o-proj product with the residual add"));
+        XLKV_TRY(gemv_status(
+            xlkv_cuda_gemv_fused(b->gate_up, 0, 0, b->x, &norm, w->w_gate_up, n, dim, 2 * hidden, dt, stream),
+            "gate|up product with the FFN rmsnorm"));
+        XLKV_TRY(gemv_status(xlkv_cuda_gemv_fused(b->x, 0, 1, b->gate_up, &swiglu, w->w_down, n, hidden, dim, dt, stream),
+                             "down product with SwiGLU and the residual add"));
+        return XLKV_OK;
     }
     XLKV_TRY(xlkv_cuda_linear(&e->gemm, b->proj, b->att, w->wo, n, q_dim, dim));
     XLKV_CUDA_TRY(xlkv_cuda_add_rmsnorm(b->x, b->proj, dim, b->xb, w->ffn_norm, n, dim, hp->norm_eps, dt, stream),
@@ -125,6 +171,13 @@ static xlkv_status run_pass(xlkv_cuda_engine *e, const pass_rows *rows) {
 static xlkv_status compute_logits(xlkv_cuda_engine *e, int first_row, int n_rows, float *out) {
     const xlkv_hparams *hp = &e->model->hp;
     const void *x = offset_bytes(e->buf.x, (size_t)first_row * (size_t)hp->dim * e->elem_bytes);
+    const xlkv_cuda_gemv_input norm = {.kind = XLKV_GEMV_INPUT_RMSNORM, .gain = e->weights.output_norm,
+                                       .eps = hp->norm_eps};
+    if (!e->params.cuda_unfused &&
+        xlkv_cuda_gemv_input_supported(n_rows, hp->dim, x, &norm, e->weights.output, e->dt))
+        return gemv_status(xlkv_cuda_gemv_fused(out, 1, 0, x, &norm, e->weights.output, n_rows, hp->dim,
+                                                hp->vocab_size, e->dt, e->stream),
+                           "logits product with the final rmsnorm");
     XLKV_CUDA_TRY(xlkv_cuda_rmsnorm(e->buf.xb, x, e->weights.output_norm, n_rows, hp->dim, hp->norm_eps, e->dt,
                                     e->stream),
                   "final rmsnorm");
@@ -157,14 +210,14 @@ xlkv_status xlkv_cuda_inputs_send(xlkv_cuda_engine *e, size_t bytes) {
     return XLKV_OK;
 }
 
-static bool runs_sequentially(const xlkv_cuda_engine *e, int n) {
+bool xlkv_cuda_prefills_sequentially(const xlkv_cuda_engine *e, int n) {
     const xlkv_prefill_mode mode = e->params.prefill_mode;
     return mode == XLKV_PREFILL_SEQUENTIAL ||
            (mode == XLKV_PREFILL_AUTO && xlkv_layer_map_has_cyclic(e->model->map) && n <= e->iterations);
 }
 
 xlkv_status xlkv_cuda_prefill(xlkv_cuda_engine *e, int slot, const int *tokens, int n, int pos0, float *host_logits) {
-    const bool sequential = runs_sequentially(e, n);
+    const bool sequential = xlkv_cuda_prefills_sequentially(e, n);
     const size_t vocab = (size_t)e->model->hp.vocab_size;
     /* pieces that fit the input region; in plan mode each piece is one chunk of the plan */
     const int piece_rows = sequential ? e->buf.shape.rows : e->prefill_rows;
@@ -208,11 +261,21 @@ xlkv_status xlkv_cuda_prefill(xlkv_cuda_engine *e, int slot, const int *tokens, 
     return XLKV_OK;
 }
 
+/* Few rows: the chunked sampler (many CTAs per row; the buffers hold its workspace for decode_rows rows); else one
+ * CTA per row. Both select the same tokens. */
 static xlkv_status sample_rows(xlkv_cuda_engine *e, const xlkv_cuda_step_layout *layout, int n_rows) {
-    XLKV_CUDA_TRY(xlkv_cuda_sample(e->buf.sampled, e->buf.logits, n_rows, e->model->hp.vocab_size,
-                                   (const xlkv_cuda_sampling *)(e->buf.inputs + layout->sampling),
-                                   (const int *)(e->buf.inputs + layout->history),
-                                   (const int *)(e->buf.inputs + layout->history_len), e->stream),
+    const xlkv_cuda_sampling *params = (const xlkv_cuda_sampling *)(e->buf.inputs + layout->sampling);
+    const int *history = (const int *)(e->buf.inputs + layout->history);
+    const int *history_len = (const int *)(e->buf.inputs + layout->history_len);
+    const int vocab = e->model->hp.vocab_size;
+    if (!e->params.cuda_unfused && n_rows <= XLKV_CUDA_GEMV_MAX_ROWS && n_rows <= e->buf.shape.decode_rows) {
+        XLKV_CUDA_TRY(xlkv_cuda_sample_split(e->buf.sampled, e->buf.logits, n_rows, vocab, params, history,
+                                             history_len, e->buf.sample_workspace, e->stream),
+                      "sampling (chunked)");
+        return XLKV_OK;
+    }
+    XLKV_CUDA_TRY(xlkv_cuda_sample(e->buf.sampled, e->buf.logits, n_rows, vocab, params, history, history_len,
+                                   e->stream),
                   "sampling");
     return XLKV_OK;
 }

@@ -71,6 +71,14 @@ int xlkv_cuda_kv_write(const xlkv_paged_kv *kv, int slot, const void *k, const v
                        const int *row_seq, const int *row_pos, int head_dim, const float *cos_table,
                        const float *sin_table, xlkv_dtype dt, void *stream);
 
+/* RoPE on the queries and kv_write fused, one launch after the qkv product: rows r < n of a fused q | k | v buffer
+ * (row stride qkv_stride): the n_heads query heads at column 0 are rotated in place exactly as xlkv_cuda_rope does
+ * (rows with row_pos[r] < 0 skipped), and, when kv is not NULL, K (columns k_col.., rotated) and V (columns v_col..)
+ * are written to slot `slot` exactly as xlkv_cuda_kv_write does. */
+int xlkv_cuda_rope_kv_write(void *qkv, int qkv_stride, int n, int n_heads, int head_dim, const int *row_seq,
+                            const int *row_pos, const float *cos_table, const float *sin_table,
+                            const xlkv_paged_kv *kv, int slot, int k_col, int v_col, xlkv_dtype dt, void *stream);
+
 /* Zeroes positions [pos0, pos0 + n) of sequence `seq` in slot `slot` (targets before a cyclic group's first
  * iteration). seq, pos0 and n are host values; the block table is read on the device. */
 int xlkv_cuda_kv_zero(const xlkv_paged_kv *kv, int slot, int seq, int pos0, int n, xlkv_dtype dt, void *stream);
@@ -114,6 +122,25 @@ int xlkv_cuda_gemv_supported(int n, int in, const void *x, const void *w, xlkv_d
 int xlkv_cuda_gemv(void *y, int y_is_f32, const void *x, const void *w, int n, int in, int out, xlkv_dtype dt,
                    void *stream);
 
+/* The few-row product with the row-wise step before it fused in (bf16 only, same limits as xlkv_cuda_gemv):
+ *   PLAIN:   input = x;
+ *   RMSNORM: input[r] = x[r] / rms(x[r]) * gain, rounded to bf16 (bit-identical to xlkv_cuda_rmsnorm's output);
+ *   SWIGLU:  input[r][i] = silu(x[r][i]) * x[r][in + i], rounded to bf16 (x = a fused gate | up product; as
+ *            xlkv_cuda_swiglu).
+ * x rows have stride x_stride elements (0: in for PLAIN/RMSNORM, 2 in for SWIGLU). With `accumulate`,
+ * y[r, o] += round(product) (the residual add, as xlkv_cuda_add after an unfused product), else y = product. */
+enum { XLKV_GEMV_INPUT_PLAIN = 0, XLKV_GEMV_INPUT_RMSNORM = 1, XLKV_GEMV_INPUT_SWIGLU = 2 };
+typedef struct xlkv_cuda_gemv_input {
+    int kind;         /* XLKV_GEMV_INPUT_* */
+    int x_stride;     /* 0 = the default above */
+    const void *gain; /* RMSNORM: [in], 16-byte aligned */
+    float eps;        /* RMSNORM */
+} xlkv_cuda_gemv_input;
+int xlkv_cuda_gemv_input_supported(int n, int in, const void *x, const xlkv_cuda_gemv_input *input, const void *w,
+                                   xlkv_dtype dt);
+int xlkv_cuda_gemv_fused(void *y, int y_is_f32, int accumulate, const void *x, const xlkv_cuda_gemv_input *input,
+                         const void *w, int n, int in, int out, xlkv_dtype dt, void *stream);
+
 /* Greedy: out[b] = argmax over logits[b, 0..vocab) (lowest index on ties), logits fp32 [batch, vocab]. */
 int xlkv_cuda_argmax(int *out, const float *logits, int batch, int vocab, void *stream);
 
@@ -134,6 +161,15 @@ enum { XLKV_CUDA_MAX_CANDIDATES = 256, XLKV_CUDA_PENALTY_WINDOW = 64 };
  * temperature is 0, else temperature -> top-k -> top-p -> draw. */
 int xlkv_cuda_sample(int *out, float *logits, int batch, int vocab, const xlkv_cuda_sampling *params,
                      const int *history, const int *history_len, void *stream);
+
+/* The same selection for small batches, split over many CTAs: one launch of (vocab / XLKV_CUDA_SAMPLE_CHUNK) x batch
+ * CTAs applies the repetition penalty and finds each chunk's argmax into `workspace`, then one CTA per row reduces
+ * the chunks (greedy rows) or runs the sampling path above on the penalized row. Same results as xlkv_cuda_sample.
+ * workspace: device memory of xlkv_cuda_sample_split_workspace(batch, vocab) bytes (16-byte aligned). */
+enum { XLKV_CUDA_SAMPLE_CHUNK = 512 };
+size_t xlkv_cuda_sample_split_workspace(int batch, int vocab);
+int xlkv_cuda_sample_split(int *out, float *logits, int batch, int vocab, const xlkv_cuda_sampling *params,
+                           const int *history, const int *history_len, void *workspace, void *stream);
 
 /* Scores rows of fp32 logits[n_rows, vocab] (infer/token_scores.h): log_probs[r] = log softmax(row r)[targets[r]]
  * (log-sum-exp accumulated in double), is_argmax[r] = targets[r] is the row's first maximum. */

@@ -1,73 +1,187 @@
-/* backend/cuda/kernels_gemv: matrix products of a few rows (decode of small batches), bf16 weights.
+/* backend/cuda/kernels_gemv: matrix products of a few rows (decode of small batches), bf16 weights, with the
+ * neighbouring row-wise steps of a decoder layer fused in.
  *
- * y[n, out] = x[n, in] . W[out, in]^T for n <= XLKV_CUDA_GEMV_MAX_ROWS. With so few rows the product is a pass over W
- * (memory-bound), which cuBLAS ran at 570-1680 GB/s for the tinyllama shapes at n = 1 on an H100; here one warp owns
- * one output feature, every lane streams 16-byte chunks of the W row with GEMV_UNROLL loads in flight, the x rows
- * (tiny, shared by all warps) come through the cache, and a warp reduction finishes each of the n dot products.
- * Cost: out x in x 2 bytes of W read once; FLOPs 2 n in out (negligible). Accumulation in fp32, like cuBLAS's. */
+ * y[n, out] = input(x)[n, in] . W[out, in]^T for n <= XLKV_CUDA_GEMV_MAX_ROWS. With so few rows the product is one
+ * pass over W (memory-bound). Layout of the work:
+ *   - the grid is the number of CTAs that fit on the device at once (occupancy query), each CTA takes output
+ *     features blockIdx.x * WARPS + warp, then strides by gridDim.x * WARPS: the n input rows are prepared once per
+ *     CTA and W is streamed by every SM until the end;
+ *   - the prepared input (n rows of `in` bf16, the exact values the unfused sequence would have stored) sits in
+ *     dynamic shared memory; preparing is a copy, an RMSNorm (x / rms(x) * gain, the reduction of rmsnorm_kernel in
+ *     kernels_elementwise.cu with the same 256-thread partition, so the normalized values are bit-identical), or
+ *     SwiGLU (silu(gate) * up of a fused [n, 2 in] gate | up product);
+ *   - one warp per output feature: each lane issues GEMV_UNROLL 16-byte loads of the W row before using any of them
+ *     (GEMV_UNROLL x 16 bytes in flight per lane), multiplies them with x chunks from shared memory, and a warp
+ *     reduction finishes the n dot products;
+ *   - epilogue: y = bf16/fp32(acc), or with `accumulate` the residual add y += round(acc) (the unfused product
+ *     rounds to the output type before xlkv_cuda_add adds it).
+ * Cost: out x in x 2 bytes of W read once, plus n x in elements per CTA from L2. Accumulation in fp32. */
 #include "backend/cuda/kernels_common.cuh"
 
 using namespace xlkv_cuda;
 
 namespace {
 
-constexpr int GEMV_THREADS = 256;
+constexpr int GEMV_THREADS = 256; /* also the rmsnorm partition: must equal ROW_THREADS of kernels_elementwise.cu */
 constexpr int GEMV_WARPS = GEMV_THREADS / 32;
-constexpr int GEMV_UNROLL = 4;
+constexpr int GEMV_UNROLL = 8;
+constexpr int CHUNK = 8; /* bf16 per 16 bytes */
 
-template <int N, typename OutT>
+__device__ __forceinline__ float silu_times(float g, float u) { return g * (1.0f / (1.0f + expf(-g))) * u; }
+
+__device__ __forceinline__ void unpack_bf16x8(const uint4 &raw, float *out) {
+    const __nv_bfloat16 *e = reinterpret_cast<const __nv_bfloat16 *>(&raw);
+#pragma unroll
+    for (int i = 0; i < CHUNK; i++) out[i] = __bfloat162float(e[i]);
+}
+
+/* Fills xs[N][in] (bf16, shared) with the product's input rows. Ends with a barrier. */
+template <int N, int INPUT>
+__device__ void prepare_input(__nv_bfloat16 *xs, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain,
+                              float eps, int in, float *scratch) {
+    for (int r = 0; r < N; r++) {
+        const __nv_bfloat16 *xr = x + (size_t)r * x_stride;
+        __nv_bfloat16 *dst = xs + (size_t)r * in;
+        if (INPUT == XLKV_GEMV_INPUT_RMSNORM) {
+            float ss = 0.0f;
+            for (int i = threadIdx.x * CHUNK; i < in; i += GEMV_THREADS * CHUNK) {
+                float xv[CHUNK];
+                load_vec<__nv_bfloat16>(xr + i, xv);
+#pragma unroll
+                for (int j = 0; j < CHUNK; j++) ss += xv[j] * xv[j];
+            }
+            ss = block_sum(ss, scratch);
+            const float inv = 1.0f / sqrtf(ss / (float)in + eps);
+            for (int i = threadIdx.x * CHUNK; i < in; i += GEMV_THREADS * CHUNK) {
+                float xv[CHUNK], gv[CHUNK], ov[CHUNK];
+                load_vec<__nv_bfloat16>(xr + i, xv);
+                load_vec<__nv_bfloat16>(gain + i, gv);
+#pragma unroll
+                for (int j = 0; j < CHUNK; j++) ov[j] = gv[j] * (inv * xv[j]);
+                store_vec<__nv_bfloat16>(dst + i, ov);
+            }
+        } else if (INPUT == XLKV_GEMV_INPUT_SWIGLU) {
+            for (int i = threadIdx.x * CHUNK; i < in; i += GEMV_THREADS * CHUNK) {
+                float gv[CHUNK], uv[CHUNK];
+                load_vec<__nv_bfloat16>(xr + i, gv);
+                load_vec<__nv_bfloat16>(xr + in + i, uv);
+#pragma unroll
+                for (int j = 0; j < CHUNK; j++) gv[j] = silu_times(gv[j], uv[j]);
+                store_vec<__nv_bfloat16>(dst + i, gv);
+            }
+        } else {
+            for (int i = threadIdx.x * CHUNK; i < in; i += GEMV_THREADS * CHUNK)
+                *reinterpret_cast<uint4 *>(dst + i) = *reinterpret_cast<const uint4 *>(xr + i);
+        }
+    }
+    __syncthreads();
+}
+
+template <int N, int INPUT, typename OutT>
 __global__ void __launch_bounds__(GEMV_THREADS)
-    gemv_kernel(OutT *y, const __nv_bfloat16 *x, const __nv_bfloat16 *w, int in, int out) {
+    gemv_kernel(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain, float eps,
+                const __nv_bfloat16 *w, int in, int out, int accumulate) {
+    extern __shared__ uint4 gemv_smem[];
+    __shared__ float scratch[32];
+    __nv_bfloat16 *xs = reinterpret_cast<__nv_bfloat16 *>(gemv_smem);
+    prepare_input<N, INPUT>(xs, x, x_stride, gain, eps, in, scratch);
+
     const int lane = threadIdx.x & 31;
-    const int row = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    if (row >= out) return; /* whole warp */
-    const __nv_bfloat16 *w_row = w + (size_t)row * in;
-    float acc[N];
-#pragma unroll
-    for (int r = 0; r < N; r++) acc[r] = 0.0f;
-    constexpr int CHUNK = 8; /* bf16 per 16 bytes */
     const int n_chunks = in / CHUNK;
-    for (int c0 = lane; c0 < n_chunks; c0 += 32 * GEMV_UNROLL) {
-        float wv[GEMV_UNROLL][CHUNK];
+    for (int row = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5); row < out; row += gridDim.x * GEMV_WARPS) {
+        const uint4 *w_row = reinterpret_cast<const uint4 *>(w + (size_t)row * in);
+        float acc[N];
 #pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++) {
-            const int c = c0 + u * 32;
-            if (c < n_chunks) load_vec<__nv_bfloat16>(w_row + (size_t)c * CHUNK, wv[u]);
-            else {
+        for (int r = 0; r < N; r++) acc[r] = 0.0f;
+        for (int c0 = lane; c0 < n_chunks; c0 += 32 * GEMV_UNROLL) {
+            uint4 raw[GEMV_UNROLL];
 #pragma unroll
-                for (int k = 0; k < CHUNK; k++) wv[u][k] = 0.0f;
+            for (int u = 0; u < GEMV_UNROLL; u++) {
+                const int c = c0 + u * 32;
+                raw[u] = c < n_chunks ? __ldcs(w_row + c) : make_uint4(0u, 0u, 0u, 0u);
+            }
+#pragma unroll
+            for (int u = 0; u < GEMV_UNROLL; u++) {
+                const int c = c0 + u * 32;
+                if (c < n_chunks) {
+                    float wv[CHUNK];
+                    unpack_bf16x8(raw[u], wv);
+#pragma unroll
+                    for (int r = 0; r < N; r++) {
+                        float xv[CHUNK];
+                        unpack_bf16x8(*reinterpret_cast<const uint4 *>(xs + (size_t)r * in + (size_t)c * CHUNK), xv);
+#pragma unroll
+                        for (int k = 0; k < CHUNK; k++) acc[r] += wv[k] * xv[k];
+                    }
+                }
             }
         }
 #pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++) {
-            const int c = c0 + u * 32;
-            if (c >= n_chunks) break;
+        for (int r = 0; r < N; r++) acc[r] = warp_sum(acc[r]);
+        if (lane == 0) {
 #pragma unroll
             for (int r = 0; r < N; r++) {
-                float xv[CHUNK];
-                load_vec<__nv_bfloat16>(x + (size_t)r * in + (size_t)c * CHUNK, xv);
-#pragma unroll
-                for (int k = 0; k < CHUNK; k++) acc[r] += wv[u][k] * xv[k];
+                OutT *dst = y + (size_t)r * out + row;
+                const OutT product = from_float<OutT>(acc[r]);
+                *dst = accumulate ? from_float<OutT>(to_float<OutT>(*dst) + to_float<OutT>(product)) : product;
             }
         }
-    }
-#pragma unroll
-    for (int r = 0; r < N; r++) {
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], off);
-    }
-    if (lane == 0) {
-#pragma unroll
-        for (int r = 0; r < N; r++) y[(size_t)r * out + row] = from_float<OutT>(acc[r]);
     }
 }
 
-template <typename OutT> int launch(OutT *y, const __nv_bfloat16 *x, const __nv_bfloat16 *w, int n, int in, int out,
-                                    cudaStream_t stream) {
-    const int blocks = (out + GEMV_WARPS - 1) / GEMV_WARPS;
+size_t input_bytes(int n, int in) { return (size_t)n * (size_t)in * sizeof(__nv_bfloat16); }
+
+int max_input_bytes() {
+    static int bytes = -1; /* per process; the device of the first call (the engine uses one device) */
+    if (bytes < 0) {
+        int device = 0, optin = 0;
+        if (cudaGetDevice(&device) != cudaSuccess ||
+            cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
+            return 48 * 1024;
+        bytes = optin - 1024; /* room for the static scratch */
+    }
+    return bytes;
+}
+
+template <int N, int INPUT, typename OutT>
+int launch_one(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain, float eps,
+               const __nv_bfloat16 *w, int in, int out, int accumulate, cudaStream_t stream) {
+    auto kernel = gemv_kernel<N, INPUT, OutT>;
+    const size_t smem = input_bytes(N, in);
+    static bool attribute_set = false; /* one per instantiation */
+    if (!attribute_set) {
+        const cudaError_t err =
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_input_bytes());
+        if (err != cudaSuccess) return (int)err;
+        attribute_set = true;
+    }
+    /* resident CTAs for this shared-memory size, remembered for the last size asked (the grid only sets how rows
+     * are spread: any value >= 1 computes the same result) */
+    static size_t cached_smem = (size_t)-1;
+    static long long cached_resident = 0;
+    long long resident = cached_smem == smem ? cached_resident : 0;
+    if (resident <= 0) {
+        int device = 0, sms = 0, per_sm = 0;
+        cudaError_t err = cudaGetDevice(&device);
+        if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+        if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, GEMV_THREADS, smem);
+        if (err != cudaSuccess) return (int)err;
+        resident = (long long)(sms > 0 ? sms : 1) * (per_sm > 0 ? per_sm : 1);
+        cached_resident = resident;
+        cached_smem = smem;
+    }
+    const long long needed = ((long long)out + GEMV_WARPS - 1) / GEMV_WARPS;
+    const int blocks = (int)(needed < resident ? needed : resident);
+    kernel<<<blocks, GEMV_THREADS, smem, stream>>>(y, x, x_stride, gain, eps, w, in, out, accumulate);
+    return launch_status();
+}
+
+template <int INPUT, typename OutT>
+int launch_rows(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain, float eps,
+                const __nv_bfloat16 *w, int n, int in, int out, int accumulate, cudaStream_t stream) {
     switch (n) {
 #define XLKV_GEMV_CASE(N)                                                                                              \
-    case N: gemv_kernel<N, OutT><<<blocks, GEMV_THREADS, 0, stream>>>(y, x, w, in, out); break;
+    case N: return launch_one<N, INPUT, OutT>(y, x, x_stride, gain, eps, w, in, out, accumulate, stream);
         XLKV_GEMV_CASE(1)
         XLKV_GEMV_CASE(2)
         XLKV_GEMV_CASE(3)
@@ -79,24 +193,63 @@ template <typename OutT> int launch(OutT *y, const __nv_bfloat16 *x, const __nv_
 #undef XLKV_GEMV_CASE
     default: return (int)cudaErrorNotSupported;
     }
-    return (int)cudaGetLastError();
 }
+
+template <typename OutT>
+int launch_input(OutT *y, const __nv_bfloat16 *x, const xlkv_cuda_gemv_input *input, const __nv_bfloat16 *w, int n,
+                 int in, int out, int accumulate, cudaStream_t stream) {
+    const int kind = input ? input->kind : XLKV_GEMV_INPUT_PLAIN;
+    const int x_stride = input && input->x_stride > 0 ? input->x_stride : (kind == XLKV_GEMV_INPUT_SWIGLU ? 2 * in : in);
+    const __nv_bfloat16 *gain = input ? (const __nv_bfloat16 *)input->gain : nullptr;
+    const float eps = input ? input->eps : 0.0f;
+    switch (kind) {
+    case XLKV_GEMV_INPUT_PLAIN:
+        return launch_rows<XLKV_GEMV_INPUT_PLAIN>(y, x, x_stride, gain, eps, w, n, in, out, accumulate, stream);
+    case XLKV_GEMV_INPUT_RMSNORM:
+        return launch_rows<XLKV_GEMV_INPUT_RMSNORM>(y, x, x_stride, gain, eps, w, n, in, out, accumulate, stream);
+    case XLKV_GEMV_INPUT_SWIGLU:
+        return launch_rows<XLKV_GEMV_INPUT_SWIGLU>(y, x, x_stride, gain, eps, w, n, in, out, accumulate, stream);
+    default: return (int)cudaErrorInvalidValue;
+    }
+}
+
+bool aligned16(const void *p) { return (uintptr_t)p % 16 == 0; }
 
 } // namespace
 
 extern "C" {
 
+int xlkv_cuda_gemv_input_supported(int n, int in, const void *x, const xlkv_cuda_gemv_input *input, const void *w,
+                                   xlkv_dtype dt) {
+    if (dt != XLKV_DTYPE_BF16 || n < 1 || n > XLKV_CUDA_GEMV_MAX_ROWS || in <= 0 || in % CHUNK != 0) return 0;
+    if (!aligned16(x) || !aligned16(w)) return 0;
+    if (input_bytes(n, in) > (size_t)max_input_bytes()) return 0;
+    if (!input) return 1;
+    const int kind = input->kind;
+    if (kind != XLKV_GEMV_INPUT_PLAIN && kind != XLKV_GEMV_INPUT_RMSNORM && kind != XLKV_GEMV_INPUT_SWIGLU) return 0;
+    const int min_stride = kind == XLKV_GEMV_INPUT_SWIGLU ? 2 * in : in;
+    if (input->x_stride != 0 && (input->x_stride < min_stride || input->x_stride % CHUNK != 0)) return 0;
+    if (kind == XLKV_GEMV_INPUT_RMSNORM && (!input->gain || !aligned16(input->gain))) return 0;
+    return 1;
+}
+
 int xlkv_cuda_gemv_supported(int n, int in, const void *x, const void *w, xlkv_dtype dt) {
-    return dt == XLKV_DTYPE_BF16 && n >= 1 && n <= XLKV_CUDA_GEMV_MAX_ROWS && in % 8 == 0 && (uintptr_t)x % 16 == 0 &&
-           (uintptr_t)w % 16 == 0;
+    return xlkv_cuda_gemv_input_supported(n, in, x, NULL, w, dt);
+}
+
+int xlkv_cuda_gemv_fused(void *y, int y_is_f32, int accumulate, const void *x, const xlkv_cuda_gemv_input *input,
+                         const void *w, int n, int in, int out, xlkv_dtype dt, void *stream) {
+    if (!xlkv_cuda_gemv_input_supported(n, in, x, input, w, dt) || out <= 0) return (int)cudaErrorNotSupported;
+    const __nv_bfloat16 *xb = (const __nv_bfloat16 *)x, *wb = (const __nv_bfloat16 *)w;
+    if (y_is_f32)
+        return launch_input<float>((float *)y, xb, input, wb, n, in, out, accumulate, (cudaStream_t)stream);
+    return launch_input<__nv_bfloat16>((__nv_bfloat16 *)y, xb, input, wb, n, in, out, accumulate,
+                                       (cudaStream_t)stream);
 }
 
 int xlkv_cuda_gemv(void *y, int y_is_f32, const void *x, const void *w, int n, int in, int out, xlkv_dtype dt,
                    void *stream) {
-    if (!xlkv_cuda_gemv_supported(n, in, x, w, dt) || out <= 0) return (int)cudaErrorNotSupported;
-    const __nv_bfloat16 *xb = (const __nv_bfloat16 *)x, *wb = (const __nv_bfloat16 *)w;
-    if (y_is_f32) return launch<float>((float *)y, xb, wb, n, in, out, (cudaStream_t)stream);
-    return launch<__nv_bfloat16>((__nv_bfloat16 *)y, xb, wb, n, in, out, (cudaStream_t)stream);
+    return xlkv_cuda_gemv_fused(y, y_is_f32, 0, x, NULL, w, n, in, out, dt, stream);
 }
 
 } // extern "C"

@@ -6,7 +6,11 @@
  * larger), found with a 32-step radix search for the K-th largest ordered key (a block-wide count per step), gathered
  * (ties at the threshold: lowest indices) and bitonic-sorted by (value desc, index asc); softmax of logit/temperature
  * over them, the top-p prefix, and a draw u from Philox keyed by (seed, subsequence = step): the same (seed, step)
- * draws the same token whatever the batch position. */
+ * draws the same token whatever the batch position.
+ * sample_split (small batches): the row is cut into XLKV_CUDA_SAMPLE_CHUNK-element chunks, one CTA each, which apply
+ * the penalty to the history tokens inside their chunk and write the chunk's (value, index) maximum to a workspace;
+ * a second launch, one CTA per row, reduces the chunks in the same order (value desc, index asc: the result is the
+ * full-row argmax) or, for a sampling row, runs the path above on the already penalized row. */
 #include <curand_kernel.h>
 #include <limits.h>
 
@@ -81,9 +85,77 @@ __device__ __forceinline__ bool goes_before(uint32_t ka, int ia, uint32_t kb, in
     return ka > kb || (ka == kb && ia < ib);
 }
 
+/* One chunk's best (value, index): -inf/INT_MAX when every value is NaN. */
+struct chunk_best {
+    float value;
+    int index;
+};
+
+/* Repetition penalty of row b restricted to indices [lo, hi): thread i handles history entry i when no earlier entry
+ * has the same token (as sample_kernel does for the whole row). Ends with a barrier when the penalty is on. */
+__device__ void penalize_range(float *row, int lo, int hi, int vocab, const xlkv_cuda_sampling &prm,
+                               const int *hist, int n_hist) {
+    if (prm.repeat_penalty == 1.0f) return;
+    n_hist = n_hist < 0 ? 0 : (n_hist > XLKV_CUDA_PENALTY_WINDOW ? XLKV_CUDA_PENALTY_WINDOW : n_hist);
+    for (int t = threadIdx.x; t < n_hist; t += blockDim.x) {
+        const int id = hist[t];
+        bool seen = id < 0 || id >= vocab || id < lo || id >= hi;
+        for (int j = 0; j < t && !seen; j++) seen = hist[j] == id;
+        if (!seen) {
+            const float v = row[id];
+            row[id] = v > 0.0f ? v / prm.repeat_penalty : v * prm.repeat_penalty;
+        }
+    }
+    __syncthreads();
+}
+
+/* Best (value desc, index asc) of a block's candidates, in thread 0. */
+__device__ chunk_best block_best(float best_v, int best_i) {
+    __shared__ float s_v[32];
+    __shared__ int s_i[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, best_v, off);
+        const int oi = __shfl_xor_sync(0xffffffffu, best_i, off);
+        keep_better(ov, oi, &best_v, &best_i);
+    }
+    __syncthreads();
+    if (lane == 0) {
+        s_v[warp] = best_v;
+        s_i[warp] = best_i;
+    }
+    __syncthreads();
+    best_v = -INFINITY;
+    best_i = INT_MAX;
+    for (int w = 0; w < n_warps; w++) keep_better(s_v[w], s_i[w], &best_v, &best_i);
+    chunk_best r;
+    r.value = best_v;
+    r.index = best_i;
+    return r;
+}
+
+constexpr int CHUNK_THREADS = 128;
+
+/* grid (chunks, batch) */
+__global__ void __launch_bounds__(CHUNK_THREADS)
+    sample_chunks_kernel(chunk_best *partials, float *logits, int vocab, const xlkv_cuda_sampling *params,
+                         const int *history, const int *history_len) {
+    const int c = blockIdx.x, b = blockIdx.y, n_chunks = gridDim.x;
+    float *row = logits + (size_t)b * vocab;
+    const int lo = c * XLKV_CUDA_SAMPLE_CHUNK;
+    const int hi = lo + XLKV_CUDA_SAMPLE_CHUNK < vocab ? lo + XLKV_CUDA_SAMPLE_CHUNK : vocab;
+    penalize_range(row, lo, hi, vocab, params[b], history + (size_t)b * XLKV_CUDA_PENALTY_WINDOW, history_len[b]);
+    float best_v = -INFINITY;
+    int best_i = INT_MAX;
+    for (int i = lo + threadIdx.x; i < hi; i += CHUNK_THREADS) keep_better(row[i], i, &best_v, &best_i);
+    const chunk_best best = block_best(best_v, best_i);
+    if (threadIdx.x == 0) partials[(size_t)b * n_chunks + c] = best;
+}
+
 __global__ void __launch_bounds__(SAMPLE_THREADS)
     sample_kernel(int *out, float *logits, int vocab, const xlkv_cuda_sampling *params, const int *history,
-                  const int *history_len) {
+                  const int *history_len, const chunk_best *partials, int n_chunks) {
     __shared__ int s_scratch[32];
     __shared__ uint32_t s_key[SAMPLE_THREADS];
     __shared__ int s_idx[SAMPLE_THREADS];
@@ -93,8 +165,21 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     float *row = logits + (size_t)b * vocab;
     const xlkv_cuda_sampling prm = params[b];
 
-    /* repetition penalty: thread i handles history entry i when no earlier entry has the same token */
-    if (prm.repeat_penalty != 1.0f) {
+    if (partials && prm.temperature == 0.0f) { /* split: penalty applied, chunk maxima ready */
+        float best_v = -INFINITY;
+        int best_i = INT_MAX;
+        for (int c = tid; c < n_chunks; c += SAMPLE_THREADS) {
+            const chunk_best p = partials[(size_t)b * n_chunks + c];
+            keep_better(p.value, p.index, &best_v, &best_i);
+        }
+        const chunk_best best = block_best(best_v, best_i);
+        if (tid == 0) out[b] = best.index == INT_MAX ? 0 : best.index;
+        return;
+    }
+
+    /* repetition penalty (unless the split launch applied it): thread i handles history entry i when no earlier
+     * entry has the same token */
+    if (!partials && prm.repeat_penalty != 1.0f) {
         int n_hist = history_len[b];
         n_hist = n_hist < 0 ? 0 : (n_hist > XLKV_CUDA_PENALTY_WINDOW ? XLKV_CUDA_PENALTY_WINDOW : n_hist);
         const int *hist = history + (size_t)b * XLKV_CUDA_PENALTY_WINDOW;
@@ -240,7 +325,29 @@ int xlkv_cuda_sample(int *out, float *logits, int batch, int vocab, const xlkv_c
                      const int *history, const int *history_len, void *stream) {
     if (batch <= 0) return 0;
     if (vocab <= 0) return (int)cudaErrorInvalidValue;
-    sample_kernel<<<batch, SAMPLE_THREADS, 0, (cudaStream_t)stream>>>(out, logits, vocab, params, history, history_len);
+    sample_kernel<<<batch, SAMPLE_THREADS, 0, (cudaStream_t)stream>>>(out, logits, vocab, params, history, history_len,
+                                                                       nullptr, 0);
+    return launch_status();
+}
+
+size_t xlkv_cuda_sample_split_workspace(int batch, int vocab) {
+    if (batch <= 0 || vocab <= 0) return 0;
+    const size_t n_chunks = ((size_t)vocab + XLKV_CUDA_SAMPLE_CHUNK - 1) / XLKV_CUDA_SAMPLE_CHUNK;
+    return (size_t)batch * n_chunks * sizeof(chunk_best);
+}
+
+int xlkv_cuda_sample_split(int *out, float *logits, int batch, int vocab, const xlkv_cuda_sampling *params,
+                           const int *history, const int *history_len, void *workspace, void *stream) {
+    if (batch <= 0) return 0;
+    if (vocab <= 0 || !workspace || batch > 65535) return (int)cudaErrorInvalidValue;
+    const int n_chunks = (vocab + XLKV_CUDA_SAMPLE_CHUNK - 1) / XLKV_CUDA_SAMPLE_CHUNK;
+    chunk_best *partials = (chunk_best *)workspace;
+    sample_chunks_kernel<<<dim3(n_chunks, batch), CHUNK_THREADS, 0, (cudaStream_t)stream>>>(partials, logits, vocab,
+                                                                                           params, history, history_len);
+    const int err = launch_status();
+    if (err) return err;
+    sample_kernel<<<batch, SAMPLE_THREADS, 0, (cudaStream_t)stream>>>(out, logits, vocab, params, history, history_len,
+                                                                       partials, n_chunks);
     return launch_status();
 }
 
