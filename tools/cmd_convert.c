@@ -1,5 +1,6 @@
 /* tools/cmd_convert: `xlkv convert`: a checkpoint under a new layer map, W_K / W_V of the new KV layers copied or
  * averaged over their readers (SEMANTICS.md section 5), written as an atomic Hugging Face checkpoint. */
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,17 +10,20 @@
 #include "train/model_setup.h"
 
 static void usage(FILE *out) {
-    fprintf(out, "usage: xlkv convert --from CKPT --to DIR --layer-types MAP [--kv-init copy|average]\n"
+    fprintf(out, "usage: xlkv convert --from CKPT --to DIR [--layer-types MAP] [--kv-init copy|average] [--dtype f32|bf16]\n"
                  "                    [--forward-passes M] [--backward-passes B] [--sliding-window W]\n\n"
                  "  --from CKPT             Hugging Face directory or llama2.c .bin (loaded under its own map)\n"
                  "  --to DIR                output checkpoint (written atomically; the tokenizer is copied)\n"
-                 "  --layer-types MAP       the new layer map (string or preset)\n"
+                 "  --layer-types MAP       the new layer map (string or preset; default: the checkpoint's own)\n"
                  "  --kv-init copy|average  each KV layer keeps its W_K/W_V, or takes the mean over the layers that\n"
-                 "                          read it, itself included (MLKV-style) (default copy)\n");
+                 "                          read it, itself included (MLKV-style) (default copy)\n"
+                 "  --dtype f32|bf16        tensor type of the written model.safetensors (default f32; bf16 halves a\n"
+                 "                          model one ships, rounded to nearest even)\n");
 }
 
 int cmd_convert(int argc, char **argv) {
     const char *command = "convert", *from = NULL, *to = NULL, *layer_types = NULL, *kv_init_text = "copy";
+    bool bf16 = false;
     xlkv_train_overrides overrides = {-1, -1, -1, -1};
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i], *v;
@@ -32,6 +36,13 @@ int cmd_convert(int argc, char **argv) {
             if (!(to = cli_value(command, argc, argv, &i))) return 2;
         } else if (!strcmp(arg, "--layer-types")) {
             if (!(layer_types = cli_value(command, argc, argv, &i))) return 2;
+        } else if (!strcmp(arg, "--dtype")) {
+            if (!(v = cli_value(command, argc, argv, &i))) return 2;
+            if (strcmp(v, "f32") && strcmp(v, "bf16")) {
+                fprintf(stderr, "xlkv %s: --dtype expects f32 or bf16, got '%s'\n", command, v);
+                return 2;
+            }
+            bf16 = !strcmp(v, "bf16");
         } else if (!strcmp(arg, "--kv-init")) {
             if (!(kv_init_text = cli_value(command, argc, argv, &i))) return 2;
         } else if (!strcmp(arg, "--forward-passes") || !strcmp(arg, "--backward-passes") ||
@@ -44,8 +55,8 @@ int cmd_convert(int argc, char **argv) {
             return 2;
         }
     }
-    if (!from || !to || !layer_types) {
-        fprintf(stderr, "xlkv %s: --from, --to and --layer-types are required\n", command);
+    if (!from || !to) {
+        fprintf(stderr, "xlkv %s: --from and --to are required\n", command);
         return 2;
     }
     xlkv_kv_init kv_init;
@@ -61,11 +72,12 @@ int cmd_convert(int argc, char **argv) {
         return 1;
     }
     char *tokenizer = xlkv_find_tokenizer_file(from);
-    xlkv_checkpoint_extras extras = {.tokenizer_path = tokenizer};
+    xlkv_checkpoint_extras extras = {.tokenizer_path = tokenizer, .weights_bf16 = bf16};
     xlkv_status status = xlkv_checkpoint_write(store, to, &extras);
     if (status == XLKV_OK)
-        fprintf(stderr, "xlkv %s: wrote %s (map %s, %d KV layers of %d, kv-init %s)\n", command, to, layer_types,
-                store->map->n_kv_layers, store->hp.n_layers, kv_init_text);
+        fprintf(stderr, "xlkv %s: wrote %s (map %s, %d KV layers of %d, kv-init %s, %s)\n", command, to,
+                layer_types ? layer_types : "of the checkpoint", store->map->n_kv_layers, store->hp.n_layers,
+                kv_init_text, bf16 ? "bf16" : "f32");
     else
         fprintf(stderr, "xlkv %s: %s\n", command, xlkv_last_error());
     free(tokenizer);

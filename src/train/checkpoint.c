@@ -15,6 +15,7 @@
 
 #include "core/file.h"
 #include "core/status.h"
+#include "model/float_formats.h"
 #include "model/rope_layout.h"
 
 static xlkv_status sync_path(const char *path) {
@@ -34,7 +35,7 @@ xlkv_status xlkv_write_file_synced(const char *path, const void *data, size_t si
     return ok ? XLKV_OK : xlkv_fail(XLKV_E_IO, "%s: write failed: %s", path, strerror(saved_errno));
 }
 
-static char *config_json(const xlkv_param_store *store) {
+static char *config_json(const xlkv_param_store *store, bool bf16) {
     const xlkv_hparams *hp = &store->hp;
     char *layer_types = xlkv_layer_map_to_string(store->map);
     cJSON *root = cJSON_CreateObject();
@@ -64,7 +65,7 @@ static char *config_json(const xlkv_param_store *store) {
     else cJSON_AddNullToObject(root, "bos_token_id");
     if (hp->eos_id >= 0) cJSON_AddNumberToObject(root, "eos_token_id", hp->eos_id);
     else cJSON_AddNullToObject(root, "eos_token_id");
-    cJSON_AddStringToObject(root, "torch_dtype", "float32");
+    cJSON_AddStringToObject(root, "torch_dtype", bf16 ? "bfloat16" : "float32");
     cJSON_AddStringToObject(root, "layer_types", layer_types);
     cJSON_AddNumberToObject(root, "forward_passes", hp->forward_passes);
     cJSON_AddNumberToObject(root, "backward_passes", hp->backward_passes);
@@ -77,7 +78,7 @@ static char *config_json(const xlkv_param_store *store) {
 }
 
 /* The safetensors header (JSON, padded with spaces to a multiple of 8); heap. */
-static char *safetensors_header(const xlkv_param_store *store, size_t *out_len) {
+static char *safetensors_header(const xlkv_param_store *store, bool bf16, size_t *out_len) {
     cJSON *root = cJSON_CreateObject();
     if (!root) return NULL;
     cJSON *meta = cJSON_AddObjectToObject(root, "__metadata__");
@@ -85,9 +86,10 @@ static char *safetensors_header(const xlkv_param_store *store, size_t *out_len) 
     size_t offset = 0;
     for (int t = 0; t < store->n_tensors; t++) {
         const xlkv_param_tensor *tensor = &store->tensors[t];
-        const size_t bytes = (size_t)tensor->rows * (size_t)(tensor->cols ? tensor->cols : 1) * sizeof(float);
+        const size_t bytes =
+            (size_t)tensor->rows * (size_t)(tensor->cols ? tensor->cols : 1) * (bf16 ? sizeof(uint16_t) : sizeof(float));
         cJSON *entry = cJSON_AddObjectToObject(root, tensor->name);
-        cJSON_AddStringToObject(entry, "dtype", "F32");
+        cJSON_AddStringToObject(entry, "dtype", bf16 ? "BF16" : "F32");
         cJSON *shape = cJSON_AddArrayToObject(entry, "shape");
         cJSON_AddItemToArray(shape, cJSON_CreateNumber(tensor->rows));
         if (tensor->cols) cJSON_AddItemToArray(shape, cJSON_CreateNumber(tensor->cols));
@@ -111,9 +113,22 @@ static char *safetensors_header(const xlkv_param_store *store, size_t *out_len) 
     return header;
 }
 
-static xlkv_status write_safetensors(const xlkv_param_store *store, const char *path) {
+/* Writes the tensors of data[] (fp32) to f, as fp32 or rounded to bf16 (nearest even); 1 on success. */
+static int write_values(FILE *f, const float *data, size_t n, bool bf16) {
+    if (!bf16) return fwrite(data, sizeof(float), n, f) == n; /* little-endian hosts only, as the loader */
+    uint16_t chunk[4096];
+    for (size_t done = 0; done < n;) {
+        const size_t count = n - done < 4096 ? n - done : 4096;
+        for (size_t i = 0; i < count; i++) chunk[i] = xlkv_f32_to_bf16(data[done + i]);
+        if (fwrite(chunk, sizeof(uint16_t), count, f) != count) return 0;
+        done += count;
+    }
+    return 1;
+}
+
+static xlkv_status write_safetensors(const xlkv_param_store *store, const char *path, bool bf16) {
     size_t header_len = 0;
-    char *header = safetensors_header(store, &header_len);
+    char *header = safetensors_header(store, bf16, &header_len);
     if (!header) return xlkv_fail(XLKV_E_NOMEM, "%s: out of memory for the header", path);
     FILE *f = fopen(path, "wb");
     if (!f) {
@@ -147,7 +162,7 @@ static xlkv_status write_safetensors(const xlkv_param_store *store, const char *
             }
             data = permuted;
         }
-        ok = fwrite(data, sizeof(float), n, f) == n; /* little-endian hosts only, as the loader */
+        ok = write_values(f, data, n, bf16);
     }
     free(permuted);
     ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
@@ -196,14 +211,14 @@ static char *parent_of(const char *path) {
 
 static xlkv_status write_files(const xlkv_param_store *store, const char *tmp, const xlkv_checkpoint_extras *extras) {
     char *path = xlkv_path_join(tmp, "config.json");
-    char *config = config_json(store);
+    char *config = config_json(store, extras && extras->weights_bf16);
     xlkv_status status = path && config ? xlkv_write_file_synced(path, config, strlen(config))
                                         : xlkv_fail(XLKV_E_NOMEM, "checkpoint: out of memory");
     free(path);
     free(config);
     if (status != XLKV_OK) return status;
     path = xlkv_path_join(tmp, "model.safetensors");
-    status = path ? write_safetensors(store, path) : xlkv_fail(XLKV_E_NOMEM, "checkpoint: out of memory");
+    status = path ? write_safetensors(store, path, extras && extras->weights_bf16) : xlkv_fail(XLKV_E_NOMEM, "checkpoint: out of memory");
     free(path);
     if (status != XLKV_OK || !extras) return status;
     if (extras->tokenizer_path) {

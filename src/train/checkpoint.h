@@ -1,7 +1,8 @@
 /* train/checkpoint: writing Hugging Face checkpoints of a param_store, atomically.
  *
  * A checkpoint is a directory: config.json (Llama fields + the LCKV fields layer_types, forward_passes,
- * backward_passes, sliding_window, force_nodiag, and tie_word_embeddings), model.safetensors (F32; non-KV layers have
+ * backward_passes, sliding_window, force_nodiag, and tie_word_embeddings), model.safetensors (F32, or BF16 for a
+ * release: `weights_bf16`, rounded to nearest even; training checkpoints stay F32; non-KV layers have
  * no k_proj / v_proj; q_proj / k_proj rows permuted back to the Hugging Face "rotate_half" order), optionally a copy
  * of the tokenizer and the trainer's trainer_state.bin. It loads in xlkv_model_load (xlkv generate / logits).
  *
@@ -21,6 +22,7 @@ typedef struct xlkv_checkpoint_extras {
     const char *tokenizer_path;     /* copied into the checkpoint under its own file name; NULL = none */
     const void *trainer_state;      /* bytes of trainer_state.bin; NULL = none */
     size_t trainer_state_size;
+    bool weights_bf16;              /* tensors as BF16 (half the bytes; for models one ships, not for resuming) */
     bool simulate_crash_before_rename; /* tests: stop after writing the temporary directory, as a kill would */
 } xlkv_checkpoint_extras;
 
