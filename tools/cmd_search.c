@@ -38,7 +38,7 @@ static void usage(FILE *out) {
             "  --seed S              seed of the random order (default 0)\n"
             "  --score S             cosine (default, the paper's: final hidden states vs the original) |\n"
             "                        ppl (ppl_original / ppl_mapped on the calibration texts; not the paper's)\n"
-            "  --out DIR             output directory (default kvsharer): map.json, report.json, distances.svg\n\n",
+            "  --out DIR             output directory, created if needed (default kvsharer): map.json, report.json, distances.svg\n\n",
             DEFAULT_TEXTS, DEFAULT_TOKENS);
     cli_print_model_help(out);
 }
@@ -153,10 +153,26 @@ static bool parse_double(const char *command, const char *flag, const char *text
     return true;
 }
 
+/* mkdir -p: creates dir and any missing parents. */
+static int make_directories(const char *dir) {
+    char *path = strdup(dir);
+    if (!path) return -1;
+    int rc = 0;
+    for (char *p = path + 1; rc == 0 && *p; p++) {
+        if (*p != '/') continue;
+        *p = '\0';
+        if (mkdir(path, 0777) != 0 && errno != EEXIST) rc = -1;
+        *p = '/';
+    }
+    if (rc == 0 && mkdir(path, 0777) != 0 && errno != EEXIST) rc = -1;
+    free(path);
+    return rc;
+}
+
 static bool write_outputs(const char *command, const char *out_dir, const cli_model_options *mo, const char *calib,
                           const calibration_texts *texts, double rate, const xlkv_kvsharer_params *params,
                           const xlkv_kvsharer_result *result, double seconds) {
-    if (mkdir(out_dir, 0777) != 0 && errno != EEXIST) {
+    if (make_directories(out_dir) != 0) {
         fprintf(stderr, "xlkv %s: cannot create %s: %s\n", command, out_dir, strerror(errno));
         return false;
     }
