@@ -51,9 +51,15 @@ def main():
     ap.add_argument("--xlkv", default=os.path.join(ROOT, "build", "xlkv"))
     ap.add_argument("--ppl-tokens", type=int, default=16384)
     ap.add_argument("--limit", type=int, default=40)
-    ap.add_argument("--decode-runs", type=int, default=7)
+    ap.add_argument("--decode-runs", type=int, default=15)
+    ap.add_argument("--decode-only", action="store_true", help="reuse results.json; measure decode speed again")
     args = ap.parse_args()
     x = args.xlkv
+    if args.decode_only:
+        results = json.load(open(os.path.join(OUT, "results.json")))
+        results["commands"] = [c for c in results["commands"] if " generate " not in c]
+        decode_and_write(x, results, args.decode_runs)
+        return
     os.makedirs(OUT, exist_ok=True)
     log = []
     searches = []
@@ -86,27 +92,44 @@ def main():
         ev = json.load(open(os.path.join(OUT, "tmp_eval.json")))["results"]
         r["tasks"] = {t: {k: v for k, v in ev[t].items() if k in ("n", "acc", "acc_norm", "ppl")} for t in ev}
         r["mean_acc"] = statistics.mean(ev[t]["acc"] for t in ev)
-        speeds = []
-        for _ in range(args.decode_runs):
-            p, sec = run([x, "generate", "-m", MODEL, "-p", "Once upon a time", "-n", "480", "--temp", "0", "-t",
-                          "1"] + flags, log)
-            m = re.search(r"generated \d+ tokens in [0-9.]+ s \(([0-9.]+) tokens/s\)", p.stderr)
-            speeds.append(float(m.group(1)) if m else float("nan"))
-            kv = re.search(r"KV layers (\d+) of (\d+); KV ([0-9.]+ \w+)/token", p.stderr)
-        r["decode_tokens_per_s"] = speeds
-        r["decode_median"] = statistics.median(speeds)
-        r["decode_best"] = max(speeds)  # the least disturbed run on a shared machine
-        r["kv_layers"] = int(kv.group(1))
-        r["kv_per_token"] = kv.group(3)
-        r["generate_stderr"] = p.stderr.strip().splitlines()[-3:]
         evals[name] = r
-        print(name, json.dumps({k: r[k] for k in ("ppl", "mean_acc", "decode_median", "kv_layers")}), flush=True)
+        r["map_file"] = rel(map_path) if map_path else None
+        print(name, json.dumps({k: r[k] for k in ("ppl", "mean_acc")}), flush=True)
     for f in ("tmp_ppl.json", "tmp_eval.json"):
         os.remove(os.path.join(OUT, f))
-    json.dump({"model": rel(MODEL), "calibration": rel(CALIB) + " (first 30 paragraphs of >= 64 tokens, cut to 64)",
+    results = {"model": rel(MODEL), "calibration": rel(CALIB) + " (first 30 paragraphs of >= 64 tokens, cut to 64)",
                "perplexity_text": rel(PPL_TEXT) + f" (first {args.ppl_tokens} tokens, ctx 512, stride 512)",
-               "tasks": TASKS + f" (--limit {args.limit})", "searches": searches, "maps": evals, "commands": log},
-              open(os.path.join(OUT, "results.json"), "w"), indent=1)
+               "tasks": TASKS + f" (--limit {args.limit})", "searches": searches, "maps": evals, "commands": log}
+    decode_and_write(x, results, args.decode_runs)
+
+
+def decode_and_write(x, results, runs):
+    """Decode speed by bench/bench_kvsharer (exactly 480 greedy tokens per run whatever the map, round-robin over the
+    maps so that the load of a shared machine falls on all alike); KV memory from generate's own report."""
+    evals, log = results["maps"], results["commands"]
+    for key, r in evals.items():  # results.json of an earlier version of this script lacks map_file
+        if "map_file" not in r:
+            r["map_file"] = next((os.path.join(s["dir"], "map.json") for s in results["searches"]
+                                  if s["layer_types"] == key), None)
+    for key, r in evals.items():  # the KV memory as generate reports it
+        flags = ["--kv-map", os.path.join(ROOT, r["map_file"])] if r["map_file"] else []
+        p, sec = run([x, "generate", "-m", MODEL, "-p", "Once upon a time", "-n", "64", "--temp", "0", "-t", "1"]
+                     + flags, log)
+        kv = re.search(r"KV layers (\d+) of (\d+); KV ([0-9.]+ \w+)/token", p.stderr)
+        r["kv_layers"] = int(kv.group(1))
+        r["kv_per_token"] = kv.group(3)
+        r["generate_kv_report"] = next(l for l in p.stderr.splitlines() if "KV layers" in l)
+    keys = list(evals)
+    bench = os.path.join(os.path.dirname(x), "bench_kvsharer")
+    p, sec = run([bench, "-m", MODEL, "--tokens", "480", "--runs", str(runs), "-t", "1"]
+                 + [os.path.join(ROOT, evals[k]["map_file"]) if evals[k]["map_file"] else "standard" for k in keys], log)
+    for key, line in zip(keys, p.stdout.strip().splitlines()):
+        b = json.loads(line)
+        evals[key]["decode"] = b
+        evals[key]["decode_median"] = b["median_tokens_per_s"]
+        evals[key]["decode_best"] = b["best_tokens_per_s"]
+    json.dump(results, open(os.path.join(OUT, "results.json"), "w"), indent=1)
+    searches = results["searches"]
     base = evals["standard"]
     lines = ["| order | shared (rate) | map (kv_src) | KV layers | KV/token | ppl | ppl vs standard | mean acc | "
              + " | ".join(TASKS.split(",")) + " | decode tok/s (median) | vs standard | decode tok/s (best) | vs standard |",
