@@ -2,9 +2,9 @@
 #   make run    set-up, build, and generate text with the default model
 #   make test   set-up, build (release, and ASan+UBSan), all tests
 SHARED_DATA ?= $(abspath ../shared/data)
-DEFAULT_MODEL ?= $(SHARED_DATA)/models/stories260K/stories260K.bin
+DEFAULT_MODEL ?= models/xlkv-gutenberg-cla2
 JOBS ?= $(shell nproc)
-PROMPT ?= Once upon a time
+PROMPT ?= It was a dark and stormy night
 
 MAKEFLAGS += --no-print-directory
 # Build logs go to build*/build.log; they are shown only when the build fails.
@@ -24,12 +24,12 @@ build-asan: setup
 	@cmake --build build-asan -j $(JOBS) >build-asan/build.log 2>&1 || (tail -40 build-asan/build.log; exit 1)
 
 run: build
-	@if [ -f "$(DEFAULT_MODEL)" ]; then \
+	@if [ -e "$(DEFAULT_MODEL)" ]; then \
 	  printf '%s' "$(PROMPT)"; ./build/xlkv generate -m "$(DEFAULT_MODEL)" -p "$(PROMPT)" -n 256 --temp 0.8 -s 42; \
 	else \
 	  echo "make run: the default model $(DEFAULT_MODEL) is absent."; \
-	  echo "It needs the stories260K checkpoint (llama2.c format) and its tokenizer tok512.bin beside it;"; \
-	  echo "set DEFAULT_MODEL=/path/to/model (a Hugging Face directory or a llama2.c .bin) or SHARED_DATA=/path/to/data."; \
+	  echo "The project ships models/xlkv-gutenberg-standard and models/xlkv-gutenberg-cla2;"; \
+	  echo "set DEFAULT_MODEL=/path/to/model (a Hugging Face directory or a llama2.c .bin)."; \
 	  exit 1; \
 	fi
 
