@@ -17,6 +17,7 @@ static const subcommand subcommands[] = {
     {"perplexity", cmd_perplexity, "perplexity of a text file with sliding windows (progress and ETA on stderr)"},
     {"eval", cmd_eval, "zero-shot tasks (piqa, arc, hellaswag, lambada, ...) scored as lm-eval-harness does"},
     {"bench", cmd_bench, "throughput benchmark (the papers' protocol) over layer maps: table, JSON lines, SVG"},
+    {"serve", cmd_serve, "OpenAI-compatible HTTP server with continuous batching (completions, chat, streaming)"},
     {"layers", cmd_layers, "print a model's layer map, KV layers, iteration plan and KV memory"},
     {"tokenize", cmd_tokenize, "turn text files (plain or .xz) into token shards for training"},
     {"tokenizer", cmd_tokenizer, "train a BPE vocabulary with byte fallback on text: xlkv tokenizer train -> tokenizer.json"},
