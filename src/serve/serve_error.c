@@ -10,7 +10,7 @@ static void set(serve_error *e, int http_status, const char *type, const char *p
                 const char *fmt, va_list ap) {
     e->http_status = http_status;
     e->type = type;
-    e->param = param;
+    snprintf(e->param, sizeof e->param, "%s", param ? param : "");
     e->code = code;
     vsnprintf(e->message, sizeof e->message, fmt, ap);
 }
@@ -41,7 +41,7 @@ char *serve_error_json(const serve_error *e) {
     }
     cJSON_AddStringToObject(error, "message", e->message);
     cJSON_AddStringToObject(error, "type", e->type ? e->type : "invalid_request_error");
-    if (e->param) cJSON_AddStringToObject(error, "param", e->param);
+    if (e->param[0]) cJSON_AddStringToObject(error, "param", e->param);
     else cJSON_AddNullToObject(error, "param");
     if (e->code) cJSON_AddStringToObject(error, "code", e->code);
     else cJSON_AddNullToObject(error, "code");

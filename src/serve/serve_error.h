@@ -9,7 +9,7 @@
 typedef struct serve_error {
     int http_status;     /* 400, 401, 404, 405, 413, 503, 500 */
     const char *type;    /* "invalid_request_error", "authentication_error", "server_error", ... */
-    const char *param;   /* the request field at fault, or NULL */
+    char param[64];      /* the request field at fault ("" = none: null in JSON) */
     const char *code;    /* a short machine code ("context_length_exceeded", ...), or NULL */
     char message[512];
 } serve_error;
