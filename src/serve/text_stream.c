@@ -40,20 +40,16 @@ bool serve_text_push(serve_text_stream *ts, const char *piece, size_t n) {
     memcpy(ts->text + ts->len, piece, n);
     ts->len += n;
     ts->text[ts->len] = '\0';
-    /* A stop string that completes now starts after what was emitted (emitted bytes are never a stop's prefix) and
-     * ends inside the new piece; the earliest start wins. */
+    /* The text ends where a stop string first completes (the earliest end, as if checked after every byte); at
+     * that end the longest one wins. It starts after what was emitted: emitted bytes are never a stop's prefix. */
     size_t cut = ts->len;
-    for (int s = 0; s < ts->n_stops; s++) {
-        const size_t stop_len = strlen(ts->stops[s]);
-        if (stop_len == 0 || stop_len > ts->len) continue;
-        size_t from = old_len >= stop_len - 1 ? old_len - (stop_len - 1) : 0;
-        if (from < ts->emitted) from = ts->emitted;
-        for (size_t at = from; at + stop_len <= ts->len && at < cut; at++)
-            if (!memcmp(ts->text + at, ts->stops[s], stop_len)) {
-                cut = at;
-                break;
-            }
-    }
+    for (size_t end = old_len + 1; end <= ts->len && cut == ts->len; end++)
+        for (int s = 0; s < ts->n_stops; s++) {
+            const size_t stop_len = strlen(ts->stops[s]);
+            if (stop_len == 0 || stop_len > end - ts->emitted) continue;
+            if (!memcmp(ts->text + end - stop_len, ts->stops[s], stop_len) && end - stop_len < cut)
+                cut = end - stop_len;
+        }
     if (cut < ts->len) {
         ts->len = cut;
         ts->text[cut] = '\0';
