@@ -22,7 +22,7 @@ KEY = "test-key-123"
 
 
 def generate(prompt, n, *sampling):
-    out = subprocess.run([xlkv, "generate", "-m", model, "-p", prompt, "-n", str(n)] + list(sampling),
+    out = subprocess.run([xlkv, "generate", "-m", model, "-t", "1", "-p", prompt, "-n", str(n)] + list(sampling),
                          capture_output=True, text=True, check=True).stdout
     return out[:-1] if out.endswith("\n") else out
 
@@ -32,7 +32,8 @@ def error_shape(body):
     return isinstance(e, dict) and set(e) == {"message", "type", "param", "code"} and isinstance(e["message"], str)
 
 
-server = Server(xlkv, ["-m", model, "--max-body-kib", "64", "--parallel", "8", "--queue", "64"], api_key=KEY)
+# one thread: OpenMP threads spinning against each other on a loaded machine cost far more than they bring here
+server = Server(xlkv, ["-m", model, "-t", "1", "--max-body-kib", "64", "--parallel", "8", "--queue", "64"], api_key=KEY)
 
 # ---- routes and the API key -----------------------------------------------------------------------------------
 status, _, body = server.request("GET", "/health", key=False)
@@ -292,7 +293,7 @@ t.check("SIGTERM: clean shutdown (status 0, no sanitizer report)", not clean_shu
         clean_shutdown_problems(status, log))
 
 # ---- a full queue: 503 with Retry-After; the server stays healthy ------------------------------------------------------
-small = Server(xlkv, ["-m", model, "--parallel", "1", "--queue", "1"])
+small = Server(xlkv, ["-m", model, "-t", "1", "--parallel", "1", "--queue", "1"])
 codes = []
 
 
@@ -336,4 +337,40 @@ th.join()
 t.check("SIGTERM during a stream: the stream ends with [DONE], the server stops cleanly",
         done.get("events") and done["events"][-1] == "[DONE]" and not clean_shutdown_problems(status, log),
         (done.get("events", [])[-2:], clean_shutdown_problems(status, log)))
+
+# ---- a KV pool that holds 7 requests at once: 12 concurrent ones all complete (the rest wait in the queue) ---------
+# 1 MiB / 1280 bytes per token = 819 positions = 51 blocks of 16; 5 + 100 positions take 7 blocks: 7 fit at once
+pool = Server(xlkv, ["-m", model, "-t", "1", "--parallel", "16", "--kv-pool-mib", "1"])
+m = pool.metrics()
+t.check("--kv-pool-mib 1: 51 blocks", m["xlkv_kv_blocks_total"] == 51, m["xlkv_kv_blocks_total"])
+results = []
+
+
+def pooled(i):
+    status, _, body = pool.post("/v1/completions", {"prompt": prompt, "max_tokens": 100, "temperature": 0.5, "seed": i})
+    results.append((status, body["usage"]["completion_tokens"] if status == 200 else body))
+
+
+threads = [threading.Thread(target=pooled, args=(i,)) for i in range(12)]
+for th in threads:
+    th.start()
+for th in threads:
+    th.join()
+t.check("12 requests into a pool for 7: all complete (the rest waited for room)", len(results) == 12 and
+        all(r[0] == 200 for r in results), results)
+status, log = pool.stop()
+t.check("pool server stopped cleanly", not clean_shutdown_problems(status, log), clean_shutdown_problems(status, log))
+
+# ---- --random-shape (the benchmarking aid): random weights, a synthetic vocabulary, a sharing map -------------------
+rnd = Server(xlkv, ["--random-shape", "small", "--layer-types", "lckv:2", "-t", "1", "-c", "64", "--parallel", "2",
+                    "--ignore-eos"])
+status, _, body = rnd.post("/v1/completions", {"prompt": "Hello", "max_tokens": 4})
+t.check("--random-shape small --ignore-eos: exactly max_tokens tokens", status == 200 and
+        body["usage"]["completion_tokens"] == 4 and body["model"] == "random-small", body)
+m = rnd.metrics()
+t.check("lckv:2 on the small shape: 3 of 12 layers own KV, 4x less KV per token than the standard map",
+        m["xlkv_kv_layers"] == 3 and m['xlkv_kv_bytes_per_token_standard_map{model="random-small"}'] ==
+        4 * m['xlkv_kv_bytes_per_token{model="random-small"}'], m)
+status, log = rnd.stop()
+t.check("random-shape server stopped cleanly", not clean_shutdown_problems(status, log), clean_shutdown_problems(status, log))
 t.finish()

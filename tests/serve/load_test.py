@@ -25,7 +25,7 @@ seconds = float(os.environ.get("XLKV_SERVE_LOAD_SECONDS", "40" if sanitized else
 CLIENTS = 64
 print("load test: %d streaming clients for %.0f s (%s build)" % (CLIENTS, seconds, "sanitizer" if sanitized else "release"))
 t = Checker()
-server = Server(xlkv, ["-m", model, "--parallel", "32", "--queue", "128"])
+server = Server(xlkv, ["-m", model, "-t", "1", "--parallel", "32", "--queue", "128"])
 words = ["Once upon a time", "Lily", "The dog", "a big tree", "Tom was sad", "the sun", "They played", "happy"]
 lock = threading.Lock()
 stats = {"completed": 0, "abandoned": 0, "failed": 0, "tokens": 0, "errors": []}

@@ -82,7 +82,7 @@ class DevTools:
 
 
 t = Checker()
-server = Server(xlkv, ["-m", model], api_key="webkey")
+server = Server(xlkv, ["-m", model, "-t", "1"], api_key="webkey")
 prompt = "Tell me a story about a cat."
 c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
 c.request("POST", "/v1/chat/completions", headers=server.headers(),
