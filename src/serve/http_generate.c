@@ -90,7 +90,7 @@ static enum MHD_Result send_job_error(generation *g) {
 static bool append_event(generation *g, char *json) {
     if (!json) return false;
     const size_t n = strlen(json);
-    const size_t need = g->out_len + n + 8;
+    const size_t need = g->out_len + n + sizeof "data: \n\n"; /* with the NUL sprintf writes */
     if (need > g->out_cap) {
         char *grown = realloc(g->out, need * 2);
         if (!grown) {
