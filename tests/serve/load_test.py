@@ -3,7 +3,7 @@ bounded time, on loopback. Each client loops: a random prompt, random max_tokens
 (valid JSON chunks of one id, text, one finish_reason, [DONE]); one request in ten is abandoned mid-stream on
 purpose (the server must free its sequence). Passes when no request failed, the server ends with nothing running,
 no queued request and no KV block held, and it stops cleanly on SIGTERM (in the ASan build: no leak, no error).
-Duration: $XLKV_SERVE_LOAD_SECONDS, else 40 s in the sanitizer build and 20 s otherwise.
+Duration: $XLKV_SERVE_LOAD_SECONDS, else 40 s in the sanitizer build and 30 s otherwise.
 Usage: load_test.py XLKV_BINARY."""
 import json
 import os
@@ -21,7 +21,7 @@ if not model:
     print("skipping: stories260K is absent (set XLKV_SHARED_DATA)")
     sys.exit(0)
 sanitized = os.environ.get("XLKV_SANITIZED", "0") in ("1", "ON", "TRUE", "true")
-seconds = float(os.environ.get("XLKV_SERVE_LOAD_SECONDS", "40" if sanitized else "20"))
+seconds = float(os.environ.get("XLKV_SERVE_LOAD_SECONDS", "40" if sanitized else "30"))
 CLIENTS = 64
 print("load test: %d streaming clients for %.0f s (%s build)" % (CLIENTS, seconds, "sanitizer" if sanitized else "release"))
 t = Checker()
