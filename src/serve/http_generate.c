@@ -41,6 +41,7 @@ typedef struct generation {
 } generation;
 
 static void generation_free(generation *g) {
+    atomic_fetch_sub(&g->server->active_generations, 1);
     if (g->job) {
         serve_scheduler_cancel(g->server->scheduler, g->job); /* no-op when it already ended */
         serve_job_release(g->server->scheduler, g->job);
@@ -53,11 +54,13 @@ static void generation_free(generation *g) {
     free(g);
 }
 
-/* Takes the job's new tokens into the text (waiting up to timeout_s); sets g->finish once the text is final. */
-static void pull(generation *g, double timeout_s) {
+/* Takes up to max_tokens new tokens of the job into the text (waiting up to timeout_s for one); sets g->finish once
+ * the text is final. A stream takes one at a time, so each token's text goes out as its own chunk. */
+static void pull(generation *g, double timeout_s, int max_tokens) {
     int tokens[TOKEN_BATCH];
     serve_finish finish = SERVE_RUNNING;
-    const int n = serve_job_wait(g->server->scheduler, g->job, g->taken, timeout_s, tokens, TOKEN_BATCH, &finish);
+    const int cap = max_tokens < TOKEN_BATCH ? max_tokens : TOKEN_BATCH;
+    const int n = serve_job_wait(g->server->scheduler, g->job, g->taken, timeout_s, tokens, cap, &finish);
     for (int i = 0; i < n && !g->stop_string; i++) {
         g->taken++;
         if (serve_text_push_token(&g->text, tokens[i])) g->stop_string = true;
@@ -154,7 +157,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
             g->counted = true;
             return MHD_CONTENT_READER_END_OF_STREAM;
         }
-        if (g->finish == SERVE_RUNNING) pull(g, WAIT_PERIOD_S);
+        if (g->finish == SERVE_RUNNING) pull(g, WAIT_PERIOD_S, 1);
         if (!produce_events(g)) return MHD_CONTENT_READER_END_WITH_ERROR;
         if (g->out_len == 0 && g->finish == SERVE_RUNNING && serve_client_gone(g->connection)) {
             serve_scheduler_cancel(g->server->scheduler, g->job);
@@ -175,10 +178,12 @@ enum MHD_Result serve_handle_generate(serve_server *s, struct MHD_Connection *c,
     if (!g) return serve_send_json(s, c, 500, NULL);
     g->server = s;
     g->connection = c;
+    atomic_fetch_add(&s->active_generations, 1);
     const unsigned long long number = atomic_fetch_add(&s->request_counter, 1);
     serve_request_limits limits = {.tokenizer = s->model->tokenizer, .model_name = s->config.model_name,
                                    .n_ctx = s->config.n_ctx, .default_seed_counter = s->id_salt + number};
     if (!serve_request_parse(body->body ? body->body : "", body->len, chat, &limits, &g->request, &e)) {
+        atomic_fetch_sub(&s->active_generations, 1);
         free(g);
         return serve_send_error(s, c, &e);
     }
@@ -202,7 +207,7 @@ enum MHD_Result serve_handle_generate(serve_server *s, struct MHD_Connection *c,
     }
     /* wait for the first token or the end (the request may still be refused), watching the client */
     while (g->finish == SERVE_RUNNING && g->taken == 0) {
-        pull(g, WAIT_PERIOD_S);
+        pull(g, WAIT_PERIOD_S, g->request.stream ? 1 : TOKEN_BATCH);
         if (g->finish == SERVE_RUNNING && g->taken == 0 && serve_client_gone(c)) {
             g->finish = SERVE_FINISH_CANCELLED;
             generation_free(g);
@@ -229,7 +234,7 @@ enum MHD_Result serve_handle_generate(serve_server *s, struct MHD_Connection *c,
         return result;
     }
     while (g->finish == SERVE_RUNNING) {
-        pull(g, WAIT_PERIOD_S);
+        pull(g, WAIT_PERIOD_S, TOKEN_BATCH);
         if (g->finish == SERVE_RUNNING && serve_client_gone(c)) {
             g->finish = SERVE_FINISH_CANCELLED;
             generation_free(g);

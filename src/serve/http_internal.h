@@ -21,6 +21,7 @@ typedef struct serve_server {
     serve_scheduler *scheduler;
     serve_http_counters http;
     atomic_ullong request_counter; /* ids and default seeds */
+    atomic_int active_generations; /* generation requests not yet fully sent (shutdown waits for them) */
     unsigned long long id_salt;    /* makes ids unique across restarts */
 } serve_server;
 

@@ -265,6 +265,9 @@ int xlkv_serve_run(const xlkv_serve_config *config, const xlkv_model *model, xlk
     const MHD_socket listener = MHD_quiesce_daemon(daemon);
     if (listener != MHD_INVALID_SOCKET) close(listener);
     serve_scheduler_stop(server.scheduler, config->shutdown_grace_s);
+    /* every job has ended; let the handlers send what they hold before the daemon closes the connections */
+    for (int waited_ms = 0; atomic_load(&server.active_generations) > 0 && waited_ms < 5000; waited_ms += 10)
+        nanosleep(&(struct timespec){.tv_nsec = 10 * 1000 * 1000}, NULL);
     MHD_stop_daemon(daemon); /* joins the connection threads: every handler has released its job */
     serve_metrics_snapshot snap;
     serve_scheduler_snapshot(server.scheduler, &snap);

@@ -213,10 +213,11 @@ static bool parse_messages(const cJSON *root, const serve_request_limits *limits
             break;
         }
         const cJSON *field;
-        cJSON_ArrayForEach(field, message) if (strcmp(field->string, "role") && strcmp(field->string, "content") &&
-                                               strcmp(field->string, "name")) {
-            ok = serve_invalid(e, "messages", "messages[%d]: unknown field '%s'", i, field->string);
-            break;
+        cJSON_ArrayForEach(field, message) {
+            if (strcmp(field->string, "role") && strcmp(field->string, "content") && strcmp(field->string, "name")) {
+                ok = serve_invalid(e, "messages", "messages[%d]: unknown field '%s'", i, field->string);
+                break;
+            }
         }
         if (!ok) break;
         const cJSON *role = cJSON_GetObjectItemCaseSensitive(message, "role");
@@ -287,13 +288,15 @@ bool serve_request_parse(const char *body, size_t size, bool chat, const serve_r
     free(text);
     if (ok && !root) ok = serve_invalid(e, NULL, "the body is not valid JSON");
     if (ok && !cJSON_IsObject(root)) ok = serve_invalid(e, NULL, "the body must be a JSON object");
-    const cJSON *field;
-    if (ok) cJSON_ArrayForEach(field, root) {
+    const cJSON *field = NULL;
+    if (ok) {
+        cJSON_ArrayForEach(field, root) {
             if (!known_field(chat ? chat_fields : completion_fields, field->string)) {
                 ok = serve_invalid(e, field->string, "Unrecognized request argument supplied: %s", field->string);
                 break;
             }
         }
+    }
     if (ok) {
         const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
         if (!is_null_or_absent(model) && !cJSON_IsString(model)) ok = serve_invalid(e, "model", "'model' must be a string");
