@@ -18,6 +18,7 @@ struct serve_job {
     xlkv_sampler_params sampling;
     /* under the scheduler's mutex */
     int refs;
+    pthread_cond_t changed; /* signalled when tokens arrive or the job ends: its handler waits here */
     int *tokens;
     int n_tokens, cap_tokens;
     serve_finish finish;
@@ -38,7 +39,6 @@ struct serve_scheduler {
     bool thread_started;
     pthread_mutex_t mutex;
     pthread_cond_t work;     /* the scheduler thread waits here for jobs */
-    pthread_cond_t progress; /* handlers wait here for tokens */
     serve_job *queue_head, *queue_tail;
     int queued;
     serve_job **running;     /* [max_running] */
@@ -64,6 +64,7 @@ serve_job *serve_job_create(const int *prompt, int n_prompt, int max_tokens, con
         return NULL;
     }
     memcpy(job->prompt, prompt, (size_t)n_prompt * sizeof *prompt);
+    pthread_cond_init(&job->changed, NULL);
     job->n_prompt = n_prompt;
     job->max_tokens = max_tokens;
     job->sampling = *sampling;
@@ -75,6 +76,7 @@ serve_job *serve_job_create(const int *prompt, int n_prompt, int max_tokens, con
 
 static void job_unref_locked(serve_job *job) {
     if (--job->refs > 0) return;
+    pthread_cond_destroy(&job->changed);
     free(job->prompt);
     free(job->tokens);
     free(job);
@@ -85,11 +87,16 @@ static void job_fail_locked(serve_job *job, int http_status, const char *error) 
     job->finish = SERVE_FINISH_ERROR;
     job->error_status = http_status;
     snprintf(job->error, sizeof job->error, "%s", error);
+    pthread_cond_signal(&job->changed);
 }
 
 static void job_end_locked(serve_job *job, serve_finish finish, const char *error) {
-    if (error) job_fail_locked(job, 500, error);
-    else if (job->finish == SERVE_RUNNING) job->finish = finish;
+    if (error) {
+        job_fail_locked(job, 500, error);
+    } else if (job->finish == SERVE_RUNNING) {
+        job->finish = finish;
+        pthread_cond_signal(&job->changed);
+    }
 }
 
 static void count_tokens_locked(serve_scheduler *s, int n) {
@@ -194,6 +201,7 @@ static void record_events_locked(serve_scheduler *s, int n_events, double now) {
                 job->cap_tokens = cap;
             }
             job->tokens[job->n_tokens++] = event->token;
+            pthread_cond_signal(&job->changed);
             if (job->first_token_at < 0) job->first_token_at = now;
             generated++;
         }
@@ -212,7 +220,6 @@ static void *scheduler_main(void *arg) {
         drop_ended_locked(s);
         if (!s->stopping) admit_locked(s);
         xlkv_engine_get_stats(s->engine, &s->counters.engine);
-        pthread_cond_broadcast(&s->progress);
         if (s->stopping && s->n_running == 0) break;
         if (s->n_running == 0) {
             pthread_cond_wait(&s->work, &s->mutex);
@@ -253,7 +260,6 @@ bool serve_scheduler_start(xlkv_engine *engine, const serve_scheduler_params *pa
     }
     pthread_mutex_init(&s->mutex, NULL);
     pthread_cond_init(&s->work, NULL);
-    pthread_cond_init(&s->progress, NULL);
     if (pthread_create(&s->thread, NULL, scheduler_main, s) != 0) {
         serve_scheduler_free(s);
         return false;
@@ -272,9 +278,6 @@ void serve_scheduler_stop(serve_scheduler *s, double grace_seconds) {
     pthread_mutex_unlock(&s->mutex);
     pthread_join(s->thread, NULL);
     s->thread_started = false;
-    pthread_mutex_lock(&s->mutex);
-    pthread_cond_broadcast(&s->progress);
-    pthread_mutex_unlock(&s->mutex);
 }
 
 void serve_scheduler_free(serve_scheduler *s) {
@@ -282,7 +285,6 @@ void serve_scheduler_free(serve_scheduler *s) {
     if (s->running) {
         pthread_mutex_destroy(&s->mutex);
         pthread_cond_destroy(&s->work);
-        pthread_cond_destroy(&s->progress);
     }
     free(s->running);
     free(s->events);
@@ -322,7 +324,7 @@ int serve_job_wait(serve_scheduler *s, serve_job *job, int from, double timeout_
             deadline.tv_nsec -= 1000000000L;
         }
         while (job->n_tokens <= from && job->finish == SERVE_RUNNING)
-            if (pthread_cond_timedwait(&s->progress, &s->mutex, &deadline) == ETIMEDOUT) break;
+            if (pthread_cond_timedwait(&job->changed, &s->mutex, &deadline) == ETIMEDOUT) break;
     }
     int n = job->n_tokens - from;
     if (n < 0) n = 0;
