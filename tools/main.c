@@ -13,11 +13,11 @@ typedef struct subcommand {
 static const subcommand subcommands[] = {
     {"generate", cmd_generate, "generate text from a prompt (stdout: the text; stderr: speed and KV memory)"},
     {"chat", cmd_chat, "interactive chat on the terminal"},
+    {"serve", cmd_serve, "OpenAI-compatible HTTP server with continuous batching (completions, chat, streaming)"},
     {"logits", cmd_logits, "write the logits of every position as JSON (for checks against other implementations)"},
     {"perplexity", cmd_perplexity, "perplexity of a text file with sliding windows (progress and ETA on stderr)"},
     {"eval", cmd_eval, "zero-shot tasks (piqa, arc, hellaswag, lambada, ...) scored as lm-eval-harness does"},
     {"bench", cmd_bench, "throughput benchmark (the papers' protocol) over layer maps: table, JSON lines, SVG"},
-    {"serve", cmd_serve, "OpenAI-compatible HTTP server with continuous batching (completions, chat, streaming)"},
     {"layers", cmd_layers, "print a model's layer map, KV layers, iteration plan and KV memory"},
     {"tokenize", cmd_tokenize, "turn text files (plain or .xz) into token shards for training"},
     {"tokenizer", cmd_tokenizer, "train a BPE vocabulary with byte fallback on text: xlkv tokenizer train -> tokenizer.json"},
