@@ -13,6 +13,7 @@ typedef struct subcommand {
 static const subcommand subcommands[] = {
     {"generate", cmd_generate, "generate text from a prompt (stdout: the text; stderr: speed and KV memory)"},
     {"chat", cmd_chat, "interactive chat on the terminal"},
+    {"serve", cmd_serve, "OpenAI-compatible HTTP server with continuous batching (completions, chat, streaming)"},
     {"logits", cmd_logits, "write the logits of every position as JSON (for checks against other implementations)"},
     {"perplexity", cmd_perplexity, "perplexity of a text file with sliding windows (progress and ETA on stderr)"},
     {"eval", cmd_eval, "zero-shot tasks (piqa, arc, hellaswag, lambada, ...) scored as lm-eval-harness does"},
