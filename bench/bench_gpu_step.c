@@ -8,7 +8,9 @@
  * captured in one CUDA graph and replayed: its time is the engine's step without host work, so B x 1e6 / us is the
  * decode tokens/s the kernels allow (bench_gpu's decode_b1 measures the engine itself). The fused pieces alone cycle
  * through the 22 layers' weights (cold in L2, as in the step). Both few-row kernels are timed in one run: the
- * streaming one (default) and the previous one (XLKV_GEMV=old, set by this program for its second table).
+ * streaming one (default), the previous one (XLKV_GEMV=old) and the streaming one launched as programmatic dependents
+ * (XLKV_GEMV=pdl), set by this program for its second and third tables. Each piece is timed twice: one launch between
+ * two events (host launch latency included, as before) and per launch inside a graph of 22 launches.
  * Usage: bench_gpu_step [--batch B] [--context L]. Prints a table; not a test. Without CUDA it says so and exits 0. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -218,12 +220,33 @@ static void run_step_graph(void *p) {
     check(cudaGraphLaunch(step_graph, c->stream), "graph launch");
 }
 
+/* Median time of one launch of `fn` inside a CUDA graph of LAYERS launches (each on the next layer's weights when
+ * the piece rotates): the kernel with the gaps a graph leaves, without the host's launch latency. */
+static cudaGraphExec_t piece_graph;
+static void run_piece_graph(void *p) {
+    step_ctx *c = p;
+    check(cudaGraphLaunch(piece_graph, c->stream), "graph launch");
+}
+static double graph_us_per_launch(launch_fn fn, step_ctx *c) {
+    for (int l = 0; l < LAYERS; l++) fn(c); /* direct first: kernel attributes are set outside the capture */
+    check(cudaStreamSynchronize(c->stream), "sync");
+    cudaGraph_t graph;
+    check(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal), "capture");
+    for (int l = 0; l < LAYERS; l++) fn(c);
+    check(cudaStreamEndCapture(c->stream, &graph), "capture");
+    check(cudaGraphInstantiate(&piece_graph, graph, 0), "instantiate");
+    const double ms = time_ms(run_piece_graph, c, c->stream);
+    cudaGraphExecDestroy(piece_graph);
+    cudaGraphDestroy(graph);
+    return ms * 1e3 / LAYERS;
+}
+
 /* The fused pieces one by one, then the whole step in one graph, with the few-row kernel the environment selects. */
 static void bench_fused_kernel(step_ctx *c, const char *kernel) {
     const size_t per_layer = QKV_W + O_W + GU_W + DOWN_W;
     printf("\nfused few-row path (what the engine runs at batch %d), %s, one launch each (launch gaps included)\n",
            c->batch, kernel);
-    printf("%-28s %10s %12s\n", "piece", "us", "GB/s");
+    printf("%-28s %10s %12s %14s %12s\n", "piece", "us", "GB/s", "us in graph", "GB/s");
     struct { const char *name; launch_fn fn; double weight_bytes; } pieces[] = {
         {"qkv product + rmsnorm in", run_fused_qkv, 2.0 * (double)QKV_W},
         {"rope_kv_write", run_rope_kv, 0},
@@ -234,20 +257,26 @@ static void bench_fused_kernel(step_ctx *c, const char *kernel) {
         {"sample_split (greedy)", run_sample_split, 0},
         {"sample one CTA (greedy)", run_sample, 0},
     };
-    double products_us = 0;
+    double products_us = 0, products_graph_us = 0;
     c->rotate_layers = 1;
     for (size_t i = 0; i < sizeof pieces / sizeof pieces[0]; i++) {
         const double ms = time_ms(pieces[i].fn, c, c->stream);
+        const double graph_us = graph_us_per_launch(pieces[i].fn, c);
         if (pieces[i].weight_bytes > 0)
-            printf("%-28s %10.1f %12.0f\n", pieces[i].name, ms * 1e3, pieces[i].weight_bytes / ms / 1e6);
+            printf("%-28s %10.1f %12.0f %14.1f %12.0f\n", pieces[i].name, ms * 1e3, pieces[i].weight_bytes / ms / 1e6,
+                   graph_us, pieces[i].weight_bytes / graph_us / 1e3);
         else
-            printf("%-28s %10.1f\n", pieces[i].name, ms * 1e3);
-        if (i == 0 || i == 2 || i == 3 || i == 4) products_us += ms * 1e3;
+            printf("%-28s %10.1f %12s %14.1f\n", pieces[i].name, ms * 1e3, "", graph_us);
+        if (i == 0 || i == 2 || i == 3 || i == 4) {
+            products_us += ms * 1e3;
+            products_graph_us += graph_us;
+        }
     }
     c->rotate_layers = 0;
     c->layer = 0;
-    printf("four products: %.1f us per layer (%.0f GB/s over %.1f MB of weights)\n", products_us,
-           2.0 * (double)per_layer / products_us / 1e3, 2.0 * (double)per_layer / 1e6);
+    printf("four products: %.1f us per layer (%.0f GB/s over %.1f MB of weights); in graphs %.1f us (%.0f GB/s)\n",
+           products_us, 2.0 * (double)per_layer / products_us / 1e3, 2.0 * (double)per_layer / 1e6, products_graph_us,
+           2.0 * (double)per_layer / products_graph_us / 1e3);
 
     /* the whole step in one graph */
     run_fused_step(c); /* direct run first: sets kernel attributes outside the capture */
@@ -284,10 +313,13 @@ static void bench_fused(step_ctx *c) {
     check(cudaMalloc((void **)&c->history_len, sizeof(int) * XLKV_CUDA_GEMV_MAX_ROWS), "history");
     check(cudaMemset(c->history_len, 0, sizeof(int) * XLKV_CUDA_GEMV_MAX_ROWS), "history");
     c->layer = 0;
-    /* the streaming kernel (default), then the previous one (XLKV_GEMV=old), in the same run */
+    /* the streaming kernel (default), the previous one (XLKV_GEMV=old), the streaming one with programmatic
+     * dependent launches (XLKV_GEMV=pdl), in the same run */
     bench_fused_kernel(c, "streaming kernel (default)");
     if (setenv("XLKV_GEMV", "old", 1) != 0) exit(1);
     bench_fused_kernel(c, "previous kernel, XLKV_GEMV=old");
+    if (setenv("XLKV_GEMV", "pdl", 1) != 0) exit(1);
+    bench_fused_kernel(c, "streaming kernel as programmatic dependent launches, XLKV_GEMV=pdl");
     if (unsetenv("XLKV_GEMV") != 0) exit(1);
 }
 

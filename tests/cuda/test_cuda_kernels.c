@@ -754,10 +754,11 @@ static void expect_same_bits(const char *kernel, xlkv_dtype dt, const char *shap
                  other, first, (double)got[first], (double)ref[first]);
 }
 
-/* The few-row kernels: XLKV_GEMV=old selects the previous one (read at every launch). */
-static void select_old_gemv(int old) {
-    if (old)
-        assert_int_equal(setenv("XLKV_GEMV", "old", 1), 0);
+/* The few-row kernels, XLKV_GEMV (read at every launch): NULL = the streaming kernel, "old" = the previous one,
+ * "pdl" = the streaming one as a programmatic dependent launch. */
+static void select_gemv(const char *choice) {
+    if (choice)
+        assert_int_equal(setenv("XLKV_GEMV", choice, 1), 0);
     else
         assert_int_equal(unsetenv("XLKV_GEMV"), 0);
 }
@@ -765,7 +766,8 @@ static void select_old_gemv(int old) {
 /* The few-row bf16 product against the CPU matmul on the same bf16-rounded inputs, bf16 and fp32 outputs, every row
  * count it takes, the tinyllama shapes (qkv, o, gate_up, down, logits), `in` not a multiple of the 2048-weight burst
  * (72, 2056, 4104: a last burst of one chunk), odd `out`, and the shapes it refuses; and the streaming kernel against
- * the previous one (XLKV_GEMV=old), which sums in the same order: the same bits. */
+ * the previous one (XLKV_GEMV=old, which sums in the same order) and its programmatic launch (XLKV_GEMV=pdl): the
+ * same bits. */
 static void gemv_matches_cpu(void **state) {
     (void)state;
     const xlkv_backend_ops *cpu = xlkv_backend_cpu();
@@ -788,13 +790,22 @@ static void gemv_matches_cpu(void **state) {
                 char shape[96];
                 snprintf(shape, sizeof shape, "n %d, in %d, out %d, %s out", n, in, out, f32_out ? "f32" : "bf16");
                 expect_close("gemv", XLKV_DTYPE_BF16, shape, got, ref, (size_t)n * out, f32_out ? 5e-5 : TOL_BF16);
-                CK(cudaMemset(dy, 0xFF, (size_t)n * out * (f32_out ? 4 : 2)));
-                select_old_gemv(1);
-                CK_LAUNCH(xlkv_cuda_gemv(dy, f32_out, dx, dw, n, in, out, XLKV_DTYPE_BF16, NULL));
-                select_old_gemv(0);
-                float *old = from_device(dy, (size_t)n * out, out_dt);
-                expect_same_bits("gemv", XLKV_DTYPE_BF16, shape, got, old, (size_t)n * out, "XLKV_GEMV=old");
-                free(old);
+                /* the other kernel choices: the same bits (pdl on a stream of its own, behind a kernel) */
+                static const char *const choices[] = {"old", "pdl"};
+                for (int k = 0; k < 2; k++) {
+                    cudaStream_t stream;
+                    CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+                    CK(cudaMemsetAsync(dy, 0xFF, (size_t)n * out * (f32_out ? 4 : 2), stream));
+                    select_gemv(choices[k]);
+                    CK_LAUNCH(xlkv_cuda_gemv(dy, f32_out, dx, dw, n, in, out, XLKV_DTYPE_BF16, stream));
+                    select_gemv(NULL);
+                    CK(cudaStreamDestroy(stream));
+                    float *other = from_device(dy, (size_t)n * out, out_dt);
+                    char what[32];
+                    snprintf(what, sizeof what, "XLKV_GEMV=%s", choices[k]);
+                    expect_same_bits("gemv", XLKV_DTYPE_BF16, shape, got, other, (size_t)n * out, what);
+                    free(other);
+                }
                 free(got);
                 CK(cudaFree(dy));
             }
@@ -1016,8 +1027,8 @@ static const char *gemv_input_name(int kind) {
 
 /* The fused few-row product, every input kind x residual epilogue x output type x n = 1..8, against (a) the CPU
  * composition (bf16-rounded where the unfused sequence stores) and (b) the unfused GPU sequence (rmsnorm / swiglu
- * kernel, plain gemv, add kernel), which must give the same bits, and (c) the previous kernel (XLKV_GEMV=old), same
- * bits too. Shapes: the five tinyllama products, `in` 8 .. 5632 (multiples of the 2048-weight burst and not), odd
+ * kernel, plain gemv, add kernel), which must give the same bits, and (c) the previous kernel (XLKV_GEMV=old) and the
+ * programmatic launch (XLKV_GEMV=pdl), same bits too. Shapes: the five tinyllama products, `in` 8 .. 5632 (multiples of the 2048-weight burst and not), odd
  * `out`. x rows are strided (x_stride > the minimum); the shapes it must refuse (f32, n > 8, in not a multiple of 8,
  * misaligned gain) are refused. */
 static void gemv_fused_matches_cpu_and_unfused(void **state) {
@@ -1109,17 +1120,26 @@ static void gemv_fused_matches_cpu_and_unfused(void **state) {
                         float *unfused = from_device(dz, (size_t)n * out, out_dt);
                         expect_identical("gemv_fused", bf, shape, got, unfused, (size_t)n * out);
                         free(unfused);
-                        /* the previous kernel, same arguments */
-                        if (accumulate)
-                            upload(dz, y0, (size_t)n * out, out_dt);
-                        else
-                            CK(cudaMemset(dz, 0xFF, (size_t)n * out * (f32_out ? 4 : 2)));
-                        select_old_gemv(1);
-                        CK_LAUNCH(xlkv_cuda_gemv_fused(dz, f32_out, accumulate, dx, &input, dw, n, in, out, bf, NULL));
-                        select_old_gemv(0);
-                        float *old = from_device(dz, (size_t)n * out, out_dt);
-                        expect_same_bits("gemv_fused", bf, shape, got, old, (size_t)n * out, "XLKV_GEMV=old");
-                        free(old);
+                        /* the previous kernel and the programmatic launch (behind the poisoning kernel on its
+                         * own stream), same arguments: the same bits */
+                        static const char *const choices[] = {"old", "pdl"};
+                        for (int k = 0; k < 2; k++) {
+                            if (accumulate)
+                                upload(dz, y0, (size_t)n * out, out_dt);
+                            cudaStream_t stream;
+                            CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+                            if (!accumulate) CK(cudaMemsetAsync(dz, 0xFF, (size_t)n * out * (f32_out ? 4 : 2), stream));
+                            select_gemv(choices[k]);
+                            CK_LAUNCH(xlkv_cuda_gemv_fused(dz, f32_out, accumulate, dx, &input, dw, n, in, out, bf,
+                                                           stream));
+                            select_gemv(NULL);
+                            CK(cudaStreamDestroy(stream));
+                            float *other = from_device(dz, (size_t)n * out, out_dt);
+                            char what[32];
+                            snprintf(what, sizeof what, "XLKV_GEMV=%s", choices[k]);
+                            expect_same_bits("gemv_fused", bf, shape, got, other, (size_t)n * out, what);
+                            free(other);
+                        }
                         free(ref);
                         free(got);
                         free(y0);

@@ -22,8 +22,9 @@
  *   - epilogue: y = bf16/fp32(acc), or with `accumulate` the residual add y += round(acc) (the unfused product
  *     rounds to the output type before xlkv_cuda_add adds it).
  * The previous kernel (rows round-robin over the resident warps, input prepared row by row before any W load) is
- * kept for A/B runs: XLKV_GEMV=old in the environment selects it (read at every launch, so a benchmark can switch;
- * a CUDA graph keeps the kernel it captured).
+ * kept for A/B runs: XLKV_GEMV=old in the environment selects it; XLKV_GEMV=pdl launches the streaming kernel as a
+ * programmatic dependent of the kernel before it (read at every launch, so a benchmark can switch; a CUDA graph
+ * keeps what it captured). All three give the same bits.
  * Cost: out x in x 2 bytes of W read once, plus n x in elements per CTA from L2. Accumulation in fp32. */
 #include <stdlib.h>
 #include <string.h>
@@ -156,6 +157,18 @@ __device__ __forceinline__ uint4 load_weights(const uint4 *p) {
     return r;
 }
 
+/* Programmatic dependent launch (sm_90+): without the launch attribute both return at once. */
+__device__ __forceinline__ void wait_for_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void allow_next_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 /* Issues burst `burst` of row `row` (chunks burst * BURST_CHUNKS + u * 32 + lane); zeros where past the row or when
  * !valid (no row left for this warp). Warp-uniform arguments except lane. */
 __device__ __forceinline__ void issue_burst(uint4 (&raw)[GEMV_UNROLL], const __nv_bfloat16 *w, int in, int n_chunks,
@@ -275,6 +288,11 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2)
     int row = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), burst = 0;
     uint4 cur[GEMV_UNROLL];
     issue_burst(cur, w, in, n_chunks, row, burst, lane, row < out);
+    /* launched as a programmatic dependent (XLKV_GEMV=pdl) this kernel may start while the previous kernel of the
+     * stream still runs: only W (constant) is read above; wait for that kernel's writes before x or y is touched,
+     * then let the next dependent kernel start (no effect on a normally launched one) */
+    wait_for_previous_kernel();
+    allow_next_kernel();
     prepare_rows<N, INPUT>(xs, x, x_stride, gain, eps, in, scratch); /* every thread: it has barriers */
 
     float acc[N];
@@ -325,15 +343,20 @@ int max_input_bytes() {
     return bytes;
 }
 
-/* XLKV_GEMV=old in the environment: the previous kernel (A/B runs). */
-bool old_kernel_selected() {
+/* Which kernel, from XLKV_GEMV in the environment (read at every launch): unset or anything else = the streaming
+ * kernel; "old" = the previous kernel; "pdl" = the streaming kernel launched as a programmatic dependent of the
+ * previous kernel in the stream (its first W burst and its launch overlap that kernel's end; sm_90+). */
+enum gemv_mode { GEMV_STREAM, GEMV_OLD, GEMV_STREAM_PDL };
+gemv_mode selected_mode() {
     const char *choice = getenv("XLKV_GEMV");
-    return choice && strcmp(choice, "old") == 0;
+    if (choice && strcmp(choice, "old") == 0) return GEMV_OLD;
+    if (choice && strcmp(choice, "pdl") == 0) return GEMV_STREAM_PDL;
+    return GEMV_STREAM;
 }
 
 template <bool STREAM, int N, int INPUT, typename OutT>
 int launch_one(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain, float eps,
-               const __nv_bfloat16 *w, int in, int out, int accumulate, cudaStream_t stream) {
+               const __nv_bfloat16 *w, int in, int out, int accumulate, bool programmatic, cudaStream_t stream) {
     auto kernel = STREAM ? gemv_stream_kernel<N, INPUT, OutT> : gemv_rowwise_kernel<N, INPUT, OutT>;
     const size_t smem = input_bytes(N, in);
     static bool attribute_set = false; /* one per instantiation */
@@ -360,6 +383,20 @@ int launch_one(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat1
     }
     const long long needed = ((long long)out + GEMV_WARPS - 1) / GEMV_WARPS;
     const int blocks = (int)(needed < resident ? needed : resident);
+    if (programmatic) {
+        cudaLaunchAttribute attribute[1];
+        attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attribute[0].val.programmaticStreamSerializationAllowed = 1;
+        cudaLaunchConfig_t config = {};
+        config.gridDim = dim3((unsigned)blocks);
+        config.blockDim = dim3(GEMV_THREADS);
+        config.dynamicSmemBytes = smem;
+        config.stream = stream;
+        config.attrs = attribute;
+        config.numAttrs = 1;
+        const cudaError_t err = cudaLaunchKernelEx(&config, kernel, y, x, x_stride, gain, eps, w, in, out, accumulate);
+        return err != cudaSuccess ? (int)err : launch_status();
+    }
     kernel<<<blocks, GEMV_THREADS, smem, stream>>>(y, x, x_stride, gain, eps, w, in, out, accumulate);
     return launch_status();
 }
@@ -367,12 +404,15 @@ int launch_one(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat1
 template <int INPUT, typename OutT>
 int launch_rows(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain, float eps,
                 const __nv_bfloat16 *w, int n, int in, int out, int accumulate, cudaStream_t stream) {
+    const gemv_mode mode = selected_mode();
     switch (n) {
 #define XLKV_GEMV_CASE(N)                                                                                              \
     case N:                                                                                                            \
-        return old_kernel_selected()                                                                                   \
-                   ? launch_one<false, N, INPUT, OutT>(y, x, x_stride, gain, eps, w, in, out, accumulate, stream)      \
-                   : launch_one<true, N, INPUT, OutT>(y, x, x_stride, gain, eps, w, in, out, accumulate, stream);
+        return mode == GEMV_OLD                                                                                        \
+                   ? launch_one<false, N, INPUT, OutT>(y, x, x_stride, gain, eps, w, in, out, accumulate, false,       \
+                                                       stream)                                                         \
+                   : launch_one<true, N, INPUT, OutT>(y, x, x_stride, gain, eps, w, in, out, accumulate,               \
+                                                      mode == GEMV_STREAM_PDL, stream);
         XLKV_GEMV_CASE(1)
         XLKV_GEMV_CASE(2)
         XLKV_GEMV_CASE(3)
