@@ -790,14 +790,19 @@ static void gemv_matches_cpu(void **state) {
                 char shape[96];
                 snprintf(shape, sizeof shape, "n %d, in %d, out %d, %s out", n, in, out, f32_out ? "f32" : "bf16");
                 expect_close("gemv", XLKV_DTYPE_BF16, shape, got, ref, (size_t)n * out, f32_out ? 5e-5 : TOL_BF16);
-                /* the other kernel choices: the same bits (pdl on a stream of its own, behind a kernel) */
+                /* the other kernel choices: the same bits. Their input is written by the kernel just before them
+                 * on their stream (0 + x by xlkv_cuda_add), so a programmatic launch (pdl) that read x before
+                 * waiting for that kernel would see zeros. */
                 static const char *const choices[] = {"old", "pdl"};
+                void *dx_late = device_alloc((size_t)n * in * 2);
                 for (int k = 0; k < 2; k++) {
                     cudaStream_t stream;
-                    CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+                    CK(cudaStreamCreate(&stream));
                     CK(cudaMemsetAsync(dy, 0xFF, (size_t)n * out * (f32_out ? 4 : 2), stream));
+                    CK(cudaMemsetAsync(dx_late, 0, (size_t)n * in * 2, stream));
+                    assert_int_equal(xlkv_cuda_add(dx_late, dx, in, n, in, XLKV_DTYPE_BF16, stream), 0);
                     select_gemv(choices[k]);
-                    CK_LAUNCH(xlkv_cuda_gemv(dy, f32_out, dx, dw, n, in, out, XLKV_DTYPE_BF16, stream));
+                    CK_LAUNCH(xlkv_cuda_gemv(dy, f32_out, dx_late, dw, n, in, out, XLKV_DTYPE_BF16, stream));
                     select_gemv(NULL);
                     CK(cudaStreamDestroy(stream));
                     float *other = from_device(dy, (size_t)n * out, out_dt);
@@ -806,6 +811,7 @@ static void gemv_matches_cpu(void **state) {
                     expect_same_bits("gemv", XLKV_DTYPE_BF16, shape, got, other, (size_t)n * out, what);
                     free(other);
                 }
+                CK(cudaFree(dx_late));
                 free(got);
                 CK(cudaFree(dy));
             }
@@ -1124,10 +1130,12 @@ static void gemv_fused_matches_cpu_and_unfused(void **state) {
                          * own stream), same arguments: the same bits */
                         static const char *const choices[] = {"old", "pdl"};
                         for (int k = 0; k < 2; k++) {
-                            if (accumulate)
+                            if (accumulate) {
                                 upload(dz, y0, (size_t)n * out, out_dt);
+                                CK(cudaDeviceSynchronize());
+                            }
                             cudaStream_t stream;
-                            CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+                            CK(cudaStreamCreate(&stream));
                             if (!accumulate) CK(cudaMemsetAsync(dz, 0xFF, (size_t)n * out * (f32_out ? 4 : 2), stream));
                             select_gemv(choices[k]);
                             CK_LAUNCH(xlkv_cuda_gemv_fused(dz, f32_out, accumulate, dx, &input, dw, n, in, out, bf,
