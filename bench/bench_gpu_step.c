@@ -6,7 +6,11 @@
  * products with their fused input / epilogue, rope_kv_write, the fused logits product and the chunked sampler, each
  * alone, and then a whole decode step (22 layers with their own weights, attention included, logits, sampling)
  * captured in one CUDA graph and replayed: its time is the engine's step without host work, so B x 1e6 / us is the
- * decode tokens/s the kernels allow (bench_gpu's decode_b1 measures the engine itself).
+ * decode tokens/s the kernels allow (bench_gpu's decode_b1 measures the engine itself). The fused pieces alone cycle
+ * through the 22 layers' weights (cold in L2, as in the step). Both few-row kernels are timed in one run: the
+ * streaming one (default), the previous one (XLKV_GEMV=old) and the streaming one launched as programmatic dependents
+ * (XLKV_GEMV=pdl), set by this program for its second and third tables. Each piece is timed twice: one launch between
+ * two events (host launch latency included, as before) and per launch inside a graph of 22 launches.
  * Usage: bench_gpu_step [--batch B] [--context L]. Prints a table; not a test. Without CUDA it says so and exits 0. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,6 +83,7 @@ typedef struct step_ctx {
     xlkv_cuda_sampling *sampling;
     int *history, *history_len;
     int layer;             /* the layer whose weights the fused launches use */
+    int rotate_layers;     /* fused pieces timed alone: each launch moves to the next layer's weights (cold in L2) */
     xlkv_paged_kv kv;
     int gemm_n, gemm_in, gemm_out;
     const void *gemm_w;
@@ -133,12 +138,16 @@ static const void *layer_weight(const step_ctx *c, int which) {
     return (const char *)c->layers + ((size_t)c->layer * per_layer + offsets[which]) * 2;
 }
 static void check_rc(int rc, const char *what) { check((cudaError_t)rc, what); }
+static void next_layer(step_ctx *c) {
+    if (c->rotate_layers) c->layer = (c->layer + 1) % LAYERS;
+}
 static void run_fused_qkv(void *p) {
     step_ctx *c = p;
     const xlkv_cuda_gemv_input norm = {.kind = XLKV_GEMV_INPUT_RMSNORM, .gain = c->gain, .eps = 1e-5f};
     check_rc(xlkv_cuda_gemv_fused(c->big, 0, 0, c->x, &norm, layer_weight(c, 0), c->batch, DIM, 2560, XLKV_DTYPE_BF16,
                                   c->stream),
              "fused qkv");
+    next_layer(c);
 }
 static void run_rope_kv(void *p) {
     step_ctx *c = p;
@@ -152,6 +161,7 @@ static void run_fused_o(void *p) {
     check_rc(xlkv_cuda_gemv_fused(c->x, 0, 1, c->y, NULL, layer_weight(c, 1), c->batch, DIM, DIM, XLKV_DTYPE_BF16,
                                   c->stream),
              "fused o");
+    next_layer(c);
 }
 static void run_fused_gate_up(void *p) {
     step_ctx *c = p;
@@ -159,6 +169,7 @@ static void run_fused_gate_up(void *p) {
     check_rc(xlkv_cuda_gemv_fused(c->big, 0, 0, c->x, &norm, layer_weight(c, 2), c->batch, DIM, 2 * FFN,
                                   XLKV_DTYPE_BF16, c->stream),
              "fused gate_up");
+    next_layer(c);
 }
 static void run_fused_down(void *p) {
     step_ctx *c = p;
@@ -166,6 +177,7 @@ static void run_fused_down(void *p) {
     check_rc(xlkv_cuda_gemv_fused(c->x, 0, 1, c->big, &swiglu, layer_weight(c, 3), c->batch, FFN, DIM,
                                   XLKV_DTYPE_BF16, c->stream),
              "fused down");
+    next_layer(c);
 }
 static void run_fused_logits(void *p) {
     step_ctx *c = p;
@@ -208,27 +220,33 @@ static void run_step_graph(void *p) {
     check(cudaGraphLaunch(step_graph, c->stream), "graph launch");
 }
 
-static void bench_fused(step_ctx *c) {
-    const size_t per_layer = QKV_W + O_W + GU_W + DOWN_W;
-    c->layers = device_random((size_t)LAYERS * per_layer * 2);
-    c->sample_ws = NULL;
-    check(cudaMalloc(&c->sample_ws, xlkv_cuda_sample_split_workspace(c->batch, VOCAB)), "sample workspace");
-    xlkv_cuda_sampling greedy[XLKV_CUDA_GEMV_MAX_ROWS];
-    memset(greedy, 0, sizeof greedy);
-    for (int b = 0; b < XLKV_CUDA_GEMV_MAX_ROWS; b++) {
-        greedy[b].top_p = 1.0f;
-        greedy[b].repeat_penalty = 1.0f;
-    }
-    check(cudaMalloc((void **)&c->sampling, sizeof greedy), "sampling");
-    check(cudaMemcpy(c->sampling, greedy, sizeof greedy, cudaMemcpyHostToDevice), "sampling");
-    check(cudaMalloc((void **)&c->history, sizeof(int) * XLKV_CUDA_GEMV_MAX_ROWS * XLKV_CUDA_PENALTY_WINDOW), "history");
-    check(cudaMalloc((void **)&c->history_len, sizeof(int) * XLKV_CUDA_GEMV_MAX_ROWS), "history");
-    check(cudaMemset(c->history_len, 0, sizeof(int) * XLKV_CUDA_GEMV_MAX_ROWS), "history");
-    c->layer = 0;
+/* Median time of one launch of `fn` inside a CUDA graph of LAYERS launches (each on the next layer's weights when
+ * the piece rotates): the kernel with the gaps a graph leaves, without the host's launch latency. */
+static cudaGraphExec_t piece_graph;
+static void run_piece_graph(void *p) {
+    step_ctx *c = p;
+    check(cudaGraphLaunch(piece_graph, c->stream), "graph launch");
+}
+static double graph_us_per_launch(launch_fn fn, step_ctx *c) {
+    for (int l = 0; l < LAYERS; l++) fn(c); /* direct first: kernel attributes are set outside the capture */
+    check(cudaStreamSynchronize(c->stream), "sync");
+    cudaGraph_t graph;
+    check(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal), "capture");
+    for (int l = 0; l < LAYERS; l++) fn(c);
+    check(cudaStreamEndCapture(c->stream, &graph), "capture");
+    check(cudaGraphInstantiate(&piece_graph, graph, 0), "instantiate");
+    const double ms = time_ms(run_piece_graph, c, c->stream);
+    cudaGraphExecDestroy(piece_graph);
+    cudaGraphDestroy(graph);
+    return ms * 1e3 / LAYERS;
+}
 
-    printf("\nfused few-row path (what the engine runs at batch %d), one launch each (launch gaps included)\n",
-           c->batch);
-    printf("%-28s %10s %12s\n", "piece", "us", "GB/s");
+/* The fused pieces one by one, then the whole step in one graph, with the few-row kernel the environment selects. */
+static void bench_fused_kernel(step_ctx *c, const char *kernel) {
+    const size_t per_layer = QKV_W + O_W + GU_W + DOWN_W;
+    printf("\nfused few-row path (what the engine runs at batch %d), %s, one launch each (launch gaps included)\n",
+           c->batch, kernel);
+    printf("%-28s %10s %12s %14s %12s\n", "piece", "us", "GB/s", "us in graph", "GB/s");
     struct { const char *name; launch_fn fn; double weight_bytes; } pieces[] = {
         {"qkv product + rmsnorm in", run_fused_qkv, 2.0 * (double)QKV_W},
         {"rope_kv_write", run_rope_kv, 0},
@@ -239,17 +257,26 @@ static void bench_fused(step_ctx *c) {
         {"sample_split (greedy)", run_sample_split, 0},
         {"sample one CTA (greedy)", run_sample, 0},
     };
-    double products_us = 0;
+    double products_us = 0, products_graph_us = 0;
+    c->rotate_layers = 1;
     for (size_t i = 0; i < sizeof pieces / sizeof pieces[0]; i++) {
         const double ms = time_ms(pieces[i].fn, c, c->stream);
+        const double graph_us = graph_us_per_launch(pieces[i].fn, c);
         if (pieces[i].weight_bytes > 0)
-            printf("%-28s %10.1f %12.0f\n", pieces[i].name, ms * 1e3, pieces[i].weight_bytes / ms / 1e6);
+            printf("%-28s %10.1f %12.0f %14.1f %12.0f\n", pieces[i].name, ms * 1e3, pieces[i].weight_bytes / ms / 1e6,
+                   graph_us, pieces[i].weight_bytes / graph_us / 1e3);
         else
-            printf("%-28s %10.1f\n", pieces[i].name, ms * 1e3);
-        if (i == 0 || i == 2 || i == 3 || i == 4) products_us += ms * 1e3;
+            printf("%-28s %10.1f %12s %14.1f\n", pieces[i].name, ms * 1e3, "", graph_us);
+        if (i == 0 || i == 2 || i == 3 || i == 4) {
+            products_us += ms * 1e3;
+            products_graph_us += graph_us;
+        }
     }
-    printf("four products: %.1f us per layer (%.0f GB/s over %.1f MB of weights)\n", products_us,
-           2.0 * (double)per_layer / products_us / 1e3, 2.0 * (double)per_layer / 1e6);
+    c->rotate_layers = 0;
+    c->layer = 0;
+    printf("four products: %.1f us per layer (%.0f GB/s over %.1f MB of weights); in graphs %.1f us (%.0f GB/s)\n",
+           products_us, 2.0 * (double)per_layer / products_us / 1e3, 2.0 * (double)per_layer / 1e6, products_graph_us,
+           2.0 * (double)per_layer / products_graph_us / 1e3);
 
     /* the whole step in one graph */
     run_fused_step(c); /* direct run first: sets kernel attributes outside the capture */
@@ -267,6 +294,33 @@ static void bench_fused(step_ctx *c) {
            ms * 1e3, c->batch * 1e3 / ms, c->batch, (weights + kv) / ms / 1e6, (weights + kv) / 1e9);
     cudaGraphExecDestroy(step_graph);
     cudaGraphDestroy(graph);
+}
+
+static void bench_fused(step_ctx *c) {
+    const size_t per_layer = QKV_W + O_W + GU_W + DOWN_W;
+    c->layers = device_random((size_t)LAYERS * per_layer * 2);
+    c->sample_ws = NULL;
+    check(cudaMalloc(&c->sample_ws, xlkv_cuda_sample_split_workspace(c->batch, VOCAB)), "sample workspace");
+    xlkv_cuda_sampling greedy[XLKV_CUDA_GEMV_MAX_ROWS];
+    memset(greedy, 0, sizeof greedy);
+    for (int b = 0; b < XLKV_CUDA_GEMV_MAX_ROWS; b++) {
+        greedy[b].top_p = 1.0f;
+        greedy[b].repeat_penalty = 1.0f;
+    }
+    check(cudaMalloc((void **)&c->sampling, sizeof greedy), "sampling");
+    check(cudaMemcpy(c->sampling, greedy, sizeof greedy, cudaMemcpyHostToDevice), "sampling");
+    check(cudaMalloc((void **)&c->history, sizeof(int) * XLKV_CUDA_GEMV_MAX_ROWS * XLKV_CUDA_PENALTY_WINDOW), "history");
+    check(cudaMalloc((void **)&c->history_len, sizeof(int) * XLKV_CUDA_GEMV_MAX_ROWS), "history");
+    check(cudaMemset(c->history_len, 0, sizeof(int) * XLKV_CUDA_GEMV_MAX_ROWS), "history");
+    c->layer = 0;
+    /* the streaming kernel (default), the previous one (XLKV_GEMV=old), the streaming one with programmatic
+     * dependent launches (XLKV_GEMV=pdl), in the same run */
+    bench_fused_kernel(c, "streaming kernel (default)");
+    if (setenv("XLKV_GEMV", "old", 1) != 0) exit(1);
+    bench_fused_kernel(c, "previous kernel, XLKV_GEMV=old");
+    if (setenv("XLKV_GEMV", "pdl", 1) != 0) exit(1);
+    bench_fused_kernel(c, "streaming kernel as programmatic dependent launches, XLKV_GEMV=pdl");
+    if (unsetenv("XLKV_GEMV") != 0) exit(1);
 }
 
 int main(int argc, char **argv) {

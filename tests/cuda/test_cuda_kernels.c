@@ -740,12 +740,39 @@ static void attention_decode_kernels_match_cpu(void **state) {
 
 /* ---------------------------------------------------------------- sampling */
 
+/* got and ref hold the same bits (one line for the log; `other` names what ref came from). */
+static void expect_same_bits(const char *kernel, xlkv_dtype dt, const char *shape, const float *got, const float *ref,
+                             size_t n, const char *other) {
+    size_t differ = 0, first = 0;
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&got[i], &ref[i], sizeof(float)) != 0 && differ++ == 0) first = i;
+    printf("[%s] %-22s %-4s %-58s %zu/%zu elements differ from %s\n", differ ? "FAIL" : "PASS", kernel, dt_name(dt),
+           shape, differ, n, other);
+    fflush(stdout);
+    if (differ)
+        fail_msg("%s %s %s: %zu elements differ from %s; element %zu: %g vs %g", kernel, dt_name(dt), shape, differ,
+                 other, first, (double)got[first], (double)ref[first]);
+}
+
+/* The few-row kernels, XLKV_GEMV (read at every launch): NULL = the streaming kernel, "old" = the previous one,
+ * "pdl" = the streaming one as a programmatic dependent launch. */
+static void select_gemv(const char *choice) {
+    if (choice)
+        assert_int_equal(setenv("XLKV_GEMV", choice, 1), 0);
+    else
+        assert_int_equal(unsetenv("XLKV_GEMV"), 0);
+}
+
 /* The few-row bf16 product against the CPU matmul on the same bf16-rounded inputs, bf16 and fp32 outputs, every row
- * count it takes, an `in` that is not a multiple of the unrolled chunk, and the shapes it refuses. */
+ * count it takes, the tinyllama shapes (qkv, o, gate_up, down, logits), `in` not a multiple of the 2048-weight burst
+ * (72, 2056, 4104: a last burst of one chunk), odd `out`, and the shapes it refuses; and the streaming kernel against
+ * the previous one (XLKV_GEMV=old, which sums in the same order) and its programmatic launch (XLKV_GEMV=pdl): the
+ * same bits. */
 static void gemv_matches_cpu(void **state) {
     (void)state;
     const xlkv_backend_ops *cpu = xlkv_backend_cpu();
-    const int shapes[][2] = {{2048, 2560}, {5632, 40}, {72, 33}, {8, 5}};
+    const int shapes[][2] = {{2048, 2560}, {2048, 2048}, {2048, 11264}, {5632, 2048}, {2048, 32000}, {5632, 40},
+                             {72, 33},     {64, 7},      {8, 5},        {2056, 20001}, {4104, 3},    {16, 4099}};
     for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++) {
         const int in = shapes[sh][0], out = shapes[sh][1];
         for (int n = 1; n <= XLKV_CUDA_GEMV_MAX_ROWS; n++) {
@@ -763,6 +790,28 @@ static void gemv_matches_cpu(void **state) {
                 char shape[96];
                 snprintf(shape, sizeof shape, "n %d, in %d, out %d, %s out", n, in, out, f32_out ? "f32" : "bf16");
                 expect_close("gemv", XLKV_DTYPE_BF16, shape, got, ref, (size_t)n * out, f32_out ? 5e-5 : TOL_BF16);
+                /* the other kernel choices: the same bits. Their input is written by the kernel just before them
+                 * on their stream (0 + x by xlkv_cuda_add), so a programmatic launch (pdl) that read x before
+                 * waiting for that kernel would see zeros. */
+                static const char *const choices[] = {"old", "pdl"};
+                void *dx_late = device_alloc((size_t)n * in * 2);
+                for (int k = 0; k < 2; k++) {
+                    cudaStream_t stream;
+                    CK(cudaStreamCreate(&stream));
+                    CK(cudaMemsetAsync(dy, 0xFF, (size_t)n * out * (f32_out ? 4 : 2), stream));
+                    CK(cudaMemsetAsync(dx_late, 0, (size_t)n * in * 2, stream));
+                    assert_int_equal(xlkv_cuda_add(dx_late, dx, in, n, in, XLKV_DTYPE_BF16, stream), 0);
+                    select_gemv(choices[k]);
+                    CK_LAUNCH(xlkv_cuda_gemv(dy, f32_out, dx_late, dw, n, in, out, XLKV_DTYPE_BF16, stream));
+                    select_gemv(NULL);
+                    CK(cudaStreamDestroy(stream));
+                    float *other = from_device(dy, (size_t)n * out, out_dt);
+                    char what[32];
+                    snprintf(what, sizeof what, "XLKV_GEMV=%s", choices[k]);
+                    expect_same_bits("gemv", XLKV_DTYPE_BF16, shape, got, other, (size_t)n * out, what);
+                    free(other);
+                }
+                CK(cudaFree(dx_late));
                 free(got);
                 CK(cudaFree(dy));
             }
@@ -975,15 +1024,7 @@ static void repetition_penalty_changes_the_choice(void **state) {
  * differing elements; fails on any. */
 static void expect_identical(const char *kernel, xlkv_dtype dt, const char *shape, const float *got, const float *ref,
                              size_t n) {
-    size_t differ = 0, first = 0;
-    for (size_t i = 0; i < n; i++)
-        if (memcmp(&got[i], &ref[i], sizeof(float)) != 0 && differ++ == 0) first = i;
-    printf("[%s] %-22s %-4s %-58s %zu/%zu elements differ from the unfused kernels\n", differ ? "FAIL" : "PASS", kernel,
-           dt_name(dt), shape, differ, n);
-    fflush(stdout);
-    if (differ)
-        fail_msg("%s %s %s: %zu elements differ; element %zu: fused %g unfused %g", kernel, dt_name(dt), shape, differ,
-                 first, (double)got[first], (double)ref[first]);
+    expect_same_bits(kernel, dt, shape, got, ref, n, "the unfused kernels");
 }
 
 static const char *gemv_input_name(int kind) {
@@ -992,13 +1033,16 @@ static const char *gemv_input_name(int kind) {
 
 /* The fused few-row product, every input kind x residual epilogue x output type x n = 1..8, against (a) the CPU
  * composition (bf16-rounded where the unfused sequence stores) and (b) the unfused GPU sequence (rmsnorm / swiglu
- * kernel, plain gemv, add kernel), which must give the same bits. x rows are strided (x_stride > the minimum) and
- * outputs odd-sized; the shapes it must refuse (f32, n > 8, in not a multiple of 8, misaligned gain) are refused. */
+ * kernel, plain gemv, add kernel), which must give the same bits, and (c) the previous kernel (XLKV_GEMV=old) and the
+ * programmatic launch (XLKV_GEMV=pdl), same bits too. Shapes: the five tinyllama products, `in` 8 .. 5632 (multiples of the 2048-weight burst and not), odd
+ * `out`. x rows are strided (x_stride > the minimum); the shapes it must refuse (f32, n > 8, in not a multiple of 8,
+ * misaligned gain) are refused. */
 static void gemv_fused_matches_cpu_and_unfused(void **state) {
     (void)state;
     const xlkv_backend_ops *cpu = xlkv_backend_cpu();
     const xlkv_dtype bf = XLKV_DTYPE_BF16;
-    const int shapes[][2] = {{2048, 2560}, {5632, 40}, {72, 33}, {8, 5}, {256, 1001}};
+    const int shapes[][2] = {{2048, 2560}, {2048, 2048}, {2048, 11264}, {5632, 2048}, {2048, 32000}, {5632, 40},
+                             {72, 33},     {64, 1001},   {8, 5},        {256, 1001},  {2056, 4099},  {4104, 3}};
     const float eps = 1e-5f;
     for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++) {
         const int in = shapes[sh][0], out = shapes[sh][1];
@@ -1082,6 +1126,28 @@ static void gemv_fused_matches_cpu_and_unfused(void **state) {
                         float *unfused = from_device(dz, (size_t)n * out, out_dt);
                         expect_identical("gemv_fused", bf, shape, got, unfused, (size_t)n * out);
                         free(unfused);
+                        /* the previous kernel and the programmatic launch (behind the poisoning kernel on its
+                         * own stream), same arguments: the same bits */
+                        static const char *const choices[] = {"old", "pdl"};
+                        for (int k = 0; k < 2; k++) {
+                            if (accumulate) {
+                                upload(dz, y0, (size_t)n * out, out_dt);
+                                CK(cudaDeviceSynchronize());
+                            }
+                            cudaStream_t stream;
+                            CK(cudaStreamCreate(&stream));
+                            if (!accumulate) CK(cudaMemsetAsync(dz, 0xFF, (size_t)n * out * (f32_out ? 4 : 2), stream));
+                            select_gemv(choices[k]);
+                            CK_LAUNCH(xlkv_cuda_gemv_fused(dz, f32_out, accumulate, dx, &input, dw, n, in, out, bf,
+                                                           stream));
+                            select_gemv(NULL);
+                            CK(cudaStreamDestroy(stream));
+                            float *other = from_device(dz, (size_t)n * out, out_dt);
+                            char what[32];
+                            snprintf(what, sizeof what, "XLKV_GEMV=%s", choices[k]);
+                            expect_same_bits("gemv_fused", bf, shape, got, other, (size_t)n * out, what);
+                            free(other);
+                        }
                         free(ref);
                         free(got);
                         free(y0);

@@ -2,20 +2,33 @@
  * neighbouring row-wise steps of a decoder layer fused in.
  *
  * y[n, out] = input(x)[n, in] . W[out, in]^T for n <= XLKV_CUDA_GEMV_MAX_ROWS. With so few rows the product is one
- * pass over W (memory-bound). Layout of the work:
- *   - the grid is the number of CTAs that fit on the device at once (occupancy query), each CTA takes output
- *     features blockIdx.x * WARPS + warp, then strides by gridDim.x * WARPS: the n input rows are prepared once per
- *     CTA and W is streamed by every SM until the end;
+ * pass over W (memory-bound): the kernel's job is to keep enough of W in flight from the first cycle to the last.
  *   - the prepared input (n rows of `in` bf16, the exact values the unfused sequence would have stored) sits in
  *     dynamic shared memory; preparing is a copy, an RMSNorm (x / rms(x) * gain, the reduction of rmsnorm_kernel in
  *     kernels_elementwise.cu with the same 256-thread partition, so the normalized values are bit-identical), or
  *     SwiGLU (silu(gate) * up of a fused [n, 2 in] gate | up product);
- *   - one warp per output feature: each lane issues GEMV_UNROLL 16-byte loads of the W row before using any of them
- *     (GEMV_UNROLL x 16 bytes in flight per lane), multiplies them with x chunks from shared memory, and a warp
- *     reduction finishes the n dot products;
+ *   - one warp per output feature; a warp's work is a sequence of bursts (a burst: GEMV_UNROLL 16-byte loads per
+ *     lane, 2048 consecutive weights of one row; a row of `in` weights is ceil(in / 2048) bursts). The warp takes
+ *     rows warp_id, warp_id + warps, ... (warps = grid x 8, grid = the CTAs resident at once, at most one warp per
+ *     row), so every row is written by exactly one warp;
+ *   - streaming kernel (the default): the first burst is issued before the input is prepared (its DRAM latency hides
+ *     the prologue), and each burst is issued before the previous one is used (double-buffered in registers), so a
+ *     warp always has a burst in flight, across row boundaries too; W loads are ld.global.nc.L1::no_allocate (read
+ *     once, never cached in L1). The RMSNorm prologue reduces all n rows together (one barrier pair, not n);
+ *   - lane l accumulates chunks l, l + 32, l + 64, ... of the row in ascending order (fp32 fma), then a butterfly
+ *     warp reduction: the summation order depends on `in` only (never on the grid, `out`, n, the input kind or the
+ *     epilogue), so a fused product gives the bits of the unfused sequence, and the two kernels below give the same
+ *     bits as each other;
  *   - epilogue: y = bf16/fp32(acc), or with `accumulate` the residual add y += round(acc) (the unfused product
  *     rounds to the output type before xlkv_cuda_add adds it).
+ * The previous kernel (rows round-robin over the resident warps, input prepared row by row before any W load) is
+ * kept for A/B runs: XLKV_GEMV=old in the environment selects it; XLKV_GEMV=pdl launches the streaming kernel as a
+ * programmatic dependent of the kernel before it (read at every launch, so a benchmark can switch; a CUDA graph
+ * keeps what it captured). All three give the same bits.
  * Cost: out x in x 2 bytes of W read once, plus n x in elements per CTA from L2. Accumulation in fp32. */
+#include <stdlib.h>
+#include <string.h>
+
 #include "backend/cuda/kernels_common.cuh"
 
 using namespace xlkv_cuda;
@@ -35,7 +48,7 @@ __device__ __forceinline__ void unpack_bf16x8(const uint4 &raw, float *out) {
     for (int i = 0; i < CHUNK; i++) out[i] = __bfloat162float(e[i]);
 }
 
-/* Fills xs[N][in] (bf16, shared) with the product's input rows. Ends with a barrier. */
+/* Fills xs[N][in] (bf16, shared) with the product's input rows, one row after the other. Ends with a barrier. */
 template <int N, int INPUT>
 __device__ void prepare_input(__nv_bfloat16 *xs, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain,
                               float eps, int in, float *scratch) {
@@ -77,9 +90,11 @@ __device__ void prepare_input(__nv_bfloat16 *xs, const __nv_bfloat16 *x, int x_s
     __syncthreads();
 }
 
+/* The previous kernel (XLKV_GEMV=old): input prepared row by row, then rows round-robin over the warps, one burst
+ * of loads per lane at a time (none in flight while a row's sum is reduced and stored, none before the prologue). */
 template <int N, int INPUT, typename OutT>
 __global__ void __launch_bounds__(GEMV_THREADS)
-    gemv_kernel(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain, float eps,
+    gemv_rowwise_kernel(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain, float eps,
                 const __nv_bfloat16 *w, int in, int out, int accumulate) {
     extern __shared__ uint4 gemv_smem[];
     __shared__ float scratch[32];
@@ -111,7 +126,7 @@ __global__ void __launch_bounds__(GEMV_THREADS)
                         float xv[CHUNK];
                         unpack_bf16x8(*reinterpret_cast<const uint4 *>(xs + (size_t)r * in + (size_t)c * CHUNK), xv);
 #pragma unroll
-                        for (int k = 0; k < CHUNK; k++) acc[r] += wv[k] * xv[k];
+                        for (int k = 0; k < CHUNK; k++) acc[r] = fmaf(wv[k], xv[k], acc[r]);
                     }
                 }
             }
@@ -129,6 +144,191 @@ __global__ void __launch_bounds__(GEMV_THREADS)
     }
 }
 
+/* ---- the streaming kernel (default) ---- */
+
+constexpr int BURST_CHUNKS = 32 * GEMV_UNROLL; /* 16-byte chunks of W one warp loads per burst (2048 bf16) */
+
+/* 16 bytes of W: read once, so no L1 allocation; the non-coherent path (W is read-only while the kernel runs). */
+__device__ __forceinline__ uint4 load_weights(const uint4 *p) {
+    uint4 r;
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p));
+    return r;
+}
+
+/* Programmatic dependent launch (sm_90+): without the launch attribute both return at once. */
+__device__ __forceinline__ void wait_for_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void allow_next_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+/* Issues burst `burst` of row `row` (chunks burst * BURST_CHUNKS + u * 32 + lane); zeros where past the row or when
+ * !valid (no row left for this warp). Warp-uniform arguments except lane. */
+__device__ __forceinline__ void issue_burst(uint4 (&raw)[GEMV_UNROLL], const __nv_bfloat16 *w, int in, int n_chunks,
+                                            int row, int burst, int lane, bool valid) {
+    const uint4 *w_row = reinterpret_cast<const uint4 *>(w + (size_t)(valid ? row : 0) * (size_t)in);
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; u++) {
+        const int c = burst * BURST_CHUNKS + u * 32 + lane;
+        raw[u] = valid && c < n_chunks ? load_weights(w_row + c) : make_uint4(0u, 0u, 0u, 0u);
+    }
+}
+
+/* acc[r] += the burst's weights . xs row r, chunk by chunk in ascending order (the order of gemv_rowwise_kernel). */
+template <int N>
+__device__ __forceinline__ void use_burst(float (&acc)[N], const uint4 (&raw)[GEMV_UNROLL], const __nv_bfloat16 *xs,
+                                          int in, int n_chunks, int burst, int lane) {
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; u++) {
+        const int c = burst * BURST_CHUNKS + u * 32 + lane;
+        if (c < n_chunks) {
+            float wv[CHUNK];
+            unpack_bf16x8(raw[u], wv);
+#pragma unroll
+            for (int r = 0; r < N; r++) {
+                float xv[CHUNK];
+                unpack_bf16x8(*reinterpret_cast<const uint4 *>(xs + (size_t)r * in + (size_t)c * CHUNK), xv);
+#pragma unroll
+                for (int k = 0; k < CHUNK; k++) acc[r] = fmaf(wv[k], xv[k], acc[r]);
+            }
+        }
+    }
+}
+
+/* prepare_input with the N rows side by side: the RMSNorm sums of squares of all rows are reduced with one barrier
+ * pair (per row: the same per-thread partition, the same warp butterfly and the same warp order as block_sum, hence
+ * the same bits). `scratch`: N * GEMV_WARPS floats. Ends with a barrier. */
+template <int N, int INPUT>
+__device__ void prepare_rows(__nv_bfloat16 *xs, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain,
+                             float eps, int in, float *scratch) {
+    if (INPUT == XLKV_GEMV_INPUT_RMSNORM) {
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        float ss[N];
+#pragma unroll
+        for (int r = 0; r < N; r++) ss[r] = 0.0f;
+        for (int i = threadIdx.x * CHUNK; i < in; i += GEMV_THREADS * CHUNK) {
+#pragma unroll
+            for (int r = 0; r < N; r++) {
+                float xv[CHUNK];
+                load_vec<__nv_bfloat16>(x + (size_t)r * x_stride + i, xv);
+#pragma unroll
+                for (int j = 0; j < CHUNK; j++) ss[r] += xv[j] * xv[j];
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < N; r++) ss[r] = warp_sum(ss[r]);
+        if (lane == 0) {
+#pragma unroll
+            for (int r = 0; r < N; r++) scratch[r * GEMV_WARPS + warp] = ss[r];
+        }
+        __syncthreads();
+        float inv[N];
+#pragma unroll
+        for (int r = 0; r < N; r++) {
+            float total = 0.0f;
+            for (int v = 0; v < GEMV_WARPS; v++) total += scratch[r * GEMV_WARPS + v];
+            inv[r] = 1.0f / sqrtf(total / (float)in + eps);
+        }
+        for (int i = threadIdx.x * CHUNK; i < in; i += GEMV_THREADS * CHUNK) {
+            float gv[CHUNK];
+            load_vec<__nv_bfloat16>(gain + i, gv);
+#pragma unroll
+            for (int r = 0; r < N; r++) {
+                float xv[CHUNK], ov[CHUNK];
+                load_vec<__nv_bfloat16>(x + (size_t)r * x_stride + i, xv);
+#pragma unroll
+                for (int j = 0; j < CHUNK; j++) ov[j] = gv[j] * (inv[r] * xv[j]);
+                store_vec<__nv_bfloat16>(xs + (size_t)r * in + i, ov);
+            }
+        }
+    } else if (INPUT == XLKV_GEMV_INPUT_SWIGLU) {
+        for (int i = threadIdx.x * CHUNK; i < in; i += GEMV_THREADS * CHUNK) {
+#pragma unroll
+            for (int r = 0; r < N; r++) {
+                const __nv_bfloat16 *xr = x + (size_t)r * x_stride;
+                float gv[CHUNK], uv[CHUNK];
+                load_vec<__nv_bfloat16>(xr + i, gv);
+                load_vec<__nv_bfloat16>(xr + in + i, uv);
+#pragma unroll
+                for (int j = 0; j < CHUNK; j++) gv[j] = silu_times(gv[j], uv[j]);
+                store_vec<__nv_bfloat16>(xs + (size_t)r * in + i, gv);
+            }
+        }
+    } else {
+        for (int i = threadIdx.x * CHUNK; i < in; i += GEMV_THREADS * CHUNK) {
+#pragma unroll
+            for (int r = 0; r < N; r++)
+                *reinterpret_cast<uint4 *>(xs + (size_t)r * in + i) =
+                    *reinterpret_cast<const uint4 *>(x + (size_t)r * x_stride + i);
+        }
+    }
+    __syncthreads();
+}
+
+template <int N, int INPUT, typename OutT>
+__global__ void __launch_bounds__(GEMV_THREADS, 2)
+    gemv_stream_kernel(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain, float eps,
+                       const __nv_bfloat16 *w, int in, int out, int accumulate) {
+    extern __shared__ uint4 gemv_smem[];
+    __shared__ float scratch[N * GEMV_WARPS];
+    __nv_bfloat16 *xs = reinterpret_cast<__nv_bfloat16 *>(gemv_smem);
+    const int lane = threadIdx.x & 31;
+    const int n_chunks = in / CHUNK;
+    const int bursts = (n_chunks + BURST_CHUNKS - 1) / BURST_CHUNKS; /* per row, >= 1 */
+    const int warps = gridDim.x * GEMV_WARPS;
+
+    /* the warp's first burst goes out before the input is prepared */
+    int row = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), burst = 0;
+    uint4 cur[GEMV_UNROLL];
+    issue_burst(cur, w, in, n_chunks, row, burst, lane, row < out);
+    /* launched as a programmatic dependent (XLKV_GEMV=pdl) this kernel may start while the previous kernel of the
+     * stream still runs: only W (constant) is read above; wait for that kernel's writes before x or y is touched,
+     * then let the next dependent kernel start (no effect on a normally launched one) */
+    wait_for_previous_kernel();
+    allow_next_kernel();
+    prepare_rows<N, INPUT>(xs, x, x_stride, gain, eps, in, scratch); /* every thread: it has barriers */
+
+    float acc[N];
+#pragma unroll
+    for (int r = 0; r < N; r++) acc[r] = 0.0f;
+    while (row < out) { /* warp-uniform */
+        int next_row = row, next_burst = burst + 1;
+        if (next_burst == bursts) {
+            next_burst = 0;
+            next_row = row + warps;
+        }
+        uint4 next[GEMV_UNROLL];
+        issue_burst(next, w, in, n_chunks, next_row, next_burst, lane, next_row < out);
+        use_burst<N>(acc, cur, xs, in, n_chunks, burst, lane);
+        if (next_burst == 0) { /* the row is complete */
+#pragma unroll
+            for (int r = 0; r < N; r++) acc[r] = warp_sum(acc[r]);
+            if (lane == 0) {
+#pragma unroll
+                for (int r = 0; r < N; r++) {
+                    OutT *dst = y + (size_t)r * out + row;
+                    const OutT product = from_float<OutT>(acc[r]);
+                    *dst = accumulate ? from_float<OutT>(to_float<OutT>(*dst) + to_float<OutT>(product)) : product;
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < N; r++) acc[r] = 0.0f;
+        }
+        row = next_row;
+        burst = next_burst;
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++) cur[u] = next[u];
+    }
+}
+
+
 size_t input_bytes(int n, int in) { return (size_t)n * (size_t)in * sizeof(__nv_bfloat16); }
 
 int max_input_bytes() {
@@ -143,10 +343,21 @@ int max_input_bytes() {
     return bytes;
 }
 
-template <int N, int INPUT, typename OutT>
+/* Which kernel, from XLKV_GEMV in the environment (read at every launch): unset or anything else = the streaming
+ * kernel; "old" = the previous kernel; "pdl" = the streaming kernel launched as a programmatic dependent of the
+ * previous kernel in the stream (its first W burst and its launch overlap that kernel's end; sm_90+). */
+enum gemv_mode { GEMV_STREAM, GEMV_OLD, GEMV_STREAM_PDL };
+gemv_mode selected_mode() {
+    const char *choice = getenv("XLKV_GEMV");
+    if (choice && strcmp(choice, "old") == 0) return GEMV_OLD;
+    if (choice && strcmp(choice, "pdl") == 0) return GEMV_STREAM_PDL;
+    return GEMV_STREAM;
+}
+
+template <bool STREAM, int N, int INPUT, typename OutT>
 int launch_one(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain, float eps,
-               const __nv_bfloat16 *w, int in, int out, int accumulate, cudaStream_t stream) {
-    auto kernel = gemv_kernel<N, INPUT, OutT>;
+               const __nv_bfloat16 *w, int in, int out, int accumulate, bool programmatic, cudaStream_t stream) {
+    auto kernel = STREAM ? gemv_stream_kernel<N, INPUT, OutT> : gemv_rowwise_kernel<N, INPUT, OutT>;
     const size_t smem = input_bytes(N, in);
     static bool attribute_set = false; /* one per instantiation */
     if (!attribute_set) {
@@ -156,7 +367,7 @@ int launch_one(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat1
         attribute_set = true;
     }
     /* resident CTAs for this shared-memory size, remembered for the last size asked (the grid only sets how rows
-     * are spread: any value >= 1 computes the same result) */
+     * are spread over the warps: any value >= 1 computes the same result; at most one warp per row) */
     static size_t cached_smem = (size_t)-1;
     static long long cached_resident = 0;
     long long resident = cached_smem == smem ? cached_resident : 0;
@@ -172,6 +383,20 @@ int launch_one(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat1
     }
     const long long needed = ((long long)out + GEMV_WARPS - 1) / GEMV_WARPS;
     const int blocks = (int)(needed < resident ? needed : resident);
+    if (programmatic) {
+        cudaLaunchAttribute attribute[1];
+        attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attribute[0].val.programmaticStreamSerializationAllowed = 1;
+        cudaLaunchConfig_t config = {};
+        config.gridDim = dim3((unsigned)blocks);
+        config.blockDim = dim3(GEMV_THREADS);
+        config.dynamicSmemBytes = smem;
+        config.stream = stream;
+        config.attrs = attribute;
+        config.numAttrs = 1;
+        const cudaError_t err = cudaLaunchKernelEx(&config, kernel, y, x, x_stride, gain, eps, w, in, out, accumulate);
+        return err != cudaSuccess ? (int)err : launch_status();
+    }
     kernel<<<blocks, GEMV_THREADS, smem, stream>>>(y, x, x_stride, gain, eps, w, in, out, accumulate);
     return launch_status();
 }
@@ -179,9 +404,15 @@ int launch_one(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat1
 template <int INPUT, typename OutT>
 int launch_rows(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain, float eps,
                 const __nv_bfloat16 *w, int n, int in, int out, int accumulate, cudaStream_t stream) {
+    const gemv_mode mode = selected_mode();
     switch (n) {
 #define XLKV_GEMV_CASE(N)                                                                                              \
-    case N: return launch_one<N, INPUT, OutT>(y, x, x_stride, gain, eps, w, in, out, accumulate, stream);
+    case N:                                                                                                            \
+        return mode == GEMV_OLD                                                                                        \
+                   ? launch_one<false, N, INPUT, OutT>(y, x, x_stride, gain, eps, w, in, out, accumulate, false,       \
+                                                       stream)                                                         \
+                   : launch_one<true, N, INPUT, OutT>(y, x, x_stride, gain, eps, w, in, out, accumulate,               \
+                                                      mode == GEMV_STREAM_PDL, stream);
         XLKV_GEMV_CASE(1)
         XLKV_GEMV_CASE(2)
         XLKV_GEMV_CASE(3)
