@@ -28,7 +28,7 @@ xlkv_cuda_step_layout xlkv_cuda_step_layout_for(int rows, int sample_rows) {
 /* Offsets of every buffer in the arena; `bytes` is the arena size. */
 typedef struct arena_layout {
     size_t x, x_group_in, xb, qkv, att, proj, gate_up, hb, logits, attn_workspace, sample_workspace, rope_cos, rope_sin, inputs,
-        sampled, bytes;
+        sampled, score_targets, score_log_probs, score_is_argmax, bytes;
     size_t inputs_bytes;
 } arena_layout;
 
@@ -63,6 +63,9 @@ static arena_layout layout_arena(const xlkv_hparams *hp, xlkv_dtype dt, const xl
     a.inputs_bytes = xlkv_cuda_step_layout_for(s->rows, s->decode_rows).bytes;
     a.inputs = take(&cursor, a.inputs_bytes);
     a.sampled = take(&cursor, (size_t)s->decode_rows * sizeof(int));
+    a.score_targets = take(&cursor, (size_t)s->n_ctx * sizeof(int));
+    a.score_log_probs = take(&cursor, (size_t)s->n_ctx * sizeof(double));
+    a.score_is_argmax = take(&cursor, (size_t)s->n_ctx);
     a.bytes = align_up(cursor);
     return a;
 }
@@ -127,13 +130,26 @@ static xlkv_status allocate(xlkv_cuda_buffers *b, const xlkv_hparams *hp, xlkv_d
     b->inputs = base + a.inputs;
     b->inputs_bytes = a.inputs_bytes;
     b->sampled = (int *)(base + a.sampled);
-    /* pinned host: the input mirror, then the sampled ids */
-    const size_t host_bytes = align_up(a.inputs_bytes) + (size_t)b->shape.decode_rows * sizeof(int);
+    b->score_targets = (int *)(base + a.score_targets);
+    b->score_log_probs = (double *)(base + a.score_log_probs);
+    b->score_is_argmax = (unsigned char *)(base + a.score_is_argmax);
+    /* pinned host: the input mirror, the sampled ids, then the scoring targets, log-probabilities and flags */
+    const size_t ctx = (size_t)b->shape.n_ctx;
+    size_t host_cursor = 0;
+    (void)take(&host_cursor, a.inputs_bytes);
+    const size_t at_sampled = take(&host_cursor, (size_t)b->shape.decode_rows * sizeof(int));
+    const size_t at_targets = take(&host_cursor, ctx * sizeof(int));
+    const size_t at_log_probs = take(&host_cursor, ctx * sizeof(double));
+    const size_t at_flags = take(&host_cursor, ctx);
+    const size_t host_bytes = align_up(host_cursor);
     void *host = NULL;
     XLKV_TRY(xlkv_cuda_alloc_host(&host, host_bytes, "the step inputs"));
     memset(host, 0, host_bytes);
     b->host_inputs = host;
-    b->host_sampled = (int *)(b->host_inputs + align_up(a.inputs_bytes));
+    b->host_sampled = (int *)(b->host_inputs + at_sampled);
+    b->host_score_targets = (int *)(b->host_inputs + at_targets);
+    b->host_score_log_probs = (double *)(b->host_inputs + at_log_probs);
+    b->host_score_is_argmax = (unsigned char *)(b->host_inputs + at_flags);
     XLKV_CUDA_TRY(cudaMemsetAsync(b->arena, 0, a.bytes, stream), "zeroing the activations");
     return upload_rope_tables(b, hp, stream);
 }

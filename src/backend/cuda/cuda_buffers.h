@@ -1,8 +1,8 @@
 /* backend/cuda/cuda_buffers: the activations and per-step inputs of the CUDA engine, allocated once at create.
  *
  * Owns one device arena (activations for `rows` rows, fp32 logits, the decode attention workspace, the RoPE tables,
- * the per-step input region, the sampled ids) and one pinned host block mirroring the input region and the sampled
- * ids. The input region holds everything a pass reads that changes from step to step (tokens, the table row and the
+ * the per-step input region, the sampled ids, the scoring scratch of n_ctx rows) and one pinned host block mirroring
+ * the input region, the sampled ids and the scoring scratch. The input region holds everything a pass reads that changes from step to step (tokens, the table row and the
  * position of every row, sampling parameters, repetition history): it is filled on the host and sent with one copy
  * before a pass, so a captured CUDA graph, whose pointers are fixed, sees new values at every replay. */
 #ifndef XLKV_BACKEND_CUDA_BUFFERS_H
@@ -58,6 +58,13 @@ typedef struct xlkv_cuda_buffers {
     int *sampled;          /* device [decode_rows] sampled ids */
     char *host_inputs;     /* pinned mirror of `inputs` */
     int *host_sampled;     /* pinned [decode_rows] */
+    /* scoring one sequence (cuda_score.c): targets in, one log-probability and argmax flag out per scored row */
+    int *score_targets;              /* device [n_ctx] */
+    double *score_log_probs;         /* device [n_ctx] */
+    unsigned char *score_is_argmax;  /* device [n_ctx] */
+    int *host_score_targets;         /* pinned [n_ctx] */
+    double *host_score_log_probs;    /* pinned [n_ctx] */
+    unsigned char *host_score_is_argmax; /* pinned [n_ctx] */
 } xlkv_cuda_buffers;
 
 /* Device bytes xlkv_cuda_buffers_init will allocate. */

@@ -538,7 +538,8 @@ static xlkv_status engine_forward_logits(void *state, int seq, const int *tokens
     char who[64];
     snprintf(who, sizeof who, "sequence %d", seq);
     XLKV_TRY(xlkv_cuda_kv_pool_reserve(&e->kv, slot_of(e, s), s->n_past + n, who, e->stream));
-    xlkv_status status = xlkv_cuda_prefill(e, slot_of(e, s), tokens, n, s->n_past, logits);
+    const xlkv_cuda_logits_sink sink = {.kind = XLKV_CUDA_LOGITS_HOST, .host = logits};
+    xlkv_status status = xlkv_cuda_prefill(e, slot_of(e, s), tokens, n, s->n_past, &sink);
     if (status == XLKV_OK) {
         cudaError_t err = cudaStreamSynchronize(e->stream);
         if (err != cudaSuccess) status = xlkv_cuda_fail(err, "forward_logits");
@@ -548,6 +549,51 @@ static xlkv_status engine_forward_logits(void *state, int seq, const int *tokens
         return status;
     }
     s->n_past += n;
+    return XLKV_OK;
+}
+
+/* Checks request i before anything runs (the dispatcher validates too; the backend never trusts its caller). */
+static xlkv_status check_score_request(const xlkv_cuda_engine *e, const xlkv_score_request *req, int i) {
+    if (!req->tokens || !req->log_probs || !req->is_argmax)
+        return xlkv_fail(XLKV_E_INVALID, "cuda engine: score: request %d has no tokens or no outputs", i);
+    if (req->n < 1 || req->first_row < 0 || req->first_row >= req->n)
+        return xlkv_fail(XLKV_E_INVALID, "cuda engine: score: request %d scores rows [%d, %d) (need 0 <= first < n)",
+                         i, req->first_row, req->n);
+    if (req->n > e->n_ctx)
+        return xlkv_fail(XLKV_E_CAPACITY, "cuda engine: score: request %d has %d tokens, more than the context of %d",
+                         i, req->n, e->n_ctx);
+    char what[48];
+    snprintf(what, sizeof what, "score request %d", i);
+    return check_tokens(e, req->tokens, req->n + 1, what);
+}
+
+/* One request as a fresh sequence: added empty, KV blocks for its n positions, scored on the device, removed (also
+ * when something failed). A failure on the device marks the engine broken, as forward_logits does; a pool too full
+ * for the request is XLKV_E_CAPACITY and leaves the engine usable. */
+static xlkv_status score_request(xlkv_cuda_engine *e, const xlkv_score_request *req, int i) {
+    int seq = -1;
+    XLKV_TRY(engine_add(e, NULL, 0, 0, NULL, &seq));
+    const int slot = slot_of(e, find_sequence(e, seq));
+    char who[48];
+    snprintf(who, sizeof who, "score request %d", i);
+    xlkv_status status = xlkv_cuda_kv_pool_reserve(&e->kv, slot, req->n, who, e->stream);
+    if (status == XLKV_OK) {
+        status = xlkv_cuda_score_sequence(e, slot, req);
+        if (status != XLKV_OK) e->broken = true;
+    }
+    const xlkv_status removed = engine_remove(e, seq);
+    return status != XLKV_OK ? status : removed;
+}
+
+/* The backend's `score`: every request is checked first, then scored one after another (each its own prefill; see
+ * cuda_score.c). */
+static xlkv_status engine_score(void *state, xlkv_score_request *requests, int count) {
+    xlkv_cuda_engine *e = state;
+    XLKV_TRY(check_usable(e));
+    if (count < 0 || (count > 0 && !requests))
+        return xlkv_fail(XLKV_E_INVALID, "cuda engine: score: no requests (count %d)", count);
+    for (int i = 0; i < count; i++) XLKV_TRY(check_score_request(e, &requests[i], i));
+    for (int i = 0; i < count; i++) XLKV_TRY(score_request(e, &requests[i], i));
     return XLKV_OK;
 }
 
@@ -578,6 +624,7 @@ static const xlkv_engine_backend cuda_backend = {
     .step = engine_step,
     .get_stats = engine_get_stats,
     .forward_logits = engine_forward_logits,
+    .score = engine_score,
 };
 
 const xlkv_engine_backend *xlkv_engine_backend_cuda(void) { return &cuda_backend; }

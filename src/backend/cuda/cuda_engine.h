@@ -64,10 +64,28 @@ typedef struct xlkv_cuda_engine {
 
 /* ---- cuda_executor.c ---- */
 
-/* Runs tokens[0..n) of sequence `slot` at positions pos0.. through the model (the plan, or one token at a time when
- * the prefill mode says so). If all_logits, copies logits[n, vocab] to host `logits`; else leaves the last row's
- * logits in buf.logits row 0. Returns with work possibly pending on the stream. */
-xlkv_status xlkv_cuda_prefill(xlkv_cuda_engine *e, int slot, const int *tokens, int n, int pos0, float *host_logits);
+/* Where a prefill's logits go. */
+typedef enum xlkv_cuda_logits_kind {
+    XLKV_CUDA_LOGITS_LAST = 0, /* only the last row's, left in buf.logits row 0 (generation samples from it) */
+    XLKV_CUDA_LOGITS_HOST,     /* every row's, copied to host[n, vocab] (forward_logits) */
+    XLKV_CUDA_LOGITS_SCORE,    /* rows first_row .. n-1 scored on the device (xlkv_cuda_score_rows), nothing copied */
+} xlkv_cuda_logits_kind;
+
+typedef struct xlkv_cuda_logits_sink {
+    xlkv_cuda_logits_kind kind;
+    float *host;              /* HOST: [n, vocab] */
+    int first_row;            /* SCORE: the first scored row of the prefill (0 <= first_row < n) */
+    const int *targets;       /* SCORE: device [n - first_row]; entry k is the target of row first_row + k */
+    double *log_probs;        /* SCORE: device [n - first_row] out */
+    unsigned char *is_argmax; /* SCORE: device [n - first_row] out */
+} xlkv_cuda_logits_sink;
+
+/* Runs tokens[0..n) of sequence `slot` at positions pos0.. through the model (the plan in chunks of prefill_rows, or
+ * one token at a time when the prefill mode says so) and delivers the logits to `sink` (NULL = LOGITS_LAST); logits
+ * are computed only for the rows the sink wants, in pieces of buf.shape.logit_rows. Returns with work possibly pending
+ * on the stream. */
+xlkv_status xlkv_cuda_prefill(xlkv_cuda_engine *e, int slot, const int *tokens, int n, int pos0,
+                              const xlkv_cuda_logits_sink *sink);
 
 /* True when a prompt of n tokens is prefilled token by token (sequential mode: the mode says so, or a cyclic map and
  * n <= iterations under the default mode). */
@@ -80,6 +98,13 @@ xlkv_status xlkv_cuda_decode_pass(void *engine, int bucket);
 /* Samples one token from buf.logits row 0 with the sampling rows already in the input region laid out for
  * (0 rows, 1 sample row) into buf.sampled[0]. */
 xlkv_status xlkv_cuda_sample_first(xlkv_cuda_engine *e);
+
+/* ---- cuda_score.c ---- */
+
+/* Scores one request (infer/token_scores.h) on sequence `slot`, which holds nothing and has KV blocks for req->n
+ * positions: targets uploaded once, the prefill scores rows first_row .. n-1 on the device, the log-probabilities and
+ * flags copied back once; synchronous. req->n <= n_ctx. */
+xlkv_status xlkv_cuda_score_sequence(xlkv_cuda_engine *e, int slot, const xlkv_score_request *req);
 
 /* Makes the host input mirror writable: waits until the stream has consumed the previous copy. */
 xlkv_status xlkv_cuda_inputs_begin(xlkv_cuda_engine *e);

@@ -199,6 +199,43 @@ static xlkv_status logits_to_host(xlkv_cuda_engine *e, int first_row, int n_rows
     return XLKV_OK;
 }
 
+/* Scores `n_rows` rows of x starting at first_row through buf.logits in pieces: entry k of the sink's arrays (from
+ * sink_offset) belongs to row first_row + k. */
+static xlkv_status score_rows(xlkv_cuda_engine *e, int first_row, int n_rows, const xlkv_cuda_logits_sink *sink,
+                              int sink_offset) {
+    const int vocab = e->model->hp.vocab_size;
+    for (int done = 0; done < n_rows;) {
+        int count = n_rows - done;
+        if (count > e->buf.shape.logit_rows) count = e->buf.shape.logit_rows;
+        XLKV_TRY(compute_logits(e, first_row + done, count, e->buf.logits));
+        const int at = sink_offset + done;
+        XLKV_CUDA_TRY(xlkv_cuda_score_rows(e->buf.logits, count, vocab, sink->targets + at, sink->log_probs + at,
+                                           sink->is_argmax + at, e->stream),
+                      "scoring rows");
+        done += count;
+    }
+    return XLKV_OK;
+}
+
+/* Delivers the logits of rows [0, count) of x, which are rows piece_start .. piece_start + count - 1 of a prefill of
+ * n rows, to the sink. */
+static xlkv_status deliver_logits(xlkv_cuda_engine *e, const xlkv_cuda_logits_sink *sink, int piece_start, int count,
+                                  int n) {
+    switch (sink->kind) {
+    case XLKV_CUDA_LOGITS_HOST:
+        return logits_to_host(e, 0, count, sink->host + (size_t)piece_start * (size_t)e->model->hp.vocab_size);
+    case XLKV_CUDA_LOGITS_SCORE: {
+        const int skip = sink->first_row > piece_start ? sink->first_row - piece_start : 0;
+        if (skip >= count) return XLKV_OK;
+        return score_rows(e, skip, count - skip, sink, piece_start + skip - sink->first_row);
+    }
+    case XLKV_CUDA_LOGITS_LAST:
+        if (piece_start + count == n) return compute_logits(e, count - 1, 1, e->buf.logits);
+        return XLKV_OK;
+    }
+    return xlkv_fail(XLKV_E_INVALID, "cuda engine: unknown logits sink %d", (int)sink->kind);
+}
+
 xlkv_status xlkv_cuda_inputs_begin(xlkv_cuda_engine *e) {
     XLKV_CUDA_TRY(cudaStreamSynchronize(e->stream), "waiting for the previous step");
     return XLKV_OK;
@@ -216,9 +253,14 @@ bool xlkv_cuda_prefills_sequentially(const xlkv_cuda_engine *e, int n) {
            (mode == XLKV_PREFILL_AUTO && xlkv_layer_map_has_cyclic(e->model->map) && n <= e->iterations);
 }
 
-xlkv_status xlkv_cuda_prefill(xlkv_cuda_engine *e, int slot, const int *tokens, int n, int pos0, float *host_logits) {
+xlkv_status xlkv_cuda_prefill(xlkv_cuda_engine *e, int slot, const int *tokens, int n, int pos0,
+                              const xlkv_cuda_logits_sink *sink) {
+    const xlkv_cuda_logits_sink last_row = {.kind = XLKV_CUDA_LOGITS_LAST};
+    if (!sink) sink = &last_row;
+    if (sink->kind == XLKV_CUDA_LOGITS_SCORE && (sink->first_row < 0 || sink->first_row >= n))
+        return xlkv_fail(XLKV_E_INVALID, "cuda engine: scoring rows [%d, %d) of a prefill (need 0 <= first < n)",
+                         sink->first_row, n);
     const bool sequential = xlkv_cuda_prefills_sequentially(e, n);
-    const size_t vocab = (size_t)e->model->hp.vocab_size;
     /* pieces that fit the input region; in plan mode each piece is one chunk of the plan */
     const int piece_rows = sequential ? e->buf.shape.rows : e->prefill_rows;
     for (int start = 0; start < n; start += piece_rows) {
@@ -237,25 +279,18 @@ xlkv_status xlkv_cuda_prefill(xlkv_cuda_engine *e, int slot, const int *tokens, 
         const int *dev_tokens = (const int *)(e->buf.inputs + layout.tokens);
         const int *dev_seq = (const int *)(e->buf.inputs + layout.row_seq);
         const int *dev_pos = (const int *)(e->buf.inputs + layout.row_pos);
-        const bool last_piece = start + count == n;
         if (sequential) {
             for (int r = 0; r < count; r++) {
                 const pass_rows rows = {.n = 1, .tokens = dev_tokens + r, .row_seq = dev_seq + r,
                                         .row_pos = dev_pos + r, .decode = true};
                 XLKV_TRY(run_pass(e, &rows));
-                if (host_logits)
-                    XLKV_TRY(logits_to_host(e, 0, 1, host_logits + (size_t)(start + r) * vocab));
-                else if (last_piece && r == count - 1)
-                    XLKV_TRY(compute_logits(e, 0, 1, e->buf.logits));
+                XLKV_TRY(deliver_logits(e, sink, start + r, 1, n));
             }
         } else {
             const pass_rows rows = {.n = count, .tokens = dev_tokens, .row_seq = dev_seq, .row_pos = dev_pos,
                                     .decode = false, .seq_slot = slot, .pos0 = pos0 + start};
             XLKV_TRY(run_pass(e, &rows));
-            if (host_logits)
-                XLKV_TRY(logits_to_host(e, 0, count, host_logits + (size_t)start * vocab));
-            else if (last_piece)
-                XLKV_TRY(compute_logits(e, count - 1, 1, e->buf.logits));
+            XLKV_TRY(deliver_logits(e, sink, start, count, n));
         }
     }
     return XLKV_OK;
