@@ -47,4 +47,17 @@ for name in standard cla2; do
     fail "$name perplexity: $p on English (want < 250), $q shuffled (want > 20x)"
   fi
 done
+# the standard model is a plain Llama checkpoint: transformers' logits (scripts/make_default_model_fixtures.py,
+# float32 from the bf16 weights) = xlkv's, on the fixture's ids
+fixture=$root/tests/fixtures/default_models/standard_logits.json
+ids=$(python3 -c "import json,sys; print(','.join(map(str, json.load(open(sys.argv[1]))['ids'])))" "$fixture")
+"$XLKV" logits -m "$root/models/xlkv-gutenberg-standard" --ids "$ids" -o "$tmp/logits.json" 2>"$tmp/logits.err" \
+  || fail "logits: $(cat "$tmp/logits.err")"
+python3 - "$fixture" "$tmp/logits.json" <<'PY' && echo "ok   standard model logits = transformers'" || fail "logits differ from transformers'"
+import json, sys
+ref, got = (json.load(open(p)) for p in sys.argv[1:3])
+worst = max(abs(a - b) for r, row in zip(ref["rows"], ref["logits"]) for a, b in zip(row, got["logits"][r]))
+print(f"     largest |xlkv - transformers| over rows {ref['rows']}: {worst:.2e} (tolerance 1e-4)")
+sys.exit(0 if worst <= 1e-4 else 1)
+PY
 [ "$failures" -eq 0 ] && echo "all default-model checks passed" || { echo "$failures check(s) failed" >&2; exit 1; }
