@@ -14,7 +14,7 @@ export LD_LIBRARY_PATH=$PWD/.deps/root/usr/lib/x86_64-linux-gnu:$PWD/.deps/root/
 export XLKV_SHARED_DATA=$PWD/devdata
 stamp "built"
 
-(cd build && timeout 240 ctest -L cuda -V --timeout 200) >"$out/test-cuda.log" 2>&1
+(cd build && timeout 220 ctest -L cuda -V --timeout 200) >"$out/test-cuda.log" 2>&1
 stamp "cuda tests exit $?"
 grep -E "tests passed|Failed|\*\*\*|FAIL" "$out/test-cuda.log" | grep -v "0 failures\|differ" | head -20
 
@@ -29,22 +29,22 @@ grep -E "tests passed|Failed|\*\*\*|FAIL" "$out/test-cuda.log" | grep -v "0 fail
 } >"$out/decode-b1.log" 2>&1
 stamp "b1 decode"; grep -E "tokens/s at batch 1|^standard|^lckv|== " "$out/decode-b1.log"
 
-timeout 150 ./build/bench_gpu --what throughput --maps standard,cla:2 --settings 5+2043 --budgets 16 --limit-s 60 \
+timeout 100 ./build/bench_gpu --what throughput --maps standard,cla:2 --settings 5+2043 --budgets 16 --limit-s 40 \
   --out "$out/gpu.jsonl" >"$out/throughput.log" 2>&1
 stamp "throughput"; tail -5 "$out/throughput.log"
 
-MAPS=standard,cla:2,lckv:2 LEVELS=256,2048 SECONDS_PER_LEVEL=8 PROMPT=128 GEN=128 BUDGET_MIB=4096 PARALLEL=4096 \
-  timeout 150 bash bench/run_serve_gpu.sh build/xlkv >"$out/serve.log" 2>&1
+MAPS=standard,cla:2,lckv:2 LEVELS=256,2048 SECONDS_PER_LEVEL=6 PROMPT=128 GEN=128 BUDGET_MIB=4096 PARALLEL=4096 \
+  timeout 100 bash bench/run_serve_gpu.sh build/xlkv >"$out/serve.log" 2>&1
 cp bench/results/serve-tinyllama-*.json "$out/" 2>/dev/null
 stamp "serve"; grep -iE "concurrency|running|req/s|tokens/s" "$out/serve.log" | head -12
 
-timeout 70 ./build/bench_train_gpu --out "$out/train_gpu.jsonl" >"$out/train-bench.log" 2>&1
+timeout 45 ./build/bench_train_gpu --out "$out/train_gpu.jsonl" >"$out/train-bench.log" 2>&1
 stamp "train bench"; tail -6 "$out/train-bench.log"
 
 {
   for m in models/xlkv-gutenberg-standard models/xlkv-gutenberg-cla2; do
-    timeout 30 ./build/xlkv perplexity --device cuda -m "$m" -f devdata/text/tinyshakespeare.txt --ctx 512 --max-tokens 8000 2>&1 | tail -1
-    timeout 30 ./build/xlkv perplexity -m "$m" -f devdata/text/tinyshakespeare.txt --ctx 512 --max-tokens 8000 2>&1 | tail -1
+    timeout 12 ./build/xlkv perplexity --device cuda -m "$m" -f devdata/text/tinyshakespeare.txt --ctx 512 --max-tokens 8000 2>&1 | tail -1
+    timeout 12 ./build/xlkv perplexity -m "$m" -f devdata/text/tinyshakespeare.txt --ctx 512 --max-tokens 8000 2>&1 | tail -1
   done
 } >"$out/eval-gpu.log" 2>&1
 stamp "eval"; cat "$out/eval-gpu.log"
