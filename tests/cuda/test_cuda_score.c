@@ -190,8 +190,10 @@ static void check_case(const xlkv_model *model, const char *map_name, const scor
             }
         }
     }
-    /* guards the bound against a broken forward pass (the scoring itself is held to the bound below) */
-    const double logit_cap = f32 ? 1e-4 : 1e-1 * max_ref_logit;
+    /* guards the bound against a broken forward pass (the scoring itself is held to the bound below). bf16: 25% of
+     * the largest logit; measured on an H100 (2026-11-25) up to 5.7% on acyclic and plan-mode rows, 13% for lckv:1 in
+     * sequential mode on this head_dim-8 model (each of its tokens runs the cyclic group's m + b iterations in bf16) */
+    const double logit_cap = f32 ? 1e-4 : 0.25 * max_ref_logit;
     if (!(d_logits <= logit_cap))
         fail_msg("(a) %s %s: max |gpu - cpu| of the scored rows' logits %g > %g", map_name, sc->name, d_logits,
                  logit_cap);
