@@ -101,6 +101,7 @@ typedef struct bench_options {
     double deadline_s;
     bool quick;
     bool unfused; /* engine param cuda_unfused: the separate kernels instead of the fused few-row products */
+    bool no_varlen; /* engine param cuda_no_varlen (or XLKV_CUDA_VARLEN=0): one prompt per prefill pass */
 } bench_options;
 
 /* What the JSON lines share. */
@@ -112,6 +113,7 @@ typedef struct run_info {
     const char *shape;
     const char *device;
     bool unfused;
+    bool no_varlen;
     double bandwidth;  /* bytes/s, 0 if not measured */
     double peak_flops; /* FLOP/s, 0 if not measured */
 } run_info;
@@ -320,6 +322,7 @@ static xlkv_engine_params engine_params(const bench_options *o, int max_batch, i
     p.memory_budget_bytes = budget_bytes;
     p.ignore_end_tokens = true;
     p.cuda_unfused = o->unfused;
+    p.cuda_no_varlen = o->no_varlen;
     return p;
 }
 
@@ -394,6 +397,7 @@ static void json_begin(const run_info *ri, const char *what, const char *map, co
     fprintf(ri->out, "{\"bench\": \"gpu\", \"what\": \"%s\", \"shape\": \"%s\", \"device\": \"%s\"", what, ri->shape,
             ri->device);
     if (ri->unfused) fprintf(ri->out, ", \"kernels\": \"unfused\"");
+    if (ri->no_varlen) fprintf(ri->out, ", \"prefill\": \"one_by_one\"");
     if (map) fprintf(ri->out, ", \"map\": \"%s\", \"kv_layers\": %d", map, m->map->n_kv_layers);
 }
 
@@ -414,6 +418,7 @@ static void usage(FILE *out) {
             "                 [--quick] [--runs N] [--max-batch N] [--search-probes N] [--limit-s S] [--deadline-s S]\n"
             "                 [--out FILE.jsonl] [--device cuda|cpu] [--shape tinyllama|tiny]\n"
             "                 [--unfused] (few-row bf16 passes with the separate kernels: the A/B baseline)\n"
+            "                 [--no-varlen] (one prompt per prefill pass, as XLKV_CUDA_VARLEN=0: the A/B baseline)\n"
             "  budgets: gpu (the whole device) or a size in GiB (16, 16GiB) or MiB (512MiB)\n");
 }
 
@@ -483,6 +488,7 @@ static bool parse_options(int argc, char **argv, bench_options *o) {
         const bool has_value = i + 1 < argc;
         if (!strcmp(arg, "--quick")) o->quick = true;
         else if (!strcmp(arg, "--unfused")) o->unfused = true;
+        else if (!strcmp(arg, "--no-varlen")) o->no_varlen = true;
         else if (!strcmp(arg, "--maps") && has_value) maps = argv[++i];
         else if (!strcmp(arg, "--settings") && has_value) settings = argv[++i];
         else if (!strcmp(arg, "--budgets") && has_value) budgets = argv[++i];
@@ -535,7 +541,9 @@ int main(int argc, char **argv) {
     bench_options o;
     if (!parse_options(argc, argv, &o)) return 2;
     const double start = xlkv_now_seconds(), deadline = start + o.deadline_s;
-    run_info ri = {.shape = o.shape, .device = o.device, .unfused = o.unfused};
+    const char *varlen = getenv("XLKV_CUDA_VARLEN");
+    if (varlen && !strcmp(varlen, "0")) o.no_varlen = true; /* the engine reads it too: the JSON says so */
+    run_info ri = {.shape = o.shape, .device = o.device, .unfused = o.unfused, .no_varlen = o.no_varlen};
     size_t device_free = 0, device_total = 0;
     const bool on_cuda = !strcmp(o.device, "cuda");
     if (on_cuda) {

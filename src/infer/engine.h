@@ -50,6 +50,8 @@ typedef struct xlkv_engine_params {
                                   (the throughput protocol: exactly `gen` tokens per sequence); default false */
     bool cuda_unfused;         /* CUDA: few-row bf16 passes keep the separate kernels instead of the fused products
                                   and the chunked sampler (A/B timing and the fused-vs-unfused test); default false */
+    bool cuda_no_varlen;       /* CUDA: prefill the plan-mode prompts of a step one by one instead of together in one
+                                  pass (A/B timing and tests; also the environment XLKV_CUDA_VARLEN=0); default false */
 } xlkv_engine_params;
 
 /* device "cpu", dtype AUTO, max_batch 1, n_ctx 0, block_size 16, pools 0, iterations 0, prefill AUTO, threads 0,

@@ -11,7 +11,8 @@
  *   (f) CUDA graphs on and off give identical tokens (also with padded batch buckets);
  *   (g) errors: capacity, memory budgets, bad tokens, and the KV pool holding more sequences under a sharing map;
  *   (h) bf16 passes of few rows: the fused products and chunked sampler give the bits of the separate kernels;
- *   (i) short prompts of the sequential mode prefilled together equal each prefilled alone. */
+ *   (i) short prompts of the sequential mode prefilled together equal each prefilled alone;
+ *   (j) varlen prefill (plan-mode prompts of a step in one pass) equals one prompt per pass, on several maps. */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -157,7 +158,7 @@ static void fill_tokens(int *tokens, int n, int vocab, unsigned seed) {
 enum { MAX_STREAM = 256, MAX_SEQS = 32, MAX_IDS = 256 }; /* events per step; sequence ids per engine */
 
 typedef struct stream_spec {
-    int prompt[64];
+    int prompt[128];
     int n_prompt;
     int max_new;
     xlkv_sampler_params sampling;
@@ -838,6 +839,82 @@ static void sequential_prefill_together_equals_alone(void **state) {
     xlkv_model_free(model);
 }
 
+/* ---- (j) varlen prefill: the plan-mode prompts of a step in one pass ------------------------------------------ */
+
+/* 8 sequences with prompts of 1, 5, 17 and 100 tokens (twice), mixed sampling, added at once: the streams with varlen
+ * on (default) must equal those with varlen off (cuda_no_varlen: one prompt per pass). What is compared: the token
+ * streams (first token from the shared pass, then 11 decode steps) and the first step's events (order added, first
+ * tokens). f32: identical streams required — the products of a shared pass are cuBLAS calls with more rows, which
+ * cuBLAS does not promise to round as the one-prompt calls do, but f32 differences that small do not flip a token on
+ * these models. bf16: a 5-token prompt alone runs the few-row fused products and together runs cuBLAS (same bits in
+ * (h), not promised either), so at most 1 of 8 sequences may differ (a broken segmentation breaks all of them).
+ * max_prefill_tokens 256 (one pass for all), 120 (passes split by rows) and 64 (100-token prompts longer than a
+ * chunk run alone, between shared passes). */
+static void varlen_prefill_equals_one_by_one(void **state) {
+    (void)state;
+    const char *const maps[] = {"standard", "cla:2", "0s_1s_2_3", "yoco"};
+    const int lengths[] = {1, 5, 17, 100};
+    xlkv_hparams hp = medium_hparams(64);
+    enum { N_SPECS = 8 };
+    stream_spec specs[N_SPECS];
+    specs_for(specs, N_SPECS, hp.vocab_size, 12);
+    for (int i = 0; i < N_SPECS; i++) {
+        specs[i].n_prompt = lengths[i % 4];
+        fill_tokens(specs[i].prompt, specs[i].n_prompt, hp.vocab_size, 300 + (unsigned)i);
+        specs[i].max_new = 12;
+    }
+    const int chunk_limits[] = {0, 120, 64};
+    for (size_t m = 0; m < sizeof maps / sizeof maps[0]; m++) {
+        xlkv_model *model = random_model(maps[m], &hp, 41 + m);
+        const bool cyclic = xlkv_layer_map_has_cyclic(model->map);
+        for (int d = 0; d < 2; d++) {
+            const xlkv_engine_dtype dtype = d == 0 ? XLKV_ENGINE_F32 : XLKV_ENGINE_BF16;
+            for (int c = 0; c < 3; c++) {
+                if (c > 0 && (d > 0 || m > 1)) continue; /* chunk limits: f32, standard and cla:2 */
+                token_stream streams[2][N_SPECS];
+                xlkv_engine_event first_events[2][MAX_SEQS];
+                int first_ids[2][N_SPECS], n_first[2] = {0, 0};
+                for (int off = 0; off < 2; off++) {
+                    xlkv_engine_params p = engine_params(dtype, N_SPECS);
+                    p.max_prefill_tokens = chunk_limits[c];
+                    p.cuda_no_varlen = off == 1;
+                    void *engine = engine_create(model, &p);
+                    generate_together(engine, specs, N_SPECS, streams[off]);
+                    for (int i = 0; i < N_SPECS; i++) first_ids[off][i] = add_spec(engine, &specs[i]);
+                    TU_ASSERT_OK(cuda()->step(engine, first_events[off], MAX_SEQS, &n_first[off]));
+                    for (int i = 0; i < N_SPECS; i++) TU_ASSERT_OK(cuda()->remove(engine, first_ids[off][i]));
+                    cuda()->destroy(engine);
+                }
+                char what[112];
+                snprintf(what, sizeof what, "(j) varlen on vs off, prompts 1,5,17,100 x2, %s%s, %s, chunk %d", maps[m],
+                         cyclic ? " (cyclic: off)" : "", d == 0 ? "f32" : "bf16", chunk_limits[c] ? chunk_limits[c] : 256);
+                if (d == 0) {
+                    assert_same_streams(streams[1], streams[0], N_SPECS, what);
+                } else {
+                    int differing = 0, tokens = 0;
+                    for (int i = 0; i < N_SPECS; i++) {
+                        tokens += streams[1][i].n;
+                        differing += streams_differ(&streams[1][i], &streams[0][i]);
+                    }
+                    printf("check %-58s %d of %d sequences differ (%d tokens; at most 1 allowed)\n", what, differing,
+                           N_SPECS, tokens);
+                    if (differing > 1) fail_msg("%s: %d sequences differ", what, differing);
+                }
+                int mismatches = n_first[0] != N_SPECS || n_first[1] != N_SPECS;
+                for (int i = 0; !mismatches && i < N_SPECS; i++) {
+                    mismatches += first_events[0][i].seq != first_ids[0][i];
+                    mismatches += first_events[1][i].seq != first_ids[1][i];
+                    if (d == 0) mismatches += first_events[0][i].token != first_events[1][i].token;
+                }
+                printf("check %-58s %d mismatches\n", "(j) first step's events: order added (f32: same tokens)",
+                       mismatches);
+                if (mismatches) fail_msg("%s: the first step's events differ or are out of order", what);
+            }
+        }
+        xlkv_model_free(model);
+    }
+}
+
 /* ---- (g) errors and capacity ----------------------------------------------------------------------------------- */
 
 static void errors_are_clear(void **state) {
@@ -935,6 +1012,7 @@ int main(void) {
         cmocka_unit_test(graphs_on_equals_off),
         cmocka_unit_test(fused_equals_unfused_bf16),
         cmocka_unit_test(sequential_prefill_together_equals_alone),
+        cmocka_unit_test(varlen_prefill_equals_one_by_one),
         cmocka_unit_test(errors_are_clear),
         cmocka_unit_test(sharing_maps_fit_more_in_the_pool),
     };

@@ -6,8 +6,9 @@
  *     n_ctx: the last sampled token is never fed back), so a sequence that is accepted can always finish; when the
  *     pool cannot guarantee that, add() fails with XLKV_E_CAPACITY and says how many blocks it needs and how many
  *     are free. It also fails when max_batch sequences are pending or running.
- *   - step(): every sequence added since the last step is prefilled (one at a time, in the order added, each as its
- *     own chunk) and gets its first token at once; then one batched decode pass runs over every sequence that was
+ *   - step(): every sequence added since the last step is prefilled (plan-mode prompts of at most one chunk several
+ *     in one pass, see prefill_plan_together; longer ones alone; sequential-mode prompts together token by token)
+ *     and gets its first token at once; then one batched decode pass runs over every sequence that was
  *     already running when the step began. So a sequence added before step k gets token 1 at step k and token i at
  *     step k + i - 1, whoever else runs. Each new token is one event, in that order.
  *   - A sequence finishes when it samples an end token (eos_id or bos_id of the model, unless ignore_end_tokens; the
@@ -56,6 +57,8 @@ static xlkv_status resolve_params(xlkv_cuda_engine *e, const xlkv_engine_params 
     if (p.max_prefill_tokens == 0 || p.max_prefill_tokens > p.n_ctx) p.max_prefill_tokens = p.n_ctx;
     if (hp->head_dim % 2 != 0)
         return xlkv_fail(XLKV_E_UNSUPPORTED, "cuda engine: head_dim %d is odd (RoPE rotates pairs)", hp->head_dim);
+    const char *varlen = getenv("XLKV_CUDA_VARLEN"); /* "0": one prompt per prefill pass, for A/B runs */
+    if (varlen && strcmp(varlen, "0") == 0) p.cuda_no_varlen = true;
     e->params = p;
     e->dt = p.dtype == XLKV_ENGINE_BF16 ? XLKV_DTYPE_BF16 : XLKV_DTYPE_F32;
     e->elem_bytes = xlkv_cuda_dtype_bytes(e->dt);
@@ -423,6 +426,70 @@ static xlkv_status prefill_sequential_together(xlkv_cuda_engine *e, const int *s
     return status;
 }
 
+/* Prompts of the plan mode that can share a pass: at most one chunk, a map without cyclic groups, varlen on. */
+static bool prefills_in_shared_pass(const xlkv_cuda_engine *e, const xlkv_cuda_sequence *s) {
+    return !e->params.cuda_no_varlen && !xlkv_layer_map_has_cyclic(e->model->map) &&
+           s->n_prompt <= e->prefill_rows && !xlkv_cuda_prefills_sequentially(e, s->n_prompt);
+}
+
+/* Varlen prefill of the plan-mode sequences slots[0..count) (in the order added): they are packed, in that order, into
+ * passes of at most buf.shape.rows rows (row_count + sequences) and decode_rows sequences; a pass of several runs
+ * xlkv_cuda_prefill_segments (one plan pass over the concatenated prompts, each sequence's first token sampled with
+ * its own sampling row), a pass of one runs prefill_sequence as before. events[i] receives slots[i]'s first token. */
+static xlkv_status prefill_plan_together(xlkv_cuda_engine *e, const int *slots, int count, xlkv_engine_event *events) {
+    xlkv_cuda_segment *segments = malloc((size_t)(count > 0 ? count : 1) * sizeof *segments);
+    if (!segments) return xlkv_fail(XLKV_E_NOMEM, "cuda engine: step: out of host memory");
+    xlkv_status status = XLKV_OK;
+    for (int first = 0; first < count && status == XLKV_OK;) {
+        int group = 0, n_rows = 0;
+        while (first + group < count && group < e->buf.shape.decode_rows) {
+            const int n = e->seqs[slots[first + group]].n_prompt;
+            if (group > 0 && n_rows + n + group + 1 > e->buf.shape.rows) break;
+            n_rows += n;
+            group++;
+        }
+        if (group == 1) {
+            status = prefill_sequence(e, &e->seqs[slots[first]], &events[first]);
+            first++;
+            continue;
+        }
+        const xlkv_cuda_step_layout layout = xlkv_cuda_step_layout_for(n_rows + group, group);
+        status = xlkv_cuda_inputs_begin(e);
+        if (status != XLKV_OK) break;
+        int *tokens = (int *)(e->buf.host_inputs + layout.tokens);
+        int *row_seq = (int *)(e->buf.host_inputs + layout.row_seq);
+        int *row_pos = (int *)(e->buf.host_inputs + layout.row_pos);
+        for (int i = 0, row = 0; i < group; i++) {
+            const xlkv_cuda_sequence *s = &e->seqs[slots[first + i]];
+            segments[i] = (xlkv_cuda_segment){.slot = slots[first + i], .row0 = row, .n = s->n_prompt, .pos0 = 0};
+            for (int t = 0; t < s->n_prompt; t++, row++) {
+                tokens[row] = s->prompt[t];
+                row_seq[row] = slots[first + i];
+                row_pos[row] = t;
+            }
+            tokens[n_rows + i] = row - 1; /* the segment's last row */
+            row_seq[n_rows + i] = e->kv.padding_row;
+            row_pos[n_rows + i] = 0;
+            stage_sampling(e, &layout, i, s);
+        }
+        status = xlkv_cuda_inputs_send(e, layout.bytes);
+        if (status == XLKV_OK) status = xlkv_cuda_prefill_segments(e, segments, group, n_rows);
+        if (status != XLKV_OK) break;
+        cudaError_t err = cudaMemcpyAsync(e->buf.host_sampled, e->buf.sampled, (size_t)group * sizeof(int),
+                                          cudaMemcpyDeviceToHost, e->stream);
+        if (err == cudaSuccess) err = cudaStreamSynchronize(e->stream);
+        if (err != cudaSuccess) {
+            status = xlkv_cuda_fail(err, "prefilling prompts in one pass");
+            break;
+        }
+        for (int i = 0; i < group; i++)
+            finish_prefill(e, &e->seqs[slots[first + i]], e->buf.host_sampled[i], &events[first + i]);
+        first += group;
+    }
+    free(segments);
+    return status;
+}
+
 /* One decode pass over the sequences listed in slots[0..batch). */
 static xlkv_status decode_batch(xlkv_cuda_engine *e, const int *slots, int batch, xlkv_engine_event *events) {
     const int bucket = xlkv_cuda_batch_bucket(batch);
@@ -457,19 +524,26 @@ static xlkv_status step_sequences(xlkv_cuda_engine *e, xlkv_engine_event *events
     int batch = 0;
     for (int s = 0; s < e->max_seqs; s++)
         if (e->seqs[s].state == XLKV_CUDA_SEQ_RUNNING) decode_slots[batch++] = s;
-    /* prefill in the order added (ids grow); prompts of the sequential mode all together after the others, their
-     * events still in the order added */
+    /* prefill in the order added (ids grow): plan-mode prompts longer than a chunk (or all of them with varlen off)
+     * one by one at once; plan-mode prompts of one chunk packed into shared passes, then prompts of the sequential
+     * mode all together; every event still in the order added */
     int *together = decode_slots + batch, n_together = 0; /* slots after the decode list: max_seqs in all */
-    xlkv_engine_event *together_events = NULL;
-    int *together_event_index = NULL;
+    xlkv_engine_event *together_events = NULL, *shared_events = NULL;
+    int *together_event_index = NULL, *shared_slots = NULL, *shared_event_index = NULL, n_shared = 0;
     int pending = 0;
     for (int s = 0; s < e->max_seqs; s++) pending += e->seqs[s].state == XLKV_CUDA_SEQ_PENDING;
     if (pending > 0) {
         together_events = malloc((size_t)pending * sizeof *together_events);
         together_event_index = malloc((size_t)pending * sizeof *together_event_index);
-        if (!together_events || !together_event_index) {
+        shared_events = malloc((size_t)pending * sizeof *shared_events);
+        shared_slots = malloc((size_t)pending * sizeof *shared_slots);
+        shared_event_index = malloc((size_t)pending * sizeof *shared_event_index);
+        if (!together_events || !together_event_index || !shared_events || !shared_slots || !shared_event_index) {
             free(together_events);
             free(together_event_index);
+            free(shared_events);
+            free(shared_slots);
+            free(shared_event_index);
             return xlkv_fail(XLKV_E_NOMEM, "cuda engine: step: out of host memory");
         }
     }
@@ -485,10 +559,17 @@ static xlkv_status step_sequences(xlkv_cuda_engine *e, xlkv_engine_event *events
         if (xlkv_cuda_prefills_sequentially(e, next->n_prompt)) {
             together_event_index[n_together] = (*n_events)++; /* its place in the order added */
             together[n_together++] = slot_of(e, next);
+        } else if (prefills_in_shared_pass(e, next)) {
+            shared_event_index[n_shared] = (*n_events)++;
+            shared_slots[n_shared++] = slot_of(e, next);
         } else {
             status = prefill_sequence(e, next, &events[*n_events]);
             if (status == XLKV_OK) (*n_events)++;
         }
+    }
+    if (status == XLKV_OK && n_shared > 0) {
+        status = prefill_plan_together(e, shared_slots, n_shared, shared_events);
+        for (int i = 0; status == XLKV_OK && i < n_shared; i++) events[shared_event_index[i]] = shared_events[i];
     }
     if (status == XLKV_OK && n_together > 0) {
         status = prefill_sequential_together(e, together, n_together, together_events);
@@ -496,6 +577,9 @@ static xlkv_status step_sequences(xlkv_cuda_engine *e, xlkv_engine_event *events
     }
     free(together_events);
     free(together_event_index);
+    free(shared_events);
+    free(shared_slots);
+    free(shared_event_index);
     XLKV_TRY(status);
     if (batch > 0) {
         XLKV_TRY(decode_batch(e, decode_slots, batch, events + *n_events));

@@ -87,6 +87,23 @@ typedef struct xlkv_cuda_logits_sink {
 xlkv_status xlkv_cuda_prefill(xlkv_cuda_engine *e, int slot, const int *tokens, int n, int pos0,
                               const xlkv_cuda_logits_sink *sink);
 
+/* One sequence's rows in a prefill pass: rows [row0, row0 + n) hold its tokens at positions pos0 .. pos0 + n - 1. */
+typedef struct xlkv_cuda_segment {
+    int slot; /* the sequence's table row */
+    int row0;
+    int n;
+    int pos0;
+} xlkv_cuda_segment;
+
+/* Varlen prefill: the whole prompts of `count` sequences (segments[i], consecutive from row 0, n_rows rows in all, each
+ * at most prefill_rows) as ONE plan pass; each segment's last row is sampled into buf.sampled[i]. The caller has
+ * filled the input region laid out by xlkv_cuda_step_layout_for(n_rows + count, count): tokens, table rows and
+ * positions of rows 0 .. n_rows - 1, the index of segment i's last row in tokens[n_rows + i], and sampling row i for
+ * segment i. Needs count <= buf.shape.decode_rows, n_rows + count <= buf.shape.rows and a map without cyclic groups
+ * (XLKV_E_UNSUPPORTED: each sequence's chunk is iterated alone). Returns with work pending on the stream. */
+xlkv_status xlkv_cuda_prefill_segments(xlkv_cuda_engine *e, const xlkv_cuda_segment *segments, int count,
+                                       int n_rows);
+
 /* True when a prompt of n tokens is prefilled token by token (sequential mode: the mode says so, or a cyclic map and
  * n <= iterations under the default mode). */
 bool xlkv_cuda_prefills_sequentially(const xlkv_cuda_engine *e, int n);

@@ -9,6 +9,9 @@
  * slots at the chunk's positions, save the group input, run the group `iterations` times restoring the input before
  * every iteration after the first.
  * Decode rows and chunks of one token run every plan step once.
+ * A prefill pass may hold several sequences (varlen prefill, xlkv_cuda_prefill_segments): every row carries its own
+ * table row and position, so the products, norms, RoPE and KV writes run once over all rows; the attention runs once
+ * per sequence (segment) on that sequence's rows, so no row sees another sequence's keys.
  *
  * Few rows in bf16 (n <= XLKV_CUDA_GEMV_MAX_ROWS, unless params.cuda_unfused): the layer runs as six launches with the
  * row-wise steps fused into the products (kernels_gemv.cu): qkv product with the attention RMSNorm of x as its input
@@ -29,8 +32,8 @@ typedef struct pass_rows {
     const int *row_seq; /* block-table row of each row */
     const int *row_pos; /* position of each row */
     bool decode;        /* rows of different sequences, one token each (attention_decode) */
-    int seq_slot;       /* prefill: the sequence's table row */
-    int pos0;           /* prefill: position of row 0 */
+    const xlkv_cuda_segment *segments; /* prefill: the sequences' rows (host), one attention launch each */
+    int n_segments;
 } pass_rows;
 
 static char *offset_bytes(void *base, size_t bytes) { return (char *)base + bytes; }
@@ -97,9 +100,15 @@ static xlkv_status run_layer(xlkv_cuda_engine *e, int layer, const pass_rows *ro
                                                  &kv, &rule, b->attn_workspace, dt, stream),
                       "decode attention");
     } else {
-        XLKV_CUDA_TRY(xlkv_cuda_attention_prefill(b->att, b->qkv, qkv_stride, n, rows->pos0, rows->seq_slot, &kv,
-                                                  &rule, dt, stream),
-                      "prefill attention");
+        /* one launch per sequence: its rows see only its own keys */
+        for (int i = 0; i < rows->n_segments; i++) {
+            const xlkv_cuda_segment *seg = &rows->segments[i];
+            XLKV_CUDA_TRY(xlkv_cuda_attention_prefill(
+                              offset_bytes(b->att, (size_t)seg->row0 * (size_t)q_dim * e->elem_bytes),
+                              offset_bytes(b->qkv, (size_t)seg->row0 * (size_t)qkv_stride * e->elem_bytes),
+                              qkv_stride, seg->n, seg->pos0, seg->slot, &kv, &rule, dt, stream),
+                          "prefill attention");
+        }
     }
     if (fused) {
         const xlkv_cuda_gemv_input norm = {.kind = XLKV_GEMV_INPUT_RMSNORM, .gain = w->ffn_norm, .eps = hp->norm_eps};
@@ -137,9 +146,11 @@ static xlkv_status run_cyclic_group(xlkv_cuda_engine *e, const xlkv_plan_step *s
     const size_t bytes = (size_t)rows->n * (size_t)e->model->hp.dim * e->elem_bytes;
     for (int j = step->first; j <= step->last; j++)
         if (xlkv_is_kv_layer(map, j))
-            XLKV_CUDA_TRY(xlkv_cuda_kv_zero(&kv, map->kv_slot[j], rows->seq_slot, rows->pos0, rows->n, e->dt,
-                                            e->stream),
-                          "zeroing a cyclic group's KV");
+            for (int i = 0; i < rows->n_segments; i++) {
+                const xlkv_cuda_segment *seg = &rows->segments[i];
+                XLKV_CUDA_TRY(xlkv_cuda_kv_zero(&kv, map->kv_slot[j], seg->slot, seg->pos0, seg->n, e->dt, e->stream),
+                              "zeroing a cyclic group's KV");
+            }
     XLKV_CUDA_TRY(cudaMemcpyAsync(e->buf.x_group_in, e->buf.x, bytes, cudaMemcpyDeviceToDevice, e->stream),
                   "saving a cyclic group's input");
     for (int iteration = 0; iteration < e->iterations; iteration++) {
@@ -167,10 +178,9 @@ static xlkv_status run_pass(xlkv_cuda_engine *e, const pass_rows *rows) {
     return XLKV_OK;
 }
 
-/* Final norm and classifier of rows [first_row, first_row + n_rows) of x into out[n_rows, vocab] (device fp32). */
-static xlkv_status compute_logits(xlkv_cuda_engine *e, int first_row, int n_rows, float *out) {
+/* Final norm and classifier of the n_rows contiguous rows at x (device) into out[n_rows, vocab] (device fp32). */
+static xlkv_status logits_of(xlkv_cuda_engine *e, const void *x, int n_rows, float *out) {
     const xlkv_hparams *hp = &e->model->hp;
-    const void *x = offset_bytes(e->buf.x, (size_t)first_row * (size_t)hp->dim * e->elem_bytes);
     const xlkv_cuda_gemv_input norm = {.kind = XLKV_GEMV_INPUT_RMSNORM, .gain = e->weights.output_norm,
                                        .eps = hp->norm_eps};
     if (!e->params.cuda_unfused &&
@@ -182,6 +192,12 @@ static xlkv_status compute_logits(xlkv_cuda_engine *e, int first_row, int n_rows
                                     e->stream),
                   "final rmsnorm");
     return xlkv_cuda_linear_f32_out(&e->gemm, out, e->buf.xb, e->weights.output, n_rows, hp->dim, hp->vocab_size);
+}
+
+/* The same for rows [first_row, first_row + n_rows) of x. */
+static xlkv_status compute_logits(xlkv_cuda_engine *e, int first_row, int n_rows, float *out) {
+    return logits_of(e, offset_bytes(e->buf.x, (size_t)first_row * (size_t)e->model->hp.dim * e->elem_bytes), n_rows,
+                     out);
 }
 
 /* Logits of `n_rows` rows starting at first_row, to host[n_rows, vocab], through buf.logits in pieces. */
@@ -287,8 +303,9 @@ xlkv_status xlkv_cuda_prefill(xlkv_cuda_engine *e, int slot, const int *tokens, 
                 XLKV_TRY(deliver_logits(e, sink, start + r, 1, n));
             }
         } else {
+            const xlkv_cuda_segment segment = {.slot = slot, .row0 = 0, .n = count, .pos0 = pos0 + start};
             const pass_rows rows = {.n = count, .tokens = dev_tokens, .row_seq = dev_seq, .row_pos = dev_pos,
-                                    .decode = false, .seq_slot = slot, .pos0 = pos0 + start};
+                                    .decode = false, .segments = &segment, .n_segments = 1};
             XLKV_TRY(run_pass(e, &rows));
             XLKV_TRY(deliver_logits(e, sink, start, count, n));
         }
@@ -318,6 +335,42 @@ static xlkv_status sample_rows(xlkv_cuda_engine *e, const xlkv_cuda_step_layout 
 xlkv_status xlkv_cuda_sample_first(xlkv_cuda_engine *e) {
     const xlkv_cuda_step_layout layout = xlkv_cuda_step_layout_for(0, 1);
     return sample_rows(e, &layout, 1);
+}
+
+xlkv_status xlkv_cuda_prefill_segments(xlkv_cuda_engine *e, const xlkv_cuda_segment *segments, int count,
+                                       int n_rows) {
+    if (xlkv_layer_map_has_cyclic(e->model->map))
+        return xlkv_fail(XLKV_E_UNSUPPORTED, "cuda engine: prefilling several sequences in one pass: cyclic maps "
+                                             "iterate each sequence's chunk alone");
+    if (count < 1 || count > e->buf.shape.decode_rows || n_rows < 1 || n_rows + count > e->buf.shape.rows)
+        return xlkv_fail(XLKV_E_INVALID,
+                         "cuda engine: prefilling %d sequences of %d rows in one pass (at most %d sequences, rows + "
+                         "sequences <= %d)",
+                         count, n_rows, e->buf.shape.decode_rows, e->buf.shape.rows);
+    for (int i = 0, row = 0; i < count; row += segments[i].n, i++)
+        if (segments[i].row0 != row || segments[i].n < 1 || segments[i].n > e->prefill_rows ||
+            row + segments[i].n > n_rows)
+            return xlkv_fail(XLKV_E_INVALID,
+                             "cuda engine: segment %d (rows %d + %d) does not follow the previous one inside %d rows "
+                             "(each at most %d)",
+                             i, segments[i].row0, segments[i].n, n_rows, e->prefill_rows);
+    const xlkv_cuda_step_layout layout = xlkv_cuda_step_layout_for(n_rows + count, count);
+    const int *dev_tokens = (const int *)(e->buf.inputs + layout.tokens);
+    const pass_rows rows = {.n = n_rows,
+                            .tokens = dev_tokens,
+                            .row_seq = (const int *)(e->buf.inputs + layout.row_seq),
+                            .row_pos = (const int *)(e->buf.inputs + layout.row_pos),
+                            .decode = false,
+                            .segments = segments,
+                            .n_segments = count};
+    XLKV_TRY(run_pass(e, &rows));
+    /* the last row of every segment, gathered (the embedding kernel copies rows by index) into proj, free after the
+     * pass; then their logits at once and one sampled token each */
+    XLKV_CUDA_TRY(xlkv_cuda_embedding(e->buf.proj, e->buf.x, dev_tokens + n_rows, count, e->model->hp.dim, e->dt,
+                                      e->stream),
+                  "gathering the last row of each prompt");
+    XLKV_TRY(logits_of(e, e->buf.proj, count, e->buf.logits));
+    return sample_rows(e, &layout, count);
 }
 
 xlkv_status xlkv_cuda_decode_pass(void *engine, int bucket) {
