@@ -3,7 +3,9 @@
  * --tokens tokens one at a time (greedy, end tokens ignored, so every map does the same work); measurements run
  * round-robin over the maps (--runs rounds) so the load of a shared machine falls on all maps alike. Prints one JSON
  * object per map: median and best tokens/s, KV layers, KV bytes per token and the cache held. Not a test.
- *   bench_kvsharer -m MODEL [--tokens 480] [--runs 9] [-t 1] MAP...   (MAP: a .json KVSharer file or layer_types) */
+ *   bench_kvsharer -m MODEL [--tokens 480] [--runs 9] [-t 1] MAP... [-m MODEL2 MAP...]
+ * (MAP: a .json KVSharer file or layer_types; each MAP applies to the model of the -m before it, so maps of several
+ * models, e.g. a searched map and a model trained with a map, are measured in the same round-robin) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,22 +42,27 @@ static double decode_speed(xlkv_context *ctx, int tokens) {
 }
 
 int main(int argc, char **argv) {
+    static const char usage[] =
+        "usage: bench_kvsharer -m MODEL [--tokens N] [--runs R] [-t T] MAP... [-m MODEL2 MAP...]\n";
     const char *model_path = NULL;
     int tokens = 480, runs = 9, threads = 1, n_maps = 0;
-    const char *maps[64];
+    const char *maps[64], *map_models[64];
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-m") && i + 1 < argc) model_path = argv[++i];
         else if (!strcmp(argv[i], "--tokens") && i + 1 < argc) tokens = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
         else if (!strcmp(argv[i], "-t") && i + 1 < argc) threads = atoi(argv[++i]);
-        else if (n_maps < 64 && argv[i][0] != '-') maps[n_maps++] = argv[i];
+        else if (n_maps < 64 && argv[i][0] != '-' && model_path) {
+            map_models[n_maps] = model_path;
+            maps[n_maps++] = argv[i];
+        }
         else {
-            fprintf(stderr, "usage: bench_kvsharer -m MODEL [--tokens N] [--runs R] [-t T] MAP...\n");
+            fputs(usage, stderr);
             return 2;
         }
     }
     if (!model_path || n_maps == 0 || tokens < 1 || runs < 1 || threads < 1) {
-        fprintf(stderr, "usage: bench_kvsharer -m MODEL [--tokens N] [--runs R] [-t T] MAP...\n");
+        fputs(usage, stderr);
         return 2;
     }
     xlkv_model *models[64] = {0};
@@ -69,7 +76,7 @@ int main(int argc, char **argv) {
         else mp.layer_types = maps[m];
         xlkv_context_params cp = xlkv_context_default_params();
         cp.n_threads = threads;
-        if (xlkv_model_load(model_path, &mp, &models[m]) != XLKV_OK ||
+        if (xlkv_model_load(map_models[m], &mp, &models[m]) != XLKV_OK ||
             xlkv_context_create(models[m], &cp, &contexts[m]) != XLKV_OK) {
             fprintf(stderr, "bench_kvsharer: %s: %s\n", maps[m], xlkv_last_error());
             rc = 1;
@@ -88,10 +95,11 @@ int main(int argc, char **argv) {
         double *s = speeds + m * runs;
         qsort(s, (size_t)runs, sizeof *s, compare_doubles);
         const xlkv_hparams *hp = &models[m]->hp;
-        printf("{\"map\": \"%s\", \"kv_layers\": %d, \"n_layers\": %d, \"kv_bytes_per_token\": %zu, \"cache_bytes\": %zu, "
+        printf("{\"model\": \"%s\", \"map\": \"%s\", \"kv_layers\": %d, \"n_layers\": %d, "
+               "\"kv_bytes_per_token\": %zu, \"cache_bytes\": %zu, "
                "\"n_ctx\": %d, \"decode_tokens\": %d, \"runs\": %d, \"threads\": %d, \"median_tokens_per_s\": %.1f, "
                "\"best_tokens_per_s\": %.1f}\n",
-               maps[m], models[m]->map->n_kv_layers, hp->n_layers,
+               map_models[m], maps[m], models[m]->map->n_kv_layers, hp->n_layers,
                xlkv_layer_map_kv_bytes_per_token(models[m]->map, hp->n_kv_heads, hp->head_dim, 4),
                xlkv_context_kv_bytes(contexts[m]), contexts[m]->params.n_ctx, tokens, runs, threads,
                runs % 2 ? s[runs / 2] : (s[runs / 2 - 1] + s[runs / 2]) / 2, s[runs - 1]);
