@@ -9,14 +9,23 @@ byte tokens), max_tokens is fixed; run the server with --ignore-eos for exact ou
 file (bench/results/serve-LABEL.json by default) with the server's model, map and KV figures and one entry per
 level. Python standard library only.
 
+Thousands of clients: the clients are spread over --workers processes (default: one per 128 clients, at most the
+CPU count), since one Python process with thousands of threads shares one interpreter lock and falls behind the
+server: events then pile up in the socket and arrive "together" (ITL p50 ~0, huge p99) although the server sent
+them one decode step apart. Each event's time is the moment the read that returned it came back (the body is read
+unbuffered, read1 on the socket; events are parsed only after the stream ends). The soft open-file limit is
+raised to the hard one (one socket per client). Failed requests: the first few distinct errors are reported.
+
   bench/bench_serve.py --url http://127.0.0.1:8080 --concurrency 1,4,16,64 --duration-s 20 --label stories
 """
 import argparse
 import datetime
 import http.client
 import json
+import multiprocessing
 import os
 import random
+import resource
 import statistics
 import sys
 import threading
@@ -72,34 +81,92 @@ def one_request(target, model, prompt, max_tokens, timeout):
         text = r.read()
         c.close()
         return {"status": r.status, "error": text[:200].decode(errors="replace")}
-    chunk_times, usage, buffer = [], None, b""
+    arrivals, buffer = [], b""  # (arrival time, event payload): parsed after the stream, not while it runs
     while True:
-        data = r.read1(65536) if hasattr(r, "read1") else r.read(1)
+        data = r.read1(65536)
         if not data:
             break
+        now = time.perf_counter()
         buffer += data
         while b"\n\n" in buffer:
             event, buffer = buffer.split(b"\n\n", 1)
-            if not event.startswith(b"data: "):
-                continue
-            payload = event[6:]
-            if payload == b"[DONE]":
-                continue
-            chunk = json.loads(payload)
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            elif chunk.get("choices") and chunk["choices"][0].get("text"):
-                chunk_times.append(time.perf_counter())
+            if event.startswith(b"data: "):
+                arrivals.append((now, event[6:]))
     c.close()
     done = time.perf_counter()
+    chunk_times, usage = [], None
+    for at, payload in arrivals:
+        if payload == b"[DONE]":
+            continue
+        chunk = json.loads(payload)
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        elif chunk.get("choices") and chunk["choices"][0].get("text"):
+            chunk_times.append(at)
     return {"status": 200, "sent": sent, "done": done, "chunks": chunk_times,
             "completion_tokens": usage["completion_tokens"] if usage else len(chunk_times)}
 
 
-def run_level(target, model, concurrency, args):
+def raise_open_file_limit(needed):
+    """Soft RLIMIT_NOFILE up to the hard limit; warns when the hard limit is short of `needed`."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as e:
+            print("bench_serve: cannot raise the open-file limit from %d: %s" % (soft, e), file=sys.stderr)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        print("bench_serve: warning: the open-file limit %d is below %d (clients + spare); raise it with ulimit -n"
+              % (soft, needed), file=sys.stderr)
+    return soft
+
+
+def worker_clients(target, model, concurrency, indices, args, stop_at, budget, out):
+    """One worker process: a thread per client index; puts its list of records on `out`."""
     records, lock = [], threading.Lock()
+
+    def client(index):
+        rng = random.Random(index * 7919 + concurrency)
+        while time.perf_counter() < stop_at:
+            if budget is not None:
+                with budget.get_lock():
+                    if budget.value <= 0:
+                        return
+                    budget.value -= 1
+            prompt = [1] + [rng.randrange(3, 259) for _ in range(args.prompt_tokens - 1)]
+            try:
+                record = one_request(target, model, prompt, args.max_tokens, args.timeout_s)
+            except Exception as e:
+                record = {"status": -1, "error": "%s: %s" % (type(e).__name__, e), "at": time.perf_counter()}
+            if record["status"] != 200 and "at" not in record:
+                record["at"] = time.perf_counter()
+            with lock:
+                records.append(record)
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in indices]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    out.put(records)
+
+
+def first_distinct_errors(failed, n=5):
+    """The first n distinct errors, in the order they happened."""
+    seen = []
+    for r in sorted(failed, key=lambda r: r.get("at", 0)):
+        e = r.get("error") or ("status %d" % r["status"] if r["status"] != 200 else "200 without a content chunk")
+        if e not in seen:
+            seen.append(e)
+            if len(seen) == n:
+                break
+    return seen
+
+
+def run_level(target, model, concurrency, args):
     stop_at = time.perf_counter() + args.duration_s
-    budget = [args.requests] if args.requests else None
+    budget = multiprocessing.Value("l", args.requests) if args.requests else None
     peak = {"running": 0, "queued": 0, "kv_blocks_used": 0}
     polling = [True]
 
@@ -114,30 +181,21 @@ def run_level(target, model, concurrency, args):
                 pass
             time.sleep(0.2)
 
-    def client(index):
-        rng = random.Random(index * 7919 + concurrency)
-        while time.perf_counter() < stop_at:
-            if budget is not None:
-                with lock:
-                    if budget[0] <= 0:
-                        return
-                    budget[0] -= 1
-            prompt = [1] + [rng.randrange(3, 259) for _ in range(args.prompt_tokens - 1)]
-            try:
-                record = one_request(target, model, prompt, args.max_tokens, args.timeout_s)
-            except Exception as e:
-                record = {"status": -1, "error": "%s: %s" % (type(e).__name__, e)}
-            with lock:
-                records.append(record)
-
+    workers = args.workers or min(os.cpu_count() or 1, (concurrency + 127) // 128)
+    workers = max(1, min(workers, concurrency))
+    started = time.perf_counter()
+    out = multiprocessing.Queue()
+    procs = [multiprocessing.Process(target=worker_clients, args=(target, model, concurrency,
+             range(w, concurrency, workers), args, stop_at, budget, out)) for w in range(workers)]
+    for p in procs:  # forked before the poller thread starts
+        p.start()
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    records = []
+    for _ in procs:
+        records += out.get()
+    for p in procs:
+        p.join()
     elapsed = time.perf_counter() - started
     polling[0] = False
     ok = [r for r in records if r["status"] == 200 and r["chunks"]]
@@ -155,7 +213,7 @@ def run_level(target, model, concurrency, args):
         "itl_ms_p50": ms(percentile(itl, 0.5)), "itl_ms_p99": ms(percentile(itl, 0.99)),
         "itl_ms_mean": ms(statistics.fmean(itl)) if itl else None,
         "peak_running": peak["running"], "peak_queued": peak["queued"], "peak_kv_blocks_used": peak["kv_blocks_used"],
-        "errors": sorted({r.get("error", "") for r in failed})[:3],
+        "workers": workers, "errors": first_distinct_errors(failed),
     }
 
 
@@ -171,7 +229,11 @@ def main():
     ap.add_argument("--timeout-s", type=float, default=600)
     ap.add_argument("--label", default=None, help="name of the run (default: the served model)")
     ap.add_argument("--out", default=None, help="JSON file (default bench/results/serve-LABEL.json)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="client processes (default: one per 128 clients, at most the CPU count)")
     args = ap.parse_args()
+    levels = [int(x) for x in args.concurrency.split(",") if x]
+    raise_open_file_limit(max(levels) + 64)
     target = Target(args.url, args.api_key)
     model_info = json.loads(target.get("/v1/models"))["data"][0]
     before = target.metrics()
@@ -187,7 +249,7 @@ def main():
     }
     print("%-11s %8s %9s %10s %10s %10s %9s %9s %8s %7s %6s" % ("concurrency", "requests", "req/s", "tokens/s",
           "TTFT p50", "TTFT p99", "ITL p50", "ITL p99", "running", "queued", "failed"))
-    for level in [int(x) for x in args.concurrency.split(",") if x]:
+    for level in levels:
         r = run_level(target, model_info["id"], level, args)
         result["levels"].append(r)
         fmt = lambda v: "-" if v is None else "%.1f" % v
@@ -195,6 +257,8 @@ def main():
             level, r["requests"], r["requests_per_s"], r["output_tokens_per_s"], fmt(r["ttft_ms_p50"]),
             fmt(r["ttft_ms_p99"]), fmt(r["itl_ms_p50"]), fmt(r["itl_ms_p99"]), r["peak_running"], r["peak_queued"],
             r["failed"]))
+        for e in r["errors"]:
+            print("  error: %s" % e)
         sys.stdout.flush()
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "serve-%s.json" % label)
     os.makedirs(os.path.dirname(out), exist_ok=True)

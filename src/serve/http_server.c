@@ -1,4 +1,6 @@
-/* serve/http_server: the HTTP side of `xlkv serve` on libmicrohttpd (one thread per connection): the daemon bound
+/* serve/http_server: the HTTP side of `xlkv serve` on libmicrohttpd (one thread per connection, each waiting with
+ * poll(), never select(), so descriptors above FD_SETSIZE work; small thread stacks; a listen backlog as deep as the
+ * connection limit; the soft open-file limit raised to the hard one at start): the daemon bound
  * to the configured address (loopback by default), request bodies received under the size limit (413 beyond it),
  * the API key check (every route but /health), routing (GET /health, /v1/models, /metrics, / the embedded chat
  * page; POST /v1/completions and /v1/chat/completions; 404 and 405 otherwise), and the serve loop: wait for
@@ -14,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -199,6 +202,47 @@ static void log_mhd_error(void *cls, const char *fmt, va_list ap) {
     vfprintf(stderr, fmt, ap);
 }
 
+/* Stack of one connection thread. The handlers keep little on the stack (the largest frame holds a 512-byte text
+ * piece); the sanitizers' redzones and fake frames need more. glibc's default of 8 MiB times thousands of
+ * connections is address space wasted for nothing. */
+#if defined(__SANITIZE_ADDRESS__)
+#define CONNECTION_STACK_BYTES ((size_t)4 << 20)
+#else
+#define CONNECTION_STACK_BYTES ((size_t)512 << 10)
+#endif
+
+/* Descriptors the server may need beyond its connections: the listener, the daemon's wake-up pipe, the model files,
+ * the log, the scheduler. */
+enum { SPARE_DESCRIPTORS = 64 };
+
+/* Raises the soft limit on open files to the hard one (each connection holds a socket: 1024, a common soft limit,
+ * caps a server at about a thousand clients) and says what it did; warns when even the hard limit is short of
+ * max_connections. */
+static void raise_open_file_limit(int max_connections) {
+    struct rlimit limit;
+    if (getrlimit(RLIMIT_NOFILE, &limit) != 0) {
+        perror("xlkv serve: getrlimit(RLIMIT_NOFILE)");
+        return;
+    }
+    const rlim_t before = limit.rlim_cur;
+    if (limit.rlim_cur != limit.rlim_max) {
+        limit.rlim_cur = limit.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &limit) != 0) {
+            perror("xlkv serve: setrlimit(RLIMIT_NOFILE)");
+            limit.rlim_cur = before;
+        } else {
+            fprintf(stderr, "xlkv serve: open-file limit raised from %llu to %llu (the hard limit)\n",
+                    (unsigned long long)before, (unsigned long long)limit.rlim_cur);
+        }
+    }
+    const rlim_t needed = (rlim_t)max_connections + SPARE_DESCRIPTORS;
+    if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < needed)
+        fprintf(stderr,
+                "xlkv serve: warning: the open-file limit %llu is below --max-connections %d + %d; connections beyond "
+                "it will be refused (raise the hard limit: ulimit -Hn, or LimitNOFILE= under systemd)\n",
+                (unsigned long long)limit.rlim_cur, max_connections, (int)SPARE_DESCRIPTORS);
+}
+
 /* The address to bind: host (a numeric address or a name) and port. */
 static bool resolve(const char *host, int port, struct sockaddr_storage *out, socklen_t *out_len, bool *ipv6) {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
@@ -237,13 +281,17 @@ int xlkv_serve_run(const xlkv_serve_config *config, const xlkv_model *model, xlk
         fprintf(stderr, "xlkv serve: cannot start the scheduler thread\n");
         return 1;
     }
-    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    raise_open_file_limit(config->max_connections);
+    /* MHD_USE_POLL: with it each connection thread waits in poll(); without it, in select(), which cannot watch a
+     * descriptor above FD_SETSIZE (1024), so MHD drops such connections (clients saw resets and broken pipes). */
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
     if (ipv6) flags |= MHD_USE_IPv6;
     struct MHD_Daemon *daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, &server, MHD_OPTION_EXTERNAL_LOGGER, log_mhd_error, &server,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&address, MHD_OPTION_NOTIFY_COMPLETED, on_completed, &server,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)config->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, 600u,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_END);
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_THREAD_STACK_SIZE, CONNECTION_STACK_BYTES,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)config->max_connections, MHD_OPTION_END);
     if (!daemon) {
         fprintf(stderr, "xlkv serve: cannot listen on %s port %d (in use, or not an address of this machine)\n",
                 config->host, config->port);

@@ -19,7 +19,8 @@ def shared_model():
 
 
 class Server:
-    def __init__(self, xlkv, args, api_key=None):
+    def __init__(self, xlkv, args, api_key=None, open_file_soft_limit=None):
+        """open_file_soft_limit: the soft RLIMIT_NOFILE the server starts with (default: this process's)."""
         self.api_key = api_key
         self.stderr = tempfile.NamedTemporaryFile(mode="w+", prefix="xlkv-serve-", suffix=".log", delete=False)
         cmd = [xlkv, "serve", "--port", "0"] + list(args)
@@ -27,7 +28,12 @@ class Server:
             cmd += ["--api-key", api_key]
         env = dict(os.environ)
         env.pop("XLKV_API_KEY", None)
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.stderr, env=env)
+        preexec = None
+        if open_file_soft_limit is not None:
+            import resource
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            preexec = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_file_soft_limit, hard))
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.stderr, env=env, preexec_fn=preexec)
         self.port = None
         deadline = time.time() + 300  # random tinyllama weights on a GPU machine take a while
         while time.time() < deadline and self.port is None:
