@@ -41,4 +41,26 @@ xlkv_status xlkv_gpu_trainer_adamw_step(xlkv_gpu_trainer *gt, const xlkv_adamw_p
 /* Waits for the queued work (timing). */
 xlkv_status xlkv_gpu_trainer_synchronize(xlkv_gpu_trainer *gt);
 
+/* ---- data parallel over NCCL (backend/cuda/train_nccl.c; train/dist.h launches the ranks) ----
+ * One rank per GPU: the rank picks a device from its rank on the host, rank 0 makes a unique id that MPI broadcasts,
+ * every rank joins the communicator, and after the backward of a step's last micro-batch the fp32 gradients (the
+ * trainer's own buffer, one contiguous block) are summed with one ncclAllReduce on the trainer's stream. No overlap
+ * with the backward pass (the whole buffer goes after it). Failures (a peer lost, a network error) are found by
+ * polling ncclCommGetAsyncError while waiting, and a wait longer than the timeout aborts the communicator: both
+ * return an error (the caller then stops every rank) instead of hanging. */
+enum { XLKV_GPU_COMM_ID_BYTES = 128 };
+typedef struct xlkv_gpu_comm xlkv_gpu_comm;
+
+/* cudaSetDevice(local_rank mod the number of visible GPUs); the device chosen in *out_device. */
+xlkv_status xlkv_gpu_select_device(int local_rank, int *out_device);
+/* A fresh NCCL unique id (rank 0 makes it; the others receive it). */
+xlkv_status xlkv_gpu_comm_unique_id(unsigned char id[XLKV_GPU_COMM_ID_BYTES]);
+/* Joins the communicator of `world` ranks on the current device (collective: every rank calls it). */
+xlkv_status xlkv_gpu_comm_create(int rank, int world, const unsigned char id[XLKV_GPU_COMM_ID_BYTES],
+                                 xlkv_gpu_comm **out);
+void xlkv_gpu_comm_free(xlkv_gpu_comm *comm);
+/* Sums the gradients over every rank in place (the caller scaled the loss by 1 / world), waiting at most
+ * timeout_seconds for the queued backward + all-reduce to finish. */
+xlkv_status xlkv_gpu_trainer_allreduce_grads(xlkv_gpu_trainer *gt, xlkv_gpu_comm *comm, double timeout_seconds);
+
 #endif

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/train_gpu_buffers.h"
 #include "backend/cuda/train_kernels.h"
 #include "core/status.h"
 #include "train/train_graph.h"
@@ -341,6 +342,12 @@ xlkv_status xlkv_gpu_trainer_download(xlkv_gpu_trainer *g, xlkv_param_store *sto
 xlkv_status xlkv_gpu_trainer_zero_grads(xlkv_gpu_trainer *g) {
     XLKV_CUDA_TRY(cudaMemsetAsync(g->grads, 0, g->store->n_params * sizeof(float), g->stream), "zeroing gradients");
     return XLKV_OK;
+}
+
+void xlkv_gpu_trainer_gradient_buffer(xlkv_gpu_trainer *g, float **grads, size_t *n, cudaStream_t *stream) {
+    *grads = g->grads;
+    *n = g->store->n_params;
+    *stream = g->stream;
 }
 
 xlkv_status xlkv_gpu_trainer_synchronize(xlkv_gpu_trainer *g) {
