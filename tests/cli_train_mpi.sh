@@ -17,19 +17,18 @@ shared=${XLKV_SHARED_DATA:-$src/../shared/data}
 text=$shared/text/tinyshakespeare.txt
 tok=$shared/models/stories260K/tok512.bin
 if [ ! -f "$text" ] || [ ! -f "$tok" ]; then echo "skipping: $text or $tok absent"; exit 0; fi
-command -v mpirun >/dev/null || { echo "FAIL mpirun not found: run scripts/setup-deps.sh (openmpi-bin)"; exit 1; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 failures=0
 fail() { echo "FAIL $*"; failures=$((failures + 1)); }
 compare="python3 $src/tests/support/compare_train_runs.py"
 
-# OpenMPI in a container without a network: shared memory and self transports only, no single-copy (CMA/ptrace)
-# mechanism, more ranks than cores allowed; root allowed (containers); OpenMPI's own allocations are not our leaks.
-export OMPI_MCA_btl=self,vader OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1
-export OMPI_MCA_btl_base_warn_component_unused=0
+# OpenMPI in a container without a network (scripts/mpi-env.sh: shared memory and self transports, no single-copy
+# mechanism, oversubscription, root allowed); OpenMPI's own allocations are not our leaks (ASan build).
+source "$src/scripts/mpi-env.sh"
+command -v mpirun >/dev/null || { echo "FAIL mpirun not found: run scripts/setup-deps.sh (openmpi-bin)"; exit 1; }
 export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0
-mpi=(timeout 300 mpirun --allow-run-as-root --oversubscribe)
+mpi=(timeout 300 "${mpirun_cmd[@]}")
 
 "$xlkv" tokenize --tokenizer "$tok" -o "$tmp/data" --valid-fraction 0.1 -t 2 "$text" 2>"$tmp/err" \
   || { cat "$tmp/err"; echo "FAIL tokenize"; exit 1; }
@@ -115,7 +114,7 @@ rc=$?
   && echo "ok   ranks with different --seq refused: $(grep -m1 -o 'the ranks disagree.*' "$tmp/disagree.log")" \
   || { cat "$tmp/disagree.log"; fail "ranks that disagree (exit $rc)"; }
 # a rank killed mid-run: mpirun ends the job (bounded by timeout: 124 would mean a hang)
-timeout 120 mpirun --allow-run-as-root --oversubscribe -np 2 "$xlkv" train "${args[@]}" --steps 1000000 \
+timeout 120 "${mpirun_cmd[@]}" -np 2 "$xlkv" train "${args[@]}" --steps 1000000 \
   --data "$tmp/data" >/dev/null 2>"$tmp/lost.log" &
 guard=$!
 for _ in $(seq 1 3000); do grep -q "^step" "$tmp/lost.log" 2>/dev/null && break; sleep 0.01; done

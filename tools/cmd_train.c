@@ -308,8 +308,9 @@ static int run_training(train_cli *c, const xlkv_dist *dist) {
     char mfu_basis[64], device_text[96], ranks_text[96] = "";
     snprintf(device_text, sizeof device_text, "cpu, %d threads", omp_get_max_threads());
     snprintf(mfu_basis, sizeof mfu_basis, "against %.0f TFLOP/s", (double)(c->peak_tflops * (float)dist->world));
-    if (dist->world > 1)
-        snprintf(ranks_text, sizeof ranks_text, " on %d ranks (global batch %d, %s)", dist->world,
+    if (dist->active)
+        snprintf(ranks_text, sizeof ranks_text, " on %d rank%s (global batch %d, %s)", dist->world,
+                 dist->world == 1 ? "" : "s",
                  dist->world * c->options.batch, c->options.device_cuda ? "NCCL all-reduce" : "MPI all-reduce");
     if (lead)
         fprintf(stderr, "xlkv train: %zu parameters, map %s, batch %d x %d x accum %d%s, %ld steps, m=%d b=%d, %s; "

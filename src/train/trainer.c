@@ -92,7 +92,8 @@ xlkv_status xlkv_trainer_create(xlkv_param_store *store, const char *data_dir, c
         tr->valid_data = NULL;
     }
     if (status == XLKV_OK && tr->world > 1) status = agree_across_ranks(tr, data_dir);
-    if (status == XLKV_OK && tr->world > 1 && o->device_cuda) {
+    /* on the GPU every MPI-launched run goes through NCCL, even alone: mpirun -np 1 tests that path on one GPU */
+    if (status == XLKV_OK && o->device_cuda && o->dist && o->dist->active) {
         unsigned char id[XLKV_GPU_COMM_ID_BYTES] = {0};
         if (tr->rank == 0) status = xlkv_gpu_comm_unique_id(id);
         /* rank 0 failing here stops the job (the caller aborts) before the others wait long in the broadcast */
@@ -158,10 +159,10 @@ xlkv_status xlkv_trainer_step(xlkv_trainer *tr, xlkv_step_report *report) {
         }
         loss_sum += loss;
     }
+    if (tr->gpu_comm) XLKV_TRY(xlkv_gpu_trainer_allreduce_grads(tr->gpu, tr->gpu_comm, nccl_timeout_seconds()));
     if (tr->world > 1) {
         XLKV_TRY(xlkv_dist_sum_doubles(o->dist, &loss_sum, 1));
-        if (tr->gpu) XLKV_TRY(xlkv_gpu_trainer_allreduce_grads(tr->gpu, tr->gpu_comm, nccl_timeout_seconds()));
-        else XLKV_TRY(xlkv_dist_sum_floats(o->dist, s->grads, s->n_params));
+        if (!tr->gpu) XLKV_TRY(xlkv_dist_sum_floats(o->dist, s->grads, s->n_params));
     }
     const double loss = loss_sum / ((double)o->accum * tr->world);
     if (!isfinite(loss))

@@ -64,7 +64,7 @@ typedef struct xlkv_trainer {
     xlkv_train_graph *graph;   /* CPU graph; NULL with options.device_cuda */
     xlkv_gpu_trainer *gpu;     /* GPU graph and optimizer; NULL on the CPU. Parameters and moments live on the GPU
                                   during training; save downloads them, resume uploads them. */
-    xlkv_gpu_comm *gpu_comm;   /* NCCL communicator with device_cuda and more than one rank; else NULL */
+    xlkv_gpu_comm *gpu_comm;   /* NCCL communicator with device_cuda under MPI (any world size); else NULL */
     int rank, world;           /* from options.dist (0 and 1 alone) */
     xlkv_token_dataset *train_data, *valid_data; /* valid_data NULL when the directory has no valid shards */
     xlkv_rng data_rng;
