@@ -87,7 +87,7 @@ doc = {"what": "data-parallel xlkv train, weak scaling (same per-rank batch); to
                "the steps after the first $warm; efficiency = tokens/s on k / (k x tokens/s on 1)",
        "device": "$device_name", "commit": "$commit", "shape": "${shape_args[*]}", "map": "$map",
        "dtype": "$dtype" if "$device" == "cuda" else "f32", "batch_per_rank": $batch, "seq": $seq, "steps": $steps,
-       "gradient_all_reduce": "NCCL, one ncclAllReduce of the fp32 gradients after the backward (no overlap)"
+       "gradient_all_reduce": "NCCL, fp32 gradients in per-layer buckets overlapped with the backward"
                               if "$device" == "cuda" else "MPI_Allreduce",
        "target_efficiency": 0.9, "runs": runs}
 json.dump(doc, open(sys.argv[2], "w"), indent=1)

@@ -41,6 +41,7 @@ xlkv_status xlkv_gpu_comm_create(int rank, int world, const unsigned char id[XLK
     return absent();
 }
 void xlkv_gpu_comm_free(xlkv_gpu_comm *comm) {}
-xlkv_status xlkv_gpu_trainer_allreduce_grads(xlkv_gpu_trainer *gt, xlkv_gpu_comm *comm, double timeout_seconds) {
+xlkv_status xlkv_gpu_trainer_backward_allreduce(xlkv_gpu_trainer *gt, float loss_scale, xlkv_gpu_comm *comm,
+                                                double timeout_seconds) {
     return absent();
 }

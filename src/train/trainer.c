@@ -152,14 +152,17 @@ xlkv_status xlkv_trainer_step(xlkv_trainer *tr, xlkv_step_report *report) {
         double loss = 0.0;
         if (tr->gpu) {
             XLKV_TRY(xlkv_gpu_trainer_forward(tr->gpu, tr->tokens, tr->targets, &loss));
-            XLKV_TRY(xlkv_gpu_trainer_backward(tr->gpu, loss_scale));
+            if (tr->gpu_comm && micro == o->accum - 1) /* the last micro-batch: all-reduce overlapped with it */
+                XLKV_TRY(xlkv_gpu_trainer_backward_allreduce(tr->gpu, loss_scale, tr->gpu_comm,
+                                                             nccl_timeout_seconds()));
+            else
+                XLKV_TRY(xlkv_gpu_trainer_backward(tr->gpu, loss_scale));
         } else {
             XLKV_TRY(xlkv_train_graph_forward(tr->graph, tr->tokens, tr->targets, &loss));
             xlkv_train_graph_backward(tr->graph, loss_scale);
         }
         loss_sum += loss;
     }
-    if (tr->gpu_comm) XLKV_TRY(xlkv_gpu_trainer_allreduce_grads(tr->gpu, tr->gpu_comm, nccl_timeout_seconds()));
     if (tr->world > 1) {
         XLKV_TRY(xlkv_dist_sum_doubles(o->dist, &loss_sum, 1));
         if (!tr->gpu) XLKV_TRY(xlkv_dist_sum_floats(o->dist, s->grads, s->n_params));

@@ -2,11 +2,13 @@
 # tests/cuda/cli_cuda_train_nccl (label cuda: needs a GPU, mpirun and an xlkv built with NCCL): data-parallel CUDA
 # training through NCCL.
 #   - world size 1 through NCCL equals the plain CUDA trainer: `mpirun -np 1 xlkv train --device cuda` (the
-#     gradients go through ncclAllReduce, the same polling and timeout path as P ranks) ends with the same per-step
-#     losses and parameters as `xlkv train --device cuda`, in f32 and bf16 (expected bit-identical: a sum over one
-#     rank; tolerance 0 for losses, 1e-7 for parameters);
+#     gradients go through the bucketed ncclAllReduce overlapped with the backward, the same streams, events,
+#     polling and bucket-coverage check as P ranks) ends with the same per-step losses and parameters as
+#     `xlkv train --device cuda`, in f32 and bf16, with accumulation 2 (expected bit-identical: a sum over one rank;
+#     tolerance 0 for losses, 1e-7 for parameters);
 #   - with 2 or more GPUs visible: `mpirun -np 2 --batch 4` equals `-np 1 --batch 8` (f32; relative loss 1e-5,
-#     parameters 1e-4: the batch sums are split in two), else says it was not run;
+#     parameters 1e-4: the batch sums are split in two; this is the check that the buckets are ordered right, as a
+#     missing wait would read half-finished gradients), else says it was not run;
 #   - a rank whose data directory is missing stops the job with a message (no hang).
 # Prints "check ..." lines with the measured differences.
 set -u
@@ -30,7 +32,8 @@ mpi=(timeout 600 "${mpirun_cmd[@]}")
 
 for dtype in f32 bf16; do
   args=(--shape tiny --layer-types lckv:1 --forward-passes 1 --backward-passes 2 --data "$tmp/data" --steps 20
-        --batch 8 --seq 64 --lr 3e-3 --warmup 5 --eval-every 10 --eval-batches 2 --seed 3 --device cuda --dtype $dtype)
+        --batch 8 --seq 64 --accum 2 --lr 3e-3 --warmup 5 --eval-every 10 --eval-batches 2 --seed 3 --device cuda
+        --dtype $dtype)
   "$xlkv" train "${args[@]}" --out "$tmp/plain-$dtype" 2>"$tmp/plain-$dtype.log" \
     || { tail -5 "$tmp/plain-$dtype.log"; fail "plain cuda $dtype"; continue; }
   if "${mpi[@]}" -np 1 "$xlkv" train "${args[@]}" --out "$tmp/nccl1-$dtype" 2>"$tmp/nccl1-$dtype.log"; then
