@@ -29,9 +29,10 @@ xlkv_train_options xlkv_train_default_options(void) {
  * unrelated gradients (or wait forever on a buffer of another size): compared as min == max over the ranks. */
 static xlkv_status agree_across_ranks(const xlkv_trainer *tr, const char *data_dir) {
     const xlkv_train_options *o = &tr->options;
-    const char *names[] = {"parameters", "train tokens", "train shards", "vocabulary", "batch", "seq", "accum",
-                           "steps", "seed", "m", "b", "device"};
+    const char *names[] = {"parameters", "train tokens", "train shards", "held-out tokens (-1: none usable)",
+                           "vocabulary", "batch", "seq", "accum", "steps", "seed", "m", "b", "device"};
     const double mine[] = {(double)tr->store->n_params, (double)tr->train_data->n_tokens, tr->train_data->n_shards,
+                           tr->valid_data ? (double)tr->valid_data->n_tokens : -1.0,
                            tr->train_data->vocab_size, o->batch, o->seq, o->accum, (double)o->steps,
                            (double)(o->seed & 0xFFFFFFFFFFFFFull), o->forward_passes, o->backward_passes,
                            o->device_cuda};
