@@ -717,10 +717,10 @@ xlkv_status xlkv_gpu_trainer_backward_buckets(xlkv_gpu_trainer *g, float loss_sc
         XLKV_TRY(layer_backward(g, rec));
         /* a layer's weights receive gradient only in its own records (readers add into its dK/dV activations, not
          * its W_K/W_V), so they are complete after its first record in tape order, the last one the walk visits */
-        bool layer_done = true;
+        bool layer_done = ready != NULL;
         for (int earlier = 0; earlier < r && layer_done; earlier++)
             if (g->records[earlier].layer == rec->layer) layer_done = false;
-        if (ready && layer_done) XLKV_TRY(bucket_ready(g, ready, ctx, rec->layer, false, &issued));
+        if (layer_done) XLKV_TRY(bucket_ready(g, ready, ctx, rec->layer, false, &issued));
         if (!rec->iteration_start) continue;
         KERNEL_TRY(xlkv_cuda_train_add(g->dx_group_in, g->dx, n_dim, st), "group input gradient");
         if (rec->group_iteration == 0) {
