@@ -2,7 +2,7 @@
 # Runs on the GPU machine (device tool): builds xlkv against the Debian packages staged in .deps/ (see
 # ../shared/tools/stage-deps.sh; the GPU machine has no package registry), runs the CUDA tests and, optionally, the
 # GPU benchmark. Logs and results go to $OUT (or ./gpu-out).
-#   bash scripts/gpu-session.sh [tests] [bench] [bench-quick] [train-tests] [train-bench]
+#   bash scripts/gpu-session.sh [tests] [bench] [bench-quick] [train-tests] [train-bench] [train-nccl] [train-scaling]
 # Shared data is read from ./devdata (a copy of the parts of ../shared/data the tests need, carried with the call).
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
@@ -32,6 +32,11 @@ for what in "$@"; do
     train-bench)
       ./build/bench_train_gpu --out "$out/train_gpu.jsonl" 2>&1 | tee "$out/train-bench.log"
       python3 scripts/bench_train_torch.py --out "$out/train_torch.jsonl" 2>&1 | tail -20 | tee "$out/train-torch.log" ;;
+    train-nccl)   # data-parallel through NCCL (needs mpirun: openmpi-bin and libopenmpi-dev staged in .deps)
+      (cd build && ctest -R cuda_cli_cuda_train_nccl -V --timeout 900) >"$out/test-cuda-train-nccl.log" 2>&1
+      echo "nccl train test exit $?"; grep -E "^(ok|FAIL|check)|Passed|Failed|tests passed" "$out/test-cuda-train-nccl.log" | tail -40 ;;
+    train-scaling) # tokens/s on 1, 2, 4, 8 GPUs (those visible) and scaling efficiency
+      OUT_DIR="$out" bash bench/run_train_scaling.sh 2>&1 | tee "$out/train-scaling.log" | tail -20 ;;
     bench-quick)
       ./build/bench_gpu --quick --out "$out/gpu-quick.jsonl" 2>&1 | tee "$out/bench-quick.log" | tail -60 ;;
   esac

@@ -2,7 +2,7 @@
 # Installs the Debian packages xlkv builds with, when they are missing (apt-get; uses sudo when not root).
 # Says what it installs; does nothing when everything is present. Used by `make run` and `make test`.
 set -euo pipefail
-packages=(cmake make gcc pkg-config libcjson-dev libopenblas-openmp-dev libcmocka-dev libpcre2-dev liblzma-dev libbz2-dev libmicrohttpd-dev chromium python3)
+packages=(cmake make gcc pkg-config libcjson-dev libopenblas-openmp-dev libcmocka-dev libpcre2-dev liblzma-dev libbz2-dev libmicrohttpd-dev openmpi-bin libopenmpi-dev chromium python3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

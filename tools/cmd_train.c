@@ -1,7 +1,9 @@
 /* tools/cmd_train: `xlkv train`: the CPU reference trainer (src/train), or with --device cuda the same loop with the
  * graph, AdamW and clipping on the GPU (train/gpu_trainer.h). One progress line per step on stderr; an
  * evaluation every --eval-every steps; atomic checkpoints every --save-every steps and at the end (OUT/latest);
- * --resume continues bit-exactly from OUT/latest; loss.svg in OUT at the end. */
+ * --resume continues bit-exactly from OUT/latest; loss.svg in OUT at the end. Under mpirun (or --distributed) each
+ * process is one data-parallel rank (train/dist.h, train/trainer.h): rank 0 prints and saves, and a failure in any
+ * rank stops them all with MPI_Abort and a message naming the rank. */
 #include <cblas.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -11,6 +13,7 @@
 #include "commands.h"
 #include "core/file.h"
 #include "core/status.h"
+#include "train/dist.h"
 #include "train/model_setup.h"
 #include "train/trainer.h"
 
@@ -55,7 +58,11 @@ static void usage(FILE *out) {
             "      --device cpu|cuda       where the graph and the optimizer run (default cpu)\n"
             "      --dtype bf16|f32        with --device cuda: bf16 tensor-core products with fp32 master weights\n"
             "                              (default), or pedantic fp32 (no TF32) to compare with the CPU trainer\n"
-            "  -t, --threads N             CPU threads (default: all cores)\n");
+            "  -t, --threads N             CPU threads (default: all cores, shared among the ranks of a host)\n"
+            "data parallel (launch with mpirun -np N xlkv train ...; docs/TRAINING.md):\n"
+            "      --distributed           join the MPI world even when mpirun's environment is not seen (it is\n"
+            "                              detected otherwise); --batch is per rank, the global batch N x batch;\n"
+            "                              one rank per GPU with --device cuda; rank 0 prints and saves\n");
 }
 
 typedef struct train_cli {
@@ -65,7 +72,7 @@ typedef struct train_cli {
     float min_lr, peak_tflops;
     int layers, dim, heads, kv_heads, ffn, max_seq; /* shape overrides; 0 = keep */
     int threads;
-    bool resume;
+    bool resume, distributed;
 } train_cli;
 
 static bool parse_long(const char *flag, const char *text, long *out) {
@@ -159,6 +166,10 @@ static int parse_args(int argc, char **argv, train_cli *c) {
             c->resume = true;
             continue;
         }
+        if (!strcmp(arg, "--distributed")) {
+            c->distributed = true;
+            continue;
+        }
         fprintf(stderr, "xlkv train: unknown option '%s'; see xlkv train --help\n", arg);
         return 2;
     }
@@ -238,6 +249,136 @@ static xlkv_param_store *make_store(const train_cli *c, int data_vocab, int data
     return store;
 }
 
+/* Reports a failure: alone, one line; in a data-parallel job, the line names the rank and MPI_Abort stops every
+ * rank (a rank that returned quietly would leave the others waiting in the next all-reduce). */
+static int fail_run(const xlkv_dist *dist, const char *message) {
+    xlkv_dist_abort(dist, "xlkv train", message);
+    return 1;
+}
+
+static int run_training(train_cli *c, const xlkv_dist *dist) {
+    const bool lead = dist->rank == 0; /* prints progress and writes checkpoints */
+    char message[1024];
+    if (c->threads > 0) {
+        omp_set_num_threads(c->threads);
+        openblas_set_num_threads(c->threads);
+    } else if (dist->local_world > 1) { /* the host's cores shared among its ranks */
+        const int share = omp_get_num_procs() / dist->local_world;
+        omp_set_num_threads(share > 0 ? share : 1);
+        openblas_set_num_threads(share > 0 ? share : 1);
+    }
+    xlkv_token_dataset *probe = NULL;
+    if (xlkv_token_dataset_open(c->data, "train", &probe) != XLKV_OK) return fail_run(dist, xlkv_last_error());
+    const int data_vocab = probe->vocab_size, data_eos = probe->eos_id;
+    xlkv_token_dataset_free(probe);
+    char *tokenizer = c->tokenizer ? strdup(c->tokenizer) : xlkv_find_tokenizer_file(c->data);
+    xlkv_param_store *store = make_store(c, data_vocab, data_eos, tokenizer);
+    if (!store) {
+        free(tokenizer);
+        return fail_run(dist, "cannot set up the model (see above)");
+    }
+    /* m, b of the model (config, checkpoint or overrides) drive the training iterations too */
+    c->options.forward_passes = store->hp.forward_passes;
+    c->options.backward_passes = store->hp.backward_passes;
+    if (c->options.warmup > c->options.steps) c->options.warmup = c->options.steps;
+    c->options.min_lr = c->min_lr >= 0.0f ? c->min_lr : c->options.lr / 10.0f;
+    c->options.dist = dist;
+    const size_t n_params = store->n_params;
+    char *layer_types = xlkv_layer_map_to_string(store->map);
+    xlkv_trainer *tr = NULL;
+    if (xlkv_trainer_create(store, c->data, &c->options, &tr) != XLKV_OK) {
+        snprintf(message, sizeof message, "%s", xlkv_last_error());
+        free(tokenizer);
+        free(layer_types);
+        return fail_run(dist, message);
+    }
+    int rc = 1;
+    bool failed = false;
+    char *latest = xlkv_path_join(c->out, "latest");
+    if (c->resume && latest && xlkv_file_exists(latest)) {
+        if (xlkv_trainer_resume(tr, latest) != XLKV_OK) {
+            snprintf(message, sizeof message, "cannot resume: %s", xlkv_last_error());
+            failed = true;
+            goto done;
+        }
+        if (lead) fprintf(stderr, "xlkv train: resumed from %s at step %ld\n", latest, tr->step);
+    } else if (c->resume && lead) {
+        fprintf(stderr, "xlkv train: --resume: no %s yet, starting from the beginning\n", latest ? latest : c->out);
+    }
+    char mfu_basis[64], device_text[96], ranks_text[96] = "";
+    snprintf(device_text, sizeof device_text, "cpu, %d threads", omp_get_max_threads());
+    snprintf(mfu_basis, sizeof mfu_basis, "against %.0f TFLOP/s", (double)(c->peak_tflops * (float)dist->world));
+    if (dist->active)
+        snprintf(ranks_text, sizeof ranks_text, " on %d rank%s (global batch %d, %s)", dist->world,
+                 dist->world == 1 ? "" : "s",
+                 dist->world * c->options.batch, c->options.device_cuda ? "NCCL all-reduce" : "MPI all-reduce");
+    if (lead)
+        fprintf(stderr, "xlkv train: %zu parameters, map %s, batch %d x %d x accum %d%s, %ld steps, m=%d b=%d, %s; "
+                        "MFU %s\n", n_params, layer_types ? layer_types : "?", c->options.batch, c->options.seq,
+                c->options.accum, ranks_text, c->options.steps, c->options.forward_passes,
+                c->options.backward_passes,
+                c->options.device_cuda ? (c->options.cuda_bf16 ? "cuda bf16" : "cuda f32") : device_text,
+                c->peak_tflops > 0 ? mfu_basis : "not shown (no --peak-tflops)");
+    double elapsed = 0.0;
+    long steps_timed = 0;
+    long last_saved = tr->step;
+    while (tr->step < c->options.steps) {
+        xlkv_step_report r;
+        if (xlkv_trainer_step(tr, &r) != XLKV_OK) {
+            snprintf(message, sizeof message, "%s", xlkv_last_error());
+            failed = true;
+            goto done;
+        }
+        elapsed += r.seconds;
+        steps_timed++;
+        char eta[32], mfu[32] = "";
+        format_duration(elapsed / steps_timed * (double)(c->options.steps - tr->step), eta, sizeof eta);
+        if (c->peak_tflops > 0)
+            snprintf(mfu, sizeof mfu, " | MFU %.1f%%",
+                     100.0 * r.flops / r.seconds / ((double)c->peak_tflops * 1e12 * dist->world));
+        if (lead)
+            fprintf(stderr, "step %5ld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s%s | ETA %s\n", r.step,
+                    c->options.steps, r.loss, (double)r.lr, r.grad_norm, r.tokens / r.seconds, mfu, eta);
+        const bool last = tr->step == c->options.steps;
+        if (c->options.eval_every > 0 && (tr->step % c->options.eval_every == 0 || last) && tr->valid_data) {
+            double loss = 0.0;
+            if (xlkv_trainer_eval(tr, &loss) != XLKV_OK) {
+                snprintf(message, sizeof message, "%s", xlkv_last_error());
+                failed = true;
+                goto done;
+            }
+            if (lead) fprintf(stderr, "eval  %5ld | held-out loss %.4f\n", tr->step, loss);
+        }
+        if ((c->options.save_every > 0 && tr->step % c->options.save_every == 0) || last) {
+            if (lead && xlkv_trainer_save(tr, c->out, tokenizer) != XLKV_OK) {
+                snprintf(message, sizeof message, "cannot save: %s", xlkv_last_error());
+                failed = true;
+                goto done;
+            }
+            last_saved = tr->step;
+            if (lead) fprintf(stderr, "saved %s/checkpoint-%06ld\n", c->out, tr->step);
+        }
+    }
+    if (lead && last_saved != tr->step && xlkv_trainer_save(tr, c->out, tokenizer) != XLKV_OK) {
+        snprintf(message, sizeof message, "cannot save: %s", xlkv_last_error());
+        failed = true;
+        goto done;
+    }
+    if (lead) {
+        char *svg = xlkv_path_join(c->out, "loss.svg");
+        if (svg && xlkv_trainer_write_loss_svg(tr, svg) == XLKV_OK) fprintf(stderr, "loss curve: %s\n", svg);
+        free(svg);
+    }
+    rc = 0;
+done:
+    free(latest);
+    free(tokenizer);
+    free(layer_types);
+    if (failed && dist->active) return fail_run(dist, message); /* stops every rank; frees nothing first */
+    xlkv_trainer_free(tr);
+    return failed ? fail_run(dist, message) : rc;
+}
+
 int cmd_train(int argc, char **argv) {
     train_cli c = {.overrides = {-1, -1, -1, -1}, .options = xlkv_train_default_options(), .min_lr = -1.0f};
     int rc = parse_args(argc, argv, &c);
@@ -261,102 +402,15 @@ int cmd_train(int argc, char **argv) {
     }
     c.options.cuda_bf16 = !c.dtype || !strcmp(c.dtype, "bf16");
     if (c.options.device_cuda && !(c.peak_tflops > 0)) c.peak_tflops = 989.0f; /* H100 SXM bf16 dense */
-    if (c.threads > 0) {
-        omp_set_num_threads(c.threads);
-        openblas_set_num_threads(c.threads);
-    }
-    xlkv_token_dataset *probe = NULL;
-    if (xlkv_token_dataset_open(c.data, "train", &probe) != XLKV_OK) {
-        fprintf(stderr, "xlkv train: %s\n", xlkv_last_error());
-        return 1;
-    }
-    const int data_vocab = probe->vocab_size, data_eos = probe->eos_id;
-    xlkv_token_dataset_free(probe);
-    char *tokenizer = c.tokenizer ? strdup(c.tokenizer) : xlkv_find_tokenizer_file(c.data);
-    xlkv_param_store *store = make_store(&c, data_vocab, data_eos, tokenizer);
-    if (!store) {
-        free(tokenizer);
-        return 1;
-    }
-    /* m, b of the model (config, checkpoint or overrides) drive the training iterations too */
-    c.options.forward_passes = store->hp.forward_passes;
-    c.options.backward_passes = store->hp.backward_passes;
-    if (c.options.warmup > c.options.steps) c.options.warmup = c.options.steps;
-    c.options.min_lr = c.min_lr >= 0.0f ? c.min_lr : c.options.lr / 10.0f;
-    const size_t n_params = store->n_params;
-    char *layer_types = xlkv_layer_map_to_string(store->map);
-    xlkv_trainer *tr = NULL;
-    if (xlkv_trainer_create(store, c.data, &c.options, &tr) != XLKV_OK) {
-        fprintf(stderr, "xlkv train: %s\n", xlkv_last_error());
-        free(tokenizer);
-        free(layer_types);
-        return 1;
-    }
-    rc = 1;
-    char *latest = xlkv_path_join(c.out, "latest");
-    if (c.resume && latest && xlkv_file_exists(latest)) {
-        if (xlkv_trainer_resume(tr, latest) != XLKV_OK) {
-            fprintf(stderr, "xlkv train: cannot resume: %s\n", xlkv_last_error());
-            goto done;
-        }
-        fprintf(stderr, "xlkv train: resumed from %s at step %ld\n", latest, tr->step);
-    } else if (c.resume) {
-        fprintf(stderr, "xlkv train: --resume: no %s yet, starting from the beginning\n", latest ? latest : c.out);
-    }
-    char mfu_basis[64], device_text[48];
-    snprintf(device_text, sizeof device_text, "cpu, %d threads", omp_get_max_threads());
-    snprintf(mfu_basis, sizeof mfu_basis, "against %.0f TFLOP/s", (double)c.peak_tflops);
-    fprintf(stderr, "xlkv train: %zu parameters, map %s, batch %d x %d x accum %d, %ld steps, m=%d b=%d, %s; "
-                    "MFU %s\n", n_params, layer_types ? layer_types : "?", c.options.batch, c.options.seq,
-            c.options.accum, c.options.steps, c.options.forward_passes, c.options.backward_passes,
-            c.options.device_cuda ? (c.options.cuda_bf16 ? "cuda bf16" : "cuda f32") : device_text,
-            c.peak_tflops > 0 ? mfu_basis : "not shown (no --peak-tflops)");
-    double elapsed = 0.0;
-    long steps_timed = 0;
-    long last_saved = tr->step;
-    while (tr->step < c.options.steps) {
-        xlkv_step_report r;
-        if (xlkv_trainer_step(tr, &r) != XLKV_OK) {
+    xlkv_dist dist = xlkv_dist_single();
+    if (c.distributed || xlkv_dist_launched_by_mpirun()) {
+        if (xlkv_dist_init(&dist) != XLKV_OK) {
             fprintf(stderr, "xlkv train: %s\n", xlkv_last_error());
-            goto done;
-        }
-        elapsed += r.seconds;
-        steps_timed++;
-        char eta[32], mfu[32] = "";
-        format_duration(elapsed / steps_timed * (double)(c.options.steps - tr->step), eta, sizeof eta);
-        if (c.peak_tflops > 0) snprintf(mfu, sizeof mfu, " | MFU %.1f%%", 100.0 * r.flops / r.seconds / (c.peak_tflops * 1e12));
-        fprintf(stderr, "step %5ld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s%s | ETA %s\n", r.step,
-                c.options.steps, r.loss, (double)r.lr, r.grad_norm, r.tokens / r.seconds, mfu, eta);
-        const bool last = tr->step == c.options.steps;
-        if (c.options.eval_every > 0 && (tr->step % c.options.eval_every == 0 || last) && tr->valid_data) {
-            double loss = 0.0;
-            if (xlkv_trainer_eval(tr, &loss) != XLKV_OK) {
-                fprintf(stderr, "xlkv train: %s\n", xlkv_last_error());
-                goto done;
-            }
-            fprintf(stderr, "eval  %5ld | held-out loss %.4f\n", tr->step, loss);
-        }
-        if ((c.options.save_every > 0 && tr->step % c.options.save_every == 0) || last) {
-            if (xlkv_trainer_save(tr, c.out, tokenizer) != XLKV_OK) {
-                fprintf(stderr, "xlkv train: cannot save: %s\n", xlkv_last_error());
-                goto done;
-            }
-            last_saved = tr->step;
-            fprintf(stderr, "saved %s/checkpoint-%06ld\n", c.out, tr->step);
+            if (dist.active) return fail_run(&dist, "cannot join the MPI world");
+            return 1;
         }
     }
-    if (last_saved != tr->step && xlkv_trainer_save(tr, c.out, tokenizer) != XLKV_OK) {
-        fprintf(stderr, "xlkv train: cannot save: %s\n", xlkv_last_error());
-        goto done;
-    }
-    char *svg = xlkv_path_join(c.out, "loss.svg");
-    if (svg && xlkv_trainer_write_loss_svg(tr, svg) == XLKV_OK) fprintf(stderr, "loss curve: %s\n", svg);
-    free(svg);
-    rc = 0;
-done:
-    free(latest);
-    free(tokenizer);
-    free(layer_types);
-    xlkv_trainer_free(tr);
+    rc = run_training(&c, &dist);
+    xlkv_dist_finalize(&dist);
     return rc;
 }

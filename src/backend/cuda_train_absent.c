@@ -30,3 +30,18 @@ xlkv_status xlkv_gpu_trainer_adamw_step(xlkv_gpu_trainer *gt, const xlkv_adamw_p
     return absent();
 }
 xlkv_status xlkv_gpu_trainer_synchronize(xlkv_gpu_trainer *gt) { return absent(); }
+xlkv_status xlkv_gpu_select_device(int local_rank, int *out_device) {
+    *out_device = -1;
+    return absent();
+}
+xlkv_status xlkv_gpu_comm_unique_id(unsigned char id[XLKV_GPU_COMM_ID_BYTES]) { return absent(); }
+xlkv_status xlkv_gpu_comm_create(int rank, int world, const unsigned char id[XLKV_GPU_COMM_ID_BYTES],
+                                 xlkv_gpu_comm **out) {
+    *out = NULL;
+    return absent();
+}
+void xlkv_gpu_comm_free(xlkv_gpu_comm *comm) {}
+xlkv_status xlkv_gpu_trainer_backward_allreduce(xlkv_gpu_trainer *gt, float loss_scale, xlkv_gpu_comm *comm,
+                                                double timeout_seconds) {
+    return absent();
+}

@@ -41,4 +41,30 @@ xlkv_status xlkv_gpu_trainer_adamw_step(xlkv_gpu_trainer *gt, const xlkv_adamw_p
 /* Waits for the queued work (timing). */
 xlkv_status xlkv_gpu_trainer_synchronize(xlkv_gpu_trainer *gt);
 
+/* ---- data parallel over NCCL (backend/cuda/train_nccl.c; train/dist.h launches the ranks) ----
+ * One rank per GPU: the rank picks a device from its rank on the host, rank 0 makes a unique id that MPI broadcasts,
+ * every rank joins the communicator. In the backward of a step's last micro-batch the fp32 gradients are summed over
+ * the ranks in buckets, overlapped with the rest of the backward: each time the reverse walk completes a run of
+ * gradients (the final norm and untied classifier; then each layer, from the top, once its last record in walk order
+ * is done; the token embedding last) an ncclAllReduce of that run is queued on a communication stream that waits for
+ * the trainer's stream at that point; the trainer's stream then waits for all of them. Failures (a peer lost, a
+ * network error) are found by polling ncclCommGetAsyncError while waiting, and a wait longer than the timeout aborts
+ * the communicator: both return an error (the caller then stops every rank) instead of hanging. */
+enum { XLKV_GPU_COMM_ID_BYTES = 128 };
+typedef struct xlkv_gpu_comm xlkv_gpu_comm;
+
+/* cudaSetDevice(local_rank mod the number of visible GPUs); the device chosen in *out_device. */
+xlkv_status xlkv_gpu_select_device(int local_rank, int *out_device);
+/* A fresh NCCL unique id (rank 0 makes it; the others receive it). */
+xlkv_status xlkv_gpu_comm_unique_id(unsigned char id[XLKV_GPU_COMM_ID_BYTES]);
+/* Joins the communicator of `world` ranks on the current device (collective: every rank calls it). */
+xlkv_status xlkv_gpu_comm_create(int rank, int world, const unsigned char id[XLKV_GPU_COMM_ID_BYTES],
+                                 xlkv_gpu_comm **out);
+void xlkv_gpu_comm_free(xlkv_gpu_comm *comm);
+/* xlkv_gpu_trainer_backward, with the gradients summed over every rank in buckets as they complete (the caller
+ * scaled the loss by 1 / (accum x world)); returns when the backward and every all-reduce are done, or with an error
+ * after timeout_seconds. */
+xlkv_status xlkv_gpu_trainer_backward_allreduce(xlkv_gpu_trainer *gt, float loss_scale, xlkv_gpu_comm *comm,
+                                                double timeout_seconds);
+
 #endif

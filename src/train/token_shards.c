@@ -176,15 +176,22 @@ static int token_at(const xlkv_token_shard *s, uint64_t i) {
 
 void xlkv_token_dataset_sample(const xlkv_token_dataset *ds, xlkv_rng *rng, int batch, int seq, int *tokens,
                                int *targets) {
+    xlkv_token_dataset_sample_slice(ds, rng, batch, 0, batch, seq, tokens, targets);
+}
+
+void xlkv_token_dataset_sample_slice(const xlkv_token_dataset *ds, xlkv_rng *rng, int global_batch, int first,
+                                     int count, int seq, int *tokens, int *targets) {
     uint64_t total_windows = 0;
     for (int i = 0; i < ds->n_shards; i++)
         if (ds->shards[i].count > (uint64_t)seq) total_windows += ds->shards[i].count - (uint64_t)seq;
-    for (int b = 0; b < batch; b++) {
+    for (int window = 0; window < global_batch; window++) {
         uint64_t pick = xlkv_rng_below(rng, total_windows);
+        if (window < first || window >= first + count) continue; /* another rank's window */
+        const int b = window - first;
         int shard = 0;
         for (;; shard++) {
-            const uint64_t count = ds->shards[shard].count;
-            const uint64_t windows = count > (uint64_t)seq ? count - (uint64_t)seq : 0;
+            const uint64_t shard_tokens = ds->shards[shard].count;
+            const uint64_t windows = shard_tokens > (uint64_t)seq ? shard_tokens - (uint64_t)seq : 0;
             if (pick < windows) break;
             pick -= windows;
         }

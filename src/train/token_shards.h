@@ -48,5 +48,10 @@ int xlkv_token_dataset_fits(const xlkv_token_dataset *ds, int seq);
 /* Draws `batch` windows: tokens[b*seq + t] = w[t], targets[b*seq + t] = w[t + 1]. */
 void xlkv_token_dataset_sample(const xlkv_token_dataset *ds, xlkv_rng *rng, int batch, int seq, int *tokens,
                                int *targets);
+/* Data parallel: draws the `global_batch` windows of xlkv_token_dataset_sample (the generator advances exactly as
+ * it would) and keeps windows first .. first + count - 1 in tokens / targets ([count * seq]). The ranks' slices
+ * of one draw are, together, the single process's batch: same windows, same order, same generator state after. */
+void xlkv_token_dataset_sample_slice(const xlkv_token_dataset *ds, xlkv_rng *rng, int global_batch, int first,
+                                     int count, int seq, int *tokens, int *targets);
 
 #endif

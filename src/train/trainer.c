@@ -25,6 +25,28 @@ xlkv_train_options xlkv_train_default_options(void) {
     };
 }
 
+/* Every rank must train the same model on the same data with the same options, or the all-reduce would mix
+ * unrelated gradients (or wait forever on a buffer of another size): compared as min == max over the ranks. */
+static xlkv_status agree_across_ranks(const xlkv_trainer *tr, const char *data_dir) {
+    const xlkv_train_options *o = &tr->options;
+    const char *names[] = {"parameters", "train tokens", "train shards", "held-out tokens (-1: none usable)",
+                           "vocabulary", "batch", "seq", "accum", "steps", "seed", "m", "b", "device"};
+    const double mine[] = {(double)tr->store->n_params, (double)tr->train_data->n_tokens, tr->train_data->n_shards,
+                           tr->valid_data ? (double)tr->valid_data->n_tokens : -1.0,
+                           tr->train_data->vocab_size, o->batch, o->seq, o->accum, (double)o->steps,
+                           (double)(o->seed & 0xFFFFFFFFFFFFFull), o->forward_passes, o->backward_passes,
+                           o->device_cuda};
+    enum { N = sizeof mine / sizeof mine[0] };
+    double lo[N], hi[N];
+    XLKV_TRY(xlkv_dist_min_max(o->dist, mine, lo, hi, N));
+    for (int i = 0; i < N; i++)
+        if (lo[i] != hi[i])
+            return xlkv_fail(XLKV_E_INVALID, "%s: the ranks disagree on the %s (from %.0f to %.0f; this rank: %.0f): "
+                                             "every rank needs the same data, model and options", data_dir, names[i],
+                             lo[i], hi[i], mine[i]);
+    return XLKV_OK;
+}
+
 xlkv_status xlkv_trainer_create(xlkv_param_store *store, const char *data_dir, const xlkv_train_options *options,
                                 xlkv_trainer **out) {
     *out = NULL;
@@ -43,7 +65,14 @@ xlkv_status xlkv_trainer_create(xlkv_param_store *store, const char *data_dir, c
     tr->options = *o;
     tr->store = store;
     tr->data_rng.state = o->seed ^ data_seed_salt;
-    xlkv_status status =
+    tr->rank = o->dist ? o->dist->rank : 0;
+    tr->world = o->dist ? o->dist->world : 1;
+    xlkv_status status = XLKV_OK;
+    if (o->device_cuda && o->dist && o->dist->active) {
+        int device = 0;
+        status = xlkv_gpu_select_device(o->dist->local_rank, &device);
+    }
+    if (status == XLKV_OK) status =
         o->device_cuda ? xlkv_gpu_trainer_create(store, o->batch, o->seq, o->forward_passes, o->backward_passes,
                                                  o->cuda_bf16, &tr->gpu)
                        : xlkv_train_graph_create(store, o->batch, o->seq, o->forward_passes, o->backward_passes,
@@ -63,6 +92,15 @@ xlkv_status xlkv_trainer_create(xlkv_param_store *store, const char *data_dir, c
         xlkv_token_dataset_free(tr->valid_data);
         tr->valid_data = NULL;
     }
+    if (status == XLKV_OK && tr->world > 1) status = agree_across_ranks(tr, data_dir);
+    /* on the GPU every MPI-launched run goes through NCCL, even alone: mpirun -np 1 tests that path on one GPU */
+    if (status == XLKV_OK && o->device_cuda && o->dist && o->dist->active) {
+        unsigned char id[XLKV_GPU_COMM_ID_BYTES] = {0};
+        if (tr->rank == 0) status = xlkv_gpu_comm_unique_id(id);
+        /* rank 0 failing here stops the job (the caller aborts) before the others wait long in the broadcast */
+        if (status == XLKV_OK) status = xlkv_dist_broadcast(o->dist, id, sizeof id, 0);
+        if (status == XLKV_OK) status = xlkv_gpu_comm_create(tr->rank, tr->world, id, &tr->gpu_comm);
+    }
     if (status == XLKV_OK) {
         tr->tokens = malloc((size_t)o->batch * (size_t)o->seq * sizeof *tr->tokens);
         tr->targets = malloc((size_t)o->batch * (size_t)o->seq * sizeof *tr->targets);
@@ -80,6 +118,7 @@ xlkv_status xlkv_trainer_create(xlkv_param_store *store, const char *data_dir, c
 void xlkv_trainer_free(xlkv_trainer *tr) {
     if (!tr) return;
     xlkv_train_graph_free(tr->graph);
+    xlkv_gpu_comm_free(tr->gpu_comm);
     xlkv_gpu_trainer_free(tr->gpu);
     xlkv_param_store_free(tr->store);
     xlkv_token_dataset_free(tr->train_data);
@@ -91,6 +130,13 @@ void xlkv_trainer_free(xlkv_trainer *tr) {
     free(tr);
 }
 
+/* How long a rank waits for the NCCL all-reduce before calling the group lost (XLKV_NCCL_TIMEOUT_S, default 600). */
+static double nccl_timeout_seconds(void) {
+    const char *text = getenv("XLKV_NCCL_TIMEOUT_S");
+    const double value = text ? atof(text) : 0.0;
+    return value > 0.0 ? value : 600.0;
+}
+
 xlkv_status xlkv_trainer_step(xlkv_trainer *tr, xlkv_step_report *report) {
     const xlkv_train_options *o = &tr->options;
     if (tr->step >= o->steps) return xlkv_fail(XLKV_E_INVALID, "trainer: all %ld steps are done", o->steps);
@@ -99,19 +145,30 @@ xlkv_status xlkv_trainer_step(xlkv_trainer *tr, xlkv_step_report *report) {
     if (tr->gpu) XLKV_TRY(xlkv_gpu_trainer_zero_grads(tr->gpu));
     else memset(s->grads, 0, s->n_params * sizeof(float));
     double loss_sum = 0.0;
+    /* 1/(accum P) in one float, as a single process with batch P x batch gets 1/accum and a P times larger mean */
+    const float loss_scale = 1.0f / (float)(o->accum * tr->world);
     for (int micro = 0; micro < o->accum; micro++) {
-        xlkv_token_dataset_sample(tr->train_data, &tr->data_rng, o->batch, o->seq, tr->tokens, tr->targets);
+        xlkv_token_dataset_sample_slice(tr->train_data, &tr->data_rng, o->batch * tr->world, tr->rank * o->batch,
+                                        o->batch, o->seq, tr->tokens, tr->targets);
         double loss = 0.0;
         if (tr->gpu) {
             XLKV_TRY(xlkv_gpu_trainer_forward(tr->gpu, tr->tokens, tr->targets, &loss));
-            XLKV_TRY(xlkv_gpu_trainer_backward(tr->gpu, 1.0f / (float)o->accum));
+            if (tr->gpu_comm && micro == o->accum - 1) /* the last micro-batch: all-reduce overlapped with it */
+                XLKV_TRY(xlkv_gpu_trainer_backward_allreduce(tr->gpu, loss_scale, tr->gpu_comm,
+                                                             nccl_timeout_seconds()));
+            else
+                XLKV_TRY(xlkv_gpu_trainer_backward(tr->gpu, loss_scale));
         } else {
             XLKV_TRY(xlkv_train_graph_forward(tr->graph, tr->tokens, tr->targets, &loss));
-            xlkv_train_graph_backward(tr->graph, 1.0f / (float)o->accum);
+            xlkv_train_graph_backward(tr->graph, loss_scale);
         }
         loss_sum += loss;
     }
-    const double loss = loss_sum / o->accum;
+    if (tr->world > 1) {
+        XLKV_TRY(xlkv_dist_sum_doubles(o->dist, &loss_sum, 1));
+        if (!tr->gpu) XLKV_TRY(xlkv_dist_sum_floats(o->dist, s->grads, s->n_params));
+    }
+    const double loss = loss_sum / ((double)o->accum * tr->world);
     if (!isfinite(loss))
         return xlkv_fail(XLKV_E_INVALID, "trainer: the loss is not finite at step %ld (lower the learning rate?)",
                          tr->step + 1);
@@ -133,8 +190,9 @@ xlkv_status xlkv_trainer_step(xlkv_trainer *tr, xlkv_step_report *report) {
         report->grad_norm = norm;
         report->lr = lr;
         report->seconds = xlkv_now_seconds() - start;
-        report->tokens = (double)o->accum * o->batch * o->seq;
-        report->flops = o->accum * xlkv_train_flops(s, o->batch, o->seq, o->forward_passes, o->backward_passes);
+        report->tokens = (double)o->accum * o->batch * o->seq * tr->world;
+        report->flops = (double)o->accum * tr->world *
+                        xlkv_train_flops(s, o->batch, o->seq, o->forward_passes, o->backward_passes);
     }
     return XLKV_OK;
 }
@@ -144,13 +202,16 @@ xlkv_status xlkv_trainer_eval(xlkv_trainer *tr, double *out_loss) {
     xlkv_rng rng = {.state = tr->options.seed ^ eval_seed_salt};
     double sum = 0.0;
     for (int b = 0; b < tr->options.eval_batches; b++) {
-        xlkv_token_dataset_sample(tr->valid_data, &rng, tr->options.batch, tr->options.seq, tr->tokens, tr->targets);
+        xlkv_token_dataset_sample_slice(tr->valid_data, &rng, tr->options.batch * tr->world,
+                                        tr->rank * tr->options.batch, tr->options.batch, tr->options.seq, tr->tokens,
+                                        tr->targets);
         double loss = 0.0;
         if (tr->gpu) XLKV_TRY(xlkv_gpu_trainer_forward(tr->gpu, tr->tokens, tr->targets, &loss));
         else XLKV_TRY(xlkv_train_graph_forward(tr->graph, tr->tokens, tr->targets, &loss));
         sum += loss;
     }
-    *out_loss = sum / tr->options.eval_batches;
+    XLKV_TRY(xlkv_dist_sum_doubles(tr->options.dist, &sum, 1));
+    *out_loss = sum / ((double)tr->options.eval_batches * tr->world);
     if (tr->n_evals == tr->cap_evals) {
         int cap = tr->cap_evals ? 2 * tr->cap_evals : 16;
         xlkv_eval_point *grown = realloc(tr->evals, (size_t)cap * sizeof *grown);
@@ -193,7 +254,7 @@ xlkv_status xlkv_trainer_state_serialize(const xlkv_trainer *tr, unsigned char *
     const uint32_t version = STATE_VERSION, zero = 0;
     const uint64_t n_params = s->n_params, rng = tr->data_rng.state, seed = tr->options.seed;
     const int64_t step = tr->step;
-    const int32_t ints[6] = {tr->options.batch, tr->options.seq, tr->options.accum, tr->options.forward_passes,
+    const int32_t ints[6] = {tr->options.batch * tr->world, tr->options.seq, tr->options.accum, tr->options.forward_passes,
                              tr->options.backward_passes, tr->n_evals};
     put(&w, state_magic, 8);
     put(&w, &version, 4);
@@ -244,7 +305,17 @@ xlkv_status xlkv_trainer_state_restore(xlkv_trainer *tr, const unsigned char *by
         return xlkv_fail(XLKV_E_INVALID, "%s: the state holds moments for %llu parameters, the model has %zu", origin,
                          (unsigned long long)n_params, s->n_params);
     const xlkv_train_options *o = &tr->options;
-    if (seed != o->seed || ints[0] != o->batch || ints[1] != o->seq || ints[2] != o->accum ||
+    const int global_batch = o->batch * tr->world;
+    if (tr->world > 1 && ints[0] != global_batch && ints[0] % tr->world == 0)
+        return xlkv_fail(XLKV_E_INVALID, "%s: the saved run's global batch is %d windows per micro-batch; with %d "
+                                         "rank%s that is --batch %d per rank (this run: --batch %d, global %d)",
+                         origin, ints[0], tr->world, tr->world == 1 ? "" : "s", ints[0] / tr->world, o->batch,
+                         global_batch);
+    if (tr->world > 1 && ints[0] != global_batch)
+        return xlkv_fail(XLKV_E_INVALID, "%s: the saved run's global batch is %d windows per micro-batch, which %d "
+                                         "ranks cannot split evenly; resume with a number of ranks that divides it",
+                         origin, ints[0], tr->world);
+    if (seed != o->seed || ints[0] != global_batch || ints[1] != o->seq || ints[2] != o->accum ||
         ints[3] != o->forward_passes || ints[4] != o->backward_passes)
         return xlkv_fail(XLKV_E_INVALID, "%s: the saved run used seed %llu, batch %d, seq %d, accum %d, m %d, b %d; "
                                          "resuming needs the same (this run: seed %llu, batch %d, seq %d, accum %d, "

@@ -11,12 +11,23 @@
  *
  * Checkpoints: OUT/checkpoint-NNNNNN (train/checkpoint.h, atomic) holding the HF model, a copy of the tokenizer and
  * trainer_state.bin; OUT/latest is a symlink to the newest one, replaced atomically (rename of a fresh symlink) after
- * the checkpoint is complete; the previous checkpoint is removed after that. --resume reads OUT/latest. */
+ * the checkpoint is complete; the previous checkpoint is removed after that. --resume reads OUT/latest.
+ *
+ * Data parallel (options.dist with world P > 1, train/dist.h): `batch` is each rank's micro-batch; the global
+ * micro-batch is P x batch. Every rank advances the one data generator over all P x batch windows and keeps its
+ * slice (rank r: windows r*batch .. r*batch + batch - 1), so the ranks together see exactly the windows of a single
+ * process with batch P x batch, and every rank holds the same generator state. Each rank's backward uses loss scale
+ * 1 / (accum P); the gradients are then summed (MPI_Allreduce on the CPU, ncclAllReduce on the GPU), so every rank
+ * holds the gradient of the global mean loss and applies the same update. The step loss is the mean over ranks
+ * (summed the same way), so loss, gradient norm and parameters are the same on every rank. trainer_state.bin
+ * records the global batch: a run resumes with any P' whose P' x batch' equals it, and continues the same window
+ * sequence. Only rank 0 should call xlkv_trainer_save (the caller's job). */
 #ifndef XLKV_TRAIN_TRAINER_H
 #define XLKV_TRAIN_TRAINER_H
 
 #include <stdbool.h>
 
+#include "train/dist.h"
 #include "train/gpu_trainer.h"
 #include "train/optimizer.h"
 #include "train/param_store.h"
@@ -37,6 +48,7 @@ typedef struct xlkv_train_options {
     unsigned long long seed;
     bool device_cuda;                    /* graph, AdamW and clipping on the GPU (train/gpu_trainer.h) */
     bool cuda_bf16;                      /* with device_cuda: bf16 tensor-core products (else pedantic fp32) */
+    const xlkv_dist *dist;               /* data-parallel group (borrowed); NULL = this process alone */
 } xlkv_train_options;
 
 xlkv_train_options xlkv_train_default_options(void);
@@ -52,6 +64,8 @@ typedef struct xlkv_trainer {
     xlkv_train_graph *graph;   /* CPU graph; NULL with options.device_cuda */
     xlkv_gpu_trainer *gpu;     /* GPU graph and optimizer; NULL on the CPU. Parameters and moments live on the GPU
                                   during training; save downloads them, resume uploads them. */
+    xlkv_gpu_comm *gpu_comm;   /* NCCL communicator with device_cuda under MPI (any world size); else NULL */
+    int rank, world;           /* from options.dist (0 and 1 alone) */
     xlkv_token_dataset *train_data, *valid_data; /* valid_data NULL when the directory has no valid shards */
     xlkv_rng data_rng;
     long step;                 /* optimizer steps done */
@@ -65,7 +79,7 @@ typedef struct xlkv_step_report {
     long step;                 /* 1-based index of the step just done */
     double loss, grad_norm;
     float lr;
-    double seconds, tokens, flops;
+    double seconds, tokens, flops; /* tokens and flops of the whole group (every rank) */
 } xlkv_step_report;
 
 /* Takes ownership of `store` (also on failure). Opens data_dir's train (required) and valid (optional) shards and

@@ -14,10 +14,12 @@
 #include "train/gpu_trainer.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/train_gpu_buffers.h"
 #include "backend/cuda/train_kernels.h"
 #include "core/status.h"
 #include "train/train_graph.h"
@@ -343,6 +345,12 @@ xlkv_status xlkv_gpu_trainer_zero_grads(xlkv_gpu_trainer *g) {
     return XLKV_OK;
 }
 
+void xlkv_gpu_trainer_gradient_buffer(xlkv_gpu_trainer *g, float **grads, size_t *n, cudaStream_t *stream) {
+    *grads = g->grads;
+    *n = g->store->n_params;
+    *stream = g->stream;
+}
+
 xlkv_status xlkv_gpu_trainer_synchronize(xlkv_gpu_trainer *g) {
     XLKV_CUDA_TRY(cudaStreamSynchronize(g->stream), "running the training step on the GPU");
     return XLKV_OK;
@@ -654,7 +662,42 @@ static xlkv_status layer_backward(xlkv_gpu_trainer *g, gpu_record *rec) {
     return XLKV_OK;
 }
 
+/* The gradient floats [*first, *end) of the tensors of `layer` (-1: those outside layers; with_embedding false
+ * leaves the token embedding out). Each such group is one contiguous run in the param_store layout. */
+static xlkv_status tensor_range(const xlkv_param_store *s, int layer, bool with_embedding, size_t *first,
+                                size_t *end) {
+    size_t lo = SIZE_MAX, hi = 0, total = 0;
+    for (int t = 0; t < s->n_tensors; t++) {
+        const xlkv_param_tensor *x = &s->tensors[t];
+        if (x->layer != layer || (!with_embedding && x->kind == XLKV_PARAM_EMBEDDING)) continue;
+        const size_t size = (size_t)x->rows * (size_t)(x->cols ? x->cols : 1);
+        if (x->offset < lo) lo = x->offset;
+        if (x->offset + size > hi) hi = x->offset + size;
+        total += size;
+    }
+    if (total == 0 || hi - lo != total)
+        return xlkv_fail(XLKV_E_INVALID, "GPU trainer: the gradients of layer %d are not one contiguous run", layer);
+    *first = lo;
+    *end = hi;
+    return XLKV_OK;
+}
+
+static xlkv_status bucket_ready(const xlkv_gpu_trainer *g, xlkv_grad_ready_fn ready, void *ctx, int layer,
+                                bool with_embedding, size_t *issued) {
+    if (!ready) return XLKV_OK;
+    size_t first = 0, end = 0;
+    XLKV_TRY(tensor_range(g->store, layer, with_embedding, &first, &end));
+    *issued += end - first;
+    return ready(ctx, g->grads + first, end - first);
+}
+
 xlkv_status xlkv_gpu_trainer_backward(xlkv_gpu_trainer *g, float loss_scale) {
+    return xlkv_gpu_trainer_backward_buckets(g, loss_scale, NULL, NULL);
+}
+
+xlkv_status xlkv_gpu_trainer_backward_buckets(xlkv_gpu_trainer *g, float loss_scale, xlkv_grad_ready_fn ready,
+                                              void *ctx) {
+    size_t issued = 0;
     const xlkv_hparams *hp = &g->store->hp;
     const int N = g->n_rows, dim = hp->dim, vocab = hp->vocab_size;
     const size_t n_dim = (size_t)N * (size_t)dim;
@@ -666,10 +709,18 @@ xlkv_status xlkv_gpu_trainer_backward(xlkv_gpu_trainer *g, float loss_scale) {
     XLKV_TRY(zero(g, g->dx, n_dim));
     KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward(g->dx, g->d_output_norm, g->dxb, g->x_final, g->final_inv_rms,
                                                 g->output_norm, N, dim, g->partials, st), "final rmsnorm backward");
+    /* final norm (and an untied classifier) are complete; a tied classifier is the embedding, sent last */
+    if (ready) XLKV_TRY(bucket_ready(g, ready, ctx, -1, false, &issued));
     XLKV_TRY(zero(g, g->dx_group_in, n_dim));
     for (int r = g->n_records - 1; r >= 0; r--) {
         gpu_record *rec = &g->records[r];
         XLKV_TRY(layer_backward(g, rec));
+        /* a layer's weights receive gradient only in its own records (readers add into its dK/dV activations, not
+         * its W_K/W_V), so they are complete after its first record in tape order, the last one the walk visits */
+        bool layer_done = ready != NULL;
+        for (int earlier = 0; earlier < r && layer_done; earlier++)
+            if (g->records[earlier].layer == rec->layer) layer_done = false;
+        if (layer_done) XLKV_TRY(bucket_ready(g, ready, ctx, rec->layer, false, &issued));
         if (!rec->iteration_start) continue;
         KERNEL_TRY(xlkv_cuda_train_add(g->dx_group_in, g->dx, n_dim, st), "group input gradient");
         if (rec->group_iteration == 0) {
@@ -681,6 +732,14 @@ xlkv_status xlkv_gpu_trainer_backward(xlkv_gpu_trainer *g, float loss_scale) {
     }
     KERNEL_TRY(xlkv_cuda_train_embedding_backward(g->d_tok_embeddings, g->dx, g->tokens, g->order, g->starts,
                                                   g->n_groups, dim, st), "embedding backward");
+    if (ready) {
+        size_t embedding = (size_t)hp->vocab_size * (size_t)dim;
+        issued += embedding;
+        XLKV_TRY(ready(ctx, g->d_tok_embeddings, embedding));
+        if (issued != g->store->n_params)
+            return xlkv_fail(XLKV_E_INVALID, "GPU trainer: the gradient buckets cover %zu of %zu parameters", issued,
+                             g->store->n_params);
+    }
     return XLKV_OK;
 }
 
