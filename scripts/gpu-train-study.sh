@@ -51,13 +51,15 @@ study_shape=(--shape default --layers 8 --dim 256 --heads 4 --kv-heads 2 --ffn 6
              --lr 2e-3 --warmup 100 --seed 1)
 study_maps=(standard pizza-bottom:4 sandwich-bottom:4 lasagna-bottom:4 pizza-middle:4 sandwich-middle:4 lasagna-middle:4
             pizza-top:4 sandwich-top:4 lasagna-top:4 lckv:2)
+# STUDY_MAPS="lasagna-top:4 lckv:2" STUDY_STEPS=1069: only those maps, with the step count of an earlier run
+[ -n "${STUDY_MAPS:-}" ] && read -r -a study_maps <<<"$STUDY_MAPS"
 run_study() {
   local budget=$1 # seconds for the whole study
   local std cyc steps
   std=$(probe std "${study_shape[@]}" --layer-types standard)
   cyc=$(probe cyc "${study_shape[@]}" --layer-types lckv:2)
   # 6 acyclic and 5 cyclic configurations, run one after another
-  steps=$(python3 -c "print(int(max(200, min(4000, $budget / (6 * $std + 5 * $cyc)))))")
+  steps=${STUDY_STEPS:-$(python3 -c "print(int(max(200, min(4000, $budget / (6 * $std + 5 * $cyc)))))")}
   say "study: $std s/step standard, $cyc s/step lckv:2 (m=7 b=2) -> $steps steps of 32 x 256 tokens each"
   for map in "${study_maps[@]}"; do
     local name=${map//:/}
