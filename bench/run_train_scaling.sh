@@ -26,7 +26,7 @@ warm=${WARMUP_STEPS:-5}
 read -r -a shape_args <<<"${SHAPE_ARGS:---shape small}"
 out_dir=${OUT_DIR:-$root/bench/results}
 [ -x "$xlkv" ] || { echo "run_train_scaling: $xlkv not built (cmake --build build)"; exit 1; }
-command -v mpirun >/dev/null || { echo "run_train_scaling: mpirun not found (openmpi-bin)"; exit 1; }
+command -v "${mpirun_cmd[0]}" >/dev/null || { echo "run_train_scaling: mpirun not found (openmpi-bin)"; exit 1; }
 if [ "$device" = cuda ]; then
   gpus=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU")
   [ "${gpus:-0}" -ge 1 ] || { echo "run_train_scaling: no GPU visible (nvidia-smi -L); nothing measured"; exit 0; }

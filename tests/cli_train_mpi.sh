@@ -26,7 +26,7 @@ compare="python3 $src/tests/support/compare_train_runs.py"
 # OpenMPI in a container without a network (scripts/mpi-env.sh: shared memory and self transports, no single-copy
 # mechanism, oversubscription, root allowed); OpenMPI's own allocations are not our leaks (ASan build).
 source "$src/scripts/mpi-env.sh"
-command -v mpirun >/dev/null || { echo "FAIL mpirun not found: run scripts/setup-deps.sh (openmpi-bin)"; exit 1; }
+command -v "${mpirun_cmd[0]}" >/dev/null || { echo "FAIL mpirun not found: run scripts/setup-deps.sh (openmpi-bin)"; exit 1; }
 export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0
 mpi=(timeout 300 "${mpirun_cmd[@]}")
 

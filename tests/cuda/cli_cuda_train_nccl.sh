@@ -19,7 +19,7 @@ text=$shared/text/tinyshakespeare.txt
 tok=$shared/models/stories260K/tok512.bin
 if [ ! -f "$text" ] || [ ! -f "$tok" ]; then echo "skipping: $text or $tok absent"; exit 0; fi
 source "$src/scripts/mpi-env.sh"
-command -v mpirun >/dev/null || { echo "FAIL mpirun not found (openmpi-bin; staged in .deps on the GPU machine?)"; exit 1; }
+command -v "${mpirun_cmd[0]}" >/dev/null || { echo "FAIL mpirun not found (openmpi-bin; staged in .deps on the GPU machine?)"; exit 1; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 failures=0
