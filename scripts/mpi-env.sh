@@ -10,6 +10,8 @@
 export OMPI_MCA_btl=${OMPI_MCA_btl:-self,vader} OMPI_MCA_pml=${OMPI_MCA_pml:-ob1}
 export OMPI_MCA_btl_vader_single_copy_mechanism=${OMPI_MCA_btl_vader_single_copy_mechanism:-none}
 export OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_btl_base_warn_component_unused=0
+# NVLink multicast stays off on the shared GPU machines (it can take the host's GPUs out of service)
+export NCCL_NVLS_ENABLE=0
 mpirun_cmd=(mpirun --allow-run-as-root --oversubscribe)
 xlkv_staged_mpi=${XLKV_SOURCE_DIR:-.}/.deps/root/usr
 # Debian's package ships orterun and mpirun.openmpi; the mpirun link comes from update-alternatives, absent here
