@@ -8,61 +8,13 @@
 #include "core/status.h"
 #include "train/train_ops.h"
 
-struct xlkv_layer_record {
-    int layer;
-    int group_iteration;   /* -1 outside cyclic groups, else 0 .. b-1 */
-    bool iteration_start;  /* the first layer of a group iteration */
-    float *x_in;           /* [N, dim] residual stream entering the layer */
-    float *attn_inv_rms;   /* [N] */
-    float *xb;             /* [N, dim] attention-normed input */
-    float *q;              /* [N, q_dim] RoPE applied */
-    float *k, *v;          /* [N, kv_dim] RoPE applied; KV layers only */
-    float *dk, *dv;        /* [N, kv_dim] gradients added by every reader */
-    const float *read_k, *read_v; /* the K/V this layer's attention read */
-    float *read_dk, *read_dv;     /* their gradients; NULL for constants */
-    float *att;            /* [N, q_dim] attention output */
-    float *lse;            /* [N, n_heads] */
-    float *x_mid;          /* [N, dim] after the attention residual */
-    float *ffn_inv_rms;    /* [N] */
-    float *xb2;            /* [N, dim] */
-    float *gate, *up, *h;  /* [N, hidden_dim]; h = silu(gate) * up */
-};
-
 typedef struct kv_source {
     const float *k, *v;
     float *dk, *dv;
 } kv_source;
 
-/* Carving: with base == NULL only counts floats. */
-static float *take(float *base, size_t *cursor, size_t n) {
-    float *p = base ? base + *cursor : NULL;
-    *cursor += n;
-    return p;
-}
-
-static void carve_record(xlkv_train_graph *g, xlkv_layer_record *rec, bool with_kv, float *base, size_t *cursor) {
-    const xlkv_hparams *hp = &g->store->hp;
-    const size_t N = (size_t)g->n_rows, dim = (size_t)hp->dim, hid = (size_t)hp->hidden_dim;
-    const size_t q_dim = (size_t)hp->n_heads * (size_t)hp->head_dim, kv_dim = (size_t)hp->n_kv_heads * (size_t)hp->head_dim;
-    rec->x_in = take(base, cursor, N * dim);
-    rec->attn_inv_rms = take(base, cursor, N);
-    rec->xb = take(base, cursor, N * dim);
-    rec->q = take(base, cursor, N * q_dim);
-    if (with_kv) {
-        rec->k = take(base, cursor, N * kv_dim);
-        rec->v = take(base, cursor, N * kv_dim);
-        rec->dk = take(base, cursor, N * kv_dim);
-        rec->dv = take(base, cursor, N * kv_dim);
-    }
-    rec->att = take(base, cursor, N * q_dim);
-    rec->lse = take(base, cursor, N * (size_t)hp->n_heads);
-    rec->x_mid = take(base, cursor, N * dim);
-    rec->ffn_inv_rms = take(base, cursor, N);
-    rec->xb2 = take(base, cursor, N * dim);
-    rec->gate = take(base, cursor, N * hid);
-    rec->up = take(base, cursor, N * hid);
-    rec->h = take(base, cursor, N * hid);
-}
+/* Carving: with base == NULL only counts floats (packed: align 1). */
+static float *take(float *base, size_t *cursor, size_t n) { return xlkv_tape_take(base, cursor, n, 1); }
 
 /* Every buffer of the graph; returns the number of floats. */
 static size_t carve_all(xlkv_train_graph *g, float *base) {
@@ -74,8 +26,8 @@ static size_t carve_all(xlkv_train_graph *g, float *base) {
     g->rope_cos = take(base, &cursor, (size_t)g->seq * (size_t)(hp->head_dim / 2));
     g->rope_sin = take(base, &cursor, (size_t)g->seq * (size_t)(hp->head_dim / 2));
     for (int r = 0; r < g->n_records; r++)
-        carve_record(g, &g->records[r], xlkv_is_kv_layer(map, g->records[r].layer), base, &cursor);
-    carve_record(g, g->scratch, false, base, &cursor);
+        xlkv_tape_carve_record(&g->records[r], hp, N, xlkv_is_kv_layer(map, g->records[r].layer), base, &cursor, 1);
+    xlkv_tape_carve_record(g->scratch, hp, N, false, base, &cursor, 1);
     if (xlkv_layer_map_has_cyclic(map)) {
         g->const_k = take(base, &cursor, (size_t)map->n_kv_layers * N * kv_dim);
         g->const_v = take(base, &cursor, (size_t)map->n_kv_layers * N * kv_dim);
@@ -95,26 +47,6 @@ static size_t carve_all(xlkv_train_graph *g, float *base) {
     g->dup = take(base, &cursor, N * hid);
     g->dh = take(base, &cursor, N * hid);
     return cursor;
-}
-
-/* The tape: one record per layer of an acyclic run, b x (group layers) per cyclic group. */
-static int plan_tape(xlkv_train_graph *g, xlkv_layer_record *records) {
-    const xlkv_layer_map *map = g->store->map;
-    int n = 0;
-    for (int s = 0; s < map->n_plan_steps; s++) {
-        const xlkv_plan_step *step = &map->plan[s];
-        const int iterations = step->cyclic ? g->backward_passes : 1;
-        for (int it = 0; it < iterations; it++)
-            for (int layer = step->first; layer <= step->last; layer++) {
-                if (records) {
-                    records[n].layer = layer;
-                    records[n].group_iteration = step->cyclic ? it : -1;
-                    records[n].iteration_start = step->cyclic && layer == step->first;
-                }
-                n++;
-            }
-    }
-    return n;
 }
 
 static void fill_rope_tables(xlkv_train_graph *g) {
@@ -172,7 +104,7 @@ xlkv_status xlkv_train_graph_create(const xlkv_param_store *store, int batch, in
     g->n_rows = batch * seq;
     g->forward_passes = forward_passes;
     g->backward_passes = backward_passes;
-    g->n_records = plan_tape(g, NULL);
+    g->n_records = xlkv_tape_plan(g->store->map, g->backward_passes, NULL);
     g->records = calloc((size_t)g->n_records, sizeof *g->records);
     g->scratch = calloc(1, sizeof *g->scratch);
     g->tokens = malloc((size_t)g->n_rows * sizeof *g->tokens);
@@ -181,7 +113,7 @@ xlkv_status xlkv_train_graph_create(const xlkv_param_store *store, int batch, in
         xlkv_train_graph_free(g);
         return xlkv_fail(XLKV_E_NOMEM, "trainer: out of memory");
     }
-    plan_tape(g, g->records);
+    xlkv_tape_plan(g->store->map, g->backward_passes, g->records);
     size_t floats = carve_all(g, NULL);
     g->arena = calloc(floats, sizeof(float));
     if (!g->arena) {

@@ -19,8 +19,7 @@
 #define XLKV_TRAIN_TRAIN_GRAPH_H
 
 #include "train/param_store.h"
-
-typedef struct xlkv_layer_record xlkv_layer_record; /* train_graph.c */
+#include "train/train_tape.h"
 
 typedef struct xlkv_train_graph {
     const xlkv_param_store *store;

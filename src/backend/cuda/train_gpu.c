@@ -24,15 +24,7 @@
 #include "core/status.h"
 #include "train/train_graph.h"
 
-typedef struct gpu_record {
-    int layer;
-    int group_iteration;
-    bool iteration_start;
-    float *x_in, *attn_inv_rms, *xb, *q, *k, *v, *dk, *dv;
-    const float *read_k, *read_v;
-    float *read_dk, *read_dv;
-    float *att, *lse, *x_mid, *ffn_inv_rms, *xb2, *gate, *up, *h;
-} gpu_record;
+typedef xlkv_layer_record gpu_record; /* train/train_tape.h: the CPU trainer's record */
 
 typedef struct kv_source {
     const float *k, *v;
@@ -74,35 +66,8 @@ struct xlkv_gpu_trainer {
         if (kernel_err_) return xlkv_cuda_fail((cudaError_t)kernel_err_, (what));                                      \
     } while (0)
 
-static float *take(float *base, size_t *cursor, size_t n) {
-    float *p = base ? base + *cursor : NULL;
-    *cursor += (n + 63) & ~(size_t)63; /* 256-byte alignment for every buffer */
-    return p;
-}
-
-static void carve_record(xlkv_gpu_trainer *g, gpu_record *rec, bool with_kv, float *base, size_t *cursor) {
-    const xlkv_hparams *hp = &g->store->hp;
-    const size_t N = (size_t)g->n_rows, dim = (size_t)hp->dim, hid = (size_t)hp->hidden_dim;
-    const size_t q_dim = (size_t)hp->n_heads * (size_t)hp->head_dim, kv_dim = (size_t)hp->n_kv_heads * (size_t)hp->head_dim;
-    rec->x_in = take(base, cursor, N * dim);
-    rec->attn_inv_rms = take(base, cursor, N);
-    rec->xb = take(base, cursor, N * dim);
-    rec->q = take(base, cursor, N * q_dim);
-    if (with_kv) {
-        rec->k = take(base, cursor, N * kv_dim);
-        rec->v = take(base, cursor, N * kv_dim);
-        rec->dk = take(base, cursor, N * kv_dim);
-        rec->dv = take(base, cursor, N * kv_dim);
-    }
-    rec->att = take(base, cursor, N * q_dim);
-    rec->lse = take(base, cursor, N * (size_t)hp->n_heads);
-    rec->x_mid = take(base, cursor, N * dim);
-    rec->ffn_inv_rms = take(base, cursor, N);
-    rec->xb2 = take(base, cursor, N * dim);
-    rec->gate = take(base, cursor, N * hid);
-    rec->up = take(base, cursor, N * hid);
-    rec->h = take(base, cursor, N * hid);
-}
+/* 256-byte alignment for every buffer */
+static float *take(float *base, size_t *cursor, size_t n) { return xlkv_tape_take(base, cursor, n, 64); }
 
 static size_t carve_all(xlkv_gpu_trainer *g, float *base) {
     const xlkv_hparams *hp = &g->store->hp;
@@ -113,8 +78,8 @@ static size_t carve_all(xlkv_gpu_trainer *g, float *base) {
     g->rope_cos = take(base, &cursor, (size_t)g->seq * (size_t)(hp->head_dim / 2));
     g->rope_sin = take(base, &cursor, (size_t)g->seq * (size_t)(hp->head_dim / 2));
     for (int r = 0; r < g->n_records; r++)
-        carve_record(g, &g->records[r], xlkv_is_kv_layer(map, g->records[r].layer), base, &cursor);
-    carve_record(g, &g->scratch, false, base, &cursor);
+        xlkv_tape_carve_record(&g->records[r], hp, N, xlkv_is_kv_layer(map, g->records[r].layer), base, &cursor, 64);
+    xlkv_tape_carve_record(&g->scratch, hp, N, false, base, &cursor, 64);
     if (xlkv_layer_map_has_cyclic(map)) {
         g->const_k = take(base, &cursor, (size_t)map->n_kv_layers * N * kv_dim);
         g->const_v = take(base, &cursor, (size_t)map->n_kv_layers * N * kv_dim);
@@ -136,25 +101,6 @@ static size_t carve_all(xlkv_gpu_trainer *g, float *base) {
     g->delta = take(base, &cursor, N * (size_t)hp->n_heads);
     g->partials = take(base, &cursor, ((N + XLKV_CUDA_TRAIN_ROW_CHUNK - 1) / XLKV_CUDA_TRAIN_ROW_CHUNK) * dim);
     return cursor;
-}
-
-static int plan_tape(const xlkv_gpu_trainer *g, gpu_record *records) {
-    const xlkv_layer_map *map = g->store->map;
-    int n = 0;
-    for (int s = 0; s < map->n_plan_steps; s++) {
-        const xlkv_plan_step *step = &map->plan[s];
-        const int iterations = step->cyclic ? g->backward_passes : 1;
-        for (int it = 0; it < iterations; it++)
-            for (int layer = step->first; layer <= step->last; layer++) {
-                if (records) {
-                    records[n].layer = layer;
-                    records[n].group_iteration = step->cyclic ? it : -1;
-                    records[n].iteration_start = step->cyclic && layer == step->first;
-                }
-                n++;
-            }
-    }
-    return n;
 }
 
 /* Device pointer of a host pointer into the store's params (or grads): same offset. */
@@ -225,7 +171,7 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
     g->adam_m = g->grads + n_params;
     g->adam_v = g->adam_m + n_params;
     XLKV_CUDA_TRY(cudaMemset(g->grads, 0, n_params * sizeof(float)), "zeroing the gradients");
-    g->n_records = plan_tape(g, NULL);
+    g->n_records = xlkv_tape_plan(g->store->map, g->backward_passes, NULL);
     g->records = calloc((size_t)g->n_records, sizeof *g->records);
     g->w = calloc((size_t)hp->n_layers, sizeof *g->w);
     g->dw = calloc((size_t)hp->n_layers, sizeof *g->dw);
@@ -239,7 +185,7 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
     if (!g->records || !g->w || !g->dw || !g->current || !g->host_row_loss || !g->host_norm_partials ||
         !g->host_order || !g->host_starts || !g->host_counts)
         return xlkv_fail(XLKV_E_NOMEM, "GPU trainer: out of host memory");
-    plan_tape(g, g->records);
+    xlkv_tape_plan(g->store->map, g->backward_passes, g->records);
     map_weights(g);
     const size_t floats = carve_all(g, NULL);
     XLKV_TRY(xlkv_cuda_alloc((void **)&g->arena, floats * sizeof(float), "the trainer's activations"));
