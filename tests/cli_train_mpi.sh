@@ -12,15 +12,7 @@
 # Needs tinyshakespeare and tok512.bin (skipped when absent) and mpirun (scripts/setup-deps.sh installs openmpi-bin).
 set -u
 xlkv=$1
-src=${XLKV_SOURCE_DIR:-.}
-shared=${XLKV_SHARED_DATA:-$src/../shared/data}
-text=$shared/text/tinyshakespeare.txt
-tok=$shared/models/stories260K/tok512.bin
-if [ ! -f "$text" ] || [ ! -f "$tok" ]; then echo "skipping: $text or $tok absent"; exit 0; fi
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-failures=0
-fail() { echo "FAIL $*"; failures=$((failures + 1)); }
+source "$(dirname "$0")/support/cli_train_data.sh"
 compare="python3 $src/tests/support/compare_train_runs.py"
 
 # OpenMPI in a container without a network (scripts/mpi-env.sh: shared memory and self transports, no single-copy

@@ -6,15 +6,7 @@
 # (skipped when absent).
 set -u
 xlkv=$1
-src=${XLKV_SOURCE_DIR:-.}
-shared=${XLKV_SHARED_DATA:-$src/../shared/data}
-text=$shared/text/tinyshakespeare.txt
-tok=$shared/models/stories260K/tok512.bin
-if [ ! -f "$text" ] || [ ! -f "$tok" ]; then echo "skipping: $text or $tok absent"; exit 0; fi
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-failures=0
-fail() { echo "FAIL $*"; failures=$((failures + 1)); }
+source "$(dirname "$0")/support/cli_train_data.sh"
 
 "$xlkv" tokenize --tokenizer "$tok" -o "$tmp/data" --valid-fraction 0.1 -t 2 "$text" 2>"$tmp/err" \
   || { cat "$tmp/err"; echo "FAIL tokenize"; exit 1; }

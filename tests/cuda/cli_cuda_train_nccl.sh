@@ -13,17 +13,9 @@
 # Prints "check ..." lines with the measured differences.
 set -u
 xlkv=$1
-src=${XLKV_SOURCE_DIR:-.}
-shared=${XLKV_SHARED_DATA:-$src/../shared/data}
-text=$shared/text/tinyshakespeare.txt
-tok=$shared/models/stories260K/tok512.bin
-if [ ! -f "$text" ] || [ ! -f "$tok" ]; then echo "skipping: $text or $tok absent"; exit 0; fi
+source "$(dirname "$0")/../support/cli_train_data.sh"
 source "$src/scripts/mpi-env.sh"
 command -v "${mpirun_cmd[0]}" >/dev/null || { echo "FAIL mpirun not found (openmpi-bin; staged in .deps on the GPU machine?)"; exit 1; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-failures=0
-fail() { echo "FAIL $*"; failures=$((failures + 1)); }
 compare="python3 $src/tests/support/compare_train_runs.py"
 mpi=(timeout 600 "${mpirun_cmd[@]}")
 
