@@ -29,6 +29,7 @@ out_dir=${OUT_DIR:-$root/bench/results}
 command -v "${mpirun_cmd[0]}" >/dev/null || { echo "run_train_scaling: mpirun not found (openmpi-bin)"; exit 1; }
 if [ "$device" = cuda ]; then
   gpus=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU")
+  [ -n "${CUDA_VISIBLE_DEVICES:-}" ] && gpus=$(echo "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | grep -c .) # what CUDA sees
   [ "${gpus:-0}" -ge 1 ] || { echo "run_train_scaling: no GPU visible (nvidia-smi -L); nothing measured"; exit 0; }
   device_name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
   device_args=(--device cuda --dtype "$dtype")

@@ -40,6 +40,7 @@ for dtype in f32 bf16; do
 done
 
 gpus=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU")
+[ -n "${CUDA_VISIBLE_DEVICES:-}" ] && gpus=$(echo "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | grep -c .) # what CUDA sees
 if [ "${gpus:-0}" -ge 2 ]; then
   args=(--shape tiny --layer-types cla:2 --data "$tmp/data" --steps 20 --seq 64 --lr 3e-3 --warmup 5 --seed 3
         --device cuda --dtype f32)
