@@ -7,7 +7,11 @@
  *     2e-2 x max |ref| per tensor (for dk/dv: x max |ref - initial|, the part the kernel adds); lse absolute
  *     2e-2 (it is a log); -inf lse must be -inf exactly. Also: two backward runs give the same bits (no atomics);
  *     unsupported shapes (head_dim 80) are refused.
- *  2. the trainer: a head_dim 64 model (standard, lckv:1 with its masked diagonal, a sliding-window map), 6 steps
+ *  2. gradients of every parameter of a head_dim 64 model after one forward + backward (B 2, T 100; standard, cla:2
+ *     with its shared KV source, lckv:1, 0_1s_1s_3): bf16 flash vs bf16 gemm within 5e-2 and vs f32 within 1e-1 of
+ *     each tensor's largest gradient (or twice the bf16 gemm's own error against f32, if larger: both are bf16
+ *     rounding); a missing or doubled dK/dV path (several layers read one KV source) would be off by O(1).
+ *  3. the trainer: a head_dim 64 model (standard, lckv:1 with its masked diagonal, a sliding-window map), 6 steps
  *     in f32 (exact attention) and in bf16 with flash forced (XLKV_TRAIN_ATTENTION=flash): per-step losses within
  *     3e-2 relative of the f32 run (the bf16 tolerance of test_cuda_train), bf16 flash against bf16 gemm within 1e-2;
  *     XLKV_TRAIN_ATTENTION=flash on an f32 trainer is refused with XLKV_E_INVALID.
@@ -235,8 +239,105 @@ static void flash_kernels_match_exact(void **state) {
     if (failures) fail_msg("%d flash kernel check(s) failed", failures);
 }
 
-/* ---- 2. the trainer --------------------------------------------------------------------------------------------- */
+/* ---- 2. gradients of a whole model ------------------------------------------------------------------------------ */
 enum { VOCAB = 61, STEPS = 6 };
+
+typedef struct trainer_case {
+    const char *map;
+    int m, b;
+} trainer_case;
+
+/* A tiny model with head_dim 64: 2 query heads, 1 KV head, dim 128, 4 layers, window 9 for sliding layers. */
+static xlkv_hparams flash_hparams(const trainer_case *c) {
+    xlkv_hparams hp;
+    xlkv_hparams_defaults(&hp);
+    hp.dim = 128, hp.hidden_dim = 192, hp.n_layers = 4, hp.n_heads = 2, hp.n_kv_heads = 1, hp.head_dim = 64;
+    hp.vocab_size = VOCAB, hp.max_seq_len = 128, hp.forward_passes = c->m, hp.backward_passes = c->b;
+    hp.sliding_window = 9;
+    return hp;
+}
+
+/* Gradients of every parameter after one forward + backward (B 2, T 100) with the given dtype and attention. */
+static float *model_gradients(const trainer_case *c, bool bf16, const char *attention, size_t *n_params) {
+    enum { B = 2, T = 100, N = B * T };
+    int tokens[N], targets[N];
+    for (int r = 0; r < N; r++) {
+        tokens[r] = (int)((unsigned)(r * 37 + (r * r) % 13) % VOCAB);
+        targets[r] = (int)((unsigned)(r * 17 + 3) % VOCAB);
+    }
+    const xlkv_hparams hp = flash_hparams(c);
+    xlkv_param_store *store = NULL;
+    TU_ASSERT_OK(xlkv_store_from_shape(&hp, c->map, 5, &store));
+    setenv("XLKV_TRAIN_ATTENTION", attention, 1);
+    xlkv_gpu_trainer *gt = NULL;
+    TU_ASSERT_OK(xlkv_gpu_trainer_create(store, B, T, c->m, c->b, bf16, &gt));
+    unsetenv("XLKV_TRAIN_ATTENTION");
+    double loss = 0.0;
+    TU_ASSERT_OK(xlkv_gpu_trainer_zero_grads(gt));
+    TU_ASSERT_OK(xlkv_gpu_trainer_forward(gt, tokens, targets, &loss));
+    TU_ASSERT_OK(xlkv_gpu_trainer_backward(gt, 1.0f));
+    TU_ASSERT_OK(xlkv_gpu_trainer_download(gt, store, true));
+    float *grads = malloc(store->n_params * sizeof *grads);
+    memcpy(grads, store->grads, store->n_params * sizeof *grads);
+    *n_params = store->n_params;
+    xlkv_gpu_trainer_free(gt);
+    xlkv_param_store_free(store);
+    return grads;
+}
+
+/* Worst tensor of max |a - b| / max |b|. */
+static double worst_tensor_error(const trainer_case *c, const float *a, const float *b, const char **worst_name) {
+    const xlkv_hparams hp = flash_hparams(c);
+    xlkv_param_store *layout = NULL;
+    TU_ASSERT_OK(xlkv_store_from_shape(&hp, c->map, 5, &layout));
+    double worst = 0.0;
+    *worst_name = "";
+    for (int t = 0; t < layout->n_tensors; t++) {
+        const xlkv_param_tensor *tensor = &layout->tensors[t];
+        const size_t n = (size_t)tensor->rows * (size_t)(tensor->cols ? tensor->cols : 1);
+        double diff = 0.0, scale = 0.0;
+        for (size_t i = 0; i < n; i++) {
+            const double x = a[tensor->offset + i], y = b[tensor->offset + i];
+            if (fabs(x - y) > diff || isnan(x)) diff = isnan(x) ? INFINITY : fabs(x - y);
+            if (fabs(y) > scale) scale = fabs(y);
+        }
+        const double err = scale > 0 ? diff / scale : diff;
+        if (err > worst || isnan(err)) worst = err, *worst_name = tensor->name;
+    }
+    xlkv_param_store_free(layout);
+    return worst;
+}
+
+static void flash_gradients_match(void **state) {
+    (void)state;
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) skip();
+    failures = 0;
+    static const trainer_case cases[] = {{"standard", 0, 2}, {"cla:2", 0, 2}, {"lckv:1", 1, 2}, {"0_1s_1s_3", 0, 2}};
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        const trainer_case *c = &cases[ci];
+        size_t n = 0;
+        float *flash = model_gradients(c, true, "flash", &n), *gemm = model_gradients(c, true, "gemm", &n);
+        float *exact = model_gradients(c, false, "gemm", &n);
+        const char *name_gemm, *name_exact;
+        const double vs_gemm = worst_tensor_error(c, flash, gemm, &name_gemm);
+        const double vs_exact = worst_tensor_error(c, flash, exact, &name_exact);
+        const double gemm_vs_exact = worst_tensor_error(c, gemm, exact, &name_exact);
+        /* bf16 rounding of the products, relative to each tensor's largest gradient; a missing or doubled dK/dV path
+         * (several layers read one KV source) would be off by O(1) */
+        const double tol_gemm = fmax(5e-2, 2.0 * gemm_vs_exact), tol_exact = fmax(1e-1, 2.0 * gemm_vs_exact);
+        const bool ok = vs_gemm <= tol_gemm && vs_exact <= tol_exact;
+        printf("check bf16 gradients, %-10s m=%d b=%d: flash vs bf16 gemm worst tensor %-24s max err %.2e (tol %.0e); "
+               "flash vs f32 %.2e (tol %.0e; bf16 gemm vs f32 %.2e) %s\n",
+               c->map, c->m, c->b, name_gemm, vs_gemm, tol_gemm, vs_exact, tol_exact, gemm_vs_exact,
+               ok ? "ok" : "FAIL");
+        if (!ok) failures++;
+        free(flash), free(gemm), free(exact);
+    }
+    if (failures) fail_msg("%d flash gradient check(s) failed", failures);
+}
+
+/* ---- 3. the trainer --------------------------------------------------------------------------------------------- */
 
 static char *make_data_dir(void) {
     char *dir = tu_temp_dir();
@@ -254,18 +355,9 @@ static char *make_data_dir(void) {
     return dir;
 }
 
-typedef struct trainer_case {
-    const char *map;
-    int m, b;
-} trainer_case;
-
-/* A tiny model with head_dim 64 (2 query heads, 1 KV head, dim 128), seq 100 (not a multiple of the tiles). */
+/* The head_dim 64 model, seq 100 (not a multiple of the tiles). */
 static xlkv_status make_trainer(const char *data, const trainer_case *c, bool bf16, xlkv_trainer **out) {
-    xlkv_hparams hp;
-    xlkv_hparams_defaults(&hp);
-    hp.dim = 128, hp.hidden_dim = 192, hp.n_layers = 4, hp.n_heads = 2, hp.n_kv_heads = 1, hp.head_dim = 64;
-    hp.vocab_size = VOCAB, hp.max_seq_len = 128, hp.forward_passes = c->m, hp.backward_passes = c->b;
-    hp.sliding_window = 9;
+    const xlkv_hparams hp = flash_hparams(c);
     xlkv_param_store *store = NULL;
     TU_ASSERT_OK(xlkv_store_from_shape(&hp, c->map, 11, &store));
     xlkv_train_options o = xlkv_train_default_options();
@@ -326,6 +418,7 @@ static void flash_trainer_tracks_f32(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(flash_kernels_match_exact),
+        cmocka_unit_test(flash_gradients_match),
         cmocka_unit_test(flash_trainer_tracks_f32),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
