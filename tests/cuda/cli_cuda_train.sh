@@ -6,7 +6,10 @@
 #     model.safetensors and trainer_state.bin bytes as an uninterrupted CUDA run (f32 and bf16: every reduction has
 #     a fixed order);
 #   - checkpoints written by the CUDA trainer load in `xlkv generate` (CPU and --device cuda);
-#   - the progress line shows MFU against 989 TFLOP/s; --dtype without --device cuda is refused.
+#   - the progress line shows MFU against 989 TFLOP/s; --dtype without --device cuda is refused;
+#   - flash attention (the bf16 default at head_dim 64: --shape default, lckv:1 with sliding layers off, seq 100): its
+#     per-step losses track the f32 run within 3e-2 relative, two runs give the same checkpoint bytes, and
+#     XLKV_TRAIN_ATTENTION=flash with --dtype f32 is refused with the reason.
 set -u
 xlkv=$1
 source "$(dirname "$0")/../support/cli_train_data.sh"
@@ -70,6 +73,32 @@ for dtype in bf16 f32; do
   "$xlkv" generate -m "$tmp/straight-$dtype/latest" -p "ROMEO:" -n 24 -s 1 --device cuda >"$tmp/gen.txt" 2>"$tmp/gen.err" \
     && echo "ok   generate --device cuda from the cuda $dtype checkpoint" || fail "generate --device cuda: $(cat "$tmp/gen.err")"
 done
+
+# flash attention (bf16 default where head_dim is 64): tracks f32, deterministic, refused in f32
+flash_args=(--shape default --layer-types lckv:1 --forward-passes 1 --backward-passes 2 --data "$tmp/data" --steps 12
+            --batch 4 --seq 100 --lr 1e-3 --warmup 3 --seed 7 --eval-every 12 --eval-batches 2 --device cuda)
+"$xlkv" train "${flash_args[@]}" --dtype f32 --out "$tmp/flash-f32" 2>"$tmp/flash-f32.log" || { tail -3 "$tmp/flash-f32.log"; fail "default-shape f32"; }
+for run in a b; do
+  "$xlkv" train "${flash_args[@]}" --dtype bf16 --out "$tmp/flash-$run" 2>"$tmp/flash-$run.log" || { tail -3 "$tmp/flash-$run.log"; fail "flash bf16 run $run"; }
+done
+python3 - "$tmp/flash-f32.log" "$tmp/flash-a.log" <<'PY' || failures=$((failures + 1))
+import re, sys
+def losses(path):
+    return [float(m.group(1)) for m in re.finditer(r"^step +\d+/\d+ \| loss ([0-9.]+)", open(path).read(), re.M)]
+f32, flash = losses(sys.argv[1]), losses(sys.argv[2])
+worst = max(abs(a - b) / abs(a) for a, b in zip(f32, flash)) if f32 and len(f32) == len(flash) else float("inf")
+print(f"check cli flash: f32  {' '.join(f'{x:.4f}' for x in f32)}")
+print(f"check cli flash: bf16 {' '.join(f'{x:.4f}' for x in flash)}")
+ok = worst <= 3e-2
+print(f"{'ok  ' if ok else 'FAIL'} cli bf16 flash vs f32 (default shape, lckv:1, seq 100): worst relative loss difference {worst:.2e} (tolerance 3e-2)")
+sys.exit(0 if ok else 1)
+PY
+for f in model.safetensors trainer_state.bin; do
+  cmp -s "$tmp/flash-a/latest/$f" "$tmp/flash-b/latest/$f" && echo "ok   cuda bf16 flash: two runs give the same $f" \
+    || fail "cuda bf16 flash: two runs differ in $f"
+done
+if XLKV_TRAIN_ATTENTION=flash "$xlkv" train "${flash_args[@]}" --dtype f32 --out "$tmp/x" 2>"$tmp/err"; then fail "flash accepted in f32"
+else grep -q "XLKV_TRAIN_ATTENTION=flash needs --dtype bf16" "$tmp/err" && echo "ok   error: $(tail -1 "$tmp/err")" || fail "message: $(cat "$tmp/err")"; fi
 
 if "$xlkv" train --shape tiny --data "$tmp/data" --out "$tmp/x" --dtype f32 2>"$tmp/err"; then fail "--dtype without cuda accepted"
 else grep -q "applies to --device cuda" "$tmp/err" && echo "ok   error: $(cat "$tmp/err")" || fail "message: $(cat "$tmp/err")"; fi

@@ -4,13 +4,18 @@
  * the walk reaches it; discarded hidden outputs of grad iterations enter with zero gradient; the group's input
  * gradient summed over its grad iterations). Kernels: backend/cuda/train_kernels.cu; products: cuBLAS.
  *
- * Attention has two implementations with the same semantics, both exact in fp32:
+ * Attention has three implementations with the same semantics; gemm and warp are exact in fp32, flash is bf16:
  *   gemm: cuBLAS strided-batched products for the scores (fp32, [n_heads][batch][seq][seq], recomputed in the
  *         backward, never saved), a masked-softmax kernel that also writes the log-sum-exp, P.V, and for the
  *         backward dP = dO.V^T, dS = P (dP - delta) scale, dQ = dS.K, dK += dS^T.Q, dV += P^T.dO (query heads of
  *         one KV head accumulate in order). The default while the two score buffers fit in 8 GiB.
  *   warp: one warp per (query row, head) / (key row, KV head), online softmax, nothing of size T x T (the fallback
- *         for long sequences). XLKV_TRAIN_ATTENTION=warp|gemm forces one (the tests run both). */
+ *         for long sequences).
+ *   flash: tensor-core FlashAttention-2 kernels (backend/cuda/train_attention_flash.cu: bf16 mma.sync, fp32
+ *         accumulation, nothing of size T x T), the default of the bf16 trainer when head_dim is 64 or 128; the f32
+ *         trainer never uses it (it stays exact).
+ * XLKV_TRAIN_ATTENTION=warp|gemm|flash forces one (the tests run all three); flash where it is not supported (f32,
+ * another head_dim) is refused with the reason. */
 #include "train/gpu_trainer.h"
 
 #include <math.h>
@@ -19,6 +24,7 @@
 #include <string.h>
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/train_attention_flash.h"
 #include "backend/cuda/train_gpu_buffers.h"
 #include "backend/cuda/train_kernels.h"
 #include "core/status.h"
@@ -48,7 +54,7 @@ struct xlkv_gpu_trainer {
     float *const_k, *const_v, *rope_cos, *rope_sin;
     float *x, *x_group_in, *final_inv_rms, *x_final, *xf, *probs;
     float *dx, *dx_group_in, *dxb, *dq, *datt, *dgate, *dup, *dh, *delta, *partials;
-    bool gemm_attention;
+    enum { ATTENTION_WARP, ATTENTION_GEMM, ATTENTION_FLASH } attention;
     float *scores, *dscores; /* [n_heads][batch][seq][seq] (gemm attention only) */
     double *row_loss, *norm_partials;       /* device */
     int *tokens, *targets, *order, *starts; /* device [n_rows] (+1 for starts) */
@@ -200,10 +206,21 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
     g->norm_partials = g->row_loss + N;
     const size_t score_floats = (size_t)hp->n_heads * N * (size_t)g->seq;
     const char *choice = getenv("XLKV_TRAIN_ATTENTION");
-    if (choice && !strcmp(choice, "warp")) g->gemm_attention = false;
-    else if (choice && !strcmp(choice, "gemm")) g->gemm_attention = true;
-    else g->gemm_attention = 2 * score_floats * sizeof(float) <= ((size_t)8 << 30);
-    if (g->gemm_attention) {
+    const xlkv_cuda_train_attention_shape flash_shape = {.batch = g->batch, .seq = g->seq, .n_heads = hp->n_heads,
+                                                         .n_kv_heads = hp->n_kv_heads, .head_dim = hp->head_dim};
+    const bool flash_ok = g->bf16 && xlkv_cuda_train_attention_flash_supported(&flash_shape);
+    if (choice && !strcmp(choice, "warp")) g->attention = ATTENTION_WARP;
+    else if (choice && !strcmp(choice, "gemm")) g->attention = ATTENTION_GEMM;
+    else if (choice && !strcmp(choice, "flash")) {
+        if (!flash_ok)
+            return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_ATTENTION=flash needs --dtype bf16 and head_dim 64 or 128 "
+                             "(this run: %s, head_dim %d)", g->bf16 ? "bf16" : "f32", hp->head_dim);
+        g->attention = ATTENTION_FLASH;
+    } else if (choice && *choice)
+        return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_ATTENTION=%s: expected warp, gemm or flash", choice);
+    else if (flash_ok) g->attention = ATTENTION_FLASH;
+    else g->attention = 2 * score_floats * sizeof(float) <= ((size_t)8 << 30) ? ATTENTION_GEMM : ATTENTION_WARP;
+    if (g->attention == ATTENTION_GEMM) {
         XLKV_TRY(xlkv_cuda_alloc((void **)&g->scores, score_floats * sizeof(float), "attention scores"));
         XLKV_TRY(xlkv_cuda_alloc((void **)&g->dscores, score_floats * sizeof(float), "attention score gradients"));
     }
@@ -467,7 +484,11 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
     rec->read_dk = src->dk;
     rec->read_dv = src->dv;
     const xlkv_cuda_train_attention_shape shape = attention_shape(g, layer);
-    if (g->gemm_attention) XLKV_TRY(attention_forward_gemm(g, rec->att, rec->lse, rec->q, src->k, src->v, &shape));
+    if (g->attention == ATTENTION_GEMM)
+        XLKV_TRY(attention_forward_gemm(g, rec->att, rec->lse, rec->q, src->k, src->v, &shape));
+    else if (g->attention == ATTENTION_FLASH)
+        KERNEL_TRY(xlkv_cuda_train_attention_flash_forward(rec->att, rec->lse, rec->q, src->k, src->v, &shape, st),
+                   "flash attention forward");
     else KERNEL_TRY(xlkv_cuda_train_attention_forward(rec->att, rec->lse, rec->q, src->k, src->v, &shape, st),
                     "attention forward");
     XLKV_TRY(linear(g, proj, rec->att, w->wo, N, q_dim, dim));
@@ -586,9 +607,14 @@ static xlkv_status layer_backward(xlkv_gpu_trainer *g, gpu_record *rec) {
     XLKV_TRY(zero(g, g->datt, (size_t)N * (size_t)q_dim));
     XLKV_TRY(linear_backward(g, g->datt, dw->wo, g->dx, rec->att, w->wo, N, q_dim, dim));
     const xlkv_cuda_train_attention_shape shape = attention_shape(g, layer);
-    if (g->gemm_attention)
+    if (g->attention == ATTENTION_GEMM)
         XLKV_TRY(attention_backward_gemm(g, g->dq, rec->read_dk, rec->read_dv, g->datt, rec->att, rec->lse, rec->q,
                                          rec->read_k, rec->read_v, &shape));
+    else if (g->attention == ATTENTION_FLASH)
+        KERNEL_TRY(xlkv_cuda_train_attention_flash_backward(g->dq, rec->read_dk, rec->read_dv, g->delta, g->datt,
+                                                            rec->att, rec->lse, rec->q, rec->read_k, rec->read_v,
+                                                            &shape, st),
+                   "flash attention backward");
     else
         KERNEL_TRY(xlkv_cuda_train_attention_backward(g->dq, rec->read_dk, rec->read_dv, g->delta, g->datt, rec->att,
                                                       rec->lse, rec->q, rec->read_k, rec->read_v, &shape, st),

@@ -1,0 +1,37 @@
+/* backend/cuda/train_attention_flash: the trainer's tensor-core attention (FlashAttention-2 style, bf16 mma.sync with
+ * fp32 accumulation), the default attention of the bf16 trainer (backend/cuda/train_gpu.c). Same semantics, buffers
+ * and conventions as xlkv_cuda_train_attention_forward / _backward (train_kernels.h): fp32 q [B*T, H*hd],
+ * k, v [B*T, KVH*hd], out [B*T, H*hd], lse [B*T, H] in natural-log units of the scaled scores (-inf and a zero output
+ * row when a query sees nothing); dq overwritten, dk/dv ADDED to (both NULL: constant K/V, only dq); delta
+ * [B*T, H] is scratch written here. Inputs are rounded to bf16 when staged into shared memory, so results match the
+ * exact fp32 kernels to bf16 accuracy (not to the bit); every output element has one writer and a fixed summation
+ * order (no atomics): the same inputs give the same bits on every run.
+ *
+ * Supported: head_dim 64 or 128 and every buffer 16-byte aligned; anything else returns cudaErrorInvalidValue (ask
+ * xlkv_cuda_train_attention_flash_supported first). */
+#ifndef XLKV_BACKEND_CUDA_TRAIN_ATTENTION_FLASH_H
+#define XLKV_BACKEND_CUDA_TRAIN_ATTENTION_FLASH_H
+
+#include <stdbool.h>
+
+#include "backend/cuda/train_kernels.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Whether the flash kernels take this shape (head_dim 64 or 128, a valid GQA grouping). */
+bool xlkv_cuda_train_attention_flash_supported(const xlkv_cuda_train_attention_shape *shape);
+
+int xlkv_cuda_train_attention_flash_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                                            const xlkv_cuda_train_attention_shape *shape, void *stream);
+int xlkv_cuda_train_attention_flash_backward(float *dq, float *dk, float *dv, float *delta, const float *dout,
+                                             const float *out, const float *lse, const float *q, const float *k,
+                                             const float *v, const xlkv_cuda_train_attention_shape *shape,
+                                             void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
