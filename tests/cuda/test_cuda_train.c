@@ -86,8 +86,9 @@ static double check(const char *what, const float *gpu, const float *ref, size_t
 }
 
 /* ---- 1. kernels ----------------------------------------------------------------------------------------------- */
-static void kernel_rmsnorm(void) {
-    const int n = 37, dim = 96;
+/* n x dim rows; dim % 4 == 0 takes the float4 path, other dims the scalar one; n > XLKV_CUDA_TRAIN_ROW_CHUNK gives
+ * several dgain chunks. Outputs start poisoned (NaN) so that a kernel that writes nothing fails. */
+static void kernel_rmsnorm_case(int n, int dim) {
     float *x = random_array((size_t)n * dim, 2.0f), *gain = random_array(dim, 1.0f), *dy = random_array((size_t)n * dim, 1.0f);
     float *dx0 = random_array((size_t)n * dim, 0.5f), *dg0 = random_array(dim, 0.5f);
     float *y = malloc(sizeof(float) * n * dim), *inv = malloc(sizeof(float) * n);
@@ -98,11 +99,15 @@ static void kernel_rmsnorm(void) {
     float *d_x = dev_floats(x, (size_t)n * dim), *d_gain = dev_floats(gain, dim), *d_dy = dev_floats(dy, (size_t)n * dim);
     float *d_y = dev_floats(y, (size_t)n * dim), *d_inv = dev_floats(inv, n), *d_dx = dev_floats(dx0, (size_t)n * dim);
     float *d_dg = dev_floats(dg0, dim), *d_part = NULL;
-    CK(cudaMalloc((void **)&d_part, sizeof(float) * dim * 2));
+    const int chunks = (n + XLKV_CUDA_TRAIN_ROW_CHUNK - 1) / XLKV_CUDA_TRAIN_ROW_CHUNK;
+    CK(cudaMalloc((void **)&d_part, sizeof(float) * dim * chunks));
     CK(cudaMemset(d_y, 0xFF, sizeof(float) * n * dim)); /* NaN poison */
+    CK(cudaMemset(d_inv, 0xFF, sizeof(float) * n));
     CK_LAUNCH(xlkv_cuda_train_rmsnorm_forward(d_y, d_inv, d_x, d_gain, n, dim, 1e-5f, NULL));
     float *gy = download(d_y, (size_t)n * dim), *ginv = download(d_inv, n);
-    check("rmsnorm forward y [37 x 96]", gy, y, (size_t)n * dim, 1e-6);
+    char what[96];
+    snprintf(what, sizeof what, "rmsnorm forward y [%d x %d]", n, dim);
+    check(what, gy, y, (size_t)n * dim, 1e-6);
     check("rmsnorm forward inv_rms", ginv, inv, n, 1e-6);
     CK_LAUNCH(xlkv_cuda_train_rmsnorm_backward(d_dx, d_dg, d_dy, d_x, d_inv, d_gain, n, dim, d_part, NULL));
     float *gdx = download(d_dx, (size_t)n * dim), *gdg = download(d_dg, dim);
@@ -112,6 +117,41 @@ static void kernel_rmsnorm(void) {
     free(gy), free(ginv), free(gdx), free(gdg);
     cudaFree(d_x), cudaFree(d_gain), cudaFree(d_dy), cudaFree(d_y), cudaFree(d_inv), cudaFree(d_dx), cudaFree(d_dg);
     cudaFree(d_part);
+}
+
+static void kernel_rmsnorm(void) {
+    kernel_rmsnorm_case(37, 96);  /* float4 rows, one dgain chunk */
+    kernel_rmsnorm_case(300, 50); /* scalar rows, five chunks */
+}
+
+/* swiglu forward / backward and the residual add on m elements starting `offset` floats into their buffers (offset 1:
+ * not 16-byte aligned, the scalar path). Outputs start poisoned (NaN). */
+static void swiglu_case(size_t m, size_t offset) {
+    const size_t len = m + offset;
+    float *gate = random_array(len, 4.0f), *up = random_array(len, 2.0f), *dh = random_array(len, 1.0f);
+    float *h = malloc(sizeof(float) * len), *dg = malloc(sizeof(float) * len), *du = malloc(sizeof(float) * len);
+    float *sum = malloc(sizeof(float) * len);
+    xlkv_train_swiglu_forward(h + offset, gate + offset, up + offset, m);
+    xlkv_train_swiglu_backward(dg + offset, du + offset, dh + offset, gate + offset, up + offset, m);
+    for (size_t i = offset; i < len; i++) sum[i] = gate[i] + up[i];
+    float *d_gate = dev_floats(gate, len), *d_up = dev_floats(up, len), *d_dh = dev_floats(dh, len);
+    float *d_h = dev_floats(h, len), *d_dg = dev_floats(dg, len), *d_du = dev_floats(du, len);
+    CK(cudaMemset(d_h, 0xFF, sizeof(float) * len));
+    CK(cudaMemset(d_dg, 0xFF, sizeof(float) * len));
+    CK(cudaMemset(d_du, 0xFF, sizeof(float) * len));
+    CK_LAUNCH(xlkv_cuda_train_swiglu_forward(d_h + offset, d_gate + offset, d_up + offset, m, NULL));
+    CK_LAUNCH(xlkv_cuda_train_swiglu_backward(d_dg + offset, d_du + offset, d_dh + offset, d_gate + offset,
+                                              d_up + offset, m, NULL));
+    CK_LAUNCH(xlkv_cuda_train_add(d_gate + offset, d_up + offset, m, NULL));
+    float *gh = download(d_h, len), *gdg = download(d_dg, len), *gdu = download(d_du, len), *gs = download(d_gate, len);
+    char what[96];
+    snprintf(what, sizeof what, "swiglu forward [%zu, offset %zu]", m, offset);
+    check(what, gh + offset, h + offset, m, 1e-6);
+    check("swiglu backward dgate", gdg + offset, dg + offset, m, 1e-6);
+    check("swiglu backward dup", gdu + offset, du + offset, m, 1e-6);
+    check("residual add y += x", gs + offset, sum + offset, m, 1e-6);
+    free(gate), free(up), free(dh), free(h), free(dg), free(du), free(sum), free(gh), free(gdg), free(gdu), free(gs);
+    cudaFree(d_gate), cudaFree(d_up), cudaFree(d_dh), cudaFree(d_h), cudaFree(d_dg), cudaFree(d_du);
 }
 
 static void kernel_rope_swiglu(void) {
@@ -137,22 +177,9 @@ static void kernel_rope_swiglu(void) {
     check("rope backward (inverse rotation)", g, ref, len, 1e-6);
     free(g), free(x), free(ref), free(cos_t), free(sin_t), cudaFree(d_x), cudaFree(d_c), cudaFree(d_s);
 
-    const size_t m = 1000;
-    float *gate = random_array(m, 4.0f), *up = random_array(m, 2.0f), *dh = random_array(m, 1.0f);
-    float *h = malloc(sizeof(float) * m), *dg = malloc(sizeof(float) * m), *du = malloc(sizeof(float) * m);
-    xlkv_train_swiglu_forward(h, gate, up, m);
-    xlkv_train_swiglu_backward(dg, du, dh, gate, up, m);
-    float *d_gate = dev_floats(gate, m), *d_up = dev_floats(up, m), *d_dh = dev_floats(dh, m);
-    float *d_h = dev_floats(h, m), *d_dg = dev_floats(dg, m), *d_du = dev_floats(du, m);
-    CK(cudaMemset(d_h, 0xFF, sizeof(float) * m));
-    CK_LAUNCH(xlkv_cuda_train_swiglu_forward(d_h, d_gate, d_up, m, NULL));
-    CK_LAUNCH(xlkv_cuda_train_swiglu_backward(d_dg, d_du, d_dh, d_gate, d_up, m, NULL));
-    float *gh = download(d_h, m), *gdg = download(d_dg, m), *gdu = download(d_du, m);
-    check("swiglu forward [1000]", gh, h, m, 1e-6);
-    check("swiglu backward dgate", gdg, dg, m, 1e-6);
-    check("swiglu backward dup", gdu, du, m, 1e-6);
-    free(gate), free(up), free(dh), free(h), free(dg), free(du), free(gh), free(gdg), free(gdu);
-    cudaFree(d_gate), cudaFree(d_up), cudaFree(d_dh), cudaFree(d_h), cudaFree(d_dg), cudaFree(d_du);
+    swiglu_case(1000, 0); /* float4 path */
+    swiglu_case(1003, 0); /* float4 path and three leftovers */
+    swiglu_case(37, 1);   /* unaligned: scalar path */
 }
 
 static void kernel_embedding(void) {

@@ -10,6 +10,7 @@
  * one writer, so there are no atomics and the results are deterministic. */
 #include <cuda_runtime.h>
 #include <math.h>
+#include <stdint.h>
 
 #include "backend/cuda/train_kernels.h"
 
@@ -62,28 +63,72 @@ __global__ void embedding_backward(float *dtable, const float *dx, const int *to
     }
 }
 
-__global__ void rmsnorm_forward(float *y, float *inv_rms, const float *x, const float *gain, int dim, float eps) {
-    __shared__ float shared[32];
-    const size_t r = blockIdx.x;
+/* RMSNorm rows: one warp per row (kRowsPerBlock rows per block), float4 loads when every row is 16-byte aligned
+ * (V4), a warp reduction of the squares (no block barriers). */
+constexpr int kRowsPerBlock = kBlock / 32;
+template <bool V4>
+__global__ void rmsnorm_forward(float *y, float *inv_rms, const float *x, const float *gain, int n, int dim, float eps) {
+    const size_t r = (size_t)blockIdx.x * kRowsPerBlock + threadIdx.x / 32;
+    const int lane = threadIdx.x & 31;
+    if (r >= (size_t)n) return;
     const float *xr = x + r * (size_t)dim;
+    float *yr = y + r * (size_t)dim;
     float ss = 0.0f;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
-    ss = block_reduce(ss, add_op(), shared);
+    if (V4) {
+        for (int i = lane; i < dim / 4; i += 32) {
+            const float4 v = reinterpret_cast<const float4 *>(xr)[i];
+            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        }
+    } else {
+        for (int i = lane; i < dim; i += 32) ss += xr[i] * xr[i];
+    }
+    ss = warp_sum(ss);
     const float s = 1.0f / sqrtf(ss / (float)dim + eps);
-    if (threadIdx.x == 0) inv_rms[r] = s;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) y[r * (size_t)dim + (size_t)i] = gain[i] * (s * xr[i]);
+    if (lane == 0) inv_rms[r] = s;
+    if (V4) {
+        for (int i = lane; i < dim / 4; i += 32) {
+            const float4 v = reinterpret_cast<const float4 *>(xr)[i], g = reinterpret_cast<const float4 *>(gain)[i];
+            reinterpret_cast<float4 *>(yr)[i] = make_float4(g.x * (s * v.x), g.y * (s * v.y), g.z * (s * v.z),
+                                                            g.w * (s * v.w));
+        }
+    } else {
+        for (int i = lane; i < dim; i += 32) yr[i] = gain[i] * (s * xr[i]);
+    }
 }
 
+template <bool V4>
 __global__ void rmsnorm_backward_rows(float *dx, const float *dy, const float *x, const float *inv_rms,
-                                      const float *gain, int dim) {
-    __shared__ float shared[32];
-    const size_t r = blockIdx.x, off = r * (size_t)dim;
+                                      const float *gain, int n, int dim) {
+    const size_t r = (size_t)blockIdx.x * kRowsPerBlock + threadIdx.x / 32, off = r * (size_t)dim;
+    const int lane = threadIdx.x & 31;
+    if (r >= (size_t)n) return;
     const float s = inv_rms[r];
     float dot = 0.0f;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) dot += gain[i] * dy[off + i] * x[off + i];
-    dot = block_reduce(dot, add_op(), shared);
+    if (V4) {
+        for (int i = lane; i < dim / 4; i += 32) {
+            const float4 g = reinterpret_cast<const float4 *>(gain)[i];
+            const float4 d = reinterpret_cast<const float4 *>(dy + off)[i], v = reinterpret_cast<const float4 *>(x + off)[i];
+            dot += g.x * d.x * v.x + g.y * d.y * v.y + g.z * d.z * v.z + g.w * d.w * v.w;
+        }
+    } else {
+        for (int i = lane; i < dim; i += 32) dot += gain[i] * dy[off + i] * x[off + i];
+    }
+    dot = warp_sum(dot);
     const float coef = dot * s * s * s / (float)dim;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) dx[off + i] += s * gain[i] * dy[off + i] - coef * x[off + i];
+    if (V4) {
+        for (int i = lane; i < dim / 4; i += 32) {
+            const float4 g = reinterpret_cast<const float4 *>(gain)[i];
+            const float4 d = reinterpret_cast<const float4 *>(dy + off)[i], v = reinterpret_cast<const float4 *>(x + off)[i];
+            float4 o = reinterpret_cast<float4 *>(dx + off)[i];
+            o.x += s * g.x * d.x - coef * v.x;
+            o.y += s * g.y * d.y - coef * v.y;
+            o.z += s * g.z * d.z - coef * v.z;
+            o.w += s * g.w * d.w - coef * v.w;
+            reinterpret_cast<float4 *>(dx + off)[i] = o;
+        }
+    } else {
+        for (int i = lane; i < dim; i += 32) dx[off + i] += s * gain[i] * dy[off + i] - coef * x[off + i];
+    }
 }
 
 __global__ void rmsnorm_gain_partials(float *partials, const float *dy, const float *x, const float *inv_rms, int n,
@@ -96,12 +141,15 @@ __global__ void rmsnorm_gain_partials(float *partials, const float *dy, const fl
     partials[(size_t)chunk * dim + i] = sum;
 }
 
+/* dgain[i] += the chunk partials of column i: one warp per column, lane l takes chunks l, l + 32, ... in order, then a
+ * fixed butterfly (deterministic). */
 __global__ void rmsnorm_gain_sum(float *dgain, const float *partials, int chunks, int dim) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    const int i = blockIdx.x * kRowsPerBlock + threadIdx.x / 32, lane = threadIdx.x & 31;
     if (i >= dim) return;
     float sum = 0.0f;
-    for (int c = 0; c < chunks; c++) sum += partials[(size_t)c * dim + i];
-    dgain[i] += sum;
+    for (int c = lane; c < chunks; c += 32) sum += partials[(size_t)c * dim + i];
+    sum = warp_sum(sum);
+    if (lane == 0) dgain[i] += sum;
 }
 
 __global__ void rope(float *x, int n, int seq, int n_heads, int head_dim, const float *cos_table,
@@ -120,24 +168,64 @@ __global__ void rope(float *x, int n, int seq, int n_heads, int head_dim, const 
     }
 }
 
-__global__ void swiglu_forward(float *h, const float *gate, const float *up, size_t n) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        const float g = gate[i];
-        h[i] = g * (1.0f / (1.0f + expf(-g))) * up[i];
-    }
+/* Elementwise kernels: grid-stride over float4 groups when every pointer is 16-byte aligned (n % 4 leftovers done
+ * by the first threads), else over single elements. Same formula per element either way. */
+__device__ __forceinline__ float swiglu_value(float g, float u) { return g * (1.0f / (1.0f + expf(-g))) * u; }
+__device__ __forceinline__ void swiglu_grad(float dh, float g, float u, float *dg, float *du) {
+    const float sig = 1.0f / (1.0f + expf(-g)), silu = g * sig;
+    *dg = dh * u * sig * (1.0f + g * (1.0f - sig));
+    *du = dh * silu;
 }
 
+template <bool V4> __global__ void swiglu_forward(float *h, const float *gate, const float *up, size_t n) {
+    const size_t stride = (size_t)gridDim.x * blockDim.x, first = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    size_t done = 0;
+    if (V4) {
+        for (size_t i = first; i < n / 4; i += stride) {
+            const float4 g = reinterpret_cast<const float4 *>(gate)[i], u = reinterpret_cast<const float4 *>(up)[i];
+            reinterpret_cast<float4 *>(h)[i] = make_float4(swiglu_value(g.x, u.x), swiglu_value(g.y, u.y),
+                                                           swiglu_value(g.z, u.z), swiglu_value(g.w, u.w));
+        }
+        done = n / 4 * 4;
+    }
+    for (size_t i = done + first; i < n; i += stride) h[i] = swiglu_value(gate[i], up[i]);
+}
+
+template <bool V4>
 __global__ void swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up,
                                 size_t n) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        const float g = gate[i], sig = 1.0f / (1.0f + expf(-g)), silu = g * sig;
-        dgate[i] = dh[i] * up[i] * sig * (1.0f + g * (1.0f - sig));
-        dup[i] = dh[i] * silu;
+    const size_t stride = (size_t)gridDim.x * blockDim.x, first = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    size_t done = 0;
+    if (V4) {
+        for (size_t i = first; i < n / 4; i += stride) {
+            const float4 d = reinterpret_cast<const float4 *>(dh)[i], g = reinterpret_cast<const float4 *>(gate)[i],
+                         u = reinterpret_cast<const float4 *>(up)[i];
+            float4 og, ou;
+            swiglu_grad(d.x, g.x, u.x, &og.x, &ou.x);
+            swiglu_grad(d.y, g.y, u.y, &og.y, &ou.y);
+            swiglu_grad(d.z, g.z, u.z, &og.z, &ou.z);
+            swiglu_grad(d.w, g.w, u.w, &og.w, &ou.w);
+            reinterpret_cast<float4 *>(dgate)[i] = og;
+            reinterpret_cast<float4 *>(dup)[i] = ou;
+        }
+        done = n / 4 * 4;
     }
+    for (size_t i = done + first; i < n; i += stride) swiglu_grad(dh[i], gate[i], up[i], &dgate[i], &dup[i]);
 }
 
-__global__ void add(float *y, const float *x, size_t n) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) y[i] += x[i];
+template <bool V4> __global__ void add(float *y, const float *x, size_t n) {
+    const size_t stride = (size_t)gridDim.x * blockDim.x, first = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    size_t done = 0;
+    if (V4) {
+        for (size_t i = first; i < n / 4; i += stride) {
+            float4 a = reinterpret_cast<float4 *>(y)[i];
+            const float4 b = reinterpret_cast<const float4 *>(x)[i];
+            a.x += b.x, a.y += b.y, a.z += b.z, a.w += b.w;
+            reinterpret_cast<float4 *>(y)[i] = a;
+        }
+        done = n / 4 * 4;
+    }
+    for (size_t i = done + first; i < n; i += stride) y[i] += x[i];
 }
 
 __global__ void scale(float *x, float s, size_t n) {
@@ -439,6 +527,9 @@ unsigned grid_for(size_t n) {
     return (unsigned)(blocks < 65535u * 8u ? (blocks ? blocks : 1) : 65535u * 8u);
 }
 
+bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+unsigned row_blocks(int n) { return (unsigned)((n + kRowsPerBlock - 1) / kRowsPerBlock); }
+
 } // namespace
 
 extern "C" {
@@ -457,21 +548,27 @@ int xlkv_cuda_train_embedding_backward(float *dtable, const float *dx, const int
 
 int xlkv_cuda_train_rmsnorm_forward(float *y, float *inv_rms, const float *x, const float *gain, int n, int dim,
                                     float eps, void *stream) {
-    rmsnorm_forward<<<n, kBlock, 0, (cudaStream_t)stream>>>(y, inv_rms, x, gain, dim, eps);
+    if (dim % 4 == 0 && aligned16(y) && aligned16(x) && aligned16(gain))
+        rmsnorm_forward<true><<<row_blocks(n), kBlock, 0, (cudaStream_t)stream>>>(y, inv_rms, x, gain, n, dim, eps);
+    else
+        rmsnorm_forward<false><<<row_blocks(n), kBlock, 0, (cudaStream_t)stream>>>(y, inv_rms, x, gain, n, dim, eps);
     return launch_status();
 }
 
 int xlkv_cuda_train_rmsnorm_backward(float *dx, float *dgain, const float *dy, const float *x, const float *inv_rms,
                                      const float *gain, int n, int dim, float *partials, void *stream) {
     cudaStream_t s = (cudaStream_t)stream;
-    rmsnorm_backward_rows<<<n, kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, dim);
+    if (dim % 4 == 0 && aligned16(dx) && aligned16(dy) && aligned16(x) && aligned16(gain))
+        rmsnorm_backward_rows<true><<<row_blocks(n), kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, n, dim);
+    else
+        rmsnorm_backward_rows<false><<<row_blocks(n), kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, n, dim);
     int err = launch_status();
     if (err) return err;
     const int chunks = (n + XLKV_CUDA_TRAIN_ROW_CHUNK - 1) / XLKV_CUDA_TRAIN_ROW_CHUNK;
     rmsnorm_gain_partials<<<dim3(blocks_for((size_t)dim), (unsigned)chunks), kBlock, 0, s>>>(partials, dy, x, inv_rms,
                                                                                             n, dim);
     if ((err = launch_status())) return err;
-    rmsnorm_gain_sum<<<blocks_for((size_t)dim), kBlock, 0, s>>>(dgain, partials, chunks, dim);
+    rmsnorm_gain_sum<<<row_blocks(dim), kBlock, 0, s>>>(dgain, partials, chunks, dim);
     return launch_status();
 }
 
@@ -483,18 +580,27 @@ int xlkv_cuda_train_rope(float *x, int n, int seq, int n_heads, int head_dim, co
 }
 
 int xlkv_cuda_train_swiglu_forward(float *h, const float *gate, const float *up, size_t n, void *stream) {
-    swiglu_forward<<<grid_for(n), kBlock, 0, (cudaStream_t)stream>>>(h, gate, up, n);
+    if (aligned16(h) && aligned16(gate) && aligned16(up))
+        swiglu_forward<true><<<grid_for(n / 4), kBlock, 0, (cudaStream_t)stream>>>(h, gate, up, n);
+    else
+        swiglu_forward<false><<<grid_for(n), kBlock, 0, (cudaStream_t)stream>>>(h, gate, up, n);
     return launch_status();
 }
 
 int xlkv_cuda_train_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up,
                                     size_t n, void *stream) {
-    swiglu_backward<<<grid_for(n), kBlock, 0, (cudaStream_t)stream>>>(dgate, dup, dh, gate, up, n);
+    if (aligned16(dgate) && aligned16(dup) && aligned16(dh) && aligned16(gate) && aligned16(up))
+        swiglu_backward<true><<<grid_for(n / 4), kBlock, 0, (cudaStream_t)stream>>>(dgate, dup, dh, gate, up, n);
+    else
+        swiglu_backward<false><<<grid_for(n), kBlock, 0, (cudaStream_t)stream>>>(dgate, dup, dh, gate, up, n);
     return launch_status();
 }
 
 int xlkv_cuda_train_add(float *y, const float *x, size_t n, void *stream) {
-    add<<<grid_for(n), kBlock, 0, (cudaStream_t)stream>>>(y, x, n);
+    if (aligned16(y) && aligned16(x))
+        add<true><<<grid_for(n / 4), kBlock, 0, (cudaStream_t)stream>>>(y, x, n);
+    else
+        add<false><<<grid_for(n), kBlock, 0, (cudaStream_t)stream>>>(y, x, n);
     return launch_status();
 }
 

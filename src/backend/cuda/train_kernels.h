@@ -27,9 +27,10 @@ int xlkv_cuda_train_embedding_backward(float *dtable, const float *dx, const int
 /* y = x * inv_rms * gain, inv_rms[r] = 1 / sqrt(mean(x^2) + eps) */
 int xlkv_cuda_train_rmsnorm_forward(float *y, float *inv_rms, const float *x, const float *gain, int n, int dim,
                                     float eps, void *stream);
-/* dx += ...; dgain += column sums of dy * x * inv_rms (rows in chunks of XLKV_CUDA_TRAIN_ROW_CHUNK, chunks summed in
- * order). `partials` is scratch of ceil(n / chunk) * dim floats. */
-enum { XLKV_CUDA_TRAIN_ROW_CHUNK = 256 };
+/* dx += ...; dgain += column sums of dy * x * inv_rms (rows in chunks of XLKV_CUDA_TRAIN_ROW_CHUNK, each chunk's
+ * column sum in row order, then the chunk sums by a fixed warp reduction). `partials` is scratch of
+ * ceil(n / chunk) * dim floats. */
+enum { XLKV_CUDA_TRAIN_ROW_CHUNK = 64 };
 int xlkv_cuda_train_rmsnorm_backward(float *dx, float *dgain, const float *dy, const float *x, const float *inv_rms,
                                      const float *gain, int n, int dim, float *partials, void *stream);
 
