@@ -18,7 +18,8 @@
  * line carries it as "profile" (the timed steps run without the profiler's events).
  * Prints a table and appends one JSON line per map to --out (default bench/results/train_gpu.jsonl), flushed as soon
  * as the map is done; a map that fails gets a line with "error" and the next maps still run (exit status 1).
- * --flops-only prints each map's flops_per_step as JSON (no GPU needed). Without CUDA it says so and exits 0.
+ * --flops-only prints each map's parameter count and flops_per_step as JSON (no GPU needed). Without CUDA it says
+ * so and exits 0.
  * Usage: bench_train_gpu [--shape small] [--vocab 32000] [--batch 16] [--seq 1024] [--maps standard,cla:2,lckv:2]
  *                        [--dtype bf16|f32] [--steps 5] [--warmup 2] [--peak-tflops 989] [--out FILE] [--profile]
  *                        [--flops-only] */
@@ -86,6 +87,7 @@ static int flops_map(const bench_options *o, const char *map) {
     cJSON *line = line_of(o, map);
     int rc = 0;
     if (store_of(o, map, &store) == XLKV_OK) {
+        cJSON_AddNumberToObject(line, "params", (double)store->n_params);
         cJSON_AddNumberToObject(line, "flops_per_step", flops_of(o, store));
     } else {
         cJSON_AddStringToObject(line, "error", xlkv_last_error());
@@ -151,6 +153,7 @@ static xlkv_status measure_map(const bench_options *o, const char *map, cJSON *l
         cJSON_AddStringToObject(line, "layer_types", map_text ? map_text : "?");
         cJSON_AddNumberToObject(line, "m", store->hp.forward_passes);
         cJSON_AddNumberToObject(line, "b", store->hp.backward_passes);
+        cJSON_AddNumberToObject(line, "params", (double)store->n_params);
         cJSON_AddNumberToObject(line, "steps", o->steps);
         cJSON_AddNumberToObject(line, "median_step_s", median);
         cJSON_AddNumberToObject(line, "tokens_per_s", tokens_per_s);
