@@ -9,6 +9,7 @@
 #   - a map it does not reproduce (lckv:2) gets an "error" line and exit status 1, the other lines still written.
 #   - bench_train_gpu without a usable GPU writes one JSON line with "error" per map to --out (the lines are not lost
 #     when a map fails) and exits 1; a bad option exits 2. Built without CUDA, it says so.
+#   - scripts/train_bench_summary.py puts both files side by side.
 # Needs python3 with torch (skipped when absent). Usage: bash tests/cli_bench_train_torch.sh /path/to/xlkv
 set -u
 XLKV=${1:?usage: cli_bench_train_torch.sh /path/to/xlkv}
@@ -124,6 +125,10 @@ if not ok:
 sys.exit(0 if ok else 1)
 PY
 fi
+# 5. the side-by-side summary of scripts/gpu-session.sh train-bench reads both files (failed maps listed as such)
+python3 "$src/scripts/train_bench_summary.py" "$tmp/gpu.jsonl" "$out" >"$tmp/summary.txt" 2>&1 &&
+    grep -q "^torch compile   cla:2" "$tmp/summary.txt" && grep -q "^torch eager     standard" "$tmp/summary.txt" ||
+    fail "train_bench_summary.py: $(cat "$tmp/summary.txt")"
 "$bench" --steps 0 >/dev/null 2>"$tmp/err"
 [ $? -eq 2 ] && grep -q "must be positive" "$tmp/err" || fail "bench_train_gpu --steps 0: $(cat "$tmp/err")"
 "$bench" --dtype fp8 >/dev/null 2>"$tmp/err"
