@@ -29,9 +29,19 @@ for what in "$@"; do
     train-tests)
       (cd build && ctest -R "cuda_test_cuda_train|cuda_cli_cuda_train" -V --timeout 600) >"$out/test-cuda-train.log" 2>&1
       echo "train tests exit $?"; grep -E "^(ok|FAIL|check|losses)|Passed|Failed|tests passed" "$out/test-cuda-train.log" | tail -120 ;;
-    train-bench)
-      ./build/bench_train_gpu --out "$out/train_gpu.jsonl" 2>&1 | tee "$out/train-bench.log"
-      python3 scripts/bench_train_torch.py --out "$out/train_torch.jsonl" 2>&1 | tail -20 | tee "$out/train-torch.log" ;;
+    train-bench)  # issue 5: xlkv (standard, cla:2, lckv:2, with the step profile) then PyTorch eager and compile, in
+      # one run. Two files: train-bench.txt (everything printed, JSON lines included, written as it goes so a cut run
+      # keeps it) and train-bench.tar (the JSON files and logs, at the end)
+      tb=$(mktemp -d); txt=$out/train-bench.txt; : >"$txt"
+      { ./build/bench_train_gpu --profile --out "$tb/train_gpu.jsonl" 2>&1; echo "bench_train_gpu exit $?"; } |
+        tee "$tb/train-gpu.log" | tee -a "$txt"
+      { echo "# bench_train_gpu JSON lines"; cat "$tb/train_gpu.jsonl"; } >>"$txt"
+      { timeout "${TORCH_TIMEOUT_S:-300}" python3 scripts/bench_train_torch.py --quick --out "$tb/train_torch.jsonl" \
+          2>"$tb/train-torch.err"; echo "bench_train_torch exit $? (124: cut at ${TORCH_TIMEOUT_S:-300} s)"; } |
+        tee "$tb/train-torch.log" | tee -a "$txt"
+      grep -E "Error|error" "$tb/train-torch.err" | tail -5 | tee -a "$txt"
+      python3 scripts/train_bench_summary.py "$tb/train_gpu.jsonl" "$tb/train_torch.jsonl" 2>&1 | tee -a "$txt"
+      tar -cf "$out/train-bench.tar" -C "$tb" . ;;
     train-nccl)   # data-parallel through NCCL (needs mpirun: openmpi-bin and libopenmpi-dev staged in .deps)
       (cd build && ctest -R cuda_cli_cuda_train_nccl -V --timeout 900) >"$out/test-cuda-train-nccl.log" 2>&1
       echo "nccl train test exit $?"; grep -E "^(ok|FAIL|check)|Passed|Failed|tests passed" "$out/test-cuda-train-nccl.log" | tail -40 ;;

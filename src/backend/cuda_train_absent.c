@@ -30,6 +30,8 @@ xlkv_status xlkv_gpu_trainer_adamw_step(xlkv_gpu_trainer *gt, const xlkv_adamw_p
     return absent();
 }
 xlkv_status xlkv_gpu_trainer_synchronize(xlkv_gpu_trainer *gt) { return absent(); }
+xlkv_status xlkv_gpu_trainer_set_profile(xlkv_gpu_trainer *gt, bool on) { return absent(); }
+const xlkv_step_profile *xlkv_gpu_trainer_profile(const xlkv_gpu_trainer *gt) { return NULL; }
 xlkv_status xlkv_gpu_select_device(int local_rank, int *out_device) {
     *out_device = -1;
     return absent();

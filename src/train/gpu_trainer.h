@@ -17,6 +17,7 @@
 
 #include "train/optimizer.h"
 #include "train/param_store.h"
+#include "train/step_profile.h"
 
 typedef struct xlkv_gpu_trainer xlkv_gpu_trainer;
 
@@ -40,6 +41,14 @@ xlkv_status xlkv_gpu_trainer_clip_grad_norm(xlkv_gpu_trainer *gt, double max_nor
 xlkv_status xlkv_gpu_trainer_adamw_step(xlkv_gpu_trainer *gt, const xlkv_adamw_params *params, float lr, long step);
 /* Waits for the queued work (timing). */
 xlkv_status xlkv_gpu_trainer_synchronize(xlkv_gpu_trainer *gt);
+
+/* Where the step time goes (train/step_profile.h), off by default: when on, timing events on the trainer's stream
+ * open and close each operation category from zero_grads to synchronize (a step), read at synchronize (which then
+ * waits for them). Results are the same bits either way; the events cost some launch time, so time steps without
+ * it. XLKV_TRAIN_PROFILE=1 turns it on at create. Turning it on (again) or off clears the totals. */
+xlkv_status xlkv_gpu_trainer_set_profile(xlkv_gpu_trainer *gt, bool on);
+/* The totals of the steps profiled since it was turned on; NULL when off. */
+const xlkv_step_profile *xlkv_gpu_trainer_profile(const xlkv_gpu_trainer *gt);
 
 /* ---- data parallel over NCCL (backend/cuda/train_nccl.c; train/dist.h launches the ranks) ----
  * One rank per GPU: the rank picks a device from its rank on the host, rank 0 makes a unique id that MPI broadcasts,

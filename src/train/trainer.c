@@ -119,6 +119,11 @@ void xlkv_trainer_free(xlkv_trainer *tr) {
     if (!tr) return;
     xlkv_train_graph_free(tr->graph);
     xlkv_gpu_comm_free(tr->gpu_comm);
+    const xlkv_step_profile *profile = tr->gpu ? xlkv_gpu_trainer_profile(tr->gpu) : NULL;
+    if (profile && profile->steps > 0) { /* XLKV_TRAIN_PROFILE=1 */
+        fprintf(stderr, "GPU step profile, rank %d (ms per step, %% of the step):\n", tr->rank);
+        xlkv_step_profile_print(profile, stderr);
+    }
     xlkv_gpu_trainer_free(tr->gpu);
     xlkv_param_store_free(tr->store);
     xlkv_token_dataset_free(tr->train_data);

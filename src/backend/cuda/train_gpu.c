@@ -27,6 +27,7 @@
 #include "backend/cuda/train_attention_flash.h"
 #include "backend/cuda/train_gpu_buffers.h"
 #include "backend/cuda/train_kernels.h"
+#include "backend/cuda/train_profile.h"
 #include "core/status.h"
 #include "train/train_graph.h"
 
@@ -42,6 +43,8 @@ struct xlkv_gpu_trainer {
     int batch, seq, n_rows, forward_passes, backward_passes;
     bool bf16;
     cudaStream_t stream;
+    xlkv_cuda_step_timer *timer; /* NULL: profiling off (the default) */
+    xlkv_step_profile profile;   /* per-category totals since profiling was turned on */
     cublasHandle_t cublas;
     void *workspace;
     float *params, *grads, *adam_m, *adam_v; /* device [n_params] */
@@ -251,6 +254,8 @@ xlkv_status xlkv_gpu_trainer_create(const xlkv_param_store *store, int batch, in
     g->bf16 = bf16;
     xlkv_status status = setup(g);
     if (status == XLKV_OK) status = xlkv_gpu_trainer_upload(g, store);
+    const char *profile = getenv("XLKV_TRAIN_PROFILE");
+    if (status == XLKV_OK && profile && *profile && strcmp(profile, "0")) status = xlkv_gpu_trainer_set_profile(g, true);
     if (status != XLKV_OK) {
         xlkv_gpu_trainer_free(g);
         return status;
@@ -263,6 +268,7 @@ void xlkv_gpu_trainer_free(xlkv_gpu_trainer *g) {
     if (!g) return;
     if (g->stream) (void)cudaStreamSynchronize(g->stream);
     if (g->cublas) (void)cublasDestroy(g->cublas);
+    xlkv_cuda_step_timer_free(g->timer);
     cudaFree(g->workspace);
     cudaFree(g->params);
     cudaFree(g->arena);
@@ -303,8 +309,30 @@ xlkv_status xlkv_gpu_trainer_download(xlkv_gpu_trainer *g, xlkv_param_store *sto
     return XLKV_OK;
 }
 
+/* ---- profiling: thin marks on the stream (train_profile.h); one pointer test when off ---------------------------- */
+static void mark(xlkv_gpu_trainer *g, xlkv_step_category category) {
+    if (g->timer) xlkv_cuda_step_timer_mark(g->timer, g->stream, category);
+}
+
+void xlkv_gpu_trainer_mark(xlkv_gpu_trainer *g, xlkv_step_category category) { mark(g, category); }
+
+xlkv_status xlkv_gpu_trainer_set_profile(xlkv_gpu_trainer *g, bool on) {
+    xlkv_step_profile_reset(&g->profile);
+    if (!on) {
+        xlkv_cuda_step_timer_free(g->timer);
+        g->timer = NULL;
+        return XLKV_OK;
+    }
+    return g->timer ? XLKV_OK : xlkv_cuda_step_timer_create(&g->timer);
+}
+
+const xlkv_step_profile *xlkv_gpu_trainer_profile(const xlkv_gpu_trainer *g) { return g->timer ? &g->profile : NULL; }
+
 xlkv_status xlkv_gpu_trainer_zero_grads(xlkv_gpu_trainer *g) {
+    if (g->timer) xlkv_cuda_step_timer_begin(g->timer);
+    mark(g, XLKV_STEP_RESIDUAL_COPIES);
     XLKV_CUDA_TRY(cudaMemsetAsync(g->grads, 0, g->store->n_params * sizeof(float), g->stream), "zeroing gradients");
+    mark(g, XLKV_STEP_HOST_SYNC); /* the host samples the batch and uploads it */
     return XLKV_OK;
 }
 
@@ -315,6 +343,7 @@ void xlkv_gpu_trainer_gradient_buffer(xlkv_gpu_trainer *g, float **grads, size_t
 }
 
 xlkv_status xlkv_gpu_trainer_synchronize(xlkv_gpu_trainer *g) {
+    if (g->timer) XLKV_TRY(xlkv_cuda_step_timer_end(g->timer, g->stream, &g->profile));
     XLKV_CUDA_TRY(cudaStreamSynchronize(g->stream), "running the training step on the GPU");
     return XLKV_OK;
 }
@@ -330,15 +359,30 @@ static xlkv_status gemm(xlkv_gpu_trainer *g, cublasOperation_t op_a, cublasOpera
     return XLKV_OK;
 }
 
-static xlkv_status linear(xlkv_gpu_trainer *g, float *y, const float *x, const float *w, int n, int in, int out) {
+static xlkv_status product(xlkv_gpu_trainer *g, float *y, const float *x, const float *w, int n, int in, int out) {
     return gemm(g, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, w, in, x, in, 0.0f, y, out);
 }
 
-/* dx[n, in] += dy . w (dx may be NULL); dw[out, in] += dy^T . x */
+/* a layer's product, timed as one */
+static xlkv_status linear(xlkv_gpu_trainer *g, float *y, const float *x, const float *w, int n, int in, int out) {
+    mark(g, XLKV_STEP_LINEAR_FORWARD);
+    return product(g, y, x, w, n, in, out);
+}
+
+/* dx[n, in] += dy . w (dx may be NULL); dw[out, in] += dy^T . x; timed as dx_category and dw_category */
+static xlkv_status product_backward(xlkv_gpu_trainer *g, xlkv_step_category dx_category, xlkv_step_category dw_category,
+                                    float *dx, float *dw, const float *dy, const float *x, const float *w, int n,
+                                    int in, int out) {
+    mark(g, dx_category);
+    if (dx) XLKV_TRY(gemm(g, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, w, in, dy, out, 1.0f, dx, in));
+    mark(g, dw_category);
+    return gemm(g, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, x, in, dy, out, 1.0f, dw, in);
+}
+
 static xlkv_status linear_backward(xlkv_gpu_trainer *g, float *dx, float *dw, const float *dy, const float *x,
                                    const float *w, int n, int in, int out) {
-    if (dx) XLKV_TRY(gemm(g, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, w, in, dy, out, 1.0f, dx, in));
-    return gemm(g, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, x, in, dy, out, 1.0f, dw, in);
+    return product_backward(g, XLKV_STEP_LINEAR_BACKWARD_DX, XLKV_STEP_LINEAR_BACKWARD_DW, dx, dw, dy, x, w, n, in,
+                            out);
 }
 
 /* batch_count products C_i = op(A_i) op(B_i) (column-major, as cuBLAS), A_i = A + i * stride_a, ... */
@@ -427,11 +471,13 @@ static xlkv_status attention_backward_gemm(xlkv_gpu_trainer *g, float *dq, float
 }
 
 static xlkv_status zero(xlkv_gpu_trainer *g, float *p, size_t n) {
+    mark(g, XLKV_STEP_RESIDUAL_COPIES);
     XLKV_CUDA_TRY(cudaMemsetAsync(p, 0, n * sizeof(float), g->stream), "clearing a buffer");
     return XLKV_OK;
 }
 
 static xlkv_status copy(xlkv_gpu_trainer *g, float *dst, const float *src, size_t n) {
+    mark(g, XLKV_STEP_RESIDUAL_COPIES);
     XLKV_CUDA_TRY(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, g->stream),
                   "copying activations");
     return XLKV_OK;
@@ -459,9 +505,11 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
     void *st = g->stream;
 
     if (grad) XLKV_TRY(copy(g, rec->x_in, x, n_dim));
+    mark(g, XLKV_STEP_RMSNORM);
     KERNEL_TRY(xlkv_cuda_train_rmsnorm_forward(rec->xb, rec->attn_inv_rms, x, w->attn_norm, N, dim, hp->norm_eps, st),
                "rmsnorm forward");
     XLKV_TRY(linear(g, rec->q, rec->xb, w->wq, N, dim, q_dim));
+    mark(g, XLKV_STEP_ROPE);
     KERNEL_TRY(xlkv_cuda_train_rope(rec->q, N, g->seq, hp->n_heads, hp->head_dim, g->rope_cos, g->rope_sin, 1.0f, st),
                "rope forward");
     if (xlkv_is_kv_layer(map, layer)) {
@@ -470,6 +518,7 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
         float *k = grad ? rec->k : g->const_k + slot_offset, *v = grad ? rec->v : g->const_v + slot_offset;
         XLKV_TRY(linear(g, k, rec->xb, w->wk, N, dim, kv_dim));
         XLKV_TRY(linear(g, v, rec->xb, w->wv, N, dim, kv_dim));
+        mark(g, XLKV_STEP_ROPE);
         KERNEL_TRY(xlkv_cuda_train_rope(k, N, g->seq, hp->n_kv_heads, hp->head_dim, g->rope_cos, g->rope_sin, 1.0f, st),
                    "rope forward");
         g->current[slot] = (kv_source){k, v, grad ? rec->dk : NULL, grad ? rec->dv : NULL};
@@ -478,6 +527,7 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
             XLKV_TRY(zero(g, rec->dv, (size_t)N * (size_t)kv_dim));
         }
     }
+    mark(g, XLKV_STEP_ATTENTION_FORWARD); /* until linear(wo) below, whichever implementation runs */
     const kv_source *src = &g->current[xlkv_read_slot(map, layer)];
     rec->read_k = src->k;
     rec->read_v = src->v;
@@ -492,16 +542,20 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
     else KERNEL_TRY(xlkv_cuda_train_attention_forward(rec->att, rec->lse, rec->q, src->k, src->v, &shape, st),
                     "attention forward");
     XLKV_TRY(linear(g, proj, rec->att, w->wo, N, q_dim, dim));
+    mark(g, XLKV_STEP_RESIDUAL_COPIES);
     KERNEL_TRY(xlkv_cuda_train_add(x, proj, n_dim, st), "residual add");
 
     if (grad) XLKV_TRY(copy(g, rec->x_mid, x, n_dim));
+    mark(g, XLKV_STEP_RMSNORM);
     KERNEL_TRY(xlkv_cuda_train_rmsnorm_forward(rec->xb2, rec->ffn_inv_rms, x, w->ffn_norm, N, dim, hp->norm_eps, st),
                "rmsnorm forward");
     XLKV_TRY(linear(g, rec->gate, rec->xb2, w->w_gate, N, dim, hid));
     XLKV_TRY(linear(g, rec->up, rec->xb2, w->w_up, N, dim, hid));
+    mark(g, XLKV_STEP_SWIGLU);
     KERNEL_TRY(xlkv_cuda_train_swiglu_forward(rec->h, rec->gate, rec->up, (size_t)N * (size_t)hid, st),
                "swiglu forward");
     XLKV_TRY(linear(g, proj, rec->h, w->w_down, N, hid, dim));
+    mark(g, XLKV_STEP_RESIDUAL_COPIES);
     KERNEL_TRY(xlkv_cuda_train_add(x, proj, n_dim, st), "residual add");
     return XLKV_OK;
 }
@@ -532,6 +586,7 @@ xlkv_status xlkv_gpu_trainer_forward(xlkv_gpu_trainer *g, const int *tokens, con
         if (tokens[r] < 0 || tokens[r] >= hp->vocab_size || targets[r] < 0 || targets[r] >= hp->vocab_size)
             return xlkv_fail(XLKV_E_INVALID, "trainer: token %d / target %d at row %d is outside the vocabulary [0, %d)",
                              tokens[r], targets[r], r, hp->vocab_size);
+    mark(g, XLKV_STEP_HOST_SYNC);
     XLKV_CUDA_TRY(cudaStreamSynchronize(g->stream), "finishing the previous step"); /* host buffers are reused */
     group_rows_by_token(g, tokens);
     XLKV_CUDA_TRY(cudaMemcpyAsync(g->tokens, tokens, (size_t)N * sizeof(int), cudaMemcpyHostToDevice, g->stream),
@@ -543,6 +598,7 @@ xlkv_status xlkv_gpu_trainer_forward(xlkv_gpu_trainer *g, const int *tokens, con
     XLKV_CUDA_TRY(cudaMemcpyAsync(g->starts, g->host_starts, (size_t)(g->n_groups + 1) * sizeof(int),
                                   cudaMemcpyHostToDevice, g->stream), "uploading the embedding groups");
     memset(g->current, 0, ((size_t)map->n_kv_layers + 1) * sizeof *g->current);
+    mark(g, XLKV_STEP_EMBEDDING);
     KERNEL_TRY(xlkv_cuda_train_embedding_forward(g->x, g->tokens, g->tok_embeddings, N, dim, st), "embedding forward");
     int r = 0;
     for (int stp = 0; stp < map->n_plan_steps; stp++) {
@@ -569,11 +625,14 @@ xlkv_status xlkv_gpu_trainer_forward(xlkv_gpu_trainer *g, const int *tokens, con
         }
     }
     XLKV_TRY(copy(g, g->x_final, g->x, n_dim));
+    mark(g, XLKV_STEP_RMSNORM);
     KERNEL_TRY(xlkv_cuda_train_rmsnorm_forward(g->xf, g->final_inv_rms, g->x_final, g->output_norm, N, dim,
                                                hp->norm_eps, st), "final rmsnorm");
-    XLKV_TRY(linear(g, g->probs, g->xf, g->output, N, dim, hp->vocab_size));
+    mark(g, XLKV_STEP_CLASSIFIER_FORWARD);
+    XLKV_TRY(product(g, g->probs, g->xf, g->output, N, dim, hp->vocab_size));
     KERNEL_TRY(xlkv_cuda_train_cross_entropy_forward(g->probs, g->row_loss, g->targets, N, hp->vocab_size, st),
                "cross-entropy forward");
+    mark(g, XLKV_STEP_HOST_SYNC);
     XLKV_CUDA_TRY(cudaMemcpyAsync(g->host_row_loss, g->row_loss, (size_t)N * sizeof(double), cudaMemcpyDeviceToHost,
                                   g->stream), "downloading the loss");
     XLKV_CUDA_TRY(cudaStreamSynchronize(g->stream), "running the forward pass on the GPU");
@@ -596,16 +655,19 @@ static xlkv_status layer_backward(xlkv_gpu_trainer *g, gpu_record *rec) {
 
     XLKV_TRY(zero(g, g->dh, (size_t)N * (size_t)hid));
     XLKV_TRY(linear_backward(g, g->dh, dw->w_down, g->dx, rec->h, w->w_down, N, hid, dim));
+    mark(g, XLKV_STEP_SWIGLU);
     KERNEL_TRY(xlkv_cuda_train_swiglu_backward(g->dgate, g->dup, g->dh, rec->gate, rec->up, (size_t)N * (size_t)hid,
                                                st), "swiglu backward");
     XLKV_TRY(zero(g, g->dxb, n_dim));
     XLKV_TRY(linear_backward(g, g->dxb, dw->w_gate, g->dgate, rec->xb2, w->w_gate, N, dim, hid));
     XLKV_TRY(linear_backward(g, g->dxb, dw->w_up, g->dup, rec->xb2, w->w_up, N, dim, hid));
+    mark(g, XLKV_STEP_RMSNORM);
     KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward(g->dx, dw->ffn_norm, g->dxb, rec->x_mid, rec->ffn_inv_rms, w->ffn_norm,
                                                 N, dim, g->partials, st), "rmsnorm backward");
 
     XLKV_TRY(zero(g, g->datt, (size_t)N * (size_t)q_dim));
     XLKV_TRY(linear_backward(g, g->datt, dw->wo, g->dx, rec->att, w->wo, N, q_dim, dim));
+    mark(g, XLKV_STEP_ATTENTION_BACKWARD); /* with the RoPE backward of dq below (until the next mark) */
     const xlkv_cuda_train_attention_shape shape = attention_shape(g, layer);
     if (g->attention == ATTENTION_GEMM)
         XLKV_TRY(attention_backward_gemm(g, g->dq, rec->read_dk, rec->read_dv, g->datt, rec->att, rec->lse, rec->q,
@@ -624,11 +686,13 @@ static xlkv_status layer_backward(xlkv_gpu_trainer *g, gpu_record *rec) {
     XLKV_TRY(zero(g, g->dxb, n_dim));
     XLKV_TRY(linear_backward(g, g->dxb, dw->wq, g->dq, rec->xb, w->wq, N, dim, q_dim));
     if (xlkv_is_kv_layer(map, layer)) {
+        mark(g, XLKV_STEP_ROPE);
         KERNEL_TRY(xlkv_cuda_train_rope(rec->dk, N, g->seq, hp->n_kv_heads, hp->head_dim, g->rope_cos, g->rope_sin,
                                         -1.0f, st), "rope backward");
         XLKV_TRY(linear_backward(g, g->dxb, dw->wk, rec->dk, rec->xb, w->wk, N, dim, kv_dim));
         XLKV_TRY(linear_backward(g, g->dxb, dw->wv, rec->dv, rec->xb, w->wv, N, dim, kv_dim));
     }
+    mark(g, XLKV_STEP_RMSNORM);
     KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward(g->dx, dw->attn_norm, g->dxb, rec->x_in, rec->attn_inv_rms,
                                                 w->attn_norm, N, dim, g->partials, st), "rmsnorm backward");
     return XLKV_OK;
@@ -674,11 +738,14 @@ xlkv_status xlkv_gpu_trainer_backward_buckets(xlkv_gpu_trainer *g, float loss_sc
     const int N = g->n_rows, dim = hp->dim, vocab = hp->vocab_size;
     const size_t n_dim = (size_t)N * (size_t)dim;
     void *st = g->stream;
+    mark(g, XLKV_STEP_CLASSIFIER_BACKWARD);
     KERNEL_TRY(xlkv_cuda_train_cross_entropy_backward(g->probs, g->targets, N, vocab, loss_scale / (float)N, st),
                "cross-entropy backward");
     XLKV_TRY(zero(g, g->dxb, n_dim));
-    XLKV_TRY(linear_backward(g, g->dxb, g->d_output, g->probs, g->xf, g->output, N, dim, vocab));
+    XLKV_TRY(product_backward(g, XLKV_STEP_CLASSIFIER_BACKWARD, XLKV_STEP_CLASSIFIER_BACKWARD, g->dxb, g->d_output,
+                              g->probs, g->xf, g->output, N, dim, vocab));
     XLKV_TRY(zero(g, g->dx, n_dim));
+    mark(g, XLKV_STEP_RMSNORM);
     KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward(g->dx, g->d_output_norm, g->dxb, g->x_final, g->final_inv_rms,
                                                 g->output_norm, N, dim, g->partials, st), "final rmsnorm backward");
     /* final norm (and an untied classifier) are complete; a tied classifier is the embedding, sent last */
@@ -694,6 +761,7 @@ xlkv_status xlkv_gpu_trainer_backward_buckets(xlkv_gpu_trainer *g, float loss_sc
             if (g->records[earlier].layer == rec->layer) layer_done = false;
         if (layer_done) XLKV_TRY(bucket_ready(g, ready, ctx, rec->layer, false, &issued));
         if (!rec->iteration_start) continue;
+        mark(g, XLKV_STEP_RESIDUAL_COPIES);
         KERNEL_TRY(xlkv_cuda_train_add(g->dx_group_in, g->dx, n_dim, st), "group input gradient");
         if (rec->group_iteration == 0) {
             XLKV_TRY(copy(g, g->dx, g->dx_group_in, n_dim));
@@ -702,6 +770,7 @@ xlkv_status xlkv_gpu_trainer_backward_buckets(xlkv_gpu_trainer *g, float loss_sc
             XLKV_TRY(zero(g, g->dx, n_dim));
         }
     }
+    mark(g, XLKV_STEP_EMBEDDING);
     KERNEL_TRY(xlkv_cuda_train_embedding_backward(g->d_tok_embeddings, g->dx, g->tokens, g->order, g->starts,
                                                   g->n_groups, dim, st), "embedding backward");
     if (ready) {
@@ -718,6 +787,7 @@ xlkv_status xlkv_gpu_trainer_backward_buckets(xlkv_gpu_trainer *g, float loss_sc
 /* ---- optimizer -------------------------------------------------------------------------------------------------- */
 xlkv_status xlkv_gpu_trainer_clip_grad_norm(xlkv_gpu_trainer *g, double max_norm, double *out_norm) {
     const size_t n = g->store->n_params, chunks = (n + XLKV_CUDA_TRAIN_NORM_CHUNK - 1) / XLKV_CUDA_TRAIN_NORM_CHUNK;
+    mark(g, XLKV_STEP_GRAD_CLIP);
     KERNEL_TRY(xlkv_cuda_train_sum_squares(g->norm_partials, g->grads, n, g->stream), "gradient norm");
     XLKV_CUDA_TRY(cudaMemcpyAsync(g->host_norm_partials, g->norm_partials, chunks * sizeof(double),
                                   cudaMemcpyDeviceToHost, g->stream), "downloading the gradient norm");
@@ -735,6 +805,7 @@ xlkv_status xlkv_gpu_trainer_adamw_step(xlkv_gpu_trainer *g, const xlkv_adamw_pa
     const xlkv_param_store *s = g->store;
     const float c1 = (float)(1.0 - pow((double)p->beta1, (double)step));
     const float c2 = (float)(1.0 - pow((double)p->beta2, (double)step));
+    mark(g, XLKV_STEP_ADAMW);
     for (int t = 0; t < s->n_tensors; t++) {
         const xlkv_param_tensor *tensor = &s->tensors[t];
         const size_t n = (size_t)tensor->rows * (size_t)(tensor->cols ? tensor->cols : 1), o = tensor->offset;

@@ -20,4 +20,7 @@ xlkv_status xlkv_gpu_trainer_backward_buckets(xlkv_gpu_trainer *gt, float loss_s
 /* The device gradients ([n] fp32, contiguous, the param_store layout) and the stream the trainer queues on. */
 void xlkv_gpu_trainer_gradient_buffer(xlkv_gpu_trainer *gt, float **grads, size_t *n, cudaStream_t *stream);
 
+/* When profiling is on: the work queued on the trainer's stream from here belongs to `category` (train_profile.h). */
+void xlkv_gpu_trainer_mark(xlkv_gpu_trainer *gt, xlkv_step_category category);
+
 #endif

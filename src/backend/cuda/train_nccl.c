@@ -114,6 +114,7 @@ xlkv_status xlkv_gpu_trainer_backward_allreduce(xlkv_gpu_trainer *gt, float loss
     xlkv_status status = xlkv_gpu_trainer_backward_buckets(gt, loss_scale, reduce_bucket, comm);
     if (status != XLKV_OK) return abort_comm(comm, status);
     /* the trainer's stream (clipping, AdamW, the next zeroing) waits for every bucket */
+    xlkv_gpu_trainer_mark(gt, XLKV_STEP_ALLREDUCE_WAIT);
     cudaError_t e = cudaEventRecord(comm->done, comm->stream);
     if (e == cudaSuccess) e = cudaStreamWaitEvent(stream, comm->done, 0);
     if (e != cudaSuccess) return abort_comm(comm, xlkv_cuda_fail(e, "ordering the optimizer after the all-reduce"));
