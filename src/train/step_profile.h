@@ -21,7 +21,7 @@ typedef enum xlkv_step_category {
     XLKV_STEP_LINEAR_BACKWARD_DW,   /* their weight gradients dW += dy^T x */
     XLKV_STEP_ROPE,                 /* rotary embedding of q and k, and its backward on dk */
     XLKV_STEP_ATTENTION_FORWARD,    /* scores, softmax, P.V (whichever implementation runs) */
-    XLKV_STEP_ATTENTION_BACKWARD,   /* attention backward, and the RoPE backward of dq that follows it */
+    XLKV_STEP_ATTENTION_BACKWARD,   /* attention backward (dQ, dK, dV, delta) */
     XLKV_STEP_SWIGLU,               /* SwiGLU forward and backward */
     XLKV_STEP_RESIDUAL_COPIES,      /* residual adds, activation copies, buffer clears, zeroing the gradients */
     XLKV_STEP_CLASSIFIER_FORWARD,   /* classifier product and cross-entropy forward */

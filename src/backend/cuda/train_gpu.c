@@ -667,7 +667,7 @@ static xlkv_status layer_backward(xlkv_gpu_trainer *g, gpu_record *rec) {
 
     XLKV_TRY(zero(g, g->datt, (size_t)N * (size_t)q_dim));
     XLKV_TRY(linear_backward(g, g->datt, dw->wo, g->dx, rec->att, w->wo, N, q_dim, dim));
-    mark(g, XLKV_STEP_ATTENTION_BACKWARD); /* with the RoPE backward of dq below (until the next mark) */
+    mark(g, XLKV_STEP_ATTENTION_BACKWARD);
     const xlkv_cuda_train_attention_shape shape = attention_shape(g, layer);
     if (g->attention == ATTENTION_GEMM)
         XLKV_TRY(attention_backward_gemm(g, g->dq, rec->read_dk, rec->read_dv, g->datt, rec->att, rec->lse, rec->q,
@@ -681,6 +681,7 @@ static xlkv_status layer_backward(xlkv_gpu_trainer *g, gpu_record *rec) {
         KERNEL_TRY(xlkv_cuda_train_attention_backward(g->dq, rec->read_dk, rec->read_dv, g->delta, g->datt, rec->att,
                                                       rec->lse, rec->q, rec->read_k, rec->read_v, &shape, st),
                    "attention backward");
+    mark(g, XLKV_STEP_ROPE);
     KERNEL_TRY(xlkv_cuda_train_rope(g->dq, N, g->seq, hp->n_heads, hp->head_dim, g->rope_cos, g->rope_sin, -1.0f, st),
                "rope backward");
     XLKV_TRY(zero(g, g->dxb, n_dim));
