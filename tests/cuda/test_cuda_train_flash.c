@@ -115,10 +115,21 @@ typedef struct device_inputs {
     float *q, *k, *v, *dout, *dk0, *dv0;
 } device_inputs;
 
-/* Runs one GPU implementation (flash or the warp kernels): forward, backward with dk/dv starting from dk0/dv0, and
- * backward with constant K/V. The backward reads the implementation's own forward out and lse. */
-static attention_result run_gpu(bool flash, const device_inputs *in, const xlkv_cuda_train_attention_shape *s,
+typedef enum gpu_impl { IMPL_WARP, IMPL_FLASH_V1, IMPL_FLASH_V2 } gpu_impl;
+
+/* Runs one GPU implementation (the warp kernels, flash v1 without a workspace or flash v2 with one): forward,
+ * backward with dk/dv starting from dk0/dv0, and backward with constant K/V. The backward reads the implementation's
+ * own forward out and lse. The v2 workspace is poisoned with NaN first (its contents must not matter). */
+static attention_result run_gpu(gpu_impl impl, const device_inputs *in, const xlkv_cuda_train_attention_shape *s,
                                 size_t qn, size_t kvn, size_t ln) {
+    const bool flash = impl != IMPL_WARP;
+    void *ws = NULL;
+    if (impl == IMPL_FLASH_V2) {
+        const size_t bytes = xlkv_cuda_train_attention_flash_workspace_bytes(s);
+        if (bytes == 0) fail_msg("flash v2: no workspace size for a supported shape");
+        CK(cudaMalloc(&ws, bytes));
+        CK(cudaMemset(ws, 0xFF, bytes));
+    }
     float *out = dev_floats(NULL, qn), *lse = dev_floats(NULL, ln), *dq = dev_floats(NULL, qn);
     float *delta = dev_floats(NULL, ln), *dk = dev_floats(NULL, kvn), *dv = dev_floats(NULL, kvn);
     CK(cudaMemcpy(dk, in->dk0, kvn * sizeof(float), cudaMemcpyDeviceToDevice));
@@ -127,9 +138,9 @@ static attention_result run_gpu(bool flash, const device_inputs *in, const xlkv_
     CK(cudaMemset(lse, 0xFF, ln * sizeof(float)));
     CK(cudaMemset(dq, 0xFF, qn * sizeof(float)));
     if (flash) {
-        CK_LAUNCH(xlkv_cuda_train_attention_flash_forward(out, lse, in->q, in->k, in->v, s, NULL));
+        CK_LAUNCH(xlkv_cuda_train_attention_flash_forward(out, lse, in->q, in->k, in->v, s, ws, NULL));
         CK_LAUNCH(xlkv_cuda_train_attention_flash_backward(dq, dk, dv, delta, in->dout, out, lse, in->q, in->k, in->v,
-                                                           s, NULL));
+                                                           s, ws, NULL));
     } else {
         CK_LAUNCH(xlkv_cuda_train_attention_forward(out, lse, in->q, in->k, in->v, s, NULL));
         CK_LAUNCH(xlkv_cuda_train_attention_backward(dq, dk, dv, delta, in->dout, out, lse, in->q, in->k, in->v, s,
@@ -140,12 +151,12 @@ static attention_result run_gpu(bool flash, const device_inputs *in, const xlkv_
     CK(cudaMemset(dq, 0xFF, qn * sizeof(float)));
     if (flash)
         CK_LAUNCH(xlkv_cuda_train_attention_flash_backward(dq, NULL, NULL, delta, in->dout, out, lse, in->q, in->k,
-                                                           in->v, s, NULL));
+                                                           in->v, s, ws, NULL));
     else
         CK_LAUNCH(xlkv_cuda_train_attention_backward(dq, NULL, NULL, delta, in->dout, out, lse, in->q, in->k, in->v, s,
                                                      NULL));
     r.dq_const = download(dq, qn);
-    cudaFree(out), cudaFree(lse), cudaFree(dq), cudaFree(delta), cudaFree(dk), cudaFree(dv);
+    cudaFree(out), cudaFree(lse), cudaFree(dq), cudaFree(delta), cudaFree(dk), cudaFree(dv), cudaFree(ws);
     return r;
 }
 
@@ -164,6 +175,12 @@ static void compare(const char *case_name, const char *ref_name, const attention
     check_against(what, flash->dv, ref->dv, dv0, kvn, flash_tolerance, false);
     snprintf(what, sizeof what, "flash %s vs %s: dq with constant K/V", case_name, ref_name);
     check_against(what, flash->dq_const, ref->dq, NULL, qn, flash_tolerance, false);
+}
+
+static bool same_bits(const attention_result *a, const attention_result *b, size_t qn, size_t kvn, size_t ln) {
+    return !memcmp(a->out, b->out, qn * sizeof(float)) && !memcmp(a->lse, b->lse, ln * sizeof(float)) &&
+           !memcmp(a->dq, b->dq, qn * sizeof(float)) && !memcmp(a->dk, b->dk, kvn * sizeof(float)) &&
+           !memcmp(a->dv, b->dv, kvn * sizeof(float)) && !memcmp(a->dq_const, b->dq_const, qn * sizeof(float));
 }
 
 static void flash_case(const attention_case *c) {
@@ -187,22 +204,40 @@ static void flash_case(const attention_case *c) {
 
     device_inputs in = {dev_floats(q, qn), dev_floats(k, kvn), dev_floats(v, kvn), dev_floats(dout, qn),
                         dev_floats(dk0, kvn), dev_floats(dv0, kvn)};
-    attention_result flash = run_gpu(true, &in, &gpu, qn, kvn, ln);
-    attention_result warp = run_gpu(false, &in, &gpu, qn, kvn, ln);
+    attention_result flash = run_gpu(IMPL_FLASH_V2, &in, &gpu, qn, kvn, ln);
+    attention_result warp = run_gpu(IMPL_WARP, &in, &gpu, qn, kvn, ln);
     compare(c->name, "cpu", &flash, &cpu_ref, dk0, dv0, qn, kvn, ln);
     compare(c->name, "warp", &flash, &warp, dk0, dv0, qn, kvn, ln);
 
     /* determinism: a second run gives the same bits */
-    attention_result again = run_gpu(true, &in, &gpu, qn, kvn, ln);
-    const bool same = !memcmp(again.out, flash.out, qn * sizeof(float)) &&
-                      !memcmp(again.lse, flash.lse, ln * sizeof(float)) &&
-                      !memcmp(again.dq, flash.dq, qn * sizeof(float)) &&
-                      !memcmp(again.dk, flash.dk, kvn * sizeof(float)) &&
-                      !memcmp(again.dv, flash.dv, kvn * sizeof(float));
+    attention_result again = run_gpu(IMPL_FLASH_V2, &in, &gpu, qn, kvn, ln);
+    const bool same = same_bits(&again, &flash, qn, kvn, ln);
     printf("check flash %-72s %s\n", c->name, same ? "two runs bit-identical ok" : "two runs DIFFER FAIL");
     if (!same) failures++;
 
-    free_result(&cpu_ref), free_result(&flash), free_result(&warp), free_result(&again);
+    /* v1 (fp32 tiles, no workspace) and v2 (bf16 workspace, cp.async): same rounding, tiles and order -> same bits;
+     * v1 is also held to the references on its own */
+    attention_result v1 = run_gpu(IMPL_FLASH_V1, &in, &gpu, qn, kvn, ln);
+    char what[200];
+    snprintf(what, sizeof what, "flash v1 %s vs cpu: dk (+= onto non-zero)", c->name);
+    check_against(what, v1.dk, cpu_ref.dk, dk0, kvn, flash_tolerance, false);
+    snprintf(what, sizeof what, "flash v1 %s vs cpu: dq", c->name);
+    check_against(what, v1.dq, cpu_ref.dq, NULL, qn, flash_tolerance, false);
+    const bool v1_same = same_bits(&v1, &flash, qn, kvn, ln);
+    if (!v1_same) { /* say how far apart (one bf16 ulp of drift would still pass the reference checks) */
+        snprintf(what, sizeof what, "flash v2 vs v1 %s: out", c->name);
+        check_against(what, flash.out, v1.out, NULL, qn, 1e-6, false);
+        snprintf(what, sizeof what, "flash v2 vs v1 %s: dq", c->name);
+        check_against(what, flash.dq, v1.dq, NULL, qn, 1e-6, false);
+        snprintf(what, sizeof what, "flash v2 vs v1 %s: dk", c->name);
+        check_against(what, flash.dk, v1.dk, dk0, kvn, 1e-6, false);
+        snprintf(what, sizeof what, "flash v2 vs v1 %s: dv", c->name);
+        check_against(what, flash.dv, v1.dv, dv0, kvn, 1e-6, false);
+    }
+    printf("check flash v2 vs v1 %-63s %s\n", c->name, v1_same ? "bit-identical ok" : "DIFFER FAIL");
+    if (!v1_same) failures++;
+
+    free_result(&cpu_ref), free_result(&flash), free_result(&warp), free_result(&again), free_result(&v1);
     free(q), free(k), free(v), free(dout), free(dk0), free(dv0);
     cudaFree(in.q), cudaFree(in.k), cudaFree(in.v), cudaFree(in.dout), cudaFree(in.dk0), cudaFree(in.dv0);
 }
@@ -230,9 +265,10 @@ static void flash_kernels_match_exact(void **state) {
     /* refused shapes */
     const xlkv_cuda_train_attention_shape hd80 = {1, 16, 2, 1, 80, 0, false};
     float *buf = dev_floats(NULL, 16 * 2 * 128);
-    const int rc = xlkv_cuda_train_attention_flash_forward(buf, buf, buf, buf, buf, &hd80, NULL);
-    const bool refused = !xlkv_cuda_train_attention_flash_supported(&hd80) && rc == (int)cudaErrorInvalidValue;
-    printf("check flash refuses head_dim 80 (supported() false, launch returns cudaErrorInvalidValue): %s\n",
+    const int rc = xlkv_cuda_train_attention_flash_forward(buf, buf, buf, buf, buf, &hd80, NULL, NULL);
+    const bool refused = !xlkv_cuda_train_attention_flash_supported(&hd80) && rc == (int)cudaErrorInvalidValue &&
+                         xlkv_cuda_train_attention_flash_workspace_bytes(&hd80) == 0;
+    printf("check flash refuses head_dim 80 (supported() false, launch cudaErrorInvalidValue, workspace 0): %s\n",
            refused ? "ok" : "FAIL");
     if (!refused) failures++;
     cudaFree(buf);
@@ -258,7 +294,8 @@ static xlkv_hparams flash_hparams(const trainer_case *c) {
 }
 
 /* Gradients of every parameter after one forward + backward (B 2, T 100) with the given dtype and attention. */
-static float *model_gradients(const trainer_case *c, bool bf16, const char *attention, size_t *n_params) {
+static float *model_gradients(const trainer_case *c, bool bf16, const char *attention, const char *flash_version,
+                              size_t *n_params) {
     enum { B = 2, T = 100, N = B * T };
     int tokens[N], targets[N];
     for (int r = 0; r < N; r++) {
@@ -269,9 +306,11 @@ static float *model_gradients(const trainer_case *c, bool bf16, const char *atte
     xlkv_param_store *store = NULL;
     TU_ASSERT_OK(xlkv_store_from_shape(&hp, c->map, 5, &store));
     setenv("XLKV_TRAIN_ATTENTION", attention, 1);
+    setenv("XLKV_TRAIN_FLASH", flash_version, 1);
     xlkv_gpu_trainer *gt = NULL;
     TU_ASSERT_OK(xlkv_gpu_trainer_create(store, B, T, c->m, c->b, bf16, &gt));
     unsetenv("XLKV_TRAIN_ATTENTION");
+    unsetenv("XLKV_TRAIN_FLASH");
     double loss = 0.0;
     TU_ASSERT_OK(xlkv_gpu_trainer_zero_grads(gt));
     TU_ASSERT_OK(xlkv_gpu_trainer_forward(gt, tokens, targets, &loss));
@@ -317,8 +356,14 @@ static void flash_gradients_match(void **state) {
     for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
         const trainer_case *c = &cases[ci];
         size_t n = 0;
-        float *flash = model_gradients(c, true, "flash", &n), *gemm = model_gradients(c, true, "gemm", &n);
-        float *exact = model_gradients(c, false, "gemm", &n);
+        float *flash = model_gradients(c, true, "flash", "v2", &n), *gemm = model_gradients(c, true, "gemm", "", &n);
+        float *exact = model_gradients(c, false, "gemm", "", &n);
+        float *flash_v1 = model_gradients(c, true, "flash", "v1", &n);
+        const bool v1_same = !memcmp(flash, flash_v1, n * sizeof *flash);
+        printf("check bf16 gradients, %-10s m=%d b=%d: trainer flash v2 vs XLKV_TRAIN_FLASH=v1 %s\n", c->map, c->m,
+               c->b, v1_same ? "bit-identical ok" : "DIFFER FAIL");
+        if (!v1_same) failures++;
+        free(flash_v1);
         const char *name_gemm, *name_exact;
         const double vs_gemm = worst_tensor_error(c, flash, gemm, &name_gemm);
         const double vs_exact = worst_tensor_error(c, flash, exact, &name_exact);
