@@ -482,7 +482,7 @@ __global__ void head_major_rows(float *ref_hm, float *delta_hm, const float *lse
 
 template <int D>
 __global__ void __launch_bounds__(THREADS)
-    flash_forward_v2(float *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, flash_args a) {
+    flash_forward_v2(float *out, float *lse, const float *q, const bf16 *k, const bf16 *v, flash_args a) {
     constexpr int SROW = smem_row<D>();
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16 *s_q = reinterpret_cast<bf16 *>(smem_raw);
@@ -493,7 +493,7 @@ __global__ void __launch_bounds__(THREADS)
     const int h = blockIdx.y, b = blockIdx.z, kvh = h / a.group;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const size_t batch_row0 = (size_t)b * a.seq;
-    const bf16 *qh = q + batch_row0 * a.q_stride + (size_t)h * D;
+    const float *qh = q + batch_row0 * a.q_stride + (size_t)h * D;
     const bf16 *kh = k + batch_row0 * a.kv_stride + (size_t)kvh * D;
     const bf16 *vh = v + batch_row0 * a.kv_stride + (size_t)kvh * D;
     float *oh = out + batch_row0 * a.q_stride + (size_t)h * D;
@@ -521,10 +521,11 @@ __global__ void __launch_bounds__(THREADS)
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
 
     if (n_kv_tiles > 0) {
-        async_rows<D, TILE_Q>(s_q, qh, a.q_stride, r0, a.seq);
         load_kv(0, 0);
+        cp_async_commit();
+        /* Q is read once per CTA: fp32 rows rounded here (no bf16 copy needed) while the first K/V tile lands */
+        stage_rows<D, TILE_Q>(s_q, qh, a.q_stride, r0, a.seq);
     }
-    cp_async_commit();
     for (int tile = 0; tile < n_kv_tiles; tile++) {
         const int buf = tile & 1, k0 = kv_first + tile * TILE_K;
         if (tile + 1 < n_kv_tiles) load_kv(tile + 1, buf ^ 1);
@@ -611,11 +612,16 @@ __global__ void __launch_bounds__(THREADS)
     }
 }
 
+/* Keys (dQ) / queries (dK/dV) per register chunk of the v2 backward: 32 at head_dim 64 (the S and dP fragments of half
+ * a tile: 3 CTAs per SM instead of 2), the whole tile at 128 (shared memory allows 2 CTAs anyway). */
+template <int D> __host__ __device__ constexpr int bwd_chunk() { return D == 64 ? 32 : 64; }
+template <int D> __host__ __device__ constexpr int bwd_min_ctas() { return D == 64 ? 3 : 1; }
+
 template <int D>
-__global__ void __launch_bounds__(THREADS)
+__global__ void __launch_bounds__(THREADS, bwd_min_ctas<D>())
     flash_backward_dq_v2(float *dq, const bf16 *dout, const float *lse, const float *delta, const bf16 *q,
                          const bf16 *k, const bf16 *v, flash_args a) {
-    constexpr int SROW = smem_row<D>();
+    constexpr int SROW = smem_row<D>(), KC = bwd_chunk<D>();
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16 *s_q = reinterpret_cast<bf16 *>(smem_raw);
     bf16 *s_do = s_q + TILE_Q * SROW, *s_k = s_do + TILE_Q * SROW, *s_v = s_k + 2 * TILE_K * SROW;
@@ -669,20 +675,24 @@ __global__ void __launch_bounds__(THREADS)
         cp_async_wait<1>();
         __syncthreads();
         const bf16 *tk = s_k + buf * TILE_K * SROW, *tv = s_v + buf * TILE_K * SROW;
-        float p[TILE_K / 8][4], dp[TILE_K / 8][4];
-        product_rows<D, TILE_K / 8>(p, s_q, warp * 16, tk, lane);   /* S = Q K^T */
-        product_rows<D, TILE_K / 8>(dp, s_do, warp * 16, tv, lane); /* dP = dO V^T */
         const bool need_mask = !tile_fully_visible(a, t_min, t_max, k0, k0 + TILE_K - 1);
 #pragma unroll
-        for (int nt = 0; nt < TILE_K / 8; nt++)
+        for (int c0 = 0; c0 < TILE_K; c0 += KC) { /* key chunks: same sums in the same order, fewer live registers */
+            float p[KC / 8][4], dp[KC / 8][4];
+            product_rows<D, KC / 8>(p, s_q, warp * 16, tk + c0 * SROW, lane);   /* S = Q K^T */
+            product_rows<D, KC / 8>(dp, s_do, warp * 16, tv + c0 * SROW, lane); /* dP = dO V^T */
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                float x = p[nt][i] * a.scale_log2;
-                if (need_mask && !visible(i < 2 ? t_a : t_b, k0 + nt * 8 + 2 * tq + (i & 1), a)) x = -INFINITY;
-                const float prob = exp2f(x - (i < 2 ? ref_a : ref_b));
-                p[nt][i] = prob * (dp[nt][i] - (i < 2 ? delta_a : delta_b)); /* dS */
-            }
-        accumulate_pv<D, TILE_K / 16>(dq_acc, p, tk, lane); /* dQ += dS K */
+            for (int nt = 0; nt < KC / 8; nt++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    float x = p[nt][i] * a.scale_log2;
+                    if (need_mask && !visible(i < 2 ? t_a : t_b, k0 + c0 + nt * 8 + 2 * tq + (i & 1), a))
+                        x = -INFINITY;
+                    const float prob = exp2f(x - (i < 2 ? ref_a : ref_b));
+                    p[nt][i] = prob * (dp[nt][i] - (i < 2 ? delta_a : delta_b)); /* dS */
+                }
+            accumulate_pv<D, KC / 16>(dq_acc, p, tk + c0 * SROW, lane); /* dQ += dS K */
+        }
         __syncthreads();
     }
 
@@ -700,10 +710,10 @@ __global__ void __launch_bounds__(THREADS)
  * ref and delta of step i+1 load while step i computes. ref/delta come head-major (head_major_rows); rows past
  * t_last are zero rows with ref +inf, exactly as in v1. */
 template <int D>
-__global__ void __launch_bounds__(THREADS)
+__global__ void __launch_bounds__(THREADS, bwd_min_ctas<D>())
     flash_backward_dkdv_v2(float *dk, float *dv, const bf16 *dout, const float *ref_hm, const float *delta_hm,
                            const bf16 *q, const bf16 *k, const bf16 *v, flash_args a) {
-    constexpr int SROW = smem_row<D>(), BQ = dkdv_tile_q<D>();
+    constexpr int SROW = smem_row<D>(), BQ = dkdv_tile_q<D>(), QC = bwd_chunk<D>() < BQ ? bwd_chunk<D>() : BQ;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16 *s_k = reinterpret_cast<bf16 *>(smem_raw);
     bf16 *s_v = s_k + TILE_K * SROW, *s_q = s_v + TILE_K * SROW, *s_do = s_q + 2 * BQ * SROW; /* s_q, s_do: [2][BQ] */
@@ -757,23 +767,26 @@ __global__ void __launch_bounds__(THREADS)
         __syncthreads();
         const bf16 *tq_tile = s_q + buf * BQ * SROW, *tdo = s_do + buf * BQ * SROW;
         const float *ref = s_ref + buf * BQ, *dlt = s_delta + buf * BQ;
-        float p[BQ / 8][4], dp[BQ / 8][4];
-        product_rows<D, BQ / 8>(p, s_k, warp * 16, tq_tile, lane); /* S^T = K Q^T */
-        product_rows<D, BQ / 8>(dp, s_v, warp * 16, tdo, lane);    /* dP^T = V dO^T */
         const bool need_mask = !tile_fully_visible(a, q0, q0 + BQ - 1, k0, k0 + TILE_K - 1);
 #pragma unroll
-        for (int nt = 0; nt < BQ / 8; nt++)
+        for (int c0 = 0; c0 < BQ; c0 += QC) { /* query chunks: same sums in the same order, fewer live registers */
+            float p[QC / 8][4], dp[QC / 8][4];
+            product_rows<D, QC / 8>(p, s_k, warp * 16, tq_tile + c0 * SROW, lane); /* S^T = K Q^T */
+            product_rows<D, QC / 8>(dp, s_v, warp * 16, tdo + c0 * SROW, lane);    /* dP^T = V dO^T */
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int col = nt * 8 + 2 * tq + (i & 1);
-                float x = p[nt][i] * a.scale_log2;
-                if (need_mask && !visible(q0 + col, i < 2 ? p_a : p_b, a)) x = -INFINITY;
-                const float prob = exp2f(x - ref[col]);
-                p[nt][i] = prob;
-                dp[nt][i] = prob * (dp[nt][i] - dlt[col]); /* dS^T */
-            }
-        accumulate_pv<D, BQ / 16>(dv_acc, p, tdo, lane);     /* dV += P^T dO */
-        accumulate_pv<D, BQ / 16>(dk_acc, dp, tq_tile, lane); /* dK += dS^T Q */
+            for (int nt = 0; nt < QC / 8; nt++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int col = c0 + nt * 8 + 2 * tq + (i & 1);
+                    float x = p[nt][i] * a.scale_log2;
+                    if (need_mask && !visible(q0 + col, i < 2 ? p_a : p_b, a)) x = -INFINITY;
+                    const float prob = exp2f(x - ref[col]);
+                    p[nt][i] = prob;
+                    dp[nt][i] = prob * (dp[nt][i] - dlt[col]); /* dS^T */
+                }
+            accumulate_pv<D, QC / 16>(dv_acc, p, tdo + c0 * SROW, lane);     /* dV += P^T dO */
+            accumulate_pv<D, QC / 16>(dk_acc, dp, tq_tile + c0 * SROW, lane); /* dK += dS^T Q */
+        }
         __syncthreads();
     }
 
@@ -904,13 +917,13 @@ int round_launch(bf16 *dst, const float *src, size_t n, cudaStream_t stream) {
 }
 
 template <int D>
-int forward_v2_launch(float *out, float *lse, const workspace_parts &w, const flash_args &a, int batch,
-                      cudaStream_t stream) {
+int forward_v2_launch(float *out, float *lse, const float *q, const workspace_parts &w, const flash_args &a,
+                      int batch, cudaStream_t stream) {
     static bool smem_raised = false;
     const int err = allow_smem(flash_forward_v2<D>, forward_v2_smem<D>(), &smem_raised);
     if (err) return err;
     const dim3 grid((a.seq + TILE_Q - 1) / TILE_Q, a.n_heads, batch);
-    flash_forward_v2<D><<<grid, THREADS, forward_v2_smem<D>(), stream>>>(out, lse, w.q, w.k, w.v, a);
+    flash_forward_v2<D><<<grid, THREADS, forward_v2_smem<D>(), stream>>>(out, lse, q, w.k, w.v, a);
     return (int)cudaGetLastError();
 }
 
@@ -959,12 +972,11 @@ extern "C" int xlkv_cuda_train_attention_flash_forward(float *out, float *lse, c
         return shape->head_dim == 64 ? forward_launch<64>(out, lse, q, k, v, a, shape->batch, s)
                                      : forward_launch<128>(out, lse, q, k, v, a, shape->batch, s);
     const workspace_parts w = carve_workspace(workspace, shape);
-    int err = round_launch(w.q, q, w.q_elems, s);
-    if (!err) err = round_launch(w.k, k, w.kv_elems, s);
+    int err = round_launch(w.k, k, w.kv_elems, s); /* K/V tiles are re-read by every query tile: bf16 copies */
     if (!err) err = round_launch(w.v, v, w.kv_elems, s);
     if (err) return err;
-    return shape->head_dim == 64 ? forward_v2_launch<64>(out, lse, w, a, shape->batch, s)
-                                 : forward_v2_launch<128>(out, lse, w, a, shape->batch, s);
+    return shape->head_dim == 64 ? forward_v2_launch<64>(out, lse, q, w, a, shape->batch, s)
+                                 : forward_v2_launch<128>(out, lse, q, w, a, shape->batch, s);
 }
 
 extern "C" int xlkv_cuda_train_attention_flash_backward(float *dq, float *dk, float *dv, float *delta,
