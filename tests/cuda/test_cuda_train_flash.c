@@ -5,12 +5,14 @@
  *     B = 2 with T = 1024, 100 (not a multiple of the 64-row tiles), 17 and 1; MHA x128; mask_diagonal; windows 7
  *     and 64; GQA 4/1 x128 with window + diagonal. Tolerance (bf16 inputs, fp32 accumulation): max |flash - ref| <=
  *     2e-2 x max |ref| per tensor (for dk/dv: x max |ref - initial|, the part the kernel adds); lse absolute
- *     2e-2 (it is a log); -inf lse must be -inf exactly. Also: two backward runs give the same bits (no atomics);
- *     unsupported shapes (head_dim 80) are refused.
+ *     2e-2 (it is a log); -inf lse must be -inf exactly. These run the v2 kernels (a bf16 workspace, poisoned with
+ *     NaN first); v1 (no workspace) must give the same bits on every case (and is held to the CPU on its own).
+ *     Also: two backward runs give the same bits (no atomics); unsupported shapes (head_dim 80) are refused.
  *  2. gradients of every parameter of a head_dim 64 model after one forward + backward (B 2, T 100; standard, cla:2
  *     with its shared KV source, lckv:1, 0_1s_1s_3): bf16 flash vs bf16 gemm within 5e-2 and vs f32 within 1e-1 of
  *     each tensor's largest gradient (or twice the bf16 gemm's own error against f32, if larger: both are bf16
- *     rounding); a missing or doubled dK/dV path (several layers read one KV source) would be off by O(1).
+ *     rounding); a missing or doubled dK/dV path (several layers read one KV source) would be off by O(1). The
+ *     trainer with XLKV_TRAIN_FLASH=v1 must give the same gradient bits as the default v2.
  *  3. the trainer: a head_dim 64 model (standard, lckv:1 with its masked diagonal, a sliding-window map), 6 steps
  *     in f32 (exact attention) and in bf16 with flash forced (XLKV_TRAIN_ATTENTION=flash): per-step losses within
  *     3e-2 relative of the f32 run (the bf16 tolerance of test_cuda_train), bf16 flash against bf16 gemm within 1e-2;

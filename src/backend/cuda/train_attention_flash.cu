@@ -22,6 +22,16 @@
  * with lse = -inf (nothing visible) also gets lse' = +inf: all its probabilities are exactly 0.
  * delta = rowsum(dO * O) comes from xlkv_cuda_train_attention_delta (train_kernels.cu).
  *
+ * Two versions of the same arithmetic (same bf16 values, tiles and summation order: the same bits):
+ *   v1 (workspace NULL): the kernels above read fp32 rows with plain loads and round them while staging (every tile
+ *       load is exposed latency).
+ *   v2 (a workspace): round_to_bf16 first writes bf16 copies of what is streamed (forward: K, V; backward: Q, dO, K,
+ *       V; head_major_rows makes the dK/dV kernel's lse' / delta contiguous per (sequence, head)); the kernels then
+ *       move 16-byte cp.async chunks with double buffering (tile j+1 loads while tile j computes), as the inference
+ *       prefill kernel does. Operands read once per CTA (the forward's Q) still come from fp32. At head_dim 64 the
+ *       backward kernels hold S and dP for 32 keys (dQ) / 32 queries (dK/dV) at a time: same products in the same
+ *       order, ~166 registers instead of ~190, so 3 CTAs share an SM.
+ *
  * Cost (small: B 16, T 1024, 12/6 heads x 64, causal), per layer: forward 4 * 16 * 12 * 1024^2 / 2 * 64 = 26 GFLOP,
  * backward 2.5x that; the fp32 staging reads Q, K, V (and dO) once per tile pair, L2-resident. */
 #include <cuda_bf16.h>
