@@ -25,10 +25,12 @@
  * Two versions of the same arithmetic (same bf16 values, tiles and summation order: the same bits):
  *   v1 (workspace NULL): the kernels above read fp32 rows with plain loads and round them while staging (every tile
  *       load is exposed latency).
- *   v2 (a workspace): round_to_bf16 first writes bf16 copies of what is streamed (forward: K, V; backward: Q, dO, K,
- *       V; head_major_rows makes the dK/dV kernel's lse' / delta contiguous per (sequence, head)); the kernels then
- *       move 16-byte cp.async chunks with double buffering (tile j+1 loads while tile j computes), as the inference
- *       prefill kernel does. Operands read once per CTA (the forward's Q) still come from fp32. At head_dim 64 the
+ *   v2 (a workspace): bf16 copies of what is streamed go to the workspace first (K, V: round_to_bf16; the backward's
+ *       Q and dO: written by the dQ kernel, which reads each of their rows once anyway; head_major_rows makes the
+ *       dK/dV kernel's lse' / delta contiguous per (sequence, head)); the kernels then move 16-byte cp.async chunks
+ *       with double buffering (tile j+1 loads while tile j computes), as the inference prefill kernel does.
+ *       Operands read once per CTA (Q of the forward, Q and dO of dQ) come from fp32 with plain loads, issued while
+ *       the first cp.async tile is in flight. At head_dim 64 the
  *       backward kernels hold S and dP for 32 keys (dQ) / 32 queries (dK/dV) at a time: same products in the same
  *       order, ~166 registers instead of ~190, so 3 CTAs share an SM.
  *
@@ -464,6 +466,29 @@ __device__ __forceinline__ void async_rows(bf16 *dst, const bf16 *src, size_t st
     }
 }
 
+/* stage_rows that also writes the bf16 rows it stages (rows < limit) to `copy` (same layout as src, NULL: none):
+ * the dQ kernel reads each Q / dO row exactly once, so it leaves the bf16 copies the dK/dV kernel streams. The same
+ * thread writes and reads each chunk: no barrier between the two. */
+template <int D, int ROWS>
+__device__ __forceinline__ void stage_rows_copy(__nv_bfloat16 *dst, const float *src, size_t stride, int row0,
+                                                int limit, __nv_bfloat16 *copy) {
+    constexpr int SROW = smem_row<D>(), CHUNKS = D / 8;
+    for (int c = threadIdx.x; c < ROWS * CHUNKS; c += THREADS) {
+        const int row = c / CHUNKS, ch = c % CHUNKS, t = row0 + row;
+        uint4 packed = make_uint4(0u, 0u, 0u, 0u);
+        if (t < limit) {
+            const float4 *s = reinterpret_cast<const float4 *>(src + (size_t)t * stride + ch * 8);
+            const float4 lo = s[0], hi = s[1];
+            packed.x = pack_bf16x2(lo.x, lo.y);
+            packed.y = pack_bf16x2(lo.z, lo.w);
+            packed.z = pack_bf16x2(hi.x, hi.y);
+            packed.w = pack_bf16x2(hi.z, hi.w);
+            if (copy) *reinterpret_cast<uint4 *>(copy + (size_t)t * stride + ch * 8) = packed;
+        }
+        *reinterpret_cast<uint4 *>(dst + row * SROW + ch * 8) = packed;
+    }
+}
+
 /* dst[i] = bf16(src[i]), n a multiple of 8, both 16-byte aligned. */
 __global__ void round_to_bf16(bf16 *dst, const float *src, size_t n8) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += (size_t)gridDim.x * blockDim.x) {
@@ -629,8 +654,8 @@ template <int D> __host__ __device__ constexpr int bwd_min_ctas() { return D == 
 
 template <int D>
 __global__ void __launch_bounds__(THREADS, bwd_min_ctas<D>())
-    flash_backward_dq_v2(float *dq, const bf16 *dout, const float *lse, const float *delta, const bf16 *q,
-                         const bf16 *k, const bf16 *v, flash_args a) {
+    flash_backward_dq_v2(float *dq, const float *dout, const float *lse, const float *delta, const float *q,
+                         const bf16 *k, const bf16 *v, bf16 *q_copy, bf16 *dout_copy, flash_args a) {
     constexpr int SROW = smem_row<D>(), KC = bwd_chunk<D>();
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16 *s_q = reinterpret_cast<bf16 *>(smem_raw);
@@ -641,8 +666,7 @@ __global__ void __launch_bounds__(THREADS, bwd_min_ctas<D>())
     const int h = blockIdx.y, b = blockIdx.z, kvh = h / a.group;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const size_t batch_row0 = (size_t)b * a.seq;
-    const bf16 *qh = q + batch_row0 * a.q_stride + (size_t)h * D;
-    const bf16 *doh = dout + batch_row0 * a.q_stride + (size_t)h * D;
+    const size_t head_off = batch_row0 * a.q_stride + (size_t)h * D;
     const bf16 *kh = k + batch_row0 * a.kv_stride + (size_t)kvh * D;
     const bf16 *vh = v + batch_row0 * a.kv_stride + (size_t)kvh * D;
     float *dqh = dq + batch_row0 * a.q_stride + (size_t)h * D;
@@ -659,12 +683,12 @@ __global__ void __launch_bounds__(THREADS, bwd_min_ctas<D>())
         async_rows<D, TILE_K>(s_v + buf * TILE_K * SROW, vh, a.kv_stride, k0, key_limit);
     };
 
-    if (n_kv_tiles > 0) {
-        async_rows<D, TILE_Q>(s_q, qh, a.q_stride, r0, a.seq);
-        async_rows<D, TILE_Q>(s_do, doh, a.q_stride, r0, a.seq);
-        load_kv(0, 0);
-    }
+    if (n_kv_tiles > 0) load_kv(0, 0);
     cp_async_commit();
+    /* Q and dO are read once per CTA: fp32 rows rounded here while the first K/V tile lands, and written out as the
+     * bf16 copies of the dK/dV kernel (every tile, even one that sees nothing: the dK/dV kernel still reads it) */
+    stage_rows_copy<D, TILE_Q>(s_q, q + head_off, a.q_stride, r0, a.seq, q_copy ? q_copy + head_off : NULL);
+    stage_rows_copy<D, TILE_Q>(s_do, dout + head_off, a.q_stride, r0, a.seq, dout_copy ? dout_copy + head_off : NULL);
 
     const int g = lane >> 2, tq = lane & 3;
     const int t_a = r0 + warp * 16 + g, t_b = t_a + 8;
@@ -938,15 +962,18 @@ int forward_v2_launch(float *out, float *lse, const float *q, const workspace_pa
 }
 
 template <int D>
-int backward_v2_launch(float *dq, float *dk, float *dv, const float *delta, const float *lse,
-                       const workspace_parts &w, const flash_args &a, int batch, cudaStream_t stream) {
+int backward_v2_launch(float *dq, float *dk, float *dv, const float *delta, const float *dout, const float *lse,
+                       const float *q, const workspace_parts &w, const flash_args &a, int batch,
+                       cudaStream_t stream) {
     static bool dq_smem_raised = false, dkdv_smem_raised = false;
     int err = allow_smem(flash_backward_dq_v2<D>, dq_v2_smem<D>(), &dq_smem_raised);
     if (err) return err;
     const dim3 dq_grid((a.seq + TILE_Q - 1) / TILE_Q, a.n_heads, batch);
-    flash_backward_dq_v2<D><<<dq_grid, THREADS, dq_v2_smem<D>(), stream>>>(dq, w.dout, lse, delta, w.q, w.k, w.v, a);
+    const bool need_dkdv = dk || dv;
+    flash_backward_dq_v2<D><<<dq_grid, THREADS, dq_v2_smem<D>(), stream>>>(
+        dq, dout, lse, delta, q, w.k, w.v, need_dkdv ? w.q : NULL, need_dkdv ? w.dout : NULL, a);
     err = (int)cudaGetLastError();
-    if (err || (!dk && !dv)) return err;
+    if (err || !need_dkdv) return err;
     const size_t rows = w.row_elems;
     const unsigned blocks = (unsigned)(rows / 256 + 1 < 4096 ? rows / 256 + 1 : 4096);
     head_major_rows<<<blocks, 256, 0, stream>>>(w.ref, w.delta, lse, delta, a.seq, a.n_heads, rows);
@@ -1005,11 +1032,9 @@ extern "C" int xlkv_cuda_train_attention_flash_backward(float *dq, float *dk, fl
         return shape->head_dim == 64 ? backward_launch<64>(dq, dk, dv, delta, dout, lse, q, k, v, a, shape->batch, s)
                                      : backward_launch<128>(dq, dk, dv, delta, dout, lse, q, k, v, a, shape->batch, s);
     const workspace_parts w = carve_workspace(workspace, shape);
-    err = round_launch(w.q, q, w.q_elems, s);
-    if (!err) err = round_launch(w.dout, dout, w.q_elems, s);
-    if (!err) err = round_launch(w.k, k, w.kv_elems, s);
+    err = round_launch(w.k, k, w.kv_elems, s); /* the bf16 Q / dO copies come from the dQ kernel */
     if (!err) err = round_launch(w.v, v, w.kv_elems, s);
     if (err) return err;
-    return shape->head_dim == 64 ? backward_v2_launch<64>(dq, dk, dv, delta, lse, w, a, shape->batch, s)
-                                 : backward_v2_launch<128>(dq, dk, dv, delta, lse, w, a, shape->batch, s);
+    return shape->head_dim == 64 ? backward_v2_launch<64>(dq, dk, dv, delta, dout, lse, q, w, a, shape->batch, s)
+                                 : backward_v2_launch<128>(dq, dk, dv, delta, dout, lse, q, w, a, shape->batch, s);
 }
