@@ -32,7 +32,8 @@
  *       Operands read once per CTA (Q of the forward, Q and dO of dQ) come from fp32 with plain loads, issued while
  *       the first cp.async tile is in flight. At head_dim 64 the
  *       backward kernels hold S and dP for 32 keys (dQ) / 32 queries (dK/dV) at a time: same products in the same
- *       order, ~166 registers instead of ~190, so 3 CTAs share an SM.
+ *       order, ~166 registers instead of ~190, so 3 CTAs share an SM. The grids put the tile index in z (dispatched
+ *       slowest): the longest tiles of every (head, sequence) start before any short one, short ones fill the tail.
  *
  * Cost (small: B 16, T 1024, 12/6 heads x 64, causal), per layer: forward 4 * 16 * 12 * 1024^2 / 2 * 64 = 26 GFLOP,
  * backward 2.5x that; the fp32 staging reads Q, K, V (and dO) once per tile pair, L2-resident. */
@@ -524,8 +525,8 @@ __global__ void __launch_bounds__(THREADS)
     bf16 *s_k = s_q + TILE_Q * SROW, *s_v = s_k + 2 * TILE_K * SROW; /* [2][TILE_K][SROW] each */
 
     const int n_q_tiles = (a.seq + TILE_Q - 1) / TILE_Q;
-    const int q_tile = n_q_tiles - 1 - (int)blockIdx.x; /* longest first */
-    const int h = blockIdx.y, b = blockIdx.z, kvh = h / a.group;
+    const int q_tile = n_q_tiles - 1 - (int)blockIdx.z; /* longest first over the whole grid (z varies slowest) */
+    const int h = blockIdx.x, b = blockIdx.y, kvh = h / a.group;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const size_t batch_row0 = (size_t)b * a.seq;
     const float *qh = q + batch_row0 * a.q_stride + (size_t)h * D;
@@ -662,8 +663,8 @@ __global__ void __launch_bounds__(THREADS, bwd_min_ctas<D>())
     bf16 *s_do = s_q + TILE_Q * SROW, *s_k = s_do + TILE_Q * SROW, *s_v = s_k + 2 * TILE_K * SROW;
 
     const int n_q_tiles = (a.seq + TILE_Q - 1) / TILE_Q;
-    const int q_tile = n_q_tiles - 1 - (int)blockIdx.x;
-    const int h = blockIdx.y, b = blockIdx.z, kvh = h / a.group;
+    const int q_tile = n_q_tiles - 1 - (int)blockIdx.z; /* longest first over the whole grid */
+    const int h = blockIdx.x, b = blockIdx.y, kvh = h / a.group;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const size_t batch_row0 = (size_t)b * a.seq;
     const size_t head_off = batch_row0 * a.q_stride + (size_t)h * D;
@@ -753,8 +754,8 @@ __global__ void __launch_bounds__(THREADS, bwd_min_ctas<D>())
     bf16 *s_v = s_k + TILE_K * SROW, *s_q = s_v + TILE_K * SROW, *s_do = s_q + 2 * BQ * SROW; /* s_q, s_do: [2][BQ] */
     float *s_ref = reinterpret_cast<float *>(s_do + 2 * BQ * SROW), *s_delta = s_ref + 2 * BQ;
 
-    const int key_tile = blockIdx.x; /* the first key tiles see the most queries: they start first */
-    const int kvh = blockIdx.y, b = blockIdx.z;
+    const int key_tile = blockIdx.z; /* the first key tiles see the most queries: they start first (z varies slowest) */
+    const int kvh = blockIdx.x, b = blockIdx.y;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const size_t batch_row0 = (size_t)b * a.seq;
     const bf16 *kh = k + batch_row0 * a.kv_stride + (size_t)kvh * D;
@@ -865,7 +866,8 @@ template <typename Kernel> int allow_smem(Kernel kernel, size_t bytes, bool *don
 bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
 bool shape_ok(const xlkv_cuda_train_attention_shape *s) {
-    return s && s->batch > 0 && s->batch <= 65535 && s->seq > 0 && s->n_heads > 0 && s->n_heads <= 65535 &&
+    return s && s->batch > 0 && s->batch <= 65535 && s->seq > 0 && s->seq <= 65535 * TILE_Q && s->n_heads > 0 &&
+           s->n_heads <= 65535 &&
            s->n_kv_heads > 0 && s->n_heads % s->n_kv_heads == 0 && s->window >= 0 &&
            (s->head_dim == 64 || s->head_dim == 128);
 }
@@ -956,7 +958,7 @@ int forward_v2_launch(float *out, float *lse, const float *q, const workspace_pa
     static bool smem_raised = false;
     const int err = allow_smem(flash_forward_v2<D>, forward_v2_smem<D>(), &smem_raised);
     if (err) return err;
-    const dim3 grid((a.seq + TILE_Q - 1) / TILE_Q, a.n_heads, batch);
+    const dim3 grid(a.n_heads, batch, (a.seq + TILE_Q - 1) / TILE_Q);
     flash_forward_v2<D><<<grid, THREADS, forward_v2_smem<D>(), stream>>>(out, lse, q, w.k, w.v, a);
     return (int)cudaGetLastError();
 }
@@ -968,7 +970,7 @@ int backward_v2_launch(float *dq, float *dk, float *dv, const float *delta, cons
     static bool dq_smem_raised = false, dkdv_smem_raised = false;
     int err = allow_smem(flash_backward_dq_v2<D>, dq_v2_smem<D>(), &dq_smem_raised);
     if (err) return err;
-    const dim3 dq_grid((a.seq + TILE_Q - 1) / TILE_Q, a.n_heads, batch);
+    const dim3 dq_grid(a.n_heads, batch, (a.seq + TILE_Q - 1) / TILE_Q);
     const bool need_dkdv = dk || dv;
     flash_backward_dq_v2<D><<<dq_grid, THREADS, dq_v2_smem<D>(), stream>>>(
         dq, dout, lse, delta, q, w.k, w.v, need_dkdv ? w.q : NULL, need_dkdv ? w.dout : NULL, a);
@@ -981,7 +983,7 @@ int backward_v2_launch(float *dq, float *dk, float *dv, const float *delta, cons
     if (err) return err;
     err = allow_smem(flash_backward_dkdv_v2<D>, dkdv_v2_smem<D>(), &dkdv_smem_raised);
     if (err) return err;
-    const dim3 kv_grid((a.seq + TILE_K - 1) / TILE_K, a.n_heads / a.group, batch);
+    const dim3 kv_grid(a.n_heads / a.group, batch, (a.seq + TILE_K - 1) / TILE_K);
     flash_backward_dkdv_v2<D><<<kv_grid, THREADS, dkdv_v2_smem<D>(), stream>>>(dk, dv, w.dout, w.ref, w.delta, w.q,
                                                                                w.k, w.v, a);
     return (int)cudaGetLastError();
