@@ -22,7 +22,7 @@
  * with lse = -inf (nothing visible) also gets lse' = +inf: all its probabilities are exactly 0.
  * delta = rowsum(dO * O) comes from xlkv_cuda_train_attention_delta (train_kernels.cu).
  *
- * Two versions of the same arithmetic (same bf16 values, tiles and summation order: the same bits):
+ * Two versions of the same arithmetic (same bf16 values, tiles and summation order: the same bits expected):
  *   v1 (workspace NULL): the kernels above read fp32 rows with plain loads and round them while staging (every tile
  *       load is exposed latency).
  *   v2 (a workspace): bf16 copies of what is streamed go to the workspace first (K, V: round_to_bf16; the backward's
