@@ -15,7 +15,8 @@
  *         accumulation, nothing of size T x T), the default of the bf16 trainer when head_dim is 64 or 128; the f32
  *         trainer never uses it (it stays exact).
  * XLKV_TRAIN_ATTENTION=warp|gemm|flash forces one (the tests run all three); flash where it is not supported (f32,
- * another head_dim) is refused with the reason. */
+ * another head_dim) is refused with the reason. Flash runs its v2 kernels (bf16 copies of the inputs in a workspace
+ * the trainer owns, cp.async tiles); XLKV_TRAIN_FLASH=v1 selects the first kernels (no workspace) for A/B runs. */
 #include "train/gpu_trainer.h"
 
 #include <math.h>
@@ -59,6 +60,7 @@ struct xlkv_gpu_trainer {
     float *dx, *dx_group_in, *dxb, *dq, *datt, *dgate, *dup, *dh, *delta, *partials;
     enum { ATTENTION_WARP, ATTENTION_GEMM, ATTENTION_FLASH } attention;
     float *scores, *dscores; /* [n_heads][batch][seq][seq] (gemm attention only) */
+    void *flash_workspace;   /* flash v2 only (NULL: v1 kernels) */
     double *row_loss, *norm_partials;       /* device */
     int *tokens, *targets, *order, *starts; /* device [n_rows] (+1 for starts) */
     int n_groups;
@@ -223,6 +225,12 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
         return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_ATTENTION=%s: expected warp, gemm or flash", choice);
     else if (flash_ok) g->attention = ATTENTION_FLASH;
     else g->attention = 2 * score_floats * sizeof(float) <= ((size_t)8 << 30) ? ATTENTION_GEMM : ATTENTION_WARP;
+    const char *flash_version = getenv("XLKV_TRAIN_FLASH");
+    if (flash_version && *flash_version && strcmp(flash_version, "v1") && strcmp(flash_version, "v2"))
+        return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_FLASH=%s: expected v1 or v2", flash_version);
+    if (g->attention == ATTENTION_FLASH && !(flash_version && !strcmp(flash_version, "v1")))
+        XLKV_TRY(xlkv_cuda_alloc(&g->flash_workspace, xlkv_cuda_train_attention_flash_workspace_bytes(&flash_shape),
+                                 "the flash attention workspace"));
     if (g->attention == ATTENTION_GEMM) {
         XLKV_TRY(xlkv_cuda_alloc((void **)&g->scores, score_floats * sizeof(float), "attention scores"));
         XLKV_TRY(xlkv_cuda_alloc((void **)&g->dscores, score_floats * sizeof(float), "attention score gradients"));
@@ -276,6 +284,7 @@ void xlkv_gpu_trainer_free(xlkv_gpu_trainer *g) {
     cudaFree(g->double_arena);
     cudaFree(g->scores);
     cudaFree(g->dscores);
+    cudaFree(g->flash_workspace);
     if (g->stream) (void)cudaStreamDestroy(g->stream);
     free(g->records);
     free(g->w);
@@ -537,7 +546,8 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
     if (g->attention == ATTENTION_GEMM)
         XLKV_TRY(attention_forward_gemm(g, rec->att, rec->lse, rec->q, src->k, src->v, &shape));
     else if (g->attention == ATTENTION_FLASH)
-        KERNEL_TRY(xlkv_cuda_train_attention_flash_forward(rec->att, rec->lse, rec->q, src->k, src->v, &shape, st),
+        KERNEL_TRY(xlkv_cuda_train_attention_flash_forward(rec->att, rec->lse, rec->q, src->k, src->v, &shape,
+                                                           g->flash_workspace, st),
                    "flash attention forward");
     else KERNEL_TRY(xlkv_cuda_train_attention_forward(rec->att, rec->lse, rec->q, src->k, src->v, &shape, st),
                     "attention forward");
@@ -675,7 +685,7 @@ static xlkv_status layer_backward(xlkv_gpu_trainer *g, gpu_record *rec) {
     else if (g->attention == ATTENTION_FLASH)
         KERNEL_TRY(xlkv_cuda_train_attention_flash_backward(g->dq, rec->read_dk, rec->read_dv, g->delta, g->datt,
                                                             rec->att, rec->lse, rec->q, rec->read_k, rec->read_v,
-                                                            &shape, st),
+                                                            &shape, g->flash_workspace, st),
                    "flash attention backward");
     else
         KERNEL_TRY(xlkv_cuda_train_attention_backward(g->dq, rec->read_dk, rec->read_dv, g->delta, g->datt, rec->att,

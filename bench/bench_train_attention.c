@@ -1,0 +1,217 @@
+/* bench/bench_train_attention: the trainer's flash attention alone (backend/cuda/train_attention_flash.h), v1 (fp32
+ * tiles, no workspace) against v2 (bf16 workspace, cp.async, double buffering) in the same run, on the `small`
+ * training shape by default: B 16, T 1024, 12 query heads / 6 KV heads, head_dim 64, causal, 12 layers.
+ *
+ * Each call (forward: out + lse; backward: delta, dq, dk and dv added to, the v2 pre-pass included) is timed with CUDA
+ * events over 10 back-to-back launches, median of 5 such bursts. Useful causal FLOPs per call: forward
+ * 2 products x 2 x B x H x T(T+1)/2 x hd; backward 2.5x that (5 products, the usual convention; the kernels compute
+ * 7, recomputing S and dP for the deterministic dQ). Printed: ms per call, ms per training step (x layers) and
+ * TFLOP/s; then the largest |v2 - v1| of out, dq, dk (they should be 0: same rounding, tiles and order).
+ *
+ * Usage: bench_train_attention [--batch B] [--seq T] [--heads H] [--kv-heads KVH] [--head-dim 64|128]
+ *                              [--layers L] [--window W]
+ * Targets (issue 5, H100/H200): forward <= 1.5 ms per step, backward <= 5 ms per step (small shape).
+ * Not a test; without CUDA it says so and exits 0. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef XLKV_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include "backend/cuda/train_attention_flash.h"
+
+enum { BURST = 10, REPS = 5 };
+
+static void check(cudaError_t err, const char *what) {
+    if (err != cudaSuccess) {
+        fprintf(stderr, "bench_train_attention: %s: %s\n", what, cudaGetErrorString(err));
+        exit(1);
+    }
+}
+static void check_rc(int rc, const char *what) { check((cudaError_t)rc, what); }
+
+static unsigned long long rng = 0x9e3779b97f4a7c15ull;
+static float uniform(void) { /* [-1, 1) */
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((rng >> 40) & 0xFFFFFF) / 8388608.0f - 1.0f;
+}
+
+static float *device_random(size_t n, float scale) {
+    float *host = malloc(n * sizeof *host), *d = NULL;
+    if (!host) {
+        fprintf(stderr, "bench_train_attention: out of host memory\n");
+        exit(1);
+    }
+    for (size_t i = 0; i < n; i++) host[i] = scale * uniform();
+    check(cudaMalloc((void **)&d, n * sizeof *d), "cudaMalloc");
+    check(cudaMemcpy(d, host, n * sizeof *d, cudaMemcpyHostToDevice), "upload");
+    free(host);
+    return d;
+}
+
+static float *device_zeros(size_t n) {
+    float *d = NULL;
+    check(cudaMalloc((void **)&d, n * sizeof *d), "cudaMalloc");
+    check(cudaMemset(d, 0, n * sizeof *d), "cudaMemset");
+    return d;
+}
+
+typedef struct buffers {
+    float *q, *k, *v, *dout, *out, *lse, *dq, *dk, *dv, *delta;
+} buffers;
+
+static int compare_floats(const void *a, const void *b) {
+    const float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median over REPS bursts of BURST calls, ms per call. */
+static float time_calls(bool backward, void *ws, const buffers *b, const xlkv_cuda_train_attention_shape *s) {
+    cudaEvent_t start, stop;
+    check(cudaEventCreate(&start), "event");
+    check(cudaEventCreate(&stop), "event");
+    float ms[REPS];
+    for (int r = 0; r <= REPS; r++) { /* r = 0: warm-up */
+        check(cudaEventRecord(start, NULL), "record");
+        for (int i = 0; i < BURST; i++) {
+            if (backward)
+                check_rc(xlkv_cuda_train_attention_flash_backward(b->dq, b->dk, b->dv, b->delta, b->dout, b->out, b->lse,
+                                                                  b->q, b->k, b->v, s, ws, NULL),
+                         "flash backward");
+            else
+                check_rc(xlkv_cuda_train_attention_flash_forward(b->out, b->lse, b->q, b->k, b->v, s, ws, NULL),
+                         "flash forward");
+        }
+        check(cudaEventRecord(stop, NULL), "record");
+        check(cudaEventSynchronize(stop), "sync");
+        float t = 0.0f;
+        check(cudaEventElapsedTime(&t, start, stop), "elapsed");
+        if (r > 0) ms[r - 1] = t / BURST;
+    }
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    qsort(ms, REPS, sizeof *ms, compare_floats);
+    return ms[REPS / 2];
+}
+
+static float *download(const float *d, size_t n) {
+    float *h = malloc(n * sizeof *h);
+    if (!h) {
+        fprintf(stderr, "bench_train_attention: out of host memory\n");
+        exit(1);
+    }
+    check(cudaMemcpy(h, d, n * sizeof *h, cudaMemcpyDeviceToHost), "download");
+    return h;
+}
+
+static double max_abs_diff(const float *a, const float *b, size_t n) {
+    double m = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        const double d = a[i] > b[i] ? (double)a[i] - b[i] : (double)b[i] - a[i];
+        if (d > m || d != d) m = d;
+    }
+    return m;
+}
+
+/* One clean forward + backward (dk, dv from zero) with the given workspace; downloads out, dq, dk. */
+static void one_pass(void *ws, const buffers *b, const xlkv_cuda_train_attention_shape *s, size_t qn, size_t kvn,
+                     float **out, float **dq, float **dk) {
+    check(cudaMemset(b->dk, 0, kvn * sizeof(float)), "cudaMemset");
+    check(cudaMemset(b->dv, 0, kvn * sizeof(float)), "cudaMemset");
+    check_rc(xlkv_cuda_train_attention_flash_forward(b->out, b->lse, b->q, b->k, b->v, s, ws, NULL), "forward");
+    check_rc(xlkv_cuda_train_attention_flash_backward(b->dq, b->dk, b->dv, b->delta, b->dout, b->out, b->lse, b->q, b->k,
+                                                      b->v, s, ws, NULL),
+             "backward");
+    check(cudaDeviceSynchronize(), "sync");
+    *out = download(b->out, qn);
+    *dq = download(b->dq, qn);
+    *dk = download(b->dk, kvn);
+}
+
+static int arg_int(int argc, char **argv, int *i) {
+    if (*i + 1 >= argc) {
+        fprintf(stderr, "bench_train_attention: %s needs a value\n", argv[*i]);
+        exit(2);
+    }
+    return atoi(argv[++*i]);
+}
+
+int main(int argc, char **argv) {
+    xlkv_cuda_train_attention_shape s = {.batch = 16, .seq = 1024, .n_heads = 12, .n_kv_heads = 6, .head_dim = 64};
+    int layers = 12;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--batch")) s.batch = arg_int(argc, argv, &i);
+        else if (!strcmp(argv[i], "--seq")) s.seq = arg_int(argc, argv, &i);
+        else if (!strcmp(argv[i], "--heads")) s.n_heads = arg_int(argc, argv, &i);
+        else if (!strcmp(argv[i], "--kv-heads")) s.n_kv_heads = arg_int(argc, argv, &i);
+        else if (!strcmp(argv[i], "--head-dim")) s.head_dim = arg_int(argc, argv, &i);
+        else if (!strcmp(argv[i], "--layers")) layers = arg_int(argc, argv, &i);
+        else if (!strcmp(argv[i], "--window")) s.window = arg_int(argc, argv, &i);
+        else {
+            fprintf(stderr, "usage: bench_train_attention [--batch B] [--seq T] [--heads H] [--kv-heads KVH] "
+                            "[--head-dim 64|128] [--layers L] [--window W]\n");
+            return 2;
+        }
+    }
+    if (!xlkv_cuda_train_attention_flash_supported(&s) || layers <= 0) {
+        fprintf(stderr, "bench_train_attention: flash does not take this shape (head_dim 64 or 128, heads a multiple "
+                        "of the KV heads)\n");
+        return 2;
+    }
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+        printf("bench_train_attention: no CUDA device; nothing to measure\n");
+        return 0;
+    }
+    struct cudaDeviceProp prop;
+    check(cudaGetDeviceProperties(&prop, 0), "device properties");
+    const size_t rows = (size_t)s.batch * s.seq, qn = rows * s.n_heads * s.head_dim;
+    const size_t kvn = rows * s.n_kv_heads * s.head_dim, ln = rows * s.n_heads;
+    buffers b = {device_random(qn, 1.5f), device_random(kvn, 1.5f), device_random(kvn, 1.0f), device_random(qn, 1.0f),
+                 device_zeros(qn), device_zeros(ln), device_zeros(qn), device_zeros(kvn), device_zeros(kvn),
+                 device_zeros(ln)};
+    void *ws = NULL;
+    const size_t ws_bytes = xlkv_cuda_train_attention_flash_workspace_bytes(&s);
+    check(cudaMalloc(&ws, ws_bytes), "cudaMalloc workspace");
+
+    /* useful FLOPs: visible (query, key) pairs x 4 x hd per head (window: min(t + 1, W) keys per query) */
+    double pairs = 0.0;
+    for (int t = 0; t < s.seq; t++) pairs += s.window > 0 && t + 1 > s.window ? s.window : t + 1;
+    const double fwd_flop = 4.0 * s.batch * s.n_heads * pairs * s.head_dim, bwd_flop = 2.5 * fwd_flop;
+    printf("bench_train_attention on %s: B %d, T %d, heads %d / %d, head_dim %d, window %d, %d layers; v2 workspace "
+           "%.1f MB\n",
+           prop.name, s.batch, s.seq, s.n_heads, s.n_kv_heads, s.head_dim, s.window, layers, ws_bytes / 1e6);
+    printf("useful GFLOP per layer: forward %.2f, backward %.2f\n", fwd_flop / 1e9, bwd_flop / 1e9);
+
+    /* a forward first so lse / out are real for the backward timings */
+    check_rc(xlkv_cuda_train_attention_flash_forward(b.out, b.lse, b.q, b.k, b.v, &s, ws, NULL), "forward");
+    for (int version = 1; version <= 2; version++) {
+        void *w = version == 2 ? ws : NULL;
+        const float f = time_calls(false, w, &b, &s), bw = time_calls(true, w, &b, &s);
+        printf("flash v%d forward : %7.3f ms/layer %7.2f ms/step (x%d) %6.1f TFLOP/s\n", version, f, f * layers,
+               layers, fwd_flop / (f * 1e-3) / 1e12);
+        printf("flash v%d backward: %7.3f ms/layer %7.2f ms/step (x%d) %6.1f TFLOP/s (incl. delta%s)\n", version, bw,
+               bw * layers, layers, bwd_flop / (bw * 1e-3) / 1e12, version == 2 ? ", bf16 pre-pass" : "");
+    }
+
+    float *out1, *dq1, *dk1, *out2, *dq2, *dk2;
+    one_pass(NULL, &b, &s, qn, kvn, &out1, &dq1, &dk1);
+    one_pass(ws, &b, &s, qn, kvn, &out2, &dq2, &dk2);
+    printf("max |v2 - v1|: out %.3e, dq %.3e, dk %.3e (expected 0)\n", max_abs_diff(out2, out1, qn),
+           max_abs_diff(dq2, dq1, qn), max_abs_diff(dk2, dk1, kvn));
+    free(out1), free(dq1), free(dk1), free(out2), free(dq2), free(dk2);
+    cudaFree(ws);
+    float *all[] = {b.q, b.k, b.v, b.dout, b.out, b.lse, b.dq, b.dk, b.dv, b.delta};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) cudaFree(all[i]);
+    return 0;
+}
+
+#else
+int main(void) {
+    printf("bench_train_attention: built without CUDA; nothing to measure\n");
+    return 0;
+}
+#endif
