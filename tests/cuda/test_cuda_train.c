@@ -11,6 +11,10 @@
  *     elements off by more than 1e-5; bf16 losses within 3 %.
  *  4. resume on the GPU (save at step 4 of 8, a fresh GPU trainer resumed) == the uninterrupted GPU run, bit for bit
  *     (parameters, moments, losses), in f32 and in bf16.
+ *  5. the bf16 trainer's products with bf16 operands (the default) vs XLKV_TRAIN_GEMM=fp32ops (fp32 operands rounded
+ *     by cuBLAS): the fp32 -> bf16 conversion kernel bit-exact against a CPU round-to-nearest-even on odd shapes and
+ *     leading dimensions; one forward + backward's gradients tensor by tensor; a few trainer steps' losses and the
+ *     held-out loss; an unknown XLKV_TRAIN_GEMM value refused.
  * Every check prints one "check ..." line with the measured error and the tolerance. Needs a GPU (label cuda). */
 #define _DEFAULT_SOURCE /* setenv */
 #include <cuda_runtime_api.h>
@@ -19,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/cuda/train_bf16.h"
 #include "backend/cuda/train_kernels.h"
 #include "core/file.h"
 #include "testutil.h"
@@ -640,12 +645,206 @@ static void gpu_resume_equals_uninterrupted_run(void **state) {
     free(data);
 }
 
+/* ---- 5. bf16 operands ------------------------------------------------------------------------------------------ */
+/* fp32 -> bf16 bits, round to nearest even, from the definition (NaN -> a quiet NaN; only NaN-ness is compared) */
+static uint16_t bf16_reference(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+static bool bf16_is_nan(uint16_t b) { return (b & 0x7F80u) == 0x7F80u && (b & 0x7Fu); }
+
+/* one strided conversion (src offset by src_shift floats, so that 16-byte alignment can be broken) vs the reference;
+ * also checks that nothing past rows x cols is written */
+static void bf16_conversion_case(const char *name, size_t rows, size_t cols, size_t ld, size_t src_shift) {
+    const size_t n_src = src_shift + (rows ? (rows - 1) * ld + cols : 0), n_dst = rows * cols, guard = 16;
+    float *src = malloc((n_src + 1) * sizeof *src);
+    static const uint32_t specials[] = {
+        0x3F808000u, /* tie, even below: stays 0x3F80 */
+        0x3F818000u, /* tie, odd below: up to 0x3F82 */
+        0x3F808001u, /* just above a tie: up */
+        0x3F807FFFu, /* just below a tie: down */
+        0x7F7FFFFFu, /* largest float: rounds to +inf */
+        0xFF7F8000u, /* tie at the top: -inf */
+        0x7F800000u, 0xFF800000u, /* +-inf */
+        0x00000001u, 0x00018000u, 0x80008000u, 0x007FFFFFu, /* subnormals, ties among them */
+        0x7FC00000u, 0x7F800001u, /* NaNs */
+        0x00000000u, 0x80000000u, /* +-0 */
+    };
+    const size_t n_specials = sizeof specials / sizeof *specials;
+    for (size_t i = 0; i < n_src; i++) {
+        if (i % 7 == 3) {
+            memcpy(&src[i], &specials[(i / 7) % n_specials], sizeof(float));
+        } else {
+            src[i] = uniform() * powf(2.0f, (float)((int)(i % 61) - 30)); /* many exponents */
+        }
+    }
+    float *d_src = dev_floats(src, n_src + 1);
+    uint16_t *d_dst = to_device(NULL, (n_dst + guard) * sizeof(uint16_t)), *dst = malloc((n_dst + guard) * sizeof *dst);
+    CK(cudaMemset(d_dst, 0xAB, (n_dst + guard) * sizeof(uint16_t)));
+    CK_LAUNCH(xlkv_cuda_train_to_bf16(d_dst, d_src + src_shift, rows, cols, ld, NULL));
+    from_device(dst, d_dst, (n_dst + guard) * sizeof *dst);
+    size_t wrong = 0, overwritten = 0;
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < cols; c++) {
+            const uint16_t want = bf16_reference(src[src_shift + r * ld + c]), got = dst[r * cols + c];
+            if (bf16_is_nan(want) ? !bf16_is_nan(got) : got != want) wrong++;
+        }
+    for (size_t i = n_dst; i < n_dst + guard; i++) overwritten += dst[i] != 0xABABu;
+    const bool ok = wrong == 0 && overwritten == 0;
+    printf("check bf16 conversion %-46s: %zu of %zu elements differ from round-to-nearest-even, %zu written past the "
+           "end (tolerance 0) %s\n", name, wrong, n_dst, overwritten, ok ? "ok" : "FAIL");
+    if (!ok) failures++;
+    free(src), free(dst), cudaFree(d_src), cudaFree(d_dst);
+}
+
+static void kernel_bf16_conversion(void) {
+    bf16_conversion_case("[37 x 45], ld 53 (scalar path)", 37, 45, 53, 0);
+    bf16_conversion_case("[19 x 64], ld 72 (4-wide path)", 19, 64, 72, 0);
+    bf16_conversion_case("[19 x 64], ld 72, source not 16-byte aligned", 19, 64, 72, 1);
+    bf16_conversion_case("[33 x 100] packed (one 4-wide run)", 33, 100, 100, 0);
+    bf16_conversion_case("[7 x 13] packed (odd length: bulk + tail)", 7, 13, 13, 0);
+    bf16_conversion_case("[1 x 3] (shorter than one vector)", 1, 3, 3, 0);
+    bf16_conversion_case("[70000 x 3], ld 5 (rows past one grid)", 70000, 3, 5, 0);
+    bf16_conversion_case("[1 x 1]", 1, 1, 1, 0);
+    /* a bad leading dimension is refused, not run */
+    const int rc = xlkv_cuda_train_to_bf16(NULL, NULL, 2, 8, 4, NULL);
+    printf("check bf16 conversion with ld < cols refused: %s\n", rc == (int)cudaErrorInvalidValue ? "ok" : "FAIL");
+    if (rc != (int)cudaErrorInvalidValue) failures++;
+}
+
+/* worst over tensors of max |a - b| / max |b| of the gradients */
+static double worst_gradient_error(const xlkv_param_store *a, const xlkv_param_store *b, const char **worst_name) {
+    double worst = 0.0;
+    *worst_name = "";
+    for (int t = 0; t < b->n_tensors; t++) {
+        const xlkv_param_tensor *tensor = &b->tensors[t];
+        const size_t n = (size_t)tensor->rows * (size_t)(tensor->cols ? tensor->cols : 1);
+        double diff = 0.0, scale = 0.0;
+        for (size_t i = 0; i < n; i++) {
+            const double x = a->grads[tensor->offset + i], y = b->grads[tensor->offset + i];
+            if (fabs(x - y) > diff || isnan(x)) diff = isnan(x) ? INFINITY : fabs(x - y);
+            if (fabs(y) > scale) scale = fabs(y);
+        }
+        const double err = scale > 0 ? diff / scale : diff;
+        if (err > worst || isnan(err)) worst = err, *worst_name = tensor->name;
+    }
+    return worst;
+}
+
+/* max over i of |a_i - b_i| / |b_i| */
+static double max_rel_diff(const float *a, const float *b, int n) {
+    double worst = 0.0;
+    for (int i = 0; i < n; i++) {
+        const double d = fabs((double)a[i] - (double)b[i]) / fabs((double)b[i]);
+        if (d > worst || isnan(d)) worst = isnan(d) ? INFINITY : d;
+    }
+    return worst;
+}
+
+static void bf16_operands_match_fp32_operands(void **state) {
+    (void)state;
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) skip();
+    failures = 0;
+    kernel_bf16_conversion();
+
+    /* Both paths round every operand to bf16 the same way (round to nearest even) and accumulate in fp32, so what is
+     * left is cuBLAS' summation order (~1e-5 of a tensor's largest gradient) plus what the bf16 forward amplifies of
+     * it; a wrong, stale or misplaced bf16 operand is off by O(1e-1). Tolerances 1e-2 (gradients), 2e-3 (losses). */
+    enum { B = 2, T = 24, N = B * T };
+    int tokens[N], targets[N];
+    for (int r = 0; r < N; r++) {
+        tokens[r] = (int)((unsigned)(r * 37 + (r * r) % 13) % VOCAB);
+        targets[r] = (int)((unsigned)(r * 17 + 3) % VOCAB);
+    }
+    const model_case grad_cases[] = {{"standard", 0, 2, false}, {"lckv:1", 1, 2, false}};
+    for (int ci = 0; ci < 2; ci++) {
+        const model_case *c = &grad_cases[ci];
+        xlkv_param_store *stores[2];
+        double loss[2];
+        for (int path = 0; path < 2; path++) { /* 0: bf16 operands, 1: fp32 operands */
+            if (path) setenv("XLKV_TRAIN_GEMM", "fp32ops", 1);
+            else unsetenv("XLKV_TRAIN_GEMM");
+            stores[path] = make_store(c, 5);
+            xlkv_gpu_trainer *gt = NULL;
+            TU_ASSERT_OK(xlkv_gpu_trainer_create(stores[path], B, T, c->m, c->b, true, &gt));
+            TU_ASSERT_OK(xlkv_gpu_trainer_zero_grads(gt));
+            TU_ASSERT_OK(xlkv_gpu_trainer_forward(gt, tokens, targets, &loss[path]));
+            TU_ASSERT_OK(xlkv_gpu_trainer_backward(gt, 1.0f));
+            TU_ASSERT_OK(xlkv_gpu_trainer_download(gt, stores[path], true));
+            xlkv_gpu_trainer_free(gt);
+        }
+        unsetenv("XLKV_TRAIN_GEMM");
+        const char *worst_name = "";
+        const double worst = worst_gradient_error(stores[0], stores[1], &worst_name);
+        const float l0 = (float)loss[0], l1 = (float)loss[1];
+        const double loss_diff = max_rel_diff(&l0, &l1, 1);
+        const bool ok = worst <= 1e-2 && loss_diff <= 2e-3;
+        printf("check bf16 operands vs fp32ops, one step of %-8s m=%d b=%d: loss max rel diff %.2e (tol 2e-3), "
+               "gradients worst tensor %-30s max rel diff %.2e (tol 1e-2) %s\n", c->map, c->m, c->b, loss_diff,
+               worst_name, worst, ok ? "ok" : "FAIL");
+        if (!ok) failures++;
+        xlkv_param_store_free(stores[0]);
+        xlkv_param_store_free(stores[1]);
+    }
+
+    char *data = make_data_dir();
+    const model_case cases[] = {{"standard", 0, 2, false}, {"lckv:1", 1, 2, false}};
+    enum { STEPS = 6 };
+    for (int ci = 0; ci < 2; ci++) {
+        unsetenv("XLKV_TRAIN_GEMM");
+        xlkv_trainer *ops16 = make_trainer(data, &cases[ci], true, true, STEPS);
+        setenv("XLKV_TRAIN_GEMM", "fp32ops", 1);
+        xlkv_trainer *ops32 = make_trainer(data, &cases[ci], true, true, STEPS);
+        unsetenv("XLKV_TRAIN_GEMM");
+        for (int s = 0; s < STEPS; s++) {
+            TU_ASSERT_OK(xlkv_trainer_step(ops16, NULL));
+            TU_ASSERT_OK(xlkv_trainer_step(ops32, NULL));
+        }
+        double eval16, eval32;
+        TU_ASSERT_OK(xlkv_trainer_eval(ops16, &eval16));
+        TU_ASSERT_OK(xlkv_trainer_eval(ops32, &eval32));
+        printf("losses %s: bf16 operands", cases[ci].map);
+        for (int s = 0; s < STEPS; s++) printf(" %.6f", ops16->train_losses[s]);
+        printf(" | fp32ops");
+        for (int s = 0; s < STEPS; s++) printf(" %.6f", ops32->train_losses[s]);
+        printf(" | eval %.6f %.6f\n", eval16, eval32);
+        const double steps_diff = max_rel_diff(ops16->train_losses, ops32->train_losses, STEPS);
+        const float e16 = (float)eval16, e32 = (float)eval32;
+        const double eval_diff = max_rel_diff(&e16, &e32, 1);
+        const bool ok = steps_diff <= 2e-3 && eval_diff <= 2e-3;
+        printf("check bf16 operands vs fp32ops, %d trainer steps of %-8s: losses max rel diff %.2e (tol 2e-3), "
+               "held-out max rel diff %.2e (tol 2e-3) %s\n", STEPS, cases[ci].map, steps_diff, eval_diff,
+               ok ? "ok" : "FAIL");
+        if (!ok) failures++;
+        xlkv_trainer_free(ops16);
+        xlkv_trainer_free(ops32);
+    }
+    free(data);
+
+    setenv("XLKV_TRAIN_GEMM", "fp16ops", 1);
+    xlkv_param_store *store = make_store(&cases[0], 5);
+    xlkv_gpu_trainer *gt = NULL;
+    const xlkv_status refused = xlkv_gpu_trainer_create(store, B, T, 0, 2, true, &gt);
+    unsetenv("XLKV_TRAIN_GEMM");
+    printf("check XLKV_TRAIN_GEMM=fp16ops refused: %s (%s)\n", refused != XLKV_OK && !gt ? "ok" : "FAIL",
+           xlkv_last_error());
+    if (refused == XLKV_OK || gt) failures++;
+    xlkv_gpu_trainer_free(gt);
+    xlkv_param_store_free(store);
+    if (failures) fail_msg("%d bf16-operand check(s) failed", failures);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(kernels_match_cpu),
         cmocka_unit_test(gradients_match_cpu),
         cmocka_unit_test(trainers_agree),
         cmocka_unit_test(gpu_resume_equals_uninterrupted_run),
+        cmocka_unit_test(bf16_operands_match_fp32_operands),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -16,7 +16,24 @@
  *         trainer never uses it (it stays exact).
  * XLKV_TRAIN_ATTENTION=warp|gemm|flash forces one (the tests run all three); flash where it is not supported (f32,
  * another head_dim) is refused with the reason. Flash runs its v2 kernels (bf16 copies of the inputs in a workspace
- * the trainer owns, cp.async tiles); XLKV_TRAIN_FLASH=v1 selects the first kernels (no workspace) for A/B runs. */
+ * the trainer owns, cp.async tiles); XLKV_TRAIN_FLASH=v1 selects the first kernels (no workspace) for A/B runs.
+ *
+ * Layer and classifier products (y = x.W^T, dX += dY.W, dW += dY^T.X; cublasGemmEx, C in fp32 with beta 0 or 1 as
+ * ever, so gradients accumulate in fp32):
+ *   f32 trainer: fp32 operands, CUBLAS_COMPUTE_32F, pedantic math (exact; the tests compare it with the CPU).
+ *   bf16 trainer (default "bf16ops"): bf16 operands, CUBLAS_COMPUTE_32F, the bf16 tensor-core rate. Weights are read
+ *         from a bf16 shadow of the whole parameter array (params_bf16, same offsets as params), refreshed after
+ *         every AdamW step and every upload (create, resume); activations and incoming gradients are converted per
+ *         product (backend/cuda/train_bf16.cu, round to nearest even) into two trainer-owned scratch buffers:
+ *         x_bf16, N x max(dim, q_dim, hidden_dim) elements (a product's input rows, read by forward and dW), and
+ *         dy_bf16, N x max(dim, q_dim, kv_dim, hidden_dim, vocab) elements (the incoming gradient, converted once
+ *         for both its dX and dW products; the classifier's N x vocab is the largest). Memory on top of the f32
+ *         path: 2 bytes per parameter + 2 (N max_in + N max_out) bytes, e.g. ~1.1 GiB for 12 x 768, vocab 32,000,
+ *         16,384 rows, most of it the classifier's gradient.
+ *   XLKV_TRAIN_GEMM=fp32ops keeps the bf16 trainer on the former path (fp32 operands, CUBLAS_COMPUTE_32F_FAST_16BF:
+ *         cuBLAS rounds them to bf16 on the fly, the same rounding, at a lower rate) for an A/B in one build;
+ *         XLKV_TRAIN_GEMM=bf16ops (or unset) is the default. The f32 trainer ignores it (any other value is refused).
+ * The attention's matrix products (gemm attention) keep fp32 operands. */
 #include "train/gpu_trainer.h"
 
 #include <math.h>
@@ -26,6 +43,7 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/train_attention_flash.h"
+#include "backend/cuda/train_bf16.h"
 #include "backend/cuda/train_gpu_buffers.h"
 #include "backend/cuda/train_kernels.h"
 #include "backend/cuda/train_profile.h"
@@ -43,12 +61,15 @@ struct xlkv_gpu_trainer {
     const xlkv_param_store *store; /* layout, shape and map (host) */
     int batch, seq, n_rows, forward_passes, backward_passes;
     bool bf16;
+    bool bf16_operands; /* the products read bf16 copies (bf16 trainer unless XLKV_TRAIN_GEMM=fp32ops) */
     cudaStream_t stream;
     xlkv_cuda_step_timer *timer; /* NULL: profiling off (the default) */
     xlkv_step_profile profile;   /* per-category totals since profiling was turned on */
     cublasHandle_t cublas;
     void *workspace;
     float *params, *grads, *adam_m, *adam_v; /* device [n_params] */
+    uint16_t *params_bf16;                   /* device [n_params]: bf16 shadow of params (bf16_operands only) */
+    uint16_t *x_bf16, *dy_bf16;              /* device product scratch (bf16_operands only; sizes: header) */
     xlkv_layer_weights *w, *dw;              /* [n_layers] device pointers into params / grads */
     float *tok_embeddings, *output_norm, *output, *d_tok_embeddings, *d_output_norm, *d_output;
     gpu_record *records;
@@ -164,6 +185,38 @@ static xlkv_status upload_rope_tables(xlkv_gpu_trainer *g) {
     return XLKV_OK;
 }
 
+/* XLKV_TRAIN_GEMM and, for bf16 operands, the weight shadow and the two conversion scratch buffers (see header). */
+static xlkv_status setup_bf16_operands(xlkv_gpu_trainer *g) {
+    const xlkv_hparams *hp = &g->store->hp;
+    const char *choice = getenv("XLKV_TRAIN_GEMM");
+    if (!choice || !*choice || !strcmp(choice, "bf16ops")) g->bf16_operands = g->bf16;
+    else if (!strcmp(choice, "fp32ops")) g->bf16_operands = false;
+    else return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_GEMM=%s: expected bf16ops or fp32ops", choice);
+    if (!g->bf16_operands) return XLKV_OK;
+    const size_t N = (size_t)g->n_rows, dim = (size_t)hp->dim, hid = (size_t)hp->hidden_dim;
+    const size_t q_dim = (size_t)hp->n_heads * (size_t)hp->head_dim;
+    const size_t kv_dim = (size_t)hp->n_kv_heads * (size_t)hp->head_dim;
+    size_t max_in = dim > q_dim ? dim : q_dim, max_out;
+    if (hid > max_in) max_in = hid;
+    max_out = max_in > kv_dim ? max_in : kv_dim;
+    if ((size_t)hp->vocab_size > max_out) max_out = (size_t)hp->vocab_size;
+    XLKV_TRY(xlkv_cuda_alloc((void **)&g->params_bf16, g->store->n_params * sizeof(uint16_t),
+                             "the bf16 copy of the parameters (XLKV_TRAIN_GEMM=fp32ops does without)"));
+    XLKV_TRY(xlkv_cuda_alloc((void **)&g->x_bf16, N * max_in * sizeof(uint16_t),
+                             "the bf16 product scratch for inputs (XLKV_TRAIN_GEMM=fp32ops does without)"));
+    XLKV_TRY(xlkv_cuda_alloc((void **)&g->dy_bf16, N * max_out * sizeof(uint16_t),
+                             "the bf16 product scratch for gradients (XLKV_TRAIN_GEMM=fp32ops does without)"));
+    return XLKV_OK;
+}
+
+/* params_bf16 = bf16(params), after anything that writes params (upload, AdamW) */
+static xlkv_status refresh_weight_shadow(xlkv_gpu_trainer *g) {
+    if (!g->bf16_operands) return XLKV_OK;
+    KERNEL_TRY(xlkv_cuda_train_to_bf16(g->params_bf16, g->params, 1, g->store->n_params, g->store->n_params, g->stream),
+               "bf16 copy of the parameters");
+    return XLKV_OK;
+}
+
 static xlkv_status setup(xlkv_gpu_trainer *g) {
     const xlkv_param_store *s = g->store;
     const xlkv_hparams *hp = &s->hp;
@@ -182,6 +235,7 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
     g->adam_m = g->grads + n_params;
     g->adam_v = g->adam_m + n_params;
     XLKV_CUDA_TRY(cudaMemset(g->grads, 0, n_params * sizeof(float)), "zeroing the gradients");
+    XLKV_TRY(setup_bf16_operands(g));
     g->n_records = xlkv_tape_plan(g->store->map, g->backward_passes, NULL);
     g->records = calloc((size_t)g->n_records, sizeof *g->records);
     g->w = calloc((size_t)hp->n_layers, sizeof *g->w);
@@ -279,6 +333,9 @@ void xlkv_gpu_trainer_free(xlkv_gpu_trainer *g) {
     xlkv_cuda_step_timer_free(g->timer);
     cudaFree(g->workspace);
     cudaFree(g->params);
+    cudaFree(g->params_bf16);
+    cudaFree(g->x_bf16);
+    cudaFree(g->dy_bf16);
     cudaFree(g->arena);
     cudaFree(g->int_arena);
     cudaFree(g->double_arena);
@@ -303,6 +360,7 @@ xlkv_status xlkv_gpu_trainer_upload(xlkv_gpu_trainer *g, const xlkv_param_store 
     XLKV_CUDA_TRY(cudaMemcpy(g->params, store->params, bytes, cudaMemcpyHostToDevice), "uploading the parameters");
     XLKV_CUDA_TRY(cudaMemcpy(g->adam_m, store->adam_m, bytes, cudaMemcpyHostToDevice), "uploading AdamW moments");
     XLKV_CUDA_TRY(cudaMemcpy(g->adam_v, store->adam_v, bytes, cudaMemcpyHostToDevice), "uploading AdamW moments");
+    XLKV_TRY(refresh_weight_shadow(g)); /* g->stream is blocking: it runs after the copies */
     XLKV_CUDA_TRY(cudaDeviceSynchronize(), "uploading the parameters");
     return XLKV_OK;
 }
@@ -358,6 +416,7 @@ xlkv_status xlkv_gpu_trainer_synchronize(xlkv_gpu_trainer *g) {
 }
 
 /* ---- products: row-major y[n, out] = x[n, in] . w[out, in]^T and its two backward products --------------------- */
+/* C = op(A) op(B) + beta C (column-major, as cuBLAS), fp32 operands (f32 trainer, or XLKV_TRAIN_GEMM=fp32ops) */
 static xlkv_status gemm(xlkv_gpu_trainer *g, cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k,
                         const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc) {
     const float alpha = 1.0f;
@@ -368,8 +427,32 @@ static xlkv_status gemm(xlkv_gpu_trainer *g, cublasOperation_t op_a, cublasOpera
     return XLKV_OK;
 }
 
+/* the same with bf16 operands (fp32 C and accumulation) */
+static xlkv_status gemm_bf16(xlkv_gpu_trainer *g, cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k,
+                             const uint16_t *a, int lda, const uint16_t *b, int ldb, float beta, float *c, int ldc) {
+    const float alpha = 1.0f;
+    XLKV_CUBLAS_TRY(cublasGemmEx(g->cublas, op_a, op_b, m, n, k, &alpha, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb,
+                                 &beta, c, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                    "training matrix product, bf16 operands (cublasGemmEx)");
+    return XLKV_OK;
+}
+
+/* a weight's bf16 copy: the same offset in the shadow */
+static const uint16_t *weight_bf16(const xlkv_gpu_trainer *g, const float *w) {
+    return g->params_bf16 + (w - g->params);
+}
+
+/* dst = bf16 of rows x cols fp32 (row stride ld), packed (row stride cols) */
+static xlkv_status to_bf16(xlkv_gpu_trainer *g, uint16_t *dst, const float *src, int rows, int cols, int ld) {
+    KERNEL_TRY(xlkv_cuda_train_to_bf16(dst, src, (size_t)rows, (size_t)cols, (size_t)ld, g->stream),
+               "bf16 copy of a product operand");
+    return XLKV_OK;
+}
+
 static xlkv_status product(xlkv_gpu_trainer *g, float *y, const float *x, const float *w, int n, int in, int out) {
-    return gemm(g, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, w, in, x, in, 0.0f, y, out);
+    if (!g->bf16_operands) return gemm(g, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, w, in, x, in, 0.0f, y, out);
+    XLKV_TRY(to_bf16(g, g->x_bf16, x, n, in, in));
+    return gemm_bf16(g, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, weight_bf16(g, w), in, g->x_bf16, in, 0.0f, y, out);
 }
 
 /* a layer's product, timed as one */
@@ -383,9 +466,18 @@ static xlkv_status product_backward(xlkv_gpu_trainer *g, xlkv_step_category dx_c
                                     float *dx, float *dw, const float *dy, const float *x, const float *w, int n,
                                     int in, int out) {
     mark(g, dx_category);
-    if (dx) XLKV_TRY(gemm(g, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, w, in, dy, out, 1.0f, dx, in));
+    if (!g->bf16_operands) {
+        if (dx) XLKV_TRY(gemm(g, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, w, in, dy, out, 1.0f, dx, in));
+        mark(g, dw_category);
+        return gemm(g, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, x, in, dy, out, 1.0f, dw, in);
+    }
+    XLKV_TRY(to_bf16(g, g->dy_bf16, dy, n, out, out)); /* once, for both products */
+    if (dx)
+        XLKV_TRY(gemm_bf16(g, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, weight_bf16(g, w), in, g->dy_bf16, out, 1.0f, dx,
+                           in));
     mark(g, dw_category);
-    return gemm(g, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, x, in, dy, out, 1.0f, dw, in);
+    XLKV_TRY(to_bf16(g, g->x_bf16, x, n, in, in));
+    return gemm_bf16(g, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, g->x_bf16, in, g->dy_bf16, out, 1.0f, dw, in);
 }
 
 static xlkv_status linear_backward(xlkv_gpu_trainer *g, float *dx, float *dw, const float *dy, const float *x,
@@ -824,5 +916,5 @@ xlkv_status xlkv_gpu_trainer_adamw_step(xlkv_gpu_trainer *g, const xlkv_adamw_pa
         KERNEL_TRY(xlkv_cuda_train_adamw(g->params + o, g->grads + o, g->adam_m + o, g->adam_v + o, n, lr, p->beta1,
                                          p->beta2, p->eps, decay, c1, c2, g->stream), "AdamW update");
     }
-    return XLKV_OK;
+    return refresh_weight_shadow(g); /* timed with AdamW */
 }
