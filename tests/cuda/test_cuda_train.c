@@ -13,8 +13,9 @@
  *     (parameters, moments, losses), in f32 and in bf16.
  *  5. the bf16 trainer's products with bf16 operands (the default) vs XLKV_TRAIN_GEMM=fp32ops (fp32 operands rounded
  *     by cuBLAS): the fp32 -> bf16 conversion kernel bit-exact against a CPU round-to-nearest-even on odd shapes and
- *     leading dimensions; one forward + backward's gradients tensor by tensor; a few trainer steps' losses and the
- *     held-out loss; an unknown XLKV_TRAIN_GEMM value refused.
+ *     leading dimensions; the bf16 cross-entropy backward bit-exact against the CPU formula; one forward + backward's
+ *     gradients tensor by tensor; a few trainer steps' losses and the held-out loss; an unknown XLKV_TRAIN_GEMM
+ *     value refused.
  * Every check prints one "check ..." line with the measured error and the tolerance. Needs a GPU (label cuda). */
 #define _DEFAULT_SOURCE /* setenv */
 #include <cuda_runtime_api.h>
@@ -715,6 +716,34 @@ static void kernel_bf16_conversion(void) {
     if (rc != (int)cudaErrorInvalidValue) failures++;
 }
 
+/* the classifier's gradient written in bf16 by the cross-entropy backward vs the CPU formula rounded to bf16 */
+static void kernel_cross_entropy_backward_bf16(void) {
+    const int n = 7, vocab = 1001;
+    const float scale = 0.37f / 7.0f;
+    const int targets[7] = {0, 1000, 17, 17, 500, 3, 999};
+    float *probs = random_array((size_t)n * vocab, 1.0f);
+    for (size_t i = 0; i < (size_t)n * vocab; i++) probs[i] = fabsf(probs[i]) * 0.01f;
+    float *d_probs = dev_floats(probs, (size_t)n * vocab);
+    int *d_targets = to_device(targets, sizeof targets);
+    uint16_t *d_out = to_device(NULL, (size_t)n * vocab * sizeof(uint16_t)), *out = malloc((size_t)n * vocab * 2);
+    CK_LAUNCH(xlkv_cuda_train_cross_entropy_backward_bf16(d_out, d_probs, d_targets, n, vocab, scale, NULL));
+    from_device(out, d_out, (size_t)n * vocab * sizeof(uint16_t));
+    float *after = download(d_probs, (size_t)n * vocab);
+    size_t wrong = 0;
+    for (int r = 0; r < n; r++)
+        for (int c = 0; c < vocab; c++) {
+            volatile float product = probs[(size_t)r * vocab + c] * scale; /* rounded: no contraction */
+            const float d = product - (c == targets[r] ? scale : 0.0f);
+            wrong += out[(size_t)r * vocab + c] != bf16_reference(d);
+        }
+    const bool unchanged = !memcmp(after, probs, (size_t)n * vocab * sizeof(float));
+    const bool ok = wrong == 0 && unchanged;
+    printf("check bf16 cross-entropy backward [7 x 1001]: %zu elements differ from the CPU formula rounded to bf16 "
+           "(tolerance 0), probabilities %s %s\n", wrong, unchanged ? "unchanged" : "CHANGED", ok ? "ok" : "FAIL");
+    if (!ok) failures++;
+    free(probs), free(out), free(after), cudaFree(d_probs), cudaFree(d_targets), cudaFree(d_out);
+}
+
 /* worst over tensors of max |a - b| / max |b| of the gradients */
 static double worst_gradient_error(const xlkv_param_store *a, const xlkv_param_store *b, const char **worst_name) {
     double worst = 0.0;
@@ -750,6 +779,7 @@ static void bf16_operands_match_fp32_operands(void **state) {
     if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) skip();
     failures = 0;
     kernel_bf16_conversion();
+    kernel_cross_entropy_backward_bf16();
 
     /* Both paths round every operand to bf16 the same way (round to nearest even) and accumulate in fp32, so what is
      * left is cuBLAS' summation order (~1e-5 of a tensor's largest gradient) plus what the bf16 forward amplifies of

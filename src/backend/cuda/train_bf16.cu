@@ -2,7 +2,7 @@
  * converts 4 adjacent elements (one 16-byte load, two 4-byte stores) where the row length, the leading dimension and
  * both pointers allow it, else 1 (a packed run of odd length: the bulk 4-wide, the tail alone); rows are walked by the grid's y dimension, columns by its x dimension, both with
  * grid strides so that any rows x cols fits in a bounded grid. __floats2bfloat162_rn / __float2bfloat16_rn round to
- * nearest even. */
+ * nearest even. The bf16 cross-entropy backward: one block per row, as train_kernels.cu's fp32 one. */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -27,6 +27,17 @@ __global__ void to_bf16_scalar(__nv_bfloat16 *dst, const float *src, size_t rows
     for (size_t r = blockIdx.y; r < rows; r += gridDim.y)
         for (size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += (size_t)gridDim.x * blockDim.x)
             dst[r * cols + c] = __float2bfloat16_rn(src[r * ld + c]);
+}
+
+/* one block per row */
+__global__ void cross_entropy_backward_bf16(__nv_bfloat16 *dlogits, const float *probs, const int *targets, int vocab,
+                                            float s) {
+    const size_t r = blockIdx.x;
+    const float *row = probs + r * (size_t)vocab;
+    __nv_bfloat16 *out = dlogits + r * (size_t)vocab;
+    const int target = targets[r];
+    for (int c = threadIdx.x; c < vocab; c += blockDim.x)
+        out[c] = __float2bfloat16_rn(__fsub_rn(__fmul_rn(row[c], s), c == target ? s : 0.0f));
 }
 
 dim3 grid_for(size_t rows, size_t per_row) {
@@ -63,5 +74,14 @@ extern "C" int xlkv_cuda_train_to_bf16(uint16_t *dst, const float *src, size_t r
     } else {
         to_bf16_scalar<<<grid_for(rows, cols), kBlock, 0, s>>>((__nv_bfloat16 *)dst, src, rows, cols, ld);
     }
+    return (int)cudaGetLastError();
+}
+
+extern "C" int xlkv_cuda_train_cross_entropy_backward_bf16(uint16_t *dlogits, const float *probs, const int *targets,
+                                                           int n, int vocab, float scale, void *stream) {
+    if (n < 0 || vocab < 0) return (int)cudaErrorInvalidValue;
+    if (n == 0 || vocab == 0) return 0;
+    cross_entropy_backward_bf16<<<n, kBlock, 0, (cudaStream_t)stream>>>((__nv_bfloat16 *)dlogits, probs, targets, vocab,
+                                                                         scale);
     return (int)cudaGetLastError();
 }

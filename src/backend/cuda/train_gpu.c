@@ -27,9 +27,11 @@
  *         product (backend/cuda/train_bf16.cu, round to nearest even) into two trainer-owned scratch buffers:
  *         x_bf16, N x max(dim, q_dim, hidden_dim) elements (a product's input rows, read by forward and dW), and
  *         dy_bf16, N x max(dim, q_dim, kv_dim, hidden_dim, vocab) elements (the incoming gradient, converted once
- *         for both its dX and dW products; the classifier's N x vocab is the largest). Memory on top of the f32
- *         path: 2 bytes per parameter + 2 (N max_in + N max_out) bytes, e.g. ~1.1 GiB for 12 x 768, vocab 32,000,
- *         16,384 rows, most of it the classifier's gradient.
+ *         for both its dX and dW products; the classifier's N x vocab is the largest, written there in bf16 by the
+ *         cross-entropy backward itself). Products that share an input (q/k/v: xb, gate/up: xb2; forward and dW)
+ *         round it once. Memory on top of the fp32-operand path: 2 bytes per parameter + 2 N (max_in + max_out)
+ *         bytes, ~1.25 GiB for `small` (12 x 768, hidden 2048, vocab 32,000, tied) at 16,384 rows: shadow 0.2 GiB,
+ *         x_bf16 64 MiB, dy_bf16 1 GiB (the classifier's gradient).
  *   XLKV_TRAIN_GEMM=fp32ops keeps the bf16 trainer on the former path (fp32 operands, CUBLAS_COMPUTE_32F_FAST_16BF:
  *         cuBLAS rounds them to bf16 on the fly, the same rounding, at a lower rate) for an A/B in one build;
  *         XLKV_TRAIN_GEMM=bf16ops (or unset) is the default. The f32 trainer ignores it (any other value is refused).
@@ -449,41 +451,68 @@ static xlkv_status to_bf16(xlkv_gpu_trainer *g, uint16_t *dst, const float *src,
     return XLKV_OK;
 }
 
-static xlkv_status product(xlkv_gpu_trainer *g, float *y, const float *x, const float *w, int n, int in, int out) {
+/* Which bf16 copies a product finds already in the scratch (bf16 operands only; fp32 operands ignore it):
+ *   X_READY: x_bf16 holds x (x was the previous product's input and nothing has written x since: q/k/v read xb,
+ *            gate/up read xb2, in the forward and in the dW products of the backward);
+ *   DY_READY: dy_bf16 holds dy (the classifier gradient, written in bf16 by the cross-entropy backward).
+ * Anything not ready is rounded into the scratch first. */
+enum { X_READY = 1, DY_READY = 2 };
+
+static xlkv_status product_from(xlkv_gpu_trainer *g, unsigned ready, float *y, const float *x, const float *w, int n,
+                                int in, int out) {
     if (!g->bf16_operands) return gemm(g, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, w, in, x, in, 0.0f, y, out);
-    XLKV_TRY(to_bf16(g, g->x_bf16, x, n, in, in));
+    if (!(ready & X_READY)) XLKV_TRY(to_bf16(g, g->x_bf16, x, n, in, in));
     return gemm_bf16(g, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, weight_bf16(g, w), in, g->x_bf16, in, 0.0f, y, out);
+}
+
+static xlkv_status product(xlkv_gpu_trainer *g, float *y, const float *x, const float *w, int n, int in, int out) {
+    return product_from(g, 0, y, x, w, n, in, out);
 }
 
 /* a layer's product, timed as one */
 static xlkv_status linear(xlkv_gpu_trainer *g, float *y, const float *x, const float *w, int n, int in, int out) {
     mark(g, XLKV_STEP_LINEAR_FORWARD);
-    return product(g, y, x, w, n, in, out);
+    return product_from(g, 0, y, x, w, n, in, out);
 }
 
-/* dx[n, in] += dy . w (dx may be NULL); dw[out, in] += dy^T . x; timed as dx_category and dw_category */
-static xlkv_status product_backward(xlkv_gpu_trainer *g, xlkv_step_category dx_category, xlkv_step_category dw_category,
-                                    float *dx, float *dw, const float *dy, const float *x, const float *w, int n,
-                                    int in, int out) {
+/* the same, x being the previous linear()'s x (its bf16 copy is reused) */
+static xlkv_status linear_same_input(xlkv_gpu_trainer *g, float *y, const float *x, const float *w, int n, int in,
+                                     int out) {
+    mark(g, XLKV_STEP_LINEAR_FORWARD);
+    return product_from(g, X_READY, y, x, w, n, in, out);
+}
+
+/* dx[n, in] += dy . w (dx may be NULL); dw[out, in] += dy^T . x; timed as dx_category and dw_category (the step
+ * profiler's marks) */
+static xlkv_status product_backward_from(xlkv_gpu_trainer *g, unsigned ready, xlkv_step_category dx_category,
+                                         xlkv_step_category dw_category, float *dx, float *dw, const float *dy,
+                                         const float *x, const float *w, int n, int in, int out) {
     mark(g, dx_category);
     if (!g->bf16_operands) {
         if (dx) XLKV_TRY(gemm(g, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, w, in, dy, out, 1.0f, dx, in));
         mark(g, dw_category);
         return gemm(g, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, x, in, dy, out, 1.0f, dw, in);
     }
-    XLKV_TRY(to_bf16(g, g->dy_bf16, dy, n, out, out)); /* once, for both products */
+    if (!(ready & DY_READY)) XLKV_TRY(to_bf16(g, g->dy_bf16, dy, n, out, out)); /* once, for both products */
     if (dx)
         XLKV_TRY(gemm_bf16(g, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, weight_bf16(g, w), in, g->dy_bf16, out, 1.0f, dx,
                            in));
     mark(g, dw_category);
-    XLKV_TRY(to_bf16(g, g->x_bf16, x, n, in, in));
+    if (!(ready & X_READY)) XLKV_TRY(to_bf16(g, g->x_bf16, x, n, in, in));
     return gemm_bf16(g, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, g->x_bf16, in, g->dy_bf16, out, 1.0f, dw, in);
 }
 
 static xlkv_status linear_backward(xlkv_gpu_trainer *g, float *dx, float *dw, const float *dy, const float *x,
                                    const float *w, int n, int in, int out) {
-    return product_backward(g, XLKV_STEP_LINEAR_BACKWARD_DX, XLKV_STEP_LINEAR_BACKWARD_DW, dx, dw, dy, x, w, n, in,
-                            out);
+    return product_backward_from(g, 0, XLKV_STEP_LINEAR_BACKWARD_DX, XLKV_STEP_LINEAR_BACKWARD_DW, dx, dw, dy, x, w, n,
+                                 in, out);
+}
+
+/* the same, x being the previous linear_backward()'s x (its bf16 copy is reused) */
+static xlkv_status linear_backward_same_input(xlkv_gpu_trainer *g, float *dx, float *dw, const float *dy,
+                                              const float *x, const float *w, int n, int in, int out) {
+    return product_backward_from(g, X_READY, XLKV_STEP_LINEAR_BACKWARD_DX, XLKV_STEP_LINEAR_BACKWARD_DW, dx, dw, dy,
+                                 x, w, n, in, out);
 }
 
 /* batch_count products C_i = op(A_i) op(B_i) (column-major, as cuBLAS), A_i = A + i * stride_a, ... */
@@ -617,8 +646,8 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
         const int slot = map->kv_slot[layer];
         const size_t slot_offset = (size_t)slot * (size_t)N * (size_t)kv_dim;
         float *k = grad ? rec->k : g->const_k + slot_offset, *v = grad ? rec->v : g->const_v + slot_offset;
-        XLKV_TRY(linear(g, k, rec->xb, w->wk, N, dim, kv_dim));
-        XLKV_TRY(linear(g, v, rec->xb, w->wv, N, dim, kv_dim));
+        XLKV_TRY(linear_same_input(g, k, rec->xb, w->wk, N, dim, kv_dim));
+        XLKV_TRY(linear_same_input(g, v, rec->xb, w->wv, N, dim, kv_dim));
         mark(g, XLKV_STEP_ROPE);
         KERNEL_TRY(xlkv_cuda_train_rope(k, N, g->seq, hp->n_kv_heads, hp->head_dim, g->rope_cos, g->rope_sin, 1.0f, st),
                    "rope forward");
@@ -652,7 +681,7 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
     KERNEL_TRY(xlkv_cuda_train_rmsnorm_forward(rec->xb2, rec->ffn_inv_rms, x, w->ffn_norm, N, dim, hp->norm_eps, st),
                "rmsnorm forward");
     XLKV_TRY(linear(g, rec->gate, rec->xb2, w->w_gate, N, dim, hid));
-    XLKV_TRY(linear(g, rec->up, rec->xb2, w->w_up, N, dim, hid));
+    XLKV_TRY(linear_same_input(g, rec->up, rec->xb2, w->w_up, N, dim, hid));
     mark(g, XLKV_STEP_SWIGLU);
     KERNEL_TRY(xlkv_cuda_train_swiglu_forward(rec->h, rec->gate, rec->up, (size_t)N * (size_t)hid, st),
                "swiglu forward");
@@ -762,7 +791,7 @@ static xlkv_status layer_backward(xlkv_gpu_trainer *g, gpu_record *rec) {
                                                st), "swiglu backward");
     XLKV_TRY(zero(g, g->dxb, n_dim));
     XLKV_TRY(linear_backward(g, g->dxb, dw->w_gate, g->dgate, rec->xb2, w->w_gate, N, dim, hid));
-    XLKV_TRY(linear_backward(g, g->dxb, dw->w_up, g->dup, rec->xb2, w->w_up, N, dim, hid));
+    XLKV_TRY(linear_backward_same_input(g, g->dxb, dw->w_up, g->dup, rec->xb2, w->w_up, N, dim, hid));
     mark(g, XLKV_STEP_RMSNORM);
     KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward(g->dx, dw->ffn_norm, g->dxb, rec->x_mid, rec->ffn_inv_rms, w->ffn_norm,
                                                 N, dim, g->partials, st), "rmsnorm backward");
@@ -792,8 +821,8 @@ static xlkv_status layer_backward(xlkv_gpu_trainer *g, gpu_record *rec) {
         mark(g, XLKV_STEP_ROPE);
         KERNEL_TRY(xlkv_cuda_train_rope(rec->dk, N, g->seq, hp->n_kv_heads, hp->head_dim, g->rope_cos, g->rope_sin,
                                         -1.0f, st), "rope backward");
-        XLKV_TRY(linear_backward(g, g->dxb, dw->wk, rec->dk, rec->xb, w->wk, N, dim, kv_dim));
-        XLKV_TRY(linear_backward(g, g->dxb, dw->wv, rec->dv, rec->xb, w->wv, N, dim, kv_dim));
+        XLKV_TRY(linear_backward_same_input(g, g->dxb, dw->wk, rec->dk, rec->xb, w->wk, N, dim, kv_dim));
+        XLKV_TRY(linear_backward_same_input(g, g->dxb, dw->wv, rec->dv, rec->xb, w->wv, N, dim, kv_dim));
     }
     mark(g, XLKV_STEP_RMSNORM);
     KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward(g->dx, dw->attn_norm, g->dxb, rec->x_in, rec->attn_inv_rms,
@@ -842,11 +871,15 @@ xlkv_status xlkv_gpu_trainer_backward_buckets(xlkv_gpu_trainer *g, float loss_sc
     const size_t n_dim = (size_t)N * (size_t)dim;
     void *st = g->stream;
     mark(g, XLKV_STEP_CLASSIFIER_BACKWARD);
-    KERNEL_TRY(xlkv_cuda_train_cross_entropy_backward(g->probs, g->targets, N, vocab, loss_scale / (float)N, st),
-               "cross-entropy backward");
+    if (g->bf16_operands) /* dlogits straight into the products' bf16 scratch; probs keep the probabilities */
+        KERNEL_TRY(xlkv_cuda_train_cross_entropy_backward_bf16(g->dy_bf16, g->probs, g->targets, N, vocab,
+                                                               loss_scale / (float)N, st), "cross-entropy backward");
+    else
+        KERNEL_TRY(xlkv_cuda_train_cross_entropy_backward(g->probs, g->targets, N, vocab, loss_scale / (float)N, st),
+                   "cross-entropy backward");
     XLKV_TRY(zero(g, g->dxb, n_dim));
-    XLKV_TRY(product_backward(g, XLKV_STEP_CLASSIFIER_BACKWARD, XLKV_STEP_CLASSIFIER_BACKWARD, g->dxb, g->d_output,
-                              g->probs, g->xf, g->output, N, dim, vocab));
+    XLKV_TRY(product_backward_from(g, DY_READY, XLKV_STEP_CLASSIFIER_BACKWARD, XLKV_STEP_CLASSIFIER_BACKWARD, g->dxb,
+                                   g->d_output, g->probs, g->xf, g->output, N, dim, vocab));
     XLKV_TRY(zero(g, g->dx, n_dim));
     mark(g, XLKV_STEP_RMSNORM);
     KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward(g->dx, g->d_output_norm, g->dxb, g->x_final, g->final_inv_rms,
