@@ -783,7 +783,10 @@ static void bf16_operands_match_fp32_operands(void **state) {
 
     /* Both paths round every operand to bf16 the same way (round to nearest even) and accumulate in fp32, so what is
      * left is cuBLAS' summation order (~1e-5 of a tensor's largest gradient) plus what the bf16 forward amplifies of
-     * it; a wrong, stale or misplaced bf16 operand is off by O(1e-1). Tolerances 1e-2 (gradients), 2e-3 (losses). */
+     * it (an activation whose rounding flips); a wrong or misplaced bf16 operand is off by O(1e-1). Tolerances: one
+     * step's gradients 1e-2 of each tensor's largest, its loss 2e-3; over six trainer steps AdamW also turns
+     * near-zero gradients' noise into full-size updates, so the losses get 5e-3 (a weight shadow left stale after
+     * AdamW would keep the initial weights: the losses drift apart by the few % that training moves them). */
     enum { B = 2, T = 24, N = B * T };
     int tokens[N], targets[N];
     for (int r = 0; r < N; r++) {
@@ -845,9 +848,9 @@ static void bf16_operands_match_fp32_operands(void **state) {
         const double steps_diff = max_rel_diff(ops16->train_losses, ops32->train_losses, STEPS);
         const float e16 = (float)eval16, e32 = (float)eval32;
         const double eval_diff = max_rel_diff(&e16, &e32, 1);
-        const bool ok = steps_diff <= 2e-3 && eval_diff <= 2e-3;
-        printf("check bf16 operands vs fp32ops, %d trainer steps of %-8s: losses max rel diff %.2e (tol 2e-3), "
-               "held-out max rel diff %.2e (tol 2e-3) %s\n", STEPS, cases[ci].map, steps_diff, eval_diff,
+        const bool ok = steps_diff <= 5e-3 && eval_diff <= 5e-3;
+        printf("check bf16 operands vs fp32ops, %d trainer steps of %-8s: losses max rel diff %.2e (tol 5e-3), "
+               "held-out max rel diff %.2e (tol 5e-3) %s\n", STEPS, cases[ci].map, steps_diff, eval_diff,
                ok ? "ok" : "FAIL");
         if (!ok) failures++;
         xlkv_trainer_free(ops16);
