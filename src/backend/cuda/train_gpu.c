@@ -23,15 +23,19 @@
  *   f32 trainer: fp32 operands, CUBLAS_COMPUTE_32F, pedantic math (exact; the tests compare it with the CPU).
  *   bf16 trainer (default "bf16ops"): bf16 operands, CUBLAS_COMPUTE_32F, the bf16 tensor-core rate. Weights are read
  *         from a bf16 shadow of the whole parameter array (params_bf16, same offsets as params), refreshed after
- *         every AdamW step and every upload (create, resume); activations and incoming gradients are converted per
- *         product (backend/cuda/train_bf16.cu, round to nearest even) into two trainer-owned scratch buffers:
- *         x_bf16, N x max(dim, q_dim, hidden_dim) elements (a product's input rows, read by forward and dW), and
- *         dy_bf16, N x max(dim, q_dim, kv_dim, hidden_dim, vocab) elements (the incoming gradient, converted once
- *         for both its dX and dW products; the classifier's N x vocab is the largest, written there in bf16 by the
- *         cross-entropy backward itself). Products that share an input (q/k/v: xb, gate/up: xb2; forward and dW)
- *         round it once. Memory on top of the fp32-operand path: 2 bytes per parameter + 2 N (max_in + max_out)
- *         bytes, ~1.25 GiB for `small` (12 x 768, hidden 2048, vocab 32,000, tied) at 16,384 rows: shadow 0.2 GiB,
- *         x_bf16 64 MiB, dy_bf16 1 GiB (the classifier's gradient).
+ *         every AdamW step and every upload (create, resume). Activations are rounded (backend/cuda/train_bf16.cu,
+ *         round to nearest even) by the forward product that first reads them, into the grad record's own copies
+ *         (bf16_inputs: xb, att, xb2, h), which the backward's dW products read again; products sharing an input
+ *         (q/k/v: xb, gate/up: xb2) round it once. The no-grad iterations and the classifier's input use the
+ *         scratch x_bf16. Incoming gradients are rounded once per product pair (dX and dW) into the scratch
+ *         dy_bf16; the classifier's N x vocab gradient is written there in bf16 by the cross-entropy backward.
+ *         Device memory on top of the fp32-operand path (bytes; N rows, max_in = max(dim, q_dim, hidden),
+ *         max_out = max(dim, q_dim, kv_dim, hidden, vocab)):
+ *           params_bf16 2 n_params; x_bf16 2 N max_in; dy_bf16 2 N max_out;
+ *           record copies 2 N (2 dim + q_dim + hidden) per grad record;
+ *         for `small` (12 x 768, hidden 2048, vocab 32,000, tied) at 16,384 rows, standard map (12 records):
+ *         0.2 + 0.06 + 1.0 (the classifier's gradient) + 1.7 GiB = ~2.9 GiB. Every allocation failure names its
+ *         buffer and suggests XLKV_TRAIN_GEMM=fp32ops.
  *   XLKV_TRAIN_GEMM=fp32ops keeps the bf16 trainer on the former path (fp32 operands, CUBLAS_COMPUTE_32F_FAST_16BF:
  *         cuBLAS rounds them to bf16 on the fly, the same rounding, at a lower rate) for an A/B in one build;
  *         XLKV_TRAIN_GEMM=bf16ops (or unset) is the default. The f32 trainer ignores it (any other value is refused).
@@ -54,6 +58,12 @@
 
 typedef xlkv_layer_record gpu_record; /* train/train_tape.h: the CPU trainer's record */
 
+/* a grad record's product inputs in bf16, written by the forward's products and read by the backward's dW products
+ * (bf16 operands only) */
+typedef struct bf16_inputs {
+    uint16_t *xb, *att, *xb2, *h;
+} bf16_inputs;
+
 typedef struct kv_source {
     const float *k, *v;
     float *dk, *dv;
@@ -72,6 +82,8 @@ struct xlkv_gpu_trainer {
     float *params, *grads, *adam_m, *adam_v; /* device [n_params] */
     uint16_t *params_bf16;                   /* device [n_params]: bf16 shadow of params (bf16_operands only) */
     uint16_t *x_bf16, *dy_bf16;              /* device product scratch (bf16_operands only; sizes: header) */
+    bf16_inputs *record_inputs;              /* [n_records] into record_inputs_arena (bf16_operands only) */
+    uint16_t *record_inputs_arena;
     xlkv_layer_weights *w, *dw;              /* [n_layers] device pointers into params / grads */
     float *tok_embeddings, *output_norm, *output, *d_tok_embeddings, *d_output_norm, *d_output;
     gpu_record *records;
@@ -198,16 +210,26 @@ static xlkv_status setup_bf16_operands(xlkv_gpu_trainer *g) {
     const size_t N = (size_t)g->n_rows, dim = (size_t)hp->dim, hid = (size_t)hp->hidden_dim;
     const size_t q_dim = (size_t)hp->n_heads * (size_t)hp->head_dim;
     const size_t kv_dim = (size_t)hp->n_kv_heads * (size_t)hp->head_dim;
-    size_t max_in = dim > q_dim ? dim : q_dim, max_out;
+    size_t max_in = dim > q_dim ? dim : q_dim;
     if (hid > max_in) max_in = hid;
-    max_out = max_in > kv_dim ? max_in : kv_dim;
+    size_t max_out = max_in > kv_dim ? max_in : kv_dim;
     if ((size_t)hp->vocab_size > max_out) max_out = (size_t)hp->vocab_size;
+    const size_t per_record = N * (2 * dim + q_dim + hid); /* xb, att, xb2, h */
+    g->record_inputs = calloc((size_t)g->n_records, sizeof *g->record_inputs);
+    if (!g->record_inputs) return xlkv_fail(XLKV_E_NOMEM, "GPU trainer: out of host memory");
     XLKV_TRY(xlkv_cuda_alloc((void **)&g->params_bf16, g->store->n_params * sizeof(uint16_t),
                              "the bf16 copy of the parameters (XLKV_TRAIN_GEMM=fp32ops does without)"));
     XLKV_TRY(xlkv_cuda_alloc((void **)&g->x_bf16, N * max_in * sizeof(uint16_t),
                              "the bf16 product scratch for inputs (XLKV_TRAIN_GEMM=fp32ops does without)"));
     XLKV_TRY(xlkv_cuda_alloc((void **)&g->dy_bf16, N * max_out * sizeof(uint16_t),
                              "the bf16 product scratch for gradients (XLKV_TRAIN_GEMM=fp32ops does without)"));
+    XLKV_TRY(xlkv_cuda_alloc((void **)&g->record_inputs_arena, (size_t)g->n_records * per_record * sizeof(uint16_t),
+                             "the bf16 copies of the saved product inputs (XLKV_TRAIN_GEMM=fp32ops does without)"));
+    for (int r = 0; r < g->n_records; r++) {
+        uint16_t *base = g->record_inputs_arena + (size_t)r * per_record;
+        g->record_inputs[r] = (bf16_inputs){.xb = base, .att = base + N * dim, .xb2 = base + N * (dim + q_dim),
+                                            .h = base + N * (2 * dim + q_dim)};
+    }
     return XLKV_OK;
 }
 
@@ -237,7 +259,6 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
     g->adam_m = g->grads + n_params;
     g->adam_v = g->adam_m + n_params;
     XLKV_CUDA_TRY(cudaMemset(g->grads, 0, n_params * sizeof(float)), "zeroing the gradients");
-    XLKV_TRY(setup_bf16_operands(g));
     g->n_records = xlkv_tape_plan(g->store->map, g->backward_passes, NULL);
     g->records = calloc((size_t)g->n_records, sizeof *g->records);
     g->w = calloc((size_t)hp->n_layers, sizeof *g->w);
@@ -257,6 +278,7 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
     const size_t floats = carve_all(g, NULL);
     XLKV_TRY(xlkv_cuda_alloc((void **)&g->arena, floats * sizeof(float), "the trainer's activations"));
     carve_all(g, g->arena);
+    XLKV_TRY(setup_bf16_operands(g));
     XLKV_TRY(xlkv_cuda_alloc((void **)&g->int_arena, (4 * N + 1) * sizeof(int), "token buffers"));
     g->tokens = g->int_arena;
     g->targets = g->tokens + N;
@@ -338,6 +360,8 @@ void xlkv_gpu_trainer_free(xlkv_gpu_trainer *g) {
     cudaFree(g->params_bf16);
     cudaFree(g->x_bf16);
     cudaFree(g->dy_bf16);
+    cudaFree(g->record_inputs_arena);
+    free(g->record_inputs);
     cudaFree(g->arena);
     cudaFree(g->int_arena);
     cudaFree(g->double_arena);
@@ -451,42 +475,39 @@ static xlkv_status to_bf16(xlkv_gpu_trainer *g, uint16_t *dst, const float *src,
     return XLKV_OK;
 }
 
-/* Which bf16 copies a product finds already in the scratch (bf16 operands only; fp32 operands ignore it):
- *   X_READY: x_bf16 holds x (x was the previous product's input and nothing has written x since: q/k/v read xb,
- *            gate/up read xb2, in the forward and in the dW products of the backward);
+/* Where a product's bf16 input copy lives and whether it is already there (bf16 operands only; fp32 operands ignore
+ * both). x16 is the copy of x: a grad record's own (bf16_inputs: the forward writes it, the backward's dW product
+ * reads it) or NULL for the shared scratch x_bf16 (the no-grad iterations, the classifier). Flags:
+ *   X_READY: x16 (or the scratch) holds x already: the previous product's x, nothing having written x since (k/v
+ *            after q read xb, up after gate reads xb2), or a record's copy in the backward;
  *   DY_READY: dy_bf16 holds dy (the classifier gradient, written in bf16 by the cross-entropy backward).
- * Anything not ready is rounded into the scratch first. */
+ * Anything not ready is rounded first. */
 enum { X_READY = 1, DY_READY = 2 };
 
-static xlkv_status product_from(xlkv_gpu_trainer *g, unsigned ready, float *y, const float *x, const float *w, int n,
-                                int in, int out) {
+static xlkv_status product_from(xlkv_gpu_trainer *g, unsigned ready, float *y, const float *x, uint16_t *x16,
+                                const float *w, int n, int in, int out) {
     if (!g->bf16_operands) return gemm(g, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, w, in, x, in, 0.0f, y, out);
-    if (!(ready & X_READY)) XLKV_TRY(to_bf16(g, g->x_bf16, x, n, in, in));
-    return gemm_bf16(g, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, weight_bf16(g, w), in, g->x_bf16, in, 0.0f, y, out);
+    if (!x16) x16 = g->x_bf16;
+    if (!(ready & X_READY)) XLKV_TRY(to_bf16(g, x16, x, n, in, in));
+    return gemm_bf16(g, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, weight_bf16(g, w), in, x16, in, 0.0f, y, out);
 }
 
 static xlkv_status product(xlkv_gpu_trainer *g, float *y, const float *x, const float *w, int n, int in, int out) {
-    return product_from(g, 0, y, x, w, n, in, out);
+    return product_from(g, 0, y, x, NULL, w, n, in, out);
 }
 
 /* a layer's product, timed as one */
-static xlkv_status linear(xlkv_gpu_trainer *g, float *y, const float *x, const float *w, int n, int in, int out) {
+static xlkv_status linear(xlkv_gpu_trainer *g, unsigned ready, float *y, const float *x, uint16_t *x16,
+                          const float *w, int n, int in, int out) {
     mark(g, XLKV_STEP_LINEAR_FORWARD);
-    return product_from(g, 0, y, x, w, n, in, out);
-}
-
-/* the same, x being the previous linear()'s x (its bf16 copy is reused) */
-static xlkv_status linear_same_input(xlkv_gpu_trainer *g, float *y, const float *x, const float *w, int n, int in,
-                                     int out) {
-    mark(g, XLKV_STEP_LINEAR_FORWARD);
-    return product_from(g, X_READY, y, x, w, n, in, out);
+    return product_from(g, ready, y, x, x16, w, n, in, out);
 }
 
 /* dx[n, in] += dy . w (dx may be NULL); dw[out, in] += dy^T . x; timed as dx_category and dw_category (the step
  * profiler's marks) */
 static xlkv_status product_backward_from(xlkv_gpu_trainer *g, unsigned ready, xlkv_step_category dx_category,
                                          xlkv_step_category dw_category, float *dx, float *dw, const float *dy,
-                                         const float *x, const float *w, int n, int in, int out) {
+                                         const float *x, uint16_t *x16, const float *w, int n, int in, int out) {
     mark(g, dx_category);
     if (!g->bf16_operands) {
         if (dx) XLKV_TRY(gemm(g, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, w, in, dy, out, 1.0f, dx, in));
@@ -498,21 +519,22 @@ static xlkv_status product_backward_from(xlkv_gpu_trainer *g, unsigned ready, xl
         XLKV_TRY(gemm_bf16(g, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, weight_bf16(g, w), in, g->dy_bf16, out, 1.0f, dx,
                            in));
     mark(g, dw_category);
-    if (!(ready & X_READY)) XLKV_TRY(to_bf16(g, g->x_bf16, x, n, in, in));
-    return gemm_bf16(g, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, g->x_bf16, in, g->dy_bf16, out, 1.0f, dw, in);
+    if (!x16) x16 = g->x_bf16;
+    if (!(ready & X_READY)) XLKV_TRY(to_bf16(g, x16, x, n, in, in));
+    return gemm_bf16(g, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, x16, in, g->dy_bf16, out, 1.0f, dw, in);
 }
 
+/* a grad record's layer product backward; x16 is the record's bf16 copy of x, written by its forward */
 static xlkv_status linear_backward(xlkv_gpu_trainer *g, float *dx, float *dw, const float *dy, const float *x,
-                                   const float *w, int n, int in, int out) {
-    return product_backward_from(g, 0, XLKV_STEP_LINEAR_BACKWARD_DX, XLKV_STEP_LINEAR_BACKWARD_DW, dx, dw, dy, x, w, n,
-                                 in, out);
+                                   uint16_t *x16, const float *w, int n, int in, int out) {
+    return product_backward_from(g, X_READY, XLKV_STEP_LINEAR_BACKWARD_DX, XLKV_STEP_LINEAR_BACKWARD_DW, dx, dw, dy,
+                                 x, x16, w, n, in, out);
 }
 
-/* the same, x being the previous linear_backward()'s x (its bf16 copy is reused) */
-static xlkv_status linear_backward_same_input(xlkv_gpu_trainer *g, float *dx, float *dw, const float *dy,
-                                              const float *x, const float *w, int n, int in, int out) {
-    return product_backward_from(g, X_READY, XLKV_STEP_LINEAR_BACKWARD_DX, XLKV_STEP_LINEAR_BACKWARD_DW, dx, dw, dy,
-                                 x, w, n, in, out);
+/* the record's bf16 input copies; all NULL (the shared scratch) for the no-grad iterations or fp32 operands */
+static bf16_inputs inputs_bf16(const xlkv_gpu_trainer *g, const gpu_record *rec, bool grad) {
+    if (!g->bf16_operands || !grad) return (bf16_inputs){NULL, NULL, NULL, NULL};
+    return g->record_inputs[rec - g->records];
 }
 
 /* batch_count products C_i = op(A_i) op(B_i) (column-major, as cuBLAS), A_i = A + i * stride_a, ... */
@@ -638,7 +660,8 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
     mark(g, XLKV_STEP_RMSNORM);
     KERNEL_TRY(xlkv_cuda_train_rmsnorm_forward(rec->xb, rec->attn_inv_rms, x, w->attn_norm, N, dim, hp->norm_eps, st),
                "rmsnorm forward");
-    XLKV_TRY(linear(g, rec->q, rec->xb, w->wq, N, dim, q_dim));
+    const bf16_inputs in16 = inputs_bf16(g, rec, grad);
+    XLKV_TRY(linear(g, 0, rec->q, rec->xb, in16.xb, w->wq, N, dim, q_dim));
     mark(g, XLKV_STEP_ROPE);
     KERNEL_TRY(xlkv_cuda_train_rope(rec->q, N, g->seq, hp->n_heads, hp->head_dim, g->rope_cos, g->rope_sin, 1.0f, st),
                "rope forward");
@@ -646,8 +669,8 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
         const int slot = map->kv_slot[layer];
         const size_t slot_offset = (size_t)slot * (size_t)N * (size_t)kv_dim;
         float *k = grad ? rec->k : g->const_k + slot_offset, *v = grad ? rec->v : g->const_v + slot_offset;
-        XLKV_TRY(linear_same_input(g, k, rec->xb, w->wk, N, dim, kv_dim));
-        XLKV_TRY(linear_same_input(g, v, rec->xb, w->wv, N, dim, kv_dim));
+        XLKV_TRY(linear(g, X_READY, k, rec->xb, in16.xb, w->wk, N, dim, kv_dim)); /* xb rounded for q */
+        XLKV_TRY(linear(g, X_READY, v, rec->xb, in16.xb, w->wv, N, dim, kv_dim));
         mark(g, XLKV_STEP_ROPE);
         KERNEL_TRY(xlkv_cuda_train_rope(k, N, g->seq, hp->n_kv_heads, hp->head_dim, g->rope_cos, g->rope_sin, 1.0f, st),
                    "rope forward");
@@ -672,7 +695,7 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
                    "flash attention forward");
     else KERNEL_TRY(xlkv_cuda_train_attention_forward(rec->att, rec->lse, rec->q, src->k, src->v, &shape, st),
                     "attention forward");
-    XLKV_TRY(linear(g, proj, rec->att, w->wo, N, q_dim, dim));
+    XLKV_TRY(linear(g, 0, proj, rec->att, in16.att, w->wo, N, q_dim, dim));
     mark(g, XLKV_STEP_RESIDUAL_COPIES);
     KERNEL_TRY(xlkv_cuda_train_add(x, proj, n_dim, st), "residual add");
 
@@ -680,12 +703,12 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
     mark(g, XLKV_STEP_RMSNORM);
     KERNEL_TRY(xlkv_cuda_train_rmsnorm_forward(rec->xb2, rec->ffn_inv_rms, x, w->ffn_norm, N, dim, hp->norm_eps, st),
                "rmsnorm forward");
-    XLKV_TRY(linear(g, rec->gate, rec->xb2, w->w_gate, N, dim, hid));
-    XLKV_TRY(linear_same_input(g, rec->up, rec->xb2, w->w_up, N, dim, hid));
+    XLKV_TRY(linear(g, 0, rec->gate, rec->xb2, in16.xb2, w->w_gate, N, dim, hid));
+    XLKV_TRY(linear(g, X_READY, rec->up, rec->xb2, in16.xb2, w->w_up, N, dim, hid));
     mark(g, XLKV_STEP_SWIGLU);
     KERNEL_TRY(xlkv_cuda_train_swiglu_forward(rec->h, rec->gate, rec->up, (size_t)N * (size_t)hid, st),
                "swiglu forward");
-    XLKV_TRY(linear(g, proj, rec->h, w->w_down, N, hid, dim));
+    XLKV_TRY(linear(g, 0, proj, rec->h, in16.h, w->w_down, N, hid, dim));
     mark(g, XLKV_STEP_RESIDUAL_COPIES);
     KERNEL_TRY(xlkv_cuda_train_add(x, proj, n_dim, st), "residual add");
     return XLKV_OK;
@@ -785,19 +808,20 @@ static xlkv_status layer_backward(xlkv_gpu_trainer *g, gpu_record *rec) {
     void *st = g->stream;
 
     XLKV_TRY(zero(g, g->dh, (size_t)N * (size_t)hid));
-    XLKV_TRY(linear_backward(g, g->dh, dw->w_down, g->dx, rec->h, w->w_down, N, hid, dim));
+    const bf16_inputs in16 = inputs_bf16(g, rec, true);
+    XLKV_TRY(linear_backward(g, g->dh, dw->w_down, g->dx, rec->h, in16.h, w->w_down, N, hid, dim));
     mark(g, XLKV_STEP_SWIGLU);
     KERNEL_TRY(xlkv_cuda_train_swiglu_backward(g->dgate, g->dup, g->dh, rec->gate, rec->up, (size_t)N * (size_t)hid,
                                                st), "swiglu backward");
     XLKV_TRY(zero(g, g->dxb, n_dim));
-    XLKV_TRY(linear_backward(g, g->dxb, dw->w_gate, g->dgate, rec->xb2, w->w_gate, N, dim, hid));
-    XLKV_TRY(linear_backward_same_input(g, g->dxb, dw->w_up, g->dup, rec->xb2, w->w_up, N, dim, hid));
+    XLKV_TRY(linear_backward(g, g->dxb, dw->w_gate, g->dgate, rec->xb2, in16.xb2, w->w_gate, N, dim, hid));
+    XLKV_TRY(linear_backward(g, g->dxb, dw->w_up, g->dup, rec->xb2, in16.xb2, w->w_up, N, dim, hid));
     mark(g, XLKV_STEP_RMSNORM);
     KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward(g->dx, dw->ffn_norm, g->dxb, rec->x_mid, rec->ffn_inv_rms, w->ffn_norm,
                                                 N, dim, g->partials, st), "rmsnorm backward");
 
     XLKV_TRY(zero(g, g->datt, (size_t)N * (size_t)q_dim));
-    XLKV_TRY(linear_backward(g, g->datt, dw->wo, g->dx, rec->att, w->wo, N, q_dim, dim));
+    XLKV_TRY(linear_backward(g, g->datt, dw->wo, g->dx, rec->att, in16.att, w->wo, N, q_dim, dim));
     mark(g, XLKV_STEP_ATTENTION_BACKWARD);
     const xlkv_cuda_train_attention_shape shape = attention_shape(g, layer);
     if (g->attention == ATTENTION_GEMM)
@@ -816,13 +840,13 @@ static xlkv_status layer_backward(xlkv_gpu_trainer *g, gpu_record *rec) {
     KERNEL_TRY(xlkv_cuda_train_rope(g->dq, N, g->seq, hp->n_heads, hp->head_dim, g->rope_cos, g->rope_sin, -1.0f, st),
                "rope backward");
     XLKV_TRY(zero(g, g->dxb, n_dim));
-    XLKV_TRY(linear_backward(g, g->dxb, dw->wq, g->dq, rec->xb, w->wq, N, dim, q_dim));
+    XLKV_TRY(linear_backward(g, g->dxb, dw->wq, g->dq, rec->xb, in16.xb, w->wq, N, dim, q_dim));
     if (xlkv_is_kv_layer(map, layer)) {
         mark(g, XLKV_STEP_ROPE);
         KERNEL_TRY(xlkv_cuda_train_rope(rec->dk, N, g->seq, hp->n_kv_heads, hp->head_dim, g->rope_cos, g->rope_sin,
                                         -1.0f, st), "rope backward");
-        XLKV_TRY(linear_backward_same_input(g, g->dxb, dw->wk, rec->dk, rec->xb, w->wk, N, dim, kv_dim));
-        XLKV_TRY(linear_backward_same_input(g, g->dxb, dw->wv, rec->dv, rec->xb, w->wv, N, dim, kv_dim));
+        XLKV_TRY(linear_backward(g, g->dxb, dw->wk, rec->dk, rec->xb, in16.xb, w->wk, N, dim, kv_dim));
+        XLKV_TRY(linear_backward(g, g->dxb, dw->wv, rec->dv, rec->xb, in16.xb, w->wv, N, dim, kv_dim));
     }
     mark(g, XLKV_STEP_RMSNORM);
     KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward(g->dx, dw->attn_norm, g->dxb, rec->x_in, rec->attn_inv_rms,
@@ -879,7 +903,7 @@ xlkv_status xlkv_gpu_trainer_backward_buckets(xlkv_gpu_trainer *g, float loss_sc
                    "cross-entropy backward");
     XLKV_TRY(zero(g, g->dxb, n_dim));
     XLKV_TRY(product_backward_from(g, DY_READY, XLKV_STEP_CLASSIFIER_BACKWARD, XLKV_STEP_CLASSIFIER_BACKWARD, g->dxb,
-                                   g->d_output, g->probs, g->xf, g->output, N, dim, vocab));
+                                   g->d_output, g->probs, g->xf, NULL, g->output, N, dim, vocab));
     XLKV_TRY(zero(g, g->dx, n_dim));
     mark(g, XLKV_STEP_RMSNORM);
     KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward(g->dx, g->d_output_norm, g->dxb, g->x_final, g->final_inv_rms,
