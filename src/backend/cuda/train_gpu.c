@@ -524,11 +524,12 @@ static xlkv_status product_backward_from(xlkv_gpu_trainer *g, unsigned ready, xl
     return gemm_bf16(g, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, x16, in, g->dy_bf16, out, 1.0f, dw, in);
 }
 
-/* a grad record's layer product backward; x16 is the record's bf16 copy of x, written by its forward */
+/* a grad record's layer product backward; x16 is the record's bf16 copy of x, written by its forward (NULL: none,
+ * x is rounded into the scratch) */
 static xlkv_status linear_backward(xlkv_gpu_trainer *g, float *dx, float *dw, const float *dy, const float *x,
                                    uint16_t *x16, const float *w, int n, int in, int out) {
-    return product_backward_from(g, X_READY, XLKV_STEP_LINEAR_BACKWARD_DX, XLKV_STEP_LINEAR_BACKWARD_DW, dx, dw, dy,
-                                 x, x16, w, n, in, out);
+    return product_backward_from(g, x16 ? X_READY : 0, XLKV_STEP_LINEAR_BACKWARD_DX, XLKV_STEP_LINEAR_BACKWARD_DW, dx,
+                                 dw, dy, x, x16, w, n, in, out);
 }
 
 /* the record's bf16 input copies; all NULL (the shared scratch) for the no-grad iterations or fp32 operands */
