@@ -6,8 +6,9 @@
  *
  * Precision: parameters (fp32 master weights), AdamW moments, gradients and activations are fp32 on the GPU.
  *   f32  mode: products by cuBLAS in pedantic fp32 (no TF32): compares tightly with the CPU reference.
- *   bf16 mode: products run on the tensor cores with inputs rounded to bf16 and fp32 accumulation
- *              (cuBLAS CUBLAS_COMPUTE_32F_FAST_16BF on fp32 storage); everything else stays fp32.
+ *   bf16 mode: products run on the tensor cores with inputs rounded to bf16 and fp32 accumulation (layer and
+ *              classifier products: bf16 operand copies, CUBLAS_COMPUTE_32F; XLKV_TRAIN_GEMM=fp32ops or the
+ *              attention's products: CUBLAS_COMPUTE_32F_FAST_16BF on fp32 storage); everything else stays fp32.
  * Implemented in backend/cuda/train_gpu.c; without CUDA, backend/cuda_train_absent.c makes create fail with
  * "built without CUDA". */
 #ifndef XLKV_TRAIN_GPU_TRAINER_H
