@@ -781,12 +781,14 @@ static void bf16_operands_match_fp32_operands(void **state) {
     kernel_bf16_conversion();
     kernel_cross_entropy_backward_bf16();
 
-    /* Both paths round every operand to bf16 the same way (round to nearest even) and accumulate in fp32, so what is
-     * left is cuBLAS' summation order (~1e-5 of a tensor's largest gradient) plus what the bf16 forward amplifies of
-     * it (an activation whose rounding flips); a wrong or misplaced bf16 operand is off by O(1e-1). Tolerances: one
-     * step's gradients 1e-2 of each tensor's largest, its loss 2e-3; over six trainer steps AdamW also turns
-     * near-zero gradients' noise into full-size updates, so the losses get 5e-3 (a weight shadow left stale after
-     * AdamW would keep the initial weights: the losses drift apart by the few % that training moves them). */
+    /* One forward + backward of the tiny model (weights x5: sharp softmaxes) under bf16 operands, fp32 operands
+     * (XLKV_TRAIN_GEMM=fp32ops, the former path) and the exact f32 trainer. Both bf16 paths round to bf16, but cuBLAS'
+     * on-the-fly conversion and its summation order differ from ours, and with sharp softmaxes a one-ulp change of a
+     * score moves the attention's gradients by O(1) of their small tensors (measured on an H100: the two bf16 paths
+     * differ by 0.56 in layer 0's k_proj gradient while their six-step losses agree to 1e-4). So both are held to the
+     * f32 truth: the bf16-operand path may be at most twice as far from it as the fp32-operand path (plus 1e-2 of
+     * each tensor's largest gradient, 2e-3 of the loss); a wrong or stale operand (a weight shadow not refreshed, a
+     * record copy of another layer) is off by O(1) everywhere, also where the fp32-operand path is close. */
     enum { B = 2, T = 24, N = B * T };
     int tokens[N], targets[N];
     for (int r = 0; r < N; r++) {
@@ -796,14 +798,14 @@ static void bf16_operands_match_fp32_operands(void **state) {
     const model_case grad_cases[] = {{"standard", 0, 2, false}, {"lckv:1", 1, 2, false}};
     for (int ci = 0; ci < 2; ci++) {
         const model_case *c = &grad_cases[ci];
-        xlkv_param_store *stores[2];
-        double loss[2];
-        for (int path = 0; path < 2; path++) { /* 0: bf16 operands, 1: fp32 operands */
-            if (path) setenv("XLKV_TRAIN_GEMM", "fp32ops", 1);
+        xlkv_param_store *stores[3];
+        double loss[3];
+        for (int path = 0; path < 3; path++) { /* 0: bf16 operands, 1: fp32 operands, 2: the f32 trainer */
+            if (path == 1) setenv("XLKV_TRAIN_GEMM", "fp32ops", 1);
             else unsetenv("XLKV_TRAIN_GEMM");
             stores[path] = make_store(c, 5);
             xlkv_gpu_trainer *gt = NULL;
-            TU_ASSERT_OK(xlkv_gpu_trainer_create(stores[path], B, T, c->m, c->b, true, &gt));
+            TU_ASSERT_OK(xlkv_gpu_trainer_create(stores[path], B, T, c->m, c->b, path < 2, &gt));
             TU_ASSERT_OK(xlkv_gpu_trainer_zero_grads(gt));
             TU_ASSERT_OK(xlkv_gpu_trainer_forward(gt, tokens, targets, &loss[path]));
             TU_ASSERT_OK(xlkv_gpu_trainer_backward(gt, 1.0f));
@@ -811,17 +813,21 @@ static void bf16_operands_match_fp32_operands(void **state) {
             xlkv_gpu_trainer_free(gt);
         }
         unsetenv("XLKV_TRAIN_GEMM");
-        const char *worst_name = "";
-        const double worst = worst_gradient_error(stores[0], stores[1], &worst_name);
-        const float l0 = (float)loss[0], l1 = (float)loss[1];
-        const double loss_diff = max_rel_diff(&l0, &l1, 1);
-        const bool ok = worst <= 1e-2 && loss_diff <= 2e-3;
-        printf("check bf16 operands vs fp32ops, one step of %-8s m=%d b=%d: loss max rel diff %.2e (tol 2e-3), "
-               "gradients worst tensor %-30s max rel diff %.2e (tol 1e-2) %s\n", c->map, c->m, c->b, loss_diff,
-               worst_name, worst, ok ? "ok" : "FAIL");
+        const char *name_new = "", *name_old = "", *name_between = "";
+        const double err_new = worst_gradient_error(stores[0], stores[2], &name_new);
+        const double err_old = worst_gradient_error(stores[1], stores[2], &name_old);
+        const double between = worst_gradient_error(stores[0], stores[1], &name_between);
+        const float l0 = (float)loss[0], l1 = (float)loss[1], l2 = (float)loss[2];
+        const double loss_new = max_rel_diff(&l0, &l2, 1), loss_old = max_rel_diff(&l1, &l2, 1);
+        const double grad_tol = fmax(2.0 * err_old, 1e-2), loss_tol = fmax(2.0 * loss_old, 2e-3);
+        const bool ok = err_new <= grad_tol && loss_new <= loss_tol;
+        printf("check bf16 operands vs the f32 trainer, one step of %-8s m=%d b=%d: gradients worst %.2e (%s; tol %.2e "
+               "= max(2 x fp32ops' %.2e (%s), 1e-2)), loss %.2e (tol %.2e = max(2 x fp32ops' %.2e, 2e-3)); bf16 vs "
+               "fp32ops %.2e (%s) %s\n",
+               c->map, c->m, c->b, err_new, name_new, grad_tol, err_old, name_old, loss_new, loss_tol, loss_old,
+               between, name_between, ok ? "ok" : "FAIL");
         if (!ok) failures++;
-        xlkv_param_store_free(stores[0]);
-        xlkv_param_store_free(stores[1]);
+        for (int path = 0; path < 3; path++) xlkv_param_store_free(stores[path]);
     }
 
     char *data = make_data_dir();
