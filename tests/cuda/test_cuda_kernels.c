@@ -17,24 +17,12 @@
 #include "backend/cuda/cuda_kernels.h"
 #include "model/float_formats.h"
 #include "testutil.h"
+#include "cuda_testutil.h"
 
 #define TOL_F32 1e-5
 #define TOL_F32_ATTENTION 2e-5
 #define TOL_BF16 1e-2
 
-#define CK(expr)                                                                                                       \
-    do {                                                                                                               \
-        cudaError_t ck_err_ = (expr);                                                                                  \
-        if (ck_err_ != cudaSuccess) fail_msg("%s:%d: %s -> %s", __FILE__, __LINE__, #expr, cudaGetErrorString(ck_err_)); \
-    } while (0)
-/* A launcher call: its return code, then a synchronize that surfaces asynchronous errors. */
-#define CK_LAUNCH(expr)                                                                                                \
-    do {                                                                                                               \
-        int ck_rc_ = (expr);                                                                                           \
-        if (ck_rc_ != 0)                                                                                               \
-            fail_msg("%s:%d: %s -> %d (%s)", __FILE__, __LINE__, #expr, ck_rc_, cudaGetErrorString((cudaError_t)ck_rc_)); \
-        CK(cudaDeviceSynchronize());                                                                                   \
-    } while (0)
 
 static unsigned long long rng_state = 0x1234567ull;
 static unsigned rng_u32(void) {

@@ -30,22 +30,12 @@
 #include "backend/cuda/train_kernels.h"
 #include "core/file.h"
 #include "testutil.h"
+#include "cuda_testutil.h"
 #include "train/gpu_trainer.h"
 #include "train/model_setup.h"
 #include "train/train_ops.h"
 #include "train/trainer.h"
 
-#define CK(expr)                                                                                                       \
-    do {                                                                                                               \
-        cudaError_t ck_err_ = (expr);                                                                                  \
-        if (ck_err_ != cudaSuccess) fail_msg("%s:%d: %s -> %s", __FILE__, __LINE__, #expr, cudaGetErrorString(ck_err_)); \
-    } while (0)
-#define CK_LAUNCH(expr)                                                                                                \
-    do {                                                                                                               \
-        int ck_rc_ = (expr);                                                                                           \
-        if (ck_rc_ != 0) fail_msg("%s:%d: %s -> %s", __FILE__, __LINE__, #expr, cudaGetErrorString((cudaError_t)ck_rc_)); \
-        CK(cudaDeviceSynchronize());                                                                                   \
-    } while (0)
 
 enum { FLASH_TOLERANCE_PERMILLE = 20 }; /* 2e-2 */
 static const double flash_tolerance = FLASH_TOLERANCE_PERMILLE / 1000.0;
