@@ -35,7 +35,6 @@
 #include "train/train_ops.h"
 #include "train/trainer.h"
 
-
 static int failures;
 static unsigned long long rng_state = 0x9E3779B97F4A7C15ull;
 static float uniform(void) { /* [-1, 1) */

@@ -36,7 +36,6 @@
 #include "train/train_ops.h"
 #include "train/trainer.h"
 
-
 enum { FLASH_TOLERANCE_PERMILLE = 20 }; /* 2e-2 */
 static const double flash_tolerance = FLASH_TOLERANCE_PERMILLE / 1000.0;
 static const double v1_v2_tolerance = 2e-3; /* flash v2 against v1 when they are not bit-identical */
