@@ -28,14 +28,28 @@
  *         (bf16_inputs: xb, att, xb2, h), which the backward's dW products read again; products sharing an input
  *         (q/k/v: xb, gate/up: xb2) round it once. The no-grad iterations and the classifier's input use the
  *         scratch x_bf16. Incoming gradients are rounded once per product pair (dX and dW) into the scratch
- *         dy_bf16; the classifier's N x vocab gradient is written there in bf16 by the cross-entropy backward.
+ *         dy_bf16, which also holds the classifier's N x vocab logits / gradient (below).
  *         Device memory on top of the fp32-operand path (bytes; N rows, max_in = max(dim, q_dim, hidden),
  *         max_out = max(dim, q_dim, kv_dim, hidden, vocab)):
  *           params_bf16 2 n_params; x_bf16 2 N max_in; dy_bf16 2 N max_out;
  *           record copies 2 N (2 dim + q_dim + hidden) per grad record;
+ *         less the fp32 probs (4 N vocab) that the fused cross-entropy does without;
  *         for `small` (12 x 768, hidden 2048, vocab 32,000, tied) at 16,384 rows, standard map (12 records):
- *         0.2 + 0.06 + 1.0 (the classifier's gradient) + 1.7 GiB = ~2.9 GiB. Every allocation failure names its
- *         buffer and suggests XLKV_TRAIN_GEMM=fp32ops.
+ *         0.2 + 0.06 + 1.0 (the classifier's logits / gradient) + 1.7 GiB = ~2.9 GiB, and 2.0 GiB of probs saved.
+ *         Every allocation failure names its buffer and suggests XLKV_TRAIN_GEMM=fp32ops.
+ *   The classifier and cross-entropy of the bf16-operand trainer (fused_ce, the default; as torch autocast): the
+ *         classifier product writes the logits in bf16 (bf16 A, B and C, fp32 accumulation) into dy_bf16; one
+ *         kernel (backend/cuda/train_cross_entropy.cu) reads each row once (online max / sum of exp in fp32), writes
+ *         the row's loss (double) and overwrites the logits in place with the UNSCALED gradient softmax - onehot in
+ *         bf16. The backward has no cross-entropy kernel: dX_final = s G.E (beta 0) and dE += s G^T.X_f read G
+ *         straight from dy_bf16, with s = loss_scale / N as the products' alpha (so the buffer does not depend on the
+ *         loss scale, and the forward alone, an evaluation, leaves a usable but ignored gradient). No probabilities
+ *         are kept and no fp32 N x vocab buffer exists: the N x vocab memory is 2 N vocab bytes (1.0 GiB for
+ *         `small` at 16,384 rows) instead of 4 N vocab (fp32 logits / probs) + 2 N vocab (bf16 gradient).
+ *         XLKV_TRAIN_CE=fp32 keeps the former path (fp32 logits, probabilities kept in place, a separate backward
+ *         kernel writing the scaled bf16 gradient) for an A/B in one build; XLKV_TRAIN_CE=fused (or unset) is the
+ *         default; XLKV_TRAIN_GEMM=fp32ops (no bf16 weight shadow) and the f32 trainer always use the fp32 path
+ *         (fused with fp32ops is refused, any other value is refused).
  *   XLKV_TRAIN_GEMM=fp32ops keeps the bf16 trainer on the former path (fp32 operands, CUBLAS_COMPUTE_32F_FAST_16BF:
  *         cuBLAS rounds them to bf16 on the fly, the same rounding, at a lower rate) for an A/B in one build;
  *         XLKV_TRAIN_GEMM=bf16ops (or unset) is the default. The f32 trainer ignores it (any other value is refused).
@@ -50,6 +64,7 @@
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/train_attention_flash.h"
 #include "backend/cuda/train_bf16.h"
+#include "backend/cuda/train_cross_entropy.h"
 #include "backend/cuda/train_gpu_buffers.h"
 #include "backend/cuda/train_kernels.h"
 #include "backend/cuda/train_profile.h"
@@ -74,6 +89,8 @@ struct xlkv_gpu_trainer {
     int batch, seq, n_rows, forward_passes, backward_passes;
     bool bf16;
     bool bf16_operands; /* the products read bf16 copies (bf16 trainer unless XLKV_TRAIN_GEMM=fp32ops) */
+    bool fused_ce;      /* bf16 logits + fused cross-entropy in dy_bf16, no probs (bf16 operands unless
+                         * XLKV_TRAIN_CE=fp32; see the header) */
     cudaStream_t stream;
     xlkv_cuda_step_timer *timer; /* NULL: profiling off (the default) */
     xlkv_step_profile profile;   /* per-category totals since profiling was turned on */
@@ -135,7 +152,7 @@ static size_t carve_all(xlkv_gpu_trainer *g, float *base) {
     g->final_inv_rms = take(base, &cursor, N);
     g->x_final = take(base, &cursor, N * dim);
     g->xf = take(base, &cursor, N * dim);
-    g->probs = take(base, &cursor, N * (size_t)hp->vocab_size);
+    g->probs = g->fused_ce ? NULL : take(base, &cursor, N * (size_t)hp->vocab_size); /* fused: dy_bf16 instead */
     g->dx = take(base, &cursor, N * dim);
     g->dx_group_in = take(base, &cursor, N * dim);
     g->dxb = take(base, &cursor, N * dim);
@@ -199,13 +216,26 @@ static xlkv_status upload_rope_tables(xlkv_gpu_trainer *g) {
     return XLKV_OK;
 }
 
-/* XLKV_TRAIN_GEMM and, for bf16 operands, the weight shadow and the two conversion scratch buffers (see header). */
-static xlkv_status setup_bf16_operands(xlkv_gpu_trainer *g) {
-    const xlkv_hparams *hp = &g->store->hp;
+/* XLKV_TRAIN_GEMM (bf16 or fp32 operands) and XLKV_TRAIN_CE (the classifier's cross-entropy: fused on bf16 logits,
+ * or fp32 logits and probabilities as before); read before anything is allocated (see header). */
+static xlkv_status choose_product_paths(xlkv_gpu_trainer *g) {
     const char *choice = getenv("XLKV_TRAIN_GEMM");
     if (!choice || !*choice || !strcmp(choice, "bf16ops")) g->bf16_operands = g->bf16;
     else if (!strcmp(choice, "fp32ops")) g->bf16_operands = false;
     else return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_GEMM=%s: expected bf16ops or fp32ops", choice);
+    const char *ce = getenv("XLKV_TRAIN_CE");
+    if (ce && *ce && strcmp(ce, "fused") && strcmp(ce, "fp32"))
+        return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_CE=%s: expected fused or fp32", ce);
+    if (ce && !strcmp(ce, "fused") && g->bf16 && !g->bf16_operands)
+        return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_CE=fused needs bf16 operands (the classifier writes bf16 logits "
+                         "from bf16 operands); XLKV_TRAIN_GEMM=fp32ops keeps the fp32 cross-entropy");
+    g->fused_ce = g->bf16_operands && !(ce && !strcmp(ce, "fp32"));
+    return XLKV_OK;
+}
+
+/* For bf16 operands, the weight shadow and the two conversion scratch buffers (see header). */
+static xlkv_status setup_bf16_operands(xlkv_gpu_trainer *g) {
+    const xlkv_hparams *hp = &g->store->hp;
     if (!g->bf16_operands) return XLKV_OK;
     const size_t N = (size_t)g->n_rows, dim = (size_t)hp->dim, hid = (size_t)hp->hidden_dim;
     const size_t q_dim = (size_t)hp->n_heads * (size_t)hp->head_dim;
@@ -275,6 +305,7 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
         return xlkv_fail(XLKV_E_NOMEM, "GPU trainer: out of host memory");
     xlkv_tape_plan(g->store->map, g->backward_passes, g->records);
     map_weights(g);
+    XLKV_TRY(choose_product_paths(g)); /* before carving: the fused cross-entropy needs no probs */
     const size_t floats = carve_all(g, NULL);
     XLKV_TRY(xlkv_cuda_alloc((void **)&g->arena, floats * sizeof(float), "the trainer's activations"));
     carve_all(g, g->arena);
@@ -715,6 +746,41 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
     return XLKV_OK;
 }
 
+/* ---- the classifier with the fused cross-entropy (fused_ce; see the header) ------------------------------------- */
+/* dy_bf16[N, vocab] = bf16(xf . output^T) (bf16 operands, fp32 accumulation, bf16 C), then the fused kernel: row_loss
+ * and, over the logits, the unscaled gradient softmax - onehot in bf16 */
+static xlkv_status classifier_forward_fused(xlkv_gpu_trainer *g) {
+    const xlkv_hparams *hp = &g->store->hp;
+    const int N = g->n_rows, dim = hp->dim, vocab = hp->vocab_size;
+    const float alpha = 1.0f, beta = 0.0f;
+    XLKV_TRY(to_bf16(g, g->x_bf16, g->xf, N, dim, dim));
+    XLKV_CUBLAS_TRY(cublasGemmEx(g->cublas, CUBLAS_OP_T, CUBLAS_OP_N, vocab, N, dim, &alpha, weight_bf16(g, g->output),
+                                 CUDA_R_16BF, dim, g->x_bf16, CUDA_R_16BF, dim, &beta, g->dy_bf16, CUDA_R_16BF, vocab,
+                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                    "classifier product, bf16 logits (cublasGemmEx)");
+    KERNEL_TRY(xlkv_cuda_train_cross_entropy_fused_bf16(g->dy_bf16, g->row_loss, g->targets, N, vocab, g->stream),
+               "fused cross-entropy");
+    return XLKV_OK;
+}
+
+/* dxb = scale G . output (beta 0: no clearing) and d_output += scale G^T . xf, G = dy_bf16 (softmax - onehot) and
+ * scale = loss_scale / N; xf is rounded again into x_bf16 (an evaluation's forward may have used it since) */
+static xlkv_status classifier_backward_fused(xlkv_gpu_trainer *g, float scale) {
+    const xlkv_hparams *hp = &g->store->hp;
+    const int N = g->n_rows, dim = hp->dim, vocab = hp->vocab_size;
+    const float zero_beta = 0.0f, one_beta = 1.0f;
+    XLKV_CUBLAS_TRY(cublasGemmEx(g->cublas, CUBLAS_OP_N, CUBLAS_OP_N, dim, N, vocab, &scale, weight_bf16(g, g->output),
+                                 CUDA_R_16BF, dim, g->dy_bf16, CUDA_R_16BF, vocab, &zero_beta, g->dxb, CUDA_R_32F, dim,
+                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                    "classifier input gradient, bf16 operands (cublasGemmEx)");
+    XLKV_TRY(to_bf16(g, g->x_bf16, g->xf, N, dim, dim));
+    XLKV_CUBLAS_TRY(cublasGemmEx(g->cublas, CUBLAS_OP_N, CUBLAS_OP_T, dim, vocab, N, &scale, g->x_bf16, CUDA_R_16BF,
+                                 dim, g->dy_bf16, CUDA_R_16BF, vocab, &one_beta, g->d_output, CUDA_R_32F, dim,
+                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                    "classifier weight gradient, bf16 operands (cublasGemmEx)");
+    return XLKV_OK;
+}
+
 /* Rows grouped by token, rows ascending inside a group (a counting sort, stable): the embedding backward's order. */
 static void group_rows_by_token(xlkv_gpu_trainer *g, const int *tokens) {
     const int N = g->n_rows, vocab = g->store->hp.vocab_size;
@@ -784,9 +850,13 @@ xlkv_status xlkv_gpu_trainer_forward(xlkv_gpu_trainer *g, const int *tokens, con
     KERNEL_TRY(xlkv_cuda_train_rmsnorm_forward(g->xf, g->final_inv_rms, g->x_final, g->output_norm, N, dim,
                                                hp->norm_eps, st), "final rmsnorm");
     mark(g, XLKV_STEP_CLASSIFIER_FORWARD);
-    XLKV_TRY(product(g, g->probs, g->xf, g->output, N, dim, hp->vocab_size));
-    KERNEL_TRY(xlkv_cuda_train_cross_entropy_forward(g->probs, g->row_loss, g->targets, N, hp->vocab_size, st),
-               "cross-entropy forward");
+    if (g->fused_ce) {
+        XLKV_TRY(classifier_forward_fused(g));
+    } else {
+        XLKV_TRY(product(g, g->probs, g->xf, g->output, N, dim, hp->vocab_size));
+        KERNEL_TRY(xlkv_cuda_train_cross_entropy_forward(g->probs, g->row_loss, g->targets, N, hp->vocab_size, st),
+                   "cross-entropy forward");
+    }
     mark(g, XLKV_STEP_HOST_SYNC);
     XLKV_CUDA_TRY(cudaMemcpyAsync(g->host_row_loss, g->row_loss, (size_t)N * sizeof(double), cudaMemcpyDeviceToHost,
                                   g->stream), "downloading the loss");
@@ -896,15 +966,20 @@ xlkv_status xlkv_gpu_trainer_backward_buckets(xlkv_gpu_trainer *g, float loss_sc
     const size_t n_dim = (size_t)N * (size_t)dim;
     void *st = g->stream;
     mark(g, XLKV_STEP_CLASSIFIER_BACKWARD);
-    if (g->bf16_operands) /* dlogits straight into the products' bf16 scratch; probs keep the probabilities */
-        KERNEL_TRY(xlkv_cuda_train_cross_entropy_backward_bf16(g->dy_bf16, g->probs, g->targets, N, vocab,
-                                                               loss_scale / (float)N, st), "cross-entropy backward");
-    else
-        KERNEL_TRY(xlkv_cuda_train_cross_entropy_backward(g->probs, g->targets, N, vocab, loss_scale / (float)N, st),
-                   "cross-entropy backward");
-    XLKV_TRY(zero(g, g->dxb, n_dim));
-    XLKV_TRY(product_backward_from(g, DY_READY, XLKV_STEP_CLASSIFIER_BACKWARD, XLKV_STEP_CLASSIFIER_BACKWARD, g->dxb,
-                                   g->d_output, g->probs, g->xf, NULL, g->output, N, dim, vocab));
+    if (g->fused_ce) { /* dy_bf16 holds softmax - onehot since the forward; the scale is the products' alpha */
+        XLKV_TRY(classifier_backward_fused(g, loss_scale / (float)N));
+    } else {
+        if (g->bf16_operands) /* dlogits straight into the products' bf16 scratch; probs keep the probabilities */
+            KERNEL_TRY(xlkv_cuda_train_cross_entropy_backward_bf16(g->dy_bf16, g->probs, g->targets, N, vocab,
+                                                                   loss_scale / (float)N, st),
+                       "cross-entropy backward");
+        else
+            KERNEL_TRY(xlkv_cuda_train_cross_entropy_backward(g->probs, g->targets, N, vocab, loss_scale / (float)N,
+                                                              st), "cross-entropy backward");
+        XLKV_TRY(zero(g, g->dxb, n_dim));
+        XLKV_TRY(product_backward_from(g, DY_READY, XLKV_STEP_CLASSIFIER_BACKWARD, XLKV_STEP_CLASSIFIER_BACKWARD,
+                                       g->dxb, g->d_output, g->probs, g->xf, NULL, g->output, N, dim, vocab));
+    }
     XLKV_TRY(zero(g, g->dx, n_dim));
     mark(g, XLKV_STEP_RMSNORM);
     KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward(g->dx, g->d_output_norm, g->dxb, g->x_final, g->final_inv_rms,
