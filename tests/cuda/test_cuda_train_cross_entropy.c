@@ -5,13 +5,14 @@
  *     kernel's four paths (16-byte vectors or single elements, the row cached in shared memory or read again), odd
  *     sizes, a misaligned buffer, logits around +-1000, rows whose target has a probability of ~1e-32 (or 1 - 2e-8),
  *     vocab 1. Tolerances: loss |gpu - ref| <= 2e-5 max(1, |ref|) (fp32 max / sum with __expf, combined in double);
- *     gradient |gpu - ref| <= 2e-3 |ref| + 2e-7 per element (bf16 rounding is 2^-9 = 1.95e-3 relative; the floor
- *     covers fp32 rounding of p - 1 where p is within ~1e-7 of 1).
+ *     gradient |gpu - ref| <= 4e-3 |ref| + 2e-7 per element (round to nearest bf16 is off by up to 2^-8 = 3.906e-3
+ *     of the value: 8 significant bits; measured on an H100: 3.88e-3, so the kernel rounds, never truncates (that
+ *     would reach 7.8e-3); the floor covers fp32 rounding of p - 1 where p is within ~1e-7 of 1).
  *  2. a tiny model (4 layers x 64, vocabularies 61 and 320: the single-element and the vector path) under standard
  *     and lckv:1 (m=1, b=2): one forward + backward with the fused path (the default) vs XLKV_TRAIN_CE=fp32 (fp32
  *     logits and probabilities, as before), both with bf16 operands, and both vs the exact f32 trainer: gradients
  *     within 5e-2 of each tensor's largest gradient of XLKV_TRAIN_CE=fp32's, loss within 2e-3 relative (logits
- *     rounded to bf16 move each by up to 2^-9 of itself); two accumulated micro-batches with loss scale 0.5 so a
+ *     rounded to bf16 move each by up to 2^-8 of itself); two accumulated micro-batches with loss scale 0.5 so a
  *     wrong alpha or a missing accumulation shows; six trainer steps' losses and the held-out loss within 5e-3.
  *  3. XLKV_TRAIN_CE=bogus refused; XLKV_TRAIN_CE=fused with XLKV_TRAIN_GEMM=fp32ops refused; the device memory a
  *     bf16 trainer takes (cudaMemGetInfo around create, vocab 32,000, 256 rows) is 4 N vocab bytes (the fp32
@@ -106,7 +107,7 @@ static void fused_case(const char *name, int n, int vocab, int shift, logits_kin
             const double ref = exp(x[c] - m) / s - (c == targets[r] ? 1.0 : 0.0);
             const double got = float_of(out[(size_t)r * vocab + c]);
             const double diff = fabs(got - ref);
-            const double excess = isnan(diff) ? INFINITY : diff / (2e-3 * fabs(ref) + 2e-7);
+            const double excess = isnan(diff) ? INFINITY : diff / (4e-3 * fabs(ref) + 2e-7);
             if (excess > worst_excess) worst_excess = excess;
             if (diff > worst_abs || isnan(diff)) worst_abs = isnan(diff) ? INFINITY : diff;
             if (fabs(ref) > 1e-5 && diff / fabs(ref) > worst_rel) worst_rel = diff / fabs(ref);
@@ -114,7 +115,7 @@ static void fused_case(const char *name, int n, int vocab, int shift, logits_kin
     }
     const bool ok = worst_loss <= 2e-5 && worst_excess <= 1.0;
     printf("check fused cross-entropy %-44s loss rel err %.2e (tol 2e-5; losses %.3g..%.3g), gradient rel err %.2e "
-           "(|ref| > 1e-5), abs err %.2e, worst / tolerance %.2f (tol 2e-3 |ref| + 2e-7) %s\n",
+           "(|ref| > 1e-5), abs err %.2e, worst / tolerance %.2f (tol 4e-3 |ref| + 2e-7) %s\n",
            name, worst_loss, loss_min, loss_max, worst_rel, worst_abs, worst_excess, ok ? "ok" : "FAIL");
     if (!ok) failures++;
     free(x), free(logits), free(out), free(targets), free(loss);

@@ -3,7 +3,7 @@
  * 16-byte aligned, else one element at a time), keeps it in shared memory when it fits, and folds it into a per-thread
  * (max, sum of exp) pair with online rescaling; the pairs meet in a warp-shuffle then block reduction. Pass 2 reads
  * the row back (shared memory, or global memory when it did not fit) and writes softmax - onehot in bf16 (round to
- * nearest even) over the logits. exp is __expf (a few ulp; far below bf16's 2^-9). */
+ * nearest even) over the logits. exp is __expf (a few ulp; far below bf16's 2^-8). */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
