@@ -15,8 +15,8 @@
  *         accumulation, nothing of size T x T), the default of the bf16 trainer when head_dim is 64 or 128; the f32
  *         trainer never uses it (it stays exact).
  * XLKV_TRAIN_ATTENTION=warp|gemm|flash forces one (the tests run all three); flash where it is not supported (f32,
- * another head_dim) is refused with the reason. Flash runs its v2 kernels (bf16 copies of the inputs in a workspace
- * the trainer owns, cp.async tiles); XLKV_TRAIN_FLASH=v1 selects the first kernels (no workspace) for A/B runs.
+ * another head_dim) is refused with the reason. Flash stages bf16 copies of its inputs in a workspace the trainer
+ * owns.
  *
  * Layer and classifier products (y = x.W^T, dX += dY.W, dW += dY^T.X; cublasGemmEx, C in fp32 with beta 0 or 1 as
  * ever, so gradients accumulate in fp32):
@@ -112,7 +112,7 @@ struct xlkv_gpu_trainer {
     float *dx, *dx_group_in, *dxb, *dq, *datt, *dgate, *dup, *dh, *delta, *partials;
     enum { ATTENTION_WARP, ATTENTION_GEMM, ATTENTION_FLASH } attention;
     float *scores, *dscores; /* [n_heads][batch][seq][seq] (gemm attention only) */
-    void *flash_workspace;   /* flash v2 only (NULL: v1 kernels) */
+    void *flash_workspace;   /* flash attention's bf16 staging (NULL unless flash runs) */
     double *row_loss, *norm_partials;       /* device */
     int *tokens, *targets, *order, *starts; /* device [n_rows] (+1 for starts) */
     int n_groups;
@@ -334,10 +334,7 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
         return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_ATTENTION=%s: expected warp, gemm or flash", choice);
     else if (flash_ok) g->attention = ATTENTION_FLASH;
     else g->attention = 2 * score_floats * sizeof(float) <= ((size_t)8 << 30) ? ATTENTION_GEMM : ATTENTION_WARP;
-    const char *flash_version = getenv("XLKV_TRAIN_FLASH");
-    if (flash_version && *flash_version && strcmp(flash_version, "v1") && strcmp(flash_version, "v2"))
-        return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_FLASH=%s: expected v1 or v2", flash_version);
-    if (g->attention == ATTENTION_FLASH && !(flash_version && !strcmp(flash_version, "v1")))
+    if (g->attention == ATTENTION_FLASH)
         XLKV_TRY(xlkv_cuda_alloc(&g->flash_workspace, xlkv_cuda_train_attention_flash_workspace_bytes(&flash_shape),
                                  "the flash attention workspace"));
     if (g->attention == ATTENTION_GEMM) {
