@@ -507,9 +507,15 @@ template <typename T> __global__ void __launch_bounds__(DECODE_THREADS) decode_g
     }
 }
 
-/* ---- pass 2: the combine of one (row, query head), the whole CTA ---- */
+/* ---- pass 2: the combine of one (row, query head) ---- */
+constexpr int COMBINE_MAX_PER_THREAD = 8; /* elements of a head per thread: head_dim <= 8 x the threads on the head */
+static_assert(COMBINE_THREADS * COMBINE_MAX_PER_THREAD >= GENERIC_MAX_HEAD_DIM, "the combine kernel covers a head");
+
 /* out_row[0..head_dim) = the normalized sum of the n_splits partials from part0 (zeros when every split saw nothing);
- * the calling thread writes elements lane0, lane0 + n_lanes, ... (no barrier inside). The partials are read through L2 (__ldcg): the fused kernel combines partials other CTAs of the same launch wrote. */
+ * the calling thread writes elements lane0 + k n_lanes (k < COMBINE_MAX_PER_THREAD; no barrier inside). One pass
+ * over the splits after their max: each split's weight exp(m - m_all) is computed once and the thread's elements
+ * are loaded together. The partials are read through L2 (__ldcg): the fused kernel combines partials other CTAs of
+ * the same launch wrote. Every element sums in split order whoever computes it: same bits in both kernels. */
 template <typename T>
 __device__ __forceinline__ void combine_head(T *out_row, const float *part_acc, const float *part_max,
                                              const float *part_sum, size_t part0, int head_dim, int n_splits,
@@ -520,19 +526,26 @@ __device__ __forceinline__ void combine_head(T *out_row, const float *part_acc, 
         for (int d = lane0; d < head_dim; d += n_lanes) out_row[d] = from_float<T>(0.0f);
         return;
     }
-    float l_all = 0.0f;
+    float l_all = 0.0f, o[COMBINE_MAX_PER_THREAD];
+#pragma unroll
+    for (int k = 0; k < COMBINE_MAX_PER_THREAD; k++) o[k] = 0.0f;
     for (int s = 0; s < n_splits; s++) {
         const float m = __ldcg(part_max + part0 + s);
-        if (m != -INFINITY) l_all += __ldcg(part_sum + part0 + s) * expf(m - m_all);
+        if (m == -INFINITY) continue; /* its accumulator was never written */
+        const float w = expf(m - m_all);
+        l_all += __ldcg(part_sum + part0 + s) * w;
+        const float *acc = part_acc + (part0 + s) * head_dim;
+#pragma unroll
+        for (int k = 0; k < COMBINE_MAX_PER_THREAD; k++) {
+            const int d = lane0 + k * n_lanes;
+            if (d < head_dim) o[k] += __ldcg(acc + d) * w;
+        }
     }
     const float inv = 1.0f / l_all;
-    for (int d = lane0; d < head_dim; d += n_lanes) {
-        float o = 0.0f;
-        for (int s = 0; s < n_splits; s++) {
-            const float m = __ldcg(part_max + part0 + s);
-            if (m != -INFINITY) o += __ldcg(part_acc + (part0 + s) * head_dim + d) * expf(m - m_all);
-        }
-        out_row[d] = from_float<T>(o * inv);
+#pragma unroll
+    for (int k = 0; k < COMBINE_MAX_PER_THREAD; k++) {
+        const int d = lane0 + k * n_lanes;
+        if (d < head_dim) out_row[d] = from_float<T>(o[k] * inv);
     }
 }
 
@@ -668,7 +681,6 @@ struct fused_extra {
 template <int D>
 __global__ void __launch_bounds__(DECODE_THREADS) decode_fused_kernel(decode_params<__nv_bfloat16> p, fused_extra f) {
     constexpr int HALF = D / 2;
-    static_assert(DECODE_THREADS % D == 0, "the combine gives every head D threads");
     __shared__ __align__(16) __nv_bfloat16 s_q[MMA_MAX_GROUP * D];
     __shared__ int s_last;
     const int b = blockIdx.x, kv_head = blockIdx.y, split = blockIdx.z, tid = threadIdx.x;
@@ -708,10 +720,13 @@ __global__ void __launch_bounds__(DECODE_THREADS) decode_fused_kernel(decode_par
     __syncthreads();
     if (!s_last) return;
     __threadfence(); /* every other CTA's partial is visible: they counted after their fence */
-    for (int j = tid / D; j < G; j += DECODE_THREADS / D) {
+    constexpr int LANES = D / COMBINE_MAX_PER_THREAD; /* threads per head: all G <= 8 heads at once */
+    static_assert(LANES * MMA_MAX_GROUP <= DECODE_THREADS, "one pass over the heads");
+    const int j = tid / LANES;
+    if (j < G) {
         const size_t h = (size_t)b * p.n_heads + (size_t)kv_head * G + j;
         combine_head<__nv_bfloat16>(f.out + h * D, p.part_acc, p.part_max, p.part_sum, h * p.n_splits, D, p.n_splits,
-                                    tid % D, D);
+                                    tid % LANES, LANES);
     }
     if (tid == 0) *counter = 0u; /* every split has counted: safe to re-arm for the next launch / graph replay */
 }
