@@ -1,19 +1,19 @@
 /* bench/bench_gpu_step: where a batched decode step's time goes, kernel by kernel, at the tinyllama shape (bf16).
- * Times, with CUDA events (median of 20 after warm-up), each launch a decode step of B rows makes per layer (the
- * cuBLAS products at their fused shapes, the elementwise kernels, kv_write and the split-K decode attention over L
- * visible positions through a paged pool), and reports achieved bandwidth / FLOP rate against the device's.
- * For B <= XLKV_CUDA_GEMV_MAX_ROWS it also times the fused few-row path the engine takes (cuda_executor.c): the four
- * products with their fused input / epilogue, rope_kv_write, rope_kv_write + the decode attention (three launches)
- * against the one fused launch that replaces them (xlkv_cuda_attention_decode_fused), the fused logits product and the
- * chunked sampler, each alone, and then a whole decode step (22 layers with their own weights, attention included, logits, sampling)
- * captured in one CUDA graph and replayed: its time is the engine's step without host work, so B x 1e6 / us is the
- * decode tokens/s the kernels allow (bench_gpu's decode_b1 measures the engine itself); the step is timed with the
- * fused attention and again with the three launches (XLKV_DECODE_FUSED=0 in the engine). The fused pieces alone cycle
- * through the 22 layers' weights (cold in L2, as in the step). Both few-row kernels are timed in one run: the
+ * Times, with CUDA events (median of 20 after warm-up), each launch a decode step of B rows makes per layer (the cuBLAS
+ * products at their fused shapes, the elementwise kernels, kv_write and the split-K decode attention over L visible
+ * positions through a paged pool), and reports achieved bandwidth / FLOP rate against the device's. For B <=
+ * XLKV_CUDA_GEMV_MAX_ROWS it also times the fused few-row path the engine takes (cuda_executor.c): the four products
+ * with their fused input / epilogue, rope_kv_write, rope_kv_write + the decode attention (three launches) against the
+ * one fused launch that replaces them (xlkv_cuda_attention_decode_fused), the fused logits product and the chunked
+ * sampler, each alone, and then a whole decode step (22 layers with their own weights, attention included, logits,
+ * sampling) captured in one CUDA graph and replayed: its time is the engine's step without host work, so B x 1e6 / us
+ * is the decode tokens/s the kernels allow (bench_gpu's decode_b1 measures the engine itself); the step is timed with
+ * the fused attention and again with the three launches (XLKV_DECODE_FUSED=0 in the engine). The fused pieces alone
+ * cycle through the 22 layers' weights (cold in L2, as in the step). Both few-row kernels are timed in one run: the
  * streaming one (default), the previous one (XLKV_GEMV=old) and the streaming one launched as programmatic dependents
  * (XLKV_GEMV=pdl), set by this program for its second and third tables. Each piece is timed twice: one launch between
- * two events (host launch latency included, as before) and per launch inside a graph of 22 launches.
- * Usage: bench_gpu_step [--batch B] [--context L]. Prints a table; not a test. Without CUDA it says so and exits 0. */
+ * two events (host launch latency included, as before) and per launch inside a graph of 22 launches. Usage:
+ * bench_gpu_step [--batch B] [--context L]. Prints a table; not a test. Without CUDA it says so and exits 0. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

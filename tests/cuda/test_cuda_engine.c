@@ -824,7 +824,8 @@ static void fused_decode_attention_equals_three_launches(void **state) {
             char what[112];
             snprintf(what, sizeof what, "(h2) bf16 logits fused attention vs 3 launches, %s, head_dim %d", maps[m],
                      head_dims[h]);
-            printf("check %-58s %zu of %zu differ, max |diff| %.3g\n", what, differ, n, tu_max_abs_diff(fused, three, n));
+            printf("check %-58s %zu of %zu differ, max |diff| %.3g\n", what, differ, n,
+                   tu_max_abs_diff(fused, three, n));
             if (differ) fail_msg("%s: %zu logits differ", what, differ);
             free(fused);
             free(three);

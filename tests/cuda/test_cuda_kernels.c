@@ -1410,10 +1410,12 @@ static int run_fused_case(const fused_case *c, int salt) {
     int *d_seq = ints_to_device(row_seq, (size_t)batch), *d_pos = ints_to_device(row_pos, (size_t)batch);
     const size_t ws_floats = xlkv_cuda_attention_decode_workspace(batch, sh.n_heads, head_dim, c->max_positions);
     const size_t n_counters = xlkv_cuda_attention_decode_fused_counters(batch, sh.n_kv_heads);
-    float *d_ws_fused = device_poisoned(ws_floats, XLKV_DTYPE_F32), *d_ws_plain = device_poisoned(ws_floats, XLKV_DTYPE_F32);
+    float *d_ws_fused = device_poisoned(ws_floats, XLKV_DTYPE_F32);
+    float *d_ws_plain = device_poisoned(ws_floats, XLKV_DTYPE_F32);
     unsigned *d_counters = device_alloc(n_counters * sizeof(unsigned));
     CK(cudaMemset(d_counters, 0, n_counters * sizeof(unsigned)));
-    void *d_out_fused = device_poisoned((size_t)batch * q_width, dt), *d_out_plain = device_poisoned((size_t)batch * q_width, dt);
+    void *d_out_fused = device_poisoned((size_t)batch * q_width, dt);
+    void *d_out_plain = device_poisoned((size_t)batch * q_width, dt);
     const xlkv_attention_rule rule = {.n_heads = sh.n_heads, .n_kv_heads = sh.n_kv_heads, .head_dim = head_dim,
                                       .window = c->window, .mask_diagonal = c->mask_diagonal,
                                       .read_slot = c->read_slot};
@@ -1425,14 +1427,16 @@ static int run_fused_case(const fused_case *c, int salt) {
                                                c->max_positions, &fused_pool.kv, &rule, &rope_kv, d_ws_fused,
                                                d_counters, dt, NULL));
     CK_LAUNCH(xlkv_cuda_rope_kv_write(d_qkv_plain, qkv_stride, batch, sh.n_heads, head_dim, d_seq, d_pos, d_cos, d_sin,
-                                      c->write_slot >= 0 ? &plain_pool.kv : NULL, c->write_slot >= 0 ? c->write_slot : 0,
+                                      c->write_slot >= 0 ? &plain_pool.kv : NULL,
+                                      c->write_slot >= 0 ? c->write_slot : 0,
                                       q_width, q_width + kv_dim, dt, NULL));
     CK_LAUNCH(xlkv_cuda_attention_decode(d_out_plain, d_qkv_plain, qkv_stride, batch, d_seq, d_pos, c->max_positions,
                                          &plain_pool.kv, &rule, d_ws_plain, dt, NULL));
 
     char shape[160];
     snprintf(shape, sizeof shape, "b=%d h=%d kvh=%d hd=%d win=%d diag=%d bs=%d %s ctx<=%d", batch, sh.n_heads,
-             sh.n_kv_heads, head_dim, c->window, c->mask_diagonal, c->block_size, fused_slots_name(c), c->max_positions);
+             sh.n_kv_heads, head_dim, c->window, c->mask_diagonal, c->block_size, fused_slots_name(c),
+             c->max_positions);
 
     /* the host's expected pool and rotated queries (CPU RoPE, rounded to bf16 where the GPU stores) */
     float *q_rot = malloc((size_t)batch * q_width * sizeof *q_rot);
@@ -1453,7 +1457,8 @@ static int run_fused_case(const fused_case *c, int salt) {
 
     /* (a) pools */
     const size_t pool_n = host_pool_elems(&hp);
-    float *pool_fused = from_device(fused_pool.pool, pool_n, dt), *pool_plain = from_device(plain_pool.pool, pool_n, dt);
+    float *pool_fused = from_device(fused_pool.pool, pool_n, dt);
+    float *pool_plain = from_device(plain_pool.pool, pool_n, dt);
     size_t pool_differ = 0;
     for (size_t i = 0; i < pool_n; i++) pool_differ += memcmp(&pool_fused[i], &pool_plain[i], sizeof(float)) != 0;
     printf("check fused pool vs rope_kv_write %-66s %zu of %zu elements differ (tol 0)\n", shape, pool_differ, pool_n);
@@ -1555,7 +1560,8 @@ static int run_fused_case(const fused_case *c, int salt) {
 static void attention_decode_fused_matches_unfused(void **state) {
     (void)state;
     const attention_shape shapes[] = {{32, 4, 64}, {16, 4, 64}, {4, 4, 128}, {16, 2, 128}, {4, 4, 64}};
-    const int rules[][3] = {{0, 0, 16}, {0, 1, 16}, {100, 0, 1}, {100, 1, 16}, {1, 0, 16}, {1, 1, 16}}; /* win, diag, bs */
+    /* window, masked diagonal, block size */
+    const int rules[][3] = {{0, 0, 16}, {0, 1, 16}, {100, 0, 1}, {100, 1, 16}, {1, 0, 16}, {1, 1, 16}};
     const int slots[][2] = {{1, 1}, {0, 1}, {-1, 1}};                                                  /* write, read */
     int cases = 0, failures = 0;
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
@@ -1577,7 +1583,8 @@ static void attention_decode_fused_matches_unfused(void **state) {
     failures += run_fused_case(&short_ctx, 0);
     cases++;
     printf("attention_decode_fused: %d cases, %d failed checks\n", cases, failures);
-    if (failures) fail_msg("attention_decode_fused: %d failed checks in %d cases (lines marked FAIL above)", failures, cases);
+    if (failures)
+        fail_msg("attention_decode_fused: %d failed checks in %d cases (lines marked FAIL above)", failures, cases);
 
     /* refused: f32, more than 8 rows, G > 8, head_dim 96; invalid: a write slot past the pool */
     host_pool hp = make_host_pool(2, 16, 4 * 64, 1, 64, XLKV_DTYPE_BF16);
@@ -1631,7 +1638,8 @@ static void attention_decode_fused_graph_replays(void **state) {
     void *d_out[2] = {device_poisoned((size_t)batch * q_width, dt), device_poisoned((size_t)batch * q_width, dt)};
     const xlkv_attention_rule rules[2] = {
         {.n_heads = sh.n_heads, .n_kv_heads = sh.n_kv_heads, .head_dim = sh.head_dim, .read_slot = 1},
-        {.n_heads = sh.n_heads, .n_kv_heads = sh.n_kv_heads, .head_dim = sh.head_dim, .mask_diagonal = 1, .read_slot = 1}};
+        {.n_heads = sh.n_heads, .n_kv_heads = sh.n_kv_heads, .head_dim = sh.head_dim, .mask_diagonal = 1,
+         .read_slot = 1}};
     const xlkv_cuda_decode_rope_kv writes[2] = {
         {.cos_table = d_cos, .sin_table = d_sin, .write_slot = 1, .k_col = q_width, .v_col = q_width + kv_dim},
         {.cos_table = d_cos, .sin_table = d_sin, .write_slot = 0, .k_col = q_width, .v_col = q_width + kv_dim}};

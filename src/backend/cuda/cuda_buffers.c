@@ -27,7 +27,8 @@ xlkv_cuda_step_layout xlkv_cuda_step_layout_for(int rows, int sample_rows) {
 
 /* Offsets of every buffer in the arena; `bytes` is the arena size. */
 typedef struct arena_layout {
-    size_t x, x_group_in, xb, qkv, att, proj, gate_up, hb, logits, attn_workspace, attn_counters, sample_workspace, rope_cos, rope_sin, inputs,
+    size_t x, x_group_in, xb, qkv, att, proj, gate_up, hb, logits, attn_workspace, attn_counters, sample_workspace,
+        rope_cos, rope_sin, inputs,
         sampled, score_targets, score_log_probs, score_is_argmax, bytes;
     size_t inputs_bytes;
 } arena_layout;

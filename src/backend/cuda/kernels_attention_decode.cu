@@ -702,7 +702,8 @@ __global__ void __launch_bounds__(DECODE_THREADS) decode_fused_kernel(decode_par
             __nv_bfloat16 *v_dst = f.pool + pool_row_offset(p.view, seq, t, f.write_slot, 1) + (size_t)kv_head * D;
             const __nv_bfloat16 *k_src = row + f.k_col + (size_t)kv_head * D;
             const __nv_bfloat16 *v_src = row + f.v_col + (size_t)kv_head * D;
-            for (int i = tid; i < HALF; i += DECODE_THREADS) rope_pair<__nv_bfloat16>(k_src + 2 * i, cos_t[i], sin_t[i], k_dst + 2 * i);
+            for (int i = tid; i < HALF; i += DECODE_THREADS)
+                rope_pair<__nv_bfloat16>(k_src + 2 * i, cos_t[i], sin_t[i], k_dst + 2 * i);
             for (int d = tid; d < D; d += DECODE_THREADS) v_dst[d] = v_src[d];
             __threadfence(); /* the new row is in L2 before the barrier below: the cp.async loads read from there */
         }
@@ -750,7 +751,8 @@ bool fused_shape_ok(int batch, const xlkv_attention_rule *rule, const xlkv_paged
     return batch >= 1 && batch <= XLKV_CUDA_DECODE_FUSED_MAX_ROWS && rule && kv && rule->n_heads > 0 &&
            rule->n_kv_heads > 0 && rule->n_heads % rule->n_kv_heads == 0 &&
            rule->n_heads / rule->n_kv_heads <= MMA_MAX_GROUP && (rule->head_dim == 64 || rule->head_dim == 128) &&
-           kv->kv_dim == rule->n_kv_heads * rule->head_dim && vector_ok<__nv_bfloat16>(kv->pool, kv->kv_dim, kv->kv_dim);
+           kv->kv_dim == rule->n_kv_heads * rule->head_dim &&
+           vector_ok<__nv_bfloat16>(kv->pool, kv->kv_dim, kv->kv_dim);
 }
 
 } // namespace
@@ -772,11 +774,12 @@ int xlkv_cuda_attention_decode_fused(void *out, const void *qkv, int qkv_stride,
                                      float *workspace, unsigned *counters, xlkv_dtype dt, void *stream) {
     if (batch <= 0) return 0;
     if (dt != XLKV_DTYPE_BF16 || !fused_shape_ok(batch, rule, kv)) return (int)cudaErrorNotSupported;
-    if (!out || !qkv || !rope_kv || !counters || !rope_kv->cos_table || !rope_kv->sin_table ||
-        qkv_stride < rule->n_heads * rule->head_dim || rope_kv->write_slot < -1 || rope_kv->write_slot >= kv->n_slots ||
-        (rope_kv->write_slot >= 0 && (rope_kv->k_col < 0 || rope_kv->v_col < 0 || rope_kv->k_col + kv->kv_dim > qkv_stride ||
-                                      rope_kv->v_col + kv->kv_dim > qkv_stride)))
+    if (!out || !qkv || !row_seq || !row_pos || !rope_kv || !counters || !rope_kv->cos_table || !rope_kv->sin_table ||
+        qkv_stride < rule->n_heads * rule->head_dim || rope_kv->write_slot < -1 || rope_kv->write_slot >= kv->n_slots)
         return (int)cudaErrorInvalidValue;
+    const bool kv_columns_ok = rope_kv->k_col >= 0 && rope_kv->v_col >= 0 &&
+                               rope_kv->k_col + kv->kv_dim <= qkv_stride && rope_kv->v_col + kv->kv_dim <= qkv_stride;
+    if (rope_kv->write_slot >= 0 && !kv_columns_ok) return (int)cudaErrorInvalidValue;
     decode_params<__nv_bfloat16> p;
     const int bad = make_decode_params<__nv_bfloat16>(&p, qkv, qkv_stride, batch, row_seq, row_pos, max_positions, kv,
                                                       rule, workspace);
