@@ -31,7 +31,8 @@
  * Fused decode (xlkv_cuda_attention_decode_fused: bf16, the tensor-core shapes, batch <= 8; what the engine runs for
  * few decode rows): rope_kv_write, pass 1 and pass 2 in ONE launch over the same grid as the tensor-core pass 1, since
  * each kernel of a graph costs ~3-5 us of ramp and tail beside ~0.5 MB of KV at batch 1. A CTA (row, KV head, split)
- *   1. rotates its G query heads into shared memory (rope_pair, the formula of rope_kv_write: same bits; q in the qkv
+ *   1. rotates its G query heads into shared memory when its split has a visible key (rope_pair, the formula of
+ *      rope_kv_write: same bits; q in the qkv
  *      buffer stays unrotated, nothing after the attention reads it) and, when its split owns the row's position t
  *      (t / split_size, clamped to the last split), rotates and writes its KV head's K and V at t to the layer's own
  *      slot (write_slot; -1 for a layer without KV). The __syncthreads after it orders those global stores before the
@@ -692,10 +693,13 @@ __global__ void __launch_bounds__(DECODE_THREADS) decode_fused_kernel(decode_par
         const float *cos_t = f.cos_table + (size_t)t * HALF, *sin_t = f.sin_table + (size_t)t * HALF;
         const __nv_bfloat16 *row = f.qkv + (size_t)b * f.qkv_stride;
         const __nv_bfloat16 *q_src = row + (size_t)kv_head * G * D;
-        for (int idx = tid; idx < G * HALF; idx += DECODE_THREADS) {
-            const int j = idx / HALF, i = idx % HALF;
-            rope_pair<__nv_bfloat16>(q_src + j * D + 2 * i, cos_t[i], sin_t[i], s_q + j * D + 2 * i);
-        }
+        int lo, hi; /* a split with no visible key needs no query (pass 1 only writes "nothing" for it) */
+        split_range(seq, t, p.window, p.mask_diagonal, split, p.n_splits, p.split_size, &lo, &hi);
+        if (lo <= hi)
+            for (int idx = tid; idx < G * HALF; idx += DECODE_THREADS) {
+                const int j = idx / HALF, i = idx % HALF;
+                rope_pair<__nv_bfloat16>(q_src + j * D + 2 * i, cos_t[i], sin_t[i], s_q + j * D + 2 * i);
+            }
         const int owner = min(t / p.split_size, p.n_splits - 1);
         if (f.write_slot >= 0 && split == owner) {
             __nv_bfloat16 *k_dst = f.pool + pool_row_offset(p.view, seq, t, f.write_slot, 0) + (size_t)kv_head * D;
