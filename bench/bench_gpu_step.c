@@ -1,17 +1,19 @@
 /* bench/bench_gpu_step: where a batched decode step's time goes, kernel by kernel, at the tinyllama shape (bf16).
- * Times, with CUDA events (median of 20 after warm-up), each launch a decode step of B rows makes per layer (the
- * cuBLAS products at their fused shapes, the elementwise kernels, kv_write and the split-K decode attention over L
- * visible positions through a paged pool), and reports achieved bandwidth / FLOP rate against the device's.
- * For B <= XLKV_CUDA_GEMV_MAX_ROWS it also times the fused few-row path the engine takes (cuda_executor.c): the four
- * products with their fused input / epilogue, rope_kv_write, the fused logits product and the chunked sampler, each
- * alone, and then a whole decode step (22 layers with their own weights, attention included, logits, sampling)
- * captured in one CUDA graph and replayed: its time is the engine's step without host work, so B x 1e6 / us is the
- * decode tokens/s the kernels allow (bench_gpu's decode_b1 measures the engine itself). The fused pieces alone cycle
- * through the 22 layers' weights (cold in L2, as in the step). Both few-row kernels are timed in one run: the
+ * Times, with CUDA events (median of 20 after warm-up), each launch a decode step of B rows makes per layer (the cuBLAS
+ * products at their fused shapes, the elementwise kernels, kv_write and the split-K decode attention over L visible
+ * positions through a paged pool), and reports achieved bandwidth / FLOP rate against the device's. For B <=
+ * XLKV_CUDA_GEMV_MAX_ROWS it also times the fused few-row path the engine takes (cuda_executor.c): the four products
+ * with their fused input / epilogue, rope_kv_write, rope_kv_write + the decode attention (three launches) against the
+ * one fused launch that replaces them (xlkv_cuda_attention_decode_fused), the fused logits product and the chunked
+ * sampler, each alone, and then a whole decode step (22 layers with their own weights, attention included, logits,
+ * sampling) captured in one CUDA graph and replayed: its time is the engine's step without host work, so B x 1e6 / us
+ * is the decode tokens/s the kernels allow (bench_gpu's decode_b1 measures the engine itself); the step is timed with
+ * the fused attention and again with the three launches (XLKV_DECODE_FUSED=0 in the engine). The fused pieces alone
+ * cycle through the 22 layers' weights (cold in L2, as in the step). Both few-row kernels are timed in one run: the
  * streaming one (default), the previous one (XLKV_GEMV=old) and the streaming one launched as programmatic dependents
  * (XLKV_GEMV=pdl), set by this program for its second and third tables. Each piece is timed twice: one launch between
- * two events (host launch latency included, as before) and per launch inside a graph of 22 launches.
- * Usage: bench_gpu_step [--batch B] [--context L]. Prints a table; not a test. Without CUDA it says so and exits 0. */
+ * two events (host launch latency included, as before) and per launch inside a graph of 22 launches. Usage:
+ * bench_gpu_step [--batch B] [--context L]. Prints a table; not a test. Without CUDA it says so and exits 0. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,6 +89,8 @@ typedef struct step_ctx {
     xlkv_paged_kv kv;
     int gemm_n, gemm_in, gemm_out;
     const void *gemm_w;
+    unsigned *attn_counters; /* the fused decode attention's per-(row, KV head) counters, zero between launches */
+    int unfused_attention;   /* the step graph runs rope_kv_write + the two-launch attention instead of the fused one */
 } step_ctx;
 
 static void run_gemm(void *p) {
@@ -156,6 +160,26 @@ static void run_rope_kv(void *p) {
                                      c->stream),
              "rope_kv_write");
 }
+/* RoPE, the K/V write and the decode attention in ONE launch (what the engine runs for these rows by default) */
+static void run_rope_attention_fused(void *p) {
+    step_ctx *c = p;
+    const xlkv_attention_rule rule = {HEADS, KV_HEADS, HEAD_DIM, 0, 0, 0};
+    const xlkv_cuda_decode_rope_kv rope_kv = {.cos_table = c->cos_t, .sin_table = c->sin_t, .write_slot = 0,
+                                              .k_col = HEADS * HEAD_DIM, .v_col = HEADS * HEAD_DIM + 256};
+    check_rc(xlkv_cuda_attention_decode_fused(c->y, c->big, 2560, c->batch, c->row_seq, c->row_pos, c->context + 16,
+                                              &c->kv, &rule, &rope_kv, c->workspace, c->attn_counters,
+                                              XLKV_DTYPE_BF16, c->stream),
+             "rope + attention fused");
+}
+/* the same work as before: rope_kv_write, then the split-K attention and its combine (three launches) */
+static void run_rope_attention_unfused(void *p) {
+    step_ctx *c = p;
+    run_rope_kv(c);
+    const xlkv_attention_rule rule = {HEADS, KV_HEADS, HEAD_DIM, 0, 0, 0};
+    check_rc(xlkv_cuda_attention_decode(c->y, c->big, 2560, c->batch, c->row_seq, c->row_pos, c->context + 16, &c->kv,
+                                        &rule, c->workspace, XLKV_DTYPE_BF16, c->stream),
+             "attention");
+}
 static void run_fused_o(void *p) {
     step_ctx *c = p;
     check_rc(xlkv_cuda_gemv_fused(c->x, 0, 1, c->y, NULL, layer_weight(c, 1), c->batch, DIM, DIM, XLKV_DTYPE_BF16,
@@ -204,8 +228,10 @@ static void run_fused_step(void *p) {
     for (int l = 0; l < LAYERS; l++) {
         c->layer = l;
         run_fused_qkv(c);
-        run_rope_kv(c);
-        run_attention(c);
+        if (c->unfused_attention)
+            run_rope_attention_unfused(c);
+        else
+            run_rope_attention_fused(c);
         run_fused_o(c);
         run_fused_gate_up(c);
         run_fused_down(c);
@@ -250,6 +276,8 @@ static void bench_fused_kernel(step_ctx *c, const char *kernel) {
     struct { const char *name; launch_fn fn; double weight_bytes; } pieces[] = {
         {"qkv product + rmsnorm in", run_fused_qkv, 2.0 * (double)QKV_W},
         {"rope_kv_write", run_rope_kv, 0},
+        {"rope_kv_write + attention", run_rope_attention_unfused, 0},
+        {"rope + attention fused", run_rope_attention_fused, 0},
         {"o product + residual", run_fused_o, 2.0 * (double)O_W},
         {"gate_up product + rmsnorm in", run_fused_gate_up, 2.0 * (double)GU_W},
         {"down product + swiglu, resid", run_fused_down, 2.0 * (double)DOWN_W},
@@ -267,7 +295,8 @@ static void bench_fused_kernel(step_ctx *c, const char *kernel) {
                    graph_us, pieces[i].weight_bytes / graph_us / 1e3);
         else
             printf("%-28s %10.1f %12s %14.1f\n", pieces[i].name, ms * 1e3, "", graph_us);
-        if (i == 0 || i == 2 || i == 3 || i == 4) {
+        if (pieces[i].fn == run_fused_qkv || pieces[i].fn == run_fused_o || pieces[i].fn == run_fused_gate_up ||
+            pieces[i].fn == run_fused_down) {
             products_us += ms * 1e3;
             products_graph_us += graph_us;
         }
@@ -278,22 +307,27 @@ static void bench_fused_kernel(step_ctx *c, const char *kernel) {
            products_us, 2.0 * (double)per_layer / products_us / 1e3, 2.0 * (double)per_layer / 1e6, products_graph_us,
            2.0 * (double)per_layer / products_graph_us / 1e3);
 
-    /* the whole step in one graph */
-    run_fused_step(c); /* direct run first: sets kernel attributes outside the capture */
-    check(cudaStreamSynchronize(c->stream), "sync");
-    cudaGraph_t graph;
-    check(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal), "capture");
-    run_fused_step(c);
-    check(cudaStreamEndCapture(c->stream, &graph), "capture");
-    check(cudaGraphInstantiate(&step_graph, graph, 0), "instantiate");
-    const double ms = time_ms(run_step_graph, c, c->stream);
-    const double weights = (double)LAYERS * 2.0 * (double)per_layer + 2.0 * (double)VOCAB * DIM;
-    const double kv = (double)LAYERS * c->batch * c->context * 2 * 256 * 2;
-    printf("decode step in one CUDA graph: %.1f us -> %.0f tokens/s at batch %d; %.0f GB/s of weights + KV "
-           "(%.2f GB per step)\n",
-           ms * 1e3, c->batch * 1e3 / ms, c->batch, (weights + kv) / ms / 1e6, (weights + kv) / 1e9);
-    cudaGraphExecDestroy(step_graph);
-    cudaGraphDestroy(graph);
+    /* the whole step in one graph: rope + attention fused (the default), then the three launches it replaces */
+    for (int unfused = 0; unfused <= 1; unfused++) {
+        c->unfused_attention = unfused;
+        run_fused_step(c); /* direct run first: sets kernel attributes outside the capture */
+        check(cudaStreamSynchronize(c->stream), "sync");
+        cudaGraph_t graph;
+        check(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal), "capture");
+        run_fused_step(c);
+        check(cudaStreamEndCapture(c->stream, &graph), "capture");
+        check(cudaGraphInstantiate(&step_graph, graph, 0), "instantiate");
+        const double ms = time_ms(run_step_graph, c, c->stream);
+        const double weights = (double)LAYERS * 2.0 * (double)per_layer + 2.0 * (double)VOCAB * DIM;
+        const double kv = (double)LAYERS * c->batch * c->context * 2 * 256 * 2;
+        printf("decode step in one CUDA graph (%s): %.1f us -> %.0f tokens/s at batch %d; %.0f GB/s of weights + "
+               "KV (%.2f GB per step)\n",
+               unfused ? "rope_kv_write + 2-launch attention, XLKV_DECODE_FUSED=0" : "rope + attention fused",
+               ms * 1e3, c->batch * 1e3 / ms, c->batch, (weights + kv) / ms / 1e6, (weights + kv) / 1e9);
+        cudaGraphExecDestroy(step_graph);
+        cudaGraphDestroy(graph);
+    }
+    c->unfused_attention = 0;
 }
 
 static void bench_fused(step_ctx *c) {
@@ -312,6 +346,12 @@ static void bench_fused(step_ctx *c) {
     check(cudaMalloc((void **)&c->history, sizeof(int) * XLKV_CUDA_GEMV_MAX_ROWS * XLKV_CUDA_PENALTY_WINDOW), "history");
     check(cudaMalloc((void **)&c->history_len, sizeof(int) * XLKV_CUDA_GEMV_MAX_ROWS), "history");
     check(cudaMemset(c->history_len, 0, sizeof(int) * XLKV_CUDA_GEMV_MAX_ROWS), "history");
+    check(cudaMalloc((void **)&c->attn_counters,
+                     xlkv_cuda_attention_decode_fused_counters(c->batch, KV_HEADS) * sizeof(unsigned)),
+          "counters");
+    check(cudaMemset(c->attn_counters, 0,
+                     xlkv_cuda_attention_decode_fused_counters(c->batch, KV_HEADS) * sizeof(unsigned)),
+          "counters");
     c->layer = 0;
     /* the streaming kernel (default), the previous one (XLKV_GEMV=old), the streaming one with programmatic
      * dependent launches (XLKV_GEMV=pdl), in the same run */

@@ -52,6 +52,9 @@ typedef struct xlkv_engine_params {
                                   and the chunked sampler (A/B timing and the fused-vs-unfused test); default false */
     bool cuda_no_varlen;       /* CUDA: prefill the plan-mode prompts of a step one by one instead of together in one
                                   pass (A/B timing and tests; also the environment XLKV_CUDA_VARLEN=0); default false */
+    bool cuda_unfused_decode_attention; /* CUDA: decode rows keep rope_kv_write + the two-launch decode attention
+                                  instead of the one fused launch (A/B timing; also the environment
+                                  XLKV_DECODE_FUSED=0; cuda_unfused implies it); default false */
 } xlkv_engine_params;
 
 /* device "cpu", dtype AUTO, max_batch 1, n_ctx 0, block_size 16, pools 0, iterations 0, prefill AUTO, threads 0,

@@ -11,6 +11,7 @@
  *   (f) CUDA graphs on and off give identical tokens (also with padded batch buckets);
  *   (g) errors: capacity, memory budgets, bad tokens, and the KV pool holding more sequences under a sharing map;
  *   (h) bf16 passes of few rows: the fused products and chunked sampler give the bits of the separate kernels;
+ *   (h2) the fused decode attention (RoPE + K/V write + attention, one launch) gives the bits of the three launches;
  *   (i) short prompts of the sequential mode prefilled together equal each prefilled alone;
  *   (j) varlen prefill (plan-mode prompts of a step in one pass) equals one prompt per pass, on several maps. */
 #include <cjson/cJSON.h>
@@ -793,6 +794,64 @@ static void fused_equals_unfused_bf16(void **state) {
     }
 }
 
+/* ---- (h2) the fused decode attention equals rope_kv_write + the two attention launches ----------------------- */
+
+/* bf16 decode rows (n <= 8) run RoPE, the K/V write and the attention as ONE launch unless
+ * params.cuda_unfused_decode_attention (XLKV_DECODE_FUSED=0) keeps the three. Both compute the same bits: the logits
+ * of a 48-token prompt fed in sequential mode (every token a decode row; past the sliding window of 40) must be
+ * identical, and the generated streams (6 together, each alone: greedy, penalized, sampled rows) the same, on maps
+ * with and without sharing, a cyclic map and sliding windows, at head_dim 64 and 128 (G = 2). */
+static void fused_decode_attention_equals_three_launches(void **state) {
+    (void)state;
+    const char *const maps[] = {"standard", "cla:2", "lckv:1", "0s_1_2s_3"};
+    const int head_dims[] = {64, 128};
+    for (size_t h = 0; h < sizeof head_dims / sizeof head_dims[0]; h++)
+        for (size_t m = 0; m < sizeof maps / sizeof maps[0]; m++) {
+            xlkv_hparams hp = medium_hparams(head_dims[h]);
+            enum { N_TOTAL = 48 };
+            int tokens[N_TOTAL];
+            fill_tokens(tokens, N_TOTAL, hp.vocab_size, 41);
+            const int chunks[] = {N_TOTAL};
+            xlkv_model *model = random_model(maps[m], &hp, 17 + m);
+            xlkv_engine_params p = engine_params(XLKV_ENGINE_BF16, 8);
+            p.prefill_mode = XLKV_PREFILL_SEQUENTIAL;
+            float *fused = gpu_logits(model, &p, tokens, chunks, 1);
+            p.cuda_unfused_decode_attention = true;
+            float *three = gpu_logits(model, &p, tokens, chunks, 1);
+            const size_t n = (size_t)N_TOTAL * (size_t)hp.vocab_size;
+            size_t differ = 0;
+            for (size_t i = 0; i < n; i++) differ += memcmp(&fused[i], &three[i], sizeof(float)) != 0;
+            char what[112];
+            snprintf(what, sizeof what, "(h2) bf16 logits fused attention vs 3 launches, %s, head_dim %d", maps[m],
+                     head_dims[h]);
+            printf("check %-58s %zu of %zu differ, max |diff| %.3g\n", what, differ, n,
+                   tu_max_abs_diff(fused, three, n));
+            if (differ) fail_msg("%s: %zu logits differ", what, differ);
+            free(fused);
+            free(three);
+
+            enum { N_SPECS = 6 };
+            stream_spec specs[N_SPECS];
+            specs_for(specs, N_SPECS, hp.vocab_size, 20);
+            token_stream streams[2][N_SPECS], alone[2][N_SPECS];
+            for (int u = 0; u < 2; u++) {
+                xlkv_engine_params q = engine_params(XLKV_ENGINE_BF16, 8);
+                q.cuda_unfused_decode_attention = u == 1;
+                void *engine = engine_create(model, &q);
+                generate_together(engine, specs, N_SPECS, streams[u]);
+                generate_alone(engine, specs, N_SPECS, alone[u]);
+                cuda()->destroy(engine);
+            }
+            snprintf(what, sizeof what, "(h2) 6 together, fused attention vs 3 launches, %s, hd %d", maps[m],
+                     head_dims[h]);
+            assert_same_streams(streams[1], streams[0], N_SPECS, what);
+            snprintf(what, sizeof what, "(h2) each alone, fused attention vs 3 launches, %s, hd %d", maps[m],
+                     head_dims[h]);
+            assert_same_streams(alone[1], alone[0], N_SPECS, what);
+            xlkv_model_free(model);
+        }
+}
+
 /* ---- (i) short prompts of the sequential mode are prefilled together ------------------------------------------- */
 
 /* Under a cyclic map, prompts of <= iterations tokens run token by token; the engine prefills all pending ones of a
@@ -1015,6 +1074,7 @@ int main(void) {
         cmocka_unit_test(paged_equals_contiguous),
         cmocka_unit_test(graphs_on_equals_off),
         cmocka_unit_test(fused_equals_unfused_bf16),
+        cmocka_unit_test(fused_decode_attention_equals_three_launches),
         cmocka_unit_test(sequential_prefill_together_equals_alone),
         cmocka_unit_test(varlen_prefill_equals_one_by_one),
         cmocka_unit_test(errors_are_clear),

@@ -1354,6 +1354,354 @@ static void sample_split_matches_sample(void **state) {
     }
 }
 
+/* ---------------------------------------------------------------- fused decode attention */
+
+/* One fused-decode case: a batch of rows over a bf16 paged pool with two slots, random q | k | v rows. */
+typedef struct fused_case {
+    attention_shape sh;
+    int batch, max_positions, window, mask_diagonal, block_size;
+    int write_slot, read_slot; /* write_slot -1: a layer without KV */
+} fused_case;
+
+static const char *fused_slots_name(const fused_case *c) {
+    return c->write_slot < 0 ? "no-kv" : c->write_slot == c->read_slot ? "own-kv" : "other-kv";
+}
+
+/* Row positions: contexts crossing the 64-key tiles and the split boundaries (context t + 1 = 1, 63, 64, 65, 512,
+ * 1000 and their neighbours), rotated by `salt`; row 1 is a padding row without a sequence (batch >= 3), row 2 one
+ * without a position (batch >= 5). Each row its own sequence. */
+static void fused_rows(int batch, int max_positions, int salt, int *row_seq, int *row_pos) {
+    static const int positions[] = {999, 0, 62, 63, 64, 511, 1000, 1, 65, 512, 127, 128};
+    const int n = (int)(sizeof positions / sizeof positions[0]);
+    for (int b = 0; b < batch; b++) {
+        row_seq[b] = b;
+        int t = positions[(b + salt) % n];
+        row_pos[b] = t < max_positions ? t : max_positions - 1;
+    }
+    if (batch >= 3) row_seq[1] = -1;
+    if (batch >= 5) row_pos[2] = -1;
+}
+
+/* Runs one case both ways and checks (a) the pool the fused kernel leaves is bit-identical to rope_kv_write's and
+ * within bf16 rounding of the host's RoPE, (b) the output against the unfused path (rope_kv_write, then
+ * attention_decode: expected the same bits, checked within TOL_BF16) and against the CPU attention on the host's
+ * pool, (c) rows that see nothing (padding, masked diagonal at 0, window 1 + diagonal) exactly zero, (d) qkv not
+ * modified, (e) the counters back at zero. Returns the number of failed checks (printed as FAIL lines). */
+static int run_fused_case(const fused_case *c, int salt) {
+    const xlkv_backend_ops *ops = xlkv_backend_cpu();
+    const xlkv_dtype dt = XLKV_DTYPE_BF16;
+    const attention_shape sh = c->sh;
+    const int batch = c->batch, head_dim = sh.head_dim, half = head_dim / 2;
+    const int kv_dim = sh.n_kv_heads * head_dim, q_width = sh.n_heads * head_dim;
+    const int qkv_stride = q_width + 2 * kv_dim;
+    int failures = 0;
+
+    int row_seq[XLKV_CUDA_DECODE_FUSED_MAX_ROWS], row_pos[XLKV_CUDA_DECODE_FUSED_MAX_ROWS];
+    fused_rows(batch, c->max_positions, salt, row_seq, row_pos);
+    host_pool hp = make_host_pool(2, c->block_size, kv_dim, batch, c->max_positions, dt);
+    device_pool fused_pool = upload_pool(&hp, dt), plain_pool = upload_pool(&hp, dt);
+    float *cos_t, *sin_t;
+    rope_tables(c->max_positions, head_dim, &cos_t, &sin_t);
+    float *d_cos = to_device(cos_t, (size_t)c->max_positions * half, XLKV_DTYPE_F32);
+    float *d_sin = to_device(sin_t, (size_t)c->max_positions * half, XLKV_DTYPE_F32);
+    float *qkv = random_host((size_t)batch * qkv_stride, dt);
+    void *d_qkv_fused = to_device(qkv, (size_t)batch * qkv_stride, dt);
+    void *d_qkv_plain = to_device(qkv, (size_t)batch * qkv_stride, dt);
+    int *d_seq = ints_to_device(row_seq, (size_t)batch), *d_pos = ints_to_device(row_pos, (size_t)batch);
+    const size_t ws_floats = xlkv_cuda_attention_decode_workspace(batch, sh.n_heads, head_dim, c->max_positions);
+    const size_t n_counters = xlkv_cuda_attention_decode_fused_counters(batch, sh.n_kv_heads);
+    float *d_ws_fused = device_poisoned(ws_floats, XLKV_DTYPE_F32);
+    float *d_ws_plain = device_poisoned(ws_floats, XLKV_DTYPE_F32);
+    unsigned *d_counters = device_alloc(n_counters * sizeof(unsigned));
+    CK(cudaMemset(d_counters, 0, n_counters * sizeof(unsigned)));
+    void *d_out_fused = device_poisoned((size_t)batch * q_width, dt);
+    void *d_out_plain = device_poisoned((size_t)batch * q_width, dt);
+    const xlkv_attention_rule rule = {.n_heads = sh.n_heads, .n_kv_heads = sh.n_kv_heads, .head_dim = head_dim,
+                                      .window = c->window, .mask_diagonal = c->mask_diagonal,
+                                      .read_slot = c->read_slot};
+    const xlkv_cuda_decode_rope_kv rope_kv = {.cos_table = d_cos, .sin_table = d_sin, .write_slot = c->write_slot,
+                                              .k_col = q_width, .v_col = q_width + kv_dim};
+    assert_true(xlkv_cuda_attention_decode_fused_supported(batch, &rule, &fused_pool.kv, dt));
+
+    CK_LAUNCH(xlkv_cuda_attention_decode_fused(d_out_fused, d_qkv_fused, qkv_stride, batch, d_seq, d_pos,
+                                               c->max_positions, &fused_pool.kv, &rule, &rope_kv, d_ws_fused,
+                                               d_counters, dt, NULL));
+    CK_LAUNCH(xlkv_cuda_rope_kv_write(d_qkv_plain, qkv_stride, batch, sh.n_heads, head_dim, d_seq, d_pos, d_cos, d_sin,
+                                      c->write_slot >= 0 ? &plain_pool.kv : NULL,
+                                      c->write_slot >= 0 ? c->write_slot : 0,
+                                      q_width, q_width + kv_dim, dt, NULL));
+    CK_LAUNCH(xlkv_cuda_attention_decode(d_out_plain, d_qkv_plain, qkv_stride, batch, d_seq, d_pos, c->max_positions,
+                                         &plain_pool.kv, &rule, d_ws_plain, dt, NULL));
+
+    char shape[160];
+    snprintf(shape, sizeof shape, "b=%d h=%d kvh=%d hd=%d win=%d diag=%d bs=%d %s ctx<=%d", batch, sh.n_heads,
+             sh.n_kv_heads, head_dim, c->window, c->mask_diagonal, c->block_size, fused_slots_name(c),
+             c->max_positions);
+
+    /* the host's expected pool and rotated queries (CPU RoPE, rounded to bf16 where the GPU stores) */
+    float *q_rot = malloc((size_t)batch * q_width * sizeof *q_rot);
+    assert_non_null(q_rot);
+    for (int b = 0; b < batch; b++) {
+        memcpy(q_rot + (size_t)b * q_width, qkv + (size_t)b * qkv_stride, (size_t)q_width * sizeof *q_rot);
+        if (row_pos[b] < 0 || row_seq[b] < 0) continue;
+        ops->rope(q_rot + (size_t)b * q_width, 1, sh.n_heads, head_dim, row_pos[b], cos_t, sin_t);
+        round_all(q_rot + (size_t)b * q_width, (size_t)q_width, dt);
+        if (c->write_slot < 0) continue;
+        float *k_dst = host_pool_row(&hp, row_seq[b], row_pos[b], c->write_slot, 0);
+        float *v_dst = host_pool_row(&hp, row_seq[b], row_pos[b], c->write_slot, 1);
+        memcpy(k_dst, qkv + (size_t)b * qkv_stride + q_width, (size_t)kv_dim * sizeof *k_dst);
+        ops->rope(k_dst, 1, sh.n_kv_heads, head_dim, row_pos[b], cos_t, sin_t);
+        round_all(k_dst, (size_t)kv_dim, dt);
+        memcpy(v_dst, qkv + (size_t)b * qkv_stride + q_width + kv_dim, (size_t)kv_dim * sizeof *v_dst);
+    }
+
+    /* (a) pools */
+    const size_t pool_n = host_pool_elems(&hp);
+    float *pool_fused = from_device(fused_pool.pool, pool_n, dt);
+    float *pool_plain = from_device(plain_pool.pool, pool_n, dt);
+    size_t pool_differ = 0;
+    for (size_t i = 0; i < pool_n; i++) pool_differ += memcmp(&pool_fused[i], &pool_plain[i], sizeof(float)) != 0;
+    printf("check fused pool vs rope_kv_write %-66s %zu of %zu elements differ (tol 0)\n", shape, pool_differ, pool_n);
+    if (pool_differ) {
+        printf("[FAIL] fused pool %s\n", shape);
+        failures++;
+    }
+    failures += !check_close("fused pool vs host", dt, shape, pool_fused, hp.data, pool_n, TOL_BF16, NULL);
+
+    /* (b) outputs: against the unfused path and the CPU */
+    float *got = from_device(d_out_fused, (size_t)batch * q_width, dt);
+    float *plain = from_device(d_out_plain, (size_t)batch * q_width, dt);
+    size_t out_differ = 0;
+    for (size_t i = 0; i < (size_t)batch * q_width; i++) out_differ += memcmp(&got[i], &plain[i], sizeof(float)) != 0;
+    printf("check fused out vs unfused %-73s max err %.3e (tol %.1e), %zu elements not bit-identical\n", shape,
+           tu_max_abs_diff(got, plain, (size_t)batch * q_width), TOL_BF16, out_differ);
+    failures += !check_close("fused vs unfused", dt, shape, got, plain, (size_t)batch * q_width, TOL_BF16, NULL);
+    float *ref = calloc((size_t)batch * q_width, sizeof *ref); /* rows that see nothing: zeros */
+    assert_non_null(ref);
+    for (int b = 0; b < batch; b++) {
+        if (row_seq[b] < 0 || row_pos[b] < 0) continue;
+        const int t = row_pos[b];
+        float *k = host_pool_gather(&hp, row_seq[b], c->read_slot, 0, t + 1);
+        float *v = host_pool_gather(&hp, row_seq[b], c->read_slot, 1, t + 1);
+        const xlkv_attention_args args = {.n_heads = sh.n_heads, .n_kv_heads = sh.n_kv_heads, .head_dim = head_dim,
+                                          .window = c->window, .mask_diagonal = c->mask_diagonal != 0, .k = k, .v = v};
+        ops->attention(ref + (size_t)b * q_width, q_rot + (size_t)b * q_width, 1, t, &args);
+        free(k);
+        free(v);
+    }
+    size_t worst = 0;
+    if (!check_close("fused vs cpu", dt, shape, got, ref, (size_t)batch * q_width, TOL_BF16, &worst)) {
+        const int wb = (int)(worst / (size_t)q_width);
+        printf("       worst row %d: seq %d position %d, head %d, dim %d\n", wb, row_seq[wb], row_pos[wb],
+               (int)(worst % (size_t)q_width) / head_dim, (int)(worst % (size_t)q_width) % head_dim);
+        failures++;
+    }
+
+    /* (c) rows that see nothing: exactly zero */
+    for (int b = 0; b < batch; b++) {
+        const int t = row_pos[b];
+        const int empty = row_seq[b] < 0 || t < 0 || (c->mask_diagonal && (t == 0 || c->window == 1));
+        for (int i = 0; empty && i < q_width; i++)
+            if (got[(size_t)b * q_width + i] != 0.0f) {
+                printf("[FAIL] fused %s: row %d sees nothing but element %d is %g\n", shape, b, i,
+                       (double)got[(size_t)b * q_width + i]);
+                failures++;
+                break;
+            }
+    }
+
+    /* (d) qkv untouched, (e) counters re-armed */
+    float *qkv_after = from_device(d_qkv_fused, (size_t)batch * qkv_stride, dt);
+    if (memcmp(qkv_after, qkv, (size_t)batch * qkv_stride * sizeof(float)) != 0) {
+        printf("[FAIL] fused %s: the qkv rows were modified\n", shape);
+        failures++;
+    }
+    unsigned counters[XLKV_CUDA_DECODE_FUSED_MAX_ROWS * 64];
+    assert_true(n_counters <= sizeof counters / sizeof counters[0]);
+    CK(cudaMemcpy(counters, d_counters, n_counters * sizeof(unsigned), cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < n_counters; i++)
+        if (counters[i] != 0) {
+            printf("[FAIL] fused %s: counter %zu left at %u\n", shape, i, counters[i]);
+            failures++;
+            break;
+        }
+
+    free(qkv_after);
+    free(got);
+    free(plain);
+    free(ref);
+    free(q_rot);
+    free(pool_fused);
+    free(pool_plain);
+    free(qkv);
+    free(cos_t);
+    free(sin_t);
+    CK(cudaFree(d_cos));
+    CK(cudaFree(d_sin));
+    CK(cudaFree(d_qkv_fused));
+    CK(cudaFree(d_qkv_plain));
+    CK(cudaFree(d_seq));
+    CK(cudaFree(d_pos));
+    CK(cudaFree(d_ws_fused));
+    CK(cudaFree(d_ws_plain));
+    CK(cudaFree(d_counters));
+    CK(cudaFree(d_out_fused));
+    CK(cudaFree(d_out_plain));
+    free_device_pool(&fused_pool);
+    free_device_pool(&plain_pool);
+    free_host_pool(&hp);
+    return failures;
+}
+
+/* The fused decode launch (RoPE + K/V write + split-K attention + last-CTA combine) against rope_kv_write +
+ * attention_decode and the CPU: G = 1, 4, 8 at head_dim 64 and 128, batches 1..8, contexts crossing the tiles and
+ * splits, full / masked diagonal / windows (window 1: only the new key, or nothing with the diagonal masked), block
+ * sizes 16 and 1, a layer writing the slot it reads, one writing another slot, one writing nothing; padding rows. */
+static void attention_decode_fused_matches_unfused(void **state) {
+    (void)state;
+    const attention_shape shapes[] = {{32, 4, 64}, {16, 4, 64}, {4, 4, 128}, {16, 2, 128}, {4, 4, 64}};
+    /* window, masked diagonal, block size */
+    const int rules[][3] = {{0, 0, 16}, {0, 1, 16}, {100, 0, 1}, {100, 1, 16}, {1, 0, 16}, {1, 1, 16}};
+    const int slots[][2] = {{1, 1}, {0, 1}, {-1, 1}};                                                  /* write, read */
+    int cases = 0, failures = 0;
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (int batch = 1; batch <= XLKV_CUDA_DECODE_FUSED_MAX_ROWS; batch++)
+            for (size_t ri = 0; ri < sizeof rules / sizeof rules[0]; ri++)
+                for (size_t wi = 0; wi < sizeof slots / sizeof slots[0]; wi++) {
+                    /* every combination at batch 1, 3, 8; the others with the own-slot layer only */
+                    if (batch != 1 && batch != 3 && batch != 8 && wi != 0) continue;
+                    const fused_case c = {.sh = shapes[si], .batch = batch, .max_positions = 1024,
+                                          .window = rules[ri][0], .mask_diagonal = rules[ri][1],
+                                          .block_size = rules[ri][2], .write_slot = slots[wi][0],
+                                          .read_slot = slots[wi][1]};
+                    failures += run_fused_case(&c, (int)(si + ri + wi) + batch);
+                    cases++;
+                }
+    /* a short context (one or two splits) */
+    const fused_case short_ctx = {.sh = shapes[0], .batch = 4, .max_positions = 66, .window = 0, .mask_diagonal = 0,
+                                  .block_size = 16, .write_slot = 1, .read_slot = 1};
+    failures += run_fused_case(&short_ctx, 0);
+    cases++;
+    printf("attention_decode_fused: %d cases, %d failed checks\n", cases, failures);
+    if (failures)
+        fail_msg("attention_decode_fused: %d failed checks in %d cases (lines marked FAIL above)", failures, cases);
+
+    /* refused: f32, more than 8 rows, G > 8, head_dim 96; invalid: a write slot past the pool */
+    host_pool hp = make_host_pool(2, 16, 4 * 64, 1, 64, XLKV_DTYPE_BF16);
+    device_pool dp = upload_pool(&hp, XLKV_DTYPE_BF16);
+    xlkv_attention_rule rule = {.n_heads = 32, .n_kv_heads = 4, .head_dim = 64, .read_slot = 0};
+    assert_true(xlkv_cuda_attention_decode_fused_supported(8, &rule, &dp.kv, XLKV_DTYPE_BF16));
+    assert_false(xlkv_cuda_attention_decode_fused_supported(8, &rule, &dp.kv, XLKV_DTYPE_F32));
+    assert_false(xlkv_cuda_attention_decode_fused_supported(9, &rule, &dp.kv, XLKV_DTYPE_BF16));
+    rule.n_heads = 64;
+    assert_false(xlkv_cuda_attention_decode_fused_supported(1, &rule, &dp.kv, XLKV_DTYPE_BF16));
+    rule.n_heads = 32;
+    const xlkv_cuda_decode_rope_kv bad_slot = {.cos_table = (const float *)dp.pool, .sin_table = (const float *)dp.pool,
+                                               .write_slot = 2, .k_col = 2048, .v_col = 2048 + 256};
+    float *d_ws = device_alloc(64);
+    assert_int_equal(xlkv_cuda_attention_decode_fused(dp.pool, dp.pool, 2048 + 512, 1, dp.tables, dp.tables, 64, &dp.kv,
+                                                      &rule, &bad_slot, d_ws, (unsigned *)d_ws, XLKV_DTYPE_F32, NULL),
+                     (int)cudaErrorNotSupported);
+    assert_int_equal(xlkv_cuda_attention_decode_fused(dp.pool, dp.pool, 2048 + 512, 1, dp.tables, dp.tables, 64, &dp.kv,
+                                                      &rule, &bad_slot, d_ws, (unsigned *)d_ws, XLKV_DTYPE_BF16, NULL),
+                     (int)cudaErrorInvalidValue);
+    CK(cudaFree(d_ws));
+    free_device_pool(&dp);
+    free_host_pool(&hp);
+}
+
+/* Replay safety: two fused launches (two layers: one writing and reading slot 1, one reading slot 1 with the diagonal
+ * masked and writing slot 0) captured in one CUDA graph sharing one counter array, the graph launched twice; every
+ * replay must give the outputs of the eager launches bit for bit (the counters are re-armed by each launch's last
+ * CTA; a counter left nonzero would skip or repeat a combine), and the counters end at zero. */
+static void attention_decode_fused_graph_replays(void **state) {
+    (void)state;
+    const xlkv_dtype dt = XLKV_DTYPE_BF16;
+    const attention_shape sh = {32, 4, 64};
+    const int batch = 3, max_positions = 300, kv_dim = sh.n_kv_heads * sh.head_dim, q_width = sh.n_heads * sh.head_dim;
+    const int qkv_stride = q_width + 2 * kv_dim, half = sh.head_dim / 2;
+    const int row_seq[3] = {0, 1, 2}, row_pos[3] = {299, 64, 5};
+    host_pool hp = make_host_pool(2, 16, kv_dim, batch, max_positions, dt);
+    device_pool dp = upload_pool(&hp, dt);
+    float *cos_t, *sin_t;
+    rope_tables(max_positions, sh.head_dim, &cos_t, &sin_t);
+    float *d_cos = to_device(cos_t, (size_t)max_positions * half, XLKV_DTYPE_F32);
+    float *d_sin = to_device(sin_t, (size_t)max_positions * half, XLKV_DTYPE_F32);
+    float *qkv = random_host((size_t)batch * qkv_stride, dt);
+    void *d_qkv = to_device(qkv, (size_t)batch * qkv_stride, dt);
+    int *d_seq = ints_to_device(row_seq, batch), *d_pos = ints_to_device(row_pos, batch);
+    const size_t ws_floats = xlkv_cuda_attention_decode_workspace(batch, sh.n_heads, sh.head_dim, max_positions);
+    const size_t n_counters = xlkv_cuda_attention_decode_fused_counters(batch, sh.n_kv_heads);
+    float *d_ws = device_poisoned(ws_floats, XLKV_DTYPE_F32);
+    unsigned *d_counters = device_alloc(n_counters * sizeof(unsigned));
+    CK(cudaMemset(d_counters, 0, n_counters * sizeof(unsigned)));
+    void *d_out[2] = {device_poisoned((size_t)batch * q_width, dt), device_poisoned((size_t)batch * q_width, dt)};
+    const xlkv_attention_rule rules[2] = {
+        {.n_heads = sh.n_heads, .n_kv_heads = sh.n_kv_heads, .head_dim = sh.head_dim, .read_slot = 1},
+        {.n_heads = sh.n_heads, .n_kv_heads = sh.n_kv_heads, .head_dim = sh.head_dim, .mask_diagonal = 1,
+         .read_slot = 1}};
+    const xlkv_cuda_decode_rope_kv writes[2] = {
+        {.cos_table = d_cos, .sin_table = d_sin, .write_slot = 1, .k_col = q_width, .v_col = q_width + kv_dim},
+        {.cos_table = d_cos, .sin_table = d_sin, .write_slot = 0, .k_col = q_width, .v_col = q_width + kv_dim}};
+    cudaStream_t stream;
+    CK(cudaStreamCreate(&stream));
+    float *eager[2];
+    for (int l = 0; l < 2; l++) {
+        CK_LAUNCH(xlkv_cuda_attention_decode_fused(d_out[l], d_qkv, qkv_stride, batch, d_seq, d_pos, max_positions,
+                                                   &dp.kv, &rules[l], &writes[l], d_ws, d_counters, dt, stream));
+        eager[l] = from_device(d_out[l], (size_t)batch * q_width, dt);
+    }
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    for (int l = 0; l < 2; l++)
+        assert_int_equal(xlkv_cuda_attention_decode_fused(d_out[l], d_qkv, qkv_stride, batch, d_seq, d_pos,
+                                                          max_positions, &dp.kv, &rules[l], &writes[l], d_ws,
+                                                          d_counters, dt, stream),
+                         0);
+    CK(cudaStreamEndCapture(stream, &graph));
+    CK(cudaGraphInstantiate(&exec, graph, 0));
+    for (int replay = 0; replay < 2; replay++) {
+        for (int l = 0; l < 2; l++) CK(cudaMemset(d_out[l], 0xFF, (size_t)batch * q_width * dt_size(dt)));
+        CK(cudaGraphLaunch(exec, stream));
+        CK(cudaStreamSynchronize(stream));
+        for (int l = 0; l < 2; l++) {
+            float *got = from_device(d_out[l], (size_t)batch * q_width, dt);
+            char shape[96];
+            snprintf(shape, sizeof shape, "graph replay %d, launch %d of 2, b=%d h=32 kvh=4 hd=64", replay + 1, l + 1,
+                     batch);
+            printf("check fused %-60s max err vs eager %.3e (tol 0)\n", shape,
+                   tu_max_abs_diff(got, eager[l], (size_t)batch * q_width));
+            expect_same_bits("fused graph", dt, shape, got, eager[l], (size_t)batch * q_width, "the eager launch");
+            free(got);
+        }
+        unsigned counters[16];
+        assert_true(n_counters <= 16);
+        CK(cudaMemcpy(counters, d_counters, n_counters * sizeof(unsigned), cudaMemcpyDeviceToHost));
+        for (size_t i = 0; i < n_counters; i++)
+            if (counters[i] != 0) fail_msg("fused graph replay %d: counter %zu left at %u", replay + 1, i, counters[i]);
+    }
+    CK(cudaGraphExecDestroy(exec));
+    CK(cudaGraphDestroy(graph));
+    CK(cudaStreamDestroy(stream));
+    for (int l = 0; l < 2; l++) {
+        free(eager[l]);
+        CK(cudaFree(d_out[l]));
+    }
+    free(qkv);
+    free(cos_t);
+    free(sin_t);
+    CK(cudaFree(d_cos));
+    CK(cudaFree(d_sin));
+    CK(cudaFree(d_qkv));
+    CK(cudaFree(d_seq));
+    CK(cudaFree(d_pos));
+    CK(cudaFree(d_ws));
+    CK(cudaFree(d_counters));
+    free_device_pool(&dp);
+    free_host_pool(&hp);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(elementwise_kernels_match_cpu),
@@ -1370,6 +1718,8 @@ int main(void) {
         cmocka_unit_test(gemv_fused_matches_cpu_and_unfused),
         cmocka_unit_test(rope_kv_write_matches_unfused),
         cmocka_unit_test(sample_split_matches_sample),
+        cmocka_unit_test(attention_decode_fused_matches_unfused),
+        cmocka_unit_test(attention_decode_fused_graph_replays),
     };
     return cmocka_run_group_tests(tests, setup_device, NULL);
 }

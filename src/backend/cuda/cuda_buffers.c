@@ -27,7 +27,8 @@ xlkv_cuda_step_layout xlkv_cuda_step_layout_for(int rows, int sample_rows) {
 
 /* Offsets of every buffer in the arena; `bytes` is the arena size. */
 typedef struct arena_layout {
-    size_t x, x_group_in, xb, qkv, att, proj, gate_up, hb, logits, attn_workspace, sample_workspace, rope_cos, rope_sin, inputs,
+    size_t x, x_group_in, xb, qkv, att, proj, gate_up, hb, logits, attn_workspace, attn_counters, sample_workspace,
+        rope_cos, rope_sin, inputs,
         sampled, score_targets, score_log_probs, score_is_argmax, bytes;
     size_t inputs_bytes;
 } arena_layout;
@@ -57,6 +58,8 @@ static arena_layout layout_arena(const xlkv_hparams *hp, xlkv_dtype dt, const xl
     a.logits = take(&cursor, (size_t)s->logit_rows * (size_t)hp->vocab_size * sizeof(float));
     a.attn_workspace = take(&cursor, xlkv_cuda_attention_decode_workspace(s->decode_rows, hp->n_heads, hp->head_dim,
                                                                           s->n_ctx) * sizeof(float));
+    a.attn_counters = take(&cursor, xlkv_cuda_attention_decode_fused_counters(s->decode_rows, hp->n_kv_heads) *
+                                        sizeof(unsigned));
     a.sample_workspace = take(&cursor, xlkv_cuda_sample_split_workspace(s->decode_rows, hp->vocab_size));
     a.rope_cos = take(&cursor, rope);
     a.rope_sin = take(&cursor, rope);
@@ -124,6 +127,7 @@ static xlkv_status allocate(xlkv_cuda_buffers *b, const xlkv_hparams *hp, xlkv_d
     b->hb = base + a.hb;
     b->logits = (float *)(base + a.logits);
     b->attn_workspace = (float *)(base + a.attn_workspace);
+    b->attn_counters = (unsigned *)(base + a.attn_counters); /* zeroed with the arena below */
     b->sample_workspace = base + a.sample_workspace;
     b->rope_cos = (float *)(base + a.rope_cos);
     b->rope_sin = (float *)(base + a.rope_sin);

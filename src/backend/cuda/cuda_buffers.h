@@ -50,6 +50,8 @@ typedef struct xlkv_cuda_buffers {
     void *hb;              /* [rows, hidden] SwiGLU output */
     float *logits;         /* [logit_rows, vocab] fp32 */
     float *attn_workspace; /* [xlkv_cuda_attention_decode_workspace(decode_rows, ...)] */
+    unsigned *attn_counters; /* [xlkv_cuda_attention_decode_fused_counters(decode_rows, n_kv_heads)], zero between
+                                launches of the fused decode attention */
     void *sample_workspace; /* [xlkv_cuda_sample_split_workspace(decode_rows, vocab)] bytes */
     float *rope_cos;       /* [n_ctx, head_dim / 2] */
     float *rope_sin;       /* [n_ctx, head_dim / 2] */

@@ -59,6 +59,8 @@ static xlkv_status resolve_params(xlkv_cuda_engine *e, const xlkv_engine_params 
         return xlkv_fail(XLKV_E_UNSUPPORTED, "cuda engine: head_dim %d is odd (RoPE rotates pairs)", hp->head_dim);
     const char *varlen = getenv("XLKV_CUDA_VARLEN"); /* "0": one prompt per prefill pass, for A/B runs */
     if (varlen && strcmp(varlen, "0") == 0) p.cuda_no_varlen = true;
+    const char *fused_attention = getenv("XLKV_DECODE_FUSED"); /* "0": the three-launch decode attention (A/B) */
+    if (fused_attention && strcmp(fused_attention, "0") == 0) p.cuda_unfused_decode_attention = true;
     e->params = p;
     e->dt = p.dtype == XLKV_ENGINE_BF16 ? XLKV_DTYPE_BF16 : XLKV_DTYPE_F32;
     e->elem_bytes = xlkv_cuda_dtype_bytes(e->dt);

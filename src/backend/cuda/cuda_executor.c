@@ -19,7 +19,11 @@
  * FFN RMSNorm of x as its input -> down product with SwiGLU of gate|up as its input and the residual add as its
  * epilogue; the logits product takes the final RMSNorm as its input. Every fused step rounds where the unfused
  * sequence stores, so both give the same bits (tests/cuda/test_cuda_engine.c checks it). fp32 and larger n keep the
- * separate kernels and cuBLAS. RoPE on the queries and kv_write are one launch on every path. */
+ * separate kernels and cuBLAS. RoPE on the queries and kv_write are one launch on every path.
+ * Decode rows (n <= 8, bf16, the tensor-core attention shapes) go further: RoPE, the K/V write and the split-K
+ * attention with its combine are ONE launch (xlkv_cuda_attention_decode_fused, kernels_attention_decode.cu), five
+ * launches per layer; params.cuda_unfused or cuda_unfused_decode_attention (XLKV_DECODE_FUSED=0) keep rope_kv_write +
+ * the two-launch attention. Both give the same bits. */
 #include <string.h>
 
 #include "backend/cuda/cuda_check.h"
@@ -59,6 +63,37 @@ static bool layer_runs_fused(const xlkv_cuda_engine *e, int layer, int n) {
            xlkv_cuda_gemv_input_supported(n, hp->hidden_dim, b->gate_up, &swiglu, w->w_down, e->dt);
 }
 
+/* The attention of the layer after rope_kv_write (prefill: one launch per sequence, its rows see only its own keys). */
+static xlkv_status run_attention(xlkv_cuda_engine *e, const xlkv_attention_rule *rule, const xlkv_paged_kv *kv,
+                                 int qkv_stride, const pass_rows *rows) {
+    xlkv_cuda_buffers *b = &e->buf;
+    const int q_dim = e->model->hp.n_heads * e->model->hp.head_dim;
+    if (rows->decode) {
+        XLKV_CUDA_TRY(xlkv_cuda_attention_decode(b->att, b->qkv, qkv_stride, rows->n, rows->row_seq, rows->row_pos,
+                                                 e->n_ctx, kv, rule, b->attn_workspace, e->dt, e->stream),
+                      "decode attention");
+        return XLKV_OK;
+    }
+    for (int i = 0; i < rows->n_segments; i++) {
+        const xlkv_cuda_segment *seg = &rows->segments[i];
+        XLKV_CUDA_TRY(xlkv_cuda_attention_prefill(
+                          offset_bytes(b->att, (size_t)seg->row0 * (size_t)q_dim * e->elem_bytes),
+                          offset_bytes(b->qkv, (size_t)seg->row0 * (size_t)qkv_stride * e->elem_bytes), qkv_stride,
+                          seg->n, seg->pos0, seg->slot, kv, rule, e->dt, e->stream),
+                      "prefill attention");
+    }
+    return XLKV_OK;
+}
+
+/* True when decode rows run RoPE, the K/V write and the attention as one launch (xlkv_cuda_attention_decode_fused):
+ * bf16, the tensor-core shapes, n <= 8 rows, unless params.cuda_unfused or cuda_unfused_decode_attention
+ * (XLKV_DECODE_FUSED=0) keep the three launches. */
+static bool decode_attention_fused(const xlkv_cuda_engine *e, int n, const xlkv_attention_rule *rule,
+                                   const xlkv_paged_kv *kv) {
+    return !e->params.cuda_unfused && !e->params.cuda_unfused_decode_attention && n <= e->buf.shape.decode_rows &&
+           xlkv_cuda_attention_decode_fused_supported(n, rule, kv, e->dt);
+}
+
 static xlkv_status run_layer(xlkv_cuda_engine *e, int layer, const pass_rows *rows) {
     const xlkv_hparams *hp = &e->model->hp;
     const xlkv_layer_map *map = e->model->map;
@@ -83,10 +118,6 @@ static xlkv_status run_layer(xlkv_cuda_engine *e, int layer, const pass_rows *ro
         XLKV_TRY(xlkv_cuda_linear(&e->gemm, b->qkv, b->xb, w->w_qkv, n, dim, w->qkv_rows));
     }
     const bool kv_layer = xlkv_is_kv_layer(map, layer);
-    XLKV_CUDA_TRY(xlkv_cuda_rope_kv_write(b->qkv, qkv_stride, n, hp->n_heads, head_dim, rows->row_seq, rows->row_pos,
-                                          b->rope_cos, b->rope_sin, kv_layer ? &kv : NULL,
-                                          kv_layer ? map->kv_slot[layer] : 0, q_dim, q_dim + kv_dim, dt, stream),
-                  "RoPE on the queries and writing K/V to the pool");
     const xlkv_attention_rule rule = {
         .n_heads = hp->n_heads,
         .n_kv_heads = hp->n_kv_heads,
@@ -95,20 +126,22 @@ static xlkv_status run_layer(xlkv_cuda_engine *e, int layer, const pass_rows *ro
         .mask_diagonal = xlkv_is_cyclic(map, layer) || hp->force_nodiag,
         .read_slot = xlkv_read_slot(map, layer),
     };
-    if (rows->decode) {
-        XLKV_CUDA_TRY(xlkv_cuda_attention_decode(b->att, b->qkv, qkv_stride, n, rows->row_seq, rows->row_pos, e->n_ctx,
-                                                 &kv, &rule, b->attn_workspace, dt, stream),
-                      "decode attention");
+    if (rows->decode && decode_attention_fused(e, n, &rule, &kv)) {
+        const xlkv_cuda_decode_rope_kv rope_kv = {.cos_table = b->rope_cos,
+                                                  .sin_table = b->rope_sin,
+                                                  .write_slot = kv_layer ? map->kv_slot[layer] : -1,
+                                                  .k_col = q_dim,
+                                                  .v_col = q_dim + kv_dim};
+        XLKV_CUDA_TRY(xlkv_cuda_attention_decode_fused(b->att, b->qkv, qkv_stride, n, rows->row_seq, rows->row_pos,
+                                                       e->n_ctx, &kv, &rule, &rope_kv, b->attn_workspace,
+                                                       b->attn_counters, dt, stream),
+                      "RoPE, K/V write and decode attention (fused)");
     } else {
-        /* one launch per sequence: its rows see only its own keys */
-        for (int i = 0; i < rows->n_segments; i++) {
-            const xlkv_cuda_segment *seg = &rows->segments[i];
-            XLKV_CUDA_TRY(xlkv_cuda_attention_prefill(
-                              offset_bytes(b->att, (size_t)seg->row0 * (size_t)q_dim * e->elem_bytes),
-                              offset_bytes(b->qkv, (size_t)seg->row0 * (size_t)qkv_stride * e->elem_bytes),
-                              qkv_stride, seg->n, seg->pos0, seg->slot, &kv, &rule, dt, stream),
-                          "prefill attention");
-        }
+        XLKV_CUDA_TRY(xlkv_cuda_rope_kv_write(b->qkv, qkv_stride, n, hp->n_heads, head_dim, rows->row_seq,
+                                              rows->row_pos, b->rope_cos, b->rope_sin, kv_layer ? &kv : NULL,
+                                              kv_layer ? map->kv_slot[layer] : 0, q_dim, q_dim + kv_dim, dt, stream),
+                      "RoPE on the queries and writing K/V to the pool");
+        XLKV_TRY(run_attention(e, &rule, &kv, qkv_stride, rows));
     }
     if (fused) {
         const xlkv_cuda_gemv_input norm = {.kind = XLKV_GEMV_INPUT_RMSNORM, .gain = w->ffn_norm, .eps = hp->norm_eps};

@@ -113,6 +113,30 @@ int xlkv_cuda_attention_decode_with(void *out, const void *q, int q_stride, int 
                                     const xlkv_attention_rule *rule, float *workspace, xlkv_dtype dt,
                                     xlkv_cuda_decode_kernel which, void *stream);
 
+/* Decode attention of a few rows fused with what precedes it, ONE launch (bf16, tensor cores): per row, RoPE on the
+ * query heads (read from qkv, rotated on the fly; qkv is not modified), K (rotated) and V of the row written to slot
+ * rope_kv->write_slot exactly as xlkv_cuda_rope_kv_write writes them (write_slot -1: not a KV layer, nothing written),
+ * then split-K attention over slot rule->read_slot and the combine of the partials by the last CTA of each
+ * (row, KV head). out is what xlkv_cuda_attention_decode gives for the rotated queries, within rounding. Rows with
+ * row_seq < 0 or row_pos < 0 write nothing and get zeros. Supported (else cudaErrorNotSupported) where
+ * xlkv_cuda_attention_decode_fused_supported: bf16, batch <= XLKV_CUDA_DECODE_FUSED_MAX_ROWS, head_dim 64 or 128,
+ * n_heads / n_kv_heads <= 8, 16-byte aligned pool. workspace: as xlkv_cuda_attention_decode's. counters: device
+ * unsigned [xlkv_cuda_attention_decode_fused_counters(batch, n_kv_heads)], zero before the first launch; every launch
+ * leaves them zero (CUDA-graph replayable), so one array serves every layer, launched one after another. */
+enum { XLKV_CUDA_DECODE_FUSED_MAX_ROWS = 8 };
+typedef struct xlkv_cuda_decode_rope_kv {
+    const float *cos_table, *sin_table; /* as xlkv_cuda_rope */
+    int write_slot;                     /* -1: write nothing */
+    int k_col, v_col;                   /* columns of K and V in the qkv rows */
+} xlkv_cuda_decode_rope_kv;
+int xlkv_cuda_attention_decode_fused_supported(int batch, const xlkv_attention_rule *rule, const xlkv_paged_kv *kv,
+                                               xlkv_dtype dt);
+size_t xlkv_cuda_attention_decode_fused_counters(int batch, int n_kv_heads);
+int xlkv_cuda_attention_decode_fused(void *out, const void *qkv, int qkv_stride, int batch, const int *row_seq,
+                                     const int *row_pos, int max_positions, const xlkv_paged_kv *kv,
+                                     const xlkv_attention_rule *rule, const xlkv_cuda_decode_rope_kv *rope_kv,
+                                     float *workspace, unsigned *counters, xlkv_dtype dt, void *stream);
+
 /* Products of a few rows (decode of small batches), bf16 only: y[n, out] = x[n, in] . w[out, in]^T with rows
  * contiguous, fp32 accumulation, y bf16 or (y_is_f32) fp32. Returns cudaErrorNotSupported where
  * xlkv_cuda_gemv_supported() is false (f32, n > XLKV_CUDA_GEMV_MAX_ROWS, in not a multiple of 8, unaligned): the

@@ -1,4 +1,5 @@
-/* backend/cuda/kernels_attention_decode: decode attention for a batch of single-query rows, split-K over the keys.
+/* backend/cuda/kernels_attention_decode: decode attention for a batch of single-query rows, split-K over the keys
+ * (also fused with RoPE and the K/V write of the rows for small batches, below).
  *
  * Splits. Keys are cut in splits of split_size positions: 256 when the batch gives the GPU enough CTAs, halved down
  * to 32 while (batch x query-head groups x splits) stays under ~1024 CTAs, so that batch 1 still spreads over the
@@ -26,6 +27,23 @@
  * query head), a per-head softmax over the split, then P.V with every lane owning a 16-byte slice of V. Anything else
  * takes the generic kernel (one warp per (row, query head, split), scalar loads, head_dim <= 256). Same workspace.
  * (Measured on an H100, tinyllama, batch 608 at 768 positions: the grouped kernel reaches ~1 TB/s, shuffle/ALU bound.)
+ *
+ * Fused decode (xlkv_cuda_attention_decode_fused: bf16, the tensor-core shapes, batch <= 8; what the engine runs for
+ * few decode rows): rope_kv_write, pass 1 and pass 2 in ONE launch over the same grid as the tensor-core pass 1, since
+ * each kernel of a graph costs ~3-5 us of ramp and tail beside ~0.5 MB of KV at batch 1. A CTA (row, KV head, split)
+ *   1. rotates its G query heads into shared memory when its split has a visible key (rope_pair, the formula of
+ *      rope_kv_write: same bits; q in the qkv
+ *      buffer stays unrotated, nothing after the attention reads it) and, when its split owns the row's position t
+ *      (t / split_size, clamped to the last split), rotates and writes its KV head's K and V at t to the layer's own
+ *      slot (write_slot; -1 for a layer without KV). The __syncthreads after it orders those global stores before the
+ *      CTA's own cp.async loads of position t (when the layer reads the slot it writes and t is visible). Other CTAs
+ *      read only positions of their own splits (< t or in another slot), already in the pool. Padding rows (seq < 0
+ *      or t < 0) write nothing; their partials say "nothing visible", so they combine to zeros;
+ *   2. runs the split's pass 1 (mma_attend_split, the body of the tensor-core kernel, shared by both);
+ *   3. fences its partial, counts itself on the (row, KV head) counter; the last CTA to count combines the G heads
+ *      (combine_head, shared with decode_combine_kernel, reading the partials through L2) and sets the counter back to
+ *      0: every launch leaves the counters zero, so a captured graph replays and one array serves every layer.
+ * The result is bit-identical to rope_kv_write + the two launches (same rotated q bits, same pass 1, same combine).
  *
  * Cost model (tinyllama, bf16: head_dim 64, 4 KV heads, G = 8): per row and layer, the visible context L is read
  * once: 2 (K, V) * L * 256 (kv_dim) * 2 bytes = 1 KiB per position, FLOPs 4 * L * 32 * 64 = 8 KFLOP per position
@@ -251,7 +269,13 @@ template <int D> __host__ __device__ constexpr size_t mma_smem_bytes() {
 }
 static_assert(MMA_WARP_KEYS == 16, "each warp owns one k16 slice of the tile");
 
-template <int D> __global__ void __launch_bounds__(DECODE_THREADS) decode_mma_kernel(decode_params<__nv_bfloat16> p) {
+/* Split `split` of row b for KV head kv_head, the whole CTA (DECODE_THREADS threads, mma_smem_bytes<D>() of dynamic
+ * shared memory): writes the split's partial for the G query heads of the KV head. q_heads: the G rotated query heads
+ * (bf16, head j at q_heads + j * D, 4-byte aligned; global or shared memory). Shared by decode_mma_kernel and the
+ * fused decode kernel (kernels_attention_decode_fused.cu). Every thread returns; no barrier is pending at return. */
+template <int D>
+__device__ __forceinline__ void mma_attend_split(const decode_params<__nv_bfloat16> &p, const __nv_bfloat16 *q_heads,
+                                                 int b, int kv_head, int split) {
     constexpr int SROW = mma_smem_row<D>();
     constexpr int CHUNKS = D / 8; /* 16-byte chunks per K/V row */
     static_assert((size_t)MMA_MAX_GROUP * D * sizeof(float) * DECODE_WARPS <= mma_smem_bytes<D>(),
@@ -262,7 +286,6 @@ template <int D> __global__ void __launch_bounds__(DECODE_THREADS) decode_mma_ke
     __shared__ int s_block[DECODE_SPLIT + 1];
     __shared__ float s_m[DECODE_WARPS][MMA_MAX_GROUP], s_l[DECODE_WARPS][MMA_MAX_GROUP];
 
-    const int b = blockIdx.x, kv_head = blockIdx.y, split = blockIdx.z;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int G = p.n_heads / p.n_kv_heads; /* 1 .. MMA_MAX_GROUP (checked by the launcher) */
     const int seq = p.row_seq[b], t = p.row_pos[b];
@@ -307,13 +330,13 @@ template <int D> __global__ void __launch_bounds__(DECODE_THREADS) decode_mma_ke
     load_tile(0, 0);
     cp_async_commit();
 
-    /* Q fragments straight from global memory: row g of the m16 tile is query head g of the group (rows >= G and
-     * rows 8..15 are zero), so a[1] = a[3] = 0 */
+    /* Q fragments straight from q_heads: row g of the m16 tile is query head g of the group (rows >= G and rows
+     * 8..15 are zero), so a[1] = a[3] = 0 */
     const int g = lane >> 2, tq = lane & 3;
     const bool head_ok = g < G;
     uint32_t q_frag[D / 16][4];
     {
-        const __nv_bfloat16 *q_row = p.q + (size_t)b * p.q_stride + (size_t)(kv_head * G + (head_ok ? g : 0)) * D;
+        const __nv_bfloat16 *q_row = q_heads + (size_t)(head_ok ? g : 0) * D;
 #pragma unroll
         for (int kc = 0; kc < D / 16; kc++) {
             q_frag[kc][0] = head_ok ? *reinterpret_cast<const uint32_t *>(q_row + kc * 16 + 2 * tq) : 0u;
@@ -443,6 +466,12 @@ template <int D> __global__ void __launch_bounds__(DECODE_THREADS) decode_mma_ke
     }
 }
 
+template <int D> __global__ void __launch_bounds__(DECODE_THREADS) decode_mma_kernel(decode_params<__nv_bfloat16> p) {
+    const int b = blockIdx.x, kv_head = blockIdx.y;
+    const int G = p.n_heads / p.n_kv_heads;
+    mma_attend_split<D>(p, p.q + (size_t)b * p.q_stride + (size_t)kv_head * G * D, b, kv_head, blockIdx.z);
+}
+
 /* ---- generic pass 1: one warp per (row, query head, split); grid (batch, ceil(n_heads / 4), n_splits) ---- */
 template <typename T> __global__ void __launch_bounds__(DECODE_THREADS) decode_generic_kernel(decode_params<T> p) {
     __shared__ float s_q[DECODE_WARPS][GENERIC_MAX_HEAD_DIM];
@@ -479,33 +508,55 @@ template <typename T> __global__ void __launch_bounds__(DECODE_THREADS) decode_g
     }
 }
 
-/* ---- pass 2: one CTA per (row, query head) ---- */
+/* ---- pass 2: the combine of one (row, query head) ---- */
+constexpr int COMBINE_MAX_PER_THREAD = 8; /* elements of a head per thread: head_dim <= 8 x the threads on the head */
+static_assert(COMBINE_THREADS * COMBINE_MAX_PER_THREAD >= GENERIC_MAX_HEAD_DIM, "the combine kernel covers a head");
+
+/* out_row[0..head_dim) = the normalized sum of the n_splits partials from part0 (zeros when every split saw nothing);
+ * the calling thread writes elements lane0 + k n_lanes (k < COMBINE_MAX_PER_THREAD; no barrier inside). One pass
+ * over the splits after their max: each split's weight exp(m - m_all) is computed once and the thread's elements
+ * are loaded together. The partials are read through L2 (__ldcg): the fused kernel combines partials other CTAs of
+ * the same launch wrote. Every element sums in split order whoever computes it: same bits in both kernels. */
+template <typename T>
+__device__ __forceinline__ void combine_head(T *out_row, const float *part_acc, const float *part_max,
+                                             const float *part_sum, size_t part0, int head_dim, int n_splits,
+                                             int lane0, int n_lanes) {
+    float m_all = -INFINITY;
+    for (int s = 0; s < n_splits; s++) m_all = fmaxf(m_all, __ldcg(part_max + part0 + s));
+    if (m_all == -INFINITY) { /* nothing visible */
+        for (int d = lane0; d < head_dim; d += n_lanes) out_row[d] = from_float<T>(0.0f);
+        return;
+    }
+    float l_all = 0.0f, o[COMBINE_MAX_PER_THREAD];
+#pragma unroll
+    for (int k = 0; k < COMBINE_MAX_PER_THREAD; k++) o[k] = 0.0f;
+    for (int s = 0; s < n_splits; s++) {
+        const float m = __ldcg(part_max + part0 + s);
+        if (m == -INFINITY) continue; /* its accumulator was never written */
+        const float w = expf(m - m_all);
+        l_all += __ldcg(part_sum + part0 + s) * w;
+        const float *acc = part_acc + (part0 + s) * head_dim;
+#pragma unroll
+        for (int k = 0; k < COMBINE_MAX_PER_THREAD; k++) {
+            const int d = lane0 + k * n_lanes;
+            if (d < head_dim) o[k] += __ldcg(acc + d) * w;
+        }
+    }
+    const float inv = 1.0f / l_all;
+#pragma unroll
+    for (int k = 0; k < COMBINE_MAX_PER_THREAD; k++) {
+        const int d = lane0 + k * n_lanes;
+        if (d < head_dim) out_row[d] = from_float<T>(o[k] * inv);
+    }
+}
+
+/* one CTA per (row, query head) */
 template <typename T>
 __global__ void decode_combine_kernel(T *out, const float *part_acc, const float *part_max, const float *part_sum,
                                       int n_heads, int head_dim, int n_splits) {
     const int b = blockIdx.x, h = blockIdx.y;
-    const size_t part0 = ((size_t)b * n_heads + h) * n_splits;
-    T *out_row = out + ((size_t)b * n_heads + h) * head_dim;
-    float m_all = -INFINITY;
-    for (int s = 0; s < n_splits; s++) m_all = fmaxf(m_all, part_max[part0 + s]);
-    if (m_all == -INFINITY) { /* nothing visible */
-        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) out_row[d] = from_float<T>(0.0f);
-        return;
-    }
-    float l_all = 0.0f;
-    for (int s = 0; s < n_splits; s++) {
-        const float m = part_max[part0 + s];
-        if (m != -INFINITY) l_all += part_sum[part0 + s] * expf(m - m_all);
-    }
-    const float inv = 1.0f / l_all;
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float o = 0.0f;
-        for (int s = 0; s < n_splits; s++) {
-            const float m = part_max[part0 + s];
-            if (m != -INFINITY) o += part_acc[(part0 + s) * head_dim + d] * expf(m - m_all);
-        }
-        out_row[d] = from_float<T>(o * inv);
-    }
+    combine_head<T>(out + ((size_t)b * n_heads + h) * head_dim, part_acc, part_max, part_sum,
+                    ((size_t)b * n_heads + h) * n_splits, head_dim, n_splits, threadIdx.x, blockDim.x);
 }
 
 template <typename T, int D, int G> void launch_grouped(const decode_params<T> &p, int batch, cudaStream_t stream) {
@@ -548,15 +599,14 @@ template <> int try_mma<__nv_bfloat16>(const decode_params<__nv_bfloat16> &p, in
     return p.head_dim == 64 ? launch_mma<64>(p, batch, stream) : launch_mma<128>(p, batch, stream);
 }
 
+/* Checks the launch's arguments and fills the parameters shared by every decode kernel; 0 or cudaErrorInvalidValue. */
 template <typename T>
-int attention_decode(void *out, const void *q, int q_stride, int batch, const int *row_seq, const int *row_pos,
-                     int max_positions, const xlkv_paged_kv *kv, const xlkv_attention_rule *rule, float *workspace,
-                     xlkv_cuda_decode_kernel which, cudaStream_t stream) {
-    if (batch <= 0) return 0;
+int make_decode_params(decode_params<T> *out, const void *q, int q_stride, int batch, const int *row_seq,
+                       const int *row_pos, int max_positions, const xlkv_paged_kv *kv, const xlkv_attention_rule *rule,
+                       float *workspace) {
     if (!kv || !rule || !workspace || rule->n_heads <= 0 || rule->n_kv_heads <= 0 ||
         rule->n_heads % rule->n_kv_heads != 0 || rule->head_dim <= 0 || kv->kv_dim != rule->n_kv_heads * rule->head_dim ||
-        rule->read_slot < 0 || rule->read_slot >= kv->n_slots || kv->block_size <= 0 ||
-        (which != XLKV_CUDA_DECODE_AUTO && which != XLKV_CUDA_DECODE_SCALAR))
+        rule->read_slot < 0 || rule->read_slot >= kv->n_slots || kv->block_size <= 0)
         return (int)cudaErrorInvalidValue;
     decode_params<T> p;
     p.q = (const T *)q;
@@ -580,6 +630,19 @@ int attention_decode(void *out, const void *q, int q_stride, int batch, const in
     p.part_max = workspace + n_parts * rule->head_dim;
     p.part_sum = p.part_max + n_parts;
     if (p.n_splits > 65535 || rule->n_heads > 65535) return (int)cudaErrorInvalidValue;
+    *out = p;
+    return 0;
+}
+
+template <typename T>
+int attention_decode(void *out, const void *q, int q_stride, int batch, const int *row_seq, const int *row_pos,
+                     int max_positions, const xlkv_paged_kv *kv, const xlkv_attention_rule *rule, float *workspace,
+                     xlkv_cuda_decode_kernel which, cudaStream_t stream) {
+    if (batch <= 0) return 0;
+    if (which != XLKV_CUDA_DECODE_AUTO && which != XLKV_CUDA_DECODE_SCALAR) return (int)cudaErrorInvalidValue;
+    decode_params<T> p;
+    const int bad = make_decode_params<T>(&p, q, q_stride, batch, row_seq, row_pos, max_positions, kv, rule, workspace);
+    if (bad) return bad;
 
     const int group = rule->n_heads / rule->n_kv_heads;
     const bool aligned = vector_ok<T>(q, rule->head_dim, q_stride) && vector_ok<T>(kv->pool, kv->kv_dim, kv->kv_dim);
@@ -604,9 +667,142 @@ int attention_decode(void *out, const void *q, int q_stride, int batch, const in
     return launch_status();
 }
 
+/* ---- fused (bf16, tensor cores): RoPE + K/V write + pass 1 + combine, one launch (see the design note) ---- */
+struct fused_extra {
+    const __nv_bfloat16 *qkv; /* rows of q | k | v, query heads from column 0 (read only: q is rotated on the fly) */
+    int qkv_stride;
+    const float *cos_table, *sin_table;
+    __nv_bfloat16 *pool; /* the same pool as decode_params::pool, writable */
+    int write_slot;      /* -1: not a KV layer, nothing written */
+    int k_col, v_col;
+    __nv_bfloat16 *out;  /* [batch][n_heads * head_dim] */
+    unsigned *counters;  /* [batch][n_kv_heads]: splits finished; 0 between launches */
+};
+
+template <int D>
+__global__ void __launch_bounds__(DECODE_THREADS) decode_fused_kernel(decode_params<__nv_bfloat16> p, fused_extra f) {
+    constexpr int HALF = D / 2;
+    __shared__ __align__(16) __nv_bfloat16 s_q[MMA_MAX_GROUP * D];
+    __shared__ int s_last;
+    const int b = blockIdx.x, kv_head = blockIdx.y, split = blockIdx.z, tid = threadIdx.x;
+    const int G = p.n_heads / p.n_kv_heads;
+    const int seq = p.row_seq[b], t = p.row_pos[b];
+
+    /* 1. RoPE on the group's query heads into shared memory; the owner of position t writes its K/V head there */
+    if (seq >= 0 && t >= 0) { /* uniform over the CTA; a padding row writes nothing and its partials say "nothing" */
+        const float *cos_t = f.cos_table + (size_t)t * HALF, *sin_t = f.sin_table + (size_t)t * HALF;
+        const __nv_bfloat16 *row = f.qkv + (size_t)b * f.qkv_stride;
+        const __nv_bfloat16 *q_src = row + (size_t)kv_head * G * D;
+        int lo, hi; /* a split with no visible key needs no query (pass 1 only writes "nothing" for it) */
+        split_range(seq, t, p.window, p.mask_diagonal, split, p.n_splits, p.split_size, &lo, &hi);
+        if (lo <= hi)
+            for (int idx = tid; idx < G * HALF; idx += DECODE_THREADS) {
+                const int j = idx / HALF, i = idx % HALF;
+                rope_pair<__nv_bfloat16>(q_src + j * D + 2 * i, cos_t[i], sin_t[i], s_q + j * D + 2 * i);
+            }
+        const int owner = min(t / p.split_size, p.n_splits - 1);
+        if (f.write_slot >= 0 && split == owner) {
+            __nv_bfloat16 *k_dst = f.pool + pool_row_offset(p.view, seq, t, f.write_slot, 0) + (size_t)kv_head * D;
+            __nv_bfloat16 *v_dst = f.pool + pool_row_offset(p.view, seq, t, f.write_slot, 1) + (size_t)kv_head * D;
+            const __nv_bfloat16 *k_src = row + f.k_col + (size_t)kv_head * D;
+            const __nv_bfloat16 *v_src = row + f.v_col + (size_t)kv_head * D;
+            for (int i = tid; i < HALF; i += DECODE_THREADS)
+                rope_pair<__nv_bfloat16>(k_src + 2 * i, cos_t[i], sin_t[i], k_dst + 2 * i);
+            for (int d = tid; d < D; d += DECODE_THREADS) v_dst[d] = v_src[d];
+            __threadfence(); /* the new row is in L2 before the barrier below: the cp.async loads read from there */
+        }
+    }
+    __syncthreads(); /* the rotated queries and this CTA's new K/V row are visible to the whole CTA before pass 1 */
+
+    /* 2. the split's partial */
+    mma_attend_split<D>(p, s_q, b, kv_head, split);
+
+    /* 3. the last CTA of (row, KV head) to finish combines the G heads and re-arms the counter */
+    __threadfence(); /* this CTA's partial is visible device-wide before its count */
+    __syncthreads();
+    unsigned *counter = f.counters + (size_t)b * p.n_kv_heads + kv_head;
+    if (tid == 0) s_last = atomicAdd(counter, 1u) == (unsigned)(p.n_splits - 1);
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence(); /* every other CTA's partial is visible: they counted after their fence */
+    constexpr int LANES = D / COMBINE_MAX_PER_THREAD; /* threads per head: all G <= 8 heads at once */
+    static_assert(LANES * MMA_MAX_GROUP <= DECODE_THREADS, "one pass over the heads");
+    const int j = tid / LANES;
+    if (j < G) {
+        const size_t h = (size_t)b * p.n_heads + (size_t)kv_head * G + j;
+        combine_head<__nv_bfloat16>(f.out + h * D, p.part_acc, p.part_max, p.part_sum, h * p.n_splits, D, p.n_splits,
+                                    tid % LANES, LANES);
+    }
+    if (tid == 0) *counter = 0u; /* every split has counted: safe to re-arm for the next launch / graph replay */
+}
+
+template <int D> int launch_fused(const decode_params<__nv_bfloat16> &p, const fused_extra &f, int batch,
+                                  cudaStream_t stream) {
+    constexpr size_t smem = mma_smem_bytes<D>();
+    static bool smem_limit_raised = false; /* as launch_mma */
+    if (smem > 48 * 1024 && !smem_limit_raised) {
+        const cudaError_t err =
+            cudaFuncSetAttribute(decode_fused_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (err != cudaSuccess) return (int)err;
+        smem_limit_raised = true;
+    }
+    const dim3 grid(batch, p.n_kv_heads, p.n_splits);
+    decode_fused_kernel<D><<<grid, DECODE_THREADS, smem, stream>>>(p, f);
+    return launch_status();
+}
+
+bool fused_shape_ok(int batch, const xlkv_attention_rule *rule, const xlkv_paged_kv *kv) {
+    return batch >= 1 && batch <= XLKV_CUDA_DECODE_FUSED_MAX_ROWS && rule && kv && rule->n_heads > 0 &&
+           rule->n_kv_heads > 0 && rule->n_heads % rule->n_kv_heads == 0 &&
+           rule->n_heads / rule->n_kv_heads <= MMA_MAX_GROUP && (rule->head_dim == 64 || rule->head_dim == 128) &&
+           kv->kv_dim == rule->n_kv_heads * rule->head_dim &&
+           vector_ok<__nv_bfloat16>(kv->pool, kv->kv_dim, kv->kv_dim);
+}
+
 } // namespace
 
 extern "C" {
+
+int xlkv_cuda_attention_decode_fused_supported(int batch, const xlkv_attention_rule *rule, const xlkv_paged_kv *kv,
+                                               xlkv_dtype dt) {
+    return dt == XLKV_DTYPE_BF16 && fused_shape_ok(batch, rule, kv);
+}
+
+size_t xlkv_cuda_attention_decode_fused_counters(int batch, int n_kv_heads) {
+    return batch > 0 && n_kv_heads > 0 ? (size_t)batch * (size_t)n_kv_heads : 0;
+}
+
+int xlkv_cuda_attention_decode_fused(void *out, const void *qkv, int qkv_stride, int batch, const int *row_seq,
+                                     const int *row_pos, int max_positions, const xlkv_paged_kv *kv,
+                                     const xlkv_attention_rule *rule, const xlkv_cuda_decode_rope_kv *rope_kv,
+                                     float *workspace, unsigned *counters, xlkv_dtype dt, void *stream) {
+    if (batch <= 0) return 0;
+    if (dt != XLKV_DTYPE_BF16 || !fused_shape_ok(batch, rule, kv)) return (int)cudaErrorNotSupported;
+    if (!out || !qkv || !row_seq || !row_pos || !rope_kv || !counters || !rope_kv->cos_table || !rope_kv->sin_table ||
+        qkv_stride < rule->n_heads * rule->head_dim || rope_kv->write_slot < -1 || rope_kv->write_slot >= kv->n_slots)
+        return (int)cudaErrorInvalidValue;
+    const bool kv_columns_ok = rope_kv->k_col >= 0 && rope_kv->v_col >= 0 &&
+                               rope_kv->k_col + kv->kv_dim <= qkv_stride && rope_kv->v_col + kv->kv_dim <= qkv_stride;
+    if (rope_kv->write_slot >= 0 && !kv_columns_ok) return (int)cudaErrorInvalidValue;
+    decode_params<__nv_bfloat16> p;
+    const int bad = make_decode_params<__nv_bfloat16>(&p, qkv, qkv_stride, batch, row_seq, row_pos, max_positions, kv,
+                                                      rule, workspace);
+    if (bad) return bad;
+    fused_extra f;
+    f.qkv = (const __nv_bfloat16 *)qkv;
+    f.qkv_stride = qkv_stride;
+    f.cos_table = rope_kv->cos_table;
+    f.sin_table = rope_kv->sin_table;
+    f.pool = (__nv_bfloat16 *)kv->pool;
+    f.write_slot = rope_kv->write_slot;
+    f.k_col = rope_kv->k_col;
+    f.v_col = rope_kv->v_col;
+    f.out = (__nv_bfloat16 *)out;
+    f.counters = counters;
+    return rule->head_dim == 64 ? launch_fused<64>(p, f, batch, (cudaStream_t)stream)
+                                : launch_fused<128>(p, f, batch, (cudaStream_t)stream);
+}
+
 
 size_t xlkv_cuda_attention_decode_workspace(int batch, int n_heads, int head_dim, int max_positions) {
     if (batch <= 0 || n_heads <= 0 || head_dim <= 0) return 0;

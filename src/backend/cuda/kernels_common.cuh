@@ -47,6 +47,14 @@ template <typename T> inline bool vector_ok(const void *base, int dim, int strid
     return ((uintptr_t)base % 16 == 0) && dim % w == 0 && stride % w == 0;
 }
 
+/* RoPE on one interleaved pair: dst = (a c - b s, a s + b c) for (a, b) = src, rounded to T (src may equal dst).
+ * The one expression the fused RoPE kernels share, so that they give identical bits. */
+template <typename T> __device__ __forceinline__ void rope_pair(const T *src, float c, float s, T *dst) {
+    const float a = to_float<T>(src[0]), b = to_float<T>(src[1]);
+    dst[0] = from_float<T>(a * c - b * s);
+    dst[1] = from_float<T>(a * s + b * c);
+}
+
 /* Pool geometry as plain values (kernel parameters). Element offset of row (block, slot, kv, pos_in_block):
  *   pool[block][slot][kv][pos_in_block][kv_dim]. */
 struct pool_view {

@@ -1,6 +1,8 @@
 /* backend/cuda/kernels_kv: writes into the paged KV pool (see xlkv_paged_kv in cuda_kernels.h): K rows rotated by
  * RoPE at their position together with V rows (kv_write), the same fused with RoPE on the queries of the row
  * (rope_kv_write: one launch after the qkv product instead of two), and zeroing a range of positions (kv_zero).
+ * rope_kv_write rotates with rope_pair (kernels_common.cuh), as the fused decode kernel does, so both write the same
+ * K bits (kernels_attention_decode.cu).
  *
  * Rows with a negative sequence or position are skipped (padding rows of a fixed-size batch). */
 #include "backend/cuda/kernels_common.cuh"
@@ -65,11 +67,8 @@ __global__ void rope_kv_write_kernel(T *qkv, int qkv_stride, int n_heads, int he
     T *row = qkv + (size_t)r * qkv_stride;
     for (int idx = threadIdx.x; idx < n_heads * half; idx += blockDim.x) {
         const int h = idx / half, i = idx % half;
-        const float c = cos_table[(size_t)pos * half + i], s = sin_table[(size_t)pos * half + i];
         T *v = row + (size_t)h * head_dim + 2 * i;
-        const float a = to_float<T>(v[0]), b = to_float<T>(v[1]);
-        v[0] = from_float<T>(a * c - b * s);
-        v[1] = from_float<T>(a * s + b * c);
+        rope_pair<T>(v, cos_table[(size_t)pos * half + i], sin_table[(size_t)pos * half + i], v);
     }
     const int seq = row_seq[r];
     if (!has_kv || seq < 0) return;
@@ -81,11 +80,8 @@ __global__ void rope_kv_write_kernel(T *qkv, int qkv_stride, int n_heads, int he
     const int kv_heads = kv_dim / head_dim;
     for (int idx = threadIdx.x; idx < kv_heads * half; idx += blockDim.x) {
         const int h = idx / half, i = idx % half;
-        const float c = cos_table[(size_t)pos * half + i], s = sin_table[(size_t)pos * half + i];
         const int col = h * head_dim + 2 * i;
-        const float a = to_float<T>(k_src[col]), b = to_float<T>(k_src[col + 1]);
-        k_dst[col] = from_float<T>(a * c - b * s);
-        k_dst[col + 1] = from_float<T>(a * s + b * c);
+        rope_pair<T>(k_src + col, cos_table[(size_t)pos * half + i], sin_table[(size_t)pos * half + i], k_dst + col);
     }
     if (head_dim % 2 != 0)
         for (int h = threadIdx.x; h < kv_heads; h += blockDim.x)
