@@ -512,17 +512,36 @@ template <typename T> __global__ void __launch_bounds__(DECODE_THREADS) decode_g
 constexpr int COMBINE_MAX_PER_THREAD = 8; /* elements of a head per thread: head_dim <= 8 x the threads on the head */
 static_assert(COMBINE_THREADS * COMBINE_MAX_PER_THREAD >= GENERIC_MAX_HEAD_DIM, "the combine kernel covers a head");
 
-/* out_row[0..head_dim) = the normalized sum of the n_splits partials from part0 (zeros when every split saw nothing);
- * the calling thread writes elements lane0 + k n_lanes (k < COMBINE_MAX_PER_THREAD; no barrier inside). One pass
- * over the splits after their max: each split's weight exp(m - m_all) is computed once and the thread's elements
- * are loaded together. The partials are read through L2 (__ldcg): the fused kernel combines partials other CTAs of
- * the same launch wrote. Every element sums in split order whoever computes it: same bits in both kernels. */
+/* The splits that can hold a key the row sees: [*s_first, *s_last], empty (s_last < s_first) for a padding row or
+ * nothing visible. Every other split wrote "nothing" (max -inf), so the combine skips them: the grid is sized for
+ * max_positions (graph-safe), but a row at position t only needs ~t / split_size of them (at batch 1 and 2,304
+ * positions the engine has 72 splits of 32, of which a row at 600 uses 19). */
+__device__ __forceinline__ void visible_splits(int seq, int t, int window, int mask_diagonal, int n_splits,
+                                               int split_size, int *s_first, int *s_last) {
+    int first, last;
+    visible_range(t, window, mask_diagonal, &first, &last);
+    if (seq < 0 || t < 0 || last < first) {
+        *s_first = 0, *s_last = -1;
+        return;
+    }
+    *s_first = min(first / split_size, n_splits - 1);
+    *s_last = min(last / split_size, n_splits - 1);
+}
+
+/* out_row[0..head_dim) = the normalized sum of the partials of splits s_first .. s_last from part0 + s (zeros when
+ * none saw anything); the calling thread writes elements lane0 + k n_lanes (k < COMBINE_MAX_PER_THREAD; no barrier
+ * inside). One pass over the splits after their max: each split's weight exp(m - m_all) is computed once and the
+ * thread's elements are loaded together; both loops are unrolled so that several splits' loads are in flight (the
+ * partials come from L2, ~0.2 us each when waited for one by one). The partials are read through L2 (__ldcg): the
+ * fused kernel combines partials other CTAs of the same launch wrote. Every element sums in split order whoever
+ * computes it: same bits in both kernels. */
 template <typename T>
 __device__ __forceinline__ void combine_head(T *out_row, const float *part_acc, const float *part_max,
-                                             const float *part_sum, size_t part0, int head_dim, int n_splits,
-                                             int lane0, int n_lanes) {
+                                             const float *part_sum, size_t part0, int head_dim, int s_first,
+                                             int s_last, int lane0, int n_lanes) {
     float m_all = -INFINITY;
-    for (int s = 0; s < n_splits; s++) m_all = fmaxf(m_all, __ldcg(part_max + part0 + s));
+#pragma unroll 8
+    for (int s = s_first; s <= s_last; s++) m_all = fmaxf(m_all, __ldcg(part_max + part0 + s));
     if (m_all == -INFINITY) { /* nothing visible */
         for (int d = lane0; d < head_dim; d += n_lanes) out_row[d] = from_float<T>(0.0f);
         return;
@@ -530,7 +549,8 @@ __device__ __forceinline__ void combine_head(T *out_row, const float *part_acc, 
     float l_all = 0.0f, o[COMBINE_MAX_PER_THREAD];
 #pragma unroll
     for (int k = 0; k < COMBINE_MAX_PER_THREAD; k++) o[k] = 0.0f;
-    for (int s = 0; s < n_splits; s++) {
+#pragma unroll 4
+    for (int s = s_first; s <= s_last; s++) {
         const float m = __ldcg(part_max + part0 + s);
         if (m == -INFINITY) continue; /* its accumulator was never written */
         const float w = expf(m - m_all);
@@ -551,12 +571,12 @@ __device__ __forceinline__ void combine_head(T *out_row, const float *part_acc, 
 }
 
 /* one CTA per (row, query head) */
-template <typename T>
-__global__ void decode_combine_kernel(T *out, const float *part_acc, const float *part_max, const float *part_sum,
-                                      int n_heads, int head_dim, int n_splits) {
+template <typename T> __global__ void decode_combine_kernel(T *out, decode_params<T> p) {
     const int b = blockIdx.x, h = blockIdx.y;
-    combine_head<T>(out + ((size_t)b * n_heads + h) * head_dim, part_acc, part_max, part_sum,
-                    ((size_t)b * n_heads + h) * n_splits, head_dim, n_splits, threadIdx.x, blockDim.x);
+    int s_first, s_last;
+    visible_splits(p.row_seq[b], p.row_pos[b], p.window, p.mask_diagonal, p.n_splits, p.split_size, &s_first, &s_last);
+    combine_head<T>(out + ((size_t)b * p.n_heads + h) * p.head_dim, p.part_acc, p.part_max, p.part_sum,
+                    ((size_t)b * p.n_heads + h) * p.n_splits, p.head_dim, s_first, s_last, threadIdx.x, blockDim.x);
 }
 
 template <typename T, int D, int G> void launch_grouped(const decode_params<T> &p, int batch, cudaStream_t stream) {
@@ -662,8 +682,7 @@ int attention_decode(void *out, const void *q, int q_stride, int batch, const in
     err = launch_status();
     if (err) return err;
     const dim3 combine_grid(batch, rule->n_heads);
-    decode_combine_kernel<T><<<combine_grid, COMBINE_THREADS, 0, stream>>>((T *)out, p.part_acc, p.part_max, p.part_sum,
-                                                                          rule->n_heads, rule->head_dim, p.n_splits);
+    decode_combine_kernel<T><<<combine_grid, COMBINE_THREADS, 0, stream>>>((T *)out, p);
     return launch_status();
 }
 
@@ -730,8 +749,10 @@ __global__ void __launch_bounds__(DECODE_THREADS) decode_fused_kernel(decode_par
     const int j = tid / LANES;
     if (j < G) {
         const size_t h = (size_t)b * p.n_heads + (size_t)kv_head * G + j;
-        combine_head<__nv_bfloat16>(f.out + h * D, p.part_acc, p.part_max, p.part_sum, h * p.n_splits, D, p.n_splits,
-                                    tid % LANES, LANES);
+        int s_first, s_last;
+        visible_splits(seq, t, p.window, p.mask_diagonal, p.n_splits, p.split_size, &s_first, &s_last);
+        combine_head<__nv_bfloat16>(f.out + h * D, p.part_acc, p.part_max, p.part_sum, h * p.n_splits, D, s_first,
+                                    s_last, tid % LANES, LANES);
     }
     if (tid == 0) *counter = 0u; /* every split has counted: safe to re-arm for the next launch / graph replay */
 }
