@@ -39,7 +39,24 @@
  *   XLKV_TRAIN_GEMM=fp32ops keeps the bf16 trainer on the former path (fp32 operands, CUBLAS_COMPUTE_32F_FAST_16BF:
  *         cuBLAS rounds them to bf16 on the fly, the same rounding, at a lower rate) for an A/B in one build;
  *         XLKV_TRAIN_GEMM=bf16ops (or unset) is the default. The f32 trainer ignores it (any other value is refused).
- * The attention's matrix products (gemm attention) keep fp32 operands. */
+ * The attention's matrix products (gemm attention) keep fp32 operands.
+ *
+ * Fused layer passes (bf16 operands; on by default, XLKV_TRAIN_FUSE=0 turns them off for an A/B in one build, any
+ * other value than 0 / 1 is refused; the f32 trainer and fp32ops never fuse). Kernels: backend/cuda/train_fused.cu.
+ *   forward: the attention RMSNorm writes the record's saved x_in and the bf16 operand of q/k/v in one pass (no fp32
+ *         xb, no copy); the residual add after wo and the FFN RMSNorm are one kernel (x_mid = x + proj, written once:
+ *         the record's x_mid is the stream until the last add, which is out of place, x = x_mid + proj; bf16 xb2 and
+ *         ffn_inv_rms); swiglu writes h in bf16 only. The fp32 xb / xb2 / h of the records stay allocated, unused.
+ *   backward (layer_backward_fused): the RMSNorm backwards write bf16(dx) beside dx for the next product (the attention
+ *         one only where the walk does not change dx before the next record: not at an iteration start); swiglu
+ *         writes [dgate | dup] in bf16 side by side, so gate/up is one dX and one dW product with K / rows 2 hidden
+ *         (w_gate and w_up are adjacent in the param_store layout; two products if not); the RoPE backward of dq and
+ *         dk rounds them into [dq | dk | dv] (dv rounded beside them), one q/k/v product each way (K = q_dim +
+ *         2 kv_dim) where wq, wk, wv are adjacent; the first product into dh, datt and dxb has beta 0 (no clearing
+ *         pass). dq and dk stay unrotated in fp32 (nothing reads them after).
+ *   Same values: every fused kernel computes the fp32 value as the unfused one and rounds it the same way, so the
+ *   forward (and the loss) is bit-identical; the backward's products differ only in their fp32 accumulation (beta 0,
+ *   merged K), so gradients agree to fp32 summation-order noise (tests/cuda/test_cuda_train_fused.c). */
 #include "train/gpu_trainer.h"
 
 #include <math.h>
