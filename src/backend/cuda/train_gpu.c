@@ -43,10 +43,14 @@
  *
  * Fused layer passes (bf16 operands; on by default, XLKV_TRAIN_FUSE=0 turns them off for an A/B in one build, any
  * other value than 0 / 1 is refused; the f32 trainer and fp32ops never fuse). Kernels: backend/cuda/train_fused.cu.
- *   forward: the attention RMSNorm writes the record's saved x_in and the bf16 operand of q/k/v in one pass (no fp32
- *         xb, no copy); the residual add after wo and the FFN RMSNorm are one kernel (x_mid = x + proj, written once:
- *         the record's x_mid is the stream until the last add, which is out of place, x = x_mid + proj; bf16 xb2 and
- *         ffn_inv_rms); swiglu writes h in bf16 only. The fp32 xb / xb2 / h of the records stay allocated, unused.
+ *   forward: each residual add is joined with the RMSNorm that follows it (add_rmsnorm: reads the two terms, writes
+ *         the sum once, inv_rms and the next products' bf16 operand): after wo, x_mid = x + proj and the FFN norm;
+ *         after w_down, the sum is left pending (pending_a + pending_b) and the next layer's attention norm forms it
+ *         straight into its record's x_in (no copy; into x for the no-grad iterations), or flush_residual forms it
+ *         into x where something else reads x (a group's input, the final norm; a discarded iteration drops it). The
+ *         first layer's norm (and each group iteration's) writes x_in and the bf16 operand in one pass. No fp32 xb /
+ *         xb2 / h is written (swiglu writes h in bf16 only); the records' fp32 copies stay allocated, unused. The
+ *         profiler counts add + norm as rmsnorm.
  *   backward (layer_backward_fused): the RMSNorm backwards write bf16(dx) beside dx for the next product (the attention
  *         one only where the walk does not change dx before the next record: not at an iteration start); swiglu
  *         writes [dgate | dup] in bf16 side by side, so gate/up is one dX and one dW product with K / rows 2 hidden
@@ -94,6 +98,7 @@ struct xlkv_gpu_trainer {
     bool bf16_operands; /* the products read bf16 copies (bf16 trainer unless XLKV_TRAIN_GEMM=fp32ops) */
     bool fuse;          /* the fused layer passes (bf16 operands unless XLKV_TRAIN_FUSE=0; see the header) */
     bool dx16_ready;    /* backward, fused: dy_bf16 holds bf16(dx), written by the last RMSNorm backward */
+    const float *pending_a, *pending_b; /* forward, fused: x = a + b not formed yet (the next RMSNorm adds it) */
     cudaStream_t stream;
     xlkv_cuda_step_timer *timer; /* NULL: profiling off (the default) */
     xlkv_step_profile profile;   /* per-category totals since profiling was turned on */
@@ -684,6 +689,16 @@ static xlkv_cuda_train_attention_shape attention_shape(const xlkv_gpu_trainer *g
 }
 
 /* ---- forward ---------------------------------------------------------------------------------------------------- */
+/* fused: form the stream x = pending_a + pending_b where something other than the next layer reads x */
+static xlkv_status flush_residual(xlkv_gpu_trainer *g) {
+    if (!g->pending_a) return XLKV_OK;
+    mark(g, XLKV_STEP_RESIDUAL_COPIES);
+    KERNEL_TRY(xlkv_cuda_train_add_out(g->x, g->pending_a, g->pending_b,
+                                       (size_t)g->n_rows * (size_t)g->store->hp.dim, g->stream), "residual add");
+    g->pending_a = g->pending_b = NULL;
+    return XLKV_OK;
+}
+
 static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer, bool grad) {
     const xlkv_hparams *hp = &g->store->hp;
     const xlkv_layer_map *map = g->store->map;
@@ -695,7 +710,16 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
     void *st = g->stream;
 
     const bf16_inputs in16 = inputs_bf16(g, rec, grad);
-    if (g->fuse) { /* the norm writes the saved input and the products' bf16 operand; no fp32 xb */
+    if (g->fuse && g->pending_a) {
+        /* the previous layer's last residual add and this norm in one pass: the stream is formed straight into the
+         * record's x_in (grad) or x; the norm writes the bf16 operand of q/k/v (no fp32 xb) */
+        if (grad) x = rec->x_in;
+        mark(g, XLKV_STEP_RMSNORM);
+        KERNEL_TRY(xlkv_cuda_train_add_rmsnorm_forward_bf16(x, in16.xb ? in16.xb : g->x_bf16, rec->attn_inv_rms,
+                                                            g->pending_a, g->pending_b, w->attn_norm, N, dim,
+                                                            hp->norm_eps, st), "residual add + rmsnorm forward");
+        g->pending_a = g->pending_b = NULL;
+    } else if (g->fuse) { /* the norm writes the saved input and the products' bf16 operand; no fp32 xb */
         mark(g, XLKV_STEP_RMSNORM);
         KERNEL_TRY(xlkv_cuda_train_rmsnorm_forward_bf16(in16.xb ? in16.xb : g->x_bf16, rec->attn_inv_rms,
                                                         grad ? rec->x_in : NULL, x, w->attn_norm, N, dim,
@@ -754,8 +778,8 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
         KERNEL_TRY(xlkv_cuda_train_swiglu_forward_bf16(in16.h ? in16.h : g->x_bf16, rec->gate, rec->up,
                                                        (size_t)N * (size_t)hid, st), "swiglu forward (bf16 out)");
         XLKV_TRY(linear(g, X_READY, proj, rec->h, in16.h, w->w_down, N, hid, dim));
-        mark(g, XLKV_STEP_RESIDUAL_COPIES);
-        KERNEL_TRY(xlkv_cuda_train_add_out(x, rec->x_mid, proj, n_dim, st), "residual add");
+        g->pending_a = rec->x_mid; /* x = x_mid + proj: added by the next norm, or by flush_residual */
+        g->pending_b = proj;
         return XLKV_OK;
     }
     mark(g, XLKV_STEP_RESIDUAL_COPIES);
@@ -816,6 +840,7 @@ xlkv_status xlkv_gpu_trainer_forward(xlkv_gpu_trainer *g, const int *tokens, con
     memset(g->current, 0, ((size_t)map->n_kv_layers + 1) * sizeof *g->current);
     mark(g, XLKV_STEP_EMBEDDING);
     KERNEL_TRY(xlkv_cuda_train_embedding_forward(g->x, g->tokens, g->tok_embeddings, N, dim, st), "embedding forward");
+    g->pending_a = g->pending_b = NULL;
     int r = 0;
     for (int stp = 0; stp < map->n_plan_steps; stp++) {
         const xlkv_plan_step *step = &map->plan[stp];
@@ -824,6 +849,7 @@ xlkv_status xlkv_gpu_trainer_forward(xlkv_gpu_trainer *g, const int *tokens, con
                 XLKV_TRY(layer_forward(g, &g->records[r], layer, true));
             continue;
         }
+        XLKV_TRY(flush_residual(g));
         XLKV_TRY(copy(g, g->x_group_in, g->x, n_dim));
         for (int j = step->first; j <= step->last; j++) { /* targets hold zeros before the first iteration */
             if (!xlkv_is_kv_layer(map, j)) continue;
@@ -835,11 +861,13 @@ xlkv_status xlkv_gpu_trainer_forward(xlkv_gpu_trainer *g, const int *tokens, con
         }
         for (int it = 0; it < g->forward_passes + g->backward_passes; it++) {
             const bool grad = it >= g->forward_passes;
+            g->pending_a = g->pending_b = NULL; /* the previous iteration's output is discarded */
             XLKV_TRY(copy(g, g->x, g->x_group_in, n_dim));
             for (int layer = step->first; layer <= step->last; layer++)
                 XLKV_TRY(layer_forward(g, grad ? &g->records[r++] : &g->scratch, layer, grad));
         }
     }
+    XLKV_TRY(flush_residual(g));
     XLKV_TRY(copy(g, g->x_final, g->x, n_dim));
     mark(g, XLKV_STEP_RMSNORM);
     KERNEL_TRY(xlkv_cuda_train_rmsnorm_forward(g->xf, g->final_inv_rms, g->x_final, g->output_norm, N, dim,
