@@ -1,12 +1,11 @@
-/* bench/bench_train_attention: the trainer's flash attention alone (backend/cuda/train_attention_flash.h), v1 (fp32
- * tiles, no workspace) against v2 (bf16 workspace, cp.async, double buffering) in the same run, on the `small`
- * training shape by default: B 16, T 1024, 12 query heads / 6 KV heads, head_dim 64, causal, 12 layers.
+/* bench/bench_train_attention: the trainer's flash attention alone (backend/cuda/train_attention_flash.h), on the
+ * `small` training shape by default: B 16, T 1024, 12 query heads / 6 KV heads, head_dim 64, causal, 12 layers.
  *
- * Each call (forward: out + lse; backward: delta, dq, dk and dv added to, the v2 pre-pass included) is timed with CUDA
+ * Each call (forward: out + lse; backward: delta, dq, dk and dv added to, the bf16 pre-pass included) is timed with CUDA
  * events over 10 back-to-back launches, median of 5 such bursts. Useful causal FLOPs per call: forward
  * 2 products x 2 x B x H x T(T+1)/2 x hd; backward 2.5x that (5 products, the usual convention; the kernels compute
  * 7, recomputing S and dP for the deterministic dQ). Printed: ms per call, ms per training step (x layers) and
- * TFLOP/s; then the largest |v2 - v1| of out, dq, dk (they should be 0: same rounding, tiles and order).
+ * TFLOP/s; then the largest difference of out, dq, dk between two clean passes (0: the kernels are deterministic).
  *
  * Usage: bench_train_attention [--batch B] [--seq T] [--heads H] [--kv-heads KVH] [--head-dim 64|128]
  *                              [--layers L] [--window W]
@@ -181,26 +180,23 @@ int main(int argc, char **argv) {
     double pairs = 0.0;
     for (int t = 0; t < s.seq; t++) pairs += s.window > 0 && t + 1 > s.window ? s.window : t + 1;
     const double fwd_flop = 4.0 * s.batch * s.n_heads * pairs * s.head_dim, bwd_flop = 2.5 * fwd_flop;
-    printf("bench_train_attention on %s: B %d, T %d, heads %d / %d, head_dim %d, window %d, %d layers; v2 workspace "
+    printf("bench_train_attention on %s: B %d, T %d, heads %d / %d, head_dim %d, window %d, %d layers; workspace "
            "%.1f MB\n",
            prop.name, s.batch, s.seq, s.n_heads, s.n_kv_heads, s.head_dim, s.window, layers, ws_bytes / 1e6);
     printf("useful GFLOP per layer: forward %.2f, backward %.2f\n", fwd_flop / 1e9, bwd_flop / 1e9);
 
     /* a forward first so lse / out are real for the backward timings */
     check_rc(xlkv_cuda_train_attention_flash_forward(b.out, b.lse, b.q, b.k, b.v, &s, ws, NULL), "forward");
-    for (int version = 1; version <= 2; version++) {
-        void *w = version == 2 ? ws : NULL;
-        const float f = time_calls(false, w, &b, &s), bw = time_calls(true, w, &b, &s);
-        printf("flash v%d forward : %7.3f ms/layer %7.2f ms/step (x%d) %6.1f TFLOP/s\n", version, f, f * layers,
-               layers, fwd_flop / (f * 1e-3) / 1e12);
-        printf("flash v%d backward: %7.3f ms/layer %7.2f ms/step (x%d) %6.1f TFLOP/s (incl. delta%s)\n", version, bw,
-               bw * layers, layers, bwd_flop / (bw * 1e-3) / 1e12, version == 2 ? ", bf16 pre-pass" : "");
-    }
+    const float f = time_calls(false, ws, &b, &s), bw = time_calls(true, ws, &b, &s);
+    printf("flash forward : %7.3f ms/layer %7.2f ms/step (x%d) %6.1f TFLOP/s\n", f, f * layers, layers,
+           fwd_flop / (f * 1e-3) / 1e12);
+    printf("flash backward: %7.3f ms/layer %7.2f ms/step (x%d) %6.1f TFLOP/s (incl. delta, bf16 pre-pass)\n", bw,
+           bw * layers, layers, bwd_flop / (bw * 1e-3) / 1e12);
 
     float *out1, *dq1, *dk1, *out2, *dq2, *dk2;
-    one_pass(NULL, &b, &s, qn, kvn, &out1, &dq1, &dk1);
+    one_pass(ws, &b, &s, qn, kvn, &out1, &dq1, &dk1);
     one_pass(ws, &b, &s, qn, kvn, &out2, &dq2, &dk2);
-    printf("max |v2 - v1|: out %.3e, dq %.3e, dk %.3e (expected 0)\n", max_abs_diff(out2, out1, qn),
+    printf("max |run 2 - run 1|: out %.3e, dq %.3e, dk %.3e (expected 0)\n", max_abs_diff(out2, out1, qn),
            max_abs_diff(dq2, dq1, qn), max_abs_diff(dk2, dk1, kvn));
     free(out1), free(dq1), free(dk1), free(out2), free(dq2), free(dk2);
     cudaFree(ws);

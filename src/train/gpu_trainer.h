@@ -8,7 +8,9 @@
  *   f32  mode: products by cuBLAS in pedantic fp32 (no TF32): compares tightly with the CPU reference.
  *   bf16 mode: products run on the tensor cores with inputs rounded to bf16 and fp32 accumulation (layer and
  *              classifier products: bf16 operand copies, CUBLAS_COMPUTE_32F; XLKV_TRAIN_GEMM=fp32ops or the
- *              attention's products: CUBLAS_COMPUTE_32F_FAST_16BF on fp32 storage); everything else stays fp32.
+ *              attention's products: CUBLAS_COMPUTE_32F_FAST_16BF on fp32 storage); the classifier's logits in bf16
+ *              with a fused fp32 cross-entropy writing the bf16 gradient in place (XLKV_TRAIN_CE=fp32: fp32 logits
+ *              and probabilities, as before); everything else stays fp32.
  * Implemented in backend/cuda/train_gpu.c; without CUDA, backend/cuda_train_absent.c makes create fail with
  * "built without CUDA". */
 #ifndef XLKV_TRAIN_GPU_TRAINER_H

@@ -5,15 +5,13 @@
  *     B = 2 with T = 1024, 100 (not a multiple of the 64-row tiles), 17 and 1; MHA x128; mask_diagonal; windows 7
  *     and 64; GQA 4/1 x128 with window + diagonal. Tolerance (bf16 inputs, fp32 accumulation): max |flash - ref| <=
  *     2e-2 x max |ref| per tensor (for dk/dv: x max |ref - initial|, the part the kernel adds); lse absolute
- *     2e-2 (it is a log); -inf lse must be -inf exactly. These run the v2 kernels (a bf16 workspace, poisoned with
- *     NaN first); v1 (no workspace) is expected to give the same bits ("info ... bit-identical"); if it does not,
- *     every tensor must agree within 2e-3 (v1 is also held to the CPU on its own).
- *     Also: two backward runs give the same bits (no atomics); unsupported shapes (head_dim 80) are refused.
+ *     2e-2 (it is a log); -inf lse must be -inf exactly. The kernels' bf16 workspace is poisoned with NaN first.
+ *     Also: two backward runs give the same bits (no atomics); unsupported shapes (head_dim 80) and a NULL workspace
+ *     are refused.
  *  2. gradients of every parameter of a head_dim 64 model after one forward + backward (B 2, T 100; standard, cla:2
  *     with its shared KV source, lckv:1, 0_1s_1s_3): bf16 flash vs bf16 gemm within 5e-2 and vs f32 within 1e-1 of
  *     each tensor's largest gradient (or twice the bf16 gemm's own error against f32, if larger: both are bf16
- *     rounding); a missing or doubled dK/dV path (several layers read one KV source) would be off by O(1). The
- *     trainer with XLKV_TRAIN_FLASH=v1 gives the same gradients as the default v2 (bits expected; 1e-2 enforced).
+ *     rounding); a missing or doubled dK/dV path (several layers read one KV source) would be off by O(1).
  *  3. the trainer: a head_dim 64 model (standard, lckv:1 with its masked diagonal, a sliding-window map), 6 steps
  *     in f32 (exact attention) and in bf16 with flash forced (XLKV_TRAIN_ATTENTION=flash): per-step losses within
  *     3e-2 relative of the f32 run (the bf16 tolerance of test_cuda_train), bf16 flash against bf16 gemm within 1e-2;
@@ -38,7 +36,6 @@
 
 enum { FLASH_TOLERANCE_PERMILLE = 20 }; /* 2e-2 */
 static const double flash_tolerance = FLASH_TOLERANCE_PERMILLE / 1000.0;
-static const double v1_v2_tolerance = 2e-3; /* flash v2 against v1 when they are not bit-identical */
 
 static int failures;
 static unsigned long long rng_state = 0x2545F4914F6CDD1Dull;
@@ -108,18 +105,18 @@ typedef struct device_inputs {
     float *q, *k, *v, *dout, *dk0, *dv0;
 } device_inputs;
 
-typedef enum gpu_impl { IMPL_WARP, IMPL_FLASH_V1, IMPL_FLASH_V2 } gpu_impl;
+typedef enum gpu_impl { IMPL_WARP, IMPL_FLASH } gpu_impl;
 
-/* Runs one GPU implementation (the warp kernels, flash v1 without a workspace or flash v2 with one): forward,
- * backward with dk/dv starting from dk0/dv0, and backward with constant K/V. The backward reads the implementation's
- * own forward out and lse. The v2 workspace is poisoned with NaN first (its contents must not matter). */
+/* Runs one GPU implementation (the warp kernels or flash): forward, backward with dk/dv starting from dk0/dv0, and
+ * backward with constant K/V. The backward reads the implementation's own forward out and lse. The flash workspace
+ * is poisoned with NaN first (its contents must not matter). */
 static attention_result run_gpu(gpu_impl impl, const device_inputs *in, const xlkv_cuda_train_attention_shape *s,
                                 size_t qn, size_t kvn, size_t ln) {
-    const bool flash = impl != IMPL_WARP;
+    const bool flash = impl == IMPL_FLASH;
     void *ws = NULL;
-    if (impl == IMPL_FLASH_V2) {
+    if (flash) {
         const size_t bytes = xlkv_cuda_train_attention_flash_workspace_bytes(s);
-        if (bytes == 0) fail_msg("flash v2: no workspace size for a supported shape");
+        if (bytes == 0) fail_msg("flash: no workspace size for a supported shape");
         CK(cudaMalloc(&ws, bytes));
         CK(cudaMemset(ws, 0xFF, bytes));
     }
@@ -197,46 +194,18 @@ static void flash_case(const attention_case *c) {
 
     device_inputs in = {dev_floats(q, qn), dev_floats(k, kvn), dev_floats(v, kvn), dev_floats(dout, qn),
                         dev_floats(dk0, kvn), dev_floats(dv0, kvn)};
-    attention_result flash = run_gpu(IMPL_FLASH_V2, &in, &gpu, qn, kvn, ln);
+    attention_result flash = run_gpu(IMPL_FLASH, &in, &gpu, qn, kvn, ln);
     attention_result warp = run_gpu(IMPL_WARP, &in, &gpu, qn, kvn, ln);
     compare(c->name, "cpu", &flash, &cpu_ref, dk0, dv0, qn, kvn, ln);
     compare(c->name, "warp", &flash, &warp, dk0, dv0, qn, kvn, ln);
 
     /* determinism: a second run gives the same bits */
-    attention_result again = run_gpu(IMPL_FLASH_V2, &in, &gpu, qn, kvn, ln);
+    attention_result again = run_gpu(IMPL_FLASH, &in, &gpu, qn, kvn, ln);
     const bool same = same_bits(&again, &flash, qn, kvn, ln);
     printf("check flash %-72s %s\n", c->name, same ? "two runs bit-identical ok" : "two runs DIFFER FAIL");
     if (!same) failures++;
 
-    /* v1 (fp32 tiles, no workspace) and v2 (bf16 workspace, cp.async): same rounding, tiles and order -> same bits;
-     * v1 is also held to the references on its own */
-    attention_result v1 = run_gpu(IMPL_FLASH_V1, &in, &gpu, qn, kvn, ln);
-    char what[200];
-    snprintf(what, sizeof what, "flash v1 %s vs cpu: dk (+= onto non-zero)", c->name);
-    check_against(what, v1.dk, cpu_ref.dk, dk0, kvn, flash_tolerance, false);
-    snprintf(what, sizeof what, "flash v1 %s vs cpu: dq", c->name);
-    check_against(what, v1.dq, cpu_ref.dq, NULL, qn, flash_tolerance, false);
-    /* expected: the same bits; should the compiler contract a multiply-add differently in one of them, the two may
-     * differ by rounding only: then each tensor must agree within 2e-3 of its largest value (a tenth of the
-     * reference tolerance; a wrong tile, mask or missing row is off by far more) */
-    const bool v1_same = same_bits(&v1, &flash, qn, kvn, ln);
-    printf("info flash v2 vs v1 %-64s %s\n", c->name, v1_same ? "bit-identical" : "NOT bit-identical (see below)");
-    if (!v1_same) {
-        snprintf(what, sizeof what, "flash v2 vs v1 %s: out", c->name);
-        check_against(what, flash.out, v1.out, NULL, qn, v1_v2_tolerance, false);
-        snprintf(what, sizeof what, "flash v2 vs v1 %s: lse", c->name);
-        check_against(what, flash.lse, v1.lse, NULL, ln, v1_v2_tolerance, true);
-        snprintf(what, sizeof what, "flash v2 vs v1 %s: dq", c->name);
-        check_against(what, flash.dq, v1.dq, NULL, qn, v1_v2_tolerance, false);
-        snprintf(what, sizeof what, "flash v2 vs v1 %s: dk", c->name);
-        check_against(what, flash.dk, v1.dk, dk0, kvn, v1_v2_tolerance, false);
-        snprintf(what, sizeof what, "flash v2 vs v1 %s: dv", c->name);
-        check_against(what, flash.dv, v1.dv, dv0, kvn, v1_v2_tolerance, false);
-        snprintf(what, sizeof what, "flash v2 vs v1 %s: dq with constant K/V", c->name);
-        check_against(what, flash.dq_const, v1.dq_const, NULL, qn, v1_v2_tolerance, false);
-    }
-
-    free_result(&cpu_ref), free_result(&flash), free_result(&warp), free_result(&again), free_result(&v1);
+    free_result(&cpu_ref), free_result(&flash), free_result(&warp), free_result(&again);
     free(q), free(k), free(v), free(dout), free(dk0), free(dv0);
     cudaFree(in.q), cudaFree(in.k), cudaFree(in.v), cudaFree(in.dout), cudaFree(in.dk0), cudaFree(in.dv0);
 }
@@ -270,6 +239,11 @@ static void flash_kernels_match_exact(void **state) {
     printf("check flash refuses head_dim 80 (supported() false, launch cudaErrorInvalidValue, workspace 0): %s\n",
            refused ? "ok" : "FAIL");
     if (!refused) failures++;
+    const xlkv_cuda_train_attention_shape ok_shape = {1, 16, 2, 1, 64, 0, false};
+    const int rc_null = xlkv_cuda_train_attention_flash_forward(buf, buf, buf, buf, buf, &ok_shape, NULL, NULL);
+    printf("check flash refuses a NULL workspace (cudaErrorInvalidValue): %s\n",
+           rc_null == (int)cudaErrorInvalidValue ? "ok" : "FAIL");
+    if (rc_null != (int)cudaErrorInvalidValue) failures++;
     cudaFree(buf);
     if (failures) fail_msg("%d flash kernel check(s) failed", failures);
 }
@@ -293,8 +267,7 @@ static xlkv_hparams flash_hparams(const trainer_case *c) {
 }
 
 /* Gradients of every parameter after one forward + backward (B 2, T 100) with the given dtype and attention. */
-static float *model_gradients(const trainer_case *c, bool bf16, const char *attention, const char *flash_version,
-                              size_t *n_params) {
+static float *model_gradients(const trainer_case *c, bool bf16, const char *attention, size_t *n_params) {
     enum { B = 2, T = 100, N = B * T };
     int tokens[N], targets[N];
     for (int r = 0; r < N; r++) {
@@ -305,11 +278,9 @@ static float *model_gradients(const trainer_case *c, bool bf16, const char *atte
     xlkv_param_store *store = NULL;
     TU_ASSERT_OK(xlkv_store_from_shape(&hp, c->map, 5, &store));
     setenv("XLKV_TRAIN_ATTENTION", attention, 1);
-    setenv("XLKV_TRAIN_FLASH", flash_version, 1);
     xlkv_gpu_trainer *gt = NULL;
     TU_ASSERT_OK(xlkv_gpu_trainer_create(store, B, T, c->m, c->b, bf16, &gt));
     unsetenv("XLKV_TRAIN_ATTENTION");
-    unsetenv("XLKV_TRAIN_FLASH");
     double loss = 0.0;
     TU_ASSERT_OK(xlkv_gpu_trainer_zero_grads(gt));
     TU_ASSERT_OK(xlkv_gpu_trainer_forward(gt, tokens, targets, &loss));
@@ -355,18 +326,8 @@ static void flash_gradients_match(void **state) {
     for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
         const trainer_case *c = &cases[ci];
         size_t n = 0;
-        float *flash = model_gradients(c, true, "flash", "v2", &n), *gemm = model_gradients(c, true, "gemm", "", &n);
-        float *exact = model_gradients(c, false, "gemm", "", &n);
-        float *flash_v1 = model_gradients(c, true, "flash", "v1", &n);
-        const bool v1_same = !memcmp(flash, flash_v1, n * sizeof *flash);
-        const char *name_v1;
-        const double vs_v1 = v1_same ? 0.0 : worst_tensor_error(c, flash, flash_v1, &name_v1);
-        const bool v1_ok = vs_v1 <= 1e-2; /* rounding only (see flash_case); a real difference is O(1) */
-        printf("check bf16 gradients, %-10s m=%d b=%d: trainer flash v2 vs XLKV_TRAIN_FLASH=v1 %s (worst tensor "
-               "max err %.2e, tol 1e-2) %s\n", c->map, c->m, c->b, v1_same ? "bit-identical" : "NOT bit-identical",
-               vs_v1, v1_ok ? "ok" : "FAIL");
-        if (!v1_ok) failures++;
-        free(flash_v1);
+        float *flash = model_gradients(c, true, "flash", &n), *gemm = model_gradients(c, true, "gemm", &n);
+        float *exact = model_gradients(c, false, "gemm", &n);
         const char *name_gemm, *name_exact;
         const double vs_gemm = worst_tensor_error(c, flash, gemm, &name_gemm);
         const double vs_exact = worst_tensor_error(c, flash, exact, &name_exact);

@@ -22,19 +22,16 @@
  * with lse = -inf (nothing visible) also gets lse' = +inf: all its probabilities are exactly 0.
  * delta = rowsum(dO * O) comes from xlkv_cuda_train_attention_delta (train_kernels.cu).
  *
- * Two versions of the same arithmetic (same bf16 values, tiles and summation order: the same bits expected):
- *   v1 (workspace NULL): the kernels above read fp32 rows with plain loads and round them while staging (every tile
- *       load is exposed latency).
- *   v2 (a workspace): bf16 copies of what is streamed go to the workspace first (K, V: round_to_bf16; the backward's
- *       Q and dO: written by the dQ kernel, which reads each of their rows once anyway; head_major_rows makes the
- *       dK/dV kernel's lse' / delta contiguous per (sequence, head)); the kernels then move 16-byte cp.async chunks
- *       with double buffering (tile j+1 loads while tile j computes), as the inference prefill kernel does.
- *       Operands read once per CTA (Q of the forward, Q and dO of dQ) come from fp32 with plain loads, issued while
- *       the first cp.async tile is in flight. At head_dim 64 the
- *       backward kernels hold S and dP for 32 keys (dQ) / 32 queries (dK/dV) at a time: same products in the same
- *       order, ~166 registers instead of ~190, so 3 CTAs share an SM. The grids put the tile index in z (dispatched
- *       slowest): the longest tiles of every (head, sequence) start before any short one, short ones fill the tail.
- *
+ * Staging: bf16 copies of what is streamed go to the workspace first (K, V: round_to_bf16; the backward's Q and dO:
+ * written by the dQ kernel, which reads each of their rows once anyway; head_major_rows makes the dK/dV kernel's
+ * lse' / delta contiguous per (sequence, head)); the kernels then move 16-byte cp.async chunks with double buffering
+ * (tile j+1 loads while tile j computes), as the inference prefill kernel does. Operands read once per CTA (Q of the
+ * forward, Q and dO of dQ) come from fp32 with plain loads, issued while the first cp.async tile is in flight. At
+ * head_dim 64 the backward kernels hold S and dP for 32 keys (dQ) / 32 queries (dK/dV) at a time (~166 registers,
+ * so 3 CTAs share an SM). The grids put the tile index in z (dispatched slowest): the longest tiles of every
+ * (head, sequence) start before any short one, short ones fill the tail. (A first version that rounded fp32 tiles
+ * while staging them, without a workspace, took 2x / 2.2x longer and gave the same bits; it was removed after the
+ * H100 run at 5c5b2e8, bench/results/train/.)
  * Cost (small: B 16, T 1024, 12/6 heads x 64, causal), per layer: forward 4 * 16 * 12 * 1024^2 / 2 * 64 = 26 GFLOP,
  * backward 2.5x that; the fp32 staging reads Q, K, V (and dO) once per tile pair, L2-resident. */
 #include <cuda_bf16.h>
@@ -63,26 +60,6 @@ struct flash_args {
     size_t q_stride, kv_stride; /* floats per row of q/out/dout and of k/v */
     float scale, scale_log2;
 };
-
-/* Rows row0 .. row0 + ROWS - 1 of one head (src points at row 0 of that head, `stride` floats per row) -> bf16 rows
- * of dst; rows >= limit are zeros. */
-template <int D, int ROWS>
-__device__ __forceinline__ void stage_rows(__nv_bfloat16 *dst, const float *src, size_t stride, int row0, int limit) {
-    constexpr int SROW = smem_row<D>(), CHUNKS = D / 8;
-    for (int c = threadIdx.x; c < ROWS * CHUNKS; c += THREADS) {
-        const int row = c / CHUNKS, ch = c % CHUNKS, t = row0 + row;
-        uint4 packed = make_uint4(0u, 0u, 0u, 0u);
-        if (t < limit) {
-            const float4 *s = reinterpret_cast<const float4 *>(src + (size_t)t * stride + ch * 8);
-            const float4 lo = s[0], hi = s[1];
-            packed.x = pack_bf16x2(lo.x, lo.y);
-            packed.y = pack_bf16x2(lo.z, lo.w);
-            packed.z = pack_bf16x2(hi.x, hi.y);
-            packed.w = pack_bf16x2(hi.z, hi.w);
-        }
-        *reinterpret_cast<uint4 *>(dst + row * SROW + ch * 8) = packed;
-    }
-}
 
 /* A fragment (16 rows from row0, k columns kc*16 .. kc*16+15) of a row-major bf16 tile. */
 template <int D>
@@ -161,290 +138,7 @@ __device__ __forceinline__ float lse_ref(const float *lse_row, bool exists) {
     return l == -INFINITY ? INFINITY : l * LOG2E;
 }
 
-/* ---- forward ---------------------------------------------------------------------------------------------------- */
-template <int D>
-__global__ void __launch_bounds__(THREADS)
-    flash_forward(float *out, float *lse, const float *q, const float *k, const float *v, flash_args a) {
-    constexpr int SROW = smem_row<D>();
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    __nv_bfloat16 *s_q = reinterpret_cast<__nv_bfloat16 *>(smem_raw);
-    __nv_bfloat16 *s_k = s_q + TILE_Q * SROW, *s_v = s_k + TILE_K * SROW;
-
-    const int n_q_tiles = (a.seq + TILE_Q - 1) / TILE_Q;
-    const int q_tile = n_q_tiles - 1 - (int)blockIdx.x; /* longest first */
-    const int h = blockIdx.y, b = blockIdx.z, kvh = h / a.group;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const size_t batch_row0 = (size_t)b * a.seq;
-    const float *qh = q + batch_row0 * a.q_stride + (size_t)h * D;
-    const float *kh = k + batch_row0 * a.kv_stride + (size_t)kvh * D;
-    const float *vh = v + batch_row0 * a.kv_stride + (size_t)kvh * D;
-    float *oh = out + batch_row0 * a.q_stride + (size_t)h * D;
-    float *lh = lse + batch_row0 * a.n_heads + h;
-    const int r0 = q_tile * TILE_Q, rows = min(TILE_Q, a.seq - r0);
-    const int t_min = r0, t_max = r0 + rows - 1;
-    int kv_first, kv_last;
-    key_range(a, t_min, t_max, &kv_first, &kv_last);
-    const int n_kv_tiles = kv_last < kv_first ? 0 : (kv_last - kv_first + TILE_K) / TILE_K;
-    const int key_limit = kv_last + 1; /* <= seq */
-
-    const int g = lane >> 2, tq = lane & 3;
-    const int row_a = warp * 16 + g, t_a = r0 + row_a, t_b = t_a + 8;
-    uint32_t q_frag[D / 16][4];
-    float o_acc[D / 8][4];
-#pragma unroll
-    for (int dt = 0; dt < D / 8; dt++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) o_acc[dt][i] = 0.0f;
-    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
-
-    if (n_kv_tiles > 0) stage_rows<D, TILE_Q>(s_q, qh, a.q_stride, r0, a.seq);
-    for (int tile = 0; tile < n_kv_tiles; tile++) {
-        const int k0 = kv_first + tile * TILE_K;
-        __syncthreads(); /* the previous tile is no longer read */
-        stage_rows<D, TILE_K>(s_k, kh, a.kv_stride, k0, key_limit);
-        stage_rows<D, TILE_K>(s_v, vh, a.kv_stride, k0, key_limit);
-        __syncthreads();
-        if (tile == 0) {
-#pragma unroll
-            for (int kc = 0; kc < D / 16; kc++) load_a<D>(q_frag[kc], s_q, warp * 16, kc, lane);
-        }
-        float s[TILE_K / 8][4];
-#pragma unroll
-        for (int nt = 0; nt < TILE_K / 8; nt++) {
-#pragma unroll
-            for (int i = 0; i < 4; i++) s[nt][i] = 0.0f;
-#pragma unroll
-            for (int kc2 = 0; kc2 < D / 32; kc2++) {
-                uint32_t kb[4];
-                ldmatrix_x4(kb, s_k + (nt * 8 + (lane & 7)) * SROW + kc2 * 32 + (lane >> 3) * 8);
-                mma_bf16_16816(s[nt], q_frag[2 * kc2], kb[0], kb[1]);
-                mma_bf16_16816(s[nt], q_frag[2 * kc2 + 1], kb[2], kb[3]);
-            }
-        }
-        const bool need_mask = !tile_fully_visible(a, t_min, t_max, k0, k0 + TILE_K - 1);
-        float tile_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-        for (int nt = 0; nt < TILE_K / 8; nt++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                float x = s[nt][i] * a.scale_log2;
-                if (need_mask && !visible(i < 2 ? t_a : t_b, k0 + nt * 8 + 2 * tq + (i & 1), a)) x = -INFINITY;
-                s[nt][i] = x;
-                tile_max[i >> 1] = fmaxf(tile_max[i >> 1], x);
-            }
-        float alpha[2], m_ref[2];
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
-            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-            const float m_new = fmaxf(m_run[r], tile_max[r]);
-            m_ref[r] = m_new == -INFINITY ? 0.0f : m_new;
-            alpha[r] = exp2f(m_run[r] - m_ref[r]);
-            m_run[r] = m_new;
-        }
-        float row_sum[2] = {0.0f, 0.0f};
-#pragma unroll
-        for (int nt = 0; nt < TILE_K / 8; nt++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const float e = exp2f(s[nt][i] - m_ref[i >> 1]);
-                s[nt][i] = e;
-                row_sum[i >> 1] += e;
-            }
-#pragma unroll
-        for (int r = 0; r < 2; r++) l_run[r] = l_run[r] * alpha[r] + row_sum[r];
-#pragma unroll
-        for (int dt = 0; dt < D / 8; dt++) {
-            o_acc[dt][0] *= alpha[0];
-            o_acc[dt][1] *= alpha[0];
-            o_acc[dt][2] *= alpha[1];
-            o_acc[dt][3] *= alpha[1];
-        }
-        accumulate_pv<D, TILE_K / 16>(o_acc, s, s_v, lane);
-    }
-
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
-        l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
-    }
-    const float inv_a = l_run[0] > 0.0f ? 1.0f / l_run[0] : 0.0f;
-    const float inv_b = l_run[1] > 0.0f ? 1.0f / l_run[1] : 0.0f;
-    float *out_a = oh + (size_t)t_a * a.q_stride + 2 * tq, *out_b = oh + (size_t)t_b * a.q_stride + 2 * tq;
-#pragma unroll
-    for (int dt = 0; dt < D / 8; dt++) {
-        if (t_a < a.seq) *reinterpret_cast<float2 *>(out_a + dt * 8) = make_float2(o_acc[dt][0] * inv_a, o_acc[dt][1] * inv_a);
-        if (t_b < a.seq) *reinterpret_cast<float2 *>(out_b + dt * 8) = make_float2(o_acc[dt][2] * inv_b, o_acc[dt][3] * inv_b);
-    }
-    if (tq == 0) {
-        if (t_a < a.seq) lh[(size_t)t_a * a.n_heads] = l_run[0] > 0.0f ? (m_run[0] + log2f(l_run[0])) * LN2 : -INFINITY;
-        if (t_b < a.seq) lh[(size_t)t_b * a.n_heads] = l_run[1] > 0.0f ? (m_run[1] + log2f(l_run[1])) * LN2 : -INFINITY;
-    }
-}
-
-/* ---- backward: dQ ------------------------------------------------------------------------------------------------ */
-template <int D>
-__global__ void __launch_bounds__(THREADS)
-    flash_backward_dq(float *dq, const float *dout, const float *lse, const float *delta, const float *q,
-                      const float *k, const float *v, flash_args a) {
-    constexpr int SROW = smem_row<D>();
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    __nv_bfloat16 *s_q = reinterpret_cast<__nv_bfloat16 *>(smem_raw);
-    __nv_bfloat16 *s_do = s_q + TILE_Q * SROW, *s_k = s_do + TILE_Q * SROW, *s_v = s_k + TILE_K * SROW;
-
-    const int n_q_tiles = (a.seq + TILE_Q - 1) / TILE_Q;
-    const int q_tile = n_q_tiles - 1 - (int)blockIdx.x;
-    const int h = blockIdx.y, b = blockIdx.z, kvh = h / a.group;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const size_t batch_row0 = (size_t)b * a.seq;
-    const float *qh = q + batch_row0 * a.q_stride + (size_t)h * D;
-    const float *doh = dout + batch_row0 * a.q_stride + (size_t)h * D;
-    const float *kh = k + batch_row0 * a.kv_stride + (size_t)kvh * D;
-    const float *vh = v + batch_row0 * a.kv_stride + (size_t)kvh * D;
-    float *dqh = dq + batch_row0 * a.q_stride + (size_t)h * D;
-    const float *lh = lse + batch_row0 * a.n_heads + h, *dh = delta + batch_row0 * a.n_heads + h;
-    const int r0 = q_tile * TILE_Q, rows = min(TILE_Q, a.seq - r0);
-    const int t_min = r0, t_max = r0 + rows - 1;
-    int kv_first, kv_last;
-    key_range(a, t_min, t_max, &kv_first, &kv_last);
-    const int n_kv_tiles = kv_last < kv_first ? 0 : (kv_last - kv_first + TILE_K) / TILE_K;
-    const int key_limit = kv_last + 1;
-
-    const int g = lane >> 2, tq = lane & 3;
-    const int t_a = r0 + warp * 16 + g, t_b = t_a + 8;
-    const float ref_a = lse_ref(lh + (size_t)t_a * a.n_heads, t_a < a.seq);
-    const float ref_b = lse_ref(lh + (size_t)t_b * a.n_heads, t_b < a.seq);
-    const float delta_a = t_a < a.seq ? dh[(size_t)t_a * a.n_heads] : 0.0f;
-    const float delta_b = t_b < a.seq ? dh[(size_t)t_b * a.n_heads] : 0.0f;
-    float dq_acc[D / 8][4];
-#pragma unroll
-    for (int dt = 0; dt < D / 8; dt++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) dq_acc[dt][i] = 0.0f;
-
-    if (n_kv_tiles > 0) {
-        stage_rows<D, TILE_Q>(s_q, qh, a.q_stride, r0, a.seq);
-        stage_rows<D, TILE_Q>(s_do, doh, a.q_stride, r0, a.seq);
-    }
-    for (int tile = 0; tile < n_kv_tiles; tile++) {
-        const int k0 = kv_first + tile * TILE_K;
-        __syncthreads();
-        stage_rows<D, TILE_K>(s_k, kh, a.kv_stride, k0, key_limit);
-        stage_rows<D, TILE_K>(s_v, vh, a.kv_stride, k0, key_limit);
-        __syncthreads();
-        float p[TILE_K / 8][4], dp[TILE_K / 8][4];
-        product_rows<D, TILE_K / 8>(p, s_q, warp * 16, s_k, lane);  /* S = Q K^T */
-        product_rows<D, TILE_K / 8>(dp, s_do, warp * 16, s_v, lane); /* dP = dO V^T */
-        const bool need_mask = !tile_fully_visible(a, t_min, t_max, k0, k0 + TILE_K - 1);
-#pragma unroll
-        for (int nt = 0; nt < TILE_K / 8; nt++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                float x = p[nt][i] * a.scale_log2;
-                if (need_mask && !visible(i < 2 ? t_a : t_b, k0 + nt * 8 + 2 * tq + (i & 1), a)) x = -INFINITY;
-                const float prob = exp2f(x - (i < 2 ? ref_a : ref_b));
-                p[nt][i] = prob * (dp[nt][i] - (i < 2 ? delta_a : delta_b)); /* dS */
-            }
-        accumulate_pv<D, TILE_K / 16>(dq_acc, p, s_k, lane); /* dQ += dS K */
-    }
-
-    float *dq_a = dqh + (size_t)t_a * a.q_stride + 2 * tq, *dq_b = dqh + (size_t)t_b * a.q_stride + 2 * tq;
-#pragma unroll
-    for (int dt = 0; dt < D / 8; dt++) {
-        if (t_a < a.seq)
-            *reinterpret_cast<float2 *>(dq_a + dt * 8) = make_float2(dq_acc[dt][0] * a.scale, dq_acc[dt][1] * a.scale);
-        if (t_b < a.seq)
-            *reinterpret_cast<float2 *>(dq_b + dt * 8) = make_float2(dq_acc[dt][2] * a.scale, dq_acc[dt][3] * a.scale);
-    }
-}
-
-/* ---- backward: dK, dV ------------------------------------------------------------------------------------------- */
-template <int D>
-__global__ void __launch_bounds__(THREADS)
-    flash_backward_dkdv(float *dk, float *dv, const float *dout, const float *lse, const float *delta, const float *q,
-                        const float *k, const float *v, flash_args a) {
-    constexpr int SROW = smem_row<D>(), BQ = dkdv_tile_q<D>();
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    __nv_bfloat16 *s_k = reinterpret_cast<__nv_bfloat16 *>(smem_raw);
-    __nv_bfloat16 *s_v = s_k + TILE_K * SROW, *s_q = s_v + TILE_K * SROW, *s_do = s_q + BQ * SROW;
-    float *s_ref = reinterpret_cast<float *>(s_do + BQ * SROW), *s_delta = s_ref + BQ;
-
-    const int key_tile = blockIdx.x; /* the first key tiles see the most queries: they start first */
-    const int kvh = blockIdx.y, b = blockIdx.z;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const size_t batch_row0 = (size_t)b * a.seq;
-    const float *kh = k + batch_row0 * a.kv_stride + (size_t)kvh * D;
-    const float *vh = v + batch_row0 * a.kv_stride + (size_t)kvh * D;
-    const int k0 = key_tile * TILE_K, k_last = min(k0 + TILE_K, a.seq) - 1;
-    const int t_first = k0 + a.mask_diagonal;
-    const int t_last = a.window > 0 ? min(a.seq - 1, k_last + a.window - 1) : a.seq - 1;
-
-    const int g = lane >> 2, tq = lane & 3;
-    const int p_a = k0 + warp * 16 + g, p_b = p_a + 8;
-    float dk_acc[D / 8][4], dv_acc[D / 8][4];
-#pragma unroll
-    for (int dt = 0; dt < D / 8; dt++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) dk_acc[dt][i] = dv_acc[dt][i] = 0.0f;
-
-    stage_rows<D, TILE_K>(s_k, kh, a.kv_stride, k0, a.seq);
-    stage_rows<D, TILE_K>(s_v, vh, a.kv_stride, k0, a.seq);
-    for (int h = kvh * a.group; h < (kvh + 1) * a.group; h++) {
-        const float *qh = q + batch_row0 * a.q_stride + (size_t)h * D;
-        const float *doh = dout + batch_row0 * a.q_stride + (size_t)h * D;
-        const float *lh = lse + batch_row0 * a.n_heads + h, *dh = delta + batch_row0 * a.n_heads + h;
-        for (int q0 = t_first; q0 <= t_last; q0 += BQ) {
-            __syncthreads(); /* the previous query tile is no longer read */
-            stage_rows<D, BQ>(s_q, qh, a.q_stride, q0, t_last + 1);
-            stage_rows<D, BQ>(s_do, doh, a.q_stride, q0, t_last + 1);
-            if (tid < BQ) {
-                const int t = q0 + tid;
-                s_ref[tid] = lse_ref(lh + (size_t)t * a.n_heads, t <= t_last);
-                s_delta[tid] = t <= t_last ? dh[(size_t)t * a.n_heads] : 0.0f;
-            }
-            __syncthreads();
-            float p[BQ / 8][4], dp[BQ / 8][4];
-            product_rows<D, BQ / 8>(p, s_k, warp * 16, s_q, lane);   /* S^T = K Q^T */
-            product_rows<D, BQ / 8>(dp, s_v, warp * 16, s_do, lane); /* dP^T = V dO^T */
-            const bool need_mask = !tile_fully_visible(a, q0, q0 + BQ - 1, k0, k0 + TILE_K - 1);
-#pragma unroll
-            for (int nt = 0; nt < BQ / 8; nt++)
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const int col = nt * 8 + 2 * tq + (i & 1);
-                    float x = p[nt][i] * a.scale_log2;
-                    if (need_mask && !visible(q0 + col, i < 2 ? p_a : p_b, a)) x = -INFINITY;
-                    const float prob = exp2f(x - s_ref[col]);
-                    p[nt][i] = prob;
-                    dp[nt][i] = prob * (dp[nt][i] - s_delta[col]); /* dS^T */
-                }
-            accumulate_pv<D, BQ / 16>(dv_acc, p, s_do, lane); /* dV += P^T dO */
-            accumulate_pv<D, BQ / 16>(dk_acc, dp, s_q, lane); /* dK += dS^T Q */
-        }
-    }
-
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        const int key = r == 0 ? p_a : p_b;
-        if (key >= a.seq) continue;
-        const size_t off = (batch_row0 + key) * a.kv_stride + (size_t)kvh * D + 2 * tq;
-#pragma unroll
-        for (int dt = 0; dt < D / 8; dt++) {
-            if (dk) {
-                float2 *dst = reinterpret_cast<float2 *>(dk + off + dt * 8);
-                const float2 old = *dst;
-                *dst = make_float2(old.x + dk_acc[dt][2 * r] * a.scale, old.y + dk_acc[dt][2 * r + 1] * a.scale);
-            }
-            if (dv) {
-                float2 *dst = reinterpret_cast<float2 *>(dv + off + dt * 8);
-                const float2 old = *dst;
-                *dst = make_float2(old.x + dv_acc[dt][2 * r], old.y + dv_acc[dt][2 * r + 1]);
-            }
-        }
-    }
-}
-
-/* ---- v2: bf16 copies in the workspace, cp.async tiles, double buffering ------------------------------------------- */
+/* ---- bf16 copies in the workspace, cp.async tiles, double buffering ---------------------------------------------- */
 typedef __nv_bfloat16 bf16;
 
 /* 4 bytes global -> shared, asynchronous (zero-fill when !valid; gmem must still be a valid pointer value). */
@@ -454,7 +148,7 @@ __device__ __forceinline__ void cp_async_4(void *smem, const void *gmem, bool va
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(saddr), "l"(gmem), "r"(src_size));
 }
 
-/* Asynchronous twin of stage_rows: bf16 rows row0 .. row0 + ROWS - 1 of one head (src at row 0 of that head,
+/* Asynchronous counterpart of stage_rows: bf16 rows row0 .. row0 + ROWS - 1 of one head (src at row 0 of that head,
  * `stride` elements per row) -> padded shared rows; rows >= limit are zero-filled. Same bf16 values as stage_rows
  * (the pre-pass rounds with the same round-to-nearest). */
 template <int D, int ROWS>
@@ -467,12 +161,13 @@ __device__ __forceinline__ void async_rows(bf16 *dst, const bf16 *src, size_t st
     }
 }
 
-/* stage_rows that also writes the bf16 rows it stages (rows < limit) to `copy` (same layout as src, NULL: none):
- * the dQ kernel reads each Q / dO row exactly once, so it leaves the bf16 copies the dK/dV kernel streams. The same
- * thread writes and reads each chunk: no barrier between the two. */
+/* fp32 rows row0 .. row0 + ROWS - 1 of one head (src at row 0 of that head, `stride` floats per row) -> padded bf16
+ * shared rows (rows >= limit are zeros), also writing the bf16 rows (rows < limit) to `copy` (same layout as src,
+ * NULL: none): the dQ kernel reads each Q / dO row exactly once, so it leaves the bf16 copies the dK/dV kernel
+ * streams. The same thread writes and reads each chunk: no barrier between the two. */
 template <int D, int ROWS>
-__device__ __forceinline__ void stage_rows_copy(__nv_bfloat16 *dst, const float *src, size_t stride, int row0,
-                                                int limit, __nv_bfloat16 *copy) {
+__device__ __forceinline__ void stage_rows(__nv_bfloat16 *dst, const float *src, size_t stride, int row0,
+                                           int limit, __nv_bfloat16 *copy) {
     constexpr int SROW = smem_row<D>(), CHUNKS = D / 8;
     for (int c = threadIdx.x; c < ROWS * CHUNKS; c += THREADS) {
         const int row = c / CHUNKS, ch = c % CHUNKS, t = row0 + row;
@@ -518,7 +213,7 @@ __global__ void head_major_rows(float *ref_hm, float *delta_hm, const float *lse
 
 template <int D>
 __global__ void __launch_bounds__(THREADS)
-    flash_forward_v2(float *out, float *lse, const float *q, const bf16 *k, const bf16 *v, flash_args a) {
+    flash_forward(float *out, float *lse, const float *q, const bf16 *k, const bf16 *v, flash_args a) {
     constexpr int SROW = smem_row<D>();
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16 *s_q = reinterpret_cast<bf16 *>(smem_raw);
@@ -560,7 +255,7 @@ __global__ void __launch_bounds__(THREADS)
         load_kv(0, 0);
         cp_async_commit();
         /* Q is read once per CTA: fp32 rows rounded here (no bf16 copy needed) while the first K/V tile lands */
-        stage_rows<D, TILE_Q>(s_q, qh, a.q_stride, r0, a.seq);
+        stage_rows<D, TILE_Q>(s_q, qh, a.q_stride, r0, a.seq, NULL);
     }
     for (int tile = 0; tile < n_kv_tiles; tile++) {
         const int buf = tile & 1, k0 = kv_first + tile * TILE_K;
@@ -648,14 +343,14 @@ __global__ void __launch_bounds__(THREADS)
     }
 }
 
-/* Keys (dQ) / queries (dK/dV) per register chunk of the v2 backward: 32 at head_dim 64 (the S and dP fragments of half
+/* Keys (dQ) / queries (dK/dV) per register chunk of the backward: 32 at head_dim 64 (the S and dP fragments of half
  * a tile: 3 CTAs per SM instead of 2), the whole tile at 128 (shared memory allows 2 CTAs anyway). */
 template <int D> __host__ __device__ constexpr int bwd_chunk() { return D == 64 ? 32 : 64; }
 template <int D> __host__ __device__ constexpr int bwd_min_ctas() { return D == 64 ? 3 : 1; }
 
 template <int D>
 __global__ void __launch_bounds__(THREADS, bwd_min_ctas<D>())
-    flash_backward_dq_v2(float *dq, const float *dout, const float *lse, const float *delta, const float *q,
+    flash_backward_dq(float *dq, const float *dout, const float *lse, const float *delta, const float *q,
                          const bf16 *k, const bf16 *v, bf16 *q_copy, bf16 *dout_copy, flash_args a) {
     constexpr int SROW = smem_row<D>(), KC = bwd_chunk<D>();
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -688,8 +383,8 @@ __global__ void __launch_bounds__(THREADS, bwd_min_ctas<D>())
     cp_async_commit();
     /* Q and dO are read once per CTA: fp32 rows rounded here while the first K/V tile lands, and written out as the
      * bf16 copies of the dK/dV kernel (every tile, even one that sees nothing: the dK/dV kernel still reads it) */
-    stage_rows_copy<D, TILE_Q>(s_q, q + head_off, a.q_stride, r0, a.seq, q_copy ? q_copy + head_off : NULL);
-    stage_rows_copy<D, TILE_Q>(s_do, dout + head_off, a.q_stride, r0, a.seq, dout_copy ? dout_copy + head_off : NULL);
+    stage_rows<D, TILE_Q>(s_q, q + head_off, a.q_stride, r0, a.seq, q_copy ? q_copy + head_off : NULL);
+    stage_rows<D, TILE_Q>(s_do, dout + head_off, a.q_stride, r0, a.seq, dout_copy ? dout_copy + head_off : NULL);
 
     const int g = lane >> 2, tq = lane & 3;
     const int t_a = r0 + warp * 16 + g, t_b = t_a + 8;
@@ -743,10 +438,10 @@ __global__ void __launch_bounds__(THREADS, bwd_min_ctas<D>())
 
 /* dK/dV with the (query head, query tile) steps of a key tile flattened into one double-buffered stream: the Q, dO,
  * ref and delta of step i+1 load while step i computes. ref/delta come head-major (head_major_rows); rows past
- * t_last are zero rows with ref +inf, exactly as in v1. */
+ * t_last are zero rows with ref +inf, as in the forward. */
 template <int D>
 __global__ void __launch_bounds__(THREADS, bwd_min_ctas<D>())
-    flash_backward_dkdv_v2(float *dk, float *dv, const bf16 *dout, const float *ref_hm, const float *delta_hm,
+    flash_backward_dkdv(float *dk, float *dv, const bf16 *dout, const float *ref_hm, const float *delta_hm,
                            const bf16 *q, const bf16 *k, const bf16 *v, flash_args a) {
     constexpr int SROW = smem_row<D>(), BQ = dkdv_tile_q<D>(), QC = bwd_chunk<D>() < BQ ? bwd_chunk<D>() : BQ;
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -775,7 +470,7 @@ __global__ void __launch_bounds__(THREADS, bwd_min_ctas<D>())
                 const size_t row = ((size_t)b * a.n_heads + h) * a.seq + t;
                 cp_async_4(s_ref + buf * BQ + tid, ref_hm + row, true);
                 cp_async_4(s_delta + buf * BQ + tid, delta_hm + row, true);
-            } else { /* as v1: probability exactly 0 (plain stores; the buffer is free and the barrier comes first) */
+            } else { /* probability exactly 0 (plain stores; the buffer is free and the barrier comes first) */
                 s_ref[buf * BQ + tid] = INFINITY;
                 s_delta[buf * BQ + tid] = 0.0f;
             }
@@ -847,11 +542,6 @@ __global__ void __launch_bounds__(THREADS, bwd_min_ctas<D>())
 }
 
 /* ---- launchers ---------------------------------------------------------------------------------------------------- */
-template <int D> constexpr size_t forward_smem() { return (size_t)(TILE_Q + 2 * TILE_K) * smem_row<D>() * 2; }
-template <int D> constexpr size_t dq_smem() { return (size_t)(2 * TILE_Q + 2 * TILE_K) * smem_row<D>() * 2; }
-template <int D> constexpr size_t dkdv_smem() {
-    return (size_t)(2 * TILE_K + 2 * dkdv_tile_q<D>()) * smem_row<D>() * 2 + 2 * dkdv_tile_q<D>() * sizeof(float);
-}
 
 /* Raises the kernel's dynamic shared-memory limit when it needs more than the default 48 KiB (once per kernel and
  * process; the call is idempotent, so a race only repeats it). */
@@ -886,42 +576,13 @@ flash_args make_args(const xlkv_cuda_train_attention_shape *s) {
     return a;
 }
 
-template <int D>
-int forward_launch(float *out, float *lse, const float *q, const float *k, const float *v, const flash_args &a,
-                   int batch, cudaStream_t stream) {
-    static bool smem_raised = false;
-    const int err = allow_smem(flash_forward<D>, forward_smem<D>(), &smem_raised);
-    if (err) return err;
-    const dim3 grid((a.seq + TILE_Q - 1) / TILE_Q, a.n_heads, batch);
-    flash_forward<D><<<grid, THREADS, forward_smem<D>(), stream>>>(out, lse, q, k, v, a);
-    return (int)cudaGetLastError();
-}
-
-template <int D>
-int backward_launch(float *dq, float *dk, float *dv, const float *delta, const float *dout, const float *lse,
-                    const float *q, const float *k, const float *v, const flash_args &a, int batch,
-                    cudaStream_t stream) {
-    static bool dq_smem_raised = false, dkdv_smem_raised = false;
-    int err = allow_smem(flash_backward_dq<D>, dq_smem<D>(), &dq_smem_raised);
-    if (err) return err;
-    const dim3 dq_grid((a.seq + TILE_Q - 1) / TILE_Q, a.n_heads, batch);
-    flash_backward_dq<D><<<dq_grid, THREADS, dq_smem<D>(), stream>>>(dq, dout, lse, delta, q, k, v, a);
-    err = (int)cudaGetLastError();
-    if (err || (!dk && !dv)) return err;
-    err = allow_smem(flash_backward_dkdv<D>, dkdv_smem<D>(), &dkdv_smem_raised);
-    if (err) return err;
-    const dim3 kv_grid((a.seq + TILE_K - 1) / TILE_K, a.n_heads / a.group, batch);
-    flash_backward_dkdv<D><<<kv_grid, THREADS, dkdv_smem<D>(), stream>>>(dk, dv, dout, lse, delta, q, k, v, a);
-    return (int)cudaGetLastError();
-}
-
-template <int D> constexpr size_t forward_v2_smem() { return (size_t)(TILE_Q + 4 * TILE_K) * smem_row<D>() * 2; }
-template <int D> constexpr size_t dq_v2_smem() { return (size_t)(2 * TILE_Q + 4 * TILE_K) * smem_row<D>() * 2; }
-template <int D> constexpr size_t dkdv_v2_smem() {
+template <int D> constexpr size_t forward_smem() { return (size_t)(TILE_Q + 4 * TILE_K) * smem_row<D>() * 2; }
+template <int D> constexpr size_t dq_smem() { return (size_t)(2 * TILE_Q + 4 * TILE_K) * smem_row<D>() * 2; }
+template <int D> constexpr size_t dkdv_smem() {
     return (size_t)(2 * TILE_K + 4 * dkdv_tile_q<D>()) * smem_row<D>() * 2 + 4 * dkdv_tile_q<D>() * sizeof(float);
 }
 
-/* The workspace of the v2 path: bf16 copies of q, dout (q-shaped), k, v (kv-shaped), then the head-major ref and
+/* The workspace: bf16 copies of q, dout (q-shaped), k, v (kv-shaped), then the head-major ref and
  * delta rows (fp32). Every part starts 16-byte aligned (element counts are multiples of 8). */
 struct workspace_parts {
     bf16 *q, *dout, *k, *v;
@@ -953,26 +614,26 @@ int round_launch(bf16 *dst, const float *src, size_t n, cudaStream_t stream) {
 }
 
 template <int D>
-int forward_v2_launch(float *out, float *lse, const float *q, const workspace_parts &w, const flash_args &a,
+int forward_launch(float *out, float *lse, const float *q, const workspace_parts &w, const flash_args &a,
                       int batch, cudaStream_t stream) {
     static bool smem_raised = false;
-    const int err = allow_smem(flash_forward_v2<D>, forward_v2_smem<D>(), &smem_raised);
+    const int err = allow_smem(flash_forward<D>, forward_smem<D>(), &smem_raised);
     if (err) return err;
     const dim3 grid(a.n_heads, batch, (a.seq + TILE_Q - 1) / TILE_Q);
-    flash_forward_v2<D><<<grid, THREADS, forward_v2_smem<D>(), stream>>>(out, lse, q, w.k, w.v, a);
+    flash_forward<D><<<grid, THREADS, forward_smem<D>(), stream>>>(out, lse, q, w.k, w.v, a);
     return (int)cudaGetLastError();
 }
 
 template <int D>
-int backward_v2_launch(float *dq, float *dk, float *dv, const float *delta, const float *dout, const float *lse,
+int backward_launch(float *dq, float *dk, float *dv, const float *delta, const float *dout, const float *lse,
                        const float *q, const workspace_parts &w, const flash_args &a, int batch,
                        cudaStream_t stream) {
     static bool dq_smem_raised = false, dkdv_smem_raised = false;
-    int err = allow_smem(flash_backward_dq_v2<D>, dq_v2_smem<D>(), &dq_smem_raised);
+    int err = allow_smem(flash_backward_dq<D>, dq_smem<D>(), &dq_smem_raised);
     if (err) return err;
     const dim3 dq_grid(a.n_heads, batch, (a.seq + TILE_Q - 1) / TILE_Q);
     const bool need_dkdv = dk || dv;
-    flash_backward_dq_v2<D><<<dq_grid, THREADS, dq_v2_smem<D>(), stream>>>(
+    flash_backward_dq<D><<<dq_grid, THREADS, dq_smem<D>(), stream>>>(
         dq, dout, lse, delta, q, w.k, w.v, need_dkdv ? w.q : NULL, need_dkdv ? w.dout : NULL, a);
     err = (int)cudaGetLastError();
     if (err || !need_dkdv) return err;
@@ -981,10 +642,10 @@ int backward_v2_launch(float *dq, float *dk, float *dv, const float *delta, cons
     head_major_rows<<<blocks, 256, 0, stream>>>(w.ref, w.delta, lse, delta, a.seq, a.n_heads, rows);
     err = (int)cudaGetLastError();
     if (err) return err;
-    err = allow_smem(flash_backward_dkdv_v2<D>, dkdv_v2_smem<D>(), &dkdv_smem_raised);
+    err = allow_smem(flash_backward_dkdv<D>, dkdv_smem<D>(), &dkdv_smem_raised);
     if (err) return err;
     const dim3 kv_grid(a.n_heads / a.group, batch, (a.seq + TILE_K - 1) / TILE_K);
-    flash_backward_dkdv_v2<D><<<kv_grid, THREADS, dkdv_v2_smem<D>(), stream>>>(dk, dv, w.dout, w.ref, w.delta, w.q,
+    flash_backward_dkdv<D><<<kv_grid, THREADS, dkdv_smem<D>(), stream>>>(dk, dv, w.dout, w.ref, w.delta, w.q,
                                                                                w.k, w.v, a);
     return (int)cudaGetLastError();
 }
@@ -1002,20 +663,17 @@ extern "C" bool xlkv_cuda_train_attention_flash_supported(const xlkv_cuda_train_
 extern "C" int xlkv_cuda_train_attention_flash_forward(float *out, float *lse, const float *q, const float *k,
                                                        const float *v, const xlkv_cuda_train_attention_shape *shape,
                                                        void *workspace, void *stream) {
-    if (!shape_ok(shape) || !aligned16(out) || !aligned16(q) || !aligned16(k) || !aligned16(v) || !lse ||
+    if (!shape_ok(shape) || !aligned16(out) || !aligned16(q) || !aligned16(k) || !aligned16(v) || !lse || !workspace ||
         !aligned16(workspace))
         return (int)cudaErrorInvalidValue;
     const flash_args a = make_args(shape);
     cudaStream_t s = (cudaStream_t)stream;
-    if (!workspace)
-        return shape->head_dim == 64 ? forward_launch<64>(out, lse, q, k, v, a, shape->batch, s)
-                                     : forward_launch<128>(out, lse, q, k, v, a, shape->batch, s);
     const workspace_parts w = carve_workspace(workspace, shape);
     int err = round_launch(w.k, k, w.kv_elems, s); /* K/V tiles are re-read by every query tile: bf16 copies */
     if (!err) err = round_launch(w.v, v, w.kv_elems, s);
     if (err) return err;
-    return shape->head_dim == 64 ? forward_v2_launch<64>(out, lse, q, w, a, shape->batch, s)
-                                 : forward_v2_launch<128>(out, lse, q, w, a, shape->batch, s);
+    return shape->head_dim == 64 ? forward_launch<64>(out, lse, q, w, a, shape->batch, s)
+                                 : forward_launch<128>(out, lse, q, w, a, shape->batch, s);
 }
 
 extern "C" int xlkv_cuda_train_attention_flash_backward(float *dq, float *dk, float *dv, float *delta,
@@ -1024,19 +682,17 @@ extern "C" int xlkv_cuda_train_attention_flash_backward(float *dq, float *dk, fl
                                                         const xlkv_cuda_train_attention_shape *shape, void *workspace,
                                                         void *stream) {
     if (!shape_ok(shape) || !aligned16(dq) || !aligned16(dout) || !aligned16(q) || !aligned16(k) || !aligned16(v) ||
-        !aligned16(dk) || !aligned16(dv) || !delta || !lse || !out || !aligned16(workspace))
+        !aligned16(dk) || !aligned16(dv) || !delta || !lse || !out || !workspace ||
+        !aligned16(workspace))
         return (int)cudaErrorInvalidValue;
     int err = xlkv_cuda_train_attention_delta(delta, dout, out, shape, stream);
     if (err) return err;
     const flash_args a = make_args(shape);
     cudaStream_t s = (cudaStream_t)stream;
-    if (!workspace)
-        return shape->head_dim == 64 ? backward_launch<64>(dq, dk, dv, delta, dout, lse, q, k, v, a, shape->batch, s)
-                                     : backward_launch<128>(dq, dk, dv, delta, dout, lse, q, k, v, a, shape->batch, s);
     const workspace_parts w = carve_workspace(workspace, shape);
     err = round_launch(w.k, k, w.kv_elems, s); /* the bf16 Q / dO copies come from the dQ kernel */
     if (!err) err = round_launch(w.v, v, w.kv_elems, s);
     if (err) return err;
-    return shape->head_dim == 64 ? backward_v2_launch<64>(dq, dk, dv, delta, dout, lse, q, w, a, shape->batch, s)
-                                 : backward_v2_launch<128>(dq, dk, dv, delta, dout, lse, q, w, a, shape->batch, s);
+    return shape->head_dim == 64 ? backward_launch<64>(dq, dk, dv, delta, dout, lse, q, w, a, shape->batch, s)
+                                 : backward_launch<128>(dq, dk, dv, delta, dout, lse, q, w, a, shape->batch, s);
 }

@@ -10,12 +10,9 @@
  * Supported: head_dim 64 or 128 and every buffer 16-byte aligned; anything else returns cudaErrorInvalidValue (ask
  * xlkv_cuda_train_attention_flash_supported first).
  *
- * workspace: NULL runs the first version (v1: fp32 tiles rounded to bf16 on their way into shared memory, plain
- * loads); otherwise a device buffer of xlkv_cuda_train_attention_flash_workspace_bytes(shape) bytes (16-byte
- * aligned, contents free to overwrite) that receives bf16 copies of the inputs once per call, from which the kernels
- * stream tiles with cp.async and double buffering (v2). Both versions round the same values to bf16 the same way,
- * tile and sum in the same order: they are expected to give the same bits (tests/cuda/test_cuda_train_flash.c
- * reports whether they do and holds them within 2e-3 of each other). */
+ * workspace: a device buffer of xlkv_cuda_train_attention_flash_workspace_bytes(shape) bytes (16-byte aligned,
+ * contents free to overwrite; NULL is refused) that receives bf16 copies of the inputs once per call, from which the
+ * kernels stream tiles with cp.async and double buffering. */
 #ifndef XLKV_BACKEND_CUDA_TRAIN_ATTENTION_FLASH_H
 #define XLKV_BACKEND_CUDA_TRAIN_ATTENTION_FLASH_H
 
@@ -30,7 +27,7 @@ extern "C" {
 
 /* Whether the flash kernels take this shape (head_dim 64 or 128, a valid GQA grouping). */
 bool xlkv_cuda_train_attention_flash_supported(const xlkv_cuda_train_attention_shape *shape);
-/* Bytes of the v2 workspace for this shape (forward and backward; 0 for an unsupported shape). Small shape
+/* Bytes of the workspace for this shape (forward and backward; 0 for an unsupported shape). Small shape
  * (16 x 1024, 12/6 x 64): 2 x 25 + 2 x 12.6 MB of bf16 copies + 1.6 MB of rows = 77 MB. */
 size_t xlkv_cuda_train_attention_flash_workspace_bytes(const xlkv_cuda_train_attention_shape *shape);
 

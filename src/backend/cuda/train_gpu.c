@@ -15,8 +15,8 @@
  *         accumulation, nothing of size T x T), the default of the bf16 trainer when head_dim is 64 or 128; the f32
  *         trainer never uses it (it stays exact).
  * XLKV_TRAIN_ATTENTION=warp|gemm|flash forces one (the tests run all three); flash where it is not supported (f32,
- * another head_dim) is refused with the reason. Flash runs its v2 kernels (bf16 copies of the inputs in a workspace
- * the trainer owns, cp.async tiles); XLKV_TRAIN_FLASH=v1 selects the first kernels (no workspace) for A/B runs.
+ * another head_dim) is refused with the reason. Flash stages bf16 copies of its inputs in a workspace the trainer
+ * owns.
  *
  * Layer and classifier products (y = x.W^T, dX += dY.W, dW += dY^T.X; cublasGemmEx, C in fp32 with beta 0 or 1 as
  * ever, so gradients accumulate in fp32):
@@ -28,14 +28,28 @@
  *         (bf16_inputs: xb, att, xb2, h), which the backward's dW products read again; products sharing an input
  *         (q/k/v: xb, gate/up: xb2) round it once. The no-grad iterations and the classifier's input use the
  *         scratch x_bf16. Incoming gradients are rounded once per product pair (dX and dW) into the scratch
- *         dy_bf16; the classifier's N x vocab gradient is written there in bf16 by the cross-entropy backward.
+ *         dy_bf16, which also holds the classifier's N x vocab logits / gradient (below).
  *         Device memory on top of the fp32-operand path (bytes; N rows, max_in = max(dim, q_dim, hidden),
  *         max_out = max(dim, q_dim, kv_dim, hidden, vocab)):
  *           params_bf16 2 n_params; x_bf16 2 N max_in; dy_bf16 2 N max_out;
  *           record copies 2 N (2 dim + q_dim + hidden) per grad record;
+ *         less the fp32 probs (4 N vocab) that the fused cross-entropy does without;
  *         for `small` (12 x 768, hidden 2048, vocab 32,000, tied) at 16,384 rows, standard map (12 records):
- *         0.2 + 0.06 + 1.0 (the classifier's gradient) + 1.7 GiB = ~2.9 GiB. Every allocation failure names its
- *         buffer and suggests XLKV_TRAIN_GEMM=fp32ops.
+ *         0.2 + 0.06 + 1.0 (the classifier's logits / gradient) + 1.7 GiB = ~2.9 GiB, and 2.0 GiB of probs saved.
+ *         Every allocation failure names its buffer and suggests XLKV_TRAIN_GEMM=fp32ops.
+ *   The classifier and cross-entropy of the bf16-operand trainer (fused_ce, the default; as torch autocast): the
+ *         classifier product writes the logits in bf16 (bf16 A, B and C, fp32 accumulation) into dy_bf16; one
+ *         kernel (backend/cuda/train_cross_entropy.cu) reads each row once (online max / sum of exp in fp32), writes
+ *         the row's loss (double) and overwrites the logits in place with the UNSCALED gradient softmax - onehot in
+ *         bf16. The backward has no cross-entropy kernel: dX_final = s G.E (beta 0) and dE += s G^T.X_f read G
+ *         straight from dy_bf16, with s = loss_scale / N as the products' alpha (so the buffer does not depend on the
+ *         loss scale, and the forward alone, an evaluation, leaves a usable but ignored gradient). No probabilities
+ *         are kept and no fp32 N x vocab buffer exists: the N x vocab memory is 2 N vocab bytes (1.0 GiB for
+ *         `small` at 16,384 rows) instead of 4 N vocab (fp32 logits / probs) + 2 N vocab (bf16 gradient).
+ *         XLKV_TRAIN_CE=fp32 keeps the former path (fp32 logits, probabilities kept in place, a separate backward
+ *         kernel writing the scaled bf16 gradient) for an A/B in one build; XLKV_TRAIN_CE=fused (or unset) is the
+ *         default; XLKV_TRAIN_GEMM=fp32ops (no bf16 weight shadow) and the f32 trainer always use the fp32 path
+ *         (fused with fp32ops is refused, any other value is refused).
  *   XLKV_TRAIN_GEMM=fp32ops keeps the bf16 trainer on the former path (fp32 operands, CUBLAS_COMPUTE_32F_FAST_16BF:
  *         cuBLAS rounds them to bf16 on the fly, the same rounding, at a lower rate) for an A/B in one build;
  *         XLKV_TRAIN_GEMM=bf16ops (or unset) is the default. The f32 trainer ignores it (any other value is refused).
@@ -47,10 +61,10 @@
  *         the sum once, inv_rms and the next products' bf16 operand): after wo, x_mid = x + proj and the FFN norm;
  *         after w_down, the sum is left pending (pending_a + pending_b) and the next layer's attention norm forms it
  *         straight into its record's x_in (no copy; into x for the no-grad iterations), or flush_residual forms it
- *         into x where something else reads x (a group's input, the final norm; a discarded iteration drops it). The
- *         first layer's norm (and each group iteration's) writes x_in and the bf16 operand in one pass. No fp32 xb /
- *         xb2 / h is written (swiglu writes h in bf16 only); the records' fp32 copies stay allocated, unused. The
- *         profiler counts add + norm as rmsnorm.
+ *         into x where something else reads x (a group's input; a discarded iteration drops it; the last one is
+ *         formed straight into x_final). The first layer's norm (and each group iteration's) writes x_in and the
+ *         bf16 operand in one pass. No fp32 xb / xb2 / h is written (swiglu writes h in bf16 only); the records'
+ *         fp32 copies stay allocated, unused. The profiler counts add + norm as rmsnorm.
  *   backward (layer_backward_fused): the RMSNorm backwards write bf16(dx) beside dx for the next product (the attention
  *         one only where the walk does not change dx before the next record: not at an iteration start); swiglu
  *         writes [dgate | dup] in bf16 side by side, so gate/up is one dX and one dW product with K / rows 2 hidden
@@ -71,6 +85,7 @@
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/train_attention_flash.h"
 #include "backend/cuda/train_bf16.h"
+#include "backend/cuda/train_cross_entropy.h"
 #include "backend/cuda/train_fused.h"
 #include "backend/cuda/train_gpu_buffers.h"
 #include "backend/cuda/train_kernels.h"
@@ -96,6 +111,8 @@ struct xlkv_gpu_trainer {
     int batch, seq, n_rows, forward_passes, backward_passes;
     bool bf16;
     bool bf16_operands; /* the products read bf16 copies (bf16 trainer unless XLKV_TRAIN_GEMM=fp32ops) */
+    bool fused_ce;      /* bf16 logits + fused cross-entropy in dy_bf16, no probs (bf16 operands unless
+                         * XLKV_TRAIN_CE=fp32; see the header) */
     bool fuse;          /* the fused layer passes (bf16 operands unless XLKV_TRAIN_FUSE=0; see the header) */
     bool dx16_ready;    /* backward, fused: dy_bf16 holds bf16(dx), written by the last RMSNorm backward */
     const float *pending_a, *pending_b; /* forward, fused: x = a + b not formed yet (the next RMSNorm adds it) */
@@ -120,7 +137,7 @@ struct xlkv_gpu_trainer {
     float *dx, *dx_group_in, *dxb, *dq, *datt, *dgate, *dup, *dh, *delta, *partials;
     enum { ATTENTION_WARP, ATTENTION_GEMM, ATTENTION_FLASH } attention;
     float *scores, *dscores; /* [n_heads][batch][seq][seq] (gemm attention only) */
-    void *flash_workspace;   /* flash v2 only (NULL: v1 kernels) */
+    void *flash_workspace;   /* flash attention's bf16 staging (NULL unless flash runs) */
     double *row_loss, *norm_partials;       /* device */
     int *tokens, *targets, *order, *starts; /* device [n_rows] (+1 for starts) */
     int n_groups;
@@ -160,7 +177,7 @@ static size_t carve_all(xlkv_gpu_trainer *g, float *base) {
     g->final_inv_rms = take(base, &cursor, N);
     g->x_final = take(base, &cursor, N * dim);
     g->xf = take(base, &cursor, N * dim);
-    g->probs = take(base, &cursor, N * (size_t)hp->vocab_size);
+    g->probs = g->fused_ce ? NULL : take(base, &cursor, N * (size_t)hp->vocab_size); /* fused: dy_bf16 instead */
     g->dx = take(base, &cursor, N * dim);
     g->dx_group_in = take(base, &cursor, N * dim);
     g->dxb = take(base, &cursor, N * dim);
@@ -224,17 +241,30 @@ static xlkv_status upload_rope_tables(xlkv_gpu_trainer *g) {
     return XLKV_OK;
 }
 
-/* XLKV_TRAIN_GEMM and, for bf16 operands, the weight shadow and the two conversion scratch buffers (see header). */
-static xlkv_status setup_bf16_operands(xlkv_gpu_trainer *g) {
-    const xlkv_hparams *hp = &g->store->hp;
+/* XLKV_TRAIN_GEMM (bf16 or fp32 operands) and XLKV_TRAIN_CE (the classifier's cross-entropy: fused on bf16 logits,
+ * or fp32 logits and probabilities as before); read before anything is allocated (see header). */
+static xlkv_status choose_product_paths(xlkv_gpu_trainer *g) {
     const char *choice = getenv("XLKV_TRAIN_GEMM");
     if (!choice || !*choice || !strcmp(choice, "bf16ops")) g->bf16_operands = g->bf16;
     else if (!strcmp(choice, "fp32ops")) g->bf16_operands = false;
     else return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_GEMM=%s: expected bf16ops or fp32ops", choice);
+    const char *ce = getenv("XLKV_TRAIN_CE");
+    if (ce && *ce && strcmp(ce, "fused") && strcmp(ce, "fp32"))
+        return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_CE=%s: expected fused or fp32", ce);
+    if (ce && !strcmp(ce, "fused") && g->bf16 && !g->bf16_operands)
+        return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_CE=fused needs bf16 operands (the classifier writes bf16 logits "
+                         "from bf16 operands); XLKV_TRAIN_GEMM=fp32ops keeps the fp32 cross-entropy");
+    g->fused_ce = g->bf16_operands && !(ce && !strcmp(ce, "fp32"));
     const char *fuse = getenv("XLKV_TRAIN_FUSE");
     if (fuse && *fuse && strcmp(fuse, "0") && strcmp(fuse, "1"))
         return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_FUSE=%s: expected 1 (fused layer passes, the default) or 0", fuse);
     g->fuse = g->bf16_operands && !(fuse && !strcmp(fuse, "0"));
+    return XLKV_OK;
+}
+
+/* For bf16 operands, the weight shadow and the two conversion scratch buffers (see header). */
+static xlkv_status setup_bf16_operands(xlkv_gpu_trainer *g) {
+    const xlkv_hparams *hp = &g->store->hp;
     if (!g->bf16_operands) return XLKV_OK;
     const size_t N = (size_t)g->n_rows, dim = (size_t)hp->dim, hid = (size_t)hp->hidden_dim;
     const size_t q_dim = (size_t)hp->n_heads * (size_t)hp->head_dim;
@@ -306,6 +336,7 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
         return xlkv_fail(XLKV_E_NOMEM, "GPU trainer: out of host memory");
     xlkv_tape_plan(g->store->map, g->backward_passes, g->records);
     map_weights(g);
+    XLKV_TRY(choose_product_paths(g)); /* before carving: the fused cross-entropy needs no probs */
     const size_t floats = carve_all(g, NULL);
     XLKV_TRY(xlkv_cuda_alloc((void **)&g->arena, floats * sizeof(float), "the trainer's activations"));
     carve_all(g, g->arena);
@@ -334,10 +365,7 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
         return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_ATTENTION=%s: expected warp, gemm or flash", choice);
     else if (flash_ok) g->attention = ATTENTION_FLASH;
     else g->attention = 2 * score_floats * sizeof(float) <= ((size_t)8 << 30) ? ATTENTION_GEMM : ATTENTION_WARP;
-    const char *flash_version = getenv("XLKV_TRAIN_FLASH");
-    if (flash_version && *flash_version && strcmp(flash_version, "v1") && strcmp(flash_version, "v2"))
-        return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_FLASH=%s: expected v1 or v2", flash_version);
-    if (g->attention == ATTENTION_FLASH && !(flash_version && !strcmp(flash_version, "v1")))
+    if (g->attention == ATTENTION_FLASH)
         XLKV_TRY(xlkv_cuda_alloc(&g->flash_workspace, xlkv_cuda_train_attention_flash_workspace_bytes(&flash_shape),
                                  "the flash attention workspace"));
     if (g->attention == ATTENTION_GEMM) {
@@ -800,6 +828,41 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
     return XLKV_OK;
 }
 
+/* ---- the classifier with the fused cross-entropy (fused_ce; see the header) ------------------------------------- */
+/* dy_bf16[N, vocab] = bf16(xf . output^T) (bf16 operands, fp32 accumulation, bf16 C), then the fused kernel: row_loss
+ * and, over the logits, the unscaled gradient softmax - onehot in bf16 */
+static xlkv_status classifier_forward_fused(xlkv_gpu_trainer *g) {
+    const xlkv_hparams *hp = &g->store->hp;
+    const int N = g->n_rows, dim = hp->dim, vocab = hp->vocab_size;
+    const float alpha = 1.0f, beta = 0.0f;
+    XLKV_TRY(to_bf16(g, g->x_bf16, g->xf, N, dim, dim));
+    XLKV_CUBLAS_TRY(cublasGemmEx(g->cublas, CUBLAS_OP_T, CUBLAS_OP_N, vocab, N, dim, &alpha, weight_bf16(g, g->output),
+                                 CUDA_R_16BF, dim, g->x_bf16, CUDA_R_16BF, dim, &beta, g->dy_bf16, CUDA_R_16BF, vocab,
+                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                    "classifier product, bf16 logits (cublasGemmEx)");
+    KERNEL_TRY(xlkv_cuda_train_cross_entropy_fused_bf16(g->dy_bf16, g->row_loss, g->targets, N, vocab, g->stream),
+               "fused cross-entropy");
+    return XLKV_OK;
+}
+
+/* dxb = scale G . output (beta 0: no clearing) and d_output += scale G^T . xf, G = dy_bf16 (softmax - onehot) and
+ * scale = loss_scale / N; xf is rounded again into x_bf16 (an evaluation's forward may have used it since) */
+static xlkv_status classifier_backward_fused(xlkv_gpu_trainer *g, float scale) {
+    const xlkv_hparams *hp = &g->store->hp;
+    const int N = g->n_rows, dim = hp->dim, vocab = hp->vocab_size;
+    const float zero_beta = 0.0f, one_beta = 1.0f;
+    XLKV_CUBLAS_TRY(cublasGemmEx(g->cublas, CUBLAS_OP_N, CUBLAS_OP_N, dim, N, vocab, &scale, weight_bf16(g, g->output),
+                                 CUDA_R_16BF, dim, g->dy_bf16, CUDA_R_16BF, vocab, &zero_beta, g->dxb, CUDA_R_32F, dim,
+                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                    "classifier input gradient, bf16 operands (cublasGemmEx)");
+    XLKV_TRY(to_bf16(g, g->x_bf16, g->xf, N, dim, dim));
+    XLKV_CUBLAS_TRY(cublasGemmEx(g->cublas, CUBLAS_OP_N, CUBLAS_OP_T, dim, vocab, N, &scale, g->x_bf16, CUDA_R_16BF,
+                                 dim, g->dy_bf16, CUDA_R_16BF, vocab, &one_beta, g->d_output, CUDA_R_32F, dim,
+                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                    "classifier weight gradient, bf16 operands (cublasGemmEx)");
+    return XLKV_OK;
+}
+
 /* Rows grouped by token, rows ascending inside a group (a counting sort, stable): the embedding backward's order. */
 static void group_rows_by_token(xlkv_gpu_trainer *g, const int *tokens) {
     const int N = g->n_rows, vocab = g->store->hp.vocab_size;
@@ -867,15 +930,24 @@ xlkv_status xlkv_gpu_trainer_forward(xlkv_gpu_trainer *g, const int *tokens, con
                 XLKV_TRY(layer_forward(g, grad ? &g->records[r++] : &g->scratch, layer, grad));
         }
     }
-    XLKV_TRY(flush_residual(g));
-    XLKV_TRY(copy(g, g->x_final, g->x, n_dim));
+    if (g->pending_a) { /* fused: the last residual add straight into x_final (x is not read again) */
+        mark(g, XLKV_STEP_RESIDUAL_COPIES);
+        KERNEL_TRY(xlkv_cuda_train_add_out(g->x_final, g->pending_a, g->pending_b, n_dim, st), "residual add");
+        g->pending_a = g->pending_b = NULL;
+    } else {
+        XLKV_TRY(copy(g, g->x_final, g->x, n_dim));
+    }
     mark(g, XLKV_STEP_RMSNORM);
     KERNEL_TRY(xlkv_cuda_train_rmsnorm_forward(g->xf, g->final_inv_rms, g->x_final, g->output_norm, N, dim,
                                                hp->norm_eps, st), "final rmsnorm");
     mark(g, XLKV_STEP_CLASSIFIER_FORWARD);
-    XLKV_TRY(product(g, g->probs, g->xf, g->output, N, dim, hp->vocab_size));
-    KERNEL_TRY(xlkv_cuda_train_cross_entropy_forward(g->probs, g->row_loss, g->targets, N, hp->vocab_size, st),
-               "cross-entropy forward");
+    if (g->fused_ce) {
+        XLKV_TRY(classifier_forward_fused(g));
+    } else {
+        XLKV_TRY(product(g, g->probs, g->xf, g->output, N, dim, hp->vocab_size));
+        KERNEL_TRY(xlkv_cuda_train_cross_entropy_forward(g->probs, g->row_loss, g->targets, N, hp->vocab_size, st),
+                   "cross-entropy forward");
+    }
     mark(g, XLKV_STEP_HOST_SYNC);
     XLKV_CUDA_TRY(cudaMemcpyAsync(g->host_row_loss, g->row_loss, (size_t)N * sizeof(double), cudaMemcpyDeviceToHost,
                                   g->stream), "downloading the loss");
@@ -1065,15 +1137,20 @@ xlkv_status xlkv_gpu_trainer_backward_buckets(xlkv_gpu_trainer *g, float loss_sc
     const size_t n_dim = (size_t)N * (size_t)dim;
     void *st = g->stream;
     mark(g, XLKV_STEP_CLASSIFIER_BACKWARD);
-    if (g->bf16_operands) /* dlogits straight into the products' bf16 scratch; probs keep the probabilities */
-        KERNEL_TRY(xlkv_cuda_train_cross_entropy_backward_bf16(g->dy_bf16, g->probs, g->targets, N, vocab,
-                                                               loss_scale / (float)N, st), "cross-entropy backward");
-    else
-        KERNEL_TRY(xlkv_cuda_train_cross_entropy_backward(g->probs, g->targets, N, vocab, loss_scale / (float)N, st),
-                   "cross-entropy backward");
-    XLKV_TRY(zero(g, g->dxb, n_dim));
-    XLKV_TRY(product_backward_from(g, DY_READY, XLKV_STEP_CLASSIFIER_BACKWARD, XLKV_STEP_CLASSIFIER_BACKWARD, g->dxb,
-                                   g->d_output, g->probs, g->xf, NULL, g->output, N, dim, vocab));
+    if (g->fused_ce) { /* dy_bf16 holds softmax - onehot since the forward; the scale is the products' alpha */
+        XLKV_TRY(classifier_backward_fused(g, loss_scale / (float)N));
+    } else {
+        if (g->bf16_operands) /* dlogits straight into the products' bf16 scratch; probs keep the probabilities */
+            KERNEL_TRY(xlkv_cuda_train_cross_entropy_backward_bf16(g->dy_bf16, g->probs, g->targets, N, vocab,
+                                                                   loss_scale / (float)N, st),
+                       "cross-entropy backward");
+        else
+            KERNEL_TRY(xlkv_cuda_train_cross_entropy_backward(g->probs, g->targets, N, vocab, loss_scale / (float)N,
+                                                              st), "cross-entropy backward");
+        XLKV_TRY(zero(g, g->dxb, n_dim));
+        XLKV_TRY(product_backward_from(g, DY_READY, XLKV_STEP_CLASSIFIER_BACKWARD, XLKV_STEP_CLASSIFIER_BACKWARD,
+                                       g->dxb, g->d_output, g->probs, g->xf, NULL, g->output, N, dim, vocab));
+    }
     XLKV_TRY(zero(g, g->dx, n_dim));
     mark(g, XLKV_STEP_RMSNORM);
     KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward(g->dx, g->d_output_norm, g->dxb, g->x_final, g->final_inv_rms,
