@@ -30,7 +30,7 @@
  *         scratch x_bf16. Incoming gradients are rounded once per product pair (dX and dW) into the scratch
  *         dy_bf16, which also holds the classifier's N x vocab logits / gradient (below).
  *         Device memory on top of the fp32-operand path (bytes; N rows, max_in = max(dim, q_dim, hidden),
- *         max_out = max(dim, q_dim, kv_dim, hidden, vocab)):
+ *         max_out = max(dim, q_dim, kv_dim, 2 hidden, q_dim + 2 kv_dim, vocab)):
  *           params_bf16 2 n_params; x_bf16 2 N max_in; dy_bf16 2 N max_out;
  *           record copies 2 N (2 dim + q_dim + hidden) per grad record;
  *         less the fp32 probs (4 N vocab) that the fused cross-entropy does without;
