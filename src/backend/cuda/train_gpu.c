@@ -30,7 +30,7 @@
  *         scratch x_bf16. Incoming gradients are rounded once per product pair (dX and dW) into the scratch
  *         dy_bf16, which also holds the classifier's N x vocab logits / gradient (below).
  *         Device memory on top of the fp32-operand path (bytes; N rows, max_in = max(dim, q_dim, hidden),
- *         max_out = max(dim, q_dim, kv_dim, hidden, vocab)):
+ *         max_out = max(dim, q_dim, kv_dim, 2 hidden, q_dim + 2 kv_dim, vocab)):
  *           params_bf16 2 n_params; x_bf16 2 N max_in; dy_bf16 2 N max_out;
  *           record copies 2 N (2 dim + q_dim + hidden) per grad record;
  *         less the fp32 probs (4 N vocab) that the fused cross-entropy does without;
@@ -53,7 +53,28 @@
  *   XLKV_TRAIN_GEMM=fp32ops keeps the bf16 trainer on the former path (fp32 operands, CUBLAS_COMPUTE_32F_FAST_16BF:
  *         cuBLAS rounds them to bf16 on the fly, the same rounding, at a lower rate) for an A/B in one build;
  *         XLKV_TRAIN_GEMM=bf16ops (or unset) is the default. The f32 trainer ignores it (any other value is refused).
- * The attention's matrix products (gemm attention) keep fp32 operands. */
+ * The attention's matrix products (gemm attention) keep fp32 operands.
+ *
+ * Fused layer passes (bf16 operands; on by default, XLKV_TRAIN_FUSE=0 turns them off for an A/B in one build, any
+ * other value than 0 / 1 is refused; the f32 trainer and fp32ops never fuse). Kernels: backend/cuda/train_fused.cu.
+ *   forward: each residual add is joined with the RMSNorm that follows it (add_rmsnorm: reads the two terms, writes
+ *         the sum once, inv_rms and the next products' bf16 operand): after wo, x_mid = x + proj and the FFN norm;
+ *         after w_down, the sum is left pending (pending_a + pending_b) and the next layer's attention norm forms it
+ *         straight into its record's x_in (no copy; into x for the no-grad iterations), or flush_residual forms it
+ *         into x where something else reads x (a group's input; a discarded iteration drops it; the last one is
+ *         formed straight into x_final). The first layer's norm (and each group iteration's) writes x_in and the
+ *         bf16 operand in one pass. No fp32 xb / xb2 / h is written (swiglu writes h in bf16 only); the records'
+ *         fp32 copies stay allocated, unused. The profiler counts add + norm as rmsnorm.
+ *   backward (layer_backward_fused): the RMSNorm backwards write bf16(dx) beside dx for the next product (the attention
+ *         one only where the walk does not change dx before the next record: not at an iteration start); swiglu
+ *         writes [dgate | dup] in bf16 side by side, so gate/up is one dX and one dW product with K / rows 2 hidden
+ *         (w_gate and w_up are adjacent in the param_store layout; two products if not); the RoPE backward of dq and
+ *         dk rounds them into [dq | dk | dv] (dv rounded beside them), one q/k/v product each way (K = q_dim +
+ *         2 kv_dim) where wq, wk, wv are adjacent; the first product into dh, datt and dxb has beta 0 (no clearing
+ *         pass). dq and dk stay unrotated in fp32 (nothing reads them after).
+ *   Same values: every fused kernel computes the fp32 value as the unfused one and rounds it the same way, so the
+ *   forward (and the loss) is bit-identical; the backward's products differ only in their fp32 accumulation (beta 0,
+ *   merged K), so gradients agree to fp32 summation-order noise (tests/cuda/test_cuda_train_fused.c). */
 #include "train/gpu_trainer.h"
 
 #include <math.h>
@@ -65,6 +86,7 @@
 #include "backend/cuda/train_attention_flash.h"
 #include "backend/cuda/train_bf16.h"
 #include "backend/cuda/train_cross_entropy.h"
+#include "backend/cuda/train_fused.h"
 #include "backend/cuda/train_gpu_buffers.h"
 #include "backend/cuda/train_kernels.h"
 #include "backend/cuda/train_profile.h"
@@ -91,6 +113,9 @@ struct xlkv_gpu_trainer {
     bool bf16_operands; /* the products read bf16 copies (bf16 trainer unless XLKV_TRAIN_GEMM=fp32ops) */
     bool fused_ce;      /* bf16 logits + fused cross-entropy in dy_bf16, no probs (bf16 operands unless
                          * XLKV_TRAIN_CE=fp32; see the header) */
+    bool fuse;          /* the fused layer passes (bf16 operands unless XLKV_TRAIN_FUSE=0; see the header) */
+    bool dx16_ready;    /* backward, fused: dy_bf16 holds bf16(dx), written by the last RMSNorm backward */
+    const float *pending_a, *pending_b; /* forward, fused: x = a + b not formed yet (the next RMSNorm adds it) */
     cudaStream_t stream;
     xlkv_cuda_step_timer *timer; /* NULL: profiling off (the default) */
     xlkv_step_profile profile;   /* per-category totals since profiling was turned on */
@@ -230,6 +255,10 @@ static xlkv_status choose_product_paths(xlkv_gpu_trainer *g) {
         return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_CE=fused needs bf16 operands (the classifier writes bf16 logits "
                          "from bf16 operands); XLKV_TRAIN_GEMM=fp32ops keeps the fp32 cross-entropy");
     g->fused_ce = g->bf16_operands && !(ce && !strcmp(ce, "fp32"));
+    const char *fuse = getenv("XLKV_TRAIN_FUSE");
+    if (fuse && *fuse && strcmp(fuse, "0") && strcmp(fuse, "1"))
+        return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_FUSE=%s: expected 1 (fused layer passes, the default) or 0", fuse);
+    g->fuse = g->bf16_operands && !(fuse && !strcmp(fuse, "0"));
     return XLKV_OK;
 }
 
@@ -244,6 +273,8 @@ static xlkv_status setup_bf16_operands(xlkv_gpu_trainer *g) {
     if (hid > max_in) max_in = hid;
     size_t max_out = max_in > kv_dim ? max_in : kv_dim;
     if ((size_t)hp->vocab_size > max_out) max_out = (size_t)hp->vocab_size;
+    if (2 * hid > max_out) max_out = 2 * hid;                   /* fused: [dgate | dup] */
+    if (q_dim + 2 * kv_dim > max_out) max_out = q_dim + 2 * kv_dim; /* fused: [dq | dk | dv] */
     const size_t per_record = N * (2 * dim + q_dim + hid); /* xb, att, xb2, h */
     g->record_inputs = calloc((size_t)g->n_records, sizeof *g->record_inputs);
     if (!g->record_inputs) return xlkv_fail(XLKV_E_NOMEM, "GPU trainer: out of host memory");
@@ -560,6 +591,17 @@ static xlkv_status linear_backward(xlkv_gpu_trainer *g, float *dx, float *dw, co
                                  dw, dy, x, x16, w, n, in, out);
 }
 
+/* Fused path: a layer product's backward from bf16 operands already in place: dy16 [n, out] (row stride ld_dy, the
+ * gradient written in bf16 by its producer), x16 [n, in] (the record's copy). dx[n, in] = dy . w + dx_beta dx (beta 0:
+ * the first product into dx, no clearing pass before it); dw[out, in] += dy^T . x. */
+static xlkv_status linear_backward_bf16(xlkv_gpu_trainer *g, float *dx, float dx_beta, float *dw, const uint16_t *dy16,
+                                        int ld_dy, const uint16_t *x16, const float *w, int n, int in, int out) {
+    mark(g, XLKV_STEP_LINEAR_BACKWARD_DX);
+    XLKV_TRY(gemm_bf16(g, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, weight_bf16(g, w), in, dy16, ld_dy, dx_beta, dx, in));
+    mark(g, XLKV_STEP_LINEAR_BACKWARD_DW);
+    return gemm_bf16(g, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, x16, in, dy16, ld_dy, 1.0f, dw, in);
+}
+
 /* the record's bf16 input copies; all NULL (the shared scratch) for the no-grad iterations or fp32 operands */
 static bf16_inputs inputs_bf16(const xlkv_gpu_trainer *g, const gpu_record *rec, bool grad) {
     if (!g->bf16_operands || !grad) return (bf16_inputs){NULL, NULL, NULL, NULL};
@@ -675,6 +717,16 @@ static xlkv_cuda_train_attention_shape attention_shape(const xlkv_gpu_trainer *g
 }
 
 /* ---- forward ---------------------------------------------------------------------------------------------------- */
+/* fused: form the stream x = pending_a + pending_b where something other than the next layer reads x */
+static xlkv_status flush_residual(xlkv_gpu_trainer *g) {
+    if (!g->pending_a) return XLKV_OK;
+    mark(g, XLKV_STEP_RESIDUAL_COPIES);
+    KERNEL_TRY(xlkv_cuda_train_add_out(g->x, g->pending_a, g->pending_b,
+                                       (size_t)g->n_rows * (size_t)g->store->hp.dim, g->stream), "residual add");
+    g->pending_a = g->pending_b = NULL;
+    return XLKV_OK;
+}
+
 static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer, bool grad) {
     const xlkv_hparams *hp = &g->store->hp;
     const xlkv_layer_map *map = g->store->map;
@@ -685,12 +737,28 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
     float *x = g->x, *proj = g->dxb;
     void *st = g->stream;
 
-    if (grad) XLKV_TRY(copy(g, rec->x_in, x, n_dim));
-    mark(g, XLKV_STEP_RMSNORM);
-    KERNEL_TRY(xlkv_cuda_train_rmsnorm_forward(rec->xb, rec->attn_inv_rms, x, w->attn_norm, N, dim, hp->norm_eps, st),
-               "rmsnorm forward");
     const bf16_inputs in16 = inputs_bf16(g, rec, grad);
-    XLKV_TRY(linear(g, 0, rec->q, rec->xb, in16.xb, w->wq, N, dim, q_dim));
+    if (g->fuse && g->pending_a) {
+        /* the previous layer's last residual add and this norm in one pass: the stream is formed straight into the
+         * record's x_in (grad) or x; the norm writes the bf16 operand of q/k/v (no fp32 xb) */
+        if (grad) x = rec->x_in;
+        mark(g, XLKV_STEP_RMSNORM);
+        KERNEL_TRY(xlkv_cuda_train_add_rmsnorm_forward_bf16(x, in16.xb ? in16.xb : g->x_bf16, rec->attn_inv_rms,
+                                                            g->pending_a, g->pending_b, w->attn_norm, N, dim,
+                                                            hp->norm_eps, st), "residual add + rmsnorm forward");
+        g->pending_a = g->pending_b = NULL;
+    } else if (g->fuse) { /* the norm writes the saved input and the products' bf16 operand; no fp32 xb */
+        mark(g, XLKV_STEP_RMSNORM);
+        KERNEL_TRY(xlkv_cuda_train_rmsnorm_forward_bf16(in16.xb ? in16.xb : g->x_bf16, rec->attn_inv_rms,
+                                                        grad ? rec->x_in : NULL, x, w->attn_norm, N, dim,
+                                                        hp->norm_eps, st), "rmsnorm forward (bf16 out)");
+    } else {
+        if (grad) XLKV_TRY(copy(g, rec->x_in, x, n_dim));
+        mark(g, XLKV_STEP_RMSNORM);
+        KERNEL_TRY(xlkv_cuda_train_rmsnorm_forward(rec->xb, rec->attn_inv_rms, x, w->attn_norm, N, dim, hp->norm_eps,
+                                                   st), "rmsnorm forward");
+    }
+    XLKV_TRY(linear(g, g->fuse ? X_READY : 0, rec->q, rec->xb, in16.xb, w->wq, N, dim, q_dim));
     mark(g, XLKV_STEP_ROPE);
     KERNEL_TRY(xlkv_cuda_train_rope(rec->q, N, g->seq, hp->n_heads, hp->head_dim, g->rope_cos, g->rope_sin, 1.0f, st),
                "rope forward");
@@ -725,6 +793,23 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
     else KERNEL_TRY(xlkv_cuda_train_attention_forward(rec->att, rec->lse, rec->q, src->k, src->v, &shape, st),
                     "attention forward");
     XLKV_TRY(linear(g, 0, proj, rec->att, in16.att, w->wo, N, q_dim, dim));
+    if (g->fuse) {
+        /* x_mid = x + proj and its RMSNorm in one pass (the record's x_mid is the stream until the last add; the
+         * scratch record has one too); gate / up read the bf16 operand it wrote, swiglu writes h only in bf16 */
+        mark(g, XLKV_STEP_RMSNORM);
+        KERNEL_TRY(xlkv_cuda_train_add_rmsnorm_forward_bf16(rec->x_mid, in16.xb2 ? in16.xb2 : g->x_bf16,
+                                                            rec->ffn_inv_rms, x, proj, w->ffn_norm, N, dim,
+                                                            hp->norm_eps, st), "residual add + rmsnorm forward");
+        XLKV_TRY(linear(g, X_READY, rec->gate, rec->xb2, in16.xb2, w->w_gate, N, dim, hid));
+        XLKV_TRY(linear(g, X_READY, rec->up, rec->xb2, in16.xb2, w->w_up, N, dim, hid));
+        mark(g, XLKV_STEP_SWIGLU); /* gate / up have read the scratch: h may take it */
+        KERNEL_TRY(xlkv_cuda_train_swiglu_forward_bf16(in16.h ? in16.h : g->x_bf16, rec->gate, rec->up,
+                                                       (size_t)N * (size_t)hid, st), "swiglu forward (bf16 out)");
+        XLKV_TRY(linear(g, X_READY, proj, rec->h, in16.h, w->w_down, N, hid, dim));
+        g->pending_a = rec->x_mid; /* x = x_mid + proj: added by the next norm, or by flush_residual */
+        g->pending_b = proj;
+        return XLKV_OK;
+    }
     mark(g, XLKV_STEP_RESIDUAL_COPIES);
     KERNEL_TRY(xlkv_cuda_train_add(x, proj, n_dim, st), "residual add");
 
@@ -818,6 +903,7 @@ xlkv_status xlkv_gpu_trainer_forward(xlkv_gpu_trainer *g, const int *tokens, con
     memset(g->current, 0, ((size_t)map->n_kv_layers + 1) * sizeof *g->current);
     mark(g, XLKV_STEP_EMBEDDING);
     KERNEL_TRY(xlkv_cuda_train_embedding_forward(g->x, g->tokens, g->tok_embeddings, N, dim, st), "embedding forward");
+    g->pending_a = g->pending_b = NULL;
     int r = 0;
     for (int stp = 0; stp < map->n_plan_steps; stp++) {
         const xlkv_plan_step *step = &map->plan[stp];
@@ -826,6 +912,7 @@ xlkv_status xlkv_gpu_trainer_forward(xlkv_gpu_trainer *g, const int *tokens, con
                 XLKV_TRY(layer_forward(g, &g->records[r], layer, true));
             continue;
         }
+        XLKV_TRY(flush_residual(g));
         XLKV_TRY(copy(g, g->x_group_in, g->x, n_dim));
         for (int j = step->first; j <= step->last; j++) { /* targets hold zeros before the first iteration */
             if (!xlkv_is_kv_layer(map, j)) continue;
@@ -837,12 +924,19 @@ xlkv_status xlkv_gpu_trainer_forward(xlkv_gpu_trainer *g, const int *tokens, con
         }
         for (int it = 0; it < g->forward_passes + g->backward_passes; it++) {
             const bool grad = it >= g->forward_passes;
+            g->pending_a = g->pending_b = NULL; /* the previous iteration's output is discarded */
             XLKV_TRY(copy(g, g->x, g->x_group_in, n_dim));
             for (int layer = step->first; layer <= step->last; layer++)
                 XLKV_TRY(layer_forward(g, grad ? &g->records[r++] : &g->scratch, layer, grad));
         }
     }
-    XLKV_TRY(copy(g, g->x_final, g->x, n_dim));
+    if (g->pending_a) { /* fused: the last residual add straight into x_final (x is not read again) */
+        mark(g, XLKV_STEP_RESIDUAL_COPIES);
+        KERNEL_TRY(xlkv_cuda_train_add_out(g->x_final, g->pending_a, g->pending_b, n_dim, st), "residual add");
+        g->pending_a = g->pending_b = NULL;
+    } else {
+        XLKV_TRY(copy(g, g->x_final, g->x, n_dim));
+    }
     mark(g, XLKV_STEP_RMSNORM);
     KERNEL_TRY(xlkv_cuda_train_rmsnorm_forward(g->xf, g->final_inv_rms, g->x_final, g->output_norm, N, dim,
                                                hp->norm_eps, st), "final rmsnorm");
@@ -865,7 +959,100 @@ xlkv_status xlkv_gpu_trainer_forward(xlkv_gpu_trainer *g, const int *tokens, con
 }
 
 /* ---- backward --------------------------------------------------------------------------------------------------- */
+/* dq = ..., dK / dV of the record's read slot += ..., from datt (whichever attention implementation runs) */
+static xlkv_status attention_backward(xlkv_gpu_trainer *g, gpu_record *rec) {
+    const int layer = rec->layer;
+    void *st = g->stream;
+    mark(g, XLKV_STEP_ATTENTION_BACKWARD);
+    const xlkv_cuda_train_attention_shape shape = attention_shape(g, layer);
+    if (g->attention == ATTENTION_GEMM)
+        XLKV_TRY(attention_backward_gemm(g, g->dq, rec->read_dk, rec->read_dv, g->datt, rec->att, rec->lse, rec->q,
+                                         rec->read_k, rec->read_v, &shape));
+    else if (g->attention == ATTENTION_FLASH)
+        KERNEL_TRY(xlkv_cuda_train_attention_flash_backward(g->dq, rec->read_dk, rec->read_dv, g->delta, g->datt,
+                                                            rec->att, rec->lse, rec->q, rec->read_k, rec->read_v,
+                                                            &shape, g->flash_workspace, st),
+                   "flash attention backward");
+    else
+        KERNEL_TRY(xlkv_cuda_train_attention_backward(g->dq, rec->read_dk, rec->read_dv, g->delta, g->datt, rec->att,
+                                                      rec->lse, rec->q, rec->read_k, rec->read_v, &shape, st),
+                   "attention backward");
+    return XLKV_OK;
+}
+
+/* The fused backward of one record (bf16 operands, XLKV_TRAIN_FUSE on): every product reads bf16 gradients written by
+ * their producer (the RMSNorm backward writes bf16(dx) beside dx, the swiglu backward writes [dgate | dup] in bf16,
+ * the RoPE backward of dq / dk rounds them as it rotates into [dq | dk | dv]); the first product into each dX buffer
+ * has beta 0 (no clearing pass); gate / up (and q / k / v) are one product each way where their weights are adjacent
+ * in the parameter layout (K = 2 hidden, K = q_dim + 2 kv_dim). */
+static xlkv_status layer_backward_fused(xlkv_gpu_trainer *g, gpu_record *rec) {
+    const xlkv_hparams *hp = &g->store->hp;
+    const xlkv_layer_map *map = g->store->map;
+    const int layer = rec->layer;
+    const xlkv_layer_weights *w = &g->w[layer], *dw = &g->dw[layer];
+    const int N = g->n_rows, dim = hp->dim, hid = hp->hidden_dim;
+    const int q_dim = hp->n_heads * hp->head_dim, kv_dim = hp->n_kv_heads * hp->head_dim;
+    const size_t qd = (size_t)q_dim * (size_t)dim, kvd = (size_t)kv_dim * (size_t)dim;
+    const bf16_inputs in16 = inputs_bf16(g, rec, true);
+    uint16_t *dy16 = g->dy_bf16;
+    void *st = g->stream;
+
+    if (!g->dx16_ready) {
+        mark(g, XLKV_STEP_LINEAR_BACKWARD_DX);
+        XLKV_TRY(to_bf16(g, dy16, g->dx, N, dim, dim));
+    }
+    XLKV_TRY(linear_backward_bf16(g, g->dh, 0.0f, dw->w_down, dy16, dim, in16.h, w->w_down, N, hid, dim));
+    mark(g, XLKV_STEP_SWIGLU);
+    KERNEL_TRY(xlkv_cuda_train_swiglu_backward_bf16(dy16, 2 * (size_t)hid, g->dh, rec->gate, rec->up, N, hid, st),
+               "swiglu backward (bf16 out)");
+    if (w->w_up == w->w_gate + (size_t)hid * (size_t)dim) { /* [w_gate; w_up] is one [2 hidden, dim] matrix */
+        XLKV_TRY(linear_backward_bf16(g, g->dxb, 0.0f, dw->w_gate, dy16, 2 * hid, in16.xb2, w->w_gate, N, dim, 2 * hid));
+    } else {
+        XLKV_TRY(linear_backward_bf16(g, g->dxb, 0.0f, dw->w_gate, dy16, 2 * hid, in16.xb2, w->w_gate, N, dim, hid));
+        XLKV_TRY(linear_backward_bf16(g, g->dxb, 1.0f, dw->w_up, dy16 + hid, 2 * hid, in16.xb2, w->w_up, N, dim, hid));
+    }
+    mark(g, XLKV_STEP_RMSNORM);
+    KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_bf16(g->dx, dy16, dw->ffn_norm, g->dxb, rec->x_mid, rec->ffn_inv_rms,
+                                                     w->ffn_norm, N, dim, g->partials, st), "rmsnorm backward");
+
+    XLKV_TRY(linear_backward_bf16(g, g->datt, 0.0f, dw->wo, dy16, dim, in16.att, w->wo, N, q_dim, dim));
+    XLKV_TRY(attention_backward(g, rec));
+    const bool kv = xlkv_is_kv_layer(map, layer);
+    const int ld = kv ? q_dim + 2 * kv_dim : q_dim; /* [dq | dk | dv] or [dq] */
+    mark(g, XLKV_STEP_ROPE);
+    KERNEL_TRY(xlkv_cuda_train_rope_to_bf16(dy16, (size_t)ld, g->dq, N, g->seq, hp->n_heads, hp->head_dim, g->rope_cos,
+                                            g->rope_sin, -1.0f, 1, st), "rope backward (bf16 out)");
+    if (kv) {
+        KERNEL_TRY(xlkv_cuda_train_rope_to_bf16(dy16 + q_dim, (size_t)ld, rec->dk, N, g->seq, hp->n_kv_heads,
+                                                hp->head_dim, g->rope_cos, g->rope_sin, -1.0f, 1, st),
+                   "rope backward (bf16 out)");
+        mark(g, XLKV_STEP_LINEAR_BACKWARD_DX);
+        KERNEL_TRY(xlkv_cuda_train_rope_to_bf16(dy16 + q_dim + kv_dim, (size_t)ld, rec->dv, N, g->seq,
+                                                hp->n_kv_heads, hp->head_dim, NULL, NULL, 0.0f, 0, st),
+                   "bf16 copy of dv");
+    }
+    if (!kv) {
+        XLKV_TRY(linear_backward_bf16(g, g->dxb, 0.0f, dw->wq, dy16, ld, in16.xb, w->wq, N, dim, q_dim));
+    } else if (w->wk == w->wq + qd && w->wv == w->wk + kvd) { /* [wq; wk; wv] is one [q_dim + 2 kv_dim, dim] matrix */
+        XLKV_TRY(linear_backward_bf16(g, g->dxb, 0.0f, dw->wq, dy16, ld, in16.xb, w->wq, N, dim, ld));
+    } else {
+        XLKV_TRY(linear_backward_bf16(g, g->dxb, 0.0f, dw->wq, dy16, ld, in16.xb, w->wq, N, dim, q_dim));
+        XLKV_TRY(linear_backward_bf16(g, g->dxb, 1.0f, dw->wk, dy16 + q_dim, ld, in16.xb, w->wk, N, dim, kv_dim));
+        XLKV_TRY(linear_backward_bf16(g, g->dxb, 1.0f, dw->wv, dy16 + q_dim + kv_dim, ld, in16.xb, w->wv, N, dim,
+                                      kv_dim));
+    }
+    /* bf16(dx) for the next record's first product, unless the walk changes dx between records (group inputs) */
+    uint16_t *next16 = rec->iteration_start ? NULL : dy16;
+    mark(g, XLKV_STEP_RMSNORM);
+    KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_bf16(g->dx, next16, dw->attn_norm, g->dxb, rec->x_in,
+                                                     rec->attn_inv_rms, w->attn_norm, N, dim, g->partials, st),
+               "rmsnorm backward");
+    g->dx16_ready = next16 != NULL;
+    return XLKV_OK;
+}
+
 static xlkv_status layer_backward(xlkv_gpu_trainer *g, gpu_record *rec) {
+    if (g->fuse) return layer_backward_fused(g, rec);
     const xlkv_hparams *hp = &g->store->hp;
     const xlkv_layer_map *map = g->store->map;
     const int layer = rec->layer;
@@ -890,20 +1077,7 @@ static xlkv_status layer_backward(xlkv_gpu_trainer *g, gpu_record *rec) {
 
     XLKV_TRY(zero(g, g->datt, (size_t)N * (size_t)q_dim));
     XLKV_TRY(linear_backward(g, g->datt, dw->wo, g->dx, rec->att, in16.att, w->wo, N, q_dim, dim));
-    mark(g, XLKV_STEP_ATTENTION_BACKWARD);
-    const xlkv_cuda_train_attention_shape shape = attention_shape(g, layer);
-    if (g->attention == ATTENTION_GEMM)
-        XLKV_TRY(attention_backward_gemm(g, g->dq, rec->read_dk, rec->read_dv, g->datt, rec->att, rec->lse, rec->q,
-                                         rec->read_k, rec->read_v, &shape));
-    else if (g->attention == ATTENTION_FLASH)
-        KERNEL_TRY(xlkv_cuda_train_attention_flash_backward(g->dq, rec->read_dk, rec->read_dv, g->delta, g->datt,
-                                                            rec->att, rec->lse, rec->q, rec->read_k, rec->read_v,
-                                                            &shape, g->flash_workspace, st),
-                   "flash attention backward");
-    else
-        KERNEL_TRY(xlkv_cuda_train_attention_backward(g->dq, rec->read_dk, rec->read_dv, g->delta, g->datt, rec->att,
-                                                      rec->lse, rec->q, rec->read_k, rec->read_v, &shape, st),
-                   "attention backward");
+    XLKV_TRY(attention_backward(g, rec));
     mark(g, XLKV_STEP_ROPE);
     KERNEL_TRY(xlkv_cuda_train_rope(g->dq, N, g->seq, hp->n_heads, hp->head_dim, g->rope_cos, g->rope_sin, -1.0f, st),
                "rope backward");
@@ -984,6 +1158,7 @@ xlkv_status xlkv_gpu_trainer_backward_buckets(xlkv_gpu_trainer *g, float loss_sc
     /* final norm (and an untied classifier) are complete; a tied classifier is the embedding, sent last */
     if (ready) XLKV_TRY(bucket_ready(g, ready, ctx, -1, false, &issued));
     XLKV_TRY(zero(g, g->dx_group_in, n_dim));
+    g->dx16_ready = false; /* dy_bf16 holds the classifier's gradient */
     for (int r = g->n_records - 1; r >= 0; r--) {
         gpu_record *rec = &g->records[r];
         XLKV_TRY(layer_backward(g, rec));

@@ -8,6 +8,7 @@
  * over the visible keys; scores in fp32, never stored), and one warp per (key row, KV head) for dk / dv, walking the
  * queries that see that key and recomputing their probabilities from the saved log-sum-exp. Each output element has
  * one writer, so there are no atomics and the results are deterministic. */
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -96,9 +97,10 @@ __global__ void rmsnorm_forward(float *y, float *inv_rms, const float *x, const 
     }
 }
 
-template <bool V4>
+/* BF16: dx16 receives bf16(dx) after the update (the bf16 trainer's operand for the next product) */
+template <bool V4, bool BF16>
 __global__ void rmsnorm_backward_rows(float *dx, const float *dy, const float *x, const float *inv_rms,
-                                      const float *gain, int n, int dim) {
+                                      const float *gain, int n, int dim, __nv_bfloat16 *dx16) {
     const size_t r = (size_t)blockIdx.x * kRowsPerBlock + threadIdx.x / 32, off = r * (size_t)dim;
     const int lane = threadIdx.x & 31;
     if (r >= (size_t)n) return;
@@ -125,9 +127,17 @@ __global__ void rmsnorm_backward_rows(float *dx, const float *dy, const float *x
             o.z += s * g.z * d.z - coef * v.z;
             o.w += s * g.w * d.w - coef * v.w;
             reinterpret_cast<float4 *>(dx + off)[i] = o;
+            if (BF16) {
+                __nv_bfloat162 *out = reinterpret_cast<__nv_bfloat162 *>(dx16 + off + 4 * (size_t)i);
+                out[0] = __floats2bfloat162_rn(o.x, o.y);
+                out[1] = __floats2bfloat162_rn(o.z, o.w);
+            }
         }
     } else {
-        for (int i = lane; i < dim; i += 32) dx[off + i] += s * gain[i] * dy[off + i] - coef * x[off + i];
+        for (int i = lane; i < dim; i += 32) {
+            dx[off + i] += s * gain[i] * dy[off + i] - coef * x[off + i];
+            if (BF16) dx16[off + i] = __float2bfloat16_rn(dx[off + i]);
+        }
     }
 }
 
@@ -557,11 +567,24 @@ int xlkv_cuda_train_rmsnorm_forward(float *y, float *inv_rms, const float *x, co
 
 int xlkv_cuda_train_rmsnorm_backward(float *dx, float *dgain, const float *dy, const float *x, const float *inv_rms,
                                      const float *gain, int n, int dim, float *partials, void *stream) {
+    return xlkv_cuda_train_rmsnorm_backward_bf16(dx, NULL, dgain, dy, x, inv_rms, gain, n, dim, partials, stream);
+}
+
+int xlkv_cuda_train_rmsnorm_backward_bf16(float *dx, uint16_t *dx16, float *dgain, const float *dy, const float *x,
+                                          const float *inv_rms, const float *gain, int n, int dim, float *partials,
+                                          void *stream) {
     cudaStream_t s = (cudaStream_t)stream;
-    if (dim % 4 == 0 && aligned16(dx) && aligned16(dy) && aligned16(x) && aligned16(gain))
-        rmsnorm_backward_rows<true><<<row_blocks(n), kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, n, dim);
+    __nv_bfloat16 *d16 = reinterpret_cast<__nv_bfloat16 *>(dx16);
+    const bool v4 = dim % 4 == 0 && aligned16(dx) && aligned16(dy) && aligned16(x) && aligned16(gain) &&
+                    (uintptr_t)dx16 % 8 == 0;
+    if (v4 && dx16)
+        rmsnorm_backward_rows<true, true><<<row_blocks(n), kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, n, dim, d16);
+    else if (v4)
+        rmsnorm_backward_rows<true, false><<<row_blocks(n), kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, n, dim, d16);
+    else if (dx16)
+        rmsnorm_backward_rows<false, true><<<row_blocks(n), kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, n, dim, d16);
     else
-        rmsnorm_backward_rows<false><<<row_blocks(n), kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, n, dim);
+        rmsnorm_backward_rows<false, false><<<row_blocks(n), kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, n, dim, d16);
     int err = launch_status();
     if (err) return err;
     const int chunks = (n + XLKV_CUDA_TRAIN_ROW_CHUNK - 1) / XLKV_CUDA_TRAIN_ROW_CHUNK;

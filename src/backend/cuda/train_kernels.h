@@ -12,6 +12,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -33,6 +34,11 @@ int xlkv_cuda_train_rmsnorm_forward(float *y, float *inv_rms, const float *x, co
 enum { XLKV_CUDA_TRAIN_ROW_CHUNK = 64 };
 int xlkv_cuda_train_rmsnorm_backward(float *dx, float *dgain, const float *dy, const float *x, const float *inv_rms,
                                      const float *gain, int n, int dim, float *partials, void *stream);
+/* The same, also writing dx16[n, dim] = bf16_rne(dx) after the update (the bf16 trainer's operand of the next product;
+ * dx16 NULL: not written, exactly xlkv_cuda_train_rmsnorm_backward). */
+int xlkv_cuda_train_rmsnorm_backward_bf16(float *dx, uint16_t *dx16, float *dgain, const float *dy, const float *x,
+                                          const float *inv_rms, const float *gain, int n, int dim, float *partials,
+                                          void *stream);
 
 /* In-place interleaved RoPE rotation (direction +1 forward, -1 backward); tables [seq, head_dim / 2]. */
 int xlkv_cuda_train_rope(float *x, int n, int seq, int n_heads, int head_dim, const float *cos_table,

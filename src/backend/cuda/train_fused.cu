@@ -1,0 +1,256 @@
+/* backend/cuda/train_fused: the bf16 trainer's fused kernels (see train_fused.h). The fp32 arithmetic of each is
+ * written exactly as in train_kernels.cu (rmsnorm_forward, swiglu_value / swiglu_grad, rope, add): one warp per row
+ * for the RMSNorms with float4 loads where every row is 16-byte aligned, grid strides for the elementwise ones;
+ * only the stores change (bf16, round to nearest even). */
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "backend/cuda/train_fused.h"
+
+namespace {
+
+constexpr int kBlock = 256, kRowsPerBlock = kBlock / 32;
+constexpr unsigned kMaxBlocks = 1u << 16;
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+unsigned blocks_for(size_t n) {
+    const size_t b = (n + kBlock - 1) / kBlock;
+    return b > kMaxBlocks ? kMaxBlocks : (unsigned)(b ? b : 1);
+}
+bool aligned(const void *p, size_t bytes) { return (uintptr_t)p % bytes == 0; }
+
+__device__ __forceinline__ void store4(__nv_bfloat16 *dst, float a, float b, float c, float d) {
+    __nv_bfloat162 *out = reinterpret_cast<__nv_bfloat162 *>(dst);
+    out[0] = __floats2bfloat162_rn(a, b);
+    out[1] = __floats2bfloat162_rn(c, d);
+}
+
+/* One warp per row. ADD: xr = a + b is formed first (written to sum), as train_kernels.cu's add then rmsnorm_forward
+ * (the sum is re-read from registers, the same fp32 values). */
+template <bool V4, bool ADD>
+__global__ void rmsnorm_forward_bf16(__nv_bfloat16 *y16, float *inv_rms, float *x_out, const float *x,
+                                     const float *b, const float *gain, int n, int dim, float eps) {
+    const size_t r = (size_t)blockIdx.x * kRowsPerBlock + threadIdx.x / 32, off = r * (size_t)dim;
+    const int lane = threadIdx.x & 31;
+    if (r >= (size_t)n) return;
+    const float *xr = x + off;
+    float ss = 0.0f;
+    if (V4) {
+        for (int i = lane; i < dim / 4; i += 32) {
+            float4 v = reinterpret_cast<const float4 *>(xr)[i];
+            if (ADD) {
+                const float4 p = reinterpret_cast<const float4 *>(b + off)[i];
+                v.x += p.x, v.y += p.y, v.z += p.z, v.w += p.w;
+            }
+            if (x_out) reinterpret_cast<float4 *>(x_out + off)[i] = v;
+            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        }
+    } else {
+        for (int i = lane; i < dim; i += 32) {
+            float v = xr[i];
+            if (ADD) v += b[off + i];
+            if (x_out) x_out[off + i] = v;
+            ss += v * v;
+        }
+    }
+    ss = warp_sum(ss);
+    const float s = 1.0f / sqrtf(ss / (float)dim + eps);
+    if (lane == 0) inv_rms[r] = s;
+    /* the row again: from x_out when it holds the sum (the same lane wrote it: no barrier needed), else from x */
+    const float *src = ADD ? x_out + off : xr;
+    __nv_bfloat16 *yr = y16 + off;
+    if (V4) {
+        for (int i = lane; i < dim / 4; i += 32) {
+            const float4 v = reinterpret_cast<const float4 *>(src)[i], g = reinterpret_cast<const float4 *>(gain)[i];
+            store4(yr + 4 * i, g.x * (s * v.x), g.y * (s * v.y), g.z * (s * v.z), g.w * (s * v.w));
+        }
+    } else {
+        for (int i = lane; i < dim; i += 32) yr[i] = __float2bfloat16_rn(gain[i] * (s * src[i]));
+    }
+}
+
+template <bool V4> __global__ void add_out(float *y, const float *a, const float *b, size_t n) {
+    const size_t stride = (size_t)gridDim.x * blockDim.x, first = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    size_t done = 0;
+    if (V4) {
+        for (size_t i = first; i < n / 4; i += stride) {
+            float4 u = reinterpret_cast<const float4 *>(a)[i];
+            const float4 v = reinterpret_cast<const float4 *>(b)[i];
+            u.x += v.x, u.y += v.y, u.z += v.z, u.w += v.w;
+            reinterpret_cast<float4 *>(y)[i] = u;
+        }
+        done = n / 4 * 4;
+    }
+    for (size_t i = done + first; i < n; i += stride) y[i] = a[i] + b[i];
+}
+
+/* as train_kernels.cu */
+__device__ __forceinline__ float swiglu_value(float g, float u) { return g * (1.0f / (1.0f + expf(-g))) * u; }
+__device__ __forceinline__ void swiglu_grad(float dh, float g, float u, float *dg, float *du) {
+    const float sig = 1.0f / (1.0f + expf(-g)), silu = g * sig;
+    *dg = dh * u * sig * (1.0f + g * (1.0f - sig));
+    *du = dh * silu;
+}
+
+template <bool V4> __global__ void swiglu_forward_bf16(__nv_bfloat16 *h16, const float *gate, const float *up, size_t n) {
+    const size_t stride = (size_t)gridDim.x * blockDim.x, first = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    size_t done = 0;
+    if (V4) {
+        for (size_t i = first; i < n / 4; i += stride) {
+            const float4 g = reinterpret_cast<const float4 *>(gate)[i], u = reinterpret_cast<const float4 *>(up)[i];
+            store4(h16 + 4 * i, swiglu_value(g.x, u.x), swiglu_value(g.y, u.y), swiglu_value(g.z, u.z),
+                   swiglu_value(g.w, u.w));
+        }
+        done = n / 4 * 4;
+    }
+    for (size_t i = done + first; i < n; i += stride) h16[i] = __float2bfloat16_rn(swiglu_value(gate[i], up[i]));
+}
+
+/* element e = r * hid + c of the packed inputs; V4: groups of 4 columns (hid % 4 == 0) */
+template <bool V4>
+__global__ void swiglu_backward_bf16(__nv_bfloat16 *dgu16, size_t ld, const float *dh, const float *gate,
+                                     const float *up, size_t rows, int hid) {
+    const size_t stride = (size_t)gridDim.x * blockDim.x, first = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (V4) {
+        const size_t quads = (size_t)hid / 4;
+        for (size_t i = first; i < rows * quads; i += stride) {
+            const size_t r = i / quads, c = 4 * (i % quads);
+            const float4 d = reinterpret_cast<const float4 *>(dh)[i], g = reinterpret_cast<const float4 *>(gate)[i],
+                         u = reinterpret_cast<const float4 *>(up)[i];
+            float4 og, ou;
+            swiglu_grad(d.x, g.x, u.x, &og.x, &ou.x);
+            swiglu_grad(d.y, g.y, u.y, &og.y, &ou.y);
+            swiglu_grad(d.z, g.z, u.z, &og.z, &ou.z);
+            swiglu_grad(d.w, g.w, u.w, &og.w, &ou.w);
+            store4(dgu16 + r * ld + c, og.x, og.y, og.z, og.w);
+            store4(dgu16 + r * ld + (size_t)hid + c, ou.x, ou.y, ou.z, ou.w);
+        }
+    } else {
+        for (size_t i = first; i < rows * (size_t)hid; i += stride) {
+            const size_t r = i / (size_t)hid, c = i % (size_t)hid;
+            float og, ou;
+            swiglu_grad(dh[i], gate[i], up[i], &og, &ou);
+            dgu16[r * ld + c] = __float2bfloat16_rn(og);
+            dgu16[r * ld + (size_t)hid + c] = __float2bfloat16_rn(ou);
+        }
+    }
+}
+
+/* one thread per (row, head, pair), as train_kernels.cu's rope */
+template <bool ROTATE>
+__global__ void rope_to_bf16(__nv_bfloat16 *dst, size_t ld, const float *x, int n, int seq, int n_heads,
+                             int head_dim, const float *cos_table, const float *sin_table, float direction) {
+    const int half = head_dim / 2;
+    const size_t pairs = (size_t)n * n_heads * half;
+    for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < pairs; idx += (size_t)gridDim.x * blockDim.x) {
+        const int i = (int)(idx % half);
+        const size_t rh = idx / half; /* row * n_heads + head */
+        const size_t row = rh / n_heads, head = rh % n_heads;
+        const float *v = x + rh * head_dim;
+        __nv_bfloat16 *out = dst + row * ld + head * (size_t)head_dim;
+        const float a = v[2 * i], b = v[2 * i + 1];
+        if (ROTATE) {
+            const int pos = (int)(row % seq);
+            const float c = cos_table[(size_t)pos * half + i], sn = direction * sin_table[(size_t)pos * half + i];
+            out[2 * i] = __float2bfloat16_rn(a * c - b * sn);
+            out[2 * i + 1] = __float2bfloat16_rn(a * sn + b * c);
+        } else {
+            out[2 * i] = __float2bfloat16_rn(a);
+            out[2 * i + 1] = __float2bfloat16_rn(b);
+        }
+    }
+}
+
+int launch_status() { return (int)cudaGetLastError(); }
+
+template <bool ADD>
+int launch_rmsnorm(uint16_t *y16, float *inv_rms, float *x_out, const float *x, const float *b, const float *gain,
+                   int n, int dim, float eps, void *stream) {
+    if (n < 0 || dim <= 0) return (int)cudaErrorInvalidValue;
+    if (n == 0) return 0;
+    const bool v4 = dim % 4 == 0 && aligned(x, 16) && aligned(gain, 16) && aligned(y16, 8) &&
+                    (!x_out || aligned(x_out, 16)) && (!b || aligned(b, 16));
+    const unsigned blocks = (unsigned)(((size_t)n + kRowsPerBlock - 1) / kRowsPerBlock);
+    __nv_bfloat16 *y = reinterpret_cast<__nv_bfloat16 *>(y16);
+    if (v4)
+        rmsnorm_forward_bf16<true, ADD><<<blocks, kBlock, 0, (cudaStream_t)stream>>>(y, inv_rms, x_out, x, b, gain, n,
+                                                                                    dim, eps);
+    else
+        rmsnorm_forward_bf16<false, ADD><<<blocks, kBlock, 0, (cudaStream_t)stream>>>(y, inv_rms, x_out, x, b, gain, n,
+                                                                                     dim, eps);
+    return launch_status();
+}
+
+} // namespace
+
+extern "C" int xlkv_cuda_train_rmsnorm_forward_bf16(uint16_t *y16, float *inv_rms, float *x_copy, const float *x,
+                                                    const float *gain, int n, int dim, float eps, void *stream) {
+    return launch_rmsnorm<false>(y16, inv_rms, x_copy, x, NULL, gain, n, dim, eps, stream);
+}
+
+extern "C" int xlkv_cuda_train_add_rmsnorm_forward_bf16(float *sum, uint16_t *y16, float *inv_rms, const float *a,
+                                                        const float *b, const float *gain, int n, int dim, float eps,
+                                                        void *stream) {
+    if (!sum || !b) return (int)cudaErrorInvalidValue;
+    return launch_rmsnorm<true>(y16, inv_rms, sum, a, b, gain, n, dim, eps, stream);
+}
+
+extern "C" int xlkv_cuda_train_add_out(float *y, const float *a, const float *b, size_t n, void *stream) {
+    if (n == 0) return 0;
+    if (aligned(y, 16) && aligned(a, 16) && aligned(b, 16))
+        add_out<true><<<blocks_for(n / 4 + 1), kBlock, 0, (cudaStream_t)stream>>>(y, a, b, n);
+    else
+        add_out<false><<<blocks_for(n), kBlock, 0, (cudaStream_t)stream>>>(y, a, b, n);
+    return launch_status();
+}
+
+extern "C" int xlkv_cuda_train_swiglu_forward_bf16(uint16_t *h16, const float *gate, const float *up, size_t n,
+                                                   void *stream) {
+    if (n == 0) return 0;
+    __nv_bfloat16 *h = reinterpret_cast<__nv_bfloat16 *>(h16);
+    if (aligned(h16, 8) && aligned(gate, 16) && aligned(up, 16))
+        swiglu_forward_bf16<true><<<blocks_for(n / 4 + 1), kBlock, 0, (cudaStream_t)stream>>>(h, gate, up, n);
+    else
+        swiglu_forward_bf16<false><<<blocks_for(n), kBlock, 0, (cudaStream_t)stream>>>(h, gate, up, n);
+    return launch_status();
+}
+
+extern "C" int xlkv_cuda_train_swiglu_backward_bf16(uint16_t *dgu16, size_t ld, const float *dh, const float *gate,
+                                                    const float *up, int n, int hid, void *stream) {
+    if (n < 0 || hid < 0 || ld < 2 * (size_t)hid) return (int)cudaErrorInvalidValue;
+    if (n == 0 || hid == 0) return 0;
+    __nv_bfloat16 *out = reinterpret_cast<__nv_bfloat16 *>(dgu16);
+    const size_t elements = (size_t)n * (size_t)hid;
+    if (hid % 4 == 0 && ld % 4 == 0 && aligned(dgu16, 8) && aligned(dh, 16) && aligned(gate, 16) && aligned(up, 16))
+        swiglu_backward_bf16<true><<<blocks_for(elements / 4), kBlock, 0, (cudaStream_t)stream>>>(out, ld, dh, gate, up,
+                                                                                                 (size_t)n, hid);
+    else
+        swiglu_backward_bf16<false><<<blocks_for(elements), kBlock, 0, (cudaStream_t)stream>>>(out, ld, dh, gate, up,
+                                                                                              (size_t)n, hid);
+    return launch_status();
+}
+
+extern "C" int xlkv_cuda_train_rope_to_bf16(uint16_t *dst16, size_t ld, const float *src, int n, int seq, int n_heads,
+                                            int head_dim, const float *cos_table, const float *sin_table,
+                                            float direction, int rotate, void *stream) {
+    if (n < 0 || seq <= 0 || n_heads < 0 || head_dim < 0 || head_dim % 2 || ld < (size_t)n_heads * (size_t)head_dim)
+        return (int)cudaErrorInvalidValue;
+    const size_t pairs = (size_t)n * (size_t)n_heads * (size_t)(head_dim / 2);
+    if (pairs == 0) return 0;
+    __nv_bfloat16 *dst = reinterpret_cast<__nv_bfloat16 *>(dst16);
+    if (rotate)
+        rope_to_bf16<true><<<blocks_for(pairs), kBlock, 0, (cudaStream_t)stream>>>(dst, ld, src, n, seq, n_heads,
+                                                                                  head_dim, cos_table, sin_table,
+                                                                                  direction);
+    else
+        rope_to_bf16<false><<<blocks_for(pairs), kBlock, 0, (cudaStream_t)stream>>>(dst, ld, src, n, seq, n_heads,
+                                                                                   head_dim, cos_table, sin_table,
+                                                                                   direction);
+    return launch_status();
+}

@@ -1,0 +1,537 @@
+/* tests/cuda/test_cuda_train_fused: the bf16 trainer's fused layer passes (backend/cuda/train_fused.h,
+ * XLKV_TRAIN_FUSE).
+ *  1. every fused kernel on random inputs (odd and vector-friendly shapes, row strides) against
+ *     a. the unfused GPU kernels it replaces (train_kernels.h, then the rounding of train_bf16.h): the same bits
+ *        (0 differing elements; the fp32 arithmetic is written the same way);
+ *     b. a CPU reference from the definition, rounded to nearest even: at most 1 bf16 ulp apart (the CPU's expf /
+ *        sqrtf / summation order move the fp32 value by a few fp32 ulps, which may cross a bf16 rounding boundary);
+ *        pure roundings (dv's copy, the RMSNorm backward's bf16(dx)) exactly;
+ *     and bytes outside the written columns of a strided output left as they were; bad sizes refused.
+ *  2. the trainer, fused (default) vs XLKV_TRAIN_FUSE=0, bf16 operands, tiny models (standard, cla:2, lckv:1 cyclic,
+ *     and head_dim 64 where flash attention runs): one forward + backward: the loss bit-identical (the forward's
+ *     products read the same bf16 operands) and the gradients within 1e-2 of each tensor's largest (the backward's
+ *     products change only their fp32 accumulation: beta 0, K = 2 hidden / q_dim + 2 kv_dim in one product; a wrong
+ *     or stale operand is off by O(1)); then a few trainer steps' losses within 1e-3 relative; XLKV_TRAIN_FUSE=2
+ *     refused.
+ * Every check prints one "check ..." line with the measured error and the tolerance. Needs a GPU (label cuda). */
+#define _DEFAULT_SOURCE /* setenv */
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cuda/train_bf16.h"
+#include "backend/cuda/train_fused.h"
+#include "backend/cuda/train_kernels.h"
+#include "core/file.h"
+#include "testutil.h"
+#include "cuda_testutil.h"
+#include "train/gpu_trainer.h"
+#include "train/model_setup.h"
+#include "train/trainer.h"
+
+static int failures;
+static unsigned long long rng_state = 0x2545F4914F6CDD1Dull;
+static float uniform(void) { /* [-1, 1) */
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((rng_state >> 40) & 0xFFFFFF) / 8388608.0f - 1.0f;
+}
+static float *random_array(size_t n, float scale) {
+    float *a = malloc(n * sizeof *a);
+    for (size_t i = 0; i < n; i++) a[i] = scale * uniform();
+    return a;
+}
+static void *to_device(const void *host, size_t bytes) {
+    void *d = NULL;
+    CK(cudaMalloc(&d, bytes ? bytes : 4));
+    if (host && bytes) CK(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice));
+    return d;
+}
+static float *dev_floats(const float *host, size_t n) { return to_device(host, n * sizeof(float)); }
+static uint16_t *dev_bf16(size_t n) { /* filled with a sentinel (0xABCD) that no written element is expected to be */
+    uint16_t *h = malloc(n * sizeof *h), *d = NULL;
+    for (size_t i = 0; i < n; i++) h[i] = 0xABCDu;
+    d = to_device(h, n * sizeof *h);
+    free(h);
+    return d;
+}
+static void *download(const void *dev, size_t bytes) {
+    void *h = malloc(bytes ? bytes : 1);
+    CK(cudaMemcpy(h, dev, bytes, cudaMemcpyDeviceToHost));
+    return h;
+}
+
+/* fp32 -> bf16 bits, round to nearest even, from the definition (inputs here are finite) */
+static uint16_t bf16_rne(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+/* distance in bf16 ulps (sign-magnitude bits mapped onto a monotone integer line) */
+static long ulps(uint16_t a, uint16_t b) {
+    const long x = a & 0x8000u ? -(long)(a & 0x7FFFu) : (long)a, y = b & 0x8000u ? -(long)(b & 0x7FFFu) : (long)b;
+    return labs(x - y);
+}
+
+/* One check line for a bf16 output: `got` vs `same` (the unfused GPU kernels: must be identical) and vs `ref` (the
+ * CPU: within ref_tol ulps). NULL `same`: no such comparison. */
+static void check_bf16(const char *what, const uint16_t *got, const uint16_t *same, const uint16_t *ref, size_t n,
+                       long ref_tol) {
+    size_t differ = 0;
+    long worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (same && got[i] != same[i]) differ++;
+        const long d = ulps(got[i], ref[i]);
+        if (d > worst) worst = d;
+    }
+    const bool ok = differ == 0 && worst <= ref_tol;
+    printf("check %-62s vs unfused: %zu of %zu differ (tol 0)%s; vs CPU: err %ld ulp (tol %ld) %s\n", what, differ, n,
+           same ? "" : " [n/a]", worst, ref_tol, ok ? "ok" : "FAIL");
+    if (!ok) failures++;
+}
+
+static void check_floats_equal(const char *what, const float *got, const float *want, size_t n) {
+    size_t differ = 0;
+    for (size_t i = 0; i < n; i++) differ += memcmp(&got[i], &want[i], sizeof(float)) != 0;
+    printf("check %-62s: %zu of %zu differ, err %zu (tol 0) %s\n", what, differ, n, differ, differ ? "FAIL" : "ok");
+    if (differ) failures++;
+}
+
+/* elements of a strided bf16 [rows, ld] outside columns [first, first + width) still hold the sentinel */
+static void check_untouched(const char *what, const uint16_t *buf, size_t rows, size_t ld, size_t first,
+                            size_t width) {
+    size_t touched = 0;
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < ld; c++)
+            if ((c < first || c >= first + width) && buf[r * ld + c] != 0xABCDu) touched++;
+    printf("check %-62s: %zu elements written outside the columns, err %zu (tol 0) %s\n", what, touched, touched,
+           touched ? "FAIL" : "ok");
+    if (touched) failures++;
+}
+
+/* ---- 1. kernels ------------------------------------------------------------------------------------------------ */
+/* RMSNorm forward with bf16 out (with the saved copy of x), and residual add + RMSNorm, n x dim */
+static void rmsnorm_case(int n, int dim) {
+    const size_t nd = (size_t)n * (size_t)dim;
+    const float eps = 1e-5f;
+    float *x = random_array(nd, 2.0f), *p = random_array(nd, 1.0f), *gain = random_array((size_t)dim, 1.5f);
+    float *d_x = dev_floats(x, nd), *d_p = dev_floats(p, nd), *d_gain = dev_floats(gain, (size_t)dim);
+    float *d_copy = dev_floats(NULL, nd), *d_inv = dev_floats(NULL, (size_t)n), *d_inv0 = dev_floats(NULL, (size_t)n);
+    float *d_y = dev_floats(NULL, nd), *d_sum = dev_floats(NULL, nd);
+    uint16_t *d_y16 = dev_bf16(nd), *d_same16 = dev_bf16(nd);
+    char what[120];
+
+    /* plain: fused vs rmsnorm_forward + to_bf16, and vs the CPU */
+    CK_LAUNCH(xlkv_cuda_train_rmsnorm_forward_bf16(d_y16, d_inv, d_copy, d_x, d_gain, n, dim, eps, NULL));
+    CK_LAUNCH(xlkv_cuda_train_rmsnorm_forward(d_y, d_inv0, d_x, d_gain, n, dim, eps, NULL));
+    CK_LAUNCH(xlkv_cuda_train_to_bf16(d_same16, d_y, (size_t)n, (size_t)dim, (size_t)dim, NULL));
+    uint16_t *y16 = download(d_y16, nd * 2), *same16 = download(d_same16, nd * 2), *ref16 = malloc(nd * 2);
+    float *copy = download(d_copy, nd * 4), *inv = download(d_inv, (size_t)n * 4), *inv0 = download(d_inv0, (size_t)n * 4);
+    for (int r = 0; r < n; r++) {
+        double ss = 0.0;
+        for (int i = 0; i < dim; i++) ss += (double)x[(size_t)r * dim + i] * x[(size_t)r * dim + i];
+        const float s = (float)(1.0 / sqrt(ss / dim + eps));
+        for (int i = 0; i < dim; i++) ref16[(size_t)r * dim + i] = bf16_rne(gain[i] * (s * x[(size_t)r * dim + i]));
+    }
+    snprintf(what, sizeof what, "rmsnorm forward bf16 out [%d x %d]", n, dim);
+    check_bf16(what, y16, same16, ref16, nd, 1);
+    snprintf(what, sizeof what, "rmsnorm forward bf16 out [%d x %d] inv_rms == unfused", n, dim);
+    check_floats_equal(what, inv, inv0, (size_t)n);
+    snprintf(what, sizeof what, "rmsnorm forward bf16 out [%d x %d] saved copy == x", n, dim);
+    check_floats_equal(what, copy, x, nd);
+    free(y16), free(same16), free(copy), free(inv), free(inv0);
+
+    /* residual add + norm: sum = x + p (out of place), vs add + rmsnorm_forward + to_bf16 */
+    CK_LAUNCH(xlkv_cuda_train_add_rmsnorm_forward_bf16(d_sum, d_y16, d_inv, d_x, d_p, d_gain, n, dim, eps, NULL));
+    CK_LAUNCH(xlkv_cuda_train_add(d_x, d_p, nd, NULL)); /* d_x = x + p from here */
+    CK_LAUNCH(xlkv_cuda_train_rmsnorm_forward(d_y, d_inv0, d_x, d_gain, n, dim, eps, NULL));
+    CK_LAUNCH(xlkv_cuda_train_to_bf16(d_same16, d_y, (size_t)n, (size_t)dim, (size_t)dim, NULL));
+    y16 = download(d_y16, nd * 2), same16 = download(d_same16, nd * 2);
+    float *sum = download(d_sum, nd * 4), *want_sum = malloc(nd * 4);
+    inv = download(d_inv, (size_t)n * 4), inv0 = download(d_inv0, (size_t)n * 4);
+    for (size_t e = 0; e < nd; e++) want_sum[e] = x[e] + p[e];
+    for (int r = 0; r < n; r++) {
+        double ss = 0.0;
+        for (int i = 0; i < dim; i++) ss += (double)want_sum[(size_t)r * dim + i] * want_sum[(size_t)r * dim + i];
+        const float s = (float)(1.0 / sqrt(ss / dim + eps));
+        for (int i = 0; i < dim; i++)
+            ref16[(size_t)r * dim + i] = bf16_rne(gain[i] * (s * want_sum[(size_t)r * dim + i]));
+    }
+    snprintf(what, sizeof what, "add + rmsnorm forward bf16 out [%d x %d]", n, dim);
+    check_bf16(what, y16, same16, ref16, nd, 1);
+    snprintf(what, sizeof what, "add + rmsnorm forward [%d x %d] sum == x + p (CPU)", n, dim);
+    check_floats_equal(what, sum, want_sum, nd);
+    snprintf(what, sizeof what, "add + rmsnorm forward [%d x %d] inv_rms == unfused", n, dim);
+    check_floats_equal(what, inv, inv0, (size_t)n);
+
+    /* in place (sum == a): the trainer's x_mid may be its own input in other call sites */
+    CK(cudaMemcpy(d_sum, x, nd * 4, cudaMemcpyHostToDevice));
+    CK_LAUNCH(xlkv_cuda_train_add_rmsnorm_forward_bf16(d_sum, d_y16, d_inv, d_sum, d_p, d_gain, n, dim, eps, NULL));
+    free(sum);
+    sum = download(d_sum, nd * 4);
+    snprintf(what, sizeof what, "add + rmsnorm forward [%d x %d] in place: sum == x + p", n, dim);
+    check_floats_equal(what, sum, want_sum, nd);
+
+    /* add_out */
+    CK_LAUNCH(xlkv_cuda_train_add_out(d_y, d_p, d_sum, nd, NULL));
+    free(sum);
+    sum = download(d_y, nd * 4);
+    for (size_t e = 0; e < nd; e++) want_sum[e] = p[e] + want_sum[e];
+    snprintf(what, sizeof what, "add_out [%d x %d] == a + b (CPU)", n, dim);
+    check_floats_equal(what, sum, want_sum, nd);
+
+    free(y16), free(same16), free(ref16), free(sum), free(want_sum), free(inv), free(inv0);
+    free(x), free(p), free(gain);
+    cudaFree(d_x), cudaFree(d_p), cudaFree(d_gain), cudaFree(d_copy), cudaFree(d_inv), cudaFree(d_inv0);
+    cudaFree(d_y), cudaFree(d_sum), cudaFree(d_y16), cudaFree(d_same16);
+}
+
+static float silu_ref(float g) { return g * (1.0f / (1.0f + expf(-g))); }
+
+/* swiglu forward (h in bf16) and backward ([dgate | dup] in bf16, row stride ld) */
+static void swiglu_case(int n, int hid, size_t ld) {
+    const size_t nh = (size_t)n * (size_t)hid;
+    float *gate = random_array(nh, 4.0f), *up = random_array(nh, 2.0f), *dh = random_array(nh, 1.0f);
+    float *d_gate = dev_floats(gate, nh), *d_up = dev_floats(up, nh), *d_dh = dev_floats(dh, nh);
+    float *d_h = dev_floats(NULL, nh), *d_dg = dev_floats(NULL, nh), *d_du = dev_floats(NULL, nh);
+    uint16_t *d_h16 = dev_bf16(nh), *d_same = dev_bf16(nh), *d_dgu = dev_bf16((size_t)n * ld);
+    uint16_t *d_same_g = dev_bf16(nh), *d_same_u = dev_bf16(nh);
+    char what[120];
+
+    CK_LAUNCH(xlkv_cuda_train_swiglu_forward_bf16(d_h16, d_gate, d_up, nh, NULL));
+    CK_LAUNCH(xlkv_cuda_train_swiglu_forward(d_h, d_gate, d_up, nh, NULL));
+    CK_LAUNCH(xlkv_cuda_train_to_bf16(d_same, d_h, 1, nh, nh, NULL));
+    uint16_t *h16 = download(d_h16, nh * 2), *same = download(d_same, nh * 2), *ref = malloc(nh * 2);
+    for (size_t e = 0; e < nh; e++) ref[e] = bf16_rne(silu_ref(gate[e]) * up[e]);
+    snprintf(what, sizeof what, "swiglu forward bf16 out [%d x %d]", n, hid);
+    check_bf16(what, h16, same, ref, nh, 1);
+
+    CK_LAUNCH(xlkv_cuda_train_swiglu_backward_bf16(d_dgu, ld, d_dh, d_gate, d_up, n, hid, NULL));
+    CK_LAUNCH(xlkv_cuda_train_swiglu_backward(d_dg, d_du, d_dh, d_gate, d_up, nh, NULL));
+    CK_LAUNCH(xlkv_cuda_train_to_bf16(d_same_g, d_dg, 1, nh, nh, NULL));
+    CK_LAUNCH(xlkv_cuda_train_to_bf16(d_same_u, d_du, 1, nh, nh, NULL));
+    uint16_t *dgu = download(d_dgu, (size_t)n * ld * 2), *same_g = download(d_same_g, nh * 2);
+    uint16_t *same_u = download(d_same_u, nh * 2);
+    uint16_t *got_g = malloc(nh * 2), *got_u = malloc(nh * 2), *ref_u = malloc(nh * 2);
+    for (int r = 0; r < n; r++)
+        for (int c = 0; c < hid; c++) {
+            const size_t e = (size_t)r * hid + c;
+            got_g[e] = dgu[(size_t)r * ld + c];
+            got_u[e] = dgu[(size_t)r * ld + hid + c];
+            const float g = gate[e], u = up[e], d = dh[e], sig = 1.0f / (1.0f + expf(-g));
+            ref[e] = bf16_rne(d * u * sig * (1.0f + g * (1.0f - sig)));
+            ref_u[e] = bf16_rne(d * (g * sig));
+        }
+    snprintf(what, sizeof what, "swiglu backward bf16 dgate [%d x %d], ld %zu", n, hid, ld);
+    check_bf16(what, got_g, same_g, ref, nh, 1);
+    snprintf(what, sizeof what, "swiglu backward bf16 dup [%d x %d], ld %zu", n, hid, ld);
+    check_bf16(what, got_u, same_u, ref_u, nh, 1);
+    snprintf(what, sizeof what, "swiglu backward bf16 [%d x %d], ld %zu", n, hid, ld);
+    check_untouched(what, dgu, (size_t)n, ld, 0, 2 * (size_t)hid);
+
+    free(h16), free(same), free(ref), free(dgu), free(same_g), free(same_u), free(got_g), free(got_u), free(ref_u);
+    free(gate), free(up), free(dh);
+    cudaFree(d_gate), cudaFree(d_up), cudaFree(d_dh), cudaFree(d_h), cudaFree(d_dg), cudaFree(d_du);
+    cudaFree(d_h16), cudaFree(d_same), cudaFree(d_dgu), cudaFree(d_same_g), cudaFree(d_same_u);
+}
+
+/* RoPE (backward direction, as the trainer uses it) into columns [first, first + width) of a bf16 [n, ld], and the
+ * plain copy (dv) */
+static void rope_case(int batch, int seq, int n_heads, int head_dim, size_t ld, size_t first) {
+    const int n = batch * seq, half = head_dim / 2;
+    const size_t width = (size_t)n_heads * (size_t)head_dim, nw = (size_t)n * width;
+    float *cos_t = malloc((size_t)seq * half * sizeof(float)), *sin_t = malloc((size_t)seq * half * sizeof(float));
+    for (int pos = 0; pos < seq; pos++)
+        for (int i = 0; i < half; i++) {
+            const float angle = (float)pos / powf(10000.0f, (float)(2 * i) / (float)head_dim);
+            cos_t[pos * half + i] = cosf(angle);
+            sin_t[pos * half + i] = sinf(angle);
+        }
+    float *x = random_array(nw, 3.0f);
+    float *d_x = dev_floats(x, nw), *d_rot = dev_floats(x, nw);
+    float *d_cos = dev_floats(cos_t, (size_t)seq * half), *d_sin = dev_floats(sin_t, (size_t)seq * half);
+    uint16_t *d_dst = dev_bf16((size_t)n * ld), *d_same = dev_bf16(nw);
+    char what[140];
+    for (int rotate = 1; rotate >= 0; rotate--) {
+        CK_LAUNCH(xlkv_cuda_train_rope_to_bf16(d_dst + first, ld, d_x, n, seq, n_heads, head_dim, d_cos, d_sin, -1.0f,
+                                               rotate, NULL));
+        if (rotate) CK_LAUNCH(xlkv_cuda_train_rope(d_rot, n, seq, n_heads, head_dim, d_cos, d_sin, -1.0f, NULL));
+        CK_LAUNCH(xlkv_cuda_train_to_bf16(d_same, rotate ? d_rot : d_x, 1, nw, nw, NULL));
+        uint16_t *dst = download(d_dst, (size_t)n * ld * 2), *same = download(d_same, nw * 2);
+        uint16_t *got = malloc(nw * 2), *ref = malloc(nw * 2);
+        float *src_after = download(d_x, nw * 4);
+        for (int r = 0; r < n; r++)
+            for (size_t j = 0; j < width; j++) {
+                got[(size_t)r * width + j] = dst[(size_t)r * ld + first + j];
+                const int i = (int)(j % (size_t)head_dim) / 2, pos = r % seq;
+                const size_t pair = (size_t)r * width + j - j % 2;
+                const float a = x[pair], b = x[pair + 1], c = cos_t[pos * half + i], s = -sin_t[pos * half + i];
+                const float v = !rotate ? x[(size_t)r * width + j] : j % 2 == 0 ? a * c - b * s : a * s + b * c;
+                ref[(size_t)r * width + j] = bf16_rne(v);
+            }
+        snprintf(what, sizeof what, "%s bf16 [%d x %d heads x %d], ld %zu, column %zu", rotate ? "rope backward" : "copy",
+                 n, n_heads, head_dim, ld, first);
+        check_bf16(what, got, same, ref, nw, rotate ? 1 : 0);
+        check_untouched(what, dst, (size_t)n, ld, first, width);
+        snprintf(what, sizeof what, "%s bf16 [%d x %d x %d] leaves its fp32 source as it was", rotate ? "rope" : "copy",
+                 n, n_heads, head_dim);
+        check_floats_equal(what, src_after, x, nw);
+        free(dst), free(same), free(got), free(ref), free(src_after);
+    }
+    free(cos_t), free(sin_t), free(x);
+    cudaFree(d_x), cudaFree(d_rot), cudaFree(d_cos), cudaFree(d_sin), cudaFree(d_dst), cudaFree(d_same);
+}
+
+/* RMSNorm backward with bf16(dx) beside dx: dx and dgain identical to the plain launcher, dx16 == RNE(dx) exactly */
+static void rmsnorm_backward_case(int n, int dim) {
+    const size_t nd = (size_t)n * (size_t)dim;
+    const int chunks = (n + XLKV_CUDA_TRAIN_ROW_CHUNK - 1) / XLKV_CUDA_TRAIN_ROW_CHUNK;
+    float *x = random_array(nd, 2.0f), *dy = random_array(nd, 1.0f), *dx0 = random_array(nd, 0.5f);
+    float *gain = random_array((size_t)dim, 1.5f), *inv = random_array((size_t)n, 1.0f);
+    for (int r = 0; r < n; r++) inv[r] = 0.5f + fabsf(inv[r]);
+    float *d_x = dev_floats(x, nd), *d_dy = dev_floats(dy, nd), *d_gain = dev_floats(gain, (size_t)dim);
+    float *d_inv = dev_floats(inv, (size_t)n), *d_partials = dev_floats(NULL, (size_t)chunks * dim);
+    float *d_dx_a = dev_floats(dx0, nd), *d_dx_b = dev_floats(dx0, nd);
+    float *d_dg_a = dev_floats(NULL, (size_t)dim), *d_dg_b = dev_floats(NULL, (size_t)dim);
+    CK(cudaMemset(d_dg_a, 0, (size_t)dim * 4));
+    CK(cudaMemset(d_dg_b, 0, (size_t)dim * 4));
+    uint16_t *d_dx16 = dev_bf16(nd);
+    CK_LAUNCH(xlkv_cuda_train_rmsnorm_backward_bf16(d_dx_a, d_dx16, d_dg_a, d_dy, d_x, d_inv, d_gain, n, dim,
+                                                    d_partials, NULL));
+    CK_LAUNCH(xlkv_cuda_train_rmsnorm_backward(d_dx_b, d_dg_b, d_dy, d_x, d_inv, d_gain, n, dim, d_partials, NULL));
+    float *dx_a = download(d_dx_a, nd * 4), *dx_b = download(d_dx_b, nd * 4);
+    float *dg_a = download(d_dg_a, (size_t)dim * 4), *dg_b = download(d_dg_b, (size_t)dim * 4);
+    uint16_t *dx16 = download(d_dx16, nd * 2), *ref = malloc(nd * 2);
+    for (size_t e = 0; e < nd; e++) ref[e] = bf16_rne(dx_b[e]);
+    char what[120];
+    snprintf(what, sizeof what, "rmsnorm backward [%d x %d] dx == without bf16 out", n, dim);
+    check_floats_equal(what, dx_a, dx_b, nd);
+    snprintf(what, sizeof what, "rmsnorm backward [%d x %d] dgain == without bf16 out", n, dim);
+    check_floats_equal(what, dg_a, dg_b, (size_t)dim);
+    snprintf(what, sizeof what, "rmsnorm backward [%d x %d] bf16(dx) vs RNE of dx", n, dim);
+    check_bf16(what, dx16, NULL, ref, nd, 0);
+    free(x), free(dy), free(dx0), free(gain), free(inv), free(dx_a), free(dx_b), free(dg_a), free(dg_b), free(dx16);
+    free(ref);
+    cudaFree(d_x), cudaFree(d_dy), cudaFree(d_gain), cudaFree(d_inv), cudaFree(d_partials), cudaFree(d_dx_a);
+    cudaFree(d_dx_b), cudaFree(d_dg_a), cudaFree(d_dg_b), cudaFree(d_dx16);
+}
+
+static void refused(const char *what, int rc) {
+    const bool ok = rc == (int)cudaErrorInvalidValue;
+    printf("check %-62s: %s\n", what, ok ? "refused ok" : "FAIL");
+    if (!ok) failures++;
+}
+
+static void fused_kernels_match(void **state) {
+    (void)state;
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) skip();
+    failures = 0;
+    rmsnorm_case(37, 64);   /* float4 path */
+    rmsnorm_case(29, 70);   /* scalar path */
+    rmsnorm_case(300, 768); /* the `small` width */
+    swiglu_case(33, 96, 192);  /* 4-wide, packed [dgate | dup] */
+    swiglu_case(17, 50, 100);  /* scalar (hid % 4) */
+    swiglu_case(9, 64, 136);   /* 4-wide, padded rows */
+    rope_case(2, 24, 4, 16, 4 * 16 + 2 * 2 * 16, 0);      /* dq of [dq | dk | dv] */
+    rope_case(2, 24, 2, 16, 4 * 16 + 2 * 2 * 16, 4 * 16); /* dk / dv of the same */
+    rope_case(3, 17, 3, 64, 3 * 64, 0);                   /* packed, head_dim 64 */
+    rmsnorm_backward_case(130, 64);
+    rmsnorm_backward_case(70, 70);
+    refused("swiglu backward bf16 with ld < 2 hidden",
+            xlkv_cuda_train_swiglu_backward_bf16(NULL, 10, NULL, NULL, NULL, 4, 6, NULL));
+    refused("rope to bf16 with ld < n_heads * head_dim",
+            xlkv_cuda_train_rope_to_bf16(NULL, 10, NULL, 4, 4, 2, 8, NULL, NULL, 1.0f, 1, NULL));
+    refused("rope to bf16 with an odd head_dim",
+            xlkv_cuda_train_rope_to_bf16(NULL, 10, NULL, 4, 4, 1, 7, NULL, NULL, 1.0f, 1, NULL));
+    refused("rmsnorm forward bf16 with dim 0",
+            xlkv_cuda_train_rmsnorm_forward_bf16(NULL, NULL, NULL, NULL, NULL, 4, 0, 1e-5f, NULL));
+    if (failures) fail_msg("%d fused-kernel check(s) failed", failures);
+}
+
+/* ---- 2. the trainer, fused vs XLKV_TRAIN_FUSE=0 ------------------------------------------------------------------ */
+enum { VOCAB = 61 };
+
+typedef struct model_case {
+    const char *map;
+    int m, b, head_dim; /* head_dim 64: flash attention runs (16: the gemm attention) */
+} model_case;
+
+static xlkv_hparams tiny_hparams(const model_case *c) {
+    xlkv_hparams hp;
+    xlkv_hparams_defaults(&hp);
+    hp.dim = 64, hp.hidden_dim = 96, hp.n_layers = 4, hp.n_heads = 4, hp.n_kv_heads = 2, hp.head_dim = c->head_dim;
+    if (c->head_dim == 64) hp.dim = 128, hp.n_heads = 2, hp.n_kv_heads = 1;
+    hp.vocab_size = VOCAB, hp.max_seq_len = 64, hp.forward_passes = c->m, hp.backward_passes = c->b;
+    hp.sliding_window = 5;
+    return hp;
+}
+
+static xlkv_param_store *make_store(const model_case *c, unsigned long long seed) {
+    xlkv_hparams hp = tiny_hparams(c);
+    xlkv_param_store *store = NULL;
+    TU_ASSERT_OK(xlkv_store_from_shape(&hp, c->map, seed, &store));
+    return store;
+}
+
+/* worst over tensors of max |a - b| / max |b| of the gradients */
+static double worst_gradient_error(const xlkv_param_store *a, const xlkv_param_store *b, const char **worst_name) {
+    double worst = 0.0;
+    *worst_name = "";
+    for (int t = 0; t < b->n_tensors; t++) {
+        const xlkv_param_tensor *tensor = &b->tensors[t];
+        const size_t n = (size_t)tensor->rows * (size_t)(tensor->cols ? tensor->cols : 1);
+        double diff = 0.0, scale = 0.0;
+        for (size_t i = 0; i < n; i++) {
+            const double x = a->grads[tensor->offset + i], y = b->grads[tensor->offset + i];
+            if (fabs(x - y) > diff || isnan(x)) diff = isnan(x) ? INFINITY : fabs(x - y);
+            if (fabs(y) > scale) scale = fabs(y);
+        }
+        const double err = scale > 0 ? diff / scale : diff;
+        if (err > worst || isnan(err)) worst = err, *worst_name = tensor->name;
+    }
+    return worst;
+}
+
+static char *make_data_dir(void) {
+    char *dir = tu_temp_dir();
+    enum { LEN = 6000 };
+    int32_t *tokens = malloc(LEN * sizeof *tokens);
+    unsigned s = 7;
+    for (int i = 0; i < LEN; i++) {
+        s = s * 1103515245u + 12345u;
+        tokens[i] = i % 3 == 0 ? (int32_t)((s >> 16) % VOCAB) : (tokens[i - 1] * 7 + 3) % VOCAB;
+    }
+    char *train = xlkv_path_join(dir, "train-00000.bin"), *valid = xlkv_path_join(dir, "valid-00000.bin");
+    TU_ASSERT_OK(xlkv_token_shard_write(train, tokens, 5000, VOCAB, 2));
+    TU_ASSERT_OK(xlkv_token_shard_write(valid, tokens + 5000, 1000, VOCAB, 2));
+    free(train), free(valid), free(tokens);
+    return dir;
+}
+
+static xlkv_trainer *make_trainer(const char *data, const model_case *c, long steps) {
+    xlkv_hparams hp = tiny_hparams(c);
+    xlkv_param_store *store = NULL;
+    TU_ASSERT_OK(xlkv_store_from_shape(&hp, c->map, 11, &store));
+    xlkv_train_options o = xlkv_train_default_options();
+    o.batch = 4, o.seq = 32, o.steps = steps, o.warmup = 2, o.lr = 3e-3f, o.min_lr = 3e-4f, o.eval_batches = 2;
+    o.forward_passes = c->m, o.backward_passes = c->b, o.accum = 2;
+    o.device_cuda = true, o.cuda_bf16 = true;
+    xlkv_trainer *tr = NULL;
+    TU_ASSERT_OK(xlkv_trainer_create(store, data, &o, &tr));
+    return tr;
+}
+
+static void fused_trainer_matches_unfused(void **state) {
+    (void)state;
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) skip();
+    failures = 0;
+    unsetenv("XLKV_TRAIN_GEMM");
+    unsetenv("XLKV_TRAIN_ATTENTION");
+    enum { B = 2, T = 24, N = B * T };
+    int tokens[2][N], targets[2][N];
+    for (int a = 0; a < 2; a++)
+        for (int r = 0; r < N; r++) {
+            tokens[a][r] = (int)((unsigned)(r * 37 + a * 11 + (r * r) % 13) % VOCAB);
+            targets[a][r] = (int)((unsigned)(r * 17 + a * 5 + 3) % VOCAB);
+        }
+    static const model_case cases[] = {
+        {"standard", 0, 2, 16}, {"cla:2", 0, 2, 16}, {"lckv:1", 1, 2, 16}, {"lckv:1", 2, 3, 16},
+        {"0_1s_1s_3", 0, 2, 16}, {"standard", 0, 2, 64}, {"lckv:1", 1, 2, 64},
+    };
+    const size_t n_cases = sizeof cases / sizeof *cases;
+    for (size_t ci = 0; ci < n_cases; ci++) {
+        const model_case *c = &cases[ci];
+        xlkv_param_store *stores[2];
+        double loss[2][2];
+        for (int fused = 0; fused < 2; fused++) { /* two accumulated micro-batches each */
+            setenv("XLKV_TRAIN_FUSE", fused ? "1" : "0", 1);
+            stores[fused] = make_store(c, 5);
+            xlkv_gpu_trainer *gt = NULL;
+            TU_ASSERT_OK(xlkv_gpu_trainer_create(stores[fused], B, T, c->m, c->b, true, &gt));
+            TU_ASSERT_OK(xlkv_gpu_trainer_zero_grads(gt));
+            for (int a = 0; a < 2; a++) {
+                TU_ASSERT_OK(xlkv_gpu_trainer_forward(gt, tokens[a], targets[a], &loss[fused][a]));
+                TU_ASSERT_OK(xlkv_gpu_trainer_backward(gt, 0.5f));
+            }
+            TU_ASSERT_OK(xlkv_gpu_trainer_download(gt, stores[fused], true));
+            xlkv_gpu_trainer_free(gt);
+        }
+        unsetenv("XLKV_TRAIN_FUSE");
+        const char *worst_name = "";
+        const double err = worst_gradient_error(stores[1], stores[0], &worst_name);
+        /* the first micro-batch's loss: the same forward bits; the second follows gradients only through nothing
+         * (no update between them), so it is bit-identical too */
+        const bool loss_same = loss[1][0] == loss[0][0] && loss[1][1] == loss[0][1];
+        const double loss_diff = fmax(fabs(loss[1][0] - loss[0][0]), fabs(loss[1][1] - loss[0][1]));
+        const bool ok = loss_same && err <= 1e-2;
+        printf("check fused vs XLKV_TRAIN_FUSE=0, one step of %-10s m=%d b=%d head_dim %d: losses %.9f / %.9f vs "
+               "%.9f / %.9f, err %.2e (tol 0); gradients worst %s err %.2e (tol 1e-2) %s\n", c->map, c->m, c->b,
+               c->head_dim, loss[1][0], loss[1][1], loss[0][0], loss[0][1], loss_diff, worst_name, err,
+               ok ? "ok" : "FAIL");
+        if (!ok) failures++;
+        xlkv_param_store_free(stores[0]);
+        xlkv_param_store_free(stores[1]);
+    }
+
+    char *data = make_data_dir();
+    enum { STEPS = 6 };
+    static const model_case step_cases[] = {{"standard", 0, 2, 16}, {"lckv:1", 1, 2, 16}, {"standard", 0, 2, 64}};
+    for (size_t ci = 0; ci < sizeof step_cases / sizeof *step_cases; ci++) {
+        const model_case *c = &step_cases[ci];
+        setenv("XLKV_TRAIN_FUSE", "1", 1);
+        xlkv_trainer *fused = make_trainer(data, c, STEPS);
+        setenv("XLKV_TRAIN_FUSE", "0", 1);
+        xlkv_trainer *plain = make_trainer(data, c, STEPS);
+        unsetenv("XLKV_TRAIN_FUSE");
+        for (int s = 0; s < STEPS; s++) {
+            TU_ASSERT_OK(xlkv_trainer_step(fused, NULL));
+            TU_ASSERT_OK(xlkv_trainer_step(plain, NULL));
+        }
+        double eval_fused, eval_plain;
+        TU_ASSERT_OK(xlkv_trainer_eval(fused, &eval_fused));
+        TU_ASSERT_OK(xlkv_trainer_eval(plain, &eval_plain));
+        double worst = fabs(eval_fused - eval_plain) / fabs(eval_plain);
+        printf("losses %s head_dim %d: fused", c->map, c->head_dim);
+        for (int s = 0; s < STEPS; s++) {
+            printf(" %.6f", fused->train_losses[s]);
+            const double d = fabs((double)fused->train_losses[s] - plain->train_losses[s]) /
+                             fabs((double)plain->train_losses[s]);
+            if (d > worst || isnan(d)) worst = isnan(d) ? INFINITY : d;
+        }
+        printf(" | unfused");
+        for (int s = 0; s < STEPS; s++) printf(" %.6f", plain->train_losses[s]);
+        printf(" | eval %.6f %.6f\n", eval_fused, eval_plain);
+        const bool ok = worst <= 1e-3;
+        printf("check fused vs XLKV_TRAIN_FUSE=0, %d trainer steps + held-out loss of %-8s head_dim %d: max rel err "
+               "%.2e (tol 1e-3) %s\n", STEPS, c->map, c->head_dim, worst, ok ? "ok" : "FAIL");
+        if (!ok) failures++;
+        xlkv_trainer_free(fused);
+        xlkv_trainer_free(plain);
+    }
+    free(data);
+
+    setenv("XLKV_TRAIN_FUSE", "2", 1);
+    xlkv_param_store *store = make_store(&cases[0], 5);
+    xlkv_gpu_trainer *gt = NULL;
+    const xlkv_status status = xlkv_gpu_trainer_create(store, B, T, 0, 2, true, &gt);
+    unsetenv("XLKV_TRAIN_FUSE");
+    const bool ok = status != XLKV_OK && !gt;
+    printf("check XLKV_TRAIN_FUSE=2 refused: %s (%s)\n", ok ? "ok" : "FAIL", xlkv_last_error());
+    if (!ok) failures++;
+    xlkv_gpu_trainer_free(gt);
+    xlkv_param_store_free(store);
+    if (failures) fail_msg("%d fused-trainer check(s) failed", failures);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(fused_kernels_match),
+        cmocka_unit_test(fused_trainer_matches_unfused),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
