@@ -2,8 +2,10 @@
  * (also fused with RoPE and the K/V write of the rows for small batches, below).
  *
  * Splits. Keys are cut in splits of split_size positions: 256 when the batch gives the GPU enough CTAs, halved down
- * to 32 while (batch x query-head groups x splits) stays under ~1024 CTAs, so that batch 1 still spreads over the
- * SMs. The split size depends only on (batch, n_heads, max_positions), all fixed for a captured graph, never on the
+ * to 32 (64 for shapes the tensor-core kernel takes: it works in 64-key tiles, so a 32-key split would leave half of
+ * each tile masked and double the CTAs and partials for nothing) while (batch x query-head groups x splits) stays
+ * under ~1024 CTAs, so that batch 1 still spreads over the SMs. The split size depends only on (batch, n_heads,
+ * max_positions, dtype and head shape), all fixed for a captured graph, never on the
  * rows' lengths, so every grid below is CUDA-graph safe. Pass 1 writes one partial (max, sum of exp(score - max),
  * unnormalized accumulator) per (row, query head, split) to the workspace; a split with no visible key writes
  * max = -inf. Pass 2 (combine): one CTA per (row, query head) rescales and sums the partials; a row with nothing
@@ -50,6 +52,8 @@
  * (8 FLOP per byte: memory-bound; target: near HBM bandwidth, ~3 TB/s on H100, e.g. batch 512 at L = 1024:
  * 512 MiB -> ~0.18 ms per layer; the tensor-core kernel computes 16-row tiles for G = 8, 2x the useful FLOPs, still
  * far under the mma peak). Partials: per (row, query head, split) 66 floats, small beside the KV bytes. */
+#include <type_traits>
+
 #include "backend/cuda/kernels_attention_common.cuh"
 #include "backend/cuda/kernels_mma.cuh"
 
@@ -64,16 +68,19 @@ constexpr int DECODE_THREADS = 128;
 constexpr int DECODE_WARPS = DECODE_THREADS / 32;
 constexpr int COMBINE_THREADS = 64;
 
-/* Split size for a launch: see the design note above. */
-int decode_split_size(int batch, int n_heads, int max_positions) {
+constexpr int DECODE_MMA_MIN_SPLIT = 64; /* one key tile of the tensor-core kernel */
+
+/* Split size for a launch: see the design note above. min_split: DECODE_MIN_SPLIT, or DECODE_MMA_MIN_SPLIT for shapes
+ * the tensor-core kernel takes (the workspace is sized with DECODE_MIN_SPLIT: the most splits). */
+int decode_split_size(int batch, int n_heads, int max_positions, int min_split = DECODE_MIN_SPLIT) {
     const long groups = (long)batch * (n_heads >= 8 ? n_heads / 8 : 1);
     int split = DECODE_SPLIT;
-    while (split > DECODE_MIN_SPLIT && groups * ((max_positions + split - 1) / split) < DECODE_TARGET_CTAS) split /= 2;
+    while (split > min_split && groups * ((max_positions + split - 1) / split) < DECODE_TARGET_CTAS) split /= 2;
     return split;
 }
 
-int decode_splits(int batch, int n_heads, int max_positions) {
-    const int split = decode_split_size(batch, n_heads, max_positions);
+int decode_splits(int batch, int n_heads, int max_positions, int min_split = DECODE_MIN_SPLIT) {
+    const int split = decode_split_size(batch, n_heads, max_positions, min_split);
     return max_positions <= 0 ? 1 : (max_positions + split - 1) / split;
 }
 
@@ -641,8 +648,12 @@ int make_decode_params(decode_params<T> *out, const void *q, int q_stride, int b
     p.window = rule->window;
     p.mask_diagonal = rule->mask_diagonal ? 1 : 0;
     p.read_slot = rule->read_slot;
-    p.split_size = decode_split_size(batch, rule->n_heads, max_positions);
-    p.n_splits = decode_splits(batch, rule->n_heads, max_positions);
+    const bool mma_shape = std::is_same<T, __nv_bfloat16>::value &&
+                           (rule->head_dim == 64 || rule->head_dim == 128) &&
+                           rule->n_heads / rule->n_kv_heads <= MMA_MAX_GROUP;
+    const int min_split = mma_shape ? DECODE_MMA_MIN_SPLIT : DECODE_MIN_SPLIT;
+    p.split_size = decode_split_size(batch, rule->n_heads, max_positions, min_split);
+    p.n_splits = decode_splits(batch, rule->n_heads, max_positions, min_split);
     p.scale = 1.0f / sqrtf((float)rule->head_dim);
     p.scale_log2 = p.scale * 1.4426950408889634f;
     const size_t n_parts = (size_t)batch * rule->n_heads * p.n_splits;
