@@ -29,6 +29,7 @@
 #include "core/file.h"
 #include "testutil.h"
 #include "cuda_testutil.h"
+#include "train_testutil.h"
 #include "train/gpu_trainer.h"
 #include "train/model_setup.h"
 #include "train/train_graph.h"
@@ -37,29 +38,10 @@
 
 static int failures;
 static unsigned long long rng_state = 0x9E3779B97F4A7C15ull;
-static float uniform(void) { /* [-1, 1) */
-    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-    return (float)((rng_state >> 40) & 0xFFFFFF) / 8388608.0f - 1.0f;
-}
-static float *random_array(size_t n, float scale) {
-    float *a = malloc(n * sizeof *a);
-    for (size_t i = 0; i < n; i++) a[i] = scale * uniform();
-    return a;
-}
-static void *to_device(const void *host, size_t bytes) {
-    void *d = NULL;
-    CK(cudaMalloc(&d, bytes ? bytes : 4));
-    if (host && bytes) CK(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice));
-    return d;
-}
-static float *dev_floats(const float *host, size_t n) { return to_device(host, n * sizeof(float)); }
+static float uniform(void) { return ct_uniform(&rng_state); } /* [-1, 1) */
+static float *random_array(size_t n, float scale) { return ct_random_floats(n, scale, &rng_state); }
 static void from_device(void *host, const void *dev, size_t bytes) {
     CK(cudaMemcpy(host, dev, bytes, cudaMemcpyDeviceToHost));
-}
-static float *download(const float *dev, size_t n) {
-    float *h = malloc(n * sizeof *h);
-    from_device(h, dev, n * sizeof *h);
-    return h;
 }
 
 /* max |a - b| / max |b| (absolute when b is all zeros); prints a check line; counts failures. */
@@ -91,21 +73,21 @@ static void kernel_rmsnorm_case(int n, int dim) {
     memcpy(dx, dx0, sizeof(float) * n * dim), memcpy(dg, dg0, sizeof(float) * dim);
     xlkv_train_rmsnorm_forward(y, inv, x, gain, n, dim, 1e-5f);
     xlkv_train_rmsnorm_backward(dx, dg, dy, x, inv, gain, n, dim);
-    float *d_x = dev_floats(x, (size_t)n * dim), *d_gain = dev_floats(gain, dim), *d_dy = dev_floats(dy, (size_t)n * dim);
-    float *d_y = dev_floats(y, (size_t)n * dim), *d_inv = dev_floats(inv, n), *d_dx = dev_floats(dx0, (size_t)n * dim);
-    float *d_dg = dev_floats(dg0, dim), *d_part = NULL;
+    float *d_x = ct_dev_floats(x, (size_t)n * dim), *d_gain = ct_dev_floats(gain, dim), *d_dy = ct_dev_floats(dy, (size_t)n * dim);
+    float *d_y = ct_dev_floats(y, (size_t)n * dim), *d_inv = ct_dev_floats(inv, n), *d_dx = ct_dev_floats(dx0, (size_t)n * dim);
+    float *d_dg = ct_dev_floats(dg0, dim), *d_part = NULL;
     const int chunks = (n + XLKV_CUDA_TRAIN_ROW_CHUNK - 1) / XLKV_CUDA_TRAIN_ROW_CHUNK;
     CK(cudaMalloc((void **)&d_part, sizeof(float) * dim * chunks));
     CK(cudaMemset(d_y, 0xFF, sizeof(float) * n * dim)); /* NaN poison */
     CK(cudaMemset(d_inv, 0xFF, sizeof(float) * n));
     CK_LAUNCH(xlkv_cuda_train_rmsnorm_forward(d_y, d_inv, d_x, d_gain, n, dim, 1e-5f, NULL));
-    float *gy = download(d_y, (size_t)n * dim), *ginv = download(d_inv, n);
+    float *gy = ct_download_floats(d_y, (size_t)n * dim), *ginv = ct_download_floats(d_inv, n);
     char what[96];
     snprintf(what, sizeof what, "rmsnorm forward y [%d x %d]", n, dim);
     check(what, gy, y, (size_t)n * dim, 1e-6);
     check("rmsnorm forward inv_rms", ginv, inv, n, 1e-6);
     CK_LAUNCH(xlkv_cuda_train_rmsnorm_backward(d_dx, d_dg, d_dy, d_x, d_inv, d_gain, n, dim, d_part, NULL));
-    float *gdx = download(d_dx, (size_t)n * dim), *gdg = download(d_dg, dim);
+    float *gdx = ct_download_floats(d_dx, (size_t)n * dim), *gdg = ct_download_floats(d_dg, dim);
     check("rmsnorm backward dx (+=)", gdx, dx, (size_t)n * dim, 1e-5);
     check("rmsnorm backward dgain (+=)", gdg, dg, dim, 1e-5);
     free(x), free(gain), free(dy), free(dx0), free(dg0), free(y), free(inv), free(dx), free(dg);
@@ -129,8 +111,8 @@ static void swiglu_case(size_t m, size_t offset) {
     xlkv_train_swiglu_forward(h + offset, gate + offset, up + offset, m);
     xlkv_train_swiglu_backward(dg + offset, du + offset, dh + offset, gate + offset, up + offset, m);
     for (size_t i = offset; i < len; i++) sum[i] = gate[i] + up[i];
-    float *d_gate = dev_floats(gate, len), *d_up = dev_floats(up, len), *d_dh = dev_floats(dh, len);
-    float *d_h = dev_floats(h, len), *d_dg = dev_floats(dg, len), *d_du = dev_floats(du, len);
+    float *d_gate = ct_dev_floats(gate, len), *d_up = ct_dev_floats(up, len), *d_dh = ct_dev_floats(dh, len);
+    float *d_h = ct_dev_floats(h, len), *d_dg = ct_dev_floats(dg, len), *d_du = ct_dev_floats(du, len);
     CK(cudaMemset(d_h, 0xFF, sizeof(float) * len));
     CK(cudaMemset(d_dg, 0xFF, sizeof(float) * len));
     CK(cudaMemset(d_du, 0xFF, sizeof(float) * len));
@@ -138,7 +120,7 @@ static void swiglu_case(size_t m, size_t offset) {
     CK_LAUNCH(xlkv_cuda_train_swiglu_backward(d_dg + offset, d_du + offset, d_dh + offset, d_gate + offset,
                                               d_up + offset, m, NULL));
     CK_LAUNCH(xlkv_cuda_train_add(d_gate + offset, d_up + offset, m, NULL));
-    float *gh = download(d_h, len), *gdg = download(d_dg, len), *gdu = download(d_du, len), *gs = download(d_gate, len);
+    float *gh = ct_download_floats(d_h, len), *gdg = ct_download_floats(d_dg, len), *gdu = ct_download_floats(d_du, len), *gs = ct_download_floats(d_gate, len);
     char what[96];
     snprintf(what, sizeof what, "swiglu forward [%zu, offset %zu]", m, offset);
     check(what, gh + offset, h + offset, m, 1e-6);
@@ -161,14 +143,14 @@ static void kernel_rope_swiglu(void) {
     float *x = random_array(len, 1.0f), *ref = malloc(sizeof(float) * len);
     memcpy(ref, x, sizeof(float) * len);
     xlkv_train_rope_forward(ref, n, seq, heads, hd, cos_t, sin_t);
-    float *d_x = dev_floats(x, len), *d_c = dev_floats(cos_t, (size_t)seq * half), *d_s = dev_floats(sin_t, (size_t)seq * half);
+    float *d_x = ct_dev_floats(x, len), *d_c = ct_dev_floats(cos_t, (size_t)seq * half), *d_s = ct_dev_floats(sin_t, (size_t)seq * half);
     CK_LAUNCH(xlkv_cuda_train_rope(d_x, n, seq, heads, hd, d_c, d_s, 1.0f, NULL));
-    float *g = download(d_x, len);
+    float *g = ct_download_floats(d_x, len);
     check("rope forward [12 rows, 2 sequences, 3 heads x 16]", g, ref, len, 1e-6);
     xlkv_train_rope_backward(ref, n, seq, heads, hd, cos_t, sin_t);
     CK_LAUNCH(xlkv_cuda_train_rope(d_x, n, seq, heads, hd, d_c, d_s, -1.0f, NULL));
     free(g);
-    g = download(d_x, len);
+    g = ct_download_floats(d_x, len);
     check("rope backward (inverse rotation)", g, ref, len, 1e-6);
     free(g), free(x), free(ref), free(cos_t), free(sin_t), cudaFree(d_x), cudaFree(d_c), cudaFree(d_s);
 
@@ -184,7 +166,7 @@ static void kernel_embedding(void) {
     tokens[3] = tokens[4] = tokens[5] = 2;
     float *table = random_array((size_t)vocab * dim, 1.0f), *dx = random_array((size_t)n * dim, 1.0f);
     float *dtable = random_array((size_t)vocab * dim, 0.1f), *x = malloc(sizeof(float) * n * dim);
-    float *d_dtable = dev_floats(dtable, (size_t)vocab * dim);
+    float *d_dtable = ct_dev_floats(dtable, (size_t)vocab * dim);
     xlkv_train_embedding_forward(x, tokens, table, n, dim);
     xlkv_train_embedding_backward(dtable, dx, tokens, n, dim);
     int order[40], starts[41], groups = 0, k = 0;
@@ -195,14 +177,14 @@ static void kernel_embedding(void) {
         if (k > first) starts[groups++] = first;
     }
     starts[groups] = n;
-    int *d_tok = to_device(tokens, sizeof tokens), *d_order = to_device(order, sizeof order);
-    int *d_starts = to_device(starts, sizeof(int) * (size_t)(groups + 1));
-    float *d_table = dev_floats(table, (size_t)vocab * dim), *d_dx = dev_floats(dx, (size_t)n * dim);
-    float *d_x = dev_floats(x, (size_t)n * dim);
+    int *d_tok = ct_to_device(tokens, sizeof tokens), *d_order = ct_to_device(order, sizeof order);
+    int *d_starts = ct_to_device(starts, sizeof(int) * (size_t)(groups + 1));
+    float *d_table = ct_dev_floats(table, (size_t)vocab * dim), *d_dx = ct_dev_floats(dx, (size_t)n * dim);
+    float *d_x = ct_dev_floats(x, (size_t)n * dim);
     CK(cudaMemset(d_x, 0xFF, sizeof(float) * n * dim));
     CK_LAUNCH(xlkv_cuda_train_embedding_forward(d_x, d_tok, d_table, n, dim, NULL));
     CK_LAUNCH(xlkv_cuda_train_embedding_backward(d_dtable, d_dx, d_tok, d_order, d_starts, groups, dim, NULL));
-    float *gx = download(d_x, (size_t)n * dim), *gdt = download(d_dtable, (size_t)vocab * dim);
+    float *gx = ct_download_floats(d_x, (size_t)n * dim), *gdt = ct_download_floats(d_dtable, (size_t)vocab * dim);
     check("embedding forward [40 ids of 9]", gx, x, (size_t)n * dim, 0.0);
     check("embedding backward (+=, repeated ids, row order)", gdt, dtable, (size_t)vocab * dim, 0.0);
     free(table), free(dx), free(dtable), free(x), free(gx), free(gdt);
@@ -218,19 +200,19 @@ static void kernel_attention_case(const char *name, int batch, int seq, int n_he
     float *q = random_array(qn, 1.5f), *k = random_array(kvn, 1.5f), *v = random_array(kvn, 1.0f);
     float *dout = random_array(qn, 1.0f), *dk = random_array(kvn, 0.1f), *dv = random_array(kvn, 0.1f);
     float *out = malloc(sizeof(float) * qn), *lse = malloc(sizeof(float) * N * n_heads), *dq = malloc(sizeof(float) * qn);
-    float *d_dk = dev_floats(dk, kvn), *d_dv = dev_floats(dv, kvn);
+    float *d_dk = ct_dev_floats(dk, kvn), *d_dv = ct_dev_floats(dv, kvn);
     xlkv_train_attention_forward(out, lse, q, k, v, &cpu);
     xlkv_train_attention_backward(dq, dk, dv, dout, out, lse, q, k, v, &cpu);
-    float *d_q = dev_floats(q, qn), *d_k = dev_floats(k, kvn), *d_v = dev_floats(v, kvn), *d_dout = dev_floats(dout, qn);
-    float *d_out = dev_floats(out, qn), *d_lse = dev_floats(lse, N * n_heads), *d_dq = dev_floats(dq, qn);
-    float *d_delta = dev_floats(lse, N * n_heads);
+    float *d_q = ct_dev_floats(q, qn), *d_k = ct_dev_floats(k, kvn), *d_v = ct_dev_floats(v, kvn), *d_dout = ct_dev_floats(dout, qn);
+    float *d_out = ct_dev_floats(out, qn), *d_lse = ct_dev_floats(lse, N * n_heads), *d_dq = ct_dev_floats(dq, qn);
+    float *d_delta = ct_dev_floats(lse, N * n_heads);
     CK(cudaMemset(d_out, 0xFF, sizeof(float) * qn));
     CK(cudaMemset(d_dq, 0xFF, sizeof(float) * qn));
     CK_LAUNCH(xlkv_cuda_train_attention_forward(d_out, d_lse, d_q, d_k, d_v, &gpu, NULL));
     CK_LAUNCH(xlkv_cuda_train_attention_backward(d_dq, d_dk, d_dv, d_delta, d_dout, d_out, d_lse, d_q, d_k, d_v, &gpu,
                                                  NULL));
-    float *g_out = download(d_out, qn), *g_lse = download(d_lse, N * n_heads), *g_dq = download(d_dq, qn);
-    float *g_dk = download(d_dk, kvn), *g_dv = download(d_dv, kvn);
+    float *g_out = ct_download_floats(d_out, qn), *g_lse = ct_download_floats(d_lse, N * n_heads), *g_dq = ct_download_floats(d_dq, qn);
+    float *g_dk = ct_download_floats(d_dk, kvn), *g_dv = ct_download_floats(d_dv, kvn);
     char what[128];
     snprintf(what, sizeof what, "attention %s out", name);
     check(what, g_out, out, qn, 2e-5);
@@ -247,7 +229,7 @@ static void kernel_attention_case(const char *name, int batch, int seq, int n_he
     CK_LAUNCH(xlkv_cuda_train_attention_backward(d_dq, NULL, NULL, d_delta, d_dout, d_out, d_lse, d_q, d_k, d_v, &gpu,
                                                  NULL));
     free(g_dq);
-    g_dq = download(d_dq, qn);
+    g_dq = ct_download_floats(d_dq, qn);
     snprintf(what, sizeof what, "attention %s dq with constant K/V", name);
     check(what, g_dq, dq, qn, 5e-5);
     free(q), free(k), free(v), free(dout), free(dk), free(dv), free(out), free(lse), free(dq);
@@ -280,20 +262,20 @@ static void kernel_softmax_rows(void) {
                     ds[row + p] = probs[row + p] * (dprobs[row + p] - d) * scale;
                 }
             }
-    float *d_scores = dev_floats(scores, n), *d_lse = dev_floats(lse, rows * H), *d_dp = dev_floats(dprobs, n);
-    float *d_delta = dev_floats(delta, rows * H);
+    float *d_scores = ct_dev_floats(scores, n), *d_lse = ct_dev_floats(lse, rows * H), *d_dp = ct_dev_floats(dprobs, n);
+    float *d_delta = ct_dev_floats(delta, rows * H);
     CK(cudaMemset(d_lse, 0xFF, sizeof(float) * rows * H));
     CK_LAUNCH(xlkv_cuda_train_softmax_rows(d_scores, d_lse, &shape, true, NULL));
-    float *g_p = download(d_scores, n), *g_lse = download(d_lse, rows * H);
+    float *g_p = ct_download_floats(d_scores, n), *g_lse = ct_download_floats(d_lse, rows * H);
     check("masked softmax rows (window 4 + diagonal): probabilities", g_p, probs, n, 1e-5);
     check("masked softmax rows: log-sum-exp", g_lse, lse, rows * H, 1e-5);
     CK(cudaMemcpy(d_scores, scores, sizeof(float) * n, cudaMemcpyHostToDevice));
     CK_LAUNCH(xlkv_cuda_train_softmax_rows(d_scores, d_lse, &shape, false, NULL));
     free(g_p);
-    g_p = download(d_scores, n);
+    g_p = ct_download_floats(d_scores, n);
     check("masked softmax rows from a saved log-sum-exp", g_p, probs, n, 1e-5);
     CK_LAUNCH(xlkv_cuda_train_softmax_backward_rows(d_dp, d_scores, d_delta, &shape, NULL));
-    float *g_ds = download(d_dp, n);
+    float *g_ds = ct_download_floats(d_dp, n);
     check("masked softmax backward dscores", g_ds, ds, n, 1e-5);
     /* delta = dout . out per (row, head) */
     const size_t qn = rows * H * hd;
@@ -303,9 +285,9 @@ static void kernel_softmax_rows(void) {
         for (int i = 0; i < hd; i++) acc += (double)dout[r * hd + i] * out[r * hd + i];
         ref[r] = (float)acc;
     }
-    float *d_dout = dev_floats(dout, qn), *d_out = dev_floats(out, qn);
+    float *d_dout = ct_dev_floats(dout, qn), *d_out = ct_dev_floats(out, qn);
     CK_LAUNCH(xlkv_cuda_train_attention_delta(d_delta, d_dout, d_out, &shape, NULL));
-    float *g_delta = download(d_delta, rows * H);
+    float *g_delta = ct_download_floats(d_delta, rows * H);
     check("attention delta = dout . out", g_delta, ref, rows * H, 1e-5);
     free(scores), free(probs), free(lse), free(dprobs), free(ds), free(delta), free(g_p), free(g_lse), free(g_ds);
     free(dout), free(out), free(ref), free(g_delta);
@@ -329,28 +311,28 @@ static void kernel_loss_and_optimizer(void) {
     int targets[7] = {0, 1000, 17, 17, 500, 3, 999};
     memcpy(probs, logits, sizeof(float) * n * vocab);
     const double total = xlkv_train_cross_entropy_forward(probs, targets, n, vocab);
-    float *d_probs = dev_floats(logits, (size_t)n * vocab);
-    int *d_targets = to_device(targets, sizeof targets);
-    double *d_loss = to_device(NULL, sizeof(double) * n), loss[7];
+    float *d_probs = ct_dev_floats(logits, (size_t)n * vocab);
+    int *d_targets = ct_to_device(targets, sizeof targets);
+    double *d_loss = ct_to_device(NULL, sizeof(double) * n), loss[7];
     CK_LAUNCH(xlkv_cuda_train_cross_entropy_forward(d_probs, d_loss, d_targets, n, vocab, NULL));
     from_device(loss, d_loss, sizeof loss);
     double gpu_total = 0.0;
     for (int r = 0; r < n; r++) gpu_total += loss[r];
     float a = (float)gpu_total, b = (float)total;
     check("cross-entropy forward: summed loss [7 x 1001]", &a, &b, 1, 1e-6);
-    float *gp = download(d_probs, (size_t)n * vocab);
+    float *gp = ct_download_floats(d_probs, (size_t)n * vocab);
     check("cross-entropy forward: probabilities", gp, probs, (size_t)n * vocab, 1e-5);
     xlkv_train_cross_entropy_backward(probs, probs, targets, n, vocab, 0.37f);
     CK_LAUNCH(xlkv_cuda_train_cross_entropy_backward(d_probs, d_targets, n, vocab, 0.37f, NULL));
     free(gp);
-    gp = download(d_probs, (size_t)n * vocab);
+    gp = ct_download_floats(d_probs, (size_t)n * vocab);
     check("cross-entropy backward dlogits", gp, probs, (size_t)n * vocab, 1e-5);
     free(gp), free(logits), free(probs), cudaFree(d_probs), cudaFree(d_targets), cudaFree(d_loss);
 
     const size_t m = 5000;
     float *w = random_array(m, 0.1f), *g = random_array(m, 0.01f), *mm = random_array(m, 0.001f), *vv = random_array(m, 1e-5f);
     for (size_t i = 0; i < m; i++) vv[i] = fabsf(vv[i]);
-    float *d_w = dev_floats(w, m), *d_g = dev_floats(g, m), *d_m = dev_floats(mm, m), *d_v = dev_floats(vv, m);
+    float *d_w = ct_dev_floats(w, m), *d_g = ct_dev_floats(g, m), *d_m = ct_dev_floats(mm, m), *d_v = ct_dev_floats(vv, m);
     const float lr = 3e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, decay = 0.1f;
     const long step = 3;
     const float c1 = (float)(1.0 - pow(b1, step)), c2 = (float)(1.0 - pow(b2, step));
@@ -361,7 +343,7 @@ static void kernel_loss_and_optimizer(void) {
         w[i] -= lr * (mhat / (sqrtf(vhat) + eps) + decay * w[i]);
     }
     CK_LAUNCH(xlkv_cuda_train_adamw(d_w, d_g, d_m, d_v, m, lr, b1, b2, eps, decay, c1, c2, NULL));
-    float *gw = download(d_w, m), *gm = download(d_m, m), *gv = download(d_v, m);
+    float *gw = ct_download_floats(d_w, m), *gm = ct_download_floats(d_m, m), *gv = ct_download_floats(d_v, m);
     check("AdamW parameters [5000]", gw, w, m, 1e-6);
     check("AdamW first moment", gm, mm, m, 1e-6);
     check("AdamW second moment", gv, vv, m, 1e-6);
@@ -370,8 +352,8 @@ static void kernel_loss_and_optimizer(void) {
 
     const size_t big = 3 * XLKV_CUDA_TRAIN_NORM_CHUNK + 123;
     float *gg = random_array(big, 1.0f);
-    float *d_gg = dev_floats(gg, big);
-    double *d_part = to_device(NULL, sizeof(double) * 4), part[4], ref = 0.0, got = 0.0;
+    float *d_gg = ct_dev_floats(gg, big);
+    double *d_part = ct_to_device(NULL, sizeof(double) * 4), part[4], ref = 0.0, got = 0.0;
     for (size_t i = 0; i < big; i++) ref += (double)gg[i] * gg[i];
     CK_LAUNCH(xlkv_cuda_train_sum_squares(d_part, d_gg, big, NULL));
     from_device(part, d_part, sizeof part);
@@ -379,7 +361,7 @@ static void kernel_loss_and_optimizer(void) {
     float fa = (float)got, fb = (float)ref;
     check("sum of squares over 4 chunks (gradient norm)", &fa, &fb, 1, 1e-6);
     CK_LAUNCH(xlkv_cuda_train_scale(d_gg, 0.5f, big, NULL));
-    float *gs = download(d_gg, big);
+    float *gs = ct_download_floats(d_gg, big);
     for (size_t i = 0; i < big; i++) gg[i] *= 0.5f;
     check("scale (gradient clipping)", gs, gg, big, 0.0);
     free(gs), free(gg), free(g), cudaFree(d_gg), cudaFree(d_part), cudaFree(d_g);
@@ -500,23 +482,6 @@ static void gradients_match_cpu(void **state) {
     if (failures) fail_msg("%d gradient check(s) failed", failures);
 }
 
-/* ---- 3. and 4. the trainer -------------------------------------------------------------------------------------- */
-static char *make_data_dir(void) {
-    char *dir = tu_temp_dir();
-    enum { LEN = 6000 };
-    int32_t *tokens = malloc(LEN * sizeof *tokens);
-    unsigned s = 7;
-    for (int i = 0; i < LEN; i++) {
-        s = s * 1103515245u + 12345u;
-        tokens[i] = i % 3 == 0 ? (int32_t)((s >> 16) % VOCAB) : (tokens[i - 1] * 7 + 3) % VOCAB;
-    }
-    char *train = xlkv_path_join(dir, "train-00000.bin"), *valid = xlkv_path_join(dir, "valid-00000.bin");
-    TU_ASSERT_OK(xlkv_token_shard_write(train, tokens, 5000, VOCAB, 2));
-    TU_ASSERT_OK(xlkv_token_shard_write(valid, tokens + 5000, 1000, VOCAB, 2));
-    free(train), free(valid), free(tokens);
-    return dir;
-}
-
 static xlkv_trainer *make_trainer(const char *data, const model_case *c, bool cuda, bool bf16, long steps) {
     xlkv_hparams hp = tiny_hparams(c->m, c->b);
     xlkv_param_store *store = NULL;
@@ -535,7 +500,7 @@ static void trainers_agree(void **state) {
     int devices = 0;
     if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) skip();
     failures = 0;
-    char *data = make_data_dir();
+    char *data = tt_token_data_dir(6000, 5000, VOCAB);
     const model_case cases[] = {{"standard", 0, 2, false}, {"cla:2", 0, 2, false}, {"lckv:1", 1, 2, false}};
     enum { STEPS = 6 };
     for (int ci = 0; ci < 3; ci++) {
@@ -599,7 +564,7 @@ static void gpu_resume_equals_uninterrupted_run(void **state) {
     (void)state;
     int devices = 0;
     if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) skip();
-    char *data = make_data_dir();
+    char *data = tt_token_data_dir(6000, 5000, VOCAB);
     const model_case cases[] = {{"cla:2", 0, 2, false}, {"lckv:1", 1, 2, false}};
     for (int ci = 0; ci < 2; ci++)
         for (int bf16 = 0; bf16 < 2; bf16++) {
@@ -671,8 +636,8 @@ static void bf16_conversion_case(const char *name, size_t rows, size_t cols, siz
             src[i] = uniform() * powf(2.0f, (float)((int)(i % 61) - 30)); /* many exponents */
         }
     }
-    float *d_src = dev_floats(src, n_src + 1);
-    uint16_t *d_dst = to_device(NULL, (n_dst + guard) * sizeof(uint16_t)), *dst = malloc((n_dst + guard) * sizeof *dst);
+    float *d_src = ct_dev_floats(src, n_src + 1);
+    uint16_t *d_dst = ct_to_device(NULL, (n_dst + guard) * sizeof(uint16_t)), *dst = malloc((n_dst + guard) * sizeof *dst);
     CK(cudaMemset(d_dst, 0xAB, (n_dst + guard) * sizeof(uint16_t)));
     CK_LAUNCH(xlkv_cuda_train_to_bf16(d_dst, d_src + src_shift, rows, cols, ld, NULL));
     from_device(dst, d_dst, (n_dst + guard) * sizeof *dst);
@@ -712,12 +677,12 @@ static void kernel_cross_entropy_backward_bf16(void) {
     const int targets[7] = {0, 1000, 17, 17, 500, 3, 999};
     float *probs = random_array((size_t)n * vocab, 1.0f);
     for (size_t i = 0; i < (size_t)n * vocab; i++) probs[i] = fabsf(probs[i]) * 0.01f;
-    float *d_probs = dev_floats(probs, (size_t)n * vocab);
-    int *d_targets = to_device(targets, sizeof targets);
-    uint16_t *d_out = to_device(NULL, (size_t)n * vocab * sizeof(uint16_t)), *out = malloc((size_t)n * vocab * 2);
+    float *d_probs = ct_dev_floats(probs, (size_t)n * vocab);
+    int *d_targets = ct_to_device(targets, sizeof targets);
+    uint16_t *d_out = ct_to_device(NULL, (size_t)n * vocab * sizeof(uint16_t)), *out = malloc((size_t)n * vocab * 2);
     CK_LAUNCH(xlkv_cuda_train_cross_entropy_backward_bf16(d_out, d_probs, d_targets, n, vocab, scale, NULL));
     from_device(out, d_out, (size_t)n * vocab * sizeof(uint16_t));
-    float *after = download(d_probs, (size_t)n * vocab);
+    float *after = ct_download_floats(d_probs, (size_t)n * vocab);
     size_t wrong = 0;
     for (int r = 0; r < n; r++)
         for (int c = 0; c < vocab; c++) {
@@ -731,25 +696,6 @@ static void kernel_cross_entropy_backward_bf16(void) {
            "(tolerance 0), probabilities %s %s\n", wrong, unchanged ? "unchanged" : "CHANGED", ok ? "ok" : "FAIL");
     if (!ok) failures++;
     free(probs), free(out), free(after), cudaFree(d_probs), cudaFree(d_targets), cudaFree(d_out);
-}
-
-/* worst over tensors of max |a - b| / max |b| of the gradients */
-static double worst_gradient_error(const xlkv_param_store *a, const xlkv_param_store *b, const char **worst_name) {
-    double worst = 0.0;
-    *worst_name = "";
-    for (int t = 0; t < b->n_tensors; t++) {
-        const xlkv_param_tensor *tensor = &b->tensors[t];
-        const size_t n = (size_t)tensor->rows * (size_t)(tensor->cols ? tensor->cols : 1);
-        double diff = 0.0, scale = 0.0;
-        for (size_t i = 0; i < n; i++) {
-            const double x = a->grads[tensor->offset + i], y = b->grads[tensor->offset + i];
-            if (fabs(x - y) > diff || isnan(x)) diff = isnan(x) ? INFINITY : fabs(x - y);
-            if (fabs(y) > scale) scale = fabs(y);
-        }
-        const double err = scale > 0 ? diff / scale : diff;
-        if (err > worst || isnan(err)) worst = err, *worst_name = tensor->name;
-    }
-    return worst;
 }
 
 /* max over i of |a_i - b_i| / |b_i| */
@@ -805,8 +751,8 @@ static void bf16_operands_match_fp32_operands(void **state) {
         }
         unsetenv("XLKV_TRAIN_GEMM");
         const char *name_new = "", *name_old = "";
-        const double err_new = worst_gradient_error(stores[0], stores[2], &name_new);
-        const double err_old = worst_gradient_error(stores[1], stores[2], &name_old);
+        const double err_new = tt_worst_tensor_error(stores[2], stores[0]->grads, stores[2]->grads, &name_new);
+        const double err_old = tt_worst_tensor_error(stores[2], stores[1]->grads, stores[2]->grads, &name_old);
         const float l0 = (float)loss[0], l1 = (float)loss[1], l2 = (float)loss[2];
         const double loss_new = max_rel_diff(&l0, &l2, 1), loss_old = max_rel_diff(&l1, &l2, 1);
         const bool ok = err_new <= 5e-2 && loss_new <= 5e-3;
@@ -819,7 +765,7 @@ static void bf16_operands_match_fp32_operands(void **state) {
         for (int path = 0; path < 3; path++) xlkv_param_store_free(stores[path]);
     }
 
-    char *data = make_data_dir();
+    char *data = tt_token_data_dir(6000, 5000, VOCAB);
     const model_case cases[] = {{"standard", 0, 2, false}, {"lckv:1", 1, 2, false}};
     enum { STEPS = 6 };
     for (int ci = 0; ci < 2; ci++) {

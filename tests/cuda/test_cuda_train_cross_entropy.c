@@ -30,6 +30,7 @@
 #include "core/file.h"
 #include "testutil.h"
 #include "cuda_testutil.h"
+#include "train_testutil.h"
 #include "train/gpu_trainer.h"
 #include "train/model_setup.h"
 #include "train/trainer.h"
@@ -39,20 +40,6 @@ static unsigned long long rng_state = 0x2545F4914F6CDD1Dull;
 static double uniform(void) { /* [-1, 1) */
     rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
     return (double)((rng_state >> 40) & 0xFFFFFF) / 8388608.0 - 1.0;
-}
-
-/* bf16 (round to nearest even) of a finite float, and back */
-static uint16_t bf16_of(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    u += 0x7FFFu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-static double float_of(uint16_t b) {
-    const uint32_t u = (uint32_t)b << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
 }
 
 /* ---- 1. the kernel ---------------------------------------------------------------------------------------------- */
@@ -71,10 +58,10 @@ static void fused_case(const char *name, int n, int vocab, int shift, logits_kin
         for (int c = 0; c < vocab; c++) {
             double x = 4.0 * uniform();
             if (kind == LOGITS_LARGE) x = 1000.0 * (r % 2 ? -1.0 : 1.0) + 30.0 * uniform();
-            logits[(size_t)r * vocab + c] = bf16_of((float)x);
+            logits[(size_t)r * vocab + c] = ct_bf16_rne((float)x);
         }
-        if (kind == TARGET_TINY) logits[(size_t)r * vocab + targets[r]] = bf16_of(-60.0f); /* others in [-4, 4) */
-        if (kind == TARGET_CERTAIN) logits[(size_t)r * vocab + targets[r]] = bf16_of(30.0f); /* p ~ 1 - 2e-8 */
+        if (kind == TARGET_TINY) logits[(size_t)r * vocab + targets[r]] = ct_bf16_rne(-60.0f); /* others in [-4, 4) */
+        if (kind == TARGET_CERTAIN) logits[(size_t)r * vocab + targets[r]] = ct_bf16_rne(30.0f); /* p ~ 1 - 2e-8 */
     }
     uint16_t *d_base = NULL;
     int *d_targets = NULL;
@@ -94,7 +81,7 @@ static void fused_case(const char *name, int n, int vocab, int shift, logits_kin
     for (int r = 0; r < n; r++) {
         double m = -INFINITY, s = 0.0;
         for (int c = 0; c < vocab; c++) {
-            x[c] = float_of(logits[(size_t)r * vocab + c]);
+            x[c] = (double)ct_bf16_value(logits[(size_t)r * vocab + c]);
             if (x[c] > m) m = x[c];
         }
         for (int c = 0; c < vocab; c++) s += exp(x[c] - m);
@@ -105,7 +92,7 @@ static void fused_case(const char *name, int n, int vocab, int shift, logits_kin
         if (loss_err > worst_loss || isnan(loss_err)) worst_loss = isnan(loss_err) ? INFINITY : loss_err;
         for (int c = 0; c < vocab; c++) {
             const double ref = exp(x[c] - m) / s - (c == targets[r] ? 1.0 : 0.0);
-            const double got = float_of(out[(size_t)r * vocab + c]);
+            const double got = (double)ct_bf16_value(out[(size_t)r * vocab + c]);
             const double diff = fabs(got - ref);
             const double excess = isnan(diff) ? INFINITY : diff / (4e-3 * fabs(ref) + 2e-7);
             if (excess > worst_excess) worst_excess = excess;
@@ -170,44 +157,9 @@ static xlkv_param_store *make_store(const model_case *c, unsigned long long seed
     return store;
 }
 
-/* worst over tensors of max |a - b| / max |b| of the gradients */
-static double worst_gradient_error(const xlkv_param_store *a, const xlkv_param_store *b, const char **worst_name) {
-    double worst = 0.0;
-    *worst_name = "";
-    for (int t = 0; t < b->n_tensors; t++) {
-        const xlkv_param_tensor *tensor = &b->tensors[t];
-        const size_t n = (size_t)tensor->rows * (size_t)(tensor->cols ? tensor->cols : 1);
-        double diff = 0.0, scale = 0.0;
-        for (size_t i = 0; i < n; i++) {
-            const double x = a->grads[tensor->offset + i], y = b->grads[tensor->offset + i];
-            if (fabs(x - y) > diff || isnan(x)) diff = isnan(x) ? INFINITY : fabs(x - y);
-            if (fabs(y) > scale) scale = fabs(y);
-        }
-        const double err = scale > 0 ? diff / scale : diff;
-        if (err > worst || isnan(err)) worst = err, *worst_name = tensor->name;
-    }
-    return worst;
-}
-
 static double rel_diff(double a, double b) {
     const double d = fabs(a - b) / fabs(b);
     return isnan(d) ? INFINITY : d;
-}
-
-static char *make_data_dir(int vocab) {
-    char *dir = tu_temp_dir();
-    enum { LEN = 6000 };
-    int32_t *tokens = malloc(LEN * sizeof *tokens);
-    unsigned s = 7;
-    for (int i = 0; i < LEN; i++) {
-        s = s * 1103515245u + 12345u;
-        tokens[i] = i % 3 == 0 ? (int32_t)((s >> 16) % (unsigned)vocab) : (tokens[i - 1] * 7 + 3) % vocab;
-    }
-    char *train = xlkv_path_join(dir, "train-00000.bin"), *valid = xlkv_path_join(dir, "valid-00000.bin");
-    TU_ASSERT_OK(xlkv_token_shard_write(train, tokens, 5000, vocab, 2));
-    TU_ASSERT_OK(xlkv_token_shard_write(valid, tokens + 5000, 1000, vocab, 2));
-    free(train), free(valid), free(tokens);
-    return dir;
 }
 
 static xlkv_trainer *make_trainer(const char *data, const model_case *c, long steps) {
@@ -256,9 +208,9 @@ static void fused_matches_fp32_cross_entropy(void **state) {
         }
         unsetenv("XLKV_TRAIN_CE");
         const char *name_fp32 = "", *name_f32 = "", *name_old = "";
-        const double err_fp32 = worst_gradient_error(stores[0], stores[1], &name_fp32);
-        const double err_f32 = worst_gradient_error(stores[0], stores[2], &name_f32);
-        const double err_old = worst_gradient_error(stores[1], stores[2], &name_old);
+        const double err_fp32 = tt_worst_tensor_error(stores[1], stores[0]->grads, stores[1]->grads, &name_fp32);
+        const double err_f32 = tt_worst_tensor_error(stores[2], stores[0]->grads, stores[2]->grads, &name_f32);
+        const double err_old = tt_worst_tensor_error(stores[2], stores[1]->grads, stores[2]->grads, &name_old);
         const double loss_fp32 = fmax(rel_diff(loss[0][0], loss[1][0]), rel_diff(loss[0][1], loss[1][1]));
         const double loss_f32 = fmax(rel_diff(loss[0][0], loss[2][0]), rel_diff(loss[0][1], loss[2][1]));
         const double loss_old = fmax(rel_diff(loss[1][0], loss[2][0]), rel_diff(loss[1][1], loss[2][1]));
@@ -275,7 +227,7 @@ static void fused_matches_fp32_cross_entropy(void **state) {
     enum { STEPS = 6 };
     const model_case step_cases[] = {{"standard", 0, 2, 320}, {"lckv:1", 1, 2, 61}};
     for (int ci = 0; ci < 2; ci++) {
-        char *data = make_data_dir(step_cases[ci].vocab);
+        char *data = tt_token_data_dir(6000, 5000, step_cases[ci].vocab);
         unsetenv("XLKV_TRAIN_CE");
         xlkv_trainer *fused = make_trainer(data, &step_cases[ci], STEPS);
         setenv("XLKV_TRAIN_CE", "fp32", 1);

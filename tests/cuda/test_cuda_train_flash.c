@@ -29,6 +29,7 @@
 #include "core/file.h"
 #include "testutil.h"
 #include "cuda_testutil.h"
+#include "train_testutil.h"
 #include "train/gpu_trainer.h"
 #include "train/model_setup.h"
 #include "train/train_ops.h"
@@ -39,26 +40,7 @@ static const double flash_tolerance = FLASH_TOLERANCE_PERMILLE / 1000.0;
 
 static int failures;
 static unsigned long long rng_state = 0x2545F4914F6CDD1Dull;
-static float uniform(void) { /* [-1, 1) */
-    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-    return (float)((rng_state >> 40) & 0xFFFFFF) / 8388608.0f - 1.0f;
-}
-static float *random_array(size_t n, float scale) {
-    float *a = malloc(n * sizeof *a);
-    for (size_t i = 0; i < n; i++) a[i] = scale * uniform();
-    return a;
-}
-static float *dev_floats(const float *host, size_t n) {
-    float *d = NULL;
-    CK(cudaMalloc((void **)&d, (n ? n : 1) * sizeof(float)));
-    if (host && n) CK(cudaMemcpy(d, host, n * sizeof(float), cudaMemcpyHostToDevice));
-    return d;
-}
-static float *download(const float *dev, size_t n) {
-    float *h = malloc(n * sizeof *h);
-    CK(cudaMemcpy(h, dev, n * sizeof *h, cudaMemcpyDeviceToHost));
-    return h;
-}
+static float *random_array(size_t n, float scale) { return ct_random_floats(n, scale, &rng_state); }
 
 /* max |got - ref| / max |ref - base| (base NULL: zeros; absolute when that scale is 0, or when `absolute`).
  * Infinities must match exactly; any other non-finite value fails. Prints a check line; counts failures. */
@@ -120,8 +102,8 @@ static attention_result run_gpu(gpu_impl impl, const device_inputs *in, const xl
         CK(cudaMalloc(&ws, bytes));
         CK(cudaMemset(ws, 0xFF, bytes));
     }
-    float *out = dev_floats(NULL, qn), *lse = dev_floats(NULL, ln), *dq = dev_floats(NULL, qn);
-    float *delta = dev_floats(NULL, ln), *dk = dev_floats(NULL, kvn), *dv = dev_floats(NULL, kvn);
+    float *out = ct_dev_floats(NULL, qn), *lse = ct_dev_floats(NULL, ln), *dq = ct_dev_floats(NULL, qn);
+    float *delta = ct_dev_floats(NULL, ln), *dk = ct_dev_floats(NULL, kvn), *dv = ct_dev_floats(NULL, kvn);
     CK(cudaMemcpy(dk, in->dk0, kvn * sizeof(float), cudaMemcpyDeviceToDevice));
     CK(cudaMemcpy(dv, in->dv0, kvn * sizeof(float), cudaMemcpyDeviceToDevice));
     CK(cudaMemset(out, 0xFF, qn * sizeof(float))); /* NaN poison: every element must be written */
@@ -136,8 +118,8 @@ static attention_result run_gpu(gpu_impl impl, const device_inputs *in, const xl
         CK_LAUNCH(xlkv_cuda_train_attention_backward(dq, dk, dv, delta, in->dout, out, lse, in->q, in->k, in->v, s,
                                                      NULL));
     }
-    attention_result r = {download(out, qn), download(lse, ln), download(dq, qn), download(dk, kvn),
-                          download(dv, kvn), NULL};
+    attention_result r = {ct_download_floats(out, qn), ct_download_floats(lse, ln), ct_download_floats(dq, qn), ct_download_floats(dk, kvn),
+                          ct_download_floats(dv, kvn), NULL};
     CK(cudaMemset(dq, 0xFF, qn * sizeof(float)));
     if (flash)
         CK_LAUNCH(xlkv_cuda_train_attention_flash_backward(dq, NULL, NULL, delta, in->dout, out, lse, in->q, in->k,
@@ -145,7 +127,7 @@ static attention_result run_gpu(gpu_impl impl, const device_inputs *in, const xl
     else
         CK_LAUNCH(xlkv_cuda_train_attention_backward(dq, NULL, NULL, delta, in->dout, out, lse, in->q, in->k, in->v, s,
                                                      NULL));
-    r.dq_const = download(dq, qn);
+    r.dq_const = ct_download_floats(dq, qn);
     cudaFree(out), cudaFree(lse), cudaFree(dq), cudaFree(delta), cudaFree(dk), cudaFree(dv), cudaFree(ws);
     return r;
 }
@@ -192,8 +174,8 @@ static void flash_case(const attention_case *c) {
     xlkv_train_attention_forward(cpu_ref.out, cpu_ref.lse, q, k, v, &cpu);
     xlkv_train_attention_backward(cpu_ref.dq, cpu_ref.dk, cpu_ref.dv, dout, cpu_ref.out, cpu_ref.lse, q, k, v, &cpu);
 
-    device_inputs in = {dev_floats(q, qn), dev_floats(k, kvn), dev_floats(v, kvn), dev_floats(dout, qn),
-                        dev_floats(dk0, kvn), dev_floats(dv0, kvn)};
+    device_inputs in = {ct_dev_floats(q, qn), ct_dev_floats(k, kvn), ct_dev_floats(v, kvn), ct_dev_floats(dout, qn),
+                        ct_dev_floats(dk0, kvn), ct_dev_floats(dv0, kvn)};
     attention_result flash = run_gpu(IMPL_FLASH, &in, &gpu, qn, kvn, ln);
     attention_result warp = run_gpu(IMPL_WARP, &in, &gpu, qn, kvn, ln);
     compare(c->name, "cpu", &flash, &cpu_ref, dk0, dv0, qn, kvn, ln);
@@ -232,7 +214,7 @@ static void flash_kernels_match_exact(void **state) {
 
     /* refused shapes */
     const xlkv_cuda_train_attention_shape hd80 = {1, 16, 2, 1, 80, 0, false};
-    float *buf = dev_floats(NULL, 16 * 2 * 128);
+    float *buf = ct_dev_floats(NULL, 16 * 2 * 128);
     const int rc = xlkv_cuda_train_attention_flash_forward(buf, buf, buf, buf, buf, &hd80, NULL, NULL);
     const bool refused = !xlkv_cuda_train_attention_flash_supported(&hd80) && rc == (int)cudaErrorInvalidValue &&
                          xlkv_cuda_train_attention_flash_workspace_bytes(&hd80) == 0;
@@ -294,25 +276,12 @@ static float *model_gradients(const trainer_case *c, bool bf16, const char *atte
     return grads;
 }
 
-/* Worst tensor of max |a - b| / max |b|. */
+/* Worst tensor of max |a - b| / max |b| over the case's parameter layout. */
 static double worst_tensor_error(const trainer_case *c, const float *a, const float *b, const char **worst_name) {
     const xlkv_hparams hp = flash_hparams(c);
     xlkv_param_store *layout = NULL;
     TU_ASSERT_OK(xlkv_store_from_shape(&hp, c->map, 5, &layout));
-    double worst = 0.0;
-    *worst_name = "";
-    for (int t = 0; t < layout->n_tensors; t++) {
-        const xlkv_param_tensor *tensor = &layout->tensors[t];
-        const size_t n = (size_t)tensor->rows * (size_t)(tensor->cols ? tensor->cols : 1);
-        double diff = 0.0, scale = 0.0;
-        for (size_t i = 0; i < n; i++) {
-            const double x = a[tensor->offset + i], y = b[tensor->offset + i];
-            if (fabs(x - y) > diff || isnan(x)) diff = isnan(x) ? INFINITY : fabs(x - y);
-            if (fabs(y) > scale) scale = fabs(y);
-        }
-        const double err = scale > 0 ? diff / scale : diff;
-        if (err > worst || isnan(err)) worst = err, *worst_name = tensor->name;
-    }
+    const double worst = tt_worst_tensor_error(layout, a, b, worst_name);
     xlkv_param_store_free(layout);
     return worst;
 }
@@ -348,22 +317,6 @@ static void flash_gradients_match(void **state) {
 
 /* ---- 3. the trainer --------------------------------------------------------------------------------------------- */
 
-static char *make_data_dir(void) {
-    char *dir = tu_temp_dir();
-    enum { LEN = 12000 };
-    int32_t *tokens = malloc(LEN * sizeof *tokens);
-    unsigned s = 7;
-    for (int i = 0; i < LEN; i++) {
-        s = s * 1103515245u + 12345u;
-        tokens[i] = i % 3 == 0 ? (int32_t)((s >> 16) % VOCAB) : (tokens[i - 1] * 7 + 3) % VOCAB;
-    }
-    char *train = xlkv_path_join(dir, "train-00000.bin"), *valid = xlkv_path_join(dir, "valid-00000.bin");
-    TU_ASSERT_OK(xlkv_token_shard_write(train, tokens, 10000, VOCAB, 2));
-    TU_ASSERT_OK(xlkv_token_shard_write(valid, tokens + 10000, 2000, VOCAB, 2));
-    free(train), free(valid), free(tokens);
-    return dir;
-}
-
 /* The head_dim 64 model, seq 100 (not a multiple of the tiles). */
 static xlkv_status make_trainer(const char *data, const trainer_case *c, bool bf16, xlkv_trainer **out) {
     const xlkv_hparams hp = flash_hparams(c);
@@ -381,7 +334,7 @@ static void flash_trainer_tracks_f32(void **state) {
     int devices = 0;
     if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) skip();
     failures = 0;
-    char *data = make_data_dir();
+    char *data = tt_token_data_dir(12000, 10000, VOCAB);
     static const trainer_case cases[] = {{"standard", 0, 2}, {"lckv:1", 1, 2}, {"0_1s_1s_3", 0, 2}};
     for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
         const trainer_case *c = &cases[ci];

@@ -28,47 +28,20 @@
 #include "core/file.h"
 #include "testutil.h"
 #include "cuda_testutil.h"
+#include "train_testutil.h"
 #include "train/gpu_trainer.h"
 #include "train/model_setup.h"
 #include "train/trainer.h"
 
 static int failures;
 static unsigned long long rng_state = 0x2545F4914F6CDD1Dull;
-static float uniform(void) { /* [-1, 1) */
-    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-    return (float)((rng_state >> 40) & 0xFFFFFF) / 8388608.0f - 1.0f;
-}
-static float *random_array(size_t n, float scale) {
-    float *a = malloc(n * sizeof *a);
-    for (size_t i = 0; i < n; i++) a[i] = scale * uniform();
-    return a;
-}
-static void *to_device(const void *host, size_t bytes) {
-    void *d = NULL;
-    CK(cudaMalloc(&d, bytes ? bytes : 4));
-    if (host && bytes) CK(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice));
-    return d;
-}
-static float *dev_floats(const float *host, size_t n) { return to_device(host, n * sizeof(float)); }
+static float *random_array(size_t n, float scale) { return ct_random_floats(n, scale, &rng_state); }
 static uint16_t *dev_bf16(size_t n) { /* filled with a sentinel (0xABCD) that no written element is expected to be */
     uint16_t *h = malloc(n * sizeof *h), *d = NULL;
     for (size_t i = 0; i < n; i++) h[i] = 0xABCDu;
-    d = to_device(h, n * sizeof *h);
+    d = ct_to_device(h, n * sizeof *h);
     free(h);
     return d;
-}
-static void *download(const void *dev, size_t bytes) {
-    void *h = malloc(bytes ? bytes : 1);
-    CK(cudaMemcpy(h, dev, bytes, cudaMemcpyDeviceToHost));
-    return h;
-}
-
-/* fp32 -> bf16 bits, round to nearest even, from the definition (inputs here are finite) */
-static uint16_t bf16_rne(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    u += 0x7FFFu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
 }
 /* distance in bf16 ulps (sign-magnitude bits mapped onto a monotone integer line) */
 static long ulps(uint16_t a, uint16_t b) {
@@ -118,9 +91,9 @@ static void rmsnorm_case(int n, int dim) {
     const size_t nd = (size_t)n * (size_t)dim;
     const float eps = 1e-5f;
     float *x = random_array(nd, 2.0f), *p = random_array(nd, 1.0f), *gain = random_array((size_t)dim, 1.5f);
-    float *d_x = dev_floats(x, nd), *d_p = dev_floats(p, nd), *d_gain = dev_floats(gain, (size_t)dim);
-    float *d_copy = dev_floats(NULL, nd), *d_inv = dev_floats(NULL, (size_t)n), *d_inv0 = dev_floats(NULL, (size_t)n);
-    float *d_y = dev_floats(NULL, nd), *d_sum = dev_floats(NULL, nd);
+    float *d_x = ct_dev_floats(x, nd), *d_p = ct_dev_floats(p, nd), *d_gain = ct_dev_floats(gain, (size_t)dim);
+    float *d_copy = ct_dev_floats(NULL, nd), *d_inv = ct_dev_floats(NULL, (size_t)n), *d_inv0 = ct_dev_floats(NULL, (size_t)n);
+    float *d_y = ct_dev_floats(NULL, nd), *d_sum = ct_dev_floats(NULL, nd);
     uint16_t *d_y16 = dev_bf16(nd), *d_same16 = dev_bf16(nd);
     char what[120];
 
@@ -128,13 +101,13 @@ static void rmsnorm_case(int n, int dim) {
     CK_LAUNCH(xlkv_cuda_train_rmsnorm_forward_bf16(d_y16, d_inv, d_copy, d_x, d_gain, n, dim, eps, NULL));
     CK_LAUNCH(xlkv_cuda_train_rmsnorm_forward(d_y, d_inv0, d_x, d_gain, n, dim, eps, NULL));
     CK_LAUNCH(xlkv_cuda_train_to_bf16(d_same16, d_y, (size_t)n, (size_t)dim, (size_t)dim, NULL));
-    uint16_t *y16 = download(d_y16, nd * 2), *same16 = download(d_same16, nd * 2), *ref16 = malloc(nd * 2);
-    float *copy = download(d_copy, nd * 4), *inv = download(d_inv, (size_t)n * 4), *inv0 = download(d_inv0, (size_t)n * 4);
+    uint16_t *y16 = ct_download(d_y16, nd * 2), *same16 = ct_download(d_same16, nd * 2), *ref16 = malloc(nd * 2);
+    float *copy = ct_download(d_copy, nd * 4), *inv = ct_download(d_inv, (size_t)n * 4), *inv0 = ct_download(d_inv0, (size_t)n * 4);
     for (int r = 0; r < n; r++) {
         double ss = 0.0;
         for (int i = 0; i < dim; i++) ss += (double)x[(size_t)r * dim + i] * x[(size_t)r * dim + i];
         const float s = (float)(1.0 / sqrt(ss / dim + eps));
-        for (int i = 0; i < dim; i++) ref16[(size_t)r * dim + i] = bf16_rne(gain[i] * (s * x[(size_t)r * dim + i]));
+        for (int i = 0; i < dim; i++) ref16[(size_t)r * dim + i] = ct_bf16_rne(gain[i] * (s * x[(size_t)r * dim + i]));
     }
     snprintf(what, sizeof what, "rmsnorm forward bf16 out [%d x %d]", n, dim);
     check_bf16(what, y16, same16, ref16, nd, 1);
@@ -149,16 +122,16 @@ static void rmsnorm_case(int n, int dim) {
     CK_LAUNCH(xlkv_cuda_train_add(d_x, d_p, nd, NULL)); /* d_x = x + p from here */
     CK_LAUNCH(xlkv_cuda_train_rmsnorm_forward(d_y, d_inv0, d_x, d_gain, n, dim, eps, NULL));
     CK_LAUNCH(xlkv_cuda_train_to_bf16(d_same16, d_y, (size_t)n, (size_t)dim, (size_t)dim, NULL));
-    y16 = download(d_y16, nd * 2), same16 = download(d_same16, nd * 2);
-    float *sum = download(d_sum, nd * 4), *want_sum = malloc(nd * 4);
-    inv = download(d_inv, (size_t)n * 4), inv0 = download(d_inv0, (size_t)n * 4);
+    y16 = ct_download(d_y16, nd * 2), same16 = ct_download(d_same16, nd * 2);
+    float *sum = ct_download(d_sum, nd * 4), *want_sum = malloc(nd * 4);
+    inv = ct_download(d_inv, (size_t)n * 4), inv0 = ct_download(d_inv0, (size_t)n * 4);
     for (size_t e = 0; e < nd; e++) want_sum[e] = x[e] + p[e];
     for (int r = 0; r < n; r++) {
         double ss = 0.0;
         for (int i = 0; i < dim; i++) ss += (double)want_sum[(size_t)r * dim + i] * want_sum[(size_t)r * dim + i];
         const float s = (float)(1.0 / sqrt(ss / dim + eps));
         for (int i = 0; i < dim; i++)
-            ref16[(size_t)r * dim + i] = bf16_rne(gain[i] * (s * want_sum[(size_t)r * dim + i]));
+            ref16[(size_t)r * dim + i] = ct_bf16_rne(gain[i] * (s * want_sum[(size_t)r * dim + i]));
     }
     snprintf(what, sizeof what, "add + rmsnorm forward bf16 out [%d x %d]", n, dim);
     check_bf16(what, y16, same16, ref16, nd, 1);
@@ -171,14 +144,14 @@ static void rmsnorm_case(int n, int dim) {
     CK(cudaMemcpy(d_sum, x, nd * 4, cudaMemcpyHostToDevice));
     CK_LAUNCH(xlkv_cuda_train_add_rmsnorm_forward_bf16(d_sum, d_y16, d_inv, d_sum, d_p, d_gain, n, dim, eps, NULL));
     free(sum);
-    sum = download(d_sum, nd * 4);
+    sum = ct_download(d_sum, nd * 4);
     snprintf(what, sizeof what, "add + rmsnorm forward [%d x %d] in place: sum == x + p", n, dim);
     check_floats_equal(what, sum, want_sum, nd);
 
     /* add_out */
     CK_LAUNCH(xlkv_cuda_train_add_out(d_y, d_p, d_sum, nd, NULL));
     free(sum);
-    sum = download(d_y, nd * 4);
+    sum = ct_download(d_y, nd * 4);
     for (size_t e = 0; e < nd; e++) want_sum[e] = p[e] + want_sum[e];
     snprintf(what, sizeof what, "add_out [%d x %d] == a + b (CPU)", n, dim);
     check_floats_equal(what, sum, want_sum, nd);
@@ -195,8 +168,8 @@ static float silu_ref(float g) { return g * (1.0f / (1.0f + expf(-g))); }
 static void swiglu_case(int n, int hid, size_t ld) {
     const size_t nh = (size_t)n * (size_t)hid;
     float *gate = random_array(nh, 4.0f), *up = random_array(nh, 2.0f), *dh = random_array(nh, 1.0f);
-    float *d_gate = dev_floats(gate, nh), *d_up = dev_floats(up, nh), *d_dh = dev_floats(dh, nh);
-    float *d_h = dev_floats(NULL, nh), *d_dg = dev_floats(NULL, nh), *d_du = dev_floats(NULL, nh);
+    float *d_gate = ct_dev_floats(gate, nh), *d_up = ct_dev_floats(up, nh), *d_dh = ct_dev_floats(dh, nh);
+    float *d_h = ct_dev_floats(NULL, nh), *d_dg = ct_dev_floats(NULL, nh), *d_du = ct_dev_floats(NULL, nh);
     uint16_t *d_h16 = dev_bf16(nh), *d_same = dev_bf16(nh), *d_dgu = dev_bf16((size_t)n * ld);
     uint16_t *d_same_g = dev_bf16(nh), *d_same_u = dev_bf16(nh);
     char what[120];
@@ -204,8 +177,8 @@ static void swiglu_case(int n, int hid, size_t ld) {
     CK_LAUNCH(xlkv_cuda_train_swiglu_forward_bf16(d_h16, d_gate, d_up, nh, NULL));
     CK_LAUNCH(xlkv_cuda_train_swiglu_forward(d_h, d_gate, d_up, nh, NULL));
     CK_LAUNCH(xlkv_cuda_train_to_bf16(d_same, d_h, 1, nh, nh, NULL));
-    uint16_t *h16 = download(d_h16, nh * 2), *same = download(d_same, nh * 2), *ref = malloc(nh * 2);
-    for (size_t e = 0; e < nh; e++) ref[e] = bf16_rne(silu_ref(gate[e]) * up[e]);
+    uint16_t *h16 = ct_download(d_h16, nh * 2), *same = ct_download(d_same, nh * 2), *ref = malloc(nh * 2);
+    for (size_t e = 0; e < nh; e++) ref[e] = ct_bf16_rne(silu_ref(gate[e]) * up[e]);
     snprintf(what, sizeof what, "swiglu forward bf16 out [%d x %d]", n, hid);
     check_bf16(what, h16, same, ref, nh, 1);
 
@@ -213,8 +186,8 @@ static void swiglu_case(int n, int hid, size_t ld) {
     CK_LAUNCH(xlkv_cuda_train_swiglu_backward(d_dg, d_du, d_dh, d_gate, d_up, nh, NULL));
     CK_LAUNCH(xlkv_cuda_train_to_bf16(d_same_g, d_dg, 1, nh, nh, NULL));
     CK_LAUNCH(xlkv_cuda_train_to_bf16(d_same_u, d_du, 1, nh, nh, NULL));
-    uint16_t *dgu = download(d_dgu, (size_t)n * ld * 2), *same_g = download(d_same_g, nh * 2);
-    uint16_t *same_u = download(d_same_u, nh * 2);
+    uint16_t *dgu = ct_download(d_dgu, (size_t)n * ld * 2), *same_g = ct_download(d_same_g, nh * 2);
+    uint16_t *same_u = ct_download(d_same_u, nh * 2);
     uint16_t *got_g = malloc(nh * 2), *got_u = malloc(nh * 2), *ref_u = malloc(nh * 2);
     for (int r = 0; r < n; r++)
         for (int c = 0; c < hid; c++) {
@@ -222,8 +195,8 @@ static void swiglu_case(int n, int hid, size_t ld) {
             got_g[e] = dgu[(size_t)r * ld + c];
             got_u[e] = dgu[(size_t)r * ld + hid + c];
             const float g = gate[e], u = up[e], d = dh[e], sig = 1.0f / (1.0f + expf(-g));
-            ref[e] = bf16_rne(d * u * sig * (1.0f + g * (1.0f - sig)));
-            ref_u[e] = bf16_rne(d * (g * sig));
+            ref[e] = ct_bf16_rne(d * u * sig * (1.0f + g * (1.0f - sig)));
+            ref_u[e] = ct_bf16_rne(d * (g * sig));
         }
     snprintf(what, sizeof what, "swiglu backward bf16 dgate [%d x %d], ld %zu", n, hid, ld);
     check_bf16(what, got_g, same_g, ref, nh, 1);
@@ -251,8 +224,8 @@ static void rope_case(int batch, int seq, int n_heads, int head_dim, size_t ld, 
             sin_t[pos * half + i] = sinf(angle);
         }
     float *x = random_array(nw, 3.0f);
-    float *d_x = dev_floats(x, nw), *d_rot = dev_floats(x, nw);
-    float *d_cos = dev_floats(cos_t, (size_t)seq * half), *d_sin = dev_floats(sin_t, (size_t)seq * half);
+    float *d_x = ct_dev_floats(x, nw), *d_rot = ct_dev_floats(x, nw);
+    float *d_cos = ct_dev_floats(cos_t, (size_t)seq * half), *d_sin = ct_dev_floats(sin_t, (size_t)seq * half);
     uint16_t *d_dst = dev_bf16((size_t)n * ld), *d_same = dev_bf16(nw);
     char what[140];
     for (int rotate = 1; rotate >= 0; rotate--) {
@@ -260,9 +233,9 @@ static void rope_case(int batch, int seq, int n_heads, int head_dim, size_t ld, 
                                                rotate, NULL));
         if (rotate) CK_LAUNCH(xlkv_cuda_train_rope(d_rot, n, seq, n_heads, head_dim, d_cos, d_sin, -1.0f, NULL));
         CK_LAUNCH(xlkv_cuda_train_to_bf16(d_same, rotate ? d_rot : d_x, 1, nw, nw, NULL));
-        uint16_t *dst = download(d_dst, (size_t)n * ld * 2), *same = download(d_same, nw * 2);
+        uint16_t *dst = ct_download(d_dst, (size_t)n * ld * 2), *same = ct_download(d_same, nw * 2);
         uint16_t *got = malloc(nw * 2), *ref = malloc(nw * 2);
-        float *src_after = download(d_x, nw * 4);
+        float *src_after = ct_download(d_x, nw * 4);
         for (int r = 0; r < n; r++)
             for (size_t j = 0; j < width; j++) {
                 got[(size_t)r * width + j] = dst[(size_t)r * ld + first + j];
@@ -270,7 +243,7 @@ static void rope_case(int batch, int seq, int n_heads, int head_dim, size_t ld, 
                 const size_t pair = (size_t)r * width + j - j % 2;
                 const float a = x[pair], b = x[pair + 1], c = cos_t[pos * half + i], s = -sin_t[pos * half + i];
                 const float v = !rotate ? x[(size_t)r * width + j] : j % 2 == 0 ? a * c - b * s : a * s + b * c;
-                ref[(size_t)r * width + j] = bf16_rne(v);
+                ref[(size_t)r * width + j] = ct_bf16_rne(v);
             }
         snprintf(what, sizeof what, "%s bf16 [%d x %d heads x %d], ld %zu, column %zu", rotate ? "rope backward" : "copy",
                  n, n_heads, head_dim, ld, first);
@@ -292,20 +265,20 @@ static void rmsnorm_backward_case(int n, int dim) {
     float *x = random_array(nd, 2.0f), *dy = random_array(nd, 1.0f), *dx0 = random_array(nd, 0.5f);
     float *gain = random_array((size_t)dim, 1.5f), *inv = random_array((size_t)n, 1.0f);
     for (int r = 0; r < n; r++) inv[r] = 0.5f + fabsf(inv[r]);
-    float *d_x = dev_floats(x, nd), *d_dy = dev_floats(dy, nd), *d_gain = dev_floats(gain, (size_t)dim);
-    float *d_inv = dev_floats(inv, (size_t)n), *d_partials = dev_floats(NULL, (size_t)chunks * dim);
-    float *d_dx_a = dev_floats(dx0, nd), *d_dx_b = dev_floats(dx0, nd);
-    float *d_dg_a = dev_floats(NULL, (size_t)dim), *d_dg_b = dev_floats(NULL, (size_t)dim);
+    float *d_x = ct_dev_floats(x, nd), *d_dy = ct_dev_floats(dy, nd), *d_gain = ct_dev_floats(gain, (size_t)dim);
+    float *d_inv = ct_dev_floats(inv, (size_t)n), *d_partials = ct_dev_floats(NULL, (size_t)chunks * dim);
+    float *d_dx_a = ct_dev_floats(dx0, nd), *d_dx_b = ct_dev_floats(dx0, nd);
+    float *d_dg_a = ct_dev_floats(NULL, (size_t)dim), *d_dg_b = ct_dev_floats(NULL, (size_t)dim);
     CK(cudaMemset(d_dg_a, 0, (size_t)dim * 4));
     CK(cudaMemset(d_dg_b, 0, (size_t)dim * 4));
     uint16_t *d_dx16 = dev_bf16(nd);
     CK_LAUNCH(xlkv_cuda_train_rmsnorm_backward_bf16(d_dx_a, d_dx16, d_dg_a, d_dy, d_x, d_inv, d_gain, n, dim,
                                                     d_partials, NULL));
     CK_LAUNCH(xlkv_cuda_train_rmsnorm_backward(d_dx_b, d_dg_b, d_dy, d_x, d_inv, d_gain, n, dim, d_partials, NULL));
-    float *dx_a = download(d_dx_a, nd * 4), *dx_b = download(d_dx_b, nd * 4);
-    float *dg_a = download(d_dg_a, (size_t)dim * 4), *dg_b = download(d_dg_b, (size_t)dim * 4);
-    uint16_t *dx16 = download(d_dx16, nd * 2), *ref = malloc(nd * 2);
-    for (size_t e = 0; e < nd; e++) ref[e] = bf16_rne(dx_b[e]);
+    float *dx_a = ct_download(d_dx_a, nd * 4), *dx_b = ct_download(d_dx_b, nd * 4);
+    float *dg_a = ct_download(d_dg_a, (size_t)dim * 4), *dg_b = ct_download(d_dg_b, (size_t)dim * 4);
+    uint16_t *dx16 = ct_download(d_dx16, nd * 2), *ref = malloc(nd * 2);
+    for (size_t e = 0; e < nd; e++) ref[e] = ct_bf16_rne(dx_b[e]);
     char what[120];
     snprintf(what, sizeof what, "rmsnorm backward [%d x %d] dx == without bf16 out", n, dim);
     check_floats_equal(what, dx_a, dx_b, nd);
@@ -377,41 +350,6 @@ static xlkv_param_store *make_store(const model_case *c, unsigned long long seed
     return store;
 }
 
-/* worst over tensors of max |a - b| / max |b| of the gradients */
-static double worst_gradient_error(const xlkv_param_store *a, const xlkv_param_store *b, const char **worst_name) {
-    double worst = 0.0;
-    *worst_name = "";
-    for (int t = 0; t < b->n_tensors; t++) {
-        const xlkv_param_tensor *tensor = &b->tensors[t];
-        const size_t n = (size_t)tensor->rows * (size_t)(tensor->cols ? tensor->cols : 1);
-        double diff = 0.0, scale = 0.0;
-        for (size_t i = 0; i < n; i++) {
-            const double x = a->grads[tensor->offset + i], y = b->grads[tensor->offset + i];
-            if (fabs(x - y) > diff || isnan(x)) diff = isnan(x) ? INFINITY : fabs(x - y);
-            if (fabs(y) > scale) scale = fabs(y);
-        }
-        const double err = scale > 0 ? diff / scale : diff;
-        if (err > worst || isnan(err)) worst = err, *worst_name = tensor->name;
-    }
-    return worst;
-}
-
-static char *make_data_dir(void) {
-    char *dir = tu_temp_dir();
-    enum { LEN = 6000 };
-    int32_t *tokens = malloc(LEN * sizeof *tokens);
-    unsigned s = 7;
-    for (int i = 0; i < LEN; i++) {
-        s = s * 1103515245u + 12345u;
-        tokens[i] = i % 3 == 0 ? (int32_t)((s >> 16) % VOCAB) : (tokens[i - 1] * 7 + 3) % VOCAB;
-    }
-    char *train = xlkv_path_join(dir, "train-00000.bin"), *valid = xlkv_path_join(dir, "valid-00000.bin");
-    TU_ASSERT_OK(xlkv_token_shard_write(train, tokens, 5000, VOCAB, 2));
-    TU_ASSERT_OK(xlkv_token_shard_write(valid, tokens + 5000, 1000, VOCAB, 2));
-    free(train), free(valid), free(tokens);
-    return dir;
-}
-
 static xlkv_trainer *make_trainer(const char *data, const model_case *c, long steps) {
     xlkv_hparams hp = tiny_hparams(c);
     xlkv_param_store *store = NULL;
@@ -463,7 +401,7 @@ static void fused_trainer_matches_unfused(void **state) {
         }
         unsetenv("XLKV_TRAIN_FUSE");
         const char *worst_name = "";
-        const double err = worst_gradient_error(stores[1], stores[0], &worst_name);
+        const double err = tt_worst_tensor_error(stores[0], stores[1]->grads, stores[0]->grads, &worst_name);
         /* the first micro-batch's loss: the same forward bits; the second follows gradients only through nothing
          * (no update between them), so it is bit-identical too */
         const bool loss_same = loss[1][0] == loss[0][0] && loss[1][1] == loss[0][1];
@@ -478,7 +416,7 @@ static void fused_trainer_matches_unfused(void **state) {
         xlkv_param_store_free(stores[1]);
     }
 
-    char *data = make_data_dir();
+    char *data = tt_token_data_dir(6000, 5000, VOCAB);
     enum { STEPS = 6 };
     static const model_case step_cases[] = {{"standard", 0, 2, 16}, {"lckv:1", 1, 2, 16}, {"standard", 0, 2, 64}};
     for (size_t ci = 0; ci < sizeof step_cases / sizeof *step_cases; ci++) {

@@ -1,0 +1,55 @@
+/* tests/support/train_testutil: what the trainer tests share (tests/cuda/test_cuda_train*.c).
+ * Include after testutil.h (TU_ASSERT_OK, tu_temp_dir).
+ *   tt_token_data_dir(len, n_train, vocab)   a temporary directory with one train and one valid token shard of a
+ *                                            fixed pseudo-random stream (len tokens: the first n_train train, the
+ *                                            rest valid; every third token random, the others a function of the
+ *                                            previous one, so a model can learn part of it); free() the path
+ *   tt_worst_tensor_error(layout, a, b, &name)  over the tensors of the layout's parameter array: the worst
+ *                                            max |a - b| / max |b| (absolute where b is all zeros; NaN counts as
+ *                                            infinite), and the name of that tensor */
+#ifndef XLKV_TESTS_TRAIN_TESTUTIL_H
+#define XLKV_TESTS_TRAIN_TESTUTIL_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "core/file.h"
+#include "train/model_setup.h"
+#include "train/token_shards.h"
+
+static inline char *tt_token_data_dir(int len, int n_train, int vocab) {
+    char *dir = tu_temp_dir();
+    int32_t *tokens = malloc((size_t)len * sizeof *tokens);
+    unsigned s = 7;
+    for (int i = 0; i < len; i++) {
+        s = s * 1103515245u + 12345u;
+        tokens[i] = i % 3 == 0 ? (int32_t)((s >> 16) % (unsigned)vocab) : (tokens[i - 1] * 7 + 3) % vocab;
+    }
+    char *train = xlkv_path_join(dir, "train-00000.bin"), *valid = xlkv_path_join(dir, "valid-00000.bin");
+    TU_ASSERT_OK(xlkv_token_shard_write(train, tokens, (size_t)n_train, vocab, 2));
+    TU_ASSERT_OK(xlkv_token_shard_write(valid, tokens + n_train, (size_t)(len - n_train), vocab, 2));
+    free(train), free(valid), free(tokens);
+    return dir;
+}
+
+static inline double tt_worst_tensor_error(const xlkv_param_store *layout, const float *a, const float *b,
+                                           const char **worst_name) {
+    double worst = 0.0;
+    *worst_name = "";
+    for (int t = 0; t < layout->n_tensors; t++) {
+        const xlkv_param_tensor *tensor = &layout->tensors[t];
+        const size_t n = (size_t)tensor->rows * (size_t)(tensor->cols ? tensor->cols : 1);
+        double diff = 0.0, scale = 0.0;
+        for (size_t i = 0; i < n; i++) {
+            const double x = a[tensor->offset + i], y = b[tensor->offset + i];
+            if (fabs(x - y) > diff || isnan(x)) diff = isnan(x) ? INFINITY : fabs(x - y);
+            if (fabs(y) > scale) scale = fabs(y);
+        }
+        const double err = scale > 0 ? diff / scale : diff;
+        if (err > worst || isnan(err)) worst = err, *worst_name = tensor->name;
+    }
+    return worst;
+}
+
+#endif
