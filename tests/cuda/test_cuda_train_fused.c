@@ -319,6 +319,86 @@ static void rmsnorm_backward_case(int n, int dim) {
     cudaFree(d_dx_b), cudaFree(d_dg_a), cudaFree(d_dg_b), cudaFree(d_dx16);
 }
 
+/* RMSNorm backward with the gain gradient folded into the rows pass (xlkv_cuda_train_rmsnorm_backward_folded):
+ * dx and bf16(dx) bit-identical to the two-pass launcher; dx vs a CPU reference in double (relative to the largest
+ * |dx|) and dgain (added onto non-zero values) vs the CPU in double, measured against each column's sum of |terms|
+ * (the scale of fp32 summation error), as is the two-pass launcher's dgain; two runs give the same bits. */
+static void rmsnorm_backward_folded_case(int n, int dim) {
+    const size_t nd = (size_t)n * (size_t)dim;
+    const int chunks = (n + XLKV_CUDA_TRAIN_ROW_CHUNK - 1) / XLKV_CUDA_TRAIN_ROW_CHUNK;
+    float *x = random_array(nd, 2.0f), *dy = random_array(nd, 1.0f), *dx0 = random_array(nd, 0.5f);
+    float *gain = random_array((size_t)dim, 1.5f), *inv = random_array((size_t)n, 1.0f);
+    float *dg0 = random_array((size_t)dim, 3.0f);
+    for (int r = 0; r < n; r++) inv[r] = 0.5f + fabsf(inv[r]);
+    float *d_x = dev_floats(x, nd), *d_dy = dev_floats(dy, nd), *d_gain = dev_floats(gain, (size_t)dim);
+    float *d_inv = dev_floats(inv, (size_t)n), *d_partials = dev_floats(NULL, (size_t)chunks * dim);
+    float *d_dx[3], *d_dg[3];
+    uint16_t *d_dx16[3];
+    for (int k = 0; k < 3; k++) {
+        d_dx[k] = dev_floats(dx0, nd), d_dg[k] = dev_floats(dg0, (size_t)dim);
+        d_dx16[k] = dev_bf16(nd);
+    }
+    /* 0 and 1: folded (twice), 2: the two-pass launcher */
+    for (int k = 0; k < 2; k++)
+        CK_LAUNCH(xlkv_cuda_train_rmsnorm_backward_folded(d_dx[k], d_dx16[k], d_dg[k], d_dy, d_x, d_inv, d_gain, n,
+                                                          dim, d_partials, NULL));
+    CK_LAUNCH(xlkv_cuda_train_rmsnorm_backward_bf16(d_dx[2], d_dx16[2], d_dg[2], d_dy, d_x, d_inv, d_gain, n, dim,
+                                                    d_partials, NULL));
+    float *dx[3], *dg[3];
+    uint16_t *dx16[3];
+    for (int k = 0; k < 3; k++) {
+        dx[k] = download(d_dx[k], nd * 4), dg[k] = download(d_dg[k], (size_t)dim * 4);
+        dx16[k] = download(d_dx16[k], nd * 2);
+    }
+    /* CPU reference in double */
+    double dx_err = 0.0, dx_max = 0.0, dg_err = 0.0, dg_err_two_pass = 0.0, scale = 0.0;
+    double *ref_dg = calloc((size_t)dim, sizeof(double)), *abs_dg = calloc((size_t)dim, sizeof(double));
+    for (int r = 0; r < n; r++) {
+        const size_t off = (size_t)r * (size_t)dim;
+        const double s = inv[r];
+        double dot = 0.0;
+        for (int i = 0; i < dim; i++) dot += (double)gain[i] * dy[off + i] * x[off + i];
+        for (int i = 0; i < dim; i++) {
+            const double want = dx0[off + i] + s * gain[i] * dy[off + i] - dot * s * s * s / dim * x[off + i];
+            dx_err = fmax(dx_err, fabs(dx[0][off + i] - want));
+            dx_max = fmax(dx_max, fabs(want));
+            const double term = (double)dy[off + i] * x[off + i] * s;
+            ref_dg[i] += term, abs_dg[i] += fabs(term);
+        }
+    }
+    for (int i = 0; i < dim; i++) {
+        scale = fmax(scale, abs_dg[i] + fabs(dg0[i]));
+        dg_err = fmax(dg_err, fabs(dg[0][i] - (dg0[i] + ref_dg[i])));
+        dg_err_two_pass = fmax(dg_err_two_pass, fabs(dg[2][i] - (dg0[i] + ref_dg[i])));
+    }
+    dx_err /= fmax(dx_max, 1e-30), dg_err /= fmax(scale, 1e-30), dg_err_two_pass /= fmax(scale, 1e-30);
+    char what[120];
+    snprintf(what, sizeof what, "rmsnorm backward folded [%d x %d] dx == two-pass", n, dim);
+    check_floats_equal(what, dx[0], dx[2], nd);
+    snprintf(what, sizeof what, "rmsnorm backward folded [%d x %d] bf16(dx) == two-pass", n, dim);
+    uint16_t *rne = malloc(nd * 2); /* the CPU's round to nearest even of the folded dx */
+    for (size_t e = 0; e < nd; e++) rne[e] = bf16_rne(dx[0][e]);
+    check_bf16(what, dx16[0], dx16[2], rne, nd, 0);
+    free(rne);
+    snprintf(what, sizeof what, "rmsnorm backward folded [%d x %d] two runs: dx", n, dim);
+    check_floats_equal(what, dx[0], dx[1], nd);
+    snprintf(what, sizeof what, "rmsnorm backward folded [%d x %d] two runs: dgain", n, dim);
+    check_floats_equal(what, dg[0], dg[1], (size_t)dim);
+    const bool dx_ok = dx_err <= 1e-5, dg_ok = dg_err <= 1e-5;
+    printf("check %-62s: err %.3g (tol 1e-05) %s\n", "rmsnorm backward folded dx vs CPU (rel. to max |dx|)",
+           dx_err, dx_ok ? "ok" : "FAIL");
+    snprintf(what, sizeof what, "rmsnorm backward folded [%d x %d] dgain vs CPU", n, dim);
+    printf("check %-62s: err %.3g (tol 1e-05; two-pass %.3g) %s\n", what, dg_err, dg_err_two_pass,
+           dg_ok ? "ok" : "FAIL");
+    if (!dx_ok || !dg_ok) failures++;
+    for (int k = 0; k < 3; k++) {
+        free(dx[k]), free(dg[k]), free(dx16[k]);
+        cudaFree(d_dx[k]), cudaFree(d_dg[k]), cudaFree(d_dx16[k]);
+    }
+    free(x), free(dy), free(dx0), free(gain), free(inv), free(dg0), free(ref_dg), free(abs_dg);
+    cudaFree(d_x), cudaFree(d_dy), cudaFree(d_gain), cudaFree(d_inv), cudaFree(d_partials);
+}
+
 static void refused(const char *what, int rc) {
     const bool ok = rc == (int)cudaErrorInvalidValue;
     printf("check %-62s: %s\n", what, ok ? "refused ok" : "FAIL");
@@ -341,6 +421,12 @@ static void fused_kernels_match(void **state) {
     rope_case(3, 17, 3, 64, 3 * 64, 0);                   /* packed, head_dim 64 */
     rmsnorm_backward_case(130, 64);
     rmsnorm_backward_case(70, 70);
+    rmsnorm_backward_folded_case(130, 64);   /* float4, three chunks, the last one short */
+    rmsnorm_backward_folded_case(70, 70);    /* scalar */
+    rmsnorm_backward_folded_case(3, 20);     /* fewer rows than warps */
+    rmsnorm_backward_folded_case(1000, 768); /* the `small` width */
+    rmsnorm_backward_folded_case(150, 4100); /* 131 KB of shared memory: the opt-in size */
+    rmsnorm_backward_folded_case(20, 8200);  /* 262 KB: more than a block holds, the two-pass path */
     refused("swiglu backward bf16 with ld < 2 hidden",
             xlkv_cuda_train_swiglu_backward_bf16(NULL, 10, NULL, NULL, NULL, 4, 6, NULL));
     refused("rope to bf16 with ld < n_heads * head_dim",
@@ -349,6 +435,10 @@ static void fused_kernels_match(void **state) {
             xlkv_cuda_train_rope_to_bf16(NULL, 10, NULL, 4, 4, 1, 7, NULL, NULL, 1.0f, 1, NULL));
     refused("rmsnorm forward bf16 with dim 0",
             xlkv_cuda_train_rmsnorm_forward_bf16(NULL, NULL, NULL, NULL, NULL, 4, 0, 1e-5f, NULL));
+    refused("rmsnorm backward folded with dim 0",
+            xlkv_cuda_train_rmsnorm_backward_folded(NULL, NULL, NULL, NULL, NULL, NULL, NULL, 4, 0, NULL, NULL));
+    refused("rmsnorm backward folded with n < 0",
+            xlkv_cuda_train_rmsnorm_backward_folded(NULL, NULL, NULL, NULL, NULL, NULL, NULL, -1, 8, NULL, NULL));
     if (failures) fail_msg("%d fused-kernel check(s) failed", failures);
 }
 

@@ -1012,8 +1012,9 @@ static xlkv_status layer_backward_fused(xlkv_gpu_trainer *g, gpu_record *rec) {
         XLKV_TRY(linear_backward_bf16(g, g->dxb, 1.0f, dw->w_up, dy16 + hid, 2 * hid, in16.xb2, w->w_up, N, dim, hid));
     }
     mark(g, XLKV_STEP_RMSNORM);
-    KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_bf16(g->dx, dy16, dw->ffn_norm, g->dxb, rec->x_mid, rec->ffn_inv_rms,
-                                                     w->ffn_norm, N, dim, g->partials, st), "rmsnorm backward");
+    KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_folded(g->dx, dy16, dw->ffn_norm, g->dxb, rec->x_mid,
+                                                       rec->ffn_inv_rms, w->ffn_norm, N, dim, g->partials, st),
+               "rmsnorm backward");
 
     XLKV_TRY(linear_backward_bf16(g, g->datt, 0.0f, dw->wo, dy16, dim, in16.att, w->wo, N, q_dim, dim));
     XLKV_TRY(attention_backward(g, rec));
@@ -1044,8 +1045,8 @@ static xlkv_status layer_backward_fused(xlkv_gpu_trainer *g, gpu_record *rec) {
     /* bf16(dx) for the next record's first product, unless the walk changes dx between records (group inputs) */
     uint16_t *next16 = rec->iteration_start ? NULL : dy16;
     mark(g, XLKV_STEP_RMSNORM);
-    KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_bf16(g->dx, next16, dw->attn_norm, g->dxb, rec->x_in,
-                                                     rec->attn_inv_rms, w->attn_norm, N, dim, g->partials, st),
+    KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_folded(g->dx, next16, dw->attn_norm, g->dxb, rec->x_in,
+                                                       rec->attn_inv_rms, w->attn_norm, N, dim, g->partials, st),
                "rmsnorm backward");
     g->dx16_ready = next16 != NULL;
     return XLKV_OK;
@@ -1153,8 +1154,13 @@ xlkv_status xlkv_gpu_trainer_backward_buckets(xlkv_gpu_trainer *g, float loss_sc
     }
     XLKV_TRY(zero(g, g->dx, n_dim));
     mark(g, XLKV_STEP_RMSNORM);
-    KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward(g->dx, g->d_output_norm, g->dxb, g->x_final, g->final_inv_rms,
-                                                g->output_norm, N, dim, g->partials, st), "final rmsnorm backward");
+    if (g->fuse)
+        KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_folded(g->dx, NULL, g->d_output_norm, g->dxb, g->x_final,
+                                                           g->final_inv_rms, g->output_norm, N, dim, g->partials, st),
+                   "final rmsnorm backward");
+    else
+        KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward(g->dx, g->d_output_norm, g->dxb, g->x_final, g->final_inv_rms,
+                                                    g->output_norm, N, dim, g->partials, st), "final rmsnorm backward");
     /* final norm (and an untied classifier) are complete; a tied classifier is the embedding, sent last */
     if (ready) XLKV_TRY(bucket_ready(g, ready, ctx, -1, false, &issued));
     XLKV_TRY(zero(g, g->dx_group_in, n_dim));

@@ -97,47 +97,87 @@ __global__ void rmsnorm_forward(float *y, float *inv_rms, const float *x, const 
     }
 }
 
-/* BF16: dx16 receives bf16(dx) after the update (the bf16 trainer's operand for the next product) */
-template <bool V4, bool BF16>
-__global__ void rmsnorm_backward_rows(float *dx, const float *dy, const float *x, const float *inv_rms,
-                                      const float *gain, int n, int dim, __nv_bfloat16 *dx16) {
-    const size_t r = (size_t)blockIdx.x * kRowsPerBlock + threadIdx.x / 32, off = r * (size_t)dim;
+/* One row of the RMSNorm backward for one warp (lane = threadIdx.x & 31): dx += s g dy - coef x, dx16 = bf16(dx) after
+ * the update (BF16; the bf16 trainer's operand for the next product). GAIN: acc[i] += dy x s for the columns this lane
+ * touches (acc is this warp's own row of column partials: no other lane writes those columns, no barrier needed). */
+template <bool V4, bool BF16, bool GAIN>
+__device__ __forceinline__ void rmsnorm_backward_row(float *dx, const float *dy, const float *x, float s,
+                                                     const float *gain, int dim, __nv_bfloat16 *dx16, float *acc) {
     const int lane = threadIdx.x & 31;
-    if (r >= (size_t)n) return;
-    const float s = inv_rms[r];
     float dot = 0.0f;
     if (V4) {
         for (int i = lane; i < dim / 4; i += 32) {
             const float4 g = reinterpret_cast<const float4 *>(gain)[i];
-            const float4 d = reinterpret_cast<const float4 *>(dy + off)[i], v = reinterpret_cast<const float4 *>(x + off)[i];
+            const float4 d = reinterpret_cast<const float4 *>(dy)[i], v = reinterpret_cast<const float4 *>(x)[i];
             dot += g.x * d.x * v.x + g.y * d.y * v.y + g.z * d.z * v.z + g.w * d.w * v.w;
         }
     } else {
-        for (int i = lane; i < dim; i += 32) dot += gain[i] * dy[off + i] * x[off + i];
+        for (int i = lane; i < dim; i += 32) dot += gain[i] * dy[i] * x[i];
     }
     dot = warp_sum(dot);
     const float coef = dot * s * s * s / (float)dim;
     if (V4) {
         for (int i = lane; i < dim / 4; i += 32) {
             const float4 g = reinterpret_cast<const float4 *>(gain)[i];
-            const float4 d = reinterpret_cast<const float4 *>(dy + off)[i], v = reinterpret_cast<const float4 *>(x + off)[i];
-            float4 o = reinterpret_cast<float4 *>(dx + off)[i];
+            const float4 d = reinterpret_cast<const float4 *>(dy)[i], v = reinterpret_cast<const float4 *>(x)[i];
+            float4 o = reinterpret_cast<float4 *>(dx)[i];
             o.x += s * g.x * d.x - coef * v.x;
             o.y += s * g.y * d.y - coef * v.y;
             o.z += s * g.z * d.z - coef * v.z;
             o.w += s * g.w * d.w - coef * v.w;
-            reinterpret_cast<float4 *>(dx + off)[i] = o;
+            reinterpret_cast<float4 *>(dx)[i] = o;
             if (BF16) {
-                __nv_bfloat162 *out = reinterpret_cast<__nv_bfloat162 *>(dx16 + off + 4 * (size_t)i);
+                __nv_bfloat162 *out = reinterpret_cast<__nv_bfloat162 *>(dx16 + 4 * (size_t)i);
                 out[0] = __floats2bfloat162_rn(o.x, o.y);
                 out[1] = __floats2bfloat162_rn(o.z, o.w);
+            }
+            if (GAIN) {
+                float4 a = reinterpret_cast<float4 *>(acc)[i];
+                a.x += d.x * v.x * s, a.y += d.y * v.y * s, a.z += d.z * v.z * s, a.w += d.w * v.w * s;
+                reinterpret_cast<float4 *>(acc)[i] = a;
             }
         }
     } else {
         for (int i = lane; i < dim; i += 32) {
-            dx[off + i] += s * gain[i] * dy[off + i] - coef * x[off + i];
-            if (BF16) dx16[off + i] = __float2bfloat16_rn(dx[off + i]);
+            dx[i] += s * gain[i] * dy[i] - coef * x[i];
+            if (BF16) dx16[i] = __float2bfloat16_rn(dx[i]);
+            if (GAIN) acc[i] += dy[i] * x[i] * s;
         }
+    }
+}
+
+/* one warp per row (the gain gradient is a separate pass: rmsnorm_gain_partials) */
+template <bool V4, bool BF16>
+__global__ void rmsnorm_backward_rows(float *dx, const float *dy, const float *x, const float *inv_rms,
+                                      const float *gain, int n, int dim, __nv_bfloat16 *dx16) {
+    const size_t r = (size_t)blockIdx.x * kRowsPerBlock + threadIdx.x / 32, off = r * (size_t)dim;
+    if (r >= (size_t)n) return;
+    rmsnorm_backward_row<V4, BF16, false>(dx + off, dy + off, x + off, inv_rms[r], gain, dim, BF16 ? dx16 + off : NULL,
+                                          NULL);
+}
+
+/* The rows and the gain partials in one pass: CTA c takes rows [c chunk, (c + 1) chunk), warp w its rows w, w + 8, ...
+ * in order, accumulating dy x s per column into its own shared row (kRowsPerBlock x dim floats, zeroed first); then
+ * partials[c][i] = the 8 warps' sums of column i added in warp order. Fixed order: deterministic. */
+template <bool V4, bool BF16>
+__global__ void rmsnorm_backward_chunk(float *dx, float *partials, const float *dy, const float *x,
+                                       const float *inv_rms, const float *gain, int n, int dim, __nv_bfloat16 *dx16) {
+    extern __shared__ float4 chunk_shared[];
+    float *acc = reinterpret_cast<float *>(chunk_shared);
+    const int warp = threadIdx.x / 32;
+    for (int i = threadIdx.x; i < kRowsPerBlock * dim; i += blockDim.x) acc[i] = 0.0f;
+    __syncthreads();
+    const int r0 = blockIdx.x * XLKV_CUDA_TRAIN_ROW_CHUNK, r1 = min(n, r0 + XLKV_CUDA_TRAIN_ROW_CHUNK);
+    for (int r = r0 + warp; r < r1; r += kRowsPerBlock) {
+        const size_t off = (size_t)r * (size_t)dim;
+        rmsnorm_backward_row<V4, BF16, true>(dx + off, dy + off, x + off, inv_rms[r], gain, dim,
+                                             BF16 ? dx16 + off : NULL, acc + (size_t)warp * dim);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        float sum = 0.0f;
+        for (int w = 0; w < kRowsPerBlock; w++) sum += acc[(size_t)w * dim + i];
+        partials[(size_t)blockIdx.x * dim + i] = sum;
     }
 }
 
@@ -591,6 +631,37 @@ int xlkv_cuda_train_rmsnorm_backward_bf16(float *dx, uint16_t *dx16, float *dgai
     rmsnorm_gain_partials<<<dim3(blocks_for((size_t)dim), (unsigned)chunks), kBlock, 0, s>>>(partials, dy, x, inv_rms,
                                                                                             n, dim);
     if ((err = launch_status())) return err;
+    rmsnorm_gain_sum<<<row_blocks(dim), kBlock, 0, s>>>(dgain, partials, chunks, dim);
+    return launch_status();
+}
+
+int xlkv_cuda_train_rmsnorm_backward_folded(float *dx, uint16_t *dx16, float *dgain, const float *dy, const float *x,
+                                            const float *inv_rms, const float *gain, int n, int dim, float *partials,
+                                            void *stream) {
+    if (n < 0 || dim <= 0) return (int)cudaErrorInvalidValue;
+    if (n == 0) return 0;
+    const size_t shared = (size_t)kRowsPerBlock * (size_t)dim * sizeof(float);
+    int device = 0, optin = 0;
+    cudaError_t e = cudaGetDevice(&device);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (e != cudaSuccess) return (int)e;
+    if (shared > (size_t)optin) /* too wide for one shared row per warp: the two-pass path */
+        return xlkv_cuda_train_rmsnorm_backward_bf16(dx, dx16, dgain, dy, x, inv_rms, gain, n, dim, partials, stream);
+    cudaStream_t s = (cudaStream_t)stream;
+    __nv_bfloat16 *d16 = reinterpret_cast<__nv_bfloat16 *>(dx16);
+    const bool v4 = dim % 4 == 0 && aligned16(dx) && aligned16(dy) && aligned16(x) && aligned16(gain) &&
+                    (uintptr_t)dx16 % 8 == 0;
+    void (*kernel)(float *, float *, const float *, const float *, const float *, const float *, int, int,
+                   __nv_bfloat16 *) = v4 ? (dx16 ? rmsnorm_backward_chunk<true, true> : rmsnorm_backward_chunk<true, false>)
+                                         : (dx16 ? rmsnorm_backward_chunk<false, true>
+                                                 : rmsnorm_backward_chunk<false, false>);
+    if (shared > 48u * 1024u &&
+        (e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared)) != cudaSuccess)
+        return (int)e;
+    const int chunks = (n + XLKV_CUDA_TRAIN_ROW_CHUNK - 1) / XLKV_CUDA_TRAIN_ROW_CHUNK;
+    kernel<<<(unsigned)chunks, kBlock, shared, s>>>(dx, partials, dy, x, inv_rms, gain, n, dim, d16);
+    int err = launch_status();
+    if (err) return err;
     rmsnorm_gain_sum<<<row_blocks(dim), kBlock, 0, s>>>(dgain, partials, chunks, dim);
     return launch_status();
 }
