@@ -139,6 +139,11 @@ struct xlkv_gpu_trainer {
     float *scores, *dscores; /* [n_heads][batch][seq][seq] (gemm attention only) */
     void *flash_workspace;   /* flash attention's bf16 staging (NULL unless flash runs) */
     double *row_loss, *norm_partials;       /* device */
+    double *clip_norm;                      /* device: the last gradient norm (fused: clip_grad_norm writes it) */
+    float *clip_coef, *clip_one;            /* device: the clip coefficient, and a constant 1 (fused AdamW) */
+    bool clip_queued;                       /* fused: clip_coef holds this step's coefficient for AdamW */
+    bool norm_on_device;                    /* the last norm is in clip_norm (else host_norm) */
+    double host_norm;
     int *tokens, *targets, *order, *starts; /* device [n_rows] (+1 for starts) */
     int n_groups;
     float *arena;
@@ -346,9 +351,15 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
     g->targets = g->tokens + N;
     g->order = g->targets + N;
     g->starts = g->order + N;
-    XLKV_TRY(xlkv_cuda_alloc((void **)&g->double_arena, (N + norm_chunks + 1) * sizeof(double), "loss buffers"));
+    /* the row losses, the norm's chunk partials (+1), the norm, and the clip coefficient and a 1 (two floats) */
+    XLKV_TRY(xlkv_cuda_alloc((void **)&g->double_arena, (N + norm_chunks + 3) * sizeof(double), "loss buffers"));
     g->row_loss = g->double_arena;
     g->norm_partials = g->row_loss + N;
+    g->clip_norm = g->norm_partials + norm_chunks + 1;
+    g->clip_coef = (float *)(g->clip_norm + 1);
+    g->clip_one = g->clip_coef + 1;
+    const float one = 1.0f;
+    XLKV_CUDA_TRY(cudaMemcpy(g->clip_one, &one, sizeof one, cudaMemcpyHostToDevice), "setting the clip constant");
     const size_t score_floats = (size_t)hp->n_heads * N * (size_t)g->seq;
     const char *choice = getenv("XLKV_TRAIN_ATTENTION");
     const xlkv_cuda_train_attention_shape flash_shape = {.batch = g->batch, .seq = g->seq, .n_heads = hp->n_heads,
@@ -1203,6 +1214,13 @@ xlkv_status xlkv_gpu_trainer_clip_grad_norm(xlkv_gpu_trainer *g, double max_norm
     const size_t n = g->store->n_params, chunks = (n + XLKV_CUDA_TRAIN_NORM_CHUNK - 1) / XLKV_CUDA_TRAIN_NORM_CHUNK;
     mark(g, XLKV_STEP_GRAD_CLIP);
     KERNEL_TRY(xlkv_cuda_train_sum_squares(g->norm_partials, g->grads, n, g->stream), "gradient norm");
+    if (g->fuse) { /* norm and coefficient on the device; the fused AdamW applies it (no scaling pass) */
+        KERNEL_TRY(xlkv_cuda_train_clip_coefficient(g->clip_coef, g->clip_norm, g->norm_partials, chunks, max_norm,
+                                                    g->stream), "gradient clip coefficient");
+        g->clip_queued = true;
+        g->norm_on_device = true;
+        return out_norm ? xlkv_gpu_trainer_grad_norm(g, out_norm) : XLKV_OK;
+    }
     XLKV_CUDA_TRY(cudaMemcpyAsync(g->host_norm_partials, g->norm_partials, chunks * sizeof(double),
                                   cudaMemcpyDeviceToHost, g->stream), "downloading the gradient norm");
     XLKV_CUDA_TRY(cudaStreamSynchronize(g->stream), "running the backward pass on the GPU");
@@ -1211,7 +1229,20 @@ xlkv_status xlkv_gpu_trainer_clip_grad_norm(xlkv_gpu_trainer *g, double max_norm
     const double norm = sqrt(total);
     if (max_norm > 0.0 && norm > max_norm)
         KERNEL_TRY(xlkv_cuda_train_scale(g->grads, (float)(max_norm / (norm + 1e-6)), n, g->stream), "gradient clip");
-    *out_norm = norm;
+    g->host_norm = norm;
+    g->norm_on_device = false;
+    if (out_norm) *out_norm = norm;
+    return XLKV_OK;
+}
+
+xlkv_status xlkv_gpu_trainer_grad_norm(xlkv_gpu_trainer *g, double *out_norm) {
+    if (!g->norm_on_device) {
+        *out_norm = g->host_norm;
+        return XLKV_OK;
+    }
+    /* cudaMemcpy on the legacy stream waits for the trainer's (blocking) stream: after the queued AdamW */
+    XLKV_CUDA_TRY(cudaMemcpy(out_norm, g->clip_norm, sizeof *out_norm, cudaMemcpyDeviceToHost),
+                  "downloading the gradient norm");
     return XLKV_OK;
 }
 
@@ -1220,12 +1251,20 @@ xlkv_status xlkv_gpu_trainer_adamw_step(xlkv_gpu_trainer *g, const xlkv_adamw_pa
     const float c1 = (float)(1.0 - pow((double)p->beta1, (double)step));
     const float c2 = (float)(1.0 - pow((double)p->beta2, (double)step));
     mark(g, XLKV_STEP_ADAMW);
+    const float *coef = g->clip_queued ? g->clip_coef : g->clip_one;
     for (int t = 0; t < s->n_tensors; t++) {
         const xlkv_param_tensor *tensor = &s->tensors[t];
         const size_t n = (size_t)tensor->rows * (size_t)(tensor->cols ? tensor->cols : 1), o = tensor->offset;
         const float decay = tensor->kind == XLKV_PARAM_MATRIX ? p->weight_decay : 0.0f;
-        KERNEL_TRY(xlkv_cuda_train_adamw(g->params + o, g->grads + o, g->adam_m + o, g->adam_v + o, n, lr, p->beta1,
-                                         p->beta2, p->eps, decay, c1, c2, g->stream), "AdamW update");
+        if (g->fuse) /* clip coefficient, update and the bf16 shadow in one pass */
+            KERNEL_TRY(xlkv_cuda_train_adamw_bf16(g->params + o, g->params_bf16 + o, g->grads + o, g->adam_m + o,
+                                                  g->adam_v + o, n, coef, lr, p->beta1, p->beta2, p->eps, decay, c1,
+                                                  c2, g->stream), "AdamW update (bf16 shadow)");
+        else
+            KERNEL_TRY(xlkv_cuda_train_adamw(g->params + o, g->grads + o, g->adam_m + o, g->adam_v + o, n, lr,
+                                             p->beta1, p->beta2, p->eps, decay, c1, c2, g->stream), "AdamW update");
     }
+    g->clip_queued = false;
+    if (g->fuse) return XLKV_OK;
     return refresh_weight_shadow(g); /* timed with AdamW */
 }

@@ -547,18 +547,82 @@ __global__ void cross_entropy_backward(float *probs, const int *targets, int voc
     for (int c = threadIdx.x; c < vocab; c += blockDim.x) row[c] = row[c] * s - (c == target ? s : 0.0f);
 }
 
+/* one AdamW element (the update of train/optimizer.c): __fmul_rn / __fadd_rn, no contraction into FMAs, so the update
+ * rounds as the CPU loop does */
+__device__ __forceinline__ void adamw_element(float *w, float gi, float *m, float *v, float lr, float beta1, float beta2,
+                                              float eps, float decay, float c1, float c2) {
+    const float mi = __fadd_rn(__fmul_rn(beta1, *m), __fmul_rn(1.0f - beta1, gi));
+    const float vi = __fadd_rn(__fmul_rn(beta2, *v), __fmul_rn(__fmul_rn(1.0f - beta2, gi), gi));
+    *m = mi;
+    *v = vi;
+    const float mhat = mi / c1, vhat = vi / c2;
+    const float update = __fadd_rn(mhat / (sqrtf(vhat) + eps), __fmul_rn(decay, *w));
+    *w = __fadd_rn(*w, -__fmul_rn(lr, update));
+}
+
 __global__ void adamw(float *w, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
                       float eps, float decay, float c1, float c2) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        /* __fmul_rn / __fadd_rn: no contraction into FMAs, so the update rounds as the CPU's does */
-        const float gi = g[i];
-        const float mi = __fadd_rn(__fmul_rn(beta1, m[i]), __fmul_rn(1.0f - beta1, gi));
-        const float vi = __fadd_rn(__fmul_rn(beta2, v[i]), __fmul_rn(__fmul_rn(1.0f - beta2, gi), gi));
-        m[i] = mi;
-        v[i] = vi;
-        const float mhat = mi / c1, vhat = vi / c2;
-        const float update = __fadd_rn(mhat / (sqrtf(vhat) + eps), __fmul_rn(decay, w[i]));
-        w[i] = __fadd_rn(w[i], -__fmul_rn(lr, update));
+        float wi = w[i], mi = m[i], vi = v[i];
+        adamw_element(&wi, g[i], &mi, &vi, lr, beta1, beta2, eps, decay, c1, c2);
+        m[i] = mi, v[i] = vi, w[i] = wi;
+    }
+}
+
+/* AdamW of the bf16 trainer: the gradient times the clip coefficient (*coef, read from device memory: 1 when the norm
+ * is under the limit; one fp32 multiply, as xlkv_cuda_train_scale), the update of adamw(), and w16 = bf16_rne(w) (the
+ * weight shadow) in the same pass; V4: float4 loads / stores, the n % 4 tail by the first threads. */
+template <bool V4>
+__global__ void adamw_bf16(float *w, __nv_bfloat16 *w16, const float *g, float *m, float *v, size_t n,
+                           const float *coef, float lr, float beta1, float beta2, float eps, float decay, float c1,
+                           float c2) {
+    const float k = *coef;
+    const size_t first = blockIdx.x * (size_t)blockDim.x + threadIdx.x, stride = (size_t)gridDim.x * blockDim.x;
+    size_t done = 0;
+    if (V4) {
+        for (size_t i = first; i < n / 4; i += stride) {
+            float4 wi = reinterpret_cast<float4 *>(w)[i], mi = reinterpret_cast<float4 *>(m)[i];
+            float4 vi = reinterpret_cast<float4 *>(v)[i];
+            const float4 gi = reinterpret_cast<const float4 *>(g)[i];
+            adamw_element(&wi.x, __fmul_rn(gi.x, k), &mi.x, &vi.x, lr, beta1, beta2, eps, decay, c1, c2);
+            adamw_element(&wi.y, __fmul_rn(gi.y, k), &mi.y, &vi.y, lr, beta1, beta2, eps, decay, c1, c2);
+            adamw_element(&wi.z, __fmul_rn(gi.z, k), &mi.z, &vi.z, lr, beta1, beta2, eps, decay, c1, c2);
+            adamw_element(&wi.w, __fmul_rn(gi.w, k), &mi.w, &vi.w, lr, beta1, beta2, eps, decay, c1, c2);
+            reinterpret_cast<float4 *>(w)[i] = wi, reinterpret_cast<float4 *>(m)[i] = mi;
+            reinterpret_cast<float4 *>(v)[i] = vi;
+            __nv_bfloat162 *out = reinterpret_cast<__nv_bfloat162 *>(w16 + 4 * i);
+            out[0] = __floats2bfloat162_rn(wi.x, wi.y);
+            out[1] = __floats2bfloat162_rn(wi.z, wi.w);
+        }
+        done = n / 4 * 4;
+    }
+    for (size_t i = done + first; i < n; i += stride) {
+        float wi = w[i], mi = m[i], vi = v[i];
+        adamw_element(&wi, __fmul_rn(g[i], k), &mi, &vi, lr, beta1, beta2, eps, decay, c1, c2);
+        m[i] = mi, v[i] = vi, w[i] = wi;
+        w16[i] = __float2bfloat16_rn(wi);
+    }
+}
+
+/* The chunk partials of the squared gradient summed in chunk order in double (as the host loop did), the norm, and
+ * the clip coefficient: tiles of the partials staged in shared memory by the block, added by thread 0 in order. */
+constexpr int kClipTile = 1024;
+__global__ void clip_coefficient(float *coef, double *norm_out, const double *partials, size_t chunks,
+                                 double max_norm) {
+    __shared__ double tile[kClipTile];
+    double total = 0.0;
+    for (size_t begin = 0; begin < chunks; begin += kClipTile) {
+        const size_t count = chunks - begin < (size_t)kClipTile ? chunks - begin : (size_t)kClipTile;
+        for (size_t i = threadIdx.x; i < count; i += blockDim.x) tile[i] = partials[begin + i];
+        __syncthreads();
+        if (threadIdx.x == 0)
+            for (size_t i = 0; i < count; i++) total += tile[i];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        const double norm = sqrt(total);
+        *norm_out = norm;
+        *coef = max_norm > 0.0 && norm > max_norm ? (float)(max_norm / (norm + 1e-6)) : 1.0f;
     }
 }
 
@@ -770,6 +834,29 @@ int xlkv_cuda_train_cross_entropy_backward(float *probs, const int *targets, int
 int xlkv_cuda_train_adamw(float *w, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
                           float eps, float decay, float c1, float c2, void *stream) {
     adamw<<<grid_for(n), kBlock, 0, (cudaStream_t)stream>>>(w, g, m, v, n, lr, beta1, beta2, eps, decay, c1, c2);
+    return launch_status();
+}
+
+int xlkv_cuda_train_adamw_bf16(float *w, uint16_t *w16, const float *g, float *m, float *v, size_t n,
+                               const float *coef, float lr, float beta1, float beta2, float eps, float decay, float c1,
+                               float c2, void *stream) {
+    if (n == 0) return 0;
+    if (!w || !w16 || !g || !m || !v || !coef) return (int)cudaErrorInvalidValue;
+    __nv_bfloat16 *shadow = reinterpret_cast<__nv_bfloat16 *>(w16);
+    cudaStream_t s = (cudaStream_t)stream;
+    if (aligned16(w) && aligned16(g) && aligned16(m) && aligned16(v) && (uintptr_t)w16 % 8 == 0)
+        adamw_bf16<true><<<grid_for(n / 4 + 1), kBlock, 0, s>>>(w, shadow, g, m, v, n, coef, lr, beta1, beta2, eps,
+                                                                 decay, c1, c2);
+    else
+        adamw_bf16<false><<<grid_for(n), kBlock, 0, s>>>(w, shadow, g, m, v, n, coef, lr, beta1, beta2, eps, decay, c1,
+                                                         c2);
+    return launch_status();
+}
+
+int xlkv_cuda_train_clip_coefficient(float *coef, double *norm, const double *partials, size_t chunks,
+                                     double max_norm, void *stream) {
+    if (!coef || !norm || (chunks && !partials)) return (int)cudaErrorInvalidValue;
+    clip_coefficient<<<1, kBlock, 0, (cudaStream_t)stream>>>(coef, norm, partials, chunks, max_norm);
     return launch_status();
 }
 

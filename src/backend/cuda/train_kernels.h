@@ -103,6 +103,17 @@ int xlkv_cuda_train_cross_entropy_backward(float *probs, const int *targets, int
 /* One AdamW update of n parameters (see train/optimizer.h; c1, c2 the bias corrections as fp32). */
 int xlkv_cuda_train_adamw(float *w, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
                           float eps, float decay, float c1, float c2, void *stream);
+/* The bf16 trainer's AdamW (XLKV_TRAIN_FUSE): g is multiplied by *coef (a device float, the clip coefficient below; the
+ * gradient buffer is not changed), then the update of xlkv_cuda_train_adamw, and w16[i] = bf16_rne(w[i]) (the bf16
+ * weight shadow) in the same pass; float4 where w, g, m, v are 16-byte and w16 8-byte aligned. The same bits as
+ * xlkv_cuda_train_scale (when clipping) + xlkv_cuda_train_adamw + a bf16 copy of w. NULL pointers are refused. */
+int xlkv_cuda_train_adamw_bf16(float *w, uint16_t *w16, const float *g, float *m, float *v, size_t n,
+                               const float *coef, float lr, float beta1, float beta2, float eps, float decay, float c1,
+                               float c2, void *stream);
+/* *norm = sqrt(sum of partials[0 .. chunks), added in order in double) and *coef = (float)(max_norm / (norm + 1e-6))
+ * when max_norm > 0 and norm > max_norm, else 1: the host's clipping decision, on the device (no round trip). */
+int xlkv_cuda_train_clip_coefficient(float *coef, double *norm, const double *partials, size_t chunks,
+                                     double max_norm, void *stream);
 /* partials[c] = sum over chunk c (XLKV_CUDA_TRAIN_NORM_CHUNK elements, the last one shorter) of g^2, in double. */
 enum { XLKV_CUDA_TRAIN_NORM_CHUNK = 1 << 16 };
 int xlkv_cuda_train_sum_squares(double *partials, const float *g, size_t n, void *stream);
