@@ -1252,17 +1252,27 @@ xlkv_status xlkv_gpu_trainer_adamw_step(xlkv_gpu_trainer *g, const xlkv_adamw_pa
     const float c2 = (float)(1.0 - pow((double)p->beta2, (double)step));
     mark(g, XLKV_STEP_ADAMW);
     const float *coef = g->clip_queued ? g->clip_coef : g->clip_one;
-    for (int t = 0; t < s->n_tensors; t++) {
+    for (int t = 0; t < s->n_tensors;) {
         const xlkv_param_tensor *tensor = &s->tensors[t];
-        const size_t n = (size_t)tensor->rows * (size_t)(tensor->cols ? tensor->cols : 1), o = tensor->offset;
+        size_t n = (size_t)tensor->rows * (size_t)(tensor->cols ? tensor->cols : 1);
+        const size_t o = tensor->offset;
         const float decay = tensor->kind == XLKV_PARAM_MATRIX ? p->weight_decay : 0.0f;
-        if (g->fuse) /* clip coefficient, update and the bf16 shadow in one pass */
-            KERNEL_TRY(xlkv_cuda_train_adamw_bf16(g->params + o, g->params_bf16 + o, g->grads + o, g->adam_m + o,
-                                                  g->adam_v + o, n, coef, lr, p->beta1, p->beta2, p->eps, decay, c1,
-                                                  c2, g->stream), "AdamW update (bf16 shadow)");
-        else
+        t++;
+        if (!g->fuse) {
             KERNEL_TRY(xlkv_cuda_train_adamw(g->params + o, g->grads + o, g->adam_m + o, g->adam_v + o, n, lr,
                                              p->beta1, p->beta2, p->eps, decay, c1, c2, g->stream), "AdamW update");
+            continue;
+        }
+        /* fused: the following tensors that sit right after this one with the same decay join its launch (the
+         * same per-element update, fewer launches: wq..wo, w_gate..w_down of a layer are one run) */
+        for (; t < s->n_tensors && s->tensors[t].offset == o + n &&
+               (s->tensors[t].kind == XLKV_PARAM_MATRIX ? p->weight_decay : 0.0f) == decay;
+             t++)
+            n += (size_t)s->tensors[t].rows * (size_t)(s->tensors[t].cols ? s->tensors[t].cols : 1);
+        /* clip coefficient, update and the bf16 shadow in one pass */
+        KERNEL_TRY(xlkv_cuda_train_adamw_bf16(g->params + o, g->params_bf16 + o, g->grads + o, g->adam_m + o,
+                                              g->adam_v + o, n, coef, lr, p->beta1, p->beta2, p->eps, decay, c1, c2,
+                                              g->stream), "AdamW update (bf16 shadow)");
     }
     g->clip_queued = false;
     if (g->fuse) return XLKV_OK;
