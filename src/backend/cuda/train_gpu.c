@@ -72,9 +72,22 @@
  *         dk rounds them into [dq | dk | dv] (dv rounded beside them), one q/k/v product each way (K = q_dim +
  *         2 kv_dim) where wq, wk, wv are adjacent; the first product into dh, datt and dxb has beta 0 (no clearing
  *         pass). dq and dk stay unrotated in fp32 (nothing reads them after).
+ *   RMSNorm backward (xlkv_cuda_train_rmsnorm_backward_folded): the gain gradient is accumulated in the rows pass
+ *         (a CTA per 64-row chunk, per-warp column sums in shared memory, added in a fixed order) instead of a second
+ *         pass over dy and x; dx and bf16(dx) are the same bits, dgain differs only in fp32 summation order
+ *         (deterministic).
+ *   optimizer: clip_grad_norm sums the norm's chunk partials in order on the GPU (xlkv_cuda_train_clip_coefficient:
+ *         the same double sum and sqrt as the host loop, so the same norm bits) and leaves the coefficient in device
+ *         memory; no host round trip, no scaling pass over the gradients (they stay unscaled). AdamW
+ *         (xlkv_cuda_train_adamw_bf16, float4) multiplies each gradient by the coefficient (the same fp32 multiply as
+ *         the scaling pass), updates, and writes the bf16 weight shadow in the same pass (no separate shadow pass);
+ *         adjacent tensors with the same decay share a launch. The parameters, moments and shadow are the same bits
+ *         as the unfused scale + adamw + to_bf16. The trainer reads the norm after the step
+ *         (xlkv_gpu_trainer_grad_norm).
  *   Same values: every fused kernel computes the fp32 value as the unfused one and rounds it the same way, so the
  *   forward (and the loss) is bit-identical; the backward's products differ only in their fp32 accumulation (beta 0,
- *   merged K), so gradients agree to fp32 summation-order noise (tests/cuda/test_cuda_train_fused.c). */
+ *   merged K), and the RMSNorm gain gradients in their fp32 summation order, so gradients agree to fp32
+ *   summation-order noise (tests/cuda/test_cuda_train_fused.c). */
 #include "train/gpu_trainer.h"
 
 #include <math.h>

@@ -4,6 +4,8 @@
  *   rows are tokens; a batch [B, T] is B * T rows, row r at position r % T;
  *   backward launchers ADD into parameter gradients (dgain, dtable) and into inputs marked "+=", overwrite the rest;
  *   every reduction has a fixed order (no atomics), so the same inputs give the same bits on every run.
+ * The bf16 trainer's fused path also uses an RMSNorm backward with the gain gradient folded into the rows pass, a
+ * clip coefficient computed on the device, and an AdamW that applies it and writes the bf16 weight shadow.
  * All buffers are fp32 device memory (master weights, activations, gradients); the products themselves are cuBLAS
  * (backend/cuda/train_gpu.c). Every launcher is asynchronous on `stream` (a cudaStream_t passed as void *) and
  * returns 0 or the cudaError_t of the launch. */
