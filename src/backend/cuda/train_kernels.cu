@@ -156,19 +156,21 @@ __global__ void rmsnorm_backward_rows(float *dx, const float *dy, const float *x
                                           NULL);
 }
 
-/* The rows and the gain partials in one pass: CTA c takes rows [c chunk, (c + 1) chunk), warp w its rows w, w + 8, ...
- * in order, accumulating dy x s per column into its own shared row (kRowsPerBlock x dim floats, zeroed first); then
- * partials[c][i] = the 8 warps' sums of column i added in warp order. Fixed order: deterministic. */
+/* The rows and the gain partials in one pass: CTA c (kChunkWarps warps) takes rows [c chunk, (c + 1) chunk), warp w
+ * its rows w, w + kChunkWarps, ... in order, accumulating dy x s per column into its own shared row (kChunkWarps x dim
+ * floats, zeroed first); then partials[c][i] = the warps' sums of column i added in warp order. Fixed order:
+ * deterministic. 16 warps of 4 rows each (64-row chunks): as many rows in flight per SM as the two-pass kernels. */
+constexpr int kChunkWarps = 16;
 template <bool V4, bool BF16>
 __global__ void rmsnorm_backward_chunk(float *dx, float *partials, const float *dy, const float *x,
                                        const float *inv_rms, const float *gain, int n, int dim, __nv_bfloat16 *dx16) {
     extern __shared__ float4 chunk_shared[];
     float *acc = reinterpret_cast<float *>(chunk_shared);
     const int warp = threadIdx.x / 32;
-    for (int i = threadIdx.x; i < kRowsPerBlock * dim; i += blockDim.x) acc[i] = 0.0f;
+    for (int i = threadIdx.x; i < kChunkWarps * dim; i += blockDim.x) acc[i] = 0.0f;
     __syncthreads();
     const int r0 = blockIdx.x * XLKV_CUDA_TRAIN_ROW_CHUNK, r1 = min(n, r0 + XLKV_CUDA_TRAIN_ROW_CHUNK);
-    for (int r = r0 + warp; r < r1; r += kRowsPerBlock) {
+    for (int r = r0 + warp; r < r1; r += kChunkWarps) {
         const size_t off = (size_t)r * (size_t)dim;
         rmsnorm_backward_row<V4, BF16, true>(dx + off, dy + off, x + off, inv_rms[r], gain, dim,
                                              BF16 ? dx16 + off : NULL, acc + (size_t)warp * dim);
@@ -176,7 +178,7 @@ __global__ void rmsnorm_backward_chunk(float *dx, float *partials, const float *
     __syncthreads();
     for (int i = threadIdx.x; i < dim; i += blockDim.x) {
         float sum = 0.0f;
-        for (int w = 0; w < kRowsPerBlock; w++) sum += acc[(size_t)w * dim + i];
+        for (int w = 0; w < kChunkWarps; w++) sum += acc[(size_t)w * dim + i];
         partials[(size_t)blockIdx.x * dim + i] = sum;
     }
 }
@@ -704,7 +706,7 @@ int xlkv_cuda_train_rmsnorm_backward_folded(float *dx, uint16_t *dx16, float *dg
                                             void *stream) {
     if (n < 0 || dim <= 0) return (int)cudaErrorInvalidValue;
     if (n == 0) return 0;
-    const size_t shared = (size_t)kRowsPerBlock * (size_t)dim * sizeof(float);
+    const size_t shared = (size_t)kChunkWarps * (size_t)dim * sizeof(float);
     int device = 0, optin = 0;
     cudaError_t e = cudaGetDevice(&device);
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
@@ -723,7 +725,7 @@ int xlkv_cuda_train_rmsnorm_backward_folded(float *dx, uint16_t *dx16, float *dg
         (e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared)) != cudaSuccess)
         return (int)e;
     const int chunks = (n + XLKV_CUDA_TRAIN_ROW_CHUNK - 1) / XLKV_CUDA_TRAIN_ROW_CHUNK;
-    kernel<<<(unsigned)chunks, kBlock, shared, s>>>(dx, partials, dy, x, inv_rms, gain, n, dim, d16);
+    kernel<<<(unsigned)chunks, kChunkWarps * 32, shared, s>>>(dx, partials, dy, x, inv_rms, gain, n, dim, d16);
     int err = launch_status();
     if (err) return err;
     rmsnorm_gain_sum<<<row_blocks(dim), kBlock, 0, s>>>(dgain, partials, chunks, dim);

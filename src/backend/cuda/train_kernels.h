@@ -45,10 +45,10 @@ int xlkv_cuda_train_rmsnorm_backward_bf16(float *dx, uint16_t *dx16, float *dgai
 /* The same result in one pass over dy and x (the bf16 trainer's fused path, XLKV_TRAIN_FUSE): each CTA takes one
  * chunk of XLKV_CUDA_TRAIN_ROW_CHUNK rows, updates dx (and dx16 when not NULL; dx and dx16 bit-identical to
  * xlkv_cuda_train_rmsnorm_backward_bf16) and accumulates its chunk's column sums of dy * x * inv_rms in shared memory
- * (8 warps, each its rows in order, then the warps in order) into `partials` (same size as above); the chunk sums are
+ * (16 warps, each its rows in order, then the warps in order) into `partials` (same size as above); the chunk sums are
  * added as above. dgain differs from the two-pass launcher only in fp32 summation order inside a chunk; the order is
- * fixed, so the result is deterministic. Widths whose 8 x dim floats do not fit one block's shared memory take the
- * two-pass path. Bad sizes (n < 0, dim <= 0) return cudaErrorInvalidValue. */
+ * fixed, so the result is deterministic. Widths whose 16 x dim floats do not fit one block's shared memory (3,600 columns on
+ * an H100) take the two-pass path. Bad sizes (n < 0, dim <= 0) return cudaErrorInvalidValue. */
 int xlkv_cuda_train_rmsnorm_backward_folded(float *dx, uint16_t *dx16, float *dgain, const float *dy, const float *x,
                                             const float *inv_rms, const float *gain, int n, int dim, float *partials,
                                             void *stream);
