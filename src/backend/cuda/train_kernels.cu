@@ -7,7 +7,9 @@
  * Attention is the simple correct version: one warp per (query row, head) for the output and dq (online softmax
  * over the visible keys; scores in fp32, never stored), and one warp per (key row, KV head) for dk / dv, walking the
  * queries that see that key and recomputing their probabilities from the saved log-sum-exp. Each output element has
- * one writer, so there are no atomics and the results are deterministic. */
+ * one writer, so there are no atomics and the results are deterministic. The bf16 trainer's fused path adds an RMSNorm
+ * backward whose rows pass also accumulates the gain gradient's chunk partials (shared memory, fixed order), the clip
+ * coefficient computed on the device, and an AdamW that applies it and writes the bf16 weight shadow (float4). */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
