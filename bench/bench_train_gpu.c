@@ -112,9 +112,10 @@ static xlkv_status one_step(xlkv_gpu_trainer *gt, const int *tokens, const int *
     XLKV_TRY(xlkv_gpu_trainer_zero_grads(gt));
     XLKV_TRY(xlkv_gpu_trainer_forward(gt, tokens, targets, loss));
     XLKV_TRY(xlkv_gpu_trainer_backward(gt, 1.0f));
-    XLKV_TRY(xlkv_gpu_trainer_clip_grad_norm(gt, 1.0, &norm));
+    XLKV_TRY(xlkv_gpu_trainer_clip_grad_norm(gt, 1.0, NULL)); /* as the trainer: the norm is read after the step */
     XLKV_TRY(xlkv_gpu_trainer_adamw_step(gt, &adamw, 1e-4f, step));
-    return xlkv_gpu_trainer_synchronize(gt);
+    XLKV_TRY(xlkv_gpu_trainer_synchronize(gt));
+    return xlkv_gpu_trainer_grad_norm(gt, &norm);
 }
 
 /* Runs one map; fills the JSON line (and prints the table row and the profile). */

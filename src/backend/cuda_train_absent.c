@@ -26,6 +26,7 @@ xlkv_status xlkv_gpu_trainer_backward(xlkv_gpu_trainer *gt, float loss_scale) { 
 xlkv_status xlkv_gpu_trainer_clip_grad_norm(xlkv_gpu_trainer *gt, double max_norm, double *out_norm) {
     return absent();
 }
+xlkv_status xlkv_gpu_trainer_grad_norm(xlkv_gpu_trainer *gt, double *out_norm) { return absent(); }
 xlkv_status xlkv_gpu_trainer_adamw_step(xlkv_gpu_trainer *gt, const xlkv_adamw_params *params, float lr, long step) {
     return absent();
 }

@@ -38,8 +38,13 @@ xlkv_status xlkv_gpu_trainer_zero_grads(xlkv_gpu_trainer *gt);
 /* As xlkv_train_graph_forward / _backward (ids checked against the vocabulary on the host). */
 xlkv_status xlkv_gpu_trainer_forward(xlkv_gpu_trainer *gt, const int *tokens, const int *targets, double *out_loss);
 xlkv_status xlkv_gpu_trainer_backward(xlkv_gpu_trainer *gt, float loss_scale);
-/* As xlkv_clip_grad_norm: the norm (chunk partials in double on the GPU, summed in order) and the scaling. */
+/* As xlkv_clip_grad_norm: the norm (chunk partials in double on the GPU, summed in order) and the scaling. The fused
+ * bf16 trainer (XLKV_TRAIN_FUSE) computes the norm and the coefficient on the GPU and the next adamw_step applies it
+ * (the gradient buffer keeps its unscaled values); out_norm NULL: no host round trip, read the norm with
+ * xlkv_gpu_trainer_grad_norm after the step (non-NULL: it is downloaded now, a synchronization). */
 xlkv_status xlkv_gpu_trainer_clip_grad_norm(xlkv_gpu_trainer *gt, double max_norm, double *out_norm);
+/* The norm of the last clip_grad_norm (waits for the queued work when it is still on the GPU). */
+xlkv_status xlkv_gpu_trainer_grad_norm(xlkv_gpu_trainer *gt, double *out_norm);
 /* As xlkv_adamw_step (a fused kernel per tensor; decay on matrices only). */
 xlkv_status xlkv_gpu_trainer_adamw_step(xlkv_gpu_trainer *gt, const xlkv_adamw_params *params, float lr, long step);
 /* Waits for the queued work (timing). */

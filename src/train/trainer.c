@@ -180,9 +180,10 @@ xlkv_status xlkv_trainer_step(xlkv_trainer *tr, xlkv_step_report *report) {
     double norm = 0.0;
     const float lr = xlkv_lr_schedule(tr->step, o->warmup, o->steps, o->lr, o->min_lr);
     if (tr->gpu) {
-        XLKV_TRY(xlkv_gpu_trainer_clip_grad_norm(tr->gpu, o->clip, &norm));
+        XLKV_TRY(xlkv_gpu_trainer_clip_grad_norm(tr->gpu, o->clip, NULL)); /* the norm is read after the step */
         XLKV_TRY(xlkv_gpu_trainer_adamw_step(tr->gpu, &o->adamw, lr, tr->step + 1));
         XLKV_TRY(xlkv_gpu_trainer_synchronize(tr->gpu));
+        XLKV_TRY(xlkv_gpu_trainer_grad_norm(tr->gpu, &norm));
     } else {
         norm = xlkv_clip_grad_norm(s, o->clip);
         xlkv_adamw_step(s, &o->adamw, lr, tr->step + 1);

@@ -31,6 +31,7 @@
 #include "train_testutil.h"
 #include "train/gpu_trainer.h"
 #include "train/model_setup.h"
+#include "train/optimizer.h"
 #include "train/trainer.h"
 
 static int failures;
@@ -292,6 +293,174 @@ static void rmsnorm_backward_case(int n, int dim) {
     cudaFree(d_dx_b), cudaFree(d_dg_a), cudaFree(d_dg_b), cudaFree(d_dx16);
 }
 
+/* RMSNorm backward with the gain gradient folded into the rows pass (xlkv_cuda_train_rmsnorm_backward_folded):
+ * dx and bf16(dx) bit-identical to the two-pass launcher; dx vs a CPU reference in double (relative to the largest
+ * |dx|) and dgain (added onto non-zero values) vs the CPU in double, measured against each column's sum of |terms|
+ * (the scale of fp32 summation error), as is the two-pass launcher's dgain; two runs give the same bits. */
+static void rmsnorm_backward_folded_case(int n, int dim) {
+    const size_t nd = (size_t)n * (size_t)dim;
+    const int chunks = (n + XLKV_CUDA_TRAIN_ROW_CHUNK - 1) / XLKV_CUDA_TRAIN_ROW_CHUNK;
+    float *x = random_array(nd, 2.0f), *dy = random_array(nd, 1.0f), *dx0 = random_array(nd, 0.5f);
+    float *gain = random_array((size_t)dim, 1.5f), *inv = random_array((size_t)n, 1.0f);
+    float *dg0 = random_array((size_t)dim, 3.0f);
+    for (int r = 0; r < n; r++) inv[r] = 0.5f + fabsf(inv[r]);
+    float *d_x = dev_floats(x, nd), *d_dy = dev_floats(dy, nd), *d_gain = dev_floats(gain, (size_t)dim);
+    float *d_inv = dev_floats(inv, (size_t)n), *d_partials = dev_floats(NULL, (size_t)chunks * dim);
+    float *d_dx[3], *d_dg[3];
+    uint16_t *d_dx16[3];
+    for (int k = 0; k < 3; k++) {
+        d_dx[k] = dev_floats(dx0, nd), d_dg[k] = dev_floats(dg0, (size_t)dim);
+        d_dx16[k] = dev_bf16(nd);
+    }
+    /* 0 and 1: folded (twice), 2: the two-pass launcher */
+    for (int k = 0; k < 2; k++)
+        CK_LAUNCH(xlkv_cuda_train_rmsnorm_backward_folded(d_dx[k], d_dx16[k], d_dg[k], d_dy, d_x, d_inv, d_gain, n,
+                                                          dim, d_partials, NULL));
+    CK_LAUNCH(xlkv_cuda_train_rmsnorm_backward_bf16(d_dx[2], d_dx16[2], d_dg[2], d_dy, d_x, d_inv, d_gain, n, dim,
+                                                    d_partials, NULL));
+    float *dx[3], *dg[3];
+    uint16_t *dx16[3];
+    for (int k = 0; k < 3; k++) {
+        dx[k] = download(d_dx[k], nd * 4), dg[k] = download(d_dg[k], (size_t)dim * 4);
+        dx16[k] = download(d_dx16[k], nd * 2);
+    }
+    /* CPU reference in double */
+    double dx_err = 0.0, dx_max = 0.0, dg_err = 0.0, dg_err_two_pass = 0.0, scale = 0.0;
+    double *ref_dg = calloc((size_t)dim, sizeof(double)), *abs_dg = calloc((size_t)dim, sizeof(double));
+    for (int r = 0; r < n; r++) {
+        const size_t off = (size_t)r * (size_t)dim;
+        const double s = inv[r];
+        double dot = 0.0;
+        for (int i = 0; i < dim; i++) dot += (double)gain[i] * dy[off + i] * x[off + i];
+        for (int i = 0; i < dim; i++) {
+            const double want = dx0[off + i] + s * gain[i] * dy[off + i] - dot * s * s * s / dim * x[off + i];
+            dx_err = fmax(dx_err, fabs(dx[0][off + i] - want));
+            dx_max = fmax(dx_max, fabs(want));
+            const double term = (double)dy[off + i] * x[off + i] * s;
+            ref_dg[i] += term, abs_dg[i] += fabs(term);
+        }
+    }
+    for (int i = 0; i < dim; i++) {
+        scale = fmax(scale, abs_dg[i] + fabs(dg0[i]));
+        dg_err = fmax(dg_err, fabs(dg[0][i] - (dg0[i] + ref_dg[i])));
+        dg_err_two_pass = fmax(dg_err_two_pass, fabs(dg[2][i] - (dg0[i] + ref_dg[i])));
+    }
+    dx_err /= fmax(dx_max, 1e-30), dg_err /= fmax(scale, 1e-30), dg_err_two_pass /= fmax(scale, 1e-30);
+    char what[120];
+    snprintf(what, sizeof what, "rmsnorm backward folded [%d x %d] dx == two-pass", n, dim);
+    check_floats_equal(what, dx[0], dx[2], nd);
+    snprintf(what, sizeof what, "rmsnorm backward folded [%d x %d] bf16(dx) == two-pass", n, dim);
+    uint16_t *rne = malloc(nd * 2); /* the CPU's round to nearest even of the folded dx */
+    for (size_t e = 0; e < nd; e++) rne[e] = bf16_rne(dx[0][e]);
+    check_bf16(what, dx16[0], dx16[2], rne, nd, 0);
+    free(rne);
+    snprintf(what, sizeof what, "rmsnorm backward folded [%d x %d] two runs: dx", n, dim);
+    check_floats_equal(what, dx[0], dx[1], nd);
+    snprintf(what, sizeof what, "rmsnorm backward folded [%d x %d] two runs: dgain", n, dim);
+    check_floats_equal(what, dg[0], dg[1], (size_t)dim);
+    const bool dx_ok = dx_err <= 1e-5, dg_ok = dg_err <= 1e-5;
+    printf("check %-62s: err %.3g (tol 1e-05) %s\n", "rmsnorm backward folded dx vs CPU (rel. to max |dx|)",
+           dx_err, dx_ok ? "ok" : "FAIL");
+    snprintf(what, sizeof what, "rmsnorm backward folded [%d x %d] dgain vs CPU", n, dim);
+    printf("check %-62s: err %.3g (tol 1e-05; two-pass %.3g) %s\n", what, dg_err, dg_err_two_pass,
+           dg_ok ? "ok" : "FAIL");
+    if (!dx_ok || !dg_ok) failures++;
+    for (int k = 0; k < 3; k++) {
+        free(dx[k]), free(dg[k]), free(dx16[k]);
+        cudaFree(d_dx[k]), cudaFree(d_dg[k]), cudaFree(d_dx16[k]);
+    }
+    free(x), free(dy), free(dx0), free(gain), free(inv), free(dg0), free(ref_dg), free(abs_dg);
+    cudaFree(d_x), cudaFree(d_dy), cudaFree(d_gain), cudaFree(d_inv), cudaFree(d_partials);
+}
+
+/* The bf16 trainer's AdamW (clip coefficient read from the device, bf16 shadow written in the same pass) against
+ * xlkv_cuda_train_scale + xlkv_cuda_train_adamw + xlkv_cuda_train_to_bf16 (the same bits: the same fp32 operations),
+ * the gradients left unscaled, and a CPU reference in double (relative to each buffer's largest value). `offset`
+ * floats into the buffers: 0 takes the float4 path, 1 the scalar one. */
+static void adamw_case(size_t n, size_t offset, float coef) {
+    const size_t total = n + offset;
+    float *w = random_array(total, 1.0f), *g = random_array(total, 0.3f), *m = random_array(total, 0.1f);
+    float *v = random_array(total, 0.01f);
+    for (size_t i = 0; i < total; i++) v[i] = fabsf(v[i]);
+    const float lr = 1e-2f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, decay = 0.1f;
+    const float c1 = (float)(1.0 - pow(0.9, 3.0)), c2 = (float)(1.0 - pow(0.95, 3.0));
+    float *d_w[2], *d_g[2], *d_m[2], *d_v[2], *d_coef = dev_floats(&coef, 1);
+    uint16_t *d_w16[2];
+    for (int k = 0; k < 2; k++) {
+        d_w[k] = dev_floats(w, total), d_g[k] = dev_floats(g, total), d_m[k] = dev_floats(m, total);
+        d_v[k] = dev_floats(v, total), d_w16[k] = dev_bf16(total);
+    }
+    CK_LAUNCH(xlkv_cuda_train_adamw_bf16(d_w[0] + offset, d_w16[0] + offset, d_g[0] + offset, d_m[0] + offset,
+                                         d_v[0] + offset, n, d_coef, lr, beta1, beta2, eps, decay, c1, c2, NULL));
+    if (coef != 1.0f) CK_LAUNCH(xlkv_cuda_train_scale(d_g[1] + offset, coef, n, NULL));
+    CK_LAUNCH(xlkv_cuda_train_adamw(d_w[1] + offset, d_g[1] + offset, d_m[1] + offset, d_v[1] + offset, n, lr, beta1,
+                                    beta2, eps, decay, c1, c2, NULL));
+    CK_LAUNCH(xlkv_cuda_train_to_bf16(d_w16[1] + offset, d_w[1] + offset, 1, n, n, NULL));
+    float *got_w[2], *got_m[2], *got_v[2];
+    uint16_t *got_w16[2];
+    for (int k = 0; k < 2; k++) {
+        got_w[k] = download(d_w[k], total * 4), got_m[k] = download(d_m[k], total * 4);
+        got_v[k] = download(d_v[k], total * 4), got_w16[k] = download(d_w16[k], total * 2);
+    }
+    float *got_g = download(d_g[0], total * 4);
+    double err_w = 0, err_m = 0, err_v = 0, max_w = 0, max_m = 0, max_v = 0;
+    uint16_t *rne = malloc(total * 2);
+    for (size_t i = 0; i < total; i++) rne[i] = i < offset ? 0xABCDu : bf16_rne(got_w[0][i]);
+    for (size_t i = offset; i < total; i++) {
+        const double gi = (double)g[i] * coef;
+        const double mi = 0.9 * m[i] + 0.1 * gi, vi = 0.95 * v[i] + 0.05 * gi * gi;
+        const double upd = mi / c1 / (sqrt(vi / c2) + eps) + decay * (double)w[i], wi = w[i] - (double)lr * upd;
+        err_w = fmax(err_w, fabs(got_w[0][i] - wi)), max_w = fmax(max_w, fabs(wi));
+        err_m = fmax(err_m, fabs(got_m[0][i] - mi)), max_m = fmax(max_m, fabs(mi));
+        err_v = fmax(err_v, fabs(got_v[0][i] - vi)), max_v = fmax(max_v, fabs(vi));
+    }
+    const double err = fmax(err_w / max_w, fmax(err_m / max_m, err_v / max_v));
+    char what[120];
+    snprintf(what, sizeof what, "adamw bf16 [%zu, offset %zu, coef %g] w == scale + adamw", n, offset, coef);
+    check_floats_equal(what, got_w[0], got_w[1], total);
+    snprintf(what, sizeof what, "adamw bf16 [%zu, offset %zu, coef %g] m, v == scale + adamw", n, offset, coef);
+    check_floats_equal(what, got_m[0], got_m[1], total);
+    check_floats_equal(what, got_v[0], got_v[1], total);
+    snprintf(what, sizeof what, "adamw bf16 [%zu, offset %zu, coef %g] shadow", n, offset, coef);
+    check_bf16(what, got_w16[0], got_w16[1], rne, total, 0);
+    snprintf(what, sizeof what, "adamw bf16 [%zu, offset %zu, coef %g] gradients unscaled", n, offset, coef);
+    check_floats_equal(what, got_g, g, total);
+    snprintf(what, sizeof what, "adamw bf16 [%zu, offset %zu, coef %g] vs CPU (double)", n, offset, coef);
+    printf("check %-62s: err %.3g (tol 1e-06) %s\n", what, err, err <= 1e-6 ? "ok" : "FAIL");
+    if (!(err <= 1e-6)) failures++;
+    for (int k = 0; k < 2; k++) {
+        free(got_w[k]), free(got_m[k]), free(got_v[k]), free(got_w16[k]);
+        cudaFree(d_w[k]), cudaFree(d_g[k]), cudaFree(d_m[k]), cudaFree(d_v[k]), cudaFree(d_w16[k]);
+    }
+    free(w), free(g), free(m), free(v), free(got_g), free(rne);
+    cudaFree(d_coef);
+}
+
+/* The clip coefficient on the device: the norm bit-identical to the host's in-order double sum + sqrt, and the
+ * coefficient to (float)(max / (norm + 1e-6)) when clipping, exactly 1 otherwise (max_norm 0: off). */
+static void clip_case(size_t chunks, double max_norm_over_norm) {
+    double *partials = malloc((chunks ? chunks : 1) * sizeof *partials);
+    double total = 0.0;
+    for (size_t c = 0; c < chunks; c++) partials[c] = 1000.0 * (1.5 + uniform()) * (1.5 + uniform());
+    for (size_t c = 0; c < chunks; c++) total += partials[c];
+    const double norm = sqrt(total), max_norm = max_norm_over_norm * norm;
+    const float want = max_norm > 0.0 && norm > max_norm ? (float)(max_norm / (norm + 1e-6)) : 1.0f;
+    double *d_partials = to_device(partials, chunks * sizeof *partials), *d_norm = to_device(NULL, sizeof(double));
+    float *d_coef = dev_floats(NULL, 1);
+    CK_LAUNCH(xlkv_cuda_train_clip_coefficient(d_coef, d_norm, d_partials, chunks, max_norm, NULL));
+    double got_norm = 0.0;
+    float got_coef = 0.0f;
+    CK(cudaMemcpy(&got_norm, d_norm, sizeof got_norm, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(&got_coef, d_coef, sizeof got_coef, cudaMemcpyDeviceToHost));
+    const bool ok = memcmp(&got_norm, &norm, sizeof norm) == 0 && memcmp(&got_coef, &want, sizeof want) == 0;
+    printf("check clip coefficient [%zu chunks, max %.2f x norm]: norm %.17g vs host %.17g, coef %.9g vs %.9g, err "
+           "%.3g (tol 0) %s\n", chunks, max_norm_over_norm, got_norm, norm, got_coef, want,
+           fabs(got_norm - norm) + fabs((double)got_coef - want), ok ? "ok" : "FAIL");
+    if (!ok) failures++;
+    free(partials);
+    cudaFree(d_partials), cudaFree(d_norm), cudaFree(d_coef);
+}
+
 static void refused(const char *what, int rc) {
     const bool ok = rc == (int)cudaErrorInvalidValue;
     printf("check %-62s: %s\n", what, ok ? "refused ok" : "FAIL");
@@ -314,6 +483,20 @@ static void fused_kernels_match(void **state) {
     rope_case(3, 17, 3, 64, 3 * 64, 0);                   /* packed, head_dim 64 */
     rmsnorm_backward_case(130, 64);
     rmsnorm_backward_case(70, 70);
+    rmsnorm_backward_folded_case(130, 64);   /* float4, three chunks, the last one short */
+    rmsnorm_backward_folded_case(70, 70);    /* scalar */
+    rmsnorm_backward_folded_case(3, 20);     /* fewer rows than warps */
+    rmsnorm_backward_folded_case(1000, 768); /* the `small` width */
+    rmsnorm_backward_folded_case(150, 3000); /* 192 KB of shared memory: the opt-in size */
+    rmsnorm_backward_folded_case(20, 4100);  /* 262 KB: more than a block holds, the two-pass path */
+    adamw_case(4099, 0, 1.0f);  /* float4 + a tail of 3, not clipping */
+    adamw_case(4099, 0, 0.37f); /* clipping */
+    adamw_case(1001, 1, 0.37f); /* misaligned: scalar */
+    adamw_case(3, 0, 0.5f);     /* only the tail */
+    clip_case(1700, 0.5);       /* clips (the `small` model has ~1,700 chunks) */
+    clip_case(1700, 2.0);       /* under the limit: 1 */
+    clip_case(3000, 0.0);       /* max_norm 0: off; three tiles of partials */
+    clip_case(1, 0.9);
     refused("swiglu backward bf16 with ld < 2 hidden",
             xlkv_cuda_train_swiglu_backward_bf16(NULL, 10, NULL, NULL, NULL, 4, 6, NULL));
     refused("rope to bf16 with ld < n_heads * head_dim",
@@ -322,6 +505,10 @@ static void fused_kernels_match(void **state) {
             xlkv_cuda_train_rope_to_bf16(NULL, 10, NULL, 4, 4, 1, 7, NULL, NULL, 1.0f, 1, NULL));
     refused("rmsnorm forward bf16 with dim 0",
             xlkv_cuda_train_rmsnorm_forward_bf16(NULL, NULL, NULL, NULL, NULL, 4, 0, 1e-5f, NULL));
+    refused("rmsnorm backward folded with dim 0",
+            xlkv_cuda_train_rmsnorm_backward_folded(NULL, NULL, NULL, NULL, NULL, NULL, NULL, 4, 0, NULL, NULL));
+    refused("rmsnorm backward folded with n < 0",
+            xlkv_cuda_train_rmsnorm_backward_folded(NULL, NULL, NULL, NULL, NULL, NULL, NULL, -1, 8, NULL, NULL));
     if (failures) fail_msg("%d fused-kernel check(s) failed", failures);
 }
 
@@ -363,6 +550,43 @@ static xlkv_trainer *make_trainer(const char *data, const model_case *c, long st
     return tr;
 }
 
+/* The fused trainer's clipping and AdamW (norm and coefficient on the GPU, no host round trip, the coefficient
+ * applied inside AdamW) after a backward whose gradients `before` holds: the norm read after the step vs the CPU's
+ * xlkv_clip_grad_norm of the same gradients (1e-9 relative: another summation order), the parameters vs the CPU's
+ * xlkv_adamw_step (1e-6 of the largest parameter), the GPU's gradients left unscaled (bits). */
+static void clip_adamw_matches_cpu(xlkv_gpu_trainer *gt, const model_case *c, const xlkv_param_store *before) {
+    const double max_norm = 1e-3; /* far below the norm: clips */
+    const xlkv_adamw_params p = xlkv_adamw_default_params();
+    double gpu_norm = 0.0;
+    TU_ASSERT_OK(xlkv_gpu_trainer_clip_grad_norm(gt, max_norm, NULL));
+    TU_ASSERT_OK(xlkv_gpu_trainer_adamw_step(gt, &p, 1e-2f, 1));
+    TU_ASSERT_OK(xlkv_gpu_trainer_synchronize(gt));
+    TU_ASSERT_OK(xlkv_gpu_trainer_grad_norm(gt, &gpu_norm));
+    xlkv_param_store *after = make_store(c, 5), *cpu = make_store(c, 5);
+    TU_ASSERT_OK(xlkv_gpu_trainer_download(gt, after, true));
+    memcpy(cpu->params, before->params, before->n_params * sizeof(float));
+    memcpy(cpu->grads, before->grads, before->n_params * sizeof(float));
+    memset(cpu->adam_m, 0, cpu->n_params * sizeof(float));
+    memset(cpu->adam_v, 0, cpu->n_params * sizeof(float));
+    const double cpu_norm = xlkv_clip_grad_norm(cpu, max_norm);
+    xlkv_adamw_step(cpu, &p, 1e-2f, 1);
+    double diff = 0.0, scale = 0.0;
+    size_t grads_differ = 0;
+    for (size_t i = 0; i < cpu->n_params; i++) {
+        diff = fmax(diff, fabs((double)after->params[i] - cpu->params[i]));
+        scale = fmax(scale, fabs((double)cpu->params[i]));
+        grads_differ += memcmp(&after->grads[i], &before->grads[i], sizeof(float)) != 0;
+    }
+    const double norm_err = fabs(gpu_norm - cpu_norm) / cpu_norm, param_err = diff / scale;
+    const bool ok = norm_err <= 1e-9 && param_err <= 1e-6 && grads_differ == 0;
+    printf("check fused clip + AdamW vs CPU, %-10s m=%d b=%d head_dim %d: norm %.9g vs %.9g err %.2e (tol 1e-9); "
+           "parameters err %.2e (tol 1e-6); gradients changed %zu (tol 0) %s\n", c->map, c->m, c->b, c->head_dim,
+           gpu_norm, cpu_norm, norm_err, param_err, grads_differ, ok ? "ok" : "FAIL");
+    if (!ok) failures++;
+    xlkv_param_store_free(after);
+    xlkv_param_store_free(cpu);
+}
+
 static void fused_trainer_matches_unfused(void **state) {
     (void)state;
     int devices = 0;
@@ -397,6 +621,7 @@ static void fused_trainer_matches_unfused(void **state) {
                 TU_ASSERT_OK(xlkv_gpu_trainer_backward(gt, 0.5f));
             }
             TU_ASSERT_OK(xlkv_gpu_trainer_download(gt, stores[fused], true));
+            if (fused) clip_adamw_matches_cpu(gt, c, stores[fused]);
             xlkv_gpu_trainer_free(gt);
         }
         unsetenv("XLKV_TRAIN_FUSE");

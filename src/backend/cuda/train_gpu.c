@@ -72,9 +72,22 @@
  *         dk rounds them into [dq | dk | dv] (dv rounded beside them), one q/k/v product each way (K = q_dim +
  *         2 kv_dim) where wq, wk, wv are adjacent; the first product into dh, datt and dxb has beta 0 (no clearing
  *         pass). dq and dk stay unrotated in fp32 (nothing reads them after).
+ *   RMSNorm backward (xlkv_cuda_train_rmsnorm_backward_folded): the gain gradient is accumulated in the rows pass
+ *         (a CTA per 64-row chunk, per-warp column sums in shared memory, added in a fixed order) instead of a second
+ *         pass over dy and x; dx and bf16(dx) are the same bits, dgain differs only in fp32 summation order
+ *         (deterministic).
+ *   optimizer: clip_grad_norm sums the norm's chunk partials in order on the GPU (xlkv_cuda_train_clip_coefficient:
+ *         the same double sum and sqrt as the host loop, so the same norm bits) and leaves the coefficient in device
+ *         memory; no host round trip, no scaling pass over the gradients (they stay unscaled). AdamW
+ *         (xlkv_cuda_train_adamw_bf16, float4) multiplies each gradient by the coefficient (the same fp32 multiply as
+ *         the scaling pass), updates, and writes the bf16 weight shadow in the same pass (no separate shadow pass);
+ *         adjacent tensors with the same decay share a launch. The parameters, moments and shadow are the same bits
+ *         as the unfused scale + adamw + to_bf16. The trainer reads the norm after the step
+ *         (xlkv_gpu_trainer_grad_norm).
  *   Same values: every fused kernel computes the fp32 value as the unfused one and rounds it the same way, so the
  *   forward (and the loss) is bit-identical; the backward's products differ only in their fp32 accumulation (beta 0,
- *   merged K), so gradients agree to fp32 summation-order noise (tests/cuda/test_cuda_train_fused.c). */
+ *   merged K), and the RMSNorm gain gradients in their fp32 summation order, so gradients agree to fp32
+ *   summation-order noise (tests/cuda/test_cuda_train_fused.c). */
 #include "train/gpu_trainer.h"
 
 #include <math.h>
@@ -139,6 +152,11 @@ struct xlkv_gpu_trainer {
     float *scores, *dscores; /* [n_heads][batch][seq][seq] (gemm attention only) */
     void *flash_workspace;   /* flash attention's bf16 staging (NULL unless flash runs) */
     double *row_loss, *norm_partials;       /* device */
+    double *clip_norm;                      /* device: the last gradient norm (fused: clip_grad_norm writes it) */
+    float *clip_coef, *clip_one;            /* device: the clip coefficient, and a constant 1 (fused AdamW) */
+    bool clip_queued;                       /* fused: clip_coef holds this step's coefficient for AdamW */
+    bool norm_on_device;                    /* the last norm is in clip_norm (else host_norm) */
+    double host_norm;
     int *tokens, *targets, *order, *starts; /* device [n_rows] (+1 for starts) */
     int n_groups;
     float *arena;
@@ -346,9 +364,15 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
     g->targets = g->tokens + N;
     g->order = g->targets + N;
     g->starts = g->order + N;
-    XLKV_TRY(xlkv_cuda_alloc((void **)&g->double_arena, (N + norm_chunks + 1) * sizeof(double), "loss buffers"));
+    /* the row losses, the norm's chunk partials (+1), the norm, and the clip coefficient and a 1 (two floats) */
+    XLKV_TRY(xlkv_cuda_alloc((void **)&g->double_arena, (N + norm_chunks + 3) * sizeof(double), "loss buffers"));
     g->row_loss = g->double_arena;
     g->norm_partials = g->row_loss + N;
+    g->clip_norm = g->norm_partials + norm_chunks + 1;
+    g->clip_coef = (float *)(g->clip_norm + 1);
+    g->clip_one = g->clip_coef + 1;
+    const float one = 1.0f;
+    XLKV_CUDA_TRY(cudaMemcpy(g->clip_one, &one, sizeof one, cudaMemcpyHostToDevice), "setting the clip constant");
     const size_t score_floats = (size_t)hp->n_heads * N * (size_t)g->seq;
     const char *choice = getenv("XLKV_TRAIN_ATTENTION");
     const xlkv_cuda_train_attention_shape flash_shape = {.batch = g->batch, .seq = g->seq, .n_heads = hp->n_heads,
@@ -1012,8 +1036,9 @@ static xlkv_status layer_backward_fused(xlkv_gpu_trainer *g, gpu_record *rec) {
         XLKV_TRY(linear_backward_bf16(g, g->dxb, 1.0f, dw->w_up, dy16 + hid, 2 * hid, in16.xb2, w->w_up, N, dim, hid));
     }
     mark(g, XLKV_STEP_RMSNORM);
-    KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_bf16(g->dx, dy16, dw->ffn_norm, g->dxb, rec->x_mid, rec->ffn_inv_rms,
-                                                     w->ffn_norm, N, dim, g->partials, st), "rmsnorm backward");
+    KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_folded(g->dx, dy16, dw->ffn_norm, g->dxb, rec->x_mid,
+                                                       rec->ffn_inv_rms, w->ffn_norm, N, dim, g->partials, st),
+               "rmsnorm backward");
 
     XLKV_TRY(linear_backward_bf16(g, g->datt, 0.0f, dw->wo, dy16, dim, in16.att, w->wo, N, q_dim, dim));
     XLKV_TRY(attention_backward(g, rec));
@@ -1044,8 +1069,8 @@ static xlkv_status layer_backward_fused(xlkv_gpu_trainer *g, gpu_record *rec) {
     /* bf16(dx) for the next record's first product, unless the walk changes dx between records (group inputs) */
     uint16_t *next16 = rec->iteration_start ? NULL : dy16;
     mark(g, XLKV_STEP_RMSNORM);
-    KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_bf16(g->dx, next16, dw->attn_norm, g->dxb, rec->x_in,
-                                                     rec->attn_inv_rms, w->attn_norm, N, dim, g->partials, st),
+    KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_folded(g->dx, next16, dw->attn_norm, g->dxb, rec->x_in,
+                                                       rec->attn_inv_rms, w->attn_norm, N, dim, g->partials, st),
                "rmsnorm backward");
     g->dx16_ready = next16 != NULL;
     return XLKV_OK;
@@ -1153,8 +1178,13 @@ xlkv_status xlkv_gpu_trainer_backward_buckets(xlkv_gpu_trainer *g, float loss_sc
     }
     XLKV_TRY(zero(g, g->dx, n_dim));
     mark(g, XLKV_STEP_RMSNORM);
-    KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward(g->dx, g->d_output_norm, g->dxb, g->x_final, g->final_inv_rms,
-                                                g->output_norm, N, dim, g->partials, st), "final rmsnorm backward");
+    if (g->fuse)
+        KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_folded(g->dx, NULL, g->d_output_norm, g->dxb, g->x_final,
+                                                           g->final_inv_rms, g->output_norm, N, dim, g->partials, st),
+                   "final rmsnorm backward");
+    else
+        KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward(g->dx, g->d_output_norm, g->dxb, g->x_final, g->final_inv_rms,
+                                                    g->output_norm, N, dim, g->partials, st), "final rmsnorm backward");
     /* final norm (and an untied classifier) are complete; a tied classifier is the embedding, sent last */
     if (ready) XLKV_TRY(bucket_ready(g, ready, ctx, -1, false, &issued));
     XLKV_TRY(zero(g, g->dx_group_in, n_dim));
@@ -1197,6 +1227,13 @@ xlkv_status xlkv_gpu_trainer_clip_grad_norm(xlkv_gpu_trainer *g, double max_norm
     const size_t n = g->store->n_params, chunks = (n + XLKV_CUDA_TRAIN_NORM_CHUNK - 1) / XLKV_CUDA_TRAIN_NORM_CHUNK;
     mark(g, XLKV_STEP_GRAD_CLIP);
     KERNEL_TRY(xlkv_cuda_train_sum_squares(g->norm_partials, g->grads, n, g->stream), "gradient norm");
+    if (g->fuse) { /* norm and coefficient on the device; the fused AdamW applies it (no scaling pass) */
+        KERNEL_TRY(xlkv_cuda_train_clip_coefficient(g->clip_coef, g->clip_norm, g->norm_partials, chunks, max_norm,
+                                                    g->stream), "gradient clip coefficient");
+        g->clip_queued = true;
+        g->norm_on_device = true;
+        return out_norm ? xlkv_gpu_trainer_grad_norm(g, out_norm) : XLKV_OK;
+    }
     XLKV_CUDA_TRY(cudaMemcpyAsync(g->host_norm_partials, g->norm_partials, chunks * sizeof(double),
                                   cudaMemcpyDeviceToHost, g->stream), "downloading the gradient norm");
     XLKV_CUDA_TRY(cudaStreamSynchronize(g->stream), "running the backward pass on the GPU");
@@ -1205,7 +1242,20 @@ xlkv_status xlkv_gpu_trainer_clip_grad_norm(xlkv_gpu_trainer *g, double max_norm
     const double norm = sqrt(total);
     if (max_norm > 0.0 && norm > max_norm)
         KERNEL_TRY(xlkv_cuda_train_scale(g->grads, (float)(max_norm / (norm + 1e-6)), n, g->stream), "gradient clip");
-    *out_norm = norm;
+    g->host_norm = norm;
+    g->norm_on_device = false;
+    if (out_norm) *out_norm = norm;
+    return XLKV_OK;
+}
+
+xlkv_status xlkv_gpu_trainer_grad_norm(xlkv_gpu_trainer *g, double *out_norm) {
+    if (!g->norm_on_device) {
+        *out_norm = g->host_norm;
+        return XLKV_OK;
+    }
+    /* cudaMemcpy on the legacy stream waits for the trainer's (blocking) stream: after the queued AdamW */
+    XLKV_CUDA_TRY(cudaMemcpy(out_norm, g->clip_norm, sizeof *out_norm, cudaMemcpyDeviceToHost),
+                  "downloading the gradient norm");
     return XLKV_OK;
 }
 
@@ -1214,12 +1264,30 @@ xlkv_status xlkv_gpu_trainer_adamw_step(xlkv_gpu_trainer *g, const xlkv_adamw_pa
     const float c1 = (float)(1.0 - pow((double)p->beta1, (double)step));
     const float c2 = (float)(1.0 - pow((double)p->beta2, (double)step));
     mark(g, XLKV_STEP_ADAMW);
-    for (int t = 0; t < s->n_tensors; t++) {
+    const float *coef = g->clip_queued ? g->clip_coef : g->clip_one;
+    for (int t = 0; t < s->n_tensors;) {
         const xlkv_param_tensor *tensor = &s->tensors[t];
-        const size_t n = (size_t)tensor->rows * (size_t)(tensor->cols ? tensor->cols : 1), o = tensor->offset;
+        size_t n = (size_t)tensor->rows * (size_t)(tensor->cols ? tensor->cols : 1);
+        const size_t o = tensor->offset;
         const float decay = tensor->kind == XLKV_PARAM_MATRIX ? p->weight_decay : 0.0f;
-        KERNEL_TRY(xlkv_cuda_train_adamw(g->params + o, g->grads + o, g->adam_m + o, g->adam_v + o, n, lr, p->beta1,
-                                         p->beta2, p->eps, decay, c1, c2, g->stream), "AdamW update");
+        t++;
+        if (!g->fuse) {
+            KERNEL_TRY(xlkv_cuda_train_adamw(g->params + o, g->grads + o, g->adam_m + o, g->adam_v + o, n, lr,
+                                             p->beta1, p->beta2, p->eps, decay, c1, c2, g->stream), "AdamW update");
+            continue;
+        }
+        /* fused: the following tensors that sit right after this one with the same decay join its launch (the
+         * same per-element update, fewer launches: wq..wo, w_gate..w_down of a layer are one run) */
+        for (; t < s->n_tensors && s->tensors[t].offset == o + n &&
+               (s->tensors[t].kind == XLKV_PARAM_MATRIX ? p->weight_decay : 0.0f) == decay;
+             t++)
+            n += (size_t)s->tensors[t].rows * (size_t)(s->tensors[t].cols ? s->tensors[t].cols : 1);
+        /* clip coefficient, update and the bf16 shadow in one pass */
+        KERNEL_TRY(xlkv_cuda_train_adamw_bf16(g->params + o, g->params_bf16 + o, g->grads + o, g->adam_m + o,
+                                              g->adam_v + o, n, coef, lr, p->beta1, p->beta2, p->eps, decay, c1, c2,
+                                              g->stream), "AdamW update (bf16 shadow)");
     }
+    g->clip_queued = false;
+    if (g->fuse) return XLKV_OK;
     return refresh_weight_shadow(g); /* timed with AdamW */
 }

@@ -7,7 +7,9 @@
  * Attention is the simple correct version: one warp per (query row, head) for the output and dq (online softmax
  * over the visible keys; scores in fp32, never stored), and one warp per (key row, KV head) for dk / dv, walking the
  * queries that see that key and recomputing their probabilities from the saved log-sum-exp. Each output element has
- * one writer, so there are no atomics and the results are deterministic. */
+ * one writer, so there are no atomics and the results are deterministic. The bf16 trainer's fused path adds an RMSNorm
+ * backward whose rows pass also accumulates the gain gradient's chunk partials (shared memory, fixed order), the clip
+ * coefficient computed on the device, and an AdamW that applies it and writes the bf16 weight shadow (float4). */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
@@ -97,47 +99,89 @@ __global__ void rmsnorm_forward(float *y, float *inv_rms, const float *x, const 
     }
 }
 
-/* BF16: dx16 receives bf16(dx) after the update (the bf16 trainer's operand for the next product) */
-template <bool V4, bool BF16>
-__global__ void rmsnorm_backward_rows(float *dx, const float *dy, const float *x, const float *inv_rms,
-                                      const float *gain, int n, int dim, __nv_bfloat16 *dx16) {
-    const size_t r = (size_t)blockIdx.x * kRowsPerBlock + threadIdx.x / 32, off = r * (size_t)dim;
+/* One row of the RMSNorm backward for one warp (lane = threadIdx.x & 31): dx += s g dy - coef x, dx16 = bf16(dx) after
+ * the update (BF16; the bf16 trainer's operand for the next product). GAIN: acc[i] += dy x s for the columns this lane
+ * touches (acc is this warp's own row of column partials: no other lane writes those columns, no barrier needed). */
+template <bool V4, bool BF16, bool GAIN>
+__device__ __forceinline__ void rmsnorm_backward_row(float *dx, const float *dy, const float *x, float s,
+                                                     const float *gain, int dim, __nv_bfloat16 *dx16, float *acc) {
     const int lane = threadIdx.x & 31;
-    if (r >= (size_t)n) return;
-    const float s = inv_rms[r];
     float dot = 0.0f;
     if (V4) {
         for (int i = lane; i < dim / 4; i += 32) {
             const float4 g = reinterpret_cast<const float4 *>(gain)[i];
-            const float4 d = reinterpret_cast<const float4 *>(dy + off)[i], v = reinterpret_cast<const float4 *>(x + off)[i];
+            const float4 d = reinterpret_cast<const float4 *>(dy)[i], v = reinterpret_cast<const float4 *>(x)[i];
             dot += g.x * d.x * v.x + g.y * d.y * v.y + g.z * d.z * v.z + g.w * d.w * v.w;
         }
     } else {
-        for (int i = lane; i < dim; i += 32) dot += gain[i] * dy[off + i] * x[off + i];
+        for (int i = lane; i < dim; i += 32) dot += gain[i] * dy[i] * x[i];
     }
     dot = warp_sum(dot);
     const float coef = dot * s * s * s / (float)dim;
     if (V4) {
         for (int i = lane; i < dim / 4; i += 32) {
             const float4 g = reinterpret_cast<const float4 *>(gain)[i];
-            const float4 d = reinterpret_cast<const float4 *>(dy + off)[i], v = reinterpret_cast<const float4 *>(x + off)[i];
-            float4 o = reinterpret_cast<float4 *>(dx + off)[i];
+            const float4 d = reinterpret_cast<const float4 *>(dy)[i], v = reinterpret_cast<const float4 *>(x)[i];
+            float4 o = reinterpret_cast<float4 *>(dx)[i];
             o.x += s * g.x * d.x - coef * v.x;
             o.y += s * g.y * d.y - coef * v.y;
             o.z += s * g.z * d.z - coef * v.z;
             o.w += s * g.w * d.w - coef * v.w;
-            reinterpret_cast<float4 *>(dx + off)[i] = o;
+            reinterpret_cast<float4 *>(dx)[i] = o;
             if (BF16) {
-                __nv_bfloat162 *out = reinterpret_cast<__nv_bfloat162 *>(dx16 + off + 4 * (size_t)i);
+                __nv_bfloat162 *out = reinterpret_cast<__nv_bfloat162 *>(dx16 + 4 * (size_t)i);
                 out[0] = __floats2bfloat162_rn(o.x, o.y);
                 out[1] = __floats2bfloat162_rn(o.z, o.w);
+            }
+            if (GAIN) {
+                float4 a = reinterpret_cast<float4 *>(acc)[i];
+                a.x += d.x * v.x * s, a.y += d.y * v.y * s, a.z += d.z * v.z * s, a.w += d.w * v.w * s;
+                reinterpret_cast<float4 *>(acc)[i] = a;
             }
         }
     } else {
         for (int i = lane; i < dim; i += 32) {
-            dx[off + i] += s * gain[i] * dy[off + i] - coef * x[off + i];
-            if (BF16) dx16[off + i] = __float2bfloat16_rn(dx[off + i]);
+            dx[i] += s * gain[i] * dy[i] - coef * x[i];
+            if (BF16) dx16[i] = __float2bfloat16_rn(dx[i]);
+            if (GAIN) acc[i] += dy[i] * x[i] * s;
         }
+    }
+}
+
+/* one warp per row (the gain gradient is a separate pass: rmsnorm_gain_partials) */
+template <bool V4, bool BF16>
+__global__ void rmsnorm_backward_rows(float *dx, const float *dy, const float *x, const float *inv_rms,
+                                      const float *gain, int n, int dim, __nv_bfloat16 *dx16) {
+    const size_t r = (size_t)blockIdx.x * kRowsPerBlock + threadIdx.x / 32, off = r * (size_t)dim;
+    if (r >= (size_t)n) return;
+    rmsnorm_backward_row<V4, BF16, false>(dx + off, dy + off, x + off, inv_rms[r], gain, dim, BF16 ? dx16 + off : NULL,
+                                          NULL);
+}
+
+/* The rows and the gain partials in one pass: CTA c (kChunkWarps warps) takes rows [c chunk, (c + 1) chunk), warp w
+ * its rows w, w + kChunkWarps, ... in order, accumulating dy x s per column into its own shared row (kChunkWarps x dim
+ * floats, zeroed first); then partials[c][i] = the warps' sums of column i added in warp order. Fixed order:
+ * deterministic. 16 warps of 4 rows each (64-row chunks): as many rows in flight per SM as the two-pass kernels. */
+constexpr int kChunkWarps = 16;
+template <bool V4, bool BF16>
+__global__ void rmsnorm_backward_chunk(float *dx, float *partials, const float *dy, const float *x,
+                                       const float *inv_rms, const float *gain, int n, int dim, __nv_bfloat16 *dx16) {
+    extern __shared__ float4 chunk_shared[];
+    float *acc = reinterpret_cast<float *>(chunk_shared);
+    const int warp = threadIdx.x / 32;
+    for (int i = threadIdx.x; i < kChunkWarps * dim; i += blockDim.x) acc[i] = 0.0f;
+    __syncthreads();
+    const int r0 = blockIdx.x * XLKV_CUDA_TRAIN_ROW_CHUNK, r1 = min(n, r0 + XLKV_CUDA_TRAIN_ROW_CHUNK);
+    for (int r = r0 + warp; r < r1; r += kChunkWarps) {
+        const size_t off = (size_t)r * (size_t)dim;
+        rmsnorm_backward_row<V4, BF16, true>(dx + off, dy + off, x + off, inv_rms[r], gain, dim,
+                                             BF16 ? dx16 + off : NULL, acc + (size_t)warp * dim);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        float sum = 0.0f;
+        for (int w = 0; w < kChunkWarps; w++) sum += acc[(size_t)w * dim + i];
+        partials[(size_t)blockIdx.x * dim + i] = sum;
     }
 }
 
@@ -507,18 +551,82 @@ __global__ void cross_entropy_backward(float *probs, const int *targets, int voc
     for (int c = threadIdx.x; c < vocab; c += blockDim.x) row[c] = row[c] * s - (c == target ? s : 0.0f);
 }
 
+/* one AdamW element (the update of train/optimizer.c): __fmul_rn / __fadd_rn, no contraction into FMAs, so the update
+ * rounds as the CPU loop does */
+__device__ __forceinline__ void adamw_element(float *w, float gi, float *m, float *v, float lr, float beta1, float beta2,
+                                              float eps, float decay, float c1, float c2) {
+    const float mi = __fadd_rn(__fmul_rn(beta1, *m), __fmul_rn(1.0f - beta1, gi));
+    const float vi = __fadd_rn(__fmul_rn(beta2, *v), __fmul_rn(__fmul_rn(1.0f - beta2, gi), gi));
+    *m = mi;
+    *v = vi;
+    const float mhat = mi / c1, vhat = vi / c2;
+    const float update = __fadd_rn(mhat / (sqrtf(vhat) + eps), __fmul_rn(decay, *w));
+    *w = __fadd_rn(*w, -__fmul_rn(lr, update));
+}
+
 __global__ void adamw(float *w, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
                       float eps, float decay, float c1, float c2) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        /* __fmul_rn / __fadd_rn: no contraction into FMAs, so the update rounds as the CPU's does */
-        const float gi = g[i];
-        const float mi = __fadd_rn(__fmul_rn(beta1, m[i]), __fmul_rn(1.0f - beta1, gi));
-        const float vi = __fadd_rn(__fmul_rn(beta2, v[i]), __fmul_rn(__fmul_rn(1.0f - beta2, gi), gi));
-        m[i] = mi;
-        v[i] = vi;
-        const float mhat = mi / c1, vhat = vi / c2;
-        const float update = __fadd_rn(mhat / (sqrtf(vhat) + eps), __fmul_rn(decay, w[i]));
-        w[i] = __fadd_rn(w[i], -__fmul_rn(lr, update));
+        float wi = w[i], mi = m[i], vi = v[i];
+        adamw_element(&wi, g[i], &mi, &vi, lr, beta1, beta2, eps, decay, c1, c2);
+        m[i] = mi, v[i] = vi, w[i] = wi;
+    }
+}
+
+/* AdamW of the bf16 trainer: the gradient times the clip coefficient (*coef, read from device memory: 1 when the norm
+ * is under the limit; one fp32 multiply, as xlkv_cuda_train_scale), the update of adamw(), and w16 = bf16_rne(w) (the
+ * weight shadow) in the same pass; V4: float4 loads / stores, the n % 4 tail by the first threads. */
+template <bool V4>
+__global__ void adamw_bf16(float *w, __nv_bfloat16 *w16, const float *g, float *m, float *v, size_t n,
+                           const float *coef, float lr, float beta1, float beta2, float eps, float decay, float c1,
+                           float c2) {
+    const float k = *coef;
+    const size_t first = blockIdx.x * (size_t)blockDim.x + threadIdx.x, stride = (size_t)gridDim.x * blockDim.x;
+    size_t done = 0;
+    if (V4) {
+        for (size_t i = first; i < n / 4; i += stride) {
+            float4 wi = reinterpret_cast<float4 *>(w)[i], mi = reinterpret_cast<float4 *>(m)[i];
+            float4 vi = reinterpret_cast<float4 *>(v)[i];
+            const float4 gi = reinterpret_cast<const float4 *>(g)[i];
+            adamw_element(&wi.x, __fmul_rn(gi.x, k), &mi.x, &vi.x, lr, beta1, beta2, eps, decay, c1, c2);
+            adamw_element(&wi.y, __fmul_rn(gi.y, k), &mi.y, &vi.y, lr, beta1, beta2, eps, decay, c1, c2);
+            adamw_element(&wi.z, __fmul_rn(gi.z, k), &mi.z, &vi.z, lr, beta1, beta2, eps, decay, c1, c2);
+            adamw_element(&wi.w, __fmul_rn(gi.w, k), &mi.w, &vi.w, lr, beta1, beta2, eps, decay, c1, c2);
+            reinterpret_cast<float4 *>(w)[i] = wi, reinterpret_cast<float4 *>(m)[i] = mi;
+            reinterpret_cast<float4 *>(v)[i] = vi;
+            __nv_bfloat162 *out = reinterpret_cast<__nv_bfloat162 *>(w16 + 4 * i);
+            out[0] = __floats2bfloat162_rn(wi.x, wi.y);
+            out[1] = __floats2bfloat162_rn(wi.z, wi.w);
+        }
+        done = n / 4 * 4;
+    }
+    for (size_t i = done + first; i < n; i += stride) {
+        float wi = w[i], mi = m[i], vi = v[i];
+        adamw_element(&wi, __fmul_rn(g[i], k), &mi, &vi, lr, beta1, beta2, eps, decay, c1, c2);
+        m[i] = mi, v[i] = vi, w[i] = wi;
+        w16[i] = __float2bfloat16_rn(wi);
+    }
+}
+
+/* The chunk partials of the squared gradient summed in chunk order in double (as the host loop did), the norm, and
+ * the clip coefficient: tiles of the partials staged in shared memory by the block, added by thread 0 in order. */
+constexpr int kClipTile = 1024;
+__global__ void clip_coefficient(float *coef, double *norm_out, const double *partials, size_t chunks,
+                                 double max_norm) {
+    __shared__ double tile[kClipTile];
+    double total = 0.0;
+    for (size_t begin = 0; begin < chunks; begin += kClipTile) {
+        const size_t count = chunks - begin < (size_t)kClipTile ? chunks - begin : (size_t)kClipTile;
+        for (size_t i = threadIdx.x; i < count; i += blockDim.x) tile[i] = partials[begin + i];
+        __syncthreads();
+        if (threadIdx.x == 0)
+            for (size_t i = 0; i < count; i++) total += tile[i];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        const double norm = sqrt(total);
+        *norm_out = norm;
+        *coef = max_norm > 0.0 && norm > max_norm ? (float)(max_norm / (norm + 1e-6)) : 1.0f;
     }
 }
 
@@ -591,6 +699,37 @@ int xlkv_cuda_train_rmsnorm_backward_bf16(float *dx, uint16_t *dx16, float *dgai
     rmsnorm_gain_partials<<<dim3(blocks_for((size_t)dim), (unsigned)chunks), kBlock, 0, s>>>(partials, dy, x, inv_rms,
                                                                                             n, dim);
     if ((err = launch_status())) return err;
+    rmsnorm_gain_sum<<<row_blocks(dim), kBlock, 0, s>>>(dgain, partials, chunks, dim);
+    return launch_status();
+}
+
+int xlkv_cuda_train_rmsnorm_backward_folded(float *dx, uint16_t *dx16, float *dgain, const float *dy, const float *x,
+                                            const float *inv_rms, const float *gain, int n, int dim, float *partials,
+                                            void *stream) {
+    if (n < 0 || dim <= 0) return (int)cudaErrorInvalidValue;
+    if (n == 0) return 0;
+    const size_t shared = (size_t)kChunkWarps * (size_t)dim * sizeof(float);
+    int device = 0, optin = 0;
+    cudaError_t e = cudaGetDevice(&device);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (e != cudaSuccess) return (int)e;
+    if (shared > (size_t)optin) /* too wide for one shared row per warp: the two-pass path */
+        return xlkv_cuda_train_rmsnorm_backward_bf16(dx, dx16, dgain, dy, x, inv_rms, gain, n, dim, partials, stream);
+    cudaStream_t s = (cudaStream_t)stream;
+    __nv_bfloat16 *d16 = reinterpret_cast<__nv_bfloat16 *>(dx16);
+    const bool v4 = dim % 4 == 0 && aligned16(dx) && aligned16(dy) && aligned16(x) && aligned16(gain) &&
+                    (uintptr_t)dx16 % 8 == 0;
+    void (*kernel)(float *, float *, const float *, const float *, const float *, const float *, int, int,
+                   __nv_bfloat16 *) = v4 ? (dx16 ? rmsnorm_backward_chunk<true, true> : rmsnorm_backward_chunk<true, false>)
+                                         : (dx16 ? rmsnorm_backward_chunk<false, true>
+                                                 : rmsnorm_backward_chunk<false, false>);
+    if (shared > 48u * 1024u &&
+        (e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared)) != cudaSuccess)
+        return (int)e;
+    const int chunks = (n + XLKV_CUDA_TRAIN_ROW_CHUNK - 1) / XLKV_CUDA_TRAIN_ROW_CHUNK;
+    kernel<<<(unsigned)chunks, kChunkWarps * 32, shared, s>>>(dx, partials, dy, x, inv_rms, gain, n, dim, d16);
+    int err = launch_status();
+    if (err) return err;
     rmsnorm_gain_sum<<<row_blocks(dim), kBlock, 0, s>>>(dgain, partials, chunks, dim);
     return launch_status();
 }
@@ -699,6 +838,29 @@ int xlkv_cuda_train_cross_entropy_backward(float *probs, const int *targets, int
 int xlkv_cuda_train_adamw(float *w, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
                           float eps, float decay, float c1, float c2, void *stream) {
     adamw<<<grid_for(n), kBlock, 0, (cudaStream_t)stream>>>(w, g, m, v, n, lr, beta1, beta2, eps, decay, c1, c2);
+    return launch_status();
+}
+
+int xlkv_cuda_train_adamw_bf16(float *w, uint16_t *w16, const float *g, float *m, float *v, size_t n,
+                               const float *coef, float lr, float beta1, float beta2, float eps, float decay, float c1,
+                               float c2, void *stream) {
+    if (n == 0) return 0;
+    if (!w || !w16 || !g || !m || !v || !coef) return (int)cudaErrorInvalidValue;
+    __nv_bfloat16 *shadow = reinterpret_cast<__nv_bfloat16 *>(w16);
+    cudaStream_t s = (cudaStream_t)stream;
+    if (aligned16(w) && aligned16(g) && aligned16(m) && aligned16(v) && (uintptr_t)w16 % 8 == 0)
+        adamw_bf16<true><<<grid_for(n / 4 + 1), kBlock, 0, s>>>(w, shadow, g, m, v, n, coef, lr, beta1, beta2, eps,
+                                                                 decay, c1, c2);
+    else
+        adamw_bf16<false><<<grid_for(n), kBlock, 0, s>>>(w, shadow, g, m, v, n, coef, lr, beta1, beta2, eps, decay, c1,
+                                                         c2);
+    return launch_status();
+}
+
+int xlkv_cuda_train_clip_coefficient(float *coef, double *norm, const double *partials, size_t chunks,
+                                     double max_norm, void *stream) {
+    if (!coef || !norm || (chunks && !partials)) return (int)cudaErrorInvalidValue;
+    clip_coefficient<<<1, kBlock, 0, (cudaStream_t)stream>>>(coef, norm, partials, chunks, max_norm);
     return launch_status();
 }
 

@@ -4,6 +4,8 @@
  *   rows are tokens; a batch [B, T] is B * T rows, row r at position r % T;
  *   backward launchers ADD into parameter gradients (dgain, dtable) and into inputs marked "+=", overwrite the rest;
  *   every reduction has a fixed order (no atomics), so the same inputs give the same bits on every run.
+ * The bf16 trainer's fused path also uses an RMSNorm backward with the gain gradient folded into the rows pass, a
+ * clip coefficient computed on the device, and an AdamW that applies it and writes the bf16 weight shadow.
  * All buffers are fp32 device memory (master weights, activations, gradients); the products themselves are cuBLAS
  * (backend/cuda/train_gpu.c). Every launcher is asynchronous on `stream` (a cudaStream_t passed as void *) and
  * returns 0 or the cudaError_t of the launch. */
@@ -39,6 +41,17 @@ int xlkv_cuda_train_rmsnorm_backward(float *dx, float *dgain, const float *dy, c
 int xlkv_cuda_train_rmsnorm_backward_bf16(float *dx, uint16_t *dx16, float *dgain, const float *dy, const float *x,
                                           const float *inv_rms, const float *gain, int n, int dim, float *partials,
                                           void *stream);
+
+/* The same result in one pass over dy and x (the bf16 trainer's fused path, XLKV_TRAIN_FUSE): each CTA takes one
+ * chunk of XLKV_CUDA_TRAIN_ROW_CHUNK rows, updates dx (and dx16 when not NULL; dx and dx16 bit-identical to
+ * xlkv_cuda_train_rmsnorm_backward_bf16) and accumulates its chunk's column sums of dy * x * inv_rms in shared memory
+ * (16 warps, each its rows in order, then the warps in order) into `partials` (same size as above); the chunk sums are
+ * added as above. dgain differs from the two-pass launcher only in fp32 summation order inside a chunk; the order is
+ * fixed, so the result is deterministic. Widths whose 16 x dim floats do not fit one block's shared memory (3,600 columns on
+ * an H100) take the two-pass path. Bad sizes (n < 0, dim <= 0) return cudaErrorInvalidValue. */
+int xlkv_cuda_train_rmsnorm_backward_folded(float *dx, uint16_t *dx16, float *dgain, const float *dy, const float *x,
+                                            const float *inv_rms, const float *gain, int n, int dim, float *partials,
+                                            void *stream);
 
 /* In-place interleaved RoPE rotation (direction +1 forward, -1 backward); tables [seq, head_dim / 2]. */
 int xlkv_cuda_train_rope(float *x, int n, int seq, int n_heads, int head_dim, const float *cos_table,
@@ -92,6 +105,17 @@ int xlkv_cuda_train_cross_entropy_backward(float *probs, const int *targets, int
 /* One AdamW update of n parameters (see train/optimizer.h; c1, c2 the bias corrections as fp32). */
 int xlkv_cuda_train_adamw(float *w, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
                           float eps, float decay, float c1, float c2, void *stream);
+/* The bf16 trainer's AdamW (XLKV_TRAIN_FUSE): g is multiplied by *coef (a device float, the clip coefficient below; the
+ * gradient buffer is not changed), then the update of xlkv_cuda_train_adamw, and w16[i] = bf16_rne(w[i]) (the bf16
+ * weight shadow) in the same pass; float4 where w, g, m, v are 16-byte and w16 8-byte aligned. The same bits as
+ * xlkv_cuda_train_scale (when clipping) + xlkv_cuda_train_adamw + a bf16 copy of w. NULL pointers are refused. */
+int xlkv_cuda_train_adamw_bf16(float *w, uint16_t *w16, const float *g, float *m, float *v, size_t n,
+                               const float *coef, float lr, float beta1, float beta2, float eps, float decay, float c1,
+                               float c2, void *stream);
+/* *norm = sqrt(sum of partials[0 .. chunks), added in order in double) and *coef = (float)(max_norm / (norm + 1e-6))
+ * when max_norm > 0 and norm > max_norm, else 1: the host's clipping decision, on the device (no round trip). */
+int xlkv_cuda_train_clip_coefficient(float *coef, double *norm, const double *partials, size_t chunks,
+                                     double max_norm, void *stream);
 /* partials[c] = sum over chunk c (XLKV_CUDA_TRAIN_NORM_CHUNK elements, the last one shorter) of g^2, in double. */
 enum { XLKV_CUDA_TRAIN_NORM_CHUNK = 1 << 16 };
 int xlkv_cuda_train_sum_squares(double *partials, const float *g, size_t n, void *stream);
