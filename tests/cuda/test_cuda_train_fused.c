@@ -36,6 +36,7 @@
 
 static int failures;
 static unsigned long long rng_state = 0x2545F4914F6CDD1Dull;
+static float uniform(void) { return ct_uniform(&rng_state); } /* [-1, 1) */
 static float *random_array(size_t n, float scale) { return ct_random_floats(n, scale, &rng_state); }
 static uint16_t *dev_bf16(size_t n) { /* filled with a sentinel (0xABCD) that no written element is expected to be */
     uint16_t *h = malloc(n * sizeof *h), *d = NULL;
@@ -304,12 +305,12 @@ static void rmsnorm_backward_folded_case(int n, int dim) {
     float *gain = random_array((size_t)dim, 1.5f), *inv = random_array((size_t)n, 1.0f);
     float *dg0 = random_array((size_t)dim, 3.0f);
     for (int r = 0; r < n; r++) inv[r] = 0.5f + fabsf(inv[r]);
-    float *d_x = dev_floats(x, nd), *d_dy = dev_floats(dy, nd), *d_gain = dev_floats(gain, (size_t)dim);
-    float *d_inv = dev_floats(inv, (size_t)n), *d_partials = dev_floats(NULL, (size_t)chunks * dim);
+    float *d_x = ct_dev_floats(x, nd), *d_dy = ct_dev_floats(dy, nd), *d_gain = ct_dev_floats(gain, (size_t)dim);
+    float *d_inv = ct_dev_floats(inv, (size_t)n), *d_partials = ct_dev_floats(NULL, (size_t)chunks * dim);
     float *d_dx[3], *d_dg[3];
     uint16_t *d_dx16[3];
     for (int k = 0; k < 3; k++) {
-        d_dx[k] = dev_floats(dx0, nd), d_dg[k] = dev_floats(dg0, (size_t)dim);
+        d_dx[k] = ct_dev_floats(dx0, nd), d_dg[k] = ct_dev_floats(dg0, (size_t)dim);
         d_dx16[k] = dev_bf16(nd);
     }
     /* 0 and 1: folded (twice), 2: the two-pass launcher */
@@ -321,8 +322,8 @@ static void rmsnorm_backward_folded_case(int n, int dim) {
     float *dx[3], *dg[3];
     uint16_t *dx16[3];
     for (int k = 0; k < 3; k++) {
-        dx[k] = download(d_dx[k], nd * 4), dg[k] = download(d_dg[k], (size_t)dim * 4);
-        dx16[k] = download(d_dx16[k], nd * 2);
+        dx[k] = ct_download(d_dx[k], nd * 4), dg[k] = ct_download(d_dg[k], (size_t)dim * 4);
+        dx16[k] = ct_download(d_dx16[k], nd * 2);
     }
     /* CPU reference in double */
     double dx_err = 0.0, dx_max = 0.0, dg_err = 0.0, dg_err_two_pass = 0.0, scale = 0.0;
@@ -351,7 +352,7 @@ static void rmsnorm_backward_folded_case(int n, int dim) {
     check_floats_equal(what, dx[0], dx[2], nd);
     snprintf(what, sizeof what, "rmsnorm backward folded [%d x %d] bf16(dx) == two-pass", n, dim);
     uint16_t *rne = malloc(nd * 2); /* the CPU's round to nearest even of the folded dx */
-    for (size_t e = 0; e < nd; e++) rne[e] = bf16_rne(dx[0][e]);
+    for (size_t e = 0; e < nd; e++) rne[e] = ct_bf16_rne(dx[0][e]);
     check_bf16(what, dx16[0], dx16[2], rne, nd, 0);
     free(rne);
     snprintf(what, sizeof what, "rmsnorm backward folded [%d x %d] two runs: dx", n, dim);
@@ -384,11 +385,11 @@ static void adamw_case(size_t n, size_t offset, float coef) {
     for (size_t i = 0; i < total; i++) v[i] = fabsf(v[i]);
     const float lr = 1e-2f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, decay = 0.1f;
     const float c1 = (float)(1.0 - pow(0.9, 3.0)), c2 = (float)(1.0 - pow(0.95, 3.0));
-    float *d_w[2], *d_g[2], *d_m[2], *d_v[2], *d_coef = dev_floats(&coef, 1);
+    float *d_w[2], *d_g[2], *d_m[2], *d_v[2], *d_coef = ct_dev_floats(&coef, 1);
     uint16_t *d_w16[2];
     for (int k = 0; k < 2; k++) {
-        d_w[k] = dev_floats(w, total), d_g[k] = dev_floats(g, total), d_m[k] = dev_floats(m, total);
-        d_v[k] = dev_floats(v, total), d_w16[k] = dev_bf16(total);
+        d_w[k] = ct_dev_floats(w, total), d_g[k] = ct_dev_floats(g, total), d_m[k] = ct_dev_floats(m, total);
+        d_v[k] = ct_dev_floats(v, total), d_w16[k] = dev_bf16(total);
     }
     CK_LAUNCH(xlkv_cuda_train_adamw_bf16(d_w[0] + offset, d_w16[0] + offset, d_g[0] + offset, d_m[0] + offset,
                                          d_v[0] + offset, n, d_coef, lr, beta1, beta2, eps, decay, c1, c2, NULL));
@@ -399,13 +400,13 @@ static void adamw_case(size_t n, size_t offset, float coef) {
     float *got_w[2], *got_m[2], *got_v[2];
     uint16_t *got_w16[2];
     for (int k = 0; k < 2; k++) {
-        got_w[k] = download(d_w[k], total * 4), got_m[k] = download(d_m[k], total * 4);
-        got_v[k] = download(d_v[k], total * 4), got_w16[k] = download(d_w16[k], total * 2);
+        got_w[k] = ct_download(d_w[k], total * 4), got_m[k] = ct_download(d_m[k], total * 4);
+        got_v[k] = ct_download(d_v[k], total * 4), got_w16[k] = ct_download(d_w16[k], total * 2);
     }
-    float *got_g = download(d_g[0], total * 4);
+    float *got_g = ct_download(d_g[0], total * 4);
     double err_w = 0, err_m = 0, err_v = 0, max_w = 0, max_m = 0, max_v = 0;
     uint16_t *rne = malloc(total * 2);
-    for (size_t i = 0; i < total; i++) rne[i] = i < offset ? 0xABCDu : bf16_rne(got_w[0][i]);
+    for (size_t i = 0; i < total; i++) rne[i] = i < offset ? 0xABCDu : ct_bf16_rne(got_w[0][i]);
     for (size_t i = offset; i < total; i++) {
         const double gi = (double)g[i] * coef;
         const double mi = 0.9 * m[i] + 0.1 * gi, vi = 0.95 * v[i] + 0.05 * gi * gi;
@@ -445,8 +446,8 @@ static void clip_case(size_t chunks, double max_norm_over_norm) {
     for (size_t c = 0; c < chunks; c++) total += partials[c];
     const double norm = sqrt(total), max_norm = max_norm_over_norm * norm;
     const float want = max_norm > 0.0 && norm > max_norm ? (float)(max_norm / (norm + 1e-6)) : 1.0f;
-    double *d_partials = to_device(partials, chunks * sizeof *partials), *d_norm = to_device(NULL, sizeof(double));
-    float *d_coef = dev_floats(NULL, 1);
+    double *d_partials = ct_to_device(partials, chunks * sizeof *partials), *d_norm = ct_to_device(NULL, sizeof(double));
+    float *d_coef = ct_dev_floats(NULL, 1);
     CK_LAUNCH(xlkv_cuda_train_clip_coefficient(d_coef, d_norm, d_partials, chunks, max_norm, NULL));
     double got_norm = 0.0;
     float got_coef = 0.0f;
