@@ -7,17 +7,13 @@
 #include <stdint.h>
 
 #include "backend/cuda/train_fused.h"
+#include "backend/cuda/train_kernels_common.cuh"
+
+using namespace xlkv_train;
 
 namespace {
 
-constexpr int kBlock = 256, kRowsPerBlock = kBlock / 32;
 constexpr unsigned kMaxBlocks = 1u << 16;
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 unsigned blocks_for(size_t n) {
     const size_t b = (n + kBlock - 1) / kBlock;
@@ -88,14 +84,6 @@ template <bool V4> __global__ void add_out(float *y, const float *a, const float
         done = n / 4 * 4;
     }
     for (size_t i = done + first; i < n; i += stride) y[i] = a[i] + b[i];
-}
-
-/* as train_kernels.cu */
-__device__ __forceinline__ float swiglu_value(float g, float u) { return g * (1.0f / (1.0f + expf(-g))) * u; }
-__device__ __forceinline__ void swiglu_grad(float dh, float g, float u, float *dg, float *du) {
-    const float sig = 1.0f / (1.0f + expf(-g)), silu = g * sig;
-    *dg = dh * u * sig * (1.0f + g * (1.0f - sig));
-    *du = dh * silu;
 }
 
 template <bool V4> __global__ void swiglu_forward_bf16(__nv_bfloat16 *h16, const float *gate, const float *up, size_t n) {

@@ -16,16 +16,12 @@
 #include <stdint.h>
 
 #include "backend/cuda/train_kernels.h"
+#include "backend/cuda/train_kernels_common.cuh"
+
+using namespace xlkv_train;
 
 namespace {
 
-constexpr int kBlock = 256;
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 /* Block-wide reductions (blockDim.x == kBlock); every thread gets the result. */
 template <typename T, typename Op> __device__ T block_reduce(T v, Op op, T *shared) {
@@ -68,7 +64,6 @@ __global__ void embedding_backward(float *dtable, const float *dx, const int *to
 
 /* RMSNorm rows: one warp per row (kRowsPerBlock rows per block), float4 loads when every row is 16-byte aligned
  * (V4), a warp reduction of the squares (no block barriers). */
-constexpr int kRowsPerBlock = kBlock / 32;
 template <bool V4>
 __global__ void rmsnorm_forward(float *y, float *inv_rms, const float *x, const float *gain, int n, int dim, float eps) {
     const size_t r = (size_t)blockIdx.x * kRowsPerBlock + threadIdx.x / 32;
@@ -224,12 +219,6 @@ __global__ void rope(float *x, int n, int seq, int n_heads, int head_dim, const 
 
 /* Elementwise kernels: grid-stride over float4 groups when every pointer is 16-byte aligned (n % 4 leftovers done
  * by the first threads), else over single elements. Same formula per element either way. */
-__device__ __forceinline__ float swiglu_value(float g, float u) { return g * (1.0f / (1.0f + expf(-g))) * u; }
-__device__ __forceinline__ void swiglu_grad(float dh, float g, float u, float *dg, float *du) {
-    const float sig = 1.0f / (1.0f + expf(-g)), silu = g * sig;
-    *dg = dh * u * sig * (1.0f + g * (1.0f - sig));
-    *du = dh * silu;
-}
 
 template <bool V4> __global__ void swiglu_forward(float *h, const float *gate, const float *up, size_t n) {
     const size_t stride = (size_t)gridDim.x * blockDim.x, first = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
