@@ -26,8 +26,9 @@ static size_t carve_all(xlkv_train_graph *g, float *base) {
     g->rope_cos = take(base, &cursor, (size_t)g->seq * (size_t)(hp->head_dim / 2));
     g->rope_sin = take(base, &cursor, (size_t)g->seq * (size_t)(hp->head_dim / 2));
     for (int r = 0; r < g->n_records; r++)
-        xlkv_tape_carve_record(&g->records[r], hp, N, xlkv_is_kv_layer(map, g->records[r].layer), base, &cursor, 1);
-    xlkv_tape_carve_record(g->scratch, hp, N, false, base, &cursor, 1);
+        xlkv_tape_carve_record(&g->records[r], hp, N, xlkv_is_kv_layer(map, g->records[r].layer), true, base, &cursor,
+                               1);
+    xlkv_tape_carve_record(g->scratch, hp, N, false, true, base, &cursor, 1);
     if (xlkv_layer_map_has_cyclic(map)) {
         g->const_k = take(base, &cursor, (size_t)map->n_kv_layers * N * kv_dim);
         g->const_v = take(base, &cursor, (size_t)map->n_kv_layers * N * kv_dim);

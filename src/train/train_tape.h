@@ -40,8 +40,10 @@ int xlkv_tape_plan(const xlkv_layer_map *map, int backward_passes, xlkv_layer_re
  * of `align` floats (1: packed; 64: 256-byte aligned buffers for the GPU). */
 float *xlkv_tape_take(float *base, size_t *cursor, size_t n, size_t align);
 
-/* A record's activations for a batch of n_rows rows; K/V and their gradients only when with_kv. */
-void xlkv_tape_carve_record(xlkv_layer_record *rec, const xlkv_hparams *hp, size_t n_rows, bool with_kv, float *base,
-                            size_t *cursor, size_t align);
+/* A record's activations for a batch of n_rows rows; K/V and their gradients only when with_kv; the fp32 product
+ * inputs xb, xb2 and h only when with_fp32_inputs (NULL otherwise: the bf16 CUDA trainer's fused path keeps only
+ * their bf16 copies, 2 N (2 dim + hidden) bytes per record instead of 4). */
+void xlkv_tape_carve_record(xlkv_layer_record *rec, const xlkv_hparams *hp, size_t n_rows, bool with_kv,
+                            bool with_fp32_inputs, float *base, size_t *cursor, size_t align);
 
 #endif

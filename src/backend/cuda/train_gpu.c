@@ -33,7 +33,9 @@
  *         max_out = max(dim, q_dim, kv_dim, 2 hidden, q_dim + 2 kv_dim, vocab)):
  *           params_bf16 2 n_params; x_bf16 2 N max_in; dy_bf16 2 N max_out;
  *           record copies 2 N (2 dim + q_dim + hidden) per grad record;
- *         less the fp32 probs (4 N vocab) that the fused cross-entropy does without;
+ *         less the fp32 probs (4 N vocab) that the fused cross-entropy does without, and less the records' fp32
+ *         product inputs xb, xb2, h (4 N (2 dim + hidden) per record: 2.6 GiB for `small`) that the fused layer
+ *         passes do without (train_tape.h, with_fp32_inputs);
  *         for `small` (12 x 768, hidden 2048, vocab 32,000, tied) at 16,384 rows, standard map (12 records):
  *         0.2 + 0.06 + 1.0 (the classifier's logits / gradient) + 1.7 GiB = ~2.9 GiB, and 2.0 GiB of probs saved.
  *         Every allocation failure names its buffer and suggests XLKV_TRAIN_GEMM=fp32ops.
@@ -183,9 +185,11 @@ static size_t carve_all(xlkv_gpu_trainer *g, float *base) {
     size_t cursor = 0;
     g->rope_cos = take(base, &cursor, (size_t)g->seq * (size_t)(hp->head_dim / 2));
     g->rope_sin = take(base, &cursor, (size_t)g->seq * (size_t)(hp->head_dim / 2));
+    const bool fp32_inputs = !g->fuse; /* the fused path reads only the bf16 copies (record_inputs) */
     for (int r = 0; r < g->n_records; r++)
-        xlkv_tape_carve_record(&g->records[r], hp, N, xlkv_is_kv_layer(map, g->records[r].layer), base, &cursor, 64);
-    xlkv_tape_carve_record(&g->scratch, hp, N, false, base, &cursor, 64);
+        xlkv_tape_carve_record(&g->records[r], hp, N, xlkv_is_kv_layer(map, g->records[r].layer), fp32_inputs, base,
+                               &cursor, 64);
+    xlkv_tape_carve_record(&g->scratch, hp, N, false, fp32_inputs, base, &cursor, 64);
     if (xlkv_layer_map_has_cyclic(map)) {
         g->const_k = take(base, &cursor, (size_t)map->n_kv_layers * N * kv_dim);
         g->const_v = take(base, &cursor, (size_t)map->n_kv_layers * N * kv_dim);
