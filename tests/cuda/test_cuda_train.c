@@ -483,16 +483,8 @@ static void gradients_match_cpu(void **state) {
 }
 
 static xlkv_trainer *make_trainer(const char *data, const model_case *c, bool cuda, bool bf16, long steps) {
-    xlkv_hparams hp = tiny_hparams(c->m, c->b);
-    xlkv_param_store *store = NULL;
-    TU_ASSERT_OK(xlkv_store_from_shape(&hp, c->map, 11, &store));
-    xlkv_train_options o = xlkv_train_default_options();
-    o.batch = 4, o.seq = 32, o.steps = steps, o.warmup = 2, o.lr = 3e-3f, o.min_lr = 3e-4f, o.eval_batches = 2;
-    o.forward_passes = c->m, o.backward_passes = c->b, o.accum = 2;
-    o.device_cuda = cuda, o.cuda_bf16 = bf16;
-    xlkv_trainer *tr = NULL;
-    TU_ASSERT_OK(xlkv_trainer_create(store, data, &o, &tr));
-    return tr;
+    const xlkv_hparams hp = tiny_hparams(c->m, c->b);
+    return tt_tiny_trainer(data, &hp, c->map, c->m, c->b, cuda, bf16, steps);
 }
 
 static void trainers_agree(void **state) {

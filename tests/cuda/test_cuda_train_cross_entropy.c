@@ -163,16 +163,8 @@ static double rel_diff(double a, double b) {
 }
 
 static xlkv_trainer *make_trainer(const char *data, const model_case *c, long steps) {
-    xlkv_hparams hp = tiny_hparams(c);
-    xlkv_param_store *store = NULL;
-    TU_ASSERT_OK(xlkv_store_from_shape(&hp, c->map, 11, &store));
-    xlkv_train_options o = xlkv_train_default_options();
-    o.batch = 4, o.seq = 32, o.steps = steps, o.warmup = 2, o.lr = 3e-3f, o.min_lr = 3e-4f, o.eval_batches = 2;
-    o.forward_passes = c->m, o.backward_passes = c->b, o.accum = 2;
-    o.device_cuda = true, o.cuda_bf16 = true;
-    xlkv_trainer *tr = NULL;
-    TU_ASSERT_OK(xlkv_trainer_create(store, data, &o, &tr));
-    return tr;
+    const xlkv_hparams hp = tiny_hparams(c);
+    return tt_tiny_trainer(data, &hp, c->map, c->m, c->b, true, true, steps);
 }
 
 static void fused_matches_fp32_cross_entropy(void **state) {

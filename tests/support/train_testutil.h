@@ -6,7 +6,10 @@
  *                                            previous one, so a model can learn part of it); free() the path
  *   tt_worst_tensor_error(layout, a, b, &name)  over the tensors of the layout's parameter array: the worst
  *                                            max |a - b| / max |b| (absolute where b is all zeros; NaN counts as
- *                                            infinite), and the name of that tensor */
+ *                                            infinite), and the name of that tensor
+ *   tt_tiny_trainer(data, hp, map, m, b, cuda, bf16, steps)  a trainer over a new store of shape hp under map
+ *                                            (seed 11) with the options the trainer tests share: batch 4 x 32,
+ *                                            accumulation 2, 2 warm-up steps, lr 3e-3 -> 3e-4, 2 eval batches */
 #ifndef XLKV_TESTS_TRAIN_TESTUTIL_H
 #define XLKV_TESTS_TRAIN_TESTUTIL_H
 
@@ -17,6 +20,7 @@
 #include "core/file.h"
 #include "train/model_setup.h"
 #include "train/token_shards.h"
+#include "train/trainer.h"
 
 static inline char *tt_token_data_dir(int len, int n_train, int vocab) {
     char *dir = tu_temp_dir();
@@ -50,6 +54,19 @@ static inline double tt_worst_tensor_error(const xlkv_param_store *layout, const
         if (err > worst || isnan(err)) worst = err, *worst_name = tensor->name;
     }
     return worst;
+}
+
+static inline xlkv_trainer *tt_tiny_trainer(const char *data, const xlkv_hparams *hp, const char *map, int m, int b,
+                                            bool cuda, bool bf16, long steps) {
+    xlkv_param_store *store = NULL;
+    TU_ASSERT_OK(xlkv_store_from_shape(hp, map, 11, &store));
+    xlkv_train_options o = xlkv_train_default_options();
+    o.batch = 4, o.seq = 32, o.steps = steps, o.warmup = 2, o.lr = 3e-3f, o.min_lr = 3e-4f, o.eval_batches = 2;
+    o.forward_passes = m, o.backward_passes = b, o.accum = 2;
+    o.device_cuda = cuda, o.cuda_bf16 = bf16;
+    xlkv_trainer *tr = NULL;
+    TU_ASSERT_OK(xlkv_trainer_create(store, data, &o, &tr));
+    return tr;
 }
 
 #endif
