@@ -60,6 +60,9 @@ static cJSON *line_of(const bench_options *o, const char *map) {
     cJSON_AddNumberToObject(line, "seq", o->seq);
     cJSON_AddStringToObject(line, "map", map);
     cJSON_AddStringToObject(line, "dtype", o->bf16 ? "bf16" : "f32");
+    /* the GPU machine gets a copy of the tree without .git: the caller names the commit, as for bench_gpu */
+    const char *commit = getenv("XLKV_COMMIT");
+    cJSON_AddStringToObject(line, "commit", commit && *commit ? commit : "unknown");
     return line;
 }
 
