@@ -25,7 +25,10 @@
  * kept for A/B runs: XLKV_GEMV=old in the environment selects it; XLKV_GEMV=pdl launches the streaming kernel as a
  * programmatic dependent of the kernel before it (read at every launch, so a benchmark can switch; a CUDA graph
  * keeps what it captured). All three give the same bits.
- * Cost: out x in x 2 bytes of W read once, plus n x in elements per CTA from L2. Accumulation in fp32. */
+ * Cost: out x in x 2 bytes of W read once, plus n x in elements per CTA from L2. Accumulation in fp32.
+ * The streaming kernel's pieces (burst geometry, issue_burst, use_burst, prepare_rows) live in kernels_gemv_common.cuh,
+ * shared with kernels_gemv_chain.cu, which runs several of these products in one persistent launch (grid barriers
+ * between them) with the same bits. */
 #include <stdlib.h>
 #include <string.h>
 
