@@ -114,6 +114,7 @@ typedef struct run_info {
     const char *device;
     bool unfused;
     bool no_varlen;
+    const char *gemv_chain; /* XLKV_GEMV_CHAIN as the engine reads it ("1" when unset: the full chain) */
     double bandwidth;  /* bytes/s, 0 if not measured */
     double peak_flops; /* FLOP/s, 0 if not measured */
 } run_info;
@@ -398,6 +399,8 @@ static void json_begin(const run_info *ri, const char *what, const char *map, co
             ri->device);
     if (ri->unfused) fprintf(ri->out, ", \"kernels\": \"unfused\"");
     if (ri->no_varlen) fprintf(ri->out, ", \"prefill\": \"one_by_one\"");
+    char buf[64];
+    fprintf(ri->out, ", \"gemv_chain\": \"%s\"", json_escape(ri->gemv_chain, buf, sizeof buf));
     if (map) fprintf(ri->out, ", \"map\": \"%s\", \"kv_layers\": %d", map, m->map->n_kv_layers);
 }
 
@@ -544,6 +547,8 @@ int main(int argc, char **argv) {
     const char *varlen = getenv("XLKV_CUDA_VARLEN");
     if (varlen && !strcmp(varlen, "0")) o.no_varlen = true; /* the engine reads it too: the JSON says so */
     run_info ri = {.shape = o.shape, .device = o.device, .unfused = o.unfused, .no_varlen = o.no_varlen};
+    const char *gemv_chain = getenv("XLKV_GEMV_CHAIN"); /* the products of a batch-1 layer in one launch (A/B) */
+    ri.gemv_chain = gemv_chain && *gemv_chain ? gemv_chain : "1";
     size_t device_free = 0, device_total = 0;
     const bool on_cuda = !strcmp(o.device, "cuda");
     if (on_cuda) {
@@ -626,8 +631,8 @@ int main(int argc, char **argv) {
             } else {
                 t0 = xlkv_now_seconds();
                 measure_single(&o, &views[i], &singles[i]);
-                printf("%-18s decode b1 %8.1f tokens/s, prefill 2048 %9.1f tokens/s (%.1f s)%s%s\n", o.maps[i],
-                       singles[i].decode_tps, singles[i].prefill_tps, xlkv_now_seconds() - t0,
+                printf("%-18s decode b1 %8.1f tokens/s, prefill 2048 %9.1f tokens/s (%.1f s, XLKV_GEMV_CHAIN=%s)%s%s\n",
+                       o.maps[i], singles[i].decode_tps, singles[i].prefill_tps, xlkv_now_seconds() - t0, ri.gemv_chain,
                        singles[i].error[0] ? ": " : "", singles[i].error);
             }
             const single_figures *f = &singles[i];

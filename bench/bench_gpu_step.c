@@ -8,7 +8,9 @@
  * sampler, each alone, and then a whole decode step (22 layers with their own weights, attention included, logits,
  * sampling) captured in one CUDA graph and replayed: its time is the engine's step without host work, so B x 1e6 / us
  * is the decode tokens/s the kernels allow (bench_gpu's decode_b1 measures the engine itself); the step is timed with
- * the fused attention and again with the three launches (XLKV_DECODE_FUSED=0 in the engine). The fused pieces alone
+ * the fused attention and again with the three launches (XLKV_DECODE_FUSED=0 in the engine), then with the products
+ * of a layer chained (xlkv_cuda_gemv_chain: o, gate|up, down in one launch = XLKV_GEMV_CHAIN=mlp; plus the next
+ * layer's qkv = the engine's default; the chains are also timed alone). The fused pieces alone
  * cycle through the 22 layers' weights (cold in L2, as in the step). Both few-row kernels are timed in one run: the
  * streaming one (default), the previous one (XLKV_GEMV=old) and the streaming one launched as programmatic dependents
  * (XLKV_GEMV=pdl), set by this program for its second and third tables. Each piece is timed twice: one launch between
@@ -91,6 +93,7 @@ typedef struct step_ctx {
     const void *gemm_w;
     unsigned *attn_counters; /* the fused decode attention's per-(row, KV head) counters, zero between launches */
     int unfused_attention;   /* the step graph runs rope_kv_write + the two-launch attention instead of the fused one */
+    int chain;               /* the step graph chains o, gate|up, down (3) and the next layer's qkv (4); 0: separate */
 } step_ctx;
 
 static void run_gemm(void *p) {
@@ -222,16 +225,40 @@ static void run_sample(void *p) {
                               c->stream),
              "sample");
 }
+/* o, gate|up and down of c->layer (and with `with_qkv` the qkv product of the next layer) in ONE launch
+ * (xlkv_cuda_gemv_chain, what the engine runs unless XLKV_GEMV_CHAIN=0) */
+static void run_chain_stages(step_ctx *c, int with_qkv) {
+    const int next = (c->layer + 1) % LAYERS;
+    const void *w_o = layer_weight(c, 1), *w_gu = layer_weight(c, 2), *w_down = layer_weight(c, 3);
+    c->layer = next;
+    const void *w_qkv = layer_weight(c, 0);
+    const xlkv_cuda_gemv_input norm = {.kind = XLKV_GEMV_INPUT_RMSNORM, .gain = c->gain, .eps = 1e-5f};
+    const xlkv_cuda_gemv_stage stages[4] = {
+        {.y = c->x, .accumulate = 1, .x = c->y, .w = w_o, .in = DIM, .out = DIM},
+        {.y = c->big, .x = c->x, .input = norm, .w = w_gu, .in = DIM, .out = 2 * FFN},
+        {.y = c->x, .accumulate = 1, .x = c->big, .input = {.kind = XLKV_GEMV_INPUT_SWIGLU}, .w = w_down, .in = FFN,
+         .out = DIM},
+        {.y = c->big, .x = c->x, .input = norm, .w = w_qkv, .in = DIM, .out = 2560},
+    };
+    check_rc(xlkv_cuda_gemv_chain(stages, with_qkv ? 4 : 3, c->batch, XLKV_DTYPE_BF16, c->stream), "gemv chain");
+    if (!c->rotate_layers) c->layer = (c->layer + LAYERS - 1) % LAYERS;
+}
+static void run_chain_mlp(void *p) { run_chain_stages(p, 0); }
+static void run_chain_mlp_qkv(void *p) { run_chain_stages(p, 1); }
 /* One decode step the way cuda_executor.c runs it for few rows (embedding left out: one tiny copy). */
 static void run_fused_step(void *p) {
     step_ctx *c = p;
     for (int l = 0; l < LAYERS; l++) {
         c->layer = l;
-        run_fused_qkv(c);
+        if (c->chain != 4 || l == 0) run_fused_qkv(c); /* else the previous layer's chain computed it */
         if (c->unfused_attention)
             run_rope_attention_unfused(c);
         else
             run_rope_attention_fused(c);
+        if (c->chain) {
+            run_chain_stages(c, c->chain == 4 && l + 1 < LAYERS);
+            continue;
+        }
         run_fused_o(c);
         run_fused_gate_up(c);
         run_fused_down(c);
@@ -267,8 +294,9 @@ static double graph_us_per_launch(launch_fn fn, step_ctx *c) {
     return ms * 1e3 / LAYERS;
 }
 
-/* The fused pieces one by one, then the whole step in one graph, with the few-row kernel the environment selects. */
-static void bench_fused_kernel(step_ctx *c, const char *kernel) {
+/* The fused pieces one by one, then the whole step in one graph, with the few-row kernel the environment selects;
+ * with `with_chain` also the chained products (xlkv_cuda_gemv_chain) alone and in the step. */
+static void bench_fused_kernel(step_ctx *c, const char *kernel, int with_chain) {
     const size_t per_layer = QKV_W + O_W + GU_W + DOWN_W;
     printf("\nfused few-row path (what the engine runs at batch %d), %s, one launch each (launch gaps included)\n",
            c->batch, kernel);
@@ -284,10 +312,13 @@ static void bench_fused_kernel(step_ctx *c, const char *kernel) {
         {"logits product + rmsnorm in", run_fused_logits, 2.0 * (double)VOCAB * DIM},
         {"sample_split (greedy)", run_sample_split, 0},
         {"sample one CTA (greedy)", run_sample, 0},
+        {"chain o,gate_up,down (1 launch)", run_chain_mlp, 2.0 * (double)(O_W + GU_W + DOWN_W)},
+        {"chain o,gate_up,down,next qkv", run_chain_mlp_qkv, 2.0 * (double)(O_W + GU_W + DOWN_W + QKV_W)},
     };
     double products_us = 0, products_graph_us = 0;
     c->rotate_layers = 1;
     for (size_t i = 0; i < sizeof pieces / sizeof pieces[0]; i++) {
+        if (!with_chain && (pieces[i].fn == run_chain_mlp || pieces[i].fn == run_chain_mlp_qkv)) continue;
         const double ms = time_ms(pieces[i].fn, c, c->stream);
         const double graph_us = graph_us_per_launch(pieces[i].fn, c);
         if (pieces[i].weight_bytes > 0)
@@ -307,9 +338,12 @@ static void bench_fused_kernel(step_ctx *c, const char *kernel) {
            products_us, 2.0 * (double)per_layer / products_us / 1e3, 2.0 * (double)per_layer / 1e6, products_graph_us,
            2.0 * (double)per_layer / products_graph_us / 1e3);
 
-    /* the whole step in one graph: rope + attention fused (the default), then the three launches it replaces */
-    for (int unfused = 0; unfused <= 1; unfused++) {
+    /* the whole step in one graph: rope + attention fused (the default), then the three launches it replaces; with
+     * `with_chain` then the chained products (MLP half; MLP half + next qkv: what the engine runs by default) */
+    for (int variant = 0; variant < (with_chain ? 4 : 2); variant++) {
+        const int unfused = variant == 1;
         c->unfused_attention = unfused;
+        c->chain = variant == 2 ? 3 : variant == 3 ? 4 : 0;
         run_fused_step(c); /* direct run first: sets kernel attributes outside the capture */
         check(cudaStreamSynchronize(c->stream), "sync");
         cudaGraph_t graph;
@@ -322,12 +356,16 @@ static void bench_fused_kernel(step_ctx *c, const char *kernel) {
         const double kv = (double)LAYERS * c->batch * c->context * 2 * 256 * 2;
         printf("decode step in one CUDA graph (%s): %.1f us -> %.0f tokens/s at batch %d; %.0f GB/s of weights + "
                "KV (%.2f GB per step)\n",
-               unfused ? "rope_kv_write + 2-launch attention, XLKV_DECODE_FUSED=0" : "rope + attention fused",
+               variant == 1   ? "rope_kv_write + 2-launch attention, XLKV_DECODE_FUSED=0"
+               : variant == 2 ? "rope + attention fused, o,gate_up,down chained, XLKV_GEMV_CHAIN=mlp"
+               : variant == 3 ? "rope + attention fused, o,gate_up,down,next qkv chained, XLKV_GEMV_CHAIN=1"
+                              : "rope + attention fused, products separate, XLKV_GEMV_CHAIN=0",
                ms * 1e3, c->batch * 1e3 / ms, c->batch, (weights + kv) / ms / 1e6, (weights + kv) / 1e9);
         cudaGraphExecDestroy(step_graph);
         cudaGraphDestroy(graph);
     }
     c->unfused_attention = 0;
+    c->chain = 0;
 }
 
 static void bench_fused(step_ctx *c) {
@@ -355,11 +393,11 @@ static void bench_fused(step_ctx *c) {
     c->layer = 0;
     /* the streaming kernel (default), the previous one (XLKV_GEMV=old), the streaming one with programmatic
      * dependent launches (XLKV_GEMV=pdl), in the same run */
-    bench_fused_kernel(c, "streaming kernel (default)");
+    bench_fused_kernel(c, "streaming kernel (default)", 1);
     if (setenv("XLKV_GEMV", "old", 1) != 0) exit(1);
-    bench_fused_kernel(c, "previous kernel, XLKV_GEMV=old");
+    bench_fused_kernel(c, "previous kernel, XLKV_GEMV=old", 0);
     if (setenv("XLKV_GEMV", "pdl", 1) != 0) exit(1);
-    bench_fused_kernel(c, "streaming kernel as programmatic dependent launches, XLKV_GEMV=pdl");
+    bench_fused_kernel(c, "streaming kernel as programmatic dependent launches, XLKV_GEMV=pdl", 0);
     if (unsetenv("XLKV_GEMV") != 0) exit(1);
 }
 

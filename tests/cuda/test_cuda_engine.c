@@ -12,6 +12,7 @@
  *   (g) errors: capacity, memory budgets, bad tokens, and the KV pool holding more sequences under a sharing map;
  *   (h) bf16 passes of few rows: the fused products and chunked sampler give the bits of the separate kernels;
  *   (h2) the fused decode attention (RoPE + K/V write + attention, one launch) gives the bits of the three launches;
+ *   (h3) the chained products of a layer (xlkv_cuda_gemv_chain, XLKV_GEMV_CHAIN) give the bits of separate launches;
  *   (i) short prompts of the sequential mode prefilled together equal each prefilled alone;
  *   (j) varlen prefill (plan-mode prompts of a step in one pass) equals one prompt per pass, on several maps. */
 #include <cjson/cJSON.h>
@@ -852,6 +853,82 @@ static void fused_decode_attention_equals_three_launches(void **state) {
         }
 }
 
+/* ---- (h3) the chained products equal the separate launches -------------------------------------------------- */
+
+static void select_gemv_chain(const char *value) {
+    if (value)
+        assert_int_equal(setenv("XLKV_GEMV_CHAIN", value, 1), 0);
+    else
+        assert_int_equal(unsetenv("XLKV_GEMV_CHAIN"), 0);
+}
+
+/* bf16 passes of <= 8 rows run the products of a layer as a chain (xlkv_cuda_gemv_chain: o, gate|up, down and the
+ * next layer's qkv in one launch) unless XLKV_GEMV_CHAIN (read at every layer) says "mlp" (the first three only) or
+ * "0" (separate launches). All three compute the same bits: the logits of a 48-token prompt in sequential mode (every
+ * token a decode row) and of prefill chunks 5,1,1,8,12,1x3 (chunks of <= 8 rows chain too; a cyclic group over a
+ * chunk restores x between iterations, so nothing chains across it), and the generated streams (6 together, each
+ * alone: greedy, penalized, sampled rows; graphs captured with each setting) must be identical to "0"'s, on maps with
+ * and without sharing and a cyclic map with sliding windows. */
+static void chained_products_equal_separate_launches(void **state) {
+    (void)state;
+    const char *const maps[] = {"standard", "cla:2", "lckv:1", "0s_1_2s_3"};
+    const char *const modes[] = {"1", "mlp", "0"}; /* the last is the reference */
+    enum { N_CHAIN_MODES = 3, N_TOTAL = 48, N_SPECS = 6 };
+    xlkv_hparams hp = medium_hparams(64);
+    int tokens[N_TOTAL];
+    fill_tokens(tokens, N_TOTAL, hp.vocab_size, 43);
+    const int sequential_chunks[] = {N_TOTAL}, plan_chunks[] = {5, 1, 1, 8, 12, 1, 1, 1};
+    for (size_t m = 0; m < sizeof maps / sizeof maps[0]; m++) {
+        xlkv_model *model = random_model(maps[m], &hp, 23 + m);
+        for (int sequential = 1; sequential >= 0; sequential--) {
+            xlkv_engine_params p = engine_params(XLKV_ENGINE_BF16, 8);
+            p.prefill_mode = sequential ? XLKV_PREFILL_SEQUENTIAL : XLKV_PREFILL_PLAN;
+            const int *chunks = sequential ? sequential_chunks : plan_chunks;
+            const int n_chunks = sequential ? 1 : 8;
+            const size_t n = (size_t)sum(chunks, n_chunks) * (size_t)hp.vocab_size;
+            float *logits[N_CHAIN_MODES];
+            for (int k = 0; k < N_CHAIN_MODES; k++) {
+                select_gemv_chain(modes[k]);
+                logits[k] = gpu_logits(model, &p, tokens, chunks, n_chunks);
+            }
+            select_gemv_chain(NULL);
+            for (int k = 0; k < N_CHAIN_MODES - 1; k++) {
+                size_t differ = 0;
+                for (size_t i = 0; i < n; i++)
+                    differ += memcmp(&logits[k][i], &logits[N_CHAIN_MODES - 1][i], sizeof(float)) != 0;
+                char what[112];
+                snprintf(what, sizeof what, "(h3) bf16 logits XLKV_GEMV_CHAIN=%s vs 0, %s, %s", modes[k],
+                         sequential ? "sequential 48" : "chunks 5,1,1,8,12,1x3", maps[m]);
+                printf("check %-58s %zu of %zu differ, max |diff| %.3g\n", what, differ, n,
+                       tu_max_abs_diff(logits[k], logits[N_CHAIN_MODES - 1], n));
+                if (differ) fail_msg("%s: %zu logits differ", what, differ);
+            }
+            for (int k = 0; k < N_CHAIN_MODES; k++) free(logits[k]);
+        }
+
+        stream_spec specs[N_SPECS];
+        specs_for(specs, N_SPECS, hp.vocab_size, 20);
+        token_stream streams[N_CHAIN_MODES][N_SPECS], alone[N_CHAIN_MODES][N_SPECS];
+        for (int k = 0; k < N_CHAIN_MODES; k++) {
+            select_gemv_chain(modes[k]);
+            xlkv_engine_params p = engine_params(XLKV_ENGINE_BF16, 8);
+            void *engine = engine_create(model, &p);
+            generate_together(engine, specs, N_SPECS, streams[k]);
+            generate_alone(engine, specs, N_SPECS, alone[k]);
+            cuda()->destroy(engine);
+        }
+        select_gemv_chain(NULL);
+        for (int k = 0; k < N_CHAIN_MODES - 1; k++) {
+            char what[112];
+            snprintf(what, sizeof what, "(h3) 6 together, XLKV_GEMV_CHAIN=%s vs 0, %s", modes[k], maps[m]);
+            assert_same_streams(streams[N_CHAIN_MODES - 1], streams[k], N_SPECS, what);
+            snprintf(what, sizeof what, "(h3) each alone, XLKV_GEMV_CHAIN=%s vs 0, %s", modes[k], maps[m]);
+            assert_same_streams(alone[N_CHAIN_MODES - 1], alone[k], N_SPECS, what);
+        }
+        xlkv_model_free(model);
+    }
+}
+
 /* ---- (i) short prompts of the sequential mode are prefilled together ------------------------------------------- */
 
 /* Under a cyclic map, prompts of <= iterations tokens run token by token; the engine prefills all pending ones of a
@@ -1075,6 +1152,7 @@ int main(void) {
         cmocka_unit_test(graphs_on_equals_off),
         cmocka_unit_test(fused_equals_unfused_bf16),
         cmocka_unit_test(fused_decode_attention_equals_three_launches),
+        cmocka_unit_test(chained_products_equal_separate_launches),
         cmocka_unit_test(sequential_prefill_together_equals_alone),
         cmocka_unit_test(varlen_prefill_equals_one_by_one),
         cmocka_unit_test(errors_are_clear),

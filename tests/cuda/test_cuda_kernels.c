@@ -1167,6 +1167,214 @@ static void gemv_fused_matches_cpu_and_unfused(void **state) {
     }
 }
 
+/* ---------------------------------------------------------------- the chain of few-row products */
+
+/* A chain over device buffers [n, row_elems[b]] (bf16, or fp32 where f32[b]); stage fields index the buffers. */
+enum { CHAIN_MAX_BUFFERS = 6 };
+typedef struct chain_stage_spec {
+    int y, x; /* buffer indices */
+    int accumulate, kind, x_stride, in, out;
+} chain_stage_spec;
+typedef struct chain_case {
+    const char *name;
+    int n_buffers;
+    int row_elems[CHAIN_MAX_BUFFERS];
+    int f32[CHAIN_MAX_BUFFERS];
+    int output_only[CHAIN_MAX_BUFFERS]; /* written without accumulate, read only after: poisoned before each run */
+    int n_stages;
+    chain_stage_spec stage[XLKV_CUDA_GEMV_CHAIN_MAX_STAGES];
+} chain_case;
+
+/* The chains: a tinyllama layer's o, gate|up, down and the next layer's qkv (dim 2048, MLP 5632, q_dim 2048, qkv
+ * 2560), and odd shapes: `in` not a multiple of the 2048-weight burst (2056, 72), `out` below the grid's warps (5, 33)
+ * and above them (4112 > 2 CTAs x 132 SMs x 8 warps), every input kind, fp32 and bf16 outputs, accumulate on and
+ * off, strided x, and a stage that overwrites (+=) what the first stage read. */
+static const chain_case CHAIN_CASES[] = {
+    {.name = "tinyllama o,gate|up,down,qkv",
+     .n_buffers = 4, /* x, att, gate_up, qkv */
+     .row_elems = {2048, 2048, 11264, 2560},
+     .output_only = {0, 0, 1, 1},
+     .n_stages = 4,
+     .stage = {{.y = 0, .x = 1, .accumulate = 1, .kind = XLKV_GEMV_INPUT_PLAIN, .in = 2048, .out = 2048},
+               {.y = 2, .x = 0, .kind = XLKV_GEMV_INPUT_RMSNORM, .in = 2048, .out = 11264},
+               {.y = 0, .x = 2, .accumulate = 1, .kind = XLKV_GEMV_INPUT_SWIGLU, .in = 5632, .out = 2048},
+               {.y = 3, .x = 0, .kind = XLKV_GEMV_INPUT_RMSNORM, .in = 2048, .out = 2560}}},
+    {.name = "odd shapes",
+     .n_buffers = 4, /* h0 [2056], h1 [4112], h2 fp32 [5], h3 [33] */
+     .row_elems = {2056, 4112, 5, 33},
+     .f32 = {0, 0, 1, 0},
+     .output_only = {0, 1, 0, 1},
+     .n_stages = 4,
+     .stage = {{.y = 1, .x = 0, .kind = XLKV_GEMV_INPUT_RMSNORM, .in = 2056, .out = 4112},
+               {.y = 2, .x = 1, .accumulate = 1, .kind = XLKV_GEMV_INPUT_SWIGLU, .in = 2056, .out = 5},
+               {.y = 0, .x = 1, .accumulate = 1, .kind = XLKV_GEMV_INPUT_PLAIN, .x_stride = 4112, .in = 72,
+                .out = 2056},
+               {.y = 3, .x = 0, .kind = XLKV_GEMV_INPUT_RMSNORM, .in = 2056, .out = 33}}},
+};
+
+typedef struct chain_run {
+    void *buf[CHAIN_MAX_BUFFERS];
+    float *init[CHAIN_MAX_BUFFERS];
+    void *w[XLKV_CUDA_GEMV_CHAIN_MAX_STAGES], *gain[XLKV_CUDA_GEMV_CHAIN_MAX_STAGES];
+    xlkv_cuda_gemv_stage stages[XLKV_CUDA_GEMV_CHAIN_MAX_STAGES];
+} chain_run;
+
+static xlkv_dtype chain_dt(const chain_case *c, int b) { return c->f32[b] ? XLKV_DTYPE_F32 : XLKV_DTYPE_BF16; }
+static size_t chain_elems(const chain_case *c, int b, int n) { return (size_t)n * (size_t)c->row_elems[b]; }
+
+/* Random buffers and weights for n rows; the stages point at them. */
+static void chain_run_create(chain_run *r, const chain_case *c, int n) {
+    memset(r, 0, sizeof *r);
+    for (int b = 0; b < c->n_buffers; b++) {
+        r->init[b] = random_host(chain_elems(c, b, n), chain_dt(c, b));
+        r->buf[b] = device_alloc(chain_elems(c, b, n) * dt_size(chain_dt(c, b)));
+    }
+    for (int k = 0; k < c->n_stages; k++) {
+        const chain_stage_spec *s = &c->stage[k];
+        float *w = random_host((size_t)s->out * s->in, XLKV_DTYPE_BF16), *gain = random_host((size_t)s->in,
+                                                                                              XLKV_DTYPE_BF16);
+        r->w[k] = to_device(w, (size_t)s->out * s->in, XLKV_DTYPE_BF16);
+        r->gain[k] = to_device(gain, (size_t)s->in, XLKV_DTYPE_BF16);
+        free(w);
+        free(gain);
+        r->stages[k] = (xlkv_cuda_gemv_stage){
+            .y = r->buf[s->y],
+            .y_is_f32 = c->f32[s->y],
+            .accumulate = s->accumulate,
+            .x = r->buf[s->x],
+            .input = {.kind = s->kind, .x_stride = s->x_stride, .gain = r->gain[k], .eps = 1e-5f},
+            .w = r->w[k],
+            .in = s->in,
+            .out = s->out,
+        };
+    }
+}
+
+/* Every buffer back to its initial values (output-only buffers poisoned: NaN), synchronously. */
+static void chain_run_reset(chain_run *r, const chain_case *c, int n) {
+    for (int b = 0; b < c->n_buffers; b++) {
+        if (c->output_only[b])
+            CK(cudaMemset(r->buf[b], 0xFF, chain_elems(c, b, n) * dt_size(chain_dt(c, b))));
+        else
+            upload(r->buf[b], r->init[b], chain_elems(c, b, n), chain_dt(c, b));
+    }
+    CK(cudaDeviceSynchronize());
+}
+
+static void chain_run_free(chain_run *r, const chain_case *c) {
+    for (int b = 0; b < c->n_buffers; b++) {
+        free(r->init[b]);
+        CK(cudaFree(r->buf[b]));
+    }
+    for (int k = 0; k < c->n_stages; k++) {
+        CK(cudaFree(r->w[k]));
+        CK(cudaFree(r->gain[k]));
+    }
+}
+
+/* Every buffer of the run, to the host (fp32 values; bf16 converted exactly). */
+static void chain_run_read(const chain_run *r, const chain_case *c, int n, float **out) {
+    for (int b = 0; b < c->n_buffers; b++) out[b] = from_device(r->buf[b], chain_elems(c, b, n), chain_dt(c, b));
+}
+
+/* Compares every buffer of two readings bit for bit (one line per buffer); frees both. */
+static void chain_expect_same(const chain_case *c, int n, const char *what, float **got, float **ref,
+                              const char *other) {
+    for (int b = 0; b < c->n_buffers; b++) {
+        char shape[112];
+        snprintf(shape, sizeof shape, "%s n %d %s buffer %d [%d]", c->name, n, what, b, c->row_elems[b]);
+        expect_same_bits("gemv_chain", XLKV_DTYPE_BF16, shape, got[b], ref[b], chain_elems(c, b, n), other);
+        free(got[b]);
+        free(ref[b]);
+    }
+}
+
+/* xlkv_cuda_gemv_chain against the same stages as separate xlkv_cuda_gemv_fused launches: every buffer bit for bit,
+ * n = 1..8, every prefix of each chain (1..4 stages), the chains of CHAIN_CASES; the full tinyllama chain (n 1 and
+ * 8) captured in a CUDA graph and replayed twice: the same bits each time (the grid barrier re-arms); and the
+ * refusals (n 9, 0 or 5 stages, a stage the single product refuses). */
+static void gemv_chain_matches_separate_launches(void **state) {
+    (void)state;
+    const xlkv_dtype bf = XLKV_DTYPE_BF16;
+    for (size_t ci = 0; ci < sizeof CHAIN_CASES / sizeof CHAIN_CASES[0]; ci++) {
+        const chain_case *c = &CHAIN_CASES[ci];
+        for (int n = 1; n <= XLKV_CUDA_GEMV_MAX_ROWS; n++) {
+            chain_run r;
+            chain_run_create(&r, c, n);
+            for (int k = 1; k <= c->n_stages; k++) {
+                assert_true(xlkv_cuda_gemv_chain_supported(r.stages, k, n, bf));
+                chain_run_reset(&r, c, n);
+                for (int s = 0; s < k; s++) {
+                    const xlkv_cuda_gemv_stage *st = &r.stages[s];
+                    CK_LAUNCH(xlkv_cuda_gemv_fused(st->y, st->y_is_f32, st->accumulate, st->x, &st->input, st->w, n,
+                                                   st->in, st->out, bf, NULL));
+                }
+                float *separate[CHAIN_MAX_BUFFERS], *chained[CHAIN_MAX_BUFFERS];
+                chain_run_read(&r, c, n, separate);
+                chain_run_reset(&r, c, n);
+                CK_LAUNCH(xlkv_cuda_gemv_chain(r.stages, k, n, bf, NULL));
+                chain_run_read(&r, c, n, chained);
+                char what[32];
+                snprintf(what, sizeof what, "%d stage%s", k, k > 1 ? "s" : "");
+                chain_expect_same(c, n, what, chained, separate, "separate launches");
+            }
+            if (ci == 0 && (n == 1 || n == XLKV_CUDA_GEMV_MAX_ROWS)) {
+                /* the full chain in a graph, replayed twice; reference: the chain launched directly */
+                float *direct[CHAIN_MAX_BUFFERS];
+                chain_run_read(&r, c, n, direct);
+                cudaStream_t stream;
+                CK(cudaStreamCreate(&stream));
+                cudaGraph_t graph = NULL;
+                cudaGraphExec_t exec = NULL;
+                CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+                const int launched = xlkv_cuda_gemv_chain(r.stages, c->n_stages, n, bf, stream);
+                CK(cudaStreamEndCapture(stream, &graph));
+                CK(launched);
+                CK(cudaGraphInstantiate(&exec, graph, 0));
+                for (int replay = 0; replay < 2; replay++) {
+                    chain_run_reset(&r, c, n);
+                    CK(cudaGraphLaunch(exec, stream));
+                    CK(cudaStreamSynchronize(stream));
+                    float *replayed[CHAIN_MAX_BUFFERS], *ref[CHAIN_MAX_BUFFERS];
+                    for (int b = 0; b < c->n_buffers; b++) {
+                        ref[b] = malloc(sizeof(float) * chain_elems(c, b, n));
+                        assert_non_null(ref[b]);
+                        memcpy(ref[b], direct[b], sizeof(float) * chain_elems(c, b, n));
+                    }
+                    chain_run_read(&r, c, n, replayed);
+                    char what[32];
+                    snprintf(what, sizeof what, "graph replay %d", replay + 1);
+                    chain_expect_same(c, n, what, replayed, ref, "the direct chain");
+                }
+                for (int b = 0; b < c->n_buffers; b++) free(direct[b]);
+                CK(cudaGraphExecDestroy(exec));
+                CK(cudaGraphDestroy(graph));
+                CK(cudaStreamDestroy(stream));
+            }
+            if (ci == 0 && n == 1) {
+                /* refusals: launch nothing, say cudaErrorNotSupported */
+                xlkv_cuda_gemv_stage bad[XLKV_CUDA_GEMV_CHAIN_MAX_STAGES + 1];
+                memcpy(bad, r.stages, sizeof r.stages);
+                bad[XLKV_CUDA_GEMV_CHAIN_MAX_STAGES] = r.stages[0];
+                assert_false(xlkv_cuda_gemv_chain_supported(r.stages, 1, XLKV_CUDA_GEMV_MAX_ROWS + 1, bf));
+                assert_false(xlkv_cuda_gemv_chain_supported(r.stages, 0, 1, bf));
+                assert_false(xlkv_cuda_gemv_chain_supported(bad, XLKV_CUDA_GEMV_CHAIN_MAX_STAGES + 1, 1, bf));
+                assert_false(xlkv_cuda_gemv_chain_supported(r.stages, 1, 1, XLKV_DTYPE_F32));
+                assert_false(xlkv_cuda_gemv_chain_supported(NULL, 1, 1, bf));
+                bad[1].in = 2047; /* not a multiple of 8 */
+                assert_false(xlkv_cuda_gemv_chain_supported(bad, 2, 1, bf));
+                assert_int_equal(xlkv_cuda_gemv_chain(bad, 2, 1, bf, NULL), (int)cudaErrorNotSupported);
+                bad[1] = r.stages[1];
+                bad[1].out = 0;
+                assert_int_equal(xlkv_cuda_gemv_chain(bad, 2, 1, bf, NULL), (int)cudaErrorNotSupported);
+                assert_int_equal(xlkv_cuda_gemv_chain(r.stages, 1, 9, bf, NULL), (int)cudaErrorNotSupported);
+                printf("[PASS] gemv_chain refusals: n 9, 0 and 5 stages, f32, NULL stages, in 2047, out 0\n");
+            }
+            chain_run_free(&r, c);
+        }
+    }
+}
+
 /* rope_kv_write against the two kernels it replaces (xlkv_cuda_rope on the queries, xlkv_cuda_kv_write of K/V, both
  * checked against the CPU above): the same qkv buffer and the same pool bits, both dtypes, 1..8 and 37 rows, padding
  * rows (position or sequence -1), odd head_dim, and a layer without KV (kv NULL: only the queries rotate). */
@@ -1716,6 +1924,7 @@ int main(void) {
         cmocka_unit_test(sampling_matches_softmax_frequencies),
         cmocka_unit_test(repetition_penalty_changes_the_choice),
         cmocka_unit_test(gemv_fused_matches_cpu_and_unfused),
+        cmocka_unit_test(gemv_chain_matches_separate_launches),
         cmocka_unit_test(rope_kv_write_matches_unfused),
         cmocka_unit_test(sample_split_matches_sample),
         cmocka_unit_test(attention_decode_fused_matches_unfused),

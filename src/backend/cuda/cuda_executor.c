@@ -23,7 +23,13 @@
  * Decode rows (n <= 8, bf16, the tensor-core attention shapes) go further: RoPE, the K/V write and the split-K
  * attention with its combine are ONE launch (xlkv_cuda_attention_decode_fused, kernels_attention_decode.cu), five
  * launches per layer; params.cuda_unfused or cuda_unfused_decode_attention (XLKV_DECODE_FUSED=0) keep rope_kv_write +
- * the two-launch attention. Both give the same bits. */
+ * the two-launch attention. Both give the same bits.
+ * Batch-1 decode goes one step further (xlkv_cuda_gemv_chain, kernels_gemv_chain.cu): the MLP half of a fused layer
+ * (o, gate|up, down) and the next layer's qkv product run as ONE persistent launch with grid barriers between the
+ * products, so a layer is two launches (chain + attention). XLKV_GEMV_CHAIN in the environment (read at every
+ * layer, like XLKV_GEMV; a captured graph keeps what it captured): "0" = the separate launches, "mlp" = o, gate|up and
+ * down chained but the next layer's qkv launched on its own, anything else or unset = the full chain. Same bits. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "backend/cuda/cuda_check.h"
@@ -63,6 +69,35 @@ static bool layer_runs_fused(const xlkv_cuda_engine *e, int layer, int n) {
            xlkv_cuda_gemv_input_supported(n, hp->hidden_dim, b->gate_up, &swiglu, w->w_down, e->dt);
 }
 
+/* What XLKV_GEMV_CHAIN asks (see the header comment). */
+typedef enum gemv_chain_mode { CHAIN_OFF, CHAIN_MLP, CHAIN_MLP_AND_NEXT_QKV } gemv_chain_mode;
+static gemv_chain_mode gemv_chain_selected(void) {
+    const char *choice = getenv("XLKV_GEMV_CHAIN");
+    if (choice && strcmp(choice, "0") == 0) return CHAIN_OFF;
+    if (choice && strcmp(choice, "mlp") == 0) return CHAIN_MLP;
+    return CHAIN_MLP_AND_NEXT_QKV;
+}
+
+/* The qkv product of `layer` with the attention RMSNorm of x as its input (a fused layer's first product). */
+static xlkv_cuda_gemv_stage qkv_stage(const xlkv_cuda_engine *e, int layer) {
+    const xlkv_cuda_layer_weights *w = &e->weights.layers[layer];
+    return (xlkv_cuda_gemv_stage){
+        .y = e->buf.qkv,
+        .x = e->buf.x,
+        .input = {.kind = XLKV_GEMV_INPUT_RMSNORM, .gain = w->attn_norm, .eps = e->model->hp.norm_eps},
+        .w = w->w_qkv,
+        .in = e->model->hp.dim,
+        .out = w->qkv_rows,
+    };
+}
+
+/* One xlkv_cuda_gemv_fused launch of a stage. */
+static xlkv_status run_stage(const xlkv_cuda_engine *e, const xlkv_cuda_gemv_stage *s, int n, const char *what) {
+    return gemv_status(xlkv_cuda_gemv_fused(s->y, s->y_is_f32, s->accumulate, s->x, &s->input, s->w, n, s->in,
+                                            s->out, e->dt, e->stream),
+                       what);
+}
+
 /* The attention of the layer after rope_kv_write (prefill: one launch per sequence, its rows see only its own keys). */
 static xlkv_status run_attention(xlkv_cuda_engine *e, const xlkv_attention_rule *rule, const xlkv_paged_kv *kv,
                                  int qkv_stride, const pass_rows *rows) {
@@ -94,7 +129,10 @@ static bool decode_attention_fused(const xlkv_cuda_engine *e, int n, const xlkv_
            xlkv_cuda_attention_decode_fused_supported(n, rule, kv, e->dt);
 }
 
-static xlkv_status run_layer(xlkv_cuda_engine *e, int layer, const pass_rows *rows) {
+/* One layer. `next`: the layer the pass runs after this one on the x it leaves (-1: none, or a cyclic group that
+ * restores x first). *qkv_ready: on entry, this layer's qkv product was already computed (by the previous layer's
+ * chain); on return, `next`'s was. */
+static xlkv_status run_layer(xlkv_cuda_engine *e, int layer, int next, const pass_rows *rows, bool *qkv_ready) {
     const xlkv_hparams *hp = &e->model->hp;
     const xlkv_layer_map *map = e->model->map;
     const xlkv_cuda_layer_weights *w = &e->weights.layers[layer];
@@ -107,11 +145,17 @@ static xlkv_status run_layer(xlkv_cuda_engine *e, int layer, const pass_rows *ro
     const xlkv_paged_kv kv = xlkv_cuda_kv_pool_view(&e->kv);
 
     const bool fused = layer_runs_fused(e, layer, n);
+    const bool qkv_done = *qkv_ready;
+    *qkv_ready = false;
+    if (qkv_done && !fused)
+        return xlkv_fail(XLKV_E_BACKEND, "cuda: layer %d's qkv product was chained but the layer does not run fused",
+                         layer);
 
-    if (fused) {
-        const xlkv_cuda_gemv_input norm = {.kind = XLKV_GEMV_INPUT_RMSNORM, .gain = w->attn_norm, .eps = hp->norm_eps};
-        XLKV_TRY(gemv_status(xlkv_cuda_gemv_fused(b->qkv, 0, 0, b->x, &norm, w->w_qkv, n, dim, w->qkv_rows, dt, stream),
-                             "qkv product with the attention rmsnorm"));
+    if (qkv_done) {
+        /* computed at the end of the previous layer's chain */
+    } else if (fused) {
+        const xlkv_cuda_gemv_stage qkv = qkv_stage(e, layer);
+        XLKV_TRY(run_stage(e, &qkv, n, "qkv product with the attention rmsnorm"));
     } else {
         XLKV_CUDA_TRY(xlkv_cuda_rmsnorm(b->xb, b->x, w->attn_norm, n, dim, hp->norm_eps, dt, stream),
                       "attention rmsnorm");
@@ -144,15 +188,38 @@ static xlkv_status run_layer(xlkv_cuda_engine *e, int layer, const pass_rows *ro
         XLKV_TRY(run_attention(e, &rule, &kv, qkv_stride, rows));
     }
     if (fused) {
-        const xlkv_cuda_gemv_input norm = {.kind = XLKV_GEMV_INPUT_RMSNORM, .gain = w->ffn_norm, .eps = hp->norm_eps};
-        const xlkv_cuda_gemv_input swiglu = {.kind = XLKV_GEMV_INPUT_SWIGLU};
-        XLKV_TRY(gemv_status(xlkv_cuda_gemv_fused(b->x, 0, 1, b->att, NULL, w->wo, n, q_dim, dim, dt, stream),
-                             "o-proj product with the residual add"));
-        XLKV_TRY(gemv_status(
-            xlkv_cuda_gemv_fused(b->gate_up, 0, 0, b->x, &norm, w->w_gate_up, n, dim, 2 * hidden, dt, stream),
-            "gate|up product with the FFN rmsnorm"));
-        XLKV_TRY(gemv_status(xlkv_cuda_gemv_fused(b->x, 0, 1, b->gate_up, &swiglu, w->w_down, n, hidden, dim, dt, stream),
-                             "down product with SwiGLU and the residual add"));
+        /* o (x += att . wo), gate|up (of rmsnorm(x)), down (x += swiglu(gate|up) . w_down), then maybe the next
+         * layer's qkv (of rmsnorm(x)): each stage reads what the one before wrote */
+        xlkv_cuda_gemv_stage stages[4] = {
+            {.y = b->x, .accumulate = 1, .x = b->att, .w = w->wo, .in = q_dim, .out = dim},
+            {.y = b->gate_up,
+             .x = b->x,
+             .input = {.kind = XLKV_GEMV_INPUT_RMSNORM, .gain = w->ffn_norm, .eps = hp->norm_eps},
+             .w = w->w_gate_up,
+             .in = dim,
+             .out = 2 * hidden},
+            {.y = b->x,
+             .accumulate = 1,
+             .x = b->gate_up,
+             .input = {.kind = XLKV_GEMV_INPUT_SWIGLU},
+             .w = w->w_down,
+             .in = hidden,
+             .out = dim},
+        };
+        const gemv_chain_mode mode = gemv_chain_selected();
+        int n_stages = 3;
+        if (mode == CHAIN_MLP_AND_NEXT_QKV && next >= 0 && layer_runs_fused(e, next, n))
+            stages[n_stages++] = qkv_stage(e, next);
+        if (mode != CHAIN_OFF && xlkv_cuda_gemv_chain_supported(stages, n_stages, n, dt)) {
+            XLKV_TRY(gemv_status(xlkv_cuda_gemv_chain(stages, n_stages, n, dt, stream),
+                                 n_stages == 4 ? "o, gate|up, down and the next layer's qkv products (one chain)"
+                                               : "o, gate|up and down products (one chain)"));
+            *qkv_ready = n_stages == 4;
+            return XLKV_OK;
+        }
+        XLKV_TRY(run_stage(e, &stages[0], n, "o-proj product with the residual add"));
+        XLKV_TRY(run_stage(e, &stages[1], n, "gate|up product with the FFN rmsnorm"));
+        XLKV_TRY(run_stage(e, &stages[2], n, "down product with SwiGLU and the residual add"));
         return XLKV_OK;
     }
     XLKV_TRY(xlkv_cuda_linear(&e->gemm, b->proj, b->att, w->wo, n, q_dim, dim));
@@ -167,8 +234,12 @@ static xlkv_status run_layer(xlkv_cuda_engine *e, int layer, const pass_rows *ro
     return XLKV_OK;
 }
 
-static xlkv_status run_layers(xlkv_cuda_engine *e, int first, int last, const pass_rows *rows) {
-    for (int layer = first; layer <= last; layer++) XLKV_TRY(run_layer(e, layer, rows));
+/* Layers first..last once each; `then` = the layer the pass runs next on the x they leave (-1: none). *qkv_ready as
+ * in run_layer (false on entry when the first layer's qkv is still to compute). */
+static xlkv_status run_layers(xlkv_cuda_engine *e, int first, int last, int then, const pass_rows *rows,
+                              bool *qkv_ready) {
+    for (int layer = first; layer <= last; layer++)
+        XLKV_TRY(run_layer(e, layer, layer < last ? layer + 1 : then, rows, qkv_ready));
     return XLKV_OK;
 }
 
@@ -190,9 +261,15 @@ static xlkv_status run_cyclic_group(xlkv_cuda_engine *e, const xlkv_plan_step *s
         if (iteration > 0)
             XLKV_CUDA_TRY(cudaMemcpyAsync(e->buf.x, e->buf.x_group_in, bytes, cudaMemcpyDeviceToDevice, e->stream),
                           "restoring a cyclic group's input");
-        XLKV_TRY(run_layers(e, step->first, step->last, rows));
+        bool qkv_ready = false; /* the group restores x before each iteration: nothing chains across it */
+        XLKV_TRY(run_layers(e, step->first, step->last, -1, rows, &qkv_ready));
     }
     return XLKV_OK;
+}
+
+/* True when the pass iterates `step` as a cyclic group (prefill chunks of several tokens). */
+static bool step_iterated(const xlkv_plan_step *step, const pass_rows *rows) {
+    return step->cyclic && !rows->decode && rows->n > 1;
 }
 
 /* Embedding, then every plan step (forward.c's run_chunk). */
@@ -201,12 +278,16 @@ static xlkv_status run_pass(xlkv_cuda_engine *e, const pass_rows *rows) {
     XLKV_CUDA_TRY(xlkv_cuda_embedding(e->buf.x, e->weights.tok_embeddings, rows->tokens, rows->n, e->model->hp.dim,
                                       e->dt, e->stream),
                   "embedding");
+    bool qkv_ready = false; /* the next layer's qkv product was chained (run_layer) */
     for (int s = 0; s < map->n_plan_steps; s++) {
         const xlkv_plan_step *step = &map->plan[s];
-        if (step->cyclic && !rows->decode && rows->n > 1)
+        if (step_iterated(step, rows)) {
             XLKV_TRY(run_cyclic_group(e, step, rows));
-        else
-            XLKV_TRY(run_layers(e, step->first, step->last, rows));
+            continue;
+        }
+        const bool next_runs_once = s + 1 < map->n_plan_steps && !step_iterated(&map->plan[s + 1], rows);
+        XLKV_TRY(run_layers(e, step->first, step->last, next_runs_once ? map->plan[s + 1].first : -1, rows,
+                            &qkv_ready));
     }
     return XLKV_OK;
 }

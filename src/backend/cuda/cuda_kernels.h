@@ -165,6 +165,26 @@ int xlkv_cuda_gemv_input_supported(int n, int in, const void *x, const xlkv_cuda
 int xlkv_cuda_gemv_fused(void *y, int y_is_f32, int accumulate, const void *x, const xlkv_cuda_gemv_input *input,
                          const void *w, int n, int in, int out, xlkv_dtype dt, void *stream);
 
+/* Several xlkv_cuda_gemv_fused calls over the same n rows in ONE persistent cooperative launch (kernels_gemv_chain.cu):
+ * stage after stage with a grid-wide barrier between them, each stage's first W burst issued before the barrier that
+ * precedes it. Stage k may read (x, or y with `accumulate`) what earlier stages wrote and may overwrite what they read;
+ * within a stage the rules of xlkv_cuda_gemv_fused hold. Same bits as the separate calls, in order. Safe under stream
+ * capture (the barrier re-arms itself). _supported: every stage passes xlkv_cuda_gemv_input_supported (`input` zeroed
+ * = PLAIN with the default stride), out >= 1, 1 <= n_stages <= XLKV_CUDA_GEMV_CHAIN_MAX_STAGES, and the device runs
+ * cooperative launches; otherwise xlkv_cuda_gemv_chain returns cudaErrorNotSupported and launches nothing. */
+enum { XLKV_CUDA_GEMV_CHAIN_MAX_STAGES = 4 };
+typedef struct xlkv_cuda_gemv_stage {
+    void *y; /* [n, out] */
+    int y_is_f32;
+    int accumulate;
+    const void *x; /* [n, x_stride] */
+    xlkv_cuda_gemv_input input;
+    const void *w; /* [out, in] */
+    int in, out;
+} xlkv_cuda_gemv_stage;
+int xlkv_cuda_gemv_chain_supported(const xlkv_cuda_gemv_stage *stages, int n_stages, int n, xlkv_dtype dt);
+int xlkv_cuda_gemv_chain(const xlkv_cuda_gemv_stage *stages, int n_stages, int n, xlkv_dtype dt, void *stream);
+
 /* Greedy: out[b] = argmax over logits[b, 0..vocab) (lowest index on ties), logits fp32 [batch, vocab]. */
 int xlkv_cuda_argmax(int *out, const float *logits, int batch, int vocab, void *stream);
 

@@ -1,0 +1,158 @@
+/* backend/cuda/kernels_gemv_common: the pieces of the few-row products that the single-product kernels
+ * (kernels_gemv.cu) and the chain of products (kernels_gemv_chain.cu) share, so that both sum every output element in
+ * the same order and give the same bits: the burst geometry (a burst: GEMV_UNROLL 16-byte loads per lane, 2048
+ * consecutive weights of one row), issuing and using a burst, and preparing the input rows in shared memory
+ * (copy, RMSNorm, SwiGLU). Not a public header; see kernels_gemv.cu for the scheme. */
+#ifndef XLKV_BACKEND_CUDA_KERNELS_GEMV_COMMON_CUH
+#define XLKV_BACKEND_CUDA_KERNELS_GEMV_COMMON_CUH
+
+#include "backend/cuda/kernels_common.cuh"
+
+namespace xlkv_cuda {
+namespace gemv {
+
+constexpr int GEMV_THREADS = 256; /* also the rmsnorm partition: must equal ROW_THREADS of kernels_elementwise.cu */
+constexpr int GEMV_WARPS = GEMV_THREADS / 32;
+constexpr int GEMV_UNROLL = 8;
+constexpr int CHUNK = 8; /* bf16 per 16 bytes */
+
+__device__ __forceinline__ float silu_times(float g, float u) { return g * (1.0f / (1.0f + expf(-g))) * u; }
+
+__device__ __forceinline__ void unpack_bf16x8(const uint4 &raw, float *out) {
+    const __nv_bfloat16 *e = reinterpret_cast<const __nv_bfloat16 *>(&raw);
+#pragma unroll
+    for (int i = 0; i < CHUNK; i++) out[i] = __bfloat162float(e[i]);
+}
+
+constexpr int BURST_CHUNKS = 32 * GEMV_UNROLL; /* 16-byte chunks of W one warp loads per burst (2048 bf16) */
+
+/* 16 bytes of W: read once, so no L1 allocation; the non-coherent path (W is read-only while the kernel runs). */
+__device__ __forceinline__ uint4 load_weights(const uint4 *p) {
+    uint4 r;
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p));
+    return r;
+}
+
+/* Issues burst `burst` of row `row` (chunks burst * BURST_CHUNKS + u * 32 + lane); zeros where past the row or when
+ * !valid (no row left for this warp). Warp-uniform arguments except lane. */
+__device__ __forceinline__ void issue_burst(uint4 (&raw)[GEMV_UNROLL], const __nv_bfloat16 *w, int in, int n_chunks,
+                                            int row, int burst, int lane, bool valid) {
+    const uint4 *w_row = reinterpret_cast<const uint4 *>(w + (size_t)(valid ? row : 0) * (size_t)in);
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; u++) {
+        const int c = burst * BURST_CHUNKS + u * 32 + lane;
+        raw[u] = valid && c < n_chunks ? load_weights(w_row + c) : make_uint4(0u, 0u, 0u, 0u);
+    }
+}
+
+/* acc[r] += the burst's weights . xs row r, chunk by chunk in ascending order (the order of gemv_rowwise_kernel). */
+template <int N>
+__device__ __forceinline__ void use_burst(float (&acc)[N], const uint4 (&raw)[GEMV_UNROLL], const __nv_bfloat16 *xs,
+                                          int in, int n_chunks, int burst, int lane) {
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; u++) {
+        const int c = burst * BURST_CHUNKS + u * 32 + lane;
+        if (c < n_chunks) {
+            float wv[CHUNK];
+            unpack_bf16x8(raw[u], wv);
+#pragma unroll
+            for (int r = 0; r < N; r++) {
+                float xv[CHUNK];
+                unpack_bf16x8(*reinterpret_cast<const uint4 *>(xs + (size_t)r * in + (size_t)c * CHUNK), xv);
+#pragma unroll
+                for (int k = 0; k < CHUNK; k++) acc[r] = fmaf(wv[k], xv[k], acc[r]);
+            }
+        }
+    }
+}
+
+/* prepare_input with the N rows side by side: the RMSNorm sums of squares of all rows are reduced with one barrier
+ * pair (per row: the same per-thread partition, the same warp butterfly and the same warp order as block_sum, hence
+ * the same bits). `scratch`: N * GEMV_WARPS floats. Ends with a barrier. */
+template <int N, int INPUT>
+__device__ void prepare_rows(__nv_bfloat16 *xs, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain,
+                             float eps, int in, float *scratch) {
+    if (INPUT == XLKV_GEMV_INPUT_RMSNORM) {
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        float ss[N];
+#pragma unroll
+        for (int r = 0; r < N; r++) ss[r] = 0.0f;
+        for (int i = threadIdx.x * CHUNK; i < in; i += GEMV_THREADS * CHUNK) {
+#pragma unroll
+            for (int r = 0; r < N; r++) {
+                float xv[CHUNK];
+                load_vec<__nv_bfloat16>(x + (size_t)r * x_stride + i, xv);
+#pragma unroll
+                for (int j = 0; j < CHUNK; j++) ss[r] += xv[j] * xv[j];
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < N; r++) ss[r] = warp_sum(ss[r]);
+        if (lane == 0) {
+#pragma unroll
+            for (int r = 0; r < N; r++) scratch[r * GEMV_WARPS + warp] = ss[r];
+        }
+        __syncthreads();
+        float inv[N];
+#pragma unroll
+        for (int r = 0; r < N; r++) {
+            float total = 0.0f;
+            for (int v = 0; v < GEMV_WARPS; v++) total += scratch[r * GEMV_WARPS + v];
+            inv[r] = 1.0f / sqrtf(total / (float)in + eps);
+        }
+        for (int i = threadIdx.x * CHUNK; i < in; i += GEMV_THREADS * CHUNK) {
+            float gv[CHUNK];
+            load_vec<__nv_bfloat16>(gain + i, gv);
+#pragma unroll
+            for (int r = 0; r < N; r++) {
+                float xv[CHUNK], ov[CHUNK];
+                load_vec<__nv_bfloat16>(x + (size_t)r * x_stride + i, xv);
+#pragma unroll
+                for (int j = 0; j < CHUNK; j++) ov[j] = gv[j] * (inv[r] * xv[j]);
+                store_vec<__nv_bfloat16>(xs + (size_t)r * in + i, ov);
+            }
+        }
+    } else if (INPUT == XLKV_GEMV_INPUT_SWIGLU) {
+        for (int i = threadIdx.x * CHUNK; i < in; i += GEMV_THREADS * CHUNK) {
+#pragma unroll
+            for (int r = 0; r < N; r++) {
+                const __nv_bfloat16 *xr = x + (size_t)r * x_stride;
+                float gv[CHUNK], uv[CHUNK];
+                load_vec<__nv_bfloat16>(xr + i, gv);
+                load_vec<__nv_bfloat16>(xr + in + i, uv);
+#pragma unroll
+                for (int j = 0; j < CHUNK; j++) gv[j] = silu_times(gv[j], uv[j]);
+                store_vec<__nv_bfloat16>(xs + (size_t)r * in + i, gv);
+            }
+        }
+    } else {
+        for (int i = threadIdx.x * CHUNK; i < in; i += GEMV_THREADS * CHUNK) {
+#pragma unroll
+            for (int r = 0; r < N; r++)
+                *reinterpret_cast<uint4 *>(xs + (size_t)r * in + i) =
+                    *reinterpret_cast<const uint4 *>(x + (size_t)r * x_stride + i);
+        }
+    }
+    __syncthreads();
+}
+
+inline size_t input_bytes(int n, int in) { return (size_t)n * (size_t)in * sizeof(__nv_bfloat16); }
+
+inline int max_input_bytes() {
+    static int bytes = -1; /* per process; the device of the first call (the engine uses one device) */
+    if (bytes < 0) {
+        int device = 0, optin = 0;
+        if (cudaGetDevice(&device) != cudaSuccess ||
+            cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
+            return 48 * 1024;
+        bytes = optin - 1024; /* room for the static scratch */
+    }
+    return bytes;
+}
+
+} // namespace gemv
+} // namespace xlkv_cuda
+
+#endif
