@@ -52,6 +52,11 @@ int xlkv_cuda_train_rmsnorm_backward_bf16(float *dx, uint16_t *dx16, float *dgai
 int xlkv_cuda_train_rmsnorm_backward_folded(float *dx, uint16_t *dx16, float *dgain, const float *dy, const float *x,
                                             const float *inv_rms, const float *gain, int n, int dim, float *partials,
                                             void *stream);
+/* The same with a bf16 dy16[n, dim] (the fused path's dX products written in bf16), widened to fp32 as it is read:
+ * the same bits as xlkv_cuda_train_rmsnorm_backward_folded given dy = float(dy16). */
+int xlkv_cuda_train_rmsnorm_backward_folded_dy16(float *dx, uint16_t *dx16, float *dgain, const uint16_t *dy16,
+                                                 const float *x, const float *inv_rms, const float *gain, int n,
+                                                 int dim, float *partials, void *stream);
 
 /* In-place interleaved RoPE rotation (direction +1 forward, -1 backward); tables [seq, head_dim / 2]. */
 int xlkv_cuda_train_rope(float *x, int n, int seq, int n_heads, int head_dim, const float *cos_table,
