@@ -35,7 +35,11 @@
  *           record copies 2 N (2 dim + q_dim + hidden) per grad record;
  *         less the fp32 probs (4 N vocab) that the fused cross-entropy does without, and less the records' fp32
  *         product inputs xb, xb2, h (4 N (2 dim + hidden) per record: 2.6 GiB for `small`) that the fused layer
- *         passes do without (train_tape.h, with_fp32_inputs);
+ *         passes do without (train_tape.h, with_fp32_products); the fused passes' bf16 activations (below) trade
+ *         the records' fp32 gate and up (8 N hidden each, the scratch record's too) for a bf16 [gate | up] (4 N
+ *         hidden per grad record) and drop the fp32 dgate, dup, dh (12 N hidden) for one bf16 [N, dim] branch
+ *         buffer: 2.1 GiB less for `small` (1.5 GiB records, 0.25 the scratch record, 0.375 dgate / dup / dh, less
+ *         24 MiB);
  *         for `small` (12 x 768, hidden 2048, vocab 32,000, tied) at 16,384 rows, standard map (12 records):
  *         0.2 + 0.06 + 1.0 (the classifier's logits / gradient) + 1.7 GiB = ~2.9 GiB, and 2.0 GiB of probs saved.
  *         Every allocation failure names its buffer and suggests XLKV_TRAIN_GEMM=fp32ops.
@@ -65,8 +69,25 @@
  *         straight into its record's x_in (no copy; into x for the no-grad iterations), or flush_residual forms it
  *         into x where something else reads x (a group's input; a discarded iteration drops it; the last one is
  *         formed straight into x_final). The first layer's norm (and each group iteration's) writes x_in and the
- *         bf16 operand in one pass. No fp32 xb / xb2 / h is written (swiglu writes h in bf16 only); the records'
- *         fp32 copies stay allocated, unused. The profiler counts add + norm as rmsnorm.
+ *         bf16 operand in one pass. No fp32 xb / xb2 / h is written (swiglu writes h in bf16 only). The profiler
+ *         counts add + norm as rmsnorm.
+ *   bf16 activations between products (as torch autocast: a product's output is bf16 where an elementwise kernel or
+ *         another product reads it; the residual stream x, its gradient dx, the attention's q / k / v / att and their
+ *         gradients, the weight gradients and master weights stay fp32). Products with a bf16 C (gemm_bf16_out:
+ *         fp32 accumulation, one rounding to nearest even, beta 0):
+ *           forward: gate|up is one product ([w_gate; w_up] adjacent; two into the halves otherwise) writing
+ *             [gate | up] per row in bf16, which the grad record keeps (bf16_inputs.gu; the no-grad iterations
+ *             write dy_bf16, unused until the classifier) instead of fp32 gate and up; swiglu reads it; the o and
+ *             down products write their branch in bf16 (branch_bf16, [N, dim]) and the add + RMSNorm (or
+ *             flush_residual / the last add) forms x = x + float(branch) in fp32;
+ *           backward: the down product's dX, dh, is written in bf16 (into x_bf16, which the fused backward does not
+ *             otherwise read); swiglu's backward reads it and the record's bf16 [gate | up]; the gate|up and q/k/v dX
+ *             products, where one product forms dxb (adjacent weights), write it in bf16 (branch_bf16) for the
+ *             RMSNorm backward (xlkv_cuda_train_rmsnorm_backward_folded_dy16); where two or three products add into
+ *             dxb (beta 1) it stays fp32, as does datt (the attention reads it).
+ *         Bytes moved per layer for `small` (N = 16,384, MB = 1e6): forward 369 MB less (gate|up written and read in
+ *         bf16: 268 MB; the o and down branches written and read in bf16: 101 MB), backward 369 MB less (dh written
+ *         and read, 134 MB; gate / up read, 134 MB; the two dxb written and read, 101 MB).
  *   backward (layer_backward_fused): the RMSNorm backwards write bf16(dx) beside dx for the next product (the attention
  *         one only where the walk does not change dx before the next record: not at an iteration start); swiglu
  *         writes [dgate | dup] in bf16 side by side, so gate/up is one dX and one dW product with K / rows 2 hidden
@@ -86,10 +107,12 @@
  *         adjacent tensors with the same decay share a launch. The parameters, moments and shadow are the same bits
  *         as the unfused scale + adamw + to_bf16. The trainer reads the norm after the step
  *         (xlkv_gpu_trainer_grad_norm).
- *   Same values: every fused kernel computes the fp32 value as the unfused one and rounds it the same way, so the
- *   forward (and the loss) is bit-identical; the backward's products differ only in their fp32 accumulation (beta 0,
- *   merged K), and the RMSNorm gain gradients in their fp32 summation order, so gradients agree to fp32
- *   summation-order noise (tests/cuda/test_cuda_train_fused.c). */
+ *   Values: every fused kernel computes the fp32 value of the unfused one from its inputs and rounds it the same way
+ *   (a kernel with bf16 inputs widens them exactly: tests/cuda/test_cuda_train_bf16_inputs.c), but the inputs are
+ *   the bf16 outputs of the products above where the unfused path keeps fp32: the two paths differ by those bf16
+ *   roundings (u = 2^-8 relative each), plus the backward products' fp32 accumulation order (beta 0, merged K) and
+ *   the RMSNorm gain gradients' fp32 summation order (tests/cuda/test_cuda_train_fused.c: losses within u relative,
+ *   gradients within 3e-2 of each tensor's largest). */
 #include "train/gpu_trainer.h"
 
 #include <math.h>
