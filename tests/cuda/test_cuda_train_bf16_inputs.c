@@ -51,7 +51,8 @@ static uint16_t *dev_bf16(const uint16_t *host, size_t n) { /* NULL: filled with
 
 static void check_same_bits(const char *what, const void *got, const void *want, size_t n, size_t elem) {
     size_t differ = 0;
-    for (size_t i = 0; i < n; i++) differ += memcmp((const char *)got + i * elem, (const char *)want + i * elem, elem) != 0;
+    const char *g = got, *w = want;
+    for (size_t i = 0; i < n; i++) differ += memcmp(g + i * elem, w + i * elem, elem) != 0;
     printf("check %-66s: %zu of %zu differ, err %zu (tol 0) %s\n", what, differ, n, differ, differ ? "FAIL" : "ok");
     if (differ) failures++;
 }
@@ -225,7 +226,7 @@ static void swiglu_case(int n, int hid, size_t ld) {
     cudaFree(d_gw), cudaFree(d_uw), cudaFree(d_dhw);
 }
 
-/* ---- RMSNorm backward with a bf16 dy (folded gain gradient; the two-pass path past 3,600 columns) ------------------ */
+/* ---- RMSNorm backward with a bf16 dy (folded gain gradient; the two-pass path past 3,600 columns) --------------- */
 static void rmsnorm_backward_dy16_case(int n, int dim) {
     const size_t nd = (size_t)n * (size_t)dim;
     const int chunks = (n + XLKV_CUDA_TRAIN_ROW_CHUNK - 1) / XLKV_CUDA_TRAIN_ROW_CHUNK;

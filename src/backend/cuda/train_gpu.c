@@ -84,7 +84,8 @@
  *             otherwise read); swiglu's backward reads it and the record's bf16 [gate | up]; the gate|up and q/k/v dX
  *             products, where one product forms dxb (adjacent weights), write it in bf16 (branch_bf16) for the
  *             RMSNorm backward (xlkv_cuda_train_rmsnorm_backward_folded_dy16); where two or three products add into
- *             dxb (beta 1) it stays fp32, as does datt (the attention reads it).
+ *             dxb (beta 1) it stays fp32, as does datt (the attention reads it); the classifier's dX (fused
+ *             cross-entropy) is bf16 too, for the final RMSNorm backward.
  *         Bytes moved per layer for `small` (N = 16,384, MB = 1e6): forward 369 MB less (gate|up written and read in
  *         bf16: 268 MB; the o and down branches written and read in bf16: 101 MB), backward 369 MB less (dh written
  *         and read, 134 MB; gate / up read, 134 MB; the two dxb written and read, 101 MB).
@@ -945,15 +946,17 @@ static xlkv_status classifier_forward_fused(xlkv_gpu_trainer *g) {
     return XLKV_OK;
 }
 
-/* dxb = scale G . output (beta 0: no clearing) and d_output += scale G^T . xf, G = dy_bf16 (softmax - onehot) and
- * scale = loss_scale / N; xf is rounded again into x_bf16 (an evaluation's forward may have used it since) */
+/* dxb = scale G . output (beta 0: no clearing; in bf16 into branch_bf16 on the fused layer path, where only the final
+ * RMSNorm backward reads it) and d_output += scale G^T . xf, G = dy_bf16 (softmax - onehot) and scale = loss_scale /
+ * N; xf is rounded again into x_bf16 (an evaluation's forward may have used it since) */
 static xlkv_status classifier_backward_fused(xlkv_gpu_trainer *g, float scale) {
     const xlkv_hparams *hp = &g->store->hp;
     const int N = g->n_rows, dim = hp->dim, vocab = hp->vocab_size;
     const float zero_beta = 0.0f, one_beta = 1.0f;
+    void *dxb = g->fuse ? (void *)g->branch_bf16 : (void *)g->dxb;
     XLKV_CUBLAS_TRY(cublasGemmEx(g->cublas, CUBLAS_OP_N, CUBLAS_OP_N, dim, N, vocab, &scale, weight_bf16(g, g->output),
-                                 CUDA_R_16BF, dim, g->dy_bf16, CUDA_R_16BF, vocab, &zero_beta, g->dxb, CUDA_R_32F, dim,
-                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                                 CUDA_R_16BF, dim, g->dy_bf16, CUDA_R_16BF, vocab, &zero_beta, dxb,
+                                 g->fuse ? CUDA_R_16BF : CUDA_R_32F, dim, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                     "classifier input gradient, bf16 operands (cublasGemmEx)");
     XLKV_TRY(to_bf16(g, g->x_bf16, g->xf, N, dim, dim));
     XLKV_CUBLAS_TRY(cublasGemmEx(g->cublas, CUBLAS_OP_N, CUBLAS_OP_T, dim, vocab, N, &scale, g->x_bf16, CUDA_R_16BF,
@@ -1275,7 +1278,11 @@ xlkv_status xlkv_gpu_trainer_backward_buckets(xlkv_gpu_trainer *g, float loss_sc
     }
     XLKV_TRY(zero(g, g->dx, n_dim));
     mark(g, XLKV_STEP_RMSNORM);
-    if (g->fuse)
+    if (g->fuse && g->fused_ce) /* the classifier's dX in bf16 (classifier_backward_fused) */
+        KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_folded_dy16(g->dx, NULL, g->d_output_norm, g->branch_bf16,
+                                                                g->x_final, g->final_inv_rms, g->output_norm, N, dim,
+                                                                g->partials, st), "final rmsnorm backward (bf16 dy)");
+    else if (g->fuse)
         KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_folded(g->dx, NULL, g->d_output_norm, g->dxb, g->x_final,
                                                            g->final_inv_rms, g->output_norm, N, dim, g->partials, st),
                    "final rmsnorm backward");

@@ -151,8 +151,8 @@ __global__ void rmsnorm_backward_rows(float *dx, const DyT *dy, const float *x, 
                                       const float *gain, int n, int dim, __nv_bfloat16 *dx16) {
     const size_t r = (size_t)blockIdx.x * kRowsPerBlock + threadIdx.x / 32, off = r * (size_t)dim;
     if (r >= (size_t)n) return;
-    rmsnorm_backward_row<V4, BF16, false, DyT>(dx + off, dy + off, x + off, inv_rms[r], gain, dim, BF16 ? dx16 + off : NULL,
-                                          NULL);
+    rmsnorm_backward_row<V4, BF16, false, DyT>(dx + off, dy + off, x + off, inv_rms[r], gain, dim,
+                                               BF16 ? dx16 + off : NULL, NULL);
 }
 
 /* The rows and the gain partials in one pass: CTA c (kChunkWarps warps) takes rows [c chunk, (c + 1) chunk), warp w

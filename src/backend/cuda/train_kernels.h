@@ -6,7 +6,8 @@
  *   every reduction has a fixed order (no atomics), so the same inputs give the same bits on every run.
  * The bf16 trainer's fused path also uses an RMSNorm backward with the gain gradient folded into the rows pass, a
  * clip coefficient computed on the device, and an AdamW that applies it and writes the bf16 weight shadow.
- * All buffers are fp32 device memory (master weights, activations, gradients); the products themselves are cuBLAS
+ * All buffers are fp32 device memory (master weights, activations, gradients; the bf16 trainer's dx16 outputs and
+ * the bf16 dy16 of rmsnorm_backward_folded_dy16 excepted); the products themselves are cuBLAS
  * (backend/cuda/train_gpu.c). Every launcher is asynchronous on `stream` (a cudaStream_t passed as void *) and
  * returns 0 or the cudaError_t of the launch. */
 #ifndef XLKV_BACKEND_CUDA_TRAIN_KERNELS_H
