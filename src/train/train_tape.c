@@ -26,12 +26,12 @@ float *xlkv_tape_take(float *base, size_t *cursor, size_t n, size_t align) {
 }
 
 void xlkv_tape_carve_record(xlkv_layer_record *rec, const xlkv_hparams *hp, size_t n_rows, bool with_kv,
-                            bool with_fp32_inputs, float *base, size_t *cursor, size_t align) {
+                            bool with_fp32_products, float *base, size_t *cursor, size_t align) {
     const size_t N = n_rows, dim = (size_t)hp->dim, hid = (size_t)hp->hidden_dim;
     const size_t q_dim = (size_t)hp->n_heads * (size_t)hp->head_dim, kv_dim = (size_t)hp->n_kv_heads * (size_t)hp->head_dim;
     rec->x_in = xlkv_tape_take(base, cursor, N * dim, align);
     rec->attn_inv_rms = xlkv_tape_take(base, cursor, N, align);
-    rec->xb = with_fp32_inputs ? xlkv_tape_take(base, cursor, N * dim, align) : NULL;
+    rec->xb = with_fp32_products ? xlkv_tape_take(base, cursor, N * dim, align) : NULL;
     rec->q = xlkv_tape_take(base, cursor, N * q_dim, align);
     if (with_kv) {
         rec->k = xlkv_tape_take(base, cursor, N * kv_dim, align);
@@ -43,8 +43,8 @@ void xlkv_tape_carve_record(xlkv_layer_record *rec, const xlkv_hparams *hp, size
     rec->lse = xlkv_tape_take(base, cursor, N * (size_t)hp->n_heads, align);
     rec->x_mid = xlkv_tape_take(base, cursor, N * dim, align);
     rec->ffn_inv_rms = xlkv_tape_take(base, cursor, N, align);
-    rec->xb2 = with_fp32_inputs ? xlkv_tape_take(base, cursor, N * dim, align) : NULL;
-    rec->gate = xlkv_tape_take(base, cursor, N * hid, align);
-    rec->up = xlkv_tape_take(base, cursor, N * hid, align);
-    rec->h = with_fp32_inputs ? xlkv_tape_take(base, cursor, N * hid, align) : NULL;
+    rec->xb2 = with_fp32_products ? xlkv_tape_take(base, cursor, N * dim, align) : NULL;
+    rec->gate = with_fp32_products ? xlkv_tape_take(base, cursor, N * hid, align) : NULL;
+    rec->up = with_fp32_products ? xlkv_tape_take(base, cursor, N * hid, align) : NULL;
+    rec->h = with_fp32_products ? xlkv_tape_take(base, cursor, N * hid, align) : NULL;
 }

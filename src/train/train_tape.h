@@ -19,7 +19,7 @@ typedef struct xlkv_layer_record {
     bool iteration_start;         /* the first layer of a group iteration */
     float *x_in;                  /* [N, dim] residual stream entering the layer */
     float *attn_inv_rms;          /* [N] */
-    float *xb;                    /* [N, dim] attention-normed input */
+    float *xb;                    /* [N, dim] attention-normed input (NULL: see xlkv_tape_carve_record) */
     float *q;                     /* [N, q_dim] RoPE applied */
     float *k, *v;                 /* [N, kv_dim] RoPE applied; KV layers only */
     float *dk, *dv;               /* [N, kv_dim] gradients added by every reader */
@@ -29,8 +29,8 @@ typedef struct xlkv_layer_record {
     float *lse;                   /* [N, n_heads] */
     float *x_mid;                 /* [N, dim] after the attention residual */
     float *ffn_inv_rms;           /* [N] */
-    float *xb2;                   /* [N, dim] */
-    float *gate, *up, *h;         /* [N, hidden_dim]; h = silu(gate) * up */
+    float *xb2;                   /* [N, dim] (NULL: see xlkv_tape_carve_record) */
+    float *gate, *up, *h;         /* [N, hidden_dim]; h = silu(gate) * up (NULL: see xlkv_tape_carve_record) */
 } xlkv_layer_record;
 
 /* Fills records[0 .. n) (layer, group_iteration, iteration_start) when records != NULL; returns n. */
@@ -41,9 +41,10 @@ int xlkv_tape_plan(const xlkv_layer_map *map, int backward_passes, xlkv_layer_re
 float *xlkv_tape_take(float *base, size_t *cursor, size_t n, size_t align);
 
 /* A record's activations for a batch of n_rows rows; K/V and their gradients only when with_kv; the fp32 product
- * inputs xb, xb2 and h only when with_fp32_inputs (NULL otherwise: the bf16 CUDA trainer's fused path keeps only
- * their bf16 copies, 2 N (2 dim + hidden) bytes per record instead of 4). */
+ * inputs xb, xb2, h and the fp32 gate / up product outputs only when with_fp32_products (NULL otherwise: the bf16
+ * CUDA trainer's fused path keeps only bf16 copies of the inputs and a bf16 [gate | up], 2 N (2 dim + 3 hidden) bytes
+ * per record instead of 4 N (2 dim + 3 hidden)). */
 void xlkv_tape_carve_record(xlkv_layer_record *rec, const xlkv_hparams *hp, size_t n_rows, bool with_kv,
-                            bool with_fp32_inputs, float *base, size_t *cursor, size_t align);
+                            bool with_fp32_products, float *base, size_t *cursor, size_t align);
 
 #endif

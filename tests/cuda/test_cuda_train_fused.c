@@ -8,11 +8,19 @@
  *        pure roundings (dv's copy, the RMSNorm backward's bf16(dx)) exactly;
  *     and bytes outside the written columns of a strided output left as they were; bad sizes refused.
  *  2. the trainer, fused (default) vs XLKV_TRAIN_FUSE=0, bf16 operands, tiny models (standard, cla:2, lckv:1 cyclic,
- *     and head_dim 64 where flash attention runs): one forward + backward: the loss bit-identical (the forward's
- *     products read the same bf16 operands) and the gradients within 1e-2 of each tensor's largest (the backward's
- *     products change only their fp32 accumulation: beta 0, K = 2 hidden / q_dim + 2 kv_dim in one product; a wrong
- *     or stale operand is off by O(1)); then a few trainer steps' losses within 1e-3 relative; XLKV_TRAIN_FUSE=2
- *     refused.
+ *     and head_dim 64 where flash attention runs): one forward + backward. The fused path writes the products' outputs
+ *     in bf16 where an elementwise kernel reads them (gate|up, the o / down branches, dh, dxb; as torch autocast;
+ *     the unfused path keeps them fp32), so the two differ by bf16 roundings of activations, each at most u = 2^-8
+ *     relative (tests/cuda/test_cuda_train_bf16_inputs.c holds each kernel to it):
+ *       - loss within u relative: the roundings move the branch outputs by at most u relative, which the fp32
+ *         residual stream dilutes, and the loss (about ln vocab here) changes by much less than its own size
+ *         (measured and printed; a wrong or stale operand moves it O(1));
+ *       - gradients within 3e-2 of each tensor's largest: about four roundings on a gradient's path (gate / up, dh,
+ *         dxb, a branch in the forward), each u, times a margin of 2 for cancellation in the small tensors = 8 u
+ *         ~ 3e-2, as the bf16-operand test of test_cuda_train.c allows 5e-2 for the same kind of difference (a wrong
+ *         or stale operand is off by O(1));
+ *     then six trainer steps' losses and the held-out loss within 5e-3 relative (as bf16 operands vs fp32ops);
+ *     XLKV_TRAIN_FUSE=2 refused.
  * Every check prints one "check ..." line with the measured error and the tolerance. Needs a GPU (label cuda). */
 #define _DEFAULT_SOURCE /* setenv */
 #include <cuda_runtime_api.h>
@@ -620,15 +628,16 @@ static void fused_trainer_matches_unfused(void **state) {
         unsetenv("XLKV_TRAIN_FUSE");
         const char *worst_name = "";
         const double err = tt_worst_tensor_error(stores[0], stores[1]->grads, stores[0]->grads, &worst_name);
-        /* the first micro-batch's loss: the same forward bits; the second follows gradients only through nothing
-         * (no update between them), so it is bit-identical too */
-        const bool loss_same = loss[1][0] == loss[0][0] && loss[1][1] == loss[0][1];
-        const double loss_diff = fmax(fabs(loss[1][0] - loss[0][0]), fabs(loss[1][1] - loss[0][1]));
-        const bool ok = loss_same && err <= 1e-2;
+        /* the fused forward rounds the gate|up and branch outputs to bf16 (see the header): the losses agree to bf16
+         * rounding, relative u = 2^-8 */
+        const double loss_diff = fmax(fabs(loss[1][0] - loss[0][0]) / fabs(loss[0][0]),
+                                      fabs(loss[1][1] - loss[0][1]) / fabs(loss[0][1]));
+        const double loss_tol = 1.0 / 256.0, grad_tol = 3e-2;
+        const bool ok = loss_diff <= loss_tol && err <= grad_tol; /* NaN fails both */
         printf("check fused vs XLKV_TRAIN_FUSE=0, one step of %-10s m=%d b=%d head_dim %d: losses %.9f / %.9f vs "
-               "%.9f / %.9f, err %.2e (tol 0); gradients worst %s err %.2e (tol 1e-2) %s\n", c->map, c->m, c->b,
-               c->head_dim, loss[1][0], loss[1][1], loss[0][0], loss[0][1], loss_diff, worst_name, err,
-               ok ? "ok" : "FAIL");
+               "%.9f / %.9f, rel err %.2e (tol %.2e); gradients worst %s err %.2e (tol %.0e) %s\n", c->map, c->m, c->b,
+               c->head_dim, loss[1][0], loss[1][1], loss[0][0], loss[0][1], loss_diff, loss_tol, worst_name, err,
+               grad_tol, ok ? "ok" : "FAIL");
         if (!ok) failures++;
         xlkv_param_store_free(stores[0]);
         xlkv_param_store_free(stores[1]);
@@ -662,9 +671,9 @@ static void fused_trainer_matches_unfused(void **state) {
         printf(" | unfused");
         for (int s = 0; s < STEPS; s++) printf(" %.6f", plain->train_losses[s]);
         printf(" | eval %.6f %.6f\n", eval_fused, eval_plain);
-        const bool ok = worst <= 1e-3;
+        const bool ok = worst <= 5e-3;
         printf("check fused vs XLKV_TRAIN_FUSE=0, %d trainer steps + held-out loss of %-8s head_dim %d: max rel err "
-               "%.2e (tol 1e-3) %s\n", STEPS, c->map, c->head_dim, worst, ok ? "ok" : "FAIL");
+               "%.2e (tol 5e-3) %s\n", STEPS, c->map, c->head_dim, worst, ok ? "ok" : "FAIL");
         if (!ok) failures++;
         xlkv_trainer_free(fused);
         xlkv_trainer_free(plain);

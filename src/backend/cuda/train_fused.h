@@ -25,8 +25,16 @@ int xlkv_cuda_train_add_rmsnorm_forward_bf16(float *sum, uint16_t *y16, float *i
                                              const float *b, const float *gain, int n, int dim, float eps,
                                              void *stream);
 
+/* The same with a bf16 b16 (a product's output written in bf16: the fused path's attention / FFN branch), widened to
+ * fp32 before the add: sum = a + float(b16), the same bits as the fp32 launcher given b = float(b16). */
+int xlkv_cuda_train_add_rmsnorm_forward_bf16b(float *sum, uint16_t *y16, float *inv_rms, const float *a,
+                                              const uint16_t *b16, const float *gain, int n, int dim, float eps,
+                                              void *stream);
+
 /* y = a + b, n elements (y may be a or b) */
 int xlkv_cuda_train_add_out(float *y, const float *a, const float *b, size_t n, void *stream);
+/* y = a + float(b16), n elements (y may be a) */
+int xlkv_cuda_train_add_out_bf16b(float *y, const float *a, const uint16_t *b16, size_t n, void *stream);
 
 /* SwiGLU forward with a bf16 output: h16 = bf16(silu(gate) * up), n elements. */
 int xlkv_cuda_train_swiglu_forward_bf16(uint16_t *h16, const float *gate, const float *up, size_t n, void *stream);
@@ -35,6 +43,16 @@ int xlkv_cuda_train_swiglu_forward_bf16(uint16_t *h16, const float *gate, const 
  * dgu16[r * ld + c] = bf16(dgate), dgu16[r * ld + hid + c] = bf16(dup); ld >= 2 hid. */
 int xlkv_cuda_train_swiglu_backward_bf16(uint16_t *dgu16, size_t ld, const float *dh, const float *gate,
                                          const float *up, int n, int hid, void *stream);
+
+/* SwiGLU from bf16 inputs (the fused path's gate|up product written in bf16): gu16 [n rows, row stride ld >= 2 hid]
+ * holds gate in columns [0, hid) and up in [hid, 2 hid). Forward: h16[r * hid + c] = bf16(silu(gate) * up). Backward:
+ * from dh16 [n, hid] (packed) to dgu16 [dgate | dup] (row stride ld_out >= 2 hid), which must not overlap the inputs.
+ * The fp32 arithmetic is that of the fp32-input kernels above on the widened values: the same bits as them given
+ * gate = float(...), up = float(...), dh = float(...). */
+int xlkv_cuda_train_swiglu_forward_from_bf16(uint16_t *h16, const uint16_t *gu16, size_t ld, int n, int hid,
+                                             void *stream);
+int xlkv_cuda_train_swiglu_backward_from_bf16(uint16_t *dgu16, size_t ld_out, const uint16_t *dh16,
+                                              const uint16_t *gu16, size_t ld_in, int n, int hid, void *stream);
 
 /* dst16[r * ld + j] = bf16(src[r * width + j]) for r < n, j < width = n_heads * head_dim, src rotated first by the
  * interleaved RoPE of train_kernels.h (direction +1 forward, -1 backward; tables [seq, head_dim / 2]) when rotate is

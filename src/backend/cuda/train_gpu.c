@@ -35,7 +35,11 @@
  *           record copies 2 N (2 dim + q_dim + hidden) per grad record;
  *         less the fp32 probs (4 N vocab) that the fused cross-entropy does without, and less the records' fp32
  *         product inputs xb, xb2, h (4 N (2 dim + hidden) per record: 2.6 GiB for `small`) that the fused layer
- *         passes do without (train_tape.h, with_fp32_inputs);
+ *         passes do without (train_tape.h, with_fp32_products); the fused passes' bf16 activations (below) trade
+ *         the records' fp32 gate and up (8 N hidden each, the scratch record's too) for a bf16 [gate | up] (4 N
+ *         hidden per grad record) and drop the fp32 dgate, dup, dh (12 N hidden) for one bf16 [N, dim] branch
+ *         buffer: 2.1 GiB less for `small` (1.5 GiB records, 0.25 the scratch record, 0.375 dgate / dup / dh, less
+ *         24 MiB);
  *         for `small` (12 x 768, hidden 2048, vocab 32,000, tied) at 16,384 rows, standard map (12 records):
  *         0.2 + 0.06 + 1.0 (the classifier's logits / gradient) + 1.7 GiB = ~2.9 GiB, and 2.0 GiB of probs saved.
  *         Every allocation failure names its buffer and suggests XLKV_TRAIN_GEMM=fp32ops.
@@ -65,8 +69,26 @@
  *         straight into its record's x_in (no copy; into x for the no-grad iterations), or flush_residual forms it
  *         into x where something else reads x (a group's input; a discarded iteration drops it; the last one is
  *         formed straight into x_final). The first layer's norm (and each group iteration's) writes x_in and the
- *         bf16 operand in one pass. No fp32 xb / xb2 / h is written (swiglu writes h in bf16 only); the records'
- *         fp32 copies stay allocated, unused. The profiler counts add + norm as rmsnorm.
+ *         bf16 operand in one pass. No fp32 xb / xb2 / h is written (swiglu writes h in bf16 only). The profiler
+ *         counts add + norm as rmsnorm.
+ *   bf16 activations between products (as torch autocast: a product's output is bf16 where an elementwise kernel or
+ *         another product reads it; the residual stream x, its gradient dx, the attention's q / k / v / att and their
+ *         gradients, the weight gradients and master weights stay fp32). Products with a bf16 C (gemm_bf16_out:
+ *         fp32 accumulation, one rounding to nearest even, beta 0):
+ *           forward: gate|up is one product ([w_gate; w_up] adjacent; two into the halves otherwise) writing
+ *             [gate | up] per row in bf16, which the grad record keeps (bf16_inputs.gu; the no-grad iterations
+ *             write dy_bf16, unused until the classifier) instead of fp32 gate and up; swiglu reads it; the o and
+ *             down products write their branch in bf16 (branch_bf16, [N, dim]) and the add + RMSNorm (or
+ *             flush_residual / the last add) forms x = x + float(branch) in fp32;
+ *           backward: the down product's dX, dh, is written in bf16 (into x_bf16, which the fused backward does not
+ *             otherwise read); swiglu's backward reads it and the record's bf16 [gate | up]; the gate|up and q/k/v dX
+ *             products, where one product forms dxb (adjacent weights), write it in bf16 (branch_bf16) for the
+ *             RMSNorm backward (xlkv_cuda_train_rmsnorm_backward_folded_dy16); where two or three products add into
+ *             dxb (beta 1) it stays fp32, as does datt (the attention reads it); the classifier's dX (fused
+ *             cross-entropy) is bf16 too, for the final RMSNorm backward.
+ *         Bytes moved per layer for `small` (N = 16,384, MB = 1e6): forward 369 MB less (gate|up written and read in
+ *         bf16: 268 MB; the o and down branches written and read in bf16: 101 MB), backward 369 MB less (dh written
+ *         and read, 134 MB; gate / up read, 134 MB; the two dxb written and read, 101 MB).
  *   backward (layer_backward_fused): the RMSNorm backwards write bf16(dx) beside dx for the next product (the attention
  *         one only where the walk does not change dx before the next record: not at an iteration start); swiglu
  *         writes [dgate | dup] in bf16 side by side, so gate/up is one dX and one dW product with K / rows 2 hidden
@@ -86,10 +108,12 @@
  *         adjacent tensors with the same decay share a launch. The parameters, moments and shadow are the same bits
  *         as the unfused scale + adamw + to_bf16. The trainer reads the norm after the step
  *         (xlkv_gpu_trainer_grad_norm).
- *   Same values: every fused kernel computes the fp32 value as the unfused one and rounds it the same way, so the
- *   forward (and the loss) is bit-identical; the backward's products differ only in their fp32 accumulation (beta 0,
- *   merged K), and the RMSNorm gain gradients in their fp32 summation order, so gradients agree to fp32
- *   summation-order noise (tests/cuda/test_cuda_train_fused.c). */
+ *   Values: every fused kernel computes the fp32 value of the unfused one from its inputs and rounds it the same way
+ *   (a kernel with bf16 inputs widens them exactly: tests/cuda/test_cuda_train_bf16_inputs.c), but the inputs are
+ *   the bf16 outputs of the products above where the unfused path keeps fp32: the two paths differ by those bf16
+ *   roundings (u = 2^-8 relative each), plus the backward products' fp32 accumulation order (beta 0, merged K) and
+ *   the RMSNorm gain gradients' fp32 summation order (tests/cuda/test_cuda_train_fused.c: losses within u relative,
+ *   gradients within 3e-2 of each tensor's largest). */
 #include "train/gpu_trainer.h"
 
 #include <math.h>
@@ -114,6 +138,7 @@ typedef xlkv_layer_record gpu_record; /* train/train_tape.h: the CPU trainer's r
  * (bf16 operands only) */
 typedef struct bf16_inputs {
     uint16_t *xb, *att, *xb2, *h;
+    uint16_t *gu; /* fused path: the gate|up product's output [N, 2 hidden] (gate | up per row), in bf16 */
 } bf16_inputs;
 
 typedef struct kv_source {
@@ -130,7 +155,8 @@ struct xlkv_gpu_trainer {
                          * XLKV_TRAIN_CE=fp32; see the header) */
     bool fuse;          /* the fused layer passes (bf16 operands unless XLKV_TRAIN_FUSE=0; see the header) */
     bool dx16_ready;    /* backward, fused: dy_bf16 holds bf16(dx), written by the last RMSNorm backward */
-    const float *pending_a, *pending_b; /* forward, fused: x = a + b not formed yet (the next RMSNorm adds it) */
+    const float *pending_a;             /* forward, fused: x = a + float(pending_b16) not formed yet (the next */
+    const uint16_t *pending_b16;        /* RMSNorm adds it; b is the down product's bf16 output) */
     cudaStream_t stream;
     xlkv_cuda_step_timer *timer; /* NULL: profiling off (the default) */
     xlkv_step_profile profile;   /* per-category totals since profiling was turned on */
@@ -139,6 +165,8 @@ struct xlkv_gpu_trainer {
     float *params, *grads, *adam_m, *adam_v; /* device [n_params] */
     uint16_t *params_bf16;                   /* device [n_params]: bf16 shadow of params (bf16_operands only) */
     uint16_t *x_bf16, *dy_bf16;              /* device product scratch (bf16_operands only; sizes: header) */
+    uint16_t *branch_bf16; /* fused: [N, dim] the o / down products' bf16 outputs (forward), the bf16 dX products'
+                            * outputs feeding an RMSNorm backward (backward) */
     bf16_inputs *record_inputs;              /* [n_records] into record_inputs_arena (bf16_operands only) */
     uint16_t *record_inputs_arena;
     xlkv_layer_weights *w, *dw;              /* [n_layers] device pointers into params / grads */
@@ -185,11 +213,11 @@ static size_t carve_all(xlkv_gpu_trainer *g, float *base) {
     size_t cursor = 0;
     g->rope_cos = take(base, &cursor, (size_t)g->seq * (size_t)(hp->head_dim / 2));
     g->rope_sin = take(base, &cursor, (size_t)g->seq * (size_t)(hp->head_dim / 2));
-    const bool fp32_inputs = !g->fuse; /* the fused path reads only the bf16 copies (record_inputs) */
+    const bool fp32_products = !g->fuse; /* the fused path keeps only bf16 copies / outputs (record_inputs) */
     for (int r = 0; r < g->n_records; r++)
-        xlkv_tape_carve_record(&g->records[r], hp, N, xlkv_is_kv_layer(map, g->records[r].layer), fp32_inputs, base,
+        xlkv_tape_carve_record(&g->records[r], hp, N, xlkv_is_kv_layer(map, g->records[r].layer), fp32_products, base,
                                &cursor, 64);
-    xlkv_tape_carve_record(&g->scratch, hp, N, false, fp32_inputs, base, &cursor, 64);
+    xlkv_tape_carve_record(&g->scratch, hp, N, false, fp32_products, base, &cursor, 64);
     if (xlkv_layer_map_has_cyclic(map)) {
         g->const_k = take(base, &cursor, (size_t)map->n_kv_layers * N * kv_dim);
         g->const_v = take(base, &cursor, (size_t)map->n_kv_layers * N * kv_dim);
@@ -205,9 +233,11 @@ static size_t carve_all(xlkv_gpu_trainer *g, float *base) {
     g->dxb = take(base, &cursor, N * dim);
     g->dq = take(base, &cursor, N * q_dim);
     g->datt = take(base, &cursor, N * q_dim);
-    g->dgate = take(base, &cursor, N * hid);
-    g->dup = take(base, &cursor, N * hid);
-    g->dh = take(base, &cursor, N * hid);
+    if (!g->fuse) { /* fused: [dgate | dup] in dy_bf16, dh in x_bf16, both bf16 */
+        g->dgate = take(base, &cursor, N * hid);
+        g->dup = take(base, &cursor, N * hid);
+        g->dh = take(base, &cursor, N * hid);
+    }
     g->delta = take(base, &cursor, N * (size_t)hp->n_heads);
     g->partials = take(base, &cursor, ((N + XLKV_CUDA_TRAIN_ROW_CHUNK - 1) / XLKV_CUDA_TRAIN_ROW_CHUNK) * dim);
     return cursor;
@@ -297,7 +327,7 @@ static xlkv_status setup_bf16_operands(xlkv_gpu_trainer *g) {
     if ((size_t)hp->vocab_size > max_out) max_out = (size_t)hp->vocab_size;
     if (2 * hid > max_out) max_out = 2 * hid;                   /* fused: [dgate | dup] */
     if (q_dim + 2 * kv_dim > max_out) max_out = q_dim + 2 * kv_dim; /* fused: [dq | dk | dv] */
-    const size_t per_record = N * (2 * dim + q_dim + hid); /* xb, att, xb2, h */
+    const size_t per_record = N * (2 * dim + q_dim + hid + (g->fuse ? 2 * hid : 0)); /* xb, att, xb2, h (, gu) */
     g->record_inputs = calloc((size_t)g->n_records, sizeof *g->record_inputs);
     if (!g->record_inputs) return xlkv_fail(XLKV_E_NOMEM, "GPU trainer: out of host memory");
     XLKV_TRY(xlkv_cuda_alloc((void **)&g->params_bf16, g->store->n_params * sizeof(uint16_t),
@@ -311,8 +341,12 @@ static xlkv_status setup_bf16_operands(xlkv_gpu_trainer *g) {
     for (int r = 0; r < g->n_records; r++) {
         uint16_t *base = g->record_inputs_arena + (size_t)r * per_record;
         g->record_inputs[r] = (bf16_inputs){.xb = base, .att = base + N * dim, .xb2 = base + N * (dim + q_dim),
-                                            .h = base + N * (2 * dim + q_dim)};
+                                            .h = base + N * (2 * dim + q_dim),
+                                            .gu = g->fuse ? base + N * (2 * dim + q_dim + hid) : NULL};
     }
+    if (g->fuse)
+        XLKV_TRY(xlkv_cuda_alloc((void **)&g->branch_bf16, N * dim * sizeof(uint16_t),
+                                 "the bf16 branch outputs of the fused layer passes (XLKV_TRAIN_FUSE=0 does without)"));
     return XLKV_OK;
 }
 
@@ -447,6 +481,7 @@ void xlkv_gpu_trainer_free(xlkv_gpu_trainer *g) {
     cudaFree(g->params_bf16);
     cudaFree(g->x_bf16);
     cudaFree(g->dy_bf16);
+    cudaFree(g->branch_bf16);
     cudaFree(g->record_inputs_arena);
     free(g->record_inputs);
     cudaFree(g->arena);
@@ -550,6 +585,17 @@ static xlkv_status gemm_bf16(xlkv_gpu_trainer *g, cublasOperation_t op_a, cublas
     return XLKV_OK;
 }
 
+/* the same with a bf16 C (fused path; fp32 accumulation, rounded to nearest even once; beta 0: nothing accumulates in
+ * bf16) */
+static xlkv_status gemm_bf16_out(xlkv_gpu_trainer *g, cublasOperation_t op_a, cublasOperation_t op_b, int m, int n,
+                                 int k, const uint16_t *a, int lda, const uint16_t *b, int ldb, uint16_t *c, int ldc) {
+    const float alpha = 1.0f, beta = 0.0f;
+    XLKV_CUBLAS_TRY(cublasGemmEx(g->cublas, op_a, op_b, m, n, k, &alpha, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb,
+                                 &beta, c, CUDA_R_16BF, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                    "training matrix product, bf16 operands and output (cublasGemmEx)");
+    return XLKV_OK;
+}
+
 /* a weight's bf16 copy: the same offset in the shadow */
 static const uint16_t *weight_bf16(const xlkv_gpu_trainer *g, const float *w) {
     return g->params_bf16 + (w - g->params);
@@ -581,6 +627,16 @@ static xlkv_status product_from(xlkv_gpu_trainer *g, unsigned ready, float *y, c
 
 static xlkv_status product(xlkv_gpu_trainer *g, float *y, const float *x, const float *w, int n, int in, int out) {
     return product_from(g, 0, y, x, NULL, w, n, in, out);
+}
+
+/* Fused path: a layer's product with a bf16 output y16 [n, out] (row stride ldy) from the bf16 operand x16 (rounded
+ * from x first unless X_READY; NULL: the scratch), timed as one */
+static xlkv_status linear_to_bf16(xlkv_gpu_trainer *g, unsigned ready, uint16_t *y16, int ldy, const float *x,
+                                  uint16_t *x16, const float *w, int n, int in, int out) {
+    mark(g, XLKV_STEP_LINEAR_FORWARD);
+    if (!x16) x16 = g->x_bf16;
+    if (!(ready & X_READY)) XLKV_TRY(to_bf16(g, x16, x, n, in, in));
+    return gemm_bf16_out(g, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, weight_bf16(g, w), in, x16, in, y16, ldy);
 }
 
 /* a layer's product, timed as one */
@@ -621,18 +677,24 @@ static xlkv_status linear_backward(xlkv_gpu_trainer *g, float *dx, float *dw, co
 
 /* Fused path: a layer product's backward from bf16 operands already in place: dy16 [n, out] (row stride ld_dy, the
  * gradient written in bf16 by its producer), x16 [n, in] (the record's copy). dx[n, in] = dy . w + dx_beta dx (beta 0:
- * the first product into dx, no clearing pass before it); dw[out, in] += dy^T . x. */
-static xlkv_status linear_backward_bf16(xlkv_gpu_trainer *g, float *dx, float dx_beta, float *dw, const uint16_t *dy16,
-                                        int ld_dy, const uint16_t *x16, const float *w, int n, int in, int out) {
+ * the first product into dx, no clearing pass before it), or, with dx16 not NULL, dx16 = bf16(dy . w) (packed, the
+ * only product into it; dx and dx_beta unused); dw[out, in] += dy^T . x. */
+static xlkv_status linear_backward_bf16(xlkv_gpu_trainer *g, float *dx, uint16_t *dx16, float dx_beta, float *dw,
+                                        const uint16_t *dy16, int ld_dy, const uint16_t *x16, const float *w, int n,
+                                        int in, int out) {
     mark(g, XLKV_STEP_LINEAR_BACKWARD_DX);
-    XLKV_TRY(gemm_bf16(g, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, weight_bf16(g, w), in, dy16, ld_dy, dx_beta, dx, in));
+    if (dx16)
+        XLKV_TRY(gemm_bf16_out(g, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, weight_bf16(g, w), in, dy16, ld_dy, dx16, in));
+    else
+        XLKV_TRY(gemm_bf16(g, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, weight_bf16(g, w), in, dy16, ld_dy, dx_beta, dx,
+                           in));
     mark(g, XLKV_STEP_LINEAR_BACKWARD_DW);
     return gemm_bf16(g, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, x16, in, dy16, ld_dy, 1.0f, dw, in);
 }
 
 /* the record's bf16 input copies; all NULL (the shared scratch) for the no-grad iterations or fp32 operands */
 static bf16_inputs inputs_bf16(const xlkv_gpu_trainer *g, const gpu_record *rec, bool grad) {
-    if (!g->bf16_operands || !grad) return (bf16_inputs){NULL, NULL, NULL, NULL};
+    if (!g->bf16_operands || !grad) return (bf16_inputs){NULL, NULL, NULL, NULL, NULL};
     return g->record_inputs[rec - g->records];
 }
 
@@ -745,13 +807,14 @@ static xlkv_cuda_train_attention_shape attention_shape(const xlkv_gpu_trainer *g
 }
 
 /* ---- forward ---------------------------------------------------------------------------------------------------- */
-/* fused: form the stream x = pending_a + pending_b where something other than the next layer reads x */
+/* fused: form the stream x = pending_a + float(pending_b16) where something other than the next layer reads x */
 static xlkv_status flush_residual(xlkv_gpu_trainer *g) {
     if (!g->pending_a) return XLKV_OK;
     mark(g, XLKV_STEP_RESIDUAL_COPIES);
-    KERNEL_TRY(xlkv_cuda_train_add_out(g->x, g->pending_a, g->pending_b,
-                                       (size_t)g->n_rows * (size_t)g->store->hp.dim, g->stream), "residual add");
-    g->pending_a = g->pending_b = NULL;
+    KERNEL_TRY(xlkv_cuda_train_add_out_bf16b(g->x, g->pending_a, g->pending_b16,
+                                             (size_t)g->n_rows * (size_t)g->store->hp.dim, g->stream), "residual add");
+    g->pending_a = NULL;
+    g->pending_b16 = NULL;
     return XLKV_OK;
 }
 
@@ -771,10 +834,11 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
          * record's x_in (grad) or x; the norm writes the bf16 operand of q/k/v (no fp32 xb) */
         if (grad) x = rec->x_in;
         mark(g, XLKV_STEP_RMSNORM);
-        KERNEL_TRY(xlkv_cuda_train_add_rmsnorm_forward_bf16(x, in16.xb ? in16.xb : g->x_bf16, rec->attn_inv_rms,
-                                                            g->pending_a, g->pending_b, w->attn_norm, N, dim,
-                                                            hp->norm_eps, st), "residual add + rmsnorm forward");
-        g->pending_a = g->pending_b = NULL;
+        KERNEL_TRY(xlkv_cuda_train_add_rmsnorm_forward_bf16b(x, in16.xb ? in16.xb : g->x_bf16, rec->attn_inv_rms,
+                                                             g->pending_a, g->pending_b16, w->attn_norm, N, dim,
+                                                             hp->norm_eps, st), "residual add + rmsnorm forward");
+        g->pending_a = NULL;
+        g->pending_b16 = NULL;
     } else if (g->fuse) { /* the norm writes the saved input and the products' bf16 operand; no fp32 xb */
         mark(g, XLKV_STEP_RMSNORM);
         KERNEL_TRY(xlkv_cuda_train_rmsnorm_forward_bf16(in16.xb ? in16.xb : g->x_bf16, rec->attn_inv_rms,
@@ -820,24 +884,33 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
                    "flash attention forward");
     else KERNEL_TRY(xlkv_cuda_train_attention_forward(rec->att, rec->lse, rec->q, src->k, src->v, &shape, st),
                     "attention forward");
-    XLKV_TRY(linear(g, 0, proj, rec->att, in16.att, w->wo, N, q_dim, dim));
     if (g->fuse) {
-        /* x_mid = x + proj and its RMSNorm in one pass (the record's x_mid is the stream until the last add; the
-         * scratch record has one too); gate / up read the bf16 operand it wrote, swiglu writes h only in bf16 */
+        /* as torch autocast: the products write bf16 where an elementwise kernel or another product reads them (the
+         * o / down branches, gate|up); the stream x stays fp32. x_mid = x + float(o branch) and its RMSNorm in one
+         * pass (the record's x_mid is the stream until the last add; the scratch record has one too); gate|up read
+         * the bf16 operand it wrote and write [gate | up] in bf16 (the record's gu; the no-grad iterations use
+         * dy_bf16, free until the classifier); swiglu reads it and writes h only in bf16 */
+        uint16_t *branch16 = g->branch_bf16, *gu16 = in16.gu ? in16.gu : g->dy_bf16, *xb2_16 = in16.xb2;
+        XLKV_TRY(linear_to_bf16(g, 0, branch16, dim, rec->att, in16.att, w->wo, N, q_dim, dim));
         mark(g, XLKV_STEP_RMSNORM);
-        KERNEL_TRY(xlkv_cuda_train_add_rmsnorm_forward_bf16(rec->x_mid, in16.xb2 ? in16.xb2 : g->x_bf16,
-                                                            rec->ffn_inv_rms, x, proj, w->ffn_norm, N, dim,
-                                                            hp->norm_eps, st), "residual add + rmsnorm forward");
-        XLKV_TRY(linear(g, X_READY, rec->gate, rec->xb2, in16.xb2, w->w_gate, N, dim, hid));
-        XLKV_TRY(linear(g, X_READY, rec->up, rec->xb2, in16.xb2, w->w_up, N, dim, hid));
-        mark(g, XLKV_STEP_SWIGLU); /* gate / up have read the scratch: h may take it */
-        KERNEL_TRY(xlkv_cuda_train_swiglu_forward_bf16(in16.h ? in16.h : g->x_bf16, rec->gate, rec->up,
-                                                       (size_t)N * (size_t)hid, st), "swiglu forward (bf16 out)");
-        XLKV_TRY(linear(g, X_READY, proj, rec->h, in16.h, w->w_down, N, hid, dim));
-        g->pending_a = rec->x_mid; /* x = x_mid + proj: added by the next norm, or by flush_residual */
-        g->pending_b = proj;
+        KERNEL_TRY(xlkv_cuda_train_add_rmsnorm_forward_bf16b(rec->x_mid, xb2_16 ? xb2_16 : g->x_bf16,
+                                                             rec->ffn_inv_rms, x, branch16, w->ffn_norm, N, dim,
+                                                             hp->norm_eps, st), "residual add + rmsnorm forward");
+        if (w->w_up == w->w_gate + (size_t)hid * (size_t)dim) { /* [w_gate; w_up] is one [2 hidden, dim] matrix */
+            XLKV_TRY(linear_to_bf16(g, X_READY, gu16, 2 * hid, NULL, xb2_16, w->w_gate, N, dim, 2 * hid));
+        } else {
+            XLKV_TRY(linear_to_bf16(g, X_READY, gu16, 2 * hid, NULL, xb2_16, w->w_gate, N, dim, hid));
+            XLKV_TRY(linear_to_bf16(g, X_READY, gu16 + hid, 2 * hid, NULL, xb2_16, w->w_up, N, dim, hid));
+        }
+        mark(g, XLKV_STEP_SWIGLU); /* gate|up have read the scratch: h may take it */
+        KERNEL_TRY(xlkv_cuda_train_swiglu_forward_from_bf16(in16.h ? in16.h : g->x_bf16, gu16, 2 * (size_t)hid, N, hid,
+                                                            st), "swiglu forward (bf16 in and out)");
+        XLKV_TRY(linear_to_bf16(g, X_READY, branch16, dim, NULL, in16.h, w->w_down, N, hid, dim));
+        g->pending_a = rec->x_mid; /* x = x_mid + float(branch16): added by the next norm, or by flush_residual */
+        g->pending_b16 = branch16;
         return XLKV_OK;
     }
+    XLKV_TRY(linear(g, 0, proj, rec->att, in16.att, w->wo, N, q_dim, dim));
     mark(g, XLKV_STEP_RESIDUAL_COPIES);
     KERNEL_TRY(xlkv_cuda_train_add(x, proj, n_dim, st), "residual add");
 
@@ -873,15 +946,17 @@ static xlkv_status classifier_forward_fused(xlkv_gpu_trainer *g) {
     return XLKV_OK;
 }
 
-/* dxb = scale G . output (beta 0: no clearing) and d_output += scale G^T . xf, G = dy_bf16 (softmax - onehot) and
- * scale = loss_scale / N; xf is rounded again into x_bf16 (an evaluation's forward may have used it since) */
+/* dxb = scale G . output (beta 0: no clearing; in bf16 into branch_bf16 on the fused layer path, where only the final
+ * RMSNorm backward reads it) and d_output += scale G^T . xf, G = dy_bf16 (softmax - onehot) and scale = loss_scale /
+ * N; xf is rounded again into x_bf16 (an evaluation's forward may have used it since) */
 static xlkv_status classifier_backward_fused(xlkv_gpu_trainer *g, float scale) {
     const xlkv_hparams *hp = &g->store->hp;
     const int N = g->n_rows, dim = hp->dim, vocab = hp->vocab_size;
     const float zero_beta = 0.0f, one_beta = 1.0f;
+    void *dxb = g->fuse ? (void *)g->branch_bf16 : (void *)g->dxb;
     XLKV_CUBLAS_TRY(cublasGemmEx(g->cublas, CUBLAS_OP_N, CUBLAS_OP_N, dim, N, vocab, &scale, weight_bf16(g, g->output),
-                                 CUDA_R_16BF, dim, g->dy_bf16, CUDA_R_16BF, vocab, &zero_beta, g->dxb, CUDA_R_32F, dim,
-                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                                 CUDA_R_16BF, dim, g->dy_bf16, CUDA_R_16BF, vocab, &zero_beta, dxb,
+                                 g->fuse ? CUDA_R_16BF : CUDA_R_32F, dim, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                     "classifier input gradient, bf16 operands (cublasGemmEx)");
     XLKV_TRY(to_bf16(g, g->x_bf16, g->xf, N, dim, dim));
     XLKV_CUBLAS_TRY(cublasGemmEx(g->cublas, CUBLAS_OP_N, CUBLAS_OP_T, dim, vocab, N, &scale, g->x_bf16, CUDA_R_16BF,
@@ -931,7 +1006,8 @@ xlkv_status xlkv_gpu_trainer_forward(xlkv_gpu_trainer *g, const int *tokens, con
     memset(g->current, 0, ((size_t)map->n_kv_layers + 1) * sizeof *g->current);
     mark(g, XLKV_STEP_EMBEDDING);
     KERNEL_TRY(xlkv_cuda_train_embedding_forward(g->x, g->tokens, g->tok_embeddings, N, dim, st), "embedding forward");
-    g->pending_a = g->pending_b = NULL;
+    g->pending_a = NULL;
+    g->pending_b16 = NULL;
     int r = 0;
     for (int stp = 0; stp < map->n_plan_steps; stp++) {
         const xlkv_plan_step *step = &map->plan[stp];
@@ -952,7 +1028,8 @@ xlkv_status xlkv_gpu_trainer_forward(xlkv_gpu_trainer *g, const int *tokens, con
         }
         for (int it = 0; it < g->forward_passes + g->backward_passes; it++) {
             const bool grad = it >= g->forward_passes;
-            g->pending_a = g->pending_b = NULL; /* the previous iteration's output is discarded */
+            g->pending_a = NULL; /* the previous iteration's output is discarded */
+            g->pending_b16 = NULL;
             XLKV_TRY(copy(g, g->x, g->x_group_in, n_dim));
             for (int layer = step->first; layer <= step->last; layer++)
                 XLKV_TRY(layer_forward(g, grad ? &g->records[r++] : &g->scratch, layer, grad));
@@ -960,8 +1037,9 @@ xlkv_status xlkv_gpu_trainer_forward(xlkv_gpu_trainer *g, const int *tokens, con
     }
     if (g->pending_a) { /* fused: the last residual add straight into x_final (x is not read again) */
         mark(g, XLKV_STEP_RESIDUAL_COPIES);
-        KERNEL_TRY(xlkv_cuda_train_add_out(g->x_final, g->pending_a, g->pending_b, n_dim, st), "residual add");
-        g->pending_a = g->pending_b = NULL;
+        KERNEL_TRY(xlkv_cuda_train_add_out_bf16b(g->x_final, g->pending_a, g->pending_b16, n_dim, st), "residual add");
+        g->pending_a = NULL;
+        g->pending_b16 = NULL;
     } else {
         XLKV_TRY(copy(g, g->x_final, g->x, n_dim));
     }
@@ -1010,9 +1088,11 @@ static xlkv_status attention_backward(xlkv_gpu_trainer *g, gpu_record *rec) {
 
 /* The fused backward of one record (bf16 operands, XLKV_TRAIN_FUSE on): every product reads bf16 gradients written by
  * their producer (the RMSNorm backward writes bf16(dx) beside dx, the swiglu backward writes [dgate | dup] in bf16,
- * the RoPE backward of dq / dk rounds them as it rotates into [dq | dk | dv]); the first product into each dX buffer
- * has beta 0 (no clearing pass); gate / up (and q / k / v) are one product each way where their weights are adjacent
- * in the parameter layout (K = 2 hidden, K = q_dim + 2 kv_dim). */
+ * the RoPE backward of dq / dk rounds them as it rotates into [dq | dk | dv]); the dX products write bf16 where an
+ * elementwise kernel alone reads them (dh for the swiglu backward; dxb for an RMSNorm backward where one product forms
+ * it: gate|up and q/k/v with adjacent weights) and fp32 where several accumulate (beta 1) or the attention reads them
+ * (datt); the first fp32 product into a buffer has beta 0 (no clearing pass); gate / up (and q / k / v) are one
+ * product each way where their weights are adjacent in the parameter layout (K = 2 hidden, K = q_dim + 2 kv_dim). */
 static xlkv_status layer_backward_fused(xlkv_gpu_trainer *g, gpu_record *rec) {
     const xlkv_hparams *hp = &g->store->hp;
     const xlkv_layer_map *map = g->store->map;
@@ -1022,29 +1102,39 @@ static xlkv_status layer_backward_fused(xlkv_gpu_trainer *g, gpu_record *rec) {
     const int q_dim = hp->n_heads * hp->head_dim, kv_dim = hp->n_kv_heads * hp->head_dim;
     const size_t qd = (size_t)q_dim * (size_t)dim, kvd = (size_t)kv_dim * (size_t)dim;
     const bf16_inputs in16 = inputs_bf16(g, rec, true);
-    uint16_t *dy16 = g->dy_bf16;
+    uint16_t *dy16 = g->dy_bf16, *dh16 = g->x_bf16, *dxb16 = g->branch_bf16;
     void *st = g->stream;
 
     if (!g->dx16_ready) {
         mark(g, XLKV_STEP_LINEAR_BACKWARD_DX);
         XLKV_TRY(to_bf16(g, dy16, g->dx, N, dim, dim));
     }
-    XLKV_TRY(linear_backward_bf16(g, g->dh, 0.0f, dw->w_down, dy16, dim, in16.h, w->w_down, N, hid, dim));
+    /* dh in bf16 into the input scratch (the fused backward reads no other x_bf16) */
+    XLKV_TRY(linear_backward_bf16(g, NULL, dh16, 0.0f, dw->w_down, dy16, dim, in16.h, w->w_down, N, hid, dim));
     mark(g, XLKV_STEP_SWIGLU);
-    KERNEL_TRY(xlkv_cuda_train_swiglu_backward_bf16(dy16, 2 * (size_t)hid, g->dh, rec->gate, rec->up, N, hid, st),
-               "swiglu backward (bf16 out)");
-    if (w->w_up == w->w_gate + (size_t)hid * (size_t)dim) { /* [w_gate; w_up] is one [2 hidden, dim] matrix */
-        XLKV_TRY(linear_backward_bf16(g, g->dxb, 0.0f, dw->w_gate, dy16, 2 * hid, in16.xb2, w->w_gate, N, dim, 2 * hid));
+    KERNEL_TRY(xlkv_cuda_train_swiglu_backward_from_bf16(dy16, 2 * (size_t)hid, dh16, in16.gu, 2 * (size_t)hid, N, hid,
+                                                         st), "swiglu backward (bf16 in and out)");
+    const bool gate_up_one = w->w_up == w->w_gate + (size_t)hid * (size_t)dim; /* [w_gate; w_up]: [2 hidden, dim] */
+    if (gate_up_one) {
+        XLKV_TRY(linear_backward_bf16(g, NULL, dxb16, 0.0f, dw->w_gate, dy16, 2 * hid, in16.xb2, w->w_gate, N, dim,
+                                      2 * hid));
     } else {
-        XLKV_TRY(linear_backward_bf16(g, g->dxb, 0.0f, dw->w_gate, dy16, 2 * hid, in16.xb2, w->w_gate, N, dim, hid));
-        XLKV_TRY(linear_backward_bf16(g, g->dxb, 1.0f, dw->w_up, dy16 + hid, 2 * hid, in16.xb2, w->w_up, N, dim, hid));
+        XLKV_TRY(linear_backward_bf16(g, g->dxb, NULL, 0.0f, dw->w_gate, dy16, 2 * hid, in16.xb2, w->w_gate, N, dim,
+                                      hid));
+        XLKV_TRY(linear_backward_bf16(g, g->dxb, NULL, 1.0f, dw->w_up, dy16 + hid, 2 * hid, in16.xb2, w->w_up, N, dim,
+                                      hid));
     }
     mark(g, XLKV_STEP_RMSNORM);
-    KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_folded(g->dx, dy16, dw->ffn_norm, g->dxb, rec->x_mid,
-                                                       rec->ffn_inv_rms, w->ffn_norm, N, dim, g->partials, st),
-               "rmsnorm backward");
+    if (gate_up_one)
+        KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_folded_dy16(g->dx, dy16, dw->ffn_norm, dxb16, rec->x_mid,
+                                                                rec->ffn_inv_rms, w->ffn_norm, N, dim, g->partials, st),
+                   "rmsnorm backward (bf16 dy)");
+    else
+        KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_folded(g->dx, dy16, dw->ffn_norm, g->dxb, rec->x_mid,
+                                                           rec->ffn_inv_rms, w->ffn_norm, N, dim, g->partials, st),
+                   "rmsnorm backward");
 
-    XLKV_TRY(linear_backward_bf16(g, g->datt, 0.0f, dw->wo, dy16, dim, in16.att, w->wo, N, q_dim, dim));
+    XLKV_TRY(linear_backward_bf16(g, g->datt, NULL, 0.0f, dw->wo, dy16, dim, in16.att, w->wo, N, q_dim, dim));
     XLKV_TRY(attention_backward(g, rec));
     const bool kv = xlkv_is_kv_layer(map, layer);
     const int ld = kv ? q_dim + 2 * kv_dim : q_dim; /* [dq | dk | dv] or [dq] */
@@ -1060,22 +1150,28 @@ static xlkv_status layer_backward_fused(xlkv_gpu_trainer *g, gpu_record *rec) {
                                                 hp->n_kv_heads, hp->head_dim, NULL, NULL, 0.0f, 0, st),
                    "bf16 copy of dv");
     }
-    if (!kv) {
-        XLKV_TRY(linear_backward_bf16(g, g->dxb, 0.0f, dw->wq, dy16, ld, in16.xb, w->wq, N, dim, q_dim));
-    } else if (w->wk == w->wq + qd && w->wv == w->wk + kvd) { /* [wq; wk; wv] is one [q_dim + 2 kv_dim, dim] matrix */
-        XLKV_TRY(linear_backward_bf16(g, g->dxb, 0.0f, dw->wq, dy16, ld, in16.xb, w->wq, N, dim, ld));
+    /* one product ([wq; wk; wv] is one [q_dim + 2 kv_dim, dim] matrix where adjacent) writes dxb in bf16 */
+    const bool qkv_one = !kv || (w->wk == w->wq + qd && w->wv == w->wk + kvd);
+    if (qkv_one) {
+        XLKV_TRY(linear_backward_bf16(g, NULL, dxb16, 0.0f, dw->wq, dy16, ld, in16.xb, w->wq, N, dim, ld));
     } else {
-        XLKV_TRY(linear_backward_bf16(g, g->dxb, 0.0f, dw->wq, dy16, ld, in16.xb, w->wq, N, dim, q_dim));
-        XLKV_TRY(linear_backward_bf16(g, g->dxb, 1.0f, dw->wk, dy16 + q_dim, ld, in16.xb, w->wk, N, dim, kv_dim));
-        XLKV_TRY(linear_backward_bf16(g, g->dxb, 1.0f, dw->wv, dy16 + q_dim + kv_dim, ld, in16.xb, w->wv, N, dim,
+        XLKV_TRY(linear_backward_bf16(g, g->dxb, NULL, 0.0f, dw->wq, dy16, ld, in16.xb, w->wq, N, dim, q_dim));
+        XLKV_TRY(linear_backward_bf16(g, g->dxb, NULL, 1.0f, dw->wk, dy16 + q_dim, ld, in16.xb, w->wk, N, dim,
+                                      kv_dim));
+        XLKV_TRY(linear_backward_bf16(g, g->dxb, NULL, 1.0f, dw->wv, dy16 + q_dim + kv_dim, ld, in16.xb, w->wv, N, dim,
                                       kv_dim));
     }
     /* bf16(dx) for the next record's first product, unless the walk changes dx between records (group inputs) */
     uint16_t *next16 = rec->iteration_start ? NULL : dy16;
     mark(g, XLKV_STEP_RMSNORM);
-    KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_folded(g->dx, next16, dw->attn_norm, g->dxb, rec->x_in,
-                                                       rec->attn_inv_rms, w->attn_norm, N, dim, g->partials, st),
-               "rmsnorm backward");
+    if (qkv_one)
+        KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_folded_dy16(g->dx, next16, dw->attn_norm, dxb16, rec->x_in,
+                                                                rec->attn_inv_rms, w->attn_norm, N, dim, g->partials,
+                                                                st), "rmsnorm backward (bf16 dy)");
+    else
+        KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_folded(g->dx, next16, dw->attn_norm, g->dxb, rec->x_in,
+                                                           rec->attn_inv_rms, w->attn_norm, N, dim, g->partials, st),
+                   "rmsnorm backward");
     g->dx16_ready = next16 != NULL;
     return XLKV_OK;
 }
@@ -1182,7 +1278,11 @@ xlkv_status xlkv_gpu_trainer_backward_buckets(xlkv_gpu_trainer *g, float loss_sc
     }
     XLKV_TRY(zero(g, g->dx, n_dim));
     mark(g, XLKV_STEP_RMSNORM);
-    if (g->fuse)
+    if (g->fuse && g->fused_ce) /* the classifier's dX in bf16 (classifier_backward_fused) */
+        KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_folded_dy16(g->dx, NULL, g->d_output_norm, g->branch_bf16,
+                                                                g->x_final, g->final_inv_rms, g->output_norm, N, dim,
+                                                                g->partials, st), "final rmsnorm backward (bf16 dy)");
+    else if (g->fuse)
         KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_folded(g->dx, NULL, g->d_output_norm, g->dxb, g->x_final,
                                                            g->final_inv_rms, g->output_norm, N, dim, g->partials, st),
                    "final rmsnorm backward");

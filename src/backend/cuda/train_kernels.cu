@@ -96,27 +96,28 @@ __global__ void rmsnorm_forward(float *y, float *inv_rms, const float *x, const 
 
 /* One row of the RMSNorm backward for one warp (lane = threadIdx.x & 31): dx += s g dy - coef x, dx16 = bf16(dx) after
  * the update (BF16; the bf16 trainer's operand for the next product). GAIN: acc[i] += dy x s for the columns this lane
- * touches (acc is this warp's own row of column partials: no other lane writes those columns, no barrier needed). */
-template <bool V4, bool BF16, bool GAIN>
-__device__ __forceinline__ void rmsnorm_backward_row(float *dx, const float *dy, const float *x, float s,
+ * touches (acc is this warp's own row of column partials: no other lane writes those columns, no barrier needed).
+ * DyT: float, or __nv_bfloat16 (the fused path's bf16 dX products), widened to fp32 as read. */
+template <bool V4, bool BF16, bool GAIN, typename DyT>
+__device__ __forceinline__ void rmsnorm_backward_row(float *dx, const DyT *dy, const float *x, float s,
                                                      const float *gain, int dim, __nv_bfloat16 *dx16, float *acc) {
     const int lane = threadIdx.x & 31;
     float dot = 0.0f;
     if (V4) {
         for (int i = lane; i < dim / 4; i += 32) {
             const float4 g = reinterpret_cast<const float4 *>(gain)[i];
-            const float4 d = reinterpret_cast<const float4 *>(dy)[i], v = reinterpret_cast<const float4 *>(x)[i];
+            const float4 d = load4(dy, i), v = reinterpret_cast<const float4 *>(x)[i];
             dot += g.x * d.x * v.x + g.y * d.y * v.y + g.z * d.z * v.z + g.w * d.w * v.w;
         }
     } else {
-        for (int i = lane; i < dim; i += 32) dot += gain[i] * dy[i] * x[i];
+        for (int i = lane; i < dim; i += 32) dot += gain[i] * load1(dy, i) * x[i];
     }
     dot = warp_sum(dot);
     const float coef = dot * s * s * s / (float)dim;
     if (V4) {
         for (int i = lane; i < dim / 4; i += 32) {
             const float4 g = reinterpret_cast<const float4 *>(gain)[i];
-            const float4 d = reinterpret_cast<const float4 *>(dy)[i], v = reinterpret_cast<const float4 *>(x)[i];
+            const float4 d = load4(dy, i), v = reinterpret_cast<const float4 *>(x)[i];
             float4 o = reinterpret_cast<float4 *>(dx)[i];
             o.x += s * g.x * d.x - coef * v.x;
             o.y += s * g.y * d.y - coef * v.y;
@@ -136,21 +137,22 @@ __device__ __forceinline__ void rmsnorm_backward_row(float *dx, const float *dy,
         }
     } else {
         for (int i = lane; i < dim; i += 32) {
-            dx[i] += s * gain[i] * dy[i] - coef * x[i];
+            const float d = load1(dy, i);
+            dx[i] += s * gain[i] * d - coef * x[i];
             if (BF16) dx16[i] = __float2bfloat16_rn(dx[i]);
-            if (GAIN) acc[i] += dy[i] * x[i] * s;
+            if (GAIN) acc[i] += d * x[i] * s;
         }
     }
 }
 
 /* one warp per row (the gain gradient is a separate pass: rmsnorm_gain_partials) */
-template <bool V4, bool BF16>
-__global__ void rmsnorm_backward_rows(float *dx, const float *dy, const float *x, const float *inv_rms,
+template <bool V4, bool BF16, typename DyT>
+__global__ void rmsnorm_backward_rows(float *dx, const DyT *dy, const float *x, const float *inv_rms,
                                       const float *gain, int n, int dim, __nv_bfloat16 *dx16) {
     const size_t r = (size_t)blockIdx.x * kRowsPerBlock + threadIdx.x / 32, off = r * (size_t)dim;
     if (r >= (size_t)n) return;
-    rmsnorm_backward_row<V4, BF16, false>(dx + off, dy + off, x + off, inv_rms[r], gain, dim, BF16 ? dx16 + off : NULL,
-                                          NULL);
+    rmsnorm_backward_row<V4, BF16, false, DyT>(dx + off, dy + off, x + off, inv_rms[r], gain, dim,
+                                               BF16 ? dx16 + off : NULL, NULL);
 }
 
 /* The rows and the gain partials in one pass: CTA c (kChunkWarps warps) takes rows [c chunk, (c + 1) chunk), warp w
@@ -158,8 +160,8 @@ __global__ void rmsnorm_backward_rows(float *dx, const float *dy, const float *x
  * floats, zeroed first); then partials[c][i] = the warps' sums of column i added in warp order. Fixed order:
  * deterministic. 16 warps of 4 rows each (64-row chunks): as many rows in flight per SM as the two-pass kernels. */
 constexpr int kChunkWarps = 16;
-template <bool V4, bool BF16>
-__global__ void rmsnorm_backward_chunk(float *dx, float *partials, const float *dy, const float *x,
+template <bool V4, bool BF16, typename DyT>
+__global__ void rmsnorm_backward_chunk(float *dx, float *partials, const DyT *dy, const float *x,
                                        const float *inv_rms, const float *gain, int n, int dim, __nv_bfloat16 *dx16) {
     extern __shared__ float4 chunk_shared[];
     float *acc = reinterpret_cast<float *>(chunk_shared);
@@ -169,7 +171,7 @@ __global__ void rmsnorm_backward_chunk(float *dx, float *partials, const float *
     const int r0 = blockIdx.x * XLKV_CUDA_TRAIN_ROW_CHUNK, r1 = min(n, r0 + XLKV_CUDA_TRAIN_ROW_CHUNK);
     for (int r = r0 + warp; r < r1; r += kChunkWarps) {
         const size_t off = (size_t)r * (size_t)dim;
-        rmsnorm_backward_row<V4, BF16, true>(dx + off, dy + off, x + off, inv_rms[r], gain, dim,
+        rmsnorm_backward_row<V4, BF16, true, DyT>(dx + off, dy + off, x + off, inv_rms[r], gain, dim,
                                              BF16 ? dx16 + off : NULL, acc + (size_t)warp * dim);
     }
     __syncthreads();
@@ -180,13 +182,14 @@ __global__ void rmsnorm_backward_chunk(float *dx, float *partials, const float *
     }
 }
 
-__global__ void rmsnorm_gain_partials(float *partials, const float *dy, const float *x, const float *inv_rms, int n,
+template <typename DyT>
+__global__ void rmsnorm_gain_partials(float *partials, const DyT *dy, const float *x, const float *inv_rms, int n,
                                       int dim) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x, chunk = blockIdx.y;
     if (i >= dim) return;
     const int r0 = chunk * XLKV_CUDA_TRAIN_ROW_CHUNK, r1 = min(n, r0 + XLKV_CUDA_TRAIN_ROW_CHUNK);
     float sum = 0.0f;
-    for (int r = r0; r < r1; r++) sum += dy[(size_t)r * dim + i] * x[(size_t)r * dim + i] * inv_rms[r];
+    for (int r = r0; r < r1; r++) sum += load1(dy, (size_t)r * dim + i) * x[(size_t)r * dim + i] * inv_rms[r];
     partials[(size_t)chunk * dim + i] = sum;
 }
 
@@ -636,6 +639,68 @@ unsigned grid_for(size_t n) {
 
 bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 unsigned row_blocks(int n) { return (unsigned)((n + kRowsPerBlock - 1) / kRowsPerBlock); }
+/* a group of four elements loadable at once (load4) */
+bool aligned4(const float *p) { return aligned16(p); }
+bool aligned4(const __nv_bfloat16 *p) { return ((uintptr_t)p & 7u) == 0; }
+
+/* the RMSNorm backward, two passes (rows, then the gain partials and their sum) */
+template <typename DyT>
+int rmsnorm_backward_two_pass(float *dx, uint16_t *dx16, float *dgain, const DyT *dy, const float *x,
+                              const float *inv_rms, const float *gain, int n, int dim, float *partials,
+                              cudaStream_t s) {
+    __nv_bfloat16 *d16 = reinterpret_cast<__nv_bfloat16 *>(dx16);
+    const bool v4 = dim % 4 == 0 && aligned16(dx) && aligned4(dy) && aligned16(x) && aligned16(gain) &&
+                    (uintptr_t)dx16 % 8 == 0;
+    if (v4 && dx16)
+        rmsnorm_backward_rows<true, true, DyT><<<row_blocks(n), kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, n, dim, d16);
+    else if (v4)
+        rmsnorm_backward_rows<true, false, DyT><<<row_blocks(n), kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, n, dim, d16);
+    else if (dx16)
+        rmsnorm_backward_rows<false, true, DyT><<<row_blocks(n), kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, n, dim, d16);
+    else
+        rmsnorm_backward_rows<false, false, DyT><<<row_blocks(n), kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, n, dim,
+                                                                                  d16);
+    int err = launch_status();
+    if (err) return err;
+    const int chunks = (n + XLKV_CUDA_TRAIN_ROW_CHUNK - 1) / XLKV_CUDA_TRAIN_ROW_CHUNK;
+    rmsnorm_gain_partials<DyT><<<dim3(blocks_for((size_t)dim), (unsigned)chunks), kBlock, 0, s>>>(partials, dy, x,
+                                                                                                 inv_rms, n, dim);
+    if ((err = launch_status())) return err;
+    rmsnorm_gain_sum<<<row_blocks(dim), kBlock, 0, s>>>(dgain, partials, chunks, dim);
+    return launch_status();
+}
+
+/* the RMSNorm backward, the gain partials folded into the rows pass (the two-pass one where too wide) */
+template <typename DyT>
+int rmsnorm_backward_folded(float *dx, uint16_t *dx16, float *dgain, const DyT *dy, const float *x,
+                            const float *inv_rms, const float *gain, int n, int dim, float *partials, cudaStream_t s) {
+    if (n < 0 || dim <= 0) return (int)cudaErrorInvalidValue;
+    if (n == 0) return 0;
+    const size_t shared = (size_t)kChunkWarps * (size_t)dim * sizeof(float);
+    int device = 0, optin = 0;
+    cudaError_t e = cudaGetDevice(&device);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (e != cudaSuccess) return (int)e;
+    if (shared > (size_t)optin) /* too wide for one shared row per warp: the two-pass path */
+        return rmsnorm_backward_two_pass<DyT>(dx, dx16, dgain, dy, x, inv_rms, gain, n, dim, partials, s);
+    __nv_bfloat16 *d16 = reinterpret_cast<__nv_bfloat16 *>(dx16);
+    const bool v4 = dim % 4 == 0 && aligned16(dx) && aligned4(dy) && aligned16(x) && aligned16(gain) &&
+                    (uintptr_t)dx16 % 8 == 0;
+    void (*kernel)(float *, float *, const DyT *, const float *, const float *, const float *, int, int,
+                   __nv_bfloat16 *) = v4 ? (dx16 ? rmsnorm_backward_chunk<true, true, DyT>
+                                                 : rmsnorm_backward_chunk<true, false, DyT>)
+                                         : (dx16 ? rmsnorm_backward_chunk<false, true, DyT>
+                                                 : rmsnorm_backward_chunk<false, false, DyT>);
+    if (shared > 48u * 1024u &&
+        (e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared)) != cudaSuccess)
+        return (int)e;
+    const int chunks = (n + XLKV_CUDA_TRAIN_ROW_CHUNK - 1) / XLKV_CUDA_TRAIN_ROW_CHUNK;
+    kernel<<<(unsigned)chunks, kChunkWarps * 32, shared, s>>>(dx, partials, dy, x, inv_rms, gain, n, dim, d16);
+    int err = launch_status();
+    if (err) return err;
+    rmsnorm_gain_sum<<<row_blocks(dim), kBlock, 0, s>>>(dgain, partials, chunks, dim);
+    return launch_status();
+}
 
 } // namespace
 
@@ -670,57 +735,22 @@ int xlkv_cuda_train_rmsnorm_backward(float *dx, float *dgain, const float *dy, c
 int xlkv_cuda_train_rmsnorm_backward_bf16(float *dx, uint16_t *dx16, float *dgain, const float *dy, const float *x,
                                           const float *inv_rms, const float *gain, int n, int dim, float *partials,
                                           void *stream) {
-    cudaStream_t s = (cudaStream_t)stream;
-    __nv_bfloat16 *d16 = reinterpret_cast<__nv_bfloat16 *>(dx16);
-    const bool v4 = dim % 4 == 0 && aligned16(dx) && aligned16(dy) && aligned16(x) && aligned16(gain) &&
-                    (uintptr_t)dx16 % 8 == 0;
-    if (v4 && dx16)
-        rmsnorm_backward_rows<true, true><<<row_blocks(n), kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, n, dim, d16);
-    else if (v4)
-        rmsnorm_backward_rows<true, false><<<row_blocks(n), kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, n, dim, d16);
-    else if (dx16)
-        rmsnorm_backward_rows<false, true><<<row_blocks(n), kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, n, dim, d16);
-    else
-        rmsnorm_backward_rows<false, false><<<row_blocks(n), kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, n, dim, d16);
-    int err = launch_status();
-    if (err) return err;
-    const int chunks = (n + XLKV_CUDA_TRAIN_ROW_CHUNK - 1) / XLKV_CUDA_TRAIN_ROW_CHUNK;
-    rmsnorm_gain_partials<<<dim3(blocks_for((size_t)dim), (unsigned)chunks), kBlock, 0, s>>>(partials, dy, x, inv_rms,
-                                                                                            n, dim);
-    if ((err = launch_status())) return err;
-    rmsnorm_gain_sum<<<row_blocks(dim), kBlock, 0, s>>>(dgain, partials, chunks, dim);
-    return launch_status();
+    return rmsnorm_backward_two_pass<float>(dx, dx16, dgain, dy, x, inv_rms, gain, n, dim, partials,
+                                            (cudaStream_t)stream);
 }
 
 int xlkv_cuda_train_rmsnorm_backward_folded(float *dx, uint16_t *dx16, float *dgain, const float *dy, const float *x,
                                             const float *inv_rms, const float *gain, int n, int dim, float *partials,
                                             void *stream) {
-    if (n < 0 || dim <= 0) return (int)cudaErrorInvalidValue;
-    if (n == 0) return 0;
-    const size_t shared = (size_t)kChunkWarps * (size_t)dim * sizeof(float);
-    int device = 0, optin = 0;
-    cudaError_t e = cudaGetDevice(&device);
-    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-    if (e != cudaSuccess) return (int)e;
-    if (shared > (size_t)optin) /* too wide for one shared row per warp: the two-pass path */
-        return xlkv_cuda_train_rmsnorm_backward_bf16(dx, dx16, dgain, dy, x, inv_rms, gain, n, dim, partials, stream);
-    cudaStream_t s = (cudaStream_t)stream;
-    __nv_bfloat16 *d16 = reinterpret_cast<__nv_bfloat16 *>(dx16);
-    const bool v4 = dim % 4 == 0 && aligned16(dx) && aligned16(dy) && aligned16(x) && aligned16(gain) &&
-                    (uintptr_t)dx16 % 8 == 0;
-    void (*kernel)(float *, float *, const float *, const float *, const float *, const float *, int, int,
-                   __nv_bfloat16 *) = v4 ? (dx16 ? rmsnorm_backward_chunk<true, true> : rmsnorm_backward_chunk<true, false>)
-                                         : (dx16 ? rmsnorm_backward_chunk<false, true>
-                                                 : rmsnorm_backward_chunk<false, false>);
-    if (shared > 48u * 1024u &&
-        (e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared)) != cudaSuccess)
-        return (int)e;
-    const int chunks = (n + XLKV_CUDA_TRAIN_ROW_CHUNK - 1) / XLKV_CUDA_TRAIN_ROW_CHUNK;
-    kernel<<<(unsigned)chunks, kChunkWarps * 32, shared, s>>>(dx, partials, dy, x, inv_rms, gain, n, dim, d16);
-    int err = launch_status();
-    if (err) return err;
-    rmsnorm_gain_sum<<<row_blocks(dim), kBlock, 0, s>>>(dgain, partials, chunks, dim);
-    return launch_status();
+    return rmsnorm_backward_folded<float>(dx, dx16, dgain, dy, x, inv_rms, gain, n, dim, partials,
+                                          (cudaStream_t)stream);
+}
+
+int xlkv_cuda_train_rmsnorm_backward_folded_dy16(float *dx, uint16_t *dx16, float *dgain, const uint16_t *dy16,
+                                                 const float *x, const float *inv_rms, const float *gain, int n,
+                                                 int dim, float *partials, void *stream) {
+    return rmsnorm_backward_folded<__nv_bfloat16>(dx, dx16, dgain, reinterpret_cast<const __nv_bfloat16 *>(dy16), x,
+                                                  inv_rms, gain, n, dim, partials, (cudaStream_t)stream);
 }
 
 int xlkv_cuda_train_rope(float *x, int n, int seq, int n_heads, int head_dim, const float *cos_table,

@@ -6,7 +6,8 @@
  *   every reduction has a fixed order (no atomics), so the same inputs give the same bits on every run.
  * The bf16 trainer's fused path also uses an RMSNorm backward with the gain gradient folded into the rows pass, a
  * clip coefficient computed on the device, and an AdamW that applies it and writes the bf16 weight shadow.
- * All buffers are fp32 device memory (master weights, activations, gradients); the products themselves are cuBLAS
+ * All buffers are fp32 device memory (master weights, activations, gradients; the bf16 trainer's dx16 outputs and
+ * the bf16 dy16 of rmsnorm_backward_folded_dy16 excepted); the products themselves are cuBLAS
  * (backend/cuda/train_gpu.c). Every launcher is asynchronous on `stream` (a cudaStream_t passed as void *) and
  * returns 0 or the cudaError_t of the launch. */
 #ifndef XLKV_BACKEND_CUDA_TRAIN_KERNELS_H
@@ -52,6 +53,11 @@ int xlkv_cuda_train_rmsnorm_backward_bf16(float *dx, uint16_t *dx16, float *dgai
 int xlkv_cuda_train_rmsnorm_backward_folded(float *dx, uint16_t *dx16, float *dgain, const float *dy, const float *x,
                                             const float *inv_rms, const float *gain, int n, int dim, float *partials,
                                             void *stream);
+/* The same with a bf16 dy16[n, dim] (the fused path's dX products written in bf16), widened to fp32 as it is read:
+ * the same bits as xlkv_cuda_train_rmsnorm_backward_folded given dy = float(dy16). */
+int xlkv_cuda_train_rmsnorm_backward_folded_dy16(float *dx, uint16_t *dx16, float *dgain, const uint16_t *dy16,
+                                                 const float *x, const float *inv_rms, const float *gain, int n,
+                                                 int dim, float *partials, void *stream);
 
 /* In-place interleaved RoPE rotation (direction +1 forward, -1 backward); tables [seq, head_dim / 2]. */
 int xlkv_cuda_train_rope(float *x, int n, int seq, int n_heads, int head_dim, const float *cos_table,
