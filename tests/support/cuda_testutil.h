@@ -4,11 +4,15 @@
  *   CK_LAUNCH(call)   a kernel launcher (0 or a cudaError_t), then a synchronize that surfaces asynchronous errors
  *   ct_uniform / ct_random_floats   reproducible inputs in [-1, 1) (x scale) from the caller's own 64-bit LCG state
  *   ct_to_device / ct_dev_floats    cudaMalloc + upload (host NULL: uninitialized); ct_download(_floats): malloc + copy
- *   ct_bf16_rne / ct_bf16_value     bf16 round to nearest even of a finite float, from the definition, and back */
+ *   ct_bf16_rne / ct_bf16_value     bf16 round to nearest even of a finite float, from the definition, and back
+ *   ct_refused(what, rc)            prints "check WHAT: refused ok" when a launcher returned cudaErrorInvalidValue,
+ *                                   else "FAIL"; returns whether it was refused */
 #ifndef XLKV_TESTS_CUDA_TESTUTIL_H
 #define XLKV_TESTS_CUDA_TESTUTIL_H
 
+#include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -59,6 +63,12 @@ static inline float ct_bf16_value(uint16_t b) {
     float f;
     memcpy(&f, &u, sizeof f);
     return f;
+}
+
+static inline bool ct_refused(const char *what, int rc) {
+    const bool ok = rc == (int)cudaErrorInvalidValue;
+    printf("check %-66s: %s\n", what, ok ? "refused ok" : "FAIL");
+    return ok;
 }
 
 #endif
