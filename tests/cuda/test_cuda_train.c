@@ -152,7 +152,18 @@ static void kernel_rope_swiglu(void) {
     free(g);
     g = ct_download_floats(d_x, len);
     check("rope backward (inverse rotation)", g, ref, len, 1e-6);
+    free(g);
+    /* the same rows one float off 16-byte alignment: the element-wise kernel instead of the row-wise one */
+    float *d_shifted = NULL;
+    CK(cudaMalloc((void **)&d_shifted, sizeof(float) * (len + 1)));
+    CK(cudaMemcpy(d_shifted + 1, x, sizeof(float) * len, cudaMemcpyHostToDevice));
+    memcpy(ref, x, sizeof(float) * len);
+    xlkv_train_rope_forward(ref, n, seq, heads, hd, cos_t, sin_t);
+    CK_LAUNCH(xlkv_cuda_train_rope(d_shifted + 1, n, seq, heads, hd, d_c, d_s, 1.0f, NULL));
+    g = ct_download_floats(d_shifted + 1, len);
+    check("rope forward, unaligned rows (element-wise kernel)", g, ref, len, 1e-6);
     free(g), free(x), free(ref), free(cos_t), free(sin_t), cudaFree(d_x), cudaFree(d_c), cudaFree(d_s);
+    cudaFree(d_shifted);
 
     swiglu_case(1000, 0); /* float4 path */
     swiglu_case(1003, 0); /* float4 path and three leftovers */

@@ -196,8 +196,10 @@ __global__ void rope_to_bf16(__nv_bfloat16 *dst, size_t ld, const float *x, int 
         if (ROTATE) {
             const int pos = (int)(row % seq);
             const float c = cos_table[(size_t)pos * half + i], sn = direction * sin_table[(size_t)pos * half + i];
-            out[2 * i] = __float2bfloat16_rn(a * c - b * sn);
-            out[2 * i + 1] = __float2bfloat16_rn(a * sn + b * c);
+            float ra, rb;
+            rope_pair(a, b, c, sn, &ra, &rb);
+            out[2 * i] = __float2bfloat16_rn(ra);
+            out[2 * i + 1] = __float2bfloat16_rn(rb);
         } else {
             out[2 * i] = __float2bfloat16_rn(a);
             out[2 * i + 1] = __float2bfloat16_rn(b);
@@ -299,6 +301,10 @@ extern "C" int xlkv_cuda_train_rope_to_bf16(uint16_t *dst16, size_t ld, const fl
     const size_t pairs = (size_t)n * (size_t)n_heads * (size_t)(head_dim / 2);
     if (pairs == 0) return 0;
     __nv_bfloat16 *dst = reinterpret_cast<__nv_bfloat16 *>(dst16);
+    const cudaStream_t st = (cudaStream_t)stream;
+    if (rotate ? launch_rope_rows<true>(dst, ld, src, n, seq, n_heads, head_dim, cos_table, sin_table, direction, st)
+               : launch_rope_rows<false>(dst, ld, src, n, seq, n_heads, head_dim, cos_table, sin_table, direction, st))
+        return launch_status();
     if (rotate)
         rope_to_bf16<true><<<blocks_for(pairs), kBlock, 0, (cudaStream_t)stream>>>(dst, ld, src, n, seq, n_heads,
                                                                                   head_dim, cos_table, sin_table,

@@ -214,9 +214,7 @@ __global__ void rope(float *x, int n, int seq, int n_heads, int head_dim, const 
         const int pos = (int)((rh / n_heads) % seq);
         float *v = x + rh * head_dim;
         const float c = cos_table[(size_t)pos * half + i], sn = direction * sin_table[(size_t)pos * half + i];
-        const float a = v[2 * i], b = v[2 * i + 1];
-        v[2 * i] = a * c - b * sn;
-        v[2 * i + 1] = a * sn + b * c;
+        rope_pair(v[2 * i], v[2 * i + 1], c, sn, &v[2 * i], &v[2 * i + 1]);
     }
 }
 
@@ -755,8 +753,10 @@ int xlkv_cuda_train_rmsnorm_backward_folded_dy16(float *dx, uint16_t *dx16, floa
 
 int xlkv_cuda_train_rope(float *x, int n, int seq, int n_heads, int head_dim, const float *cos_table,
                          const float *sin_table, float direction, void *stream) {
-    rope<<<grid_for((size_t)n * n_heads * (head_dim / 2)), kBlock, 0, (cudaStream_t)stream>>>(
-        x, n, seq, n_heads, head_dim, cos_table, sin_table, direction);
+    if (!launch_rope_rows<true, float>(x, (size_t)n_heads * (size_t)head_dim, x, n, seq, n_heads, head_dim, cos_table,
+                                       sin_table, direction, (cudaStream_t)stream))
+        rope<<<grid_for((size_t)n * n_heads * (head_dim / 2)), kBlock, 0, (cudaStream_t)stream>>>(
+            x, n, seq, n_heads, head_dim, cos_table, sin_table, direction);
     return launch_status();
 }
 
