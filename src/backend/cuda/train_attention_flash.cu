@@ -308,16 +308,21 @@ __global__ void head_major_rows(float *ref_hm, float *delta_hm, const float *lse
 
 /* CTAs per SM each kernel is compiled for (__launch_bounds__ minimum: 65536 / (128 x CTAs) registers per thread at
  * most). head_dim 64: 4 forward CTAs (128 registers, 4 x 46 KB of shared memory with the maximum carveout); the
- * backward kernels keep 3 (BWD_CTAS_64). head_dim 128: shared memory allows 2 forward CTAs; the backward kernels
- * need their ~240 registers (1). */
-#ifndef XLKV_FLASH_BWD_CTAS_64
-#define XLKV_FLASH_BWD_CTAS_64 3
-#endif
+ * backward kernels keep 3 (at 4 they spill with the default ptxas -O3; with -Xptxas -O1 the dQ kernel fits 4 without
+ * spilling: the macros let a benchmark build compare, see docs/TRAINING.md). head_dim 128: shared memory allows 2
+ * forward CTAs; the backward kernels need their ~240 registers (1). */
 #ifndef XLKV_FLASH_FWD_CTAS_64
 #define XLKV_FLASH_FWD_CTAS_64 4
 #endif
+#ifndef XLKV_FLASH_DQ_CTAS_64
+#define XLKV_FLASH_DQ_CTAS_64 3
+#endif
+#ifndef XLKV_FLASH_DKDV_CTAS_64
+#define XLKV_FLASH_DKDV_CTAS_64 3
+#endif
 template <int D> __host__ __device__ constexpr int forward_min_ctas() { return D == 64 ? XLKV_FLASH_FWD_CTAS_64 : 2; }
-template <int D> __host__ __device__ constexpr int bwd_min_ctas() { return D == 64 ? XLKV_FLASH_BWD_CTAS_64 : 1; }
+template <int D> __host__ __device__ constexpr int dq_min_ctas() { return D == 64 ? XLKV_FLASH_DQ_CTAS_64 : 1; }
+template <int D> __host__ __device__ constexpr int dkdv_min_ctas() { return D == 64 ? XLKV_FLASH_DKDV_CTAS_64 : 1; }
 
 template <int D>
 __global__ void __launch_bounds__(THREADS, forward_min_ctas<D>())
@@ -469,7 +474,7 @@ __global__ void __launch_bounds__(THREADS, forward_min_ctas<D>())
 template <int D> __host__ __device__ constexpr int bwd_chunk() { return D == 64 ? 32 : 64; }
 
 template <int D>
-__global__ void __launch_bounds__(THREADS, bwd_min_ctas<D>())
+__global__ void __launch_bounds__(THREADS, dq_min_ctas<D>())
     flash_backward_dq(float *dq, const float *dout, const float *lse, const float *delta, const float *q,
                          const bf16 *k, const bf16 *v, bf16 *q_copy, bf16 *dout_copy, flash_args a) {
     constexpr int SROW = smem_row<D>(), KC = bwd_chunk<D>(), KV_BYTES = tile_bytes<D>(TILE_K);
@@ -569,7 +574,7 @@ __global__ void __launch_bounds__(THREADS, bwd_min_ctas<D>())
  * ref and delta of step i+1 load while step i computes. ref/delta come head-major (head_major_rows); rows past
  * t_last are zero rows with ref +inf, as in the forward. */
 template <int D>
-__global__ void __launch_bounds__(THREADS, bwd_min_ctas<D>())
+__global__ void __launch_bounds__(THREADS, dkdv_min_ctas<D>())
     flash_backward_dkdv(float *dk, float *dv, const bf16 *dout, const float *ref_hm, const float *delta_hm,
                            const bf16 *q, const bf16 *k, const bf16 *v, flash_args a) {
     constexpr int SROW = smem_row<D>(), BQ = dkdv_tile_q<D>(), QC = bwd_chunk<D>() < BQ ? bwd_chunk<D>() : BQ;
