@@ -37,9 +37,9 @@
  * shared memory, which needs the maximum carveout, set at the first launch: the default gave 168 KB and 3 CTAs); the
  * backward kernels hold S and dP for 32 keys (dQ) / 32 queries (dK/dV) at a time (168 registers, 3 CTAs; 4 would
  * spill). docs/TRAINING.md lists the counts of every instantiation. The grids put the tile index in z (dispatched
- * slowest): the longest tiles of every (head, sequence) start before any short one, short ones fill the tail. (A first version that rounded fp32 tiles
- * while staging them, without a workspace, took 2x / 2.2x longer and gave the same bits; it was removed after the
- * H100 run at 5c5b2e8, bench/results/train/.)
+ * slowest): the longest tiles of every (head, sequence) start before any short one, short ones fill the tail. (A
+ * first version that rounded fp32 tiles while staging them, without a workspace, took 2x / 2.2x longer and gave the
+ * same bits; it was removed after the H100 run at 5c5b2e8, bench/results/train/.)
  * Cost (small: B 16, T 1024, 12/6 heads x 64, causal), per layer: forward 4 * 16 * 12 * 1024^2 / 2 * 64 = 26 GFLOP,
  * backward 2.5x that; the fp32 staging reads Q, K, V (and dO) once per tile pair, L2-resident. */
 #include <cuda_bf16.h>
@@ -68,14 +68,14 @@ template <int D> __host__ __device__ constexpr int tile_bytes(int rows) { return
 
 struct flash_args {
     int seq, n_heads, group, window, mask_diagonal;
-    int window_end; /* window, or INT_MAX without one: key p is visible from query t iff mask_diagonal <= t - p < window_end */
+    int window_end; /* window, or INT_MAX: key p is visible from query t iff mask_diagonal <= t - p < window_end */
     size_t q_stride, kv_stride; /* floats per row of q/out/dout and of k/v */
     float scale, scale_log2;
 };
 
 typedef __nv_bfloat16 bf16;
 
-/* ---- exp2, shared-memory addresses, fragments ---------------------------------------------------------------------- */
+/* ---- exp2, shared-memory addresses, fragments -------------------------------------------------------------------- */
 
 /* 2^x by the special-function unit with flush-to-zero: ex2.approx.ftz.f32 (the approximation exp2f also uses, ~2 ulp,
  * without exp2f's rescaling for results below 2^-126, which become +0 here); -inf -> +0. */
@@ -183,7 +183,9 @@ __device__ __forceinline__ void accumulate_pv(float acc[D / 8][4], const uint32_
 
 /* Whether a key at distance d = t - p before query t is visible (the per-element mask: two compares; the kernels
  * keep a per-tile d of their first element and add constants). */
-__device__ __forceinline__ bool visible_at(int d, const flash_args &a) { return d >= a.mask_diagonal && d < a.window_end; }
+__device__ __forceinline__ bool visible_at(int d, const flash_args &a) {
+    return d >= a.mask_diagonal && d < a.window_end;
+}
 
 /* The keys a query tile [t_min, t_max] can see: kv_first .. kv_last (empty when kv_last < kv_first). */
 __device__ __forceinline__ void key_range(const flash_args &a, int t_min, int t_max, int *kv_first, int *kv_last) {
