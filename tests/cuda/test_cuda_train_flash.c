@@ -6,6 +6,9 @@
  *     and 64; GQA 4/1 x128 with window + diagonal. Tolerance (bf16 inputs, fp32 accumulation): max |flash - ref| <=
  *     2e-2 x max |ref| per tensor (for dk/dv: x max |ref - initial|, the part the kernel adds); lse absolute
  *     2e-2 (it is a log); -inf lse must be -inf exactly. The kernels' bf16 workspace is poisoned with NaN first.
+ *     (The kernels' exp2 is ex2.approx.ftz on one FFMA: the same approximation as exp2f, ~2 ulp, the FFMA rounds
+ *     once where the old multiply-then-subtract rounded twice, and ftz only zeroes probabilities below 2^-126 of a
+ *     row's largest: all far below the bf16 rounding of the inputs, ~4e-3, that the 2e-2 tolerance covers.)
  *     Also: two backward runs give the same bits (no atomics); unsupported shapes (head_dim 80) and a NULL workspace
  *     are refused.
  *  2. gradients of every parameter of a head_dim 64 model after one forward + backward (B 2, T 100; standard, cla:2

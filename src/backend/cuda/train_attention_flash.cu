@@ -2,10 +2,16 @@
  * FlashAttention-2 arrangement, on the primitives of kernels_mma.cuh and the fragment conventions of the inference
  * prefill kernel (kernels_attention_prefill.cu).
  *
- * Every kernel runs CTAs of 4 warps. Tiles of fp32 rows are read with plain 16-byte loads, rounded to bf16 and
- * stored into shared memory (rows padded by 16 bytes: conflict-free ldmatrix); products are mma.sync.m16n8k16 bf16
- * -> fp32; probabilities are exp2 of scores pre-multiplied by scale * log2(e). Masks (p <= t, p < t with
- * mask_diagonal, t - p < window) are applied per element only on tiles that need them.
+ * Every kernel runs CTAs of 4 warps. Tiles of fp32 rows are read with coalesced 16-byte loads (lane l of a row block
+ * reads float4 l), rounded to bf16 and stored 8 bytes a lane into shared memory (rows padded by 16 bytes:
+ * conflict-free stores and ldmatrix); products are mma.sync.m16n8k16 bf16 -> fp32. Probabilities cost one FFMA and
+ * one ex2.approx.ftz per score: exp2(s * scale_log2 - ref) with s the raw score and ref a reference already in log2
+ * units (FlashAttention-2's arrangement: the forward keeps the running max of the raw scores, scaled once per row and
+ * tile). ftz only flushes results below 2^-126 to 0 (probabilities 1e-38 of the row's largest: no tolerance moves;
+ * the approximation itself is the one exp2f uses). Masks (p <= t, p < t with mask_diagonal, t - p < window) are
+ * applied per element only on tiles that need them, as two compares of t - p (a per-tile value plus constants).
+ * Addresses: per-thread shared offsets of the ldmatrix rows are computed once (tile offsets become immediates), the
+ * cp.async streams move a fixed chunk per thread with a pointer advanced by a constant per tile (tile_stream).
  *   forward: a CTA per (64-query tile, head, batch), longest first; each warp owns 16 query rows, keeps its Q
  *            fragments in registers and walks the visible 64-key tiles with an online softmax (a row whose running
  *            max is still -inf uses 0 as its reference: no NaN; a row with nothing visible ends with sum 0, writes
@@ -26,16 +32,19 @@
  * written by the dQ kernel, which reads each of their rows once anyway; head_major_rows makes the dK/dV kernel's
  * lse' / delta contiguous per (sequence, head)); the kernels then move 16-byte cp.async chunks with double buffering
  * (tile j+1 loads while tile j computes), as the inference prefill kernel does. Operands read once per CTA (Q of the
- * forward, Q and dO of dQ) come from fp32 with plain loads, issued while the first cp.async tile is in flight. At
- * head_dim 64 the backward kernels hold S and dP for 32 keys (dQ) / 32 queries (dK/dV) at a time (~166 registers,
- * so 3 CTAs share an SM). The grids put the tile index in z (dispatched slowest): the longest tiles of every
- * (head, sequence) start before any short one, short ones fill the tail. (A first version that rounded fp32 tiles
- * while staging them, without a workspace, took 2x / 2.2x longer and gave the same bits; it was removed after the
- * H100 run at 5c5b2e8, bench/results/train/.)
+ * forward, Q and dO of dQ) come from fp32 with plain loads, issued while the first cp.async tile is in flight.
+ * Occupancy at head_dim 64 (ptxas -v, sm_90): the forward is compiled for 4 CTAs per SM (128 registers; 4 x 46 KB of
+ * shared memory, which needs the maximum carveout, set at the first launch: the default gave 168 KB and 3 CTAs); the
+ * backward kernels hold S and dP for 32 keys (dQ) / 32 queries (dK/dV) at a time (168 registers, 3 CTAs; 4 would
+ * spill). docs/TRAINING.md lists the counts of every instantiation. The grids put the tile index in z (dispatched
+ * slowest): the longest tiles of every (head, sequence) start before any short one, short ones fill the tail. (A
+ * first version that rounded fp32 tiles while staging them, without a workspace, took 2x / 2.2x longer and gave the
+ * same bits; it was removed after the H100 run at 5c5b2e8, bench/results/train/.)
  * Cost (small: B 16, T 1024, 12/6 heads x 64, causal), per layer: forward 4 * 16 * 12 * 1024^2 / 2 * 64 = 26 GFLOP,
  * backward 2.5x that; the fp32 staging reads Q, K, V (and dO) once per tile pair, L2-resident. */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 
@@ -54,24 +63,75 @@ constexpr float LN2 = 0.6931471805599453f;
 
 template <int D> __host__ __device__ constexpr int smem_row() { return D + 8; } /* padded bf16 row */
 template <int D> __host__ __device__ constexpr int dkdv_tile_q() { return D == 64 ? 64 : 32; }
+/* Bytes of a padded shared tile of `rows` rows. */
+template <int D> __host__ __device__ constexpr int tile_bytes(int rows) { return rows * smem_row<D>() * 2; }
 
 struct flash_args {
     int seq, n_heads, group, window, mask_diagonal;
+    int window_end; /* window, or INT_MAX: key p is visible from query t iff mask_diagonal <= t - p < window_end */
     size_t q_stride, kv_stride; /* floats per row of q/out/dout and of k/v */
     float scale, scale_log2;
 };
 
-/* A fragment (16 rows from row0, k columns kc*16 .. kc*16+15) of a row-major bf16 tile. */
-template <int D>
-__device__ __forceinline__ void load_a(uint32_t a[4], const __nv_bfloat16 *tile, int row0, int kc, int lane) {
-    ldmatrix_x4(a, tile + (row0 + (lane & 15)) * smem_row<D>() + kc * 16 + (lane >> 4) * 8);
+typedef __nv_bfloat16 bf16;
+
+/* ---- exp2, shared-memory addresses, fragments -------------------------------------------------------------------- */
+
+/* 2^x by the special-function unit with flush-to-zero: ex2.approx.ftz.f32 (the approximation exp2f also uses, ~2 ulp,
+ * without exp2f's rescaling for results below 2^-126, which become +0 here); -inf -> +0. */
+__device__ __forceinline__ float exp2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
 }
 
-/* acc[NT][4] = A (16 rows of `a_tile` from a_row0, all D columns) x B^T, B = rows 0 .. NT*8-1 of `b_tile`
- * (one row per output column, D contiguous): S = Q K^T and its relatives. */
+/* The thread index read from its special register again (volatile: not merged with earlier reads), so that values
+ * derived from it are recomputed where used (two or three integer ops) instead of held across a loop, or spilled. */
+__device__ __forceinline__ int fresh_tid() {
+    unsigned t;
+    asm volatile("mov.u32 %0, %%tid.x;\n" : "=r"(t));
+    return (int)t;
+}
+
+__device__ __forceinline__ unsigned shared_addr(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
+
+/* ldmatrix / cp.async on 32-bit shared addresses (the per-thread part computed once, tile offsets as immediates). */
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t r[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+/* 16 bytes global -> shared, asynchronous; valid false: zero-fill, nothing read (gmem must still be a valid
+ * pointer value). */
+__device__ __forceinline__ void cp_async_16_at(unsigned saddr, const void *gmem, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(saddr), "l"(gmem), "r"(valid ? 16 : 0));
+}
+
+/* Byte offsets of this lane's ldmatrix row inside a padded tile, fixed per thread:
+ *   a: x4 over a 16 x 16 A block (row lane & 15, column half lane >> 4);
+ *   b: x4 over an 8-row x 32-column block of B rows (row lane & 7, 8-column quarter lane >> 3);
+ *   t: x4 .trans over 16 k-rows x 16 columns (row (lane >> 3 & 1) * 8 + (lane & 7), column half lane >> 4). */
+struct lane_offsets {
+    unsigned a, b, t;
+};
+template <int D> __device__ __forceinline__ lane_offsets make_lane_offsets(int lane) {
+    constexpr int SROW = smem_row<D>();
+    lane_offsets o;
+    o.a = (unsigned)(((lane & 15) * SROW + (lane >> 4) * 8) * 2);
+    o.b = (unsigned)(((lane & 7) * SROW + (lane >> 3) * 8) * 2);
+    o.t = (unsigned)(((((lane >> 3) & 1) * 8 + (lane & 7)) * SROW + (lane >> 4) * 8) * 2);
+    return o;
+}
+
+/* acc[NT][4] = A (16 rows x all D columns; a_addr: the A tile's first row + lane_offsets.a) x B^T, B = NT*8 rows
+ * (one per output column, D contiguous; b_addr: its first row + lane_offsets.b): S = Q K^T and its relatives. */
 template <int D, int NT>
-__device__ __forceinline__ void product_rows(float acc[NT][4], const __nv_bfloat16 *a_tile, int a_row0,
-                                             const __nv_bfloat16 *b_tile, int lane) {
+__device__ __forceinline__ void product_rows(float acc[NT][4], unsigned a_addr, unsigned b_addr) {
     constexpr int SROW = smem_row<D>();
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
@@ -80,43 +140,51 @@ __device__ __forceinline__ void product_rows(float acc[NT][4], const __nv_bfloat
 #pragma unroll
     for (int kc2 = 0; kc2 < D / 32; kc2++) {
         uint32_t a0[4], a1[4];
-        load_a<D>(a0, a_tile, a_row0, 2 * kc2, lane);
-        load_a<D>(a1, a_tile, a_row0, 2 * kc2 + 1, lane);
+        ldsm_x4(a0, a_addr + kc2 * 64);
+        ldsm_x4(a1, a_addr + kc2 * 64 + 32);
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) {
             uint32_t b[4];
-            ldmatrix_x4(b, b_tile + (nt * 8 + (lane & 7)) * SROW + kc2 * 32 + (lane >> 3) * 8);
+            ldsm_x4(b, b_addr + (nt * 8 * SROW + kc2 * 32) * 2);
             mma_bf16_16816(acc[nt], a0, b[0], b[1]);
             mma_bf16_16816(acc[nt], a1, b[2], b[3]);
         }
     }
 }
 
-/* acc[D/8][4] += P (16 x KT*16, as C fragments p[KT*2][4]) x B, B = rows 0 .. KT*16-1 of `b_tile` (one row per k,
- * D contiguous): O += P V and its relatives. */
+/* P (16 x KT*16, as C fragments p[KT*2][4], fp32) -> bf16 A fragments pa[KT][4] (C fragment n-tiles 2kk, 2kk+1 are
+ * exactly the A fragment kk). Packing right after the elementwise step halves the registers P holds. */
+template <int KT> __device__ __forceinline__ void pack_a(uint32_t pa[KT][4], const float p[KT * 2][4]) {
+#pragma unroll
+    for (int kk = 0; kk < KT; kk++) {
+        pa[kk][0] = pack_bf16x2(p[2 * kk][0], p[2 * kk][1]);
+        pa[kk][1] = pack_bf16x2(p[2 * kk][2], p[2 * kk][3]);
+        pa[kk][2] = pack_bf16x2(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+        pa[kk][3] = pack_bf16x2(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+    }
+}
+
+/* acc[D/8][4] += P (16 x KT*16, bf16 A fragments pa[KT][4]) x B, B = KT*16 rows (one per k, D contiguous; t_addr: its
+ * first row + lane_offsets.t): O += P V and its relatives. */
 template <int D, int KT>
-__device__ __forceinline__ void accumulate_pv(float acc[D / 8][4], const float p[KT * 2][4],
-                                              const __nv_bfloat16 *b_tile, int lane) {
+__device__ __forceinline__ void accumulate_pv(float acc[D / 8][4], const uint32_t pa[KT][4], unsigned t_addr) {
     constexpr int SROW = smem_row<D>();
 #pragma unroll
     for (int kk = 0; kk < KT; kk++) {
-        uint32_t a[4];
-        a[0] = pack_bf16x2(p[2 * kk][0], p[2 * kk][1]);
-        a[1] = pack_bf16x2(p[2 * kk][2], p[2 * kk][3]);
-        a[2] = pack_bf16x2(p[2 * kk + 1][0], p[2 * kk + 1][1]);
-        a[3] = pack_bf16x2(p[2 * kk + 1][2], p[2 * kk + 1][3]);
 #pragma unroll
         for (int dt = 0; dt < D / 8; dt += 2) {
             uint32_t b[4];
-            ldmatrix_x4_trans(b, b_tile + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * SROW + (dt + (lane >> 4)) * 8);
-            mma_bf16_16816(acc[dt], a, b[0], b[1]);
-            mma_bf16_16816(acc[dt + 1], a, b[2], b[3]);
+            ldsm_x4_trans(b, t_addr + (kk * 16 * SROW + dt * 8) * 2);
+            mma_bf16_16816(acc[dt], pa[kk], b[0], b[1]);
+            mma_bf16_16816(acc[dt + 1], pa[kk], b[2], b[3]);
         }
     }
 }
 
-__device__ __forceinline__ bool visible(int t, int p, const flash_args &a) {
-    return p <= t - a.mask_diagonal && (a.window == 0 || t - p < a.window);
+/* Whether a key at distance d = t - p before query t is visible (the per-element mask: two compares; the kernels
+ * keep a per-tile d of their first element and add constants). */
+__device__ __forceinline__ bool visible_at(int d, const flash_args &a) {
+    return d >= a.mask_diagonal && d < a.window_end;
 }
 
 /* The keys a query tile [t_min, t_max] can see: kv_first .. kv_last (empty when kv_last < kv_first). */
@@ -139,7 +207,6 @@ __device__ __forceinline__ float lse_ref(const float *lse_row, bool exists) {
 }
 
 /* ---- bf16 copies in the workspace, cp.async tiles, double buffering ---------------------------------------------- */
-typedef __nv_bfloat16 bf16;
 
 /* 4 bytes global -> shared, asynchronous (zero-fill when !valid; gmem must still be a valid pointer value). */
 __device__ __forceinline__ void cp_async_4(void *smem, const void *gmem, bool valid) {
@@ -148,40 +215,70 @@ __device__ __forceinline__ void cp_async_4(void *smem, const void *gmem, bool va
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(saddr), "l"(gmem), "r"(src_size));
 }
 
-/* Asynchronous counterpart of stage_rows: bf16 rows row0 .. row0 + ROWS - 1 of one head (src at row 0 of that head,
- * `stride` elements per row) -> padded shared rows; rows >= limit are zero-filled. Same bf16 values as stage_rows
- * (the pre-pass rounds with the same round-to-nearest). */
-template <int D, int ROWS>
-__device__ __forceinline__ void async_rows(bf16 *dst, const bf16 *src, size_t stride, int row0, int limit) {
-    constexpr int SROW = smem_row<D>(), CHUNKS = D / 8;
-    for (int c = threadIdx.x; c < ROWS * CHUNKS; c += THREADS) {
-        const int row = c / CHUNKS, ch = c % CHUNKS, t = row0 + row;
-        const bool valid = t < limit;
-        cp_async_16(dst + row * SROW + ch * 8, valid ? src + (size_t)t * stride + ch * 8 : src, valid);
+/* One thread's share of streaming ROWS x D bf16 tiles (rows `stride` elements apart) into padded shared tiles with
+ * 16-byte cp.async: the thread always moves the same 16-byte chunk of rows tid / CHUNKS + i * RSTEP of a tile (a
+ * shift and a mask of the thread index; one 64-bit pointer step per chunk, no multiply or division). The caller keeps
+ * the tile's offset (+ thread_offset()) and advances it by a constant per tile; rows >= valid_rows are zero-filled
+ * (nothing is read: `fallback` is any valid pointer value). FRESH re-reads the thread index at each use (fresh_tid)
+ * instead of holding the per-thread offsets across the key loop: which of the two spills nothing depends on the
+ * kernel's register pressure (see the ptxas counts in docs/TRAINING.md). */
+template <int D, int ROWS, bool FRESH = true> struct tile_stream {
+    static constexpr int CHUNKS = D / 8, RSTEP = THREADS / CHUNKS, PER = ROWS / RSTEP;
+    static_assert(ROWS % RSTEP == 0, "whole row steps per thread");
+    static __device__ __forceinline__ int tid() { return FRESH ? fresh_tid() : (int)threadIdx.x; }
+    static __device__ __forceinline__ size_t thread_offset(size_t stride) {
+        const int t = tid();
+        return (size_t)(t / CHUNKS) * stride + (t % CHUNKS) * 8;
     }
-}
+    /* this thread's rows of the tile (src: this thread's first chunk) -> the shared tile at byte address dst */
+    static __device__ __forceinline__ void load(unsigned dst, const bf16 *src, size_t stride, int valid_rows,
+                                                const void *fallback) {
+        const int t = tid(), first = t / CHUNKS;
+        const unsigned s = dst + (unsigned)((first * smem_row<D>() + (t % CHUNKS) * 8) * 2);
+        const int left = valid_rows - first;
+        const size_t step = (size_t)RSTEP * stride;
+#pragma unroll
+        for (int i = 0; i < PER; i++) {
+            const bool valid = i * RSTEP < left;
+            cp_async_16_at(s + i * tile_bytes<D>(RSTEP), valid ? (const void *)(src + i * step) : fallback, valid);
+        }
+    }
+};
 
 /* fp32 rows row0 .. row0 + ROWS - 1 of one head (src at row 0 of that head, `stride` floats per row) -> padded bf16
  * shared rows (rows >= limit are zeros), also writing the bf16 rows (rows < limit) to `copy` (same layout as src,
  * NULL: none): the dQ kernel reads each Q / dO row exactly once, so it leaves the bf16 copies the dK/dV kernel
- * streams. The same thread writes and reads each chunk: no barrier between the two. */
+ * streams. Coalesced: lane l of a row block reads float4 l (a warp's load covers consecutive 16-byte pieces), packs
+ * it to 4 bf16 and stores 8 bytes (a half-warp writes 128 contiguous bytes of one padded row: no bank conflict;
+ * the copy gets consecutive 8-byte pieces). Loads go out in batches of 8 before their stores. The same thread writes
+ * and reads each piece: no barrier between the two. */
 template <int D, int ROWS>
-__device__ __forceinline__ void stage_rows(__nv_bfloat16 *dst, const float *src, size_t stride, int row0,
-                                           int limit, __nv_bfloat16 *copy) {
-    constexpr int SROW = smem_row<D>(), CHUNKS = D / 8;
-    for (int c = threadIdx.x; c < ROWS * CHUNKS; c += THREADS) {
-        const int row = c / CHUNKS, ch = c % CHUNKS, t = row0 + row;
-        uint4 packed = make_uint4(0u, 0u, 0u, 0u);
-        if (t < limit) {
-            const float4 *s = reinterpret_cast<const float4 *>(src + (size_t)t * stride + ch * 8);
-            const float4 lo = s[0], hi = s[1];
-            packed.x = pack_bf16x2(lo.x, lo.y);
-            packed.y = pack_bf16x2(lo.z, lo.w);
-            packed.z = pack_bf16x2(hi.x, hi.y);
-            packed.w = pack_bf16x2(hi.z, hi.w);
-            if (copy) *reinterpret_cast<uint4 *>(copy + (size_t)t * stride + ch * 8) = packed;
+__device__ __forceinline__ void stage_rows(bf16 *dst, const float *src, size_t stride, int row0, int limit,
+                                           bf16 *copy) {
+    constexpr int SROW = smem_row<D>(), F4 = D / 4, RSTEP = THREADS / F4, PER = ROWS / RSTEP;
+    constexpr int BATCH = PER < 8 ? PER : 8;
+    static_assert(ROWS % RSTEP == 0 && PER % BATCH == 0, "whole row steps per thread");
+    const int first = (int)threadIdx.x / F4, col = ((int)threadIdx.x % F4) * 4;
+    const int left = limit - row0 - first;
+    const size_t off = (size_t)(row0 + first) * stride + col, step = (size_t)RSTEP * stride;
+    const float *s = src + off;
+    bf16 *c = copy ? copy + off : NULL;
+    bf16 *d = dst + first * SROW + col;
+#pragma unroll
+    for (int i0 = 0; i0 < PER; i0 += BATCH) {
+        float4 v[BATCH];
+#pragma unroll
+        for (int i = 0; i < BATCH; i++) {
+            v[i] = (i0 + i) * RSTEP < left ? *reinterpret_cast<const float4 *>(s) : make_float4(0.f, 0.f, 0.f, 0.f);
+            s += step;
         }
-        *reinterpret_cast<uint4 *>(dst + row * SROW + ch * 8) = packed;
+#pragma unroll
+        for (int i = 0; i < BATCH; i++) {
+            const uint2 packed = make_uint2(pack_bf16x2(v[i].x, v[i].y), pack_bf16x2(v[i].z, v[i].w));
+            *reinterpret_cast<uint2 *>(d + (i0 + i) * RSTEP * SROW) = packed;
+            if (c && (i0 + i) * RSTEP < left) *reinterpret_cast<uint2 *>(c) = packed;
+            if (c) c += step;
+        }
     }
 }
 
@@ -211,13 +308,32 @@ __global__ void head_major_rows(float *ref_hm, float *delta_hm, const float *lse
     }
 }
 
+/* CTAs per SM each kernel is compiled for (__launch_bounds__ minimum: 65536 / (128 x CTAs) registers per thread at
+ * most). head_dim 64: 4 forward CTAs (128 registers, 4 x 46 KB of shared memory with the maximum carveout); the
+ * backward kernels keep 3 (at 4 they spill with the default ptxas -O3; with -Xptxas -O1 the dQ kernel fits 4 without
+ * spilling: the macros let a benchmark build compare, see docs/TRAINING.md). head_dim 128: shared memory allows 2
+ * forward CTAs; the backward kernels need their ~240 registers (1). */
+#ifndef XLKV_FLASH_FWD_CTAS_64
+#define XLKV_FLASH_FWD_CTAS_64 4
+#endif
+#ifndef XLKV_FLASH_DQ_CTAS_64
+#define XLKV_FLASH_DQ_CTAS_64 3
+#endif
+#ifndef XLKV_FLASH_DKDV_CTAS_64
+#define XLKV_FLASH_DKDV_CTAS_64 3
+#endif
+template <int D> __host__ __device__ constexpr int forward_min_ctas() { return D == 64 ? XLKV_FLASH_FWD_CTAS_64 : 2; }
+template <int D> __host__ __device__ constexpr int dq_min_ctas() { return D == 64 ? XLKV_FLASH_DQ_CTAS_64 : 1; }
+template <int D> __host__ __device__ constexpr int dkdv_min_ctas() { return D == 64 ? XLKV_FLASH_DKDV_CTAS_64 : 1; }
+
 template <int D>
-__global__ void __launch_bounds__(THREADS)
+__global__ void __launch_bounds__(THREADS, forward_min_ctas<D>())
     flash_forward(float *out, float *lse, const float *q, const bf16 *k, const bf16 *v, flash_args a) {
-    constexpr int SROW = smem_row<D>();
+    constexpr int SROW = smem_row<D>(), KV_BYTES = tile_bytes<D>(TILE_K);
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16 *s_q = reinterpret_cast<bf16 *>(smem_raw);
-    bf16 *s_k = s_q + TILE_Q * SROW, *s_v = s_k + 2 * TILE_K * SROW; /* [2][TILE_K][SROW] each */
+    const unsigned sq_addr = shared_addr(smem_raw), sk_addr = sq_addr + tile_bytes<D>(TILE_Q);
+    const unsigned sv_addr = sk_addr + 2 * KV_BYTES; /* K, V: [2][TILE_K][SROW] each */
 
     const int n_q_tiles = (a.seq + TILE_Q - 1) / TILE_Q;
     const int q_tile = n_q_tiles - 1 - (int)blockIdx.z; /* longest first over the whole grid (z varies slowest) */
@@ -225,8 +341,6 @@ __global__ void __launch_bounds__(THREADS)
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const size_t batch_row0 = (size_t)b * a.seq;
     const float *qh = q + batch_row0 * a.q_stride + (size_t)h * D;
-    const bf16 *kh = k + batch_row0 * a.kv_stride + (size_t)kvh * D;
-    const bf16 *vh = v + batch_row0 * a.kv_stride + (size_t)kvh * D;
     float *oh = out + batch_row0 * a.q_stride + (size_t)h * D;
     float *lh = lse + batch_row0 * a.n_heads + h;
     const int r0 = q_tile * TILE_Q, rows = min(TILE_Q, a.seq - r0);
@@ -234,41 +348,50 @@ __global__ void __launch_bounds__(THREADS)
     int kv_first, kv_last;
     key_range(a, t_min, t_max, &kv_first, &kv_last);
     const int n_kv_tiles = kv_last < kv_first ? 0 : (kv_last - kv_first + TILE_K) / TILE_K;
-    const int key_limit = kv_last + 1;
-    auto load_kv = [&](int tile, int buf) {
-        const int k0 = kv_first + tile * TILE_K;
-        async_rows<D, TILE_K>(s_k + buf * TILE_K * SROW, kh, a.kv_stride, k0, key_limit);
-        async_rows<D, TILE_K>(s_v + buf * TILE_K * SROW, vh, a.kv_stride, k0, key_limit);
+    /* the next K / V tile to stream: this thread's element offset into k and v (advanced by a constant per tile),
+     * rows left before kv_last */
+    typedef tile_stream<D, TILE_K> kv_stream;
+    size_t next_off = (batch_row0 + kv_first) * a.kv_stride + (size_t)kvh * D + kv_stream::thread_offset(a.kv_stride);
+    int next_left = kv_last + 1 - kv_first;
+    auto load_next_kv = [&](int buf) {
+        kv_stream::load(sk_addr + buf * KV_BYTES, k + next_off, a.kv_stride, next_left, k);
+        kv_stream::load(sv_addr + buf * KV_BYTES, v + next_off, a.kv_stride, next_left, v);
+        next_off += (size_t)TILE_K * a.kv_stride;
+        next_left -= TILE_K;
     };
 
+    const lane_offsets lo = make_lane_offsets<D>(lane);
     const int g = lane >> 2, tq = lane & 3;
-    const int row_a = warp * 16 + g, t_a = r0 + row_a, t_b = t_a + 8;
-    uint32_t q_frag[D / 16][4];
+    const int t_a = r0 + warp * 16 + g, t_b = t_a + 8;
+    const unsigned qa_addr = sq_addr + warp * tile_bytes<D>(16) + lo.a;
+    uint32_t q_frag[D / 16][4]; /* Q fragments, loaded once */
     float o_acc[D / 8][4];
 #pragma unroll
     for (int dt = 0; dt < D / 8; dt++)
 #pragma unroll
         for (int i = 0; i < 4; i++) o_acc[dt][i] = 0.0f;
-    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+    /* Online softmax per row (rows g and g + 8 of the warp): ref_run = running max of the raw scores x scale_log2
+     * (-inf while nothing was seen), l_run = sum of exp2(score x scale_log2 - reference). */
+    float ref_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
 
     if (n_kv_tiles > 0) {
-        load_kv(0, 0);
+        load_next_kv(0);
         cp_async_commit();
         /* Q is read once per CTA: fp32 rows rounded here (no bf16 copy needed) while the first K/V tile lands */
         stage_rows<D, TILE_Q>(s_q, qh, a.q_stride, r0, a.seq, NULL);
     }
     for (int tile = 0; tile < n_kv_tiles; tile++) {
         const int buf = tile & 1, k0 = kv_first + tile * TILE_K;
-        if (tile + 1 < n_kv_tiles) load_kv(tile + 1, buf ^ 1);
+        if (tile + 1 < n_kv_tiles) load_next_kv(buf ^ 1);
         cp_async_commit(); /* possibly empty: keeps the group count uniform */
         cp_async_wait<1>();
         __syncthreads();
-        const bf16 *tk = s_k + buf * TILE_K * SROW, *tv = s_v + buf * TILE_K * SROW;
         if (tile == 0) {
 #pragma unroll
-            for (int kc = 0; kc < D / 16; kc++) load_a<D>(q_frag[kc], s_q, warp * 16, kc, lane);
+            for (int kc = 0; kc < D / 16; kc++) ldsm_x4(q_frag[kc], qa_addr + kc * 32);
         }
-        float s[TILE_K / 8][4];
+        const unsigned kb_addr = sk_addr + buf * KV_BYTES + lo.b;
+        float s[TILE_K / 8][4]; /* raw scores Q K^T */
 #pragma unroll
         for (int nt = 0; nt < TILE_K / 8; nt++) {
 #pragma unroll
@@ -276,41 +399,46 @@ __global__ void __launch_bounds__(THREADS)
 #pragma unroll
             for (int kc2 = 0; kc2 < D / 32; kc2++) {
                 uint32_t kb[4];
-                ldmatrix_x4(kb, tk + (nt * 8 + (lane & 7)) * SROW + kc2 * 32 + (lane >> 3) * 8);
+                ldsm_x4(kb, kb_addr + (nt * 8 * SROW + kc2 * 32) * 2);
                 mma_bf16_16816(s[nt], q_frag[2 * kc2], kb[0], kb[1]);
                 mma_bf16_16816(s[nt], q_frag[2 * kc2 + 1], kb[2], kb[3]);
             }
         }
         const bool need_mask = !tile_fully_visible(a, t_min, t_max, k0, k0 + TILE_K - 1);
+        const int d0 = t_a - k0 - 2 * tq; /* t - p of this lane's first element (row g, column 2 tq) */
         float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
         for (int nt = 0; nt < TILE_K / 8; nt++)
 #pragma unroll
             for (int i = 0; i < 4; i++) {
-                float x = s[nt][i] * a.scale_log2;
-                if (need_mask && !visible(i < 2 ? t_a : t_b, k0 + nt * 8 + 2 * tq + (i & 1), a)) x = -INFINITY;
-                s[nt][i] = x;
-                tile_max[i >> 1] = fmaxf(tile_max[i >> 1], x);
+                if (need_mask && !visible_at(d0 + (i >> 1) * 8 - nt * 8 - (i & 1), a)) s[nt][i] = -INFINITY;
+                tile_max[i >> 1] = fmaxf(tile_max[i >> 1], s[nt][i]);
             }
-        float alpha[2], m_ref[2];
+        /* exp2(s x scale_log2 - ref) is one FFMA + ex2; a row whose max is still -inf uses 0 as its reference (its
+         * probabilities are exp2(-inf) = 0, no NaN); alpha rescales the old sums (exp2(-inf) = 0 for a row that had
+         * none). scale_log2 > 0, so the max of the scaled scores is the scaled max. */
+        float alpha[2], neg_ref[2];
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
             tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-            const float m_new = fmaxf(m_run[r], tile_max[r]);
-            m_ref[r] = m_new == -INFINITY ? 0.0f : m_new;
-            alpha[r] = exp2f(m_run[r] - m_ref[r]);
-            m_run[r] = m_new;
+            const float ref_new = fmaxf(ref_run[r], tile_max[r] * a.scale_log2);
+            const float ref_use = ref_new == -INFINITY ? 0.0f : ref_new;
+            alpha[r] = exp2_ftz(ref_run[r] - ref_use);
+            neg_ref[r] = -ref_use;
+            ref_run[r] = ref_new;
         }
         float row_sum[2] = {0.0f, 0.0f};
 #pragma unroll
         for (int nt = 0; nt < TILE_K / 8; nt++)
 #pragma unroll
             for (int i = 0; i < 4; i++) {
-                const float e = exp2f(s[nt][i] - m_ref[i >> 1]);
+                const float e = exp2_ftz(fmaf(s[nt][i], a.scale_log2, neg_ref[i >> 1]));
                 s[nt][i] = e;
                 row_sum[i >> 1] += e;
             }
+        uint32_t p_frag[TILE_K / 16][4];
+        pack_a<TILE_K / 16>(p_frag, s);
 #pragma unroll
         for (int r = 0; r < 2; r++) l_run[r] = l_run[r] * alpha[r] + row_sum[r];
 #pragma unroll
@@ -320,7 +448,7 @@ __global__ void __launch_bounds__(THREADS)
             o_acc[dt][2] *= alpha[1];
             o_acc[dt][3] *= alpha[1];
         }
-        accumulate_pv<D, TILE_K / 16>(o_acc, s, tv, lane);
+        accumulate_pv<D, TILE_K / 16>(o_acc, p_frag, sv_addr + buf * KV_BYTES + lo.t);
         __syncthreads(); /* this buffer is refilled by the next iteration's prefetch */
     }
 
@@ -337,25 +465,26 @@ __global__ void __launch_bounds__(THREADS)
         if (t_a < a.seq) *reinterpret_cast<float2 *>(out_a + dt * 8) = make_float2(o_acc[dt][0] * inv_a, o_acc[dt][1] * inv_a);
         if (t_b < a.seq) *reinterpret_cast<float2 *>(out_b + dt * 8) = make_float2(o_acc[dt][2] * inv_b, o_acc[dt][3] * inv_b);
     }
-    if (tq == 0) {
-        if (t_a < a.seq) lh[(size_t)t_a * a.n_heads] = l_run[0] > 0.0f ? (m_run[0] + log2f(l_run[0])) * LN2 : -INFINITY;
-        if (t_b < a.seq) lh[(size_t)t_b * a.n_heads] = l_run[1] > 0.0f ? (m_run[1] + log2f(l_run[1])) * LN2 : -INFINITY;
+    if (tq == 0) { /* l_run > 0: ref_run is finite and is the reference of the sum */
+        if (t_a < a.seq) lh[(size_t)t_a * a.n_heads] = l_run[0] > 0.0f ? (ref_run[0] + log2f(l_run[0])) * LN2 : -INFINITY;
+        if (t_b < a.seq) lh[(size_t)t_b * a.n_heads] = l_run[1] > 0.0f ? (ref_run[1] + log2f(l_run[1])) * LN2 : -INFINITY;
     }
 }
 
 /* Keys (dQ) / queries (dK/dV) per register chunk of the backward: 32 at head_dim 64 (the S and dP fragments of half
  * a tile: 3 CTAs per SM instead of 2), the whole tile at 128 (shared memory allows 2 CTAs anyway). */
 template <int D> __host__ __device__ constexpr int bwd_chunk() { return D == 64 ? 32 : 64; }
-template <int D> __host__ __device__ constexpr int bwd_min_ctas() { return D == 64 ? 3 : 1; }
 
 template <int D>
-__global__ void __launch_bounds__(THREADS, bwd_min_ctas<D>())
+__global__ void __launch_bounds__(THREADS, dq_min_ctas<D>())
     flash_backward_dq(float *dq, const float *dout, const float *lse, const float *delta, const float *q,
                          const bf16 *k, const bf16 *v, bf16 *q_copy, bf16 *dout_copy, flash_args a) {
-    constexpr int SROW = smem_row<D>(), KC = bwd_chunk<D>();
+    constexpr int SROW = smem_row<D>(), KC = bwd_chunk<D>(), KV_BYTES = tile_bytes<D>(TILE_K);
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16 *s_q = reinterpret_cast<bf16 *>(smem_raw);
-    bf16 *s_do = s_q + TILE_Q * SROW, *s_k = s_do + TILE_Q * SROW, *s_v = s_k + 2 * TILE_K * SROW;
+    bf16 *s_do = s_q + TILE_Q * SROW;
+    const unsigned sq_addr = shared_addr(smem_raw), sdo_addr = sq_addr + tile_bytes<D>(TILE_Q);
+    const unsigned sk_addr = sdo_addr + tile_bytes<D>(TILE_Q), sv_addr = sk_addr + 2 * KV_BYTES;
 
     const int n_q_tiles = (a.seq + TILE_Q - 1) / TILE_Q;
     const int q_tile = n_q_tiles - 1 - (int)blockIdx.z; /* longest first over the whole grid */
@@ -363,8 +492,6 @@ __global__ void __launch_bounds__(THREADS, bwd_min_ctas<D>())
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const size_t batch_row0 = (size_t)b * a.seq;
     const size_t head_off = batch_row0 * a.q_stride + (size_t)h * D;
-    const bf16 *kh = k + batch_row0 * a.kv_stride + (size_t)kvh * D;
-    const bf16 *vh = v + batch_row0 * a.kv_stride + (size_t)kvh * D;
     float *dqh = dq + batch_row0 * a.q_stride + (size_t)h * D;
     const float *lh = lse + batch_row0 * a.n_heads + h, *dh = delta + batch_row0 * a.n_heads + h;
     const int r0 = q_tile * TILE_Q, rows = min(TILE_Q, a.seq - r0);
@@ -372,24 +499,31 @@ __global__ void __launch_bounds__(THREADS, bwd_min_ctas<D>())
     int kv_first, kv_last;
     key_range(a, t_min, t_max, &kv_first, &kv_last);
     const int n_kv_tiles = kv_last < kv_first ? 0 : (kv_last - kv_first + TILE_K) / TILE_K;
-    const int key_limit = kv_last + 1;
-    auto load_kv = [&](int tile, int buf) {
-        const int k0 = kv_first + tile * TILE_K;
-        async_rows<D, TILE_K>(s_k + buf * TILE_K * SROW, kh, a.kv_stride, k0, key_limit);
-        async_rows<D, TILE_K>(s_v + buf * TILE_K * SROW, vh, a.kv_stride, k0, key_limit);
+    typedef tile_stream<D, TILE_K> kv_stream; /* as in the forward */
+    size_t next_off = (batch_row0 + kv_first) * a.kv_stride + (size_t)kvh * D + kv_stream::thread_offset(a.kv_stride);
+    int next_left = kv_last + 1 - kv_first;
+    auto load_next_kv = [&](int buf) {
+        kv_stream::load(sk_addr + buf * KV_BYTES, k + next_off, a.kv_stride, next_left, k);
+        kv_stream::load(sv_addr + buf * KV_BYTES, v + next_off, a.kv_stride, next_left, v);
+        next_off += (size_t)TILE_K * a.kv_stride;
+        next_left -= TILE_K;
     };
 
-    if (n_kv_tiles > 0) load_kv(0, 0);
+    if (n_kv_tiles > 0) load_next_kv(0);
     cp_async_commit();
     /* Q and dO are read once per CTA: fp32 rows rounded here while the first K/V tile lands, and written out as the
      * bf16 copies of the dK/dV kernel (every tile, even one that sees nothing: the dK/dV kernel still reads it) */
     stage_rows<D, TILE_Q>(s_q, q + head_off, a.q_stride, r0, a.seq, q_copy ? q_copy + head_off : NULL);
     stage_rows<D, TILE_Q>(s_do, dout + head_off, a.q_stride, r0, a.seq, dout_copy ? dout_copy + head_off : NULL);
 
+    const lane_offsets lo = make_lane_offsets<D>(lane);
+    const unsigned qa_addr = sq_addr + warp * tile_bytes<D>(16) + lo.a;
+    const unsigned doa_addr = sdo_addr + warp * tile_bytes<D>(16) + lo.a;
     const int g = lane >> 2, tq = lane & 3;
     const int t_a = r0 + warp * 16 + g, t_b = t_a + 8;
-    const float ref_a = lse_ref(lh + (size_t)t_a * a.n_heads, t_a < a.seq);
-    const float ref_b = lse_ref(lh + (size_t)t_b * a.n_heads, t_b < a.seq);
+    /* P = exp2(s x scale_log2 - ref) as one FFMA with the negated reference (-inf: probability 0) */
+    const float neg_ref_a = -lse_ref(lh + (size_t)t_a * a.n_heads, t_a < a.seq);
+    const float neg_ref_b = -lse_ref(lh + (size_t)t_b * a.n_heads, t_b < a.seq);
     const float delta_a = t_a < a.seq ? dh[(size_t)t_a * a.n_heads] : 0.0f;
     const float delta_b = t_b < a.seq ? dh[(size_t)t_b * a.n_heads] : 0.0f;
     float dq_acc[D / 8][4];
@@ -400,28 +534,30 @@ __global__ void __launch_bounds__(THREADS, bwd_min_ctas<D>())
 
     for (int tile = 0; tile < n_kv_tiles; tile++) {
         const int buf = tile & 1, k0 = kv_first + tile * TILE_K;
-        if (tile + 1 < n_kv_tiles) load_kv(tile + 1, buf ^ 1);
+        if (tile + 1 < n_kv_tiles) load_next_kv(buf ^ 1);
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
-        const bf16 *tk = s_k + buf * TILE_K * SROW, *tv = s_v + buf * TILE_K * SROW;
+        const unsigned k_tile = sk_addr + buf * KV_BYTES, v_tile = sv_addr + buf * KV_BYTES;
         const bool need_mask = !tile_fully_visible(a, t_min, t_max, k0, k0 + TILE_K - 1);
+        const int d0 = t_a - k0 - 2 * tq; /* t - p of this lane's first element (row g, column 2 tq) */
 #pragma unroll
         for (int c0 = 0; c0 < TILE_K; c0 += KC) { /* key chunks: same sums in the same order, fewer live registers */
             float p[KC / 8][4], dp[KC / 8][4];
-            product_rows<D, KC / 8>(p, s_q, warp * 16, tk + c0 * SROW, lane);   /* S = Q K^T */
-            product_rows<D, KC / 8>(dp, s_do, warp * 16, tv + c0 * SROW, lane); /* dP = dO V^T */
+            product_rows<D, KC / 8>(p, qa_addr, k_tile + lo.b + c0 * SROW * 2);   /* S = Q K^T */
+            product_rows<D, KC / 8>(dp, doa_addr, v_tile + lo.b + c0 * SROW * 2); /* dP = dO V^T */
 #pragma unroll
             for (int nt = 0; nt < KC / 8; nt++)
 #pragma unroll
                 for (int i = 0; i < 4; i++) {
-                    float x = p[nt][i] * a.scale_log2;
-                    if (need_mask && !visible(i < 2 ? t_a : t_b, k0 + c0 + nt * 8 + 2 * tq + (i & 1), a))
-                        x = -INFINITY;
-                    const float prob = exp2f(x - (i < 2 ? ref_a : ref_b));
+                    float sc = p[nt][i];
+                    if (need_mask && !visible_at(d0 + (i >> 1) * 8 - c0 - nt * 8 - (i & 1), a)) sc = -INFINITY;
+                    const float prob = exp2_ftz(fmaf(sc, a.scale_log2, i < 2 ? neg_ref_a : neg_ref_b));
                     p[nt][i] = prob * (dp[nt][i] - (i < 2 ? delta_a : delta_b)); /* dS */
                 }
-            accumulate_pv<D, KC / 16>(dq_acc, p, tk + c0 * SROW, lane); /* dQ += dS K */
+            uint32_t ds_frag[KC / 16][4];
+            pack_a<KC / 16>(ds_frag, p);
+            accumulate_pv<D, KC / 16>(dq_acc, ds_frag, k_tile + lo.t + c0 * SROW * 2); /* dQ += dS K */
         }
         __syncthreads();
     }
@@ -440,34 +576,37 @@ __global__ void __launch_bounds__(THREADS, bwd_min_ctas<D>())
  * ref and delta of step i+1 load while step i computes. ref/delta come head-major (head_major_rows); rows past
  * t_last are zero rows with ref +inf, as in the forward. */
 template <int D>
-__global__ void __launch_bounds__(THREADS, bwd_min_ctas<D>())
+__global__ void __launch_bounds__(THREADS, dkdv_min_ctas<D>())
     flash_backward_dkdv(float *dk, float *dv, const bf16 *dout, const float *ref_hm, const float *delta_hm,
                            const bf16 *q, const bf16 *k, const bf16 *v, flash_args a) {
     constexpr int SROW = smem_row<D>(), BQ = dkdv_tile_q<D>(), QC = bwd_chunk<D>() < BQ ? bwd_chunk<D>() : BQ;
+    constexpr int Q_BYTES = tile_bytes<D>(BQ);
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    bf16 *s_k = reinterpret_cast<bf16 *>(smem_raw);
-    bf16 *s_v = s_k + TILE_K * SROW, *s_q = s_v + TILE_K * SROW, *s_do = s_q + 2 * BQ * SROW; /* s_q, s_do: [2][BQ] */
-    float *s_ref = reinterpret_cast<float *>(s_do + 2 * BQ * SROW), *s_delta = s_ref + 2 * BQ;
+    const unsigned sk_addr = shared_addr(smem_raw), sv_addr = sk_addr + tile_bytes<D>(TILE_K);
+    const unsigned sq_addr = sv_addr + tile_bytes<D>(TILE_K), sdo_addr = sq_addr + 2 * Q_BYTES; /* [2][BQ] each */
+    float *s_ref = reinterpret_cast<float *>(smem_raw + 2 * tile_bytes<D>(TILE_K) + 4 * Q_BYTES);
+    float *s_delta = s_ref + 2 * BQ;
 
     const int key_tile = blockIdx.z; /* the first key tiles see the most queries: they start first (z varies slowest) */
     const int kvh = blockIdx.x, b = blockIdx.y;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const size_t batch_row0 = (size_t)b * a.seq;
-    const bf16 *kh = k + batch_row0 * a.kv_stride + (size_t)kvh * D;
-    const bf16 *vh = v + batch_row0 * a.kv_stride + (size_t)kvh * D;
     const int k0 = key_tile * TILE_K, k_last = min(k0 + TILE_K, a.seq) - 1;
     const int t_first = k0 + a.mask_diagonal;
     const int t_last = a.window > 0 ? min(a.seq - 1, k_last + a.window - 1) : a.seq - 1;
     const int n_q = t_last < t_first ? 0 : (t_last - t_first + BQ) / BQ, n_steps = a.group * n_q;
+    /* step -> (query head, query tile): one division per step, none per chunk */
+    typedef tile_stream<D, BQ, false> q_stream;
     auto load_step = [&](int step, int buf) {
-        const int h = kvh * a.group + step / n_q, q0 = t_first + (step % n_q) * BQ;
-        const size_t head_off = batch_row0 * a.q_stride + (size_t)h * D;
-        async_rows<D, BQ>(s_q + buf * BQ * SROW, q + head_off, a.q_stride, q0, t_last + 1);
-        async_rows<D, BQ>(s_do + buf * BQ * SROW, dout + head_off, a.q_stride, q0, t_last + 1);
+        const int load_h = kvh * a.group + step / n_q, load_q0 = t_first + (step % n_q) * BQ;
+        const size_t tile_off =
+            (batch_row0 + load_q0) * a.q_stride + (size_t)load_h * D + q_stream::thread_offset(a.q_stride);
+        const int valid_rows = t_last + 1 - load_q0;
+        q_stream::load(sq_addr + buf * Q_BYTES, q + tile_off, a.q_stride, valid_rows, q);
+        q_stream::load(sdo_addr + buf * Q_BYTES, dout + tile_off, a.q_stride, valid_rows, dout);
         if (tid < BQ) {
-            const int t = q0 + tid;
-            if (t <= t_last) {
-                const size_t row = ((size_t)b * a.n_heads + h) * a.seq + t;
+            if (tid < valid_rows) {
+                const size_t row = ((size_t)b * a.n_heads + load_h) * a.seq + load_q0 + tid;
                 cp_async_4(s_ref + buf * BQ + tid, ref_hm + row, true);
                 cp_async_4(s_delta + buf * BQ + tid, delta_hm + row, true);
             } else { /* probability exactly 0 (plain stores; the buffer is free and the barrier comes first) */
@@ -477,6 +616,9 @@ __global__ void __launch_bounds__(THREADS, bwd_min_ctas<D>())
         }
     };
 
+    const lane_offsets lo = make_lane_offsets<D>(lane);
+    const unsigned ka_addr = sk_addr + warp * tile_bytes<D>(16) + lo.a;
+    const unsigned va_addr = sv_addr + warp * tile_bytes<D>(16) + lo.a;
     const int g = lane >> 2, tq = lane & 3;
     const int p_a = k0 + warp * 16 + g, p_b = p_a + 8;
     float dk_acc[D / 8][4], dv_acc[D / 8][4];
@@ -485,8 +627,12 @@ __global__ void __launch_bounds__(THREADS, bwd_min_ctas<D>())
 #pragma unroll
         for (int i = 0; i < 4; i++) dk_acc[dt][i] = dv_acc[dt][i] = 0.0f;
 
-    async_rows<D, TILE_K>(s_k, kh, a.kv_stride, k0, a.seq);
-    async_rows<D, TILE_K>(s_v, vh, a.kv_stride, k0, a.seq);
+    {
+        typedef tile_stream<D, TILE_K, false> kv_stream;
+        const size_t kv_off = (batch_row0 + k0) * a.kv_stride + (size_t)kvh * D + kv_stream::thread_offset(a.kv_stride);
+        kv_stream::load(sk_addr, k + kv_off, a.kv_stride, a.seq - k0, k);
+        kv_stream::load(sv_addr, v + kv_off, a.kv_stride, a.seq - k0, v);
+    }
     if (n_steps > 0) load_step(0, 0);
     cp_async_commit();
     for (int step = 0; step < n_steps; step++) {
@@ -495,27 +641,33 @@ __global__ void __launch_bounds__(THREADS, bwd_min_ctas<D>())
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
-        const bf16 *tq_tile = s_q + buf * BQ * SROW, *tdo = s_do + buf * BQ * SROW;
+        const unsigned q_tile = sq_addr + buf * Q_BYTES, do_tile = sdo_addr + buf * Q_BYTES;
         const float *ref = s_ref + buf * BQ, *dlt = s_delta + buf * BQ;
         const bool need_mask = !tile_fully_visible(a, q0, q0 + BQ - 1, k0, k0 + TILE_K - 1);
 #pragma unroll
         for (int c0 = 0; c0 < BQ; c0 += QC) { /* query chunks: same sums in the same order, fewer live registers */
             float p[QC / 8][4], dp[QC / 8][4];
-            product_rows<D, QC / 8>(p, s_k, warp * 16, tq_tile + c0 * SROW, lane); /* S^T = K Q^T */
-            product_rows<D, QC / 8>(dp, s_v, warp * 16, tdo + c0 * SROW, lane);    /* dP^T = V dO^T */
+            product_rows<D, QC / 8>(p, ka_addr, q_tile + lo.b + c0 * SROW * 2);   /* S^T = K Q^T */
+            product_rows<D, QC / 8>(dp, va_addr, do_tile + lo.b + c0 * SROW * 2); /* dP^T = V dO^T */
 #pragma unroll
-            for (int nt = 0; nt < QC / 8; nt++)
+            for (int nt = 0; nt < QC / 8; nt++) {
+                const int col0 = c0 + nt * 8 + 2 * tq; /* this lane's queries col0, col0 + 1 */
+                const float2 r2 = *reinterpret_cast<const float2 *>(ref + col0);
+                const float2 d2 = *reinterpret_cast<const float2 *>(dlt + col0);
 #pragma unroll
                 for (int i = 0; i < 4; i++) {
-                    const int col = c0 + nt * 8 + 2 * tq + (i & 1);
-                    float x = p[nt][i] * a.scale_log2;
-                    if (need_mask && !visible(q0 + col, i < 2 ? p_a : p_b, a)) x = -INFINITY;
-                    const float prob = exp2f(x - ref[col]);
+                    float sc = p[nt][i];
+                    if (need_mask && !visible_at(q0 + col0 + (i & 1) - (i < 2 ? p_a : p_b), a)) sc = -INFINITY;
+                    const float prob = exp2_ftz(fmaf(sc, a.scale_log2, -((i & 1) ? r2.y : r2.x)));
                     p[nt][i] = prob;
-                    dp[nt][i] = prob * (dp[nt][i] - dlt[col]); /* dS^T */
+                    dp[nt][i] = prob * (dp[nt][i] - ((i & 1) ? d2.y : d2.x)); /* dS^T */
                 }
-            accumulate_pv<D, QC / 16>(dv_acc, p, tdo + c0 * SROW, lane);     /* dV += P^T dO */
-            accumulate_pv<D, QC / 16>(dk_acc, dp, tq_tile + c0 * SROW, lane); /* dK += dS^T Q */
+            }
+            uint32_t frag[QC / 16][4];
+            pack_a<QC / 16>(frag, p);
+            accumulate_pv<D, QC / 16>(dv_acc, frag, do_tile + lo.t + c0 * SROW * 2); /* dV += P^T dO */
+            pack_a<QC / 16>(frag, dp);
+            accumulate_pv<D, QC / 16>(dk_acc, frag, q_tile + lo.t + c0 * SROW * 2); /* dK += dS^T Q */
         }
         __syncthreads();
     }
@@ -543,11 +695,15 @@ __global__ void __launch_bounds__(THREADS, bwd_min_ctas<D>())
 
 /* ---- launchers ---------------------------------------------------------------------------------------------------- */
 
-/* Raises the kernel's dynamic shared-memory limit when it needs more than the default 48 KiB (once per kernel and
- * process; the call is idempotent, so a race only repeats it). */
-template <typename Kernel> int allow_smem(Kernel kernel, size_t bytes, bool *done) {
-    if (bytes <= 48 * 1024 || *done) return 0;
-    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+/* Once per kernel and process (the calls are idempotent, so a race only repeats them): the largest shared-memory
+ * carveout (otherwise the driver may pick a smaller one, e.g. 168 KB on an H200, that fits fewer CTAs than the
+ * registers allow), and the dynamic shared-memory limit raised when the kernel needs more than the default 48 KiB. */
+template <typename Kernel> int prepare_kernel(Kernel kernel, size_t bytes, bool *done) {
+    if (*done) return 0;
+    cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
+    if (err == cudaSuccess && bytes > 48 * 1024)
+        err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
     if (err != cudaSuccess) return (int)err;
     *done = true;
     return 0;
@@ -568,6 +724,7 @@ flash_args make_args(const xlkv_cuda_train_attention_shape *s) {
     a.n_heads = s->n_heads;
     a.group = s->n_heads / s->n_kv_heads;
     a.window = s->window;
+    a.window_end = s->window > 0 ? s->window : INT_MAX;
     a.mask_diagonal = s->mask_diagonal ? 1 : 0;
     a.q_stride = (size_t)s->n_heads * s->head_dim;
     a.kv_stride = (size_t)s->n_kv_heads * s->head_dim;
@@ -616,8 +773,8 @@ int round_launch(bf16 *dst, const float *src, size_t n, cudaStream_t stream) {
 template <int D>
 int forward_launch(float *out, float *lse, const float *q, const workspace_parts &w, const flash_args &a,
                       int batch, cudaStream_t stream) {
-    static bool smem_raised = false;
-    const int err = allow_smem(flash_forward<D>, forward_smem<D>(), &smem_raised);
+    static bool prepared = false;
+    const int err = prepare_kernel(flash_forward<D>, forward_smem<D>(), &prepared);
     if (err) return err;
     const dim3 grid(a.n_heads, batch, (a.seq + TILE_Q - 1) / TILE_Q);
     flash_forward<D><<<grid, THREADS, forward_smem<D>(), stream>>>(out, lse, q, w.k, w.v, a);
@@ -628,8 +785,8 @@ template <int D>
 int backward_launch(float *dq, float *dk, float *dv, const float *delta, const float *dout, const float *lse,
                        const float *q, const workspace_parts &w, const flash_args &a, int batch,
                        cudaStream_t stream) {
-    static bool dq_smem_raised = false, dkdv_smem_raised = false;
-    int err = allow_smem(flash_backward_dq<D>, dq_smem<D>(), &dq_smem_raised);
+    static bool dq_prepared = false, dkdv_prepared = false;
+    int err = prepare_kernel(flash_backward_dq<D>, dq_smem<D>(), &dq_prepared);
     if (err) return err;
     const dim3 dq_grid(a.n_heads, batch, (a.seq + TILE_Q - 1) / TILE_Q);
     const bool need_dkdv = dk || dv;
@@ -642,7 +799,7 @@ int backward_launch(float *dq, float *dk, float *dv, const float *delta, const f
     head_major_rows<<<blocks, 256, 0, stream>>>(w.ref, w.delta, lse, delta, a.seq, a.n_heads, rows);
     err = (int)cudaGetLastError();
     if (err) return err;
-    err = allow_smem(flash_backward_dkdv<D>, dkdv_smem<D>(), &dkdv_smem_raised);
+    err = prepare_kernel(flash_backward_dkdv<D>, dkdv_smem<D>(), &dkdv_prepared);
     if (err) return err;
     const dim3 kv_grid(a.n_heads / a.group, batch, (a.seq + TILE_K - 1) / TILE_K);
     flash_backward_dkdv<D><<<kv_grid, THREADS, dkdv_smem<D>(), stream>>>(dk, dv, w.dout, w.ref, w.delta, w.q,
