@@ -19,6 +19,12 @@
  *     in f32 (exact attention) and in bf16 with flash forced (XLKV_TRAIN_ATTENTION=flash): per-step losses within
  *     3e-2 relative of the f32 run (the bf16 tolerance of test_cuda_train), bf16 flash against bf16 gemm within 1e-2;
  *     XLKV_TRAIN_ATTENTION=flash on an f32 trainer is refused with XLKV_E_INVALID.
+ *  4. RoPE inside the staging (the _rope calls): unrotated q / k with the tables vs xlkv_cuda_train_rope on q and k
+ *     then the plain calls: out, lse, dq, dk, dv (added onto non-zero) and the constant-K/V dq bit-identical (memcmp;
+ *     the first differing element is printed), on GQA, MHA, windows, mask_diagonal, head_dim 64 and 128, a
+ *     sequence that is not a multiple of the tiles; a misaligned table is refused.
+ *  5. the trainer with XLKV_TRAIN_FLASH_ROPE=1 (the default) vs 0: per-step losses and the parameters after 6 steps
+ *     bit-identical (standard, cla:2, lckv:1 cyclic); XLKV_TRAIN_FLASH_ROPE=2 is refused.
  * Every check prints one "check ..." line with the measured error and the tolerance. Needs a GPU (label cuda). */
 #define _DEFAULT_SOURCE /* setenv */
 #include <cuda_runtime_api.h>
@@ -95,8 +101,9 @@ typedef enum gpu_impl { IMPL_WARP, IMPL_FLASH } gpu_impl;
 /* Runs one GPU implementation (the warp kernels or flash): forward, backward with dk/dv starting from dk0/dv0, and
  * backward with constant K/V. The backward reads the implementation's own forward out and lse. The flash workspace
  * is poisoned with NaN first (its contents must not matter). */
-static attention_result run_gpu(gpu_impl impl, const device_inputs *in, const xlkv_cuda_train_attention_shape *s,
-                                size_t qn, size_t kvn, size_t ln) {
+static attention_result run_gpu_rope(gpu_impl impl, const device_inputs *in,
+                                     const xlkv_cuda_train_attention_shape *s, size_t qn, size_t kvn, size_t ln,
+                                     const xlkv_cuda_train_flash_rope *rope) {
     const bool flash = impl == IMPL_FLASH;
     void *ws = NULL;
     if (flash) {
@@ -113,9 +120,9 @@ static attention_result run_gpu(gpu_impl impl, const device_inputs *in, const xl
     CK(cudaMemset(lse, 0xFF, ln * sizeof(float)));
     CK(cudaMemset(dq, 0xFF, qn * sizeof(float)));
     if (flash) {
-        CK_LAUNCH(xlkv_cuda_train_attention_flash_forward(out, lse, in->q, in->k, in->v, s, ws, NULL));
-        CK_LAUNCH(xlkv_cuda_train_attention_flash_backward(dq, dk, dv, delta, in->dout, out, lse, in->q, in->k, in->v,
-                                                           s, ws, NULL));
+        CK_LAUNCH(xlkv_cuda_train_attention_flash_forward_rope(out, lse, in->q, in->k, in->v, rope, s, ws, NULL));
+        CK_LAUNCH(xlkv_cuda_train_attention_flash_backward_rope(dq, dk, dv, delta, in->dout, out, lse, in->q, in->k,
+                                                                in->v, rope, s, ws, NULL));
     } else {
         CK_LAUNCH(xlkv_cuda_train_attention_forward(out, lse, in->q, in->k, in->v, s, NULL));
         CK_LAUNCH(xlkv_cuda_train_attention_backward(dq, dk, dv, delta, in->dout, out, lse, in->q, in->k, in->v, s,
@@ -125,14 +132,19 @@ static attention_result run_gpu(gpu_impl impl, const device_inputs *in, const xl
                           ct_download_floats(dv, kvn), NULL};
     CK(cudaMemset(dq, 0xFF, qn * sizeof(float)));
     if (flash)
-        CK_LAUNCH(xlkv_cuda_train_attention_flash_backward(dq, NULL, NULL, delta, in->dout, out, lse, in->q, in->k,
-                                                           in->v, s, ws, NULL));
+        CK_LAUNCH(xlkv_cuda_train_attention_flash_backward_rope(dq, NULL, NULL, delta, in->dout, out, lse, in->q,
+                                                                in->k, in->v, rope, s, ws, NULL));
     else
         CK_LAUNCH(xlkv_cuda_train_attention_backward(dq, NULL, NULL, delta, in->dout, out, lse, in->q, in->k, in->v, s,
                                                      NULL));
     r.dq_const = ct_download_floats(dq, qn);
     cudaFree(out), cudaFree(lse), cudaFree(dq), cudaFree(delta), cudaFree(dk), cudaFree(dv), cudaFree(ws);
     return r;
+}
+
+static attention_result run_gpu(gpu_impl impl, const device_inputs *in, const xlkv_cuda_train_attention_shape *s,
+                                size_t qn, size_t kvn, size_t ln) {
+    return run_gpu_rope(impl, in, s, qn, kvn, ln, NULL);
 }
 
 static void compare(const char *case_name, const char *ref_name, const attention_result *flash,
@@ -380,11 +392,160 @@ static void flash_trainer_tracks_f32(void **state) {
     if (failures) fail_msg("%d flash trainer check(s) failed", failures);
 }
 
+/* ---- 4. RoPE inside the staging ----------------------------------------------------------------------------- */
+
+/* memcmp of one tensor; prints a check line with the first differing element. */
+static void check_bits(const char *case_name, const char *tensor, const float *got, const float *ref, size_t n) {
+    size_t first = n;
+    for (size_t i = 0; i < n && first == n; i++)
+        if (memcmp(&got[i], &ref[i], sizeof(float))) first = i;
+    if (first == n)
+        printf("check flash rope %-56s %-22s bit-identical to rope kernel + flash ok\n", case_name, tensor);
+    else {
+        printf("check flash rope %-56s %-22s DIFFERS at %zu (%.9g vs %.9g) FAIL\n", case_name, tensor, first,
+               got[first], ref[first]);
+        failures++;
+    }
+}
+
+static void flash_rope_case(const attention_case *c) {
+    const xlkv_cuda_train_attention_shape gpu = {c->batch, c->seq, c->n_heads, c->n_kv_heads, c->head_dim, c->window,
+                                                 c->mask_diagonal};
+    const size_t N = (size_t)c->batch * c->seq, qn = N * c->n_heads * c->head_dim;
+    const size_t kvn = N * c->n_kv_heads * c->head_dim, ln = N * c->n_heads;
+    const int half = c->head_dim / 2;
+    /* the trainer's tables: position t, pair i: angle t / 10000^(2i / head_dim) */
+    float *cos_table = malloc((size_t)c->seq * half * sizeof(float)), *sin_table = malloc((size_t)c->seq * half * sizeof(float));
+    for (int t = 0; t < c->seq; t++)
+        for (int i = 0; i < half; i++) {
+            const double angle = t * pow(10000.0, -2.0 * i / c->head_dim);
+            cos_table[(size_t)t * half + i] = (float)cos(angle);
+            sin_table[(size_t)t * half + i] = (float)sin(angle);
+        }
+    float *q = random_array(qn, 1.5f), *k = random_array(kvn, 1.5f), *v = random_array(kvn, 1.0f);
+    float *dout = random_array(qn, 1.0f), *dk0 = random_array(kvn, 0.1f), *dv0 = random_array(kvn, 0.1f);
+    float *d_cos = ct_dev_floats(cos_table, (size_t)c->seq * half), *d_sin = ct_dev_floats(sin_table, (size_t)c->seq * half);
+    device_inputs plain = {ct_dev_floats(q, qn), ct_dev_floats(k, kvn), ct_dev_floats(v, kvn), ct_dev_floats(dout, qn),
+                           ct_dev_floats(dk0, kvn), ct_dev_floats(dv0, kvn)};
+    device_inputs rotated = {ct_dev_floats(q, qn), ct_dev_floats(k, kvn), plain.v, plain.dout, plain.dk0, plain.dv0};
+    CK_LAUNCH(xlkv_cuda_train_rope(rotated.q, (int)N, c->seq, c->n_heads, c->head_dim, d_cos, d_sin, 1.0f, NULL));
+    CK_LAUNCH(xlkv_cuda_train_rope(rotated.k, (int)N, c->seq, c->n_kv_heads, c->head_dim, d_cos, d_sin, 1.0f, NULL));
+    const xlkv_cuda_train_flash_rope rope = {d_cos, d_sin};
+    attention_result ref = run_gpu_rope(IMPL_FLASH, &rotated, &gpu, qn, kvn, ln, NULL);
+    attention_result got = run_gpu_rope(IMPL_FLASH, &plain, &gpu, qn, kvn, ln, &rope);
+    check_bits(c->name, "out", got.out, ref.out, qn);
+    check_bits(c->name, "lse", got.lse, ref.lse, ln);
+    check_bits(c->name, "dq", got.dq, ref.dq, qn);
+    check_bits(c->name, "dk (+= onto non-zero)", got.dk, ref.dk, kvn);
+    check_bits(c->name, "dv (+= onto non-zero)", got.dv, ref.dv, kvn);
+    check_bits(c->name, "dq with constant K/V", got.dq_const, ref.dq_const, qn);
+    /* the inputs are read, never rotated in place */
+    float *q_after = ct_download_floats(plain.q, qn), *k_after = ct_download_floats(plain.k, kvn);
+    const bool untouched = !memcmp(q_after, q, qn * sizeof(float)) && !memcmp(k_after, k, kvn * sizeof(float));
+    printf("check flash rope %-56s q and k left unrotated: %s\n", c->name, untouched ? "ok" : "FAIL");
+    if (!untouched) failures++;
+    free(q_after), free(k_after);
+    free_result(&ref), free_result(&got);
+    free(q), free(k), free(v), free(dout), free(dk0), free(dv0), free(cos_table), free(sin_table);
+    cudaFree(plain.q), cudaFree(plain.k), cudaFree(plain.v), cudaFree(plain.dout), cudaFree(plain.dk0);
+    cudaFree(plain.dv0), cudaFree(rotated.q), cudaFree(rotated.k), cudaFree(d_cos), cudaFree(d_sin);
+}
+
+static void flash_rope_matches_rope_then_flash(void **state) {
+    (void)state;
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) skip();
+    failures = 0;
+    static const attention_case cases[] = {
+        {"causal GQA 12/6 x64, 2 x 1024", 2, 1024, 12, 6, 64, 0, false},
+        {"causal GQA 12/6 x64, 2 x 100", 2, 100, 12, 6, 64, 0, false},
+        {"causal MHA 4/4 x128, 2 x 150", 2, 150, 4, 4, 128, 0, false},
+        {"mask_diagonal GQA 12/6 x64, 2 x 100", 2, 100, 12, 6, 64, 0, true},
+        {"window 64 GQA 12/6 x64, 2 x 300", 2, 300, 12, 6, 64, 64, false},
+        {"window 9 + diagonal GQA 4/1 x128, 2 x 200", 2, 200, 4, 1, 128, 9, true},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) flash_rope_case(&cases[i]);
+
+    /* a table that is not 16-byte aligned is refused */
+    const xlkv_cuda_train_attention_shape shape = {1, 16, 2, 1, 64, 0, false};
+    float *buf = ct_dev_floats(NULL, 16 * 2 * 64 + 4);
+    void *ws = NULL;
+    CK(cudaMalloc(&ws, xlkv_cuda_train_attention_flash_workspace_bytes(&shape)));
+    const xlkv_cuda_train_flash_rope misaligned = {buf + 1, buf};
+    const int rc = xlkv_cuda_train_attention_flash_forward_rope(buf, buf, buf, buf, buf, &misaligned, &shape, ws, NULL);
+    printf("check flash rope refuses a misaligned table (cudaErrorInvalidValue): %s\n",
+           rc == (int)cudaErrorInvalidValue ? "ok" : "FAIL");
+    if (rc != (int)cudaErrorInvalidValue) failures++;
+    cudaFree(buf), cudaFree(ws);
+    if (failures) fail_msg("%d flash rope check(s) failed", failures);
+}
+
+/* ---- 5. the trainer with and without the RoPE in the staging ------------------------------------------------- */
+
+/* A bf16 trainer (flash by default at head_dim 64) with XLKV_TRAIN_FLASH_ROPE=value, STEPS steps; parameters
+ * downloaded into its store. */
+static xlkv_trainer *flash_rope_trainer(const char *data, const trainer_case *c, const char *value) {
+    xlkv_trainer *tr = NULL;
+    unsetenv("XLKV_TRAIN_ATTENTION");
+    setenv("XLKV_TRAIN_FLASH_ROPE", value, 1);
+    TU_ASSERT_OK(make_trainer(data, c, true, &tr));
+    unsetenv("XLKV_TRAIN_FLASH_ROPE");
+    for (int s = 0; s < STEPS; s++) TU_ASSERT_OK(xlkv_trainer_step(tr, NULL));
+    TU_ASSERT_OK(xlkv_gpu_trainer_download(tr->gpu, tr->store, false));
+    return tr;
+}
+
+static void flash_rope_trainer_same_bits(void **state) {
+    (void)state;
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) skip();
+    failures = 0;
+    char *data = tt_token_data_dir(12000, 10000, VOCAB);
+    static const trainer_case cases[] = {{"standard", 0, 2}, {"cla:2", 0, 2}, {"lckv:1", 1, 2}};
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        const trainer_case *c = &cases[ci];
+        xlkv_trainer *inside = flash_rope_trainer(data, c, "1"), *separate = flash_rope_trainer(data, c, "0");
+        printf("losses %s: flash rope inside", c->map);
+        for (int s = 0; s < STEPS; s++) printf(" %.7f", inside->train_losses[s]);
+        printf(" | separate passes");
+        for (int s = 0; s < STEPS; s++) printf(" %.7f", separate->train_losses[s]);
+        printf("\n");
+        const bool same_losses = !memcmp(inside->train_losses, separate->train_losses, STEPS * sizeof(float));
+        size_t first = inside->store->n_params;
+        for (size_t i = 0; i < inside->store->n_params && first == inside->store->n_params; i++)
+            if (memcmp(&inside->store->params[i], &separate->store->params[i], sizeof(float))) first = i;
+        const bool same_params = first == inside->store->n_params;
+        printf("check trainer XLKV_TRAIN_FLASH_ROPE=1 vs 0, %-8s m=%d b=%d (6 steps): losses %s, parameters %s",
+               c->map, c->m, c->b, same_losses ? "bit-identical" : "DIFFER",
+               same_params ? "bit-identical" : "DIFFER");
+        if (!same_params)
+            printf(" (first at %zu: %.9g vs %.9g)", first, inside->store->params[first],
+                   separate->store->params[first]);
+        printf(" %s\n", same_losses && same_params ? "ok" : "FAIL");
+        if (!same_losses || !same_params) failures++;
+        xlkv_trainer_free(inside);
+        xlkv_trainer_free(separate);
+    }
+    const trainer_case standard = {"standard", 0, 2};
+    xlkv_trainer *refused = NULL;
+    setenv("XLKV_TRAIN_FLASH_ROPE", "2", 1);
+    const xlkv_status st = make_trainer(data, &standard, true, &refused);
+    unsetenv("XLKV_TRAIN_FLASH_ROPE");
+    const bool was_refused = st == XLKV_E_INVALID && !refused;
+    printf("check XLKV_TRAIN_FLASH_ROPE=2 is refused with XLKV_E_INVALID: %s\n", was_refused ? "ok" : "FAIL");
+    if (!was_refused) failures++;
+    xlkv_trainer_free(refused);
+    free(data);
+    if (failures) fail_msg("%d flash rope trainer check(s) failed", failures);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(flash_kernels_match_exact),
         cmocka_unit_test(flash_gradients_match),
         cmocka_unit_test(flash_trainer_tracks_f32),
+        cmocka_unit_test(flash_rope_matches_rope_then_flash),
+        cmocka_unit_test(flash_rope_trainer_same_bits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -33,6 +33,10 @@
  * lse' / delta contiguous per (sequence, head)); the kernels then move 16-byte cp.async chunks with double buffering
  * (tile j+1 loads while tile j computes), as the inference prefill kernel does. Operands read once per CTA (Q of the
  * forward, Q and dO of dQ) come from fp32 with plain loads, issued while the first cp.async tile is in flight.
+ * RoPE (the _rope calls, flash_args.rope_cos non-NULL): q and k arrive unrotated and are rotated where they are
+ * staged, by rope_pair (train_kernels_common.cuh) in fp32 before the bf16 rounding: Q in stage_rows (forward, dQ;
+ * the dQ kernel's bf16 Q copy is then rotated too), K in its pre-pass (round_rope_to_bf16 instead of round_to_bf16,
+ * forward and backward); V and dO are never rotated. The same values as the RoPE kernel's, so the same bits.
  * Occupancy at head_dim 64 (ptxas -v, sm_90): the forward is compiled for 4 CTAs per SM (128 registers; 4 x 46 KB of
  * shared memory, which needs the maximum carveout, set at the first launch: the default gave 168 KB and 3 CTAs); the
  * backward kernels hold S and dP for 32 keys (dQ) / 32 queries (dK/dV) at a time (168 registers, 3 CTAs; 4 would
@@ -50,6 +54,7 @@
 
 #include "backend/cuda/kernels_mma.cuh"
 #include "backend/cuda/train_attention_flash.h"
+#include "backend/cuda/train_kernels_common.cuh"
 
 using namespace xlkv_cuda;
 
@@ -71,6 +76,8 @@ struct flash_args {
     int window_end; /* window, or INT_MAX: key p is visible from query t iff mask_diagonal <= t - p < window_end */
     size_t q_stride, kv_stride; /* floats per row of q/out/dout and of k/v */
     float scale, scale_log2;
+    /* RoPE while staging (xlkv_cuda_train_flash_rope): [seq, D / 2] tables, NULL: q and k come rotated */
+    const float *rope_cos, *rope_sin;
 };
 
 typedef __nv_bfloat16 bf16;
@@ -248,13 +255,15 @@ template <int D, int ROWS, bool FRESH = true> struct tile_stream {
 /* fp32 rows row0 .. row0 + ROWS - 1 of one head (src at row 0 of that head, `stride` floats per row) -> padded bf16
  * shared rows (rows >= limit are zeros), also writing the bf16 rows (rows < limit) to `copy` (same layout as src,
  * NULL: none): the dQ kernel reads each Q / dO row exactly once, so it leaves the bf16 copies the dK/dV kernel
- * streams. Coalesced: lane l of a row block reads float4 l (a warp's load covers consecutive 16-byte pieces), packs
+ * streams. rope_cos non-NULL: each row (position = its row index, src being row 0 of a sequence) is rotated with
+ * rope_pair before the rounding, as xlkv_cuda_train_rope then a plain staging would do (the same fp32 values, so the
+ * same bf16 bits; the copy holds the rotated rows). Coalesced: lane l of a row block reads float4 l (a warp's load covers consecutive 16-byte pieces), packs
  * it to 4 bf16 and stores 8 bytes (a half-warp writes 128 contiguous bytes of one padded row: no bank conflict;
  * the copy gets consecutive 8-byte pieces). Loads go out in batches of 8 before their stores. The same thread writes
  * and reads each piece: no barrier between the two. */
 template <int D, int ROWS>
 __device__ __forceinline__ void stage_rows(bf16 *dst, const float *src, size_t stride, int row0, int limit,
-                                           bf16 *copy) {
+                                           bf16 *copy, const float *rope_cos = NULL, const float *rope_sin = NULL) {
     constexpr int SROW = smem_row<D>(), F4 = D / 4, RSTEP = THREADS / F4, PER = ROWS / RSTEP;
     constexpr int BATCH = PER < 8 ? PER : 8;
     static_assert(ROWS % RSTEP == 0 && PER % BATCH == 0, "whole row steps per thread");
@@ -271,6 +280,21 @@ __device__ __forceinline__ void stage_rows(bf16 *dst, const float *src, size_t s
         for (int i = 0; i < BATCH; i++) {
             v[i] = (i0 + i) * RSTEP < left ? *reinterpret_cast<const float4 *>(s) : make_float4(0.f, 0.f, 0.f, 0.f);
             s += step;
+        }
+        if (rope_cos) { /* this thread's two pairs col / 2, col / 2 + 1 of row row0 + first + i RSTEP */
+            const float *cr = rope_cos + (size_t)(row0 + first) * (D / 2) + col / 2;
+            const float *sr = rope_sin + (size_t)(row0 + first) * (D / 2) + col / 2;
+#pragma unroll
+            for (int i = 0; i < BATCH; i++) {
+                if ((i0 + i) * RSTEP >= left) continue; /* a zero row past the sequence: no table row to read */
+                const int t_off = (i0 + i) * RSTEP * (D / 2);
+                const float2 c = *reinterpret_cast<const float2 *>(cr + t_off);
+                const float2 sn = *reinterpret_cast<const float2 *>(sr + t_off);
+                float4 r;
+                xlkv_train::rope_pair(v[i].x, v[i].y, c.x, sn.x, &r.x, &r.y);
+                xlkv_train::rope_pair(v[i].z, v[i].w, c.y, sn.y, &r.z, &r.w);
+                v[i] = r;
+            }
         }
 #pragma unroll
         for (int i = 0; i < BATCH; i++) {
@@ -291,6 +315,34 @@ __global__ void round_to_bf16(bf16 *dst, const float *src, size_t n8) {
         packed.y = pack_bf16x2(lo.z, lo.w);
         packed.z = pack_bf16x2(hi.x, hi.y);
         packed.w = pack_bf16x2(hi.z, hi.w);
+        reinterpret_cast<uint4 *>(dst)[i] = packed;
+    }
+}
+
+/* round_to_bf16 of k with RoPE: dst = bf16(rope(src)), rows of `width` floats (n_kv_heads x head_dim), the position
+ * of row r being r % seq, tables [seq, head_dim / 2] (16-byte aligned). Each thread takes 8 elements (4 pairs of one
+ * head: head_dim % 8 == 0) and rotates them with rope_pair before the rounding: the bits of xlkv_cuda_train_rope
+ * then round_to_bf16. */
+__global__ void round_rope_to_bf16(bf16 *dst, const float *src, size_t n8, int width, int seq, int head_dim,
+                                   const float *cos_table, const float *sin_table) {
+    const int half = head_dim / 2;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t e = 8 * i, row = e / (size_t)width;
+        const int col = (int)(e - row * (size_t)width), pos = (int)(row % (size_t)seq);
+        const size_t t_off = (size_t)pos * half + (col % head_dim) / 2; /* a multiple of 4: 16-byte loads */
+        const float4 c = *reinterpret_cast<const float4 *>(cos_table + t_off);
+        const float4 sn = *reinterpret_cast<const float4 *>(sin_table + t_off);
+        const float4 lo = reinterpret_cast<const float4 *>(src)[2 * i], hi = reinterpret_cast<const float4 *>(src)[2 * i + 1];
+        float r[8];
+        xlkv_train::rope_pair(lo.x, lo.y, c.x, sn.x, &r[0], &r[1]);
+        xlkv_train::rope_pair(lo.z, lo.w, c.y, sn.y, &r[2], &r[3]);
+        xlkv_train::rope_pair(hi.x, hi.y, c.z, sn.z, &r[4], &r[5]);
+        xlkv_train::rope_pair(hi.z, hi.w, c.w, sn.w, &r[6], &r[7]);
+        uint4 packed;
+        packed.x = pack_bf16x2(r[0], r[1]);
+        packed.y = pack_bf16x2(r[2], r[3]);
+        packed.z = pack_bf16x2(r[4], r[5]);
+        packed.w = pack_bf16x2(r[6], r[7]);
         reinterpret_cast<uint4 *>(dst)[i] = packed;
     }
 }
@@ -378,7 +430,7 @@ __global__ void __launch_bounds__(THREADS, forward_min_ctas<D>())
         load_next_kv(0);
         cp_async_commit();
         /* Q is read once per CTA: fp32 rows rounded here (no bf16 copy needed) while the first K/V tile lands */
-        stage_rows<D, TILE_Q>(s_q, qh, a.q_stride, r0, a.seq, NULL);
+        stage_rows<D, TILE_Q>(s_q, qh, a.q_stride, r0, a.seq, NULL, a.rope_cos, a.rope_sin);
     }
     for (int tile = 0; tile < n_kv_tiles; tile++) {
         const int buf = tile & 1, k0 = kv_first + tile * TILE_K;
@@ -513,7 +565,8 @@ __global__ void __launch_bounds__(THREADS, dq_min_ctas<D>())
     cp_async_commit();
     /* Q and dO are read once per CTA: fp32 rows rounded here while the first K/V tile lands, and written out as the
      * bf16 copies of the dK/dV kernel (every tile, even one that sees nothing: the dK/dV kernel still reads it) */
-    stage_rows<D, TILE_Q>(s_q, q + head_off, a.q_stride, r0, a.seq, q_copy ? q_copy + head_off : NULL);
+    stage_rows<D, TILE_Q>(s_q, q + head_off, a.q_stride, r0, a.seq, q_copy ? q_copy + head_off : NULL, a.rope_cos,
+                          a.rope_sin);
     stage_rows<D, TILE_Q>(s_do, dout + head_off, a.q_stride, r0, a.seq, dout_copy ? dout_copy + head_off : NULL);
 
     const lane_offsets lo = make_lane_offsets<D>(lane);
@@ -718,8 +771,10 @@ bool shape_ok(const xlkv_cuda_train_attention_shape *s) {
            (s->head_dim == 64 || s->head_dim == 128);
 }
 
-flash_args make_args(const xlkv_cuda_train_attention_shape *s) {
+flash_args make_args(const xlkv_cuda_train_attention_shape *s, const xlkv_cuda_train_flash_rope *rope) {
     flash_args a;
+    a.rope_cos = rope ? rope->cos_table : NULL;
+    a.rope_sin = rope ? rope->sin_table : NULL;
     a.seq = s->seq;
     a.n_heads = s->n_heads;
     a.group = s->n_heads / s->n_kv_heads;
@@ -770,6 +825,22 @@ int round_launch(bf16 *dst, const float *src, size_t n, cudaStream_t stream) {
     return (int)cudaGetLastError();
 }
 
+/* The bf16 copy of k, rotated on the way when the call rotates (a.rope_cos), plain otherwise. */
+int round_k_launch(bf16 *dst, const float *k, size_t n, const xlkv_cuda_train_attention_shape *s, const flash_args &a,
+                   cudaStream_t stream) {
+    if (!a.rope_cos) return round_launch(dst, k, n, stream);
+    const size_t n8 = n / 8;
+    const unsigned blocks = (unsigned)(n8 / 256 + 1 < 4096 ? n8 / 256 + 1 : 4096);
+    round_rope_to_bf16<<<blocks, 256, 0, stream>>>(dst, k, n8, (int)a.kv_stride, a.seq, s->head_dim, a.rope_cos,
+                                                   a.rope_sin);
+    return (int)cudaGetLastError();
+}
+
+/* A rope argument is NULL (no rotation) or two 16-byte aligned tables. */
+bool rope_ok(const xlkv_cuda_train_flash_rope *rope) {
+    return !rope || (rope->cos_table && rope->sin_table && aligned16(rope->cos_table) && aligned16(rope->sin_table));
+}
+
 template <int D>
 int forward_launch(float *out, float *lse, const float *q, const workspace_parts &w, const flash_args &a,
                       int batch, cudaStream_t stream) {
@@ -817,20 +888,49 @@ extern "C" bool xlkv_cuda_train_attention_flash_supported(const xlkv_cuda_train_
     return shape_ok(shape);
 }
 
-extern "C" int xlkv_cuda_train_attention_flash_forward(float *out, float *lse, const float *q, const float *k,
-                                                       const float *v, const xlkv_cuda_train_attention_shape *shape,
-                                                       void *workspace, void *stream) {
+extern "C" int xlkv_cuda_train_attention_flash_forward_rope(float *out, float *lse, const float *q, const float *k,
+                                                            const float *v, const xlkv_cuda_train_flash_rope *rope,
+                                                            const xlkv_cuda_train_attention_shape *shape,
+                                                            void *workspace, void *stream) {
     if (!shape_ok(shape) || !aligned16(out) || !aligned16(q) || !aligned16(k) || !aligned16(v) || !lse || !workspace ||
-        !aligned16(workspace))
+        !aligned16(workspace) || !rope_ok(rope))
         return (int)cudaErrorInvalidValue;
-    const flash_args a = make_args(shape);
+    const flash_args a = make_args(shape, rope);
     cudaStream_t s = (cudaStream_t)stream;
     const workspace_parts w = carve_workspace(workspace, shape);
-    int err = round_launch(w.k, k, w.kv_elems, s); /* K/V tiles are re-read by every query tile: bf16 copies */
+    int err = round_k_launch(w.k, k, w.kv_elems, shape, a, s); /* K/V tiles are re-read by every query tile */
     if (!err) err = round_launch(w.v, v, w.kv_elems, s);
     if (err) return err;
     return shape->head_dim == 64 ? forward_launch<64>(out, lse, q, w, a, shape->batch, s)
                                  : forward_launch<128>(out, lse, q, w, a, shape->batch, s);
+}
+
+extern "C" int xlkv_cuda_train_attention_flash_forward(float *out, float *lse, const float *q, const float *k,
+                                                       const float *v, const xlkv_cuda_train_attention_shape *shape,
+                                                       void *workspace, void *stream) {
+    return xlkv_cuda_train_attention_flash_forward_rope(out, lse, q, k, v, NULL, shape, workspace, stream);
+}
+
+extern "C" int xlkv_cuda_train_attention_flash_backward_rope(float *dq, float *dk, float *dv, float *delta,
+                                                             const float *dout, const float *out, const float *lse,
+                                                             const float *q, const float *k, const float *v,
+                                                             const xlkv_cuda_train_flash_rope *rope,
+                                                             const xlkv_cuda_train_attention_shape *shape,
+                                                             void *workspace, void *stream) {
+    if (!shape_ok(shape) || !aligned16(dq) || !aligned16(dout) || !aligned16(q) || !aligned16(k) || !aligned16(v) ||
+        !aligned16(dk) || !aligned16(dv) || !delta || !lse || !out || !workspace ||
+        !aligned16(workspace) || !rope_ok(rope))
+        return (int)cudaErrorInvalidValue;
+    int err = xlkv_cuda_train_attention_delta(delta, dout, out, shape, stream);
+    if (err) return err;
+    const flash_args a = make_args(shape, rope);
+    cudaStream_t s = (cudaStream_t)stream;
+    const workspace_parts w = carve_workspace(workspace, shape);
+    err = round_k_launch(w.k, k, w.kv_elems, shape, a, s); /* the bf16 Q / dO copies come from the dQ kernel */
+    if (!err) err = round_launch(w.v, v, w.kv_elems, s);
+    if (err) return err;
+    return shape->head_dim == 64 ? backward_launch<64>(dq, dk, dv, delta, dout, lse, q, w, a, shape->batch, s)
+                                 : backward_launch<128>(dq, dk, dv, delta, dout, lse, q, w, a, shape->batch, s);
 }
 
 extern "C" int xlkv_cuda_train_attention_flash_backward(float *dq, float *dk, float *dv, float *delta,
@@ -838,18 +938,6 @@ extern "C" int xlkv_cuda_train_attention_flash_backward(float *dq, float *dk, fl
                                                         const float *q, const float *k, const float *v,
                                                         const xlkv_cuda_train_attention_shape *shape, void *workspace,
                                                         void *stream) {
-    if (!shape_ok(shape) || !aligned16(dq) || !aligned16(dout) || !aligned16(q) || !aligned16(k) || !aligned16(v) ||
-        !aligned16(dk) || !aligned16(dv) || !delta || !lse || !out || !workspace ||
-        !aligned16(workspace))
-        return (int)cudaErrorInvalidValue;
-    int err = xlkv_cuda_train_attention_delta(delta, dout, out, shape, stream);
-    if (err) return err;
-    const flash_args a = make_args(shape);
-    cudaStream_t s = (cudaStream_t)stream;
-    const workspace_parts w = carve_workspace(workspace, shape);
-    err = round_launch(w.k, k, w.kv_elems, s); /* the bf16 Q / dO copies come from the dQ kernel */
-    if (!err) err = round_launch(w.v, v, w.kv_elems, s);
-    if (err) return err;
-    return shape->head_dim == 64 ? backward_launch<64>(dq, dk, dv, delta, dout, lse, q, w, a, shape->batch, s)
-                                 : backward_launch<128>(dq, dk, dv, delta, dout, lse, q, w, a, shape->batch, s);
+    return xlkv_cuda_train_attention_flash_backward_rope(dq, dk, dv, delta, dout, out, lse, q, k, v, NULL, shape,
+                                                         workspace, stream);
 }

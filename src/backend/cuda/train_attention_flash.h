@@ -12,7 +12,13 @@
  *
  * workspace: a device buffer of xlkv_cuda_train_attention_flash_workspace_bytes(shape) bytes (16-byte aligned,
  * contents free to overwrite; NULL is refused) that receives bf16 copies of the inputs once per call, from which the
- * kernels stream tiles with cp.async and double buffering. */
+ * kernels stream tiles with cp.async and double buffering.
+ *
+ * The _rope variants fold the trainer's RoPE into that staging: q and k come unrotated, and the kernels rotate every
+ * row of Q (forward, dQ) and K (its bf16 pre-pass, forward and backward) with the tables given, position = row % seq,
+ * by rope_pair (train_kernels_common.cuh) before rounding: every bf16 value the kernels see, and so every output,
+ * has the bits of xlkv_cuda_train_rope(q), xlkv_cuda_train_rope(k) then the plain call. dq, dk and dv stay the
+ * gradients of the ROTATED q and k (the caller applies the inverse rotation as before). rope NULL: the plain call. */
 #ifndef XLKV_BACKEND_CUDA_TRAIN_ATTENTION_FLASH_H
 #define XLKV_BACKEND_CUDA_TRAIN_ATTENTION_FLASH_H
 
@@ -31,6 +37,11 @@ bool xlkv_cuda_train_attention_flash_supported(const xlkv_cuda_train_attention_s
  * (16 x 1024, 12/6 x 64): 2 x 25 + 2 x 12.6 MB of bf16 copies + 1.6 MB of rows = 77 MB. */
 size_t xlkv_cuda_train_attention_flash_workspace_bytes(const xlkv_cuda_train_attention_shape *shape);
 
+/* RoPE tables of the _rope calls: [seq, head_dim / 2] fp32 each (row t: position t), 16-byte aligned. */
+typedef struct xlkv_cuda_train_flash_rope {
+    const float *cos_table, *sin_table;
+} xlkv_cuda_train_flash_rope;
+
 int xlkv_cuda_train_attention_flash_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                                             const xlkv_cuda_train_attention_shape *shape, void *workspace,
                                             void *stream);
@@ -38,6 +49,15 @@ int xlkv_cuda_train_attention_flash_backward(float *dq, float *dk, float *dv, fl
                                              const float *out, const float *lse, const float *q, const float *k,
                                              const float *v, const xlkv_cuda_train_attention_shape *shape,
                                              void *workspace, void *stream);
+int xlkv_cuda_train_attention_flash_forward_rope(float *out, float *lse, const float *q, const float *k,
+                                                 const float *v, const xlkv_cuda_train_flash_rope *rope,
+                                                 const xlkv_cuda_train_attention_shape *shape, void *workspace,
+                                                 void *stream);
+int xlkv_cuda_train_attention_flash_backward_rope(float *dq, float *dk, float *dv, float *delta, const float *dout,
+                                                  const float *out, const float *lse, const float *q, const float *k,
+                                                  const float *v, const xlkv_cuda_train_flash_rope *rope,
+                                                  const xlkv_cuda_train_attention_shape *shape, void *workspace,
+                                                  void *stream);
 
 #ifdef __cplusplus
 }

@@ -16,7 +16,12 @@
  *         trainer never uses it (it stays exact).
  * XLKV_TRAIN_ATTENTION=warp|gemm|flash forces one (the tests run all three); flash where it is not supported (f32,
  * another head_dim) is refused with the reason. Flash stages bf16 copies of its inputs in a workspace the trainer
- * owns.
+ * owns, and by default also applies the forward RoPE there (XLKV_TRAIN_FLASH_ROPE=1, read at creation): q and k leave
+ * the products unrotated and stay so in the records and the constant K/V, every flash call rotates its Q / K rows
+ * while staging them (the same rope_pair and tables, so the same bf16 bits as the RoPE pass then flash; a K read by
+ * several layers is rotated by each reader, never in place), and the separate forward RoPE passes are skipped. The
+ * backward is unchanged: flash returns the gradients of the rotated q / k, inverse-rotated as before.
+ * XLKV_TRAIN_FLASH_ROPE=0 keeps the separate passes (the A/B in one build); gemm / warp always use them.
  *
  * Layer and classifier products (y = x.W^T, dX += dY.W, dW += dY^T.X; cublasGemmEx, C in fp32 with beta 0 or 1 as
  * ever, so gradients accumulate in fp32):
@@ -181,6 +186,8 @@ struct xlkv_gpu_trainer {
     enum { ATTENTION_WARP, ATTENTION_GEMM, ATTENTION_FLASH } attention;
     float *scores, *dscores; /* [n_heads][batch][seq][seq] (gemm attention only) */
     void *flash_workspace;   /* flash attention's bf16 staging (NULL unless flash runs) */
+    bool flash_rope;         /* flash rotates q / k while staging: the forward RoPE passes are skipped (see header) */
+    xlkv_cuda_train_flash_rope flash_rope_args; /* the tables as the flash calls take them */
     double *row_loss, *norm_partials;       /* device */
     double *clip_norm;                      /* device: the last gradient norm (fused: clip_grad_norm writes it) */
     float *clip_coef, *clip_one;            /* device: the clip coefficient, and a constant 1 (fused AdamW) */
@@ -427,6 +434,11 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
         return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_ATTENTION=%s: expected warp, gemm or flash", choice);
     else if (flash_ok) g->attention = ATTENTION_FLASH;
     else g->attention = 2 * score_floats * sizeof(float) <= ((size_t)8 << 30) ? ATTENTION_GEMM : ATTENTION_WARP;
+    const char *flash_rope = getenv("XLKV_TRAIN_FLASH_ROPE");
+    if (flash_rope && *flash_rope && strcmp(flash_rope, "0") && strcmp(flash_rope, "1"))
+        return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_FLASH_ROPE=%s: expected 1 (RoPE inside the flash kernels' "
+                         "staging, the default) or 0 (separate RoPE passes)", flash_rope);
+    g->flash_rope = g->attention == ATTENTION_FLASH && !(flash_rope && !strcmp(flash_rope, "0"));
     if (g->attention == ATTENTION_FLASH)
         XLKV_TRY(xlkv_cuda_alloc(&g->flash_workspace, xlkv_cuda_train_attention_flash_workspace_bytes(&flash_shape),
                                  "the flash attention workspace"));
@@ -818,6 +830,13 @@ static xlkv_status flush_residual(xlkv_gpu_trainer *g) {
     return XLKV_OK;
 }
 
+/* The RoPE tables the flash kernels rotate with, or NULL when q and k were rotated by the RoPE passes. */
+static const xlkv_cuda_train_flash_rope *flash_rope_tables(xlkv_gpu_trainer *g) {
+    if (!g->flash_rope) return NULL;
+    g->flash_rope_args = (xlkv_cuda_train_flash_rope){g->rope_cos, g->rope_sin};
+    return &g->flash_rope_args;
+}
+
 static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer, bool grad) {
     const xlkv_hparams *hp = &g->store->hp;
     const xlkv_layer_map *map = g->store->map;
@@ -851,18 +870,22 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
                                                    st), "rmsnorm forward");
     }
     XLKV_TRY(linear(g, g->fuse ? X_READY : 0, rec->q, rec->xb, in16.xb, w->wq, N, dim, q_dim));
-    mark(g, XLKV_STEP_ROPE);
-    KERNEL_TRY(xlkv_cuda_train_rope(rec->q, N, g->seq, hp->n_heads, hp->head_dim, g->rope_cos, g->rope_sin, 1.0f, st),
-               "rope forward");
+    if (!g->flash_rope) { /* flash_rope: q and k stay unrotated; the flash kernels rotate them while staging */
+        mark(g, XLKV_STEP_ROPE);
+        KERNEL_TRY(xlkv_cuda_train_rope(rec->q, N, g->seq, hp->n_heads, hp->head_dim, g->rope_cos, g->rope_sin, 1.0f,
+                                        st), "rope forward");
+    }
     if (xlkv_is_kv_layer(map, layer)) {
         const int slot = map->kv_slot[layer];
         const size_t slot_offset = (size_t)slot * (size_t)N * (size_t)kv_dim;
         float *k = grad ? rec->k : g->const_k + slot_offset, *v = grad ? rec->v : g->const_v + slot_offset;
         XLKV_TRY(linear(g, X_READY, k, rec->xb, in16.xb, w->wk, N, dim, kv_dim)); /* xb rounded for q */
         XLKV_TRY(linear(g, X_READY, v, rec->xb, in16.xb, w->wv, N, dim, kv_dim));
-        mark(g, XLKV_STEP_ROPE);
-        KERNEL_TRY(xlkv_cuda_train_rope(k, N, g->seq, hp->n_kv_heads, hp->head_dim, g->rope_cos, g->rope_sin, 1.0f, st),
-                   "rope forward");
+        if (!g->flash_rope) {
+            mark(g, XLKV_STEP_ROPE);
+            KERNEL_TRY(xlkv_cuda_train_rope(k, N, g->seq, hp->n_kv_heads, hp->head_dim, g->rope_cos, g->rope_sin, 1.0f,
+                                            st), "rope forward");
+        }
         g->current[slot] = (kv_source){k, v, grad ? rec->dk : NULL, grad ? rec->dv : NULL};
         if (grad) {
             XLKV_TRY(zero(g, rec->dk, (size_t)N * (size_t)kv_dim));
@@ -879,8 +902,8 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
     if (g->attention == ATTENTION_GEMM)
         XLKV_TRY(attention_forward_gemm(g, rec->att, rec->lse, rec->q, src->k, src->v, &shape));
     else if (g->attention == ATTENTION_FLASH)
-        KERNEL_TRY(xlkv_cuda_train_attention_flash_forward(rec->att, rec->lse, rec->q, src->k, src->v, &shape,
-                                                           g->flash_workspace, st),
+        KERNEL_TRY(xlkv_cuda_train_attention_flash_forward_rope(rec->att, rec->lse, rec->q, src->k, src->v,
+                                                                flash_rope_tables(g), &shape, g->flash_workspace, st),
                    "flash attention forward");
     else KERNEL_TRY(xlkv_cuda_train_attention_forward(rec->att, rec->lse, rec->q, src->k, src->v, &shape, st),
                     "attention forward");
@@ -1075,9 +1098,10 @@ static xlkv_status attention_backward(xlkv_gpu_trainer *g, gpu_record *rec) {
         XLKV_TRY(attention_backward_gemm(g, g->dq, rec->read_dk, rec->read_dv, g->datt, rec->att, rec->lse, rec->q,
                                          rec->read_k, rec->read_v, &shape));
     else if (g->attention == ATTENTION_FLASH)
-        KERNEL_TRY(xlkv_cuda_train_attention_flash_backward(g->dq, rec->read_dk, rec->read_dv, g->delta, g->datt,
-                                                            rec->att, rec->lse, rec->q, rec->read_k, rec->read_v,
-                                                            &shape, g->flash_workspace, st),
+        KERNEL_TRY(xlkv_cuda_train_attention_flash_backward_rope(g->dq, rec->read_dk, rec->read_dv, g->delta, g->datt,
+                                                                 rec->att, rec->lse, rec->q, rec->read_k,
+                                                                 rec->read_v, flash_rope_tables(g), &shape,
+                                                                 g->flash_workspace, st),
                    "flash attention backward");
     else
         KERNEL_TRY(xlkv_cuda_train_attention_backward(g->dq, rec->read_dk, rec->read_dv, g->delta, g->datt, rec->att,

@@ -49,10 +49,13 @@ __device__ __forceinline__ void store4(__nv_bfloat16 *dst, float4 v) {
     out[1] = __floats2bfloat162_rn(v.z, v.w);
 }
 
-/* RoPE of one pair (a, b) = elements 2i, 2i + 1 of a head, s = direction x sin (direction -1: the inverse rotation) */
+/* RoPE of one pair (a, b) = elements 2i, 2i + 1 of a head, s = direction x sin (direction -1: the inverse rotation).
+ * The roundings are spelled out (one product, then one FMA) so that no caller's context changes how the compiler
+ * contracts it: the flash attention kernels rotate while staging (train_attention_flash.cu) and must give the bits
+ * of the RoPE kernels. */
 __device__ __forceinline__ void rope_pair(float a, float b, float c, float s, float *out_a, float *out_b) {
-    *out_a = a * c - b * s;
-    *out_b = a * s + b * c;
+    *out_a = __fmaf_rn(a, c, -__fmul_rn(b, s));
+    *out_b = __fmaf_rn(a, s, __fmul_rn(b, c));
 }
 
 /* RoPE (or, ROTATE false, a plain copy) of n rows of n_heads x head_dim fp32 (x, packed) into dst (row stride ld
