@@ -22,9 +22,12 @@
  *  4. RoPE inside the staging (the _rope calls): unrotated q / k with the tables vs xlkv_cuda_train_rope on q and k
  *     then the plain calls: out, lse, dq, dk, dv (added onto non-zero) and the constant-K/V dq bit-identical (memcmp;
  *     the first differing element is printed), on GQA, MHA, windows, mask_diagonal, head_dim 64 and 128, a
- *     sequence that is not a multiple of the tiles; a misaligned table is refused.
+ *     sequence that is not a multiple of the tiles; the dQ kernel's bf16 inverse-rotated dq (rope.dq16, into a padded
+ *     operand) bit-identical to xlkv_cuda_train_rope_to_bf16 of the fp32 dq; a misaligned table and an odd dq16
+ *     row stride are refused.
  *  5. the trainer with XLKV_TRAIN_FLASH_ROPE=1 (the default) vs 0: per-step losses and the parameters after 6 steps
- *     bit-identical (standard, cla:2, lckv:1 cyclic); XLKV_TRAIN_FLASH_ROPE=2 is refused.
+ *     bit-identical (standard, cla:2, lckv:1 cyclic with fused layer passes; lckv:1 also with XLKV_TRAIN_FUSE=0);
+ *     XLKV_TRAIN_FLASH_ROPE=2 is refused.
  * Every check prints one "check ..." line with the measured error and the tolerance. Needs a GPU (label cuda). */
 #define _DEFAULT_SOURCE /* setenv */
 #include <cuda_runtime_api.h>
@@ -34,6 +37,7 @@
 #include <string.h>
 
 #include "backend/cuda/train_attention_flash.h"
+#include "backend/cuda/train_fused.h"
 #include "backend/cuda/train_kernels.h"
 #include "core/file.h"
 #include "testutil.h"
@@ -415,7 +419,8 @@ static void flash_rope_case(const attention_case *c) {
     const size_t kvn = N * c->n_kv_heads * c->head_dim, ln = N * c->n_heads;
     const int half = c->head_dim / 2;
     /* the trainer's tables: position t, pair i: angle t / 10000^(2i / head_dim) */
-    float *cos_table = malloc((size_t)c->seq * half * sizeof(float)), *sin_table = malloc((size_t)c->seq * half * sizeof(float));
+    const size_t table_n = (size_t)c->seq * half;
+    float *cos_table = malloc(table_n * sizeof(float)), *sin_table = malloc(table_n * sizeof(float));
     for (int t = 0; t < c->seq; t++)
         for (int i = 0; i < half; i++) {
             const double angle = t * pow(10000.0, -2.0 * i / c->head_dim);
@@ -424,13 +429,13 @@ static void flash_rope_case(const attention_case *c) {
         }
     float *q = random_array(qn, 1.5f), *k = random_array(kvn, 1.5f), *v = random_array(kvn, 1.0f);
     float *dout = random_array(qn, 1.0f), *dk0 = random_array(kvn, 0.1f), *dv0 = random_array(kvn, 0.1f);
-    float *d_cos = ct_dev_floats(cos_table, (size_t)c->seq * half), *d_sin = ct_dev_floats(sin_table, (size_t)c->seq * half);
-    device_inputs plain = {ct_dev_floats(q, qn), ct_dev_floats(k, kvn), ct_dev_floats(v, kvn), ct_dev_floats(dout, qn),
-                           ct_dev_floats(dk0, kvn), ct_dev_floats(dv0, kvn)};
+    float *d_cos = ct_dev_floats(cos_table, table_n), *d_sin = ct_dev_floats(sin_table, table_n);
+    device_inputs plain = {ct_dev_floats(q, qn), ct_dev_floats(k, kvn), ct_dev_floats(v, kvn),
+                           ct_dev_floats(dout, qn), ct_dev_floats(dk0, kvn), ct_dev_floats(dv0, kvn)};
     device_inputs rotated = {ct_dev_floats(q, qn), ct_dev_floats(k, kvn), plain.v, plain.dout, plain.dk0, plain.dv0};
     CK_LAUNCH(xlkv_cuda_train_rope(rotated.q, (int)N, c->seq, c->n_heads, c->head_dim, d_cos, d_sin, 1.0f, NULL));
     CK_LAUNCH(xlkv_cuda_train_rope(rotated.k, (int)N, c->seq, c->n_kv_heads, c->head_dim, d_cos, d_sin, 1.0f, NULL));
-    const xlkv_cuda_train_flash_rope rope = {d_cos, d_sin};
+    const xlkv_cuda_train_flash_rope rope = {d_cos, d_sin, NULL, 0};
     attention_result ref = run_gpu_rope(IMPL_FLASH, &rotated, &gpu, qn, kvn, ln, NULL);
     attention_result got = run_gpu_rope(IMPL_FLASH, &plain, &gpu, qn, kvn, ln, &rope);
     check_bits(c->name, "out", got.out, ref.out, qn);
@@ -439,6 +444,42 @@ static void flash_rope_case(const attention_case *c) {
     check_bits(c->name, "dk (+= onto non-zero)", got.dk, ref.dk, kvn);
     check_bits(c->name, "dv (+= onto non-zero)", got.dv, ref.dv, kvn);
     check_bits(c->name, "dq with constant K/V", got.dq_const, ref.dq_const, qn);
+    /* dq16: the dQ kernel writes bf16(inverse rotation(dq)) into a padded operand (ld = q width + 16, the other
+     * columns must stay as they were) with the bits of xlkv_cuda_train_rope_to_bf16 from the fp32 dq above */
+    {
+        const size_t width = (size_t)c->n_heads * c->head_dim, ld = width + 16, n16 = N * ld;
+        uint16_t *ref16 = ct_to_device(NULL, n16 * sizeof(uint16_t));
+        uint16_t *got16 = ct_to_device(NULL, n16 * sizeof(uint16_t));
+        CK(cudaMemset(ref16, 0x5A, n16 * sizeof(uint16_t)));
+        CK(cudaMemset(got16, 0x5A, n16 * sizeof(uint16_t)));
+        float *d_dq = ct_dev_floats(got.dq, qn);
+        CK_LAUNCH(xlkv_cuda_train_rope_to_bf16(ref16, ld, d_dq, (int)N, c->seq, c->n_heads, c->head_dim, d_cos, d_sin,
+                                               -1.0f, 1, NULL));
+        void *ws = NULL;
+        CK(cudaMalloc(&ws, xlkv_cuda_train_attention_flash_workspace_bytes(&gpu)));
+        float *out = ct_dev_floats(NULL, qn), *lse = ct_dev_floats(NULL, ln), *delta = ct_dev_floats(NULL, ln);
+        float *dk = ct_dev_floats(dk0, kvn), *dv = ct_dev_floats(dv0, kvn);
+        const xlkv_cuda_train_flash_rope rope16 = {d_cos, d_sin, got16, ld};
+        CK_LAUNCH(xlkv_cuda_train_attention_flash_forward_rope(out, lse, plain.q, plain.k, plain.v, &rope, &gpu, ws,
+                                                               NULL));
+        CK_LAUNCH(xlkv_cuda_train_attention_flash_backward_rope(NULL, dk, dv, delta, plain.dout, out, lse, plain.q,
+                                                                plain.k, plain.v, &rope16, &gpu, ws, NULL));
+        uint16_t *h_ref = ct_download(ref16, n16 * sizeof(uint16_t));
+        uint16_t *h_got = ct_download(got16, n16 * sizeof(uint16_t));
+        size_t first = n16;
+        for (size_t i = 0; i < n16 && first == n16; i++)
+            if (h_ref[i] != h_got[i]) first = i;
+        printf("check flash rope %-56s dq16 (bf16, inverse-rotated, ld %zu) %s", c->name, ld,
+               first == n16 ? "bit-identical to rope_to_bf16(dq) ok\n" : "DIFFERS");
+        if (first != n16) {
+            printf(" at row %zu column %zu (0x%04x vs 0x%04x) FAIL\n", first / ld, first % ld, h_got[first],
+                   h_ref[first]);
+            failures++;
+        }
+        free(h_ref), free(h_got);
+        cudaFree(ref16), cudaFree(got16), cudaFree(d_dq), cudaFree(ws), cudaFree(out), cudaFree(lse);
+        cudaFree(delta), cudaFree(dk), cudaFree(dv);
+    }
     /* the inputs are read, never rotated in place */
     float *q_after = ct_download_floats(plain.q, qn), *k_after = ct_download_floats(plain.k, kvn);
     const bool untouched = !memcmp(q_after, q, qn * sizeof(float)) && !memcmp(k_after, k, kvn * sizeof(float));
@@ -471,11 +512,17 @@ static void flash_rope_matches_rope_then_flash(void **state) {
     float *buf = ct_dev_floats(NULL, 16 * 2 * 64 + 4);
     void *ws = NULL;
     CK(cudaMalloc(&ws, xlkv_cuda_train_attention_flash_workspace_bytes(&shape)));
-    const xlkv_cuda_train_flash_rope misaligned = {buf + 1, buf};
+    const xlkv_cuda_train_flash_rope misaligned = {buf + 1, buf, NULL, 0};
     const int rc = xlkv_cuda_train_attention_flash_forward_rope(buf, buf, buf, buf, buf, &misaligned, &shape, ws, NULL);
     printf("check flash rope refuses a misaligned table (cudaErrorInvalidValue): %s\n",
            rc == (int)cudaErrorInvalidValue ? "ok" : "FAIL");
     if (rc != (int)cudaErrorInvalidValue) failures++;
+    const xlkv_cuda_train_flash_rope odd_ld = {buf, buf, (uint16_t *)(void *)buf, 2 * 64 + 1};
+    const int rc_ld = xlkv_cuda_train_attention_flash_backward_rope(NULL, buf, buf, buf, buf, buf, buf, buf, buf, buf,
+                                                                    &odd_ld, &shape, ws, NULL);
+    printf("check flash rope refuses an odd dq16 row stride (cudaErrorInvalidValue): %s\n",
+           rc_ld == (int)cudaErrorInvalidValue ? "ok" : "FAIL");
+    if (rc_ld != (int)cudaErrorInvalidValue) failures++;
     cudaFree(buf), cudaFree(ws);
     if (failures) fail_msg("%d flash rope check(s) failed", failures);
 }
@@ -484,12 +531,14 @@ static void flash_rope_matches_rope_then_flash(void **state) {
 
 /* A bf16 trainer (flash by default at head_dim 64) with XLKV_TRAIN_FLASH_ROPE=value, STEPS steps; parameters
  * downloaded into its store. */
-static xlkv_trainer *flash_rope_trainer(const char *data, const trainer_case *c, const char *value) {
+static xlkv_trainer *flash_rope_trainer(const char *data, const trainer_case *c, const char *value, const char *fuse) {
     xlkv_trainer *tr = NULL;
     unsetenv("XLKV_TRAIN_ATTENTION");
     setenv("XLKV_TRAIN_FLASH_ROPE", value, 1);
+    setenv("XLKV_TRAIN_FUSE", fuse, 1);
     TU_ASSERT_OK(make_trainer(data, c, true, &tr));
     unsetenv("XLKV_TRAIN_FLASH_ROPE");
+    unsetenv("XLKV_TRAIN_FUSE");
     for (int s = 0; s < STEPS; s++) TU_ASSERT_OK(xlkv_trainer_step(tr, NULL));
     TU_ASSERT_OK(xlkv_gpu_trainer_download(tr->gpu, tr->store, false));
     return tr;
@@ -501,10 +550,14 @@ static void flash_rope_trainer_same_bits(void **state) {
     if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) skip();
     failures = 0;
     char *data = tt_token_data_dir(12000, 10000, VOCAB);
-    static const trainer_case cases[] = {{"standard", 0, 2}, {"cla:2", 0, 2}, {"lckv:1", 1, 2}};
+    /* the fused layer passes (default: the dQ kernel writes the bf16 dq operand) and, for the cyclic map, the unfused
+     * ones (fp32 dq, inverse RoPE pass) */
+    static const trainer_case cases[] = {{"standard", 0, 2}, {"cla:2", 0, 2}, {"lckv:1", 1, 2}, {"lckv:1", 1, 2}};
+    static const char *const fuse[] = {"1", "1", "1", "0"};
     for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
         const trainer_case *c = &cases[ci];
-        xlkv_trainer *inside = flash_rope_trainer(data, c, "1"), *separate = flash_rope_trainer(data, c, "0");
+        xlkv_trainer *inside = flash_rope_trainer(data, c, "1", fuse[ci]);
+        xlkv_trainer *separate = flash_rope_trainer(data, c, "0", fuse[ci]);
         printf("losses %s: flash rope inside", c->map);
         for (int s = 0; s < STEPS; s++) printf(" %.7f", inside->train_losses[s]);
         printf(" | separate passes");
@@ -515,8 +568,8 @@ static void flash_rope_trainer_same_bits(void **state) {
         for (size_t i = 0; i < inside->store->n_params && first == inside->store->n_params; i++)
             if (memcmp(&inside->store->params[i], &separate->store->params[i], sizeof(float))) first = i;
         const bool same_params = first == inside->store->n_params;
-        printf("check trainer XLKV_TRAIN_FLASH_ROPE=1 vs 0, %-8s m=%d b=%d (6 steps): losses %s, parameters %s",
-               c->map, c->m, c->b, same_losses ? "bit-identical" : "DIFFER",
+        printf("check trainer XLKV_TRAIN_FLASH_ROPE=1 vs 0, %-8s m=%d b=%d XLKV_TRAIN_FUSE=%s (6 steps): losses %s, "
+               "parameters %s", c->map, c->m, c->b, fuse[ci], same_losses ? "bit-identical" : "DIFFER",
                same_params ? "bit-identical" : "DIFFER");
         if (!same_params)
             printf(" (first at %zu: %.9g vs %.9g)", first, inside->store->params[first],

@@ -37,6 +37,8 @@
  * staged, by rope_pair (train_kernels_common.cuh) in fp32 before the bf16 rounding: Q in stage_rows (forward, dQ;
  * the dQ kernel's bf16 Q copy is then rotated too), K in its pre-pass (round_rope_to_bf16 instead of round_to_bf16,
  * forward and backward); V and dO are never rotated. The same values as the RoPE kernel's, so the same bits.
+ * rope->dq16 (backward): the dQ kernel writes bf16(inverse rotation(dq)) straight into the caller's bf16 operand
+ * (each lane holds whole RoPE pairs of its rows), the bits xlkv_cuda_train_rope_to_bf16 would write from fp32 dq.
  * Occupancy at head_dim 64 (ptxas -v, sm_90): the forward is compiled for 4 CTAs per SM (128 registers; 4 x 46 KB of
  * shared memory, which needs the maximum carveout, set at the first launch: the default gave 168 KB and 3 CTAs); the
  * backward kernels hold S and dP for 32 keys (dQ) / 32 queries (dK/dV) at a time (168 registers, 3 CTAs; 4 would
@@ -78,6 +80,9 @@ struct flash_args {
     float scale, scale_log2;
     /* RoPE while staging (xlkv_cuda_train_flash_rope): [seq, D / 2] tables, NULL: q and k come rotated */
     const float *rope_cos, *rope_sin;
+    /* the dQ kernel's output as bf16(inverse RoPE(dq)) with rows dq16_ld apart (NULL: fp32 dq) */
+    __nv_bfloat16 *dq16;
+    size_t dq16_ld;
 };
 
 typedef __nv_bfloat16 bf16;
@@ -615,6 +620,24 @@ __global__ void __launch_bounds__(THREADS, dq_min_ctas<D>())
         __syncthreads();
     }
 
+    if (a.dq16) { /* dq = scale dQ as below, then the inverse rotation of its pair (this lane holds elements 2i, 2i+1
+                   * of the head: i = dt 4 + tq) and the bf16 rounding: the bits of xlkv_cuda_train_rope_to_bf16 */
+        bf16 *d16 = a.dq16 + batch_row0 * a.dq16_ld + (size_t)h * D + 2 * tq;
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int t = r == 0 ? t_a : t_b;
+            if (t >= a.seq) continue;
+            const float *cr = a.rope_cos + (size_t)t * (D / 2) + tq, *sr = a.rope_sin + (size_t)t * (D / 2) + tq;
+#pragma unroll
+            for (int dt = 0; dt < D / 8; dt++) {
+                const float x = dq_acc[dt][2 * r] * a.scale, y = dq_acc[dt][2 * r + 1] * a.scale;
+                float rx, ry;
+                xlkv_train::rope_pair(x, y, cr[dt * 4], -1.0f * sr[dt * 4], &rx, &ry);
+                *reinterpret_cast<uint32_t *>(d16 + (size_t)t * a.dq16_ld + dt * 8) = pack_bf16x2(rx, ry);
+            }
+        }
+        return;
+    }
     float *dq_a = dqh + (size_t)t_a * a.q_stride + 2 * tq, *dq_b = dqh + (size_t)t_b * a.q_stride + 2 * tq;
 #pragma unroll
     for (int dt = 0; dt < D / 8; dt++) {
@@ -775,6 +798,8 @@ flash_args make_args(const xlkv_cuda_train_attention_shape *s, const xlkv_cuda_t
     flash_args a;
     a.rope_cos = rope ? rope->cos_table : NULL;
     a.rope_sin = rope ? rope->sin_table : NULL;
+    a.dq16 = rope ? reinterpret_cast<bf16 *>(rope->dq16) : NULL;
+    a.dq16_ld = rope ? rope->dq16_ld : 0;
     a.seq = s->seq;
     a.n_heads = s->n_heads;
     a.group = s->n_heads / s->n_kv_heads;
@@ -838,7 +863,8 @@ int round_k_launch(bf16 *dst, const float *k, size_t n, const xlkv_cuda_train_at
 
 /* A rope argument is NULL (no rotation) or two 16-byte aligned tables. */
 bool rope_ok(const xlkv_cuda_train_flash_rope *rope) {
-    return !rope || (rope->cos_table && rope->sin_table && aligned16(rope->cos_table) && aligned16(rope->sin_table));
+    return !rope || (rope->cos_table && rope->sin_table && aligned16(rope->cos_table) && aligned16(rope->sin_table) &&
+                     ((uintptr_t)rope->dq16 & 3u) == 0 && rope->dq16_ld % 2 == 0);
 }
 
 template <int D>
@@ -893,7 +919,7 @@ extern "C" int xlkv_cuda_train_attention_flash_forward_rope(float *out, float *l
                                                             const xlkv_cuda_train_attention_shape *shape,
                                                             void *workspace, void *stream) {
     if (!shape_ok(shape) || !aligned16(out) || !aligned16(q) || !aligned16(k) || !aligned16(v) || !lse || !workspace ||
-        !aligned16(workspace) || !rope_ok(rope))
+        !aligned16(workspace) || !rope_ok(rope) || (rope && rope->dq16))
         return (int)cudaErrorInvalidValue;
     const flash_args a = make_args(shape, rope);
     cudaStream_t s = (cudaStream_t)stream;
@@ -917,7 +943,9 @@ extern "C" int xlkv_cuda_train_attention_flash_backward_rope(float *dq, float *d
                                                              const xlkv_cuda_train_flash_rope *rope,
                                                              const xlkv_cuda_train_attention_shape *shape,
                                                              void *workspace, void *stream) {
-    if (!shape_ok(shape) || !aligned16(dq) || !aligned16(dout) || !aligned16(q) || !aligned16(k) || !aligned16(v) ||
+    const bool dq_ok = rope && rope->dq16 ? rope->dq16_ld >= (size_t)shape->n_heads * shape->head_dim
+                                          : dq && aligned16(dq);
+    if (!shape_ok(shape) || !dq_ok || !aligned16(dout) || !aligned16(q) || !aligned16(k) || !aligned16(v) ||
         !aligned16(dk) || !aligned16(dv) || !delta || !lse || !out || !workspace ||
         !aligned16(workspace) || !rope_ok(rope))
         return (int)cudaErrorInvalidValue;

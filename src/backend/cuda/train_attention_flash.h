@@ -24,6 +24,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "backend/cuda/train_kernels.h"
 
@@ -37,9 +38,14 @@ bool xlkv_cuda_train_attention_flash_supported(const xlkv_cuda_train_attention_s
  * (16 x 1024, 12/6 x 64): 2 x 25 + 2 x 12.6 MB of bf16 copies + 1.6 MB of rows = 77 MB. */
 size_t xlkv_cuda_train_attention_flash_workspace_bytes(const xlkv_cuda_train_attention_shape *shape);
 
-/* RoPE tables of the _rope calls: [seq, head_dim / 2] fp32 each (row t: position t), 16-byte aligned. */
+/* RoPE tables of the _rope calls: [seq, head_dim / 2] fp32 each (row t: position t), 16-byte aligned.
+ * dq16 (backward only; NULL: fp32 dq as usual, and the forward refuses a non-NULL one): dq is not written; instead
+ * row r of bf16(inverse rotation(dq)) goes to dq16 + r x dq16_ld (dq16 4-byte aligned, dq16_ld even and >=
+ * n_heads x head_dim), the bits xlkv_cuda_train_rope_to_bf16(dq16, dq16_ld, dq, ..., -1) gives from the fp32 dq. */
 typedef struct xlkv_cuda_train_flash_rope {
     const float *cos_table, *sin_table;
+    uint16_t *dq16;
+    size_t dq16_ld;
 } xlkv_cuda_train_flash_rope;
 
 int xlkv_cuda_train_attention_flash_forward(float *out, float *lse, const float *q, const float *k, const float *v,

@@ -19,8 +19,10 @@
  * owns, and by default also applies the forward RoPE there (XLKV_TRAIN_FLASH_ROPE=1, read at creation): q and k leave
  * the products unrotated and stay so in the records and the constant K/V, every flash call rotates its Q / K rows
  * while staging them (the same rope_pair and tables, so the same bf16 bits as the RoPE pass then flash; a K read by
- * several layers is rotated by each reader, never in place), and the separate forward RoPE passes are skipped. The
- * backward is unchanged: flash returns the gradients of the rotated q / k, inverse-rotated as before.
+ * several layers is rotated by each reader, never in place), and the separate forward RoPE passes are skipped. Flash
+ * returns the gradients of the rotated q / k; in the fused backward its dQ kernel also writes dq inverse-rotated in
+ * bf16 straight into the dX operand (no fp32 dq, no dq RoPE pass); dk / dv keep their inverse pass (several readers
+ * add into them), as does dq in the unfused backward.
  * XLKV_TRAIN_FLASH_ROPE=0 keeps the separate passes (the A/B in one build); gemm / warp always use them.
  *
  * Layer and classifier products (y = x.W^T, dX += dY.W, dW += dY^T.X; cublasGemmEx, C in fp32 with beta 0 or 1 as
@@ -830,10 +832,11 @@ static xlkv_status flush_residual(xlkv_gpu_trainer *g) {
     return XLKV_OK;
 }
 
-/* The RoPE tables the flash kernels rotate with, or NULL when q and k were rotated by the RoPE passes. */
-static const xlkv_cuda_train_flash_rope *flash_rope_tables(xlkv_gpu_trainer *g) {
+/* The RoPE tables the flash kernels rotate with, or NULL when q and k were rotated by the RoPE passes; dq16 (the
+ * backward, NULL: fp32 g->dq): where the dQ kernel writes the inverse-rotated bf16 dq, rows ld apart. */
+static const xlkv_cuda_train_flash_rope *flash_rope_tables(xlkv_gpu_trainer *g, uint16_t *dq16, size_t ld) {
     if (!g->flash_rope) return NULL;
-    g->flash_rope_args = (xlkv_cuda_train_flash_rope){g->rope_cos, g->rope_sin};
+    g->flash_rope_args = (xlkv_cuda_train_flash_rope){g->rope_cos, g->rope_sin, dq16, ld};
     return &g->flash_rope_args;
 }
 
@@ -903,7 +906,8 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
         XLKV_TRY(attention_forward_gemm(g, rec->att, rec->lse, rec->q, src->k, src->v, &shape));
     else if (g->attention == ATTENTION_FLASH)
         KERNEL_TRY(xlkv_cuda_train_attention_flash_forward_rope(rec->att, rec->lse, rec->q, src->k, src->v,
-                                                                flash_rope_tables(g), &shape, g->flash_workspace, st),
+                                                                flash_rope_tables(g, NULL, 0), &shape,
+                                                                g->flash_workspace, st),
                    "flash attention forward");
     else KERNEL_TRY(xlkv_cuda_train_attention_forward(rec->att, rec->lse, rec->q, src->k, src->v, &shape, st),
                     "attention forward");
@@ -1088,8 +1092,9 @@ xlkv_status xlkv_gpu_trainer_forward(xlkv_gpu_trainer *g, const int *tokens, con
 }
 
 /* ---- backward --------------------------------------------------------------------------------------------------- */
-/* dq = ..., dK / dV of the record's read slot += ..., from datt (whichever attention implementation runs) */
-static xlkv_status attention_backward(xlkv_gpu_trainer *g, gpu_record *rec) {
+/* dq = ..., dK / dV of the record's read slot += ..., from datt (whichever attention implementation runs). dq16
+ * (flash_rope only, else NULL): the inverse-rotated bf16 dq goes there (rows ld apart) instead of g->dq. */
+static xlkv_status attention_backward(xlkv_gpu_trainer *g, gpu_record *rec, uint16_t *dq16, size_t ld) {
     const int layer = rec->layer;
     void *st = g->stream;
     mark(g, XLKV_STEP_ATTENTION_BACKWARD);
@@ -1100,7 +1105,7 @@ static xlkv_status attention_backward(xlkv_gpu_trainer *g, gpu_record *rec) {
     else if (g->attention == ATTENTION_FLASH)
         KERNEL_TRY(xlkv_cuda_train_attention_flash_backward_rope(g->dq, rec->read_dk, rec->read_dv, g->delta, g->datt,
                                                                  rec->att, rec->lse, rec->q, rec->read_k,
-                                                                 rec->read_v, flash_rope_tables(g), &shape,
+                                                                 rec->read_v, flash_rope_tables(g, dq16, ld), &shape,
                                                                  g->flash_workspace, st),
                    "flash attention backward");
     else
@@ -1159,12 +1164,14 @@ static xlkv_status layer_backward_fused(xlkv_gpu_trainer *g, gpu_record *rec) {
                    "rmsnorm backward");
 
     XLKV_TRY(linear_backward_bf16(g, g->datt, NULL, 0.0f, dw->wo, dy16, dim, in16.att, w->wo, N, q_dim, dim));
-    XLKV_TRY(attention_backward(g, rec));
     const bool kv = xlkv_is_kv_layer(map, layer);
     const int ld = kv ? q_dim + 2 * kv_dim : q_dim; /* [dq | dk | dv] or [dq] */
+    /* flash_rope: the dQ kernel writes the inverse-rotated bf16 dq into the operand itself */
+    XLKV_TRY(attention_backward(g, rec, g->flash_rope ? dy16 : NULL, (size_t)ld));
     mark(g, XLKV_STEP_ROPE);
-    KERNEL_TRY(xlkv_cuda_train_rope_to_bf16(dy16, (size_t)ld, g->dq, N, g->seq, hp->n_heads, hp->head_dim, g->rope_cos,
-                                            g->rope_sin, -1.0f, 1, st), "rope backward (bf16 out)");
+    if (!g->flash_rope)
+        KERNEL_TRY(xlkv_cuda_train_rope_to_bf16(dy16, (size_t)ld, g->dq, N, g->seq, hp->n_heads, hp->head_dim,
+                                                g->rope_cos, g->rope_sin, -1.0f, 1, st), "rope backward (bf16 out)");
     if (kv) {
         KERNEL_TRY(xlkv_cuda_train_rope_to_bf16(dy16 + q_dim, (size_t)ld, rec->dk, N, g->seq, hp->n_kv_heads,
                                                 hp->head_dim, g->rope_cos, g->rope_sin, -1.0f, 1, st),
@@ -1226,7 +1233,7 @@ static xlkv_status layer_backward(xlkv_gpu_trainer *g, gpu_record *rec) {
 
     XLKV_TRY(zero(g, g->datt, (size_t)N * (size_t)q_dim));
     XLKV_TRY(linear_backward(g, g->datt, dw->wo, g->dx, rec->att, in16.att, w->wo, N, q_dim, dim));
-    XLKV_TRY(attention_backward(g, rec));
+    XLKV_TRY(attention_backward(g, rec, NULL, 0));
     mark(g, XLKV_STEP_ROPE);
     KERNEL_TRY(xlkv_cuda_train_rope(g->dq, N, g->seq, hp->n_heads, hp->head_dim, g->rope_cos, g->rope_sin, -1.0f, st),
                "rope backward");
