@@ -17,14 +17,13 @@
  *     once, never cached in L1). The RMSNorm prologue reduces all n rows together (one barrier pair, not n);
  *   - lane l accumulates chunks l, l + 32, l + 64, ... of the row in ascending order (fp32 fma), then a butterfly
  *     warp reduction: the summation order depends on `in` only (never on the grid, `out`, n, the input kind or the
- *     epilogue), so a fused product gives the bits of the unfused sequence, and the two kernels below give the same
- *     bits as each other;
+ *     epilogue), so a fused product gives the bits of the unfused sequence;
  *   - epilogue: y = bf16/fp32(acc), or with `accumulate` the residual add y += round(acc) (the unfused product
  *     rounds to the output type before xlkv_cuda_add adds it).
- * The previous kernel (rows round-robin over the resident warps, input prepared row by row before any W load) is
- * kept for A/B runs: XLKV_GEMV=old in the environment selects it; XLKV_GEMV=pdl launches the streaming kernel as a
- * programmatic dependent of the kernel before it (read at every launch, so a benchmark can switch; a CUDA graph
- * keeps what it captured). All three give the same bits.
+ * XLKV_GEMV=pdl in the environment launches the streaming kernel as a programmatic dependent of the kernel before it
+ * (read at every launch, so a benchmark can switch; a CUDA graph keeps what it captured); same bits. (The first
+ * kernel, rows round-robin with the input prepared row by row before any W load, was removed after the streaming
+ * one had been measured faster on every shape: docs/CUDA.md.)
  * Cost: out x in x 2 bytes of W read once, plus n x in elements per CTA from L2. Accumulation in fp32.
  * The streaming kernel's pieces (burst geometry, issue_burst, use_burst, prepare_rows) live in kernels_gemv_common.cuh,
  * shared with kernels_gemv_chain.cu, which runs several of these products in one persistent launch (grid barriers
@@ -39,104 +38,7 @@ using namespace xlkv_cuda::gemv;
 
 namespace {
 
-/* Fills xs[N][in] (bf16, shared) with the product's input rows, one row after the other. Ends with a barrier. */
-template <int N, int INPUT>
-__device__ void prepare_input(__nv_bfloat16 *xs, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain,
-                              float eps, int in, float *scratch) {
-    for (int r = 0; r < N; r++) {
-        const __nv_bfloat16 *xr = x + (size_t)r * x_stride;
-        __nv_bfloat16 *dst = xs + (size_t)r * in;
-        if (INPUT == XLKV_GEMV_INPUT_RMSNORM) {
-            float ss = 0.0f;
-            for (int i = threadIdx.x * CHUNK; i < in; i += GEMV_THREADS * CHUNK) {
-                float xv[CHUNK];
-                load_vec<__nv_bfloat16>(xr + i, xv);
-#pragma unroll
-                for (int j = 0; j < CHUNK; j++) ss += xv[j] * xv[j];
-            }
-            ss = block_sum(ss, scratch);
-            const float inv = 1.0f / sqrtf(ss / (float)in + eps);
-            for (int i = threadIdx.x * CHUNK; i < in; i += GEMV_THREADS * CHUNK) {
-                float xv[CHUNK], gv[CHUNK], ov[CHUNK];
-                load_vec<__nv_bfloat16>(xr + i, xv);
-                load_vec<__nv_bfloat16>(gain + i, gv);
-#pragma unroll
-                for (int j = 0; j < CHUNK; j++) ov[j] = gv[j] * (inv * xv[j]);
-                store_vec<__nv_bfloat16>(dst + i, ov);
-            }
-        } else if (INPUT == XLKV_GEMV_INPUT_SWIGLU) {
-            for (int i = threadIdx.x * CHUNK; i < in; i += GEMV_THREADS * CHUNK) {
-                float gv[CHUNK], uv[CHUNK];
-                load_vec<__nv_bfloat16>(xr + i, gv);
-                load_vec<__nv_bfloat16>(xr + in + i, uv);
-#pragma unroll
-                for (int j = 0; j < CHUNK; j++) gv[j] = silu_times(gv[j], uv[j]);
-                store_vec<__nv_bfloat16>(dst + i, gv);
-            }
-        } else {
-            for (int i = threadIdx.x * CHUNK; i < in; i += GEMV_THREADS * CHUNK)
-                *reinterpret_cast<uint4 *>(dst + i) = *reinterpret_cast<const uint4 *>(xr + i);
-        }
-    }
-    __syncthreads();
-}
-
-/* The previous kernel (XLKV_GEMV=old): input prepared row by row, then rows round-robin over the warps, one burst
- * of loads per lane at a time (none in flight while a row's sum is reduced and stored, none before the prologue). */
-template <int N, int INPUT, typename OutT>
-__global__ void __launch_bounds__(GEMV_THREADS)
-    gemv_rowwise_kernel(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain, float eps,
-                const __nv_bfloat16 *w, int in, int out, int accumulate) {
-    extern __shared__ uint4 gemv_smem[];
-    __shared__ float scratch[32];
-    __nv_bfloat16 *xs = reinterpret_cast<__nv_bfloat16 *>(gemv_smem);
-    prepare_input<N, INPUT>(xs, x, x_stride, gain, eps, in, scratch);
-
-    const int lane = threadIdx.x & 31;
-    const int n_chunks = in / CHUNK;
-    for (int row = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5); row < out; row += gridDim.x * GEMV_WARPS) {
-        const uint4 *w_row = reinterpret_cast<const uint4 *>(w + (size_t)row * in);
-        float acc[N];
-#pragma unroll
-        for (int r = 0; r < N; r++) acc[r] = 0.0f;
-        for (int c0 = lane; c0 < n_chunks; c0 += 32 * GEMV_UNROLL) {
-            uint4 raw[GEMV_UNROLL];
-#pragma unroll
-            for (int u = 0; u < GEMV_UNROLL; u++) {
-                const int c = c0 + u * 32;
-                raw[u] = c < n_chunks ? __ldcs(w_row + c) : make_uint4(0u, 0u, 0u, 0u);
-            }
-#pragma unroll
-            for (int u = 0; u < GEMV_UNROLL; u++) {
-                const int c = c0 + u * 32;
-                if (c < n_chunks) {
-                    float wv[CHUNK];
-                    unpack_bf16x8(raw[u], wv);
-#pragma unroll
-                    for (int r = 0; r < N; r++) {
-                        float xv[CHUNK];
-                        unpack_bf16x8(*reinterpret_cast<const uint4 *>(xs + (size_t)r * in + (size_t)c * CHUNK), xv);
-#pragma unroll
-                        for (int k = 0; k < CHUNK; k++) acc[r] = fmaf(wv[k], xv[k], acc[r]);
-                    }
-                }
-            }
-        }
-#pragma unroll
-        for (int r = 0; r < N; r++) acc[r] = warp_sum(acc[r]);
-        if (lane == 0) {
-#pragma unroll
-            for (int r = 0; r < N; r++) {
-                OutT *dst = y + (size_t)r * out + row;
-                const OutT product = from_float<OutT>(acc[r]);
-                *dst = accumulate ? from_float<OutT>(to_float<OutT>(*dst) + to_float<OutT>(product)) : product;
-            }
-        }
-    }
-}
-
-/* ---- the streaming kernel (default) ---- */
-
+/* ---- the streaming kernel ---- */
 
 /* Programmatic dependent launch (sm_90+): without the launch attribute both return at once. */
 __device__ __forceinline__ void wait_for_previous_kernel() {
@@ -149,7 +51,6 @@ __device__ __forceinline__ void allow_next_kernel() {
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
-
 
 template <int N, int INPUT, typename OutT>
 __global__ void __launch_bounds__(GEMV_THREADS, 2)
@@ -209,21 +110,18 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2)
 
 
 
-/* Which kernel, from XLKV_GEMV in the environment (read at every launch): unset or anything else = the streaming
- * kernel; "old" = the previous kernel; "pdl" = the streaming kernel launched as a programmatic dependent of the
- * previous kernel in the stream (its first W burst and its launch overlap that kernel's end; sm_90+). */
-enum gemv_mode { GEMV_STREAM, GEMV_OLD, GEMV_STREAM_PDL };
-gemv_mode selected_mode() {
+/* Whether XLKV_GEMV=pdl asks for programmatic dependent launches (read at every launch): the streaming kernel then
+ * starts as a programmatic dependent of the previous kernel in the stream (its first W burst and its launch overlap
+ * that kernel's end; sm_90+). */
+bool programmatic_launch() {
     const char *choice = getenv("XLKV_GEMV");
-    if (choice && strcmp(choice, "old") == 0) return GEMV_OLD;
-    if (choice && strcmp(choice, "pdl") == 0) return GEMV_STREAM_PDL;
-    return GEMV_STREAM;
+    return choice && strcmp(choice, "pdl") == 0;
 }
 
-template <bool STREAM, int N, int INPUT, typename OutT>
+template <int N, int INPUT, typename OutT>
 int launch_one(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain, float eps,
                const __nv_bfloat16 *w, int in, int out, int accumulate, bool programmatic, cudaStream_t stream) {
-    auto kernel = STREAM ? gemv_stream_kernel<N, INPUT, OutT> : gemv_rowwise_kernel<N, INPUT, OutT>;
+    auto kernel = gemv_stream_kernel<N, INPUT, OutT>;
     const size_t smem = input_bytes(N, in);
     static bool attribute_set = false; /* one per instantiation */
     if (!attribute_set) {
@@ -270,15 +168,11 @@ int launch_one(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat1
 template <int INPUT, typename OutT>
 int launch_rows(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain, float eps,
                 const __nv_bfloat16 *w, int n, int in, int out, int accumulate, cudaStream_t stream) {
-    const gemv_mode mode = selected_mode();
+    const bool programmatic = programmatic_launch();
     switch (n) {
 #define XLKV_GEMV_CASE(N)                                                                                              \
     case N:                                                                                                            \
-        return mode == GEMV_OLD                                                                                        \
-                   ? launch_one<false, N, INPUT, OutT>(y, x, x_stride, gain, eps, w, in, out, accumulate, false,       \
-                                                       stream)                                                         \
-                   : launch_one<true, N, INPUT, OutT>(y, x, x_stride, gain, eps, w, in, out, accumulate,               \
-                                                      mode == GEMV_STREAM_PDL, stream);
+        return launch_one<N, INPUT, OutT>(y, x, x_stride, gain, eps, w, in, out, accumulate, programmatic, stream);
         XLKV_GEMV_CASE(1)
         XLKV_GEMV_CASE(2)
         XLKV_GEMV_CASE(3)

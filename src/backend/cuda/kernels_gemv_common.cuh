@@ -47,7 +47,7 @@ __device__ __forceinline__ void issue_burst(uint4 (&raw)[GEMV_UNROLL], const __n
     }
 }
 
-/* acc[r] += the burst's weights . xs row r, chunk by chunk in ascending order (the order of gemv_rowwise_kernel). */
+/* acc[r] += the burst's weights . xs row r, chunk by chunk in ascending order. */
 template <int N>
 __device__ __forceinline__ void use_burst(float (&acc)[N], const uint4 (&raw)[GEMV_UNROLL], const __nv_bfloat16 *xs,
                                           int in, int n_chunks, int burst, int lane) {
