@@ -123,6 +123,23 @@ __device__ __forceinline__ float block_max(float x, float *scratch) {
 
 inline int launch_status() { return (int)cudaGetLastError(); }
 
+/* kernel<<<blocks, threads, smem, stream>>>(args...) through cudaLaunchKernelEx with one launch attribute
+ * (cooperative, programmatic stream serialization, ...); 0 or the launch's error. */
+template <typename... Params, typename... Args>
+int launch_with_attribute(const cudaLaunchAttribute &attribute, void (*kernel)(Params...), int blocks, int threads,
+                          size_t smem, cudaStream_t stream, Args... args) {
+    cudaLaunchAttribute attributes[1] = {attribute};
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3((unsigned)blocks);
+    config.blockDim = dim3((unsigned)threads);
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    config.attrs = attributes;
+    config.numAttrs = 1;
+    const cudaError_t err = cudaLaunchKernelEx(&config, kernel, args...);
+    return err != cudaSuccess ? (int)err : launch_status();
+}
+
 } // namespace xlkv_cuda
 
 /* Calls FN<float>(...) or FN<__nv_bfloat16>(...) by dtype; returns cudaErrorInvalidValue for an unknown dtype. */

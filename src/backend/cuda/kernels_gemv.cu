@@ -148,18 +148,11 @@ int launch_one(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat1
     const long long needed = ((long long)out + GEMV_WARPS - 1) / GEMV_WARPS;
     const int blocks = (int)(needed < resident ? needed : resident);
     if (programmatic) {
-        cudaLaunchAttribute attribute[1];
-        attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attribute[0].val.programmaticStreamSerializationAllowed = 1;
-        cudaLaunchConfig_t config = {};
-        config.gridDim = dim3((unsigned)blocks);
-        config.blockDim = dim3(GEMV_THREADS);
-        config.dynamicSmemBytes = smem;
-        config.stream = stream;
-        config.attrs = attribute;
-        config.numAttrs = 1;
-        const cudaError_t err = cudaLaunchKernelEx(&config, kernel, y, x, x_stride, gain, eps, w, in, out, accumulate);
-        return err != cudaSuccess ? (int)err : launch_status();
+        cudaLaunchAttribute attribute = {};
+        attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attribute.val.programmaticStreamSerializationAllowed = 1;
+        return launch_with_attribute(attribute, kernel, blocks, GEMV_THREADS, smem, stream, y, x, x_stride, gain, eps, w,
+                                     in, out, accumulate);
     }
     kernel<<<blocks, GEMV_THREADS, smem, stream>>>(y, x, x_stride, gain, eps, w, in, out, accumulate);
     return launch_status();

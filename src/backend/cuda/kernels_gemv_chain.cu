@@ -179,18 +179,10 @@ template <int N> int launch_chain(const chain_params &p, size_t smem, int max_ou
     }
     const long long needed = ((long long)max_out + GEMV_WARPS - 1) / GEMV_WARPS;
     const int blocks = (int)(needed < resident ? needed : resident);
-    cudaLaunchAttribute attribute[1];
-    attribute[0].id = cudaLaunchAttributeCooperative;
-    attribute[0].val.cooperative = 1;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3((unsigned)blocks);
-    config.blockDim = dim3(GEMV_THREADS);
-    config.dynamicSmemBytes = smem;
-    config.stream = stream;
-    config.attrs = attribute;
-    config.numAttrs = 1;
-    const cudaError_t err = cudaLaunchKernelEx(&config, kernel, p);
-    return err != cudaSuccess ? (int)err : launch_status();
+    cudaLaunchAttribute attribute = {};
+    attribute.id = cudaLaunchAttributeCooperative;
+    attribute.val.cooperative = 1;
+    return launch_with_attribute(attribute, kernel, blocks, GEMV_THREADS, smem, stream, p);
 }
 
 /* Whether the device runs cooperative launches (per process; the device of the first call). */
