@@ -257,6 +257,24 @@ template <int D, int ROWS, bool FRESH = true> struct tile_stream {
     }
 };
 
+/* The K and V tiles of one KV head, streamed in key order (the forward and the dQ kernel): load_next() puts the next
+ * TILE_K rows of both into the shared tiles at byte addresses sk / sv (rows past the last key zero-filled) and steps
+ * by a constant. first_off: the element offset of the first key's row of the head in k and v. */
+template <int D> struct kv_tile_feed {
+    typedef tile_stream<D, TILE_K> stream;
+    const bf16 *k, *v;
+    size_t stride, off;
+    int left; /* rows left, from the next tile's first */
+    __device__ __forceinline__ kv_tile_feed(const bf16 *k_, const bf16 *v_, size_t stride_, size_t first_off, int rows)
+        : k(k_), v(v_), stride(stride_), off(first_off + stream::thread_offset(stride_)), left(rows) {}
+    __device__ __forceinline__ void load_next(unsigned sk, unsigned sv) {
+        stream::load(sk, k + off, stride, left, k);
+        stream::load(sv, v + off, stride, left, v);
+        off += (size_t)TILE_K * stride;
+        left -= TILE_K;
+    }
+};
+
 /* fp32 rows row0 .. row0 + ROWS - 1 of one head (src at row 0 of that head, `stride` floats per row) -> padded bf16
  * shared rows (rows >= limit are zeros), also writing the bf16 rows (rows < limit) to `copy` (same layout as src,
  * NULL: none): the dQ kernel reads each Q / dO row exactly once, so it leaves the bf16 copies the dK/dV kernel
@@ -405,17 +423,9 @@ __global__ void __launch_bounds__(THREADS, forward_min_ctas<D>())
     int kv_first, kv_last;
     key_range(a, t_min, t_max, &kv_first, &kv_last);
     const int n_kv_tiles = kv_last < kv_first ? 0 : (kv_last - kv_first + TILE_K) / TILE_K;
-    /* the next K / V tile to stream: this thread's element offset into k and v (advanced by a constant per tile),
-     * rows left before kv_last */
-    typedef tile_stream<D, TILE_K> kv_stream;
-    size_t next_off = (batch_row0 + kv_first) * a.kv_stride + (size_t)kvh * D + kv_stream::thread_offset(a.kv_stride);
-    int next_left = kv_last + 1 - kv_first;
-    auto load_next_kv = [&](int buf) {
-        kv_stream::load(sk_addr + buf * KV_BYTES, k + next_off, a.kv_stride, next_left, k);
-        kv_stream::load(sv_addr + buf * KV_BYTES, v + next_off, a.kv_stride, next_left, v);
-        next_off += (size_t)TILE_K * a.kv_stride;
-        next_left -= TILE_K;
-    };
+    kv_tile_feed<D> feed(k, v, a.kv_stride, (batch_row0 + kv_first) * a.kv_stride + (size_t)kvh * D,
+                         kv_last + 1 - kv_first);
+    auto load_next_kv = [&](int buf) { feed.load_next(sk_addr + buf * KV_BYTES, sv_addr + buf * KV_BYTES); };
 
     const lane_offsets lo = make_lane_offsets<D>(lane);
     const int g = lane >> 2, tq = lane & 3;
@@ -556,15 +566,9 @@ __global__ void __launch_bounds__(THREADS, dq_min_ctas<D>())
     int kv_first, kv_last;
     key_range(a, t_min, t_max, &kv_first, &kv_last);
     const int n_kv_tiles = kv_last < kv_first ? 0 : (kv_last - kv_first + TILE_K) / TILE_K;
-    typedef tile_stream<D, TILE_K> kv_stream; /* as in the forward */
-    size_t next_off = (batch_row0 + kv_first) * a.kv_stride + (size_t)kvh * D + kv_stream::thread_offset(a.kv_stride);
-    int next_left = kv_last + 1 - kv_first;
-    auto load_next_kv = [&](int buf) {
-        kv_stream::load(sk_addr + buf * KV_BYTES, k + next_off, a.kv_stride, next_left, k);
-        kv_stream::load(sv_addr + buf * KV_BYTES, v + next_off, a.kv_stride, next_left, v);
-        next_off += (size_t)TILE_K * a.kv_stride;
-        next_left -= TILE_K;
-    };
+    kv_tile_feed<D> feed(k, v, a.kv_stride, (batch_row0 + kv_first) * a.kv_stride + (size_t)kvh * D,
+                         kv_last + 1 - kv_first);
+    auto load_next_kv = [&](int buf) { feed.load_next(sk_addr + buf * KV_BYTES, sv_addr + buf * KV_BYTES); };
 
     if (n_kv_tiles > 0) load_next_kv(0);
     cp_async_commit();
