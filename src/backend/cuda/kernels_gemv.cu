@@ -90,14 +90,7 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2)
         if (next_burst == 0) { /* the row is complete */
 #pragma unroll
             for (int r = 0; r < N; r++) acc[r] = warp_sum(acc[r]);
-            if (lane == 0) {
-#pragma unroll
-                for (int r = 0; r < N; r++) {
-                    OutT *dst = y + (size_t)r * out + row;
-                    const OutT product = from_float<OutT>(acc[r]);
-                    *dst = accumulate ? from_float<OutT>(to_float<OutT>(*dst) + to_float<OutT>(product)) : product;
-                }
-            }
+            if (lane == 0) store_row<N, OutT>(y, out, row, accumulate, acc);
 #pragma unroll
             for (int r = 0; r < N; r++) acc[r] = 0.0f;
         }
@@ -107,8 +100,6 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2)
         for (int u = 0; u < GEMV_UNROLL; u++) cur[u] = next[u];
     }
 }
-
-
 
 /* Whether XLKV_GEMV=pdl asks for programmatic dependent launches (read at every launch): the streaming kernel then
  * starts as a programmatic dependent of the previous kernel in the stream (its first W burst and its launch overlap

@@ -75,17 +75,6 @@ __device__ __forceinline__ void prepare_stage(__nv_bfloat16 *xs, const chain_sta
     }
 }
 
-/* gemv_stream_kernel's epilogue for output type OutT (lane 0 of the warp that owns the row). */
-template <int N, typename OutT>
-__device__ __forceinline__ void store_row(OutT *y, int out, int row, int accumulate, const float (&acc)[N]) {
-#pragma unroll
-    for (int r = 0; r < N; r++) {
-        OutT *dst = y + (size_t)r * out + row;
-        const OutT product = from_float<OutT>(acc[r]);
-        *dst = accumulate ? from_float<OutT>(to_float<OutT>(*dst) + to_float<OutT>(product)) : product;
-    }
-}
-
 /* The first burst of `s` for the warp whose first row is `row` (zeros, no loads, when it has no row there). */
 __device__ __forceinline__ void issue_first_burst(uint4 (&raw)[GEMV_UNROLL], const chain_stage &s, int row, int lane,
                                                   bool valid) {

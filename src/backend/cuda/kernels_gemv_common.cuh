@@ -47,6 +47,18 @@ __device__ __forceinline__ void issue_burst(uint4 (&raw)[GEMV_UNROLL], const __n
     }
 }
 
+/* The epilogue of a row for output type OutT (lane 0 of the warp that owns the row): y = round(acc), or with
+ * `accumulate` the residual add y += round(acc) (rounded to OutT first, as the unfused product before xlkv_cuda_add). */
+template <int N, typename OutT>
+__device__ __forceinline__ void store_row(OutT *y, int out, int row, int accumulate, const float (&acc)[N]) {
+#pragma unroll
+    for (int r = 0; r < N; r++) {
+        OutT *dst = y + (size_t)r * out + row;
+        const OutT product = from_float<OutT>(acc[r]);
+        *dst = accumulate ? from_float<OutT>(to_float<OutT>(*dst) + to_float<OutT>(product)) : product;
+    }
+}
+
 /* acc[r] += the burst's weights . xs row r, chunk by chunk in ascending order. */
 template <int N>
 __device__ __forceinline__ void use_burst(float (&acc)[N], const uint4 (&raw)[GEMV_UNROLL], const __nv_bfloat16 *xs,
