@@ -211,25 +211,27 @@ static void flash_case(const attention_case *c) {
     cudaFree(in.q), cudaFree(in.k), cudaFree(in.v), cudaFree(in.dout), cudaFree(in.dk0), cudaFree(in.dv0);
 }
 
+/* the shapes and masks both kernel tests run: causal GQA / MHA, masked diagonals, windows, nothing visible */
+static const attention_case flash_cases[] = {
+    {"causal GQA 12/6 x64, 2 x 1024", 2, 1024, 12, 6, 64, 0, false},
+    {"causal GQA 12/6 x64, 2 x 100", 2, 100, 12, 6, 64, 0, false},
+    {"causal GQA 12/6 x64, 2 x 17", 2, 17, 12, 6, 64, 0, false},
+    {"causal GQA 12/6 x64, 2 x 1", 2, 1, 12, 6, 64, 0, false},
+    {"causal MHA 4/4 x128, 2 x 150", 2, 150, 4, 4, 128, 0, false},
+    {"mask_diagonal GQA 12/6 x64, 2 x 100", 2, 100, 12, 6, 64, 0, true},
+    {"mask_diagonal GQA 12/6 x64, 2 x 1 (nothing visible)", 2, 1, 12, 6, 64, 0, true},
+    {"window 7 GQA 12/6 x64, 2 x 100", 2, 100, 12, 6, 64, 7, false},
+    {"window 64 GQA 12/6 x64, 2 x 300", 2, 300, 12, 6, 64, 64, false},
+    {"window 1 + diagonal (nothing visible) x64, 1 x 70", 1, 70, 2, 1, 64, 1, true},
+    {"window 9 + diagonal GQA 4/1 x128, 2 x 200", 2, 200, 4, 1, 128, 9, true},
+};
+
 static void flash_kernels_match_exact(void **state) {
     (void)state;
     int devices = 0;
     if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) skip();
     failures = 0;
-    static const attention_case cases[] = {
-        {"causal GQA 12/6 x64, 2 x 1024", 2, 1024, 12, 6, 64, 0, false},
-        {"causal GQA 12/6 x64, 2 x 100", 2, 100, 12, 6, 64, 0, false},
-        {"causal GQA 12/6 x64, 2 x 17", 2, 17, 12, 6, 64, 0, false},
-        {"causal GQA 12/6 x64, 2 x 1", 2, 1, 12, 6, 64, 0, false},
-        {"causal MHA 4/4 x128, 2 x 150", 2, 150, 4, 4, 128, 0, false},
-        {"mask_diagonal GQA 12/6 x64, 2 x 100", 2, 100, 12, 6, 64, 0, true},
-        {"mask_diagonal GQA 12/6 x64, 2 x 1 (nothing visible)", 2, 1, 12, 6, 64, 0, true},
-        {"window 7 GQA 12/6 x64, 2 x 100", 2, 100, 12, 6, 64, 7, false},
-        {"window 64 GQA 12/6 x64, 2 x 300", 2, 300, 12, 6, 64, 64, false},
-        {"window 1 + diagonal (nothing visible) x64, 1 x 70", 1, 70, 2, 1, 64, 1, true},
-        {"window 9 + diagonal GQA 4/1 x128, 2 x 200", 2, 200, 4, 1, 128, 9, true},
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) flash_case(&cases[i]);
+    for (size_t i = 0; i < sizeof flash_cases / sizeof *flash_cases; i++) flash_case(&flash_cases[i]);
 
     /* refused shapes */
     const xlkv_cuda_train_attention_shape hd80 = {1, 16, 2, 1, 80, 0, false};
@@ -497,15 +499,7 @@ static void flash_rope_matches_rope_then_flash(void **state) {
     int devices = 0;
     if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) skip();
     failures = 0;
-    static const attention_case cases[] = {
-        {"causal GQA 12/6 x64, 2 x 1024", 2, 1024, 12, 6, 64, 0, false},
-        {"causal GQA 12/6 x64, 2 x 100", 2, 100, 12, 6, 64, 0, false},
-        {"causal MHA 4/4 x128, 2 x 150", 2, 150, 4, 4, 128, 0, false},
-        {"mask_diagonal GQA 12/6 x64, 2 x 100", 2, 100, 12, 6, 64, 0, true},
-        {"window 64 GQA 12/6 x64, 2 x 300", 2, 300, 12, 6, 64, 64, false},
-        {"window 9 + diagonal GQA 4/1 x128, 2 x 200", 2, 200, 4, 1, 128, 9, true},
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) flash_rope_case(&cases[i]);
+    for (size_t i = 0; i < sizeof flash_cases / sizeof *flash_cases; i++) flash_rope_case(&flash_cases[i]);
 
     /* a table that is not 16-byte aligned is refused */
     const xlkv_cuda_train_attention_shape shape = {1, 16, 2, 1, 64, 0, false};

@@ -5,6 +5,9 @@
  *   ct_uniform / ct_random_floats   reproducible inputs in [-1, 1) (x scale) from the caller's own 64-bit LCG state
  *   ct_to_device / ct_dev_floats    cudaMalloc + upload (host NULL: uninitialized); ct_download(_floats): malloc + copy
  *   ct_bf16_rne / ct_bf16_value     bf16 round to nearest even of a finite float, from the definition, and back
+ *   ct_bf16_untouched(...)          prints "check WHAT: N elements written outside the columns" for a strided bf16
+ *                                   [rows, ld] buffer filled with 0xABCD before a kernel wrote columns
+ *                                   [first, first + width); returns whether none outside changed
  *   ct_refused(what, rc)            prints "check WHAT: refused ok" when a launcher returned cudaErrorInvalidValue,
  *                                   else "FAIL"; returns whether it was refused */
 #ifndef XLKV_TESTS_CUDA_TESTUTIL_H
@@ -63,6 +66,17 @@ static inline float ct_bf16_value(uint16_t b) {
     float f;
     memcpy(&f, &u, sizeof f);
     return f;
+}
+
+static inline bool ct_bf16_untouched(const char *what, const uint16_t *buf, size_t rows, size_t ld, size_t first,
+                                     size_t width) {
+    size_t touched = 0;
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < ld; c++)
+            if ((c < first || c >= first + width) && buf[r * ld + c] != 0xABCDu) touched++;
+    printf("check %-66s: %zu elements written outside the columns, err %zu (tol 0) %s\n", what, touched, touched,
+           touched ? "FAIL" : "ok");
+    return touched == 0;
 }
 
 static inline bool ct_refused(const char *what, int rc) {
