@@ -376,6 +376,77 @@ static void rmsnorm_backward_folded_case(int n, int dim) {
     cudaFree(d_x), cudaFree(d_dy), cudaFree(d_gain), cudaFree(d_inv), cudaFree(d_partials);
 }
 
+/* The RMSNorm rows held in registers (train_rmsnorm_rows.cuh, the default) against the loop kernels they replace
+ * (XLKV_TRAIN_NORM_ROWS=loops): the same per-lane order and expressions, so the same bits in every output: the fp32
+ * forward (y, inv_rms), the bf16-output forward with the saved copy, add + RMSNorm (fp32 and bf16 branch: sum, y16,
+ * inv_rms), the folded backward with fp32 and bf16 dy and the two-pass one (dx, bf16(dx), dgain). */
+static void rows_registers_vs_loops_case(int n, int dim) {
+    const size_t nd = (size_t)n * (size_t)dim;
+    const int chunks = (n + XLKV_CUDA_TRAIN_ROW_CHUNK - 1) / XLKV_CUDA_TRAIN_ROW_CHUNK;
+    float *x = random_array(nd, 2.0f), *p = random_array(nd, 1.0f), *dy = random_array(nd, 1.0f);
+    float *dx0 = random_array(nd, 0.5f), *gain = random_array((size_t)dim, 1.5f), *dg0 = random_array((size_t)dim, 3.0f);
+    uint16_t *p16 = malloc(nd * 2), *dy16 = malloc(nd * 2);
+    for (size_t e = 0; e < nd; e++) p16[e] = ct_bf16_rne(p[e]), dy16[e] = ct_bf16_rne(dy[e]);
+    float *d_x = ct_dev_floats(x, nd), *d_p = ct_dev_floats(p, nd), *d_dy = ct_dev_floats(dy, nd);
+    float *d_gain = ct_dev_floats(gain, (size_t)dim), *d_partials = ct_dev_floats(NULL, (size_t)chunks * dim);
+    uint16_t *d_p16 = ct_to_device(p16, nd * 2), *d_dy16 = ct_to_device(dy16, nd * 2);
+    enum { OUTPUTS = 17 };
+    /* per path (0 registers, 1 loops): every output, downloaded */
+    void *got[2][OUTPUTS];
+    size_t bytes[OUTPUTS];
+    for (int path = 0; path < 2; path++) {
+        if (path) setenv("XLKV_TRAIN_NORM_ROWS", "loops", 1);
+        else unsetenv("XLKV_TRAIN_NORM_ROWS");
+        float *d_y = ct_dev_floats(NULL, nd), *d_inv = ct_dev_floats(NULL, (size_t)n), *d_sum = ct_dev_floats(NULL, nd);
+        float *d_inv2 = ct_dev_floats(NULL, (size_t)n), *d_copy = ct_dev_floats(NULL, nd);
+        float *d_sum16 = ct_dev_floats(NULL, nd), *d_inv3 = ct_dev_floats(NULL, (size_t)n);
+        uint16_t *d_y16 = dev_bf16(nd), *d_ya16 = dev_bf16(nd), *d_yb16 = dev_bf16(nd);
+        float *d_dx[3], *d_dg[3];
+        uint16_t *d_dx16[3];
+        for (int k = 0; k < 3; k++)
+            d_dx[k] = ct_dev_floats(dx0, nd), d_dg[k] = ct_dev_floats(dg0, (size_t)dim), d_dx16[k] = dev_bf16(nd);
+        CK_LAUNCH(xlkv_cuda_train_rmsnorm_forward(d_y, d_inv, d_x, d_gain, n, dim, 1e-5f, NULL));
+        CK_LAUNCH(xlkv_cuda_train_rmsnorm_forward_bf16(d_y16, d_inv2, d_copy, d_x, d_gain, n, dim, 1e-5f, NULL));
+        CK_LAUNCH(xlkv_cuda_train_add_rmsnorm_forward_bf16(d_sum, d_ya16, d_inv3, d_x, d_p, d_gain, n, dim, 1e-5f,
+                                                           NULL));
+        CK_LAUNCH(xlkv_cuda_train_add_rmsnorm_forward_bf16b(d_sum16, d_yb16, d_inv3, d_x, d_p16, d_gain, n, dim, 1e-5f,
+                                                            NULL));
+        CK_LAUNCH(xlkv_cuda_train_rmsnorm_backward_folded(d_dx[0], d_dx16[0], d_dg[0], d_dy, d_x, d_inv, d_gain, n, dim,
+                                                          d_partials, NULL));
+        CK_LAUNCH(xlkv_cuda_train_rmsnorm_backward_folded_dy16(d_dx[1], d_dx16[1], d_dg[1], d_dy16, d_x, d_inv, d_gain,
+                                                               n, dim, d_partials, NULL));
+        CK_LAUNCH(xlkv_cuda_train_rmsnorm_backward_bf16(d_dx[2], d_dx16[2], d_dg[2], d_dy, d_x, d_inv, d_gain, n, dim,
+                                                        d_partials, NULL));
+        const void *outputs[OUTPUTS] = {d_y, d_inv, d_y16, d_inv2, d_copy, d_sum, d_ya16, d_sum16, d_yb16, d_inv3,
+                                        d_dx[0], d_dx16[0], d_dg[0], d_dx[1], d_dx16[1], d_dg[1], d_dx[2]};
+        const size_t sizes[OUTPUTS] = {nd * 4, (size_t)n * 4, nd * 2, (size_t)n * 4, nd * 4, nd * 4, nd * 2, nd * 4,
+                                       nd * 2, (size_t)n * 4, nd * 4, nd * 2, (size_t)dim * 4, nd * 4, nd * 2,
+                                       (size_t)dim * 4, nd * 4};
+        for (int o = 0; o < OUTPUTS; o++) got[path][o] = ct_download(outputs[o], sizes[o]), bytes[o] = sizes[o];
+        cudaFree(d_y), cudaFree(d_inv), cudaFree(d_sum), cudaFree(d_inv2), cudaFree(d_copy), cudaFree(d_sum16);
+        cudaFree(d_inv3), cudaFree(d_y16), cudaFree(d_ya16), cudaFree(d_yb16);
+        for (int k = 0; k < 3; k++) cudaFree(d_dx[k]), cudaFree(d_dg[k]), cudaFree(d_dx16[k]);
+    }
+    unsetenv("XLKV_TRAIN_NORM_ROWS");
+    static const char *names[OUTPUTS] = {"fwd y", "fwd inv_rms", "fwd bf16 y16", "fwd bf16 inv_rms", "fwd bf16 copy",
+                                         "add sum", "add y16", "add bf16b sum", "add bf16b y16", "add bf16b inv_rms",
+                                         "bwd folded dx", "bwd folded dx16", "bwd folded dgain", "bwd dy16 dx",
+                                         "bwd dy16 dx16", "bwd dy16 dgain", "bwd two-pass dx"};
+    for (int o = 0; o < OUTPUTS; o++) {
+        size_t differ = 0;
+        for (size_t b = 0; b < bytes[o]; b += 2) differ += memcmp((char *)got[0][o] + b, (char *)got[1][o] + b, 2) != 0;
+        char what[120];
+        snprintf(what, sizeof what, "rmsnorm rows registers == loops [%d x %d] %s", n, dim, names[o]);
+        printf("check %-62s: %zu of %zu half-words differ (tol 0) %s\n", what, differ, bytes[o] / 2,
+               differ ? "FAIL" : "ok");
+        if (differ) failures++;
+        free(got[0][o]), free(got[1][o]);
+    }
+    free(x), free(p), free(dy), free(dx0), free(gain), free(dg0), free(p16), free(dy16);
+    cudaFree(d_x), cudaFree(d_p), cudaFree(d_dy), cudaFree(d_gain), cudaFree(d_partials), cudaFree(d_p16);
+    cudaFree(d_dy16);
+}
+
 /* The bf16 trainer's AdamW (clip coefficient read from the device, bf16 shadow written in the same pass) against
  * xlkv_cuda_train_scale + xlkv_cuda_train_adamw + xlkv_cuda_train_to_bf16 (the same bits: the same fp32 operations),
  * the gradients left unscaled, and a CPU reference in double (relative to each buffer's largest value). `offset`
@@ -476,6 +547,10 @@ static void fused_kernels_match(void **state) {
     rmsnorm_case(37, 64);   /* float4 path */
     rmsnorm_case(29, 70);   /* scalar path */
     rmsnorm_case(300, 768); /* the `small` width */
+    rmsnorm_case(65, 4);    /* rows held in registers (train_rmsnorm_rows.cuh): one group of four a row */
+    rmsnorm_case(33, 132);  /* registers, 2 groups a lane, the second only on lane 0 */
+    rmsnorm_case(17, 1024); /* registers at the widest (8 groups a lane) */
+    rmsnorm_case(9, 1028);  /* one group wider: the float4 loops */
     swiglu_case(33, 96, 192);  /* 4-wide, packed [dgate | dup] */
     swiglu_case(17, 50, 100);  /* scalar (hid % 4) */
     swiglu_case(9, 64, 136);   /* 4-wide, padded rows */
@@ -490,6 +565,15 @@ static void fused_kernels_match(void **state) {
     rmsnorm_backward_folded_case(1000, 768); /* the `small` width */
     rmsnorm_backward_folded_case(150, 3000); /* 192 KB of shared memory: the opt-in size */
     rmsnorm_backward_folded_case(20, 4100);  /* 262 KB: more than a block holds, the two-pass path */
+    rmsnorm_backward_folded_case(1, 4);       /* rows in registers: one group a row, one row */
+    rmsnorm_backward_folded_case(67, 132);    /* registers, 2 groups a lane, the second only on lane 0 */
+    rmsnorm_backward_folded_case(129, 516);   /* registers, 6 a lane, partly used; a one-row last chunk */
+    rmsnorm_backward_folded_case(65, 1024);   /* registers at the widest */
+    rmsnorm_backward_folded_case(31, 1028);   /* one group wider: the float4 loops */
+    rmsnorm_backward_folded_case(19200, 36);  /* 300 chunks: the chunk sum's batches of eight loads and its tail */
+    rows_registers_vs_loops_case(300, 768);  /* the `small` width */
+    rows_registers_vs_loops_case(129, 516);  /* 6 groups a lane, partly used */
+    rows_registers_vs_loops_case(65, 132);   /* 2 groups a lane, the second only on lane 0 */
     adamw_case(4099, 0, 1.0f);  /* float4 + a tail of 3, not clipping */
     adamw_case(4099, 0, 0.37f); /* clipping */
     adamw_case(1001, 1, 0.37f); /* misaligned: scalar */

@@ -9,6 +9,7 @@
 
 #include "backend/cuda/train_fused.h"
 #include "backend/cuda/train_kernels_common.cuh"
+#include "backend/cuda/train_rmsnorm_rows.cuh"
 
 using namespace xlkv_train;
 
@@ -218,7 +219,10 @@ int launch_rmsnorm(uint16_t *y16, float *inv_rms, float *x_out, const float *x, 
                     (!x_out || aligned(x_out, 16)) && (!b || aligned(b, 4 * sizeof(BT)));
     const unsigned blocks = (unsigned)(((size_t)n + kRowsPerBlock - 1) / kRowsPerBlock);
     __nv_bfloat16 *y = reinterpret_cast<__nv_bfloat16 *>(y16);
-    if (v4)
+    if (v4 && rows_vpl(dim))
+        launch_rmsnorm_forward_rows_regs<ADD, BT, __nv_bfloat16>(rows_vpl(dim), y, inv_rms, x_out, x, b, gain, n, dim,
+                                                                 eps, (cudaStream_t)stream);
+    else if (v4)
         rmsnorm_forward_bf16<true, ADD, BT><<<blocks, kBlock, 0, (cudaStream_t)stream>>>(y, inv_rms, x_out, x, b, gain,
                                                                                         n, dim, eps);
     else

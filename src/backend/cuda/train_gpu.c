@@ -436,6 +436,10 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
         return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_ATTENTION=%s: expected warp, gemm or flash", choice);
     else if (flash_ok) g->attention = ATTENTION_FLASH;
     else g->attention = 2 * score_floats * sizeof(float) <= ((size_t)8 << 30) ? ATTENTION_GEMM : ATTENTION_WARP;
+    const char *norm_rows = getenv("XLKV_TRAIN_NORM_ROWS"); /* read by the RMSNorm launchers (train_rmsnorm_rows.cuh) */
+    if (norm_rows && *norm_rows && strcmp(norm_rows, "registers") && strcmp(norm_rows, "loops"))
+        return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_NORM_ROWS=%s: expected registers (RMSNorm rows held in registers, "
+                         "the default) or loops (the former loop kernels)", norm_rows);
     const char *flash_rope = getenv("XLKV_TRAIN_FLASH_ROPE");
     if (flash_rope && *flash_rope && strcmp(flash_rope, "0") && strcmp(flash_rope, "1"))
         return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_FLASH_ROPE=%s: expected 1 (RoPE inside the flash kernels' "

@@ -17,6 +17,7 @@
 
 #include "backend/cuda/train_kernels.h"
 #include "backend/cuda/train_kernels_common.cuh"
+#include "backend/cuda/train_rmsnorm_rows.cuh"
 
 using namespace xlkv_train;
 
@@ -145,14 +146,25 @@ __device__ __forceinline__ void rmsnorm_backward_row(float *dx, const DyT *dy, c
     }
 }
 
+/* A row of the backward: held in registers (train_rmsnorm_rows.cuh) when VPL > 0, else the loops above. */
+template <int VPL, bool V4, bool BF16, bool GAIN, typename DyT>
+__device__ __forceinline__ void rmsnorm_backward_any_row(float *dx, const DyT *dy, const float *x, float s,
+                                                         const float *gain, int dim, __nv_bfloat16 *dx16, float *acc) {
+    if constexpr (VPL > 0)
+        rmsnorm_backward_row_regs<VPL, BF16, GAIN, DyT>(dx, dy, x, s, gain, dim, dx16, acc);
+    else
+        rmsnorm_backward_row<V4, BF16, GAIN, DyT>(dx, dy, x, s, gain, dim, dx16, acc);
+}
+
 /* one warp per row (the gain gradient is a separate pass: rmsnorm_gain_partials) */
-template <bool V4, bool BF16, typename DyT>
-__global__ void rmsnorm_backward_rows(float *dx, const DyT *dy, const float *x, const float *inv_rms,
-                                      const float *gain, int n, int dim, __nv_bfloat16 *dx16) {
+template <int VPL, bool V4, bool BF16, typename DyT>
+__global__ void __launch_bounds__(kBlock) rmsnorm_backward_rows(float *dx, const DyT *dy, const float *x,
+                                                                const float *inv_rms, const float *gain, int n,
+                                                                int dim, __nv_bfloat16 *dx16) {
     const size_t r = (size_t)blockIdx.x * kRowsPerBlock + threadIdx.x / 32, off = r * (size_t)dim;
     if (r >= (size_t)n) return;
-    rmsnorm_backward_row<V4, BF16, false, DyT>(dx + off, dy + off, x + off, inv_rms[r], gain, dim,
-                                               BF16 ? dx16 + off : NULL, NULL);
+    rmsnorm_backward_any_row<VPL, V4, BF16, false, DyT>(dx + off, dy + off, x + off, inv_rms[r], gain, dim,
+                                                        BF16 ? dx16 + off : NULL, NULL);
 }
 
 /* The rows and the gain partials in one pass: CTA c (kChunkWarps warps) takes rows [c chunk, (c + 1) chunk), warp w
@@ -160,9 +172,10 @@ __global__ void rmsnorm_backward_rows(float *dx, const DyT *dy, const float *x, 
  * floats, zeroed first); then partials[c][i] = the warps' sums of column i added in warp order. Fixed order:
  * deterministic. 16 warps of 4 rows each (64-row chunks): as many rows in flight per SM as the two-pass kernels. */
 constexpr int kChunkWarps = 16;
-template <bool V4, bool BF16, typename DyT>
-__global__ void rmsnorm_backward_chunk(float *dx, float *partials, const DyT *dy, const float *x,
-                                       const float *inv_rms, const float *gain, int n, int dim, __nv_bfloat16 *dx16) {
+template <int VPL, bool V4, bool BF16, typename DyT>
+__global__ void __launch_bounds__(kChunkWarps * 32)
+    rmsnorm_backward_chunk(float *dx, float *partials, const DyT *dy, const float *x, const float *inv_rms,
+                           const float *gain, int n, int dim, __nv_bfloat16 *dx16) {
     extern __shared__ float4 chunk_shared[];
     float *acc = reinterpret_cast<float *>(chunk_shared);
     const int warp = threadIdx.x / 32;
@@ -171,8 +184,8 @@ __global__ void rmsnorm_backward_chunk(float *dx, float *partials, const DyT *dy
     const int r0 = blockIdx.x * XLKV_CUDA_TRAIN_ROW_CHUNK, r1 = min(n, r0 + XLKV_CUDA_TRAIN_ROW_CHUNK);
     for (int r = r0 + warp; r < r1; r += kChunkWarps) {
         const size_t off = (size_t)r * (size_t)dim;
-        rmsnorm_backward_row<V4, BF16, true, DyT>(dx + off, dy + off, x + off, inv_rms[r], gain, dim,
-                                             BF16 ? dx16 + off : NULL, acc + (size_t)warp * dim);
+        rmsnorm_backward_any_row<VPL, V4, BF16, true, DyT>(dx + off, dy + off, x + off, inv_rms[r], gain, dim,
+                                                           BF16 ? dx16 + off : NULL, acc + (size_t)warp * dim);
     }
     __syncthreads();
     for (int i = threadIdx.x; i < dim; i += blockDim.x) {
@@ -193,15 +206,33 @@ __global__ void rmsnorm_gain_partials(float *partials, const DyT *dy, const floa
     partials[(size_t)chunk * dim + i] = sum;
 }
 
-/* dgain[i] += the chunk partials of column i: one warp per column, lane l takes chunks l, l + 32, ... in order, then a
- * fixed butterfly (deterministic). */
-__global__ void rmsnorm_gain_sum(float *dgain, const float *partials, int chunks, int dim) {
-    const int i = blockIdx.x * kRowsPerBlock + threadIdx.x / 32, lane = threadIdx.x & 31;
-    if (i >= dim) return;
+/* dgain[i] += the chunk partials of column i: lane l of column i's sum takes chunks l, l + 32, ... in order, then a
+ * fixed butterfly (deterministic). A block of 32 x 32 threads takes 32 columns: thread (t, l) (t = threadIdx.x % 32)
+ * sums column c0 + t over chunks l, l + 32, ..., so each warp reads 32 adjacent columns of a chunk's row (coalesced;
+ * one column per warp read 32 rows of partials a load), eight loads in flight; the sums cross a shared 32 x 33 tile
+ * and warp w adds column c0 + w's 32 lane sums by the butterfly. */
+constexpr int kGainSumUnroll = 8;
+__global__ void __launch_bounds__(1024) rmsnorm_gain_sum(float *dgain, const float *partials, int chunks, int dim) {
+    __shared__ float tile[32][33];
+    const int t = threadIdx.x & 31, l = threadIdx.x >> 5, c0 = blockIdx.x * 32, column = c0 + t;
     float sum = 0.0f;
-    for (int c = lane; c < chunks; c += 32) sum += partials[(size_t)c * dim + i];
-    sum = warp_sum(sum);
-    if (lane == 0) dgain[i] += sum;
+    if (column < dim) {
+        int c = l;
+        for (; c + 32 * (kGainSumUnroll - 1) < chunks; c += 32 * kGainSumUnroll) {
+            float p[kGainSumUnroll];
+#pragma unroll
+            for (int u = 0; u < kGainSumUnroll; u++) p[u] = partials[(size_t)(c + 32 * u) * dim + column];
+#pragma unroll
+            for (int u = 0; u < kGainSumUnroll; u++) sum += p[u];
+        }
+        for (; c < chunks; c += 32) sum += partials[(size_t)c * dim + column];
+    }
+    tile[l][t] = sum;
+    __syncthreads();
+    const int lane = t, warp = l; /* warp w: column c0 + w, lane l: the sum of chunks l, l + 32, ... */
+    if (c0 + warp >= dim) return;
+    float v = warp_sum(tile[lane][warp]);
+    if (lane == 0) dgain[c0 + warp] += v;
 }
 
 __global__ void rope(float *x, int n, int seq, int n_heads, int head_dim, const float *cos_table,
@@ -641,31 +672,74 @@ unsigned row_blocks(int n) { return (unsigned)((n + kRowsPerBlock - 1) / kRowsPe
 bool aligned4(const float *p) { return aligned16(p); }
 bool aligned4(const __nv_bfloat16 *p) { return ((uintptr_t)p & 7u) == 0; }
 
+/* The backward kernels for a launch: rows held in registers for widths rows_vpl accepts (float4 layouts), else the
+ * loops. chunk_kernel: the folded kernel (a CTA per chunk, gain partials in shared memory); launch_backward_rows: one
+ * warp per row. */
+template <typename DyT>
+using chunk_kernel_fn = void (*)(float *, float *, const DyT *, const float *, const float *, const float *, int, int,
+                                 __nv_bfloat16 *);
+template <bool BF16, typename DyT> chunk_kernel_fn<DyT> chunk_kernel(bool v4, int vpl) {
+    if (!v4) return rmsnorm_backward_chunk<0, false, BF16, DyT>;
+    switch (vpl) {
+    case 1: return rmsnorm_backward_chunk<1, true, BF16, DyT>;
+    case 2: return rmsnorm_backward_chunk<2, true, BF16, DyT>;
+    case 4: return rmsnorm_backward_chunk<4, true, BF16, DyT>;
+    case 6: return rmsnorm_backward_chunk<6, true, BF16, DyT>;
+    case 8: return rmsnorm_backward_chunk<8, true, BF16, DyT>;
+    default: return rmsnorm_backward_chunk<0, true, BF16, DyT>;
+    }
+}
+template <int VPL, bool V4, bool BF16, typename DyT>
+void launch_rows(float *dx, const DyT *dy, const float *x, const float *inv_rms, const float *gain, int n, int dim,
+                 __nv_bfloat16 *d16, cudaStream_t s) {
+    rmsnorm_backward_rows<VPL, V4, BF16, DyT><<<row_blocks(n), kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, n, dim, d16);
+}
+template <bool BF16, typename DyT>
+void launch_backward_rows(bool v4, int vpl, float *dx, const DyT *dy, const float *x, const float *inv_rms,
+                          const float *gain, int n, int dim, __nv_bfloat16 *d16, cudaStream_t s) {
+    if (!v4) return launch_rows<0, false, BF16, DyT>(dx, dy, x, inv_rms, gain, n, dim, d16, s);
+    switch (vpl) {
+    case 1: return launch_rows<1, true, BF16, DyT>(dx, dy, x, inv_rms, gain, n, dim, d16, s);
+    case 2: return launch_rows<2, true, BF16, DyT>(dx, dy, x, inv_rms, gain, n, dim, d16, s);
+    case 4: return launch_rows<4, true, BF16, DyT>(dx, dy, x, inv_rms, gain, n, dim, d16, s);
+    case 6: return launch_rows<6, true, BF16, DyT>(dx, dy, x, inv_rms, gain, n, dim, d16, s);
+    case 8: return launch_rows<8, true, BF16, DyT>(dx, dy, x, inv_rms, gain, n, dim, d16, s);
+    default: return launch_rows<0, true, BF16, DyT>(dx, dy, x, inv_rms, gain, n, dim, d16, s);
+    }
+}
+
+template <typename DyT>
+bool backward_v4(const float *dx, const uint16_t *dx16, const DyT *dy, const float *x, const float *gain, int dim) {
+    return dim % 4 == 0 && aligned16(dx) && aligned4(dy) && aligned16(x) && aligned16(gain) && (uintptr_t)dx16 % 8 == 0;
+}
+
+/* dgain += the chunk partials (rmsnorm_gain_sum: 32 columns a block) */
+int add_gain_partials(float *dgain, const float *partials, int chunks, int dim, cudaStream_t s) {
+    rmsnorm_gain_sum<<<(unsigned)((dim + 31) / 32), 1024, 0, s>>>(dgain, partials, chunks, dim);
+    return launch_status();
+}
+
 /* the RMSNorm backward, two passes (rows, then the gain partials and their sum) */
 template <typename DyT>
 int rmsnorm_backward_two_pass(float *dx, uint16_t *dx16, float *dgain, const DyT *dy, const float *x,
                               const float *inv_rms, const float *gain, int n, int dim, float *partials,
                               cudaStream_t s) {
+    if (n < 0 || dim <= 0) return (int)cudaErrorInvalidValue;
+    if (n == 0) return 0;
     __nv_bfloat16 *d16 = reinterpret_cast<__nv_bfloat16 *>(dx16);
-    const bool v4 = dim % 4 == 0 && aligned16(dx) && aligned4(dy) && aligned16(x) && aligned16(gain) &&
-                    (uintptr_t)dx16 % 8 == 0;
-    if (v4 && dx16)
-        rmsnorm_backward_rows<true, true, DyT><<<row_blocks(n), kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, n, dim, d16);
-    else if (v4)
-        rmsnorm_backward_rows<true, false, DyT><<<row_blocks(n), kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, n, dim, d16);
-    else if (dx16)
-        rmsnorm_backward_rows<false, true, DyT><<<row_blocks(n), kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, n, dim, d16);
+    const bool v4 = backward_v4(dx, dx16, dy, x, gain, dim);
+    const int vpl = v4 ? rows_vpl(dim) : 0;
+    if (dx16)
+        launch_backward_rows<true, DyT>(v4, vpl, dx, dy, x, inv_rms, gain, n, dim, d16, s);
     else
-        rmsnorm_backward_rows<false, false, DyT><<<row_blocks(n), kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, n, dim,
-                                                                                  d16);
+        launch_backward_rows<false, DyT>(v4, vpl, dx, dy, x, inv_rms, gain, n, dim, d16, s);
     int err = launch_status();
     if (err) return err;
     const int chunks = (n + XLKV_CUDA_TRAIN_ROW_CHUNK - 1) / XLKV_CUDA_TRAIN_ROW_CHUNK;
     rmsnorm_gain_partials<DyT><<<dim3(blocks_for((size_t)dim), (unsigned)chunks), kBlock, 0, s>>>(partials, dy, x,
                                                                                                  inv_rms, n, dim);
     if ((err = launch_status())) return err;
-    rmsnorm_gain_sum<<<row_blocks(dim), kBlock, 0, s>>>(dgain, partials, chunks, dim);
-    return launch_status();
+    return add_gain_partials(dgain, partials, chunks, dim, s);
 }
 
 /* the RMSNorm backward, the gain partials folded into the rows pass (the two-pass one where too wide) */
@@ -682,13 +756,9 @@ int rmsnorm_backward_folded(float *dx, uint16_t *dx16, float *dgain, const DyT *
     if (shared > (size_t)optin) /* too wide for one shared row per warp: the two-pass path */
         return rmsnorm_backward_two_pass<DyT>(dx, dx16, dgain, dy, x, inv_rms, gain, n, dim, partials, s);
     __nv_bfloat16 *d16 = reinterpret_cast<__nv_bfloat16 *>(dx16);
-    const bool v4 = dim % 4 == 0 && aligned16(dx) && aligned4(dy) && aligned16(x) && aligned16(gain) &&
-                    (uintptr_t)dx16 % 8 == 0;
-    void (*kernel)(float *, float *, const DyT *, const float *, const float *, const float *, int, int,
-                   __nv_bfloat16 *) = v4 ? (dx16 ? rmsnorm_backward_chunk<true, true, DyT>
-                                                 : rmsnorm_backward_chunk<true, false, DyT>)
-                                         : (dx16 ? rmsnorm_backward_chunk<false, true, DyT>
-                                                 : rmsnorm_backward_chunk<false, false, DyT>);
+    const bool v4 = backward_v4(dx, dx16, dy, x, gain, dim);
+    const int vpl = v4 ? rows_vpl(dim) : 0;
+    const chunk_kernel_fn<DyT> kernel = dx16 ? chunk_kernel<true, DyT>(v4, vpl) : chunk_kernel<false, DyT>(v4, vpl);
     if (shared > 48u * 1024u &&
         (e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared)) != cudaSuccess)
         return (int)e;
@@ -696,8 +766,7 @@ int rmsnorm_backward_folded(float *dx, uint16_t *dx16, float *dgain, const DyT *
     kernel<<<(unsigned)chunks, kChunkWarps * 32, shared, s>>>(dx, partials, dy, x, inv_rms, gain, n, dim, d16);
     int err = launch_status();
     if (err) return err;
-    rmsnorm_gain_sum<<<row_blocks(dim), kBlock, 0, s>>>(dgain, partials, chunks, dim);
-    return launch_status();
+    return add_gain_partials(dgain, partials, chunks, dim, s);
 }
 
 } // namespace
@@ -718,7 +787,13 @@ int xlkv_cuda_train_embedding_backward(float *dtable, const float *dx, const int
 
 int xlkv_cuda_train_rmsnorm_forward(float *y, float *inv_rms, const float *x, const float *gain, int n, int dim,
                                     float eps, void *stream) {
-    if (dim % 4 == 0 && aligned16(y) && aligned16(x) && aligned16(gain))
+    if (n < 0 || dim <= 0) return (int)cudaErrorInvalidValue;
+    if (n == 0) return 0;
+    const bool v4 = dim % 4 == 0 && aligned16(y) && aligned16(x) && aligned16(gain);
+    if (v4 && rows_vpl(dim))
+        launch_rmsnorm_forward_rows_regs<false, float, float>(rows_vpl(dim), y, inv_rms, NULL, x, (const float *)NULL,
+                                                              gain, n, dim, eps, (cudaStream_t)stream);
+    else if (v4)
         rmsnorm_forward<true><<<row_blocks(n), kBlock, 0, (cudaStream_t)stream>>>(y, inv_rms, x, gain, n, dim, eps);
     else
         rmsnorm_forward<false><<<row_blocks(n), kBlock, 0, (cudaStream_t)stream>>>(y, inv_rms, x, gain, n, dim, eps);
