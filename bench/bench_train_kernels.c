@@ -9,10 +9,11 @@
  * step are those of the bf16 trainer's fused `small` step under the standard map (backend/cuda/train_gpu.c), so
  * "ms/step" = calls x ms per call estimates each kernel's share of the step:
  *   add + RMSNorm forward (bf16 branch): 23 (12 FFN norms, 11 attention norms of layers 1..11); RMSNorm forward with
- *   the saved copy: 1 (layer 0); the final RMSNorm (fp32 out): 1; folded RMSNorm backward (bf16 dy, bf16 dx out): 23,
- *   (no dx16: layer 0's attention norm and the final norm): 2; SwiGLU forward / backward from bf16: 12 each; AdamW
- *   with the bf16 shadow: the step's own launches (the parameter layout of the shape, adjacent tensors with the same
- *   decay in one launch, as xlkv_gpu_trainer_adamw_step), timed together as one "call"; residual clears of dK / dV:
+ *   the saved copy: 1 (layer 0); the final RMSNorm (fp32 out): 1; folded RMSNorm backward (bf16 dy, bf16 dx out): 24,
+ *   (no dx16: the final norm): 1; SwiGLU forward / backward from bf16: 12 each; AdamW
+ *   with the bf16 shadow: the whole store as the step runs it (the shape's parameter layout, runs of adjacent
+ *   tensors with equal decay in one launch, xlkv_gpu_trainer_adamw_step), and for comparison one launch per run (the
+ *   step before) and one launch with one decay; residual clears of dK / dV:
  *   24 (two per KV layer), clears of an [N, dim] gradient: 2, the last residual add (bf16 branch): 1.
  * JSON lines (one per kernel, with the commit from XLKV_COMMIT and the device) are appended to --out (default
  * bench/results/train_kernels.jsonl).
@@ -30,6 +31,39 @@
 #include "core/status.h"
 #include "train/model_setup.h"
 #include "train/param_store.h"
+
+typedef struct bench_options {
+    const char *shape, *out;
+    int vocab, rows, burst, reps;
+} bench_options;
+
+static int parse_options(int argc, char **argv, bench_options *o) {
+    *o = (bench_options){.shape = "small", .out = "bench/results/train_kernels.jsonl", .vocab = 32000, .rows = 16384,
+                         .burst = 20, .reps = 7};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v) {
+            fprintf(stderr, "bench_train_kernels: %s needs a value\n", a);
+            return 2;
+        }
+        i++;
+        if (!strcmp(a, "--shape")) o->shape = v;
+        else if (!strcmp(a, "--out")) o->out = v;
+        else if (!strcmp(a, "--vocab")) o->vocab = atoi(v);
+        else if (!strcmp(a, "--rows")) o->rows = atoi(v);
+        else if (!strcmp(a, "--burst")) o->burst = atoi(v);
+        else if (!strcmp(a, "--reps")) o->reps = atoi(v);
+        else {
+            fprintf(stderr, "bench_train_kernels: unknown option %s %s\n", a, v);
+            return 2;
+        }
+    }
+    if (o->vocab <= 0 || o->rows <= 0 || o->burst <= 0 || o->reps <= 0) {
+        fprintf(stderr, "bench_train_kernels: vocab, rows, burst and reps must be positive\n");
+        return 2;
+    }
+    return 0;
+}
 
 #ifdef XLKV_HAVE_CUDA
 #include <cuda_runtime.h>
@@ -87,11 +121,6 @@ static float *device_constant(size_t n) {
     return d;
 }
 
-typedef struct bench_options {
-    const char *shape, *out;
-    int vocab, rows, burst, reps;
-} bench_options;
-
 /* every buffer the cases touch; [N, dim] unless said */
 typedef struct buffers {
     int n, dim, hid, kv_dim, chunks;
@@ -103,6 +132,9 @@ typedef struct buffers {
     const xlkv_param_store *store;
     float *w, *g, *m, *v, *coef;
     uint16_t *w16;
+    size_t run_ends[XLKV_CUDA_TRAIN_ADAMW_RUNS];
+    float run_decays[XLKV_CUDA_TRAIN_ADAMW_RUNS];
+    int runs;
     void *copy_src, *copy_dst; /* the roof's memcpy */
     size_t copy_capacity;
 } buffers;
@@ -145,20 +177,19 @@ static void swiglu_backward(const buffers *b) {
     check_rc(xlkv_cuda_train_swiglu_backward_from_bf16(b->dgu16, 2 * (size_t)b->hid, b->dh16, b->gu16,
                                                        2 * (size_t)b->hid, b->n, b->hid, NULL), "swiglu backward");
 }
-/* as xlkv_gpu_trainer_adamw_step (fused): runs of adjacent tensors with the same decay share a launch */
-static void adamw_step(const buffers *b) {
-    const xlkv_param_store *s = b->store;
-    for (int t = 0; t < s->n_tensors;) {
-        size_t n = (size_t)s->tensors[t].rows * (size_t)(s->tensors[t].cols ? s->tensors[t].cols : 1);
-        const size_t o = s->tensors[t].offset;
-        const float decay = s->tensors[t].kind == XLKV_PARAM_MATRIX ? 0.1f : 0.0f;
-        for (t++; t < s->n_tensors && s->tensors[t].offset == o + n &&
-                  (s->tensors[t].kind == XLKV_PARAM_MATRIX ? 0.1f : 0.0f) == decay;
-             t++)
-            n += (size_t)s->tensors[t].rows * (size_t)(s->tensors[t].cols ? s->tensors[t].cols : 1);
-        check_rc(xlkv_cuda_train_adamw_bf16(b->w + o, b->w16 + o, b->g + o, b->m + o, b->v + o, n, b->coef, 1e-4f, 0.9f,
-                                            0.95f, 1e-8f, decay, 0.1f, 0.05f, NULL), "adamw bf16");
+/* the step's AdamW before: one xlkv_cuda_train_adamw_bf16 launch per run of adjacent tensors with equal decay */
+static void adamw_per_run(const buffers *b) {
+    for (int r = 0; r < b->runs; r++) {
+        const size_t o = r ? b->run_ends[r - 1] : 0;
+        check_rc(xlkv_cuda_train_adamw_bf16(b->w + o, b->w16 + o, b->g + o, b->m + o, b->v + o, b->run_ends[r] - o,
+                                            b->coef, 1e-4f, 0.9f, 0.95f, 1e-8f, b->run_decays[r], 0.1f, 0.05f, NULL),
+                 "adamw bf16");
     }
+}
+/* the step's AdamW now (xlkv_gpu_trainer_adamw_step, fused): the same runs in one launch */
+static void adamw_runs(const buffers *b) {
+    check_rc(xlkv_cuda_train_adamw_bf16_runs(b->w, b->w16, b->g, b->m, b->v, b->run_ends, b->run_decays, b->runs,
+                                             b->coef, 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.05f, NULL), "adamw bf16 runs");
 }
 static void adamw_one_launch(const buffers *b) {
     check_rc(xlkv_cuda_train_adamw_bf16(b->w, b->w16, b->g, b->m, b->v, b->store->n_params, b->coef, 1e-4f, 0.9f, 0.95f,
@@ -215,34 +246,6 @@ static float time_calls(launch_fn launch, const buffers *b, int burst, int reps)
     return median;
 }
 
-static int parse_options(int argc, char **argv, bench_options *o) {
-    *o = (bench_options){.shape = "small", .out = "bench/results/train_kernels.jsonl", .vocab = 32000, .rows = 16384,
-                         .burst = 20, .reps = 7};
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!v) {
-            fprintf(stderr, "bench_train_kernels: %s needs a value\n", a);
-            return 2;
-        }
-        i++;
-        if (!strcmp(a, "--shape")) o->shape = v;
-        else if (!strcmp(a, "--out")) o->out = v;
-        else if (!strcmp(a, "--vocab")) o->vocab = atoi(v);
-        else if (!strcmp(a, "--rows")) o->rows = atoi(v);
-        else if (!strcmp(a, "--burst")) o->burst = atoi(v);
-        else if (!strcmp(a, "--reps")) o->reps = atoi(v);
-        else {
-            fprintf(stderr, "bench_train_kernels: unknown option %s %s\n", a, v);
-            return 2;
-        }
-    }
-    if (o->vocab <= 0 || o->rows <= 0 || o->burst <= 0 || o->reps <= 0) {
-        fprintf(stderr, "bench_train_kernels: vocab, rows, burst and reps must be positive\n");
-        return 2;
-    }
-    return 0;
-}
-
 static void setup(buffers *b, const xlkv_param_store *store, int rows) {
     const xlkv_hparams *hp = &store->hp;
     *b = (buffers){.n = rows, .dim = hp->dim, .hid = hp->hidden_dim, .kv_dim = hp->n_kv_heads * hp->head_dim,
@@ -265,6 +268,25 @@ static void setup(buffers *b, const xlkv_param_store *store, int rows) {
     b->w = device_constant(p), b->g = device_constant(p), b->m = device_constant(p), b->v = device_constant(p);
     b->coef = device_random(1, 1.0f, 0.0f, false);
     check(cudaMalloc((void **)&b->w16, p * 2), "cudaMalloc");
+    /* the step's runs: adjacent tensors with equal decay (matrices 0.1, the rest 0) merged */
+    size_t end = 0;
+    for (int t = 0; t < store->n_tensors; t++) {
+        const xlkv_param_tensor *x = &store->tensors[t];
+        const float decay = x->kind == XLKV_PARAM_MATRIX ? 0.1f : 0.0f;
+        if (x->offset != end) {
+            fprintf(stderr, "bench_train_kernels: the parameter layout has a gap at tensor %d\n", t);
+            exit(1);
+        }
+        end += (size_t)x->rows * (size_t)(x->cols ? x->cols : 1);
+        if (b->runs && b->run_decays[b->runs - 1] == decay) {
+            b->run_ends[b->runs - 1] = end;
+        } else if (b->runs == XLKV_CUDA_TRAIN_ADAMW_RUNS) {
+            fprintf(stderr, "bench_train_kernels: more than %d AdamW runs\n", XLKV_CUDA_TRAIN_ADAMW_RUNS);
+            exit(1);
+        } else {
+            b->run_ends[b->runs] = end, b->run_decays[b->runs] = decay, b->runs++;
+        }
+    }
     /* the roof's memcpy: half the largest case's bytes (AdamW: 30 bytes a parameter) */
     b->copy_capacity = p * 15 > nh * 10 ? p * 15 : nh * 10;
     check(cudaMalloc(&b->copy_src, b->copy_capacity), "cudaMalloc");
@@ -297,16 +319,17 @@ static int run(const bench_options *o) {
         {"add + rmsnorm forward, bf16 branch", add_rmsnorm_bf16b, 2.0 * layers - 1, nd * (4 + 2 + 4 + 2) + n * 4},
         {"rmsnorm forward bf16 out + saved copy", rmsnorm_bf16_copy, 1, nd * (4 + 4 + 2) + n * 4},
         {"rmsnorm forward fp32 out (final norm)", rmsnorm_fp32, 1, nd * (4 + 4) + n * 4},
-        {"rmsnorm backward folded, bf16 dy, dx16", backward_dy16, 2.0 * layers - 1,
+        {"rmsnorm backward folded, bf16 dy, dx16", backward_dy16, 2.0 * layers,
          nd * (2 + 4 + 4 + 4 + 2) + n * 4 + partials},
-        {"rmsnorm backward folded, bf16 dy, no dx16", backward_dy16_no_dx16, 2, nd * (2 + 4 + 4 + 4) + n * 4 + partials},
+        {"rmsnorm backward folded, bf16 dy, no dx16", backward_dy16_no_dx16, 1, nd * (2 + 4 + 4 + 4) + n * 4 + partials},
         {"rmsnorm backward folded, fp32 dy, dx16", backward_folded, 0, nd * (4 + 4 + 4 + 4 + 2) + n * 4 + partials},
         {"rmsnorm backward two-pass, fp32 dy, dx16", backward_two_pass, 0,
          nd * (4 + 4 + 4 + 4 + 2) + n * 4 + partials},
         {"swiglu forward from bf16", swiglu_forward, layers, nh * (2 + 2 + 2)},
         {"swiglu backward from bf16", swiglu_backward, layers, nh * (2 + 2 + 2 + 2 + 2)},
-        {"adamw bf16, the step's launches", adamw_step, 1, p * 30},
-        {"adamw bf16, one launch over all", adamw_one_launch, 0, p * 30},
+        {"adamw bf16, runs in one launch (the step)", adamw_runs, 1, p * 30},
+        {"adamw bf16, a launch per run (before)", adamw_per_run, 0, p * 30},
+        {"adamw bf16, one launch, one decay", adamw_one_launch, 0, p * 30},
         {"clear dK or dV (memset)", clear_kv, 2.0 * layers, (double)o->rows * b.kv_dim * 4},
         {"clear an [N, dim] gradient (memset)", clear_rows, 2, nd * 4},
         {"last residual add, bf16 branch", add_out_bf16b, 1, nd * (4 + 2 + 4)},

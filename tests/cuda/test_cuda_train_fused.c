@@ -376,6 +376,82 @@ static void rmsnorm_backward_folded_case(int n, int dim) {
     cudaFree(d_x), cudaFree(d_dy), cudaFree(d_gain), cudaFree(d_inv), cudaFree(d_partials);
 }
 
+/* The AdamW over runs with their own decay (xlkv_cuda_train_adamw_bf16_runs, the optimizer step's one launch) against
+ * one xlkv_cuda_train_adamw_bf16 call per run: the same bits in w, m, v and the bf16 shadow. Run sizes not multiples of
+ * four (groups of four straddling two runs), more runs than one launch takes (the table split over launches), and
+ * `offset` floats into the buffers (1: the scalar path); bad tables refused. */
+static void adamw_runs_case(const size_t *sizes, int runs, size_t offset, float coef) {
+    size_t *ends = malloc((size_t)runs * sizeof *ends), n = 0;
+    float *decays = malloc((size_t)runs * sizeof *decays);
+    for (int r = 0; r < runs; r++) n += sizes[r], ends[r] = n, decays[r] = r % 2 ? 0.1f : (r % 3 ? 0.0f : 0.03f);
+    const size_t total = n + offset;
+    float *w = random_array(total, 1.0f), *g = random_array(total, 0.3f), *m = random_array(total, 0.1f);
+    float *v = random_array(total, 0.01f);
+    for (size_t i = 0; i < total; i++) v[i] = fabsf(v[i]);
+    const float lr = 1e-2f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f;
+    const float c1 = (float)(1.0 - pow(0.9, 3.0)), c2 = (float)(1.0 - pow(0.95, 3.0));
+    float *d_w[2], *d_g[2], *d_m[2], *d_v[2], *d_coef = ct_dev_floats(&coef, 1);
+    uint16_t *d_w16[2];
+    for (int k = 0; k < 2; k++) {
+        d_w[k] = ct_dev_floats(w, total), d_g[k] = ct_dev_floats(g, total), d_m[k] = ct_dev_floats(m, total);
+        d_v[k] = ct_dev_floats(v, total), d_w16[k] = dev_bf16(total);
+    }
+    CK_LAUNCH(xlkv_cuda_train_adamw_bf16_runs(d_w[0] + offset, d_w16[0] + offset, d_g[0] + offset, d_m[0] + offset,
+                                              d_v[0] + offset, ends, decays, runs, d_coef, lr, beta1, beta2, eps, c1,
+                                              c2, NULL));
+    for (int r = 0; r < runs; r++) {
+        const size_t o = offset + (r ? ends[r - 1] : 0);
+        CK_LAUNCH(xlkv_cuda_train_adamw_bf16(d_w[1] + o, d_w16[1] + o, d_g[1] + o, d_m[1] + o, d_v[1] + o, sizes[r],
+                                             d_coef, lr, beta1, beta2, eps, decays[r], c1, c2, NULL));
+    }
+    char what[120];
+    float *got[2][3];
+    uint16_t *got16[2];
+    for (int k = 0; k < 2; k++) {
+        got[k][0] = ct_download(d_w[k], total * 4), got[k][1] = ct_download(d_m[k], total * 4);
+        got[k][2] = ct_download(d_v[k], total * 4), got16[k] = ct_download(d_w16[k], total * 2);
+    }
+    static const char *names[3] = {"w", "m", "v"};
+    for (int b = 0; b < 3; b++) {
+        snprintf(what, sizeof what, "adamw runs [%d runs, %zu floats, offset %zu] %s == per run", runs, n, offset,
+                 names[b]);
+        check_floats_equal(what, got[0][b], got[1][b], total);
+    }
+    size_t differ = 0;
+    for (size_t i = 0; i < total; i++) differ += got16[0][i] != got16[1][i];
+    snprintf(what, sizeof what, "adamw runs [%d runs, %zu floats, offset %zu] bf16 shadow == per run", runs, n, offset);
+    printf("check %-62s: %zu of %zu differ, err %zu (tol 0) %s\n", what, differ, total, differ, differ ? "FAIL" : "ok");
+    if (differ) failures++;
+    for (int k = 0; k < 2; k++) {
+        for (int b = 0; b < 3; b++) free(got[k][b]);
+        free(got16[k]);
+        cudaFree(d_w[k]), cudaFree(d_g[k]), cudaFree(d_m[k]), cudaFree(d_v[k]), cudaFree(d_w16[k]);
+    }
+    free(w), free(g), free(m), free(v), free(ends), free(decays);
+    cudaFree(d_coef);
+}
+
+static void refused(const char *what, int rc);
+
+static void adamw_runs_cases(void) {
+    const size_t layers[] = {768 + 4096, 768 * 4, 768, 2048 * 3, 768, 1001, 3, 4096, 7, 1, 2, 5};
+    adamw_runs_case(layers, 12, 0, 0.37f); /* float4; runs of 1 to 6,144 floats, several straddling groups */
+    adamw_runs_case(layers, 12, 1, 1.0f);  /* misaligned: scalar */
+    size_t many[150];
+    for (int r = 0; r < 150; r++) many[r] = 1 + (size_t)((r * 37) % 53);
+    adamw_runs_case(many, 150, 0, 0.5f); /* 150 runs: three launches of at most 64 */
+    const size_t ends_bad[2] = {10, 10};
+    const float decays[2] = {0.0f, 0.1f};
+    float *d = ct_dev_floats(NULL, 16);
+    refused("adamw runs with ends not increasing",
+            xlkv_cuda_train_adamw_bf16_runs(d, (uint16_t *)d, d, d, d, ends_bad, decays, 2, d, 1e-3f, 0.9f, 0.95f,
+                                            1e-8f, 0.1f, 0.1f, NULL));
+    refused("adamw runs with no runs",
+            xlkv_cuda_train_adamw_bf16_runs(d, (uint16_t *)d, d, d, d, ends_bad, decays, 0, d, 1e-3f, 0.9f, 0.95f,
+                                            1e-8f, 0.1f, 0.1f, NULL));
+    cudaFree(d);
+}
+
 /* The RMSNorm rows held in registers (train_rmsnorm_rows.cuh, the default) against the loop kernels they replace
  * (XLKV_TRAIN_NORM_ROWS=loops): the same per-lane order and expressions, so the same bits in every output: the fp32
  * forward (y, inv_rms), the bf16-output forward with the saved copy, add + RMSNorm (fp32 and bf16 branch: sum, y16,
@@ -578,6 +654,7 @@ static void fused_kernels_match(void **state) {
     adamw_case(4099, 0, 0.37f); /* clipping */
     adamw_case(1001, 1, 0.37f); /* misaligned: scalar */
     adamw_case(3, 0, 0.5f);     /* only the tail */
+    adamw_runs_cases();
     clip_case(1700, 0.5);       /* clips (the `small` model has ~1,700 chunks) */
     clip_case(1700, 2.0);       /* under the limit: 1 */
     clip_case(3000, 0.0);       /* max_norm 0: off; three tiles of partials */

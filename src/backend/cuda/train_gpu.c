@@ -110,9 +110,9 @@
  *   optimizer: clip_grad_norm sums the norm's chunk partials in order on the GPU (xlkv_cuda_train_clip_coefficient:
  *         the same double sum and sqrt as the host loop, so the same norm bits) and leaves the coefficient in device
  *         memory; no host round trip, no scaling pass over the gradients (they stay unscaled). AdamW
- *         (xlkv_cuda_train_adamw_bf16, float4) multiplies each gradient by the coefficient (the same fp32 multiply as
- *         the scaling pass), updates, and writes the bf16 weight shadow in the same pass (no separate shadow pass);
- *         adjacent tensors with the same decay share a launch. The parameters, moments and shadow are the same bits
+ *         (xlkv_cuda_train_adamw_bf16_runs, float4) multiplies each gradient by the coefficient (the same fp32 multiply
+ *         as the scaling pass), updates, and writes the bf16 weight shadow in the same pass (no separate shadow pass);
+ *         adjacent tensors share a launch, as runs with their own decay (one launch for the store, up to 64 runs). The parameters, moments and shadow are the same bits
  *         as the unfused scale + adamw + to_bf16. The trainer reads the norm after the step
  *         (xlkv_gpu_trainer_grad_norm).
  *   Values: every fused kernel computes the fp32 value of the unfused one from its inputs and rounds it the same way
@@ -1406,7 +1406,7 @@ xlkv_status xlkv_gpu_trainer_adamw_step(xlkv_gpu_trainer *g, const xlkv_adamw_pa
     const float *coef = g->clip_queued ? g->clip_coef : g->clip_one;
     for (int t = 0; t < s->n_tensors;) {
         const xlkv_param_tensor *tensor = &s->tensors[t];
-        size_t n = (size_t)tensor->rows * (size_t)(tensor->cols ? tensor->cols : 1);
+        const size_t n = (size_t)tensor->rows * (size_t)(tensor->cols ? tensor->cols : 1);
         const size_t o = tensor->offset;
         const float decay = tensor->kind == XLKV_PARAM_MATRIX ? p->weight_decay : 0.0f;
         t++;
@@ -1415,16 +1415,27 @@ xlkv_status xlkv_gpu_trainer_adamw_step(xlkv_gpu_trainer *g, const xlkv_adamw_pa
                                              p->beta1, p->beta2, p->eps, decay, c1, c2, g->stream), "AdamW update");
             continue;
         }
-        /* fused: the following tensors that sit right after this one with the same decay join its launch (the
-         * same per-element update, fewer launches: wq..wo, w_gate..w_down of a layer are one run) */
-        for (; t < s->n_tensors && s->tensors[t].offset == o + n &&
-               (s->tensors[t].kind == XLKV_PARAM_MATRIX ? p->weight_decay : 0.0f) == decay;
-             t++)
-            n += (size_t)s->tensors[t].rows * (size_t)(s->tensors[t].cols ? s->tensors[t].cols : 1);
+        /* fused: the tensors that follow this one without a gap join its launch, as runs with their own decay (the
+         * same per-element update, one launch for the whole store instead of one per run of equal decay: the norm
+         * gains between the layers' matrices were launches of 768 floats) */
+        size_t ends[XLKV_CUDA_TRAIN_ADAMW_RUNS];
+        float decays[XLKV_CUDA_TRAIN_ADAMW_RUNS];
+        int runs = 1;
+        ends[0] = n, decays[0] = decay;
+        for (; t < s->n_tensors && s->tensors[t].offset == o + ends[runs - 1]; t++) {
+            const size_t size = (size_t)s->tensors[t].rows * (size_t)(s->tensors[t].cols ? s->tensors[t].cols : 1);
+            const float d = s->tensors[t].kind == XLKV_PARAM_MATRIX ? p->weight_decay : 0.0f;
+            if (d == decays[runs - 1]) { /* the same decay: the run grows */
+                ends[runs - 1] += size;
+                continue;
+            }
+            if (runs == XLKV_CUDA_TRAIN_ADAMW_RUNS) break; /* the table is full: the next launch starts here */
+            ends[runs] = ends[runs - 1] + size, decays[runs] = d, runs++;
+        }
         /* clip coefficient, update and the bf16 shadow in one pass */
-        KERNEL_TRY(xlkv_cuda_train_adamw_bf16(g->params + o, g->params_bf16 + o, g->grads + o, g->adam_m + o,
-                                              g->adam_v + o, n, coef, lr, p->beta1, p->beta2, p->eps, decay, c1, c2,
-                                              g->stream), "AdamW update (bf16 shadow)");
+        KERNEL_TRY(xlkv_cuda_train_adamw_bf16_runs(g->params + o, g->params_bf16 + o, g->grads + o, g->adam_m + o,
+                                                   g->adam_v + o, ends, decays, runs, coef, lr, p->beta1, p->beta2,
+                                                   p->eps, c1, c2, g->stream), "AdamW update (bf16 shadow)");
     }
     g->clip_queued = false;
     if (g->fuse) return XLKV_OK;

@@ -629,6 +629,65 @@ __global__ void adamw_bf16(float *w, __nv_bfloat16 *w16, const float *g, float *
     }
 }
 
+/* adamw_bf16 over runs with their own decay (xlkv_cuda_train_adamw_bf16_runs), the table passed by value: element e
+ * belongs to the first run k with e < end[k]. Groups of four whose elements share a run (all but at most one group a
+ * boundary) look it up once; the others per element. */
+struct adamw_runs {
+    size_t end[XLKV_CUDA_TRAIN_ADAMW_RUNS];
+    float decay[XLKV_CUDA_TRAIN_ADAMW_RUNS];
+    int count;
+};
+
+__device__ __forceinline__ int adamw_run_of(const adamw_runs &runs, size_t e) {
+    int lo = 0, hi = runs.count - 1; /* the first run whose end exceeds e (e < end[count - 1]) */
+    while (lo < hi) {
+        const int mid = (lo + hi) / 2;
+        if (e < runs.end[mid]) hi = mid;
+        else lo = mid + 1;
+    }
+    return lo;
+}
+
+template <bool V4>
+__global__ void adamw_bf16_runs(float *w, __nv_bfloat16 *w16, const float *g, float *m, float *v, const adamw_runs runs,
+                                const float *coef, float lr, float beta1, float beta2, float eps, float c1, float c2) {
+    const float k = *coef;
+    const size_t n = runs.end[runs.count - 1];
+    const size_t first = blockIdx.x * (size_t)blockDim.x + threadIdx.x, stride = (size_t)gridDim.x * blockDim.x;
+    size_t done = 0;
+    if (V4) {
+        for (size_t i = first; i < n / 4; i += stride) {
+            const int run = adamw_run_of(runs, 4 * i);
+            float d[4];
+            if (4 * i + 3 < runs.end[run]) {
+                d[0] = d[1] = d[2] = d[3] = runs.decay[run];
+            } else {
+                for (int j = 0; j < 4; j++) d[j] = runs.decay[adamw_run_of(runs, 4 * i + (size_t)j)];
+            }
+            float4 wi = reinterpret_cast<float4 *>(w)[i], mi = reinterpret_cast<float4 *>(m)[i];
+            float4 vi = reinterpret_cast<float4 *>(v)[i];
+            const float4 gi = reinterpret_cast<const float4 *>(g)[i];
+            adamw_element(&wi.x, __fmul_rn(gi.x, k), &mi.x, &vi.x, lr, beta1, beta2, eps, d[0], c1, c2);
+            adamw_element(&wi.y, __fmul_rn(gi.y, k), &mi.y, &vi.y, lr, beta1, beta2, eps, d[1], c1, c2);
+            adamw_element(&wi.z, __fmul_rn(gi.z, k), &mi.z, &vi.z, lr, beta1, beta2, eps, d[2], c1, c2);
+            adamw_element(&wi.w, __fmul_rn(gi.w, k), &mi.w, &vi.w, lr, beta1, beta2, eps, d[3], c1, c2);
+            reinterpret_cast<float4 *>(w)[i] = wi, reinterpret_cast<float4 *>(m)[i] = mi;
+            reinterpret_cast<float4 *>(v)[i] = vi;
+            __nv_bfloat162 *out = reinterpret_cast<__nv_bfloat162 *>(w16 + 4 * i);
+            out[0] = __floats2bfloat162_rn(wi.x, wi.y);
+            out[1] = __floats2bfloat162_rn(wi.z, wi.w);
+        }
+        done = n / 4 * 4;
+    }
+    for (size_t i = done + first; i < n; i += stride) {
+        float wi = w[i], mi = m[i], vi = v[i];
+        adamw_element(&wi, __fmul_rn(g[i], k), &mi, &vi, lr, beta1, beta2, eps, runs.decay[adamw_run_of(runs, i)], c1,
+                      c2);
+        m[i] = mi, v[i] = vi, w[i] = wi;
+        w16[i] = __float2bfloat16_rn(wi);
+    }
+}
+
 /* The chunk partials of the squared gradient summed in chunk order in double (as the host loop did), the norm, and
  * the clip coefficient: tiles of the partials staged in shared memory by the block, added by thread 0 in order. */
 constexpr int kClipTile = 1024;
@@ -949,6 +1008,38 @@ int xlkv_cuda_train_adamw_bf16(float *w, uint16_t *w16, const float *g, float *m
         adamw_bf16<false><<<grid_for(n), kBlock, 0, s>>>(w, shadow, g, m, v, n, coef, lr, beta1, beta2, eps, decay, c1,
                                                          c2);
     return launch_status();
+}
+
+int xlkv_cuda_train_adamw_bf16_runs(float *w, uint16_t *w16, const float *g, float *m, float *v,
+                                    const size_t *run_ends, const float *run_decays, int runs, const float *coef,
+                                    float lr, float beta1, float beta2, float eps, float c1, float c2, void *stream) {
+    if (runs <= 0 || !run_ends || !run_decays || !w || !w16 || !g || !m || !v || !coef)
+        return (int)cudaErrorInvalidValue;
+    for (int r = 0; r < runs; r++)
+        if (run_ends[r] <= (r ? run_ends[r - 1] : 0)) return (int)cudaErrorInvalidValue;
+    cudaStream_t s = (cudaStream_t)stream;
+    __nv_bfloat16 *shadow = reinterpret_cast<__nv_bfloat16 *>(w16);
+    /* XLKV_CUDA_TRAIN_ADAMW_RUNS runs a launch, each launch's pointers and ends relative to its first float */
+    for (int first = 0; first < runs; first += XLKV_CUDA_TRAIN_ADAMW_RUNS) {
+        const int count = runs - first < XLKV_CUDA_TRAIN_ADAMW_RUNS ? runs - first : XLKV_CUDA_TRAIN_ADAMW_RUNS;
+        const size_t base = first ? run_ends[first - 1] : 0;
+        adamw_runs table = {};
+        table.count = count;
+        for (int r = 0; r < count; r++) table.end[r] = run_ends[first + r] - base, table.decay[r] = run_decays[first + r];
+        const size_t n = table.end[count - 1];
+        float *wb = w + base, *mb = m + base, *vb = v + base;
+        const float *gb = g + base;
+        __nv_bfloat16 *sb = shadow + base;
+        if (aligned16(wb) && aligned16(gb) && aligned16(mb) && aligned16(vb) && (uintptr_t)sb % 8 == 0)
+            adamw_bf16_runs<true><<<grid_for(n / 4 + 1), kBlock, 0, s>>>(wb, sb, gb, mb, vb, table, coef, lr, beta1,
+                                                                         beta2, eps, c1, c2);
+        else
+            adamw_bf16_runs<false><<<grid_for(n), kBlock, 0, s>>>(wb, sb, gb, mb, vb, table, coef, lr, beta1, beta2, eps,
+                                                                  c1, c2);
+        const int err = launch_status();
+        if (err) return err;
+    }
+    return 0;
 }
 
 int xlkv_cuda_train_clip_coefficient(float *coef, double *norm, const double *partials, size_t chunks,

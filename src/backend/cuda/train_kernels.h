@@ -118,6 +118,16 @@ int xlkv_cuda_train_adamw(float *w, const float *g, float *m, float *v, size_t n
 int xlkv_cuda_train_adamw_bf16(float *w, uint16_t *w16, const float *g, float *m, float *v, size_t n,
                                const float *coef, float lr, float beta1, float beta2, float eps, float decay, float c1,
                                float c2, void *stream);
+/* The same update over several runs of parameters in one launch, each run with its own decay (the optimizer step's
+ * tensors: matrices decayed, norm gains and the embedding not): run k covers floats [run_ends[k - 1], run_ends[k]) of
+ * w, w16, g, m, v (run_ends[-1] = 0; run_ends increasing, the last one n) with decay run_decays[k]. The same bits
+ * as one xlkv_cuda_train_adamw_bf16 call per run (the same per-element update; runs need not be multiples of four: a
+ * group of four that straddles two runs takes each element's own decay). More than XLKV_CUDA_TRAIN_ADAMW_RUNS runs
+ * take several launches. Bad tables (runs <= 0, ends not increasing) and NULL pointers are refused. */
+enum { XLKV_CUDA_TRAIN_ADAMW_RUNS = 64 };
+int xlkv_cuda_train_adamw_bf16_runs(float *w, uint16_t *w16, const float *g, float *m, float *v,
+                                    const size_t *run_ends, const float *run_decays, int runs, const float *coef,
+                                    float lr, float beta1, float beta2, float eps, float c1, float c2, void *stream);
 /* *norm = sqrt(sum of partials[0 .. chunks), added in order in double) and *coef = (float)(max_norm / (norm + 1e-6))
  * when max_norm > 0 and norm > max_norm, else 1: the host's clipping decision, on the device (no round trip). */
 int xlkv_cuda_train_clip_coefficient(float *coef, double *norm, const double *partials, size_t chunks,
