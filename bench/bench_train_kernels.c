@@ -9,12 +9,13 @@
  * step are those of the bf16 trainer's fused `small` step under the standard map (backend/cuda/train_gpu.c), so
  * "ms/step" = calls x ms per call estimates each kernel's share of the step:
  *   add + RMSNorm forward (bf16 branch): 23 (12 FFN norms, 11 attention norms of layers 1..11); RMSNorm forward with
- *   the saved copy: 1 (layer 0); the final RMSNorm (fp32 out): 1; folded RMSNorm backward (bf16 dy, bf16 dx out): 24,
- *   (no dx16: the final norm): 1; SwiGLU forward / backward from bf16: 12 each; AdamW
+ *   the saved copy: 1 (layer 0); the last add + the final RMSNorm (fp32 out): 1; folded RMSNorm backward (bf16 dy,
+ *   bf16 dx out): 24, (dx written, no dx16: the final norm): 1; SwiGLU forward / backward from bf16: 12 each; AdamW
  *   with the bf16 shadow: the whole store as the step runs it (the shape's parameter layout, runs of adjacent
  *   tensors with equal decay in one launch, xlkv_gpu_trainer_adamw_step), and for comparison one launch per run (the
- *   step before) and one launch with one decay; residual clears of dK / dV:
- *   24 (two per KV layer), clears of an [N, dim] gradient: 2, the last residual add (bf16 branch): 1.
+ *   step before) and one launch with one decay; residual clears of dK / dV: 24 (two per KV layer). Rows with 0 calls
+ *   are comparisons: what the step ran before (the final norm's separate add and clear of dx, the clear of the group
+ *   input gradient under maps without cyclic groups) or the other variants of a kernel.
  * JSON lines (one per kernel, with the commit from XLKV_COMMIT and the device) are appended to --out (default
  * bench/results/train_kernels.jsonl).
  *
@@ -152,6 +153,14 @@ static void rmsnorm_bf16_copy(const buffers *b) {
 static void rmsnorm_fp32(const buffers *b) {
     check_rc(xlkv_cuda_train_rmsnorm_forward(b->y, b->inv, b->a, b->gain, b->n, b->dim, b->eps, NULL),
              "rmsnorm forward");
+}
+static void add_rmsnorm_f32(const buffers *b) {
+    check_rc(xlkv_cuda_train_add_rmsnorm_forward_bf16b_f32(b->sum, b->y, b->inv, b->a, b->b16, b->gain, b->n, b->dim,
+                                                           b->eps, NULL), "add + final rmsnorm forward");
+}
+static void backward_dy16_set(const buffers *b) {
+    check_rc(xlkv_cuda_train_rmsnorm_backward_folded_dy16_set(b->dx, NULL, b->dgain, b->dy16, b->x, b->inv, b->gain,
+                                                              b->n, b->dim, b->partials, NULL), "rmsnorm backward set");
 }
 static void backward_dy16(const buffers *b) {
     check_rc(xlkv_cuda_train_rmsnorm_backward_folded_dy16(b->dx, b->dx16, b->dgain, b->dy16, b->x, b->inv, b->gain,
@@ -318,10 +327,13 @@ static int run(const bench_options *o) {
     const bench_case cases[] = {
         {"add + rmsnorm forward, bf16 branch", add_rmsnorm_bf16b, 2.0 * layers - 1, nd * (4 + 2 + 4 + 2) + n * 4},
         {"rmsnorm forward bf16 out + saved copy", rmsnorm_bf16_copy, 1, nd * (4 + 4 + 2) + n * 4},
-        {"rmsnorm forward fp32 out (final norm)", rmsnorm_fp32, 1, nd * (4 + 4) + n * 4},
+        {"add + rmsnorm forward fp32 out (final norm)", add_rmsnorm_f32, 1, nd * (4 + 2 + 4 + 4) + n * 4},
+        {"rmsnorm forward fp32 out (before: + add)", rmsnorm_fp32, 0, nd * (4 + 4) + n * 4},
         {"rmsnorm backward folded, bf16 dy, dx16", backward_dy16, 2.0 * layers,
          nd * (2 + 4 + 4 + 4 + 2) + n * 4 + partials},
-        {"rmsnorm backward folded, bf16 dy, no dx16", backward_dy16_no_dx16, 1, nd * (2 + 4 + 4 + 4) + n * 4 + partials},
+        {"rmsnorm backward, bf16 dy, dx set (final)", backward_dy16_set, 1, nd * (2 + 4 + 4) + n * 4 + partials},
+        {"rmsnorm backward, bf16 dy, no dx16 (before)", backward_dy16_no_dx16, 0,
+         nd * (2 + 4 + 4 + 4) + n * 4 + partials},
         {"rmsnorm backward folded, fp32 dy, dx16", backward_folded, 0, nd * (4 + 4 + 4 + 4 + 2) + n * 4 + partials},
         {"rmsnorm backward two-pass, fp32 dy, dx16", backward_two_pass, 0,
          nd * (4 + 4 + 4 + 4 + 2) + n * 4 + partials},
@@ -331,8 +343,8 @@ static int run(const bench_options *o) {
         {"adamw bf16, a launch per run (before)", adamw_per_run, 0, p * 30},
         {"adamw bf16, one launch, one decay", adamw_one_launch, 0, p * 30},
         {"clear dK or dV (memset)", clear_kv, 2.0 * layers, (double)o->rows * b.kv_dim * 4},
-        {"clear an [N, dim] gradient (memset)", clear_rows, 2, nd * 4},
-        {"last residual add, bf16 branch", add_out_bf16b, 1, nd * (4 + 2 + 4)},
+        {"clear an [N, dim] gradient (before: 2)", clear_rows, 0, nd * 4},
+        {"last residual add, bf16 branch (before: 1)", add_out_bf16b, 0, nd * (4 + 2 + 4)},
     };
     FILE *json = fopen(o->out, "a");
     if (!json) fprintf(stderr, "bench_train_kernels: cannot write %s (run from the repository root, or --out FILE); "

@@ -452,6 +452,88 @@ static void adamw_runs_cases(void) {
     cudaFree(d);
 }
 
+/* The final norm's fused launchers against what they replace, bit for bit: add (bf16 branch) + RMSNorm with an fp32
+ * output (xlkv_cuda_train_add_rmsnorm_forward_bf16b_f32) vs xlkv_cuda_train_add_out_bf16b + xlkv_cuda_train_rmsnorm_forward
+ * (sum, y, inv_rms), and the backward that writes dx (xlkv_cuda_train_rmsnorm_backward_folded_dy16_set, dx's old
+ * contents garbage) vs clearing dx + xlkv_cuda_train_rmsnorm_backward_folded_dy16 (dx, bf16(dx), dgain); the sum also
+ * vs the CPU's fp32 a + b (exact). Widths: register rows, scalar, float4 loops, two-pass. */
+static void final_norm_case(int n, int dim) {
+    const size_t nd = (size_t)n * (size_t)dim;
+    const int chunks = (n + XLKV_CUDA_TRAIN_ROW_CHUNK - 1) / XLKV_CUDA_TRAIN_ROW_CHUNK;
+    float *a = random_array(nd, 2.0f), *b = random_array(nd, 1.0f), *dy = random_array(nd, 1.0f);
+    float *gain = random_array((size_t)dim, 1.5f), *dg0 = random_array((size_t)dim, 3.0f);
+    float *garbage = random_array(nd, 100.0f), *inv = random_array((size_t)n, 1.0f);
+    for (int r = 0; r < n; r++) inv[r] = 0.5f + fabsf(inv[r]);
+    uint16_t *b16 = malloc(nd * 2), *dy16 = malloc(nd * 2);
+    float *want_sum = malloc(nd * 4);
+    for (size_t e = 0; e < nd; e++) {
+        b16[e] = ct_bf16_rne(b[e]), dy16[e] = ct_bf16_rne(dy[e]);
+        const uint32_t bits = (uint32_t)b16[e] << 16;
+        float wide;
+        memcpy(&wide, &bits, 4);
+        want_sum[e] = a[e] + wide;
+    }
+    float *d_a = ct_dev_floats(a, nd), *d_gain = ct_dev_floats(gain, (size_t)dim), *d_inv = ct_dev_floats(inv, (size_t)n);
+    float *d_partials = ct_dev_floats(NULL, (size_t)chunks * dim);
+    uint16_t *d_b16 = ct_to_device(b16, nd * 2), *d_dy16 = ct_to_device(dy16, nd * 2);
+    float *d_sum[2], *d_y[2], *d_inv_out[2], *d_dx[4], *d_dg[4];
+    uint16_t *d_dx16[4];
+    for (int k = 0; k < 2; k++)
+        d_sum[k] = ct_dev_floats(NULL, nd), d_y[k] = ct_dev_floats(NULL, nd), d_inv_out[k] = ct_dev_floats(NULL, (size_t)n);
+    for (int k = 0; k < 4; k++)
+        d_dx[k] = ct_dev_floats(garbage, nd), d_dg[k] = ct_dev_floats(dg0, (size_t)dim), d_dx16[k] = dev_bf16(nd);
+    CK_LAUNCH(xlkv_cuda_train_add_rmsnorm_forward_bf16b_f32(d_sum[0], d_y[0], d_inv_out[0], d_a, d_b16, d_gain, n, dim,
+                                                            1e-5f, NULL));
+    CK_LAUNCH(xlkv_cuda_train_add_out_bf16b(d_sum[1], d_a, d_b16, nd, NULL));
+    CK_LAUNCH(xlkv_cuda_train_rmsnorm_forward(d_y[1], d_inv_out[1], d_sum[1], d_gain, n, dim, 1e-5f, NULL));
+    /* 0, 1: _set with and without dx16; 2, 3: cleared + the += launcher */
+    for (int k = 0; k < 2; k++) {
+        uint16_t *dx16 = k ? NULL : d_dx16[k];
+        CK_LAUNCH(xlkv_cuda_train_rmsnorm_backward_folded_dy16_set(d_dx[k], dx16, d_dg[k], d_dy16, d_a, d_inv, d_gain, n,
+                                                                   dim, d_partials, NULL));
+        CK(cudaMemset(d_dx[k + 2], 0, nd * 4));
+        CK_LAUNCH(xlkv_cuda_train_rmsnorm_backward_folded_dy16(d_dx[k + 2], k ? NULL : d_dx16[k + 2], d_dg[k + 2],
+                                                               d_dy16, d_a, d_inv, d_gain, n, dim, d_partials, NULL));
+    }
+    char what[120];
+    float *got[2][3];
+    for (int k = 0; k < 2; k++) {
+        got[k][0] = ct_download(d_sum[k], nd * 4), got[k][1] = ct_download(d_y[k], nd * 4);
+        got[k][2] = ct_download(d_inv_out[k], (size_t)n * 4);
+    }
+    static const char *names[3] = {"sum", "y", "inv_rms"};
+    for (int o = 0; o < 3; o++) {
+        snprintf(what, sizeof what, "add + final rmsnorm fp32 out [%d x %d] %s == two launches", n, dim, names[o]);
+        check_floats_equal(what, got[0][o], got[1][o], o == 2 ? (size_t)n : nd);
+    }
+    snprintf(what, sizeof what, "add + final rmsnorm fp32 out [%d x %d] sum == a + b (CPU)", n, dim);
+    check_floats_equal(what, got[0][0], want_sum, nd);
+    for (int k = 0; k < 2; k++) {
+        float *dx_set = ct_download(d_dx[k], nd * 4), *dx_add = ct_download(d_dx[k + 2], nd * 4);
+        float *dg_set = ct_download(d_dg[k], (size_t)dim * 4), *dg_add = ct_download(d_dg[k + 2], (size_t)dim * 4);
+        uint16_t *h_set = ct_download(d_dx16[k], nd * 2), *h_add = ct_download(d_dx16[k + 2], nd * 2);
+        snprintf(what, sizeof what, "rmsnorm backward _set [%d x %d]%s dx == clear + add", n, dim, k ? " no dx16" : "");
+        check_floats_equal(what, dx_set, dx_add, nd);
+        snprintf(what, sizeof what, "rmsnorm backward _set [%d x %d]%s dgain == clear + add", n, dim,
+                 k ? " no dx16" : "");
+        check_floats_equal(what, dg_set, dg_add, (size_t)dim);
+        size_t differ = 0;
+        for (size_t e = 0; e < nd; e++) differ += h_set[e] != h_add[e];
+        snprintf(what, sizeof what, "rmsnorm backward _set [%d x %d]%s bf16(dx) == clear + add", n, dim,
+                 k ? " no dx16 (untouched)" : "");
+        printf("check %-62s: %zu of %zu differ, err %zu (tol 0) %s\n", what, differ, nd, differ, differ ? "FAIL" : "ok");
+        if (differ) failures++;
+        free(dx_set), free(dx_add), free(dg_set), free(dg_add), free(h_set), free(h_add);
+    }
+    for (int k = 0; k < 2; k++) {
+        for (int o = 0; o < 3; o++) free(got[k][o]);
+        cudaFree(d_sum[k]), cudaFree(d_y[k]), cudaFree(d_inv_out[k]);
+    }
+    for (int k = 0; k < 4; k++) cudaFree(d_dx[k]), cudaFree(d_dg[k]), cudaFree(d_dx16[k]);
+    free(a), free(b), free(dy), free(gain), free(dg0), free(garbage), free(inv), free(b16), free(dy16), free(want_sum);
+    cudaFree(d_a), cudaFree(d_gain), cudaFree(d_inv), cudaFree(d_partials), cudaFree(d_b16), cudaFree(d_dy16);
+}
+
 /* The RMSNorm rows held in registers (train_rmsnorm_rows.cuh, the default) against the loop kernels they replace
  * (XLKV_TRAIN_NORM_ROWS=loops): the same per-lane order and expressions, so the same bits in every output: the fp32
  * forward (y, inv_rms), the bf16-output forward with the saved copy, add + RMSNorm (fp32 and bf16 branch: sum, y16,
@@ -650,6 +732,14 @@ static void fused_kernels_match(void **state) {
     rows_registers_vs_loops_case(300, 768);  /* the `small` width */
     rows_registers_vs_loops_case(129, 516);  /* 6 groups a lane, partly used */
     rows_registers_vs_loops_case(65, 132);   /* 2 groups a lane, the second only on lane 0 */
+    final_norm_case(300, 768); /* the `small` width: register rows */
+    final_norm_case(29, 70);   /* scalar */
+    final_norm_case(70, 1028); /* float4 loops */
+    final_norm_case(20, 4100); /* the two-pass backward */
+    refused("add + final rmsnorm without b16",
+            xlkv_cuda_train_add_rmsnorm_forward_bf16b_f32((float *)8, NULL, NULL, NULL, NULL, NULL, 4, 8, 1e-5f, NULL));
+    refused("rmsnorm backward _set with dim 0",
+            xlkv_cuda_train_rmsnorm_backward_folded_dy16_set(NULL, NULL, NULL, NULL, NULL, NULL, NULL, 4, 0, NULL, NULL));
     adamw_case(4099, 0, 1.0f);  /* float4 + a tail of 3, not clipping */
     adamw_case(4099, 0, 0.37f); /* clipping */
     adamw_case(1001, 1, 0.37f); /* misaligned: scalar */

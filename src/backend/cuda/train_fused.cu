@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "backend/cuda/train_fused.h"
+#include "backend/cuda/train_kernels.h"
 #include "backend/cuda/train_kernels_common.cuh"
 #include "backend/cuda/train_rmsnorm_rows.cuh"
 
@@ -261,6 +262,21 @@ extern "C" int xlkv_cuda_train_add_rmsnorm_forward_bf16b(float *sum, uint16_t *y
                                                          float eps, void *stream) {
     if (!sum || !b16) return (int)cudaErrorInvalidValue;
     return launch_rmsnorm<true, __nv_bfloat16>(y16, inv_rms, sum, a, as_bf16(b16), gain, n, dim, eps, stream);
+}
+
+extern "C" int xlkv_cuda_train_add_rmsnorm_forward_bf16b_f32(float *sum, float *y, float *inv_rms, const float *a,
+                                                             const uint16_t *b16, const float *gain, int n, int dim,
+                                                             float eps, void *stream) {
+    if (!sum || !b16 || n < 0 || dim <= 0) return (int)cudaErrorInvalidValue;
+    if (n == 0) return 0;
+    const int vpl = dim % 4 == 0 ? rows_vpl(dim) : 0;
+    if (vpl && aligned(sum, 16) && aligned(y, 16) && aligned(a, 16) && aligned(gain, 16) && aligned(b16, 8)) {
+        launch_rmsnorm_forward_rows_regs<true, __nv_bfloat16, float>(vpl, y, inv_rms, sum, a, as_bf16(b16), gain, n,
+                                                                     dim, eps, (cudaStream_t)stream);
+        return launch_status();
+    }
+    const int err = launch_add_out<__nv_bfloat16>(sum, a, as_bf16(b16), (size_t)n * (size_t)dim, stream);
+    return err ? err : xlkv_cuda_train_rmsnorm_forward(y, inv_rms, sum, gain, n, dim, eps, stream);
 }
 
 extern "C" int xlkv_cuda_train_add_out(float *y, const float *a, const float *b, size_t n, void *stream) {

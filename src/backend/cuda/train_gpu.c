@@ -75,7 +75,7 @@
  *         after w_down, the sum is left pending (pending_a + pending_b) and the next layer's attention norm forms it
  *         straight into its record's x_in (no copy; into x for the no-grad iterations), or flush_residual forms it
  *         into x where something else reads x (a group's input; a discarded iteration drops it; the last one is
- *         formed straight into x_final). The first layer's norm (and each group iteration's) writes x_in and the
+ *         formed straight into x_final by the final norm, fp32 output, in the same pass). The first layer's norm (and each group iteration's) writes x_in and the
  *         bf16 operand in one pass. No fp32 xb / xb2 / h is written (swiglu writes h in bf16 only). The profiler
  *         counts add + norm as rmsnorm.
  *   bf16 activations between products (as torch autocast: a product's output is bf16 where an elementwise kernel or
@@ -106,7 +106,9 @@
  *   RMSNorm backward (xlkv_cuda_train_rmsnorm_backward_folded): the gain gradient is accumulated in the rows pass
  *         (a CTA per 64-row chunk, per-warp column sums in shared memory, added in a fixed order) instead of a second
  *         pass over dy and x; dx and bf16(dx) are the same bits, dgain differs only in fp32 summation order
- *         (deterministic).
+ *         (deterministic). The final norm's backward writes dx (the _set launcher) instead of clearing it and adding.
+ *         The RMSNorm rows (forward and backward) are held in registers (train_rmsnorm_rows.cuh: one trip to memory
+ *         a row; XLKV_TRAIN_NORM_ROWS=loops takes the former loop kernels, the same bits, for an A/B in one build).
  *   optimizer: clip_grad_norm sums the norm's chunk partials in order on the GPU (xlkv_cuda_train_clip_coefficient:
  *         the same double sum and sqrt as the host loop, so the same norm bits) and leaves the coefficient in device
  *         memory; no host round trip, no scaling pass over the gradients (they stay unscaled). AdamW
@@ -1066,17 +1068,20 @@ xlkv_status xlkv_gpu_trainer_forward(xlkv_gpu_trainer *g, const int *tokens, con
                 XLKV_TRY(layer_forward(g, grad ? &g->records[r++] : &g->scratch, layer, grad));
         }
     }
-    if (g->pending_a) { /* fused: the last residual add straight into x_final (x is not read again) */
-        mark(g, XLKV_STEP_RESIDUAL_COPIES);
-        KERNEL_TRY(xlkv_cuda_train_add_out_bf16b(g->x_final, g->pending_a, g->pending_b16, n_dim, st), "residual add");
+    if (g->pending_a) { /* fused: the last residual add and the final norm in one pass, the sum straight into x_final
+                         * (x is not read again; counted as rmsnorm, as the layers' add + norms) */
+        mark(g, XLKV_STEP_RMSNORM);
+        KERNEL_TRY(xlkv_cuda_train_add_rmsnorm_forward_bf16b_f32(g->x_final, g->xf, g->final_inv_rms, g->pending_a,
+                                                                 g->pending_b16, g->output_norm, N, dim, hp->norm_eps,
+                                                                 st), "residual add + final rmsnorm");
         g->pending_a = NULL;
         g->pending_b16 = NULL;
     } else {
         XLKV_TRY(copy(g, g->x_final, g->x, n_dim));
+        mark(g, XLKV_STEP_RMSNORM);
+        KERNEL_TRY(xlkv_cuda_train_rmsnorm_forward(g->xf, g->final_inv_rms, g->x_final, g->output_norm, N, dim,
+                                                   hp->norm_eps, st), "final rmsnorm");
     }
-    mark(g, XLKV_STEP_RMSNORM);
-    KERNEL_TRY(xlkv_cuda_train_rmsnorm_forward(g->xf, g->final_inv_rms, g->x_final, g->output_norm, N, dim,
-                                               hp->norm_eps, st), "final rmsnorm");
     mark(g, XLKV_STEP_CLASSIFIER_FORWARD);
     if (g->fused_ce) {
         XLKV_TRY(classifier_forward_fused(g));
@@ -1311,12 +1316,13 @@ xlkv_status xlkv_gpu_trainer_backward_buckets(xlkv_gpu_trainer *g, float loss_sc
         XLKV_TRY(product_backward_from(g, DY_READY, XLKV_STEP_CLASSIFIER_BACKWARD, XLKV_STEP_CLASSIFIER_BACKWARD,
                                        g->dxb, g->d_output, g->probs, g->xf, NULL, g->output, N, dim, vocab));
     }
-    XLKV_TRY(zero(g, g->dx, n_dim));
+    if (!(g->fuse && g->fused_ce)) XLKV_TRY(zero(g, g->dx, n_dim));
     mark(g, XLKV_STEP_RMSNORM);
-    if (g->fuse && g->fused_ce) /* the classifier's dX in bf16 (classifier_backward_fused) */
-        KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_folded_dy16(g->dx, NULL, g->d_output_norm, g->branch_bf16,
-                                                                g->x_final, g->final_inv_rms, g->output_norm, N, dim,
-                                                                g->partials, st), "final rmsnorm backward (bf16 dy)");
+    if (g->fuse && g->fused_ce) /* the classifier's dX in bf16 (classifier_backward_fused); dx written, not added to */
+        KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_folded_dy16_set(g->dx, NULL, g->d_output_norm, g->branch_bf16,
+                                                                    g->x_final, g->final_inv_rms, g->output_norm, N,
+                                                                    dim, g->partials, st),
+                   "final rmsnorm backward (bf16 dy)");
     else if (g->fuse)
         KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_folded(g->dx, NULL, g->d_output_norm, g->dxb, g->x_final,
                                                            g->final_inv_rms, g->output_norm, N, dim, g->partials, st),
@@ -1326,7 +1332,9 @@ xlkv_status xlkv_gpu_trainer_backward_buckets(xlkv_gpu_trainer *g, float loss_sc
                                                     g->output_norm, N, dim, g->partials, st), "final rmsnorm backward");
     /* final norm (and an untied classifier) are complete; a tied classifier is the embedding, sent last */
     if (ready) XLKV_TRY(bucket_ready(g, ready, ctx, -1, false, &issued));
-    XLKV_TRY(zero(g, g->dx_group_in, n_dim));
+    bool groups = false; /* dx_group_in is read only at the iteration starts of cyclic groups */
+    for (int r = 0; r < g->n_records; r++) groups = groups || g->records[r].iteration_start;
+    if (groups) XLKV_TRY(zero(g, g->dx_group_in, n_dim));
     g->dx16_ready = false; /* dy_bf16 holds the classifier's gradient */
     for (int r = g->n_records - 1; r >= 0; r--) {
         gpu_record *rec = &g->records[r];

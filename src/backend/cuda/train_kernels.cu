@@ -146,12 +146,14 @@ __device__ __forceinline__ void rmsnorm_backward_row(float *dx, const DyT *dy, c
     }
 }
 
-/* A row of the backward: held in registers (train_rmsnorm_rows.cuh) when VPL > 0, else the loops above. */
-template <int VPL, bool V4, bool BF16, bool GAIN, typename DyT>
+/* A row of the backward: held in registers (train_rmsnorm_rows.cuh) when VPL > 0, else the loops above. SET (dx
+ * written, not read) only with the registers: the launchers clear dx before the loops instead. */
+template <int VPL, bool V4, bool BF16, bool GAIN, typename DyT, bool SET = false>
 __device__ __forceinline__ void rmsnorm_backward_any_row(float *dx, const DyT *dy, const float *x, float s,
                                                          const float *gain, int dim, __nv_bfloat16 *dx16, float *acc) {
+    static_assert(VPL > 0 || !SET, "dx written without being read: register rows only");
     if constexpr (VPL > 0)
-        rmsnorm_backward_row_regs<VPL, BF16, GAIN, DyT>(dx, dy, x, s, gain, dim, dx16, acc);
+        rmsnorm_backward_row_regs<VPL, BF16, GAIN, DyT, SET>(dx, dy, x, s, gain, dim, dx16, acc);
     else
         rmsnorm_backward_row<V4, BF16, GAIN, DyT>(dx, dy, x, s, gain, dim, dx16, acc);
 }
@@ -172,7 +174,7 @@ __global__ void __launch_bounds__(kBlock) rmsnorm_backward_rows(float *dx, const
  * floats, zeroed first); then partials[c][i] = the warps' sums of column i added in warp order. Fixed order:
  * deterministic. 16 warps of 4 rows each (64-row chunks): as many rows in flight per SM as the two-pass kernels. */
 constexpr int kChunkWarps = 16;
-template <int VPL, bool V4, bool BF16, typename DyT>
+template <int VPL, bool V4, bool BF16, typename DyT, bool SET = false>
 __global__ void __launch_bounds__(kChunkWarps * 32)
     rmsnorm_backward_chunk(float *dx, float *partials, const DyT *dy, const float *x, const float *inv_rms,
                            const float *gain, int n, int dim, __nv_bfloat16 *dx16) {
@@ -184,7 +186,7 @@ __global__ void __launch_bounds__(kChunkWarps * 32)
     const int r0 = blockIdx.x * XLKV_CUDA_TRAIN_ROW_CHUNK, r1 = min(n, r0 + XLKV_CUDA_TRAIN_ROW_CHUNK);
     for (int r = r0 + warp; r < r1; r += kChunkWarps) {
         const size_t off = (size_t)r * (size_t)dim;
-        rmsnorm_backward_any_row<VPL, V4, BF16, true, DyT>(dx + off, dy + off, x + off, inv_rms[r], gain, dim,
+        rmsnorm_backward_any_row<VPL, V4, BF16, true, DyT, SET>(dx + off, dy + off, x + off, inv_rms[r], gain, dim,
                                                            BF16 ? dx16 + off : NULL, acc + (size_t)warp * dim);
     }
     __syncthreads();
@@ -737,15 +739,26 @@ bool aligned4(const __nv_bfloat16 *p) { return ((uintptr_t)p & 7u) == 0; }
 template <typename DyT>
 using chunk_kernel_fn = void (*)(float *, float *, const DyT *, const float *, const float *, const float *, int, int,
                                  __nv_bfloat16 *);
-template <bool BF16, typename DyT> chunk_kernel_fn<DyT> chunk_kernel(bool v4, int vpl) {
-    if (!v4) return rmsnorm_backward_chunk<0, false, BF16, DyT>;
-    switch (vpl) {
-    case 1: return rmsnorm_backward_chunk<1, true, BF16, DyT>;
-    case 2: return rmsnorm_backward_chunk<2, true, BF16, DyT>;
-    case 4: return rmsnorm_backward_chunk<4, true, BF16, DyT>;
-    case 6: return rmsnorm_backward_chunk<6, true, BF16, DyT>;
-    case 8: return rmsnorm_backward_chunk<8, true, BF16, DyT>;
-    default: return rmsnorm_backward_chunk<0, true, BF16, DyT>;
+template <bool BF16, typename DyT, bool SET> chunk_kernel_fn<DyT> chunk_kernel(bool v4, int vpl) {
+    if constexpr (SET) { /* the register rows only (the launcher clears dx and takes SET false otherwise) */
+        switch (v4 ? vpl : 0) {
+        case 1: return rmsnorm_backward_chunk<1, true, BF16, DyT, true>;
+        case 2: return rmsnorm_backward_chunk<2, true, BF16, DyT, true>;
+        case 4: return rmsnorm_backward_chunk<4, true, BF16, DyT, true>;
+        case 6: return rmsnorm_backward_chunk<6, true, BF16, DyT, true>;
+        case 8: return rmsnorm_backward_chunk<8, true, BF16, DyT, true>;
+        default: return nullptr;
+        }
+    } else {
+        if (!v4) return rmsnorm_backward_chunk<0, false, BF16, DyT>;
+        switch (vpl) {
+        case 1: return rmsnorm_backward_chunk<1, true, BF16, DyT>;
+        case 2: return rmsnorm_backward_chunk<2, true, BF16, DyT>;
+        case 4: return rmsnorm_backward_chunk<4, true, BF16, DyT>;
+        case 6: return rmsnorm_backward_chunk<6, true, BF16, DyT>;
+        case 8: return rmsnorm_backward_chunk<8, true, BF16, DyT>;
+        default: return rmsnorm_backward_chunk<0, true, BF16, DyT>;
+        }
     }
 }
 template <int VPL, bool V4, bool BF16, typename DyT>
@@ -801,10 +814,12 @@ int rmsnorm_backward_two_pass(float *dx, uint16_t *dx16, float *dgain, const DyT
     return add_gain_partials(dgain, partials, chunks, dim, s);
 }
 
-/* the RMSNorm backward, the gain partials folded into the rows pass (the two-pass one where too wide) */
+/* the RMSNorm backward, the gain partials folded into the rows pass (the two-pass one where too wide); set: dx is
+ * written, not added to (the register rows take dx as +0; other paths clear it first: the same bits either way) */
 template <typename DyT>
 int rmsnorm_backward_folded(float *dx, uint16_t *dx16, float *dgain, const DyT *dy, const float *x,
-                            const float *inv_rms, const float *gain, int n, int dim, float *partials, cudaStream_t s) {
+                            const float *inv_rms, const float *gain, int n, int dim, float *partials, bool set,
+                            cudaStream_t s) {
     if (n < 0 || dim <= 0) return (int)cudaErrorInvalidValue;
     if (n == 0) return 0;
     const size_t shared = (size_t)kChunkWarps * (size_t)dim * sizeof(float);
@@ -812,12 +827,18 @@ int rmsnorm_backward_folded(float *dx, uint16_t *dx16, float *dgain, const DyT *
     cudaError_t e = cudaGetDevice(&device);
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
     if (e != cudaSuccess) return (int)e;
+    const bool v4 = backward_v4(dx, dx16, dy, x, gain, dim);
+    const int vpl = v4 ? rows_vpl(dim) : 0;
+    if (set && (!vpl || shared > (size_t)optin)) { /* the loops add: clear dx first */
+        if ((e = cudaMemsetAsync(dx, 0, (size_t)n * (size_t)dim * sizeof(float), s)) != cudaSuccess) return (int)e;
+        set = false;
+    }
     if (shared > (size_t)optin) /* too wide for one shared row per warp: the two-pass path */
         return rmsnorm_backward_two_pass<DyT>(dx, dx16, dgain, dy, x, inv_rms, gain, n, dim, partials, s);
     __nv_bfloat16 *d16 = reinterpret_cast<__nv_bfloat16 *>(dx16);
-    const bool v4 = backward_v4(dx, dx16, dy, x, gain, dim);
-    const int vpl = v4 ? rows_vpl(dim) : 0;
-    const chunk_kernel_fn<DyT> kernel = dx16 ? chunk_kernel<true, DyT>(v4, vpl) : chunk_kernel<false, DyT>(v4, vpl);
+    const chunk_kernel_fn<DyT> kernel =
+        set ? (dx16 ? chunk_kernel<true, DyT, true>(v4, vpl) : chunk_kernel<false, DyT, true>(v4, vpl))
+            : (dx16 ? chunk_kernel<true, DyT, false>(v4, vpl) : chunk_kernel<false, DyT, false>(v4, vpl));
     if (shared > 48u * 1024u &&
         (e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared)) != cudaSuccess)
         return (int)e;
@@ -874,7 +895,7 @@ int xlkv_cuda_train_rmsnorm_backward_bf16(float *dx, uint16_t *dx16, float *dgai
 int xlkv_cuda_train_rmsnorm_backward_folded(float *dx, uint16_t *dx16, float *dgain, const float *dy, const float *x,
                                             const float *inv_rms, const float *gain, int n, int dim, float *partials,
                                             void *stream) {
-    return rmsnorm_backward_folded<float>(dx, dx16, dgain, dy, x, inv_rms, gain, n, dim, partials,
+    return rmsnorm_backward_folded<float>(dx, dx16, dgain, dy, x, inv_rms, gain, n, dim, partials, false,
                                           (cudaStream_t)stream);
 }
 
@@ -882,7 +903,14 @@ int xlkv_cuda_train_rmsnorm_backward_folded_dy16(float *dx, uint16_t *dx16, floa
                                                  const float *x, const float *inv_rms, const float *gain, int n,
                                                  int dim, float *partials, void *stream) {
     return rmsnorm_backward_folded<__nv_bfloat16>(dx, dx16, dgain, reinterpret_cast<const __nv_bfloat16 *>(dy16), x,
-                                                  inv_rms, gain, n, dim, partials, (cudaStream_t)stream);
+                                                  inv_rms, gain, n, dim, partials, false, (cudaStream_t)stream);
+}
+
+int xlkv_cuda_train_rmsnorm_backward_folded_dy16_set(float *dx, uint16_t *dx16, float *dgain, const uint16_t *dy16,
+                                                     const float *x, const float *inv_rms, const float *gain, int n,
+                                                     int dim, float *partials, void *stream) {
+    return rmsnorm_backward_folded<__nv_bfloat16>(dx, dx16, dgain, reinterpret_cast<const __nv_bfloat16 *>(dy16), x,
+                                                  inv_rms, gain, n, dim, partials, true, (cudaStream_t)stream);
 }
 
 int xlkv_cuda_train_rope(float *x, int n, int seq, int n_heads, int head_dim, const float *cos_table,

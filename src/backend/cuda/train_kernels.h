@@ -58,6 +58,13 @@ int xlkv_cuda_train_rmsnorm_backward_folded(float *dx, uint16_t *dx16, float *dg
 int xlkv_cuda_train_rmsnorm_backward_folded_dy16(float *dx, uint16_t *dx16, float *dgain, const uint16_t *dy16,
                                                  const float *x, const float *inv_rms, const float *gain, int n,
                                                  int dim, float *partials, void *stream);
+/* The same with dx written, not added to (dx = the input gradient; its old contents are not read): the first
+ * contribution to dx (the bf16 trainer's final norm), without a clearing pass. The same bits as clearing dx, then
+ * xlkv_cuda_train_rmsnorm_backward_folded_dy16 (the rows held in registers take dx as +0; other widths and the
+ * two-pass path clear it first). */
+int xlkv_cuda_train_rmsnorm_backward_folded_dy16_set(float *dx, uint16_t *dx16, float *dgain, const uint16_t *dy16,
+                                                     const float *x, const float *inv_rms, const float *gain, int n,
+                                                     int dim, float *partials, void *stream);
 
 /* In-place interleaved RoPE rotation (direction +1 forward, -1 backward); tables [seq, head_dim / 2]. */
 int xlkv_cuda_train_rope(float *x, int n, int seq, int n_heads, int head_dim, const float *cos_table,

@@ -116,8 +116,9 @@ void launch_rmsnorm_forward_rows_regs(int vpl, OutT *y, float *inv_rms, float *x
 /* Backward of one row by one warp (s = inv_rms of the row): dx += s g dy - coef x with coef = dot(g dy, x) s^3 / dim,
  * dx16 = bf16(dx) after the update when BF16, and when GAIN acc[4 i ..] += dy x s for the lane's groups i (acc: this
  * warp's own row of column partials, which no other lane writes). dy, x and dx are all loaded before the reduction;
- * DyT: float, or __nv_bfloat16 widened as read. */
-template <int VPL, bool BF16, bool GAIN, typename DyT>
+ * DyT: float, or __nv_bfloat16 widened as read. SET: dx is not read but taken as +0 (the first contribution to dx:
+ * the same bits as clearing it, then adding). */
+template <int VPL, bool BF16, bool GAIN, typename DyT, bool SET = false>
 __device__ __forceinline__ void rmsnorm_backward_row_regs(float *dx, const DyT *dy, const float *x, float s,
                                                           const float *gain, int dim, __nv_bfloat16 *dx16,
                                                           float *acc) {
@@ -129,7 +130,7 @@ __device__ __forceinline__ void rmsnorm_backward_row_regs(float *dx, const DyT *
         if (i < quads) {
             d[k] = load4(dy, (size_t)i);
             v[k] = reinterpret_cast<const float4 *>(x)[i];
-            o[k] = reinterpret_cast<const float4 *>(dx)[i];
+            o[k] = SET ? make_float4(0.0f, 0.0f, 0.0f, 0.0f) : reinterpret_cast<const float4 *>(dx)[i];
         }
     }
     float dot = 0.0f;
