@@ -75,9 +75,9 @@
  *         after w_down, the sum is left pending (pending_a + pending_b) and the next layer's attention norm forms it
  *         straight into its record's x_in (no copy; into x for the no-grad iterations), or flush_residual forms it
  *         into x where something else reads x (a group's input; a discarded iteration drops it; the last one is
- *         formed straight into x_final by the final norm, fp32 output, in the same pass). The first layer's norm (and each group iteration's) writes x_in and the
- *         bf16 operand in one pass. No fp32 xb / xb2 / h is written (swiglu writes h in bf16 only). The profiler
- *         counts add + norm as rmsnorm.
+ *         formed straight into x_final by the final norm, fp32 output, in the same pass). The first layer's norm
+ *         (and each group iteration's) writes x_in and the bf16 operand in one pass. No fp32 xb / xb2 / h is
+ *         written (swiglu writes h in bf16 only). The profiler counts add + norm as rmsnorm.
  *   bf16 activations between products (as torch autocast: a product's output is bf16 where an elementwise kernel or
  *         another product reads it; the residual stream x, its gradient dx, the attention's q / k / v / att and their
  *         gradients, the weight gradients and master weights stay fp32). Products with a bf16 C (gemm_bf16_out:
@@ -114,9 +114,9 @@
  *         memory; no host round trip, no scaling pass over the gradients (they stay unscaled). AdamW
  *         (xlkv_cuda_train_adamw_bf16_runs, float4) multiplies each gradient by the coefficient (the same fp32 multiply
  *         as the scaling pass), updates, and writes the bf16 weight shadow in the same pass (no separate shadow pass);
- *         adjacent tensors share a launch, as runs with their own decay (one launch for the store, up to 64 runs). The parameters, moments and shadow are the same bits
- *         as the unfused scale + adamw + to_bf16. The trainer reads the norm after the step
- *         (xlkv_gpu_trainer_grad_norm).
+ *         adjacent tensors share a launch, as runs with their own decay (one launch for the store, up to 64 runs).
+ *         The parameters, moments and shadow are the same bits as the unfused scale + adamw + to_bf16. The trainer
+ *         reads the norm after the step (xlkv_gpu_trainer_grad_norm).
  *   Values: every fused kernel computes the fp32 value of the unfused one from its inputs and rounds it the same way
  *   (a kernel with bf16 inputs widens them exactly: tests/cuda/test_cuda_train_bf16_inputs.c), but the inputs are
  *   the bf16 outputs of the products above where the unfused path keeps fp32: the two paths differ by those bf16
