@@ -10,7 +10,7 @@
  * "ms/step" = calls x ms per call estimates each kernel's share of the step:
  *   add + RMSNorm forward (bf16 branch): 23 (12 FFN norms, 11 attention norms of layers 1..11); RMSNorm forward with
  *   the saved copy: 1 (layer 0); the last add + the final RMSNorm (fp32 out): 1; folded RMSNorm backward (bf16 dy,
- *   bf16 dx out): 24, (dx written, no dx16: the final norm): 1; SwiGLU forward / backward from bf16: 12 each; AdamW
+ *   bf16 dx out): 24, (dx written, not read: the final norm): 1; SwiGLU forward / backward from bf16: 12 each; AdamW
  *   with the bf16 shadow: the whole store as the step runs it (the shape's parameter layout, runs of adjacent
  *   tensors with equal decay in one launch, xlkv_gpu_trainer_adamw_step), and for comparison one launch per run (the
  *   step before) and one launch with one decay; residual clears of dK / dV: 24 (two per KV layer). Rows with 0 calls
@@ -159,7 +159,7 @@ static void add_rmsnorm_f32(const buffers *b) {
                                                            b->eps, NULL), "add + final rmsnorm forward");
 }
 static void backward_dy16_set(const buffers *b) {
-    check_rc(xlkv_cuda_train_rmsnorm_backward_folded_dy16_set(b->dx, NULL, b->dgain, b->dy16, b->x, b->inv, b->gain,
+    check_rc(xlkv_cuda_train_rmsnorm_backward_folded_dy16_set(b->dx, b->dx16, b->dgain, b->dy16, b->x, b->inv, b->gain,
                                                               b->n, b->dim, b->partials, NULL), "rmsnorm backward set");
 }
 static void backward_dy16(const buffers *b) {
@@ -331,7 +331,7 @@ static int run(const bench_options *o) {
         {"rmsnorm forward fp32 out (before: + add)", rmsnorm_fp32, 0, nd * (4 + 4) + n * 4},
         {"rmsnorm backward folded, bf16 dy, dx16", backward_dy16, 2.0 * layers,
          nd * (2 + 4 + 4 + 4 + 2) + n * 4 + partials},
-        {"rmsnorm backward, bf16 dy, dx set (final)", backward_dy16_set, 1, nd * (2 + 4 + 4) + n * 4 + partials},
+        {"rmsnorm backward, bf16 dy, dx set (final)", backward_dy16_set, 1, nd * (2 + 4 + 4 + 2) + n * 4 + partials},
         {"rmsnorm backward, bf16 dy, no dx16 (before)", backward_dy16_no_dx16, 0,
          nd * (2 + 4 + 4 + 4) + n * 4 + partials},
         {"rmsnorm backward folded, fp32 dy, dx16", backward_folded, 0, nd * (4 + 4 + 4 + 4 + 2) + n * 4 + partials},

@@ -453,10 +453,11 @@ static void adamw_runs_cases(void) {
 }
 
 /* The final norm's fused launchers against what they replace, bit for bit: add (bf16 branch) + RMSNorm with an fp32
- * output (xlkv_cuda_train_add_rmsnorm_forward_bf16b_f32) vs xlkv_cuda_train_add_out_bf16b + xlkv_cuda_train_rmsnorm_forward
- * (sum, y, inv_rms), and the backward that writes dx (xlkv_cuda_train_rmsnorm_backward_folded_dy16_set, dx's old
- * contents garbage) vs clearing dx + xlkv_cuda_train_rmsnorm_backward_folded_dy16 (dx, bf16(dx), dgain); the sum also
- * vs the CPU's fp32 a + b (exact). Widths: register rows, scalar, float4 loops, two-pass. */
+ * output (xlkv_cuda_train_add_rmsnorm_forward_bf16b_f32) vs xlkv_cuda_train_add_out_bf16b +
+ * xlkv_cuda_train_rmsnorm_forward (sum, y, inv_rms), and the backward that writes dx
+ * (xlkv_cuda_train_rmsnorm_backward_folded_dy16_set, dx's old contents garbage) vs clearing dx +
+ * xlkv_cuda_train_rmsnorm_backward_folded_dy16 (dx, bf16(dx), dgain); the sum also vs the CPU's fp32 a + b (exact).
+ * Widths: register rows, scalar, float4 loops, two-pass. */
 static void final_norm_case(int n, int dim) {
     const size_t nd = (size_t)n * (size_t)dim;
     const int chunks = (n + XLKV_CUDA_TRAIN_ROW_CHUNK - 1) / XLKV_CUDA_TRAIN_ROW_CHUNK;

@@ -133,15 +133,29 @@ __global__ void swiglu_backward_bf16(__nv_bfloat16 *dgu16, size_t ld, const floa
     }
 }
 
+/* Row and column of the flat index i over rows of `width` items: a 32-bit division where every index fits (narrow,
+ * the same for the whole grid; a 64-bit division is a long instruction sequence, once per four elements here). */
+__device__ __forceinline__ void split_index(size_t i, size_t width, bool narrow, size_t *r, size_t *c) {
+    if (narrow) {
+        const unsigned a = (unsigned)i, w = (unsigned)width;
+        *r = a / w, *c = a % w;
+    } else {
+        *r = i / width, *c = i % width;
+    }
+}
+bool fits_32_bits(size_t items) { return items <= 0xFFFFFFFFu; } /* every index i < items fits */
+
 /* From bf16 [gate | up] rows (gu16, row stride ld_in: gate at column c, up at hid + c): h16[r * hid + c] =
  * bf16(swiglu_value). V4: groups of 4 columns (hid % 4 == 0, ld_in % 4 == 0, 8-byte aligned). */
 template <bool V4>
 __global__ void swiglu_forward_from_bf16(__nv_bfloat16 *h16, const __nv_bfloat16 *gu16, size_t ld_in, size_t rows,
-                                         int hid) {
+                                         int hid, bool narrow) {
     const size_t stride = (size_t)gridDim.x * blockDim.x, first = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     const size_t width = V4 ? (size_t)hid / 4 : (size_t)hid;
     for (size_t i = first; i < rows * width; i += stride) {
-        const size_t r = i / width, c = (V4 ? 4 : 1) * (i % width);
+        size_t r, c;
+        split_index(i, width, narrow, &r, &c);
+        c *= V4 ? 4 : 1;
         const __nv_bfloat16 *g = gu16 + r * ld_in + c, *u = g + hid;
         __nv_bfloat16 *h = h16 + r * (size_t)hid + c;
         if (V4) {
@@ -157,11 +171,13 @@ __global__ void swiglu_forward_from_bf16(__nv_bfloat16 *h16, const __nv_bfloat16
 /* From bf16 dh16 [rows, hid] and [gate | up] (row stride ld_in) to bf16 [dgate | dup] (row stride ld_out) */
 template <bool V4>
 __global__ void swiglu_backward_from_bf16(__nv_bfloat16 *dgu16, size_t ld_out, const __nv_bfloat16 *dh16,
-                                          const __nv_bfloat16 *gu16, size_t ld_in, size_t rows, int hid) {
+                                          const __nv_bfloat16 *gu16, size_t ld_in, size_t rows, int hid, bool narrow) {
     const size_t stride = (size_t)gridDim.x * blockDim.x, first = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     const size_t width = V4 ? (size_t)hid / 4 : (size_t)hid;
     for (size_t i = first; i < rows * width; i += stride) {
-        const size_t r = i / width, c = (V4 ? 4 : 1) * (i % width);
+        size_t r, c;
+        split_index(i, width, narrow, &r, &c);
+        c *= V4 ? 4 : 1;
         const __nv_bfloat16 *g = gu16 + r * ld_in + c, *u = g + hid, *d = dh16 + r * (size_t)hid + c;
         __nv_bfloat16 *og = dgu16 + r * ld_out + c, *ou = og + hid;
         if (V4) {
@@ -344,10 +360,10 @@ extern "C" int xlkv_cuda_train_swiglu_forward_from_bf16(uint16_t *h16, const uin
     const size_t elements = (size_t)n * (size_t)hid;
     if (hid % 4 == 0 && ld % 4 == 0 && aligned(h16, 8) && aligned(gu16, 8))
         swiglu_forward_from_bf16<true><<<blocks_for(elements / 4), kBlock, 0, (cudaStream_t)stream>>>(
-            h, as_bf16(gu16), ld, (size_t)n, hid);
+            h, as_bf16(gu16), ld, (size_t)n, hid, fits_32_bits(elements / 4));
     else
         swiglu_forward_from_bf16<false><<<blocks_for(elements), kBlock, 0, (cudaStream_t)stream>>>(
-            h, as_bf16(gu16), ld, (size_t)n, hid);
+            h, as_bf16(gu16), ld, (size_t)n, hid, fits_32_bits(elements));
     return launch_status();
 }
 
@@ -361,9 +377,11 @@ extern "C" int xlkv_cuda_train_swiglu_backward_from_bf16(uint16_t *dgu16, size_t
     if (hid % 4 == 0 && ld_out % 4 == 0 && ld_in % 4 == 0 && aligned(dgu16, 8) && aligned(dh16, 8) &&
         aligned(gu16, 8))
         swiglu_backward_from_bf16<true><<<blocks_for(elements / 4), kBlock, 0, (cudaStream_t)stream>>>(
-            out, ld_out, as_bf16(dh16), as_bf16(gu16), ld_in, (size_t)n, hid);
+            out, ld_out, as_bf16(dh16), as_bf16(gu16), ld_in, (size_t)n, hid,
+            fits_32_bits(elements / 4));
     else
         swiglu_backward_from_bf16<false><<<blocks_for(elements), kBlock, 0, (cudaStream_t)stream>>>(
-            out, ld_out, as_bf16(dh16), as_bf16(gu16), ld_in, (size_t)n, hid);
+            out, ld_out, as_bf16(dh16), as_bf16(gu16), ld_in, (size_t)n, hid,
+            fits_32_bits(elements));
     return launch_status();
 }

@@ -1318,8 +1318,10 @@ xlkv_status xlkv_gpu_trainer_backward_buckets(xlkv_gpu_trainer *g, float loss_sc
     }
     if (!(g->fuse && g->fused_ce)) XLKV_TRY(zero(g, g->dx, n_dim));
     mark(g, XLKV_STEP_RMSNORM);
-    if (g->fuse && g->fused_ce) /* the classifier's dX in bf16 (classifier_backward_fused); dx written, not added to */
-        KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_folded_dy16_set(g->dx, NULL, g->d_output_norm, g->branch_bf16,
+    /* fused_ce: the classifier's dX in bf16 (classifier_backward_fused); dx written, not added to, and bf16(dx) into
+     * dy_bf16 for the last layer's first product (the classifier's products that read dy_bf16 are queued before) */
+    if (g->fuse && g->fused_ce)
+        KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_folded_dy16_set(g->dx, g->dy_bf16, g->d_output_norm, g->branch_bf16,
                                                                     g->x_final, g->final_inv_rms, g->output_norm, N,
                                                                     dim, g->partials, st),
                    "final rmsnorm backward (bf16 dy)");
@@ -1335,7 +1337,7 @@ xlkv_status xlkv_gpu_trainer_backward_buckets(xlkv_gpu_trainer *g, float loss_sc
     bool groups = false; /* dx_group_in is read only at the iteration starts of cyclic groups */
     for (int r = 0; r < g->n_records; r++) groups = groups || g->records[r].iteration_start;
     if (groups) XLKV_TRY(zero(g, g->dx_group_in, n_dim));
-    g->dx16_ready = false; /* dy_bf16 holds the classifier's gradient */
+    g->dx16_ready = g->fuse && g->fused_ce; /* else dy_bf16 holds the classifier's gradient */
     for (int r = g->n_records - 1; r >= 0; r--) {
         gpu_record *rec = &g->records[r];
         XLKV_TRY(layer_backward(g, rec));
