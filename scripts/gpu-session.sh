@@ -2,7 +2,8 @@
 # Runs on the GPU machine (device tool): builds xlkv against the Debian packages staged in .deps/ (see
 # ../shared/tools/stage-deps.sh; the GPU machine has no package registry), runs the CUDA tests and, optionally, the
 # GPU benchmark. Logs and results go to $OUT (or ./gpu-out).
-#   bash scripts/gpu-session.sh [tests] [bench] [bench-quick] [train-tests] [train-bench] [train-nccl] [train-scaling]
+#   bash scripts/gpu-session.sh [tests] [bench] [bench-quick] [train-tests] [train-bench] [train-kernels] [train-nccl]
+#                               [train-scaling]
 # Shared data is read from ./devdata (a copy of the parts of ../shared/data the tests need, carried with the call).
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
@@ -42,6 +43,14 @@ for what in "$@"; do
       grep -E "Error|error" "$tb/train-torch.err" | tail -5 | tee -a "$txt"
       python3 scripts/train_bench_summary.py "$tb/train_gpu.jsonl" "$tb/train_torch.jsonl" 2>&1 | tee -a "$txt"
       tar -cf "$out/train-bench.tar" -C "$tb" . ;;
+    train-kernels) # issue 5: the trainer's memory-bound kernels vs a same-size memcpy, then the standard step with its
+      # profile; each again with XLKV_TRAIN_NORM_ROWS=loops (the former RMSNorm kernels) for the A/B. train-kernels.txt
+      { ./build/bench_train_kernels --out "$out/train_kernels.jsonl"; echo "bench_train_kernels exit $?"
+        XLKV_TRAIN_NORM_ROWS=loops ./build/bench_train_kernels --out "$out/train_kernels-loops.jsonl"
+        echo "bench_train_kernels (XLKV_TRAIN_NORM_ROWS=loops) exit $?"
+        ./build/bench_train_gpu --maps standard --profile --out "$out/train_gpu.jsonl"; echo "bench_train_gpu exit $?"
+        XLKV_TRAIN_NORM_ROWS=loops ./build/bench_train_gpu --maps standard --profile --out "$out/train_gpu-loops.jsonl"
+        echo "bench_train_gpu (XLKV_TRAIN_NORM_ROWS=loops) exit $?"; } 2>&1 | tee "$out/train-kernels.txt" ;;
     train-nccl)   # data-parallel through NCCL (needs mpirun: openmpi-bin and libopenmpi-dev staged in .deps)
       (cd build && ctest -R cuda_cli_cuda_train_nccl -V --timeout 900) >"$out/test-cuda-train-nccl.log" 2>&1
       echo "nccl train test exit $?"; grep -E "^(ok|FAIL|check)|Passed|Failed|tests passed" "$out/test-cuda-train-nccl.log" | tail -40 ;;

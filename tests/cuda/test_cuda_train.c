@@ -99,6 +99,7 @@ static void kernel_rmsnorm_case(int n, int dim) {
 static void kernel_rmsnorm(void) {
     kernel_rmsnorm_case(37, 96);  /* float4 rows, one dgain chunk */
     kernel_rmsnorm_case(300, 50); /* scalar rows, five chunks */
+    kernel_rmsnorm_case(33, 132); /* rows held in registers, 2 groups a lane, the second only on lane 0 */
 }
 
 /* swiglu forward / backward and the residual add on m elements starting `offset` floats into their buffers (offset 1:

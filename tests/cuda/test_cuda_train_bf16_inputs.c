@@ -317,6 +317,8 @@ static void bf16_input_kernels(void **state) {
     add_rmsnorm_case(37, 64);   /* float4 path */
     add_rmsnorm_case(29, 70);   /* scalar path (dim % 4) */
     add_rmsnorm_case(300, 768); /* the `small` width */
+    add_rmsnorm_case(33, 132);  /* rows in registers, 2 groups a lane, the second only on lane 0 */
+    add_rmsnorm_case(17, 1028); /* wider than the register rows: the float4 loops */
     swiglu_case(33, 96, 192);   /* 4-wide, packed [gate | up] */
     swiglu_case(17, 50, 100);   /* scalar (hid % 4) */
     swiglu_case(9, 64, 136);    /* 4-wide, padded rows */
@@ -324,6 +326,8 @@ static void bf16_input_kernels(void **state) {
     rmsnorm_backward_dy16_case(130, 64);   /* float4, three chunks, the last one short */
     rmsnorm_backward_dy16_case(70, 70);    /* scalar */
     rmsnorm_backward_dy16_case(1000, 768); /* the `small` width */
+    rmsnorm_backward_dy16_case(129, 516);  /* rows in registers, 6 groups a lane, partly used */
+    rmsnorm_backward_dy16_case(31, 1028);  /* wider than the register rows: the float4 loops */
     rmsnorm_backward_dy16_case(20, 4100);  /* wider than a block's shared memory: the two-pass path */
     refused("swiglu forward from bf16 with ld < 2 hidden",
             xlkv_cuda_train_swiglu_forward_from_bf16(NULL, NULL, 10, 4, 6, NULL));

@@ -376,6 +376,236 @@ static void rmsnorm_backward_folded_case(int n, int dim) {
     cudaFree(d_x), cudaFree(d_dy), cudaFree(d_gain), cudaFree(d_inv), cudaFree(d_partials);
 }
 
+/* The AdamW over runs with their own decay (xlkv_cuda_train_adamw_bf16_runs, the optimizer step's one launch) against
+ * one xlkv_cuda_train_adamw_bf16 call per run: the same bits in w, m, v and the bf16 shadow. Run sizes not multiples of
+ * four (groups of four straddling two runs), more runs than one launch takes (the table split over launches), and
+ * `offset` floats into the buffers (1: the scalar path); bad tables refused. */
+static void adamw_runs_case(const size_t *sizes, int runs, size_t offset, float coef) {
+    size_t *ends = malloc((size_t)runs * sizeof *ends), n = 0;
+    float *decays = malloc((size_t)runs * sizeof *decays);
+    for (int r = 0; r < runs; r++) n += sizes[r], ends[r] = n, decays[r] = r % 2 ? 0.1f : (r % 3 ? 0.0f : 0.03f);
+    const size_t total = n + offset;
+    float *w = random_array(total, 1.0f), *g = random_array(total, 0.3f), *m = random_array(total, 0.1f);
+    float *v = random_array(total, 0.01f);
+    for (size_t i = 0; i < total; i++) v[i] = fabsf(v[i]);
+    const float lr = 1e-2f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f;
+    const float c1 = (float)(1.0 - pow(0.9, 3.0)), c2 = (float)(1.0 - pow(0.95, 3.0));
+    float *d_w[2], *d_g[2], *d_m[2], *d_v[2], *d_coef = ct_dev_floats(&coef, 1);
+    uint16_t *d_w16[2];
+    for (int k = 0; k < 2; k++) {
+        d_w[k] = ct_dev_floats(w, total), d_g[k] = ct_dev_floats(g, total), d_m[k] = ct_dev_floats(m, total);
+        d_v[k] = ct_dev_floats(v, total), d_w16[k] = dev_bf16(total);
+    }
+    CK_LAUNCH(xlkv_cuda_train_adamw_bf16_runs(d_w[0] + offset, d_w16[0] + offset, d_g[0] + offset, d_m[0] + offset,
+                                              d_v[0] + offset, ends, decays, runs, d_coef, lr, beta1, beta2, eps, c1,
+                                              c2, NULL));
+    for (int r = 0; r < runs; r++) {
+        const size_t o = offset + (r ? ends[r - 1] : 0);
+        CK_LAUNCH(xlkv_cuda_train_adamw_bf16(d_w[1] + o, d_w16[1] + o, d_g[1] + o, d_m[1] + o, d_v[1] + o, sizes[r],
+                                             d_coef, lr, beta1, beta2, eps, decays[r], c1, c2, NULL));
+    }
+    char what[120];
+    float *got[2][3];
+    uint16_t *got16[2];
+    for (int k = 0; k < 2; k++) {
+        got[k][0] = ct_download(d_w[k], total * 4), got[k][1] = ct_download(d_m[k], total * 4);
+        got[k][2] = ct_download(d_v[k], total * 4), got16[k] = ct_download(d_w16[k], total * 2);
+    }
+    static const char *names[3] = {"w", "m", "v"};
+    for (int b = 0; b < 3; b++) {
+        snprintf(what, sizeof what, "adamw runs [%d runs, %zu floats, offset %zu] %s == per run", runs, n, offset,
+                 names[b]);
+        check_floats_equal(what, got[0][b], got[1][b], total);
+    }
+    size_t differ = 0;
+    for (size_t i = 0; i < total; i++) differ += got16[0][i] != got16[1][i];
+    snprintf(what, sizeof what, "adamw runs [%d runs, %zu floats, offset %zu] bf16 shadow == per run", runs, n, offset);
+    printf("check %-62s: %zu of %zu differ, err %zu (tol 0) %s\n", what, differ, total, differ, differ ? "FAIL" : "ok");
+    if (differ) failures++;
+    for (int k = 0; k < 2; k++) {
+        for (int b = 0; b < 3; b++) free(got[k][b]);
+        free(got16[k]);
+        cudaFree(d_w[k]), cudaFree(d_g[k]), cudaFree(d_m[k]), cudaFree(d_v[k]), cudaFree(d_w16[k]);
+    }
+    free(w), free(g), free(m), free(v), free(ends), free(decays);
+    cudaFree(d_coef);
+}
+
+static void refused(const char *what, int rc);
+
+static void adamw_runs_cases(void) {
+    const size_t layers[] = {768 + 4096, 768 * 4, 768, 2048 * 3, 768, 1001, 3, 4096, 7, 1, 2, 5};
+    adamw_runs_case(layers, 12, 0, 0.37f); /* float4; runs of 1 to 6,144 floats, several straddling groups */
+    adamw_runs_case(layers, 12, 1, 1.0f);  /* misaligned: scalar */
+    size_t many[150];
+    for (int r = 0; r < 150; r++) many[r] = 1 + (size_t)((r * 37) % 53);
+    adamw_runs_case(many, 150, 0, 0.5f); /* 150 runs: three launches of at most 64 */
+    const size_t ends_bad[2] = {10, 10};
+    const float decays[2] = {0.0f, 0.1f};
+    float *d = ct_dev_floats(NULL, 16);
+    refused("adamw runs with ends not increasing",
+            xlkv_cuda_train_adamw_bf16_runs(d, (uint16_t *)d, d, d, d, ends_bad, decays, 2, d, 1e-3f, 0.9f, 0.95f,
+                                            1e-8f, 0.1f, 0.1f, NULL));
+    refused("adamw runs with no runs",
+            xlkv_cuda_train_adamw_bf16_runs(d, (uint16_t *)d, d, d, d, ends_bad, decays, 0, d, 1e-3f, 0.9f, 0.95f,
+                                            1e-8f, 0.1f, 0.1f, NULL));
+    cudaFree(d);
+}
+
+/* The final norm's fused launchers against what they replace, bit for bit: add (bf16 branch) + RMSNorm with an fp32
+ * output (xlkv_cuda_train_add_rmsnorm_forward_bf16b_f32) vs xlkv_cuda_train_add_out_bf16b +
+ * xlkv_cuda_train_rmsnorm_forward (sum, y, inv_rms), and the backward that writes dx
+ * (xlkv_cuda_train_rmsnorm_backward_folded_dy16_set, dx's old contents garbage) vs clearing dx +
+ * xlkv_cuda_train_rmsnorm_backward_folded_dy16 (dx, bf16(dx), dgain); the sum also vs the CPU's fp32 a + b (exact).
+ * Widths: register rows, scalar, float4 loops, two-pass. */
+static void final_norm_case(int n, int dim) {
+    const size_t nd = (size_t)n * (size_t)dim;
+    const int chunks = (n + XLKV_CUDA_TRAIN_ROW_CHUNK - 1) / XLKV_CUDA_TRAIN_ROW_CHUNK;
+    float *a = random_array(nd, 2.0f), *b = random_array(nd, 1.0f), *dy = random_array(nd, 1.0f);
+    float *gain = random_array((size_t)dim, 1.5f), *dg0 = random_array((size_t)dim, 3.0f);
+    float *garbage = random_array(nd, 100.0f), *inv = random_array((size_t)n, 1.0f);
+    for (int r = 0; r < n; r++) inv[r] = 0.5f + fabsf(inv[r]);
+    uint16_t *b16 = malloc(nd * 2), *dy16 = malloc(nd * 2);
+    float *want_sum = malloc(nd * 4);
+    for (size_t e = 0; e < nd; e++) {
+        b16[e] = ct_bf16_rne(b[e]), dy16[e] = ct_bf16_rne(dy[e]);
+        const uint32_t bits = (uint32_t)b16[e] << 16;
+        float wide;
+        memcpy(&wide, &bits, 4);
+        want_sum[e] = a[e] + wide;
+    }
+    float *d_a = ct_dev_floats(a, nd), *d_gain = ct_dev_floats(gain, (size_t)dim), *d_inv = ct_dev_floats(inv, (size_t)n);
+    float *d_partials = ct_dev_floats(NULL, (size_t)chunks * dim);
+    uint16_t *d_b16 = ct_to_device(b16, nd * 2), *d_dy16 = ct_to_device(dy16, nd * 2);
+    float *d_sum[2], *d_y[2], *d_inv_out[2], *d_dx[4], *d_dg[4];
+    uint16_t *d_dx16[4];
+    for (int k = 0; k < 2; k++)
+        d_sum[k] = ct_dev_floats(NULL, nd), d_y[k] = ct_dev_floats(NULL, nd), d_inv_out[k] = ct_dev_floats(NULL, (size_t)n);
+    for (int k = 0; k < 4; k++)
+        d_dx[k] = ct_dev_floats(garbage, nd), d_dg[k] = ct_dev_floats(dg0, (size_t)dim), d_dx16[k] = dev_bf16(nd);
+    CK_LAUNCH(xlkv_cuda_train_add_rmsnorm_forward_bf16b_f32(d_sum[0], d_y[0], d_inv_out[0], d_a, d_b16, d_gain, n, dim,
+                                                            1e-5f, NULL));
+    CK_LAUNCH(xlkv_cuda_train_add_out_bf16b(d_sum[1], d_a, d_b16, nd, NULL));
+    CK_LAUNCH(xlkv_cuda_train_rmsnorm_forward(d_y[1], d_inv_out[1], d_sum[1], d_gain, n, dim, 1e-5f, NULL));
+    /* 0, 1: _set with and without dx16; 2, 3: cleared + the += launcher */
+    for (int k = 0; k < 2; k++) {
+        uint16_t *dx16 = k ? NULL : d_dx16[k];
+        CK_LAUNCH(xlkv_cuda_train_rmsnorm_backward_folded_dy16_set(d_dx[k], dx16, d_dg[k], d_dy16, d_a, d_inv, d_gain, n,
+                                                                   dim, d_partials, NULL));
+        CK(cudaMemset(d_dx[k + 2], 0, nd * 4));
+        CK_LAUNCH(xlkv_cuda_train_rmsnorm_backward_folded_dy16(d_dx[k + 2], k ? NULL : d_dx16[k + 2], d_dg[k + 2],
+                                                               d_dy16, d_a, d_inv, d_gain, n, dim, d_partials, NULL));
+    }
+    char what[120];
+    float *got[2][3];
+    for (int k = 0; k < 2; k++) {
+        got[k][0] = ct_download(d_sum[k], nd * 4), got[k][1] = ct_download(d_y[k], nd * 4);
+        got[k][2] = ct_download(d_inv_out[k], (size_t)n * 4);
+    }
+    static const char *names[3] = {"sum", "y", "inv_rms"};
+    for (int o = 0; o < 3; o++) {
+        snprintf(what, sizeof what, "add + final rmsnorm fp32 out [%d x %d] %s == two launches", n, dim, names[o]);
+        check_floats_equal(what, got[0][o], got[1][o], o == 2 ? (size_t)n : nd);
+    }
+    snprintf(what, sizeof what, "add + final rmsnorm fp32 out [%d x %d] sum == a + b (CPU)", n, dim);
+    check_floats_equal(what, got[0][0], want_sum, nd);
+    for (int k = 0; k < 2; k++) {
+        float *dx_set = ct_download(d_dx[k], nd * 4), *dx_add = ct_download(d_dx[k + 2], nd * 4);
+        float *dg_set = ct_download(d_dg[k], (size_t)dim * 4), *dg_add = ct_download(d_dg[k + 2], (size_t)dim * 4);
+        uint16_t *h_set = ct_download(d_dx16[k], nd * 2), *h_add = ct_download(d_dx16[k + 2], nd * 2);
+        snprintf(what, sizeof what, "rmsnorm backward _set [%d x %d]%s dx == clear + add", n, dim, k ? " no dx16" : "");
+        check_floats_equal(what, dx_set, dx_add, nd);
+        snprintf(what, sizeof what, "rmsnorm backward _set [%d x %d]%s dgain == clear + add", n, dim,
+                 k ? " no dx16" : "");
+        check_floats_equal(what, dg_set, dg_add, (size_t)dim);
+        size_t differ = 0;
+        for (size_t e = 0; e < nd; e++) differ += h_set[e] != h_add[e];
+        snprintf(what, sizeof what, "rmsnorm backward _set [%d x %d]%s bf16(dx) == clear + add", n, dim,
+                 k ? " no dx16 (untouched)" : "");
+        printf("check %-62s: %zu of %zu differ, err %zu (tol 0) %s\n", what, differ, nd, differ, differ ? "FAIL" : "ok");
+        if (differ) failures++;
+        free(dx_set), free(dx_add), free(dg_set), free(dg_add), free(h_set), free(h_add);
+    }
+    for (int k = 0; k < 2; k++) {
+        for (int o = 0; o < 3; o++) free(got[k][o]);
+        cudaFree(d_sum[k]), cudaFree(d_y[k]), cudaFree(d_inv_out[k]);
+    }
+    for (int k = 0; k < 4; k++) cudaFree(d_dx[k]), cudaFree(d_dg[k]), cudaFree(d_dx16[k]);
+    free(a), free(b), free(dy), free(gain), free(dg0), free(garbage), free(inv), free(b16), free(dy16), free(want_sum);
+    cudaFree(d_a), cudaFree(d_gain), cudaFree(d_inv), cudaFree(d_partials), cudaFree(d_b16), cudaFree(d_dy16);
+}
+
+/* The RMSNorm rows held in registers (train_rmsnorm_rows.cuh, the default) against the loop kernels they replace
+ * (XLKV_TRAIN_NORM_ROWS=loops): the same per-lane order and expressions, so the same bits in every output: the fp32
+ * forward (y, inv_rms), the bf16-output forward with the saved copy, add + RMSNorm (fp32 and bf16 branch: sum, y16,
+ * inv_rms), the folded backward with fp32 and bf16 dy and the two-pass one (dx, bf16(dx), dgain). */
+static void rows_registers_vs_loops_case(int n, int dim) {
+    const size_t nd = (size_t)n * (size_t)dim;
+    const int chunks = (n + XLKV_CUDA_TRAIN_ROW_CHUNK - 1) / XLKV_CUDA_TRAIN_ROW_CHUNK;
+    float *x = random_array(nd, 2.0f), *p = random_array(nd, 1.0f), *dy = random_array(nd, 1.0f);
+    float *dx0 = random_array(nd, 0.5f), *gain = random_array((size_t)dim, 1.5f), *dg0 = random_array((size_t)dim, 3.0f);
+    uint16_t *p16 = malloc(nd * 2), *dy16 = malloc(nd * 2);
+    for (size_t e = 0; e < nd; e++) p16[e] = ct_bf16_rne(p[e]), dy16[e] = ct_bf16_rne(dy[e]);
+    float *d_x = ct_dev_floats(x, nd), *d_p = ct_dev_floats(p, nd), *d_dy = ct_dev_floats(dy, nd);
+    float *d_gain = ct_dev_floats(gain, (size_t)dim), *d_partials = ct_dev_floats(NULL, (size_t)chunks * dim);
+    uint16_t *d_p16 = ct_to_device(p16, nd * 2), *d_dy16 = ct_to_device(dy16, nd * 2);
+    enum { OUTPUTS = 17 };
+    /* per path (0 registers, 1 loops): every output, downloaded */
+    void *got[2][OUTPUTS];
+    size_t bytes[OUTPUTS];
+    for (int path = 0; path < 2; path++) {
+        if (path) setenv("XLKV_TRAIN_NORM_ROWS", "loops", 1);
+        else unsetenv("XLKV_TRAIN_NORM_ROWS");
+        float *d_y = ct_dev_floats(NULL, nd), *d_inv = ct_dev_floats(NULL, (size_t)n), *d_sum = ct_dev_floats(NULL, nd);
+        float *d_inv2 = ct_dev_floats(NULL, (size_t)n), *d_copy = ct_dev_floats(NULL, nd);
+        float *d_sum16 = ct_dev_floats(NULL, nd), *d_inv3 = ct_dev_floats(NULL, (size_t)n);
+        uint16_t *d_y16 = dev_bf16(nd), *d_ya16 = dev_bf16(nd), *d_yb16 = dev_bf16(nd);
+        float *d_dx[3], *d_dg[3];
+        uint16_t *d_dx16[3];
+        for (int k = 0; k < 3; k++)
+            d_dx[k] = ct_dev_floats(dx0, nd), d_dg[k] = ct_dev_floats(dg0, (size_t)dim), d_dx16[k] = dev_bf16(nd);
+        CK_LAUNCH(xlkv_cuda_train_rmsnorm_forward(d_y, d_inv, d_x, d_gain, n, dim, 1e-5f, NULL));
+        CK_LAUNCH(xlkv_cuda_train_rmsnorm_forward_bf16(d_y16, d_inv2, d_copy, d_x, d_gain, n, dim, 1e-5f, NULL));
+        CK_LAUNCH(xlkv_cuda_train_add_rmsnorm_forward_bf16(d_sum, d_ya16, d_inv3, d_x, d_p, d_gain, n, dim, 1e-5f,
+                                                           NULL));
+        CK_LAUNCH(xlkv_cuda_train_add_rmsnorm_forward_bf16b(d_sum16, d_yb16, d_inv3, d_x, d_p16, d_gain, n, dim, 1e-5f,
+                                                            NULL));
+        CK_LAUNCH(xlkv_cuda_train_rmsnorm_backward_folded(d_dx[0], d_dx16[0], d_dg[0], d_dy, d_x, d_inv, d_gain, n, dim,
+                                                          d_partials, NULL));
+        CK_LAUNCH(xlkv_cuda_train_rmsnorm_backward_folded_dy16(d_dx[1], d_dx16[1], d_dg[1], d_dy16, d_x, d_inv, d_gain,
+                                                               n, dim, d_partials, NULL));
+        CK_LAUNCH(xlkv_cuda_train_rmsnorm_backward_bf16(d_dx[2], d_dx16[2], d_dg[2], d_dy, d_x, d_inv, d_gain, n, dim,
+                                                        d_partials, NULL));
+        const void *outputs[OUTPUTS] = {d_y, d_inv, d_y16, d_inv2, d_copy, d_sum, d_ya16, d_sum16, d_yb16, d_inv3,
+                                        d_dx[0], d_dx16[0], d_dg[0], d_dx[1], d_dx16[1], d_dg[1], d_dx[2]};
+        const size_t sizes[OUTPUTS] = {nd * 4, (size_t)n * 4, nd * 2, (size_t)n * 4, nd * 4, nd * 4, nd * 2, nd * 4,
+                                       nd * 2, (size_t)n * 4, nd * 4, nd * 2, (size_t)dim * 4, nd * 4, nd * 2,
+                                       (size_t)dim * 4, nd * 4};
+        for (int o = 0; o < OUTPUTS; o++) got[path][o] = ct_download(outputs[o], sizes[o]), bytes[o] = sizes[o];
+        cudaFree(d_y), cudaFree(d_inv), cudaFree(d_sum), cudaFree(d_inv2), cudaFree(d_copy), cudaFree(d_sum16);
+        cudaFree(d_inv3), cudaFree(d_y16), cudaFree(d_ya16), cudaFree(d_yb16);
+        for (int k = 0; k < 3; k++) cudaFree(d_dx[k]), cudaFree(d_dg[k]), cudaFree(d_dx16[k]);
+    }
+    unsetenv("XLKV_TRAIN_NORM_ROWS");
+    static const char *names[OUTPUTS] = {"fwd y", "fwd inv_rms", "fwd bf16 y16", "fwd bf16 inv_rms", "fwd bf16 copy",
+                                         "add sum", "add y16", "add bf16b sum", "add bf16b y16", "add bf16b inv_rms",
+                                         "bwd folded dx", "bwd folded dx16", "bwd folded dgain", "bwd dy16 dx",
+                                         "bwd dy16 dx16", "bwd dy16 dgain", "bwd two-pass dx"};
+    for (int o = 0; o < OUTPUTS; o++) {
+        size_t differ = 0;
+        for (size_t b = 0; b < bytes[o]; b += 2) differ += memcmp((char *)got[0][o] + b, (char *)got[1][o] + b, 2) != 0;
+        char what[120];
+        snprintf(what, sizeof what, "rmsnorm rows registers == loops [%d x %d] %s", n, dim, names[o]);
+        printf("check %-62s: %zu of %zu half-words differ (tol 0) %s\n", what, differ, bytes[o] / 2,
+               differ ? "FAIL" : "ok");
+        if (differ) failures++;
+        free(got[0][o]), free(got[1][o]);
+    }
+    free(x), free(p), free(dy), free(dx0), free(gain), free(dg0), free(p16), free(dy16);
+    cudaFree(d_x), cudaFree(d_p), cudaFree(d_dy), cudaFree(d_gain), cudaFree(d_partials), cudaFree(d_p16);
+    cudaFree(d_dy16);
+}
+
 /* The bf16 trainer's AdamW (clip coefficient read from the device, bf16 shadow written in the same pass) against
  * xlkv_cuda_train_scale + xlkv_cuda_train_adamw + xlkv_cuda_train_to_bf16 (the same bits: the same fp32 operations),
  * the gradients left unscaled, and a CPU reference in double (relative to each buffer's largest value). `offset`
@@ -476,6 +706,10 @@ static void fused_kernels_match(void **state) {
     rmsnorm_case(37, 64);   /* float4 path */
     rmsnorm_case(29, 70);   /* scalar path */
     rmsnorm_case(300, 768); /* the `small` width */
+    rmsnorm_case(65, 4);    /* rows held in registers (train_rmsnorm_rows.cuh): one group of four a row */
+    rmsnorm_case(33, 132);  /* registers, 2 groups a lane, the second only on lane 0 */
+    rmsnorm_case(17, 1024); /* registers at the widest (8 groups a lane) */
+    rmsnorm_case(9, 1028);  /* one group wider: the float4 loops */
     swiglu_case(33, 96, 192);  /* 4-wide, packed [dgate | dup] */
     swiglu_case(17, 50, 100);  /* scalar (hid % 4) */
     swiglu_case(9, 64, 136);   /* 4-wide, padded rows */
@@ -490,10 +724,28 @@ static void fused_kernels_match(void **state) {
     rmsnorm_backward_folded_case(1000, 768); /* the `small` width */
     rmsnorm_backward_folded_case(150, 3000); /* 192 KB of shared memory: the opt-in size */
     rmsnorm_backward_folded_case(20, 4100);  /* 262 KB: more than a block holds, the two-pass path */
+    rmsnorm_backward_folded_case(1, 4);       /* rows in registers: one group a row, one row */
+    rmsnorm_backward_folded_case(67, 132);    /* registers, 2 groups a lane, the second only on lane 0 */
+    rmsnorm_backward_folded_case(129, 516);   /* registers, 6 a lane, partly used; a one-row last chunk */
+    rmsnorm_backward_folded_case(65, 1024);   /* registers at the widest */
+    rmsnorm_backward_folded_case(31, 1028);   /* one group wider: the float4 loops */
+    rmsnorm_backward_folded_case(19200, 36);  /* 300 chunks: the chunk sum's batches of eight loads and its tail */
+    rows_registers_vs_loops_case(300, 768);  /* the `small` width */
+    rows_registers_vs_loops_case(129, 516);  /* 6 groups a lane, partly used */
+    rows_registers_vs_loops_case(65, 132);   /* 2 groups a lane, the second only on lane 0 */
+    final_norm_case(300, 768); /* the `small` width: register rows */
+    final_norm_case(29, 70);   /* scalar */
+    final_norm_case(70, 1028); /* float4 loops */
+    final_norm_case(20, 4100); /* the two-pass backward */
+    refused("add + final rmsnorm without b16",
+            xlkv_cuda_train_add_rmsnorm_forward_bf16b_f32((float *)8, NULL, NULL, NULL, NULL, NULL, 4, 8, 1e-5f, NULL));
+    refused("rmsnorm backward _set with dim 0",
+            xlkv_cuda_train_rmsnorm_backward_folded_dy16_set(NULL, NULL, NULL, NULL, NULL, NULL, NULL, 4, 0, NULL, NULL));
     adamw_case(4099, 0, 1.0f);  /* float4 + a tail of 3, not clipping */
     adamw_case(4099, 0, 0.37f); /* clipping */
     adamw_case(1001, 1, 0.37f); /* misaligned: scalar */
     adamw_case(3, 0, 0.5f);     /* only the tail */
+    adamw_runs_cases();
     clip_case(1700, 0.5);       /* clips (the `small` model has ~1,700 chunks) */
     clip_case(1700, 2.0);       /* under the limit: 1 */
     clip_case(3000, 0.0);       /* max_norm 0: off; three tiles of partials */

@@ -8,7 +8,9 @@
 #include <stdint.h>
 
 #include "backend/cuda/train_fused.h"
+#include "backend/cuda/train_kernels.h"
 #include "backend/cuda/train_kernels_common.cuh"
+#include "backend/cuda/train_rmsnorm_rows.cuh"
 
 using namespace xlkv_train;
 
@@ -131,15 +133,29 @@ __global__ void swiglu_backward_bf16(__nv_bfloat16 *dgu16, size_t ld, const floa
     }
 }
 
+/* Row and column of the flat index i over rows of `width` items: a 32-bit division where every index fits (narrow,
+ * the same for the whole grid; a 64-bit division is a long instruction sequence, once per four elements here). */
+__device__ __forceinline__ void split_index(size_t i, size_t width, bool narrow, size_t *r, size_t *c) {
+    if (narrow) {
+        const unsigned a = (unsigned)i, w = (unsigned)width;
+        *r = a / w, *c = a % w;
+    } else {
+        *r = i / width, *c = i % width;
+    }
+}
+bool fits_32_bits(size_t items) { return items <= 0xFFFFFFFFu; } /* every index i < items fits */
+
 /* From bf16 [gate | up] rows (gu16, row stride ld_in: gate at column c, up at hid + c): h16[r * hid + c] =
  * bf16(swiglu_value). V4: groups of 4 columns (hid % 4 == 0, ld_in % 4 == 0, 8-byte aligned). */
 template <bool V4>
 __global__ void swiglu_forward_from_bf16(__nv_bfloat16 *h16, const __nv_bfloat16 *gu16, size_t ld_in, size_t rows,
-                                         int hid) {
+                                         int hid, bool narrow) {
     const size_t stride = (size_t)gridDim.x * blockDim.x, first = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     const size_t width = V4 ? (size_t)hid / 4 : (size_t)hid;
     for (size_t i = first; i < rows * width; i += stride) {
-        const size_t r = i / width, c = (V4 ? 4 : 1) * (i % width);
+        size_t r, c;
+        split_index(i, width, narrow, &r, &c);
+        c *= V4 ? 4 : 1;
         const __nv_bfloat16 *g = gu16 + r * ld_in + c, *u = g + hid;
         __nv_bfloat16 *h = h16 + r * (size_t)hid + c;
         if (V4) {
@@ -155,11 +171,13 @@ __global__ void swiglu_forward_from_bf16(__nv_bfloat16 *h16, const __nv_bfloat16
 /* From bf16 dh16 [rows, hid] and [gate | up] (row stride ld_in) to bf16 [dgate | dup] (row stride ld_out) */
 template <bool V4>
 __global__ void swiglu_backward_from_bf16(__nv_bfloat16 *dgu16, size_t ld_out, const __nv_bfloat16 *dh16,
-                                          const __nv_bfloat16 *gu16, size_t ld_in, size_t rows, int hid) {
+                                          const __nv_bfloat16 *gu16, size_t ld_in, size_t rows, int hid, bool narrow) {
     const size_t stride = (size_t)gridDim.x * blockDim.x, first = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     const size_t width = V4 ? (size_t)hid / 4 : (size_t)hid;
     for (size_t i = first; i < rows * width; i += stride) {
-        const size_t r = i / width, c = (V4 ? 4 : 1) * (i % width);
+        size_t r, c;
+        split_index(i, width, narrow, &r, &c);
+        c *= V4 ? 4 : 1;
         const __nv_bfloat16 *g = gu16 + r * ld_in + c, *u = g + hid, *d = dh16 + r * (size_t)hid + c;
         __nv_bfloat16 *og = dgu16 + r * ld_out + c, *ou = og + hid;
         if (V4) {
@@ -218,7 +236,10 @@ int launch_rmsnorm(uint16_t *y16, float *inv_rms, float *x_out, const float *x, 
                     (!x_out || aligned(x_out, 16)) && (!b || aligned(b, 4 * sizeof(BT)));
     const unsigned blocks = (unsigned)(((size_t)n + kRowsPerBlock - 1) / kRowsPerBlock);
     __nv_bfloat16 *y = reinterpret_cast<__nv_bfloat16 *>(y16);
-    if (v4)
+    if (v4 && rows_vpl(dim))
+        launch_rmsnorm_forward_rows_regs<ADD, BT, __nv_bfloat16>(rows_vpl(dim), y, inv_rms, x_out, x, b, gain, n, dim,
+                                                                 eps, (cudaStream_t)stream);
+    else if (v4)
         rmsnorm_forward_bf16<true, ADD, BT><<<blocks, kBlock, 0, (cudaStream_t)stream>>>(y, inv_rms, x_out, x, b, gain,
                                                                                         n, dim, eps);
     else
@@ -257,6 +278,21 @@ extern "C" int xlkv_cuda_train_add_rmsnorm_forward_bf16b(float *sum, uint16_t *y
                                                          float eps, void *stream) {
     if (!sum || !b16) return (int)cudaErrorInvalidValue;
     return launch_rmsnorm<true, __nv_bfloat16>(y16, inv_rms, sum, a, as_bf16(b16), gain, n, dim, eps, stream);
+}
+
+extern "C" int xlkv_cuda_train_add_rmsnorm_forward_bf16b_f32(float *sum, float *y, float *inv_rms, const float *a,
+                                                             const uint16_t *b16, const float *gain, int n, int dim,
+                                                             float eps, void *stream) {
+    if (!sum || !b16 || n < 0 || dim <= 0) return (int)cudaErrorInvalidValue;
+    if (n == 0) return 0;
+    const int vpl = dim % 4 == 0 ? rows_vpl(dim) : 0;
+    if (vpl && aligned(sum, 16) && aligned(y, 16) && aligned(a, 16) && aligned(gain, 16) && aligned(b16, 8)) {
+        launch_rmsnorm_forward_rows_regs<true, __nv_bfloat16, float>(vpl, y, inv_rms, sum, a, as_bf16(b16), gain, n,
+                                                                     dim, eps, (cudaStream_t)stream);
+        return launch_status();
+    }
+    const int err = launch_add_out<__nv_bfloat16>(sum, a, as_bf16(b16), (size_t)n * (size_t)dim, stream);
+    return err ? err : xlkv_cuda_train_rmsnorm_forward(y, inv_rms, sum, gain, n, dim, eps, stream);
 }
 
 extern "C" int xlkv_cuda_train_add_out(float *y, const float *a, const float *b, size_t n, void *stream) {
@@ -324,10 +360,10 @@ extern "C" int xlkv_cuda_train_swiglu_forward_from_bf16(uint16_t *h16, const uin
     const size_t elements = (size_t)n * (size_t)hid;
     if (hid % 4 == 0 && ld % 4 == 0 && aligned(h16, 8) && aligned(gu16, 8))
         swiglu_forward_from_bf16<true><<<blocks_for(elements / 4), kBlock, 0, (cudaStream_t)stream>>>(
-            h, as_bf16(gu16), ld, (size_t)n, hid);
+            h, as_bf16(gu16), ld, (size_t)n, hid, fits_32_bits(elements / 4));
     else
         swiglu_forward_from_bf16<false><<<blocks_for(elements), kBlock, 0, (cudaStream_t)stream>>>(
-            h, as_bf16(gu16), ld, (size_t)n, hid);
+            h, as_bf16(gu16), ld, (size_t)n, hid, fits_32_bits(elements));
     return launch_status();
 }
 
@@ -341,9 +377,11 @@ extern "C" int xlkv_cuda_train_swiglu_backward_from_bf16(uint16_t *dgu16, size_t
     if (hid % 4 == 0 && ld_out % 4 == 0 && ld_in % 4 == 0 && aligned(dgu16, 8) && aligned(dh16, 8) &&
         aligned(gu16, 8))
         swiglu_backward_from_bf16<true><<<blocks_for(elements / 4), kBlock, 0, (cudaStream_t)stream>>>(
-            out, ld_out, as_bf16(dh16), as_bf16(gu16), ld_in, (size_t)n, hid);
+            out, ld_out, as_bf16(dh16), as_bf16(gu16), ld_in, (size_t)n, hid,
+            fits_32_bits(elements / 4));
     else
         swiglu_backward_from_bf16<false><<<blocks_for(elements), kBlock, 0, (cudaStream_t)stream>>>(
-            out, ld_out, as_bf16(dh16), as_bf16(gu16), ld_in, (size_t)n, hid);
+            out, ld_out, as_bf16(dh16), as_bf16(gu16), ld_in, (size_t)n, hid,
+            fits_32_bits(elements));
     return launch_status();
 }

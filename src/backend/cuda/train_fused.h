@@ -31,6 +31,14 @@ int xlkv_cuda_train_add_rmsnorm_forward_bf16b(float *sum, uint16_t *y16, float *
                                               const uint16_t *b16, const float *gain, int n, int dim, float eps,
                                               void *stream);
 
+/* The same with an fp32 output y (the bf16 trainer's final norm, whose output the classifier reads), sum = a +
+ * float(b16) written as well: the same bits as xlkv_cuda_train_add_out_bf16b then xlkv_cuda_train_rmsnorm_forward
+ * (train_kernels.h) on the sum, in one pass where the rows fit in registers (train_rmsnorm_rows.cuh), else as those
+ * two launches. */
+int xlkv_cuda_train_add_rmsnorm_forward_bf16b_f32(float *sum, float *y, float *inv_rms, const float *a,
+                                                  const uint16_t *b16, const float *gain, int n, int dim, float eps,
+                                                  void *stream);
+
 /* y = a + b, n elements (y may be a or b) */
 int xlkv_cuda_train_add_out(float *y, const float *a, const float *b, size_t n, void *stream);
 /* y = a + float(b16), n elements (y may be a) */

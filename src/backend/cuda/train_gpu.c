@@ -75,9 +75,9 @@
  *         after w_down, the sum is left pending (pending_a + pending_b) and the next layer's attention norm forms it
  *         straight into its record's x_in (no copy; into x for the no-grad iterations), or flush_residual forms it
  *         into x where something else reads x (a group's input; a discarded iteration drops it; the last one is
- *         formed straight into x_final). The first layer's norm (and each group iteration's) writes x_in and the
- *         bf16 operand in one pass. No fp32 xb / xb2 / h is written (swiglu writes h in bf16 only). The profiler
- *         counts add + norm as rmsnorm.
+ *         formed straight into x_final by the final norm, fp32 output, in the same pass). The first layer's norm
+ *         (and each group iteration's) writes x_in and the bf16 operand in one pass. No fp32 xb / xb2 / h is
+ *         written (swiglu writes h in bf16 only). The profiler counts add + norm as rmsnorm.
  *   bf16 activations between products (as torch autocast: a product's output is bf16 where an elementwise kernel or
  *         another product reads it; the residual stream x, its gradient dx, the attention's q / k / v / att and their
  *         gradients, the weight gradients and master weights stay fp32). Products with a bf16 C (gemm_bf16_out:
@@ -106,15 +106,17 @@
  *   RMSNorm backward (xlkv_cuda_train_rmsnorm_backward_folded): the gain gradient is accumulated in the rows pass
  *         (a CTA per 64-row chunk, per-warp column sums in shared memory, added in a fixed order) instead of a second
  *         pass over dy and x; dx and bf16(dx) are the same bits, dgain differs only in fp32 summation order
- *         (deterministic).
+ *         (deterministic). The final norm's backward writes dx (the _set launcher) instead of clearing it and adding.
+ *         The RMSNorm rows (forward and backward) are held in registers (train_rmsnorm_rows.cuh: one trip to memory
+ *         a row; XLKV_TRAIN_NORM_ROWS=loops takes the former loop kernels, the same bits, for an A/B in one build).
  *   optimizer: clip_grad_norm sums the norm's chunk partials in order on the GPU (xlkv_cuda_train_clip_coefficient:
  *         the same double sum and sqrt as the host loop, so the same norm bits) and leaves the coefficient in device
  *         memory; no host round trip, no scaling pass over the gradients (they stay unscaled). AdamW
- *         (xlkv_cuda_train_adamw_bf16, float4) multiplies each gradient by the coefficient (the same fp32 multiply as
- *         the scaling pass), updates, and writes the bf16 weight shadow in the same pass (no separate shadow pass);
- *         adjacent tensors with the same decay share a launch. The parameters, moments and shadow are the same bits
- *         as the unfused scale + adamw + to_bf16. The trainer reads the norm after the step
- *         (xlkv_gpu_trainer_grad_norm).
+ *         (xlkv_cuda_train_adamw_bf16_runs, float4) multiplies each gradient by the coefficient (the same fp32 multiply
+ *         as the scaling pass), updates, and writes the bf16 weight shadow in the same pass (no separate shadow pass);
+ *         adjacent tensors share a launch, as runs with their own decay (one launch for the store, up to 64 runs).
+ *         The parameters, moments and shadow are the same bits as the unfused scale + adamw + to_bf16. The trainer
+ *         reads the norm after the step (xlkv_gpu_trainer_grad_norm).
  *   Values: every fused kernel computes the fp32 value of the unfused one from its inputs and rounds it the same way
  *   (a kernel with bf16 inputs widens them exactly: tests/cuda/test_cuda_train_bf16_inputs.c), but the inputs are
  *   the bf16 outputs of the products above where the unfused path keeps fp32: the two paths differ by those bf16
@@ -436,6 +438,10 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
         return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_ATTENTION=%s: expected warp, gemm or flash", choice);
     else if (flash_ok) g->attention = ATTENTION_FLASH;
     else g->attention = 2 * score_floats * sizeof(float) <= ((size_t)8 << 30) ? ATTENTION_GEMM : ATTENTION_WARP;
+    const char *norm_rows = getenv("XLKV_TRAIN_NORM_ROWS"); /* read by the RMSNorm launchers (train_rmsnorm_rows.cuh) */
+    if (norm_rows && *norm_rows && strcmp(norm_rows, "registers") && strcmp(norm_rows, "loops"))
+        return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_NORM_ROWS=%s: expected registers (RMSNorm rows held in registers, "
+                         "the default) or loops (the former loop kernels)", norm_rows);
     const char *flash_rope = getenv("XLKV_TRAIN_FLASH_ROPE");
     if (flash_rope && *flash_rope && strcmp(flash_rope, "0") && strcmp(flash_rope, "1"))
         return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_FLASH_ROPE=%s: expected 1 (RoPE inside the flash kernels' "
@@ -1062,17 +1068,20 @@ xlkv_status xlkv_gpu_trainer_forward(xlkv_gpu_trainer *g, const int *tokens, con
                 XLKV_TRY(layer_forward(g, grad ? &g->records[r++] : &g->scratch, layer, grad));
         }
     }
-    if (g->pending_a) { /* fused: the last residual add straight into x_final (x is not read again) */
-        mark(g, XLKV_STEP_RESIDUAL_COPIES);
-        KERNEL_TRY(xlkv_cuda_train_add_out_bf16b(g->x_final, g->pending_a, g->pending_b16, n_dim, st), "residual add");
+    if (g->pending_a) { /* fused: the last residual add and the final norm in one pass, the sum straight into x_final
+                         * (x is not read again; counted as rmsnorm, as the layers' add + norms) */
+        mark(g, XLKV_STEP_RMSNORM);
+        KERNEL_TRY(xlkv_cuda_train_add_rmsnorm_forward_bf16b_f32(g->x_final, g->xf, g->final_inv_rms, g->pending_a,
+                                                                 g->pending_b16, g->output_norm, N, dim, hp->norm_eps,
+                                                                 st), "residual add + final rmsnorm");
         g->pending_a = NULL;
         g->pending_b16 = NULL;
     } else {
         XLKV_TRY(copy(g, g->x_final, g->x, n_dim));
+        mark(g, XLKV_STEP_RMSNORM);
+        KERNEL_TRY(xlkv_cuda_train_rmsnorm_forward(g->xf, g->final_inv_rms, g->x_final, g->output_norm, N, dim,
+                                                   hp->norm_eps, st), "final rmsnorm");
     }
-    mark(g, XLKV_STEP_RMSNORM);
-    KERNEL_TRY(xlkv_cuda_train_rmsnorm_forward(g->xf, g->final_inv_rms, g->x_final, g->output_norm, N, dim,
-                                               hp->norm_eps, st), "final rmsnorm");
     mark(g, XLKV_STEP_CLASSIFIER_FORWARD);
     if (g->fused_ce) {
         XLKV_TRY(classifier_forward_fused(g));
@@ -1307,12 +1316,15 @@ xlkv_status xlkv_gpu_trainer_backward_buckets(xlkv_gpu_trainer *g, float loss_sc
         XLKV_TRY(product_backward_from(g, DY_READY, XLKV_STEP_CLASSIFIER_BACKWARD, XLKV_STEP_CLASSIFIER_BACKWARD,
                                        g->dxb, g->d_output, g->probs, g->xf, NULL, g->output, N, dim, vocab));
     }
-    XLKV_TRY(zero(g, g->dx, n_dim));
+    if (!(g->fuse && g->fused_ce)) XLKV_TRY(zero(g, g->dx, n_dim));
     mark(g, XLKV_STEP_RMSNORM);
-    if (g->fuse && g->fused_ce) /* the classifier's dX in bf16 (classifier_backward_fused) */
-        KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_folded_dy16(g->dx, NULL, g->d_output_norm, g->branch_bf16,
-                                                                g->x_final, g->final_inv_rms, g->output_norm, N, dim,
-                                                                g->partials, st), "final rmsnorm backward (bf16 dy)");
+    /* fused_ce: the classifier's dX in bf16 (classifier_backward_fused); dx written, not added to, and bf16(dx) into
+     * dy_bf16 for the last layer's first product (the classifier's products that read dy_bf16 are queued before) */
+    if (g->fuse && g->fused_ce)
+        KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_folded_dy16_set(g->dx, g->dy_bf16, g->d_output_norm, g->branch_bf16,
+                                                                    g->x_final, g->final_inv_rms, g->output_norm, N,
+                                                                    dim, g->partials, st),
+                   "final rmsnorm backward (bf16 dy)");
     else if (g->fuse)
         KERNEL_TRY(xlkv_cuda_train_rmsnorm_backward_folded(g->dx, NULL, g->d_output_norm, g->dxb, g->x_final,
                                                            g->final_inv_rms, g->output_norm, N, dim, g->partials, st),
@@ -1322,8 +1334,10 @@ xlkv_status xlkv_gpu_trainer_backward_buckets(xlkv_gpu_trainer *g, float loss_sc
                                                     g->output_norm, N, dim, g->partials, st), "final rmsnorm backward");
     /* final norm (and an untied classifier) are complete; a tied classifier is the embedding, sent last */
     if (ready) XLKV_TRY(bucket_ready(g, ready, ctx, -1, false, &issued));
-    XLKV_TRY(zero(g, g->dx_group_in, n_dim));
-    g->dx16_ready = false; /* dy_bf16 holds the classifier's gradient */
+    bool groups = false; /* dx_group_in is read only at the iteration starts of cyclic groups */
+    for (int r = 0; r < g->n_records; r++) groups = groups || g->records[r].iteration_start;
+    if (groups) XLKV_TRY(zero(g, g->dx_group_in, n_dim));
+    g->dx16_ready = g->fuse && g->fused_ce; /* else dy_bf16 holds the classifier's gradient */
     for (int r = g->n_records - 1; r >= 0; r--) {
         gpu_record *rec = &g->records[r];
         XLKV_TRY(layer_backward(g, rec));
@@ -1402,7 +1416,7 @@ xlkv_status xlkv_gpu_trainer_adamw_step(xlkv_gpu_trainer *g, const xlkv_adamw_pa
     const float *coef = g->clip_queued ? g->clip_coef : g->clip_one;
     for (int t = 0; t < s->n_tensors;) {
         const xlkv_param_tensor *tensor = &s->tensors[t];
-        size_t n = (size_t)tensor->rows * (size_t)(tensor->cols ? tensor->cols : 1);
+        const size_t n = (size_t)tensor->rows * (size_t)(tensor->cols ? tensor->cols : 1);
         const size_t o = tensor->offset;
         const float decay = tensor->kind == XLKV_PARAM_MATRIX ? p->weight_decay : 0.0f;
         t++;
@@ -1411,16 +1425,27 @@ xlkv_status xlkv_gpu_trainer_adamw_step(xlkv_gpu_trainer *g, const xlkv_adamw_pa
                                              p->beta1, p->beta2, p->eps, decay, c1, c2, g->stream), "AdamW update");
             continue;
         }
-        /* fused: the following tensors that sit right after this one with the same decay join its launch (the
-         * same per-element update, fewer launches: wq..wo, w_gate..w_down of a layer are one run) */
-        for (; t < s->n_tensors && s->tensors[t].offset == o + n &&
-               (s->tensors[t].kind == XLKV_PARAM_MATRIX ? p->weight_decay : 0.0f) == decay;
-             t++)
-            n += (size_t)s->tensors[t].rows * (size_t)(s->tensors[t].cols ? s->tensors[t].cols : 1);
+        /* fused: the tensors that follow this one without a gap join its launch, as runs with their own decay (the
+         * same per-element update, one launch for the whole store instead of one per run of equal decay: the norm
+         * gains between the layers' matrices were launches of 768 floats) */
+        size_t ends[XLKV_CUDA_TRAIN_ADAMW_RUNS];
+        float decays[XLKV_CUDA_TRAIN_ADAMW_RUNS];
+        int runs = 1;
+        ends[0] = n, decays[0] = decay;
+        for (; t < s->n_tensors && s->tensors[t].offset == o + ends[runs - 1]; t++) {
+            const size_t size = (size_t)s->tensors[t].rows * (size_t)(s->tensors[t].cols ? s->tensors[t].cols : 1);
+            const float d = s->tensors[t].kind == XLKV_PARAM_MATRIX ? p->weight_decay : 0.0f;
+            if (d == decays[runs - 1]) { /* the same decay: the run grows */
+                ends[runs - 1] += size;
+                continue;
+            }
+            if (runs == XLKV_CUDA_TRAIN_ADAMW_RUNS) break; /* the table is full: the next launch starts here */
+            ends[runs] = ends[runs - 1] + size, decays[runs] = d, runs++;
+        }
         /* clip coefficient, update and the bf16 shadow in one pass */
-        KERNEL_TRY(xlkv_cuda_train_adamw_bf16(g->params + o, g->params_bf16 + o, g->grads + o, g->adam_m + o,
-                                              g->adam_v + o, n, coef, lr, p->beta1, p->beta2, p->eps, decay, c1, c2,
-                                              g->stream), "AdamW update (bf16 shadow)");
+        KERNEL_TRY(xlkv_cuda_train_adamw_bf16_runs(g->params + o, g->params_bf16 + o, g->grads + o, g->adam_m + o,
+                                                   g->adam_v + o, ends, decays, runs, coef, lr, p->beta1, p->beta2,
+                                                   p->eps, c1, c2, g->stream), "AdamW update (bf16 shadow)");
     }
     g->clip_queued = false;
     if (g->fuse) return XLKV_OK;

@@ -17,6 +17,7 @@
 
 #include "backend/cuda/train_kernels.h"
 #include "backend/cuda/train_kernels_common.cuh"
+#include "backend/cuda/train_rmsnorm_rows.cuh"
 
 using namespace xlkv_train;
 
@@ -145,14 +146,27 @@ __device__ __forceinline__ void rmsnorm_backward_row(float *dx, const DyT *dy, c
     }
 }
 
+/* A row of the backward: held in registers (train_rmsnorm_rows.cuh) when VPL > 0, else the loops above. SET (dx
+ * written, not read) only with the registers: the launchers clear dx before the loops instead. */
+template <int VPL, bool V4, bool BF16, bool GAIN, typename DyT, bool SET = false>
+__device__ __forceinline__ void rmsnorm_backward_any_row(float *dx, const DyT *dy, const float *x, float s,
+                                                         const float *gain, int dim, __nv_bfloat16 *dx16, float *acc) {
+    static_assert(VPL > 0 || !SET, "dx written without being read: register rows only");
+    if constexpr (VPL > 0)
+        rmsnorm_backward_row_regs<VPL, BF16, GAIN, DyT, SET>(dx, dy, x, s, gain, dim, dx16, acc);
+    else
+        rmsnorm_backward_row<V4, BF16, GAIN, DyT>(dx, dy, x, s, gain, dim, dx16, acc);
+}
+
 /* one warp per row (the gain gradient is a separate pass: rmsnorm_gain_partials) */
-template <bool V4, bool BF16, typename DyT>
-__global__ void rmsnorm_backward_rows(float *dx, const DyT *dy, const float *x, const float *inv_rms,
-                                      const float *gain, int n, int dim, __nv_bfloat16 *dx16) {
+template <int VPL, bool V4, bool BF16, typename DyT>
+__global__ void __launch_bounds__(kBlock) rmsnorm_backward_rows(float *dx, const DyT *dy, const float *x,
+                                                                const float *inv_rms, const float *gain, int n,
+                                                                int dim, __nv_bfloat16 *dx16) {
     const size_t r = (size_t)blockIdx.x * kRowsPerBlock + threadIdx.x / 32, off = r * (size_t)dim;
     if (r >= (size_t)n) return;
-    rmsnorm_backward_row<V4, BF16, false, DyT>(dx + off, dy + off, x + off, inv_rms[r], gain, dim,
-                                               BF16 ? dx16 + off : NULL, NULL);
+    rmsnorm_backward_any_row<VPL, V4, BF16, false, DyT>(dx + off, dy + off, x + off, inv_rms[r], gain, dim,
+                                                        BF16 ? dx16 + off : NULL, NULL);
 }
 
 /* The rows and the gain partials in one pass: CTA c (kChunkWarps warps) takes rows [c chunk, (c + 1) chunk), warp w
@@ -160,9 +174,10 @@ __global__ void rmsnorm_backward_rows(float *dx, const DyT *dy, const float *x, 
  * floats, zeroed first); then partials[c][i] = the warps' sums of column i added in warp order. Fixed order:
  * deterministic. 16 warps of 4 rows each (64-row chunks): as many rows in flight per SM as the two-pass kernels. */
 constexpr int kChunkWarps = 16;
-template <bool V4, bool BF16, typename DyT>
-__global__ void rmsnorm_backward_chunk(float *dx, float *partials, const DyT *dy, const float *x,
-                                       const float *inv_rms, const float *gain, int n, int dim, __nv_bfloat16 *dx16) {
+template <int VPL, bool V4, bool BF16, typename DyT, bool SET = false>
+__global__ void __launch_bounds__(kChunkWarps * 32)
+    rmsnorm_backward_chunk(float *dx, float *partials, const DyT *dy, const float *x, const float *inv_rms,
+                           const float *gain, int n, int dim, __nv_bfloat16 *dx16) {
     extern __shared__ float4 chunk_shared[];
     float *acc = reinterpret_cast<float *>(chunk_shared);
     const int warp = threadIdx.x / 32;
@@ -171,8 +186,8 @@ __global__ void rmsnorm_backward_chunk(float *dx, float *partials, const DyT *dy
     const int r0 = blockIdx.x * XLKV_CUDA_TRAIN_ROW_CHUNK, r1 = min(n, r0 + XLKV_CUDA_TRAIN_ROW_CHUNK);
     for (int r = r0 + warp; r < r1; r += kChunkWarps) {
         const size_t off = (size_t)r * (size_t)dim;
-        rmsnorm_backward_row<V4, BF16, true, DyT>(dx + off, dy + off, x + off, inv_rms[r], gain, dim,
-                                             BF16 ? dx16 + off : NULL, acc + (size_t)warp * dim);
+        rmsnorm_backward_any_row<VPL, V4, BF16, true, DyT, SET>(dx + off, dy + off, x + off, inv_rms[r], gain, dim,
+                                                           BF16 ? dx16 + off : NULL, acc + (size_t)warp * dim);
     }
     __syncthreads();
     for (int i = threadIdx.x; i < dim; i += blockDim.x) {
@@ -193,15 +208,33 @@ __global__ void rmsnorm_gain_partials(float *partials, const DyT *dy, const floa
     partials[(size_t)chunk * dim + i] = sum;
 }
 
-/* dgain[i] += the chunk partials of column i: one warp per column, lane l takes chunks l, l + 32, ... in order, then a
- * fixed butterfly (deterministic). */
-__global__ void rmsnorm_gain_sum(float *dgain, const float *partials, int chunks, int dim) {
-    const int i = blockIdx.x * kRowsPerBlock + threadIdx.x / 32, lane = threadIdx.x & 31;
-    if (i >= dim) return;
+/* dgain[i] += the chunk partials of column i: lane l of column i's sum takes chunks l, l + 32, ... in order, then a
+ * fixed butterfly (deterministic). A block of 32 x 32 threads takes 32 columns: thread (t, l) (t = threadIdx.x % 32)
+ * sums column c0 + t over chunks l, l + 32, ..., so each warp reads 32 adjacent columns of a chunk's row (coalesced;
+ * one column per warp read 32 rows of partials a load), eight loads in flight; the sums cross a shared 32 x 33 tile
+ * and warp w adds column c0 + w's 32 lane sums by the butterfly. */
+constexpr int kGainSumUnroll = 8;
+__global__ void __launch_bounds__(1024) rmsnorm_gain_sum(float *dgain, const float *partials, int chunks, int dim) {
+    __shared__ float tile[32][33];
+    const int t = threadIdx.x & 31, l = threadIdx.x >> 5, c0 = blockIdx.x * 32, column = c0 + t;
     float sum = 0.0f;
-    for (int c = lane; c < chunks; c += 32) sum += partials[(size_t)c * dim + i];
-    sum = warp_sum(sum);
-    if (lane == 0) dgain[i] += sum;
+    if (column < dim) {
+        int c = l;
+        for (; c + 32 * (kGainSumUnroll - 1) < chunks; c += 32 * kGainSumUnroll) {
+            float p[kGainSumUnroll];
+#pragma unroll
+            for (int u = 0; u < kGainSumUnroll; u++) p[u] = partials[(size_t)(c + 32 * u) * dim + column];
+#pragma unroll
+            for (int u = 0; u < kGainSumUnroll; u++) sum += p[u];
+        }
+        for (; c < chunks; c += 32) sum += partials[(size_t)c * dim + column];
+    }
+    tile[l][t] = sum;
+    __syncthreads();
+    const int lane = t, warp = l; /* warp w: column c0 + w, lane l: the sum of chunks l, l + 32, ... */
+    if (c0 + warp >= dim) return;
+    float v = warp_sum(tile[lane][warp]);
+    if (lane == 0) dgain[c0 + warp] += v;
 }
 
 __global__ void rope(float *x, int n, int seq, int n_heads, int head_dim, const float *cos_table,
@@ -598,6 +631,65 @@ __global__ void adamw_bf16(float *w, __nv_bfloat16 *w16, const float *g, float *
     }
 }
 
+/* adamw_bf16 over runs with their own decay (xlkv_cuda_train_adamw_bf16_runs), the table passed by value: element e
+ * belongs to the first run k with e < end[k]. Groups of four whose elements share a run (all but at most one group a
+ * boundary) look it up once; the others per element. */
+struct adamw_runs {
+    size_t end[XLKV_CUDA_TRAIN_ADAMW_RUNS];
+    float decay[XLKV_CUDA_TRAIN_ADAMW_RUNS];
+    int count;
+};
+
+__device__ __forceinline__ int adamw_run_of(const adamw_runs &runs, size_t e) {
+    int lo = 0, hi = runs.count - 1; /* the first run whose end exceeds e (e < end[count - 1]) */
+    while (lo < hi) {
+        const int mid = (lo + hi) / 2;
+        if (e < runs.end[mid]) hi = mid;
+        else lo = mid + 1;
+    }
+    return lo;
+}
+
+template <bool V4>
+__global__ void adamw_bf16_runs(float *w, __nv_bfloat16 *w16, const float *g, float *m, float *v, const adamw_runs runs,
+                                const float *coef, float lr, float beta1, float beta2, float eps, float c1, float c2) {
+    const float k = *coef;
+    const size_t n = runs.end[runs.count - 1];
+    const size_t first = blockIdx.x * (size_t)blockDim.x + threadIdx.x, stride = (size_t)gridDim.x * blockDim.x;
+    size_t done = 0;
+    if (V4) {
+        for (size_t i = first; i < n / 4; i += stride) {
+            const int run = adamw_run_of(runs, 4 * i);
+            float d[4];
+            if (4 * i + 3 < runs.end[run]) {
+                d[0] = d[1] = d[2] = d[3] = runs.decay[run];
+            } else {
+                for (int j = 0; j < 4; j++) d[j] = runs.decay[adamw_run_of(runs, 4 * i + (size_t)j)];
+            }
+            float4 wi = reinterpret_cast<float4 *>(w)[i], mi = reinterpret_cast<float4 *>(m)[i];
+            float4 vi = reinterpret_cast<float4 *>(v)[i];
+            const float4 gi = reinterpret_cast<const float4 *>(g)[i];
+            adamw_element(&wi.x, __fmul_rn(gi.x, k), &mi.x, &vi.x, lr, beta1, beta2, eps, d[0], c1, c2);
+            adamw_element(&wi.y, __fmul_rn(gi.y, k), &mi.y, &vi.y, lr, beta1, beta2, eps, d[1], c1, c2);
+            adamw_element(&wi.z, __fmul_rn(gi.z, k), &mi.z, &vi.z, lr, beta1, beta2, eps, d[2], c1, c2);
+            adamw_element(&wi.w, __fmul_rn(gi.w, k), &mi.w, &vi.w, lr, beta1, beta2, eps, d[3], c1, c2);
+            reinterpret_cast<float4 *>(w)[i] = wi, reinterpret_cast<float4 *>(m)[i] = mi;
+            reinterpret_cast<float4 *>(v)[i] = vi;
+            __nv_bfloat162 *out = reinterpret_cast<__nv_bfloat162 *>(w16 + 4 * i);
+            out[0] = __floats2bfloat162_rn(wi.x, wi.y);
+            out[1] = __floats2bfloat162_rn(wi.z, wi.w);
+        }
+        done = n / 4 * 4;
+    }
+    for (size_t i = done + first; i < n; i += stride) {
+        float wi = w[i], mi = m[i], vi = v[i];
+        adamw_element(&wi, __fmul_rn(g[i], k), &mi, &vi, lr, beta1, beta2, eps, runs.decay[adamw_run_of(runs, i)], c1,
+                      c2);
+        m[i] = mi, v[i] = vi, w[i] = wi;
+        w16[i] = __float2bfloat16_rn(wi);
+    }
+}
+
 /* The chunk partials of the squared gradient summed in chunk order in double (as the host loop did), the norm, and
  * the clip coefficient: tiles of the partials staged in shared memory by the block, added by thread 0 in order. */
 constexpr int kClipTile = 1024;
@@ -641,37 +733,93 @@ unsigned row_blocks(int n) { return (unsigned)((n + kRowsPerBlock - 1) / kRowsPe
 bool aligned4(const float *p) { return aligned16(p); }
 bool aligned4(const __nv_bfloat16 *p) { return ((uintptr_t)p & 7u) == 0; }
 
+/* The backward kernels for a launch: rows held in registers for widths rows_vpl accepts (float4 layouts), else the
+ * loops. chunk_kernel: the folded kernel (a CTA per chunk, gain partials in shared memory); launch_backward_rows: one
+ * warp per row. */
+template <typename DyT>
+using chunk_kernel_fn = void (*)(float *, float *, const DyT *, const float *, const float *, const float *, int, int,
+                                 __nv_bfloat16 *);
+template <bool BF16, typename DyT, bool SET> chunk_kernel_fn<DyT> chunk_kernel(bool v4, int vpl) {
+    if constexpr (SET) { /* the register rows only (the launcher clears dx and takes SET false otherwise) */
+        switch (v4 ? vpl : 0) {
+        case 1: return rmsnorm_backward_chunk<1, true, BF16, DyT, true>;
+        case 2: return rmsnorm_backward_chunk<2, true, BF16, DyT, true>;
+        case 4: return rmsnorm_backward_chunk<4, true, BF16, DyT, true>;
+        case 6: return rmsnorm_backward_chunk<6, true, BF16, DyT, true>;
+        case 8: return rmsnorm_backward_chunk<8, true, BF16, DyT, true>;
+        default: return nullptr;
+        }
+    } else {
+        if (!v4) return rmsnorm_backward_chunk<0, false, BF16, DyT>;
+        switch (vpl) {
+        case 1: return rmsnorm_backward_chunk<1, true, BF16, DyT>;
+        case 2: return rmsnorm_backward_chunk<2, true, BF16, DyT>;
+        case 4: return rmsnorm_backward_chunk<4, true, BF16, DyT>;
+        case 6: return rmsnorm_backward_chunk<6, true, BF16, DyT>;
+        case 8: return rmsnorm_backward_chunk<8, true, BF16, DyT>;
+        default: return rmsnorm_backward_chunk<0, true, BF16, DyT>;
+        }
+    }
+}
+template <int VPL, bool V4, bool BF16, typename DyT>
+void launch_rows(float *dx, const DyT *dy, const float *x, const float *inv_rms, const float *gain, int n, int dim,
+                 __nv_bfloat16 *d16, cudaStream_t s) {
+    rmsnorm_backward_rows<VPL, V4, BF16, DyT><<<row_blocks(n), kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, n, dim, d16);
+}
+template <bool BF16, typename DyT>
+void launch_backward_rows(bool v4, int vpl, float *dx, const DyT *dy, const float *x, const float *inv_rms,
+                          const float *gain, int n, int dim, __nv_bfloat16 *d16, cudaStream_t s) {
+    if (!v4) return launch_rows<0, false, BF16, DyT>(dx, dy, x, inv_rms, gain, n, dim, d16, s);
+    switch (vpl) {
+    case 1: return launch_rows<1, true, BF16, DyT>(dx, dy, x, inv_rms, gain, n, dim, d16, s);
+    case 2: return launch_rows<2, true, BF16, DyT>(dx, dy, x, inv_rms, gain, n, dim, d16, s);
+    case 4: return launch_rows<4, true, BF16, DyT>(dx, dy, x, inv_rms, gain, n, dim, d16, s);
+    case 6: return launch_rows<6, true, BF16, DyT>(dx, dy, x, inv_rms, gain, n, dim, d16, s);
+    case 8: return launch_rows<8, true, BF16, DyT>(dx, dy, x, inv_rms, gain, n, dim, d16, s);
+    default: return launch_rows<0, true, BF16, DyT>(dx, dy, x, inv_rms, gain, n, dim, d16, s);
+    }
+}
+
+template <typename DyT>
+bool backward_v4(const float *dx, const uint16_t *dx16, const DyT *dy, const float *x, const float *gain, int dim) {
+    return dim % 4 == 0 && aligned16(dx) && aligned4(dy) && aligned16(x) && aligned16(gain) && (uintptr_t)dx16 % 8 == 0;
+}
+
+/* dgain += the chunk partials (rmsnorm_gain_sum: 32 columns a block) */
+int add_gain_partials(float *dgain, const float *partials, int chunks, int dim, cudaStream_t s) {
+    rmsnorm_gain_sum<<<(unsigned)((dim + 31) / 32), 1024, 0, s>>>(dgain, partials, chunks, dim);
+    return launch_status();
+}
+
 /* the RMSNorm backward, two passes (rows, then the gain partials and their sum) */
 template <typename DyT>
 int rmsnorm_backward_two_pass(float *dx, uint16_t *dx16, float *dgain, const DyT *dy, const float *x,
                               const float *inv_rms, const float *gain, int n, int dim, float *partials,
                               cudaStream_t s) {
+    if (n < 0 || dim <= 0) return (int)cudaErrorInvalidValue;
+    if (n == 0) return 0;
     __nv_bfloat16 *d16 = reinterpret_cast<__nv_bfloat16 *>(dx16);
-    const bool v4 = dim % 4 == 0 && aligned16(dx) && aligned4(dy) && aligned16(x) && aligned16(gain) &&
-                    (uintptr_t)dx16 % 8 == 0;
-    if (v4 && dx16)
-        rmsnorm_backward_rows<true, true, DyT><<<row_blocks(n), kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, n, dim, d16);
-    else if (v4)
-        rmsnorm_backward_rows<true, false, DyT><<<row_blocks(n), kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, n, dim, d16);
-    else if (dx16)
-        rmsnorm_backward_rows<false, true, DyT><<<row_blocks(n), kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, n, dim, d16);
+    const bool v4 = backward_v4(dx, dx16, dy, x, gain, dim);
+    const int vpl = v4 ? rows_vpl(dim) : 0;
+    if (dx16)
+        launch_backward_rows<true, DyT>(v4, vpl, dx, dy, x, inv_rms, gain, n, dim, d16, s);
     else
-        rmsnorm_backward_rows<false, false, DyT><<<row_blocks(n), kBlock, 0, s>>>(dx, dy, x, inv_rms, gain, n, dim,
-                                                                                  d16);
+        launch_backward_rows<false, DyT>(v4, vpl, dx, dy, x, inv_rms, gain, n, dim, d16, s);
     int err = launch_status();
     if (err) return err;
     const int chunks = (n + XLKV_CUDA_TRAIN_ROW_CHUNK - 1) / XLKV_CUDA_TRAIN_ROW_CHUNK;
     rmsnorm_gain_partials<DyT><<<dim3(blocks_for((size_t)dim), (unsigned)chunks), kBlock, 0, s>>>(partials, dy, x,
                                                                                                  inv_rms, n, dim);
     if ((err = launch_status())) return err;
-    rmsnorm_gain_sum<<<row_blocks(dim), kBlock, 0, s>>>(dgain, partials, chunks, dim);
-    return launch_status();
+    return add_gain_partials(dgain, partials, chunks, dim, s);
 }
 
-/* the RMSNorm backward, the gain partials folded into the rows pass (the two-pass one where too wide) */
+/* the RMSNorm backward, the gain partials folded into the rows pass (the two-pass one where too wide); set: dx is
+ * written, not added to (the register rows take dx as +0; other paths clear it first: the same bits either way) */
 template <typename DyT>
 int rmsnorm_backward_folded(float *dx, uint16_t *dx16, float *dgain, const DyT *dy, const float *x,
-                            const float *inv_rms, const float *gain, int n, int dim, float *partials, cudaStream_t s) {
+                            const float *inv_rms, const float *gain, int n, int dim, float *partials, bool set,
+                            cudaStream_t s) {
     if (n < 0 || dim <= 0) return (int)cudaErrorInvalidValue;
     if (n == 0) return 0;
     const size_t shared = (size_t)kChunkWarps * (size_t)dim * sizeof(float);
@@ -679,16 +827,18 @@ int rmsnorm_backward_folded(float *dx, uint16_t *dx16, float *dgain, const DyT *
     cudaError_t e = cudaGetDevice(&device);
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
     if (e != cudaSuccess) return (int)e;
+    const bool v4 = backward_v4(dx, dx16, dy, x, gain, dim);
+    const int vpl = v4 ? rows_vpl(dim) : 0;
+    if (set && (!vpl || shared > (size_t)optin)) { /* the loops add: clear dx first */
+        if ((e = cudaMemsetAsync(dx, 0, (size_t)n * (size_t)dim * sizeof(float), s)) != cudaSuccess) return (int)e;
+        set = false;
+    }
     if (shared > (size_t)optin) /* too wide for one shared row per warp: the two-pass path */
         return rmsnorm_backward_two_pass<DyT>(dx, dx16, dgain, dy, x, inv_rms, gain, n, dim, partials, s);
     __nv_bfloat16 *d16 = reinterpret_cast<__nv_bfloat16 *>(dx16);
-    const bool v4 = dim % 4 == 0 && aligned16(dx) && aligned4(dy) && aligned16(x) && aligned16(gain) &&
-                    (uintptr_t)dx16 % 8 == 0;
-    void (*kernel)(float *, float *, const DyT *, const float *, const float *, const float *, int, int,
-                   __nv_bfloat16 *) = v4 ? (dx16 ? rmsnorm_backward_chunk<true, true, DyT>
-                                                 : rmsnorm_backward_chunk<true, false, DyT>)
-                                         : (dx16 ? rmsnorm_backward_chunk<false, true, DyT>
-                                                 : rmsnorm_backward_chunk<false, false, DyT>);
+    const chunk_kernel_fn<DyT> kernel =
+        set ? (dx16 ? chunk_kernel<true, DyT, true>(v4, vpl) : chunk_kernel<false, DyT, true>(v4, vpl))
+            : (dx16 ? chunk_kernel<true, DyT, false>(v4, vpl) : chunk_kernel<false, DyT, false>(v4, vpl));
     if (shared > 48u * 1024u &&
         (e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared)) != cudaSuccess)
         return (int)e;
@@ -696,8 +846,7 @@ int rmsnorm_backward_folded(float *dx, uint16_t *dx16, float *dgain, const DyT *
     kernel<<<(unsigned)chunks, kChunkWarps * 32, shared, s>>>(dx, partials, dy, x, inv_rms, gain, n, dim, d16);
     int err = launch_status();
     if (err) return err;
-    rmsnorm_gain_sum<<<row_blocks(dim), kBlock, 0, s>>>(dgain, partials, chunks, dim);
-    return launch_status();
+    return add_gain_partials(dgain, partials, chunks, dim, s);
 }
 
 } // namespace
@@ -718,7 +867,13 @@ int xlkv_cuda_train_embedding_backward(float *dtable, const float *dx, const int
 
 int xlkv_cuda_train_rmsnorm_forward(float *y, float *inv_rms, const float *x, const float *gain, int n, int dim,
                                     float eps, void *stream) {
-    if (dim % 4 == 0 && aligned16(y) && aligned16(x) && aligned16(gain))
+    if (n < 0 || dim <= 0) return (int)cudaErrorInvalidValue;
+    if (n == 0) return 0;
+    const bool v4 = dim % 4 == 0 && aligned16(y) && aligned16(x) && aligned16(gain);
+    if (v4 && rows_vpl(dim))
+        launch_rmsnorm_forward_rows_regs<false, float, float>(rows_vpl(dim), y, inv_rms, NULL, x, (const float *)NULL,
+                                                              gain, n, dim, eps, (cudaStream_t)stream);
+    else if (v4)
         rmsnorm_forward<true><<<row_blocks(n), kBlock, 0, (cudaStream_t)stream>>>(y, inv_rms, x, gain, n, dim, eps);
     else
         rmsnorm_forward<false><<<row_blocks(n), kBlock, 0, (cudaStream_t)stream>>>(y, inv_rms, x, gain, n, dim, eps);
@@ -740,7 +895,7 @@ int xlkv_cuda_train_rmsnorm_backward_bf16(float *dx, uint16_t *dx16, float *dgai
 int xlkv_cuda_train_rmsnorm_backward_folded(float *dx, uint16_t *dx16, float *dgain, const float *dy, const float *x,
                                             const float *inv_rms, const float *gain, int n, int dim, float *partials,
                                             void *stream) {
-    return rmsnorm_backward_folded<float>(dx, dx16, dgain, dy, x, inv_rms, gain, n, dim, partials,
+    return rmsnorm_backward_folded<float>(dx, dx16, dgain, dy, x, inv_rms, gain, n, dim, partials, false,
                                           (cudaStream_t)stream);
 }
 
@@ -748,7 +903,14 @@ int xlkv_cuda_train_rmsnorm_backward_folded_dy16(float *dx, uint16_t *dx16, floa
                                                  const float *x, const float *inv_rms, const float *gain, int n,
                                                  int dim, float *partials, void *stream) {
     return rmsnorm_backward_folded<__nv_bfloat16>(dx, dx16, dgain, reinterpret_cast<const __nv_bfloat16 *>(dy16), x,
-                                                  inv_rms, gain, n, dim, partials, (cudaStream_t)stream);
+                                                  inv_rms, gain, n, dim, partials, false, (cudaStream_t)stream);
+}
+
+int xlkv_cuda_train_rmsnorm_backward_folded_dy16_set(float *dx, uint16_t *dx16, float *dgain, const uint16_t *dy16,
+                                                     const float *x, const float *inv_rms, const float *gain, int n,
+                                                     int dim, float *partials, void *stream) {
+    return rmsnorm_backward_folded<__nv_bfloat16>(dx, dx16, dgain, reinterpret_cast<const __nv_bfloat16 *>(dy16), x,
+                                                  inv_rms, gain, n, dim, partials, true, (cudaStream_t)stream);
 }
 
 int xlkv_cuda_train_rope(float *x, int n, int seq, int n_heads, int head_dim, const float *cos_table,
@@ -874,6 +1036,38 @@ int xlkv_cuda_train_adamw_bf16(float *w, uint16_t *w16, const float *g, float *m
         adamw_bf16<false><<<grid_for(n), kBlock, 0, s>>>(w, shadow, g, m, v, n, coef, lr, beta1, beta2, eps, decay, c1,
                                                          c2);
     return launch_status();
+}
+
+int xlkv_cuda_train_adamw_bf16_runs(float *w, uint16_t *w16, const float *g, float *m, float *v,
+                                    const size_t *run_ends, const float *run_decays, int runs, const float *coef,
+                                    float lr, float beta1, float beta2, float eps, float c1, float c2, void *stream) {
+    if (runs <= 0 || !run_ends || !run_decays || !w || !w16 || !g || !m || !v || !coef)
+        return (int)cudaErrorInvalidValue;
+    for (int r = 0; r < runs; r++)
+        if (run_ends[r] <= (r ? run_ends[r - 1] : 0)) return (int)cudaErrorInvalidValue;
+    cudaStream_t s = (cudaStream_t)stream;
+    __nv_bfloat16 *shadow = reinterpret_cast<__nv_bfloat16 *>(w16);
+    /* XLKV_CUDA_TRAIN_ADAMW_RUNS runs a launch, each launch's pointers and ends relative to its first float */
+    for (int first = 0; first < runs; first += XLKV_CUDA_TRAIN_ADAMW_RUNS) {
+        const int count = runs - first < XLKV_CUDA_TRAIN_ADAMW_RUNS ? runs - first : XLKV_CUDA_TRAIN_ADAMW_RUNS;
+        const size_t base = first ? run_ends[first - 1] : 0;
+        adamw_runs table = {};
+        table.count = count;
+        for (int r = 0; r < count; r++) table.end[r] = run_ends[first + r] - base, table.decay[r] = run_decays[first + r];
+        const size_t n = table.end[count - 1];
+        float *wb = w + base, *mb = m + base, *vb = v + base;
+        const float *gb = g + base;
+        __nv_bfloat16 *sb = shadow + base;
+        if (aligned16(wb) && aligned16(gb) && aligned16(mb) && aligned16(vb) && (uintptr_t)sb % 8 == 0)
+            adamw_bf16_runs<true><<<grid_for(n / 4 + 1), kBlock, 0, s>>>(wb, sb, gb, mb, vb, table, coef, lr, beta1,
+                                                                         beta2, eps, c1, c2);
+        else
+            adamw_bf16_runs<false><<<grid_for(n), kBlock, 0, s>>>(wb, sb, gb, mb, vb, table, coef, lr, beta1, beta2, eps,
+                                                                  c1, c2);
+        const int err = launch_status();
+        if (err) return err;
+    }
+    return 0;
 }
 
 int xlkv_cuda_train_clip_coefficient(float *coef, double *norm, const double *partials, size_t chunks,

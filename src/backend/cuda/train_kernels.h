@@ -58,6 +58,13 @@ int xlkv_cuda_train_rmsnorm_backward_folded(float *dx, uint16_t *dx16, float *dg
 int xlkv_cuda_train_rmsnorm_backward_folded_dy16(float *dx, uint16_t *dx16, float *dgain, const uint16_t *dy16,
                                                  const float *x, const float *inv_rms, const float *gain, int n,
                                                  int dim, float *partials, void *stream);
+/* The same with dx written, not added to (dx = the input gradient; its old contents are not read): the first
+ * contribution to dx (the bf16 trainer's final norm), without a clearing pass. The same bits as clearing dx, then
+ * xlkv_cuda_train_rmsnorm_backward_folded_dy16 (the rows held in registers take dx as +0; other widths and the
+ * two-pass path clear it first). */
+int xlkv_cuda_train_rmsnorm_backward_folded_dy16_set(float *dx, uint16_t *dx16, float *dgain, const uint16_t *dy16,
+                                                     const float *x, const float *inv_rms, const float *gain, int n,
+                                                     int dim, float *partials, void *stream);
 
 /* In-place interleaved RoPE rotation (direction +1 forward, -1 backward); tables [seq, head_dim / 2]. */
 int xlkv_cuda_train_rope(float *x, int n, int seq, int n_heads, int head_dim, const float *cos_table,
@@ -118,6 +125,16 @@ int xlkv_cuda_train_adamw(float *w, const float *g, float *m, float *v, size_t n
 int xlkv_cuda_train_adamw_bf16(float *w, uint16_t *w16, const float *g, float *m, float *v, size_t n,
                                const float *coef, float lr, float beta1, float beta2, float eps, float decay, float c1,
                                float c2, void *stream);
+/* The same update over several runs of parameters in one launch, each run with its own decay (the optimizer step's
+ * tensors: matrices decayed, norm gains and the embedding not): run k covers floats [run_ends[k - 1], run_ends[k]) of
+ * w, w16, g, m, v (run_ends[-1] = 0; run_ends increasing, the last one n) with decay run_decays[k]. The same bits
+ * as one xlkv_cuda_train_adamw_bf16 call per run (the same per-element update; runs need not be multiples of four: a
+ * group of four that straddles two runs takes each element's own decay). More than XLKV_CUDA_TRAIN_ADAMW_RUNS runs
+ * take several launches. Bad tables (runs <= 0, ends not increasing) and NULL pointers are refused. */
+enum { XLKV_CUDA_TRAIN_ADAMW_RUNS = 64 };
+int xlkv_cuda_train_adamw_bf16_runs(float *w, uint16_t *w16, const float *g, float *m, float *v,
+                                    const size_t *run_ends, const float *run_decays, int runs, const float *coef,
+                                    float lr, float beta1, float beta2, float eps, float c1, float c2, void *stream);
 /* *norm = sqrt(sum of partials[0 .. chunks), added in order in double) and *coef = (float)(max_norm / (norm + 1e-6))
  * when max_norm > 0 and norm > max_norm, else 1: the host's clipping decision, on the device (no round trip). */
 int xlkv_cuda_train_clip_coefficient(float *coef, double *norm, const double *partials, size_t chunks,
