@@ -124,6 +124,7 @@
  *   the RMSNorm gain gradients' fp32 summation order (tests/cuda/test_cuda_train_fused.c: losses within u relative,
  *   gradients within 3e-2 of each tensor's largest). */
 #include "train/gpu_trainer.h"
+#include "model/rope_tables.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -288,14 +289,7 @@ static xlkv_status upload_rope_tables(xlkv_gpu_trainer *g) {
         free(sin_table);
         return xlkv_fail(XLKV_E_NOMEM, "GPU trainer: out of host memory");
     }
-    for (int i = 0; i < half; i++) { /* as train_graph.c: the same bits */
-        float freq = 1.0f / powf(theta, (float)(2 * i) / (float)hd);
-        for (int pos = 0; pos < g->seq; pos++) {
-            float angle = (float)pos * freq;
-            cos_table[(size_t)pos * (size_t)half + (size_t)i] = cosf(angle);
-            sin_table[(size_t)pos * (size_t)half + (size_t)i] = sinf(angle);
-        }
-    }
+    xlkv_rope_tables_fill(cos_table, sin_table, g->seq, hd, theta);
     cudaError_t err = cudaMemcpy(g->rope_cos, cos_table, n * sizeof(float), cudaMemcpyHostToDevice);
     if (err == cudaSuccess) err = cudaMemcpy(g->rope_sin, sin_table, n * sizeof(float), cudaMemcpyHostToDevice);
     free(cos_table);
