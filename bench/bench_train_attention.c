@@ -22,21 +22,9 @@
 
 enum { BURST = 10, REPS = 5 };
 
-static void check(cudaError_t err, const char *what) {
-    if (err != cudaSuccess) {
-        fprintf(stderr, "bench_train_attention: %s: %s\n", what, cudaGetErrorString(err));
-        exit(1);
-    }
-}
-static void check_rc(int rc, const char *what) { check((cudaError_t)rc, what); }
+#define BENCH_NAME "bench_train_attention"
+#include "bench_cuda_common.h"
 
-static unsigned long long rng = 0x9e3779b97f4a7c15ull;
-static float uniform(void) { /* [-1, 1) */
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((rng >> 40) & 0xFFFFFF) / 8388608.0f - 1.0f;
-}
 
 static float *device_random(size_t n, float scale) {
     float *host = malloc(n * sizeof *host), *d = NULL;
