@@ -154,6 +154,9 @@ typedef struct bf16_inputs {
 typedef struct kv_source {
     const float *k, *v;
     float *dk, *dv;
+    /* flash_prologue, dk non-NULL: the grad record that owns dk / dv and the last grad record (so far in the
+     * forward) that reads them, the first to write them in the backward (indices into records; -1: none yet) */
+    int owner, last_reader;
 } kv_source;
 
 struct xlkv_gpu_trainer {
@@ -193,6 +196,10 @@ struct xlkv_gpu_trainer {
     void *flash_workspace;   /* flash attention's bf16 staging (NULL unless flash runs) */
     bool flash_rope;         /* flash rotates q / k while staging: the forward RoPE passes are skipped (see header) */
     xlkv_cuda_train_flash_rope flash_rope_args; /* the tables as the flash calls take them */
+    bool flash_prologue;     /* flash: no dK/dV clears (the first writer overwrites), delta in the dQ kernel (header) */
+    bool *dkdv_overwrite;    /* [n_records] flash_prologue: the record's backward writes its read dK/dV, not adds */
+    bool *dkdv_unread;       /* [n_records] flash_prologue: a KV record whose dK/dV no grad record reads (cleared in
+                              * the backward before its own products read them) */
     double *row_loss, *norm_partials;       /* device */
     double *clip_norm;                      /* device: the last gradient norm (fused: clip_grad_norm writes it) */
     float *clip_coef, *clip_one;            /* device: the clip coefficient, and a constant 1 (fused AdamW) */
@@ -383,6 +390,8 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
     XLKV_CUDA_TRY(cudaMemset(g->grads, 0, n_params * sizeof(float)), "zeroing the gradients");
     g->n_records = xlkv_tape_plan(g->store->map, g->backward_passes, NULL);
     g->records = calloc((size_t)g->n_records, sizeof *g->records);
+    g->dkdv_overwrite = calloc((size_t)g->n_records, sizeof *g->dkdv_overwrite);
+    g->dkdv_unread = calloc((size_t)g->n_records, sizeof *g->dkdv_unread);
     g->w = calloc((size_t)hp->n_layers, sizeof *g->w);
     g->dw = calloc((size_t)hp->n_layers, sizeof *g->dw);
     g->current = calloc((size_t)s->map->n_kv_layers + 1, sizeof *g->current);
@@ -392,7 +401,7 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
     g->host_order = malloc(N * sizeof(int));
     g->host_starts = malloc((N + 1) * sizeof(int));
     g->host_counts = malloc(((size_t)hp->vocab_size + 1) * sizeof(int));
-    if (!g->records || !g->w || !g->dw || !g->current || !g->host_row_loss || !g->host_norm_partials ||
+    if (!g->records || !g->dkdv_overwrite || !g->dkdv_unread || !g->w || !g->dw || !g->current || !g->host_row_loss || !g->host_norm_partials ||
         !g->host_order || !g->host_starts || !g->host_counts)
         return xlkv_fail(XLKV_E_NOMEM, "GPU trainer: out of host memory");
     xlkv_tape_plan(g->store->map, g->backward_passes, g->records);
@@ -441,6 +450,11 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
         return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_FLASH_ROPE=%s: expected 1 (RoPE inside the flash kernels' "
                          "staging, the default) or 0 (separate RoPE passes)", flash_rope);
     g->flash_rope = g->attention == ATTENTION_FLASH && !(flash_rope && !strcmp(flash_rope, "0"));
+    const char *prologue = getenv("XLKV_TRAIN_FLASH_PROLOGUE");
+    if (prologue && *prologue && strcmp(prologue, "0") && strcmp(prologue, "1"))
+        return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_FLASH_PROLOGUE=%s: expected 1 (no dK/dV clears, delta inside the "
+                         "flash dQ kernel, the default) or 0 (clears and the separate delta passes)", prologue);
+    g->flash_prologue = g->attention == ATTENTION_FLASH && !(prologue && !strcmp(prologue, "0"));
     if (g->attention == ATTENTION_FLASH)
         XLKV_TRY(xlkv_cuda_alloc(&g->flash_workspace, xlkv_cuda_train_attention_flash_workspace_bytes(&flash_shape),
                                  "the flash attention workspace"));
@@ -506,6 +520,8 @@ void xlkv_gpu_trainer_free(xlkv_gpu_trainer *g) {
     cudaFree(g->flash_workspace);
     if (g->stream) (void)cudaStreamDestroy(g->stream);
     free(g->records);
+    free(g->dkdv_overwrite);
+    free(g->dkdv_unread);
     free(g->w);
     free(g->dw);
     free(g->current);
@@ -889,14 +905,25 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
             KERNEL_TRY(xlkv_cuda_train_rope(k, N, g->seq, hp->n_kv_heads, hp->head_dim, g->rope_cos, g->rope_sin, 1.0f,
                                             st), "rope forward");
         }
-        g->current[slot] = (kv_source){k, v, grad ? rec->dk : NULL, grad ? rec->dv : NULL};
-        if (grad) {
+        const int owner = grad ? (int)(rec - g->records) : -1;
+        g->current[slot] = (kv_source){k, v, grad ? rec->dk : NULL, grad ? rec->dv : NULL, owner, -1};
+        if (grad && g->flash_prologue) { /* no clear: the first reader in the backward overwrites (below) */
+            g->dkdv_unread[owner] = true;
+        } else if (grad) {
             XLKV_TRY(zero(g, rec->dk, (size_t)N * (size_t)kv_dim));
             XLKV_TRY(zero(g, rec->dv, (size_t)N * (size_t)kv_dim));
         }
     }
     mark(g, XLKV_STEP_ATTENTION_FORWARD); /* until linear(wo) below, whichever implementation runs */
-    const kv_source *src = &g->current[xlkv_read_slot(map, layer)];
+    kv_source *src = &g->current[xlkv_read_slot(map, layer)];
+    if (grad && src->dk && g->flash_prologue) {
+        /* the walk visits records in reverse tape order: the last reader so far is the first writer of dK/dV */
+        const int r = (int)(rec - g->records);
+        if (src->last_reader >= 0) g->dkdv_overwrite[src->last_reader] = false;
+        g->dkdv_overwrite[r] = true;
+        src->last_reader = r;
+        g->dkdv_unread[src->owner] = false;
+    }
     rec->read_k = src->k;
     rec->read_v = src->v;
     rec->read_dk = src->dk;
@@ -1031,6 +1058,8 @@ xlkv_status xlkv_gpu_trainer_forward(xlkv_gpu_trainer *g, const int *tokens, con
     XLKV_CUDA_TRY(cudaMemcpyAsync(g->starts, g->host_starts, (size_t)(g->n_groups + 1) * sizeof(int),
                                   cudaMemcpyHostToDevice, g->stream), "uploading the embedding groups");
     memset(g->current, 0, ((size_t)map->n_kv_layers + 1) * sizeof *g->current);
+    memset(g->dkdv_overwrite, 0, (size_t)g->n_records * sizeof *g->dkdv_overwrite);
+    memset(g->dkdv_unread, 0, (size_t)g->n_records * sizeof *g->dkdv_unread);
     mark(g, XLKV_STEP_EMBEDDING);
     KERNEL_TRY(xlkv_cuda_train_embedding_forward(g->x, g->tokens, g->tok_embeddings, N, dim, st), "embedding forward");
     g->pending_a = NULL;
@@ -1049,7 +1078,7 @@ xlkv_status xlkv_gpu_trainer_forward(xlkv_gpu_trainer *g, const int *tokens, con
             if (!xlkv_is_kv_layer(map, j)) continue;
             const int slot = map->kv_slot[j];
             const size_t offset = (size_t)slot * (size_t)N * (size_t)kv_dim;
-            g->current[slot] = (kv_source){g->const_k + offset, g->const_v + offset, NULL, NULL};
+            g->current[slot] = (kv_source){g->const_k + offset, g->const_v + offset, NULL, NULL, -1, -1};
             XLKV_TRY(zero(g, g->const_k + offset, (size_t)N * (size_t)kv_dim));
             XLKV_TRY(zero(g, g->const_v + offset, (size_t)N * (size_t)kv_dim));
         }
@@ -1105,12 +1134,17 @@ static xlkv_status attention_backward(xlkv_gpu_trainer *g, gpu_record *rec, uint
     if (g->attention == ATTENTION_GEMM)
         XLKV_TRY(attention_backward_gemm(g, g->dq, rec->read_dk, rec->read_dv, g->datt, rec->att, rec->lse, rec->q,
                                          rec->read_k, rec->read_v, &shape));
-    else if (g->attention == ATTENTION_FLASH)
-        KERNEL_TRY(xlkv_cuda_train_attention_flash_backward_rope(g->dq, rec->read_dk, rec->read_dv, g->delta, g->datt,
-                                                                 rec->att, rec->lse, rec->q, rec->read_k,
-                                                                 rec->read_v, flash_rope_tables(g, dq16, ld), &shape,
-                                                                 g->flash_workspace, st),
+    else if (g->attention == ATTENTION_FLASH) {
+        /* flash_prologue: the first writer of the read dK/dV overwrites them (no clear); delta from the dQ kernel */
+        const xlkv_cuda_train_flash_backward_options options = {
+            .overwrite_dkdv = g->flash_prologue && g->dkdv_overwrite[rec - g->records],
+            .separate_delta = !g->flash_prologue};
+        KERNEL_TRY(xlkv_cuda_train_attention_flash_backward_opts(
+                       g->dq, rec->read_dk, rec->read_dv, g->flash_prologue ? NULL : g->delta, g->datt, rec->att,
+                       rec->lse, rec->q, rec->read_k, rec->read_v, flash_rope_tables(g, dq16, ld), &options, &shape,
+                       g->flash_workspace, st),
                    "flash attention backward");
+    }
     else
         KERNEL_TRY(xlkv_cuda_train_attention_backward(g->dq, rec->read_dk, rec->read_dv, g->delta, g->datt, rec->att,
                                                       rec->lse, rec->q, rec->read_k, rec->read_v, &shape, st),
@@ -1334,6 +1368,11 @@ xlkv_status xlkv_gpu_trainer_backward_buckets(xlkv_gpu_trainer *g, float loss_sc
     g->dx16_ready = g->fuse && g->fused_ce; /* else dy_bf16 holds the classifier's gradient */
     for (int r = g->n_records - 1; r >= 0; r--) {
         gpu_record *rec = &g->records[r];
+        if (g->dkdv_unread[r]) { /* flash_prologue: no reader wrote this KV record's dK/dV (the forward's clear) */
+            const size_t kv_n = (size_t)g->n_rows * (size_t)hp->n_kv_heads * (size_t)hp->head_dim;
+            XLKV_TRY(zero(g, rec->dk, kv_n));
+            XLKV_TRY(zero(g, rec->dv, kv_n));
+        }
         XLKV_TRY(layer_backward(g, rec));
         /* a layer's weights receive gradient only in its own records (readers add into its dK/dV activations, not
          * its W_K/W_V), so they are complete after its first record in tape order, the last one the walk visits */
