@@ -32,11 +32,14 @@
  *     pass xlkv_cuda_train_attention_delta, and dq, dk, dv with it vs separate_delta (delta pass + head_major_rows),
  *     all bit-identical (memcmp): the dQ kernel sums each row in the separate pass's order; overwrite_dkdv onto
  *     NaN-poisoned dk / dv vs clear + add (memcmp: 0 + x), with either delta; adding onto non-zero buffers;
- *     separate_delta without a delta buffer is refused.
- *  7. the trainer with XLKV_TRAIN_FLASH_PROLOGUE=1 (the default: no dK/dV clears, delta in the dQ kernel) vs 0:
+ *     kept bf16 K / V (kv16): a forward rounding into them and one streaming them ready give the plain forward's
+ *     out / lse bits, a backward streaming them ready (workspace NaN-poisoned) the former path's dq, dk, dv;
+ *     separate_delta without a delta buffer and a kv16 without buffers are refused.
+ *  7. the trainer with XLKV_TRAIN_FLASH_PROLOGUE=1 and XLKV_TRAIN_FLASH_KV16=1 (the defaults: no dK/dV clears, delta
+ *     in the dQ kernel, bf16 K / V kept per KV record) vs both 0:
  *     per-step losses and the parameters after 6 steps bit-identical (standard; cla:2, where one reader overwrites
  *     and the other adds; lckv:1 cyclic m=1 b=2 and m=2 b=3; lckv:1 unfused; cla:2 with XLKV_TRAIN_FLASH_ROPE=0);
- *     XLKV_TRAIN_FLASH_PROLOGUE=2 is refused.
+ *     XLKV_TRAIN_FLASH_PROLOGUE=2 and XLKV_TRAIN_FLASH_KV16=yes are refused.
  * Every check prints one "check ..." line with the measured error and the tolerance. Needs a GPU (label cuda). */
 #define _DEFAULT_SOURCE /* setenv */
 #include <cuda_runtime_api.h>
@@ -659,8 +662,9 @@ static void flash_prologue_case(const attention_case *c) {
     CK_LAUNCH(xlkv_cuda_train_attention_delta(delta_ref, in.dout, out, &gpu, NULL)); /* the separate pass */
     float *h_delta_ref = ct_download_floats(delta_ref, ln);
 
-    const xlkv_cuda_train_flash_backward_options separate = {false, true}, fused = {false, false},
-                                                 overwrite = {true, false}, overwrite_separate = {true, true};
+    const xlkv_cuda_train_flash_backward_options separate = {.separate_delta = true}, fused = {.separate_delta = false},
+                                                 overwrite = {.overwrite_dkdv = true},
+                                                 overwrite_separate = {.overwrite_dkdv = true, .separate_delta = true};
     /* the former path: delta pass + head_major_rows, dk / dv added onto cleared buffers */
     attention_result ref = run_backward_opts(&in, out, lse, &gpu, qn, kvn, ln, zeros, zeros, true, &separate);
     attention_result add = run_backward_opts(&in, out, lse, &gpu, qn, kvn, ln, zeros, zeros, true, &fused);
@@ -684,6 +688,35 @@ static void flash_prologue_case(const attention_case *c) {
     check_prologue_bits(c->name, "dk += onto non-zero, delta in dQ vs separate", add_nz.dk, ref_nz.dk, kvn);
     check_prologue_bits(c->name, "dv += onto non-zero, delta in dQ vs separate", add_nz.dv, ref_nz.dv, kvn);
 
+    /* kept bf16 K / V: a forward that rounds into the caller's pair gives the plain forward's bits; a backward that
+     * streams the ready pair (its workspace NaN-poisoned, so nothing comes from there) gives the former path's */
+    uint16_t *k16 = ct_to_device(NULL, kvn * sizeof(uint16_t)), *v16 = ct_to_device(NULL, kvn * sizeof(uint16_t));
+    CK(cudaMemset(k16, 0xFF, kvn * sizeof(uint16_t)));
+    CK(cudaMemset(v16, 0xFF, kvn * sizeof(uint16_t)));
+    float *out16 = ct_dev_floats(NULL, qn), *lse16 = ct_dev_floats(NULL, ln);
+    const xlkv_cuda_train_flash_kv16 fresh = {k16, v16, false}, ready = {k16, v16, true};
+    CK(cudaMemset(ws, 0xFF, xlkv_cuda_train_attention_flash_workspace_bytes(&gpu)));
+    CK_LAUNCH(xlkv_cuda_train_attention_flash_forward_opts(out16, lse16, in.q, in.k, in.v, NULL, &fresh, &gpu, ws,
+                                                           NULL));
+    float *h_out = ct_download_floats(out, qn), *h_lse = ct_download_floats(lse, ln);
+    float *h_out16 = ct_download_floats(out16, qn), *h_lse16 = ct_download_floats(lse16, ln);
+    check_prologue_bits(c->name, "out, forward rounding into kept K / V vs plain", h_out16, h_out, qn);
+    check_prologue_bits(c->name, "lse, forward rounding into kept K / V vs plain", h_lse16, h_lse, ln);
+    CK(cudaMemset(ws, 0xFF, xlkv_cuda_train_attention_flash_workspace_bytes(&gpu)));
+    CK_LAUNCH(xlkv_cuda_train_attention_flash_forward_opts(out16, lse16, in.q, in.k, in.v, NULL, &ready, &gpu, ws,
+                                                           NULL));
+    free(h_out16), free(h_lse16);
+    h_out16 = ct_download_floats(out16, qn), h_lse16 = ct_download_floats(lse16, ln);
+    check_prologue_bits(c->name, "out, forward streaming ready K / V vs plain", h_out16, h_out, qn);
+    const xlkv_cuda_train_flash_backward_options kept = {.overwrite_dkdv = true, .kv16 = &ready};
+    attention_result over_kept = run_backward_opts(&in, out, lse, &gpu, qn, kvn, ln, NULL, NULL, false, &kept);
+    check_prologue_bits(c->name, "dq, ready K / V + overwrite vs former", over_kept.dq, ref.dq, qn);
+    check_prologue_bits(c->name, "dk, ready K / V + overwrite vs former", over_kept.dk, ref.dk, kvn);
+    check_prologue_bits(c->name, "dv, ready K / V + overwrite vs former", over_kept.dv, ref.dv, kvn);
+    free_result(&over_kept);
+    free(h_out), free(h_lse), free(h_out16), free(h_lse16);
+    cudaFree(k16), cudaFree(v16), cudaFree(out16), cudaFree(lse16);
+
     free_result(&ref), free_result(&add), free_result(&over), free_result(&over_sep), free_result(&ref_nz);
     free_result(&add_nz);
     free(h_delta_ref), free(q), free(k), free(v), free(dout), free(dk0), free(dv0);
@@ -702,27 +735,40 @@ static void flash_prologue_same_bits(void **state) {
     float *buf = ct_dev_floats(NULL, 16 * 2 * 64);
     void *ws = NULL;
     CK(cudaMalloc(&ws, xlkv_cuda_train_attention_flash_workspace_bytes(&shape)));
-    const xlkv_cuda_train_flash_backward_options separate = {false, true};
+    const xlkv_cuda_train_flash_backward_options separate = {.separate_delta = true};
     const int rc = xlkv_cuda_train_attention_flash_backward_opts(buf, buf, buf, NULL, buf, buf, buf, buf, buf, buf,
                                                                  NULL, &separate, &shape, ws, NULL);
     printf("check flash separate_delta without a delta buffer is refused (cudaErrorInvalidValue): %s\n",
            rc == (int)cudaErrorInvalidValue ? "ok" : "FAIL");
     if (rc != (int)cudaErrorInvalidValue) failures++;
+    const xlkv_cuda_train_flash_kv16 missing = {NULL, NULL, true};
+    const xlkv_cuda_train_flash_backward_options no_pair = {.kv16 = &missing};
+    const int rc_pair = xlkv_cuda_train_attention_flash_backward_opts(buf, buf, buf, NULL, buf, buf, buf, buf, buf, buf,
+                                                                      NULL, &no_pair, &shape, ws, NULL);
+    const int rc_fwd = xlkv_cuda_train_attention_flash_forward_opts(buf, buf, buf, buf, buf, NULL, &missing, &shape, ws,
+                                                                    NULL);
+    const bool pair_refused = rc_pair == (int)cudaErrorInvalidValue && rc_fwd == (int)cudaErrorInvalidValue;
+    printf("check flash kept K / V without buffers is refused (forward and backward, cudaErrorInvalidValue): %s\n",
+           pair_refused ? "ok" : "FAIL");
+    if (!pair_refused) failures++;
     cudaFree(buf), cudaFree(ws);
     if (failures) fail_msg("%d flash prologue kernel check(s) failed", failures);
 }
 
-/* A bf16 trainer (flash) with XLKV_TRAIN_FLASH_PROLOGUE=value (and the given FLASH_ROPE / FUSE), STEPS steps;
+/* A bf16 trainer (flash) with XLKV_TRAIN_FLASH_PROLOGUE=value and XLKV_TRAIN_FLASH_KV16=value (and the given
+ * FLASH_ROPE / FUSE), STEPS steps;
  * parameters downloaded into its store. */
 static xlkv_trainer *flash_prologue_trainer(const char *data, const trainer_case *c, const char *value,
                                             const char *rope, const char *fuse) {
     xlkv_trainer *tr = NULL;
     unsetenv("XLKV_TRAIN_ATTENTION");
     setenv("XLKV_TRAIN_FLASH_PROLOGUE", value, 1);
+    setenv("XLKV_TRAIN_FLASH_KV16", value, 1);
     setenv("XLKV_TRAIN_FLASH_ROPE", rope, 1);
     setenv("XLKV_TRAIN_FUSE", fuse, 1);
     TU_ASSERT_OK(make_trainer(data, c, true, &tr));
     unsetenv("XLKV_TRAIN_FLASH_PROLOGUE");
+    unsetenv("XLKV_TRAIN_FLASH_KV16");
     unsetenv("XLKV_TRAIN_FLASH_ROPE");
     unsetenv("XLKV_TRAIN_FUSE");
     for (int s = 0; s < STEPS; s++) TU_ASSERT_OK(xlkv_trainer_step(tr, NULL));
@@ -751,7 +797,7 @@ static void flash_prologue_trainer_same_bits(void **state) {
         for (size_t i = 0; i < folded->store->n_params && first == folded->store->n_params; i++)
             if (memcmp(&folded->store->params[i], &former->store->params[i], sizeof(float))) first = i;
         const bool same_params = first == folded->store->n_params;
-        printf("check trainer XLKV_TRAIN_FLASH_PROLOGUE=1 vs 0, %-8s m=%d b=%d ROPE=%s FUSE=%s (6 steps, last loss "
+        printf("check trainer XLKV_TRAIN_FLASH_PROLOGUE=KV16=1 vs 0, %-8s m=%d b=%d ROPE=%s FUSE=%s (6 steps, last loss "
                "%.7f): losses %s, parameters %s", c->map, c->m, c->b, rope[ci], fuse[ci],
                folded->train_losses[STEPS - 1], same_losses ? "bit-identical" : "DIFFER",
                same_params ? "bit-identical" : "DIFFER");
@@ -770,6 +816,14 @@ static void flash_prologue_trainer_same_bits(void **state) {
     const bool was_refused = st == XLKV_E_INVALID && !refused;
     printf("check XLKV_TRAIN_FLASH_PROLOGUE=2 is refused with XLKV_E_INVALID: %s\n", was_refused ? "ok" : "FAIL");
     if (!was_refused) failures++;
+    xlkv_trainer_free(refused);
+    refused = NULL;
+    setenv("XLKV_TRAIN_FLASH_KV16", "yes", 1);
+    const xlkv_status st16 = make_trainer(data, &standard, true, &refused);
+    unsetenv("XLKV_TRAIN_FLASH_KV16");
+    const bool kv16_refused = st16 == XLKV_E_INVALID && !refused;
+    printf("check XLKV_TRAIN_FLASH_KV16=yes is refused with XLKV_E_INVALID: %s\n", kv16_refused ? "ok" : "FAIL");
+    if (!kv16_refused) failures++;
     xlkv_trainer_free(refused);
     free(data);
     if (failures) fail_msg("%d flash prologue trainer check(s) failed", failures);

@@ -985,6 +985,23 @@ int backward_launch(float *dq, float *dk, float *dv, const float *lse, const flo
     return (int)cudaGetLastError();
 }
 
+/* The bf16 K / V the kernels stream: the workspace's or the caller's (kv16), rounded here unless kv16->ready. */
+int stage_kv(workspace_parts *w, const float *k, const float *v, const xlkv_cuda_train_flash_kv16 *kv16,
+             const xlkv_cuda_train_attention_shape *shape, const flash_args &a, cudaStream_t s) {
+    if (kv16) {
+        w->k = reinterpret_cast<bf16 *>(kv16->k16);
+        w->v = reinterpret_cast<bf16 *>(kv16->v16);
+        if (kv16->ready) return 0;
+    }
+    int err = round_k_launch(w->k, k, w->kv_elems, shape, a, s); /* K/V tiles are re-read by every query tile */
+    if (!err) err = round_launch(w->v, v, w->kv_elems, s);
+    return err;
+}
+
+bool kv16_ok(const xlkv_cuda_train_flash_kv16 *kv16) {
+    return !kv16 || (kv16->k16 && kv16->v16 && aligned16(kv16->k16) && aligned16(kv16->v16));
+}
+
 } // namespace
 
 extern "C" size_t xlkv_cuda_train_attention_flash_workspace_bytes(const xlkv_cuda_train_attention_shape *shape) {
@@ -995,21 +1012,28 @@ extern "C" bool xlkv_cuda_train_attention_flash_supported(const xlkv_cuda_train_
     return shape_ok(shape);
 }
 
+extern "C" int xlkv_cuda_train_attention_flash_forward_opts(float *out, float *lse, const float *q, const float *k,
+                                                            const float *v, const xlkv_cuda_train_flash_rope *rope,
+                                                            const xlkv_cuda_train_flash_kv16 *kv16,
+                                                            const xlkv_cuda_train_attention_shape *shape,
+                                                            void *workspace, void *stream) {
+    if (!shape_ok(shape) || !aligned16(out) || !aligned16(q) || !aligned16(k) || !aligned16(v) || !lse || !workspace ||
+        !aligned16(workspace) || !rope_ok(rope) || (rope && rope->dq16) || !kv16_ok(kv16))
+        return (int)cudaErrorInvalidValue;
+    const flash_args a = make_args(shape, rope);
+    cudaStream_t s = (cudaStream_t)stream;
+    workspace_parts w = carve_workspace(workspace, shape);
+    const int err = stage_kv(&w, k, v, kv16, shape, a, s);
+    if (err) return err;
+    return shape->head_dim == 64 ? forward_launch<64>(out, lse, q, w, a, shape->batch, s)
+                                 : forward_launch<128>(out, lse, q, w, a, shape->batch, s);
+}
+
 extern "C" int xlkv_cuda_train_attention_flash_forward_rope(float *out, float *lse, const float *q, const float *k,
                                                             const float *v, const xlkv_cuda_train_flash_rope *rope,
                                                             const xlkv_cuda_train_attention_shape *shape,
                                                             void *workspace, void *stream) {
-    if (!shape_ok(shape) || !aligned16(out) || !aligned16(q) || !aligned16(k) || !aligned16(v) || !lse || !workspace ||
-        !aligned16(workspace) || !rope_ok(rope) || (rope && rope->dq16))
-        return (int)cudaErrorInvalidValue;
-    const flash_args a = make_args(shape, rope);
-    cudaStream_t s = (cudaStream_t)stream;
-    const workspace_parts w = carve_workspace(workspace, shape);
-    int err = round_k_launch(w.k, k, w.kv_elems, shape, a, s); /* K/V tiles are re-read by every query tile */
-    if (!err) err = round_launch(w.v, v, w.kv_elems, s);
-    if (err) return err;
-    return shape->head_dim == 64 ? forward_launch<64>(out, lse, q, w, a, shape->batch, s)
-                                 : forward_launch<128>(out, lse, q, w, a, shape->batch, s);
+    return xlkv_cuda_train_attention_flash_forward_opts(out, lse, q, k, v, rope, NULL, shape, workspace, stream);
 }
 
 extern "C" int xlkv_cuda_train_attention_flash_forward(float *out, float *lse, const float *q, const float *k,
@@ -1030,7 +1054,7 @@ extern "C" int xlkv_cuda_train_attention_flash_backward_opts(float *dq, float *d
                                           : dq && aligned16(dq);
     if (!shape_ok(shape) || !dq_ok || !aligned16(dout) || !aligned16(q) || !aligned16(k) || !aligned16(v) ||
         !aligned16(dk) || !aligned16(dv) || (separate_delta && !delta) || !lse || !aligned16(out) || !out ||
-        !workspace || !aligned16(workspace) || !rope_ok(rope))
+        !workspace || !aligned16(workspace) || !rope_ok(rope) || !kv16_ok(options ? options->kv16 : NULL))
         return (int)cudaErrorInvalidValue;
     int err = 0;
     if (separate_delta) err = xlkv_cuda_train_attention_delta(delta, dout, out, shape, stream);
@@ -1041,9 +1065,8 @@ extern "C" int xlkv_cuda_train_attention_flash_backward_opts(float *dq, float *d
     a.delta_out = separate_delta ? NULL : delta;
     a.overwrite_dkdv = options && options->overwrite_dkdv;
     cudaStream_t s = (cudaStream_t)stream;
-    const workspace_parts w = carve_workspace(workspace, shape);
-    err = round_k_launch(w.k, k, w.kv_elems, shape, a, s); /* the bf16 Q / dO copies come from the dQ kernel */
-    if (!err) err = round_launch(w.v, v, w.kv_elems, s);
+    workspace_parts w = carve_workspace(workspace, shape);
+    err = stage_kv(&w, k, v, options ? options->kv16 : NULL, shape, a, s); /* Q / dO copies: the dQ kernel's */
     if (err) return err;
     return shape->head_dim == 64 ? backward_launch<64>(dq, dk, dv, lse, q, dout, w, a, separate_delta, shape->batch, s)
                                  : backward_launch<128>(dq, dk, dv, lse, q, dout, w, a, separate_delta, shape->batch,

@@ -64,10 +64,28 @@ int xlkv_cuda_train_attention_flash_backward(float *dq, float *dk, float *dv, fl
  *     required) and a head-major copy pass, as before (the A/B: the same bits). Otherwise the dQ kernel computes it
  *     while staging dO, with the same sums in the same order, writes `delta` when it is non-NULL (NULL: not written)
  *     and the dK/dV kernel's head-major rows itself: two launches fewer, O read once instead of dO and O twice. */
+/* bf16 copies of K and V kept by the caller across calls (the _opts calls; NULL: the workspace's, rounded by every
+ * call): k16, v16 [B*T, KVH*hd] bf16, 16-byte aligned. ready false: the call rounds k (rotated when the call rotates)
+ * and v into them, then streams them; ready true: it streams them as they are, skipping both rounding passes: the
+ * caller guarantees they hold exactly what the call would write for these k, v and rope tables (the same k, v
+ * buffers unchanged since, the same rope setting). The trainer keeps one pair per KV record: its readers after the
+ * first one and its backward readers skip the passes. */
+typedef struct xlkv_cuda_train_flash_kv16 {
+    uint16_t *k16, *v16;
+    bool ready;
+} xlkv_cuda_train_flash_kv16;
+
 typedef struct xlkv_cuda_train_flash_backward_options {
     bool overwrite_dkdv;
     bool separate_delta;
+    const xlkv_cuda_train_flash_kv16 *kv16; /* NULL: the workspace's copies, rounded here */
 } xlkv_cuda_train_flash_backward_options;
+
+int xlkv_cuda_train_attention_flash_forward_opts(float *out, float *lse, const float *q, const float *k,
+                                                 const float *v, const xlkv_cuda_train_flash_rope *rope,
+                                                 const xlkv_cuda_train_flash_kv16 *kv16,
+                                                 const xlkv_cuda_train_attention_shape *shape, void *workspace,
+                                                 void *stream);
 
 int xlkv_cuda_train_attention_flash_forward_rope(float *out, float *lse, const float *q, const float *k,
                                                  const float *v, const xlkv_cuda_train_flash_rope *rope,

@@ -200,6 +200,11 @@ struct xlkv_gpu_trainer {
     bool *dkdv_overwrite;    /* [n_records] flash_prologue: the record's backward writes its read dK/dV, not adds */
     bool *dkdv_unread;       /* [n_records] flash_prologue: a KV record whose dK/dV no grad record reads (cleared in
                               * the backward before its own products read them) */
+    bool flash_kv16;         /* flash: the bf16 K / V the kernels stream are kept per KV record (XLKV_TRAIN_FLASH_KV16) */
+    uint16_t *kv16_arena;    /* flash_kv16: [KV records][2][N kv_dim] bf16, K then V */
+    uint16_t **record_kv16;  /* [n_records] flash_kv16: a KV record's pair in kv16_arena (NULL: not a KV record) */
+    bool *kv16_ready;        /* [n_records] flash_kv16: the pair holds this forward's rounding of the record's K / V */
+    int *read_owner;         /* [n_records] flash_kv16: the KV record whose K / V the record reads (-1: constant K/V) */
     double *row_loss, *norm_partials;       /* device */
     double *clip_norm;                      /* device: the last gradient norm (fused: clip_grad_norm writes it) */
     float *clip_coef, *clip_one;            /* device: the clip coefficient, and a constant 1 (fused AdamW) */
@@ -392,6 +397,9 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
     g->records = calloc((size_t)g->n_records, sizeof *g->records);
     g->dkdv_overwrite = calloc((size_t)g->n_records, sizeof *g->dkdv_overwrite);
     g->dkdv_unread = calloc((size_t)g->n_records, sizeof *g->dkdv_unread);
+    g->record_kv16 = calloc((size_t)g->n_records, sizeof *g->record_kv16);
+    g->kv16_ready = calloc((size_t)g->n_records, sizeof *g->kv16_ready);
+    g->read_owner = calloc((size_t)g->n_records, sizeof *g->read_owner);
     g->w = calloc((size_t)hp->n_layers, sizeof *g->w);
     g->dw = calloc((size_t)hp->n_layers, sizeof *g->dw);
     g->current = calloc((size_t)s->map->n_kv_layers + 1, sizeof *g->current);
@@ -401,7 +409,8 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
     g->host_order = malloc(N * sizeof(int));
     g->host_starts = malloc((N + 1) * sizeof(int));
     g->host_counts = malloc(((size_t)hp->vocab_size + 1) * sizeof(int));
-    if (!g->records || !g->dkdv_overwrite || !g->dkdv_unread || !g->w || !g->dw || !g->current || !g->host_row_loss || !g->host_norm_partials ||
+    if (!g->records || !g->dkdv_overwrite || !g->dkdv_unread || !g->record_kv16 || !g->kv16_ready || !g->read_owner ||
+        !g->w || !g->dw || !g->current || !g->host_row_loss || !g->host_norm_partials ||
         !g->host_order || !g->host_starts || !g->host_counts)
         return xlkv_fail(XLKV_E_NOMEM, "GPU trainer: out of host memory");
     xlkv_tape_plan(g->store->map, g->backward_passes, g->records);
@@ -458,6 +467,25 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
     if (g->attention == ATTENTION_FLASH)
         XLKV_TRY(xlkv_cuda_alloc(&g->flash_workspace, xlkv_cuda_train_attention_flash_workspace_bytes(&flash_shape),
                                  "the flash attention workspace"));
+    const char *kv16 = getenv("XLKV_TRAIN_FLASH_KV16");
+    if (kv16 && *kv16 && strcmp(kv16, "0") && strcmp(kv16, "1"))
+        return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_FLASH_KV16=%s: expected 1 (the flash kernels' bf16 K / V kept per KV "
+                         "record, the default) or 0 (rounded again by every flash call)", kv16);
+    g->flash_kv16 = g->attention == ATTENTION_FLASH && !(kv16 && !strcmp(kv16, "0"));
+    if (g->flash_kv16) { /* 4 N kv_dim bytes per KV record (`small`, standard map: 12 x 25 MB = 0.3 GB) */
+        const size_t pair = 2 * (size_t)g->n_rows * (size_t)hp->n_kv_heads * (size_t)hp->head_dim;
+        size_t n_kv_records = 0;
+        for (int r = 0; r < g->n_records; r++) n_kv_records += xlkv_is_kv_layer(s->map, g->records[r].layer);
+        if (n_kv_records > 0)
+            XLKV_TRY(xlkv_cuda_alloc((void **)&g->kv16_arena, n_kv_records * pair * sizeof(uint16_t),
+                                     "the flash bf16 K / V copies (XLKV_TRAIN_FLASH_KV16=0 does without)"));
+        size_t used = 0;
+        for (int r = 0; r < g->n_records; r++)
+            if (xlkv_is_kv_layer(s->map, g->records[r].layer)) {
+                g->record_kv16[r] = g->kv16_arena + used;
+                used += pair;
+            }
+    }
     if (g->attention == ATTENTION_GEMM) {
         XLKV_TRY(xlkv_cuda_alloc((void **)&g->scores, score_floats * sizeof(float), "attention scores"));
         XLKV_TRY(xlkv_cuda_alloc((void **)&g->dscores, score_floats * sizeof(float), "attention score gradients"));
@@ -522,6 +550,10 @@ void xlkv_gpu_trainer_free(xlkv_gpu_trainer *g) {
     free(g->records);
     free(g->dkdv_overwrite);
     free(g->dkdv_unread);
+    free(g->record_kv16);
+    free(g->kv16_ready);
+    free(g->read_owner);
+    cudaFree(g->kv16_arena);
     free(g->w);
     free(g->dw);
     free(g->current);
@@ -931,11 +963,20 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
     const xlkv_cuda_train_attention_shape shape = attention_shape(g, layer);
     if (g->attention == ATTENTION_GEMM)
         XLKV_TRY(attention_forward_gemm(g, rec->att, rec->lse, rec->q, src->k, src->v, &shape));
-    else if (g->attention == ATTENTION_FLASH)
-        KERNEL_TRY(xlkv_cuda_train_attention_flash_forward_rope(rec->att, rec->lse, rec->q, src->k, src->v,
-                                                                flash_rope_tables(g, NULL, 0), &shape,
-                                                                g->flash_workspace, st),
+    else if (g->attention == ATTENTION_FLASH) {
+        /* flash_kv16, K / V of a KV record: its first reader rounds them into the record's pair, later ones (and the
+         * backward) stream the pair as it is */
+        const int owner = g->flash_kv16 ? src->owner : -1;
+        if (grad) g->read_owner[rec - g->records] = owner;
+        const xlkv_cuda_train_flash_kv16 kv16 = {
+            owner >= 0 ? g->record_kv16[owner] : NULL,
+            owner >= 0 ? g->record_kv16[owner] + (size_t)N * (size_t)kv_dim : NULL, owner >= 0 && g->kv16_ready[owner]};
+        KERNEL_TRY(xlkv_cuda_train_attention_flash_forward_opts(rec->att, rec->lse, rec->q, src->k, src->v,
+                                                                flash_rope_tables(g, NULL, 0), owner >= 0 ? &kv16 : NULL,
+                                                                &shape, g->flash_workspace, st),
                    "flash attention forward");
+        if (owner >= 0) g->kv16_ready[owner] = true;
+    }
     else KERNEL_TRY(xlkv_cuda_train_attention_forward(rec->att, rec->lse, rec->q, src->k, src->v, &shape, st),
                     "attention forward");
     if (g->fuse) {
@@ -1060,6 +1101,7 @@ xlkv_status xlkv_gpu_trainer_forward(xlkv_gpu_trainer *g, const int *tokens, con
     memset(g->current, 0, ((size_t)map->n_kv_layers + 1) * sizeof *g->current);
     memset(g->dkdv_overwrite, 0, (size_t)g->n_records * sizeof *g->dkdv_overwrite);
     memset(g->dkdv_unread, 0, (size_t)g->n_records * sizeof *g->dkdv_unread);
+    memset(g->kv16_ready, 0, (size_t)g->n_records * sizeof *g->kv16_ready);
     mark(g, XLKV_STEP_EMBEDDING);
     KERNEL_TRY(xlkv_cuda_train_embedding_forward(g->x, g->tokens, g->tok_embeddings, N, dim, st), "embedding forward");
     g->pending_a = NULL;
@@ -1136,9 +1178,13 @@ static xlkv_status attention_backward(xlkv_gpu_trainer *g, gpu_record *rec, uint
                                          rec->read_k, rec->read_v, &shape));
     else if (g->attention == ATTENTION_FLASH) {
         /* flash_prologue: the first writer of the read dK/dV overwrites them (no clear); delta from the dQ kernel */
+        const int owner = g->flash_kv16 ? g->read_owner[rec - g->records] : -1;
+        const size_t kv_n = (size_t)g->n_rows * (size_t)g->store->hp.n_kv_heads * (size_t)g->store->hp.head_dim;
+        const xlkv_cuda_train_flash_kv16 kv16 = {owner >= 0 ? g->record_kv16[owner] : NULL,
+                                                 owner >= 0 ? g->record_kv16[owner] + kv_n : NULL, true};
         const xlkv_cuda_train_flash_backward_options options = {
             .overwrite_dkdv = g->flash_prologue && g->dkdv_overwrite[rec - g->records],
-            .separate_delta = !g->flash_prologue};
+            .separate_delta = !g->flash_prologue, .kv16 = owner >= 0 ? &kv16 : NULL};
         KERNEL_TRY(xlkv_cuda_train_attention_flash_backward_opts(
                        g->dq, rec->read_dk, rec->read_dv, g->flash_prologue ? NULL : g->delta, g->datt, rec->att,
                        rec->lse, rec->q, rec->read_k, rec->read_v, flash_rope_tables(g, dq16, ld), &options, &shape,
