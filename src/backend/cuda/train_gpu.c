@@ -24,6 +24,13 @@
  * bf16 straight into the dX operand (no fp32 dq, no dq RoPE pass); dk / dv keep their inverse pass (several readers
  * add into them), as does dq in the unfused backward.
  * XLKV_TRAIN_FLASH_ROPE=0 keeps the separate passes (the A/B in one build); gemm / warp always use them.
+ * Flash side passes (each read at creation; 1, the default under flash, or 0, the former path; the same bits):
+ *   XLKV_TRAIN_FLASH_PROLOGUE: no dK/dV clears in the forward: the last grad reader of a KV record in tape order (the
+ *     first writer in the backward walk) overwrites its dK/dV (kv_source.last_reader, dkdv_overwrite), the others add;
+ *     a KV record nobody reads is cleared in the backward (dkdv_unread); delta computed inside the dQ kernel.
+ *   XLKV_TRAIN_FLASH_KV16: the bf16 K / V the flash kernels stream are kept per KV record (kv16_arena, 4 N kv_dim
+ *     bytes per KV record: 0.3 GB for `small`, standard map): rounded by the record's first forward reader, streamed
+ *     as they are by later readers and by the backward (the fp32 K / V of a record do not change in between).
  *
  * Layer and classifier products (y = x.W^T, dX += dY.W, dW += dY^T.X; cublasGemmEx, C in fp32 with beta 0 or 1 as
  * ever, so gradients accumulate in fp32):
