@@ -72,6 +72,38 @@ static xlkv_status lt_fail(cublasStatus_t status, const char *call, const xlkv_t
         if (lt_status_ != CUBLAS_STATUS_SUCCESS) return lt_fail(lt_status_, (name), (shape));                          \
     } while (0)
 
+/* The heuristic's answers (at most `want`, those that succeeded, in order) for `workspace_bytes`; element_align > 0:
+ * only algorithms that work with pointers aligned to element_align bytes (A and B: 2) */
+static cublasStatus_t ask_heuristic(cublasLtHandle_t lt, const xlkv_train_gemm_plan *p, size_t workspace_bytes,
+                                    unsigned element_align, int want, cublasLtMatmulHeuristicResult_t *out,
+                                    int *kept) {
+    *kept = 0;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasStatus_t st = cublasLtMatmulPreferenceCreate(&pref);
+    if (st != CUBLAS_STATUS_SUCCESS) return st;
+    st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes,
+                                              sizeof workspace_bytes);
+    if (element_align > 0) {
+        const uint32_t ab = 2, cd = element_align;
+        if (st == CUBLAS_STATUS_SUCCESS)
+            st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &ab, sizeof ab);
+        if (st == CUBLAS_STATUS_SUCCESS)
+            st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ab, sizeof ab);
+        if (st == CUBLAS_STATUS_SUCCESS)
+            st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &cd, sizeof cd);
+        if (st == CUBLAS_STATUS_SUCCESS)
+            st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &cd, sizeof cd);
+    }
+    int found = 0;
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulAlgoGetHeuristic(lt, p->op, p->a, p->b, p->c, p->c, pref, want, out, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (st != CUBLAS_STATUS_SUCCESS) return st;
+    for (int i = 0; i < found; i++)
+        if (out[i].state == CUBLAS_STATUS_SUCCESS) out[(*kept)++] = out[i];
+    return CUBLAS_STATUS_SUCCESS;
+}
+
 xlkv_status xlkv_train_gemm_plan_init(cublasLtHandle_t lt, const xlkv_train_gemm_shape *s, size_t workspace_bytes,
                                       xlkv_train_gemm_plan *p) {
     memset(p, 0, sizeof *p);
@@ -95,24 +127,40 @@ xlkv_status xlkv_train_gemm_plan_init(cublasLtHandle_t lt, const xlkv_train_gemm
     LT_TRY(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, (uint64_t)(s->trans_b ? s->n : s->k),
                                       (uint64_t)(s->trans_b ? s->k : s->n), s->ldb), "the B layout", s);
     LT_TRY(cublasLtMatrixLayoutCreate(&p->c, c_type, (uint64_t)s->m, (uint64_t)s->n, s->ldc), "the C layout", s);
-    cublasLtMatmulPreference_t pref = NULL;
-    LT_TRY(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate", s);
-    cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                             &workspace_bytes, sizeof workspace_bytes);
-    int found = 0;
-    if (st == CUBLAS_STATUS_SUCCESS)
-        st = cublasLtMatmulAlgoGetHeuristic(lt, p->op, p->a, p->b, p->c, p->c, pref, XLKV_TRAIN_GEMM_LT_CANDIDATES,
-                                            p->candidates, &found);
-    cublasLtMatmulPreferenceDestroy(pref);
-    if (st != CUBLAS_STATUS_SUCCESS) return lt_fail(st, "cublasLtMatmulAlgoGetHeuristic", s);
-    /* keep the answers that succeeded, in order */
     int kept = 0;
-    for (int i = 0; i < found; i++)
-        if (p->candidates[i].state == CUBLAS_STATUS_SUCCESS) p->candidates[kept++] = p->candidates[i];
+    LT_TRY(ask_heuristic(lt, p, workspace_bytes, 0, XLKV_TRAIN_GEMM_LT_CANDIDATES, p->candidates, &kept),
+           "cublasLtMatmulAlgoGetHeuristic", s);
     p->n_candidates = kept;
     if (kept == 0) return lt_fail(CUBLAS_STATUS_NOT_SUPPORTED, "cublasLtMatmulAlgoGetHeuristic (no algorithm)", s);
+    cublasLtMatmulHeuristicResult_t any;
+    int any_found = 0;
+    LT_TRY(ask_heuristic(lt, p, workspace_bytes, s->c_bf16 ? 2u : 4u, 1, &any, &any_found),
+           "cublasLtMatmulAlgoGetHeuristic (unaligned pointers)", s);
+    if (any_found == 0)
+        return lt_fail(CUBLAS_STATUS_NOT_SUPPORTED, "cublasLtMatmulAlgoGetHeuristic (no algorithm for unaligned "
+                       "pointers)", s);
+    p->fallback = any.algo;
     p->chosen = p->candidates[0].algo;
+    xlkv_train_gemm_plan_note_alignment(p);
     return XLKV_OK;
+}
+
+void xlkv_train_gemm_plan_note_alignment(xlkv_train_gemm_plan *p) {
+    static const cublasLtMatmulAlgoCapAttributes_t caps[4] = {
+        CUBLASLT_ALGO_CAP_MIN_ALIGNMENT_A_BYTES, CUBLASLT_ALGO_CAP_MIN_ALIGNMENT_B_BYTES,
+        CUBLASLT_ALGO_CAP_MIN_ALIGNMENT_C_BYTES, CUBLASLT_ALGO_CAP_MIN_ALIGNMENT_D_BYTES};
+    unsigned need[4];
+    for (int i = 0; i < 4; i++) {
+        uint32_t value = 0;
+        size_t written = 0;
+        need[i] = cublasLtMatmulAlgoCapGetAttribute(&p->chosen, caps[i], &value, sizeof value, &written) ==
+                              CUBLAS_STATUS_SUCCESS && written == sizeof value && value > 0
+                      ? value
+                      : 256u;
+    }
+    p->chosen_align[0] = need[0];
+    p->chosen_align[1] = need[1];
+    p->chosen_align[2] = need[2] > need[3] ? need[2] : need[3];
 }
 
 void xlkv_train_gemm_plan_destroy(xlkv_train_gemm_plan *p) {
@@ -223,6 +271,7 @@ static xlkv_status tune_plans(xlkv_train_gemm_lt *lt) {
                 p->chosen_index = j;
             }
         }
+        xlkv_train_gemm_plan_note_alignment(p);
         if (status == XLKV_OK && best < 0.0f) {
             char desc[160];
             xlkv_train_gemm_shape_describe(&p->shape, desc, sizeof desc);
@@ -331,6 +380,7 @@ static xlkv_status read_tune_file(xlkv_train_gemm_lt *lt, const char *path, FILE
             status = bad_file(path, number, "the library refuses this algorithm for its product");
         for (int i = 0; i < p->n_candidates; i++)
             if (!memcmp(&p->candidates[i].algo, &p->chosen, sizeof p->chosen)) p->chosen_index = i;
+        xlkv_train_gemm_plan_note_alignment(p);
     }
     if (status == XLKV_OK && ferror(f)) status = bad_file(path, number, "read error");
     if (status == XLKV_OK && number < 3) status = bad_file(path, number, "truncated header");
@@ -400,13 +450,23 @@ void xlkv_train_gemm_lt_free(xlkv_train_gemm_lt *lt) {
     free(lt);
 }
 
+/* the largest power of two (at most 256) that divides the address */
+static unsigned alignment_of(const void *ptr) {
+    const uintptr_t address = (uintptr_t)ptr;
+    unsigned align = 1;
+    while (align < 256 && !(address & align)) align <<= 1;
+    return align;
+}
+
 xlkv_status xlkv_train_gemm_lt_run(xlkv_train_gemm_lt *lt, const xlkv_train_gemm_shape *shape, float alpha,
                                    const void *a, const void *b, void *c, const char *what) {
     for (int i = 0; i < lt->n_plans; i++) {
         const xlkv_train_gemm_plan *p = &lt->plans[i];
         if (!xlkv_train_gemm_shape_equal(&p->shape, shape)) continue;
-        cublasStatus_t st = xlkv_train_gemm_plan_matmul(lt->handle, p, &p->chosen, alpha, a, b, c, lt->workspace,
-                                                        lt->workspace_bytes, lt->stream);
+        const bool aligned = alignment_of(a) >= p->chosen_align[0] && alignment_of(b) >= p->chosen_align[1] &&
+                             alignment_of(c) >= p->chosen_align[2];
+        cublasStatus_t st = xlkv_train_gemm_plan_matmul(lt->handle, p, aligned ? &p->chosen : &p->fallback, alpha, a,
+                                                        b, c, lt->workspace, lt->workspace_bytes, lt->stream);
         if (st == CUBLAS_STATUS_SUCCESS) return XLKV_OK;
         char desc[160];
         xlkv_train_gemm_shape_describe(shape, desc, sizeof desc);

@@ -63,7 +63,15 @@ typedef struct xlkv_train_gemm_plan {
     cublasLtMatmulHeuristicResult_t candidates[XLKV_TRAIN_GEMM_LT_CANDIDATES];
     cublasLtMatmulAlgo_t chosen; /* what xlkv_train_gemm_lt_run uses */
     int chosen_index;            /* its candidate index; -1: read from a tune file */
+    unsigned chosen_align[3];    /* the pointer alignment (bytes) `chosen` needs for A, B and C / D */
+    /* The heuristic's first algorithm for pointers aligned only to their element size: xlkv_train_gemm_lt_run takes
+     * it for a call whose pointers are less aligned than `chosen` needs (never for `small`, whose tensors all sit on
+     * 256-byte boundaries; tiny test models have odd offsets). Fixed per call site, so still deterministic. */
+    cublasLtMatmulAlgo_t fallback;
 } xlkv_train_gemm_plan;
+
+/* after changing plan->chosen: its alignment needs (cuBLASLt's capability attributes; 256 where not reported) */
+void xlkv_train_gemm_plan_note_alignment(xlkv_train_gemm_plan *plan);
 
 /* Descriptors and the heuristic's candidates for `workspace_bytes` of workspace; chosen = candidate 0. */
 xlkv_status xlkv_train_gemm_plan_init(cublasLtHandle_t lt, const xlkv_train_gemm_shape *shape, size_t workspace_bytes,
