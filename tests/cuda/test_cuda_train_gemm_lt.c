@@ -50,7 +50,7 @@ static void verdict(bool ok) {
     if (!ok) failures++;
 }
 
-/* ---- 1. the module alone ------------------------------------------------------------------------------------------ */
+/* ---- 1. the module alone ----------------------------------------------------------------------------------------- */
 /* element (row, col) of a column-major op(X) where X has leading dimension ld */
 static double op_at(const uint16_t *x, int ld, bool trans, int row, int col) {
     return ct_bf16_value(trans ? x[(size_t)row * ld + col] : x[(size_t)col * ld + row]);
@@ -83,7 +83,8 @@ static void product_case(xlkv_train_gemm_lt *lt, const xlkv_train_gemm_shape *s,
             for (int row = 0; row < s->m; row++) {
                 double sum = 0.0;
                 for (int k = 0; k < s->k; k++)
-                    sum += op_at(a + offset, s->lda, s->trans_a, row, k) * op_at(b + offset, s->ldb, s->trans_b, k, col);
+                    sum += op_at(a + offset, s->lda, s->trans_a, row, k) *
+                           op_at(b + offset, s->ldb, s->trans_b, k, col);
                 const size_t e = (size_t)offset + (size_t)col * s->ldc + row;
                 const double want = alpha * sum + (s->accumulate ? c0[e] : 0.0);
                 const double got = s->c_bf16 ? ct_bf16_value(((uint16_t *)c)[e]) : ((float *)c)[e];
@@ -106,10 +107,14 @@ static void module_products(void **state) {
     if (!have_gpu()) skip();
     failures = 0;
     const xlkv_train_gemm_shape shapes[] = {
-        xlkv_train_gemm_forward(40, 72, 48, 48, false),      xlkv_train_gemm_forward(40, 72, 48, 48, true),
-        xlkv_train_gemm_forward(37, 61, 29, 61, true),       xlkv_train_gemm_input_grad(40, 48, 72, 80, false, false),
-        xlkv_train_gemm_input_grad(40, 48, 72, 72, false, true), xlkv_train_gemm_input_grad(40, 48, 72, 72, true, false),
-        xlkv_train_gemm_weight_grad(40, 48, 72, 72),         xlkv_train_gemm_weight_grad(193, 29, 61, 61),
+        xlkv_train_gemm_forward(40, 72, 48, 48, false),
+        xlkv_train_gemm_forward(40, 72, 48, 48, true),
+        xlkv_train_gemm_forward(37, 61, 29, 61, true),
+        xlkv_train_gemm_input_grad(40, 48, 72, 80, false, false),
+        xlkv_train_gemm_input_grad(40, 48, 72, 72, false, true),
+        xlkv_train_gemm_input_grad(40, 48, 72, 72, true, false),
+        xlkv_train_gemm_weight_grad(40, 48, 72, 72),
+        xlkv_train_gemm_weight_grad(193, 29, 61, 61),
     };
     const int n = (int)(sizeof shapes / sizeof *shapes);
     void *workspace = NULL;
@@ -247,7 +252,7 @@ static void trainer_step_matches(void **state) {
     if (failures) fail_msg("%d trainer-step check(s) failed", failures);
 }
 
-/* ---- 3 and 4. trainer runs ---------------------------------------------------------------------------------------- */
+/* ---- 3 and 4. trainer runs --------------------------------------------------------------------------------------- */
 static xlkv_trainer *make_trainer(const char *data, const model_case *c, long steps, const char *value) {
     const xlkv_hparams hp = tiny_hparams(c);
     set_lt(value);

@@ -116,7 +116,8 @@ xlkv_status xlkv_train_gemm_plan_init(cublasLtHandle_t lt, const xlkv_train_gemm
         return xlkv_fail(XLKV_E_INVALID, "cuBLASLt plan: the product %s has a bad size or leading dimension", desc);
     }
     const cudaDataType_t c_type = s->c_bf16 ? CUDA_R_16BF : CUDA_R_32F;
-    const cublasOperation_t op_a = s->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = s->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t op_a = s->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t op_b = s->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     LT_TRY(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate", s);
     LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a),
            "setting TRANSA", s);
@@ -395,7 +396,7 @@ static xlkv_status read_tune_file(xlkv_train_gemm_lt *lt, const char *path, FILE
     return status;
 }
 
-/* ---- the object --------------------------------------------------------------------------------------------------- */
+/* ---- the object -------------------------------------------------------------------------------------------------- */
 xlkv_status xlkv_train_gemm_lt_create(const xlkv_train_gemm_shape *shapes, int n, xlkv_train_gemm_lt_mode mode,
                                       const char *tune_file, void *workspace, size_t workspace_bytes,
                                       cudaStream_t stream, xlkv_train_gemm_lt **out) {

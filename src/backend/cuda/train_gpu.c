@@ -65,7 +65,7 @@
  *         (fused with fp32ops is refused, any other value is refused).
  *   XLKV_TRAIN_GEMM_LT (bf16 operands; read at creation): heuristic or tune[=FILE] runs every bf16-operand product
  *         (layers and classifier) through cuBLASLt (backend/cuda/train_gemm_lt.c: a plan per distinct shape, listed
- *         at creation by plan_products, never a descriptor per call; heuristic = its first algorithm, tune = the
+ *         at creation by list_bf16_products, never a descriptor per call; heuristic = its first algorithm, tune = the
  *         fastest of its top 16 timed once, tune=FILE written / replayed); unset = cublasGemmEx as ever. The f32
  *         trainer ignores it; with XLKV_TRAIN_GEMM=fp32ops it is refused.
  *   XLKV_TRAIN_GEMM=fp32ops keeps the bf16 trainer on the former path (fp32 operands, CUBLAS_COMPUTE_32F_FAST_16BF:
@@ -179,7 +179,7 @@ struct xlkv_gpu_trainer {
     void *workspace;
     size_t workspace_bytes;
     xlkv_train_gemm_lt_mode gemm_lt_mode; /* XLKV_TRAIN_GEMM_LT (bf16 operands only; see the header) */
-    const char *gemm_lt_file;             /* tune=FILE (into the environment's string) or NULL */
+    const char *gemm_lt_file;             /* tune=FILE (the environment's string; read at creation only) or NULL */
     xlkv_train_gemm_lt *gemm_lt;          /* the cuBLASLt plans (NULL: cublasGemmEx) */
     float *params, *grads, *adam_m, *adam_v; /* device [n_params] */
     uint16_t *params_bf16;                   /* device [n_params]: bf16 shadow of params (bf16_operands only) */
