@@ -10,7 +10,7 @@
 
 #include "backend/cuda/cuda_check.h"
 
-enum { TUNE_BURST = 1, TUNE_BURSTS = 5 };
+enum { TUNE_BURST = 3, TUNE_BURSTS = 5 }; /* per candidate: a warm-up burst, then the median of 5 bursts of 3 calls */
 #define TUNE_FILE_MAGIC "xlkv-train-gemm-lt 1"
 
 struct xlkv_train_gemm_lt {

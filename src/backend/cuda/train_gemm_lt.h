@@ -11,8 +11,9 @@
  * Modes (XLKV_TRAIN_GEMM_LT, read at trainer creation):
  *   unset / empty: the trainer keeps cublasGemmEx (this module is not used);
  *   heuristic: cublasLtMatmul with the heuristic's first algorithm (deterministic on one GPU and library);
- *   tune: every plan's candidates are timed once at creation (one warm-up, median of 5) and the fastest kept; the
- *         bits then depend on which algorithm won (another run may pick another: summation order differs);
+ *   tune: every plan's candidates are timed once at creation (a warm-up burst, median of 5 bursts of 3 calls) and
+ *         the fastest kept; the bits then depend on which algorithm won (another run may pick another: summation
+ *         order differs);
  *   tune=FILE: as tune, and the choices are written to FILE; when FILE exists the choices are read from it instead
  *         (no timing), so that a run and its --resume, or two runs, use the same algorithms and give the same bytes.
  *         A FILE that is unreadable, malformed, from another cuBLASLt version or GPU, lacks a product of this run or
