@@ -10,10 +10,12 @@
  *     with flash, XLKV_TRAIN_FUSE=0, XLKV_TRAIN_CE=fp32), heuristic and tune vs unset: the operands are the same bf16
  *     values and the accumulation fp32 in all three; only the order of the sums differs (another kernel), which
  *     moves a product by a few fp32 ulps and can flip a bf16-rounded output by one bf16 ulp where it sits at a
- *     rounding boundary. Tolerances: losses within 1e-4 relative (a flip moves an activation by 2^-8 of itself; the
- *     loss, about ln vocab, averages thousands of them), gradients within 1e-2 of each tensor's largest (a few such
- *     flips on a gradient's path, margin for cancellation in the small tensors); a wrong transpose, leading dimension
- *     or beta is off by O(1).
+ *     rounding boundary. Tolerances: losses within 1e-3 relative (a flip moves an activation by at most u = 2^-8 of
+ *     itself, and only the few elements at a boundary flip; the loss, about ln vocab, averages thousands of them),
+ *     gradients within 3e-2 of each tensor's largest (as test_cuda_train_fused.c allows for four such roundings on
+ *     every element of a gradient's path, 8 u with a margin of 2 for cancellation in the small tensors; here only a
+ *     few elements move, so the measured error, printed, should be far below); a wrong transpose, leading dimension,
+ *     alpha or beta is off by O(1).
  *  3. six trainer steps and the held-out loss, heuristic and tune vs unset: within 5e-3 relative (as the other
  *     bf16 path tests: differences grow through AdamW).
  *  4. tune=FILE: a run that tunes and writes FILE and a second run that reads it give the same bytes (losses and
@@ -238,10 +240,10 @@ static void trainer_step_matches(void **state) {
             const double err = tt_worst_tensor_error(base, got->grads, base->grads, &worst_name);
             const double loss_err = fmax(fabs(loss[0] - base_loss[0]) / fabs(base_loss[0]),
                                          fabs(loss[1] - base_loss[1]) / fabs(base_loss[1]));
-            const bool ok = loss_err <= 1e-4 && err <= 1e-2; /* NaN fails both */
+            const bool ok = loss_err <= 1e-3 && err <= 3e-2; /* NaN fails both */
             printf("check XLKV_TRAIN_GEMM_LT=%-9s vs cublasGemmEx, one step of %-8s m=%d b=%d head_dim %d%s%s%s: "
-                   "losses %.9f / %.9f vs %.9f / %.9f, rel err %.2e (tol 1e-4); gradients worst %s err %.2e "
-                   "(tol 1e-2) %s\n", modes[mi], c->map, c->m, c->b, c->head_dim, c->env ? " " : "",
+                   "losses %.9f / %.9f vs %.9f / %.9f, rel err %.2e (tol 1e-3); gradients worst %s err %.2e "
+                   "(tol 3e-2) %s\n", modes[mi], c->map, c->m, c->b, c->head_dim, c->env ? " " : "",
                    c->env ? c->env : "", c->env ? (c->value[0] == '0' ? "=0" : "=fp32") : "", loss[0], loss[1],
                    base_loss[0], base_loss[1], loss_err, worst_name, err, ok ? "ok" : "FAIL");
             verdict(ok);
