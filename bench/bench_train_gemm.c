@@ -18,8 +18,11 @@
  * One JSON line per product and one for the totals go to --out (default bench/results/train_gemm.jsonl), with the
  * commit (XLKV_COMMIT, as bench_train_gpu) and the device.
  *
+ * --unfused lists the products of XLKV_TRAIN_FUSE=0 instead (fp32 C, separate q / k / v and gate / up products,
+ * dX with beta 1).
+ *
  * Usage: bench_train_gemm [--rows N] [--layers L] [--dim D] [--hidden H] [--heads QH] [--kv-heads KVH]
- *                         [--head-dim HD] [--vocab V] [--all] [--out FILE]
+ *                         [--head-dim HD] [--vocab V] [--all] [--unfused] [--out FILE]
  * Not a test; without CUDA it says so and exits 0. */
 #include <math.h>
 #include <stdbool.h>
@@ -36,7 +39,7 @@
 #include "backend/cuda/train_gemm_lt.h"
 #include "core/status.h"
 
-enum { BURST = 10, BURSTS = 7, MAX_PRODUCTS = 24, COMPARE_HALF = 32 << 20 };
+enum { BURST = 10, BURSTS = 7, MAX_PRODUCTS = 32, COMPARE_HALF = 32 << 20 };
 static const size_t WORKSPACE_BYTES = (size_t)32 << 20; /* the trainer's */
 
 typedef struct product {
@@ -48,7 +51,7 @@ typedef struct product {
 
 typedef struct options {
     int rows, layers, dim, hidden, heads, kv_heads, head_dim, vocab;
-    bool all;
+    bool all, unfused;
     const char *out;
 } options;
 
@@ -91,6 +94,36 @@ static int list_products(const options *o, product *p) {
     P("classifier dX (bf16 out)", 1, s, xlkv_train_gemm_input_grad(N, dim, o->vocab, o->vocab, true, false));
     P("classifier dW", 1, s, xlkv_train_gemm_weight_grad(N, dim, o->vocab, o->vocab));
 #undef P
+    return n;
+}
+
+/* XLKV_TRAIN_FUSE=0 (layer_forward / layer_backward): fp32 C everywhere, separate q, k, v and gate, up products, dX
+ * with beta 1 into cleared buffers; the classifier as the default (fused cross-entropy), its dX in fp32 */
+static int list_unfused_products(const options *o, product *p) {
+    const int N = o->rows, L = o->layers, dim = o->dim, hid = o->hidden;
+    const int q = o->heads * o->head_dim, kv = o->kv_heads * o->head_dim;
+    const float s = 1.0f / (float)N;
+    static const char *names[4][3] = {{"fwd q", "dX q (beta 1)", "dW q"},
+                                      {"fwd k, v", "dX k, v (beta 1)", "dW k, v"},
+                                      {"fwd gate, up", "dX gate, up (beta 1)", "dW gate, up"},
+                                      {"fwd down", "dX down (beta 1)", "dW down"}};
+    const int in[4] = {dim, dim, dim, hid}, out[4] = {q, kv, hid, dim}, calls[4] = {L, 2 * L, 2 * L, L};
+    int n = 0;
+    for (int i = 0; i < 4; i++) {
+        p[n++] = (product){names[i][0], calls[i], 1.0f, xlkv_train_gemm_forward(N, in[i], out[i], out[i], false)};
+        p[n++] = (product){names[i][1], calls[i], 1.0f,
+                           xlkv_train_gemm_input_grad(N, in[i], out[i], out[i], false, true)};
+        p[n++] = (product){names[i][2], calls[i], 1.0f, xlkv_train_gemm_weight_grad(N, in[i], out[i], out[i])};
+    }
+    /* o: q_dim -> dim */
+    p[n++] = (product){"fwd o", L, 1.0f, xlkv_train_gemm_forward(N, q, dim, dim, false)};
+    p[n++] = (product){"dX o (beta 1)", L, 1.0f, xlkv_train_gemm_input_grad(N, q, dim, dim, false, true)};
+    p[n++] = (product){"dW o", L, 1.0f, xlkv_train_gemm_weight_grad(N, q, dim, dim)};
+    p[n++] = (product){"classifier fwd (bf16 logits)", 1, 1.0f, xlkv_train_gemm_forward(N, dim, o->vocab, o->vocab,
+                                                                                           true)};
+    p[n++] = (product){"classifier dX (fp32 out)", 1, s,
+                       xlkv_train_gemm_input_grad(N, dim, o->vocab, o->vocab, false, false)};
+    p[n++] = (product){"classifier dW", 1, s, xlkv_train_gemm_weight_grad(N, dim, o->vocab, o->vocab)};
     return n;
 }
 
@@ -246,8 +279,8 @@ static int parse(int argc, char **argv, options *o) {
                    .head_dim = 64, .vocab = 32000, .out = "bench/results/train_gemm.jsonl"};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "--all")) {
-            o->all = true;
+        if (!strcmp(a, "--all") || !strcmp(a, "--unfused")) {
+            *(!strcmp(a, "--all") ? &o->all : &o->unfused) = true;
             continue;
         }
         if (i + 1 >= argc) {
@@ -285,7 +318,7 @@ int main(int argc, char **argv) {
     options o;
     if (parse(argc, argv, &o)) return 2;
     product products[MAX_PRODUCTS];
-    const int n = list_products(&o, products);
+    const int n = o.unfused ? list_unfused_products(&o, products) : list_products(&o, products);
     int device = 0;
     struct cudaDeviceProp prop;
     if (cudaGetDevice(&device) != cudaSuccess || cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
@@ -303,10 +336,11 @@ int main(int argc, char **argv) {
     FILE *json = fopen(o.out, "a");
     if (!json) fprintf(stderr, "bench_train_gemm: cannot write %s (run from the repository root, or --out FILE)\n",
                        o.out);
-    printf("bench_train_gemm: %s, cuBLASLt %zu; %d rows, %d layers, dim %d, hidden %d, %d/%d heads of %d, vocab %d\n"
+    printf("bench_train_gemm: %s, cuBLASLt %zu; %s path; %d rows, %d layers, dim %d, hidden %d, %d/%d heads of %d, "
+           "vocab %d\n"
            "  ms: median of %d bursts of %d calls; diff: max |x - (a)| / max |(a)|\n",
-           prop.name, cublasLtGetVersion(), o.rows, o.layers, o.dim, o.hidden, o.heads, o.kv_heads, o.head_dim,
-           o.vocab, BURSTS, BURST);
+           prop.name, cublasLtGetVersion(), o.unfused ? "XLKV_TRAIN_FUSE=0" : "fused (default)", o.rows, o.layers,
+           o.dim, o.hidden, o.heads, o.kv_heads, o.head_dim, o.vocab, BURSTS, BURST);
     printf("%-30s %5s %18s | %8s %7s | %8s %7s %9s | %4s %8s %7s %6s %9s\n", "product", "calls", "m x n x k",
            "(a) ms", "TF/s", "(b) ms", "TF/s", "diff", "best", "(c) ms", "TF/s", "gain", "diff");
     double step_a = 0.0, step_b = 0.0, step_c = 0.0, flops_step = 0.0;
@@ -362,6 +396,7 @@ int main(int argc, char **argv) {
 
         cJSON *line = line_of(prop.name);
         cJSON_AddStringToObject(line, "product", p->name);
+        cJSON_AddStringToObject(line, "path", o.unfused ? "unfused" : "fused");
         char desc[160];
         xlkv_train_gemm_shape_describe(s, desc, sizeof desc);
         cJSON_AddStringToObject(line, "shape", desc);
@@ -389,6 +424,7 @@ int main(int argc, char **argv) {
            step_c, flops_step / (step_c * 1e-3) / 1e12, step_a - step_c);
     cJSON *line = line_of(prop.name);
     cJSON_AddStringToObject(line, "product", "step total");
+    cJSON_AddStringToObject(line, "path", o.unfused ? "unfused" : "fused");
     cJSON_AddNumberToObject(line, "rows", o.rows);
     cJSON_AddNumberToObject(line, "layers", o.layers);
     cJSON_AddNumberToObject(line, "gemm_ex_ms", step_a);
