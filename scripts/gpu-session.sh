@@ -54,6 +54,7 @@ for what in "$@"; do
     train-gemm)   # issue 5: the step's products, cublasGemmEx vs cuBLASLt (heuristic, best of the top 16), then the
       # standard step with its profile unset / heuristic / tune=FILE twice (the second reads the file). train-gemm.txt
       { ./build/bench_train_gemm --out "$out/train_gemm.jsonl"; echo "bench_train_gemm exit $?"
+        ./build/bench_train_gemm --unfused --out "$out/train_gemm.jsonl"; echo "bench_train_gemm --unfused exit $?"
         for lt in "" heuristic "tune=$out/gemm.tune" "tune=$out/gemm.tune"; do
           XLKV_TRAIN_GEMM_LT=$lt ./build/bench_train_gpu --maps standard --profile --out "$out/train_gpu.jsonl"
           echo "bench_train_gpu (XLKV_TRAIN_GEMM_LT=$lt) exit $?"; done
