@@ -25,12 +25,8 @@
 enum { HEADS = 32, KV_HEADS = 4, HEAD_DIM = 64, KV_DIM = KV_HEADS * HEAD_DIM, BLOCK = 16 };
 enum { BURST = 20, BURST_REPS = 7, SINGLE_REPS = 21 };
 
-static void check(cudaError_t err, const char *what) {
-    if (err != cudaSuccess) {
-        fprintf(stderr, "bench_gpu_attention: %s: %s\n", what, cudaGetErrorString(err));
-        exit(1);
-    }
-}
+#define BENCH_NAME "bench_gpu_attention"
+#include "bench_cuda_common.h"
 
 static unsigned long long rng = 0x9e3779b97f4a7c15ull;
 static unsigned next_u32(void) {

@@ -28,12 +28,8 @@
 
 enum { DIM = 2048, HEADS = 32, KV_HEADS = 4, HEAD_DIM = 64, FFN = 5632, VOCAB = 32000, LAYERS = 22, REPS = 20 };
 
-static void check(cudaError_t err, const char *what) {
-    if (err != cudaSuccess) {
-        fprintf(stderr, "bench_gpu_step: %s: %s\n", what, cudaGetErrorString(err));
-        exit(1);
-    }
-}
+#define BENCH_NAME "bench_gpu_step"
+#include "bench_cuda_common.h"
 
 static void *device_random(size_t bytes) {
     void *p = NULL;
@@ -144,7 +140,6 @@ static const void *layer_weight(const step_ctx *c, int which) {
     const size_t offsets[4] = {0, QKV_W, QKV_W + O_W, QKV_W + O_W + GU_W};
     return (const char *)c->layers + ((size_t)c->layer * per_layer + offsets[which]) * 2;
 }
-static void check_rc(int rc, const char *what) { check((cudaError_t)rc, what); }
 static void next_layer(step_ctx *c) {
     if (c->rotate_layers) c->layer = (c->layer + 1) % LAYERS;
 }

@@ -5,7 +5,10 @@
  * events over 10 back-to-back launches, median of 5 such bursts. Useful causal FLOPs per call: forward
  * 2 products x 2 x B x H x T(T+1)/2 x hd; backward 2.5x that (5 products, the usual convention; the kernels compute
  * 7, recomputing S and dP for the deterministic dQ). Printed: ms per call, ms per training step (x layers) and
- * TFLOP/s; then the largest difference of out, dq, dk between two clean passes (0: the kernels are deterministic).
+ * TFLOP/s; the backward also as the trainer called it before (two dK/dV clears, the delta and head-major passes:
+ * XLKV_TRAIN_FLASH_PROLOGUE=0 XLKV_TRAIN_FLASH_KV16=0) and calls it now (dK/dV overwritten, delta inside the dQ
+ * kernel, the bf16 K / V kept from the forward), with the difference;
+ * then the largest difference of out, dq, dk between two clean passes (0: the kernels are deterministic).
  *
  * Usage: bench_train_attention [--batch B] [--seq T] [--heads H] [--kv-heads KVH] [--head-dim 64|128]
  *                              [--layers L] [--window W]
@@ -22,21 +25,9 @@
 
 enum { BURST = 10, REPS = 5 };
 
-static void check(cudaError_t err, const char *what) {
-    if (err != cudaSuccess) {
-        fprintf(stderr, "bench_train_attention: %s: %s\n", what, cudaGetErrorString(err));
-        exit(1);
-    }
-}
-static void check_rc(int rc, const char *what) { check((cudaError_t)rc, what); }
+#define BENCH_NAME "bench_train_attention"
+#include "bench_cuda_common.h"
 
-static unsigned long long rng = 0x9e3779b97f4a7c15ull;
-static float uniform(void) { /* [-1, 1) */
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((rng >> 40) & 0xFFFFFF) / 8388608.0f - 1.0f;
-}
 
 static float *device_random(size_t n, float scale) {
     float *host = malloc(n * sizeof *host), *d = NULL;
@@ -60,6 +51,7 @@ static float *device_zeros(size_t n) {
 
 typedef struct buffers {
     float *q, *k, *v, *dout, *out, *lse, *dq, *dk, *dv, *delta;
+    uint16_t *k16, *v16; /* the trainer's kept bf16 K / V (XLKV_TRAIN_FLASH_KV16), rounded before the timings */
 } buffers;
 
 static int compare_floats(const void *a, const void *b) {
@@ -67,23 +59,50 @@ static int compare_floats(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* What one timed call does: the forward; the plain backward (delta in the dQ kernel, dk / dv added to); the former
+ * trainer path (dk / dv cleared by two cudaMemsetAsync, then added to; delta pass + head-major pass); the folded one
+ * (dk / dv overwritten, delta computed in the dQ kernel and not written out: the trainer's call). */
+typedef enum call_kind { CALL_FORWARD, CALL_BACKWARD, CALL_BACKWARD_FORMER, CALL_BACKWARD_FOLDED } call_kind;
+
+static void one_call(call_kind kind, void *ws, const buffers *b, const xlkv_cuda_train_attention_shape *s) {
+    const size_t kvn = (size_t)s->batch * s->seq * s->n_kv_heads * s->head_dim;
+    const xlkv_cuda_train_flash_kv16 kept = {b->k16, b->v16, true};
+    const xlkv_cuda_train_flash_backward_options former = {.separate_delta = true},
+                                                 folded = {.overwrite_dkdv = true, .kv16 = &kept};
+    switch (kind) {
+    case CALL_FORWARD:
+        check_rc(xlkv_cuda_train_attention_flash_forward(b->out, b->lse, b->q, b->k, b->v, s, ws, NULL),
+                 "flash forward");
+        break;
+    case CALL_BACKWARD:
+        check_rc(xlkv_cuda_train_attention_flash_backward(b->dq, b->dk, b->dv, b->delta, b->dout, b->out, b->lse, b->q,
+                                                          b->k, b->v, s, ws, NULL),
+                 "flash backward");
+        break;
+    case CALL_BACKWARD_FORMER:
+        check(cudaMemsetAsync(b->dk, 0, kvn * sizeof(float), NULL), "cudaMemsetAsync");
+        check(cudaMemsetAsync(b->dv, 0, kvn * sizeof(float), NULL), "cudaMemsetAsync");
+        check_rc(xlkv_cuda_train_attention_flash_backward_opts(b->dq, b->dk, b->dv, b->delta, b->dout, b->out, b->lse,
+                                                               b->q, b->k, b->v, NULL, &former, s, ws, NULL),
+                 "flash backward (former)");
+        break;
+    case CALL_BACKWARD_FOLDED:
+        check_rc(xlkv_cuda_train_attention_flash_backward_opts(b->dq, b->dk, b->dv, NULL, b->dout, b->out, b->lse,
+                                                               b->q, b->k, b->v, NULL, &folded, s, ws, NULL),
+                 "flash backward (folded)");
+        break;
+    }
+}
+
 /* Median over REPS bursts of BURST calls, ms per call. */
-static float time_calls(bool backward, void *ws, const buffers *b, const xlkv_cuda_train_attention_shape *s) {
+static float time_calls(call_kind kind, void *ws, const buffers *b, const xlkv_cuda_train_attention_shape *s) {
     cudaEvent_t start, stop;
     check(cudaEventCreate(&start), "event");
     check(cudaEventCreate(&stop), "event");
     float ms[REPS];
     for (int r = 0; r <= REPS; r++) { /* r = 0: warm-up */
         check(cudaEventRecord(start, NULL), "record");
-        for (int i = 0; i < BURST; i++) {
-            if (backward)
-                check_rc(xlkv_cuda_train_attention_flash_backward(b->dq, b->dk, b->dv, b->delta, b->dout, b->out, b->lse,
-                                                                  b->q, b->k, b->v, s, ws, NULL),
-                         "flash backward");
-            else
-                check_rc(xlkv_cuda_train_attention_flash_forward(b->out, b->lse, b->q, b->k, b->v, s, ws, NULL),
-                         "flash forward");
-        }
+        for (int i = 0; i < BURST; i++) one_call(kind, ws, b, s);
         check(cudaEventRecord(stop, NULL), "record");
         check(cudaEventSynchronize(stop), "sync");
         float t = 0.0f;
@@ -171,7 +190,7 @@ int main(int argc, char **argv) {
     const size_t kvn = rows * s.n_kv_heads * s.head_dim, ln = rows * s.n_heads;
     buffers b = {device_random(qn, 1.5f), device_random(kvn, 1.5f), device_random(kvn, 1.0f), device_random(qn, 1.0f),
                  device_zeros(qn), device_zeros(ln), device_zeros(qn), device_zeros(kvn), device_zeros(kvn),
-                 device_zeros(ln)};
+                 device_zeros(ln), NULL, NULL};
     void *ws = NULL;
     const size_t ws_bytes = xlkv_cuda_train_attention_flash_workspace_bytes(&s);
     check(cudaMalloc(&ws, ws_bytes), "cudaMalloc workspace");
@@ -185,13 +204,25 @@ int main(int argc, char **argv) {
            prop.name, s.batch, s.seq, s.n_heads, s.n_kv_heads, s.head_dim, s.window, layers, ws_bytes / 1e6);
     printf("useful GFLOP per layer: forward %.2f, backward %.2f\n", fwd_flop / 1e9, bwd_flop / 1e9);
 
-    /* a forward first so lse / out are real for the backward timings */
+    /* a forward first so lse / out are real for the backward timings (and the kept bf16 K / V are rounded) */
+    check(cudaMalloc((void **)&b.k16, kvn * sizeof(uint16_t)), "cudaMalloc");
+    check(cudaMalloc((void **)&b.v16, kvn * sizeof(uint16_t)), "cudaMalloc");
+    const xlkv_cuda_train_flash_kv16 fresh = {b.k16, b.v16, false};
+    check_rc(xlkv_cuda_train_attention_flash_forward_opts(b.out, b.lse, b.q, b.k, b.v, NULL, &fresh, &s, ws, NULL),
+             "forward (kept K / V)");
     check_rc(xlkv_cuda_train_attention_flash_forward(b.out, b.lse, b.q, b.k, b.v, &s, ws, NULL), "forward");
-    const float f = time_calls(false, ws, &b, &s), bw = time_calls(true, ws, &b, &s);
+    const float f = time_calls(CALL_FORWARD, ws, &b, &s), bw = time_calls(CALL_BACKWARD, ws, &b, &s);
+    const float bw_former = time_calls(CALL_BACKWARD_FORMER, ws, &b, &s);
+    const float bw_folded = time_calls(CALL_BACKWARD_FOLDED, ws, &b, &s);
     printf("flash forward : %7.3f ms/layer %7.2f ms/step (x%d) %6.1f TFLOP/s\n", f, f * layers, layers,
            fwd_flop / (f * 1e-3) / 1e12);
     printf("flash backward: %7.3f ms/layer %7.2f ms/step (x%d) %6.1f TFLOP/s (incl. delta, bf16 pre-pass)\n", bw,
            bw * layers, layers, bwd_flop / (bw * 1e-3) / 1e12);
+    printf("flash backward, trainer's former call: %7.3f ms/layer (2 dK/dV clears + delta pass + head-major pass)\n",
+           bw_former);
+    printf("flash backward, trainer's folded call: %7.3f ms/layer (dK/dV overwritten, delta in the dQ kernel, kept "
+           "bf16 K/V): "
+           "%.3f ms/layer, %.2f ms/step less\n", bw_folded, bw_former - bw_folded, (bw_former - bw_folded) * layers);
 
     float *out1, *dq1, *dk1, *out2, *dq2, *dk2;
     one_pass(ws, &b, &s, qn, kvn, &out1, &dq1, &dk1);
@@ -202,6 +233,7 @@ int main(int argc, char **argv) {
     cudaFree(ws);
     float *all[] = {b.q, b.k, b.v, b.dout, b.out, b.lse, b.dq, b.dk, b.dv, b.delta};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++) cudaFree(all[i]);
+    cudaFree(b.k16), cudaFree(b.v16);
     return 0;
 }
 

@@ -72,21 +72,9 @@ static int parse_options(int argc, char **argv, bench_options *o) {
 #include "backend/cuda/train_fused.h"
 #include "backend/cuda/train_kernels.h"
 
-static void check(cudaError_t err, const char *what) {
-    if (err != cudaSuccess) {
-        fprintf(stderr, "bench_train_kernels: %s: %s\n", what, cudaGetErrorString(err));
-        exit(1);
-    }
-}
-static void check_rc(int rc, const char *what) { check((cudaError_t)rc, what); }
+#define BENCH_NAME "bench_train_kernels"
+#include "bench_cuda_common.h"
 
-static unsigned long long rng = 0x9e3779b97f4a7c15ull;
-static float uniform(void) { /* [-1, 1) */
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((rng >> 40) & 0xFFFFFF) / 8388608.0f - 1.0f;
-}
 
 /* n random values (lo + scale x [-1, 1)) as fp32, or as bf16 bit patterns (truncated: any bf16 value will do) */
 static void *device_random(size_t n, float lo, float scale, bool bf16) {

@@ -1,5 +1,6 @@
 /* infer/context: creation, scratch buffers and bookkeeping of a sequence context (see context.h). */
 #include "infer/context.h"
+#include "model/rope_tables.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -33,19 +34,6 @@ void xlkv_context_free(xlkv_context *ctx) {
     free(ctx);
 }
 
-/* cos/sin of pos * theta^(-2i/head_dim), computed in float as llama2.c and transformers do. */
-static void fill_rope_tables(float *cos_table, float *sin_table, int n_ctx, int head_dim, float theta) {
-    const int half = head_dim / 2;
-    for (int i = 0; i < half; i++) {
-        float freq = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
-        for (int pos = 0; pos < n_ctx; pos++) {
-            float angle = (float)pos * freq;
-            cos_table[(size_t)pos * (size_t)half + (size_t)i] = cosf(angle);
-            sin_table[(size_t)pos * (size_t)half + (size_t)i] = sinf(angle);
-        }
-    }
-}
-
 xlkv_status xlkv_context_create(const xlkv_model *model, const xlkv_context_params *params, xlkv_context **out) {
     *out = NULL;
     const xlkv_hparams *hp = &model->hp;
@@ -74,7 +62,7 @@ xlkv_status xlkv_context_create(const xlkv_model *model, const xlkv_context_para
         xlkv_context_free(ctx);
         return xlkv_fail(XLKV_E_NOMEM, "context: cannot allocate RoPE tables for %d positions", p.n_ctx);
     }
-    fill_rope_tables(ctx->rope_cos, ctx->rope_sin, p.n_ctx, hp->head_dim, hp->rope_theta);
+    xlkv_rope_tables_fill(ctx->rope_cos, ctx->rope_sin, p.n_ctx, hp->head_dim, hp->rope_theta);
     *out = ctx;
     return XLKV_OK;
 }

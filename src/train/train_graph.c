@@ -1,5 +1,6 @@
 /* train/train_graph: see train_graph.h. */
 #include "train/train_graph.h"
+#include "model/rope_tables.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -48,19 +49,6 @@ static size_t carve_all(xlkv_train_graph *g, float *base) {
     g->dup = take(base, &cursor, N * hid);
     g->dh = take(base, &cursor, N * hid);
     return cursor;
-}
-
-static void fill_rope_tables(xlkv_train_graph *g) {
-    const int hd = g->store->hp.head_dim, half = hd / 2;
-    const float theta = g->store->hp.rope_theta;
-    for (int i = 0; i < half; i++) { /* as infer/context.c: float arithmetic, same bits */
-        float freq = 1.0f / powf(theta, (float)(2 * i) / (float)hd);
-        for (int pos = 0; pos < g->seq; pos++) {
-            float angle = (float)pos * freq;
-            g->rope_cos[(size_t)pos * (size_t)half + (size_t)i] = cosf(angle);
-            g->rope_sin[(size_t)pos * (size_t)half + (size_t)i] = sinf(angle);
-        }
-    }
 }
 
 /* First cyclic group of the map as "first..last", for messages. */
@@ -122,7 +110,7 @@ xlkv_status xlkv_train_graph_create(const xlkv_param_store *store, int batch, in
         return xlkv_fail(XLKV_E_NOMEM, "trainer: cannot allocate %.1f MiB of activations for batch %d x %d", (double)floats * 4.0 / 1048576.0, batch, seq);
     }
     carve_all(g, g->arena);
-    fill_rope_tables(g);
+    xlkv_rope_tables_fill(g->rope_cos, g->rope_sin, g->seq, g->store->hp.head_dim, g->store->hp.rope_theta);
     *out = g;
     return XLKV_OK;
 }

@@ -28,6 +28,18 @@
  *  5. the trainer with XLKV_TRAIN_FLASH_ROPE=1 (the default) vs 0: per-step losses and the parameters after 6 steps
  *     bit-identical (standard, cla:2, lckv:1 cyclic with fused layer passes; lckv:1 also with XLKV_TRAIN_FUSE=0);
  *     XLKV_TRAIN_FLASH_ROPE=2 is refused.
+ *  6. the folded side passes (_opts): on the eleven shapes of 1, delta computed in the dQ kernel vs the separate
+ *     pass xlkv_cuda_train_attention_delta, and dq, dk, dv with it vs separate_delta (delta pass + head_major_rows),
+ *     all bit-identical (memcmp): the dQ kernel sums each row in the separate pass's order; overwrite_dkdv onto
+ *     NaN-poisoned dk / dv vs clear + add (memcmp: 0 + x), with either delta; adding onto non-zero buffers;
+ *     kept bf16 K / V (kv16): a forward rounding into them and one streaming them ready give the plain forward's
+ *     out / lse bits, a backward streaming them ready (workspace NaN-poisoned) the former path's dq, dk, dv;
+ *     separate_delta without a delta buffer and a kv16 without buffers are refused.
+ *  7. the trainer with XLKV_TRAIN_FLASH_PROLOGUE=1 and XLKV_TRAIN_FLASH_KV16=1 (the defaults: no dK/dV clears, delta
+ *     in the dQ kernel, bf16 K / V kept per KV record) vs both 0:
+ *     per-step losses and the parameters after 6 steps bit-identical (standard; cla:2, where one reader overwrites
+ *     and the other adds; lckv:1 cyclic m=1 b=2 and m=2 b=3; lckv:1 unfused; cla:2 with XLKV_TRAIN_FLASH_ROPE=0);
+ *     XLKV_TRAIN_FLASH_PROLOGUE=2 and XLKV_TRAIN_FLASH_KV16=yes are refused.
  * Every check prints one "check ..." line with the measured error and the tolerance. Needs a GPU (label cuda). */
 #define _DEFAULT_SOURCE /* setenv */
 #include <cuda_runtime_api.h>
@@ -586,6 +598,237 @@ static void flash_rope_trainer_same_bits(void **state) {
     if (failures) fail_msg("%d flash rope trainer check(s) failed", failures);
 }
 
+/* ---- 6. the folded side passes (xlkv_cuda_train_attention_flash_backward_opts) ----------------------------------- */
+/* One flash backward with `options` from the forward's out / lse: dk, dv start as `dk0` / `dv0` (NULL: NaN poison,
+ * for overwrite), delta into a NaN-poisoned buffer unless want_delta is false (NULL passed); the workspace is
+ * poisoned too. Returns dq, dk, dv and delta (NULL when not asked) on the host in r->dq, dk, dv, lse (delta). */
+/* memcmp of one tensor (n floats); prints a check line with the first differing element. */
+static void check_prologue_bits(const char *case_name, const char *what, const float *got, const float *ref,
+                                size_t n) {
+    size_t first = n;
+    for (size_t i = 0; i < n && first == n; i++)
+        if (memcmp(&got[i], &ref[i], sizeof(float))) first = i;
+    if (first == n) {
+        printf("check flash prologue %-52s %-56s bit-identical ok\n", case_name, what);
+        return;
+    }
+    printf("check flash prologue %-52s %-56s DIFFERS at %zu (%.9g vs %.9g) FAIL\n", case_name, what, first, got[first],
+           ref[first]);
+    failures++;
+}
+
+static attention_result run_backward_opts(const device_inputs *in, const float *out, const float *lse,
+                                          const xlkv_cuda_train_attention_shape *s, size_t qn, size_t kvn, size_t ln,
+                                          const float *dk0, const float *dv0, bool want_delta,
+                                          const xlkv_cuda_train_flash_backward_options *options) {
+    void *ws = NULL;
+    const size_t bytes = xlkv_cuda_train_attention_flash_workspace_bytes(s);
+    CK(cudaMalloc(&ws, bytes));
+    CK(cudaMemset(ws, 0xFF, bytes));
+    float *dq = ct_dev_floats(NULL, qn), *dk = ct_dev_floats(NULL, kvn), *dv = ct_dev_floats(NULL, kvn);
+    float *delta = want_delta ? ct_dev_floats(NULL, ln) : NULL;
+    CK(cudaMemset(dq, 0xFF, qn * sizeof(float)));
+    if (delta) CK(cudaMemset(delta, 0xFF, ln * sizeof(float)));
+    if (dk0) {
+        CK(cudaMemcpy(dk, dk0, kvn * sizeof(float), cudaMemcpyDeviceToDevice));
+        CK(cudaMemcpy(dv, dv0, kvn * sizeof(float), cudaMemcpyDeviceToDevice));
+    } else {
+        CK(cudaMemset(dk, 0xFF, kvn * sizeof(float)));
+        CK(cudaMemset(dv, 0xFF, kvn * sizeof(float)));
+    }
+    CK_LAUNCH(xlkv_cuda_train_attention_flash_backward_opts(dq, dk, dv, delta, in->dout, out, lse, in->q, in->k,
+                                                            in->v, NULL, options, s, ws, NULL));
+    attention_result r = {NULL, delta ? ct_download_floats(delta, ln) : NULL, ct_download_floats(dq, qn),
+                          ct_download_floats(dk, kvn), ct_download_floats(dv, kvn), NULL};
+    cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(delta), cudaFree(ws);
+    return r;
+}
+
+static void flash_prologue_case(const attention_case *c) {
+    const xlkv_cuda_train_attention_shape gpu = {c->batch, c->seq, c->n_heads, c->n_kv_heads, c->head_dim, c->window,
+                                                 c->mask_diagonal};
+    const size_t N = (size_t)c->batch * c->seq, qn = N * c->n_heads * c->head_dim;
+    const size_t kvn = N * c->n_kv_heads * c->head_dim, ln = N * c->n_heads;
+    float *q = random_array(qn, 1.5f), *k = random_array(kvn, 1.5f), *v = random_array(kvn, 1.0f);
+    float *dout = random_array(qn, 1.0f), *dk0 = random_array(kvn, 0.1f), *dv0 = random_array(kvn, 0.1f);
+    device_inputs in = {ct_dev_floats(q, qn), ct_dev_floats(k, kvn), ct_dev_floats(v, kvn), ct_dev_floats(dout, qn),
+                        ct_dev_floats(dk0, kvn), ct_dev_floats(dv0, kvn)};
+    float *zeros = ct_dev_floats(NULL, kvn);
+    CK(cudaMemset(zeros, 0, kvn * sizeof(float)));
+    void *ws = NULL;
+    CK(cudaMalloc(&ws, xlkv_cuda_train_attention_flash_workspace_bytes(&gpu)));
+    float *out = ct_dev_floats(NULL, qn), *lse = ct_dev_floats(NULL, ln), *delta_ref = ct_dev_floats(NULL, ln);
+    CK_LAUNCH(xlkv_cuda_train_attention_flash_forward(out, lse, in.q, in.k, in.v, &gpu, ws, NULL));
+    CK_LAUNCH(xlkv_cuda_train_attention_delta(delta_ref, in.dout, out, &gpu, NULL)); /* the separate pass */
+    float *h_delta_ref = ct_download_floats(delta_ref, ln);
+
+    const xlkv_cuda_train_flash_backward_options separate = {.separate_delta = true}, fused = {.separate_delta = false},
+                                                 overwrite = {.overwrite_dkdv = true},
+                                                 overwrite_separate = {.overwrite_dkdv = true, .separate_delta = true};
+    /* the former path: delta pass + head_major_rows, dk / dv added onto cleared buffers */
+    attention_result ref = run_backward_opts(&in, out, lse, &gpu, qn, kvn, ln, zeros, zeros, true, &separate);
+    attention_result add = run_backward_opts(&in, out, lse, &gpu, qn, kvn, ln, zeros, zeros, true, &fused);
+    attention_result over = run_backward_opts(&in, out, lse, &gpu, qn, kvn, ln, NULL, NULL, false, &overwrite);
+    attention_result over_sep =
+        run_backward_opts(&in, out, lse, &gpu, qn, kvn, ln, NULL, NULL, true, &overwrite_separate);
+    /* adding onto non-zero: the same sums as the separate path adding onto the same buffers */
+    attention_result ref_nz = run_backward_opts(&in, out, lse, &gpu, qn, kvn, ln, in.dk0, in.dv0, true, &separate);
+    attention_result add_nz = run_backward_opts(&in, out, lse, &gpu, qn, kvn, ln, in.dk0, in.dv0, false, &fused);
+
+    check_prologue_bits(c->name, "delta in the dQ kernel vs xlkv_cuda_train_attention_delta", add.lse, h_delta_ref, ln);
+    check_prologue_bits(c->name, "delta (separate_delta) vs xlkv_cuda_train_attention_delta", ref.lse, h_delta_ref, ln);
+    check_prologue_bits(c->name, "dq, delta in dQ vs separate delta", add.dq, ref.dq, qn);
+    check_prologue_bits(c->name, "dk, delta in dQ vs separate delta (onto zeros)", add.dk, ref.dk, kvn);
+    check_prologue_bits(c->name, "dv, delta in dQ vs separate delta (onto zeros)", add.dv, ref.dv, kvn);
+    check_prologue_bits(c->name, "dq, overwrite (delta NULL) vs separate", over.dq, ref.dq, qn);
+    check_prologue_bits(c->name, "dk, overwrite onto NaN vs clear + add", over.dk, ref.dk, kvn);
+    check_prologue_bits(c->name, "dv, overwrite onto NaN vs clear + add", over.dv, ref.dv, kvn);
+    check_prologue_bits(c->name, "dk, overwrite + separate_delta vs clear + add", over_sep.dk, ref.dk, kvn);
+    check_prologue_bits(c->name, "dv, overwrite + separate_delta vs clear + add", over_sep.dv, ref.dv, kvn);
+    check_prologue_bits(c->name, "dk += onto non-zero, delta in dQ vs separate", add_nz.dk, ref_nz.dk, kvn);
+    check_prologue_bits(c->name, "dv += onto non-zero, delta in dQ vs separate", add_nz.dv, ref_nz.dv, kvn);
+
+    /* kept bf16 K / V: a forward that rounds into the caller's pair gives the plain forward's bits; a backward that
+     * streams the ready pair (its workspace NaN-poisoned, so nothing comes from there) gives the former path's */
+    uint16_t *k16 = ct_to_device(NULL, kvn * sizeof(uint16_t)), *v16 = ct_to_device(NULL, kvn * sizeof(uint16_t));
+    CK(cudaMemset(k16, 0xFF, kvn * sizeof(uint16_t)));
+    CK(cudaMemset(v16, 0xFF, kvn * sizeof(uint16_t)));
+    float *out16 = ct_dev_floats(NULL, qn), *lse16 = ct_dev_floats(NULL, ln);
+    const xlkv_cuda_train_flash_kv16 fresh = {k16, v16, false}, ready = {k16, v16, true};
+    CK(cudaMemset(ws, 0xFF, xlkv_cuda_train_attention_flash_workspace_bytes(&gpu)));
+    CK_LAUNCH(xlkv_cuda_train_attention_flash_forward_opts(out16, lse16, in.q, in.k, in.v, NULL, &fresh, &gpu, ws,
+                                                           NULL));
+    float *h_out = ct_download_floats(out, qn), *h_lse = ct_download_floats(lse, ln);
+    float *h_out16 = ct_download_floats(out16, qn), *h_lse16 = ct_download_floats(lse16, ln);
+    check_prologue_bits(c->name, "out, forward rounding into kept K / V vs plain", h_out16, h_out, qn);
+    check_prologue_bits(c->name, "lse, forward rounding into kept K / V vs plain", h_lse16, h_lse, ln);
+    CK(cudaMemset(ws, 0xFF, xlkv_cuda_train_attention_flash_workspace_bytes(&gpu)));
+    CK_LAUNCH(xlkv_cuda_train_attention_flash_forward_opts(out16, lse16, in.q, in.k, in.v, NULL, &ready, &gpu, ws,
+                                                           NULL));
+    free(h_out16), free(h_lse16);
+    h_out16 = ct_download_floats(out16, qn), h_lse16 = ct_download_floats(lse16, ln);
+    check_prologue_bits(c->name, "out, forward streaming ready K / V vs plain", h_out16, h_out, qn);
+    const xlkv_cuda_train_flash_backward_options kept = {.overwrite_dkdv = true, .kv16 = &ready};
+    attention_result over_kept = run_backward_opts(&in, out, lse, &gpu, qn, kvn, ln, NULL, NULL, false, &kept);
+    check_prologue_bits(c->name, "dq, ready K / V + overwrite vs former", over_kept.dq, ref.dq, qn);
+    check_prologue_bits(c->name, "dk, ready K / V + overwrite vs former", over_kept.dk, ref.dk, kvn);
+    check_prologue_bits(c->name, "dv, ready K / V + overwrite vs former", over_kept.dv, ref.dv, kvn);
+    free_result(&over_kept);
+    free(h_out), free(h_lse), free(h_out16), free(h_lse16);
+    cudaFree(k16), cudaFree(v16), cudaFree(out16), cudaFree(lse16);
+
+    free_result(&ref), free_result(&add), free_result(&over), free_result(&over_sep), free_result(&ref_nz);
+    free_result(&add_nz);
+    free(h_delta_ref), free(q), free(k), free(v), free(dout), free(dk0), free(dv0);
+    cudaFree(out), cudaFree(lse), cudaFree(delta_ref), cudaFree(ws), cudaFree(zeros);
+    cudaFree(in.q), cudaFree(in.k), cudaFree(in.v), cudaFree(in.dout), cudaFree(in.dk0), cudaFree(in.dv0);
+}
+
+static void flash_prologue_same_bits(void **state) {
+    (void)state;
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) skip();
+    failures = 0;
+    for (size_t i = 0; i < sizeof flash_cases / sizeof *flash_cases; i++) flash_prologue_case(&flash_cases[i]);
+    /* separate_delta needs the delta buffer */
+    const xlkv_cuda_train_attention_shape shape = {1, 16, 2, 1, 64, 0, false};
+    float *buf = ct_dev_floats(NULL, 16 * 2 * 64);
+    void *ws = NULL;
+    CK(cudaMalloc(&ws, xlkv_cuda_train_attention_flash_workspace_bytes(&shape)));
+    const xlkv_cuda_train_flash_backward_options separate = {.separate_delta = true};
+    const int rc = xlkv_cuda_train_attention_flash_backward_opts(buf, buf, buf, NULL, buf, buf, buf, buf, buf, buf,
+                                                                 NULL, &separate, &shape, ws, NULL);
+    printf("check flash separate_delta without a delta buffer is refused (cudaErrorInvalidValue): %s\n",
+           rc == (int)cudaErrorInvalidValue ? "ok" : "FAIL");
+    if (rc != (int)cudaErrorInvalidValue) failures++;
+    const xlkv_cuda_train_flash_kv16 missing = {NULL, NULL, true};
+    const xlkv_cuda_train_flash_backward_options no_pair = {.kv16 = &missing};
+    const int rc_pair = xlkv_cuda_train_attention_flash_backward_opts(buf, buf, buf, NULL, buf, buf, buf, buf, buf, buf,
+                                                                      NULL, &no_pair, &shape, ws, NULL);
+    const int rc_fwd = xlkv_cuda_train_attention_flash_forward_opts(buf, buf, buf, buf, buf, NULL, &missing, &shape, ws,
+                                                                    NULL);
+    const bool pair_refused = rc_pair == (int)cudaErrorInvalidValue && rc_fwd == (int)cudaErrorInvalidValue;
+    printf("check flash kept K / V without buffers is refused (forward and backward, cudaErrorInvalidValue): %s\n",
+           pair_refused ? "ok" : "FAIL");
+    if (!pair_refused) failures++;
+    cudaFree(buf), cudaFree(ws);
+    if (failures) fail_msg("%d flash prologue kernel check(s) failed", failures);
+}
+
+/* A bf16 trainer (flash) with XLKV_TRAIN_FLASH_PROLOGUE=value and XLKV_TRAIN_FLASH_KV16=value (and the given
+ * FLASH_ROPE / FUSE), STEPS steps;
+ * parameters downloaded into its store. */
+static xlkv_trainer *flash_prologue_trainer(const char *data, const trainer_case *c, const char *value,
+                                            const char *rope, const char *fuse) {
+    xlkv_trainer *tr = NULL;
+    unsetenv("XLKV_TRAIN_ATTENTION");
+    setenv("XLKV_TRAIN_FLASH_PROLOGUE", value, 1);
+    setenv("XLKV_TRAIN_FLASH_KV16", value, 1);
+    setenv("XLKV_TRAIN_FLASH_ROPE", rope, 1);
+    setenv("XLKV_TRAIN_FUSE", fuse, 1);
+    TU_ASSERT_OK(make_trainer(data, c, true, &tr));
+    unsetenv("XLKV_TRAIN_FLASH_PROLOGUE");
+    unsetenv("XLKV_TRAIN_FLASH_KV16");
+    unsetenv("XLKV_TRAIN_FLASH_ROPE");
+    unsetenv("XLKV_TRAIN_FUSE");
+    for (int s = 0; s < STEPS; s++) TU_ASSERT_OK(xlkv_trainer_step(tr, NULL));
+    TU_ASSERT_OK(xlkv_gpu_trainer_download(tr->gpu, tr->store, false));
+    return tr;
+}
+
+static void flash_prologue_trainer_same_bits(void **state) {
+    (void)state;
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) skip();
+    failures = 0;
+    char *data = tt_token_data_dir(12000, 10000, VOCAB);
+    /* standard (every KV layer read once), cla:2 (two readers: one overwrites, one adds), lckv:1 cyclic (readers
+     * across iterations, KV records nobody reads: cleared in the backward), fused and unfused, RoPE inside or not */
+    static const trainer_case cases[] = {{"standard", 0, 2}, {"cla:2", 0, 2}, {"lckv:1", 1, 2},
+                                         {"lckv:1", 2, 3},   {"lckv:1", 1, 2}, {"cla:2", 0, 2}};
+    static const char *const rope[] = {"1", "1", "1", "1", "1", "0"};
+    static const char *const fuse[] = {"1", "1", "1", "1", "0", "1"};
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        const trainer_case *c = &cases[ci];
+        xlkv_trainer *folded = flash_prologue_trainer(data, c, "1", rope[ci], fuse[ci]);
+        xlkv_trainer *former = flash_prologue_trainer(data, c, "0", rope[ci], fuse[ci]);
+        const bool same_losses = !memcmp(folded->train_losses, former->train_losses, STEPS * sizeof(float));
+        size_t first = folded->store->n_params;
+        for (size_t i = 0; i < folded->store->n_params && first == folded->store->n_params; i++)
+            if (memcmp(&folded->store->params[i], &former->store->params[i], sizeof(float))) first = i;
+        const bool same_params = first == folded->store->n_params;
+        printf("check trainer XLKV_TRAIN_FLASH_PROLOGUE=KV16=1 vs 0, %-8s m=%d b=%d ROPE=%s FUSE=%s (6 steps, last loss "
+               "%.7f): losses %s, parameters %s", c->map, c->m, c->b, rope[ci], fuse[ci],
+               folded->train_losses[STEPS - 1], same_losses ? "bit-identical" : "DIFFER",
+               same_params ? "bit-identical" : "DIFFER");
+        if (!same_params)
+            printf(" (first at %zu: %.9g vs %.9g)", first, folded->store->params[first], former->store->params[first]);
+        printf(" %s\n", same_losses && same_params ? "ok" : "FAIL");
+        if (!same_losses || !same_params) failures++;
+        xlkv_trainer_free(folded);
+        xlkv_trainer_free(former);
+    }
+    const trainer_case standard = {"standard", 0, 2};
+    xlkv_trainer *refused = NULL;
+    setenv("XLKV_TRAIN_FLASH_PROLOGUE", "2", 1);
+    const xlkv_status st = make_trainer(data, &standard, true, &refused);
+    unsetenv("XLKV_TRAIN_FLASH_PROLOGUE");
+    const bool was_refused = st == XLKV_E_INVALID && !refused;
+    printf("check XLKV_TRAIN_FLASH_PROLOGUE=2 is refused with XLKV_E_INVALID: %s\n", was_refused ? "ok" : "FAIL");
+    if (!was_refused) failures++;
+    xlkv_trainer_free(refused);
+    refused = NULL;
+    setenv("XLKV_TRAIN_FLASH_KV16", "yes", 1);
+    const xlkv_status st16 = make_trainer(data, &standard, true, &refused);
+    unsetenv("XLKV_TRAIN_FLASH_KV16");
+    const bool kv16_refused = st16 == XLKV_E_INVALID && !refused;
+    printf("check XLKV_TRAIN_FLASH_KV16=yes is refused with XLKV_E_INVALID: %s\n", kv16_refused ? "ok" : "FAIL");
+    if (!kv16_refused) failures++;
+    xlkv_trainer_free(refused);
+    free(data);
+    if (failures) fail_msg("%d flash prologue trainer check(s) failed", failures);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(flash_kernels_match_exact),
@@ -593,6 +836,8 @@ int main(void) {
         cmocka_unit_test(flash_trainer_tracks_f32),
         cmocka_unit_test(flash_rope_matches_rope_then_flash),
         cmocka_unit_test(flash_rope_trainer_same_bits),
+        cmocka_unit_test(flash_prologue_same_bits),
+        cmocka_unit_test(flash_prologue_trainer_same_bits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -376,6 +376,31 @@ static void rmsnorm_backward_folded_case(int n, int dim) {
     cudaFree(d_x), cudaFree(d_dy), cudaFree(d_gain), cudaFree(d_inv), cudaFree(d_partials);
 }
 
+/* The inputs of an AdamW check: w, g, m, v random on the host (v >= 0) and two device copies of each (one per
+ * side of the comparison), with two bf16 shadows. */
+typedef struct {
+    float *w, *g, *m, *v;
+    float *d_w[2], *d_g[2], *d_m[2], *d_v[2];
+    uint16_t *d_w16[2];
+} adamw_inputs;
+
+static void adamw_inputs_make(adamw_inputs *in, size_t total) {
+    in->w = random_array(total, 1.0f), in->g = random_array(total, 0.3f), in->m = random_array(total, 0.1f);
+    in->v = random_array(total, 0.01f);
+    for (size_t i = 0; i < total; i++) in->v[i] = fabsf(in->v[i]);
+    for (int k = 0; k < 2; k++) {
+        in->d_w[k] = ct_dev_floats(in->w, total), in->d_g[k] = ct_dev_floats(in->g, total);
+        in->d_m[k] = ct_dev_floats(in->m, total), in->d_v[k] = ct_dev_floats(in->v, total);
+        in->d_w16[k] = dev_bf16(total);
+    }
+}
+
+static void adamw_inputs_free(adamw_inputs *in) {
+    for (int k = 0; k < 2; k++)
+        cudaFree(in->d_w[k]), cudaFree(in->d_g[k]), cudaFree(in->d_m[k]), cudaFree(in->d_v[k]), cudaFree(in->d_w16[k]);
+    free(in->w), free(in->g), free(in->m), free(in->v);
+}
+
 /* The AdamW over runs with their own decay (xlkv_cuda_train_adamw_bf16_runs, the optimizer step's one launch) against
  * one xlkv_cuda_train_adamw_bf16 call per run: the same bits in w, m, v and the bf16 shadow. Run sizes not multiples of
  * four (groups of four straddling two runs), more runs than one launch takes (the table split over launches), and
@@ -385,17 +410,13 @@ static void adamw_runs_case(const size_t *sizes, int runs, size_t offset, float 
     float *decays = malloc((size_t)runs * sizeof *decays);
     for (int r = 0; r < runs; r++) n += sizes[r], ends[r] = n, decays[r] = r % 2 ? 0.1f : (r % 3 ? 0.0f : 0.03f);
     const size_t total = n + offset;
-    float *w = random_array(total, 1.0f), *g = random_array(total, 0.3f), *m = random_array(total, 0.1f);
-    float *v = random_array(total, 0.01f);
-    for (size_t i = 0; i < total; i++) v[i] = fabsf(v[i]);
+    adamw_inputs in;
+    adamw_inputs_make(&in, total);
+    float **d_w = in.d_w, **d_g = in.d_g, **d_m = in.d_m, **d_v = in.d_v;
+    uint16_t **d_w16 = in.d_w16;
     const float lr = 1e-2f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f;
     const float c1 = (float)(1.0 - pow(0.9, 3.0)), c2 = (float)(1.0 - pow(0.95, 3.0));
-    float *d_w[2], *d_g[2], *d_m[2], *d_v[2], *d_coef = ct_dev_floats(&coef, 1);
-    uint16_t *d_w16[2];
-    for (int k = 0; k < 2; k++) {
-        d_w[k] = ct_dev_floats(w, total), d_g[k] = ct_dev_floats(g, total), d_m[k] = ct_dev_floats(m, total);
-        d_v[k] = ct_dev_floats(v, total), d_w16[k] = dev_bf16(total);
-    }
+    float *d_coef = ct_dev_floats(&coef, 1);
     CK_LAUNCH(xlkv_cuda_train_adamw_bf16_runs(d_w[0] + offset, d_w16[0] + offset, d_g[0] + offset, d_m[0] + offset,
                                               d_v[0] + offset, ends, decays, runs, d_coef, lr, beta1, beta2, eps, c1,
                                               c2, NULL));
@@ -425,9 +446,9 @@ static void adamw_runs_case(const size_t *sizes, int runs, size_t offset, float 
     for (int k = 0; k < 2; k++) {
         for (int b = 0; b < 3; b++) free(got[k][b]);
         free(got16[k]);
-        cudaFree(d_w[k]), cudaFree(d_g[k]), cudaFree(d_m[k]), cudaFree(d_v[k]), cudaFree(d_w16[k]);
     }
-    free(w), free(g), free(m), free(v), free(ends), free(decays);
+    adamw_inputs_free(&in);
+    free(ends), free(decays);
     cudaFree(d_coef);
 }
 
@@ -612,17 +633,13 @@ static void rows_registers_vs_loops_case(int n, int dim) {
  * floats into the buffers: 0 takes the float4 path, 1 the scalar one. */
 static void adamw_case(size_t n, size_t offset, float coef) {
     const size_t total = n + offset;
-    float *w = random_array(total, 1.0f), *g = random_array(total, 0.3f), *m = random_array(total, 0.1f);
-    float *v = random_array(total, 0.01f);
-    for (size_t i = 0; i < total; i++) v[i] = fabsf(v[i]);
+    adamw_inputs in;
+    adamw_inputs_make(&in, total);
+    float *w = in.w, *g = in.g, *m = in.m, *v = in.v, **d_w = in.d_w, **d_g = in.d_g, **d_m = in.d_m, **d_v = in.d_v;
+    uint16_t **d_w16 = in.d_w16;
     const float lr = 1e-2f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, decay = 0.1f;
     const float c1 = (float)(1.0 - pow(0.9, 3.0)), c2 = (float)(1.0 - pow(0.95, 3.0));
-    float *d_w[2], *d_g[2], *d_m[2], *d_v[2], *d_coef = ct_dev_floats(&coef, 1);
-    uint16_t *d_w16[2];
-    for (int k = 0; k < 2; k++) {
-        d_w[k] = ct_dev_floats(w, total), d_g[k] = ct_dev_floats(g, total), d_m[k] = ct_dev_floats(m, total);
-        d_v[k] = ct_dev_floats(v, total), d_w16[k] = dev_bf16(total);
-    }
+    float *d_coef = ct_dev_floats(&coef, 1);
     CK_LAUNCH(xlkv_cuda_train_adamw_bf16(d_w[0] + offset, d_w16[0] + offset, d_g[0] + offset, d_m[0] + offset,
                                          d_v[0] + offset, n, d_coef, lr, beta1, beta2, eps, decay, c1, c2, NULL));
     if (coef != 1.0f) CK_LAUNCH(xlkv_cuda_train_scale(d_g[1] + offset, coef, n, NULL));
@@ -663,9 +680,9 @@ static void adamw_case(size_t n, size_t offset, float coef) {
     if (!(err <= 1e-6)) failures++;
     for (int k = 0; k < 2; k++) {
         free(got_w[k]), free(got_m[k]), free(got_v[k]), free(got_w16[k]);
-        cudaFree(d_w[k]), cudaFree(d_g[k]), cudaFree(d_m[k]), cudaFree(d_v[k]), cudaFree(d_w16[k]);
     }
-    free(w), free(g), free(m), free(v), free(got_g), free(rne);
+    adamw_inputs_free(&in);
+    free(got_g), free(rne);
     cudaFree(d_coef);
 }
 

@@ -1,5 +1,6 @@
 /* backend/cuda/cuda_buffers: one arena for activations and step inputs (see cuda_buffers.h). */
 #include "backend/cuda/cuda_buffers.h"
+#include "model/rope_tables.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -95,14 +96,7 @@ static xlkv_status upload_rope_tables(xlkv_cuda_buffers *b, const xlkv_hparams *
         free(sin_table);
         return xlkv_fail(XLKV_E_NOMEM, "cuda: out of host memory for the RoPE tables (%d positions)", n_ctx);
     }
-    for (int i = 0; i < half; i++) {
-        float freq = 1.0f / powf(hp->rope_theta, (float)(2 * i) / (float)hp->head_dim);
-        for (int pos = 0; pos < n_ctx; pos++) {
-            float angle = (float)pos * freq;
-            cos_table[(size_t)pos * (size_t)half + (size_t)i] = cosf(angle);
-            sin_table[(size_t)pos * (size_t)half + (size_t)i] = sinf(angle);
-        }
-    }
+    xlkv_rope_tables_fill(cos_table, sin_table, n_ctx, hp->head_dim, hp->rope_theta);
     cudaError_t err = cudaMemcpyAsync(b->rope_cos, cos_table, count * sizeof(float), cudaMemcpyHostToDevice, stream);
     if (err == cudaSuccess)
         err = cudaMemcpyAsync(b->rope_sin, sin_table, count * sizeof(float), cudaMemcpyHostToDevice, stream);

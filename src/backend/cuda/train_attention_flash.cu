@@ -26,11 +26,14 @@
  *            keep the accumulators in registers).
  * Rows that do not exist (past seq) are staged as zeros with lse' = +inf and delta = 0, so they add nothing; a query
  * with lse = -inf (nothing visible) also gets lse' = +inf: all its probabilities are exactly 0.
- * delta = rowsum(dO * O) comes from xlkv_cuda_train_attention_delta (train_kernels.cu).
+ * delta = rowsum(dO * O) is computed by the dQ kernel while it stages dO (it reads O's rows beside them: row_delta,
+ * the bits of xlkv_cuda_train_attention_delta, train_kernels.cu), which also writes the dK/dV kernel's head-major
+ * lse' / delta rows; options->separate_delta keeps the former delta pass + head_major_rows (the A/B, same bits).
+ * options->overwrite_dkdv: the dK/dV kernel writes 0 + value instead of adding (no clearing pass before it).
  *
  * Staging: bf16 copies of what is streamed go to the workspace first (K, V: round_to_bf16; the backward's Q and dO:
- * written by the dQ kernel, which reads each of their rows once anyway; head_major_rows makes the dK/dV kernel's
- * lse' / delta contiguous per (sequence, head)); the kernels then move 16-byte cp.async chunks with double buffering
+ * written by the dQ kernel, which reads each of their rows once anyway; the dQ kernel also writes the dK/dV kernel's
+ * lse' / delta contiguous per (sequence, head), head_major_rows with separate_delta); the kernels then move 16-byte cp.async chunks with double buffering
  * (tile j+1 loads while tile j computes), as the inference prefill kernel does. Operands read once per CTA (Q of the
  * forward, Q and dO of dQ) come from fp32 with plain loads, issued while the first cp.async tile is in flight.
  * RoPE (the _rope calls, flash_args.rope_cos non-NULL): q and k arrive unrotated and are rotated where they are
@@ -83,6 +86,12 @@ struct flash_args {
     /* the dQ kernel's output as bf16(inverse RoPE(dq)) with rows dq16_ld apart (NULL: fp32 dq) */
     __nv_bfloat16 *dq16;
     size_t dq16_ld;
+    /* the dQ kernel computes delta = rowsum(dO * O) itself from `out` (NULL: it reads delta_in, the separate pass's
+     * [B*T, H] rows) and writes it to delta_out ([B*T, H], NULL: not written) and, with lse' (lse_ref), head-major to
+     * ref_hm / delta_hm (NULL: no dK/dV kernel follows) */
+    const float *out, *delta_in;
+    float *delta_out, *ref_hm, *delta_hm;
+    int overwrite_dkdv; /* the dK/dV kernel writes dk, dv (0 + value, the bits of a clear then an add) */
 };
 
 typedef __nv_bfloat16 bf16;
@@ -284,9 +293,37 @@ template <int D> struct kv_tile_feed {
  * it to 4 bf16 and stores 8 bytes (a half-warp writes 128 contiguous bytes of one padded row: no bank conflict;
  * the copy gets consecutive 8-byte pieces). Loads go out in batches of 8 before their stores. The same thread writes
  * and reads each piece: no barrier between the two. */
+/* delta = rowsum(dO * O) of one row from the stage_rows layout (F4 = D / 4 threads per row, this thread holding
+ * elements 4j .. 4j + 3 of dO in x and of O in y, j = its index in the row), the bits of attention_delta
+ * (train_kernels.cu): there lane l (of 32) sums p_l = fma(x[l + 32 (DPL-1)], y[..], ... fma(x[l], y[l], 0)) and
+ * warp_sum adds the p_l by a butterfly over lane bits 4, 3, 2, 1, 0. Here element l + 32 m sits in thread l / 4 + 8 m,
+ * slot l % 4: the chain runs up the threads 8 apart (thread j + 8 m finishes it at step m), then lane bits 4, 3, 2
+ * are thread bits 2, 1, 0 (xor shuffles 4, 2, 1 inside the last 8 threads) and bits 1, 0 the slots: the same sums in
+ * the same order. Every thread of the warp must call it; the value is right in threads 8 (DPL - 1) .. 8 DPL - 1. */
+template <int D> __device__ __forceinline__ float row_delta(float4 x, float4 y) {
+    constexpr int DPL = D / 32;
+    float c[4] = {fmaf(x.x, y.x, 0.0f), fmaf(x.y, y.y, 0.0f), fmaf(x.z, y.z, 0.0f), fmaf(x.w, y.w, 0.0f)};
+#pragma unroll
+    for (int m = 1; m < DPL; m++) {
+        float up[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) up[e] = __shfl_up_sync(0xffffffffu, c[e], 8);
+        c[0] = fmaf(x.x, y.x, up[0]);
+        c[1] = fmaf(x.y, y.y, up[1]);
+        c[2] = fmaf(x.z, y.z, up[2]);
+        c[3] = fmaf(x.w, y.w, up[3]);
+    }
+#pragma unroll
+    for (int o = 4; o > 0; o >>= 1)
+#pragma unroll
+        for (int e = 0; e < 4; e++) c[e] += __shfl_xor_sync(0xffffffffu, c[e], o);
+    return (c[0] + c[2]) + (c[1] + c[3]);
+}
+
 template <int D, int ROWS>
 __device__ __forceinline__ void stage_rows(bf16 *dst, const float *src, size_t stride, int row0, int limit,
-                                           bf16 *copy, const float *rope_cos = NULL, const float *rope_sin = NULL) {
+                                           bf16 *copy, const float *rope_cos = NULL, const float *rope_sin = NULL,
+                                           const float *o_src = NULL, float *delta_rows = NULL) {
     constexpr int SROW = smem_row<D>(), F4 = D / 4, RSTEP = THREADS / F4, PER = ROWS / RSTEP;
     constexpr int BATCH = PER < 8 ? PER : 8;
     static_assert(ROWS % RSTEP == 0 && PER % BATCH == 0, "whole row steps per thread");
@@ -303,6 +340,19 @@ __device__ __forceinline__ void stage_rows(bf16 *dst, const float *src, size_t s
         for (int i = 0; i < BATCH; i++) {
             v[i] = (i0 + i) * RSTEP < left ? *reinterpret_cast<const float4 *>(s) : make_float4(0.f, 0.f, 0.f, 0.f);
             s += step;
+        }
+        if (o_src) { /* delta_rows[row] = rowsum(src * o_src) (src: dO, o_src: O; zeros past limit give 0) */
+            float4 o[BATCH];
+#pragma unroll
+            for (int i = 0; i < BATCH; i++)
+                o[i] = (i0 + i) * RSTEP < left
+                           ? *reinterpret_cast<const float4 *>(o_src + off + (size_t)(i0 + i) * step)
+                           : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+            for (int i = 0; i < BATCH; i++) {
+                const float d = row_delta<D>(v[i], o[i]);
+                if ((int)threadIdx.x % F4 == 8 * (D / 32 - 1)) delta_rows[first + (i0 + i) * RSTEP] = d;
+            }
         }
         if (rope_cos) { /* this thread's two pairs col / 2, col / 2 + 1 of row row0 + first + i RSTEP */
             const float *cr = rope_cos + (size_t)(row0 + first) * (D / 2) + col / 2;
@@ -544,7 +594,7 @@ template <int D> __host__ __device__ constexpr int bwd_chunk() { return D == 64 
 
 template <int D>
 __global__ void __launch_bounds__(THREADS, dq_min_ctas<D>())
-    flash_backward_dq(float *dq, const float *dout, const float *lse, const float *delta, const float *q,
+    flash_backward_dq(float *dq, const float *dout, const float *lse, const float *q,
                          const bf16 *k, const bf16 *v, bf16 *q_copy, bf16 *dout_copy, flash_args a) {
     constexpr int SROW = smem_row<D>(), KC = bwd_chunk<D>(), KV_BYTES = tile_bytes<D>(TILE_K);
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -552,6 +602,7 @@ __global__ void __launch_bounds__(THREADS, dq_min_ctas<D>())
     bf16 *s_do = s_q + TILE_Q * SROW;
     const unsigned sq_addr = shared_addr(smem_raw), sdo_addr = sq_addr + tile_bytes<D>(TILE_Q);
     const unsigned sk_addr = sdo_addr + tile_bytes<D>(TILE_Q), sv_addr = sk_addr + 2 * KV_BYTES;
+    float *s_delta = reinterpret_cast<float *>(smem_raw + 2 * tile_bytes<D>(TILE_Q) + 4 * KV_BYTES); /* [TILE_Q] */
 
     const int n_q_tiles = (a.seq + TILE_Q - 1) / TILE_Q;
     const int q_tile = n_q_tiles - 1 - (int)blockIdx.z; /* longest first over the whole grid */
@@ -560,7 +611,7 @@ __global__ void __launch_bounds__(THREADS, dq_min_ctas<D>())
     const size_t batch_row0 = (size_t)b * a.seq;
     const size_t head_off = batch_row0 * a.q_stride + (size_t)h * D;
     float *dqh = dq + batch_row0 * a.q_stride + (size_t)h * D;
-    const float *lh = lse + batch_row0 * a.n_heads + h, *dh = delta + batch_row0 * a.n_heads + h;
+    const float *lh = lse + batch_row0 * a.n_heads + h;
     const int r0 = q_tile * TILE_Q, rows = min(TILE_Q, a.seq - r0);
     const int t_min = r0, t_max = r0 + rows - 1;
     int kv_first, kv_last;
@@ -576,7 +627,21 @@ __global__ void __launch_bounds__(THREADS, dq_min_ctas<D>())
      * bf16 copies of the dK/dV kernel (every tile, even one that sees nothing: the dK/dV kernel still reads it) */
     stage_rows<D, TILE_Q>(s_q, q + head_off, a.q_stride, r0, a.seq, q_copy ? q_copy + head_off : NULL, a.rope_cos,
                           a.rope_sin);
-    stage_rows<D, TILE_Q>(s_do, dout + head_off, a.q_stride, r0, a.seq, dout_copy ? dout_copy + head_off : NULL);
+    stage_rows<D, TILE_Q>(s_do, dout + head_off, a.q_stride, r0, a.seq, dout_copy ? dout_copy + head_off : NULL, NULL,
+                          NULL, a.out ? a.out + head_off : NULL, s_delta);
+    if (a.out) { /* delta of the tile's rows (stage_rows) -> delta_out and the dK/dV kernel's head-major rows */
+        __syncthreads();
+        if (tid < rows) {
+            const int t = r0 + tid;
+            const float d = s_delta[tid];
+            if (a.delta_out) a.delta_out[(batch_row0 + t) * a.n_heads + h] = d;
+            if (a.ref_hm) {
+                const size_t hm = ((size_t)b * a.n_heads + h) * a.seq + t;
+                a.ref_hm[hm] = lse_ref(lh + (size_t)t * a.n_heads, true);
+                a.delta_hm[hm] = d;
+            }
+        }
+    }
 
     const lane_offsets lo = make_lane_offsets<D>(lane);
     const unsigned qa_addr = sq_addr + warp * tile_bytes<D>(16) + lo.a;
@@ -586,8 +651,9 @@ __global__ void __launch_bounds__(THREADS, dq_min_ctas<D>())
     /* P = exp2(s x scale_log2 - ref) as one FFMA with the negated reference (-inf: probability 0) */
     const float neg_ref_a = -lse_ref(lh + (size_t)t_a * a.n_heads, t_a < a.seq);
     const float neg_ref_b = -lse_ref(lh + (size_t)t_b * a.n_heads, t_b < a.seq);
-    const float delta_a = t_a < a.seq ? dh[(size_t)t_a * a.n_heads] : 0.0f;
-    const float delta_b = t_b < a.seq ? dh[(size_t)t_b * a.n_heads] : 0.0f;
+    const float *dh = a.delta_in + batch_row0 * a.n_heads + h; /* a.delta_in: the separate pass (a.out NULL) */
+    const float delta_a = a.out ? s_delta[t_a - r0] : t_a < a.seq ? dh[(size_t)t_a * a.n_heads] : 0.0f;
+    const float delta_b = a.out ? s_delta[t_b - r0] : t_b < a.seq ? dh[(size_t)t_b * a.n_heads] : 0.0f;
     float dq_acc[D / 8][4];
 #pragma unroll
     for (int dt = 0; dt < D / 8; dt++)
@@ -759,14 +825,15 @@ __global__ void __launch_bounds__(THREADS, dkdv_min_ctas<D>())
         const size_t off = (batch_row0 + key) * a.kv_stride + (size_t)kvh * D + 2 * tq;
 #pragma unroll
         for (int dt = 0; dt < D / 8; dt++) {
+            /* overwrite: 0 + value (-0 becomes +0, as when adding onto a cleared buffer) */
             if (dk) {
                 float2 *dst = reinterpret_cast<float2 *>(dk + off + dt * 8);
-                const float2 old = *dst;
+                const float2 old = a.overwrite_dkdv ? make_float2(0.0f, 0.0f) : *dst;
                 *dst = make_float2(old.x + dk_acc[dt][2 * r] * a.scale, old.y + dk_acc[dt][2 * r + 1] * a.scale);
             }
             if (dv) {
                 float2 *dst = reinterpret_cast<float2 *>(dv + off + dt * 8);
-                const float2 old = *dst;
+                const float2 old = a.overwrite_dkdv ? make_float2(0.0f, 0.0f) : *dst;
                 *dst = make_float2(old.x + dv_acc[dt][2 * r], old.y + dv_acc[dt][2 * r + 1]);
             }
         }
@@ -804,6 +871,9 @@ flash_args make_args(const xlkv_cuda_train_attention_shape *s, const xlkv_cuda_t
     a.rope_sin = rope ? rope->sin_table : NULL;
     a.dq16 = rope ? reinterpret_cast<bf16 *>(rope->dq16) : NULL;
     a.dq16_ld = rope ? rope->dq16_ld : 0;
+    a.out = a.delta_in = NULL;
+    a.delta_out = a.ref_hm = a.delta_hm = NULL;
+    a.overwrite_dkdv = 0;
     a.seq = s->seq;
     a.n_heads = s->n_heads;
     a.group = s->n_heads / s->n_kv_heads;
@@ -818,7 +888,9 @@ flash_args make_args(const xlkv_cuda_train_attention_shape *s, const xlkv_cuda_t
 }
 
 template <int D> constexpr size_t forward_smem() { return (size_t)(TILE_Q + 4 * TILE_K) * smem_row<D>() * 2; }
-template <int D> constexpr size_t dq_smem() { return (size_t)(2 * TILE_Q + 4 * TILE_K) * smem_row<D>() * 2; }
+template <int D> constexpr size_t dq_smem() {
+    return (size_t)(2 * TILE_Q + 4 * TILE_K) * smem_row<D>() * 2 + TILE_Q * sizeof(float); /* + the tile's delta */
+}
 template <int D> constexpr size_t dkdv_smem() {
     return (size_t)(2 * TILE_K + 4 * dkdv_tile_q<D>()) * smem_row<D>() * 2 + 4 * dkdv_tile_q<D>() * sizeof(float);
 }
@@ -883,29 +955,51 @@ int forward_launch(float *out, float *lse, const float *q, const workspace_parts
 }
 
 template <int D>
-int backward_launch(float *dq, float *dk, float *dv, const float *delta, const float *dout, const float *lse,
-                       const float *q, const workspace_parts &w, const flash_args &a, int batch,
-                       cudaStream_t stream) {
+int backward_launch(float *dq, float *dk, float *dv, const float *lse, const float *q, const float *dout,
+                    const workspace_parts &w, flash_args a, bool separate_delta, int batch, cudaStream_t stream) {
     static bool dq_prepared = false, dkdv_prepared = false;
     int err = prepare_kernel(flash_backward_dq<D>, dq_smem<D>(), &dq_prepared);
     if (err) return err;
     const dim3 dq_grid(a.n_heads, batch, (a.seq + TILE_Q - 1) / TILE_Q);
     const bool need_dkdv = dk || dv;
+    if (!separate_delta && need_dkdv) { /* the dQ kernel writes the dK/dV kernel's head-major rows */
+        a.ref_hm = w.ref;
+        a.delta_hm = w.delta;
+    }
     flash_backward_dq<D><<<dq_grid, THREADS, dq_smem<D>(), stream>>>(
-        dq, dout, lse, delta, q, w.k, w.v, need_dkdv ? w.q : NULL, need_dkdv ? w.dout : NULL, a);
+        dq, dout, lse, q, w.k, w.v, need_dkdv ? w.q : NULL, need_dkdv ? w.dout : NULL, a);
     err = (int)cudaGetLastError();
     if (err || !need_dkdv) return err;
-    const size_t rows = w.row_elems;
-    const unsigned blocks = (unsigned)(rows / 256 + 1 < 4096 ? rows / 256 + 1 : 4096);
-    head_major_rows<<<blocks, 256, 0, stream>>>(w.ref, w.delta, lse, delta, a.seq, a.n_heads, rows);
-    err = (int)cudaGetLastError();
-    if (err) return err;
+    if (separate_delta) {
+        const size_t rows = w.row_elems;
+        const unsigned blocks = (unsigned)(rows / 256 + 1 < 4096 ? rows / 256 + 1 : 4096);
+        head_major_rows<<<blocks, 256, 0, stream>>>(w.ref, w.delta, lse, a.delta_in, a.seq, a.n_heads, rows);
+        err = (int)cudaGetLastError();
+        if (err) return err;
+    }
     err = prepare_kernel(flash_backward_dkdv<D>, dkdv_smem<D>(), &dkdv_prepared);
     if (err) return err;
     const dim3 kv_grid(a.n_heads / a.group, batch, (a.seq + TILE_K - 1) / TILE_K);
     flash_backward_dkdv<D><<<kv_grid, THREADS, dkdv_smem<D>(), stream>>>(dk, dv, w.dout, w.ref, w.delta, w.q,
                                                                                w.k, w.v, a);
     return (int)cudaGetLastError();
+}
+
+/* The bf16 K / V the kernels stream: the workspace's or the caller's (kv16), rounded here unless kv16->ready. */
+int stage_kv(workspace_parts *w, const float *k, const float *v, const xlkv_cuda_train_flash_kv16 *kv16,
+             const xlkv_cuda_train_attention_shape *shape, const flash_args &a, cudaStream_t s) {
+    if (kv16) {
+        w->k = reinterpret_cast<bf16 *>(kv16->k16);
+        w->v = reinterpret_cast<bf16 *>(kv16->v16);
+        if (kv16->ready) return 0;
+    }
+    int err = round_k_launch(w->k, k, w->kv_elems, shape, a, s); /* K/V tiles are re-read by every query tile */
+    if (!err) err = round_launch(w->v, v, w->kv_elems, s);
+    return err;
+}
+
+bool kv16_ok(const xlkv_cuda_train_flash_kv16 *kv16) {
+    return !kv16 || (kv16->k16 && kv16->v16 && aligned16(kv16->k16) && aligned16(kv16->v16));
 }
 
 } // namespace
@@ -918,21 +1012,28 @@ extern "C" bool xlkv_cuda_train_attention_flash_supported(const xlkv_cuda_train_
     return shape_ok(shape);
 }
 
+extern "C" int xlkv_cuda_train_attention_flash_forward_opts(float *out, float *lse, const float *q, const float *k,
+                                                            const float *v, const xlkv_cuda_train_flash_rope *rope,
+                                                            const xlkv_cuda_train_flash_kv16 *kv16,
+                                                            const xlkv_cuda_train_attention_shape *shape,
+                                                            void *workspace, void *stream) {
+    if (!shape_ok(shape) || !aligned16(out) || !aligned16(q) || !aligned16(k) || !aligned16(v) || !lse || !workspace ||
+        !aligned16(workspace) || !rope_ok(rope) || (rope && rope->dq16) || !kv16_ok(kv16))
+        return (int)cudaErrorInvalidValue;
+    const flash_args a = make_args(shape, rope);
+    cudaStream_t s = (cudaStream_t)stream;
+    workspace_parts w = carve_workspace(workspace, shape);
+    const int err = stage_kv(&w, k, v, kv16, shape, a, s);
+    if (err) return err;
+    return shape->head_dim == 64 ? forward_launch<64>(out, lse, q, w, a, shape->batch, s)
+                                 : forward_launch<128>(out, lse, q, w, a, shape->batch, s);
+}
+
 extern "C" int xlkv_cuda_train_attention_flash_forward_rope(float *out, float *lse, const float *q, const float *k,
                                                             const float *v, const xlkv_cuda_train_flash_rope *rope,
                                                             const xlkv_cuda_train_attention_shape *shape,
                                                             void *workspace, void *stream) {
-    if (!shape_ok(shape) || !aligned16(out) || !aligned16(q) || !aligned16(k) || !aligned16(v) || !lse || !workspace ||
-        !aligned16(workspace) || !rope_ok(rope) || (rope && rope->dq16))
-        return (int)cudaErrorInvalidValue;
-    const flash_args a = make_args(shape, rope);
-    cudaStream_t s = (cudaStream_t)stream;
-    const workspace_parts w = carve_workspace(workspace, shape);
-    int err = round_k_launch(w.k, k, w.kv_elems, shape, a, s); /* K/V tiles are re-read by every query tile */
-    if (!err) err = round_launch(w.v, v, w.kv_elems, s);
-    if (err) return err;
-    return shape->head_dim == 64 ? forward_launch<64>(out, lse, q, w, a, shape->batch, s)
-                                 : forward_launch<128>(out, lse, q, w, a, shape->batch, s);
+    return xlkv_cuda_train_attention_flash_forward_opts(out, lse, q, k, v, rope, NULL, shape, workspace, stream);
 }
 
 extern "C" int xlkv_cuda_train_attention_flash_forward(float *out, float *lse, const float *q, const float *k,
@@ -941,28 +1042,45 @@ extern "C" int xlkv_cuda_train_attention_flash_forward(float *out, float *lse, c
     return xlkv_cuda_train_attention_flash_forward_rope(out, lse, q, k, v, NULL, shape, workspace, stream);
 }
 
+extern "C" int xlkv_cuda_train_attention_flash_backward_opts(float *dq, float *dk, float *dv, float *delta,
+                                                             const float *dout, const float *out, const float *lse,
+                                                             const float *q, const float *k, const float *v,
+                                                             const xlkv_cuda_train_flash_rope *rope,
+                                                             const xlkv_cuda_train_flash_backward_options *options,
+                                                             const xlkv_cuda_train_attention_shape *shape,
+                                                             void *workspace, void *stream) {
+    const bool separate_delta = options && options->separate_delta;
+    const bool dq_ok = rope && rope->dq16 ? shape && rope->dq16_ld >= (size_t)shape->n_heads * shape->head_dim
+                                          : dq && aligned16(dq);
+    if (!shape_ok(shape) || !dq_ok || !aligned16(dout) || !aligned16(q) || !aligned16(k) || !aligned16(v) ||
+        !aligned16(dk) || !aligned16(dv) || (separate_delta && !delta) || !lse || !aligned16(out) || !out ||
+        !workspace || !aligned16(workspace) || !rope_ok(rope) || !kv16_ok(options ? options->kv16 : NULL))
+        return (int)cudaErrorInvalidValue;
+    int err = 0;
+    if (separate_delta) err = xlkv_cuda_train_attention_delta(delta, dout, out, shape, stream);
+    if (err) return err;
+    flash_args a = make_args(shape, rope);
+    a.out = separate_delta ? NULL : out;
+    a.delta_in = separate_delta ? delta : NULL;
+    a.delta_out = separate_delta ? NULL : delta;
+    a.overwrite_dkdv = options && options->overwrite_dkdv;
+    cudaStream_t s = (cudaStream_t)stream;
+    workspace_parts w = carve_workspace(workspace, shape);
+    err = stage_kv(&w, k, v, options ? options->kv16 : NULL, shape, a, s); /* Q / dO copies: the dQ kernel's */
+    if (err) return err;
+    return shape->head_dim == 64 ? backward_launch<64>(dq, dk, dv, lse, q, dout, w, a, separate_delta, shape->batch, s)
+                                 : backward_launch<128>(dq, dk, dv, lse, q, dout, w, a, separate_delta, shape->batch,
+                                                        s);
+}
+
 extern "C" int xlkv_cuda_train_attention_flash_backward_rope(float *dq, float *dk, float *dv, float *delta,
                                                              const float *dout, const float *out, const float *lse,
                                                              const float *q, const float *k, const float *v,
                                                              const xlkv_cuda_train_flash_rope *rope,
                                                              const xlkv_cuda_train_attention_shape *shape,
                                                              void *workspace, void *stream) {
-    const bool dq_ok = rope && rope->dq16 ? rope->dq16_ld >= (size_t)shape->n_heads * shape->head_dim
-                                          : dq && aligned16(dq);
-    if (!shape_ok(shape) || !dq_ok || !aligned16(dout) || !aligned16(q) || !aligned16(k) || !aligned16(v) ||
-        !aligned16(dk) || !aligned16(dv) || !delta || !lse || !out || !workspace ||
-        !aligned16(workspace) || !rope_ok(rope))
-        return (int)cudaErrorInvalidValue;
-    int err = xlkv_cuda_train_attention_delta(delta, dout, out, shape, stream);
-    if (err) return err;
-    const flash_args a = make_args(shape, rope);
-    cudaStream_t s = (cudaStream_t)stream;
-    const workspace_parts w = carve_workspace(workspace, shape);
-    err = round_k_launch(w.k, k, w.kv_elems, shape, a, s); /* the bf16 Q / dO copies come from the dQ kernel */
-    if (!err) err = round_launch(w.v, v, w.kv_elems, s);
-    if (err) return err;
-    return shape->head_dim == 64 ? backward_launch<64>(dq, dk, dv, delta, dout, lse, q, w, a, shape->batch, s)
-                                 : backward_launch<128>(dq, dk, dv, delta, dout, lse, q, w, a, shape->batch, s);
+    return xlkv_cuda_train_attention_flash_backward_opts(dq, dk, dv, delta, dout, out, lse, q, k, v, rope, NULL, shape,
+                                                         workspace, stream);
 }
 
 extern "C" int xlkv_cuda_train_attention_flash_backward(float *dq, float *dk, float *dv, float *delta,

@@ -24,6 +24,13 @@
  * bf16 straight into the dX operand (no fp32 dq, no dq RoPE pass); dk / dv keep their inverse pass (several readers
  * add into them), as does dq in the unfused backward.
  * XLKV_TRAIN_FLASH_ROPE=0 keeps the separate passes (the A/B in one build); gemm / warp always use them.
+ * Flash side passes (each read at creation; 1, the default under flash, or 0, the former path; the same bits):
+ *   XLKV_TRAIN_FLASH_PROLOGUE: no dK/dV clears in the forward: the last grad reader of a KV record in tape order (the
+ *     first writer in the backward walk) overwrites its dK/dV (kv_source.last_reader, dkdv_overwrite), the others add;
+ *     a KV record nobody reads is cleared in the backward (dkdv_unread); delta computed inside the dQ kernel.
+ *   XLKV_TRAIN_FLASH_KV16: the bf16 K / V the flash kernels stream are kept per KV record (kv16_arena, 4 N kv_dim
+ *     bytes per KV record: 0.3 GB for `small`, standard map): rounded by the record's first forward reader, streamed
+ *     as they are by later readers and by the backward (the fp32 K / V of a record do not change in between).
  *
  * Layer and classifier products (y = x.W^T, dX += dY.W, dW += dY^T.X; cublasGemmEx, C in fp32 with beta 0 or 1 as
  * ever, so gradients accumulate in fp32):
@@ -129,6 +136,7 @@
  *   the RMSNorm gain gradients' fp32 summation order (tests/cuda/test_cuda_train_fused.c: losses within u relative,
  *   gradients within 3e-2 of each tensor's largest). */
 #include "train/gpu_trainer.h"
+#include "model/rope_tables.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -159,6 +167,9 @@ typedef struct bf16_inputs {
 typedef struct kv_source {
     const float *k, *v;
     float *dk, *dv;
+    /* flash_prologue, dk non-NULL: the grad record that owns dk / dv and the last grad record (so far in the
+     * forward) that reads them, the first to write them in the backward (indices into records; -1: none yet) */
+    int owner, last_reader;
 } kv_source;
 
 struct xlkv_gpu_trainer {
@@ -202,6 +213,15 @@ struct xlkv_gpu_trainer {
     void *flash_workspace;   /* flash attention's bf16 staging (NULL unless flash runs) */
     bool flash_rope;         /* flash rotates q / k while staging: the forward RoPE passes are skipped (see header) */
     xlkv_cuda_train_flash_rope flash_rope_args; /* the tables as the flash calls take them */
+    bool flash_prologue;     /* flash: no dK/dV clears (the first writer overwrites), delta in the dQ kernel (header) */
+    bool *dkdv_overwrite;    /* [n_records] flash_prologue: the record's backward writes its read dK/dV, not adds */
+    bool *dkdv_unread;       /* [n_records] flash_prologue: a KV record whose dK/dV no grad record reads (cleared in
+                              * the backward before its own products read them) */
+    bool flash_kv16;         /* flash: the bf16 K / V the kernels stream are kept per KV record (XLKV_TRAIN_FLASH_KV16) */
+    uint16_t *kv16_arena;    /* flash_kv16: [KV records][2][N kv_dim] bf16, K then V */
+    uint16_t **record_kv16;  /* [n_records] flash_kv16: a KV record's pair in kv16_arena (NULL: not a KV record) */
+    bool *kv16_ready;        /* [n_records] flash_kv16: the pair holds this forward's rounding of the record's K / V */
+    int *read_owner;         /* [n_records] flash_kv16: the KV record whose K / V the record reads (-1: constant K/V) */
     double *row_loss, *norm_partials;       /* device */
     double *clip_norm;                      /* device: the last gradient norm (fused: clip_grad_norm writes it) */
     float *clip_coef, *clip_one;            /* device: the clip coefficient, and a constant 1 (fused AdamW) */
@@ -298,14 +318,7 @@ static xlkv_status upload_rope_tables(xlkv_gpu_trainer *g) {
         free(sin_table);
         return xlkv_fail(XLKV_E_NOMEM, "GPU trainer: out of host memory");
     }
-    for (int i = 0; i < half; i++) { /* as train_graph.c: the same bits */
-        float freq = 1.0f / powf(theta, (float)(2 * i) / (float)hd);
-        for (int pos = 0; pos < g->seq; pos++) {
-            float angle = (float)pos * freq;
-            cos_table[(size_t)pos * (size_t)half + (size_t)i] = cosf(angle);
-            sin_table[(size_t)pos * (size_t)half + (size_t)i] = sinf(angle);
-        }
-    }
+    xlkv_rope_tables_fill(cos_table, sin_table, g->seq, hd, theta);
     cudaError_t err = cudaMemcpy(g->rope_cos, cos_table, n * sizeof(float), cudaMemcpyHostToDevice);
     if (err == cudaSuccess) err = cudaMemcpy(g->rope_sin, sin_table, n * sizeof(float), cudaMemcpyHostToDevice);
     free(cos_table);
@@ -479,6 +492,11 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
     XLKV_CUDA_TRY(cudaMemset(g->grads, 0, n_params * sizeof(float)), "zeroing the gradients");
     g->n_records = xlkv_tape_plan(g->store->map, g->backward_passes, NULL);
     g->records = calloc((size_t)g->n_records, sizeof *g->records);
+    g->dkdv_overwrite = calloc((size_t)g->n_records, sizeof *g->dkdv_overwrite);
+    g->dkdv_unread = calloc((size_t)g->n_records, sizeof *g->dkdv_unread);
+    g->record_kv16 = calloc((size_t)g->n_records, sizeof *g->record_kv16);
+    g->kv16_ready = calloc((size_t)g->n_records, sizeof *g->kv16_ready);
+    g->read_owner = calloc((size_t)g->n_records, sizeof *g->read_owner);
     g->w = calloc((size_t)hp->n_layers, sizeof *g->w);
     g->dw = calloc((size_t)hp->n_layers, sizeof *g->dw);
     g->current = calloc((size_t)s->map->n_kv_layers + 1, sizeof *g->current);
@@ -488,7 +506,8 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
     g->host_order = malloc(N * sizeof(int));
     g->host_starts = malloc((N + 1) * sizeof(int));
     g->host_counts = malloc(((size_t)hp->vocab_size + 1) * sizeof(int));
-    if (!g->records || !g->w || !g->dw || !g->current || !g->host_row_loss || !g->host_norm_partials ||
+    if (!g->records || !g->dkdv_overwrite || !g->dkdv_unread || !g->record_kv16 || !g->kv16_ready || !g->read_owner ||
+        !g->w || !g->dw || !g->current || !g->host_row_loss || !g->host_norm_partials ||
         !g->host_order || !g->host_starts || !g->host_counts)
         return xlkv_fail(XLKV_E_NOMEM, "GPU trainer: out of host memory");
     xlkv_tape_plan(g->store->map, g->backward_passes, g->records);
@@ -538,9 +557,33 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
         return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_FLASH_ROPE=%s: expected 1 (RoPE inside the flash kernels' "
                          "staging, the default) or 0 (separate RoPE passes)", flash_rope);
     g->flash_rope = g->attention == ATTENTION_FLASH && !(flash_rope && !strcmp(flash_rope, "0"));
+    const char *prologue = getenv("XLKV_TRAIN_FLASH_PROLOGUE");
+    if (prologue && *prologue && strcmp(prologue, "0") && strcmp(prologue, "1"))
+        return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_FLASH_PROLOGUE=%s: expected 1 (no dK/dV clears, delta inside the "
+                         "flash dQ kernel, the default) or 0 (clears and the separate delta passes)", prologue);
+    g->flash_prologue = g->attention == ATTENTION_FLASH && !(prologue && !strcmp(prologue, "0"));
     if (g->attention == ATTENTION_FLASH)
         XLKV_TRY(xlkv_cuda_alloc(&g->flash_workspace, xlkv_cuda_train_attention_flash_workspace_bytes(&flash_shape),
                                  "the flash attention workspace"));
+    const char *kv16 = getenv("XLKV_TRAIN_FLASH_KV16");
+    if (kv16 && *kv16 && strcmp(kv16, "0") && strcmp(kv16, "1"))
+        return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_FLASH_KV16=%s: expected 1 (the flash kernels' bf16 K / V kept per KV "
+                         "record, the default) or 0 (rounded again by every flash call)", kv16);
+    g->flash_kv16 = g->attention == ATTENTION_FLASH && !(kv16 && !strcmp(kv16, "0"));
+    if (g->flash_kv16) { /* 4 N kv_dim bytes per KV record (`small`, standard map: 12 x 25 MB = 0.3 GB) */
+        const size_t pair = 2 * (size_t)g->n_rows * (size_t)hp->n_kv_heads * (size_t)hp->head_dim;
+        size_t n_kv_records = 0;
+        for (int r = 0; r < g->n_records; r++) n_kv_records += xlkv_is_kv_layer(s->map, g->records[r].layer);
+        if (n_kv_records > 0)
+            XLKV_TRY(xlkv_cuda_alloc((void **)&g->kv16_arena, n_kv_records * pair * sizeof(uint16_t),
+                                     "the flash bf16 K / V copies (XLKV_TRAIN_FLASH_KV16=0 does without)"));
+        size_t used = 0;
+        for (int r = 0; r < g->n_records; r++)
+            if (xlkv_is_kv_layer(s->map, g->records[r].layer)) {
+                g->record_kv16[r] = g->kv16_arena + used;
+                used += pair;
+            }
+    }
     if (g->attention == ATTENTION_GEMM) {
         XLKV_TRY(xlkv_cuda_alloc((void **)&g->scores, score_floats * sizeof(float), "attention scores"));
         XLKV_TRY(xlkv_cuda_alloc((void **)&g->dscores, score_floats * sizeof(float), "attention score gradients"));
@@ -604,6 +647,12 @@ void xlkv_gpu_trainer_free(xlkv_gpu_trainer *g) {
     cudaFree(g->flash_workspace);
     if (g->stream) (void)cudaStreamDestroy(g->stream);
     free(g->records);
+    free(g->dkdv_overwrite);
+    free(g->dkdv_unread);
+    free(g->record_kv16);
+    free(g->kv16_ready);
+    free(g->read_owner);
+    cudaFree(g->kv16_arena);
     free(g->w);
     free(g->dw);
     free(g->current);
@@ -1003,14 +1052,25 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
             KERNEL_TRY(xlkv_cuda_train_rope(k, N, g->seq, hp->n_kv_heads, hp->head_dim, g->rope_cos, g->rope_sin, 1.0f,
                                             st), "rope forward");
         }
-        g->current[slot] = (kv_source){k, v, grad ? rec->dk : NULL, grad ? rec->dv : NULL};
-        if (grad) {
+        const int owner = grad ? (int)(rec - g->records) : -1;
+        g->current[slot] = (kv_source){k, v, grad ? rec->dk : NULL, grad ? rec->dv : NULL, owner, -1};
+        if (grad && g->flash_prologue) { /* no clear: the first reader in the backward overwrites (below) */
+            g->dkdv_unread[owner] = true;
+        } else if (grad) {
             XLKV_TRY(zero(g, rec->dk, (size_t)N * (size_t)kv_dim));
             XLKV_TRY(zero(g, rec->dv, (size_t)N * (size_t)kv_dim));
         }
     }
     mark(g, XLKV_STEP_ATTENTION_FORWARD); /* until linear(wo) below, whichever implementation runs */
-    const kv_source *src = &g->current[xlkv_read_slot(map, layer)];
+    kv_source *src = &g->current[xlkv_read_slot(map, layer)];
+    if (grad && src->dk && g->flash_prologue) {
+        /* the walk visits records in reverse tape order: the last reader so far is the first writer of dK/dV */
+        const int r = (int)(rec - g->records);
+        if (src->last_reader >= 0) g->dkdv_overwrite[src->last_reader] = false;
+        g->dkdv_overwrite[r] = true;
+        src->last_reader = r;
+        g->dkdv_unread[src->owner] = false;
+    }
     rec->read_k = src->k;
     rec->read_v = src->v;
     rec->read_dk = src->dk;
@@ -1018,11 +1078,20 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
     const xlkv_cuda_train_attention_shape shape = attention_shape(g, layer);
     if (g->attention == ATTENTION_GEMM)
         XLKV_TRY(attention_forward_gemm(g, rec->att, rec->lse, rec->q, src->k, src->v, &shape));
-    else if (g->attention == ATTENTION_FLASH)
-        KERNEL_TRY(xlkv_cuda_train_attention_flash_forward_rope(rec->att, rec->lse, rec->q, src->k, src->v,
-                                                                flash_rope_tables(g, NULL, 0), &shape,
-                                                                g->flash_workspace, st),
+    else if (g->attention == ATTENTION_FLASH) {
+        /* flash_kv16, K / V of a KV record: its first reader rounds them into the record's pair, later ones (and the
+         * backward) stream the pair as it is */
+        const int owner = g->flash_kv16 ? src->owner : -1;
+        if (grad) g->read_owner[rec - g->records] = owner;
+        const xlkv_cuda_train_flash_kv16 kv16 = {
+            owner >= 0 ? g->record_kv16[owner] : NULL,
+            owner >= 0 ? g->record_kv16[owner] + (size_t)N * (size_t)kv_dim : NULL, owner >= 0 && g->kv16_ready[owner]};
+        KERNEL_TRY(xlkv_cuda_train_attention_flash_forward_opts(rec->att, rec->lse, rec->q, src->k, src->v,
+                                                                flash_rope_tables(g, NULL, 0), owner >= 0 ? &kv16 : NULL,
+                                                                &shape, g->flash_workspace, st),
                    "flash attention forward");
+        if (owner >= 0) g->kv16_ready[owner] = true;
+    }
     else KERNEL_TRY(xlkv_cuda_train_attention_forward(rec->att, rec->lse, rec->q, src->k, src->v, &shape, st),
                     "attention forward");
     if (g->fuse) {
@@ -1140,6 +1209,9 @@ xlkv_status xlkv_gpu_trainer_forward(xlkv_gpu_trainer *g, const int *tokens, con
     XLKV_CUDA_TRY(cudaMemcpyAsync(g->starts, g->host_starts, (size_t)(g->n_groups + 1) * sizeof(int),
                                   cudaMemcpyHostToDevice, g->stream), "uploading the embedding groups");
     memset(g->current, 0, ((size_t)map->n_kv_layers + 1) * sizeof *g->current);
+    memset(g->dkdv_overwrite, 0, (size_t)g->n_records * sizeof *g->dkdv_overwrite);
+    memset(g->dkdv_unread, 0, (size_t)g->n_records * sizeof *g->dkdv_unread);
+    memset(g->kv16_ready, 0, (size_t)g->n_records * sizeof *g->kv16_ready);
     mark(g, XLKV_STEP_EMBEDDING);
     KERNEL_TRY(xlkv_cuda_train_embedding_forward(g->x, g->tokens, g->tok_embeddings, N, dim, st), "embedding forward");
     g->pending_a = NULL;
@@ -1158,7 +1230,7 @@ xlkv_status xlkv_gpu_trainer_forward(xlkv_gpu_trainer *g, const int *tokens, con
             if (!xlkv_is_kv_layer(map, j)) continue;
             const int slot = map->kv_slot[j];
             const size_t offset = (size_t)slot * (size_t)N * (size_t)kv_dim;
-            g->current[slot] = (kv_source){g->const_k + offset, g->const_v + offset, NULL, NULL};
+            g->current[slot] = (kv_source){g->const_k + offset, g->const_v + offset, NULL, NULL, -1, -1};
             XLKV_TRY(zero(g, g->const_k + offset, (size_t)N * (size_t)kv_dim));
             XLKV_TRY(zero(g, g->const_v + offset, (size_t)N * (size_t)kv_dim));
         }
@@ -1214,12 +1286,21 @@ static xlkv_status attention_backward(xlkv_gpu_trainer *g, gpu_record *rec, uint
     if (g->attention == ATTENTION_GEMM)
         XLKV_TRY(attention_backward_gemm(g, g->dq, rec->read_dk, rec->read_dv, g->datt, rec->att, rec->lse, rec->q,
                                          rec->read_k, rec->read_v, &shape));
-    else if (g->attention == ATTENTION_FLASH)
-        KERNEL_TRY(xlkv_cuda_train_attention_flash_backward_rope(g->dq, rec->read_dk, rec->read_dv, g->delta, g->datt,
-                                                                 rec->att, rec->lse, rec->q, rec->read_k,
-                                                                 rec->read_v, flash_rope_tables(g, dq16, ld), &shape,
-                                                                 g->flash_workspace, st),
+    else if (g->attention == ATTENTION_FLASH) {
+        /* flash_prologue: the first writer of the read dK/dV overwrites them (no clear); delta from the dQ kernel */
+        const int owner = g->flash_kv16 ? g->read_owner[rec - g->records] : -1;
+        const size_t kv_n = (size_t)g->n_rows * (size_t)g->store->hp.n_kv_heads * (size_t)g->store->hp.head_dim;
+        const xlkv_cuda_train_flash_kv16 kv16 = {owner >= 0 ? g->record_kv16[owner] : NULL,
+                                                 owner >= 0 ? g->record_kv16[owner] + kv_n : NULL, true};
+        const xlkv_cuda_train_flash_backward_options options = {
+            .overwrite_dkdv = g->flash_prologue && g->dkdv_overwrite[rec - g->records],
+            .separate_delta = !g->flash_prologue, .kv16 = owner >= 0 ? &kv16 : NULL};
+        KERNEL_TRY(xlkv_cuda_train_attention_flash_backward_opts(
+                       g->dq, rec->read_dk, rec->read_dv, g->flash_prologue ? NULL : g->delta, g->datt, rec->att,
+                       rec->lse, rec->q, rec->read_k, rec->read_v, flash_rope_tables(g, dq16, ld), &options, &shape,
+                       g->flash_workspace, st),
                    "flash attention backward");
+    }
     else
         KERNEL_TRY(xlkv_cuda_train_attention_backward(g->dq, rec->read_dk, rec->read_dv, g->delta, g->datt, rec->att,
                                                       rec->lse, rec->q, rec->read_k, rec->read_v, &shape, st),
@@ -1443,6 +1524,11 @@ xlkv_status xlkv_gpu_trainer_backward_buckets(xlkv_gpu_trainer *g, float loss_sc
     g->dx16_ready = g->fuse && g->fused_ce; /* else dy_bf16 holds the classifier's gradient */
     for (int r = g->n_records - 1; r >= 0; r--) {
         gpu_record *rec = &g->records[r];
+        if (g->dkdv_unread[r]) { /* flash_prologue: no reader wrote this KV record's dK/dV (the forward's clear) */
+            const size_t kv_n = (size_t)g->n_rows * (size_t)hp->n_kv_heads * (size_t)hp->head_dim;
+            XLKV_TRY(zero(g, rec->dk, kv_n));
+            XLKV_TRY(zero(g, rec->dv, kv_n));
+        }
         XLKV_TRY(layer_backward(g, rec));
         /* a layer's weights receive gradient only in its own records (readers add into its dK/dV activations, not
          * its W_K/W_V), so they are complete after its first record in tape order, the last one the walk visits */

@@ -596,43 +596,11 @@ __global__ void adamw(float *w, const float *g, float *m, float *v, size_t n, fl
     }
 }
 
-/* AdamW of the bf16 trainer: the gradient times the clip coefficient (*coef, read from device memory: 1 when the norm
+/* AdamW of the bf16 trainer over runs with their own decay (xlkv_cuda_train_adamw_bf16_runs; one run:
+ * xlkv_cuda_train_adamw_bf16): the gradient times the clip coefficient (*coef, read from device memory: 1 when the norm
  * is under the limit; one fp32 multiply, as xlkv_cuda_train_scale), the update of adamw(), and w16 = bf16_rne(w) (the
- * weight shadow) in the same pass; V4: float4 loads / stores, the n % 4 tail by the first threads. */
-template <bool V4>
-__global__ void adamw_bf16(float *w, __nv_bfloat16 *w16, const float *g, float *m, float *v, size_t n,
-                           const float *coef, float lr, float beta1, float beta2, float eps, float decay, float c1,
-                           float c2) {
-    const float k = *coef;
-    const size_t first = blockIdx.x * (size_t)blockDim.x + threadIdx.x, stride = (size_t)gridDim.x * blockDim.x;
-    size_t done = 0;
-    if (V4) {
-        for (size_t i = first; i < n / 4; i += stride) {
-            float4 wi = reinterpret_cast<float4 *>(w)[i], mi = reinterpret_cast<float4 *>(m)[i];
-            float4 vi = reinterpret_cast<float4 *>(v)[i];
-            const float4 gi = reinterpret_cast<const float4 *>(g)[i];
-            adamw_element(&wi.x, __fmul_rn(gi.x, k), &mi.x, &vi.x, lr, beta1, beta2, eps, decay, c1, c2);
-            adamw_element(&wi.y, __fmul_rn(gi.y, k), &mi.y, &vi.y, lr, beta1, beta2, eps, decay, c1, c2);
-            adamw_element(&wi.z, __fmul_rn(gi.z, k), &mi.z, &vi.z, lr, beta1, beta2, eps, decay, c1, c2);
-            adamw_element(&wi.w, __fmul_rn(gi.w, k), &mi.w, &vi.w, lr, beta1, beta2, eps, decay, c1, c2);
-            reinterpret_cast<float4 *>(w)[i] = wi, reinterpret_cast<float4 *>(m)[i] = mi;
-            reinterpret_cast<float4 *>(v)[i] = vi;
-            __nv_bfloat162 *out = reinterpret_cast<__nv_bfloat162 *>(w16 + 4 * i);
-            out[0] = __floats2bfloat162_rn(wi.x, wi.y);
-            out[1] = __floats2bfloat162_rn(wi.z, wi.w);
-        }
-        done = n / 4 * 4;
-    }
-    for (size_t i = done + first; i < n; i += stride) {
-        float wi = w[i], mi = m[i], vi = v[i];
-        adamw_element(&wi, __fmul_rn(g[i], k), &mi, &vi, lr, beta1, beta2, eps, decay, c1, c2);
-        m[i] = mi, v[i] = vi, w[i] = wi;
-        w16[i] = __float2bfloat16_rn(wi);
-    }
-}
-
-/* adamw_bf16 over runs with their own decay (xlkv_cuda_train_adamw_bf16_runs), the table passed by value: element e
- * belongs to the first run k with e < end[k]. Groups of four whose elements share a run (all but at most one group a
+ * weight shadow) in the same pass; V4: float4 loads / stores, the n % 4 tail by the first threads. The table is passed
+ * by value: element e belongs to the first run k with e < end[k]. Groups of four whose elements share a run (all but at most one group a
  * boundary) look it up once; the others per element. */
 struct adamw_runs {
     size_t end[XLKV_CUDA_TRAIN_ADAMW_RUNS];
@@ -1026,16 +994,7 @@ int xlkv_cuda_train_adamw_bf16(float *w, uint16_t *w16, const float *g, float *m
                                const float *coef, float lr, float beta1, float beta2, float eps, float decay, float c1,
                                float c2, void *stream) {
     if (n == 0) return 0;
-    if (!w || !w16 || !g || !m || !v || !coef) return (int)cudaErrorInvalidValue;
-    __nv_bfloat16 *shadow = reinterpret_cast<__nv_bfloat16 *>(w16);
-    cudaStream_t s = (cudaStream_t)stream;
-    if (aligned16(w) && aligned16(g) && aligned16(m) && aligned16(v) && (uintptr_t)w16 % 8 == 0)
-        adamw_bf16<true><<<grid_for(n / 4 + 1), kBlock, 0, s>>>(w, shadow, g, m, v, n, coef, lr, beta1, beta2, eps,
-                                                                 decay, c1, c2);
-    else
-        adamw_bf16<false><<<grid_for(n), kBlock, 0, s>>>(w, shadow, g, m, v, n, coef, lr, beta1, beta2, eps, decay, c1,
-                                                         c2);
-    return launch_status();
+    return xlkv_cuda_train_adamw_bf16_runs(w, w16, g, m, v, &n, &decay, 1, coef, lr, beta1, beta2, eps, c1, c2, stream);
 }
 
 int xlkv_cuda_train_adamw_bf16_runs(float *w, uint16_t *w16, const float *g, float *m, float *v,

@@ -121,7 +121,8 @@ int xlkv_cuda_train_adamw(float *w, const float *g, float *m, float *v, size_t n
 /* The bf16 trainer's AdamW (XLKV_TRAIN_FUSE): g is multiplied by *coef (a device float, the clip coefficient below; the
  * gradient buffer is not changed), then the update of xlkv_cuda_train_adamw, and w16[i] = bf16_rne(w[i]) (the bf16
  * weight shadow) in the same pass; float4 where w, g, m, v are 16-byte and w16 8-byte aligned. The same bits as
- * xlkv_cuda_train_scale (when clipping) + xlkv_cuda_train_adamw + a bf16 copy of w. NULL pointers are refused. */
+ * xlkv_cuda_train_scale (when clipping) + xlkv_cuda_train_adamw + a bf16 copy of w (tested against them). NULL pointers
+ * are refused. It is xlkv_cuda_train_adamw_bf16_runs with one run. */
 int xlkv_cuda_train_adamw_bf16(float *w, uint16_t *w16, const float *g, float *m, float *v, size_t n,
                                const float *coef, float lr, float beta1, float beta2, float eps, float decay, float c1,
                                float c2, void *stream);
