@@ -19,7 +19,8 @@
  *  3. six trainer steps and the held-out loss, heuristic and tune vs unset: within 5e-3 relative (as the other
  *     bf16 path tests: differences grow through AdamW).
  *  4. tune=FILE: a run that tunes and writes FILE and a second run that reads it give the same bytes (losses and
- *     parameters after four steps); two heuristic runs too. A corrupt FILE, one from another model (a product this
+ *     parameters after four steps); two heuristic runs too; a FILE naming cublasGemmEx for every product gives the
+ *     bytes of unset (the same calls). A corrupt FILE, one from another model (a product this
  *     run lacks), one missing a product, and unknown XLKV_TRAIN_GEMM_LT values are refused with the reason (never
  *     re-tuned); fp32ops with cuBLASLt refused; the f32 trainer ignores it.
  * Every check prints one "check ..." line with the measured error and the tolerance. Needs a GPU (label cuda). */
@@ -128,7 +129,14 @@ static void module_products(void **state) {
     } modes[] = {{"heuristic", XLKV_TRAIN_GEMM_LT_HEURISTIC}, {"tune", XLKV_TRAIN_GEMM_LT_TUNE}};
     for (int mi = 0; mi < 2; mi++) {
         xlkv_train_gemm_lt *lt = NULL;
-        TU_ASSERT_OK(xlkv_train_gemm_lt_create(shapes, n, modes[mi].mode, NULL, workspace, ws_bytes, NULL, &lt));
+        TU_ASSERT_OK(xlkv_train_gemm_lt_create(shapes, n, modes[mi].mode, NULL, workspace, ws_bytes, NULL, NULL,
+                                               &lt));
+        /* tune: every plan timed (its operands on 256-byte boundaries; an H200 run before that padding had no
+         * candidate run for any plan) */
+        const int untimed = xlkv_train_gemm_lt_untimed(lt);
+        printf("check cuBLASLt %s: %d plans, %d with no candidate timed (tol 0) %s\n", modes[mi].name,
+               xlkv_train_gemm_lt_count(lt), untimed, untimed == 0 ? "ok" : "FAIL");
+        verdict(untimed == 0);
         for (int i = 0; i < n; i++) {
             product_case(lt, &shapes[i], modes[mi].name, 0, 1.0f);
             product_case(lt, &shapes[i], modes[mi].name, 1, 0.25f); /* 2 / 4 bytes off: the fallback algorithm */
@@ -376,6 +384,32 @@ static void trainer_runs(void **state) {
     verdict(ok);
     xlkv_trainer_free(x);
     xlkv_trainer_free(y);
+
+    /* a tune file that hands every product to cublasGemmEx: the same bytes as unset (the same calls) */
+    char *ex_file = xlkv_path_join(dir, "gemm-ex.tune");
+    FILE *ex = fopen(ex_file, "w");
+    assert_non_null(ex);
+    for (int i = 0; i < n_lines; i++) {
+        char *algo = strstr(lines[i], " algo ");
+        if (i < 3 || !algo) fputs(lines[i], ex);
+        else fprintf(ex, "%.*s algo cublasGemmEx\n", (int)(algo - lines[i]), lines[i]);
+    }
+    fclose(ex);
+    snprintf(value, sizeof value, "tune=%s", ex_file);
+    x = make_trainer(data, c, SAME_STEPS, value);
+    y = make_trainer(data, c, SAME_STEPS, NULL);
+    for (int s = 0; s < SAME_STEPS; s++) {
+        TU_ASSERT_OK(xlkv_trainer_step(x, NULL));
+        TU_ASSERT_OK(xlkv_trainer_step(y, NULL));
+    }
+    ok = same_bytes(x, y, SAME_STEPS);
+    printf("check XLKV_TRAIN_GEMM_LT=tune=FILE with every product on cublasGemmEx vs unset, %d steps: losses and "
+           "parameters the same bytes: %s\n", SAME_STEPS, ok ? "ok" : "FAIL");
+    verdict(ok);
+    xlkv_trainer_free(x);
+    xlkv_trainer_free(y);
+    remove(ex_file);
+    free(ex_file);
 
     /* refusals */
     char *bad = xlkv_path_join(dir, "bad.tune");

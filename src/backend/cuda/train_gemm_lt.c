@@ -12,9 +12,11 @@
 
 enum { TUNE_BURST = 3, TUNE_BURSTS = 5 }; /* per candidate: a warm-up burst, then the median of 5 bursts of 3 calls */
 #define TUNE_FILE_MAGIC "xlkv-train-gemm-lt 1"
+#define GEMM_EX_WORD "cublasGemmEx" /* a product line's algorithm when tune kept cublasGemmEx */
 
 struct xlkv_train_gemm_lt {
     cublasLtHandle_t handle;
+    cublasHandle_t blas; /* the caller's, for the products tune hands to cublasGemmEx (NULL: none) */
     cudaStream_t stream;
     void *workspace;
     size_t workspace_bytes;
@@ -185,10 +187,31 @@ static int compare_floats(const void *x, const void *y) {
     return (a > b) - (a < b);
 }
 
+cublasStatus_t xlkv_train_gemm_shape_gemm_ex(cublasHandle_t blas, const xlkv_train_gemm_shape *s, float alpha,
+                                             const void *a, const void *b, void *c) {
+    const float beta = s->accumulate ? 1.0f : 0.0f;
+    return cublasGemmEx(blas, s->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, s->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, s->m, s->n,
+                        s->k, &alpha, a, CUDA_R_16BF, s->lda, b, CUDA_R_16BF, s->ldb, &beta, c,
+                        s->c_bf16 ? CUDA_R_16BF : CUDA_R_32F, s->ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+}
+
+static xlkv_status time_bursts(cublasLtHandle_t lt, cublasHandle_t blas, const xlkv_train_gemm_plan *p,
+                               const cublasLtMatmulAlgo_t *algo, float alpha, const void *a, const void *b, void *c,
+                               void *workspace, size_t workspace_bytes, cudaStream_t stream, int burst, int bursts,
+                               float *ms);
+
 xlkv_status xlkv_train_gemm_plan_time(cublasLtHandle_t lt, const xlkv_train_gemm_plan *p,
                                       const cublasLtMatmulAlgo_t *algo, float alpha, const void *a, const void *b,
                                       void *c, void *workspace, size_t workspace_bytes, cudaStream_t stream, int burst,
                                       int bursts, float *ms) {
+    return time_bursts(lt, NULL, p, algo, alpha, a, b, c, workspace, workspace_bytes, stream, burst, bursts, ms);
+}
+
+/* algo NULL: cublasGemmEx on blas (bound to `stream` by its owner) */
+static xlkv_status time_bursts(cublasLtHandle_t lt, cublasHandle_t blas, const xlkv_train_gemm_plan *p,
+                               const cublasLtMatmulAlgo_t *algo, float alpha, const void *a, const void *b, void *c,
+                               void *workspace, size_t workspace_bytes, cudaStream_t stream, int burst, int bursts,
+                               float *ms) {
     if (burst < 1 || bursts < 1 || bursts > 64)
         return xlkv_fail(XLKV_E_INVALID, "cuBLASLt timing: burst %d, bursts %d (1..64)", burst, bursts);
     cudaEvent_t start = NULL, stop = NULL;
@@ -203,9 +226,11 @@ xlkv_status xlkv_train_gemm_plan_time(cublasLtHandle_t lt, const xlkv_train_gemm
     for (int r = 0; r <= bursts && status == XLKV_OK; r++) { /* r = 0: warm-up */
         err = cudaEventRecord(start, stream);
         for (int i = 0; i < burst && err == cudaSuccess && status == XLKV_OK; i++) {
-            cublasStatus_t st = xlkv_train_gemm_plan_matmul(lt, p, algo, alpha, a, b, c, workspace, workspace_bytes,
-                                                            stream);
-            if (st != CUBLAS_STATUS_SUCCESS) status = lt_fail(st, "cublasLtMatmul (timing)", &p->shape);
+            cublasStatus_t st = algo ? xlkv_train_gemm_plan_matmul(lt, p, algo, alpha, a, b, c, workspace,
+                                                                   workspace_bytes, stream)
+                                     : xlkv_train_gemm_shape_gemm_ex(blas, &p->shape, alpha, a, b, c);
+            if (st != CUBLAS_STATUS_SUCCESS)
+                status = lt_fail(st, algo ? "cublasLtMatmul (timing)" : "cublasGemmEx (timing)", &p->shape);
         }
         if (status != XLKV_OK) break;
         if (err == cudaSuccess) err = cudaEventRecord(stop, stream);
@@ -247,6 +272,10 @@ static xlkv_status tune_plans(xlkv_train_gemm_lt *lt) {
         if (xlkv_train_gemm_shape_bytes_b(s) > bytes_b) bytes_b = xlkv_train_gemm_shape_bytes_b(s);
         if (xlkv_train_gemm_shape_bytes_c(s) > bytes_c) bytes_c = xlkv_train_gemm_shape_bytes_c(s);
     }
+    /* B and C start on 256-byte boundaries, as the candidates assume (an H200 run without this padding, on a tiny
+     * model's odd sizes, had every candidate refuse its misaligned operands) */
+    bytes_a = (bytes_a + 255) / 256 * 256;
+    bytes_b = (bytes_b + 255) / 256 * 256;
     void *buffer = NULL;
     XLKV_TRY(xlkv_cuda_alloc(&buffer, bytes_a + bytes_b + bytes_c,
                              "the operands for timing cuBLASLt's algorithms (XLKV_TRAIN_GEMM_LT=tune)"));
@@ -273,11 +302,16 @@ static xlkv_status tune_plans(xlkv_train_gemm_lt *lt) {
             }
         }
         xlkv_train_gemm_plan_note_alignment(p);
-        if (status == XLKV_OK && best < 0.0f) {
-            char desc[160];
-            xlkv_train_gemm_shape_describe(&p->shape, desc, sizeof desc);
-            status = xlkv_fail(XLKV_E_BACKEND, "XLKV_TRAIN_GEMM_LT=tune: none of the %d algorithms of the product %s "
-                               "ran", p->n_candidates, desc);
+        p->untimed = best < 0.0f;
+        if (p->untimed) { /* none ran on the tuning operands: keep the heuristic's first, as `heuristic` does */
+            p->chosen = p->candidates[0].algo;
+            p->chosen_index = 0;
+        } else if (lt->blas && status == XLKV_OK) { /* cublasGemmEx, the 17th candidate: kept where it is faster */
+            float ms = 0.0f;
+            if (time_bursts(lt->handle, lt->blas, p, NULL, 1.0f, a, b, c, lt->workspace, lt->workspace_bytes,
+                            lt->stream, TUNE_BURST, TUNE_BURSTS, &ms) == XLKV_OK &&
+                ms < best)
+                p->use_gemm_ex = true;
         }
     }
     cudaError_t sync = cudaStreamSynchronize(lt->stream);
@@ -308,7 +342,9 @@ static xlkv_status write_tune_file(const xlkv_train_gemm_lt *lt, const char *pat
         const xlkv_train_gemm_shape *s = &p->shape;
         fprintf(f, "product %d %d %d %d %d %d %d %d %d %d algo", s->trans_a, s->trans_b, s->m, s->n, s->k, s->lda,
                 s->ldb, s->ldc, s->c_bf16, s->accumulate);
-        for (int w = 0; w < 8; w++) fprintf(f, " %016llx", (unsigned long long)p->chosen.data[w]);
+        if (p->use_gemm_ex) fprintf(f, " " GEMM_EX_WORD);
+        else
+            for (int w = 0; w < 8; w++) fprintf(f, " %016llx", (unsigned long long)p->chosen.data[w]);
         fprintf(f, "\n");
     }
     const bool ok = !ferror(f);
@@ -348,13 +384,22 @@ static xlkv_status read_tune_file(xlkv_train_gemm_lt *lt, const char *path, FILE
             if (strcmp(line, want)) status = bad_file(path, number, "written on another GPU");
             continue;
         }
-        int v[10], used = 0;
-        unsigned long long data[8];
-        if (sscanf(line, "product %d %d %d %d %d %d %d %d %d %d algo %llx %llx %llx %llx %llx %llx %llx %llx%n",
-                   &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7], &v[8], &v[9], &data[0], &data[1],
-                   &data[2], &data[3], &data[4], &data[5], &data[6], &data[7], &used) != 18 ||
-            line[used] != 0) {
+        int v[10], used = 0, used_ex = 0;
+        unsigned long long data[8] = {0};
+        const bool gemm_ex =
+            sscanf(line, "product %d %d %d %d %d %d %d %d %d %d algo " GEMM_EX_WORD "%n", &v[0], &v[1], &v[2], &v[3],
+                   &v[4], &v[5], &v[6], &v[7], &v[8], &v[9], &used_ex) == 10 &&
+            used_ex > 0 && line[used_ex] == 0;
+        if (!gemm_ex &&
+            (sscanf(line, "product %d %d %d %d %d %d %d %d %d %d algo %llx %llx %llx %llx %llx %llx %llx %llx%n",
+                    &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7], &v[8], &v[9], &data[0], &data[1],
+                    &data[2], &data[3], &data[4], &data[5], &data[6], &data[7], &used) != 18 ||
+             line[used] != 0)) {
             status = bad_file(path, number, "malformed product line");
+            break;
+        }
+        if (gemm_ex && !lt->blas) {
+            status = bad_file(path, number, "cublasGemmEx named, and no cuBLAS handle given");
             break;
         }
         const xlkv_train_gemm_shape s = {.trans_a = v[0] != 0, .trans_b = v[1] != 0, .m = v[2], .n = v[3], .k = v[4],
@@ -373,8 +418,10 @@ static xlkv_status read_tune_file(xlkv_train_gemm_lt *lt, const char *path, FILE
         }
         seen[found] = true;
         xlkv_train_gemm_plan *p = &lt->plans[found];
-        for (int w = 0; w < 8; w++) p->chosen.data[w] = (uint64_t)data[w];
+        p->use_gemm_ex = gemm_ex;
         p->chosen_index = -1;
+        if (gemm_ex) continue; /* chosen stays the heuristic's first, unused */
+        for (int w = 0; w < 8; w++) p->chosen.data[w] = (uint64_t)data[w];
         cublasLtMatmulHeuristicResult_t check;
         cublasStatus_t st = cublasLtMatmulAlgoCheck(lt->handle, p->op, p->a, p->b, p->c, p->c, &p->chosen, &check);
         if (st != CUBLAS_STATUS_SUCCESS || check.workspaceSize > lt->workspace_bytes)
@@ -399,7 +446,7 @@ static xlkv_status read_tune_file(xlkv_train_gemm_lt *lt, const char *path, FILE
 /* ---- the object -------------------------------------------------------------------------------------------------- */
 xlkv_status xlkv_train_gemm_lt_create(const xlkv_train_gemm_shape *shapes, int n, xlkv_train_gemm_lt_mode mode,
                                       const char *tune_file, void *workspace, size_t workspace_bytes,
-                                      cudaStream_t stream, xlkv_train_gemm_lt **out) {
+                                      cudaStream_t stream, cublasHandle_t blas, xlkv_train_gemm_lt **out) {
     *out = NULL;
     if (mode == XLKV_TRAIN_GEMM_LT_OFF || n < 1)
         return xlkv_fail(XLKV_E_INVALID, "cuBLASLt products: nothing to plan (mode off or no product)");
@@ -410,6 +457,7 @@ xlkv_status xlkv_train_gemm_lt_create(const xlkv_train_gemm_shape *shapes, int n
         return xlkv_fail(XLKV_E_NOMEM, "cuBLASLt products: out of host memory");
     }
     lt->stream = stream;
+    lt->blas = blas;
     lt->workspace = workspace;
     lt->workspace_bytes = workspace_bytes;
     xlkv_status status = XLKV_OK;
@@ -464,6 +512,11 @@ xlkv_status xlkv_train_gemm_lt_run(xlkv_train_gemm_lt *lt, const xlkv_train_gemm
     for (int i = 0; i < lt->n_plans; i++) {
         const xlkv_train_gemm_plan *p = &lt->plans[i];
         if (!xlkv_train_gemm_shape_equal(&p->shape, shape)) continue;
+        if (p->use_gemm_ex) {
+            const cublasStatus_t st = xlkv_train_gemm_shape_gemm_ex(lt->blas, shape, alpha, a, b, c);
+            if (st == CUBLAS_STATUS_SUCCESS) return XLKV_OK;
+            return xlkv_cublas_fail(st, what);
+        }
         const bool aligned = alignment_of(a) >= p->chosen_align[0] && alignment_of(b) >= p->chosen_align[1] &&
                              alignment_of(c) >= p->chosen_align[2];
         cublasStatus_t st = xlkv_train_gemm_plan_matmul(lt->handle, p, aligned ? &p->chosen : &p->fallback, alpha, a,
@@ -480,4 +533,16 @@ xlkv_status xlkv_train_gemm_lt_run(xlkv_train_gemm_lt *lt, const xlkv_train_gemm
 }
 
 int xlkv_train_gemm_lt_count(const xlkv_train_gemm_lt *lt) { return lt->n_plans; }
+
+int xlkv_train_gemm_lt_gemm_ex_count(const xlkv_train_gemm_lt *lt) {
+    int n = 0;
+    for (int i = 0; i < lt->n_plans; i++) n += lt->plans[i].use_gemm_ex;
+    return n;
+}
+
+int xlkv_train_gemm_lt_untimed(const xlkv_train_gemm_lt *lt) {
+    int n = 0;
+    for (int i = 0; i < lt->n_plans; i++) n += lt->plans[i].untimed;
+    return n;
+}
 const xlkv_train_gemm_plan *xlkv_train_gemm_lt_plan(const xlkv_train_gemm_lt *lt, int i) { return &lt->plans[i]; }

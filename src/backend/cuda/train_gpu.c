@@ -73,7 +73,7 @@
  *   XLKV_TRAIN_GEMM_LT (bf16 operands; read at creation): heuristic or tune[=FILE] runs every bf16-operand product
  *         (layers and classifier) through cuBLASLt (backend/cuda/train_gemm_lt.c: a plan per distinct shape, listed
  *         at creation by list_bf16_products, never a descriptor per call; heuristic = its first algorithm, tune = the
- *         fastest of its top 16 timed once, tune=FILE written / replayed); unset = cublasGemmEx as ever. The f32
+ *         fastest of its top 16 and cublasGemmEx timed once, tune=FILE written / replayed); unset = cublasGemmEx. The f32
  *         trainer ignores it; with XLKV_TRAIN_GEMM=fp32ops it is refused.
  *   XLKV_TRAIN_GEMM=fp32ops keeps the bf16 trainer on the former path (fp32 operands, CUBLAS_COMPUTE_32F_FAST_16BF:
  *         cuBLAS rounds them to bf16 on the fly, the same rounding, at a lower rate) for an A/B in one build;
@@ -422,7 +422,7 @@ static xlkv_status setup_gemm_lt(xlkv_gpu_trainer *g) {
     if (!shapes) return xlkv_fail(XLKV_E_NOMEM, "GPU trainer: out of host memory");
     const int n = list_bf16_products(g, shapes);
     xlkv_status status = xlkv_train_gemm_lt_create(shapes, n, g->gemm_lt_mode, g->gemm_lt_file, g->workspace,
-                                                   g->workspace_bytes, g->stream, &g->gemm_lt);
+                                                   g->workspace_bytes, g->stream, g->cublas, &g->gemm_lt);
     free(shapes);
     return status;
 }
@@ -741,12 +741,7 @@ static xlkv_status gemm(xlkv_gpu_trainer *g, cublasOperation_t op_a, cublasOpera
 static xlkv_status bf16_product(xlkv_gpu_trainer *g, const xlkv_train_gemm_shape *s, float alpha, const void *a,
                                 const void *b, void *c, const char *what) {
     if (g->gemm_lt) return xlkv_train_gemm_lt_run(g->gemm_lt, s, alpha, a, b, c, what);
-    const float beta = s->accumulate ? 1.0f : 0.0f;
-    const cublasStatus_t st = cublasGemmEx(g->cublas, s->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                           s->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, s->m, s->n, s->k, &alpha, a,
-                                           CUDA_R_16BF, s->lda, b, CUDA_R_16BF, s->ldb, &beta, c,
-                                           s->c_bf16 ? CUDA_R_16BF : CUDA_R_32F, s->ldc, CUBLAS_COMPUTE_32F,
-                                           CUBLAS_GEMM_DEFAULT);
+    const cublasStatus_t st = xlkv_train_gemm_shape_gemm_ex(g->cublas, s, alpha, a, b, c);
     if (st != CUBLAS_STATUS_SUCCESS) return xlkv_cublas_fail(st, what);
     return XLKV_OK;
 }
