@@ -17,7 +17,8 @@
  * (xlkv_gpu_trainer_set_profile), printing ms per step and % of the step per operation category, sorted; the JSON
  * line carries it as "profile" (the timed steps run without the profiler's events). XLKV_TRAIN_GEMM=fp32ops (see
  * backend/cuda/train_gpu.c) is passed through to the trainer and recorded as "train_gemm" for A/B runs, and
- * XLKV_TRAIN_CE=fp32 (the classifier's former cross-entropy) as "train_ce".
+ * XLKV_TRAIN_CE=fp32 (the classifier's former cross-entropy) as "train_ce", and XLKV_TRAIN_GEMM_LT (the products
+ * through cuBLASLt: heuristic, tune or tune=FILE; backend/cuda/train_gemm_lt.h) as "train_gemm_lt".
  * Prints a table and appends one JSON line per map to --out (default bench/results/train_gpu.jsonl), flushed as soon
  * as the map is done; a map that fails gets a line with "error" and the next maps still run (exit status 1).
  * --flops-only prints each map's parameter count and flops_per_step as JSON (no GPU needed). Without CUDA it says
@@ -171,6 +172,8 @@ static xlkv_status measure_map(const bench_options *o, const char *map, cJSON *l
         cJSON_AddStringToObject(line, "train_gemm", gemm && *gemm ? gemm : "default");
         const char *ce = getenv("XLKV_TRAIN_CE"); /* the classifier's cross-entropy (train_gpu.c), for A/B runs */
         cJSON_AddStringToObject(line, "train_ce", ce && *ce ? ce : "default");
+        const char *lt = getenv("XLKV_TRAIN_GEMM_LT"); /* cuBLASLt for the products (train_gemm_lt.c), for A/B runs */
+        cJSON_AddStringToObject(line, "train_gemm_lt", lt && *lt ? lt : "cublasGemmEx");
     }
     if (status == XLKV_OK && o->profile) {
         status = xlkv_gpu_trainer_set_profile(gt, true);
@@ -271,11 +274,12 @@ int main(int argc, char **argv) {
     FILE *json = fopen(o.out, "a");
     if (!json) fprintf(stderr, "bench_train_gpu: cannot write %s (run from the repository root, or --out FILE); "
                                "table only\n", o.out);
-    const char *gemm = getenv("XLKV_TRAIN_GEMM"), *ce = getenv("XLKV_TRAIN_CE");
-    printf("bench_train_gpu: shape %s, vocab %d, batch %d x %d, %s (XLKV_TRAIN_GEMM=%s, XLKV_TRAIN_CE=%s), median of %d "
-           "steps after %d warm-up, MFU against %.0f TFLOP/s%s\n", o.shape, o.vocab, o.batch, o.seq,
-           o.bf16 ? "bf16" : "f32", gemm && *gemm ? gemm : "default", ce && *ce ? ce : "default", o.steps, o.warmup,
-           o.peak, o.profile ? ", then as many profiled steps" : "");
+    const char *gemm = getenv("XLKV_TRAIN_GEMM"), *ce = getenv("XLKV_TRAIN_CE"), *lt = getenv("XLKV_TRAIN_GEMM_LT");
+    printf("bench_train_gpu: shape %s, vocab %d, batch %d x %d, %s (XLKV_TRAIN_GEMM=%s, XLKV_TRAIN_CE=%s, "
+           "XLKV_TRAIN_GEMM_LT=%s), median of %d steps after %d warm-up, MFU against %.0f TFLOP/s%s\n", o.shape,
+           o.vocab, o.batch, o.seq, o.bf16 ? "bf16" : "f32", gemm && *gemm ? gemm : "default",
+           ce && *ce ? ce : "default", lt && *lt ? lt : "unset (cublasGemmEx)", o.steps, o.warmup, o.peak,
+           o.profile ? ", then as many profiled steps" : "");
     fflush(stdout);
     for (char *save = NULL, *map = strtok_r(list, ",", &save); map; map = strtok_r(NULL, ",", &save))
         rc |= run_map(&o, map, json);

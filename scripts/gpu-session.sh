@@ -3,7 +3,7 @@
 # ../shared/tools/stage-deps.sh; the GPU machine has no package registry), runs the CUDA tests and, optionally, the
 # GPU benchmark. Logs and results go to $OUT (or ./gpu-out).
 #   bash scripts/gpu-session.sh [tests] [bench] [bench-quick] [train-tests] [train-bench] [train-kernels] [train-nccl]
-#                               [train-scaling]
+#                               [train-scaling] [train-gemm]
 # Shared data is read from ./devdata (a copy of the parts of ../shared/data the tests need, carried with the call).
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
@@ -51,6 +51,17 @@ for what in "$@"; do
         ./build/bench_train_gpu --maps standard --profile --out "$out/train_gpu.jsonl"; echo "bench_train_gpu exit $?"
         XLKV_TRAIN_NORM_ROWS=loops ./build/bench_train_gpu --maps standard --profile --out "$out/train_gpu-loops.jsonl"
         echo "bench_train_gpu (XLKV_TRAIN_NORM_ROWS=loops) exit $?"; } 2>&1 | tee "$out/train-kernels.txt" ;;
+    train-gemm)   # issue 5: the step's products, cublasGemmEx vs cuBLASLt (heuristic, best of the top 16), then the
+      # standard step with its profile unset / heuristic / tune=FILE twice (the second reads the file). train-gemm.txt
+      { ./build/bench_train_gemm --out "$out/train_gemm.jsonl"; echo "bench_train_gemm exit $?"
+        ./build/bench_train_gemm --unfused --out "$out/train_gemm.jsonl"; echo "bench_train_gemm --unfused exit $?"
+        for lt in "" heuristic "tune=$out/gemm.tune" "tune=$out/gemm.tune"; do
+          XLKV_TRAIN_GEMM_LT=$lt ./build/bench_train_gpu --maps standard --profile --out "$out/train_gpu.jsonl"
+          echo "bench_train_gpu (XLKV_TRAIN_GEMM_LT=$lt) exit $?"; done
+        (cd build && ctest -R cuda_test_cuda_train_gemm_lt -V --timeout 900) >"$out/test-cuda-train-gemm-lt.log" 2>&1
+        echo "cuda_test_cuda_train_gemm_lt exit $?"
+        grep -E "^(check|losses)|Passed|Failed|tests passed" "$out/test-cuda-train-gemm-lt.log" | tail -120
+      } 2>&1 | tee "$out/train-gemm.txt" ;;
     train-nccl)   # data-parallel through NCCL (needs mpirun: openmpi-bin and libopenmpi-dev staged in .deps)
       (cd build && ctest -R cuda_cli_cuda_train_nccl -V --timeout 900) >"$out/test-cuda-train-nccl.log" 2>&1
       echo "nccl train test exit $?"; grep -E "^(ok|FAIL|check)|Passed|Failed|tests passed" "$out/test-cuda-train-nccl.log" | tail -40 ;;

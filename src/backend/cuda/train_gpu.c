@@ -70,6 +70,11 @@
  *         kernel writing the scaled bf16 gradient) for an A/B in one build; XLKV_TRAIN_CE=fused (or unset) is the
  *         default; XLKV_TRAIN_GEMM=fp32ops (no bf16 weight shadow) and the f32 trainer always use the fp32 path
  *         (fused with fp32ops is refused, any other value is refused).
+ *   XLKV_TRAIN_GEMM_LT (bf16 operands; read at creation): heuristic or tune[=FILE] runs every bf16-operand product
+ *         (layers and classifier) through cuBLASLt (backend/cuda/train_gemm_lt.c: a plan per distinct shape, listed
+ *         at creation by list_bf16_products, never a descriptor per call; heuristic = its first algorithm, tune = the
+ *         fastest of its top 16 and cublasGemmEx timed once, tune=FILE written / replayed); unset = cublasGemmEx. The f32
+ *         trainer ignores it; with XLKV_TRAIN_GEMM=fp32ops it is refused.
  *   XLKV_TRAIN_GEMM=fp32ops keeps the bf16 trainer on the former path (fp32 operands, CUBLAS_COMPUTE_32F_FAST_16BF:
  *         cuBLAS rounds them to bf16 on the fly, the same rounding, at a lower rate) for an A/B in one build;
  *         XLKV_TRAIN_GEMM=bf16ops (or unset) is the default. The f32 trainer ignores it (any other value is refused).
@@ -143,6 +148,7 @@
 #include "backend/cuda/train_bf16.h"
 #include "backend/cuda/train_cross_entropy.h"
 #include "backend/cuda/train_fused.h"
+#include "backend/cuda/train_gemm_lt.h"
 #include "backend/cuda/train_gpu_buffers.h"
 #include "backend/cuda/train_kernels.h"
 #include "backend/cuda/train_profile.h"
@@ -182,6 +188,10 @@ struct xlkv_gpu_trainer {
     xlkv_step_profile profile;   /* per-category totals since profiling was turned on */
     cublasHandle_t cublas;
     void *workspace;
+    size_t workspace_bytes;
+    xlkv_train_gemm_lt_mode gemm_lt_mode; /* XLKV_TRAIN_GEMM_LT (bf16 operands only; see the header) */
+    const char *gemm_lt_file;             /* tune=FILE (the environment's string; read at creation only) or NULL */
+    xlkv_train_gemm_lt *gemm_lt;          /* the cuBLASLt plans (NULL: cublasGemmEx) */
     float *params, *grads, *adam_m, *adam_v; /* device [n_params] */
     uint16_t *params_bf16;                   /* device [n_params]: bf16 shadow of params (bf16_operands only) */
     uint16_t *x_bf16, *dy_bf16;              /* device product scratch (bf16_operands only; sizes: header) */
@@ -335,7 +345,86 @@ static xlkv_status choose_product_paths(xlkv_gpu_trainer *g) {
     if (fuse && *fuse && strcmp(fuse, "0") && strcmp(fuse, "1"))
         return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_FUSE=%s: expected 1 (fused layer passes, the default) or 0", fuse);
     g->fuse = g->bf16_operands && !(fuse && !strcmp(fuse, "0"));
+    XLKV_TRY(xlkv_train_gemm_lt_parse(getenv("XLKV_TRAIN_GEMM_LT"), &g->gemm_lt_mode, &g->gemm_lt_file));
+    if (!g->bf16) g->gemm_lt_mode = XLKV_TRAIN_GEMM_LT_OFF; /* the f32 trainer keeps its exact products */
+    if (g->gemm_lt_mode != XLKV_TRAIN_GEMM_LT_OFF && !g->bf16_operands)
+        return xlkv_fail(XLKV_E_INVALID, "XLKV_TRAIN_GEMM_LT=%s needs bf16 operands (XLKV_TRAIN_GEMM=fp32ops keeps "
+                         "cublasGemmEx)", getenv("XLKV_TRAIN_GEMM_LT"));
     return XLKV_OK;
+}
+
+/* Every bf16-operand product the step can call (the same shapes as the call sites below: layer_forward,
+ * layer_backward(_fused), the classifiers), into s (room for 24 per layer + 3); returns how many (duplicates kept:
+ * the plans merge them). A shape missing here fails at its call, naming it. */
+static int list_bf16_products(const xlkv_gpu_trainer *g, xlkv_train_gemm_shape *s) {
+    const xlkv_hparams *hp = &g->store->hp;
+    const int N = g->n_rows, dim = hp->dim, hid = hp->hidden_dim, vocab = hp->vocab_size;
+    const int q = hp->n_heads * hp->head_dim, kv = hp->n_kv_heads * hp->head_dim;
+    const size_t qd = (size_t)q * (size_t)dim, kvd = (size_t)kv * (size_t)dim;
+    int n = 0;
+    for (int l = 0; l < hp->n_layers; l++) {
+        const xlkv_layer_weights *w = &g->w[l];
+        const bool kv_layer = xlkv_is_kv_layer(g->store->map, l);
+        if (!g->fuse) { /* linear / linear_backward: fp32 C; dX beta 1 into cleared buffers */
+            const int in[] = {dim, dim, q, dim, hid}, out[] = {q, kv, dim, hid, dim}; /* q, k / v, o, gate / up, down */
+            for (int i = 0; i < 5; i++) {
+                if (i == 1 && !kv_layer) continue;
+                s[n++] = xlkv_train_gemm_forward(N, in[i], out[i], out[i], false);
+                s[n++] = xlkv_train_gemm_input_grad(N, in[i], out[i], out[i], false, true);
+                s[n++] = xlkv_train_gemm_weight_grad(N, in[i], out[i], out[i]);
+            }
+            continue;
+        }
+        /* fused: forward */
+        const bool gate_up_one = w->w_up == w->w_gate + (size_t)hid * (size_t)dim;
+        s[n++] = xlkv_train_gemm_forward(N, dim, q, q, false);
+        if (kv_layer) s[n++] = xlkv_train_gemm_forward(N, dim, kv, kv, false);
+        s[n++] = xlkv_train_gemm_forward(N, q, dim, dim, true);
+        s[n++] = xlkv_train_gemm_forward(N, dim, gate_up_one ? 2 * hid : hid, 2 * hid, true);
+        s[n++] = xlkv_train_gemm_forward(N, hid, dim, dim, true);
+        /* fused: backward (layer_backward_fused) */
+        s[n++] = xlkv_train_gemm_input_grad(N, hid, dim, dim, true, false);
+        s[n++] = xlkv_train_gemm_weight_grad(N, hid, dim, dim);
+        if (gate_up_one) {
+            s[n++] = xlkv_train_gemm_input_grad(N, dim, 2 * hid, 2 * hid, true, false);
+            s[n++] = xlkv_train_gemm_weight_grad(N, dim, 2 * hid, 2 * hid);
+        } else {
+            s[n++] = xlkv_train_gemm_input_grad(N, dim, hid, 2 * hid, false, false);
+            s[n++] = xlkv_train_gemm_input_grad(N, dim, hid, 2 * hid, false, true);
+            s[n++] = xlkv_train_gemm_weight_grad(N, dim, hid, 2 * hid);
+        }
+        s[n++] = xlkv_train_gemm_input_grad(N, q, dim, dim, false, false);
+        s[n++] = xlkv_train_gemm_weight_grad(N, q, dim, dim);
+        const int ld = kv_layer ? q + 2 * kv : q;
+        if (!kv_layer || (w->wk == w->wq + qd && w->wv == w->wk + kvd)) {
+            s[n++] = xlkv_train_gemm_input_grad(N, dim, ld, ld, true, false);
+            s[n++] = xlkv_train_gemm_weight_grad(N, dim, ld, ld);
+        } else {
+            s[n++] = xlkv_train_gemm_input_grad(N, dim, q, ld, false, false);
+            s[n++] = xlkv_train_gemm_input_grad(N, dim, kv, ld, false, true);
+            s[n++] = xlkv_train_gemm_weight_grad(N, dim, q, ld);
+            s[n++] = xlkv_train_gemm_weight_grad(N, dim, kv, ld);
+        }
+    }
+    /* the classifier: fused cross-entropy (bf16 logits; dX bf16 on the fused layer path, else fp32, beta 0), or
+     * fp32 logits and the generic backward (dX beta 1) */
+    s[n++] = xlkv_train_gemm_forward(N, dim, vocab, vocab, g->fused_ce);
+    s[n++] = xlkv_train_gemm_input_grad(N, dim, vocab, vocab, g->fused_ce && g->fuse, !g->fused_ce);
+    s[n++] = xlkv_train_gemm_weight_grad(N, dim, vocab, vocab);
+    return n;
+}
+
+/* XLKV_TRAIN_GEMM_LT: the plans of every product, chosen before the activations are allocated (tune times on
+ * buffers of its own and frees them) */
+static xlkv_status setup_gemm_lt(xlkv_gpu_trainer *g) {
+    if (g->gemm_lt_mode == XLKV_TRAIN_GEMM_LT_OFF) return XLKV_OK;
+    xlkv_train_gemm_shape *shapes = malloc(((size_t)g->store->hp.n_layers * 24 + 3) * sizeof *shapes);
+    if (!shapes) return xlkv_fail(XLKV_E_NOMEM, "GPU trainer: out of host memory");
+    const int n = list_bf16_products(g, shapes);
+    xlkv_status status = xlkv_train_gemm_lt_create(shapes, n, g->gemm_lt_mode, g->gemm_lt_file, g->workspace,
+                                                   g->workspace_bytes, g->stream, g->cublas, &g->gemm_lt);
+    free(shapes);
+    return status;
 }
 
 /* For bf16 operands, the weight shadow and the two conversion scratch buffers (see header). */
@@ -391,6 +480,7 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
     XLKV_CUBLAS_TRY(cublasCreate(&g->cublas), "creating the cuBLAS handle");
     XLKV_CUBLAS_TRY(cublasSetStream(g->cublas, g->stream), "binding cuBLAS to the trainer's stream");
     const size_t workspace = (size_t)32 << 20;
+    g->workspace_bytes = workspace;
     XLKV_TRY(xlkv_cuda_alloc(&g->workspace, workspace, "the cuBLAS workspace"));
     XLKV_CUBLAS_TRY(cublasSetWorkspace(g->cublas, g->workspace, workspace), "giving cuBLAS its workspace");
     XLKV_CUBLAS_TRY(cublasSetMathMode(g->cublas, g->bf16 ? CUBLAS_DEFAULT_MATH : CUBLAS_PEDANTIC_MATH),
@@ -423,6 +513,7 @@ static xlkv_status setup(xlkv_gpu_trainer *g) {
     xlkv_tape_plan(g->store->map, g->backward_passes, g->records);
     map_weights(g);
     XLKV_TRY(choose_product_paths(g)); /* before carving: the fused cross-entropy needs no probs */
+    XLKV_TRY(setup_gemm_lt(g));        /* before the activations: tuning's operands come and go */
     const size_t floats = carve_all(g, NULL);
     XLKV_TRY(xlkv_cuda_alloc((void **)&g->arena, floats * sizeof(float), "the trainer's activations"));
     carve_all(g, g->arena);
@@ -538,6 +629,7 @@ void xlkv_gpu_trainer_free(xlkv_gpu_trainer *g) {
     if (!g) return;
     if (g->stream) (void)cudaStreamSynchronize(g->stream);
     if (g->cublas) (void)cublasDestroy(g->cublas);
+    xlkv_train_gemm_lt_free(g->gemm_lt);
     xlkv_cuda_step_timer_free(g->timer);
     cudaFree(g->workspace);
     cudaFree(g->params);
@@ -644,25 +736,36 @@ static xlkv_status gemm(xlkv_gpu_trainer *g, cublasOperation_t op_a, cublasOpera
     return XLKV_OK;
 }
 
-/* the same with bf16 operands (fp32 C and accumulation) */
+/* C = alpha op(A) op(B) + beta C, bf16 A and B, fp32 accumulation, C bf16 or fp32 (the shape's; beta is 1 where it
+ * accumulates, else 0): cuBLASLt's plan of the shape (XLKV_TRAIN_GEMM_LT) or cublasGemmEx; `what` names it */
+static xlkv_status bf16_product(xlkv_gpu_trainer *g, const xlkv_train_gemm_shape *s, float alpha, const void *a,
+                                const void *b, void *c, const char *what) {
+    if (g->gemm_lt) return xlkv_train_gemm_lt_run(g->gemm_lt, s, alpha, a, b, c, what);
+    const cublasStatus_t st = xlkv_train_gemm_shape_gemm_ex(g->cublas, s, alpha, a, b, c);
+    if (st != CUBLAS_STATUS_SUCCESS) return xlkv_cublas_fail(st, what);
+    return XLKV_OK;
+}
+
+static xlkv_train_gemm_shape shape_of(cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k, int lda,
+                                      int ldb, int ldc, bool c_bf16, float beta) {
+    return (xlkv_train_gemm_shape){.trans_a = op_a == CUBLAS_OP_T, .trans_b = op_b == CUBLAS_OP_T, .m = m, .n = n,
+                                   .k = k, .lda = lda, .ldb = ldb, .ldc = ldc, .c_bf16 = c_bf16,
+                                   .accumulate = beta != 0.0f};
+}
+
+/* the same with bf16 operands (fp32 C and accumulation; beta 0 or 1) */
 static xlkv_status gemm_bf16(xlkv_gpu_trainer *g, cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k,
                              const uint16_t *a, int lda, const uint16_t *b, int ldb, float beta, float *c, int ldc) {
-    const float alpha = 1.0f;
-    XLKV_CUBLAS_TRY(cublasGemmEx(g->cublas, op_a, op_b, m, n, k, &alpha, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb,
-                                 &beta, c, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                    "training matrix product, bf16 operands (cublasGemmEx)");
-    return XLKV_OK;
+    const xlkv_train_gemm_shape s = shape_of(op_a, op_b, m, n, k, lda, ldb, ldc, false, beta);
+    return bf16_product(g, &s, 1.0f, a, b, c, "training matrix product, bf16 operands");
 }
 
 /* the same with a bf16 C (fused path; fp32 accumulation, rounded to nearest even once; beta 0: nothing accumulates in
  * bf16) */
 static xlkv_status gemm_bf16_out(xlkv_gpu_trainer *g, cublasOperation_t op_a, cublasOperation_t op_b, int m, int n,
                                  int k, const uint16_t *a, int lda, const uint16_t *b, int ldb, uint16_t *c, int ldc) {
-    const float alpha = 1.0f, beta = 0.0f;
-    XLKV_CUBLAS_TRY(cublasGemmEx(g->cublas, op_a, op_b, m, n, k, &alpha, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb,
-                                 &beta, c, CUDA_R_16BF, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                    "training matrix product, bf16 operands and output (cublasGemmEx)");
-    return XLKV_OK;
+    const xlkv_train_gemm_shape s = shape_of(op_a, op_b, m, n, k, lda, ldb, ldc, true, 0.0f);
+    return bf16_product(g, &s, 1.0f, a, b, c, "training matrix product, bf16 operands and output");
 }
 
 /* a weight's bf16 copy: the same offset in the shadow */
@@ -1037,12 +1140,10 @@ static xlkv_status layer_forward(xlkv_gpu_trainer *g, gpu_record *rec, int layer
 static xlkv_status classifier_forward_fused(xlkv_gpu_trainer *g) {
     const xlkv_hparams *hp = &g->store->hp;
     const int N = g->n_rows, dim = hp->dim, vocab = hp->vocab_size;
-    const float alpha = 1.0f, beta = 0.0f;
     XLKV_TRY(to_bf16(g, g->x_bf16, g->xf, N, dim, dim));
-    XLKV_CUBLAS_TRY(cublasGemmEx(g->cublas, CUBLAS_OP_T, CUBLAS_OP_N, vocab, N, dim, &alpha, weight_bf16(g, g->output),
-                                 CUDA_R_16BF, dim, g->x_bf16, CUDA_R_16BF, dim, &beta, g->dy_bf16, CUDA_R_16BF, vocab,
-                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                    "classifier product, bf16 logits (cublasGemmEx)");
+    const xlkv_train_gemm_shape logits = xlkv_train_gemm_forward(N, dim, vocab, vocab, true);
+    XLKV_TRY(bf16_product(g, &logits, 1.0f, weight_bf16(g, g->output), g->x_bf16, g->dy_bf16,
+                          "classifier product, bf16 logits"));
     KERNEL_TRY(xlkv_cuda_train_cross_entropy_fused_bf16(g->dy_bf16, g->row_loss, g->targets, N, vocab, g->stream),
                "fused cross-entropy");
     return XLKV_OK;
@@ -1054,17 +1155,14 @@ static xlkv_status classifier_forward_fused(xlkv_gpu_trainer *g) {
 static xlkv_status classifier_backward_fused(xlkv_gpu_trainer *g, float scale) {
     const xlkv_hparams *hp = &g->store->hp;
     const int N = g->n_rows, dim = hp->dim, vocab = hp->vocab_size;
-    const float zero_beta = 0.0f, one_beta = 1.0f;
     void *dxb = g->fuse ? (void *)g->branch_bf16 : (void *)g->dxb;
-    XLKV_CUBLAS_TRY(cublasGemmEx(g->cublas, CUBLAS_OP_N, CUBLAS_OP_N, dim, N, vocab, &scale, weight_bf16(g, g->output),
-                                 CUDA_R_16BF, dim, g->dy_bf16, CUDA_R_16BF, vocab, &zero_beta, dxb,
-                                 g->fuse ? CUDA_R_16BF : CUDA_R_32F, dim, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                    "classifier input gradient, bf16 operands (cublasGemmEx)");
+    const xlkv_train_gemm_shape dx = xlkv_train_gemm_input_grad(N, dim, vocab, vocab, g->fuse, false);
+    XLKV_TRY(bf16_product(g, &dx, scale, weight_bf16(g, g->output), g->dy_bf16, dxb,
+                          "classifier input gradient, bf16 operands"));
     XLKV_TRY(to_bf16(g, g->x_bf16, g->xf, N, dim, dim));
-    XLKV_CUBLAS_TRY(cublasGemmEx(g->cublas, CUBLAS_OP_N, CUBLAS_OP_T, dim, vocab, N, &scale, g->x_bf16, CUDA_R_16BF,
-                                 dim, g->dy_bf16, CUDA_R_16BF, vocab, &one_beta, g->d_output, CUDA_R_32F, dim,
-                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                    "classifier weight gradient, bf16 operands (cublasGemmEx)");
+    const xlkv_train_gemm_shape dw = xlkv_train_gemm_weight_grad(N, dim, vocab, vocab);
+    XLKV_TRY(bf16_product(g, &dw, scale, g->x_bf16, g->dy_bf16, g->d_output,
+                          "classifier weight gradient, bf16 operands"));
     return XLKV_OK;
 }
 
