@@ -305,6 +305,28 @@ static void write_text(const char *path, const char *text) {
     fclose(f);
 }
 
+/* The tune file that refused_trainer's trainer (its model, B x T) writes, as lines: the refusals below alter THIS
+ * file, so that each is refused for its own reason (a file of make_trainer's shapes has other products). */
+static int refusal_tune_lines(const char *dir, char lines[][1024], int max) {
+    char *file = xlkv_path_join(dir, "refusal.tune"), value[4200];
+    snprintf(value, sizeof value, "tune=%s", file);
+    const model_case c = {"standard", 0, 2, 16, NULL, NULL};
+    xlkv_param_store *store = make_store(&c, 5);
+    set_lt(value);
+    xlkv_gpu_trainer *gt = NULL;
+    TU_ASSERT_OK(xlkv_gpu_trainer_create(store, B, T, 0, 2, true, &gt));
+    set_lt(NULL);
+    xlkv_gpu_trainer_free(gt);
+    xlkv_param_store_free(store);
+    FILE *f = fopen(file, "r");
+    int n = 0;
+    while (f && n < max && fgets(lines[n], 1024, f)) n++;
+    if (f) fclose(f);
+    remove(file);
+    free(file);
+    return n;
+}
+
 static void trainer_runs(void **state) {
     (void)state;
     if (!have_gpu()) skip();
@@ -415,23 +437,28 @@ static void trainer_runs(void **state) {
     char *bad = xlkv_path_join(dir, "bad.tune");
     snprintf(value, sizeof value, "tune=%s", bad);
     write_text(bad, "not a tune file\n");
+    static char rlines[64][1024];
+    const int n_rlines = refusal_tune_lines(dir, rlines, 64);
+    printf("check the refusal cases' tune file written (%d lines, a header and products): %s\n", n_rlines,
+           n_rlines > 4 ? "ok" : "FAIL");
+    verdict(n_rlines > 4);
     refused_trainer("a corrupt tune file refused", value, NULL, true, "not a tune file");
-    if (n_lines > 4) { /* the header and all products but the last */
+    if (n_rlines > 4) { /* the header and all products but the last */
         FILE *f = fopen(bad, "w");
-        for (int i = 0; i < n_lines - 1; i++) fputs(lines[i], f);
+        for (int i = 0; i < n_rlines - 1; i++) fputs(rlines[i], f);
         fclose(f);
         refused_trainer("a tune file missing a product refused", value, NULL, true, "no line for this run's product");
         f = fopen(bad, "w"); /* a product line of another shape */
-        for (int i = 0; i < n_lines; i++) fputs(lines[i], f);
+        for (int i = 0; i < n_rlines; i++) fputs(rlines[i], f);
         fputs("product 1 0 999 48 64 64 64 999 0 0 algo 0 0 0 0 0 0 0 0\n", f);
         fclose(f);
         refused_trainer("a tune file of another model refused", value, NULL, true, "does not have");
         f = fopen(bad, "w"); /* a header of another device */
-        for (int i = 0; i < n_lines; i++) fputs(i == 2 ? "device some other GPU\n" : lines[i], f);
+        for (int i = 0; i < n_rlines; i++) fputs(i == 2 ? "device some other GPU\n" : rlines[i], f);
         fclose(f);
         refused_trainer("a tune file of another GPU refused", value, NULL, true, "another GPU");
         f = fopen(bad, "w"); /* a malformed product line */
-        for (int i = 0; i < n_lines; i++) fputs(i == 3 ? "product 1 0 algo\n" : lines[i], f);
+        for (int i = 0; i < n_rlines; i++) fputs(i == 3 ? "product 1 0 algo\n" : rlines[i], f);
         fclose(f);
         refused_trainer("a tune file with a malformed line refused", value, NULL, true, "malformed");
     }
