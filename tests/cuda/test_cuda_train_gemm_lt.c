@@ -162,7 +162,7 @@ static void module_products(void **state) {
 }
 
 /* ---- 2. the trainer: one step's losses and gradients ------------------------------------------------------------ */
-enum { VOCAB = 61 };
+enum { VOCAB = TT_TINY_VOCAB };
 
 typedef struct model_case {
     const char *map;
@@ -170,21 +170,11 @@ typedef struct model_case {
     const char *env, *value; /* one more variable set for the case (NULL: none) */
 } model_case;
 
-static xlkv_hparams tiny_hparams(const model_case *c) {
-    xlkv_hparams hp;
-    xlkv_hparams_defaults(&hp);
-    hp.dim = 64, hp.hidden_dim = 96, hp.n_layers = 4, hp.n_heads = 4, hp.n_kv_heads = 2, hp.head_dim = c->head_dim;
-    if (c->head_dim == 64) hp.dim = 128, hp.n_heads = 2, hp.n_kv_heads = 1;
-    hp.vocab_size = VOCAB, hp.max_seq_len = 64, hp.forward_passes = c->m, hp.backward_passes = c->b;
-    hp.sliding_window = 5;
-    return hp;
-}
+static xlkv_hparams tiny_hparams(const model_case *c) { return tt_tiny_model_hparams(c->head_dim, c->m, c->b); }
 
 static xlkv_param_store *make_store(const model_case *c, unsigned long long seed) {
-    xlkv_hparams hp = tiny_hparams(c);
-    xlkv_param_store *store = NULL;
-    TU_ASSERT_OK(xlkv_store_from_shape(&hp, c->map, seed, &store));
-    return store;
+    const xlkv_hparams hp = tiny_hparams(c);
+    return tt_tiny_model_store(&hp, c->map, seed);
 }
 
 static void set_lt(const char *value) {

@@ -9,7 +9,11 @@
  *                                            infinite), and the name of that tensor
  *   tt_tiny_trainer(data, hp, map, m, b, cuda, bf16, steps)  a trainer over a new store of shape hp under map
  *                                            (seed 11) with the options the trainer tests share: batch 4 x 32,
- *                                            accumulation 2, 2 warm-up steps, lr 3e-3 -> 3e-4, 2 eval batches */
+ *                                            accumulation 2, 2 warm-up steps, lr 3e-3 -> 3e-4, 2 eval batches
+ *   tt_tiny_model_hparams(head_dim, m, b)    the tiny model of the CUDA trainer tests: 4 layers, dim 64, 4 / 2 heads
+ *                                            (head_dim 64: dim 128, 2 / 1 heads, so flash attention runs), SwiGLU
+ *                                            96, vocab TT_TINY_VOCAB, 64 positions, window 5
+ *   tt_tiny_model_store(hp, map, seed)       a new store of shape hp under map */
 #ifndef XLKV_TESTS_TRAIN_TESTUTIL_H
 #define XLKV_TESTS_TRAIN_TESTUTIL_H
 
@@ -21,6 +25,24 @@
 #include "train/model_setup.h"
 #include "train/token_shards.h"
 #include "train/trainer.h"
+
+enum { TT_TINY_VOCAB = 61 };
+
+static inline xlkv_hparams tt_tiny_model_hparams(int head_dim, int m, int b) {
+    xlkv_hparams hp;
+    xlkv_hparams_defaults(&hp);
+    hp.dim = 64, hp.hidden_dim = 96, hp.n_layers = 4, hp.n_heads = 4, hp.n_kv_heads = 2, hp.head_dim = head_dim;
+    if (head_dim == 64) hp.dim = 128, hp.n_heads = 2, hp.n_kv_heads = 1;
+    hp.vocab_size = TT_TINY_VOCAB, hp.max_seq_len = 64, hp.forward_passes = m, hp.backward_passes = b;
+    hp.sliding_window = 5;
+    return hp;
+}
+
+static inline xlkv_param_store *tt_tiny_model_store(const xlkv_hparams *hp, const char *map, unsigned long long seed) {
+    xlkv_param_store *store = NULL;
+    TU_ASSERT_OK(xlkv_store_from_shape(hp, map, seed, &store));
+    return store;
+}
 
 static inline char *tt_token_data_dir(int len, int n_train, int vocab) {
     char *dir = tu_temp_dir();
