@@ -54,10 +54,6 @@ typedef struct buffers {
     uint16_t *k16, *v16; /* the trainer's kept bf16 K / V (XLKV_TRAIN_FLASH_KV16), rounded before the timings */
 } buffers;
 
-static int compare_floats(const void *a, const void *b) {
-    const float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
-}
 
 /* What one timed call does: the forward; the plain backward (delta in the dQ kernel, dk / dv added to); the former
  * trainer path (dk / dv cleared by two cudaMemsetAsync, then added to; delta pass + head-major pass); the folded one
@@ -94,25 +90,22 @@ static void one_call(call_kind kind, void *ws, const buffers *b, const xlkv_cuda
     }
 }
 
+typedef struct timed_call {
+    call_kind kind;
+    void *ws;
+    const buffers *b;
+    const xlkv_cuda_train_attention_shape *s;
+} timed_call;
+
+static void run_timed_call(void *ctx) {
+    const timed_call *t = ctx;
+    one_call(t->kind, t->ws, t->b, t->s);
+}
+
 /* Median over REPS bursts of BURST calls, ms per call. */
 static float time_calls(call_kind kind, void *ws, const buffers *b, const xlkv_cuda_train_attention_shape *s) {
-    cudaEvent_t start, stop;
-    check(cudaEventCreate(&start), "event");
-    check(cudaEventCreate(&stop), "event");
-    float ms[REPS];
-    for (int r = 0; r <= REPS; r++) { /* r = 0: warm-up */
-        check(cudaEventRecord(start, NULL), "record");
-        for (int i = 0; i < BURST; i++) one_call(kind, ws, b, s);
-        check(cudaEventRecord(stop, NULL), "record");
-        check(cudaEventSynchronize(stop), "sync");
-        float t = 0.0f;
-        check(cudaEventElapsedTime(&t, start, stop), "elapsed");
-        if (r > 0) ms[r - 1] = t / BURST;
-    }
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-    qsort(ms, REPS, sizeof *ms, compare_floats);
-    return ms[REPS / 2];
+    timed_call t = {kind, ws, b, s};
+    return bench_median_ms(run_timed_call, &t, BURST, REPS);
 }
 
 static float *download(const float *d, size_t n) {

@@ -153,10 +153,6 @@ static void *device_random(size_t bytes, bool bf16) {
     return d;
 }
 
-static int compare_floats(const void *a, const void *b) {
-    const float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
-}
 
 typedef struct operands {
     const void *a, *b;
@@ -164,31 +160,26 @@ typedef struct operands {
     size_t c_bytes;
 } operands;
 
-static float time_gemm_ex(cublasHandle_t h, const product *p, const operands *x) {
-    const xlkv_train_gemm_shape *s = &p->shape;
+typedef struct timed_gemm_ex {
+    cublasHandle_t h;
+    const product *p;
+    const operands *x;
+} timed_gemm_ex;
+
+static void run_gemm_ex(void *ctx) {
+    const timed_gemm_ex *t = ctx;
+    const xlkv_train_gemm_shape *s = &t->p->shape;
     const float beta = s->accumulate ? 1.0f : 0.0f;
-    cudaEvent_t start, stop;
-    check(cudaEventCreate(&start), "event");
-    check(cudaEventCreate(&stop), "event");
-    float ms[BURSTS];
-    for (int r = 0; r <= BURSTS; r++) {
-        check(cudaEventRecord(start, NULL), "record");
-        for (int i = 0; i < BURST; i++)
-            check_blas(cublasGemmEx(h, s->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, s->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                    s->m, s->n, s->k, &p->alpha, x->a, CUDA_R_16BF, s->lda, x->b, CUDA_R_16BF, s->ldb,
-                                    &beta, x->c, s->c_bf16 ? CUDA_R_16BF : CUDA_R_32F, s->ldc, CUBLAS_COMPUTE_32F,
-                                    CUBLAS_GEMM_DEFAULT),
-                       "cublasGemmEx");
-        check(cudaEventRecord(stop, NULL), "record");
-        check(cudaEventSynchronize(stop), "sync");
-        float e = 0.0f;
-        check(cudaEventElapsedTime(&e, start, stop), "elapsed");
-        if (r > 0) ms[r - 1] = e / BURST;
-    }
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-    qsort(ms, BURSTS, sizeof ms[0], compare_floats);
-    return ms[BURSTS / 2];
+    check_blas(cublasGemmEx(t->h, s->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, s->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, s->m,
+                            s->n, s->k, &t->p->alpha, t->x->a, CUDA_R_16BF, s->lda, t->x->b, CUDA_R_16BF, s->ldb, &beta,
+                            t->x->c, s->c_bf16 ? CUDA_R_16BF : CUDA_R_32F, s->ldc, CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT),
+               "cublasGemmEx");
+}
+
+static float time_gemm_ex(cublasHandle_t h, const product *p, const operands *x) {
+    timed_gemm_ex t = {h, p, x};
+    return bench_median_ms(run_gemm_ex, &t, BURST, BURSTS);
 }
 
 /* C from its start, one product, and the compared part of C as floats (the first and last COMPARE_HALF outputs) */

@@ -209,38 +209,26 @@ typedef struct bench_case {
     double bytes;          /* the minimum traffic of one call */
 } bench_case;
 
-static int compare_floats(const void *a, const void *b) {
-    const float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
-}
 
 static size_t copy_bytes; /* the roof's memcpy size (a launch_fn takes only the buffers) */
 static void roof_copy(const buffers *b) {
     check(cudaMemcpyAsync(b->copy_dst, b->copy_src, copy_bytes, cudaMemcpyDeviceToDevice, NULL), "cudaMemcpyAsync");
 }
 
+typedef struct timed_launch {
+    launch_fn launch;
+    const buffers *b;
+} timed_launch;
+
+static void run_timed_launch(void *ctx) {
+    const timed_launch *t = ctx;
+    t->launch(t->b);
+}
+
 /* Median over reps bursts of burst calls, ms per call (the first burst is a warm-up). */
 static float time_calls(launch_fn launch, const buffers *b, int burst, int reps) {
-    cudaEvent_t start, stop;
-    check(cudaEventCreate(&start), "event");
-    check(cudaEventCreate(&stop), "event");
-    float *ms = calloc((size_t)reps, sizeof *ms);
-    if (!ms) exit(1);
-    for (int r = 0; r <= reps; r++) {
-        check(cudaEventRecord(start, NULL), "record");
-        for (int i = 0; i < burst; i++) launch(b);
-        check(cudaEventRecord(stop, NULL), "record");
-        check(cudaEventSynchronize(stop), "sync");
-        float t = 0.0f;
-        check(cudaEventElapsedTime(&t, start, stop), "elapsed");
-        if (r > 0) ms[r - 1] = t / (float)burst;
-    }
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-    qsort(ms, (size_t)reps, sizeof *ms, compare_floats);
-    const float median = ms[reps / 2];
-    free(ms);
-    return median;
+    timed_launch t = {launch, b};
+    return bench_median_ms(run_timed_launch, &t, burst, reps);
 }
 
 static void setup(buffers *b, const xlkv_param_store *store, int rows) {
