@@ -1,5 +1,5 @@
 /* bench/bench_train_gpu: training-step speed of the CUDA trainer (train/gpu_trainer.h) at a named shape (default
- * `small`: 12 layers, 768 hidden, 12/6 heads, ffn 2048, vocab 32000, tied embeddings) with batch 16 x seq 1024,
+ * `small`: 12 layers, 768 hidden, 12/6 heads, ffn 2048, vocab 32000) with batch 16 x seq 1024,
  * under a list of layer maps (default standard, cla:2, lckv:2 with the model's m = 7, b = 2). One step = zero
  * gradients, forward, backward, global-norm clip, AdamW, exactly as `xlkv train --device cuda` does (random tokens;
  * no data loading).
@@ -12,6 +12,11 @@
  *   flops_per_step = 3 (2 N dim vocab + sum of F over the executed grad layers) + sum of F over no-grad iterations
  *   (forward + 2x backward for what gets gradients; cyclic groups: b grad iterations, m no-grad iterations forward
  *   only). scripts/bench_train_torch.py uses the same formula (checked by tests/cli_bench_train_torch.sh).
+ * and MFU (6N) by BENCHMARKS.md's convention, whose reference figures (PyTorch on the 127 M `small` model: 17.8% and
+ * 33.6%) count 6 FLOPs per token for every parameter, the looked-up input embedding table included:
+ *   flops_per_step_6n = flops_per_step + 6 N vocab dim with untied embeddings (xlkv_train_flops_6n).
+ * --embeddings untied (default: BENCHMARKS.md's 127 M model, a separate classifier matrix, as Llama) or tied (the
+ * named shapes' default for `xlkv train`: the classifier is the embedding table, 102 M parameters).
  *
  * --profile: after the timed steps, as many steps again with the trainer's step profiler on
  * (xlkv_gpu_trainer_set_profile), printing ms per step and % of the step per operation category, sorted; the JSON
@@ -24,8 +29,8 @@
  * --flops-only prints each map's parameter count and flops_per_step as JSON (no GPU needed). Without CUDA it says
  * so and exits 0.
  * Usage: bench_train_gpu [--shape small] [--vocab 32000] [--batch 16] [--seq 1024] [--maps standard,cla:2,lckv:2]
- *                        [--dtype bf16|f32] [--steps 5] [--warmup 2] [--peak-tflops 989] [--out FILE] [--profile]
- *                        [--flops-only] */
+ *                        [--dtype bf16|f32] [--embeddings untied|tied] [--steps 5] [--warmup 2]
+ *                        [--peak-tflops 989] [--out FILE] [--profile] [--flops-only] */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,7 +53,7 @@ typedef struct bench_options {
     const char *shape, *maps, *out;
     int vocab, batch, seq, steps, warmup;
     double peak;
-    bool bf16, profile, flops_only;
+    bool bf16, profile, flops_only, untied;
 } bench_options;
 
 /* The map's JSON line: the options, then what the run adds (cJSON: error messages are escaped). */
@@ -61,6 +66,7 @@ static cJSON *line_of(const bench_options *o, const char *map) {
     cJSON_AddNumberToObject(line, "seq", o->seq);
     cJSON_AddStringToObject(line, "map", map);
     cJSON_AddStringToObject(line, "dtype", o->bf16 ? "bf16" : "f32");
+    cJSON_AddStringToObject(line, "embeddings", o->untied ? "untied" : "tied");
     /* the GPU machine gets a copy of the tree without .git: the caller names the commit, as for bench_gpu */
     const char *commit = getenv("XLKV_COMMIT");
     cJSON_AddStringToObject(line, "commit", commit && *commit ? commit : "unknown");
@@ -81,11 +87,16 @@ static void write_line(cJSON *line, FILE *json) {
 static xlkv_status store_of(const bench_options *o, const char *map, xlkv_param_store **store) {
     xlkv_hparams hp;
     XLKV_TRY(xlkv_train_shape(o->shape, o->vocab, &hp));
+    hp.tied_embeddings = !o->untied;
     return xlkv_store_from_shape(&hp, map, 1, store);
 }
 
 static double flops_of(const bench_options *o, const xlkv_param_store *store) {
     return xlkv_train_flops(store, o->batch, o->seq, store->hp.forward_passes, store->hp.backward_passes);
+}
+
+static double flops_6n_of(const bench_options *o, const xlkv_param_store *store) {
+    return xlkv_train_flops_6n(store, o->batch, o->seq, store->hp.forward_passes, store->hp.backward_passes);
 }
 
 static int flops_map(const bench_options *o, const char *map) {
@@ -95,6 +106,7 @@ static int flops_map(const bench_options *o, const char *map) {
     if (store_of(o, map, &store) == XLKV_OK) {
         cJSON_AddNumberToObject(line, "params", (double)store->n_params);
         cJSON_AddNumberToObject(line, "flops_per_step", flops_of(o, store));
+        cJSON_AddNumberToObject(line, "flops_per_step_6n", flops_6n_of(o, store));
     } else {
         cJSON_AddStringToObject(line, "error", xlkv_last_error());
         rc = 1;
@@ -150,12 +162,13 @@ static xlkv_status measure_map(const bench_options *o, const char *map, cJSON *l
     }
     if (status == XLKV_OK) {
         qsort(times, (size_t)o->steps, sizeof *times, compare_doubles);
-        const double median = times[o->steps / 2], flops = flops_of(o, store);
+        const double median = times[o->steps / 2], flops = flops_of(o, store), flops_6n = flops_6n_of(o, store);
         const double tokens_per_s = (double)n / median, mfu = flops / median / (o->peak * 1e12);
+        const double mfu_6n = flops_6n / median / (o->peak * 1e12);
         map_text = xlkv_layer_map_to_string(store->map);
-        printf("%-10s %-24s m=%d b=%d  step %8.1f ms  %10.0f tok/s  %6.2f TFLOP/step  MFU %5.1f%%  loss %.3f\n", map,
-               map_text ? map_text : "?", store->hp.forward_passes, store->hp.backward_passes, median * 1e3,
-               tokens_per_s, flops / 1e12, 100.0 * mfu, loss);
+        printf("%-10s %-24s m=%d b=%d  step %8.1f ms  %10.0f tok/s  %6.2f TFLOP/step  MFU %5.1f%% (6N: %5.1f%%)  "
+               "loss %.3f\n", map, map_text ? map_text : "?", store->hp.forward_passes, store->hp.backward_passes,
+               median * 1e3, tokens_per_s, flops / 1e12, 100.0 * mfu, 100.0 * mfu_6n, loss);
         fflush(stdout);
         cJSON_AddStringToObject(line, "layer_types", map_text ? map_text : "?");
         cJSON_AddNumberToObject(line, "m", store->hp.forward_passes);
@@ -167,6 +180,8 @@ static xlkv_status measure_map(const bench_options *o, const char *map, cJSON *l
         cJSON_AddNumberToObject(line, "flops_per_step", flops);
         cJSON_AddNumberToObject(line, "peak_tflops", o->peak);
         cJSON_AddNumberToObject(line, "mfu", mfu);
+        cJSON_AddNumberToObject(line, "flops_per_step_6n", flops_6n);
+        cJSON_AddNumberToObject(line, "mfu_6n", mfu_6n);
         cJSON_AddNumberToObject(line, "loss", loss);
         const char *gemm = getenv("XLKV_TRAIN_GEMM"); /* the products' operands (train_gpu.c), for A/B runs */
         cJSON_AddStringToObject(line, "train_gemm", gemm && *gemm ? gemm : "default");
@@ -216,7 +231,7 @@ static int run_map(const bench_options *o, const char *map, FILE *json) {
 static int parse_options(int argc, char **argv, bench_options *o) {
     *o = (bench_options){.shape = "small", .maps = "standard,cla:2,lckv:2", .out = "bench/results/train_gpu.jsonl",
                          .vocab = 32000, .batch = 16, .seq = 1024, .steps = 5, .warmup = 2, .peak = 989.0,
-                         .bf16 = true};
+                         .bf16 = true, .untied = true};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--profile")) {
@@ -243,6 +258,8 @@ static int parse_options(int argc, char **argv, bench_options *o) {
         else if (!strcmp(a, "--warmup")) o->warmup = atoi(v);
         else if (!strcmp(a, "--peak-tflops")) o->peak = atof(v);
         else if (!strcmp(a, "--dtype") && (!strcmp(v, "bf16") || !strcmp(v, "f32"))) o->bf16 = !strcmp(v, "bf16");
+        else if (!strcmp(a, "--embeddings") && (!strcmp(v, "untied") || !strcmp(v, "tied")))
+            o->untied = !strcmp(v, "untied");
         else {
             fprintf(stderr, "bench_train_gpu: unknown option %s %s\n", a, v);
             return 2;
@@ -275,8 +292,9 @@ int main(int argc, char **argv) {
     if (!json) fprintf(stderr, "bench_train_gpu: cannot write %s (run from the repository root, or --out FILE); "
                                "table only\n", o.out);
     const char *gemm = getenv("XLKV_TRAIN_GEMM"), *ce = getenv("XLKV_TRAIN_CE"), *lt = getenv("XLKV_TRAIN_GEMM_LT");
-    printf("bench_train_gpu: shape %s, vocab %d, batch %d x %d, %s (XLKV_TRAIN_GEMM=%s, XLKV_TRAIN_CE=%s, "
-           "XLKV_TRAIN_GEMM_LT=%s), median of %d steps after %d warm-up, MFU against %.0f TFLOP/s%s\n", o.shape,
+    printf("bench_train_gpu: shape %s (%s embeddings), vocab %d, batch %d x %d, %s (XLKV_TRAIN_GEMM=%s, "
+           "XLKV_TRAIN_CE=%s, XLKV_TRAIN_GEMM_LT=%s), median of %d steps after %d warm-up, MFU (executed FLOPs; 6N: "
+           "BENCHMARKS.md's count) against %.0f TFLOP/s%s\n", o.shape, o.untied ? "untied" : "tied",
            o.vocab, o.batch, o.seq, o.bf16 ? "bf16" : "f32", gemm && *gemm ? gemm : "default",
            ce && *ce ? ce : "default", lt && *lt ? lt : "unset (cublasGemmEx)", o.steps, o.warmup, o.peak,
            o.profile ? ", then as many profiled steps" : "");

@@ -5,9 +5,11 @@ torch.compile, in the same run as the xlkv numbers (scripts/gpu-session.sh train
 Model and step, as xlkv's trainer (src/train/, --shape names from src/train/model_setup.c):
   Llama blocks: RMSNorm (eps 1e-5, with gain), q/k/v/o without bias, RoPE theta 10000 on interleaved pairs (xlkv's
   training layout), grouped-query causal attention (12 query / 6 KV heads at `small`), SwiGLU FFN; final RMSNorm;
-  classifier tied to the token embedding; mean cross-entropy over batch x seq tokens.
+  classifier: a separate lm_head (--embeddings untied, the default) or the token embedding (tied); mean
+  cross-entropy over batch x seq tokens.
   Step: zero gradients, forward, backward, global-norm clipping at 1.0, AdamW (lr 1e-4, betas 0.9/0.95, eps 1e-8,
-  weight decay 0.1 on the layers' matrices only, none on the embedding and the gains), as bench_train_gpu.
+  weight decay 0.1 on the matrices (the layers' and an untied lm_head), none on the embedding and the gains), as
+  bench_train_gpu.
   Precision: fp32 parameters under bf16 autocast (products and attention in bf16 with fp32 accumulation; logits
   cast to fp32 for the loss). xlkv's bf16 mode also keeps fp32 master weights and runs its products on bf16 inputs.
 Layer maps: `standard` and `cla:N` (layers in groups of N, each group's first layer computes K/V and the others read
@@ -20,6 +22,11 @@ tokens_per_s = batch x seq / median step seconds, and MFU = flops_per_step / med
 N = batch x seq:
   per layer  F(l) = 2 N (2 dim q_dim + 3 dim ffn + [l computes K/V] 2 dim kv_dim) + 4 N ((seq + 1) / 2) q_dim
   flops_per_step = 3 (2 N dim vocab + sum over layers of F(l))     (forward + 2x backward)
+and mfu_6n with BENCHMARKS.md's count (its reference MFU figures use it): 6 FLOPs per token for every parameter,
+the looked-up input embedding table included, i.e. flops_per_step_6n = flops_per_step + 6 N vocab dim when the
+embeddings are untied (as xlkv_train_flops_6n).
+--embeddings untied (default: BENCHMARKS.md's 127 M `small` model, a separate lm_head as Llama) or tied (the
+classifier is the embedding table, as xlkv's named shapes for `xlkv train`).
 --flops-only prints params and flops_per_step per map without running anything (tests/cli_bench_train_torch.sh
 compares them with `bench_train_gpu --flops-only`).
 
@@ -95,6 +102,7 @@ class Model(nn.Module):
     def __init__(self, a, kv_layers):
         super().__init__()
         self.emb = nn.Embedding(a.vocab, a.dim)
+        self.lm_head = nn.Linear(a.dim, a.vocab, bias=False) if a.embeddings == "untied" else None
         self.blocks = nn.ModuleList(
             Block(a.dim, a.heads, a.kv_heads, a.ffn, i in kv_layers) for i in range(a.layers))
         self.norm = nn.RMSNorm(a.dim, eps=1e-5)
@@ -113,7 +121,8 @@ class Model(nn.Module):
         kv = None
         for blk in self.blocks:
             x, kv = blk(x, self.cos, self.sin, kv)
-        logits = F.linear(self.norm(x), self.emb.weight).float()  # tied classifier
+        classifier = self.lm_head.weight if self.lm_head is not None else self.emb.weight
+        logits = F.linear(self.norm(x), classifier).float()
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
 
@@ -132,6 +141,11 @@ def flops_per_step(a, kv_layers):  # as xlkv_train_flops (module docstring)
         matmul = a.dim * q_dim * 2 + 3 * a.dim * a.ffn + (2 * a.dim * kv_dim if i in kv_layers else 0)
         total += 2 * N * matmul + 4 * N * ((a.seq + 1) / 2.0) * q_dim
     return 3.0 * total
+
+
+def flops_per_step_6n(a, kv_layers):  # as xlkv_train_flops_6n (module docstring)
+    lookup_table = a.vocab * a.dim if a.embeddings == "untied" else 0
+    return flops_per_step(a, kv_layers) + 6.0 * a.batch * a.seq * lookup_table
 
 
 def param_count(a, kv_layers):
@@ -181,11 +195,12 @@ def run(a, map_text, compiled):
         sync(device)
         times.append(time.perf_counter() - t0)
     med = sorted(times)[len(times) // 2]
-    flops = flops_per_step(a, kv_layers)
+    flops, flops_6n = flops_per_step(a, kv_layers), flops_per_step_6n(a, kv_layers)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     return {"tokens_per_s": round(a.batch * a.seq / med, 1), "mfu": flops / med / (a.peak_tflops * 1e12),
             "median_step_s": round(med, 6), "steps": a.steps, "warmup": a.warmup, "warmup_s": round(warmup_s, 3),
-            "flops_per_step": flops, "peak_tflops": a.peak_tflops, "params": sum(p.numel() for p in model.parameters()),
+            "flops_per_step": flops, "flops_per_step_6n": flops_6n,
+            "mfu_6n": flops_6n / med / (a.peak_tflops * 1e12), "peak_tflops": a.peak_tflops, "params": sum(p.numel() for p in model.parameters()),
             "loss": round(float(loss.detach()), 4), "device": name, "torch": torch.__version__}
 
 
@@ -203,6 +218,8 @@ def parse_args(argv):
     for flag in ("layers", "dim", "heads", "kv-heads", "ffn"):
         p.add_argument("--" + flag, type=int, default=None, help="override the shape's value")
     p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--embeddings", default="untied", choices=["untied", "tied"],
+                   help="a separate classifier matrix (BENCHMARKS.md's model) or the embedding table as classifier")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 10; --quick 5)")
@@ -237,13 +254,14 @@ def main(argv=None):
     a = parse_args(argv)
     maps = a.maps.split(",")
     common = {"bench": "train_torch", "shape": a.shape, "batch": a.batch, "seq": a.seq, "vocab": a.vocab,
-              "dtype": "bf16-autocast"}
+              "dtype": "bf16-autocast", "embeddings": a.embeddings}
     if a.flops_only:
         rc = 0
         for m in maps:
             try:
                 kv = kv_layers_of(m, a.layers)
-                print(json.dumps({**common, "map": m, "params": param_count(a, kv), "flops_per_step": flops_per_step(a, kv)}))
+                print(json.dumps({**common, "map": m, "params": param_count(a, kv), "flops_per_step": flops_per_step(a, kv),
+                                  "flops_per_step_6n": flops_per_step_6n(a, kv)}))
             except ValueError as e:
                 print(json.dumps({**common, "map": m, "error": str(e)}))
                 rc = 1

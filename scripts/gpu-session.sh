@@ -34,7 +34,10 @@ for what in "$@"; do
       # one run. Two files: train-bench.txt (everything printed, JSON lines included, written as it goes so a cut run
       # keeps it) and train-bench.tar (the JSON files and logs, at the end)
       tb=$(mktemp -d); txt=$out/train-bench.txt; : >"$txt"
-      { ./build/bench_train_gpu --profile --out "$tb/train_gpu.jsonl" 2>&1; echo "bench_train_gpu exit $?"; } |
+      # (BENCHMARKS.md's 127 M model, untied embeddings, every map; then the tied model, standard map)
+      { ./build/bench_train_gpu --profile --out "$tb/train_gpu.jsonl" 2>&1; echo "bench_train_gpu exit $?"
+        ./build/bench_train_gpu --embeddings tied --maps standard --out "$tb/train_gpu.jsonl" 2>&1
+        echo "bench_train_gpu --embeddings tied exit $?"; } |
         tee "$tb/train-gpu.log" | tee -a "$txt"
       { echo "# bench_train_gpu JSON lines"; cat "$tb/train_gpu.jsonl"; } >>"$txt"
       { timeout "${TORCH_TIMEOUT_S:-300}" python3 scripts/bench_train_torch.py --quick --out "$tb/train_torch.jsonl" \

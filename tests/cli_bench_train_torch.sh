@@ -2,7 +2,10 @@
 # tests/cli_bench_train_torch: the training benchmarks' parts that need no GPU.
 #   - scripts/bench_train_torch.py builds the same model as xlkv's trainer and counts the same FLOPs: its --flops-only
 #     parameter count and flops_per_step equal `bench_train_gpu --flops-only` exactly, for the small and tiny shapes
-#     under standard, cla:2 and cla:3 and an odd batch x seq (the negative control: another vocabulary must differ).
+#     under standard, cla:2 and cla:3 and an odd batch x seq, with untied and tied embeddings, and so do both FLOP
+#     counts (executed, and BENCHMARKS.md's 6N); the negative control: another vocabulary must differ.
+#   - the 6N count reproduces BENCHMARKS.md's reference MFU figures from their tokens/s (PyTorch on the 127 M `small`
+#     model: 214,712 tokens/s = 17.8%, 406,415 = 33.6% against 989 TFLOP/s), and the model has 127 M parameters.
 #   - on the CPU (bf16 autocast), a tiny shape for 2 steps in both modes (eager and torch.compile) and both maps writes
 #     4 JSON lines with positive tokens/s and MFU, the FLOP count of xlkv, a last loss near ln(vocab), and the same
 #     loss in both modes (same seed, same model).
@@ -36,9 +39,11 @@ c = [json.loads(l) for l in open(sys.argv[1])]
 p = [json.loads(l) for l in open(sys.argv[2])]
 ok = len(c) == len(p) > 0
 for x, y in zip(c, p):
-    same = x["map"] == y["map"] and x["params"] == y["params"] and x["flops_per_step"] == y["flops_per_step"]
-    print(f"check flops {sys.argv[3]} {x['map']}: xlkv params {x['params']} flops {x['flops_per_step']:.6e}, "
-          f"torch params {y['params']} flops {y['flops_per_step']:.6e} {'same' if same else 'DIFFERENT'}")
+    same = (x["map"] == y["map"] and x["params"] == y["params"] and x["flops_per_step"] == y["flops_per_step"]
+            and x["flops_per_step_6n"] == y["flops_per_step_6n"] and x["embeddings"] == y["embeddings"])
+    print(f"check flops {sys.argv[3]} {x['map']} {x['embeddings']}: xlkv params {x['params']} flops "
+          f"{x['flops_per_step']:.6e} (6N {x['flops_per_step_6n']:.6e}), torch params {y['params']} flops "
+          f"{y['flops_per_step']:.6e} (6N {y['flops_per_step_6n']:.6e}) {'same' if same else 'DIFFERENT'}")
     ok = ok and same
 if not ok:
     print(f"FAIL: the torch baseline's model or FLOP count differs from xlkv's ({sys.argv[3]})")
@@ -46,7 +51,30 @@ sys.exit(0 if ok else 1)
 PY
 }
 compare_flops small --shape small --maps standard,cla:2,cla:3
+compare_flops "small tied" --shape small --embeddings tied --maps standard,cla:2
 compare_flops "tiny odd sizes" --shape tiny --vocab 300 --batch 3 --seq 37 --maps standard,cla:2
+compare_flops "tiny odd sizes tied" --shape tiny --embeddings tied --vocab 300 --batch 3 --seq 37 --maps standard
+# BENCHMARKS.md's reference figures, recomputed with the 6N count of its model (untied, the default)
+"$bench" --flops-only --shape small --maps standard >"$tmp/ref.jsonl" 2>"$tmp/ref.err" || fail "flops-only: $(cat "$tmp/ref.err")"
+"$bench" --flops-only --shape small --embeddings tied --maps standard >"$tmp/ref_tied.jsonl" 2>/dev/null
+python3 - "$tmp/ref.jsonl" "$tmp/ref_tied.jsonl" <<'PY' || failures=$((failures + 1))
+import json, sys
+j, t = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+ok = 127.0e6 <= j["params"] < 127.1e6 and j["flops_per_step_6n"] > j["flops_per_step"]
+for tokens_per_s, stated in ((214712, 17.8), (406415, 33.6)):
+    mfu = 100 * tokens_per_s * j["flops_per_step_6n"] / (16 * 1024) / 989e12
+    executed = 100 * tokens_per_s * j["flops_per_step"] / (16 * 1024) / 989e12
+    good = round(mfu, 1) == stated
+    print(f"check BENCHMARKS.md reference {tokens_per_s} tokens/s: 6N MFU {mfu:.2f}% (stated {stated}%), executed "
+          f"{executed:.2f}% {'ok' if good else 'DIFFERENT'}")
+    ok = ok and good
+# tied: the table is the classifier, so both counts are the same product count
+same = t["flops_per_step_6n"] == t["flops_per_step"] == j["flops_per_step"] and t["params"] < 103e6
+print(f"check tied small: params {t['params']}, 6N count = executed count {'ok' if same else 'DIFFERENT'}")
+if not (ok and same):
+    print("FAIL: the 6N count does not reproduce BENCHMARKS.md's reference MFU")
+sys.exit(0 if ok and same else 1)
+PY
 # negative control: the comparison must see a different vocabulary
 "$bench" --flops-only --shape tiny --vocab 300 --maps standard >"$tmp/c.jsonl" 2>/dev/null
 python3 "$script" --flops-only --shape tiny --vocab 301 --maps standard >"$tmp/p.jsonl" 2>/dev/null

@@ -53,6 +53,19 @@ ls "$tmp/straight" | grep -q "checkpoint-000025" && fail "old checkpoints are no
   && grep -q '"layer_types":.*"0_0_2_2"' "$tmp/conv/config.json" && echo "ok   convert --kv-init average -> cla:2 loads" \
   || fail "convert average: $(cat "$tmp/conv.err")"
 
+# --untied-embeddings: a classifier of its own in the checkpoint (tie_word_embeddings false), which loads and runs
+"$xlkv" train --shape tiny --untied-embeddings --data "$tmp/data" --steps 2 --batch 2 --seq 16 --out "$tmp/untied" -t 2 \
+  2>"$tmp/untied.err" || fail "untied run: $(tail -3 "$tmp/untied.err")"
+grep -q '"tie_word_embeddings":[[:space:]]*false' "$tmp/untied/latest/config.json" \
+  && grep -q '"lm_head.weight"' "$tmp/untied/latest/model.safetensors" \
+  && ! grep -q '"lm_head.weight"' "$tmp/std/latest/model.safetensors" \
+  && "$xlkv" generate -m "$tmp/untied/latest" -p "ROMEO:" -n 8 -s 1 >/dev/null 2>&1 \
+  && echo "ok   --untied-embeddings: lm_head.weight saved, tie_word_embeddings false, loads in generate" \
+  || fail "untied checkpoint: $(head -c 300 "$tmp/untied/latest/config.json")"
+check_error_early() { if "$@" >/dev/null 2>"$tmp/err"; then fail "$* succeeded"; else grep -q "modify a --shape" "$tmp/err" \
+  && echo "ok   error: $(head -1 "$tmp/err")" || fail "message: $(cat "$tmp/err")"; fi; }
+check_error_early "$xlkv" train --init-from "$tmp/std/latest" --untied-embeddings --data "$tmp/data" --out "$tmp/x"
+
 # convert --dtype bf16 (a release copy): half the bytes, BF16 tensors, the same map, and the same greedy text
 "$xlkv" convert --from "$tmp/straight/latest" --to "$tmp/half" --dtype bf16 2>"$tmp/half.err" || fail "convert bf16: $(cat "$tmp/half.err")"
 full=$(stat -c %s "$tmp/straight/latest/model.safetensors"); half=$(stat -c %s "$tmp/half/model.safetensors")

@@ -25,6 +25,8 @@ static void usage(FILE *out) {
             "                              positions; small: 12 x 768, 12/6 heads, 1024 positions)\n"
             "      --layers N --dim N --heads N --kv-heads N --ffn N --max-seq N\n"
             "                              with --shape: override its dimensions (head_dim = dim / heads)\n"
+            "      --untied-embeddings     with --shape: a classifier matrix of its own (lm_head.weight, as Llama and\n"
+            "                              BENCHMARKS.md's 127 M `small`) instead of the embedding table\n"
             "      --model-config FILE     a Hugging Face config.json (random initialisation)\n"
             "      --init-from CKPT        a pretrained checkpoint (HF directory or llama2.c .bin)\n"
             "      --layer-types MAP       layer map (string or preset; default: the config's, else standard)\n"
@@ -72,7 +74,7 @@ typedef struct train_cli {
     float min_lr, peak_tflops;
     int layers, dim, heads, kv_heads, ffn, max_seq; /* shape overrides; 0 = keep */
     int threads;
-    bool resume, distributed;
+    bool resume, distributed, untied;
 } train_cli;
 
 static bool parse_long(const char *flag, const char *text, long *out) {
@@ -162,6 +164,10 @@ static int parse_args(int argc, char **argv, train_cli *c) {
             c->overrides.force_nodiag = 1;
             continue;
         }
+        if (!strcmp(arg, "--untied-embeddings")) {
+            c->untied = true;
+            continue;
+        }
         if (!strcmp(arg, "--resume")) {
             c->resume = true;
             continue;
@@ -187,8 +193,9 @@ static const char *format_duration(double seconds, char *buf, size_t cap) {
 /* The store to train: a shape, a config.json or a checkpoint; NULL after reporting the problem. */
 static xlkv_param_store *make_store(const train_cli *c, int data_vocab, int data_eos, const char *tokenizer_path) {
     const int sources = !!c->shape + !!c->model_config + !!c->init_from;
-    if ((c->layers || c->dim || c->heads || c->kv_heads || c->ffn || c->max_seq) && !c->shape) {
-        fprintf(stderr, "xlkv train: --layers, --dim, --heads, --kv-heads, --ffn and --max-seq modify a --shape\n");
+    if ((c->layers || c->dim || c->heads || c->kv_heads || c->ffn || c->max_seq || c->untied) && !c->shape) {
+        fprintf(stderr, "xlkv train: --layers, --dim, --heads, --kv-heads, --ffn, --max-seq and --untied-embeddings "
+                        "modify a --shape\n");
         return NULL;
     }
     if (sources != 1) {
@@ -210,6 +217,7 @@ static xlkv_param_store *make_store(const train_cli *c, int data_vocab, int data
         char *config_map = NULL;
         if (c->shape) {
             status = xlkv_train_shape(c->shape, data_vocab, &hp);
+            hp.tied_embeddings = !c->untied;
             if (status == XLKV_OK && (c->layers || c->dim || c->heads || c->kv_heads || c->ffn || c->max_seq)) {
                 if (c->layers) hp.n_layers = c->layers;
                 if (c->dim) hp.dim = c->dim;

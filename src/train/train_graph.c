@@ -328,6 +328,13 @@ double xlkv_train_flops(const xlkv_param_store *store, int batch, int seq, int f
     return 3.0 * grad_forward + no_grad;
 }
 
+double xlkv_train_flops_6n(const xlkv_param_store *store, int batch, int seq, int forward_passes, int backward_passes) {
+    const xlkv_hparams *hp = &store->hp;
+    const double lookup_table = hp->tied_embeddings ? 0.0 : (double)hp->vocab_size * hp->dim;
+    return xlkv_train_flops(store, batch, seq, forward_passes, backward_passes) +
+           6.0 * batch * seq * lookup_table;
+}
+
 double xlkv_train_graph_flops(const xlkv_train_graph *g) {
     return xlkv_train_flops(g->store, g->batch, g->seq, g->forward_passes, g->backward_passes);
 }

@@ -73,5 +73,11 @@ void xlkv_train_graph_logits(const xlkv_train_graph *graph, float *logits);
 double xlkv_train_graph_flops(const xlkv_train_graph *graph);
 /* The same count for a batch x seq step under m, b without a graph (the GPU trainer's MFU). */
 double xlkv_train_flops(const xlkv_param_store *store, int batch, int seq, int forward_passes, int backward_passes);
+/* The count of the "6N + attention" convention (../shared/docs/BENCHMARKS.md: its reference MFU figures, 17.8% and
+ * 33.6% for PyTorch on the 127 M `small` model, use it): 6 FLOPs per token for EVERY parameter, the input embedding
+ * table included, although looking a row up is no product. It is xlkv_train_flops plus 6 x tokens x vocab x dim when
+ * the embeddings are untied (a tied table is the classifier, whose product xlkv_train_flops already counts); for the
+ * standard and cla maps that is exactly 6 N + attention. */
+double xlkv_train_flops_6n(const xlkv_param_store *store, int batch, int seq, int forward_passes, int backward_passes);
 
 #endif

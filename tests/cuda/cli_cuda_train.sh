@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # tests/cuda/cli_cuda_train (label cuda: needs a GPU): `xlkv train --device cuda` end to end on tinyshakespeare.
-#   - f32: the CUDA run's per-step losses match the CPU run's (same flags) to 1e-3 relative (printed side by side);
+#   - f32: the CUDA run's per-step losses match the CPU run's (same flags) to 1e-3 relative (printed side by side),
+#     under standard, cla:2, lckv:1 and standard with --untied-embeddings (a classifier matrix of its own);
 #   - bf16 (the default) trains: the held-out loss goes down;
 #   - a CUDA run killed with SIGKILL after its first checkpoint and continued with --resume ends with the same
 #     model.safetensors and trainer_state.bin bytes as an uninterrupted CUDA run (f32 and bf16: every reduction has
@@ -20,11 +21,13 @@ source "$(dirname "$0")/../support/cli_train_data.sh"
 # f32: CUDA vs CPU, per-step losses
 common=(--shape tiny --data "$tmp/data" --steps 12 --batch 4 --seq 64 --lr 3e-3 --warmup 3 --seed 5 --eval-every 12
         --eval-batches 2)
-for map in standard cla:2 lckv:1; do
-  extra=(); [ "$map" = lckv:1 ] && extra=(--forward-passes 1 --backward-passes 2)
-  "$xlkv" train "${common[@]}" "${extra[@]}" --layer-types $map --out "$tmp/cpu-$map" -t 1 2>"$tmp/cpu.log" \
+for map in standard cla:2 lckv:1 untied; do
+  extra=(--layer-types $map)
+  [ "$map" = lckv:1 ] && extra+=(--forward-passes 1 --backward-passes 2)
+  [ "$map" = untied ] && extra=(--layer-types standard --untied-embeddings)
+  "$xlkv" train "${common[@]}" "${extra[@]}" --out "$tmp/cpu-$map" -t 1 2>"$tmp/cpu.log" \
     || { tail -3 "$tmp/cpu.log"; fail "cpu train $map"; continue; }
-  "$xlkv" train "${common[@]}" "${extra[@]}" --layer-types $map --out "$tmp/gpu-$map" --device cuda --dtype f32 \
+  "$xlkv" train "${common[@]}" "${extra[@]}" --out "$tmp/gpu-$map" --device cuda --dtype f32 \
     2>"$tmp/gpu.log" || { tail -3 "$tmp/gpu.log"; fail "cuda train $map"; continue; }
   python3 - "$tmp/cpu.log" "$tmp/gpu.log" "$map" <<'PY' || failures=$((failures + 1))
 import re, sys
