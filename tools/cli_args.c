@@ -34,6 +34,11 @@ static cli_parse_result take_flag(const char *command, const cli_flag *flag, int
     switch (flag->kind) {
     case CLI_FLAG_STRING: return cli_take_string(command, argc, argv, i, (const char **)flag->target);
     case CLI_FLAG_INT: return cli_take_int(command, argc, argv, i, flag->min, flag->max, (int *)flag->target);
+    case CLI_FLAG_FLOAT: {
+        const char *arg = argv[*i];
+        const char *value = cli_value(command, argc, argv, i);
+        return value && cli_parse_float(command, arg, value, (float *)flag->target) ? CLI_CONSUMED : CLI_USAGE_ERROR;
+    }
     case CLI_FLAG_CHOICE: return take_choice(command, flag, argc, argv, i);
     case CLI_FLAG_ON: *(bool *)flag->target = true; return CLI_CONSUMED;
     case CLI_FLAG_OFF: *(bool *)flag->target = false; return CLI_CONSUMED;
@@ -51,13 +56,17 @@ int cli_parse_args(const cli_command_line *line, int argc, char **argv) {
     const char *command = line->command;
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
-        cli_parse_result r = cli_parse_model_option(line->model, command, argc, argv, &i);
+        cli_parse_result r = line->model ? cli_parse_model_option(line->model, command, argc, argv, &i) : CLI_NOT_MINE;
         if (r == CLI_NOT_MINE && line->sampling) r = cli_parse_sampling_option(line->sampling, command, argc, argv, &i);
         if (r == CLI_NOT_MINE && (!strcmp(arg, "-h") || !strcmp(arg, "--help"))) {
             line->usage(stdout);
             return 0;
         }
         if (r == CLI_NOT_MINE) r = parse_command_flag(line, argc, argv, &i);
+        if (r == CLI_NOT_MINE && line->files && !(arg[0] == '-' && arg[1])) {
+            line->files[(*line->n_files)++] = arg;
+            r = CLI_CONSUMED;
+        }
         if (r == CLI_USAGE_ERROR) return 2;
         if (r == CLI_NOT_MINE) {
             fprintf(stderr, "xlkv %s: unknown option '%s'; see xlkv %s --help\n", command, arg, command);

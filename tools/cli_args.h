@@ -1,7 +1,8 @@
-/* tools/cli_args: the option loop the model-driven subcommands share. Each argument is offered in turn to the shared
- * model options, to the sampling options (commands that sample), to -h/--help (the command's usage on stdout), to the
- * command's table of flags, then to its own parser for the few flags a table cannot say; an argument none of them
- * takes is an unknown option. Usage errors are reported on stderr. */
+/* tools/cli_args: the option loop the subcommands share. Each argument is offered in turn to the shared model options
+ * (commands that load a model), to the sampling options (commands that sample), to -h/--help (the command's usage on
+ * stdout), to the command's table of flags, then to its own parser for the few flags a table cannot say; what none of
+ * them takes is an input file where the command takes files, else an unknown option. Usage errors are reported on
+ * stderr. */
 #ifndef XLKV_TOOLS_CLI_ARGS_H
 #define XLKV_TOOLS_CLI_ARGS_H
 
@@ -13,6 +14,7 @@
 typedef enum cli_flag_kind {
     CLI_FLAG_STRING, /* const char *target: the value */
     CLI_FLAG_INT,    /* int *target: an integer in [min, max] */
+    CLI_FLAG_FLOAT,  /* float *target: a finite number */
     CLI_FLAG_CHOICE, /* int *target: the index of the value in choices ("expects a, b or c" otherwise) */
     CLI_FLAG_ON,     /* bool *target: set true; takes no value */
     CLI_FLAG_OFF,    /* bool *target: set false; takes no value */
@@ -34,6 +36,8 @@ typedef struct cli_flag {
     {(short_name), (long_name), CLI_FLAG_STRING, CLI_TARGET_(const char **, target), 0, 0, NULL}
 #define CLI_INT_FLAG(short_name, long_name, target, min, max)                                                          \
     {(short_name), (long_name), CLI_FLAG_INT, CLI_TARGET_(int *, target), (min), (max), NULL}
+#define CLI_FLOAT_FLAG(short_name, long_name, target)                                                                  \
+    {(short_name), (long_name), CLI_FLAG_FLOAT, CLI_TARGET_(float *, target), 0, 0, NULL}
 #define CLI_CHOICE_FLAG(short_name, long_name, target, ...)                                                            \
     {(short_name), (long_name), CLI_FLAG_CHOICE, CLI_TARGET_(int *, target), 0, 0, (const char *const[]){__VA_ARGS__, NULL}}
 #define CLI_ON_FLAG(short_name, long_name, target)                                                                     \
@@ -48,12 +52,14 @@ typedef cli_parse_result (*cli_own_option_parser)(void *own, const char *command
 typedef struct cli_command_line {
     const char *command;             /* the name in messages: "eval" */
     void (*usage)(FILE *out);        /* printed on stdout for -h/--help */
-    cli_model_options *model;        /* -m, --layer-types, ... */
+    cli_model_options *model;        /* -m, --layer-types, ...; NULL: the command loads no model */
     xlkv_sampler_params *sampling;   /* --temp, --top-k, ...; NULL: the command does not sample */
     const cli_flag *flags;           /* the command's own flags */
     int n_flags;
     cli_own_option_parser parse_own; /* NULL: the table says every flag */
     void *own;
+    const char **files;              /* the other arguments not starting with '-' ("-" alone included), in order; */
+    int *n_files;                    /* room for argc; NULL: the command takes no files (they are unknown options) */
 } cli_command_line;
 
 /* What cli_parse_args returns when the command should go on; otherwise it returns the exit status to return at once:

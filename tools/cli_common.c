@@ -42,16 +42,28 @@ bool cli_parse_int(const char *command, const char *flag, const char *text, long
     return true;
 }
 
-bool cli_parse_float(const char *command, const char *flag, const char *text, float *out) {
+/* A finite number read as a float (strtof: single) or a double (strtod). */
+static bool parse_real(const char *command, const char *flag, const char *text, bool single, double *out) {
     char *end = NULL;
     errno = 0;
-    float value = strtof(text, &end);
+    double value = single ? (double)strtof(text, &end) : strtod(text, &end);
     if (errno || end == text || *end != '\0' || !isfinite(value)) {
         fprintf(stderr, "xlkv %s: %s expects a number, got '%s'\n", command, flag, text);
         return false;
     }
     *out = value;
     return true;
+}
+
+bool cli_parse_float(const char *command, const char *flag, const char *text, float *out) {
+    double value;
+    if (!parse_real(command, flag, text, true, &value)) return false;
+    *out = (float)value; /* exact: it was a float */
+    return true;
+}
+
+bool cli_parse_double(const char *command, const char *flag, const char *text, double *out) {
+    return parse_real(command, flag, text, false, out);
 }
 
 void cli_model_options_init(cli_model_options *o) {

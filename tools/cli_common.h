@@ -45,6 +45,7 @@ cli_parse_result cli_take_string(const char *command, int argc, char **argv, int
 cli_parse_result cli_take_int(const char *command, int argc, char **argv, int *i, long min, long max, int *out);
 bool cli_parse_int(const char *command, const char *flag, const char *text, long min, long max, int *out);
 bool cli_parse_float(const char *command, const char *flag, const char *text, float *out);
+bool cli_parse_double(const char *command, const char *flag, const char *text, double *out);
 
 /* Whether the options name the cuda device (generate and logits then run through the engine). */
 bool cli_on_cuda(const cli_model_options *o);

@@ -144,18 +144,6 @@ static void print_progress(void *user, const xlkv_kvsharer_trial *t, int index, 
             t->score, t->decision == XLKV_KVSHARER_ACCEPTED ? "accepted" : "rejected", t->shared_after, p->n_share);
 }
 
-static bool parse_double(const char *command, const char *flag, const char *text, double *out) {
-    char *end = NULL;
-    errno = 0;
-    double value = strtod(text, &end);
-    if (errno || end == text || *end != '\0' || !isfinite(value)) {
-        fprintf(stderr, "xlkv %s: %s expects a number, got '%s'\n", command, flag, text);
-        return false;
-    }
-    *out = value;
-    return true;
-}
-
 /* mkdir -p: creates dir and any missing parents. */
 static int make_directories(const char *dir) {
     char *path = strdup(dir);
@@ -229,7 +217,7 @@ static cli_parse_result parse_search_number(void *own, const char *command, int 
     search_numbers *n = own;
     const char *arg = argv[*i], *v = NULL;
     if (!strcmp(arg, "--rate")) {
-        if (!(v = cli_value(command, argc, argv, i)) || !parse_double(command, arg, v, n->rate)) return CLI_USAGE_ERROR;
+        if (!(v = cli_value(command, argc, argv, i)) || !cli_parse_double(command, arg, v, n->rate)) return CLI_USAGE_ERROR;
         if (!(*n->rate > 0.0 && *n->rate < 1.0)) {
             fprintf(stderr, "xlkv %s: --rate expects a fraction in (0, 1), got '%s'\n", command, v);
             return CLI_USAGE_ERROR;
@@ -237,7 +225,7 @@ static cli_parse_result parse_search_number(void *own, const char *command, int 
         return CLI_CONSUMED;
     }
     if (!strcmp(arg, "--threshold")) {
-        if (!(v = cli_value(command, argc, argv, i)) || !parse_double(command, arg, v, &n->params->threshold))
+        if (!(v = cli_value(command, argc, argv, i)) || !cli_parse_double(command, arg, v, &n->params->threshold))
             return CLI_USAGE_ERROR;
         return CLI_CONSUMED;
     }
