@@ -39,7 +39,8 @@ typedef struct cli_flag {
 #define CLI_FLOAT_FLAG(short_name, long_name, target)                                                                  \
     {(short_name), (long_name), CLI_FLAG_FLOAT, CLI_TARGET_(float *, target), 0, 0, NULL}
 #define CLI_CHOICE_FLAG(short_name, long_name, target, ...)                                                            \
-    {(short_name), (long_name), CLI_FLAG_CHOICE, CLI_TARGET_(int *, target), 0, 0, (const char *const[]){__VA_ARGS__, NULL}}
+    {(short_name), (long_name), CLI_FLAG_CHOICE, CLI_TARGET_(int *, target), 0, 0,                                     \
+     (const char *const[]){__VA_ARGS__, NULL}}
 #define CLI_ON_FLAG(short_name, long_name, target)                                                                     \
     {(short_name), (long_name), CLI_FLAG_ON, CLI_TARGET_(bool *, target), 0, 0, NULL}
 #define CLI_OFF_FLAG(short_name, long_name, target)                                                                    \
@@ -58,8 +59,8 @@ typedef struct cli_command_line {
     int n_flags;
     cli_own_option_parser parse_own; /* NULL: the table says every flag */
     void *own;
-    const char **files;              /* the other arguments not starting with '-' ("-" alone included), in order; */
-    int *n_files;                    /* room for argc; NULL: the command takes no files (they are unknown options) */
+    const char **files;              /* commands that take input files: room for argc arguments, where those that do */
+    int *n_files;                    /* not start with '-' (or are "-") go in order; NULL: they are unknown options */
 } cli_command_line;
 
 /* What cli_parse_args returns when the command should go on; otherwise it returns the exit status to return at once:
