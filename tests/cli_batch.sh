@@ -5,16 +5,7 @@
 # sharing map; flags that do not fit together, and devices or dtypes this build lacks, fail with clear messages.
 set -u
 xlkv=$1
-data=${XLKV_SHARED_DATA:-${XLKV_SOURCE_DIR:-.}/../shared/data}
-model=$data/models/stories260K/stories260K.bin
-golden=$data/models/stories260K/expected_greedy_n200.txt
-if [ ! -f "$model" ] || [ ! -f "$golden" ]; then
-  echo "skipping: $model or $golden is absent (set XLKV_SHARED_DATA)"
-  exit 0
-fi
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-failures=0
+source "$(dirname "$0")/support/cli_stories260k.sh"
 fail() { echo "FAIL $*"; failures=$((failures + 1)); }
 compare() { # name, got, want
   if cmp -s "$2" "$3"; then echo "ok   $1"; else fail "$1"; diff "$3" "$2" | head -6; fi

@@ -4,19 +4,12 @@
 # SVG, and the exit status and message of bad flags. Usage: bash tests/cli_bench.sh /path/to/xlkv
 set -u
 XLKV=${1:?usage: cli_bench.sh /path/to/xlkv}
-failures=0
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+source "$(dirname "$0")/support/cli_checks.sh"
 
-fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
-
-# expect_error "description" "needle" -- args...: exit status 2 and stderr contains the needle.
+# expect_error "description" "needle" -- args...: `xlkv bench args` exits with status 2 and stderr contains the needle.
 expect_error() {
     local what=$1 needle=$2; shift 3
-    "$XLKV" bench "$@" >"$tmp/out" 2>"$tmp/err"
-    local got=$?
-    [ "$got" -eq 2 ] || fail "$what: exit status $got, expected 2"
-    grep -qF -- "$needle" "$tmp/err" || fail "$what: stderr lacks '$needle': $(cat "$tmp/err")"
+    expect_status "$what" 2 "$needle" -- bench "$@"
 }
 
 "$XLKV" bench throughput --shape tiny --device cpu --settings 5+16 --budget 8MiB --limit-s 600 --layer-types standard,lckv:2 \

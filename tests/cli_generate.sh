@@ -5,16 +5,7 @@
 # in the default and the sequential modes. Also checks that generate's errors are clear.
 set -u
 xlkv=$1
-data=${XLKV_SHARED_DATA:-${XLKV_SOURCE_DIR:-.}/../shared/data}
-model=$data/models/stories260K/stories260K.bin
-golden=$data/models/stories260K/expected_greedy_n200.txt
-if [ ! -f "$model" ] || [ ! -f "$golden" ]; then
-  echo "skipping: $model or $golden is absent (set XLKV_SHARED_DATA)"
-  exit 0
-fi
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-failures=0
+source "$(dirname "$0")/support/cli_stories260k.sh"
 check() { # name, then xlkv arguments
   local name=$1; shift
   if ! "$xlkv" generate -m "$model" -n 200 --temp 0 "$@" >"$tmp/out" 2>"$tmp/err"; then

@@ -3,11 +3,7 @@
 # file, and the exit status and message of bad input. Usage: bash tests/cli_layers.sh /path/to/xlkv
 set -u
 XLKV=${1:?usage: cli_layers.sh /path/to/xlkv}
-failures=0
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-
-fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
+source "$(dirname "$0")/support/cli_checks.sh"
 
 # expect_output "description" "needle" -- args...: exit status 0 and stdout contains the needle (fixed string).
 expect_output() {
@@ -18,13 +14,11 @@ expect_output() {
     grep -qF -- "$needle" "$tmp/out" || fail "$what: output lacks '$needle':"$'\n'"$(cat "$tmp/out")"
 }
 
-# expect_error "description" status "needle" -- args...: that exit status and stderr contains the needle.
+# expect_error "description" status "needle" -- args...: `xlkv layers args` exits with that status and stderr contains
+# the needle.
 expect_error() {
     local what=$1 status=$2 needle=$3; shift 4
-    "$XLKV" layers "$@" >"$tmp/out" 2>"$tmp/err"
-    local got=$?
-    [ "$got" -eq "$status" ] || fail "$what: exit status $got, expected $status"
-    grep -qF -- "$needle" "$tmp/err" || fail "$what: stderr lacks '$needle': $(cat "$tmp/err")"
+    expect_status "$what" "$status" "$needle" -- layers "$@"
 }
 
 lckv2=0_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_21

@@ -4,20 +4,7 @@
 # 2 (usage) or 1 (missing file) and a clear message. Usage: bash tests/cli_tokenizer.sh /path/to/xlkv
 set -u
 XLKV=${1:?usage: cli_tokenizer.sh /path/to/xlkv}
-failures=0
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-
-fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
-
-# expect_status "description" status "needle" -- args...
-expect_status() {
-    local what=$1 want=$2 needle=$3; shift 4
-    "$XLKV" "$@" >"$tmp/out" 2>"$tmp/err"
-    local got=$?
-    [ "$got" -eq "$want" ] || fail "$what: exit status $got, expected $want"
-    grep -qF -- "$needle" "$tmp/err" || fail "$what: stderr lacks '$needle': $(cat "$tmp/err")"
-}
+source "$(dirname "$0")/support/cli_checks.sh"
 
 for i in $(seq 1 400); do
     echo "The king and the queen spoke of love, $i nights of sorrow and mercy; the noble brother answered."

@@ -25,28 +25,12 @@ typedef struct stream {
     bool finished;
 } stream;
 
-static xlkv_hparams tiny_hparams(int n_layers) {
-    xlkv_hparams hp;
-    xlkv_hparams_defaults(&hp);
-    hp.dim = 32;
-    hp.hidden_dim = 48;
-    hp.n_layers = n_layers;
-    hp.n_heads = 4;
-    hp.n_kv_heads = 2;
-    hp.head_dim = 8;
-    hp.vocab_size = 50;
-    hp.max_seq_len = 32;
-    return hp;
-}
-
+/* testutil's tiny shape with n_layers layers and no sliding window, seed 11. */
 static xlkv_model *tiny_model(const char *map_text, int n_layers) {
-    xlkv_hparams hp = tiny_hparams(n_layers);
-    xlkv_layer_map *map = NULL;
-    TU_ASSERT_OK(xlkv_layer_map_parse(map_text, hp.n_layers, &map));
-    xlkv_model *model = NULL;
-    TU_ASSERT_OK(xlkv_model_create_random(&hp, map, 11, &model));
-    xlkv_layer_map_free(map);
-    return model;
+    xlkv_hparams hp = tu_tiny_hparams();
+    hp.n_layers = n_layers;
+    hp.sliding_window = 0;
+    return tu_random_model(map_text, &hp, 11);
 }
 
 static bool collect_token(int token, void *user) {

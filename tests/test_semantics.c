@@ -14,15 +14,6 @@ enum { N_TOKENS = 7 };
 static const int tokens[N_TOKENS] = {1, 17, 5, 42, 8, 33, 2};
 
 
-static xlkv_model *tiny_model(const char *map_text, const xlkv_hparams *hp) {
-    xlkv_layer_map *map = NULL;
-    TU_ASSERT_OK(xlkv_layer_map_parse(map_text, hp->n_layers, &map));
-    xlkv_model *model = NULL;
-    TU_ASSERT_OK(xlkv_model_create_random(hp, map, 7, &model));
-    xlkv_layer_map_free(map);
-    return model;
-}
-
 /* Runs tokens in the given chunks (chunk sizes summing to n) and returns all logits [n, vocab] (heap). */
 static float *run(const xlkv_model *model, xlkv_prefill_mode mode, int iterations, const int *chunks, int n_chunks) {
     xlkv_context_params p = xlkv_context_default_params();
@@ -57,7 +48,7 @@ static void plan_with_enough_iterations_equals_sequential(void **state) {
     const int whole[] = {N_TOKENS};
     int cyclic_maps = 0;
     for (int m = 0; m < TU_N_TINY_MAPS; m++) {
-        xlkv_model *model = tiny_model(tu_tiny_maps[m], &hp);
+        xlkv_model *model = tu_random_model(tu_tiny_maps[m], &hp, 7);
         float *sequential = run(model, XLKV_PREFILL_SEQUENTIAL, 9, whole, 1);
         float *plan = run(model, XLKV_PREFILL_PLAN, N_TOKENS, whole, 1);
         assert_close(sequential, plan, (size_t)N_TOKENS * hp.vocab_size, 1e-4, "plan vs sequential", tu_tiny_maps[m]);
@@ -81,7 +72,7 @@ static void prefill_then_decode_equals_full_forward(void **state) {
     xlkv_hparams hp = tu_tiny_hparams();
     const int whole[] = {N_TOKENS}, prefill_decode[] = {3, 1, 1, 1, 1}, chunked[] = {4, 3};
     for (int m = 0; m < TU_N_TINY_MAPS; m++) {
-        xlkv_model *model = tiny_model(tu_tiny_maps[m], &hp);
+        xlkv_model *model = tu_random_model(tu_tiny_maps[m], &hp, 7);
         float *full = run(model, XLKV_PREFILL_PLAN, N_TOKENS, whole, 1);
         float *split = run(model, XLKV_PREFILL_PLAN, N_TOKENS, prefill_decode, 5);
         float *chunks = run(model, XLKV_PREFILL_PLAN, N_TOKENS, chunked, 2);
@@ -102,7 +93,7 @@ static void cyclic_layer_attends_to_nothing_at_position_zero(void **state) {
     (void)state;
     xlkv_hparams hp = tu_tiny_hparams();
     const int whole[] = {N_TOKENS};
-    xlkv_model *model = tiny_model("1_1_2_3_4_5", &hp); /* layer 0 reads layer 1: upward */
+    xlkv_model *model = tu_random_model("1_1_2_3_4_5", &hp, 7); /* layer 0 reads layer 1: upward */
     float *before = run(model, XLKV_PREFILL_SEQUENTIAL, 0, whole, 1);
     /* change layer 0's attention output projection: position 0 must not notice, position 1 must */
     xlkv_layer_weights *l0 = &model->weights.layers[0];
@@ -120,7 +111,7 @@ static void force_nodiag_masks_every_layer(void **state) {
     xlkv_hparams hp = tu_tiny_hparams();
     hp.force_nodiag = true;
     const int whole[] = {N_TOKENS};
-    xlkv_model *model = tiny_model("standard", &hp);
+    xlkv_model *model = tu_random_model("standard", &hp, 7);
     float *before = run(model, XLKV_PREFILL_PLAN, 0, whole, 1);
     for (int l = 0; l < hp.n_layers; l++)
         for (int i = 0; i < hp.dim * hp.n_heads * hp.head_dim; i++) model->weights.layers[l].wo[i] *= -3.0f;
@@ -137,11 +128,11 @@ static void sliding_window_limits_what_is_seen(void **state) {
     xlkv_hparams hp = tu_tiny_hparams();
     const int whole[] = {N_TOKENS};
     /* a window as long as the prompt changes nothing; a short one changes the late positions only */
-    xlkv_model *plain = tiny_model("0_1_2_3_4_5", &hp);
+    xlkv_model *plain = tu_random_model("0_1_2_3_4_5", &hp, 7);
     hp.sliding_window = N_TOKENS;
-    xlkv_model *wide = tiny_model("0s_1s_2s_3s_4s_5s", &hp);
+    xlkv_model *wide = tu_random_model("0s_1s_2s_3s_4s_5s", &hp, 7);
     hp.sliding_window = 2;
-    xlkv_model *narrow = tiny_model("0s_1s_2s_3s_4s_5s", &hp);
+    xlkv_model *narrow = tu_random_model("0s_1s_2s_3s_4s_5s", &hp, 7);
     float *a = run(plain, XLKV_PREFILL_PLAN, 0, whole, 1), *b = run(wide, XLKV_PREFILL_PLAN, 0, whole, 1);
     float *c = run(narrow, XLKV_PREFILL_PLAN, 0, whole, 1);
     assert_close(a, b, (size_t)N_TOKENS * hp.vocab_size, 1e-5, "window >= prompt", "0s_..._5s");
@@ -159,7 +150,7 @@ static void kv_memory_follows_the_formula(void **state) {
     (void)state;
     xlkv_hparams hp = tu_tiny_hparams();
     for (int m = 0; m < TU_N_TINY_MAPS; m++) {
-        xlkv_model *model = tiny_model(tu_tiny_maps[m], &hp);
+        xlkv_model *model = tu_random_model(tu_tiny_maps[m], &hp, 7);
         xlkv_context *ctx = NULL;
         TU_ASSERT_OK(xlkv_context_create(model, NULL, &ctx));
         const xlkv_layer_map *map = model->map;
@@ -181,7 +172,7 @@ static void kv_memory_follows_the_formula(void **state) {
 static void forward_rejects_bad_input(void **state) {
     (void)state;
     xlkv_hparams hp = tu_tiny_hparams();
-    xlkv_model *model = tiny_model("standard", &hp);
+    xlkv_model *model = tu_random_model("standard", &hp, 7);
     xlkv_context_params p = xlkv_context_default_params();
     p.n_ctx = 4;
     xlkv_context *ctx = NULL;

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "infer/engine.h"
 
@@ -14,6 +15,19 @@ const char *cli_value(const char *command, int argc, char **argv, int *i) {
         return NULL;
     }
     return argv[++*i];
+}
+
+cli_parse_result cli_take_string(const char *command, int argc, char **argv, int *i, const char **out) {
+    const char *value = cli_value(command, argc, argv, i);
+    if (!value) return CLI_USAGE_ERROR;
+    *out = value;
+    return CLI_CONSUMED;
+}
+
+cli_parse_result cli_take_int(const char *command, int argc, char **argv, int *i, long min, long max, int *out) {
+    const char *flag = argv[*i];
+    const char *value = cli_value(command, argc, argv, i);
+    return value && cli_parse_int(command, flag, value, min, max, out) ? CLI_CONSUMED : CLI_USAGE_ERROR;
 }
 
 bool cli_parse_int(const char *command, const char *flag, const char *text, long min, long max, int *out) {
@@ -28,16 +42,28 @@ bool cli_parse_int(const char *command, const char *flag, const char *text, long
     return true;
 }
 
-bool cli_parse_float(const char *command, const char *flag, const char *text, float *out) {
+/* A finite number read as a float (strtof: single) or a double (strtod). */
+static bool parse_real(const char *command, const char *flag, const char *text, bool single, double *out) {
     char *end = NULL;
     errno = 0;
-    float value = strtof(text, &end);
+    double value = single ? (double)strtof(text, &end) : strtod(text, &end);
     if (errno || end == text || *end != '\0' || !isfinite(value)) {
         fprintf(stderr, "xlkv %s: %s expects a number, got '%s'\n", command, flag, text);
         return false;
     }
     *out = value;
     return true;
+}
+
+bool cli_parse_float(const char *command, const char *flag, const char *text, float *out) {
+    double value;
+    if (!parse_real(command, flag, text, true, &value)) return false;
+    *out = (float)value; /* exact: it was a float */
+    return true;
+}
+
+bool cli_parse_double(const char *command, const char *flag, const char *text, double *out) {
+    return parse_real(command, flag, text, false, out);
 }
 
 void cli_model_options_init(cli_model_options *o) {
@@ -54,18 +80,10 @@ static bool is_flag(const char *arg, const char *short_name, const char *long_na
 
 cli_parse_result cli_parse_model_option(cli_model_options *o, const char *command, int argc, char **argv, int *i) {
     const char *arg = argv[*i];
-    const char *value;
 #define CLI_STRING(short_name, long_name, field)                                                                       \
-    if (is_flag(arg, short_name, long_name)) {                                                                         \
-        if (!(value = cli_value(command, argc, argv, i))) return CLI_USAGE_ERROR;                                      \
-        o->field = value;                                                                                              \
-        return CLI_CONSUMED;                                                                                           \
-    }
+    if (is_flag(arg, short_name, long_name)) return cli_take_string(command, argc, argv, i, &o->field);
 #define CLI_INT(short_name, long_name, field, min, max)                                                                \
-    if (is_flag(arg, short_name, long_name)) {                                                                         \
-        if (!(value = cli_value(command, argc, argv, i))) return CLI_USAGE_ERROR;                                      \
-        return cli_parse_int(command, arg, value, min, max, &o->field) ? CLI_CONSUMED : CLI_USAGE_ERROR;               \
-    }
+    if (is_flag(arg, short_name, long_name)) return cli_take_int(command, argc, argv, i, min, max, &o->field);
     CLI_STRING("-m", "--model", model)
     CLI_STRING(NULL, "--tokenizer", tokenizer)
     CLI_STRING(NULL, "--layer-types", layer_types)
@@ -113,6 +131,12 @@ cli_parse_result cli_parse_sampling_option(xlkv_sampler_params *p, const char *c
         return CLI_CONSUMED;
     }
     return CLI_NOT_MINE;
+}
+
+xlkv_sampler_params cli_sampling_defaults(void) {
+    xlkv_sampler_params p = xlkv_sampler_default_params();
+    p.seed = (unsigned long long)time(NULL);
+    return p;
 }
 
 void cli_print_model_help(FILE *out) {
@@ -179,6 +203,17 @@ bool cli_load_model(const char *command, const cli_model_options *o, xlkv_model 
 }
 
 bool cli_on_cuda(const cli_model_options *o) { return !strcmp(o->device, "cuda"); }
+
+bool cli_model_has_tokenizer(const char *command, const cli_model_options *o, const xlkv_model *model) {
+    if (model->tokenizer) return true;
+    fprintf(stderr, "xlkv %s: the model has no tokenizer (none found beside %s; pass --tokenizer)\n", command,
+            o->model);
+    return false;
+}
+
+const char *cli_layer_map_label(const cli_model_options *o) {
+    return o->layer_types ? o->layer_types : o->kv_map ? o->kv_map : "checkpoint";
+}
 
 bool cli_create_context(const char *command, const cli_model_options *o, const xlkv_model *model,
                         xlkv_context **out) {

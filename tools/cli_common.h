@@ -32,19 +32,30 @@ typedef enum cli_parse_result { CLI_CONSUMED, CLI_NOT_MINE, CLI_USAGE_ERROR } cl
 void cli_model_options_init(cli_model_options *o);
 cli_parse_result cli_parse_model_option(cli_model_options *o, const char *command, int argc, char **argv, int *i);
 cli_parse_result cli_parse_sampling_option(xlkv_sampler_params *p, const char *command, int argc, char **argv, int *i);
+/* The sampler's defaults with the seed taken from the clock (what -s overrides). */
+xlkv_sampler_params cli_sampling_defaults(void);
 void cli_print_model_help(FILE *out);
 void cli_print_sampling_help(FILE *out);
 
 /* The value after flag argv[*i] (advances *i), or NULL after reporting that it is missing. */
 const char *cli_value(const char *command, int argc, char **argv, int *i);
+/* The value after flag argv[*i] into *out (advances *i): CLI_CONSUMED, or CLI_USAGE_ERROR when it is missing. */
+cli_parse_result cli_take_string(const char *command, int argc, char **argv, int *i, const char **out);
+/* The same for an integer in [min, max] (cli_parse_int's message when it is not one). */
+cli_parse_result cli_take_int(const char *command, int argc, char **argv, int *i, long min, long max, int *out);
 bool cli_parse_int(const char *command, const char *flag, const char *text, long min, long max, int *out);
 bool cli_parse_float(const char *command, const char *flag, const char *text, float *out);
+bool cli_parse_double(const char *command, const char *flag, const char *text, double *out);
 
 /* Whether the options name the cuda device (generate and logits then run through the engine). */
 bool cli_on_cuda(const cli_model_options *o);
 /* Loads the model (and its tokenizer) named by the options after checking that the device exists in this build and
  * that --dtype suits it; reports failures on stderr. */
 bool cli_load_model(const char *command, const cli_model_options *o, xlkv_model **out);
+/* Whether the loaded model has a tokenizer; when not, says so on stderr (the scoring commands need one). */
+bool cli_model_has_tokenizer(const char *command, const cli_model_options *o, const xlkv_model *model);
+/* How the options name the layer map, for result files: --layer-types, else --kv-map, else "checkpoint". */
+const char *cli_layer_map_label(const cli_model_options *o);
 /* A CPU context for the options (refuses --device cuda: the commands that call it run on the CPU only). */
 bool cli_create_context(const char *command, const cli_model_options *o, const xlkv_model *model,
                         xlkv_context **out);

@@ -3,9 +3,9 @@
  * reverse prompt (-r), or -n tokens. /reset starts over, /quit (or end of input) leaves. */
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "cli_args.h"
 #include "cli_common.h"
 #include "commands.h"
 #include "infer/generate.h"
@@ -54,29 +54,17 @@ int cmd_chat(int argc, char **argv) {
     const char *command = "chat";
     cli_model_options mo;
     cli_model_options_init(&mo);
-    xlkv_sampler_params sp = xlkv_sampler_default_params();
-    sp.seed = (unsigned long long)time(NULL);
+    xlkv_sampler_params sp = cli_sampling_defaults();
     int n_predict = 256;
     const char *stop = NULL;
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        cli_parse_result r = cli_parse_model_option(&mo, command, argc, argv, &i);
-        if (r == CLI_NOT_MINE) r = cli_parse_sampling_option(&sp, command, argc, argv, &i);
-        if (r == CLI_CONSUMED) continue;
-        if (r == CLI_USAGE_ERROR) return 2;
-        if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(arg, "-n") || !strcmp(arg, "--n-predict")) {
-            const char *v = cli_value(command, argc, argv, &i);
-            if (!v || !cli_parse_int(command, arg, v, 1, 1 << 30, &n_predict)) return 2;
-        } else if (!strcmp(arg, "-r") || !strcmp(arg, "--reverse-prompt")) {
-            if (!(stop = cli_value(command, argc, argv, &i))) return 2;
-        } else {
-            fprintf(stderr, "xlkv %s: unknown option '%s'; see xlkv %s --help\n", command, arg, command);
-            return 2;
-        }
-    }
+    const cli_flag flags[] = {
+        CLI_INT_FLAG("-n", "--n-predict", &n_predict, 1, 1 << 30),
+        CLI_STRING_FLAG("-r", "--reverse-prompt", &stop),
+    };
+    const int parsed = cli_parse_args(
+        &(cli_command_line){.command = command, .usage = usage, .model = &mo, .sampling = &sp, CLI_FLAGS(flags)}, argc,
+        argv);
+    if (parsed != CLI_ARGS_PARSED) return parsed;
     if (xlkv_sampler_params_validate(&sp) != XLKV_OK) {
         fprintf(stderr, "xlkv %s: %s\n", command, xlkv_last_error());
         return 2;

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_args.h"
 #include "cli_common.h"
 #include "commands.h"
 #include "train/checkpoint.h"
@@ -23,38 +24,22 @@ static void usage(FILE *out) {
 
 int cmd_convert(int argc, char **argv) {
     const char *command = "convert", *from = NULL, *to = NULL, *layer_types = NULL, *kv_init_text = "copy";
-    bool bf16 = false;
     xlkv_train_overrides overrides = {-1, -1, -1, -1};
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i], *v;
-        if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(arg, "--from")) {
-            if (!(from = cli_value(command, argc, argv, &i))) return 2;
-        } else if (!strcmp(arg, "--to")) {
-            if (!(to = cli_value(command, argc, argv, &i))) return 2;
-        } else if (!strcmp(arg, "--layer-types")) {
-            if (!(layer_types = cli_value(command, argc, argv, &i))) return 2;
-        } else if (!strcmp(arg, "--dtype")) {
-            if (!(v = cli_value(command, argc, argv, &i))) return 2;
-            if (strcmp(v, "f32") && strcmp(v, "bf16")) {
-                fprintf(stderr, "xlkv %s: --dtype expects f32 or bf16, got '%s'\n", command, v);
-                return 2;
-            }
-            bf16 = !strcmp(v, "bf16");
-        } else if (!strcmp(arg, "--kv-init")) {
-            if (!(kv_init_text = cli_value(command, argc, argv, &i))) return 2;
-        } else if (!strcmp(arg, "--forward-passes") || !strcmp(arg, "--backward-passes") ||
-                   !strcmp(arg, "--sliding-window")) {
-            int *field = !strcmp(arg, "--forward-passes") ? &overrides.forward_passes
-                         : !strcmp(arg, "--backward-passes") ? &overrides.backward_passes : &overrides.sliding_window;
-            if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_int(command, arg, v, 0, 1 << 24, field)) return 2;
-        } else {
-            fprintf(stderr, "xlkv %s: unknown option '%s'; see xlkv %s --help\n", command, arg, command);
-            return 2;
-        }
-    }
+    int dtype = 0; /* index into the choices of --dtype: f32, bf16 */
+    const cli_flag flags[] = {
+        CLI_STRING_FLAG(NULL, "--from", &from),
+        CLI_STRING_FLAG(NULL, "--to", &to),
+        CLI_STRING_FLAG(NULL, "--layer-types", &layer_types),
+        CLI_CHOICE_FLAG(NULL, "--dtype", &dtype, "f32", "bf16"),
+        CLI_STRING_FLAG(NULL, "--kv-init", &kv_init_text),
+        CLI_INT_FLAG(NULL, "--forward-passes", &overrides.forward_passes, 0, 1 << 24),
+        CLI_INT_FLAG(NULL, "--backward-passes", &overrides.backward_passes, 0, 1 << 24),
+        CLI_INT_FLAG(NULL, "--sliding-window", &overrides.sliding_window, 0, 1 << 24),
+    };
+    const int parsed =
+        cli_parse_args(&(cli_command_line){.command = command, .usage = usage, CLI_FLAGS(flags)}, argc, argv);
+    if (parsed != CLI_ARGS_PARSED) return parsed;
+    const bool bf16 = dtype == 1;
     if (!from || !to) {
         fprintf(stderr, "xlkv %s: --from and --to are required\n", command);
         return 2;

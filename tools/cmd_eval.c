@@ -6,10 +6,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_args.h"
 #include "cli_common.h"
 #include "cli_eval_runner.h"
 #include "commands.h"
 #include "core/file.h"
+#include "core/json_file.h"
 #include "core/timing.h"
 #include "eval/task_score.h"
 #include "eval/tasks.h"
@@ -102,7 +104,7 @@ static bool write_json(const char *path, const cli_model_options *mo, const char
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "command", "eval");
     cJSON_AddStringToObject(root, "model", mo->model);
-    cJSON_AddStringToObject(root, "layer_types", mo->layer_types ? mo->layer_types : mo->kv_map ? mo->kv_map : "checkpoint");
+    cJSON_AddStringToObject(root, "layer_types", cli_layer_map_label(mo));
     cJSON_AddStringToObject(root, "data_dir", data_dir);
     cJSON_AddNumberToObject(root, "limit", limit);
     cJSON *results = cJSON_AddObjectToObject(root, "results");
@@ -118,12 +120,8 @@ static bool write_json(const char *path, const cli_model_options *mo, const char
         cJSON_AddNumberToObject(r, "continuations_cut", rows[i].cut);
         cJSON_AddNumberToObject(r, "seconds", rows[i].seconds);
     }
-    char *text = cJSON_Print(root);
+    bool ok = xlkv_write_json_file(path, root) == XLKV_OK;
     cJSON_Delete(root);
-    FILE *f = text ? fopen(path, "w") : NULL;
-    bool ok = f && fputs(text, f) >= 0 && fputc('\n', f) != EOF;
-    if (f && fclose(f) != 0) ok = false;
-    free(text);
     if (!ok) fprintf(stderr, "xlkv eval: cannot write %s\n", path);
     return ok;
 }
@@ -188,39 +186,19 @@ int cmd_eval(int argc, char **argv) {
     cli_model_options_init(&mo);
     const char *task_list = NULL, *data_dir = DEFAULT_DATA_DIR, *json = NULL;
     int limit = 0, batch_size = 0;
-    xlkv_on_error on_error = XLKV_ON_ERROR_STOP;
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        cli_parse_result r = cli_parse_model_option(&mo, command, argc, argv, &i);
-        if (r == CLI_CONSUMED) continue;
-        if (r == CLI_USAGE_ERROR) return 2;
-        const char *v = NULL;
-        if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(arg, "--tasks")) {
-            if (!(task_list = cli_value(command, argc, argv, &i))) return 2;
-        } else if (!strcmp(arg, "--data-dir")) {
-            if (!(data_dir = cli_value(command, argc, argv, &i))) return 2;
-        } else if (!strcmp(arg, "--json")) {
-            if (!(json = cli_value(command, argc, argv, &i))) return 2;
-        } else if (!strcmp(arg, "--batch-size")) {
-            if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_int(command, arg, v, 1, 4096, &batch_size)) return 2;
-        } else if (!strcmp(arg, "--limit")) {
-            if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_int(command, arg, v, 1, 1 << 30, &limit)) return 2;
-        } else if (!strcmp(arg, "--on-error")) {
-            if (!(v = cli_value(command, argc, argv, &i))) return 2;
-            if (!strcmp(v, "stop")) on_error = XLKV_ON_ERROR_STOP;
-            else if (!strcmp(v, "skip")) on_error = XLKV_ON_ERROR_SKIP;
-            else {
-                fprintf(stderr, "xlkv %s: --on-error expects stop or skip, got '%s'\n", command, v);
-                return 2;
-            }
-        } else {
-            fprintf(stderr, "xlkv %s: unknown option '%s'; see xlkv %s --help\n", command, arg, command);
-            return 2;
-        }
-    }
+    int on_error_choice = 0;
+    const cli_flag flags[] = {
+        CLI_STRING_FLAG(NULL, "--tasks", &task_list),
+        CLI_STRING_FLAG(NULL, "--data-dir", &data_dir),
+        CLI_STRING_FLAG(NULL, "--json", &json),
+        CLI_INT_FLAG(NULL, "--batch-size", &batch_size, 1, 4096),
+        CLI_INT_FLAG(NULL, "--limit", &limit, 1, 1 << 30),
+        CLI_CHOICE_FLAG(NULL, "--on-error", &on_error_choice, "stop", "skip"),
+    };
+    const int parsed =
+        cli_parse_args(&(cli_command_line){.command = command, .usage = usage, .model = &mo, CLI_FLAGS(flags)}, argc, argv);
+    if (parsed != CLI_ARGS_PARSED) return parsed;
+    const xlkv_on_error on_error = on_error_choice == 0 ? XLKV_ON_ERROR_STOP : XLKV_ON_ERROR_SKIP;
     if (!task_list) {
         fprintf(stderr, "xlkv %s: no tasks given (--tasks LIST or --tasks all); see xlkv %s --help\n", command, command);
         return 2;
@@ -239,11 +217,7 @@ int cmd_eval(int argc, char **argv) {
     task_row *rows = calloc((size_t)n_tasks, sizeof *rows);
     if (!rows) goto done;
     if (!cli_load_model(command, &mo, &model)) goto done;
-    if (!model->tokenizer) {
-        fprintf(stderr, "xlkv %s: the model has no tokenizer (none found beside %s; pass --tokenizer)\n", command,
-                mo.model);
-        goto done;
-    }
+    if (!cli_model_has_tokenizer(command, &mo, model)) goto done;
     if (!cli_eval_runner_open(command, &mo, model, mo.n_ctx > 0 ? mo.n_ctx : model->hp.max_seq_len, batch_size, &runner))
         goto done;
     xlkv_eval_model eval_model = runner.model;

@@ -3,8 +3,8 @@
  * there are several); speed and KV memory go to stderr. */
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "cli_args.h"
 #include "cli_common.h"
 #include "cli_engine.h"
 #include "commands.h"
@@ -187,39 +187,22 @@ int cmd_generate(int argc, char **argv) {
     const char *command = "generate";
     cli_model_options mo;
     cli_model_options_init(&mo);
-    xlkv_sampler_params sp = xlkv_sampler_default_params();
-    sp.seed = (unsigned long long)time(NULL);
+    xlkv_sampler_params sp = cli_sampling_defaults();
     const char *prompt = NULL, *prompt_file = NULL, *batch_file = NULL;
     int n_predict = 128, n_batch = 0;
     bool add_bos = true;
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        cli_parse_result r = cli_parse_model_option(&mo, command, argc, argv, &i);
-        if (r == CLI_NOT_MINE) r = cli_parse_sampling_option(&sp, command, argc, argv, &i);
-        if (r == CLI_CONSUMED) continue;
-        if (r == CLI_USAGE_ERROR) return 2;
-        if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(arg, "-p") || !strcmp(arg, "--prompt")) {
-            if (!(prompt = cli_value(command, argc, argv, &i))) return 2;
-        } else if (!strcmp(arg, "-f") || !strcmp(arg, "--file")) {
-            if (!(prompt_file = cli_value(command, argc, argv, &i))) return 2;
-        } else if (!strcmp(arg, "--batch-file")) {
-            if (!(batch_file = cli_value(command, argc, argv, &i))) return 2;
-        } else if (!strcmp(arg, "-n") || !strcmp(arg, "--n-predict")) {
-            const char *v = cli_value(command, argc, argv, &i);
-            if (!v || !cli_parse_int(command, arg, v, -1, 1 << 30, &n_predict)) return 2;
-        } else if (!strcmp(arg, "-b") || !strcmp(arg, "--batch")) {
-            const char *v = cli_value(command, argc, argv, &i);
-            if (!v || !cli_parse_int(command, arg, v, 1, 1 << 16, &n_batch)) return 2;
-        } else if (!strcmp(arg, "--no-bos")) {
-            add_bos = false;
-        } else {
-            fprintf(stderr, "xlkv %s: unknown option '%s'; see xlkv %s --help\n", command, arg, command);
-            return 2;
-        }
-    }
+    const cli_flag flags[] = {
+        CLI_STRING_FLAG("-p", "--prompt", &prompt),
+        CLI_STRING_FLAG("-f", "--file", &prompt_file),
+        CLI_STRING_FLAG(NULL, "--batch-file", &batch_file),
+        CLI_INT_FLAG("-n", "--n-predict", &n_predict, -1, 1 << 30),
+        CLI_INT_FLAG("-b", "--batch", &n_batch, 1, 1 << 16),
+        CLI_OFF_FLAG(NULL, "--no-bos", &add_bos),
+    };
+    const int parsed = cli_parse_args(
+        &(cli_command_line){.command = command, .usage = usage, .model = &mo, .sampling = &sp, CLI_FLAGS(flags)}, argc,
+        argv);
+    if (parsed != CLI_ARGS_PARSED) return parsed;
     if (batch_file && (prompt || prompt_file || n_batch)) {
         fprintf(stderr, "xlkv %s: --batch-file gives the prompts (one per line): it excludes -p, -f and --batch\n",
                 command);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_args.h"
 #include "cli_common.h"
 #include "cli_engine.h"
 #include "commands.h"
@@ -64,28 +65,15 @@ int cmd_logits(int argc, char **argv) {
     cli_model_options_init(&mo);
     const char *ids_text = NULL, *prompt = NULL, *output = NULL;
     int prefill = -1;
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        cli_parse_result r = cli_parse_model_option(&mo, command, argc, argv, &i);
-        if (r == CLI_CONSUMED) continue;
-        if (r == CLI_USAGE_ERROR) return 2;
-        if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(arg, "--ids")) {
-            if (!(ids_text = cli_value(command, argc, argv, &i))) return 2;
-        } else if (!strcmp(arg, "-p") || !strcmp(arg, "--prompt")) {
-            if (!(prompt = cli_value(command, argc, argv, &i))) return 2;
-        } else if (!strcmp(arg, "-o") || !strcmp(arg, "--output")) {
-            if (!(output = cli_value(command, argc, argv, &i))) return 2;
-        } else if (!strcmp(arg, "--prefill")) {
-            const char *v = cli_value(command, argc, argv, &i);
-            if (!v || !cli_parse_int(command, arg, v, 1, 1 << 30, &prefill)) return 2;
-        } else {
-            fprintf(stderr, "xlkv %s: unknown option '%s'; see xlkv %s --help\n", command, arg, command);
-            return 2;
-        }
-    }
+    const cli_flag flags[] = {
+        CLI_STRING_FLAG(NULL, "--ids", &ids_text),
+        CLI_STRING_FLAG("-p", "--prompt", &prompt),
+        CLI_STRING_FLAG("-o", "--output", &output),
+        CLI_INT_FLAG(NULL, "--prefill", &prefill, 1, 1 << 30),
+    };
+    const int parsed =
+        cli_parse_args(&(cli_command_line){.command = command, .usage = usage, .model = &mo, CLI_FLAGS(flags)}, argc, argv);
+    if (parsed != CLI_ARGS_PARSED) return parsed;
     if (!ids_text == !prompt) {
         fprintf(stderr, "xlkv %s: give exactly one of --ids LIST and -p TEXT\n", command);
         return 2;

@@ -6,9 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_args.h"
 #include "cli_common.h"
 #include "cli_eval_runner.h"
 #include "commands.h"
+#include "core/json_file.h"
 #include "core/timing.h"
 #include "eval/perplexity.h"
 #include "eval/text_corpus.h"
@@ -36,7 +38,7 @@ static bool write_json(const char *path, const cli_model_options *mo, const char
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "command", "perplexity");
     cJSON_AddStringToObject(root, "model", mo->model);
-    cJSON_AddStringToObject(root, "layer_types", mo->layer_types ? mo->layer_types : mo->kv_map ? mo->kv_map : "checkpoint");
+    cJSON_AddStringToObject(root, "layer_types", cli_layer_map_label(mo));
     cJSON_AddStringToObject(root, "file", file);
     cJSON_AddNumberToObject(root, "ctx", ctx);
     cJSON_AddNumberToObject(root, "stride", stride);
@@ -49,12 +51,8 @@ static bool write_json(const char *path, const cli_model_options *mo, const char
     cJSON_AddNumberToObject(root, "nll_per_token", acc->nll_sum / (double)acc->n_scored);
     cJSON_AddNumberToObject(root, "ppl", xlkv_eval_ppl_value(acc));
     cJSON_AddNumberToObject(root, "seconds", seconds);
-    char *text = cJSON_Print(root);
+    bool ok = xlkv_write_json_file(path, root) == XLKV_OK;
     cJSON_Delete(root);
-    FILE *f = text ? fopen(path, "w") : NULL;
-    bool ok = f && fputs(text, f) >= 0 && fputc('\n', f) != EOF;
-    if (f && fclose(f) != 0) ok = false;
-    free(text);
     if (!ok) fprintf(stderr, "xlkv perplexity: cannot write %s\n", path);
     return ok;
 }
@@ -65,33 +63,17 @@ int cmd_perplexity(int argc, char **argv) {
     cli_model_options_init(&mo);
     const char *file = NULL, *json = NULL;
     int ctx = 0, stride = 0, max_tokens = 0, batch_size = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        cli_parse_result r = cli_parse_model_option(&mo, command, argc, argv, &i);
-        if (r == CLI_CONSUMED) continue;
-        if (r == CLI_USAGE_ERROR) return 2;
-        const char *v = NULL;
-        if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(arg, "-f") || !strcmp(arg, "--file")) {
-            if (!(file = cli_value(command, argc, argv, &i))) return 2;
-        } else if (!strcmp(arg, "--json")) {
-            if (!(json = cli_value(command, argc, argv, &i))) return 2;
-        } else if (!strcmp(arg, "--ctx")) {
-            if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_int(command, arg, v, 2, 1 << 24, &ctx)) return 2;
-        } else if (!strcmp(arg, "--stride")) {
-            if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_int(command, arg, v, 1, 1 << 24, &stride)) return 2;
-        } else if (!strcmp(arg, "--batch-size")) {
-            if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_int(command, arg, v, 1, 4096, &batch_size)) return 2;
-        } else if (!strcmp(arg, "--max-tokens")) {
-            if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_int(command, arg, v, 2, 1 << 30, &max_tokens))
-                return 2;
-        } else {
-            fprintf(stderr, "xlkv %s: unknown option '%s'; see xlkv %s --help\n", command, arg, command);
-            return 2;
-        }
-    }
+    const cli_flag flags[] = {
+        CLI_STRING_FLAG("-f", "--file", &file),
+        CLI_STRING_FLAG(NULL, "--json", &json),
+        CLI_INT_FLAG(NULL, "--ctx", &ctx, 2, 1 << 24),
+        CLI_INT_FLAG(NULL, "--stride", &stride, 1, 1 << 24),
+        CLI_INT_FLAG(NULL, "--batch-size", &batch_size, 1, 4096),
+        CLI_INT_FLAG(NULL, "--max-tokens", &max_tokens, 2, 1 << 30),
+    };
+    const int parsed =
+        cli_parse_args(&(cli_command_line){.command = command, .usage = usage, .model = &mo, CLI_FLAGS(flags)}, argc, argv);
+    if (parsed != CLI_ARGS_PARSED) return parsed;
     if (!file) {
         fprintf(stderr, "xlkv %s: no text given (-f FILE); see xlkv %s --help\n", command, command);
         return 2;
@@ -101,11 +83,7 @@ int cmd_perplexity(int argc, char **argv) {
     cli_eval_runner runner = {0};
     xlkv_token_streams streams = {0};
     if (!cli_load_model(command, &mo, &model)) goto done;
-    if (!model->tokenizer) {
-        fprintf(stderr, "xlkv %s: the model has no tokenizer (none found beside %s; pass --tokenizer)\n", command,
-                mo.model);
-        goto done;
-    }
+    if (!cli_model_has_tokenizer(command, &mo, model)) goto done;
     const int max_ctx = model->hp.max_seq_len;
     if (ctx == 0) ctx = max_ctx < DEFAULT_MAX_CTX ? max_ctx : DEFAULT_MAX_CTX;
     if (ctx > max_ctx) {

@@ -10,8 +10,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "cli_args.h"
 #include "cli_common.h"
 #include "commands.h"
+#include "core/json_file.h"
 #include "core/status.h"
 #include "core/timing.h"
 #include "eval/compressed_file.h"
@@ -142,18 +144,6 @@ static void print_progress(void *user, const xlkv_kvsharer_trial *t, int index, 
             t->score, t->decision == XLKV_KVSHARER_ACCEPTED ? "accepted" : "rejected", t->shared_after, p->n_share);
 }
 
-static bool parse_double(const char *command, const char *flag, const char *text, double *out) {
-    char *end = NULL;
-    errno = 0;
-    double value = strtod(text, &end);
-    if (errno || end == text || *end != '\0' || !isfinite(value)) {
-        fprintf(stderr, "xlkv %s: %s expects a number, got '%s'\n", command, flag, text);
-        return false;
-    }
-    *out = value;
-    return true;
-}
-
 /* mkdir -p: creates dir and any missing parents. */
 static int make_directories(const char *dir) {
     char *path = strdup(dir);
@@ -194,9 +184,9 @@ static bool write_outputs(const char *command, const char *out_dir, const cli_mo
         if (rate > 0) cJSON_AddNumberToObject(params_json, "rate", rate);
         cJSON_AddNumberToObject(report, "seconds", seconds);
         snprintf(path, cap, "%s/map.json", out_dir);
-        ok = xlkv_kvsharer_write_json(path, map) == XLKV_OK;
+        ok = xlkv_write_json_file(path, map) == XLKV_OK;
         snprintf(path, cap, "%s/report.json", out_dir);
-        ok = ok && xlkv_kvsharer_write_json(path, report) == XLKV_OK;
+        ok = ok && xlkv_write_json_file(path, report) == XLKV_OK;
         snprintf(path, cap, "%s/distances.svg", out_dir);
         FILE *svg = ok ? fopen(path, "w") : NULL;
         if (ok && !svg) ok = xlkv_fail(XLKV_E_IO, "%s: cannot write", path) == XLKV_OK;
@@ -217,6 +207,31 @@ static bool write_outputs(const char *command, const char *out_dir, const cli_mo
     return ok;
 }
 
+/* The flags a table cannot say: --rate (a fraction in (0, 1)) and --threshold, real numbers. */
+typedef struct search_numbers {
+    double *rate;
+    xlkv_kvsharer_params *params;
+} search_numbers;
+
+static cli_parse_result parse_search_number(void *own, const char *command, int argc, char **argv, int *i) {
+    search_numbers *n = own;
+    const char *arg = argv[*i], *v = NULL;
+    if (!strcmp(arg, "--rate")) {
+        if (!(v = cli_value(command, argc, argv, i)) || !cli_parse_double(command, arg, v, n->rate)) return CLI_USAGE_ERROR;
+        if (!(*n->rate > 0.0 && *n->rate < 1.0)) {
+            fprintf(stderr, "xlkv %s: --rate expects a fraction in (0, 1), got '%s'\n", command, v);
+            return CLI_USAGE_ERROR;
+        }
+        return CLI_CONSUMED;
+    }
+    if (!strcmp(arg, "--threshold")) {
+        if (!(v = cli_value(command, argc, argv, i)) || !cli_parse_double(command, arg, v, &n->params->threshold))
+            return CLI_USAGE_ERROR;
+        return CLI_CONSUMED;
+    }
+    return CLI_NOT_MINE;
+}
+
 int cmd_search(int argc, char **argv) {
     const char *command = "search";
     cli_model_options mo;
@@ -225,59 +240,28 @@ int cmd_search(int argc, char **argv) {
     const char *calib = NULL, *out_dir = "kvsharer";
     int n_texts = DEFAULT_TEXTS, n_tokens = DEFAULT_TOKENS, share = 0;
     double rate = 0.0;
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        cli_parse_result r = cli_parse_model_option(&mo, command, argc, argv, &i);
-        if (r == CLI_CONSUMED) continue;
-        if (r == CLI_USAGE_ERROR) return 2;
-        const char *v = NULL;
-        if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(arg, "--calib")) {
-            if (!(calib = cli_value(command, argc, argv, &i))) return 2;
-        } else if (!strcmp(arg, "--out")) {
-            if (!(out_dir = cli_value(command, argc, argv, &i))) return 2;
-        } else if (!strcmp(arg, "--calib-texts")) {
-            if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_int(command, arg, v, 1, 1 << 20, &n_texts)) return 2;
-        } else if (!strcmp(arg, "--calib-tokens")) {
-            if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_int(command, arg, v, 2, 1 << 24, &n_tokens)) return 2;
-        } else if (!strcmp(arg, "--share")) {
-            if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_int(command, arg, v, 1, 1 << 20, &share)) return 2;
-        } else if (!strcmp(arg, "--rate")) {
-            if (!(v = cli_value(command, argc, argv, &i)) || !parse_double(command, arg, v, &rate)) return 2;
-            if (!(rate > 0.0 && rate < 1.0)) {
-                fprintf(stderr, "xlkv %s: --rate expects a fraction in (0, 1), got '%s'\n", command, v);
-                return 2;
-            }
-        } else if (!strcmp(arg, "--threshold")) {
-            if (!(v = cli_value(command, argc, argv, &i)) || !parse_double(command, arg, v, &params.threshold)) return 2;
-        } else if (!strcmp(arg, "--seed")) {
-            int seed = 0;
-            if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_int(command, arg, v, 0, 2147483647, &seed)) return 2;
-            params.seed = (unsigned long long)seed;
-        } else if (!strcmp(arg, "--order")) {
-            if (!(v = cli_value(command, argc, argv, &i))) return 2;
-            if (!strcmp(v, "dissimilar")) params.order = XLKV_KVSHARER_DISSIMILAR;
-            else if (!strcmp(v, "similar")) params.order = XLKV_KVSHARER_SIMILAR;
-            else if (!strcmp(v, "random")) params.order = XLKV_KVSHARER_RANDOM;
-            else {
-                fprintf(stderr, "xlkv %s: --order expects dissimilar, similar or random, got '%s'\n", command, v);
-                return 2;
-            }
-        } else if (!strcmp(arg, "--score")) {
-            if (!(v = cli_value(command, argc, argv, &i))) return 2;
-            if (!strcmp(v, "cosine")) params.score = XLKV_KVSHARER_SCORE_COSINE;
-            else if (!strcmp(v, "ppl")) params.score = XLKV_KVSHARER_SCORE_PPL;
-            else {
-                fprintf(stderr, "xlkv %s: --score expects cosine or ppl, got '%s'\n", command, v);
-                return 2;
-            }
-        } else {
-            fprintf(stderr, "xlkv %s: unknown option '%s'; see xlkv %s --help\n", command, arg, command);
-            return 2;
-        }
-    }
+    /* --order and --score: indices into these, in the order of their choices below */
+    static const xlkv_kvsharer_order orders[] = {XLKV_KVSHARER_DISSIMILAR, XLKV_KVSHARER_SIMILAR, XLKV_KVSHARER_RANDOM};
+    static const xlkv_kvsharer_score scores[] = {XLKV_KVSHARER_SCORE_COSINE, XLKV_KVSHARER_SCORE_PPL};
+    int order = -1, score = -1, seed = -1;
+    const cli_flag flags[] = {
+        CLI_STRING_FLAG(NULL, "--calib", &calib),
+        CLI_STRING_FLAG(NULL, "--out", &out_dir),
+        CLI_INT_FLAG(NULL, "--calib-texts", &n_texts, 1, 1 << 20),
+        CLI_INT_FLAG(NULL, "--calib-tokens", &n_tokens, 2, 1 << 24),
+        CLI_INT_FLAG(NULL, "--share", &share, 1, 1 << 20),
+        CLI_INT_FLAG(NULL, "--seed", &seed, 0, 2147483647),
+        CLI_CHOICE_FLAG(NULL, "--order", &order, "dissimilar", "similar", "random"),
+        CLI_CHOICE_FLAG(NULL, "--score", &score, "cosine", "ppl"),
+    };
+    const int parsed = cli_parse_args(&(cli_command_line){.command = command, .usage = usage, .model = &mo,
+                                                          CLI_FLAGS(flags), .parse_own = parse_search_number,
+                                                          .own = &(search_numbers){&rate, &params}},
+                                      argc, argv);
+    if (parsed != CLI_ARGS_PARSED) return parsed;
+    if (order >= 0) params.order = orders[order];
+    if (score >= 0) params.score = scores[score];
+    if (seed >= 0) params.seed = (unsigned long long)seed;
     if (!calib) {
         fprintf(stderr, "xlkv %s: no calibration text given (--calib FILE); see xlkv %s --help\n", command, command);
         return 2;
@@ -313,11 +297,7 @@ int cmd_search(int argc, char **argv) {
     params.n_threads = mo.n_threads;
     params.progress = print_progress;
     params.progress_user = &params;
-    if (!model->tokenizer) {
-        fprintf(stderr, "xlkv %s: the model has no tokenizer (none found beside %s; pass --tokenizer)\n", command,
-                mo.model);
-        goto done;
-    }
+    if (!cli_model_has_tokenizer(command, &mo, model)) goto done;
     if (n_tokens > model->hp.max_seq_len) {
         fprintf(stderr, "xlkv %s: --calib-tokens %d exceeds the model's context of %d\n", command, n_tokens,
                 model->hp.max_seq_len);

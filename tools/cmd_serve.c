@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_args.h"
 #include "cli_common.h"
 #include "commands.h"
 #include "serve/serve.h"
@@ -42,64 +43,42 @@ typedef struct serve_options {
     bool ignore_eos;
 } serve_options;
 
-static int parse_options(int argc, char **argv, cli_model_options *mo, serve_options *so) {
-    const char *command = "serve";
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        cli_parse_result r = cli_parse_model_option(mo, command, argc, argv, &i);
-        if (r == CLI_CONSUMED) continue;
-        if (r == CLI_USAGE_ERROR) return 2;
-        const char *v = NULL;
-        int *int_target = NULL;
-        long min = 1, max = 1 << 30;
-        if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(arg, "--ignore-eos")) {
-            so->ignore_eos = true;
-            continue;
-        } else if (!strcmp(arg, "--port")) {
-            int_target = &so->config.port, min = 0, max = 65535;
-        } else if (!strcmp(arg, "--parallel")) {
-            int_target = &so->config.max_running, max = 1 << 16;
-        } else if (!strcmp(arg, "--queue")) {
-            int_target = &so->config.queue_limit, min = 0;
-        } else if (!strcmp(arg, "--kv-pool-mib")) {
-            int_target = &so->kv_pool_mib;
-        } else if (!strcmp(arg, "--memory-budget-mib")) {
-            int_target = &so->memory_budget_mib;
-        } else if (!strcmp(arg, "--max-body-kib")) {
-            int_target = &so->max_body_kib, max = 1 << 20;
-        } else if (!strcmp(arg, "--max-connections")) {
-            int_target = &so->config.max_connections, max = 1 << 16;
-        }
-        if (int_target) {
-            if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_int(command, arg, v, min, max, int_target))
-                return 2;
-            continue;
-        }
-        const char **string_target = !strcmp(arg, "--host")           ? &so->config.host
-                                     : !strcmp(arg, "--api-key")      ? &so->config.api_key
-                                     : !strcmp(arg, "--model-name")   ? &so->config.model_name
-                                     : !strcmp(arg, "--random-shape") ? &so->random_shape
-                                                                      : NULL;
-        if (string_target) {
-            if (!(*string_target = cli_value(command, argc, argv, &i))) return 2;
-            continue;
-        }
-        if (!strcmp(arg, "--shutdown-grace")) {
-            float grace;
-            if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_float(command, arg, v, &grace)) return 2;
-            if (grace < 0) {
-                fprintf(stderr, "xlkv serve: --shutdown-grace must be >= 0\n");
-                return 2;
-            }
-            so->config.shutdown_grace_s = grace;
-            continue;
-        }
-        fprintf(stderr, "xlkv %s: unknown option '%s'; see xlkv %s --help\n", command, arg, command);
-        return 2;
+/* --shutdown-grace: seconds, a real number >= 0 (the one flag the table cannot say). */
+static cli_parse_result parse_shutdown_grace(void *own, const char *command, int argc, char **argv, int *i) {
+    xlkv_serve_config *config = own;
+    const char *arg = argv[*i], *v = NULL;
+    if (strcmp(arg, "--shutdown-grace") != 0) return CLI_NOT_MINE;
+    float grace;
+    if (!(v = cli_value(command, argc, argv, i)) || !cli_parse_float(command, arg, v, &grace)) return CLI_USAGE_ERROR;
+    if (grace < 0) {
+        fprintf(stderr, "xlkv serve: --shutdown-grace must be >= 0\n");
+        return CLI_USAGE_ERROR;
     }
+    config->shutdown_grace_s = grace;
+    return CLI_CONSUMED;
+}
+
+/* CLI_ARGS_PARSED, or the exit status to return at once (cli_parse_args). */
+static int parse_options(int argc, char **argv, cli_model_options *mo, serve_options *so) {
+    const cli_flag flags[] = {
+        CLI_ON_FLAG(NULL, "--ignore-eos", &so->ignore_eos),
+        CLI_INT_FLAG(NULL, "--port", &so->config.port, 0, 65535),
+        CLI_INT_FLAG(NULL, "--parallel", &so->config.max_running, 1, 1 << 16),
+        CLI_INT_FLAG(NULL, "--queue", &so->config.queue_limit, 0, 1 << 30),
+        CLI_INT_FLAG(NULL, "--kv-pool-mib", &so->kv_pool_mib, 1, 1 << 30),
+        CLI_INT_FLAG(NULL, "--memory-budget-mib", &so->memory_budget_mib, 1, 1 << 30),
+        CLI_INT_FLAG(NULL, "--max-body-kib", &so->max_body_kib, 1, 1 << 20),
+        CLI_INT_FLAG(NULL, "--max-connections", &so->config.max_connections, 1, 1 << 16),
+        CLI_STRING_FLAG(NULL, "--host", &so->config.host),
+        CLI_STRING_FLAG(NULL, "--api-key", &so->config.api_key),
+        CLI_STRING_FLAG(NULL, "--model-name", &so->config.model_name),
+        CLI_STRING_FLAG(NULL, "--random-shape", &so->random_shape),
+    };
+    const int parsed = cli_parse_args(&(cli_command_line){.command = "serve", .usage = usage, .model = mo,
+                                                          CLI_FLAGS(flags), .parse_own = parse_shutdown_grace,
+                                                          .own = &so->config},
+                                      argc, argv);
+    if (parsed != CLI_ARGS_PARSED) return parsed;
     if (!mo->model == !so->random_shape) {
         fprintf(stderr, "xlkv serve: give a model (-m PATH) or --random-shape NAME (one of them)\n");
         return 2;
@@ -112,7 +91,7 @@ static int parse_options(int argc, char **argv, cli_model_options *mo, serve_opt
         fprintf(stderr, "xlkv serve: --api-key must not be empty\n");
         return 2;
     }
-    return -1;
+    return CLI_ARGS_PARSED;
 }
 
 /* "stories260K" from ".../stories260K.bin"; a directory's last component. */

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_args.h"
 #include "cli_common.h"
 #include "commands.h"
 #include "core/file.h"
@@ -27,28 +28,18 @@ int cmd_tokenize(int argc, char **argv) {
     int threads = 0, n_files = 0;
     const char **files = calloc((size_t)argc, sizeof *files);
     if (!files) return 1;
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i], *v;
-        if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
-            usage(stdout);
-            free(files);
-            return 0;
-        } else if (!strcmp(arg, "--tokenizer")) {
-            if (!(tokenizer_path = cli_value(command, argc, argv, &i))) goto usage_error;
-        } else if (!strcmp(arg, "-o") || !strcmp(arg, "--output")) {
-            if (!(out_dir = cli_value(command, argc, argv, &i))) goto usage_error;
-        } else if (!strcmp(arg, "--valid-fraction")) {
-            if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_float(command, arg, v, &valid_fraction))
-                goto usage_error;
-        } else if (!strcmp(arg, "-t") || !strcmp(arg, "--threads")) {
-            if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_int(command, arg, v, 0, 4096, &threads))
-                goto usage_error;
-        } else if (arg[0] == '-' && arg[1]) {
-            fprintf(stderr, "xlkv %s: unknown option '%s'; see xlkv %s --help\n", command, arg, command);
-            goto usage_error;
-        } else {
-            files[n_files++] = arg;
-        }
+    const cli_flag flags[] = {
+        CLI_STRING_FLAG(NULL, "--tokenizer", &tokenizer_path),
+        CLI_STRING_FLAG("-o", "--output", &out_dir),
+        CLI_FLOAT_FLAG(NULL, "--valid-fraction", &valid_fraction),
+        CLI_INT_FLAG("-t", "--threads", &threads, 0, 4096),
+    };
+    const int parsed = cli_parse_args(
+        &(cli_command_line){.command = command, .usage = usage, CLI_FLAGS(flags), .files = files, .n_files = &n_files},
+        argc, argv);
+    if (parsed != CLI_ARGS_PARSED) {
+        free(files);
+        return parsed;
     }
     if (!tokenizer_path || !out_dir || n_files == 0) {
         fprintf(stderr, "xlkv %s: give --tokenizer FILE, -o DIR and at least one text file\n", command);

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_args.h"
 #include "cli_common.h"
 #include "commands.h"
 #include "core/timing.h"
@@ -35,6 +36,21 @@ static void progress(void *user, int n_vocab, int target, int64_t best_count) {
     fflush(stderr);
 }
 
+/* --max-chars N: a positive byte count (long long, so no table entry). */
+static cli_parse_result parse_max_chars(void *own, const char *command, int argc, char **argv, int *i) {
+    long long *max_chars = own;
+    const char *arg = argv[*i], *v = NULL;
+    if (strcmp(arg, "--max-chars") != 0) return CLI_NOT_MINE;
+    if (!(v = cli_value(command, argc, argv, i))) return CLI_USAGE_ERROR;
+    char *end = NULL;
+    *max_chars = strtoll(v, &end, 10);
+    if (!*v || *end || *max_chars <= 0) {
+        fprintf(stderr, "xlkv %s: %s wants a positive byte count, not '%s'\n", command, arg, v);
+        return CLI_USAGE_ERROR;
+    }
+    return CLI_CONSUMED;
+}
+
 static int train(int argc, char **argv) {
     const char *command = "tokenizer train", *out_path = NULL;
     int vocab_size = 0, min_frequency = 2;
@@ -42,35 +58,18 @@ static int train(int argc, char **argv) {
     int n_files = 0;
     const char **files = calloc((size_t)argc, sizeof *files);
     if (!files) return 1;
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i], *v;
-        if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
-            usage(stdout);
-            free(files);
-            return 0;
-        } else if (!strcmp(arg, "--vocab-size")) {
-            if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_int(command, arg, v, 1, 1 << 24, &vocab_size))
-                goto usage_error;
-        } else if (!strcmp(arg, "--min-frequency")) {
-            if (!(v = cli_value(command, argc, argv, &i)) ||
-                !cli_parse_int(command, arg, v, 1, 1 << 30, &min_frequency))
-                goto usage_error;
-        } else if (!strcmp(arg, "--max-chars")) {
-            char *end = NULL;
-            if (!(v = cli_value(command, argc, argv, &i))) goto usage_error;
-            max_chars = strtoll(v, &end, 10);
-            if (!*v || *end || max_chars <= 0) {
-                fprintf(stderr, "xlkv %s: %s wants a positive byte count, not '%s'\n", command, arg, v);
-                goto usage_error;
-            }
-        } else if (!strcmp(arg, "-o") || !strcmp(arg, "--output")) {
-            if (!(out_path = cli_value(command, argc, argv, &i))) goto usage_error;
-        } else if (arg[0] == '-' && arg[1]) {
-            fprintf(stderr, "xlkv %s: unknown option '%s'; see xlkv %s --help\n", command, arg, command);
-            goto usage_error;
-        } else {
-            files[n_files++] = arg;
-        }
+    const cli_flag flags[] = {
+        CLI_INT_FLAG(NULL, "--vocab-size", &vocab_size, 1, 1 << 24),
+        CLI_INT_FLAG(NULL, "--min-frequency", &min_frequency, 1, 1 << 30),
+        CLI_STRING_FLAG("-o", "--output", &out_path),
+    };
+    const int parsed = cli_parse_args(&(cli_command_line){.command = command, .usage = usage, CLI_FLAGS(flags),
+                                                          .parse_own = parse_max_chars, .own = &max_chars,
+                                                          .files = files, .n_files = &n_files},
+                                      argc, argv);
+    if (parsed != CLI_ARGS_PARSED) {
+        free(files);
+        return parsed;
     }
     if (!vocab_size || !out_path || n_files == 0) {
         fprintf(stderr,

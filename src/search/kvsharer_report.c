@@ -81,13 +81,3 @@ cJSON *xlkv_kvsharer_report_json(const xlkv_kvsharer_result *r, const xlkv_kvsha
                                 : 0.0);
     return root;
 }
-
-xlkv_status xlkv_kvsharer_write_json(const char *path, const cJSON *json) {
-    char *text = cJSON_Print(json);
-    if (!text) return xlkv_fail(XLKV_E_NOMEM, "%s: out of memory printing JSON", path);
-    FILE *f = fopen(path, "w");
-    bool ok = f && fputs(text, f) >= 0 && fputc('\n', f) != EOF;
-    if (f && fclose(f) != 0) ok = false;
-    free(text);
-    return ok ? XLKV_OK : xlkv_fail(XLKV_E_IO, "%s: cannot write", path);
-}

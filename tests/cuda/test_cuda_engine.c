@@ -72,15 +72,6 @@ static xlkv_hparams medium_hparams(int head_dim) {
     return hp;
 }
 
-static xlkv_model *random_model(const char *map_text, const xlkv_hparams *hp, unsigned long long seed) {
-    xlkv_layer_map *map = NULL;
-    TU_ASSERT_OK(xlkv_layer_map_parse(map_text, hp->n_layers, &map));
-    xlkv_model *model = NULL;
-    TU_ASSERT_OK(xlkv_model_create_random(hp, map, seed, &model));
-    xlkv_layer_map_free(map);
-    return model;
-}
-
 static xlkv_model *load_stories(void) {
     char *path = tu_shared_data("models/stories260K/stories260K.bin");
     if (!path) return NULL;
@@ -356,7 +347,7 @@ static void f32_logits_match_cpu_on_every_map(void **state) {
         double worst = 0.0;
         const char *worst_map = "";
         for (int m = 0; m < TU_N_TINY_MAPS; m++) {
-            xlkv_model *model = random_model(tu_tiny_maps[m], &hp, 7);
+            xlkv_model *model = tu_random_model(tu_tiny_maps[m], &hp, 7);
             xlkv_engine_params p = engine_params(XLKV_ENGINE_F32, 2);
             p.prefill_mode = mc->mode;
             p.iterations = mc->iterations;
@@ -418,7 +409,7 @@ static void batched_greedy_matches_cpu_generate_on_every_map(void **state) {
     const int prompt_lengths[N_SEQS] = {1, 4, 12, 16};
     int compared = 0;
     for (int m = 0; m < TU_N_TINY_MAPS; m++) {
-        xlkv_model *model = random_model(tu_tiny_maps[m], &hp, 11);
+        xlkv_model *model = tu_random_model(tu_tiny_maps[m], &hp, 11);
         xlkv_engine_params p = engine_params(XLKV_ENGINE_F32, N_SEQS);
         p.block_size = 4;
         void *engine = engine_create(model, &p);
@@ -463,7 +454,7 @@ static void larger_shapes_match_cpu(void **state) {
         xlkv_hparams hp = medium_hparams(head_dims[h]);
         fill_tokens(tokens, N_TOTAL, hp.vocab_size, 5);
         for (size_t m = 0; m < sizeof shape_maps / sizeof shape_maps[0]; m++) {
-            xlkv_model *model = random_model(shape_maps[m], &hp, 3);
+            xlkv_model *model = tu_random_model(shape_maps[m], &hp, 3);
             const size_t n = (size_t)N_TOTAL * (size_t)hp.vocab_size;
             float *ref = cpu_logits(model, XLKV_PREFILL_AUTO, 0, tokens, chunks, 4);
             xlkv_engine_params p = engine_params(XLKV_ENGINE_F32, 1);
@@ -606,7 +597,7 @@ static xlkv_model *generation_model(void) {
     xlkv_model *model = load_stories();
     if (model) return model;
     xlkv_hparams hp = medium_hparams(64);
-    return random_model("cla:2", &hp, 21);
+    return tu_random_model("cla:2", &hp, 21);
 }
 
 static void batched_equals_alone(void **state) {
@@ -689,7 +680,7 @@ static void paged_equals_contiguous(void **state) {
     const int chunks[] = {N_PROMPT, 1, 1, 1, 1};
     const int block_sizes[] = {1, 16};
     for (size_t m = 0; m < sizeof paged_maps / sizeof paged_maps[0]; m++) {
-        xlkv_model *model = random_model(paged_maps[m], &hp, 5);
+        xlkv_model *model = tu_random_model(paged_maps[m], &hp, 5);
         const size_t n = (size_t)N_TOTAL * (size_t)hp.vocab_size;
         xlkv_engine_params p = engine_params(XLKV_ENGINE_F32, 4);
         p.block_size = hp.max_seq_len;
@@ -718,7 +709,7 @@ static void paged_equals_contiguous(void **state) {
 static void graphs_on_equals_off(void **state) {
     (void)state;
     xlkv_hparams hp = medium_hparams(64);
-    xlkv_model *model = random_model("cla:2", &hp, 8);
+    xlkv_model *model = tu_random_model("cla:2", &hp, 8);
     enum { N_SPECS = 17 }; /* a padded bucket (18 rows) */
     stream_spec specs[N_SPECS];
     specs_for(specs, N_SPECS, hp.vocab_size, 24);
@@ -761,7 +752,7 @@ static void fused_equals_unfused_bf16(void **state) {
     int tokens[N_TOTAL];
     fill_tokens(tokens, N_TOTAL, hp.vocab_size, 29);
     for (size_t m = 0; m < sizeof maps / sizeof maps[0]; m++) {
-        xlkv_model *model = random_model(maps[m], &hp, 13 + m);
+        xlkv_model *model = tu_random_model(maps[m], &hp, 13 + m);
         xlkv_engine_params p = engine_params(XLKV_ENGINE_BF16, 8);
         float *fused = gpu_logits(model, &p, tokens, chunks, 8);
         p.cuda_unfused = true;
@@ -813,7 +804,7 @@ static void fused_decode_attention_equals_three_launches(void **state) {
             int tokens[N_TOTAL];
             fill_tokens(tokens, N_TOTAL, hp.vocab_size, 41);
             const int chunks[] = {N_TOTAL};
-            xlkv_model *model = random_model(maps[m], &hp, 17 + m);
+            xlkv_model *model = tu_random_model(maps[m], &hp, 17 + m);
             xlkv_engine_params p = engine_params(XLKV_ENGINE_BF16, 8);
             p.prefill_mode = XLKV_PREFILL_SEQUENTIAL;
             float *fused = gpu_logits(model, &p, tokens, chunks, 1);
@@ -879,7 +870,7 @@ static void chained_products_equal_separate_launches(void **state) {
     fill_tokens(tokens, N_TOTAL, hp.vocab_size, 43);
     const int sequential_chunks[] = {N_TOTAL}, plan_chunks[] = {5, 1, 1, 8, 12, 1, 1, 1};
     for (size_t m = 0; m < sizeof maps / sizeof maps[0]; m++) {
-        xlkv_model *model = random_model(maps[m], &hp, 23 + m);
+        xlkv_model *model = tu_random_model(maps[m], &hp, 23 + m);
         for (int sequential = 1; sequential >= 0; sequential--) {
             xlkv_engine_params p = engine_params(XLKV_ENGINE_BF16, 8);
             p.prefill_mode = sequential ? XLKV_PREFILL_SEQUENTIAL : XLKV_PREFILL_PLAN;
@@ -938,7 +929,7 @@ static void chained_products_equal_separate_launches(void **state) {
 static void sequential_prefill_together_equals_alone(void **state) {
     (void)state;
     xlkv_hparams hp = medium_hparams(64);
-    xlkv_model *model = random_model("lckv:1", &hp, 31);
+    xlkv_model *model = tu_random_model("lckv:1", &hp, 31);
     const xlkv_engine_dtype dtypes[] = {XLKV_ENGINE_F32, XLKV_ENGINE_BF16};
     for (int d = 0; d < 2; d++) {
         const int n_specs = dtypes[d] == XLKV_ENGINE_F32 ? 12 : 6;
@@ -1001,7 +992,7 @@ static void varlen_prefill_equals_one_by_one(void **state) {
     }
     const int chunk_limits[] = {0, 120, 64};
     for (size_t m = 0; m < sizeof maps / sizeof maps[0]; m++) {
-        xlkv_model *model = random_model(maps[m], &hp, 41 + m);
+        xlkv_model *model = tu_random_model(maps[m], &hp, 41 + m);
         const bool cyclic = xlkv_layer_map_has_cyclic(model->map);
         for (int d = 0; d < 2; d++) {
             const xlkv_engine_dtype dtype = d == 0 ? XLKV_ENGINE_F32 : XLKV_ENGINE_BF16;
@@ -1060,7 +1051,7 @@ static void varlen_prefill_equals_one_by_one(void **state) {
 static void errors_are_clear(void **state) {
     (void)state;
     xlkv_hparams hp = medium_hparams(64);
-    xlkv_model *model = random_model("standard", &hp, 4);
+    xlkv_model *model = tu_random_model("standard", &hp, 4);
     const size_t block_bytes = (size_t)hp.n_layers * 2 * 16 * (size_t)(hp.n_kv_heads * hp.head_dim) * 4;
     int prompt[10];
     fill_tokens(prompt, 10, hp.vocab_size, 1);
@@ -1121,7 +1112,7 @@ static void sharing_maps_fit_more_in_the_pool(void **state) {
     const char *const pool_maps[] = {"standard", "cla:2", "lckv:1"};
     size_t blocks[3];
     for (int m = 0; m < 3; m++) {
-        xlkv_model *model = random_model(pool_maps[m], &hp, 2);
+        xlkv_model *model = tu_random_model(pool_maps[m], &hp, 2);
         xlkv_engine_params p = engine_params(XLKV_ENGINE_BF16, 4);
         p.kv_pool_bytes = (size_t)64 << 20;
         void *engine = engine_create(model, &p);

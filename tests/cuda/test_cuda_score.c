@@ -71,15 +71,6 @@ static void fill_tokens(int *tokens, int n, int vocab, unsigned seed) {
     }
 }
 
-static xlkv_model *random_model(const char *map_text, const xlkv_hparams *hp, unsigned long long seed) {
-    xlkv_layer_map *map = NULL;
-    TU_ASSERT_OK(xlkv_layer_map_parse(map_text, hp->n_layers, &map));
-    xlkv_model *model = NULL;
-    TU_ASSERT_OK(xlkv_model_create_random(hp, map, seed, &model));
-    xlkv_layer_map_free(map);
-    return model;
-}
-
 static xlkv_model *load_stories(void) {
     char *path = tu_shared_data("models/stories260K/stories260K.bin");
     if (!path) return NULL;
@@ -249,14 +240,14 @@ static void tiny_models_match_cpu(xlkv_engine_dtype dtype) {
     };
     const char *const maps[] = {"standard", "cla:2", "lckv:1"};
     for (int m = 0; m < 3; m++) {
-        xlkv_model *model = random_model(maps[m], &hp, 11 + (unsigned long long)m);
+        xlkv_model *model = tu_random_model(maps[m], &hp, 11 + (unsigned long long)m);
         for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
             check_case(model, maps[m], &cases[c], tokens, shapes, count);
         xlkv_model_free(model);
     }
     /* plan chunks of 5 on a map without cyclic groups (chunking changes nothing there): the first scored row falls
      * inside a later chunk, and chunks with nothing to score are skipped */
-    xlkv_model *model = random_model("standard", &hp, 11);
+    xlkv_model *model = tu_random_model("standard", &hp, 11);
     const score_case chunked = {f32 ? "f32, plan chunks of 5" : "bf16, plan chunks of 5", dtype, XLKV_PREFILL_AUTO, 0,
                                 5};
     check_case(model, "standard", &chunked, tokens, shapes, count);
@@ -306,7 +297,7 @@ static void scoring_leaves_other_sequences_alone(void **state) {
     const request_shape shapes[] = {{10, 30, 0}, {20, 2, 1}};
     const char *const maps[] = {"standard", "lckv:1"};
     for (int m = 0; m < 2; m++) {
-        xlkv_model *model = random_model(maps[m], &hp, 31);
+        xlkv_model *model = tu_random_model(maps[m], &hp, 31);
         const size_t vocab = (size_t)hp.vocab_size;
         float *want = malloc(sizeof(float) * 3 * vocab), *got = malloc(sizeof(float) * 3 * vocab);
         float *scratch = malloc(sizeof(float) * 8 * vocab);
@@ -361,7 +352,7 @@ static void errors_leave_the_engine_usable(void **state) {
     (void)state;
     xlkv_hparams hp = tu_tiny_hparams();
     hp.max_seq_len = 64;
-    xlkv_model *model = random_model("standard", &hp, 41);
+    xlkv_model *model = tu_random_model("standard", &hp, 41);
     int tokens[200];
     fill_tokens(tokens, 200, hp.vocab_size, 2);
     double want[8];

@@ -77,6 +77,15 @@ xlkv_hparams tu_tiny_hparams(void) {
     return hp;
 }
 
+xlkv_model *tu_random_model(const char *map_text, const xlkv_hparams *hp, unsigned long long seed) {
+    xlkv_layer_map *map = NULL;
+    TU_ASSERT_OK(xlkv_layer_map_parse(map_text, hp->n_layers, &map));
+    xlkv_model *model = NULL;
+    TU_ASSERT_OK(xlkv_model_create_random(hp, map, seed, &model));
+    xlkv_layer_map_free(map);
+    return model;
+}
+
 const char *const tu_tiny_maps[TU_N_TINY_MAPS] = {
     "standard", "cla:2", "cla:3", "lckv:1", "lckv:2", "lckv:4", "yoco",
     "pizza-bottom:2", "pizza-middle:2", "pizza-top:3", "sandwich-bottom:3", "sandwich-middle:3", "sandwich-top:2",

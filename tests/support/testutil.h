@@ -26,6 +26,10 @@ char *tu_temp_dir(void);
 xlkv_hparams tu_tiny_hparams(void);
 extern const char *const tu_tiny_maps[];
 enum { TU_N_TINY_MAPS = 22 };
+/* A model of shape hp with random weights from seed under the map map_text (a preset or layer_types string); fails
+ * the test when either is refused. Free with xlkv_model_free. */
+#include "model/model.h"
+xlkv_model *tu_random_model(const char *map_text, const xlkv_hparams *hp, unsigned long long seed);
 
 /* Largest |a[i] - b[i]|. */
 double tu_max_abs_diff(const float *a, const float *b, size_t n);
