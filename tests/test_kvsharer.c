@@ -2,7 +2,8 @@
  * scripts/make_kvsharer_fixtures.py on a committed tiny model (tests/fixtures/kvsharer/tiny.json): distances, every
  * tried pair with its score and decision, the final map, for the dissimilar / similar / random orders and the ppl
  * score; scores of applied maps; applying maps (no sharing = the unmapped model bit for bit, a KVSharer map = its
- * layer_types equivalent, shared layers own no cache and load no K/V weights); and the errors. */
+ * layer_types equivalent, shared layers own no cache and load no K/V weights); the errors; the heatmap SVG escapes its
+ * title. */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -14,6 +15,7 @@
 #include "model/model.h"
 #include "search/kvsharer.h"
 #include "search/kvsharer_report.h"
+#include "search/kvsharer_svg.h"
 #include "testutil.h"
 
 #define TOL 1e-4
@@ -287,9 +289,28 @@ static void bad_maps_and_inputs_are_rejected(void **state) {
     (void)state;
 }
 
+/* The heatmap's title goes into the SVG with XML's reserved characters escaped (core/xml_text), so a model path
+ * with < & " ' cannot break the document. */
+static void heatmap_title_is_escaped(void **state) {
+    (void)state;
+    const double distance[4] = {0.0, 0.5, 0.5, 0.0};
+    const int kv_src[2] = {0, 0};
+    char *text = NULL;
+    size_t size = 0;
+    FILE *out = open_memstream(&text, &size);
+    assert_non_null(out);
+    assert_int_equal(xlkv_kvsharer_svg(out, "m<1> & \"q\" 'x'", distance, 2, kv_src), XLKV_OK);
+    fclose(out);
+    assert_non_null(strstr(text, "m&lt;1&gt; &amp; &quot;q&quot; &apos;x&apos;"));
+    assert_null(strstr(text, "m<1>"));
+    assert_non_null(strstr(text, "</svg>"));
+    free(text);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(distances_match_reference),
+        cmocka_unit_test(heatmap_title_is_escaped),
         cmocka_unit_test(searches_match_reference),
         cmocka_unit_test(applied_map_scores_match_reference),
         cmocka_unit_test(applying_maps),

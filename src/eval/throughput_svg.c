@@ -5,25 +5,13 @@
 #include <string.h>
 
 #include "core/status.h"
+#include "core/xml_text.h"
 #include "eval/throughput_svg.h"
 
 /* A colour-blind friendly cycle (Okabe-Ito). */
 static const char *const colours[] = {"#0072B2", "#E69F00", "#009E73", "#CC79A7",
                                       "#56B4E9", "#D55E00", "#F0E442", "#000000"};
 enum { N_COLOURS = sizeof colours / sizeof colours[0] };
-
-static void put_escaped(FILE *out, const char *text) {
-    for (const char *p = text ? text : ""; *p; p++) {
-        switch (*p) {
-        case '<': fputs("&lt;", out); break;
-        case '>': fputs("&gt;", out); break;
-        case '&': fputs("&amp;", out); break;
-        case '"': fputs("&quot;", out); break;
-        case '\'': fputs("&apos;", out); break;
-        default: fputc(*p, out);
-        }
-    }
-}
 
 /* A "nice" axis top >= max: 1, 2, 2.5 or 5 times a power of ten. */
 static double nice_ceiling(double max) {
@@ -94,7 +82,7 @@ static void panel(FILE *out, const layout *L, double top, double height, const c
         }
         fprintf(out, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"11\">",
                 L->left + (g + 0.5) * L->group_width, bottom + 16);
-        put_escaped(out, groups[g]);
+        xlkv_put_xml_escaped(out, groups[g]);
         fprintf(out, "</text>\n");
     }
     fprintf(out, "</g>\n");
@@ -128,14 +116,14 @@ xlkv_status xlkv_throughput_svg(FILE *out, const char *title, const char *const 
     fprintf(out, "<rect width=\"100%%\" height=\"100%%\" fill=\"#fff\"/>\n");
     fprintf(out, "<text x=\"%.1f\" y=\"20\" text-anchor=\"middle\" font-size=\"14\" font-weight=\"bold\">",
             width / 2);
-    put_escaped(out, title ? title : "throughput");
+    xlkv_put_xml_escaped(out, title ? title : "throughput");
     fprintf(out, "</text>\n<g class=\"legend\">\n");
     for (int m = 0; m < n_maps; m++) {
         const double x = L.left + (m % 4) * 160.0, y = title_height + 20.0 * (m / 4);
         fprintf(out, "<rect x=\"%.1f\" y=\"%.1f\" width=\"12\" height=\"12\" fill=\"%s\"/>\n", x, y,
                 colours[m % N_COLOURS]);
         fprintf(out, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"12\">", x + 16, y + 10);
-        put_escaped(out, maps[m]);
+        xlkv_put_xml_escaped(out, maps[m]);
         fprintf(out, "</text>\n");
     }
     fprintf(out, "</g>\n");

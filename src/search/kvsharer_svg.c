@@ -4,19 +4,7 @@
 #include <math.h>
 
 #include "core/status.h"
-
-static void put_escaped(FILE *out, const char *text) {
-    for (const char *p = text ? text : ""; *p; p++) {
-        switch (*p) {
-        case '<': fputs("&lt;", out); break;
-        case '>': fputs("&gt;", out); break;
-        case '&': fputs("&amp;", out); break;
-        case '"': fputs("&quot;", out); break;
-        case '\'': fputs("&apos;", out); break;
-        default: fputc(*p, out);
-        }
-    }
-}
+#include "core/xml_text.h"
 
 /* A sequential colour ramp from pale yellow (0) to dark blue (1), linear in RGB between five stops. */
 static void ramp(double t, int rgb[3]) {
@@ -44,7 +32,7 @@ xlkv_status xlkv_kvsharer_svg(FILE *out, const char *title, const double *distan
             "font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
             width, height, width, height);
     fprintf(out, "<text x=\"%.1f\" y=\"24\" font-size=\"15\" font-weight=\"bold\">", left);
-    put_escaped(out, title);
+    xlkv_put_xml_escaped(out, title);
     fprintf(out, "</text>\n<text x=\"%.1f\" y=\"44\" fill=\"#444\">distance(i, j) of mean post-RoPE K and V; outlined: "
                  "layer i (row) reuses layer j (column)</text>\n",
             left);
