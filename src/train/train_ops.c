@@ -5,6 +5,7 @@
  *   swiglu    h = silu(a) u        da = dh u silu'(a), silu'(a) = sig(a) (1 + a (1 - sig(a))); du = dh silu(a)
  *   softmax cross-entropy          dlogits = p - onehot(target) */
 #include "backend/cpu/cpu_attention.h"
+#include "model/rmsnorm_rows.h"
 #include "train/train_ops.h"
 
 #include <cblas.h>
@@ -27,16 +28,7 @@ void xlkv_train_matmul_backward(float *dx, float *dw, const float *dy, const flo
 
 void xlkv_train_rmsnorm_forward(float *y, float *inv_rms, const float *x, const float *gain, int n, int dim,
                                 float eps) {
-#pragma omp parallel for schedule(static) if ((long)n * dim >= PARALLEL_MIN_WORK)
-    for (int r = 0; r < n; r++) {
-        const float *xr = x + (size_t)r * (size_t)dim;
-        float *yr = y + (size_t)r * (size_t)dim;
-        float ss = 0.0f;
-        for (int i = 0; i < dim; i++) ss += xr[i] * xr[i];
-        const float s = 1.0f / sqrtf(ss / (float)dim + eps);
-        inv_rms[r] = s;
-        for (int i = 0; i < dim; i++) yr[i] = gain[i] * (s * xr[i]);
-    }
+    xlkv_rmsnorm_rows(y, inv_rms, x, gain, n, dim, eps); /* the engine's formula (model/rmsnorm_rows) */
 }
 
 void xlkv_train_rmsnorm_backward(float *dx, float *dgain, const float *dy, const float *x, const float *inv_rms,

@@ -10,6 +10,7 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/cpu_attention.h"
+#include "model/rmsnorm_rows.h"
 
 /* Below this many multiply-adds a parallel region costs more than it saves. */
 enum { PARALLEL_MIN_WORK = 1 << 15 };
@@ -36,15 +37,7 @@ static void cpu_matmul(float *y, const float *x, const float *w, int n, int in, 
 }
 
 static void cpu_rmsnorm(float *y, const float *x, const float *gain, int n, int dim, float eps) {
-#pragma omp parallel for schedule(static) if ((long)n * dim >= PARALLEL_MIN_WORK)
-    for (int r = 0; r < n; r++) {
-        const float *xr = x + (size_t)r * (size_t)dim;
-        float *yr = y + (size_t)r * (size_t)dim;
-        float ss = 0.0f;
-        for (int i = 0; i < dim; i++) ss += xr[i] * xr[i];
-        ss = 1.0f / sqrtf(ss / (float)dim + eps);
-        for (int i = 0; i < dim; i++) yr[i] = gain[i] * (ss * xr[i]);
-    }
+    xlkv_rmsnorm_rows(y, NULL, x, gain, n, dim, eps);
 }
 
 static void cpu_rope(float *x, int n, int n_heads, int head_dim, int pos0, const float *cos_table,
