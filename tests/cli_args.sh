@@ -8,7 +8,7 @@ set -u
 XLKV=${1:?usage: cli_args.sh /path/to/xlkv}
 source "$(dirname "$0")/support/cli_checks.sh"
 
-for cmd in eval perplexity search chat generate logits serve tokenize convert "tokenizer train"; do
+for cmd in eval perplexity search chat generate logits serve tokenize convert "tokenizer train" train "bench throughput"; do
     for help in -h --help; do
         # shellcheck disable=SC2086 # "tokenizer train" is two words
         $XLKV $cmd $help >"$tmp/out" 2>"$tmp/err"
@@ -43,6 +43,34 @@ expect_status "three choices" 2 "xlkv search: --order expects dissimilar, simila
 # a later value of a flag wins; an earlier error stops the parse
 expect_status "first error wins" 2 "xlkv eval: --limit expects an integer in [1, 1073741824], got '0'" -- \
     eval --limit 0 --on-error maybe
+# train: missing value, integer and 64-bit ranges, real numbers, choices; a bad value is reported before the checks
+# that come after the parse (--data and --out required)
+expect_status "train: flag without value" 2 "xlkv train: option --steps needs a value" -- train --steps
+expect_status "train: integer range" 2 "xlkv train: --batch expects an integer in [1, 1048576], got '0'" -- \
+    train --batch 0
+expect_status "train: long range" 2 "xlkv train: --warmup expects an integer in [0, 1073741824], got '-1'" -- \
+    train --warmup -1
+expect_status "train: short integer flag" 2 "xlkv train: -t expects an integer in [0, 4096], got '4097'" -- \
+    train -t 4097
+expect_status "train: float flag" 2 "xlkv train: --lr expects a number, got '1e-3x'" -- train --lr 1e-3x
+expect_status "train: seed" 2 "xlkv train: --seed expects a non-negative integer, got '-1'" -- train --seed -1
+expect_status "train: seed beyond 64 bits" 2 \
+    "xlkv train: --seed expects a non-negative integer, got '18446744073709551616'" -- train --seed 18446744073709551616
+expect_status "train: device choice" 2 "xlkv train: --device expects cpu or cuda, got 'tpu'" -- train --device tpu
+expect_status "train: dtype choice" 2 "xlkv train: --dtype expects bf16 or f32, got 'fp16'" -- \
+    train --data d --out o --dtype fp16
+expect_status "train: kv-init choice" 2 "xlkv train: --kv-init expects copy or average, got 'mean'" -- \
+    train --kv-init mean
+expect_status "train: switch takes no value" 2 "xlkv train: unknown option 'yes'" -- train --resume yes
+# bench throughput: the same, under its two-word name
+expect_status "bench: flag without value" 2 "xlkv bench throughput: option --json needs a value" -- \
+    bench throughput --shape tiny --json
+expect_status "bench: integer range" 2 "xlkv bench throughput: --search-probes expects an integer in [0, 64], got '65'" \
+    -- bench throughput --shape tiny --search-probes 65
+expect_status "bench: float flag" 2 "xlkv bench throughput: --limit-s expects a number, got 'soon'" -- \
+    bench throughput --shape tiny --limit-s soon
+expect_status "bench: device choice" 2 "xlkv bench throughput: --device expects cpu or cuda, got 'tpu'" -- \
+    bench throughput --shape tiny --device tpu
 # files: only where a command takes them
 expect_status "stray argument" 2 "xlkv perplexity: unknown option 'book.txt'" -- perplexity book.txt
 expect_status "files then a bad flag" 2 "xlkv tokenize: unknown option '-q'" -- tokenize a.txt b.txt -q

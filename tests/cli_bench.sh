@@ -48,7 +48,8 @@ expect_error "unknown map" "map 'pizza' (22 layers)" -- throughput --shape tiny 
 expect_error "bad setting" "'5x16' is not PROMPT+GEN" -- throughput --shape tiny --device cpu --settings 5x16
 expect_error "bad setting zero" "'0+16' is not PROMPT+GEN" -- throughput --shape tiny --device cpu --settings 0+16
 expect_error "bad budget" "'12XB' is neither gpu nor a size" -- throughput --shape tiny --device cpu --budget 12XB
-expect_error "bad device" "--device is cpu or cuda" -- throughput --shape tiny --device tpu
+expect_error "bad device" "--device expects cpu or cuda, got 'tpu'" -- throughput --shape tiny --device tpu
+expect_error "limit not positive" "--limit-s must be > 0, got '0'" -- throughput --shape tiny --limit-s 0
 expect_error "empty list item" "empty item" -- throughput --shape tiny --device cpu --layer-types standard,,lckv:2
 expect_error "missing value" "--json" -- throughput --shape tiny --device cpu --json
 "$XLKV" bench throughput --help >"$tmp/out" 2>&1 || fail "--help failed"

@@ -34,6 +34,16 @@ expect_error "ids not numbers" "entry 1" logits -m "$fixture" --ids 1,x,3
 expect_error "id outside vocabulary" "outside the vocabulary" logits -m "$fixture" --ids 1,500
 expect_error "prefill longer than ids" "exceeds" logits -m "$fixture" --ids 1,2 --prefill 3
 expect_error "no ids" "exactly one of" logits -m "$fixture"
+# the fixture has no tokenizer: the commands that read text say so in one wording (cli_model_has_tokenizer; eval,
+# perplexity and search are checked in cli_eval and cli_search); serve must fail before it listens
+for cmd in "chat" "generate -p hi" "serve --port 0"; do
+  name=${cmd%% *}
+  # shellcheck disable=SC2086 # the command's extra arguments
+  timeout 60 "$xlkv" $name -m "$fixture" ${cmd#"$name"} </dev/null >"$tmp/out" 2>"$tmp/err"; rc=$?
+  want="xlkv $name: the model has no tokenizer (none found beside $fixture; pass --tokenizer FILE)"
+  if [ $rc -eq 1 ] && [ "$(cat "$tmp/err")" = "$want" ]; then echo "ok   error: $name without a tokenizer"; else
+    fail "error: $name without a tokenizer (status $rc, stderr: $(cat "$tmp/err"))"; fi
+done
 
 data=${XLKV_SHARED_DATA:-$src/../shared/data}
 model=$data/models/stories260K/stories260K.bin

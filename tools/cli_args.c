@@ -30,18 +30,31 @@ static cli_parse_result take_choice(const char *command, const cli_flag *flag, i
     return CLI_USAGE_ERROR;
 }
 
+/* The value of a number flag into its target; false after reporting it. */
+static bool parse_number(const char *command, const cli_flag *flag, const char *arg, const char *value) {
+    switch (flag->kind) {
+    case CLI_FLAG_INT: return cli_parse_int(command, arg, value, flag->min, flag->max, (int *)flag->target);
+    case CLI_FLAG_LONG: return cli_parse_long(command, arg, value, flag->min, flag->max, (long *)flag->target);
+    case CLI_FLAG_SEED: return cli_parse_seed(command, arg, value, (unsigned long long *)flag->target);
+    case CLI_FLAG_FLOAT: return cli_parse_float(command, arg, value, (float *)flag->target);
+    default: return false;
+    }
+}
+
 static cli_parse_result take_flag(const char *command, const cli_flag *flag, int argc, char **argv, int *i) {
     switch (flag->kind) {
     case CLI_FLAG_STRING: return cli_take_string(command, argc, argv, i, (const char **)flag->target);
-    case CLI_FLAG_INT: return cli_take_int(command, argc, argv, i, flag->min, flag->max, (int *)flag->target);
-    case CLI_FLAG_FLOAT: {
-        const char *arg = argv[*i];
-        const char *value = cli_value(command, argc, argv, i);
-        return value && cli_parse_float(command, arg, value, (float *)flag->target) ? CLI_CONSUMED : CLI_USAGE_ERROR;
-    }
     case CLI_FLAG_CHOICE: return take_choice(command, flag, argc, argv, i);
     case CLI_FLAG_ON: *(bool *)flag->target = true; return CLI_CONSUMED;
     case CLI_FLAG_OFF: *(bool *)flag->target = false; return CLI_CONSUMED;
+    case CLI_FLAG_INT:
+    case CLI_FLAG_LONG:
+    case CLI_FLAG_SEED:
+    case CLI_FLAG_FLOAT: {
+        const char *arg = argv[*i];
+        const char *value = cli_value(command, argc, argv, i);
+        return value && parse_number(command, flag, arg, value) ? CLI_CONSUMED : CLI_USAGE_ERROR;
+    }
     }
     return CLI_NOT_MINE;
 }

@@ -14,6 +14,8 @@
 typedef enum cli_flag_kind {
     CLI_FLAG_STRING, /* const char *target: the value */
     CLI_FLAG_INT,    /* int *target: an integer in [min, max] */
+    CLI_FLAG_LONG,   /* long *target: an integer in [min, max] */
+    CLI_FLAG_SEED,   /* unsigned long long *target: a non-negative integer that fits 64 bits */
     CLI_FLAG_FLOAT,  /* float *target: a finite number */
     CLI_FLAG_CHOICE, /* int *target: the index of the value in choices ("expects a, b or c" otherwise) */
     CLI_FLAG_ON,     /* bool *target: set true; takes no value */
@@ -26,7 +28,7 @@ typedef struct cli_flag {
     const char *long_name;
     cli_flag_kind kind;
     void *target;
-    long min, max;              /* CLI_FLAG_INT */
+    long min, max;              /* CLI_FLAG_INT, CLI_FLAG_LONG */
     const char *const *choices; /* CLI_FLAG_CHOICE: the accepted values, NULL-terminated */
 } cli_flag;
 
@@ -36,6 +38,10 @@ typedef struct cli_flag {
     {(short_name), (long_name), CLI_FLAG_STRING, CLI_TARGET_(const char **, target), 0, 0, NULL}
 #define CLI_INT_FLAG(short_name, long_name, target, min, max)                                                          \
     {(short_name), (long_name), CLI_FLAG_INT, CLI_TARGET_(int *, target), (min), (max), NULL}
+#define CLI_LONG_FLAG(short_name, long_name, target, min, max)                                                         \
+    {(short_name), (long_name), CLI_FLAG_LONG, CLI_TARGET_(long *, target), (min), (max), NULL}
+#define CLI_SEED_FLAG(short_name, long_name, target)                                                                   \
+    {(short_name), (long_name), CLI_FLAG_SEED, CLI_TARGET_(unsigned long long *, target), 0, 0, NULL}
 #define CLI_FLOAT_FLAG(short_name, long_name, target)                                                                  \
     {(short_name), (long_name), CLI_FLAG_FLOAT, CLI_TARGET_(float *, target), 0, 0, NULL}
 #define CLI_CHOICE_FLAG(short_name, long_name, target, ...)                                                            \

@@ -30,7 +30,7 @@ cli_parse_result cli_take_int(const char *command, int argc, char **argv, int *i
     return value && cli_parse_int(command, flag, value, min, max, out) ? CLI_CONSUMED : CLI_USAGE_ERROR;
 }
 
-bool cli_parse_int(const char *command, const char *flag, const char *text, long min, long max, int *out) {
+bool cli_parse_long(const char *command, const char *flag, const char *text, long min, long max, long *out) {
     char *end = NULL;
     errno = 0;
     long value = strtol(text, &end, 10);
@@ -38,7 +38,26 @@ bool cli_parse_int(const char *command, const char *flag, const char *text, long
         fprintf(stderr, "xlkv %s: %s expects an integer in [%ld, %ld], got '%s'\n", command, flag, min, max, text);
         return false;
     }
-    *out = (int)value;
+    *out = value;
+    return true;
+}
+
+bool cli_parse_int(const char *command, const char *flag, const char *text, long min, long max, int *out) {
+    long value = 0;
+    if (!cli_parse_long(command, flag, text, min, max, &value)) return false;
+    *out = (int)value; /* callers keep [min, max] within int */
+    return true;
+}
+
+bool cli_parse_seed(const char *command, const char *flag, const char *text, unsigned long long *out) {
+    char *end = NULL;
+    errno = 0;
+    unsigned long long seed = strtoull(text, &end, 10);
+    if (errno || end == text || *end != '\0' || text[0] == '-') {
+        fprintf(stderr, "xlkv %s: %s expects a non-negative integer, got '%s'\n", command, flag, text);
+        return false;
+    }
+    *out = seed;
     return true;
 }
 
@@ -120,13 +139,8 @@ cli_parse_result cli_parse_sampling_option(xlkv_sampler_params *p, const char *c
     }
     if (!strcmp(arg, "-s") || !strcmp(arg, "--seed")) {
         if (!(value = cli_value(command, argc, argv, i))) return CLI_USAGE_ERROR;
-        char *end = NULL;
-        errno = 0;
-        unsigned long long seed = strtoull(value, &end, 10);
-        if (errno || end == value || *end != '\0' || value[0] == '-') {
-            fprintf(stderr, "xlkv %s: %s expects a non-negative integer, got '%s'\n", command, arg, value);
-            return CLI_USAGE_ERROR;
-        }
+        unsigned long long seed = 0;
+        if (!cli_parse_seed(command, arg, value, &seed)) return CLI_USAGE_ERROR;
         p->seed = seed;
         return CLI_CONSUMED;
     }
@@ -206,8 +220,8 @@ bool cli_on_cuda(const cli_model_options *o) { return !strcmp(o->device, "cuda")
 
 bool cli_model_has_tokenizer(const char *command, const cli_model_options *o, const xlkv_model *model) {
     if (model->tokenizer) return true;
-    fprintf(stderr, "xlkv %s: the model has no tokenizer (none found beside %s; pass --tokenizer)\n", command,
-            o->model);
+    fprintf(stderr, "xlkv %s: the model has no tokenizer (none found beside %s; pass --tokenizer FILE)\n", command,
+            o->model ? o->model : "the model");
     return false;
 }
 

@@ -44,6 +44,9 @@ cli_parse_result cli_take_string(const char *command, int argc, char **argv, int
 /* The same for an integer in [min, max] (cli_parse_int's message when it is not one). */
 cli_parse_result cli_take_int(const char *command, int argc, char **argv, int *i, long min, long max, int *out);
 bool cli_parse_int(const char *command, const char *flag, const char *text, long min, long max, int *out);
+bool cli_parse_long(const char *command, const char *flag, const char *text, long min, long max, long *out);
+/* A seed: a non-negative integer that fits 64 bits ("expects a non-negative integer" otherwise). */
+bool cli_parse_seed(const char *command, const char *flag, const char *text, unsigned long long *out);
 bool cli_parse_float(const char *command, const char *flag, const char *text, float *out);
 bool cli_parse_double(const char *command, const char *flag, const char *text, double *out);
 
@@ -52,7 +55,8 @@ bool cli_on_cuda(const cli_model_options *o);
 /* Loads the model (and its tokenizer) named by the options after checking that the device exists in this build and
  * that --dtype suits it; reports failures on stderr. */
 bool cli_load_model(const char *command, const cli_model_options *o, xlkv_model **out);
-/* Whether the loaded model has a tokenizer; when not, says so on stderr (the scoring commands need one). */
+/* Whether the loaded model has a tokenizer; when not, says so on stderr (every command that reads or writes text:
+ * eval, perplexity, search, chat, generate, serve). */
 bool cli_model_has_tokenizer(const char *command, const cli_model_options *o, const xlkv_model *model);
 /* How the options name the layer map, for result files: --layer-types, else --kv-map, else "checkpoint". */
 const char *cli_layer_map_label(const cli_model_options *o);

@@ -10,7 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cli_common.h"
+#include "cli_args.h"
 #include "commands.h"
 #include "core/status.h"
 #include "eval/bench_model.h"
@@ -161,75 +161,44 @@ static bool parse_budgets(const char *text, bench_options *o) {
     return true;
 }
 
-static bool parse_options(int argc, char **argv, bench_options *o, bool *help) {
+/* CLI_ARGS_PARSED, or the exit status to return at once (cli_parse_args, or EXIT_USAGE for a bad value). */
+static int parse_options(int argc, char **argv, bench_options *o) {
     const char *maps = NULL, *settings = DEFAULT_SETTINGS, *budgets = DEFAULT_BUDGETS;
+    int device = 0; /* cpu, as for every command: --device cuda asks for the GPU */
+    float limit_s = 120.0f;
     memset(o, 0, sizeof *o);
-    o->device = "cpu"; /* as for every command: --device cuda asks for the GPU */
     o->max_batch = 4096;
     o->search_probes = 3;
-    o->limit_s = 120.0;
-    *help = false;
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
-            *help = true;
-            return true;
-        }
-        const bool known = !strcmp(arg, "-m") || !strcmp(arg, "--model") || !strcmp(arg, "--shape") ||
-                           !strcmp(arg, "--layer-types") || !strcmp(arg, "--settings") || !strcmp(arg, "--budget") ||
-                           !strcmp(arg, "--device") || !strcmp(arg, "--max-batch") ||
-                           !strcmp(arg, "--search-probes") || !strcmp(arg, "--limit-s") || !strcmp(arg, "--json") ||
-                           !strcmp(arg, "--svg");
-        if (!known) {
-            usage_error("unknown option '%s'", arg);
-            return false;
-        }
-        const char *value = cli_value(COMMAND, argc, argv, &i);
-        if (!value) return false;
-        if (!strcmp(arg, "-m") || !strcmp(arg, "--model")) o->model_path = value;
-        else if (!strcmp(arg, "--shape")) o->shape = value;
-        else if (!strcmp(arg, "--layer-types")) maps = value;
-        else if (!strcmp(arg, "--settings")) settings = value;
-        else if (!strcmp(arg, "--budget")) budgets = value;
-        else if (!strcmp(arg, "--device")) o->device = value;
-        else if (!strcmp(arg, "--json")) o->json_path = value;
-        else if (!strcmp(arg, "--svg")) o->svg_path = value;
-        else if (!strcmp(arg, "--max-batch")) {
-            if (!cli_parse_int(COMMAND, arg, value, 1, 1 << 20, &o->max_batch)) return false;
-        } else if (!strcmp(arg, "--search-probes")) {
-            if (!cli_parse_int(COMMAND, arg, value, 0, 64, &o->search_probes)) return false;
-        } else {
-            float limit = 0.0f;
-            if (!cli_parse_float(COMMAND, arg, value, &limit)) return false;
-            if (!(limit > 0.0f)) {
-                usage_error("--limit-s must be > 0, got '%s'", value);
-                return false;
-            }
-            o->limit_s = limit;
-        }
-    }
-    if (!o->model_path == !o->shape) {
-        usage_error(o->model_path ? "-m and --shape are exclusive" : "give a model (-m) or a shape (--shape)");
-        return false;
-    }
+    const cli_flag flags[] = {
+        CLI_STRING_FLAG("-m", "--model", &o->model_path),
+        CLI_STRING_FLAG(NULL, "--shape", &o->shape),
+        CLI_STRING_FLAG(NULL, "--layer-types", &maps),
+        CLI_STRING_FLAG(NULL, "--settings", &settings),
+        CLI_STRING_FLAG(NULL, "--budget", &budgets),
+        CLI_CHOICE_FLAG(NULL, "--device", &device, "cpu", "cuda"),
+        CLI_INT_FLAG(NULL, "--max-batch", &o->max_batch, 1, 1 << 20),
+        CLI_INT_FLAG(NULL, "--search-probes", &o->search_probes, 0, 64),
+        CLI_FLOAT_FLAG(NULL, "--limit-s", &limit_s),
+        CLI_STRING_FLAG(NULL, "--json", &o->json_path),
+        CLI_STRING_FLAG(NULL, "--svg", &o->svg_path),
+    };
+    const int parsed =
+        cli_parse_args(&(cli_command_line){.command = COMMAND, .usage = print_usage, CLI_FLAGS(flags)}, argc, argv);
+    if (parsed != CLI_ARGS_PARSED) return parsed;
+    o->device = device ? "cuda" : "cpu";
+    o->limit_s = limit_s;
+    if (!(limit_s > 0.0f)) return usage_error("--limit-s must be > 0, got '%g'", (double)limit_s);
+    if (!o->model_path == !o->shape)
+        return usage_error(o->model_path ? "-m and --shape are exclusive" : "give a model (-m) or a shape (--shape)");
     xlkv_hparams hp;
-    if (o->shape && !xlkv_bench_shape_hparams(o->shape, &hp)) {
-        usage_error("unknown shape '%s' (tinyllama, small, tiny)", o->shape);
-        return false;
-    }
-    if (strcmp(o->device, "cpu") && strcmp(o->device, "cuda")) {
-        usage_error("--device is cpu or cuda, got '%s'", o->device);
-        return false;
-    }
-    if (!strcmp(o->device, "cuda") && !xlkv_engine_backend_cuda()) {
-        usage_error("--device cuda: this build has no CUDA engine");
-        return false;
-    }
+    if (o->shape && !xlkv_bench_shape_hparams(o->shape, &hp))
+        return usage_error("unknown shape '%s' (tinyllama, small, tiny)", o->shape);
+    if (device && !xlkv_engine_backend_cuda()) return usage_error("--device cuda: this build has no CUDA engine");
     if (maps) {
         o->maps_text = strdup(maps);
-        if (!o->maps_text || !split_list("--layer-types", o->maps_text, o->maps, &o->n_maps)) return false;
+        if (!o->maps_text || !split_list("--layer-types", o->maps_text, o->maps, &o->n_maps)) return EXIT_USAGE;
     }
-    return parse_settings(settings, o) && parse_budgets(budgets, o);
+    return parse_settings(settings, o) && parse_budgets(budgets, o) ? CLI_ARGS_PARSED : EXIT_USAGE;
 }
 
 /* The budget "gpu": the free device memory less 1 GiB (kept for cuBLAS workspaces and graphs), as bench_gpu does; on
@@ -443,15 +412,8 @@ int cmd_bench(int argc, char **argv) {
         return EXIT_USAGE;
     }
     bench_options o;
-    bool help = false;
-    const bool parsed = parse_options(argc - 1, argv + 1, &o, &help);
-    int status = EXIT_USAGE;
-    if (help) {
-        print_usage(stdout);
-        status = 0;
-    } else if (parsed) {
-        status = run(&o);
-    }
+    const int parsed = parse_options(argc - 1, argv + 1, &o);
+    const int status = parsed == CLI_ARGS_PARSED ? run(&o) : parsed;
     free(o.maps_text);
     return status;
 }

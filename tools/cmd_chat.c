@@ -77,10 +77,7 @@ int cmd_chat(int argc, char **argv) {
     size_t line_cap = 0;
     answer a = {0};
     if (!cli_load_model(command, &mo, &model)) goto done;
-    if (!model->tokenizer) {
-        fprintf(stderr, "xlkv %s: no tokenizer found beside %s; pass --tokenizer FILE\n", command, mo.model);
-        goto done;
-    }
+    if (!cli_model_has_tokenizer(command, &mo, model)) goto done;
     if (!cli_create_context(command, &mo, model, &ctx)) goto done;
     if (xlkv_sampler_create(&sp, model->hp.vocab_size, &sampler) != XLKV_OK) {
         fprintf(stderr, "xlkv %s: %s\n", command, xlkv_last_error());

@@ -242,10 +242,7 @@ int cmd_generate(int argc, char **argv) {
         goto done;
     }
     if (!cli_load_model(command, &mo, &model)) goto done;
-    if (!model->tokenizer) {
-        fprintf(stderr, "xlkv %s: no tokenizer found beside %s; pass --tokenizer FILE\n", command, mo.model);
-        goto done;
-    }
+    if (!cli_model_has_tokenizer(command, &mo, model)) goto done;
     for (int t = 0; t < n_texts; t++) {
         if (xlkv_tokenizer_encode(model->tokenizer, texts[t], add_bos, &ids[t], &n_ids[t]) != XLKV_OK) {
             fprintf(stderr, "xlkv %s: cannot tokenize prompt %d: %s\n", command, t, xlkv_last_error());

@@ -136,10 +136,7 @@ int cmd_serve(int argc, char **argv) {
         model = loaded;
         default_model_name(mo.model, name, sizeof name);
     }
-    if (!model->tokenizer) {
-        fprintf(stderr, "xlkv serve: no tokenizer found beside %s; pass --tokenizer FILE\n", mo.model);
-        goto done;
-    }
+    if (!cli_model_has_tokenizer(command, &mo, model)) goto done;
     if (!so.config.model_name) so.config.model_name = name;
     xlkv_engine_params params = xlkv_engine_default_params();
     params.device = mo.device;

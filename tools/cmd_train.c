@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli_common.h"
+#include "cli_args.h"
 #include "commands.h"
 #include "core/file.h"
 #include "core/status.h"
@@ -67,119 +67,68 @@ static void usage(FILE *out) {
             "                              one rank per GPU with --device cuda; rank 0 prints and saves\n");
 }
 
+/* --device and --dtype: indices into these lists, -1 = not given */
+enum { DEVICE_CPU, DEVICE_CUDA };
+enum { DTYPE_BF16, DTYPE_F32 };
+enum { KV_INIT_COPY, KV_INIT_AVERAGE };
+
 typedef struct train_cli {
-    const char *shape, *model_config, *init_from, *layer_types, *kv_init, *tokenizer, *data, *out, *device, *dtype;
+    const char *shape, *model_config, *init_from, *layer_types, *tokenizer, *data, *out;
+    int kv_init, device, dtype; /* -1 = not given */
     xlkv_train_overrides overrides;
     xlkv_train_options options;
     float min_lr, peak_tflops;
     int layers, dim, heads, kv_heads, ffn, max_seq; /* shape overrides; 0 = keep */
     int threads;
-    bool resume, distributed, untied;
+    bool force_nodiag, resume, distributed, untied;
 } train_cli;
 
-static bool parse_long(const char *flag, const char *text, long *out) {
-    int value = 0;
-    if (!cli_parse_int("train", flag, text, 0, 1 << 30, &value)) return false;
-    *out = value;
-    return true;
-}
-
+/* CLI_ARGS_PARSED, or the exit status to return at once (cli_parse_args). */
 static int parse_args(int argc, char **argv, train_cli *c) {
-    const char *command = "train";
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i], *v = NULL;
-#define STRING_FLAG(name, field)                                                                                       \
-    if (!strcmp(arg, name)) {                                                                                          \
-        if (!(c->field = cli_value(command, argc, argv, &i))) return 2;                                                \
-        continue;                                                                                                      \
-    }
-#define INT_FLAG(name, field, min, max)                                                                                \
-    if (!strcmp(arg, name)) {                                                                                          \
-        if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_int(command, arg, v, min, max, &c->field)) return 2; \
-        continue;                                                                                                      \
-    }
-#define LONG_FLAG(name, field)                                                                                         \
-    if (!strcmp(arg, name)) {                                                                                          \
-        if (!(v = cli_value(command, argc, argv, &i)) || !parse_long(arg, v, &c->field)) return 2;                     \
-        continue;                                                                                                      \
-    }
-#define FLOAT_FLAG(name, field)                                                                                        \
-    if (!strcmp(arg, name)) {                                                                                          \
-        if (!(v = cli_value(command, argc, argv, &i)) || !cli_parse_float(command, arg, v, &c->field)) return 2;       \
-        continue;                                                                                                      \
-    }
-        if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
-            usage(stdout);
-            return 1;
-        }
-        STRING_FLAG("--shape", shape)
-        STRING_FLAG("--model-config", model_config)
-        STRING_FLAG("--init-from", init_from)
-        STRING_FLAG("--layer-types", layer_types)
-        STRING_FLAG("--kv-init", kv_init)
-        STRING_FLAG("--tokenizer", tokenizer)
-        STRING_FLAG("--data", data)
-        STRING_FLAG("--out", out)
-        STRING_FLAG("--device", device)
-        STRING_FLAG("--dtype", dtype)
-        INT_FLAG("--forward-passes", overrides.forward_passes, 0, 1000)
-        INT_FLAG("--backward-passes", overrides.backward_passes, 0, 1000)
-        INT_FLAG("--sliding-window", overrides.sliding_window, 0, 1 << 24)
-        INT_FLAG("--layers", layers, 1, 4096)
-        INT_FLAG("--dim", dim, 1, 1 << 16)
-        INT_FLAG("--heads", heads, 1, 4096)
-        INT_FLAG("--kv-heads", kv_heads, 1, 4096)
-        INT_FLAG("--ffn", ffn, 1, 1 << 20)
-        INT_FLAG("--max-seq", max_seq, 1, 1 << 24)
-        INT_FLAG("--batch", options.batch, 1, 1 << 20)
-        INT_FLAG("--seq", options.seq, 1, 1 << 24)
-        INT_FLAG("--accum", options.accum, 1, 1 << 20)
-        INT_FLAG("--eval-batches", options.eval_batches, 1, 1 << 20)
-        INT_FLAG("-t", threads, 0, 4096)
-        INT_FLAG("--threads", threads, 0, 4096)
-        LONG_FLAG("--steps", options.steps)
-        LONG_FLAG("--warmup", options.warmup)
-        LONG_FLAG("--eval-every", options.eval_every)
-        LONG_FLAG("--save-every", options.save_every)
-        FLOAT_FLAG("--lr", options.lr)
-        FLOAT_FLAG("--min-lr", min_lr)
-        FLOAT_FLAG("--weight-decay", options.adamw.weight_decay)
-        FLOAT_FLAG("--clip", options.clip)
-        FLOAT_FLAG("--peak-tflops", peak_tflops)
-#undef STRING_FLAG
-#undef INT_FLAG
-#undef LONG_FLAG
-#undef FLOAT_FLAG
-        if (!strcmp(arg, "--seed")) {
-            if (!(v = cli_value(command, argc, argv, &i))) return 2;
-            char *end = NULL;
-            c->options.seed = strtoull(v, &end, 10);
-            if (end == v || *end || v[0] == '-') {
-                fprintf(stderr, "xlkv train: --seed expects a non-negative integer, got '%s'\n", v);
-                return 2;
-            }
-            continue;
-        }
-        if (!strcmp(arg, "--force-nodiag")) {
-            c->overrides.force_nodiag = 1;
-            continue;
-        }
-        if (!strcmp(arg, "--untied-embeddings")) {
-            c->untied = true;
-            continue;
-        }
-        if (!strcmp(arg, "--resume")) {
-            c->resume = true;
-            continue;
-        }
-        if (!strcmp(arg, "--distributed")) {
-            c->distributed = true;
-            continue;
-        }
-        fprintf(stderr, "xlkv train: unknown option '%s'; see xlkv train --help\n", arg);
-        return 2;
-    }
-    return 0;
+    const cli_flag flags[] = {
+        CLI_STRING_FLAG(NULL, "--shape", &c->shape),
+        CLI_STRING_FLAG(NULL, "--model-config", &c->model_config),
+        CLI_STRING_FLAG(NULL, "--init-from", &c->init_from),
+        CLI_STRING_FLAG(NULL, "--layer-types", &c->layer_types),
+        CLI_CHOICE_FLAG(NULL, "--kv-init", &c->kv_init, "copy", "average"),
+        CLI_STRING_FLAG(NULL, "--tokenizer", &c->tokenizer),
+        CLI_STRING_FLAG(NULL, "--data", &c->data),
+        CLI_STRING_FLAG(NULL, "--out", &c->out),
+        CLI_CHOICE_FLAG(NULL, "--device", &c->device, "cpu", "cuda"),
+        CLI_CHOICE_FLAG(NULL, "--dtype", &c->dtype, "bf16", "f32"),
+        CLI_INT_FLAG(NULL, "--forward-passes", &c->overrides.forward_passes, 0, 1000),
+        CLI_INT_FLAG(NULL, "--backward-passes", &c->overrides.backward_passes, 0, 1000),
+        CLI_INT_FLAG(NULL, "--sliding-window", &c->overrides.sliding_window, 0, 1 << 24),
+        CLI_ON_FLAG(NULL, "--force-nodiag", &c->force_nodiag),
+        CLI_INT_FLAG(NULL, "--layers", &c->layers, 1, 4096),
+        CLI_INT_FLAG(NULL, "--dim", &c->dim, 1, 1 << 16),
+        CLI_INT_FLAG(NULL, "--heads", &c->heads, 1, 4096),
+        CLI_INT_FLAG(NULL, "--kv-heads", &c->kv_heads, 1, 4096),
+        CLI_INT_FLAG(NULL, "--ffn", &c->ffn, 1, 1 << 20),
+        CLI_INT_FLAG(NULL, "--max-seq", &c->max_seq, 1, 1 << 24),
+        CLI_ON_FLAG(NULL, "--untied-embeddings", &c->untied),
+        CLI_INT_FLAG(NULL, "--batch", &c->options.batch, 1, 1 << 20),
+        CLI_INT_FLAG(NULL, "--seq", &c->options.seq, 1, 1 << 24),
+        CLI_INT_FLAG(NULL, "--accum", &c->options.accum, 1, 1 << 20),
+        CLI_INT_FLAG(NULL, "--eval-batches", &c->options.eval_batches, 1, 1 << 20),
+        CLI_INT_FLAG("-t", "--threads", &c->threads, 0, 4096),
+        CLI_LONG_FLAG(NULL, "--steps", &c->options.steps, 0, 1 << 30),
+        CLI_LONG_FLAG(NULL, "--warmup", &c->options.warmup, 0, 1 << 30),
+        CLI_LONG_FLAG(NULL, "--eval-every", &c->options.eval_every, 0, 1 << 30),
+        CLI_LONG_FLAG(NULL, "--save-every", &c->options.save_every, 0, 1 << 30),
+        CLI_FLOAT_FLAG(NULL, "--lr", &c->options.lr),
+        CLI_FLOAT_FLAG(NULL, "--min-lr", &c->min_lr),
+        CLI_FLOAT_FLAG(NULL, "--weight-decay", &c->options.adamw.weight_decay),
+        CLI_FLOAT_FLAG(NULL, "--clip", &c->options.clip),
+        CLI_FLOAT_FLAG(NULL, "--peak-tflops", &c->peak_tflops),
+        CLI_SEED_FLAG(NULL, "--seed", &c->options.seed),
+        CLI_ON_FLAG(NULL, "--resume", &c->resume),
+        CLI_ON_FLAG(NULL, "--distributed", &c->distributed),
+    };
+    const int parsed = cli_parse_args(&(cli_command_line){.command = "train", .usage = usage, CLI_FLAGS(flags)}, argc,
+                                      argv);
+    if (c->force_nodiag) c->overrides.force_nodiag = 1;
+    return parsed;
 }
 
 static const char *format_duration(double seconds, char *buf, size_t cap) {
@@ -205,12 +154,7 @@ static xlkv_param_store *make_store(const train_cli *c, int data_vocab, int data
     xlkv_param_store *store = NULL;
     xlkv_status status;
     if (c->init_from) {
-        xlkv_kv_init kv_init = XLKV_KV_INIT_COPY;
-        if (c->kv_init && !strcmp(c->kv_init, "average")) kv_init = XLKV_KV_INIT_AVERAGE;
-        else if (c->kv_init && strcmp(c->kv_init, "copy")) {
-            fprintf(stderr, "xlkv train: --kv-init expects copy or average, got '%s'\n", c->kv_init);
-            return NULL;
-        }
+        const xlkv_kv_init kv_init = c->kv_init == KV_INIT_AVERAGE ? XLKV_KV_INIT_AVERAGE : XLKV_KV_INIT_COPY;
         status = xlkv_store_from_checkpoint(c->init_from, c->layer_types, kv_init, &c->overrides, &store);
     } else {
         xlkv_hparams hp;
@@ -388,27 +332,20 @@ done:
 }
 
 int cmd_train(int argc, char **argv) {
-    train_cli c = {.overrides = {-1, -1, -1, -1}, .options = xlkv_train_default_options(), .min_lr = -1.0f};
-    int rc = parse_args(argc, argv, &c);
-    if (rc) return rc == 1 ? 0 : rc;
+    train_cli c = {.kv_init = -1, .device = -1, .dtype = -1, .overrides = {-1, -1, -1, -1},
+                   .options = xlkv_train_default_options(), .min_lr = -1.0f};
+    const int parsed = parse_args(argc, argv, &c);
+    if (parsed != CLI_ARGS_PARSED) return parsed;
     if (!c.data || !c.out) {
         fprintf(stderr, "xlkv train: --data DIR and --out DIR are required; see xlkv train --help\n");
         return 2;
     }
-    if (c.device && strcmp(c.device, "cpu") && strcmp(c.device, "cuda")) {
-        fprintf(stderr, "xlkv train: --device expects cpu or cuda, got '%s'\n", c.device);
-        return 2;
-    }
-    if (c.dtype && strcmp(c.dtype, "bf16") && strcmp(c.dtype, "f32")) {
-        fprintf(stderr, "xlkv train: --dtype expects bf16 or f32, got '%s'\n", c.dtype);
-        return 2;
-    }
-    c.options.device_cuda = c.device && !strcmp(c.device, "cuda");
-    if (c.dtype && !c.options.device_cuda) {
+    c.options.device_cuda = c.device == DEVICE_CUDA;
+    if (c.dtype >= 0 && !c.options.device_cuda) {
         fprintf(stderr, "xlkv train: --dtype applies to --device cuda (the CPU trainer is fp32)\n");
         return 2;
     }
-    c.options.cuda_bf16 = !c.dtype || !strcmp(c.dtype, "bf16");
+    c.options.cuda_bf16 = c.dtype != DTYPE_F32;
     if (c.options.device_cuda && !(c.peak_tflops > 0)) c.peak_tflops = 989.0f; /* H100 SXM bf16 dense */
     xlkv_dist dist = xlkv_dist_single();
     if (c.distributed || xlkv_dist_launched_by_mpirun()) {
@@ -418,7 +355,7 @@ int cmd_train(int argc, char **argv) {
             return 1;
         }
     }
-    rc = run_training(&c, &dist);
+    const int rc = run_training(&c, &dist);
     xlkv_dist_finalize(&dist);
     return rc;
 }
