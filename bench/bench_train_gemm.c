@@ -40,6 +40,7 @@
 #define BENCH_NAME "bench_train_gemm"
 #include "backend/cuda/train_gemm_lt.h"
 #include "bench_cuda_common.h"
+#include "bench_json_line.h"
 #include "core/status.h"
 
 enum { BURST = 10, BURSTS = 7, MAX_PRODUCTS = 32, COMPARE_HALF = 32 << 20 };
@@ -237,25 +238,12 @@ static double tflops(const xlkv_train_gemm_shape *s, float ms) {
 }
 
 static cJSON *line_of(const char *device) {
-    cJSON *line = cJSON_CreateObject();
-    cJSON_AddStringToObject(line, "bench", "train_gemm");
-    const char *commit = getenv("XLKV_COMMIT"); /* the GPU machine's copy has no .git: the caller names it */
-    cJSON_AddStringToObject(line, "commit", commit && *commit ? commit : "unknown");
+    cJSON *line = bench_json_line("train_gemm");
     cJSON_AddStringToObject(line, "device", device);
     char version[32];
     snprintf(version, sizeof version, "%zu", cublasLtGetVersion());
     cJSON_AddStringToObject(line, "cublaslt", version);
     return line;
-}
-
-static void emit(cJSON *line, FILE *json) {
-    char *text = cJSON_PrintUnformatted(line);
-    if (text && json) {
-        fprintf(json, "%s\n", text);
-        fflush(json);
-    }
-    free(text);
-    cJSON_Delete(line);
 }
 
 static int parse(int argc, char **argv, options *o) {
@@ -395,7 +383,7 @@ int main(int argc, char **argv) {
         cJSON_AddNumberToObject(line, "lt_best_tflops", tflops(s, ms_c[best]));
         cJSON_AddNumberToObject(line, "lt_heuristic_rel_diff", diff_b);
         cJSON_AddNumberToObject(line, "lt_best_rel_diff", diff_c);
-        emit(line, json);
+        bench_json_write(line, json);
 
         xlkv_train_gemm_plan_destroy(&plan);
         cudaFree((void *)x.a);
@@ -418,7 +406,7 @@ int main(int argc, char **argv) {
     cJSON_AddNumberToObject(line, "lt_heuristic_ms", step_b);
     cJSON_AddNumberToObject(line, "lt_best_ms", step_c);
     cJSON_AddNumberToObject(line, "best_of_both_ms", step_d);
-    emit(line, json);
+    bench_json_write(line, json);
     if (json) fclose(json);
     cudaFree(ws);
     cublasLtDestroy(lt);

@@ -45,6 +45,8 @@
 #include "train/step_profile.h"
 #include "train/train_graph.h"
 
+#include "bench_json_line.h"
+
 #ifdef XLKV_HAVE_CUDA
 #include <cuda_runtime.h>
 #endif
@@ -58,8 +60,7 @@ typedef struct bench_options {
 
 /* The map's JSON line: the options, then what the run adds (cJSON: error messages are escaped). */
 static cJSON *line_of(const bench_options *o, const char *map) {
-    cJSON *line = cJSON_CreateObject();
-    cJSON_AddStringToObject(line, "bench", "train_gpu");
+    cJSON *line = bench_json_line("train_gpu");
     cJSON_AddStringToObject(line, "shape", o->shape);
     cJSON_AddNumberToObject(line, "vocab", o->vocab);
     cJSON_AddNumberToObject(line, "batch", o->batch);
@@ -67,21 +68,7 @@ static cJSON *line_of(const bench_options *o, const char *map) {
     cJSON_AddStringToObject(line, "map", map);
     cJSON_AddStringToObject(line, "dtype", o->bf16 ? "bf16" : "f32");
     cJSON_AddStringToObject(line, "embeddings", o->untied ? "untied" : "tied");
-    /* the GPU machine gets a copy of the tree without .git: the caller names the commit, as for bench_gpu */
-    const char *commit = getenv("XLKV_COMMIT");
-    cJSON_AddStringToObject(line, "commit", commit && *commit ? commit : "unknown");
     return line;
-}
-
-static void write_line(cJSON *line, FILE *json) {
-    char *text = cJSON_PrintUnformatted(line);
-    if (text && json) {
-        fprintf(json, "%s\n", text);
-        fflush(json);
-    }
-    if (text && !json) printf("%s\n", text);
-    free(text);
-    cJSON_Delete(line);
 }
 
 static xlkv_status store_of(const bench_options *o, const char *map, xlkv_param_store **store) {
@@ -111,7 +98,7 @@ static int flops_map(const bench_options *o, const char *map) {
         cJSON_AddStringToObject(line, "error", xlkv_last_error());
         rc = 1;
     }
-    write_line(line, NULL);
+    bench_json_write(line, stdout);
     xlkv_param_store_free(store);
     return rc;
 }
@@ -223,7 +210,7 @@ static int run_map(const bench_options *o, const char *map, FILE *json) {
         fprintf(stderr, "bench_train_gpu: %s: %s\n", map, xlkv_last_error());
         cJSON_AddStringToObject(line, "error", xlkv_last_error());
     }
-    write_line(line, json);
+    bench_json_write(line, json ? json : stdout); /* no results file: the line on stdout */
     return status == XLKV_OK ? 0 : 1;
 }
 #endif

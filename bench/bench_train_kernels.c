@@ -74,6 +74,7 @@ static int parse_options(int argc, char **argv, bench_options *o) {
 
 #define BENCH_NAME "bench_train_kernels"
 #include "bench_cuda_common.h"
+#include "bench_json_line.h"
 
 
 /* n random values (lo + scale x [-1, 1)) as fp32, or as bf16 bit patterns (truncated: any bf16 value will do) */
@@ -329,7 +330,6 @@ static int run(const bench_options *o) {
     int device = 0;
     const char *device_name = cudaGetDevice(&device) == cudaSuccess &&
                                       cudaGetDeviceProperties(&prop, device) == cudaSuccess ? prop.name : "unknown";
-    const char *commit = getenv("XLKV_COMMIT");
     printf("bench_train_kernels: shape %s, %d rows, dim %d, ffn %d, %zu parameters, %s; median of %d bursts of %d\n",
            o->shape, o->rows, b.dim, b.hid, store->n_params, device_name, o->reps, o->burst);
     printf("%-44s %6s %9s %9s %8s %9s %7s %8s\n", "kernel", "calls", "MB/call", "ms/call", "GB/s", "roof GB/s",
@@ -347,9 +347,7 @@ static int run(const bench_options *o) {
         printf("%-44s %6.0f %9.1f %9.4f %8.0f %9.0f %6.1f%% %8.3f\n", k->name, k->calls_per_step, k->bytes / 1e6, ms,
                gbs, roof, 100.0 * share, k->calls_per_step * ms);
         fflush(stdout);
-        cJSON *line = cJSON_CreateObject();
-        cJSON_AddStringToObject(line, "bench", "train_kernels");
-        cJSON_AddStringToObject(line, "commit", commit && *commit ? commit : "unknown");
+        cJSON *line = bench_json_line("train_kernels");
         cJSON_AddStringToObject(line, "device", device_name);
         cJSON_AddStringToObject(line, "shape", o->shape);
         cJSON_AddNumberToObject(line, "rows", o->rows);
@@ -361,10 +359,7 @@ static int run(const bench_options *o) {
         cJSON_AddNumberToObject(line, "memcpy_ms", roof_ms);
         cJSON_AddNumberToObject(line, "memcpy_gb_per_s", roof);
         cJSON_AddNumberToObject(line, "fraction_of_roof", share);
-        char *text = cJSON_PrintUnformatted(line);
-        if (text && json) fprintf(json, "%s\n", text), fflush(json);
-        free(text);
-        cJSON_Delete(line);
+        bench_json_write(line, json);
     }
     printf("%-44s %6s %9s %9s %8s %9s %6.1f%% %8.3f\n", "all of the step's calls above", "", "", "", "", "",
            100.0 * step_roof_ms / step_ms, step_ms);
