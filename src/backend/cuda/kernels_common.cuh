@@ -6,6 +6,7 @@
 #define XLKV_BACKEND_CUDA_KERNELS_COMMON_CUH
 
 #include <cuda_bf16.h>
+#include <type_traits>
 #include <cuda_runtime.h>
 #include <stdint.h>
 
@@ -24,12 +25,24 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
 /* Elements of T in one 16-byte vector. */
 template <typename T> struct vec_width { static constexpr int value = 16 / (int)sizeof(T); };
 
-/* Loads 16 bytes (p must be 16-byte aligned) as vec_width<T> floats. */
+/* Loads 16 bytes (p must be 16-byte aligned) as vec_width<T> floats. bf16 is widened with integer operations on the
+ * four words (exact: the bf16 bits are the high half of the float's), because reading the bytes back through a bf16
+ * pointer lets the compiler split the 16-byte load into eight 2-byte loads. */
 template <typename T> __device__ __forceinline__ void load_vec(const T *p, float *out) {
     const uint4 raw = *reinterpret_cast<const uint4 *>(p);
-    const T *elems = reinterpret_cast<const T *>(&raw);
+    if constexpr (sizeof(T) == 2) {
+        static_assert(std::is_same<T, __nv_bfloat16>::value, "16-bit elements are bf16");
+        const unsigned words[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
-    for (int i = 0; i < vec_width<T>::value; i++) out[i] = to_float<T>(elems[i]);
+        for (int i = 0; i < 4; i++) {
+            out[2 * i] = __uint_as_float(words[i] << 16);
+            out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
+        }
+    } else {
+        const T *elems = reinterpret_cast<const T *>(&raw);
+#pragma unroll
+        for (int i = 0; i < vec_width<T>::value; i++) out[i] = to_float<T>(elems[i]);
+    }
 }
 
 /* Stores vec_width<T> floats as 16 bytes (p 16-byte aligned), rounding to T. */
