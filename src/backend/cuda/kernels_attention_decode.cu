@@ -717,6 +717,9 @@ __global__ void __launch_bounds__(DECODE_THREADS) decode_fused_kernel(decode_par
     const int b = blockIdx.x, kv_head = blockIdx.y, split = blockIdx.z, tid = threadIdx.x;
     const int G = p.n_heads / p.n_kv_heads;
     const int seq = p.row_seq[b], t = p.row_pos[b];
+    /* the next product (launched as a programmatic dependent under XLKV_GEMV=pdl) may start streaming its weights
+     * beside this launch's few CTAs now; it waits for this kernel's completion before it reads the output */
+    allow_next_kernel();
 
     /* 1. RoPE on the group's query heads into shared memory; the owner of position t writes its K/V head there */
     if (seq >= 0 && t >= 0) { /* uniform over the CTA; a padding row writes nothing and its partials say "nothing" */

@@ -98,6 +98,22 @@ __device__ __forceinline__ size_t pool_row_offset(const pool_view &v, int seq, i
            (size_t)v.kv_dim;
 }
 
+/* Programmatic dependent launch (sm_90+). wait_for_previous_kernel: returns once the kernel before this one in the
+ * stream has completed and its writes are visible (at once when this kernel was launched normally).
+ * allow_next_kernel: lets a programmatic dependent launched after this kernel start now (its CTAs may then run its
+ * prologue beside this kernel; it still waits for this kernel's completion before reading what this kernel writes);
+ * no effect when the next kernel was launched normally. */
+__device__ __forceinline__ void wait_for_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void allow_next_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float x) {
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);

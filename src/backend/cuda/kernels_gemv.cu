@@ -40,18 +40,6 @@ namespace {
 
 /* ---- the streaming kernel ---- */
 
-/* Programmatic dependent launch (sm_90+): without the launch attribute both return at once. */
-__device__ __forceinline__ void wait_for_previous_kernel() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void allow_next_kernel() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
 template <int N, int INPUT, typename OutT>
 __global__ void __launch_bounds__(GEMV_THREADS, 2)
     gemv_stream_kernel(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain, float eps,
