@@ -716,10 +716,12 @@ __global__ void __launch_bounds__(DECODE_THREADS) decode_fused_kernel(decode_par
     __shared__ int s_last;
     const int b = blockIdx.x, kv_head = blockIdx.y, split = blockIdx.z, tid = threadIdx.x;
     const int G = p.n_heads / p.n_kv_heads;
-    const int seq = p.row_seq[b], t = p.row_pos[b];
-    /* the next product (launched as a programmatic dependent under XLKV_GEMV=pdl) may start streaming its weights
-     * beside this launch's few CTAs now; it waits for this kernel's completion before it reads the output */
+    /* Launched as a programmatic dependent (programmatic_launches), the CTAs may be resident before the kernel
+     * before this one has finished: wait for it before reading anything. Then let the next product start streaming
+     * its weights beside this launch's few CTAs; it waits for this kernel's completion before it reads the output. */
+    wait_for_previous_kernel();
     allow_next_kernel();
+    const int seq = p.row_seq[b], t = p.row_pos[b];
 
     /* 1. RoPE on the group's query heads into shared memory; the owner of position t writes its K/V head there */
     if (seq >= 0 && t >= 0) { /* uniform over the CTA; a padding row writes nothing and its partials say "nothing" */
@@ -782,8 +784,22 @@ template <int D> int launch_fused(const decode_params<__nv_bfloat16> &p, const f
         smem_limit_raised = true;
     }
     const dim3 grid(batch, p.n_kv_heads, p.n_splits);
-    decode_fused_kernel<D><<<grid, DECODE_THREADS, smem, stream>>>(p, f);
-    return launch_status();
+    if (!programmatic_launches()) {
+        decode_fused_kernel<D><<<grid, DECODE_THREADS, smem, stream>>>(p, f);
+        return launch_status();
+    }
+    cudaLaunchAttribute attribute = {};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = dim3(DECODE_THREADS);
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    const cudaError_t err = cudaLaunchKernelEx(&config, decode_fused_kernel<D>, p, f);
+    return err != cudaSuccess ? (int)err : launch_status();
 }
 
 bool fused_shape_ok(int batch, const xlkv_attention_rule *rule, const xlkv_paged_kv *kv) {
