@@ -24,9 +24,9 @@
  * attention with its combine are ONE launch (xlkv_cuda_attention_decode_fused, kernels_attention_decode.cu), five
  * launches per layer; params.cuda_unfused or cuda_unfused_decode_attention (XLKV_DECODE_FUSED=0) keep rope_kv_write +
  * the two-launch attention. Both give the same bits.
- * The products and the fused attention are launched as programmatic dependents (kernels_common.cuh,
- * programmatic_launches; XLKV_GEMV=plain turns it off): each launch and its CTAs' first weight loads overlap the
- * kernel before it. Optionally (xlkv_cuda_gemv_chain, kernels_gemv_chain.cu) the MLP half of a fused layer (o, gate|up,
+ * The products are launched as programmatic dependents (kernels_common.cuh, programmatic_launches; XLKV_GEMV=plain
+ * turns it off): each launch and its CTAs' first weight loads overlap the kernel before it, the fused attention's
+ * few CTAs included (it lets the next kernel start at once). Optionally (xlkv_cuda_gemv_chain, kernels_gemv_chain.cu) the MLP half of a fused layer (o, gate|up,
  * down) and the next layer's qkv product run as ONE persistent launch with grid barriers between the products.
  * XLKV_GEMV_CHAIN in the environment (read at every layer; a captured graph keeps what it captured): "1" = that chain,
  * "mlp" = o, gate|up and down chained but the next layer's qkv launched on its own, anything else or unset = the

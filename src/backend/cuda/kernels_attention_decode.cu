@@ -716,10 +716,10 @@ __global__ void __launch_bounds__(DECODE_THREADS) decode_fused_kernel(decode_par
     __shared__ int s_last;
     const int b = blockIdx.x, kv_head = blockIdx.y, split = blockIdx.z, tid = threadIdx.x;
     const int G = p.n_heads / p.n_kv_heads;
-    /* Launched as a programmatic dependent (programmatic_launches), the CTAs may be resident before the kernel
-     * before this one has finished: wait for it before reading anything. Then let the next product start streaming
-     * its weights beside this launch's few CTAs; it waits for this kernel's completion before it reads the output. */
-    wait_for_previous_kernel();
+    /* The next product, launched as a programmatic dependent (programmatic_launches in kernels_common.cuh), may
+     * start now: its CTAs stream their weights beside this launch's few CTAs and wait for this kernel's completion
+     * before they read its output. (This kernel itself is launched normally: as a programmatic dependent of the qkv
+     * product its CTAs, resident early, slowed the step: docs/CUDA.md.) */
     allow_next_kernel();
     const int seq = p.row_seq[b], t = p.row_pos[b];
 
@@ -784,22 +784,8 @@ template <int D> int launch_fused(const decode_params<__nv_bfloat16> &p, const f
         smem_limit_raised = true;
     }
     const dim3 grid(batch, p.n_kv_heads, p.n_splits);
-    if (!programmatic_launches()) {
-        decode_fused_kernel<D><<<grid, DECODE_THREADS, smem, stream>>>(p, f);
-        return launch_status();
-    }
-    cudaLaunchAttribute attribute = {};
-    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute.val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = grid;
-    config.blockDim = dim3(DECODE_THREADS);
-    config.dynamicSmemBytes = smem;
-    config.stream = stream;
-    config.attrs = &attribute;
-    config.numAttrs = 1;
-    const cudaError_t err = cudaLaunchKernelEx(&config, decode_fused_kernel<D>, p, f);
-    return err != cudaSuccess ? (int)err : launch_status();
+    decode_fused_kernel<D><<<grid, DECODE_THREADS, smem, stream>>>(p, f);
+    return launch_status();
 }
 
 bool fused_shape_ok(int batch, const xlkv_attention_rule *rule, const xlkv_paged_kv *kv) {

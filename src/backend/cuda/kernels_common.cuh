@@ -154,18 +154,17 @@ __device__ __forceinline__ float block_max(float x, float *scratch) {
 
 inline int launch_status() { return (int)cudaGetLastError(); }
 
-/* kernel<<<blocks, threads, smem, stream>>>(args...) through cudaLaunchKernelEx with one launch attribute
- * (cooperative, programmatic stream serialization, ...); 0 or the launch's error. */
-/* Whether the decode kernels that support it (the few-row products, the fused decode attention) are launched as
- * programmatic dependents of the kernel before them (sm_90+: a launch and its CTAs' prologue overlap the previous
- * kernel; each waits for that kernel's completion before it reads what the kernel wrote). The default; XLKV_GEMV=plain
- * in the environment (read at every launch, so a benchmark can switch; a CUDA graph keeps what it captured) launches
- * them normally. Same bits either way. */
+/* Whether the few-row products (kernels_gemv.cu) are launched as programmatic dependents of the kernel before them
+ * (sm_90+: a launch and its CTAs' prologue overlap the previous kernel; each waits for that kernel's completion
+ * before it reads what the kernel wrote). The default; XLKV_GEMV=plain in the environment (read at every launch, so
+ * a benchmark can switch; a CUDA graph keeps what it captured) launches them normally. Same bits either way. */
 inline bool programmatic_launches() {
     const char *choice = getenv("XLKV_GEMV");
     return !(choice && strcmp(choice, "plain") == 0);
 }
 
+/* kernel<<<blocks, threads, smem, stream>>>(args...) through cudaLaunchKernelEx with one launch attribute
+ * (cooperative, programmatic stream serialization, ...); 0 or the launch's error. */
 template <typename... Params, typename... Args>
 int launch_with_attribute(const cudaLaunchAttribute &attribute, void (*kernel)(Params...), int blocks, int threads,
                           size_t smem, cudaStream_t stream, Args... args) {
