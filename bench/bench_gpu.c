@@ -114,7 +114,8 @@ typedef struct run_info {
     const char *device;
     bool unfused;
     bool no_varlen;
-    const char *gemv_chain; /* XLKV_GEMV_CHAIN as the engine reads it ("1" when unset: the full chain) */
+    const char *gemv_chain;  /* XLKV_GEMV_CHAIN as the engine reads it ("0" when unset: separate launches) */
+    const char *gemv_launch; /* XLKV_GEMV as the engine reads it ("pdl" when unset: programmatic dependents) */
     double bandwidth;  /* bytes/s, 0 if not measured */
     double peak_flops; /* FLOP/s, 0 if not measured */
 } run_info;
@@ -401,6 +402,7 @@ static void json_begin(const run_info *ri, const char *what, const char *map, co
     if (ri->no_varlen) fprintf(ri->out, ", \"prefill\": \"one_by_one\"");
     char buf[64];
     fprintf(ri->out, ", \"gemv_chain\": \"%s\"", json_escape(ri->gemv_chain, buf, sizeof buf));
+    fprintf(ri->out, ", \"gemv_launch\": \"%s\"", json_escape(ri->gemv_launch, buf, sizeof buf));
     if (map) fprintf(ri->out, ", \"map\": \"%s\", \"kv_layers\": %d", map, m->map->n_kv_layers);
 }
 
@@ -548,7 +550,9 @@ int main(int argc, char **argv) {
     if (varlen && !strcmp(varlen, "0")) o.no_varlen = true; /* the engine reads it too: the JSON says so */
     run_info ri = {.shape = o.shape, .device = o.device, .unfused = o.unfused, .no_varlen = o.no_varlen};
     const char *gemv_chain = getenv("XLKV_GEMV_CHAIN"); /* the products of a batch-1 layer in one launch (A/B) */
-    ri.gemv_chain = gemv_chain && *gemv_chain ? gemv_chain : "1";
+    ri.gemv_chain = gemv_chain && *gemv_chain ? gemv_chain : "0";
+    const char *gemv_launch = getenv("XLKV_GEMV"); /* the products as programmatic dependents or not (A/B) */
+    ri.gemv_launch = gemv_launch && *gemv_launch ? gemv_launch : "pdl";
     size_t device_free = 0, device_total = 0;
     const bool on_cuda = !strcmp(o.device, "cuda");
     if (on_cuda) {
@@ -631,9 +635,10 @@ int main(int argc, char **argv) {
             } else {
                 t0 = xlkv_now_seconds();
                 measure_single(&o, &views[i], &singles[i]);
-                printf("%-18s decode b1 %8.1f tokens/s, prefill 2048 %9.1f tokens/s (%.1f s, XLKV_GEMV_CHAIN=%s)%s%s\n",
+                printf("%-18s decode b1 %8.1f tokens/s, prefill 2048 %9.1f tokens/s (%.1f s, XLKV_GEMV_CHAIN=%s, "
+                       "XLKV_GEMV=%s)%s%s\n",
                        o.maps[i], singles[i].decode_tps, singles[i].prefill_tps, xlkv_now_seconds() - t0, ri.gemv_chain,
-                       singles[i].error[0] ? ": " : "", singles[i].error);
+                       ri.gemv_launch, singles[i].error[0] ? ": " : "", singles[i].error);
             }
             const single_figures *f = &singles[i];
             if (o.do_decode) {

@@ -10,10 +10,9 @@
  * is the decode tokens/s the kernels allow (bench_gpu's decode_b1 measures the engine itself); the step is timed with
  * the fused attention and again with the three launches (XLKV_DECODE_FUSED=0 in the engine), then with the products
  * of a layer chained (xlkv_cuda_gemv_chain: o, gate|up, down in one launch = XLKV_GEMV_CHAIN=mlp; plus the next
- * layer's qkv = the engine's default; the chains are also timed alone). The fused pieces alone
- * cycle through the 22 layers' weights (cold in L2, as in the step). Both few-row kernels are timed in one run: the
- * streaming one (default) and the streaming one launched as programmatic dependents (XLKV_GEMV=pdl), set by this
- * program for its second table. Each piece is timed twice: one launch between
+ * layer's qkv = XLKV_GEMV_CHAIN=1; the chains are also timed alone). The fused pieces alone cycle through the 22
+ * layers' weights (cold in L2, as in the step). The kernels are timed in one run as programmatic dependent launches
+ * (the engine's default) and launched normally (XLKV_GEMV=plain), set by this program for its second table. Each piece is timed twice: one launch between
  * two events (host launch latency included, as before) and per launch inside a graph of 22 launches. Usage:
  * bench_gpu_step [--batch B] [--context L]. Prints a table; not a test. Without CUDA it says so and exits 0. */
 #include <stdio.h>
@@ -386,11 +385,11 @@ static void bench_fused(step_ctx *c) {
                      xlkv_cuda_attention_decode_fused_counters(c->batch, KV_HEADS) * sizeof(unsigned)),
           "counters");
     c->layer = 0;
-    /* the streaming kernel (default) and the same with programmatic dependent launches (XLKV_GEMV=pdl), in the same
-     * run */
-    bench_fused_kernel(c, "streaming kernel (default)", 1);
-    if (setenv("XLKV_GEMV", "pdl", 1) != 0) exit(1);
-    bench_fused_kernel(c, "streaming kernel as programmatic dependent launches, XLKV_GEMV=pdl", 0);
+    /* the kernels as programmatic dependent launches (the default) and launched normally (XLKV_GEMV=plain), in the
+     * same run */
+    bench_fused_kernel(c, "programmatic dependent launches (default)", 1);
+    if (setenv("XLKV_GEMV", "plain", 1) != 0) exit(1);
+    bench_fused_kernel(c, "normal launches, XLKV_GEMV=plain", 0);
     if (unsetenv("XLKV_GEMV") != 0) exit(1);
 }
 

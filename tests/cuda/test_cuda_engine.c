@@ -846,16 +846,24 @@ static void fused_decode_attention_equals_three_launches(void **state) {
 
 /* ---- (h3) the chained products equal the separate launches -------------------------------------------------- */
 
+/* XLKV_GEMV_CHAIN = `value`; "plain" instead means separate launches (XLKV_GEMV_CHAIN=0) launched normally
+ * (XLKV_GEMV=plain) rather than as programmatic dependents; NULL: both unset (the defaults). */
 static void select_gemv_chain(const char *value) {
+    const int plain = value && strcmp(value, "plain") == 0;
     if (value)
-        assert_int_equal(setenv("XLKV_GEMV_CHAIN", value, 1), 0);
+        assert_int_equal(setenv("XLKV_GEMV_CHAIN", plain ? "0" : value, 1), 0);
     else
         assert_int_equal(unsetenv("XLKV_GEMV_CHAIN"), 0);
+    if (plain)
+        assert_int_equal(setenv("XLKV_GEMV", "plain", 1), 0);
+    else
+        assert_int_equal(unsetenv("XLKV_GEMV"), 0);
 }
 
-/* bf16 passes of <= 8 rows run the products of a layer as a chain (xlkv_cuda_gemv_chain: o, gate|up, down and the
- * next layer's qkv in one launch) unless XLKV_GEMV_CHAIN (read at every layer) says "mlp" (the first three only) or
- * "0" (separate launches). All three compute the same bits: the logits of a 48-token prompt in sequential mode (every
+/* bf16 passes of <= 8 rows can run the products of a layer as a chain (xlkv_cuda_gemv_chain): XLKV_GEMV_CHAIN (read
+ * at every layer) "1" = o, gate|up, down and the next layer's qkv in one launch, "mlp" = the first three only, "0"
+ * or unset = separate launches (the default), "plain" here = separate launches not launched as programmatic
+ * dependents (XLKV_GEMV=plain). All four compute the same bits: the logits of a 48-token prompt in sequential mode (every
  * token a decode row) and of prefill chunks 5,1,1,8,12,1x3 (chunks of <= 8 rows chain too; a cyclic group over a
  * chunk restores x between iterations, so nothing chains across it), and the generated streams (6 together, each
  * alone: greedy, penalized, sampled rows; graphs captured with each setting) must be identical to "0"'s, on maps with
@@ -863,8 +871,8 @@ static void select_gemv_chain(const char *value) {
 static void chained_products_equal_separate_launches(void **state) {
     (void)state;
     const char *const maps[] = {"standard", "cla:2", "lckv:1", "0s_1_2s_3"};
-    const char *const modes[] = {"1", "mlp", "0"}; /* the last is the reference */
-    enum { N_CHAIN_MODES = 3, N_TOTAL = 48, N_SPECS = 6 };
+    const char *const modes[] = {"1", "mlp", "plain", "0"}; /* the last is the reference */
+    enum { N_CHAIN_MODES = 4, N_TOTAL = 48, N_SPECS = 6 };
     xlkv_hparams hp = medium_hparams(64);
     int tokens[N_TOTAL];
     fill_tokens(tokens, N_TOTAL, hp.vocab_size, 43);

@@ -742,8 +742,8 @@ static void expect_same_bits(const char *kernel, xlkv_dtype dt, const char *shap
                  other, first, (double)got[first], (double)ref[first]);
 }
 
-/* The few-row kernel, XLKV_GEMV (read at every launch): NULL = the streaming kernel, "pdl" = the same as a
- * programmatic dependent launch. */
+/* The few-row kernel's launch, XLKV_GEMV (read at every launch): NULL or "pdl" = a programmatic dependent launch
+ * (the default), "plain" = a normal launch. */
 static void select_gemv(const char *choice) {
     if (choice)
         assert_int_equal(setenv("XLKV_GEMV", choice, 1), 0);
@@ -754,7 +754,7 @@ static void select_gemv(const char *choice) {
 /* The few-row bf16 product against the CPU matmul on the same bf16-rounded inputs, bf16 and fp32 outputs, every row
  * count it takes, the tinyllama shapes (qkv, o, gate_up, down, logits), `in` not a multiple of the 2048-weight burst
  * (72, 2056, 4104: a last burst of one chunk), odd `out`, and the shapes it refuses; and the streaming kernel against
- * its programmatic launch (XLKV_GEMV=pdl): the same bits. */
+ * its launches as a programmatic dependent (XLKV_GEMV=pdl, the default) and a normal one (plain): the same bits. */
 static void gemv_matches_cpu(void **state) {
     (void)state;
     const xlkv_backend_ops *cpu = xlkv_backend_cpu();
@@ -780,9 +780,9 @@ static void gemv_matches_cpu(void **state) {
                 /* the other kernel choices: the same bits. Their input is written by the kernel just before them
                  * on their stream (0 + x by xlkv_cuda_add), so a programmatic launch (pdl) that read x before
                  * waiting for that kernel would see zeros. */
-                static const char *const choices[] = {"pdl"};
+                static const char *const choices[] = {"pdl", "plain"};
                 void *dx_late = device_alloc((size_t)n * in * 2);
-                for (int k = 0; k < 1; k++) {
+                for (int k = 0; k < 2; k++) {
                     cudaStream_t stream;
                     CK(cudaStreamCreate(&stream));
                     CK(cudaMemsetAsync(dy, 0xFF, (size_t)n * out * (f32_out ? 4 : 2), stream));
@@ -1020,8 +1020,8 @@ static const char *gemv_input_name(int kind) {
 
 /* The fused few-row product, every input kind x residual epilogue x output type x n = 1..8, against (a) the CPU
  * composition (bf16-rounded where the unfused sequence stores) and (b) the unfused GPU sequence (rmsnorm / swiglu
- * kernel, plain gemv, add kernel), which must give the same bits, and (c) the programmatic launch (XLKV_GEMV=pdl),
- * same bits too. Shapes: the five tinyllama products, `in` 8 .. 5632 (multiples of the 2048-weight burst and not), odd
+ * kernel, plain gemv, add kernel), which must give the same bits, and (c) the programmatic and the normal launch
+ * (XLKV_GEMV=pdl, plain), same bits too. Shapes: the five tinyllama products, `in` 8 .. 5632 (multiples of the 2048-weight burst and not), odd
  * `out`. x rows are strided (x_stride > the minimum); the shapes it must refuse (f32, n > 8, in not a multiple of 8,
  * misaligned gain) are refused. */
 static void gemv_fused_matches_cpu_and_unfused(void **state) {
@@ -1115,8 +1115,8 @@ static void gemv_fused_matches_cpu_and_unfused(void **state) {
                         free(unfused);
                         /* the programmatic launch (behind the poisoning kernel on its own stream), same arguments:
                          * the same bits */
-                        static const char *const choices[] = {"pdl"};
-                        for (int k = 0; k < 1; k++) {
+                        static const char *const choices[] = {"pdl", "plain"};
+                        for (int k = 0; k < 2; k++) {
                             if (accumulate) {
                                 upload(dz, y0, (size_t)n * out, out_dt);
                                 CK(cudaDeviceSynchronize());

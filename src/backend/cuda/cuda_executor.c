@@ -24,11 +24,13 @@
  * attention with its combine are ONE launch (xlkv_cuda_attention_decode_fused, kernels_attention_decode.cu), five
  * launches per layer; params.cuda_unfused or cuda_unfused_decode_attention (XLKV_DECODE_FUSED=0) keep rope_kv_write +
  * the two-launch attention. Both give the same bits.
- * Batch-1 decode goes one step further (xlkv_cuda_gemv_chain, kernels_gemv_chain.cu): the MLP half of a fused layer
- * (o, gate|up, down) and the next layer's qkv product run as ONE persistent launch with grid barriers between the
- * products, so a layer is two launches (chain + attention). XLKV_GEMV_CHAIN in the environment (read at every
- * layer, like XLKV_GEMV; a captured graph keeps what it captured): "0" = the separate launches, "mlp" = o, gate|up and
- * down chained but the next layer's qkv launched on its own, anything else or unset = the full chain. Same bits. */
+ * The products are launched as programmatic dependents (kernels_common.cuh, programmatic_launches; XLKV_GEMV=plain
+ * turns it off): each launch and its CTAs' first weight loads overlap the kernel before it, the fused attention's
+ * few CTAs included (it lets the next kernel start at once). Optionally (xlkv_cuda_gemv_chain, kernels_gemv_chain.cu) the MLP half of a fused layer (o, gate|up,
+ * down) and the next layer's qkv product run as ONE persistent launch with grid barriers between the products.
+ * XLKV_GEMV_CHAIN in the environment (read at every layer; a captured graph keeps what it captured): "1" = that chain,
+ * "mlp" = o, gate|up and down chained but the next layer's qkv launched on its own, anything else or unset = the
+ * separate launches (the default since the products' input loads were fixed: docs/CUDA.md). Same bits. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -73,9 +75,9 @@ static bool layer_runs_fused(const xlkv_cuda_engine *e, int layer, int n) {
 typedef enum gemv_chain_mode { CHAIN_OFF, CHAIN_MLP, CHAIN_MLP_AND_NEXT_QKV } gemv_chain_mode;
 static gemv_chain_mode gemv_chain_selected(void) {
     const char *choice = getenv("XLKV_GEMV_CHAIN");
-    if (choice && strcmp(choice, "0") == 0) return CHAIN_OFF;
+    if (choice && strcmp(choice, "1") == 0) return CHAIN_MLP_AND_NEXT_QKV;
     if (choice && strcmp(choice, "mlp") == 0) return CHAIN_MLP;
-    return CHAIN_MLP_AND_NEXT_QKV;
+    return CHAIN_OFF;
 }
 
 /* The qkv product of `layer` with the attention RMSNorm of x as its input (a fused layer's first product). */

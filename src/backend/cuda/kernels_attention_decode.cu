@@ -716,6 +716,11 @@ __global__ void __launch_bounds__(DECODE_THREADS) decode_fused_kernel(decode_par
     __shared__ int s_last;
     const int b = blockIdx.x, kv_head = blockIdx.y, split = blockIdx.z, tid = threadIdx.x;
     const int G = p.n_heads / p.n_kv_heads;
+    /* The next product, launched as a programmatic dependent (programmatic_launches in kernels_common.cuh), may
+     * start now: its CTAs stream their weights beside this launch's few CTAs and wait for this kernel's completion
+     * before they read its output. (This kernel itself is launched normally: as a programmatic dependent of the qkv
+     * product its CTAs, resident early, slowed the step: docs/CUDA.md.) */
+    allow_next_kernel();
     const int seq = p.row_seq[b], t = p.row_pos[b];
 
     /* 1. RoPE on the group's query heads into shared memory; the owner of position t writes its K/V head there */

@@ -6,8 +6,11 @@
 #define XLKV_BACKEND_CUDA_KERNELS_COMMON_CUH
 
 #include <cuda_bf16.h>
+#include <type_traits>
 #include <cuda_runtime.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "backend/cuda/cuda_kernels.h"
 
@@ -24,12 +27,24 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
 /* Elements of T in one 16-byte vector. */
 template <typename T> struct vec_width { static constexpr int value = 16 / (int)sizeof(T); };
 
-/* Loads 16 bytes (p must be 16-byte aligned) as vec_width<T> floats. */
+/* Loads 16 bytes (p must be 16-byte aligned) as vec_width<T> floats. bf16 is widened with integer operations on the
+ * four words (exact: the bf16 bits are the high half of the float's), because reading the bytes back through a bf16
+ * pointer lets the compiler split the 16-byte load into eight 2-byte loads. */
 template <typename T> __device__ __forceinline__ void load_vec(const T *p, float *out) {
     const uint4 raw = *reinterpret_cast<const uint4 *>(p);
-    const T *elems = reinterpret_cast<const T *>(&raw);
+    if constexpr (sizeof(T) == 2) {
+        static_assert(std::is_same<T, __nv_bfloat16>::value, "16-bit elements are bf16");
+        const unsigned words[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
-    for (int i = 0; i < vec_width<T>::value; i++) out[i] = to_float<T>(elems[i]);
+        for (int i = 0; i < 4; i++) {
+            out[2 * i] = __uint_as_float(words[i] << 16);
+            out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
+        }
+    } else {
+        const T *elems = reinterpret_cast<const T *>(&raw);
+#pragma unroll
+        for (int i = 0; i < vec_width<T>::value; i++) out[i] = to_float<T>(elems[i]);
+    }
 }
 
 /* Stores vec_width<T> floats as 16 bytes (p 16-byte aligned), rounding to T. */
@@ -85,6 +100,22 @@ __device__ __forceinline__ size_t pool_row_offset(const pool_view &v, int seq, i
            (size_t)v.kv_dim;
 }
 
+/* Programmatic dependent launch (sm_90+). wait_for_previous_kernel: returns once the kernel before this one in the
+ * stream has completed and its writes are visible (at once when this kernel was launched normally).
+ * allow_next_kernel: lets a programmatic dependent launched after this kernel start now (its CTAs may then run its
+ * prologue beside this kernel; it still waits for this kernel's completion before reading what this kernel writes);
+ * no effect when the next kernel was launched normally. */
+__device__ __forceinline__ void wait_for_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void allow_next_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float x) {
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
@@ -122,6 +153,15 @@ __device__ __forceinline__ float block_max(float x, float *scratch) {
 }
 
 inline int launch_status() { return (int)cudaGetLastError(); }
+
+/* Whether the few-row products (kernels_gemv.cu) are launched as programmatic dependents of the kernel before them
+ * (sm_90+: a launch and its CTAs' prologue overlap the previous kernel; each waits for that kernel's completion
+ * before it reads what the kernel wrote). The default; XLKV_GEMV=plain in the environment (read at every launch, so
+ * a benchmark can switch; a CUDA graph keeps what it captured) launches them normally. Same bits either way. */
+inline bool programmatic_launches() {
+    const char *choice = getenv("XLKV_GEMV");
+    return !(choice && strcmp(choice, "plain") == 0);
+}
 
 /* kernel<<<blocks, threads, smem, stream>>>(args...) through cudaLaunchKernelEx with one launch attribute
  * (cooperative, programmatic stream serialization, ...); 0 or the launch's error. */

@@ -20,8 +20,8 @@
  *     epilogue), so a fused product gives the bits of the unfused sequence;
  *   - epilogue: y = bf16/fp32(acc), or with `accumulate` the residual add y += round(acc) (the unfused product
  *     rounds to the output type before xlkv_cuda_add adds it).
- * XLKV_GEMV=pdl in the environment launches the streaming kernel as a programmatic dependent of the kernel before it
- * (read at every launch, so a benchmark can switch; a CUDA graph keeps what it captured); same bits. (The first
+ * The streaming kernel is launched as a programmatic dependent of the kernel before it (programmatic_launches in
+ * kernels_common.cuh: the default; XLKV_GEMV=plain launches it normally); same bits. (The first
  * kernel, rows round-robin with the input prepared row by row before any W load, was removed after the streaming
  * one had been measured faster on every shape: docs/CUDA.md.)
  * Cost: out x in x 2 bytes of W read once, plus n x in elements per CTA from L2. Accumulation in fp32.
@@ -40,18 +40,6 @@ namespace {
 
 /* ---- the streaming kernel ---- */
 
-/* Programmatic dependent launch (sm_90+): without the launch attribute both return at once. */
-__device__ __forceinline__ void wait_for_previous_kernel() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void allow_next_kernel() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
 template <int N, int INPUT, typename OutT>
 __global__ void __launch_bounds__(GEMV_THREADS, 2)
     gemv_stream_kernel(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain, float eps,
@@ -68,7 +56,7 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2)
     int row = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), burst = 0;
     uint4 cur[GEMV_UNROLL];
     issue_burst(cur, w, in, n_chunks, row, burst, lane, row < out);
-    /* launched as a programmatic dependent (XLKV_GEMV=pdl) this kernel may start while the previous kernel of the
+    /* launched as a programmatic dependent (the default) this kernel may start while the previous kernel of the
      * stream still runs: only W (constant) is read above; wait for that kernel's writes before x or y is touched,
      * then let the next dependent kernel start (no effect on a normally launched one) */
     wait_for_previous_kernel();
@@ -99,14 +87,6 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2)
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++) cur[u] = next[u];
     }
-}
-
-/* Whether XLKV_GEMV=pdl asks for programmatic dependent launches (read at every launch): the streaming kernel then
- * starts as a programmatic dependent of the previous kernel in the stream (its first W burst and its launch overlap
- * that kernel's end; sm_90+). */
-bool programmatic_launch() {
-    const char *choice = getenv("XLKV_GEMV");
-    return choice && strcmp(choice, "pdl") == 0;
 }
 
 template <int N, int INPUT, typename OutT>
@@ -152,7 +132,7 @@ int launch_one(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat1
 template <int INPUT, typename OutT>
 int launch_rows(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain, float eps,
                 const __nv_bfloat16 *w, int n, int in, int out, int accumulate, cudaStream_t stream) {
-    const bool programmatic = programmatic_launch();
+    const bool programmatic = programmatic_launches();
     switch (n) {
 #define XLKV_GEMV_CASE(N)                                                                                              \
     case N:                                                                                                            \

@@ -18,10 +18,17 @@ constexpr int CHUNK = 8; /* bf16 per 16 bytes */
 
 __device__ __forceinline__ float silu_times(float g, float u) { return g * (1.0f / (1.0f + expf(-g))) * u; }
 
+/* The 8 bf16 of 16 bytes as floats. bf16 -> f32 is exact: the bf16 bits are the high half of the float's. Written
+ * with integer operations on the four words: reading the bytes through a bf16 pointer let the compiler split a
+ * 16-byte shared-memory load of the input into eight 2-byte loads with 4-way bank conflicts (32 shared-memory
+ * wavefronts per 16 bytes a warp instead of 4), which bounded the few-row products (docs/CUDA.md). */
 __device__ __forceinline__ void unpack_bf16x8(const uint4 &raw, float *out) {
-    const __nv_bfloat16 *e = reinterpret_cast<const __nv_bfloat16 *>(&raw);
+    const unsigned words[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
-    for (int i = 0; i < CHUNK; i++) out[i] = __bfloat162float(e[i]);
+    for (int i = 0; i < 4; i++) {
+        out[2 * i] = __uint_as_float(words[i] << 16);
+        out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
+    }
 }
 
 constexpr int BURST_CHUNKS = 32 * GEMV_UNROLL; /* 16-byte chunks of W one warp loads per burst (2048 bf16) */
