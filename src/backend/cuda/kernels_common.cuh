@@ -27,19 +27,25 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
 /* Elements of T in one 16-byte vector. */
 template <typename T> struct vec_width { static constexpr int value = 16 / (int)sizeof(T); };
 
-/* Loads 16 bytes (p must be 16-byte aligned) as vec_width<T> floats. bf16 is widened with integer operations on the
- * four words (exact: the bf16 bits are the high half of the float's), because reading the bytes back through a bf16
- * pointer lets the compiler split the 16-byte load into eight 2-byte loads. */
+/* The 8 bf16 of 16 bytes as floats. bf16 -> f32 is exact: the bf16 bits are the high half of the float's. Written
+ * with integer operations on the four 32-bit words: reading the bytes back through a bf16 pointer let the compiler
+ * split a 16-byte load into eight 2-byte loads (from shared memory: with 4-way bank conflicts, 8x the wavefronts;
+ * it bounded the few-row products, docs/CUDA.md). */
+__device__ __forceinline__ void widen_bf16x8(const uint4 &raw, float *out) {
+    const unsigned words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        out[2 * i] = __uint_as_float(words[i] << 16);
+        out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
+    }
+}
+
+/* Loads 16 bytes (p must be 16-byte aligned) as vec_width<T> floats (bf16 through widen_bf16x8). */
 template <typename T> __device__ __forceinline__ void load_vec(const T *p, float *out) {
     const uint4 raw = *reinterpret_cast<const uint4 *>(p);
     if constexpr (sizeof(T) == 2) {
         static_assert(std::is_same<T, __nv_bfloat16>::value, "16-bit elements are bf16");
-        const unsigned words[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            out[2 * i] = __uint_as_float(words[i] << 16);
-            out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
-        }
+        widen_bf16x8(raw, out);
     } else {
         const T *elems = reinterpret_cast<const T *>(&raw);
 #pragma unroll

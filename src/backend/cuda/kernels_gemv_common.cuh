@@ -18,19 +18,6 @@ constexpr int CHUNK = 8; /* bf16 per 16 bytes */
 
 __device__ __forceinline__ float silu_times(float g, float u) { return g * (1.0f / (1.0f + expf(-g))) * u; }
 
-/* The 8 bf16 of 16 bytes as floats. bf16 -> f32 is exact: the bf16 bits are the high half of the float's. Written
- * with integer operations on the four words: reading the bytes through a bf16 pointer let the compiler split a
- * 16-byte shared-memory load of the input into eight 2-byte loads with 4-way bank conflicts (32 shared-memory
- * wavefronts per 16 bytes a warp instead of 4), which bounded the few-row products (docs/CUDA.md). */
-__device__ __forceinline__ void unpack_bf16x8(const uint4 &raw, float *out) {
-    const unsigned words[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        out[2 * i] = __uint_as_float(words[i] << 16);
-        out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
-    }
-}
-
 constexpr int BURST_CHUNKS = 32 * GEMV_UNROLL; /* 16-byte chunks of W one warp loads per burst (2048 bf16) */
 
 /* 16 bytes of W: read once, so no L1 allocation; the non-coherent path (W is read-only while the kernel runs). */
@@ -75,11 +62,11 @@ __device__ __forceinline__ void use_burst(float (&acc)[N], const uint4 (&raw)[GE
         const int c = burst * BURST_CHUNKS + u * 32 + lane;
         if (c < n_chunks) {
             float wv[CHUNK];
-            unpack_bf16x8(raw[u], wv);
+            widen_bf16x8(raw[u], wv);
 #pragma unroll
             for (int r = 0; r < N; r++) {
                 float xv[CHUNK];
-                unpack_bf16x8(*reinterpret_cast<const uint4 *>(xs + (size_t)r * in + (size_t)c * CHUNK), xv);
+                widen_bf16x8(*reinterpret_cast<const uint4 *>(xs + (size_t)r * in + (size_t)c * CHUNK), xv);
 #pragma unroll
                 for (int k = 0; k < CHUNK; k++) acc[r] = fmaf(wv[k], xv[k], acc[r]);
             }
