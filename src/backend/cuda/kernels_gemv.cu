@@ -52,7 +52,12 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2)
     const int bursts = (n_chunks + BURST_CHUNKS - 1) / BURST_CHUNKS; /* per row, >= 1 */
     const int warps = gridDim.x * GEMV_WARPS;
 
-    /* the warp's first burst goes out before the input is prepared (with `ahead`, its second one too) */
+    /* The warp's first burst goes out before the input is prepared, and with `ahead` (a programmatic launch) its
+     * second one too, both before the wait for the previous kernel, so that 8 KB a warp stream during that kernel's
+     * tail. `ahead` is a run-time argument on purpose: with one burst only (the kernel before 2026-11-26) and with an
+     * unconditional second issue, ptxas placed griddepcontrol.wait above every weight load (nvdisasm: no load
+     * before ACQBULK), so nothing streamed during the wait; in this form both bursts come before it (16 loads a
+     * lane) and the engine decodes 4-5% faster (docs/CUDA.md). Check the SASS again when this prologue changes. */
     int row = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), burst = 0;
     uint4 cur[GEMV_UNROLL], next[GEMV_UNROLL];
     issue_burst(cur, w, in, n_chunks, row, burst, lane, row < out);
@@ -125,8 +130,7 @@ int launch_one(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat1
     }
     const long long needed = ((long long)out + GEMV_WARPS - 1) / GEMV_WARPS;
     const int blocks = (int)(needed < resident ? needed : resident);
-    const char *ahead_choice = getenv("XLKV_GEMV_AHEAD"); /* experiment: both bursts before the wait */
-    const int ahead = ahead_choice && strcmp(ahead_choice, "1") == 0;
+    const int ahead = programmatic ? 1 : 0; /* see gemv_stream_kernel: a run-time value on purpose */
     if (programmatic) {
         cudaLaunchAttribute attribute = {};
         attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
