@@ -43,7 +43,7 @@ namespace {
 template <int N, int INPUT, typename OutT>
 __global__ void __launch_bounds__(GEMV_THREADS, 2)
     gemv_stream_kernel(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain, float eps,
-                       const __nv_bfloat16 *w, int in, int out, int accumulate) {
+                       const __nv_bfloat16 *w, int in, int out, int accumulate, int ahead) {
     extern __shared__ uint4 gemv_smem[];
     __shared__ float scratch[N * GEMV_WARPS];
     __nv_bfloat16 *xs = reinterpret_cast<__nv_bfloat16 *>(gemv_smem);
@@ -52,10 +52,22 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2)
     const int bursts = (n_chunks + BURST_CHUNKS - 1) / BURST_CHUNKS; /* per row, >= 1 */
     const int warps = gridDim.x * GEMV_WARPS;
 
-    /* the warp's first burst goes out before the input is prepared */
+    /* The warp's first burst goes out before the input is prepared, and with `ahead` (a programmatic launch) its
+     * second one too, both before the wait for the previous kernel, so that 8 KB a warp stream during that kernel's
+     * tail. `ahead` is a run-time argument on purpose: with one burst only (the kernel before 2026-11-26) and with an
+     * unconditional second issue, ptxas placed griddepcontrol.wait above every weight load (nvdisasm: no load
+     * before ACQBULK), so nothing streamed during the wait; in this form both bursts come before it (16 loads a
+     * lane) and the engine decodes 4-5% faster (docs/CUDA.md). Check the SASS again when this prologue changes. */
     int row = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), burst = 0;
-    uint4 cur[GEMV_UNROLL];
+    uint4 cur[GEMV_UNROLL], next[GEMV_UNROLL];
     issue_burst(cur, w, in, n_chunks, row, burst, lane, row < out);
+    int next_row = row, next_burst = burst + 1; /* the burst after (row, burst) */
+    if (next_burst == bursts) {
+        next_burst = 0;
+        next_row = row + warps;
+    }
+    if (ahead) issue_burst(next, w, in, n_chunks, next_row, next_burst, lane, next_row < out);
+    bool next_issued = ahead;
     /* launched as a programmatic dependent (the default) this kernel may start while the previous kernel of the
      * stream still runs: only W (constant) is read above; wait for that kernel's writes before x or y is touched,
      * then let the next dependent kernel start (no effect on a normally launched one) */
@@ -67,13 +79,8 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2)
 #pragma unroll
     for (int r = 0; r < N; r++) acc[r] = 0.0f;
     while (row < out) { /* warp-uniform */
-        int next_row = row, next_burst = burst + 1;
-        if (next_burst == bursts) {
-            next_burst = 0;
-            next_row = row + warps;
-        }
-        uint4 next[GEMV_UNROLL];
-        issue_burst(next, w, in, n_chunks, next_row, next_burst, lane, next_row < out);
+        if (!next_issued) issue_burst(next, w, in, n_chunks, next_row, next_burst, lane, next_row < out);
+        next_issued = false;
         use_burst<N>(acc, cur, xs, in, n_chunks, burst, lane);
         if (next_burst == 0) { /* the row is complete */
 #pragma unroll
@@ -86,6 +93,11 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2)
         burst = next_burst;
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++) cur[u] = next[u];
+        next_burst = burst + 1;
+        if (next_burst == bursts) {
+            next_burst = 0;
+            next_row = row + warps;
+        }
     }
 }
 
@@ -118,14 +130,15 @@ int launch_one(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat1
     }
     const long long needed = ((long long)out + GEMV_WARPS - 1) / GEMV_WARPS;
     const int blocks = (int)(needed < resident ? needed : resident);
+    const int ahead = programmatic ? 1 : 0; /* see gemv_stream_kernel: a run-time value on purpose */
     if (programmatic) {
         cudaLaunchAttribute attribute = {};
         attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
         attribute.val.programmaticStreamSerializationAllowed = 1;
         return launch_with_attribute(attribute, kernel, blocks, GEMV_THREADS, smem, stream, y, x, x_stride, gain, eps, w,
-                                     in, out, accumulate);
+                                     in, out, accumulate, ahead);
     }
-    kernel<<<blocks, GEMV_THREADS, smem, stream>>>(y, x, x_stride, gain, eps, w, in, out, accumulate);
+    kernel<<<blocks, GEMV_THREADS, smem, stream>>>(y, x, x_stride, gain, eps, w, in, out, accumulate, ahead);
     return launch_status();
 }
 
