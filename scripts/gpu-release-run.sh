@@ -20,7 +20,7 @@ grep -E "tests passed|Failed|\*\*\*|FAIL" "$out/test-cuda.log" | grep -v "0 fail
 
 {
   timeout 45 ./build/bench_gpu_step --batch 1 --context 512
-  for v in default pdl old; do
+  for v in default plain; do
     if [ $v = default ]; then unset XLKV_GEMV; else export XLKV_GEMV=$v; fi
     echo "== XLKV_GEMV=$v"
     timeout 25 ./build/bench_gpu --what decode --maps standard,lckv:2 --runs 3 --out "$out/gpu.jsonl" | tail -4
