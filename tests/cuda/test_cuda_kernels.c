@@ -1568,6 +1568,7 @@ typedef struct fused_case {
     attention_shape sh;
     int batch, max_positions, window, mask_diagonal, block_size;
     int write_slot, read_slot; /* write_slot -1: a layer without KV */
+    int long_rows;             /* rows near max_positions instead of the positions of fused_rows */
 } fused_case;
 
 static const char *fused_slots_name(const fused_case *c) {
@@ -1575,14 +1576,14 @@ static const char *fused_slots_name(const fused_case *c) {
 }
 
 /* Row positions: contexts crossing the 64-key tiles and the split boundaries (context t + 1 = 1, 63, 64, 65, 512,
- * 1000 and their neighbours), rotated by `salt`; row 1 is a padding row without a sequence (batch >= 3), row 2 one
+ * 1000 and their neighbours), rotated by `salt` (with long_rows: max_positions - 1 - 37 (b + salt % 3)); row 1 is a padding row without a sequence (batch >= 3), row 2 one
  * without a position (batch >= 5). Each row its own sequence. */
-static void fused_rows(int batch, int max_positions, int salt, int *row_seq, int *row_pos) {
+static void fused_rows(int batch, int max_positions, int long_rows, int salt, int *row_seq, int *row_pos) {
     static const int positions[] = {999, 0, 62, 63, 64, 511, 1000, 1, 65, 512, 127, 128};
     const int n = (int)(sizeof positions / sizeof positions[0]);
     for (int b = 0; b < batch; b++) {
         row_seq[b] = b;
-        int t = positions[(b + salt) % n];
+        int t = long_rows ? max_positions - 1 - 37 * (b + salt % 3) : positions[(b + salt) % n];
         row_pos[b] = t < max_positions ? t : max_positions - 1;
     }
     if (batch >= 3) row_seq[1] = -1;
@@ -1590,9 +1591,8 @@ static void fused_rows(int batch, int max_positions, int salt, int *row_seq, int
 }
 
 /* Runs one case both ways and checks (a) the pool the fused kernel leaves is bit-identical to rope_kv_write's and
- * within bf16 rounding of the host's RoPE, (b) the output against the unfused path (rope_kv_write, then
- * attention_decode: expected the same bits, checked within TOL_BF16) and against the CPU attention on the host's
- * pool, (c) rows that see nothing (padding, masked diagonal at 0, window 1 + diagonal) exactly zero, (d) qkv not
+ * within bf16 rounding of the host's RoPE, (b) the output bit-identical to the unfused path (rope_kv_write, then
+ * attention_decode) and within TOL_BF16 of the CPU attention on the host's pool, (c) rows that see nothing (padding, masked diagonal at 0, window 1 + diagonal) exactly zero, (d) qkv not
  * modified, (e) the counters back at zero. Returns the number of failed checks (printed as FAIL lines). */
 static int run_fused_case(const fused_case *c, int salt) {
     const xlkv_backend_ops *ops = xlkv_backend_cpu();
@@ -1604,7 +1604,7 @@ static int run_fused_case(const fused_case *c, int salt) {
     int failures = 0;
 
     int row_seq[XLKV_CUDA_DECODE_FUSED_MAX_ROWS], row_pos[XLKV_CUDA_DECODE_FUSED_MAX_ROWS];
-    fused_rows(batch, c->max_positions, salt, row_seq, row_pos);
+    fused_rows(batch, c->max_positions, c->long_rows, salt, row_seq, row_pos);
     host_pool hp = make_host_pool(2, c->block_size, kv_dim, batch, c->max_positions, dt);
     device_pool fused_pool = upload_pool(&hp, dt), plain_pool = upload_pool(&hp, dt);
     float *cos_t, *sin_t;
@@ -1641,9 +1641,9 @@ static int run_fused_case(const fused_case *c, int salt) {
                                          &plain_pool.kv, &rule, d_ws_plain, dt, NULL));
 
     char shape[160];
-    snprintf(shape, sizeof shape, "b=%d h=%d kvh=%d hd=%d win=%d diag=%d bs=%d %s ctx<=%d", batch, sh.n_heads,
+    snprintf(shape, sizeof shape, "b=%d h=%d kvh=%d hd=%d win=%d diag=%d bs=%d %s ctx<=%d%s", batch, sh.n_heads,
              sh.n_kv_heads, head_dim, c->window, c->mask_diagonal, c->block_size, fused_slots_name(c),
-             c->max_positions);
+             c->max_positions, c->long_rows ? " long" : "");
 
     /* the host's expected pool and rotated queries (CPU RoPE, rounded to bf16 where the GPU stores) */
     float *q_rot = malloc((size_t)batch * q_width * sizeof *q_rot);
@@ -1683,6 +1683,10 @@ static int run_fused_case(const fused_case *c, int salt) {
     printf("check fused out vs unfused %-73s max err %.3e (tol %.1e), %zu elements not bit-identical\n", shape,
            tu_max_abs_diff(got, plain, (size_t)batch * q_width), TOL_BF16, out_differ);
     failures += !check_close("fused vs unfused", dt, shape, got, plain, (size_t)batch * q_width, TOL_BF16, NULL);
+    if (out_differ) { /* same splits, same arithmetic, same order: the same bits */
+        printf("[FAIL] fused %s: %zu elements differ from the unfused path\n", shape, out_differ);
+        failures++;
+    }
     float *ref = calloc((size_t)batch * q_width, sizeof *ref); /* rows that see nothing: zeros */
     assert_non_null(ref);
     for (int b = 0; b < batch; b++) {
@@ -1789,6 +1793,17 @@ static void attention_decode_fused_matches_unfused(void **state) {
                                   .block_size = 16, .write_slot = 1, .read_slot = 1};
     failures += run_fused_case(&short_ctx, 0);
     cases++;
+    /* long contexts: ~47 visible splits, more than the last CTA stages in shared memory (it combines from L2 then);
+     * full, windowed, masked; both head sizes */
+    for (size_t si = 0; si < 4; si += 2)
+        for (size_t ri = 0; ri < 4; ri++)
+            for (int batch = 1; batch <= 5; batch += 4) {
+                const fused_case c = {.sh = shapes[si], .batch = batch, .max_positions = 3000,
+                                      .window = rules[ri][0] ? 1500 : 0, .mask_diagonal = rules[ri][1],
+                                      .block_size = rules[ri][2], .write_slot = 1, .read_slot = 1, .long_rows = 1};
+                failures += run_fused_case(&c, (int)ri + batch);
+                cases++;
+            }
     printf("attention_decode_fused: %d cases, %d failed checks\n", cases, failures);
     if (failures)
         fail_msg("attention_decode_fused: %d failed checks in %d cases (lines marked FAIL above)", failures, cases);

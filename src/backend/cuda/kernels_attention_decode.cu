@@ -33,19 +33,23 @@
  * Fused decode (xlkv_cuda_attention_decode_fused: bf16, the tensor-core shapes, batch <= 8; what the engine runs for
  * few decode rows): rope_kv_write, pass 1 and pass 2 in ONE launch over the same grid as the tensor-core pass 1, since
  * each kernel of a graph costs ~3-5 us of ramp and tail beside ~0.5 MB of KV at batch 1. A CTA (row, KV head, split)
- *   1. rotates its G query heads into shared memory when its split has a visible key (rope_pair, the formula of
- *      rope_kv_write: same bits; q in the qkv
- *      buffer stays unrotated, nothing after the attention reads it) and, when its split owns the row's position t
- *      (t / split_size, clamped to the last split), rotates and writes its KV head's K and V at t to the layer's own
- *      slot (write_slot; -1 for a layer without KV). The __syncthreads after it orders those global stores before the
- *      CTA's own cp.async loads of position t (when the layer reads the slot it writes and t is visible). Other CTAs
- *      read only positions of their own splits (< t or in another slot), already in the pool. Padding rows (seq < 0
- *      or t < 0) write nothing; their partials say "nothing visible", so they combine to zeros;
+ *   1. loads its split's block-table entries and, beside them, rotates its G query heads into shared memory when its
+ *      split has a visible key (rope_pair, the formula of rope_kv_write: same bits; q in the qkv buffer stays
+ *      unrotated, nothing after the attention reads it); when its split owns the row's position t (t / split_size,
+ *      clamped to the last split) it rotates and writes its KV head's K and V at t to the layer's own slot
+ *      (write_slot; -1 for a layer without KV) and, when it reads that row itself (the layer reads the slot it writes
+ *      and t is visible), keeps it in shared memory: pass 1 takes row t from there, not from the pool (no fence, no
+ *      round trip). Other CTAs read only positions of their own splits (< t or in another slot), already in the pool.
+ *      Padding rows (seq < 0 or t < 0) write nothing; their partials say "nothing visible", so they combine to zeros;
  *   2. runs the split's pass 1 (mma_attend_split, the body of the tensor-core kernel, shared by both);
- *   3. fences its partial, counts itself on the (row, KV head) counter; the last CTA to count combines the G heads
- *      (combine_head, shared with decode_combine_kernel, reading the partials through L2) and sets the counter back to
- *      0: every launch leaves the counters zero, so a captured graph replays and one array serves every layer.
- * The result is bit-identical to rope_kv_write + the two launches (same rotated q bits, same pass 1, same combine).
+ *   3. fences its partial, counts itself on the (row, KV head) counter; the last CTA to count stages the visible
+ *      splits' partials of the G heads into shared memory with every load in flight at once (one L2 round trip; from
+ *      L2 directly when they do not fit: long contexts), combines them (combine_head, shared with
+ *      decode_combine_kernel) and sets the counter back to 0: every launch leaves the counters zero, so a captured
+ *      graph replays and one array serves every layer.
+ * The result is bit-identical to rope_kv_write + the two launches (same rotated q bits, same pass 1, same combine
+ * arithmetic in split order). Measured per launch in a graph at batch 1, context 512 (H100): 1.1 us for an empty
+ * kernel, +1.6 us step 1, +2.6 us pass 1, +4.1 us the count and the combine from L2 before the staging (2026-11-26).
  *
  * Cost model (tinyllama, bf16: head_dim 64, 4 KV heads, G = 8): per row and layer, the visible context L is read
  * once: 2 (K, V) * L * 256 (kv_dim) * 2 bytes = 1 KiB per position, FLOPs 4 * L * 32 * 64 = 8 KFLOP per position
@@ -276,13 +280,49 @@ template <int D> __host__ __device__ constexpr size_t mma_smem_bytes() {
 }
 static_assert(MMA_WARP_KEYS == 16, "each warp owns one k16 slice of the tile");
 
+/* Where a split's partial goes: head j of the group gets acc[j * acc_head_stride + d], max[j * ms_head_stride] and
+ * sum[j * ms_head_stride]. */
+struct partial_out {
+    float *acc, *max, *sum;
+    size_t acc_head_stride, ms_head_stride;
+};
+
+/* The workspace slots of split `split` of row b, KV head kv_head (heads of the group n_splits apart). */
+template <int D>
+__device__ __forceinline__ partial_out workspace_partial(const decode_params<__nv_bfloat16> &p, int b, int kv_head,
+                                                         int split) {
+    const int G = p.n_heads / p.n_kv_heads;
+    const size_t part0 = ((size_t)b * p.n_heads + (size_t)kv_head * G) * p.n_splits + split;
+    return {p.part_acc + part0 * D, p.part_max + part0, p.part_sum + part0, (size_t)p.n_splits * D,
+            (size_t)p.n_splits};
+}
+
+/* The split's block-table entries, in shared memory (one array per kernel, filled by load_split_blocks). */
+__device__ __forceinline__ int *split_blocks() {
+    __shared__ int s_block[DECODE_SPLIT + 1];
+    return s_block;
+}
+
+/* Entries first_block .. of row `seq`'s block table covering positions lo .. hi into split_blocks(); no barrier. */
+__device__ __forceinline__ void load_split_blocks(const pool_view &view, int seq, int lo, int hi) {
+    int *s_block = split_blocks();
+    const int bs = view.block_size, first_block = lo / bs;
+    const int *table = view.block_tables + (size_t)seq * (size_t)view.max_blocks_per_seq;
+    for (int i = threadIdx.x; i <= hi / bs - first_block; i += blockDim.x) s_block[i] = table[first_block + i];
+}
+
 /* Split `split` of row b for KV head kv_head, the whole CTA (DECODE_THREADS threads, mma_smem_bytes<D>() of dynamic
- * shared memory): writes the split's partial for the G query heads of the KV head. q_heads: the G rotated query heads
- * (bf16, head j at q_heads + j * D, 4-byte aligned; global or shared memory). Shared by decode_mma_kernel and the
- * fused decode kernel (kernels_attention_decode_fused.cu). Every thread returns; no barrier is pending at return. */
+ * shared memory from its start): writes the split's partial for the G query heads of the KV head to `out`. q_heads:
+ * the G rotated query heads (bf16, head j at q_heads + j * D, 4-byte aligned; global or shared memory).
+ * blocks_ready: split_blocks() already holds the split's entries (loaded by the caller before a barrier). own_pos >= 0:
+ * the row of position own_pos comes from own_kv (shared memory, 16-byte aligned: K then V, D values each; the
+ * fused kernels' new row, which they also write to the pool) instead of the pool. Shared by decode_mma_kernel and
+ * the fused decode kernels. Every thread returns; no barrier is pending at return. */
 template <int D>
 __device__ __forceinline__ void mma_attend_split(const decode_params<__nv_bfloat16> &p, const __nv_bfloat16 *q_heads,
-                                                 int b, int kv_head, int split) {
+                                                 int b, int kv_head, int split, const partial_out &out,
+                                                 bool blocks_ready = false, int own_pos = -1,
+                                                 const __nv_bfloat16 *own_kv = nullptr) {
     constexpr int SROW = mma_smem_row<D>();
     constexpr int CHUNKS = D / 8; /* 16-byte chunks per K/V row */
     static_assert((size_t)MMA_MAX_GROUP * D * sizeof(float) * DECODE_WARPS <= mma_smem_bytes<D>(),
@@ -290,7 +330,7 @@ __device__ __forceinline__ void mma_attend_split(const decode_params<__nv_bfloat
     extern __shared__ __align__(16) unsigned char smem_raw[];
     __nv_bfloat16 *s_k = reinterpret_cast<__nv_bfloat16 *>(smem_raw); /* [2][MMA_TILE][SROW] */
     __nv_bfloat16 *s_v = s_k + 2 * MMA_TILE * SROW;
-    __shared__ int s_block[DECODE_SPLIT + 1];
+    const int *s_block = split_blocks();
     __shared__ float s_m[DECODE_WARPS][MMA_MAX_GROUP], s_l[DECODE_WARPS][MMA_MAX_GROUP];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -298,20 +338,20 @@ __device__ __forceinline__ void mma_attend_split(const decode_params<__nv_bfloat
     const int seq = p.row_seq[b], t = p.row_pos[b];
     int lo, hi;
     split_range(seq, t, p.window, p.mask_diagonal, split, p.n_splits, p.split_size, &lo, &hi);
-    const size_t part0 = ((size_t)b * p.n_heads + (size_t)kv_head * G) * p.n_splits + split; /* head j: + j * n_splits */
     if (lo > hi) { /* uniform over the CTA */
         if (tid < G) {
-            p.part_max[part0 + (size_t)tid * p.n_splits] = -INFINITY;
-            p.part_sum[part0 + (size_t)tid * p.n_splits] = 0.0f;
+            out.max[(size_t)tid * out.ms_head_stride] = -INFINITY;
+            out.sum[(size_t)tid * out.ms_head_stride] = 0.0f;
         }
         return;
     }
 
     /* the split's block-table entries, read once */
     const int bs = p.view.block_size, first_block = lo / bs;
-    const int *table = p.view.block_tables + (size_t)seq * (size_t)p.view.max_blocks_per_seq;
-    for (int i = tid; i <= hi / bs - first_block; i += DECODE_THREADS) s_block[i] = table[first_block + i];
-    __syncthreads();
+    if (!blocks_ready) {
+        load_split_blocks(p.view, seq, lo, hi);
+        __syncthreads();
+    }
     const size_t slot_stride = (size_t)bs * (size_t)p.view.kv_dim;       /* one K or V plane of a block */
     const size_t block_stride = (size_t)p.view.n_slots * 2 * slot_stride; /* one whole block */
     const __nv_bfloat16 *plane_k = p.pool + (size_t)p.read_slot * 2 * slot_stride + (size_t)kv_head * D;
@@ -326,6 +366,13 @@ __device__ __forceinline__ void mma_attend_split(const decode_params<__nv_bfloat
             const int row = c / CHUNKS, ch = c % CHUNKS;
             const int pos = k0 + row;
             const bool valid = pos <= hi;
+            if (valid && pos == own_pos) { /* the new row, from shared memory (visible after the loop's barrier) */
+                *reinterpret_cast<uint4 *>(dk + row * SROW + ch * 8) =
+                    *reinterpret_cast<const uint4 *>(own_kv + ch * 8);
+                *reinterpret_cast<uint4 *>(dv + row * SROW + ch * 8) =
+                    *reinterpret_cast<const uint4 *>(own_kv + D + ch * 8);
+                continue;
+            }
             const __nv_bfloat16 *src_k = p.pool;
             if (valid)
                 src_k = plane_k + (size_t)s_block[pos / bs - first_block] * block_stride +
@@ -464,11 +511,10 @@ __device__ __forceinline__ void mma_attend_split(const decode_params<__nv_bfloat
             o += s_o[((size_t)w * MMA_MAX_GROUP + j) * D + d] * f;
             l += s_l[w][j] * f;
         }
-        const size_t part = part0 + (size_t)j * p.n_splits;
-        p.part_acc[part * D + d] = o;
+        out.acc[(size_t)j * out.acc_head_stride + d] = o;
         if (d == 0) {
-            p.part_max[part] = m_all * 0.69314718055994531f; /* log2 -> natural units, as the combine expects */
-            p.part_sum[part] = l;
+            out.max[(size_t)j * out.ms_head_stride] = m_all * 0.69314718055994531f; /* log2 -> natural units */
+            out.sum[(size_t)j * out.ms_head_stride] = l;
         }
     }
 }
@@ -476,7 +522,8 @@ __device__ __forceinline__ void mma_attend_split(const decode_params<__nv_bfloat
 template <int D> __global__ void __launch_bounds__(DECODE_THREADS) decode_mma_kernel(decode_params<__nv_bfloat16> p) {
     const int b = blockIdx.x, kv_head = blockIdx.y;
     const int G = p.n_heads / p.n_kv_heads;
-    mma_attend_split<D>(p, p.q + (size_t)b * p.q_stride + (size_t)kv_head * G * D, b, kv_head, blockIdx.z);
+    mma_attend_split<D>(p, p.q + (size_t)b * p.q_stride + (size_t)kv_head * G * D, b, kv_head, blockIdx.z,
+                        workspace_partial<D>(p, b, kv_head, blockIdx.z));
 }
 
 /* ---- generic pass 1: one warp per (row, query head, split); grid (batch, ceil(n_heads / 4), n_splits) ---- */
@@ -535,20 +582,30 @@ __device__ __forceinline__ void visible_splits(int seq, int t, int window, int m
     *s_last = min(last / split_size, n_splits - 1);
 }
 
-/* out_row[0..head_dim) = the normalized sum of the partials of splits s_first .. s_last from part0 + s (zeros when
- * none saw anything); the calling thread writes elements lane0 + k n_lanes (k < COMBINE_MAX_PER_THREAD; no barrier
- * inside). One pass over the splits after their max: each split's weight exp(m - m_all) is computed once and the
- * thread's elements are loaded together; both loops are unrolled so that several splits' loads are in flight (the
- * partials come from L2, ~0.2 us each when waited for one by one). The partials are read through L2 (__ldcg): the
- * fused kernel combines partials other CTAs of the same launch wrote. Every element sums in split order whoever
- * computes it: same bits in both kernels. */
-template <typename T>
-__device__ __forceinline__ void combine_head(T *out_row, const float *part_acc, const float *part_max,
-                                             const float *part_sum, size_t part0, int head_dim, int s_first,
-                                             int s_last, int lane0, int n_lanes) {
+/* The partials of one query head in the workspace, read through L2 (__ldcg: the fused kernel combines partials other
+ * CTAs of the same launch wrote): split s at part0 + s. */
+struct workspace_partials {
+    const float *acc, *max, *sum;
+    size_t part0;
+    int head_dim;
+    __device__ __forceinline__ float max_of(int s) const { return __ldcg(max + part0 + s); }
+    __device__ __forceinline__ float sum_of(int s) const { return __ldcg(sum + part0 + s); }
+    __device__ __forceinline__ float acc_of(int s, int d) const { return __ldcg(acc + (part0 + s) * head_dim + d); }
+};
+
+/* out_row[0..head_dim) = the normalized sum of the partials of splits s_first .. s_last (zeros when none saw
+ * anything); `parts` reads split s's max, sum and accumulator (workspace_partials, or staged_partials below). The
+ * calling thread writes elements lane0 + k n_lanes (k < COMBINE_MAX_PER_THREAD; no barrier inside). One pass over the
+ * splits after their max: each split's weight exp(m - m_all) is computed once and the thread's elements are loaded
+ * together; both loops are unrolled so that several splits' loads are in flight (~0.2 us each from L2 when waited for
+ * one by one). Every element sums in split order whoever computes it and wherever the partials are: same bits in
+ * every kernel. */
+template <typename T, typename Partials>
+__device__ __forceinline__ void combine_head(T *out_row, const Partials &parts, int head_dim, int s_first, int s_last,
+                                             int lane0, int n_lanes) {
     float m_all = -INFINITY;
 #pragma unroll 8
-    for (int s = s_first; s <= s_last; s++) m_all = fmaxf(m_all, __ldcg(part_max + part0 + s));
+    for (int s = s_first; s <= s_last; s++) m_all = fmaxf(m_all, parts.max_of(s));
     if (m_all == -INFINITY) { /* nothing visible */
         for (int d = lane0; d < head_dim; d += n_lanes) out_row[d] = from_float<T>(0.0f);
         return;
@@ -558,15 +615,14 @@ __device__ __forceinline__ void combine_head(T *out_row, const float *part_acc, 
     for (int k = 0; k < COMBINE_MAX_PER_THREAD; k++) o[k] = 0.0f;
 #pragma unroll 4
     for (int s = s_first; s <= s_last; s++) {
-        const float m = __ldcg(part_max + part0 + s);
+        const float m = parts.max_of(s);
         if (m == -INFINITY) continue; /* its accumulator was never written */
         const float w = expf(m - m_all);
-        l_all += __ldcg(part_sum + part0 + s) * w;
-        const float *acc = part_acc + (part0 + s) * head_dim;
+        l_all += parts.sum_of(s) * w;
 #pragma unroll
         for (int k = 0; k < COMBINE_MAX_PER_THREAD; k++) {
             const int d = lane0 + k * n_lanes;
-            if (d < head_dim) o[k] += __ldcg(acc + d) * w;
+            if (d < head_dim) o[k] += parts.acc_of(s, d) * w;
         }
     }
     const float inv = 1.0f / l_all;
@@ -582,8 +638,10 @@ template <typename T> __global__ void decode_combine_kernel(T *out, decode_param
     const int b = blockIdx.x, h = blockIdx.y;
     int s_first, s_last;
     visible_splits(p.row_seq[b], p.row_pos[b], p.window, p.mask_diagonal, p.n_splits, p.split_size, &s_first, &s_last);
-    combine_head<T>(out + ((size_t)b * p.n_heads + h) * p.head_dim, p.part_acc, p.part_max, p.part_sum,
-                    ((size_t)b * p.n_heads + h) * p.n_splits, p.head_dim, s_first, s_last, threadIdx.x, blockDim.x);
+    const workspace_partials parts = {p.part_acc, p.part_max, p.part_sum, ((size_t)b * p.n_heads + h) * p.n_splits,
+                                      p.head_dim};
+    combine_head<T>(out + ((size_t)b * p.n_heads + h) * p.head_dim, parts, p.head_dim, s_first, s_last, threadIdx.x,
+                    blockDim.x);
 }
 
 template <typename T, int D, int G> void launch_grouped(const decode_params<T> &p, int batch, cudaStream_t stream) {
@@ -709,11 +767,93 @@ struct fused_extra {
     unsigned *counters;  /* [batch][n_kv_heads]: splits finished; 0 between launches */
 };
 
+/* Step 1 of the fused kernel for row b (seq >= 0, t >= 0), KV head kv_head: with rotate_q, RoPE on the group's G
+ * query heads into s_q (rope_pair, the formula of rope_kv_write: same bits); with write_row, K (rotated) and V of
+ * position t into the layer's write slot of the pool and, when own_kv is set, into own_kv too (K then V: the CTA's
+ * own pass 1 then takes that row from shared memory, no global round trip). No barrier inside. */
+template <int D>
+__device__ __forceinline__ void rope_and_write_row(const decode_params<__nv_bfloat16> &p, const fused_extra &f, int b,
+                                                   int kv_head, int seq, int t, bool rotate_q, bool write_row,
+                                                   __nv_bfloat16 *s_q, __nv_bfloat16 *own_kv) {
+    constexpr int HALF = D / 2;
+    const int G = p.n_heads / p.n_kv_heads;
+    const float *cos_t = f.cos_table + (size_t)t * HALF, *sin_t = f.sin_table + (size_t)t * HALF;
+    const __nv_bfloat16 *row = f.qkv + (size_t)b * f.qkv_stride;
+    if (rotate_q) {
+        const __nv_bfloat16 *q_src = row + (size_t)kv_head * G * D;
+        for (int idx = threadIdx.x; idx < G * HALF; idx += blockDim.x) {
+            const int j = idx / HALF, i = idx % HALF;
+            rope_pair<__nv_bfloat16>(q_src + j * D + 2 * i, cos_t[i], sin_t[i], s_q + j * D + 2 * i);
+        }
+    }
+    if (write_row) {
+        __nv_bfloat16 *k_dst = f.pool + pool_row_offset(p.view, seq, t, f.write_slot, 0) + (size_t)kv_head * D;
+        __nv_bfloat16 *v_dst = f.pool + pool_row_offset(p.view, seq, t, f.write_slot, 1) + (size_t)kv_head * D;
+        const __nv_bfloat16 *k_src = row + f.k_col + (size_t)kv_head * D;
+        const __nv_bfloat16 *v_src = row + f.v_col + (size_t)kv_head * D;
+        for (int i = threadIdx.x; i < HALF; i += blockDim.x) {
+            rope_pair<__nv_bfloat16>(k_src + 2 * i, cos_t[i], sin_t[i], k_dst + 2 * i);
+            if (own_kv) rope_pair<__nv_bfloat16>(k_src + 2 * i, cos_t[i], sin_t[i], own_kv + 2 * i);
+        }
+        for (int d = threadIdx.x; d < D; d += blockDim.x) {
+            v_dst[d] = v_src[d];
+            if (own_kv) own_kv[D + d] = v_src[d];
+        }
+    }
+}
+
+/* Threads per head in the last step's combine: all G <= 8 heads at once. */
+template <int D> __host__ __device__ constexpr int combine_lanes() { return D / COMBINE_MAX_PER_THREAD; }
+static_assert(64 / COMBINE_MAX_PER_THREAD * MMA_MAX_GROUP <= DECODE_THREADS &&
+                  128 / COMBINE_MAX_PER_THREAD * MMA_MAX_GROUP <= DECODE_THREADS,
+              "one pass over the heads");
+
+/* Partials of head j of a group staged in shared memory by stage_group_partials: split s at index s - s_first. */
+struct staged_partials {
+    const float *acc, *max, *sum;
+    int s_first, n_visible, head, head_dim;
+    __device__ __forceinline__ int at(int s) const { return head * n_visible + (s - s_first); }
+    __device__ __forceinline__ float max_of(int s) const { return max[at(s)]; }
+    __device__ __forceinline__ float sum_of(int s) const { return sum[at(s)]; }
+    __device__ __forceinline__ float acc_of(int s, int d) const { return acc[(size_t)at(s) * head_dim + d]; }
+};
+
+/* Whether the partials of a group's visible splits fit the K/V area of the fused kernel's shared memory. */
+template <int D> __device__ __forceinline__ bool group_partials_fit(int G, int n_visible) {
+    return (size_t)G * n_visible * (D + 2) * sizeof(float) <= mma_smem_bytes<D>();
+}
+
+/* The last CTA's staging: the partials of splits s_first .. s_first + n_visible - 1 of the G heads from head h0 on
+ * (written by other CTAs, read through L2) into the K/V area of shared memory, every load issued before any is
+ * waited for (one round trip instead of one per unrolled group of splits). Ends with a barrier. */
+template <int D>
+__device__ __forceinline__ void stage_group_partials(const decode_params<__nv_bfloat16> &p, size_t h0, int G,
+                                                     int s_first, int n_visible, float *st_acc, float *st_max,
+                                                     float *st_sum) {
+    constexpr int CHUNKS = D / 4; /* 16-byte pieces of an accumulator */
+    for (int c = threadIdx.x; c < G * n_visible * CHUNKS; c += blockDim.x) {
+        const int i = c / CHUNKS, ch = c % CHUNKS, j = i / n_visible, s = s_first + i % n_visible;
+        cp_async_16(st_acc + (size_t)i * D + ch * 4, p.part_acc + ((h0 + j) * p.n_splits + s) * D + ch * 4, true);
+    }
+    cp_async_commit();
+    for (int i = threadIdx.x; i < G * n_visible; i += blockDim.x) {
+        const size_t part = (h0 + i / n_visible) * p.n_splits + s_first + i % n_visible;
+        st_max[i] = __ldcg(p.part_max + part);
+        st_sum[i] = __ldcg(p.part_sum + part);
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+}
+
+/* Grid (row, KV head, split). Each CTA: 1. RoPE and the new row (rope_and_write_row), the split's block-table entries
+ * loaded beside them; 2. the split's partial (mma_attend_split, the new row from shared memory); 3. a count on the
+ * (row, KV head) counter: the last CTA combines the G heads and re-arms the counter. */
 template <int D>
 __global__ void __launch_bounds__(DECODE_THREADS) decode_fused_kernel(decode_params<__nv_bfloat16> p, fused_extra f) {
-    constexpr int HALF = D / 2;
     __shared__ __align__(16) __nv_bfloat16 s_q[MMA_MAX_GROUP * D];
+    __shared__ __align__(16) __nv_bfloat16 s_own[2 * D];
     __shared__ int s_last;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
     const int b = blockIdx.x, kv_head = blockIdx.y, split = blockIdx.z, tid = threadIdx.x;
     const int G = p.n_heads / p.n_kv_heads;
     /* The next product, launched as a programmatic dependent (programmatic_launches in kernels_common.cuh), may
@@ -723,34 +863,20 @@ __global__ void __launch_bounds__(DECODE_THREADS) decode_fused_kernel(decode_par
     allow_next_kernel();
     const int seq = p.row_seq[b], t = p.row_pos[b];
 
-    /* 1. RoPE on the group's query heads into shared memory; the owner of position t writes its K/V head there */
-    if (seq >= 0 && t >= 0) { /* uniform over the CTA; a padding row writes nothing and its partials say "nothing" */
-        const float *cos_t = f.cos_table + (size_t)t * HALF, *sin_t = f.sin_table + (size_t)t * HALF;
-        const __nv_bfloat16 *row = f.qkv + (size_t)b * f.qkv_stride;
-        const __nv_bfloat16 *q_src = row + (size_t)kv_head * G * D;
-        int lo, hi; /* a split with no visible key needs no query (pass 1 only writes "nothing" for it) */
-        split_range(seq, t, p.window, p.mask_diagonal, split, p.n_splits, p.split_size, &lo, &hi);
-        if (lo <= hi)
-            for (int idx = tid; idx < G * HALF; idx += DECODE_THREADS) {
-                const int j = idx / HALF, i = idx % HALF;
-                rope_pair<__nv_bfloat16>(q_src + j * D + 2 * i, cos_t[i], sin_t[i], s_q + j * D + 2 * i);
-            }
-        const int owner = min(t / p.split_size, p.n_splits - 1);
-        if (f.write_slot >= 0 && split == owner) {
-            __nv_bfloat16 *k_dst = f.pool + pool_row_offset(p.view, seq, t, f.write_slot, 0) + (size_t)kv_head * D;
-            __nv_bfloat16 *v_dst = f.pool + pool_row_offset(p.view, seq, t, f.write_slot, 1) + (size_t)kv_head * D;
-            const __nv_bfloat16 *k_src = row + f.k_col + (size_t)kv_head * D;
-            const __nv_bfloat16 *v_src = row + f.v_col + (size_t)kv_head * D;
-            for (int i = tid; i < HALF; i += DECODE_THREADS)
-                rope_pair<__nv_bfloat16>(k_src + 2 * i, cos_t[i], sin_t[i], k_dst + 2 * i);
-            for (int d = tid; d < D; d += DECODE_THREADS) v_dst[d] = v_src[d];
-            __threadfence(); /* the new row is in L2 before the barrier below: the cp.async loads read from there */
-        }
-    }
-    __syncthreads(); /* the rotated queries and this CTA's new K/V row are visible to the whole CTA before pass 1 */
+    /* 1. the block-table entries of the split and the RoPE loads in flight together; the owner of position t writes
+     * its K/V head to the pool and, when this split reads that row, keeps it for pass 1 */
+    int lo, hi; /* a split with no visible key needs no query (pass 1 only writes "nothing" for it) */
+    split_range(seq, t, p.window, p.mask_diagonal, split, p.n_splits, p.split_size, &lo, &hi);
+    if (lo <= hi) load_split_blocks(p.view, seq, lo, hi);
+    const bool live = seq >= 0 && t >= 0; /* a padding row writes nothing and its partials say "nothing" */
+    const bool writes = live && f.write_slot >= 0 && split == min(t / p.split_size, p.n_splits - 1);
+    const bool own = writes && f.write_slot == p.read_slot && t >= lo && t <= hi;
+    if (live) rope_and_write_row<D>(p, f, b, kv_head, seq, t, lo <= hi, writes, s_q, own ? s_own : nullptr);
+    __syncthreads(); /* queries, new row and block entries visible to the whole CTA before pass 1 */
 
     /* 2. the split's partial */
-    mma_attend_split<D>(p, s_q, b, kv_head, split);
+    mma_attend_split<D>(p, s_q, b, kv_head, split, workspace_partial<D>(p, b, kv_head, split), true, own ? t : -1,
+                        s_own);
 
     /* 3. the last CTA of (row, KV head) to finish combines the G heads and re-arms the counter */
     __threadfence(); /* this CTA's partial is visible device-wide before its count */
@@ -760,15 +886,23 @@ __global__ void __launch_bounds__(DECODE_THREADS) decode_fused_kernel(decode_par
     __syncthreads();
     if (!s_last) return;
     __threadfence(); /* every other CTA's partial is visible: they counted after their fence */
-    constexpr int LANES = D / COMBINE_MAX_PER_THREAD; /* threads per head: all G <= 8 heads at once */
-    static_assert(LANES * MMA_MAX_GROUP <= DECODE_THREADS, "one pass over the heads");
+    int s_first, s_final;
+    visible_splits(seq, t, p.window, p.mask_diagonal, p.n_splits, p.split_size, &s_first, &s_final);
+    const int n_visible = s_final - s_first + 1;
+    const size_t h0 = (size_t)b * p.n_heads + (size_t)kv_head * G;
+    constexpr int LANES = combine_lanes<D>();
     const int j = tid / LANES;
-    if (j < G) {
-        const size_t h = (size_t)b * p.n_heads + (size_t)kv_head * G + j;
-        int s_first, s_last;
-        visible_splits(seq, t, p.window, p.mask_diagonal, p.n_splits, p.split_size, &s_first, &s_last);
-        combine_head<__nv_bfloat16>(f.out + h * D, p.part_acc, p.part_max, p.part_sum, h * p.n_splits, D, s_first,
-                                    s_last, tid % LANES, LANES);
+    if (n_visible > 0 && group_partials_fit<D>(G, n_visible)) { /* uniform over the CTA */
+        float *st_acc = reinterpret_cast<float *>(smem_raw), *st_max = st_acc + (size_t)G * n_visible * D;
+        float *st_sum = st_max + G * n_visible;
+        stage_group_partials<D>(p, h0, G, s_first, n_visible, st_acc, st_max, st_sum);
+        if (j < G) {
+            const staged_partials parts = {st_acc, st_max, st_sum, s_first, n_visible, j, D};
+            combine_head<__nv_bfloat16>(f.out + (h0 + j) * D, parts, D, s_first, s_final, tid % LANES, LANES);
+        }
+    } else if (j < G) { /* many splits (long contexts): straight from L2 */
+        const workspace_partials parts = {p.part_acc, p.part_max, p.part_sum, (h0 + j) * p.n_splits, D};
+        combine_head<__nv_bfloat16>(f.out + (h0 + j) * D, parts, D, s_first, s_final, tid % LANES, LANES);
     }
     if (tid == 0) *counter = 0u; /* every split has counted: safe to re-arm for the next launch / graph replay */
 }
