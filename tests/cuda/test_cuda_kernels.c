@@ -743,7 +743,8 @@ static void expect_same_bits(const char *kernel, xlkv_dtype dt, const char *shap
 }
 
 /* The few-row kernel's launch, XLKV_GEMV (read at every launch): NULL or "pdl" = a programmatic dependent launch
- * (the default), "plain" = a normal launch. */
+ * (the default; the third weight burst staged in shared memory for long products), "pdl-staged" = staged always,
+ * "pdl-registers" = never, "plain" = a normal launch. */
 static void select_gemv(const char *choice) {
     if (choice)
         assert_int_equal(setenv("XLKV_GEMV", choice, 1), 0);
@@ -754,7 +755,8 @@ static void select_gemv(const char *choice) {
 /* The few-row bf16 product against the CPU matmul on the same bf16-rounded inputs, bf16 and fp32 outputs, every row
  * count it takes, the tinyllama shapes (qkv, o, gate_up, down, logits), `in` not a multiple of the 2048-weight burst
  * (72, 2056, 4104: a last burst of one chunk), odd `out`, and the shapes it refuses; and the streaming kernel against
- * its launches as a programmatic dependent (XLKV_GEMV=pdl, the default) and a normal one (plain): the same bits. */
+ * its launches as a programmatic dependent (XLKV_GEMV=pdl, the default; pdl-registers, pdl-staged) and a normal one
+ * (plain): the same bits. */
 static void gemv_matches_cpu(void **state) {
     (void)state;
     const xlkv_backend_ops *cpu = xlkv_backend_cpu();
@@ -780,9 +782,9 @@ static void gemv_matches_cpu(void **state) {
                 /* the other kernel choices: the same bits. Their input is written by the kernel just before them
                  * on their stream (0 + x by xlkv_cuda_add), so a programmatic launch (pdl) that read x before
                  * waiting for that kernel would see zeros. */
-                static const char *const choices[] = {"pdl", "plain"};
+                static const char *const choices[] = {"pdl", "pdl-registers", "pdl-staged", "plain"};
                 void *dx_late = device_alloc((size_t)n * in * 2);
-                for (int k = 0; k < 2; k++) {
+                for (int k = 0; k < 4; k++) {
                     cudaStream_t stream;
                     CK(cudaStreamCreate(&stream));
                     CK(cudaMemsetAsync(dy, 0xFF, (size_t)n * out * (f32_out ? 4 : 2), stream));
@@ -1021,9 +1023,9 @@ static const char *gemv_input_name(int kind) {
 /* The fused few-row product, every input kind x residual epilogue x output type x n = 1..8, against (a) the CPU
  * composition (bf16-rounded where the unfused sequence stores) and (b) the unfused GPU sequence (rmsnorm / swiglu
  * kernel, plain gemv, add kernel), which must give the same bits, and (c) the programmatic and the normal launch
- * (XLKV_GEMV=pdl, plain), same bits too. Shapes: the five tinyllama products, `in` 8 .. 5632 (multiples of the 2048-weight burst and not), odd
- * `out`. x rows are strided (x_stride > the minimum); the shapes it must refuse (f32, n > 8, in not a multiple of 8,
- * misaligned gain) are refused. */
+ * (XLKV_GEMV=pdl, pdl-registers, pdl-staged, plain), same bits too. Shapes: the five tinyllama products, `in` 8 .. 5632
+ * (multiples of the 2048-weight burst and not), odd `out`. x rows are strided (x_stride > the minimum); the shapes it
+ * must refuse (f32, n > 8, in not a multiple of 8, misaligned gain) are refused. */
 static void gemv_fused_matches_cpu_and_unfused(void **state) {
     (void)state;
     const xlkv_backend_ops *cpu = xlkv_backend_cpu();
@@ -1115,8 +1117,8 @@ static void gemv_fused_matches_cpu_and_unfused(void **state) {
                         free(unfused);
                         /* the programmatic launch (behind the poisoning kernel on its own stream), same arguments:
                          * the same bits */
-                        static const char *const choices[] = {"pdl", "plain"};
-                        for (int k = 0; k < 2; k++) {
+                        static const char *const choices[] = {"pdl", "pdl-registers", "pdl-staged", "plain"};
+                        for (int k = 0; k < 4; k++) {
                             if (accumulate) {
                                 upload(dz, y0, (size_t)n * out, out_dt);
                                 CK(cudaDeviceSynchronize());
@@ -1575,9 +1577,9 @@ static const char *fused_slots_name(const fused_case *c) {
     return c->write_slot < 0 ? "no-kv" : c->write_slot == c->read_slot ? "own-kv" : "other-kv";
 }
 
-/* Row positions: contexts crossing the 64-key tiles and the split boundaries (context t + 1 = 1, 63, 64, 65, 512,
- * 1000 and their neighbours), rotated by `salt` (with long_rows: max_positions - 1 - 37 (b + salt % 3)); row 1 is a padding row without a sequence (batch >= 3), row 2 one
- * without a position (batch >= 5). Each row its own sequence. */
+/* Row positions: contexts crossing the 64-key tiles and the split boundaries (context t + 1 = 1, 63, 64, 65, 512, 1000
+ * and their neighbours), rotated by `salt` (with long_rows: max_positions - 1 - 37 (b + salt % 3)); row 1 is a padding
+ * row without a sequence (batch >= 3), row 2 one without a position (batch >= 5). Each row its own sequence. */
 static void fused_rows(int batch, int max_positions, int long_rows, int salt, int *row_seq, int *row_pos) {
     static const int positions[] = {999, 0, 62, 63, 64, 511, 1000, 1, 65, 512, 127, 128};
     const int n = (int)(sizeof positions / sizeof positions[0]);
@@ -1592,8 +1594,9 @@ static void fused_rows(int batch, int max_positions, int long_rows, int salt, in
 
 /* Runs one case both ways and checks (a) the pool the fused kernel leaves is bit-identical to rope_kv_write's and
  * within bf16 rounding of the host's RoPE, (b) the output bit-identical to the unfused path (rope_kv_write, then
- * attention_decode) and within TOL_BF16 of the CPU attention on the host's pool, (c) rows that see nothing (padding, masked diagonal at 0, window 1 + diagonal) exactly zero, (d) qkv not
- * modified, (e) the counters back at zero. Returns the number of failed checks (printed as FAIL lines). */
+ * attention_decode) and within TOL_BF16 of the CPU attention on the host's pool, (c) rows that see nothing (padding,
+ * masked diagonal at 0, window 1 + diagonal) exactly zero, (d) qkv not modified, (e) the counters back at zero. Returns
+ * the number of failed checks (printed as FAIL lines). */
 static int run_fused_case(const fused_case *c, int salt) {
     const xlkv_backend_ops *ops = xlkv_backend_cpu();
     const xlkv_dtype dt = XLKV_DTYPE_BF16;

@@ -169,6 +169,18 @@ inline bool programmatic_launches() {
     return !(choice && strcmp(choice, "plain") == 0);
 }
 
+/* When a programmatic few-row product also sends each warp's third weight burst into shared memory before its wait
+ * (kernels_gemv.cu), from XLKV_GEMV (read at every launch): unset or "pdl" = for long products only (at least
+ * GEMV_STAGE_MIN_BURSTS bursts a warp: the logits), "pdl-staged" = always, "pdl-registers" or "plain" = never. Same
+ * bits every way. */
+enum class stage_policy { long_products, always, never };
+inline stage_policy third_burst_policy() {
+    const char *choice = getenv("XLKV_GEMV");
+    if (choice && strcmp(choice, "pdl-staged") == 0) return stage_policy::always;
+    if (choice && (strcmp(choice, "plain") == 0 || strcmp(choice, "pdl-registers") == 0)) return stage_policy::never;
+    return stage_policy::long_products;
+}
+
 /* kernel<<<blocks, threads, smem, stream>>>(args...) through cudaLaunchKernelEx with one launch attribute
  * (cooperative, programmatic stream serialization, ...); 0 or the launch's error. */
 template <typename... Params, typename... Args>

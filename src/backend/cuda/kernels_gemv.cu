@@ -21,7 +21,12 @@
  *   - epilogue: y = bf16/fp32(acc), or with `accumulate` the residual add y += round(acc) (the unfused product
  *     rounds to the output type before xlkv_cuda_add adds it).
  * The streaming kernel is launched as a programmatic dependent of the kernel before it (programmatic_launches in
- * kernels_common.cuh: the default; XLKV_GEMV=plain launches it normally); same bits. (The first
+ * kernels_common.cuh: the default; XLKV_GEMV=plain launches it normally); same bits. Launched so, each warp issues
+ * its first two bursts into registers and, where the shared memory has room without costing a resident CTA, its
+ * third into a 4 KB shared-memory slot by cp.async, all before it waits for the previous kernel: 12 KB a warp, a
+ * whole down row. Measured on the H100 (docs/CUDA.md) that third burst pays only where a warp streams many bursts
+ * (the logits product: ~15 a warp): with GEMV_STAGE_MIN_BURSTS the default stages it there only
+ * (third_burst_policy in kernels_common.cuh: XLKV_GEMV=pdl-staged always, pdl-registers never). (The first
  * kernel, rows round-robin with the input prepared row by row before any W load, was removed after the streaming
  * one had been measured faster on every shape: docs/CUDA.md.)
  * Cost: out x in x 2 bytes of W read once, plus n x in elements per CTA from L2. Accumulation in fp32.
@@ -43,7 +48,7 @@ namespace {
 template <int N, int INPUT, typename OutT>
 __global__ void __launch_bounds__(GEMV_THREADS, 2)
     gemv_stream_kernel(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain, float eps,
-                       const __nv_bfloat16 *w, int in, int out, int accumulate, int ahead) {
+                       const __nv_bfloat16 *w, int in, int out, int accumulate, int ahead, int staged) {
     extern __shared__ uint4 gemv_smem[];
     __shared__ float scratch[N * GEMV_WARPS];
     __nv_bfloat16 *xs = reinterpret_cast<__nv_bfloat16 *>(gemv_smem);
@@ -68,6 +73,17 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2)
     }
     if (ahead) issue_burst(next, w, in, n_chunks, next_row, next_burst, lane, next_row < out);
     bool next_issued = ahead;
+    /* with `staged` (a programmatic launch whose shared memory has room), the burst after those two goes to this
+     * warp's shared-memory slot, also before the wait: a down row (5,632 weights, three bursts) is then in flight
+     * whole from the start */
+    uint4 *stage = gemv_smem + input_bytes(N, in) / sizeof(uint4) + (size_t)(threadIdx.x >> 5) * BURST_CHUNKS;
+    int staged_row = next_row, staged_burst = next_burst + 1;
+    if (staged_burst == bursts) {
+        staged_burst = 0;
+        staged_row = next_row + warps;
+    }
+    bool stage_pending = staged && ahead && staged_row < out;
+    if (stage_pending) stage_burst(stage, w, in, n_chunks, staged_row, staged_burst, lane);
     /* launched as a programmatic dependent (the default) this kernel may start while the previous kernel of the
      * stream still runs: only W (constant) is read above; wait for that kernel's writes before x or y is touched,
      * then let the next dependent kernel start (no effect on a normally launched one) */
@@ -79,7 +95,14 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2)
 #pragma unroll
     for (int r = 0; r < N; r++) acc[r] = 0.0f;
     while (row < out) { /* warp-uniform */
-        if (!next_issued) issue_burst(next, w, in, n_chunks, next_row, next_burst, lane, next_row < out);
+        if (!next_issued) {
+            if (stage_pending && next_row == staged_row && next_burst == staged_burst) {
+                unstage_burst(next, stage, lane);
+                stage_pending = false;
+            } else {
+                issue_burst(next, w, in, n_chunks, next_row, next_burst, lane, next_row < out);
+            }
+        }
         next_issued = false;
         use_burst<N>(acc, cur, xs, in, n_chunks, burst, lane);
         if (next_burst == 0) { /* the row is complete */
@@ -101,11 +124,20 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2)
     }
 }
 
+/* Resident CTAs of `kernel` with `smem` bytes of dynamic shared memory (0 on error, *err set). */
+template <typename Kernel> long long resident_ctas(Kernel kernel, size_t smem, cudaError_t *err) {
+    int device = 0, sms = 0, per_sm = 0;
+    *err = cudaGetDevice(&device);
+    if (*err == cudaSuccess) *err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (*err == cudaSuccess) *err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, GEMV_THREADS, smem);
+    return *err == cudaSuccess ? (long long)(sms > 0 ? sms : 1) * (per_sm > 0 ? per_sm : 1) : 0;
+}
+
 template <int N, int INPUT, typename OutT>
 int launch_one(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain, float eps,
                const __nv_bfloat16 *w, int in, int out, int accumulate, bool programmatic, cudaStream_t stream) {
     auto kernel = gemv_stream_kernel<N, INPUT, OutT>;
-    const size_t smem = input_bytes(N, in);
+    const size_t input = input_bytes(N, in);
     static bool attribute_set = false; /* one per instantiation */
     if (!attribute_set) {
         const cudaError_t err =
@@ -113,32 +145,42 @@ int launch_one(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat1
         if (err != cudaSuccess) return (int)err;
         attribute_set = true;
     }
-    /* resident CTAs for this shared-memory size, remembered for the last size asked (the grid only sets how rows
-     * are spread over the warps: any value >= 1 computes the same result; at most one warp per row) */
-    static size_t cached_smem = (size_t)-1;
-    static long long cached_resident = 0;
-    long long resident = cached_smem == smem ? cached_resident : 0;
-    if (resident <= 0) {
-        int device = 0, sms = 0, per_sm = 0;
-        cudaError_t err = cudaGetDevice(&device);
-        if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-        if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, GEMV_THREADS, smem);
+    /* resident CTAs for this input size, with and without the staging slots, remembered for the last size asked
+     * (the grid only sets how rows are spread over the warps: any value >= 1 computes the same result; at most one
+     * warp per row). The third burst is staged only where the slots cost no resident CTA. */
+    static size_t cached_input = (size_t)-1;
+    static long long cached_resident = 0, cached_resident_staged = 0;
+    if (cached_input != input) {
+        cudaError_t err = cudaSuccess;
+        cached_resident = resident_ctas(kernel, input, &err);
         if (err != cudaSuccess) return (int)err;
-        resident = (long long)(sms > 0 ? sms : 1) * (per_sm > 0 ? per_sm : 1);
-        cached_resident = resident;
-        cached_smem = smem;
+        cached_resident_staged = input + STAGE_BYTES <= (size_t)max_input_bytes()
+                                     ? resident_ctas(kernel, input + STAGE_BYTES, &err)
+                                     : 0;
+        (void)cudaGetLastError(); /* a refused size only means no staging */
+        cached_input = input;
     }
+    const long long resident = cached_resident;
     const long long needed = ((long long)out + GEMV_WARPS - 1) / GEMV_WARPS;
+    const long long warps = (needed < resident ? needed : resident) * GEMV_WARPS;
+    const long long row_bursts = ((long long)in / CHUNK + BURST_CHUNKS - 1) / BURST_CHUNKS;
+    const long long bursts_per_warp = ((long long)out + warps - 1) / warps * row_bursts;
+    const stage_policy policy = third_burst_policy();
+    const bool staged = programmatic && cached_resident_staged >= resident &&
+                        (policy == stage_policy::always ||
+                         (policy == stage_policy::long_products && bursts_per_warp >= GEMV_STAGE_MIN_BURSTS));
+    const size_t smem = input + (staged ? STAGE_BYTES : 0);
     const int blocks = (int)(needed < resident ? needed : resident);
     const int ahead = programmatic ? 1 : 0; /* see gemv_stream_kernel: a run-time value on purpose */
+    const int stage = staged ? 1 : 0;
     if (programmatic) {
         cudaLaunchAttribute attribute = {};
         attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
         attribute.val.programmaticStreamSerializationAllowed = 1;
         return launch_with_attribute(attribute, kernel, blocks, GEMV_THREADS, smem, stream, y, x, x_stride, gain, eps, w,
-                                     in, out, accumulate, ahead);
+                                     in, out, accumulate, ahead, stage);
     }
-    kernel<<<blocks, GEMV_THREADS, smem, stream>>>(y, x, x_stride, gain, eps, w, in, out, accumulate, ahead);
+    kernel<<<blocks, GEMV_THREADS, smem, stream>>>(y, x, x_stride, gain, eps, w, in, out, accumulate, ahead, stage);
     return launch_status();
 }
 

@@ -41,6 +41,29 @@ __device__ __forceinline__ void issue_burst(uint4 (&raw)[GEMV_UNROLL], const __n
     }
 }
 
+/* Burst `burst` of row `row` into this warp's shared-memory slot (chunk u * 32 + lane at stage[u * 32 + lane]) by
+ * cp.async (L2 only, as load_weights skips L1), zeros where past the row; one commit group. Read back with
+ * unstage_burst after cp_async_wait: each lane reads only what it copied. */
+__device__ __forceinline__ void stage_burst(uint4 *stage, const __nv_bfloat16 *w, int in, int n_chunks, int row,
+                                            int burst, int lane) {
+    const uint4 *w_row = reinterpret_cast<const uint4 *>(w + (size_t)row * (size_t)in);
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; u++) {
+        const int c = burst * BURST_CHUNKS + u * 32 + lane;
+        const unsigned dst = (unsigned)__cvta_generic_to_shared(stage + u * 32 + lane);
+        const int bytes = c < n_chunks ? 16 : 0;
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(w_row + (c < n_chunks ? c : 0)),
+                     "r"(bytes));
+    }
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+
+__device__ __forceinline__ void unstage_burst(uint4 (&raw)[GEMV_UNROLL], const uint4 *stage, int lane) {
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; u++) raw[u] = stage[u * 32 + lane];
+}
+
 /* The epilogue of a row for output type OutT (lane 0 of the warp that owns the row): y = round(acc), or with
  * `accumulate` the residual add y += round(acc) (rounded to OutT first, as the unfused product before xlkv_cuda_add). */
 template <int N, typename OutT>
@@ -144,7 +167,12 @@ __device__ void prepare_rows(__nv_bfloat16 *xs, const __nv_bfloat16 *x, int x_st
     __syncthreads();
 }
 
-inline size_t input_bytes(int n, int in) { return (size_t)n * (size_t)in * sizeof(__nv_bfloat16); }
+__host__ __device__ inline size_t input_bytes(int n, int in) { return (size_t)n * (size_t)in * sizeof(__nv_bfloat16); }
+
+/* Shared memory of the staged third bursts (kernels_gemv.cu): one burst slot per warp; the default stages them for
+ * products of at least GEMV_STAGE_MIN_BURSTS bursts a warp. */
+constexpr size_t STAGE_BYTES = (size_t)GEMV_WARPS * BURST_CHUNKS * 16;
+constexpr long long GEMV_STAGE_MIN_BURSTS = 8;
 
 inline int max_input_bytes() {
     static int bytes = -1; /* per process; the device of the first call (the engine uses one device) */
