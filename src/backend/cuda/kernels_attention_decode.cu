@@ -40,11 +40,12 @@
  *      (write_slot; -1 for a layer without KV) and, when it reads that row itself (the layer reads the slot it writes
  *      and t is visible), keeps it in shared memory: pass 1 takes row t from there, not from the pool (no fence, no
  *      round trip). Other CTAs read only positions of their own splits (< t or in another slot), already in the pool.
- *      Padding rows (seq < 0 or t < 0) write nothing; their partials say "nothing visible", so they combine to zeros;
+ *      Padding rows (seq < 0 or t < 0) write nothing. Only the row's visible splits go on (the grid is sized for the
+ *      longest context: at batch 1 most CTAs stop here); a row that sees nothing gets zeros from split 0's CTA;
  *   2. runs the split's pass 1 (mma_attend_split, the body of the tensor-core kernel, shared by both);
- *   3. fences its partial, counts itself on the (row, KV head) counter; the last CTA to count stages the visible
- *      splits' partials of the G heads into shared memory with every load in flight at once (one L2 round trip; from
- *      L2 directly when they do not fit: long contexts), combines them (combine_head, shared with
+ *   3. fences its partial, counts itself on the (row, KV head) counter; the last of the visible splits to count
+ *      stages their partials of the G heads into shared memory with every load in flight at once (one L2 round trip;
+ *      from L2 directly when they do not fit: long contexts), combines them (combine_head, shared with
  *      decode_combine_kernel) and sets the counter back to 0: every launch leaves the counters zero, so a captured
  *      graph replays and one array serves every layer.
  * The result is bit-identical to rope_kv_write + the two launches (same rotated q bits, same pass 1, same combine
@@ -846,8 +847,8 @@ __device__ __forceinline__ void stage_group_partials(const decode_params<__nv_bf
 }
 
 /* Grid (row, KV head, split). Each CTA: 1. RoPE and the new row (rope_and_write_row), the split's block-table entries
- * loaded beside them; 2. the split's partial (mma_attend_split, the new row from shared memory); 3. a count on the
- * (row, KV head) counter: the last CTA combines the G heads and re-arms the counter. */
+ * loaded beside them; then, for the row's visible splits only, 2. the split's partial (mma_attend_split, the new row
+ * from shared memory); 3. a count on the (row, KV head) counter: the last CTA combines the G heads and re-arms it. */
 template <int D>
 __global__ void __launch_bounds__(DECODE_THREADS) decode_fused_kernel(decode_params<__nv_bfloat16> p, fused_extra f) {
     __shared__ __align__(16) __nv_bfloat16 s_q[MMA_MAX_GROUP * D];
@@ -874,6 +875,20 @@ __global__ void __launch_bounds__(DECODE_THREADS) decode_fused_kernel(decode_par
     if (live) rope_and_write_row<D>(p, f, b, kv_head, seq, t, lo <= hi, writes, s_q, own ? s_own : nullptr);
     __syncthreads(); /* queries, new row and block entries visible to the whole CTA before pass 1 */
 
+    /* Only the row's visible splits compute, count and combine (the combine reads nothing else): the grid is sized
+     * for the longest context (graph-safe), so at batch 1 most CTAs stop here. A row that sees nothing gets its
+     * zeros from split 0's CTA. */
+    int s_first, s_final;
+    visible_splits(seq, t, p.window, p.mask_diagonal, p.n_splits, p.split_size, &s_first, &s_final);
+    const int n_visible = s_final - s_first + 1;
+    const size_t h0 = (size_t)b * p.n_heads + (size_t)kv_head * G;
+    if (n_visible <= 0) {
+        if (split == 0)
+            for (int i = tid; i < G * D; i += blockDim.x) f.out[h0 * D + i] = __float2bfloat16(0.0f);
+        return;
+    }
+    if (split < s_first || split > s_final) return;
+
     /* 2. the split's partial */
     mma_attend_split<D>(p, s_q, b, kv_head, split, workspace_partial<D>(p, b, kv_head, split), true, own ? t : -1,
                         s_own);
@@ -882,17 +897,13 @@ __global__ void __launch_bounds__(DECODE_THREADS) decode_fused_kernel(decode_par
     __threadfence(); /* this CTA's partial is visible device-wide before its count */
     __syncthreads();
     unsigned *counter = f.counters + (size_t)b * p.n_kv_heads + kv_head;
-    if (tid == 0) s_last = atomicAdd(counter, 1u) == (unsigned)(p.n_splits - 1);
+    if (tid == 0) s_last = atomicAdd(counter, 1u) == (unsigned)(n_visible - 1);
     __syncthreads();
     if (!s_last) return;
     __threadfence(); /* every other CTA's partial is visible: they counted after their fence */
-    int s_first, s_final;
-    visible_splits(seq, t, p.window, p.mask_diagonal, p.n_splits, p.split_size, &s_first, &s_final);
-    const int n_visible = s_final - s_first + 1;
-    const size_t h0 = (size_t)b * p.n_heads + (size_t)kv_head * G;
     constexpr int LANES = combine_lanes<D>();
     const int j = tid / LANES;
-    if (n_visible > 0 && group_partials_fit<D>(G, n_visible)) { /* uniform over the CTA */
+    if (group_partials_fit<D>(G, n_visible)) { /* uniform over the CTA */
         float *st_acc = reinterpret_cast<float *>(smem_raw), *st_max = st_acc + (size_t)G * n_visible * D;
         float *st_sum = st_max + G * n_visible;
         stage_group_partials<D>(p, h0, G, s_first, n_visible, st_acc, st_max, st_sum);
@@ -904,7 +915,7 @@ __global__ void __launch_bounds__(DECODE_THREADS) decode_fused_kernel(decode_par
         const workspace_partials parts = {p.part_acc, p.part_max, p.part_sum, (h0 + j) * p.n_splits, D};
         combine_head<__nv_bfloat16>(f.out + (h0 + j) * D, parts, D, s_first, s_final, tid % LANES, LANES);
     }
-    if (tid == 0) *counter = 0u; /* every split has counted: safe to re-arm for the next launch / graph replay */
+    if (tid == 0) *counter = 0u; /* every visible split has counted: safe to re-arm for the next launch / replay */
 }
 
 template <int D> int launch_fused(const decode_params<__nv_bfloat16> &p, const fused_extra &f, int batch,
