@@ -74,8 +74,10 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2)
     if (ahead) issue_burst(next, w, in, n_chunks, next_row, next_burst, lane, next_row < out);
     bool next_issued = ahead;
     /* with `staged` (a programmatic launch whose shared memory has room), the burst after those two goes to this
-     * warp's shared-memory slot, also before the wait: a down row (5,632 weights, three bursts) is then in flight
-     * whole from the start */
+     * warp's shared-memory slot, also before the wait. Measured (docs/CUDA.md, 2026-11-26): this kernel decodes 3-4%
+     * faster in the engine than the one before it had this path, even where `staged` is 0 (117-124 registers
+     * against ~110; the same 16 loads before the wait), for reasons not found: re-measure against the previous
+     * kernel when this loop changes, not only the SASS. */
     uint4 *stage = gemv_smem + input_bytes(N, in) / sizeof(uint4) + (size_t)(threadIdx.x >> 5) * BURST_CHUNKS;
     int staged_row = next_row, staged_burst = next_burst + 1;
     if (staged_burst == bursts) {
