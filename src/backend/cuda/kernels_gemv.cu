@@ -164,7 +164,8 @@ int launch_one(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat1
     }
     const long long resident = cached_resident;
     const long long needed = ((long long)out + GEMV_WARPS - 1) / GEMV_WARPS;
-    const long long warps = (needed < resident ? needed : resident) * GEMV_WARPS;
+    const int blocks = (int)(needed < resident ? needed : resident);
+    const long long warps = (long long)blocks * GEMV_WARPS;
     const long long row_bursts = ((long long)in / CHUNK + BURST_CHUNKS - 1) / BURST_CHUNKS;
     const long long bursts_per_warp = ((long long)out + warps - 1) / warps * row_bursts;
     const stage_policy policy = third_burst_policy();
@@ -172,7 +173,6 @@ int launch_one(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat1
                         (policy == stage_policy::always ||
                          (policy == stage_policy::long_products && bursts_per_warp >= GEMV_STAGE_MIN_BURSTS));
     const size_t smem = input + (staged ? STAGE_BYTES : 0);
-    const int blocks = (int)(needed < resident ? needed : resident);
     const int ahead = programmatic ? 1 : 0; /* see gemv_stream_kernel: a run-time value on purpose */
     const int stage = staged ? 1 : 0;
     if (programmatic) {
