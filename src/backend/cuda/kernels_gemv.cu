@@ -126,15 +126,6 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2)
     }
 }
 
-/* Resident CTAs of `kernel` with `smem` bytes of dynamic shared memory (0 on error, *err set). */
-template <typename Kernel> long long resident_ctas(Kernel kernel, size_t smem, cudaError_t *err) {
-    int device = 0, sms = 0, per_sm = 0;
-    *err = cudaGetDevice(&device);
-    if (*err == cudaSuccess) *err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    if (*err == cudaSuccess) *err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, GEMV_THREADS, smem);
-    return *err == cudaSuccess ? (long long)(sms > 0 ? sms : 1) * (per_sm > 0 ? per_sm : 1) : 0;
-}
-
 template <int N, int INPUT, typename OutT>
 int launch_one(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain, float eps,
                const __nv_bfloat16 *w, int in, int out, int accumulate, bool programmatic, cudaStream_t stream) {
@@ -156,6 +147,7 @@ int launch_one(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat1
         cudaError_t err = cudaSuccess;
         cached_resident = resident_ctas(kernel, input, &err);
         if (err != cudaSuccess) return (int)err;
+        if (cached_resident < 1) cached_resident = 1; /* none fits: the launch reports it */
         cached_resident_staged = input + STAGE_BYTES <= (size_t)max_input_bytes()
                                      ? resident_ctas(kernel, input + STAGE_BYTES, &err)
                                      : 0;

@@ -155,14 +155,10 @@ template <int N> int launch_chain(const chain_params &p, size_t smem, int max_ou
     static long long cached_resident = 0;
     long long resident = cached_smem == smem ? cached_resident : 0;
     if (resident <= 0) {
-        int device = 0, sms = 0, per_sm = 0;
-        cudaError_t err = cudaGetDevice(&device);
-        if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-        if (err == cudaSuccess)
-            err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, GEMV_THREADS, smem);
+        cudaError_t err = cudaSuccess;
+        resident = resident_ctas(kernel, smem, &err);
         if (err != cudaSuccess) return (int)err;
-        if (per_sm < 1) return (int)cudaErrorCooperativeLaunchTooLarge; /* not even one CTA fits */
-        resident = (long long)(sms > 0 ? sms : 1) * per_sm;
+        if (resident < 1) return (int)cudaErrorCooperativeLaunchTooLarge; /* not even one CTA fits */
         cached_resident = resident;
         cached_smem = smem;
     }

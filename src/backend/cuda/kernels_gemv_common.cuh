@@ -7,6 +7,7 @@
 #define XLKV_BACKEND_CUDA_KERNELS_GEMV_COMMON_CUH
 
 #include "backend/cuda/kernels_common.cuh"
+#include "backend/cuda/kernels_mma.cuh"
 
 namespace xlkv_cuda {
 namespace gemv {
@@ -50,16 +51,13 @@ __device__ __forceinline__ void stage_burst(uint4 *stage, const __nv_bfloat16 *w
 #pragma unroll
     for (int u = 0; u < GEMV_UNROLL; u++) {
         const int c = burst * BURST_CHUNKS + u * 32 + lane;
-        const unsigned dst = (unsigned)__cvta_generic_to_shared(stage + u * 32 + lane);
-        const int bytes = c < n_chunks ? 16 : 0;
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(w_row + (c < n_chunks ? c : 0)),
-                     "r"(bytes));
+        cp_async_16(stage + u * 32 + lane, w_row + (c < n_chunks ? c : 0), c < n_chunks);
     }
-    asm volatile("cp.async.commit_group;\n" ::);
+    cp_async_commit();
 }
 
 __device__ __forceinline__ void unstage_burst(uint4 (&raw)[GEMV_UNROLL], const uint4 *stage, int lane) {
-    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+    cp_async_wait<0>();
 #pragma unroll
     for (int u = 0; u < GEMV_UNROLL; u++) raw[u] = stage[u * 32 + lane];
 }
@@ -168,6 +166,16 @@ __device__ void prepare_rows(__nv_bfloat16 *xs, const __nv_bfloat16 *x, int x_st
 }
 
 __host__ __device__ inline size_t input_bytes(int n, int in) { return (size_t)n * (size_t)in * sizeof(__nv_bfloat16); }
+
+/* CTAs of `kernel` resident at once with `smem` bytes of dynamic shared memory: multiprocessors x CTAs per
+ * multiprocessor, 0 when none fits (and 0 with *err set on a CUDA error). */
+template <typename Kernel> long long resident_ctas(Kernel kernel, size_t smem, cudaError_t *err) {
+    int device = 0, sms = 0, per_sm = 0;
+    *err = cudaGetDevice(&device);
+    if (*err == cudaSuccess) *err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (*err == cudaSuccess) *err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, GEMV_THREADS, smem);
+    return *err == cudaSuccess ? (long long)(sms > 0 ? sms : 1) * per_sm : 0;
+}
 
 /* Shared memory of the staged third bursts (kernels_gemv.cu): one burst slot per warp; the default stages them for
  * products of at least GEMV_STAGE_MIN_BURSTS bursts a warp. */
