@@ -43,6 +43,8 @@ using namespace xlkv_cuda::gemv;
 
 namespace {
 
+constexpr int GEMV_RESIDUAL_AHEAD_ROWS = 4;
+
 /* ---- the streaming kernel ---- */
 
 template <int N, int INPUT, typename OutT>
@@ -93,10 +95,14 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2)
     allow_next_kernel();
     prepare_rows<N, INPUT>(xs, x, x_stride, gain, eps, in, scratch); /* every thread: it has barriers */
 
-    float acc[N];
+    float acc[N], resid[N];
 #pragma unroll
     for (int r = 0; r < N; r++) acc[r] = 0.0f;
     while (row < out) { /* warp-uniform */
+        /* a residual add's y values load as the row starts: the row's bursts hide their L2 round trip (up to
+         * GEMV_RESIDUAL_AHEAD_ROWS rows: more spilled registers) */
+        if (N <= GEMV_RESIDUAL_AHEAD_ROWS && accumulate && burst == 0 && lane == 0)
+            load_residual<N, OutT>(y, out, row, resid);
         if (!next_issued) {
             if (stage_pending && next_row == staged_row && next_burst == staged_burst) {
                 unstage_burst(next, stage, lane);
@@ -110,7 +116,7 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2)
         if (next_burst == 0) { /* the row is complete */
 #pragma unroll
             for (int r = 0; r < N; r++) acc[r] = warp_sum(acc[r]);
-            if (lane == 0) store_row<N, OutT>(y, out, row, accumulate, acc);
+            if (lane == 0) store_row<N, OutT>(y, out, row, accumulate, acc, N <= GEMV_RESIDUAL_AHEAD_ROWS ? resid : nullptr);
 #pragma unroll
             for (int r = 0; r < N; r++) acc[r] = 0.0f;
         }
@@ -136,6 +142,7 @@ int launch_one(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat1
         const cudaError_t err =
             cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_input_bytes());
         if (err != cudaSuccess) return (int)err;
+        prefer_shared_carveout(kernel);
         attribute_set = true;
     }
     /* resident CTAs for this input size, with and without the staging slots, remembered for the last size asked

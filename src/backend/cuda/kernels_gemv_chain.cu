@@ -66,12 +66,12 @@ template <int N>
 __device__ __forceinline__ void prepare_stage(__nv_bfloat16 *xs, const chain_stage &s, float *scratch) {
     switch (s.kind) { /* block-uniform: every thread reaches the barriers of the same variant */
     case XLKV_GEMV_INPUT_RMSNORM:
-        prepare_rows<N, XLKV_GEMV_INPUT_RMSNORM>(xs, s.x, s.x_stride, s.gain, s.eps, s.in, scratch);
+        prepare_rows<N, XLKV_GEMV_INPUT_RMSNORM, 1>(xs, s.x, s.x_stride, s.gain, s.eps, s.in, scratch);
         break;
     case XLKV_GEMV_INPUT_SWIGLU:
-        prepare_rows<N, XLKV_GEMV_INPUT_SWIGLU>(xs, s.x, s.x_stride, s.gain, s.eps, s.in, scratch);
+        prepare_rows<N, XLKV_GEMV_INPUT_SWIGLU, 1>(xs, s.x, s.x_stride, s.gain, s.eps, s.in, scratch);
         break;
-    default: prepare_rows<N, XLKV_GEMV_INPUT_PLAIN>(xs, s.x, s.x_stride, s.gain, s.eps, s.in, scratch); break;
+    default: prepare_rows<N, XLKV_GEMV_INPUT_PLAIN, 1>(xs, s.x, s.x_stride, s.gain, s.eps, s.in, scratch); break;
     }
 }
 
@@ -149,6 +149,7 @@ template <int N> int launch_chain(const chain_params &p, size_t smem, int max_ou
         const cudaError_t err =
             cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_input_bytes());
         if (err != cudaSuccess) return (int)err;
+        prefer_shared_carveout(kernel);
         attribute_set = true;
     }
     static size_t cached_smem = (size_t)-1; /* resident CTAs for the last size asked */

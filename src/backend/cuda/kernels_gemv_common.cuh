@@ -63,15 +63,30 @@ __device__ __forceinline__ void unstage_burst(uint4 (&raw)[GEMV_UNROLL], const u
 }
 
 /* The epilogue of a row for output type OutT (lane 0 of the warp that owns the row): y = round(acc), or with
- * `accumulate` the residual add y += round(acc) (rounded to OutT first, as the unfused product before xlkv_cuda_add). */
+ * `accumulate` the residual add y += round(acc) (rounded to OutT first, as the unfused product before xlkv_cuda_add).
+ * resid: y's values of the row loaded earlier by load_residual (so that the add waits for no load at the end of the
+ * row), or null to read them here. */
 template <int N, typename OutT>
-__device__ __forceinline__ void store_row(OutT *y, int out, int row, int accumulate, const float (&acc)[N]) {
+__device__ __forceinline__ void store_row(OutT *y, int out, int row, int accumulate, const float (&acc)[N],
+                                          const float *resid = nullptr) {
 #pragma unroll
     for (int r = 0; r < N; r++) {
         OutT *dst = y + (size_t)r * out + row;
         const OutT product = from_float<OutT>(acc[r]);
-        *dst = accumulate ? from_float<OutT>(to_float<OutT>(*dst) + to_float<OutT>(product)) : product;
+        if (accumulate) {
+            const float before = resid ? resid[r] : to_float<OutT>(*dst);
+            *dst = from_float<OutT>(before + to_float<OutT>(product));
+        } else {
+            *dst = product;
+        }
     }
+}
+
+/* y's values of row `row` (the residual that store_row adds to), for a warp to load when it starts the row. */
+template <int N, typename OutT>
+__device__ __forceinline__ void load_residual(const OutT *y, int out, int row, float (&resid)[N]) {
+#pragma unroll
+    for (int r = 0; r < N; r++) resid[r] = to_float<OutT>(y[(size_t)r * out + row]);
 }
 
 /* acc[r] += the burst's weights . xs row r, chunk by chunk in ascending order. */
@@ -95,24 +110,55 @@ __device__ __forceinline__ void use_burst(float (&acc)[N], const uint4 (&raw)[GE
     }
 }
 
+/* (row, chunk) pieces of the SwiGLU preparation whose loads are issued together before any is used (3: a down row
+ * of 5,632 at batch 1 in one group; 4 made the SwiGLU kernels spill). */
+constexpr int SWIGLU_GROUP = 3;
+
 /* prepare_input with the N rows side by side: the RMSNorm sums of squares of all rows are reduced with one barrier
  * pair (per row: the same per-thread partition, the same warp butterfly and the same warp order as block_sum, hence
- * the same bits). `scratch`: N * GEMV_WARPS floats. Ends with a barrier. */
-template <int N, int INPUT>
+ * the same bits). `scratch`: N * GEMV_WARPS floats. Ends with a barrier.
+ * This runs after the wait for the previous kernel, on the path to the first use of the weights, so its global loads
+ * are issued together, not one dependent L2 round trip per chunk: a store to shared memory between two loads would
+ * keep the compiler from hoisting the second (it cannot prove the pointers apart). RMSNorm: when a row is at most one
+ * chunk per thread (in <= 2048: every tinyllama norm) the x chunks and the gain chunk are loaded once, together,
+ * before the reduction, and kept in registers. SwiGLU: the gate and up chunks of GROUP (row, chunk) pieces are
+ * loaded before any of them is used (a down row of 5,632: one round trip instead of three); a copy loads its rows' chunk
+ * together. Same values either way. GROUP = 1 keeps the loads one piece at a time and the x chunks out of registers:
+ * the chain (kernels_gemv_chain.cu) inlines all three preparations into one kernel, which then spilled. */
+template <int N, int INPUT, int GROUP = SWIGLU_GROUP>
 __device__ void prepare_rows(__nv_bfloat16 *xs, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain,
                              float eps, int in, float *scratch) {
+    constexpr int PASS = GEMV_THREADS * CHUNK; /* elements all threads cover per chunk step */
     if (INPUT == XLKV_GEMV_INPUT_RMSNORM) {
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        const int i0 = threadIdx.x * CHUNK;
         float ss[N];
 #pragma unroll
         for (int r = 0; r < N; r++) ss[r] = 0.0f;
-        for (int i = threadIdx.x * CHUNK; i < in; i += GEMV_THREADS * CHUNK) {
+        const bool one_chunk = GROUP > 1 && in <= PASS; /* uniform */
+        uint4 x_raw[N], gain_raw = make_uint4(0u, 0u, 0u, 0u);
+        if (one_chunk) {
+            if (i0 < in) {
+                gain_raw = *reinterpret_cast<const uint4 *>(gain + i0);
 #pragma unroll
-            for (int r = 0; r < N; r++) {
-                float xv[CHUNK];
-                load_vec<__nv_bfloat16>(x + (size_t)r * x_stride + i, xv);
+                for (int r = 0; r < N; r++) x_raw[r] = *reinterpret_cast<const uint4 *>(x + (size_t)r * x_stride + i0);
 #pragma unroll
-                for (int j = 0; j < CHUNK; j++) ss[r] += xv[j] * xv[j];
+                for (int r = 0; r < N; r++) {
+                    float xv[CHUNK];
+                    widen_bf16x8(x_raw[r], xv);
+#pragma unroll
+                    for (int j = 0; j < CHUNK; j++) ss[r] += xv[j] * xv[j];
+                }
+            }
+        } else {
+            for (int i = i0; i < in; i += PASS) {
+#pragma unroll
+                for (int r = 0; r < N; r++) {
+                    float xv[CHUNK];
+                    load_vec<__nv_bfloat16>(x + (size_t)r * x_stride + i, xv);
+#pragma unroll
+                    for (int j = 0; j < CHUNK; j++) ss[r] += xv[j] * xv[j];
+                }
             }
         }
 #pragma unroll
@@ -129,37 +175,69 @@ __device__ void prepare_rows(__nv_bfloat16 *xs, const __nv_bfloat16 *x, int x_st
             for (int v = 0; v < GEMV_WARPS; v++) total += scratch[r * GEMV_WARPS + v];
             inv[r] = 1.0f / sqrtf(total / (float)in + eps);
         }
-        for (int i = threadIdx.x * CHUNK; i < in; i += GEMV_THREADS * CHUNK) {
-            float gv[CHUNK];
-            load_vec<__nv_bfloat16>(gain + i, gv);
+        if (one_chunk) {
+            if (i0 < in) {
+                float gv[CHUNK];
+                widen_bf16x8(gain_raw, gv);
 #pragma unroll
-            for (int r = 0; r < N; r++) {
-                float xv[CHUNK], ov[CHUNK];
-                load_vec<__nv_bfloat16>(x + (size_t)r * x_stride + i, xv);
+                for (int r = 0; r < N; r++) {
+                    float xv[CHUNK], ov[CHUNK];
+                    widen_bf16x8(x_raw[r], xv);
 #pragma unroll
-                for (int j = 0; j < CHUNK; j++) ov[j] = gv[j] * (inv[r] * xv[j]);
-                store_vec<__nv_bfloat16>(xs + (size_t)r * in + i, ov);
+                    for (int j = 0; j < CHUNK; j++) ov[j] = gv[j] * (inv[r] * xv[j]);
+                    store_vec<__nv_bfloat16>(xs + (size_t)r * in + i0, ov);
+                }
+            }
+        } else {
+            for (int i = i0; i < in; i += PASS) {
+                float gv[CHUNK];
+                load_vec<__nv_bfloat16>(gain + i, gv);
+#pragma unroll
+                for (int r = 0; r < N; r++) {
+                    float xv[CHUNK], ov[CHUNK];
+                    load_vec<__nv_bfloat16>(x + (size_t)r * x_stride + i, xv);
+#pragma unroll
+                    for (int j = 0; j < CHUNK; j++) ov[j] = gv[j] * (inv[r] * xv[j]);
+                    store_vec<__nv_bfloat16>(xs + (size_t)r * in + i, ov);
+                }
             }
         }
     } else if (INPUT == XLKV_GEMV_INPUT_SWIGLU) {
-        for (int i = threadIdx.x * CHUNK; i < in; i += GEMV_THREADS * CHUNK) {
+        const int per_row = (in + PASS - 1) / PASS; /* chunk steps of a row */
+        const int pieces = N * per_row;
+        for (int p0 = 0; p0 < pieces; p0 += GROUP) {
+            uint4 g_raw[GROUP], u_raw[GROUP];
 #pragma unroll
-            for (int r = 0; r < N; r++) {
-                const __nv_bfloat16 *xr = x + (size_t)r * x_stride;
-                float gv[CHUNK], uv[CHUNK];
-                load_vec<__nv_bfloat16>(xr + i, gv);
-                load_vec<__nv_bfloat16>(xr + in + i, uv);
+            for (int k = 0; k < GROUP; k++) {
+                const int piece = p0 + k, r = piece / per_row;
+                const int i = threadIdx.x * CHUNK + (piece - r * per_row) * PASS;
+                if (piece < pieces && i < in) {
+                    const __nv_bfloat16 *xr = x + (size_t)r * x_stride;
+                    g_raw[k] = *reinterpret_cast<const uint4 *>(xr + i);
+                    u_raw[k] = *reinterpret_cast<const uint4 *>(xr + in + i);
+                }
+            }
 #pragma unroll
-                for (int j = 0; j < CHUNK; j++) gv[j] = silu_times(gv[j], uv[j]);
-                store_vec<__nv_bfloat16>(xs + (size_t)r * in + i, gv);
+            for (int k = 0; k < GROUP; k++) {
+                const int piece = p0 + k, r = piece / per_row;
+                const int i = threadIdx.x * CHUNK + (piece - r * per_row) * PASS;
+                if (piece < pieces && i < in) {
+                    float gv[CHUNK], uv[CHUNK];
+                    widen_bf16x8(g_raw[k], gv);
+                    widen_bf16x8(u_raw[k], uv);
+#pragma unroll
+                    for (int j = 0; j < CHUNK; j++) gv[j] = silu_times(gv[j], uv[j]);
+                    store_vec<__nv_bfloat16>(xs + (size_t)r * in + i, gv);
+                }
             }
         }
     } else {
-        for (int i = threadIdx.x * CHUNK; i < in; i += GEMV_THREADS * CHUNK) {
+        for (int i = threadIdx.x * CHUNK; i < in; i += PASS) { /* the rows' loads together, then the stores */
+            uint4 raw[N];
 #pragma unroll
-            for (int r = 0; r < N; r++)
-                *reinterpret_cast<uint4 *>(xs + (size_t)r * in + i) =
-                    *reinterpret_cast<const uint4 *>(x + (size_t)r * x_stride + i);
+            for (int r = 0; r < N; r++) raw[r] = *reinterpret_cast<const uint4 *>(x + (size_t)r * x_stride + i);
+#pragma unroll
+            for (int r = 0; r < N; r++) *reinterpret_cast<uint4 *>(xs + (size_t)r * in + i) = raw[r];
         }
     }
     __syncthreads();
