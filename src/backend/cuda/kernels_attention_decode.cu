@@ -928,6 +928,11 @@ template <int D> int launch_fused(const decode_params<__nv_bfloat16> &p, const f
         if (err != cudaSuccess) return (int)err;
         smem_limit_raised = true;
     }
+    static bool carveout_set = false; /* once per instantiation */
+    if (!carveout_set) {
+        prefer_shared_carveout(decode_fused_kernel<D>);
+        carveout_set = true;
+    }
     const dim3 grid(batch, p.n_kv_heads, p.n_splits);
     decode_fused_kernel<D><<<grid, DECODE_THREADS, smem, stream>>>(p, f);
     return launch_status();

@@ -160,6 +160,25 @@ __device__ __forceinline__ float block_max(float x, float *scratch) {
 
 inline int launch_status() { return (int)cudaGetLastError(); }
 
+/* Asks for the largest shared-memory carveout (cudaSharedmemCarveoutMaxShared: 228 KB of shared memory, the rest of
+ * the 256 KB L1) for `kernel`; called once per kernel function by the launchers of every kernel the few-row decode
+ * step runs (embedding, products, fused attention, sampler). Without it the driver picks a carveout per kernel from
+ * its shared-memory use; a multiprocessor changes carveout only when idle, so a kernel whose choice differs from the
+ * previous kernel's cannot put CTAs beside that kernel's last ones, which is what programmatic launches rely on.
+ * Measured on the H100 (bench_gpu_step, batch 1, context 512): the step graph took 1,146 us with the driver's choices
+ * and 1,068 us with this one on the products and the fused attention (docs/CUDA.md). None of these kernels relies
+ * on L1 (weights and K/V bypass it). XLKV_CARVEOUT=driver leaves the driver's choice (for that comparison). A
+ * preference: errors are ignored. */
+template <typename Kernel> void prefer_shared_carveout(Kernel kernel) {
+    static const bool wanted = [] {
+        const char *choice = getenv("XLKV_CARVEOUT");
+        return !(choice && strcmp(choice, "driver") == 0);
+    }();
+    if (!wanted) return;
+    (void)cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
+    (void)cudaGetLastError();
+}
+
 /* Whether the few-row products (kernels_gemv.cu) are launched as programmatic dependents of the kernel before them
  * (sm_90+: a launch and its CTAs' prologue overlap the previous kernel; each waits for that kernel's completion
  * before it reads what the kernel wrote). The default; XLKV_GEMV=plain in the environment (read at every launch, so

@@ -36,6 +36,12 @@ template <typename T>
 int embedding(void *out, const void *table, const int *tokens, int n, int dim, cudaStream_t stream) {
     if (n <= 0 || dim <= 0) return 0;
     const bool vec = vector_ok<T>(out, dim, dim) && vector_ok<T>(table, dim, dim);
+    static bool carveout_set = false; /* the first kernel of a decode step: prefer_shared_carveout */
+    if (!carveout_set) {
+        prefer_shared_carveout(embedding_kernel<T, true>);
+        prefer_shared_carveout(embedding_kernel<T, false>);
+        carveout_set = true;
+    }
     if (vec)
         embedding_kernel<T, true><<<n, ROW_THREADS, 0, stream>>>((T *)out, (const T *)table, tokens, dim);
     else

@@ -312,11 +312,22 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
 
 } // namespace
 
+/* The sampler ends a decode step: it asks for the carveout of the step's other kernels (prefer_shared_carveout). */
+static void prefer_step_carveout() {
+    static bool set = false;
+    if (set) return;
+    prefer_shared_carveout(argmax_kernel);
+    prefer_shared_carveout(sample_kernel);
+    prefer_shared_carveout(sample_chunks_kernel);
+    set = true;
+}
+
 extern "C" {
 
 int xlkv_cuda_argmax(int *out, const float *logits, int batch, int vocab, void *stream) {
     if (batch <= 0) return 0;
     if (vocab <= 0) return (int)cudaErrorInvalidValue;
+    prefer_step_carveout();
     argmax_kernel<<<batch, SAMPLE_THREADS, 0, (cudaStream_t)stream>>>(out, logits, vocab);
     return launch_status();
 }
@@ -325,6 +336,7 @@ int xlkv_cuda_sample(int *out, float *logits, int batch, int vocab, const xlkv_c
                      const int *history, const int *history_len, void *stream) {
     if (batch <= 0) return 0;
     if (vocab <= 0) return (int)cudaErrorInvalidValue;
+    prefer_step_carveout();
     sample_kernel<<<batch, SAMPLE_THREADS, 0, (cudaStream_t)stream>>>(out, logits, vocab, params, history, history_len,
                                                                        nullptr, 0);
     return launch_status();
@@ -342,6 +354,7 @@ int xlkv_cuda_sample_split(int *out, float *logits, int batch, int vocab, const 
     if (vocab <= 0 || !workspace || batch > 65535) return (int)cudaErrorInvalidValue;
     const int n_chunks = (vocab + XLKV_CUDA_SAMPLE_CHUNK - 1) / XLKV_CUDA_SAMPLE_CHUNK;
     chunk_best *partials = (chunk_best *)workspace;
+    prefer_step_carveout();
     sample_chunks_kernel<<<dim3(n_chunks, batch), CHUNK_THREADS, 0, (cudaStream_t)stream>>>(partials, logits, vocab,
                                                                                            params, history, history_len);
     const int err = launch_status();
