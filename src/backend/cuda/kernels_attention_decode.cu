@@ -32,16 +32,22 @@
  *
  * Fused decode (xlkv_cuda_attention_decode_fused: bf16, the tensor-core shapes, batch <= 8; what the engine runs for
  * few decode rows): rope_kv_write, pass 1 and pass 2 in ONE launch over the same grid as the tensor-core pass 1, since
- * each kernel of a graph costs ~3-5 us of ramp and tail beside ~0.5 MB of KV at batch 1. A CTA (row, KV head, split)
- *   1. loads its split's block-table entries and, beside them, rotates its G query heads into shared memory when its
- *      split has a visible key (rope_pair, the formula of rope_kv_write: same bits; q in the qkv buffer stays
- *      unrotated, nothing after the attention reads it); when its split owns the row's position t (t / split_size,
- *      clamped to the last split) it rotates and writes its KV head's K and V at t to the layer's own slot
- *      (write_slot; -1 for a layer without KV) and, when it reads that row itself (the layer reads the slot it writes
- *      and t is visible), keeps it in shared memory: pass 1 takes row t from there, not from the pool (no fence, no
- *      round trip). Other CTAs read only positions of their own splits (< t or in another slot), already in the pool.
- *      Padding rows (seq < 0 or t < 0) write nothing. Only the row's visible splits go on (the grid is sized for the
- *      longest context: at batch 1 most CTAs stop here); a row that sees nothing gets zeros from split 0's CTA;
+ * each kernel of a graph costs ~3-5 us of ramp and tail beside ~0.5 MB of KV at batch 1. It is launched as a
+ * programmatic dependent of the qkv product (programmatic_attention in kernels_common.cuh; XLKV_ATTN_PDL=0 or
+ * XLKV_GEMV=plain launch it normally, same bits), so a CTA (row, KV head, split)
+ *   0. before it waits for that product, does what does not depend on it: decides its role (attend: a split holding
+ *      a key the row sees; write: the split owning the row's position t, t / split_size clamped to the last split,
+ *      in a layer with KV; zero-fill: split 0 of a row that sees nothing; CTAs with none stop here: most of them at
+ *      batch 1, since the grid is sized for the longest context), loads its split's block-table entries and the
+ *      RoPE table row of t, and issues its first K/V tile by cp.async, every key but the new row (positions < t, or
+ *      row t of another layer's slot: all written by kernels that have completed). Then it lets the o product launch
+ *      (that product waits for this kernel's completion before it reads anything) and waits for the qkv product;
+ *   1. rotates its G query heads into shared memory when it attends (rope_pair, the formula of rope_kv_write: same
+ *      bits; q in the qkv buffer stays unrotated, nothing after the attention reads it); the writer rotates and
+ *      writes its KV head's K and V at t to the layer's own slot (write_slot; -1 for a layer without KV) and, when it
+ *      reads that row itself (the layer reads the slot it writes and t is visible), also straight into its first
+ *      tile's row (or a spare row when t lies in a later tile): pass 1 takes row t from shared memory, no fence, no
+ *      round trip. Padding rows (seq < 0 or t < 0) write nothing;
  *   2. runs the split's pass 1 (mma_attend_split, the body of the tensor-core kernel, shared by both);
  *   3. fences its partial, counts itself on the (row, KV head) counter; the last of the visible splits to count
  *      stages their partials of the G heads into shared memory with every load in flight at once (one L2 round trip;
@@ -51,6 +57,9 @@
  * The result is bit-identical to rope_kv_write + the two launches (same rotated q bits, same pass 1, same combine
  * arithmetic in split order). Measured per launch in a graph at batch 1, context 512 (H100): 1.1 us for an empty
  * kernel, +1.6 us step 1, +2.6 us pass 1, +4.1 us the count and the combine from L2 before the staging (2026-11-26).
+ * Launched as a programmatic dependent with step 0 ahead of the wait, the engine decodes 989-997 tokens/s against
+ * 948-956 launched normally (H100, once every kernel of the step asks for the same shared-memory carveout: before
+ * that, the programmatic launch was slower; docs/CUDA.md).
  *
  * Cost model (tinyllama, bf16: head_dim 64, 4 KV heads, G = 8): per row and layer, the visible context L is read
  * once: 2 (K, V) * L * 256 (kv_dim) * 2 bytes = 1 KiB per position, FLOPs 4 * L * 32 * 64 = 8 KFLOP per position
@@ -312,26 +321,84 @@ __device__ __forceinline__ void load_split_blocks(const pool_view &view, int seq
     for (int i = threadIdx.x; i <= hi / bs - first_block; i += blockDim.x) s_block[i] = table[first_block + i];
 }
 
+/* The K/V rows of positions lo .. hi of row `seq`'s read slot, KV head kv_head, and the loads of one 64-key tile of
+ * them into a stage of the double-buffered K/V area of mma_attend_split (split_blocks() must hold the split's block
+ * entries). */
+template <int D> struct split_kv_tiles {
+    static constexpr int SROW = mma_smem_row<D>();
+    static constexpr int CHUNKS = D / 8; /* 16-byte chunks per K/V row */
+    const __nv_bfloat16 *pool, *plane_k;
+    size_t slot_stride, block_stride;
+    int lo, hi, bs, first_block, kv_dim;
+
+    __device__ __forceinline__ split_kv_tiles(const decode_params<__nv_bfloat16> &p, int kv_head, int lo_, int hi_)
+        : pool(p.pool), lo(lo_), hi(hi_), bs(p.view.block_size), first_block(lo_ / p.view.block_size),
+          kv_dim(p.view.kv_dim) {
+        slot_stride = (size_t)bs * (size_t)kv_dim;                 /* one K or V plane of a block */
+        block_stride = (size_t)p.view.n_slots * 2 * slot_stride;   /* one whole block */
+        plane_k = p.pool + (size_t)p.read_slot * 2 * slot_stride + (size_t)kv_head * D;
+    }
+
+    /* Tile `tile` (positions lo + 64 tile ..) into stage `buf` of s_k / s_v by cp.async (the caller commits); rows
+     * past hi are zero-filled, never read. The row of position own_pos comes from own_kv (shared memory: K then V,
+     * visible to the whole CTA) by plain copies, or, with own_kv null, is left for the caller to fill. */
+    __device__ __forceinline__ void load(int tile, int buf, __nv_bfloat16 *s_k, __nv_bfloat16 *s_v, int own_pos,
+                                         const __nv_bfloat16 *own_kv) const {
+        const int *s_block = split_blocks();
+        const int k0 = lo + tile * MMA_TILE;
+        __nv_bfloat16 *dk = s_k + buf * MMA_TILE * SROW, *dv = s_v + buf * MMA_TILE * SROW;
+#pragma unroll
+        for (int c = threadIdx.x; c < MMA_TILE * CHUNKS; c += DECODE_THREADS) {
+            const int row = c / CHUNKS, ch = c % CHUNKS;
+            const int pos = k0 + row;
+            const bool valid = pos <= hi;
+            if (valid && pos == own_pos) { /* the new row */
+                if (own_kv) {
+                    *reinterpret_cast<uint4 *>(dk + row * SROW + ch * 8) =
+                        *reinterpret_cast<const uint4 *>(own_kv + ch * 8);
+                    *reinterpret_cast<uint4 *>(dv + row * SROW + ch * 8) =
+                        *reinterpret_cast<const uint4 *>(own_kv + D + ch * 8);
+                }
+                continue;
+            }
+            const __nv_bfloat16 *src_k = pool;
+            if (valid)
+                src_k = plane_k + (size_t)s_block[pos / bs - first_block] * block_stride +
+                        (size_t)(pos % bs) * (size_t)kv_dim + ch * 8;
+            cp_async_16(dk + row * SROW + ch * 8, src_k, valid);
+            cp_async_16(dv + row * SROW + ch * 8, valid ? src_k + slot_stride : pool, valid);
+        }
+    }
+};
+
+/* The K and V stages of mma_attend_split's shared memory (dynamic, from its start): [2][MMA_TILE][SROW] each. */
+template <int D> __device__ __forceinline__ __nv_bfloat16 *kv_stage_k() {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    return reinterpret_cast<__nv_bfloat16 *>(smem_raw);
+}
+template <int D> __device__ __forceinline__ __nv_bfloat16 *kv_stage_v() {
+    return kv_stage_k<D>() + 2 * MMA_TILE * mma_smem_row<D>();
+}
+
 /* Split `split` of row b for KV head kv_head, the whole CTA (DECODE_THREADS threads, mma_smem_bytes<D>() of dynamic
  * shared memory from its start): writes the split's partial for the G query heads of the KV head to `out`. q_heads:
  * the G rotated query heads (bf16, head j at q_heads + j * D, 4-byte aligned; global or shared memory).
  * blocks_ready: split_blocks() already holds the split's entries (loaded by the caller before a barrier). own_pos >= 0:
  * the row of position own_pos comes from own_kv (shared memory, 16-byte aligned: K then V, D values each; the
- * fused kernels' new row, which they also write to the pool) instead of the pool. Shared by decode_mma_kernel and
- * the fused decode kernels. Every thread returns; no barrier is pending at return. */
+ * fused kernels' new row, which they also write to the pool) instead of the pool. tile0_issued: the caller has
+ * already issued tile 0 into stage 0 (split_kv_tiles::load, own row included) and committed it as one cp.async group
+ * (the fused kernel does so before it waits for the previous kernel). Shared by decode_mma_kernel and the fused decode
+ * kernels. Every thread returns; no barrier is pending at return. */
 template <int D>
 __device__ __forceinline__ void mma_attend_split(const decode_params<__nv_bfloat16> &p, const __nv_bfloat16 *q_heads,
                                                  int b, int kv_head, int split, const partial_out &out,
                                                  bool blocks_ready = false, int own_pos = -1,
-                                                 const __nv_bfloat16 *own_kv = nullptr) {
+                                                 const __nv_bfloat16 *own_kv = nullptr, bool tile0_issued = false) {
     constexpr int SROW = mma_smem_row<D>();
-    constexpr int CHUNKS = D / 8; /* 16-byte chunks per K/V row */
     static_assert((size_t)MMA_MAX_GROUP * D * sizeof(float) * DECODE_WARPS <= mma_smem_bytes<D>(),
                   "the warp merge reuses the K/V buffers");
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    __nv_bfloat16 *s_k = reinterpret_cast<__nv_bfloat16 *>(smem_raw); /* [2][MMA_TILE][SROW] */
-    __nv_bfloat16 *s_v = s_k + 2 * MMA_TILE * SROW;
-    const int *s_block = split_blocks();
+    __nv_bfloat16 *s_k = kv_stage_k<D>(), *s_v = kv_stage_v<D>();
     __shared__ float s_m[DECODE_WARPS][MMA_MAX_GROUP], s_l[DECODE_WARPS][MMA_MAX_GROUP];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -348,42 +415,17 @@ __device__ __forceinline__ void mma_attend_split(const decode_params<__nv_bfloat
     }
 
     /* the split's block-table entries, read once */
-    const int bs = p.view.block_size, first_block = lo / bs;
     if (!blocks_ready) {
         load_split_blocks(p.view, seq, lo, hi);
         __syncthreads();
     }
-    const size_t slot_stride = (size_t)bs * (size_t)p.view.kv_dim;       /* one K or V plane of a block */
-    const size_t block_stride = (size_t)p.view.n_slots * 2 * slot_stride; /* one whole block */
-    const __nv_bfloat16 *plane_k = p.pool + (size_t)p.read_slot * 2 * slot_stride + (size_t)kv_head * D;
+    const split_kv_tiles<D> tiles(p, kv_head, lo, hi);
     const int n_tiles = (hi - lo + MMA_TILE) / MMA_TILE;
 
-    /* tile `tile` (positions lo + 64 tile ..) into stage `buf`; rows past hi are zero-filled, never read */
-    auto load_tile = [&](int tile, int buf) {
-        const int k0 = lo + tile * MMA_TILE;
-        __nv_bfloat16 *dk = s_k + buf * MMA_TILE * SROW, *dv = s_v + buf * MMA_TILE * SROW;
-#pragma unroll
-        for (int c = tid; c < MMA_TILE * CHUNKS; c += DECODE_THREADS) {
-            const int row = c / CHUNKS, ch = c % CHUNKS;
-            const int pos = k0 + row;
-            const bool valid = pos <= hi;
-            if (valid && pos == own_pos) { /* the new row, from shared memory (visible after the loop's barrier) */
-                *reinterpret_cast<uint4 *>(dk + row * SROW + ch * 8) =
-                    *reinterpret_cast<const uint4 *>(own_kv + ch * 8);
-                *reinterpret_cast<uint4 *>(dv + row * SROW + ch * 8) =
-                    *reinterpret_cast<const uint4 *>(own_kv + D + ch * 8);
-                continue;
-            }
-            const __nv_bfloat16 *src_k = p.pool;
-            if (valid)
-                src_k = plane_k + (size_t)s_block[pos / bs - first_block] * block_stride +
-                        (size_t)(pos % bs) * (size_t)p.view.kv_dim + ch * 8;
-            cp_async_16(dk + row * SROW + ch * 8, src_k, valid);
-            cp_async_16(dv + row * SROW + ch * 8, valid ? src_k + slot_stride : p.pool, valid);
-        }
-    };
-    load_tile(0, 0);
-    cp_async_commit();
+    if (!tile0_issued) {
+        tiles.load(0, 0, s_k, s_v, own_pos, own_kv);
+        cp_async_commit();
+    }
 
     /* Q fragments straight from q_heads: row g of the m16 tile is query head g of the group (rows >= G and rows
      * 8..15 are zero), so a[1] = a[3] = 0 */
@@ -410,7 +452,7 @@ __device__ __forceinline__ void mma_attend_split(const decode_params<__nv_bfloat
 
     for (int tile = 0; tile < n_tiles; tile++) {
         const int buf = tile & 1;
-        if (tile + 1 < n_tiles) load_tile(tile + 1, buf ^ 1);
+        if (tile + 1 < n_tiles) tiles.load(tile + 1, buf ^ 1, s_k, s_v, own_pos, own_kv);
         cp_async_commit(); /* possibly empty: keeps the group count uniform */
         cp_async_wait<1>();
         __syncthreads();
@@ -768,17 +810,18 @@ struct fused_extra {
     unsigned *counters;  /* [batch][n_kv_heads]: splits finished; 0 between launches */
 };
 
-/* Step 1 of the fused kernel for row b (seq >= 0, t >= 0), KV head kv_head: with rotate_q, RoPE on the group's G
- * query heads into s_q (rope_pair, the formula of rope_kv_write: same bits); with write_row, K (rotated) and V of
- * position t into the layer's write slot of the pool and, when own_kv is set, into own_kv too (K then V: the CTA's
- * own pass 1 then takes that row from shared memory, no global round trip). No barrier inside. */
+/* Step 1 of the fused kernel for row b (seq >= 0, t >= 0), KV head kv_head, with cos_t / sin_t the RoPE table rows of
+ * position t: with rotate_q, RoPE on the group's G query heads into s_q (rope_pair, the formula of rope_kv_write: same
+ * bits); with write_row, K (rotated) and V of position t into the layer's write slot of the pool and, when own_k is set,
+ * into own_k / own_v too (shared memory: the CTA's own pass 1 then takes that row from there, no global round trip).
+ * No barrier inside. */
 template <int D>
 __device__ __forceinline__ void rope_and_write_row(const decode_params<__nv_bfloat16> &p, const fused_extra &f, int b,
-                                                   int kv_head, int seq, int t, bool rotate_q, bool write_row,
-                                                   __nv_bfloat16 *s_q, __nv_bfloat16 *own_kv) {
+                                                   int kv_head, int seq, int t, const float *cos_t, const float *sin_t,
+                                                   bool rotate_q, bool write_row, __nv_bfloat16 *s_q,
+                                                   __nv_bfloat16 *own_k, __nv_bfloat16 *own_v) {
     constexpr int HALF = D / 2;
     const int G = p.n_heads / p.n_kv_heads;
-    const float *cos_t = f.cos_table + (size_t)t * HALF, *sin_t = f.sin_table + (size_t)t * HALF;
     const __nv_bfloat16 *row = f.qkv + (size_t)b * f.qkv_stride;
     if (rotate_q) {
         const __nv_bfloat16 *q_src = row + (size_t)kv_head * G * D;
@@ -794,11 +837,11 @@ __device__ __forceinline__ void rope_and_write_row(const decode_params<__nv_bflo
         const __nv_bfloat16 *v_src = row + f.v_col + (size_t)kv_head * D;
         for (int i = threadIdx.x; i < HALF; i += blockDim.x) {
             rope_pair<__nv_bfloat16>(k_src + 2 * i, cos_t[i], sin_t[i], k_dst + 2 * i);
-            if (own_kv) rope_pair<__nv_bfloat16>(k_src + 2 * i, cos_t[i], sin_t[i], own_kv + 2 * i);
+            if (own_k) rope_pair<__nv_bfloat16>(k_src + 2 * i, cos_t[i], sin_t[i], own_k + 2 * i);
         }
         for (int d = threadIdx.x; d < D; d += blockDim.x) {
             v_dst[d] = v_src[d];
-            if (own_kv) own_kv[D + d] = v_src[d];
+            if (own_k) own_v[d] = v_src[d];
         }
     }
 }
@@ -846,52 +889,78 @@ __device__ __forceinline__ void stage_group_partials(const decode_params<__nv_bf
     __syncthreads();
 }
 
-/* Grid (row, KV head, split). Each CTA: 1. RoPE and the new row (rope_and_write_row), the split's block-table entries
- * loaded beside them; then, for the row's visible splits only, 2. the split's partial (mma_attend_split, the new row
- * from shared memory); 3. a count on the (row, KV head) counter: the last CTA combines the G heads and re-arms it. */
+/* Grid (row, KV head, split). Each CTA: 0. before it waits for the previous kernel (the qkv product; at once when
+ * launched normally), what does not depend on it: the row's position, the split's block-table entries, the RoPE table
+ * row and, for a split the row sees, its first K/V tile (every key but the new row: earlier positions were written by
+ * kernels that have completed); 1. RoPE and the new row (rope_and_write_row); then, for the row's visible splits
+ * only, 2. the split's partial (mma_attend_split, the new row from shared memory); 3. a count on the (row, KV head)
+ * counter: the last CTA combines the G heads and re-arms it. */
 template <int D>
 __global__ void __launch_bounds__(DECODE_THREADS) decode_fused_kernel(decode_params<__nv_bfloat16> p, fused_extra f) {
+    constexpr int HALF = D / 2;
+    constexpr int SROW = mma_smem_row<D>();
     __shared__ __align__(16) __nv_bfloat16 s_q[MMA_MAX_GROUP * D];
     __shared__ __align__(16) __nv_bfloat16 s_own[2 * D];
+    __shared__ float s_cos[HALF], s_sin[HALF];
     __shared__ int s_last;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     const int b = blockIdx.x, kv_head = blockIdx.y, split = blockIdx.z, tid = threadIdx.x;
     const int G = p.n_heads / p.n_kv_heads;
-    /* The next product, launched as a programmatic dependent (programmatic_launches in kernels_common.cuh), may
-     * start now: its CTAs stream their weights beside this launch's few CTAs and wait for this kernel's completion
-     * before they read its output. (This kernel itself is launched normally: as a programmatic dependent of the qkv
-     * product its CTAs, resident early, slowed the step: docs/CUDA.md.) */
+    /* The o product, launched as a programmatic dependent (programmatic_launches in kernels_common.cuh), may start
+     * now: its CTAs stream their weights beside this launch's few CTAs and wait for this kernel's completion before
+     * they read its output. (Measured on the H100: triggering it here rather than after the wait below gave 997
+     * against 989 tokens/s for the standard map, 986 against 992 for cla:2, docs/CUDA.md.) */
     allow_next_kernel();
     const int seq = p.row_seq[b], t = p.row_pos[b];
 
-    /* 1. the block-table entries of the split and the RoPE loads in flight together; the owner of position t writes
-     * its K/V head to the pool and, when this split reads that row, keeps it for pass 1 */
-    int lo, hi; /* a split with no visible key needs no query (pass 1 only writes "nothing" for it) */
+    /* 0. who this CTA is for the row: a split with no visible key needs no query and no tiles; the owner of position
+     * t writes its K/V head to the pool and, when this split reads that row, keeps it for pass 1 */
+    int lo, hi;
     split_range(seq, t, p.window, p.mask_diagonal, split, p.n_splits, p.split_size, &lo, &hi);
-    if (lo <= hi) load_split_blocks(p.view, seq, lo, hi);
     const bool live = seq >= 0 && t >= 0; /* a padding row writes nothing and its partials say "nothing" */
     const bool writes = live && f.write_slot >= 0 && split == min(t / p.split_size, p.n_splits - 1);
     const bool own = writes && f.write_slot == p.read_slot && t >= lo && t <= hi;
-    if (live) rope_and_write_row<D>(p, f, b, kv_head, seq, t, lo <= hi, writes, s_q, own ? s_own : nullptr);
-    __syncthreads(); /* queries, new row and block entries visible to the whole CTA before pass 1 */
-
-    /* Only the row's visible splits compute, count and combine (the combine reads nothing else): the grid is sized
-     * for the longest context (graph-safe), so at batch 1 most CTAs stop here. A row that sees nothing gets its
-     * zeros from split 0's CTA. */
     int s_first, s_final;
     visible_splits(seq, t, p.window, p.mask_diagonal, p.n_splits, p.split_size, &s_first, &s_final);
     const int n_visible = s_final - s_first + 1;
-    const size_t h0 = (size_t)b * p.n_heads + (size_t)kv_head * G;
-    if (n_visible <= 0) {
-        if (split == 0)
-            for (int i = tid; i < G * D; i += blockDim.x) f.out[h0 * D + i] = __float2bfloat16(0.0f);
-        return;
+    const bool attends = n_visible > 0 && split >= s_first && split <= s_final; /* counts, even with lo > hi */
+    const bool zero_fills = n_visible <= 0 && split == 0; /* a row that sees nothing gets its zeros from split 0 */
+    if (!attends && !writes && !zero_fills) return; /* most CTAs at batch 1: the grid is sized for n_ctx */
+    if (attends && lo <= hi) load_split_blocks(p.view, seq, lo, hi);
+    if (live && tid < HALF) {
+        s_cos[tid] = f.cos_table[(size_t)t * HALF + tid];
+        s_sin[tid] = f.sin_table[(size_t)t * HALF + tid];
     }
-    if (split < s_first || split > s_final) return;
+    __syncthreads(); /* block entries and the RoPE row visible to the whole CTA */
+    __nv_bfloat16 *s_k = kv_stage_k<D>(), *s_v = kv_stage_v<D>();
+    const bool own_in_first_tile = own && t - lo < MMA_TILE;
+    if (attends && lo <= hi) {
+        const split_kv_tiles<D> tiles(p, kv_head, lo, hi);
+        tiles.load(0, 0, s_k, s_v, own ? t : -1, nullptr); /* the new row is filled in step 1 */
+        cp_async_commit();
+    }
+
+    /* launched as a programmatic dependent of the qkv product (the default), this kernel ran the above beside that
+     * product's last CTAs; the qkv buffer is read from here on */
+    wait_for_previous_kernel();
+    const size_t h0 = (size_t)b * p.n_heads + (size_t)kv_head * G;
+    if (zero_fills)
+        for (int i = tid; i < G * D; i += blockDim.x) f.out[h0 * D + i] = __float2bfloat16(0.0f);
+
+    /* 1. RoPE on the queries, the new row to the pool and, for its owner, into pass 1's first tile (or s_own when it
+     * lies in a later tile of the split) */
+    __nv_bfloat16 *own_k = nullptr, *own_v = nullptr;
+    if (own) {
+        own_k = own_in_first_tile ? s_k + (t - lo) * SROW : s_own;
+        own_v = own_in_first_tile ? s_v + (t - lo) * SROW : s_own + D;
+    }
+    if (live) rope_and_write_row<D>(p, f, b, kv_head, seq, t, s_cos, s_sin, attends, writes, s_q, own_k, own_v);
+    if (!attends) return;
+    __syncthreads(); /* queries and the new row visible to the whole CTA before pass 1 */
 
     /* 2. the split's partial */
     mma_attend_split<D>(p, s_q, b, kv_head, split, workspace_partial<D>(p, b, kv_head, split), true, own ? t : -1,
-                        s_own);
+                        own_in_first_tile ? nullptr : s_own, true);
 
     /* 3. the last CTA of (row, KV head) to finish combines the G heads and re-arms the counter */
     __threadfence(); /* this CTA's partial is visible device-wide before its count */
@@ -934,6 +1003,12 @@ template <int D> int launch_fused(const decode_params<__nv_bfloat16> &p, const f
         carveout_set = true;
     }
     const dim3 grid(batch, p.n_kv_heads, p.n_splits);
+    if (programmatic_attention()) {
+        cudaLaunchAttribute attribute = {};
+        attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attribute.val.programmaticStreamSerializationAllowed = 1;
+        return launch_with_attribute(attribute, decode_fused_kernel<D>, grid, DECODE_THREADS, smem, stream, p, f);
+    }
     decode_fused_kernel<D><<<grid, DECODE_THREADS, smem, stream>>>(p, f);
     return launch_status();
 }

@@ -188,6 +188,13 @@ inline bool programmatic_launches() {
     return !(choice && strcmp(choice, "plain") == 0);
 }
 
+/* The same for the fused decode attention (kernels_attention_decode.cu), a programmatic dependent of the qkv product:
+ * with programmatic_launches() unless XLKV_ATTN_PDL=0. */
+inline bool programmatic_attention() {
+    const char *choice = getenv("XLKV_ATTN_PDL");
+    return programmatic_launches() && !(choice && strcmp(choice, "0") == 0);
+}
+
 /* When a programmatic few-row product also sends each warp's third weight burst into shared memory before its wait
  * (kernels_gemv.cu), from XLKV_GEMV (read at every launch): unset or "pdl" = for long products only (at least
  * GEMV_STAGE_MIN_BURSTS bursts a warp: the logits), "pdl-staged" = always, "pdl-registers" or "plain" = never. Same
@@ -203,11 +210,11 @@ inline stage_policy third_burst_policy() {
 /* kernel<<<blocks, threads, smem, stream>>>(args...) through cudaLaunchKernelEx with one launch attribute
  * (cooperative, programmatic stream serialization, ...); 0 or the launch's error. */
 template <typename... Params, typename... Args>
-int launch_with_attribute(const cudaLaunchAttribute &attribute, void (*kernel)(Params...), int blocks, int threads,
+int launch_with_attribute(const cudaLaunchAttribute &attribute, void (*kernel)(Params...), dim3 grid, int threads,
                           size_t smem, cudaStream_t stream, Args... args) {
     cudaLaunchAttribute attributes[1] = {attribute};
     cudaLaunchConfig_t config = {};
-    config.gridDim = dim3((unsigned)blocks);
+    config.gridDim = grid;
     config.blockDim = dim3((unsigned)threads);
     config.dynamicSmemBytes = smem;
     config.stream = stream;
