@@ -10,7 +10,9 @@
  * sample_split (small batches): the row is cut into XLKV_CUDA_SAMPLE_CHUNK-element chunks, one CTA each, which apply
  * the penalty to the history tokens inside their chunk and write the chunk's (value, index) maximum to a workspace;
  * a second launch, one CTA per row, reduces the chunks in the same order (value desc, index asc: the result is the
- * full-row argmax) or, for a sampling row, runs the path above on the already penalized row. */
+ * full-row argmax) or, for a sampling row, runs the path above on the already penalized row. Both launch as
+ * programmatic dependents of the kernel before them (programmatic_launches in kernels_common.cuh; they wait for it
+ * before reading anything), so their launch overlaps the logits product's tail at batch 1. */
 #include <curand_kernel.h>
 #include <limits.h>
 
@@ -141,6 +143,9 @@ constexpr int CHUNK_THREADS = 128;
 __global__ void __launch_bounds__(CHUNK_THREADS)
     sample_chunks_kernel(chunk_best *partials, float *logits, int vocab, const xlkv_cuda_sampling *params,
                          const int *history, const int *history_len) {
+    /* launched as a programmatic dependent of the logits product (sample_split): nothing is read before its end */
+    wait_for_previous_kernel();
+    allow_next_kernel();
     const int c = blockIdx.x, b = blockIdx.y, n_chunks = gridDim.x;
     float *row = logits + (size_t)b * vocab;
     const int lo = c * XLKV_CUDA_SAMPLE_CHUNK;
@@ -161,6 +166,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     __shared__ int s_idx[SAMPLE_THREADS];
     __shared__ float s_prob[SAMPLE_THREADS];
     __shared__ int s_count;
+    wait_for_previous_kernel(); /* sample_split launches it as a programmatic dependent of the chunks */
     const int b = blockIdx.x, tid = threadIdx.x;
     float *row = logits + (size_t)b * vocab;
     const xlkv_cuda_sampling prm = params[b];
@@ -355,12 +361,23 @@ int xlkv_cuda_sample_split(int *out, float *logits, int batch, int vocab, const 
     const int n_chunks = (vocab + XLKV_CUDA_SAMPLE_CHUNK - 1) / XLKV_CUDA_SAMPLE_CHUNK;
     chunk_best *partials = (chunk_best *)workspace;
     prefer_step_carveout();
-    sample_chunks_kernel<<<dim3(n_chunks, batch), CHUNK_THREADS, 0, (cudaStream_t)stream>>>(partials, logits, vocab,
-                                                                                           params, history, history_len);
+    const cudaStream_t st = (cudaStream_t)stream;
+    if (programmatic_launches()) { /* both launch beside the kernel before them (the logits product's tail) */
+        cudaLaunchAttribute attribute = {};
+        attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attribute.val.programmaticStreamSerializationAllowed = 1;
+        const int err = launch_with_attribute(attribute, sample_chunks_kernel, dim3(n_chunks, batch), CHUNK_THREADS, 0,
+                                              st, partials, logits, vocab, params, history, history_len);
+        if (err) return err;
+        return launch_with_attribute(attribute, sample_kernel, dim3(batch), SAMPLE_THREADS, 0, st, out, logits, vocab,
+                                     params, history, history_len, (const chunk_best *)partials, n_chunks);
+    }
+    sample_chunks_kernel<<<dim3(n_chunks, batch), CHUNK_THREADS, 0, st>>>(partials, logits, vocab, params, history,
+                                                                         history_len);
     const int err = launch_status();
     if (err) return err;
-    sample_kernel<<<batch, SAMPLE_THREADS, 0, (cudaStream_t)stream>>>(out, logits, vocab, params, history, history_len,
-                                                                       partials, n_chunks);
+    sample_kernel<<<batch, SAMPLE_THREADS, 0, st>>>(out, logits, vocab, params, history, history_len, partials,
+                                                    n_chunks);
     return launch_status();
 }
 
