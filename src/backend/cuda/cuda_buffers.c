@@ -30,7 +30,7 @@ xlkv_cuda_step_layout xlkv_cuda_step_layout_for(int rows, int sample_rows) {
 typedef struct arena_layout {
     size_t x, x_group_in, xb, qkv, att, proj, gate_up, hb, logits, attn_workspace, attn_counters, sample_workspace,
         rope_cos, rope_sin, inputs,
-        sampled, score_targets, score_log_probs, score_is_argmax, bytes;
+        score_targets, score_log_probs, score_is_argmax, bytes;
     size_t inputs_bytes;
 } arena_layout;
 
@@ -66,7 +66,6 @@ static arena_layout layout_arena(const xlkv_hparams *hp, xlkv_dtype dt, const xl
     a.rope_sin = take(&cursor, rope);
     a.inputs_bytes = xlkv_cuda_step_layout_for(s->rows, s->decode_rows).bytes;
     a.inputs = take(&cursor, a.inputs_bytes);
-    a.sampled = take(&cursor, (size_t)s->decode_rows * sizeof(int));
     a.score_targets = take(&cursor, (size_t)s->n_ctx * sizeof(int));
     a.score_log_probs = take(&cursor, (size_t)s->n_ctx * sizeof(double));
     a.score_is_argmax = take(&cursor, (size_t)s->n_ctx);
@@ -127,7 +126,6 @@ static xlkv_status allocate(xlkv_cuda_buffers *b, const xlkv_hparams *hp, xlkv_d
     b->rope_sin = (float *)(base + a.rope_sin);
     b->inputs = base + a.inputs;
     b->inputs_bytes = a.inputs_bytes;
-    b->sampled = (int *)(base + a.sampled);
     b->score_targets = (int *)(base + a.score_targets);
     b->score_log_probs = (double *)(base + a.score_log_probs);
     b->score_is_argmax = (unsigned char *)(base + a.score_is_argmax);
@@ -148,6 +146,9 @@ static xlkv_status allocate(xlkv_cuda_buffers *b, const xlkv_hparams *hp, xlkv_d
     b->host_score_targets = (int *)(b->host_inputs + at_targets);
     b->host_score_log_probs = (double *)(b->host_inputs + at_log_probs);
     b->host_score_is_argmax = (unsigned char *)(b->host_inputs + at_flags);
+    /* the sampler writes the ids straight into pinned host memory: no copy after each step */
+    XLKV_CUDA_TRY(cudaHostGetDevicePointer((void **)&b->sampled, b->host_sampled, 0),
+                  "mapping the sampled ids into the device's address space");
     XLKV_CUDA_TRY(cudaMemsetAsync(b->arena, 0, a.bytes, stream), "zeroing the activations");
     return upload_rope_tables(b, hp, stream);
 }

@@ -1,8 +1,9 @@
 /* backend/cuda/cuda_buffers: the activations and per-step inputs of the CUDA engine, allocated once at create.
  *
  * Owns one device arena (activations for `rows` rows, fp32 logits, the decode attention workspace, the RoPE tables,
- * the per-step input region, the sampled ids, the scoring scratch of n_ctx rows) and one pinned host block mirroring
- * the input region, the sampled ids and the scoring scratch. The input region holds everything a pass reads that changes from step to step (tokens, the table row and the
+ * the per-step input region, the scoring scratch of n_ctx rows) and one pinned host block mirroring the input region
+ * and the scoring scratch, and holding the sampled ids (the sampler writes them there through the block's device
+ * address). The input region holds everything a pass reads that changes from step to step (tokens, the table row and the
  * position of every row, sampling parameters, repetition history): it is filled on the host and sent with one copy
  * before a pass, so a captured CUDA graph, whose pointers are fixed, sees new values at every replay. */
 #ifndef XLKV_BACKEND_CUDA_BUFFERS_H
@@ -57,7 +58,8 @@ typedef struct xlkv_cuda_buffers {
     float *rope_sin;       /* [n_ctx, head_dim / 2] */
     char *inputs;          /* device input region [inputs_bytes] */
     size_t inputs_bytes;
-    int *sampled;          /* device [decode_rows] sampled ids */
+    int *sampled;          /* [decode_rows] sampled ids: host_sampled's device address (the sampler writes to pinned
+                              host memory; the host reads them after synchronizing the stream, no copy) */
     char *host_inputs;     /* pinned mirror of `inputs` */
     int *host_sampled;     /* pinned [decode_rows] */
     /* scoring one sequence (cuda_score.c): targets in, one log-probability and argmax flag out per scored row */

@@ -367,8 +367,6 @@ static xlkv_status prefill_sequence(xlkv_cuda_engine *e, xlkv_cuda_sequence *s, 
     stage_sampling(e, &layout, 0, s);
     XLKV_TRY(xlkv_cuda_inputs_send(e, layout.bytes));
     XLKV_TRY(xlkv_cuda_sample_first(e));
-    XLKV_CUDA_TRY(cudaMemcpyAsync(e->buf.host_sampled, e->buf.sampled, sizeof(int), cudaMemcpyDeviceToHost, e->stream),
-                  "copying the sampled token");
     XLKV_CUDA_TRY(cudaStreamSynchronize(e->stream), "prefill");
     finish_prefill(e, s, e->buf.host_sampled[0], event);
     return XLKV_OK;
@@ -412,9 +410,7 @@ static xlkv_status prefill_sequential_together(xlkv_cuda_engine *e, const int *s
         status = xlkv_cuda_inputs_send(e, layout.bytes);
         if (status == XLKV_OK) status = xlkv_cuda_graphs_run(&e->graphs, bucket, xlkv_cuda_decode_pass, e, e->stream);
         if (status != XLKV_OK || !finishing) continue;
-        cudaError_t err = cudaMemcpyAsync(e->buf.host_sampled, e->buf.sampled, (size_t)batch * sizeof(int),
-                                          cudaMemcpyDeviceToHost, e->stream);
-        if (err == cudaSuccess) err = cudaStreamSynchronize(e->stream);
+        const cudaError_t err = cudaStreamSynchronize(e->stream); /* the sampled ids are in host_sampled */
         if (err != cudaSuccess) {
             status = xlkv_cuda_fail(err, "prefilling sequences together");
             break;
@@ -477,9 +473,7 @@ static xlkv_status prefill_plan_together(xlkv_cuda_engine *e, const int *slots, 
         status = xlkv_cuda_inputs_send(e, layout.bytes);
         if (status == XLKV_OK) status = xlkv_cuda_prefill_segments(e, segments, group, n_rows);
         if (status != XLKV_OK) break;
-        cudaError_t err = cudaMemcpyAsync(e->buf.host_sampled, e->buf.sampled, (size_t)group * sizeof(int),
-                                          cudaMemcpyDeviceToHost, e->stream);
-        if (err == cudaSuccess) err = cudaStreamSynchronize(e->stream);
+        const cudaError_t err = cudaStreamSynchronize(e->stream); /* the sampled ids are in host_sampled */
         if (err != cudaSuccess) {
             status = xlkv_cuda_fail(err, "prefilling prompts in one pass");
             break;
@@ -509,9 +503,6 @@ static xlkv_status decode_batch(xlkv_cuda_engine *e, const int *slots, int batch
     }
     XLKV_TRY(xlkv_cuda_inputs_send(e, layout.bytes));
     XLKV_TRY(xlkv_cuda_graphs_run(&e->graphs, bucket, xlkv_cuda_decode_pass, e, e->stream));
-    XLKV_CUDA_TRY(cudaMemcpyAsync(e->buf.host_sampled, e->buf.sampled, (size_t)batch * sizeof(int),
-                                  cudaMemcpyDeviceToHost, e->stream),
-                  "copying the sampled tokens");
     XLKV_CUDA_TRY(cudaStreamSynchronize(e->stream), "decode step");
     for (int b = 0; b < batch; b++) {
         xlkv_cuda_sequence *s = &e->seqs[slots[b]];
