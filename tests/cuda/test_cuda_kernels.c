@@ -1022,8 +1022,9 @@ static const char *gemv_input_name(int kind) {
 
 /* The fused few-row product, every input kind x residual epilogue x output type x n = 1..8, against (a) the CPU
  * composition (bf16-rounded where the unfused sequence stores) and (b) the unfused GPU sequence (rmsnorm / swiglu
- * kernel, plain gemv, add kernel), which must give the same bits, and (c) the programmatic and the normal launch
- * (XLKV_GEMV=pdl, pdl-registers, pdl-staged, plain), same bits too. Shapes: the five tinyllama products, `in` 8 .. 5632
+ * kernel, plain gemv, add kernel), which must give the same bits, (c) the programmatic and the normal launch
+ * (XLKV_GEMV=pdl, pdl-registers, pdl-staged, plain) and (d) smaller grids (xlkv_cuda_gemv_fused_spare: 36 CTA slots
+ * left free, and one CTA), same bits too; a negative spare is refused. Shapes: the five tinyllama products, `in` 8 .. 5632
  * (multiples of the 2048-weight burst and not), odd `out`. x rows are strided (x_stride > the minimum); the shapes it
  * must refuse (f32, n > 8, in not a multiple of 8, misaligned gain) are refused. */
 static void gemv_fused_matches_cpu_and_unfused(void **state) {
@@ -1137,6 +1138,23 @@ static void gemv_fused_matches_cpu_and_unfused(void **state) {
                             expect_same_bits("gemv_fused", bf, shape, got, other, (size_t)n * out, what);
                             free(other);
                         }
+                        /* a smaller grid (room left for the next kernel; down to one CTA): the same bits */
+                        static const int spares[] = {36, 1 << 20};
+                        for (int k = 0; k < 2; k++) {
+                            if (accumulate) upload(dz, y0, (size_t)n * out, out_dt);
+                            else CK(cudaMemset(dz, 0xFF, (size_t)n * out * (f32_out ? 4 : 2)));
+                            CK(cudaDeviceSynchronize());
+                            CK_LAUNCH(xlkv_cuda_gemv_fused_spare(dz, f32_out, accumulate, dx, &input, dw, n, in, out,
+                                                                 spares[k], bf, NULL));
+                            float *other = from_device(dz, (size_t)n * out, out_dt);
+                            char what[32];
+                            snprintf(what, sizeof what, "spare_ctas %d", spares[k]);
+                            expect_same_bits("gemv_fused", bf, shape, got, other, (size_t)n * out, what);
+                            free(other);
+                        }
+                        assert_int_equal(xlkv_cuda_gemv_fused_spare(dz, f32_out, accumulate, dx, &input, dw, n, in,
+                                                                    out, -1, bf, NULL),
+                                         (int)cudaErrorInvalidValue);
                         free(ref);
                         free(got);
                         free(y0);

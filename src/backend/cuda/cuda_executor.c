@@ -80,8 +80,22 @@ static gemv_chain_mode gemv_chain_selected(void) {
     return CHAIN_OFF;
 }
 
-/* The qkv product of `layer` with the attention RMSNorm of x as its input (a fused layer's first product). */
-static xlkv_cuda_gemv_stage qkv_stage(const xlkv_cuda_engine *e, int layer) {
+/* CTA slots the qkv product of a decode pass leaves free for the fused decode attention launched after it (a
+ * programmatic dependent: its CTAs do their first steps beside the product's last ones instead of after them): one per
+ * (row, KV head, 64-key split) of the first ATTENTION_ROOM_SPLITS * 64 positions. Measured on the H100 at batch 1,
+ * context 512 (docs/CUDA.md, bench/results/decode-qkv-room-h100-7044095.log), tokens/s for standard / cla:2 / lckv:2:
+ * no room 996-1,000 / 990-991 / 994-996; 36 slots (this rule) 1,004-1,005 / 1,003-1,013 / 1,023-1,027; 72 slots
+ * 992-998 / 1,003-1,008 / 1,021-1,031; 132 slots 943-946 / 961-964 / 986-990. XLKV_QKV_SPARE_CTAS overrides it. */
+enum { ATTENTION_ROOM_SPLITS = 9 };
+static int qkv_spare_ctas(const xlkv_cuda_engine *e, int n) {
+    const char *forced = getenv("XLKV_QKV_SPARE_CTAS");
+    if (forced) return atoi(forced) > 0 ? atoi(forced) : 0;
+    return n * e->model->hp.n_kv_heads * ATTENTION_ROOM_SPLITS;
+}
+
+/* The qkv product of `layer` with the attention RMSNorm of x as its input (a fused layer's first product), leaving
+ * spare_ctas CTA slots free when run alone. */
+static xlkv_cuda_gemv_stage qkv_stage(const xlkv_cuda_engine *e, int layer, int spare_ctas) {
     const xlkv_cuda_layer_weights *w = &e->weights.layers[layer];
     return (xlkv_cuda_gemv_stage){
         .y = e->buf.qkv,
@@ -90,13 +104,14 @@ static xlkv_cuda_gemv_stage qkv_stage(const xlkv_cuda_engine *e, int layer) {
         .w = w->w_qkv,
         .in = e->model->hp.dim,
         .out = w->qkv_rows,
+        .spare_ctas = spare_ctas,
     };
 }
 
-/* One xlkv_cuda_gemv_fused launch of a stage. */
+/* One xlkv_cuda_gemv_fused_spare launch of a stage. */
 static xlkv_status run_stage(const xlkv_cuda_engine *e, const xlkv_cuda_gemv_stage *s, int n, const char *what) {
-    return gemv_status(xlkv_cuda_gemv_fused(s->y, s->y_is_f32, s->accumulate, s->x, &s->input, s->w, n, s->in,
-                                            s->out, e->dt, e->stream),
+    return gemv_status(xlkv_cuda_gemv_fused_spare(s->y, s->y_is_f32, s->accumulate, s->x, &s->input, s->w, n, s->in,
+                                                  s->out, s->spare_ctas, e->dt, e->stream),
                        what);
 }
 
@@ -156,7 +171,7 @@ static xlkv_status run_layer(xlkv_cuda_engine *e, int layer, int next, const pas
     if (qkv_done) {
         /* computed at the end of the previous layer's chain */
     } else if (fused) {
-        const xlkv_cuda_gemv_stage qkv = qkv_stage(e, layer);
+        const xlkv_cuda_gemv_stage qkv = qkv_stage(e, layer, rows->decode ? qkv_spare_ctas(e, n) : 0);
         XLKV_TRY(run_stage(e, &qkv, n, "qkv product with the attention rmsnorm"));
     } else {
         XLKV_CUDA_TRY(xlkv_cuda_rmsnorm(b->xb, b->x, w->attn_norm, n, dim, hp->norm_eps, dt, stream),
@@ -211,7 +226,7 @@ static xlkv_status run_layer(xlkv_cuda_engine *e, int layer, int next, const pas
         const gemv_chain_mode mode = gemv_chain_selected();
         int n_stages = 3;
         if (mode == CHAIN_MLP_AND_NEXT_QKV && next >= 0 && layer_runs_fused(e, next, n))
-            stages[n_stages++] = qkv_stage(e, next);
+            stages[n_stages++] = qkv_stage(e, next, 0);
         if (mode != CHAIN_OFF && xlkv_cuda_gemv_chain_supported(stages, n_stages, n, dt)) {
             XLKV_TRY(gemv_status(xlkv_cuda_gemv_chain(stages, n_stages, n, dt, stream),
                                  n_stages == 4 ? "o, gate|up, down and the next layer's qkv products (one chain)"

@@ -164,6 +164,12 @@ int xlkv_cuda_gemv_input_supported(int n, int in, const void *x, const xlkv_cuda
                                    xlkv_dtype dt);
 int xlkv_cuda_gemv_fused(void *y, int y_is_f32, int accumulate, const void *x, const xlkv_cuda_gemv_input *input,
                          const void *w, int n, int in, int out, xlkv_dtype dt, void *stream);
+/* xlkv_cuda_gemv_fused leaving `spare_ctas` (>= 0) CTA slots of the device free: its grid is that many CTAs smaller
+ * than the most that are resident at once (at least 1), so that the kernel launched after it as a programmatic
+ * dependent can place CTAs beside it at once (the engine leaves room for the fused decode attention after the qkv
+ * product). Same bits for every spare_ctas. */
+int xlkv_cuda_gemv_fused_spare(void *y, int y_is_f32, int accumulate, const void *x, const xlkv_cuda_gemv_input *input,
+                               const void *w, int n, int in, int out, int spare_ctas, xlkv_dtype dt, void *stream);
 
 /* Several xlkv_cuda_gemv_fused calls over the same n rows in ONE persistent cooperative launch (kernels_gemv_chain.cu):
  * stage after stage with a grid-wide barrier between them, each stage's first W burst issued before the barrier that
@@ -181,6 +187,7 @@ typedef struct xlkv_cuda_gemv_stage {
     xlkv_cuda_gemv_input input;
     const void *w; /* [out, in] */
     int in, out;
+    int spare_ctas; /* run alone (not chained): as xlkv_cuda_gemv_fused_spare; a chain ignores it */
 } xlkv_cuda_gemv_stage;
 int xlkv_cuda_gemv_chain_supported(const xlkv_cuda_gemv_stage *stages, int n_stages, int n, xlkv_dtype dt);
 int xlkv_cuda_gemv_chain(const xlkv_cuda_gemv_stage *stages, int n_stages, int n, xlkv_dtype dt, void *stream);

@@ -134,7 +134,8 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2)
 
 template <int N, int INPUT, typename OutT>
 int launch_one(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain, float eps,
-               const __nv_bfloat16 *w, int in, int out, int accumulate, bool programmatic, cudaStream_t stream) {
+               const __nv_bfloat16 *w, int in, int out, int accumulate, int spare_ctas, bool programmatic,
+               cudaStream_t stream) {
     auto kernel = gemv_stream_kernel<N, INPUT, OutT>;
     const size_t input = input_bytes(N, in);
     static bool attribute_set = false; /* one per instantiation */
@@ -161,14 +162,15 @@ int launch_one(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat1
         (void)cudaGetLastError(); /* a refused size only means no staging */
         cached_input = input;
     }
-    const long long resident = cached_resident;
+    long long resident = cached_resident - spare_ctas; /* room left for the next kernel's CTAs */
+    if (resident < 1) resident = 1;
     const long long needed = ((long long)out + GEMV_WARPS - 1) / GEMV_WARPS;
     const int blocks = (int)(needed < resident ? needed : resident);
     const long long warps = (long long)blocks * GEMV_WARPS;
     const long long row_bursts = ((long long)in / CHUNK + BURST_CHUNKS - 1) / BURST_CHUNKS;
     const long long bursts_per_warp = ((long long)out + warps - 1) / warps * row_bursts;
     const stage_policy policy = third_burst_policy();
-    const bool staged = programmatic && cached_resident_staged >= resident &&
+    const bool staged = programmatic && cached_resident_staged >= cached_resident &&
                         (policy == stage_policy::always ||
                          (policy == stage_policy::long_products && bursts_per_warp >= GEMV_STAGE_MIN_BURSTS));
     const size_t smem = input + (staged ? STAGE_BYTES : 0);
@@ -187,12 +189,13 @@ int launch_one(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat1
 
 template <int INPUT, typename OutT>
 int launch_rows(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat16 *gain, float eps,
-                const __nv_bfloat16 *w, int n, int in, int out, int accumulate, cudaStream_t stream) {
+                const __nv_bfloat16 *w, int n, int in, int out, int accumulate, int spare_ctas, cudaStream_t stream) {
     const bool programmatic = programmatic_launches();
     switch (n) {
 #define XLKV_GEMV_CASE(N)                                                                                              \
     case N:                                                                                                            \
-        return launch_one<N, INPUT, OutT>(y, x, x_stride, gain, eps, w, in, out, accumulate, programmatic, stream);
+        return launch_one<N, INPUT, OutT>(y, x, x_stride, gain, eps, w, in, out, accumulate, spare_ctas, programmatic, \
+                                          stream);
         XLKV_GEMV_CASE(1)
         XLKV_GEMV_CASE(2)
         XLKV_GEMV_CASE(3)
@@ -208,18 +211,21 @@ int launch_rows(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat
 
 template <typename OutT>
 int launch_input(OutT *y, const __nv_bfloat16 *x, const xlkv_cuda_gemv_input *input, const __nv_bfloat16 *w, int n,
-                 int in, int out, int accumulate, cudaStream_t stream) {
+                 int in, int out, int accumulate, int spare_ctas, cudaStream_t stream) {
     const int kind = input ? input->kind : XLKV_GEMV_INPUT_PLAIN;
     const int x_stride = input && input->x_stride > 0 ? input->x_stride : (kind == XLKV_GEMV_INPUT_SWIGLU ? 2 * in : in);
     const __nv_bfloat16 *gain = input ? (const __nv_bfloat16 *)input->gain : nullptr;
     const float eps = input ? input->eps : 0.0f;
     switch (kind) {
     case XLKV_GEMV_INPUT_PLAIN:
-        return launch_rows<XLKV_GEMV_INPUT_PLAIN>(y, x, x_stride, gain, eps, w, n, in, out, accumulate, stream);
+        return launch_rows<XLKV_GEMV_INPUT_PLAIN>(y, x, x_stride, gain, eps, w, n, in, out, accumulate, spare_ctas,
+                                                  stream);
     case XLKV_GEMV_INPUT_RMSNORM:
-        return launch_rows<XLKV_GEMV_INPUT_RMSNORM>(y, x, x_stride, gain, eps, w, n, in, out, accumulate, stream);
+        return launch_rows<XLKV_GEMV_INPUT_RMSNORM>(y, x, x_stride, gain, eps, w, n, in, out, accumulate, spare_ctas,
+                                                  stream);
     case XLKV_GEMV_INPUT_SWIGLU:
-        return launch_rows<XLKV_GEMV_INPUT_SWIGLU>(y, x, x_stride, gain, eps, w, n, in, out, accumulate, stream);
+        return launch_rows<XLKV_GEMV_INPUT_SWIGLU>(y, x, x_stride, gain, eps, w, n, in, out, accumulate, spare_ctas,
+                                                  stream);
     default: return (int)cudaErrorInvalidValue;
     }
 }
@@ -248,14 +254,21 @@ int xlkv_cuda_gemv_supported(int n, int in, const void *x, const void *w, xlkv_d
     return xlkv_cuda_gemv_input_supported(n, in, x, NULL, w, dt);
 }
 
-int xlkv_cuda_gemv_fused(void *y, int y_is_f32, int accumulate, const void *x, const xlkv_cuda_gemv_input *input,
-                         const void *w, int n, int in, int out, xlkv_dtype dt, void *stream) {
+int xlkv_cuda_gemv_fused_spare(void *y, int y_is_f32, int accumulate, const void *x, const xlkv_cuda_gemv_input *input,
+                               const void *w, int n, int in, int out, int spare_ctas, xlkv_dtype dt, void *stream) {
     if (!xlkv_cuda_gemv_input_supported(n, in, x, input, w, dt) || out <= 0) return (int)cudaErrorNotSupported;
+    if (spare_ctas < 0) return (int)cudaErrorInvalidValue;
     const __nv_bfloat16 *xb = (const __nv_bfloat16 *)x, *wb = (const __nv_bfloat16 *)w;
     if (y_is_f32)
-        return launch_input<float>((float *)y, xb, input, wb, n, in, out, accumulate, (cudaStream_t)stream);
-    return launch_input<__nv_bfloat16>((__nv_bfloat16 *)y, xb, input, wb, n, in, out, accumulate,
+        return launch_input<float>((float *)y, xb, input, wb, n, in, out, accumulate, spare_ctas,
+                                   (cudaStream_t)stream);
+    return launch_input<__nv_bfloat16>((__nv_bfloat16 *)y, xb, input, wb, n, in, out, accumulate, spare_ctas,
                                        (cudaStream_t)stream);
+}
+
+int xlkv_cuda_gemv_fused(void *y, int y_is_f32, int accumulate, const void *x, const xlkv_cuda_gemv_input *input,
+                         const void *w, int n, int in, int out, xlkv_dtype dt, void *stream) {
+    return xlkv_cuda_gemv_fused_spare(y, y_is_f32, accumulate, x, input, w, n, in, out, 0, dt, stream);
 }
 
 int xlkv_cuda_gemv(void *y, int y_is_f32, const void *x, const void *w, int n, int in, int out, xlkv_dtype dt,
