@@ -19,7 +19,9 @@
  *     warp reduction: the summation order depends on `in` only (never on the grid, `out`, n, the input kind or the
  *     epilogue), so a fused product gives the bits of the unfused sequence;
  *   - epilogue: y = bf16/fp32(acc), or with `accumulate` the residual add y += round(acc) (the unfused product
- *     rounds to the output type before xlkv_cuda_add adds it).
+ *     rounds to the output type before xlkv_cuda_add adds it; y's values are loaded as the row starts, for up to
+ *     GEMV_RESIDUAL_AHEAD_ROWS rows, so that the add waits for no load);
+ *   - xlkv_cuda_gemv_fused_spare leaves CTA slots free (a smaller grid: same bits) for the kernel launched after it.
  * The streaming kernel is launched as a programmatic dependent of the kernel before it (programmatic_launches in
  * kernels_common.cuh: the default; XLKV_GEMV=plain launches it normally); same bits. Launched so, each warp issues
  * its first two bursts into registers and, where the shared memory has room without costing a resident CTA, its
@@ -79,7 +81,9 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2)
      * warp's shared-memory slot, also before the wait. Measured (docs/CUDA.md, 2026-11-26): this kernel decodes 3-4%
      * faster in the engine than the one before it had this path, even where `staged` is 0 (117-124 registers
      * against ~110; the same 16 loads before the wait), for reasons not found: re-measure against the previous
-     * kernel when this loop changes, not only the SASS. */
+     * kernel when this loop changes, not only the SASS. (Likely the shared-memory carveout, found later the same day:
+     * the engine then ran its step with one carveout and bench_gpu_step's graph with several; prefer_shared_carveout
+     * now asks for one everywhere.) */
     uint4 *stage = gemv_smem + input_bytes(N, in) / sizeof(uint4) + (size_t)(threadIdx.x >> 5) * BURST_CHUNKS;
     int staged_row = next_row, staged_burst = next_burst + 1;
     if (staged_burst == bursts) {
