@@ -1024,7 +1024,7 @@ static const char *gemv_input_name(int kind) {
  * composition (bf16-rounded where the unfused sequence stores) and (b) the unfused GPU sequence (rmsnorm / swiglu
  * kernel, plain gemv, add kernel), which must give the same bits, (c) the programmatic and the normal launch
  * (XLKV_GEMV=pdl, pdl-registers, pdl-staged, plain) and (d) smaller grids (xlkv_cuda_gemv_fused_spare: 36 CTA slots
- * left free, and one CTA), same bits too; a negative spare is refused. Shapes: the five tinyllama products, `in` 8 .. 5632
+ * left free, and the most it leaves), same bits too; a negative spare is refused. Shapes: the five tinyllama products, `in` 8 .. 5632
  * (multiples of the 2048-weight burst and not), odd `out`. x rows are strided (x_stride > the minimum); the shapes it
  * must refuse (f32, n > 8, in not a multiple of 8, misaligned gain) are refused. */
 static void gemv_fused_matches_cpu_and_unfused(void **state) {
@@ -1138,7 +1138,7 @@ static void gemv_fused_matches_cpu_and_unfused(void **state) {
                             expect_same_bits("gemv_fused", bf, shape, got, other, (size_t)n * out, what);
                             free(other);
                         }
-                        /* a smaller grid (room left for the next kernel; down to one CTA): the same bits */
+                        /* a smaller grid (room left for the next kernel; a huge request is capped): the same bits */
                         static const int spares[] = {36, 1 << 20};
                         for (int k = 0; k < 2; k++) {
                             if (accumulate) upload(dz, y0, (size_t)n * out, out_dt);

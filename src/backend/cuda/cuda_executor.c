@@ -85,7 +85,9 @@ static gemv_chain_mode gemv_chain_selected(void) {
  * (row, KV head, 64-key split) of the first ATTENTION_ROOM_SPLITS * 64 positions. Measured on the H100 at batch 1,
  * context 512 (docs/CUDA.md, bench/results/decode-qkv-room-h100-7044095.log), tokens/s for standard / cla:2 / lckv:2:
  * no room 996-1,000 / 990-991 / 994-996; 36 slots (this rule) 1,004-1,005 / 1,003-1,013 / 1,023-1,027; 72 slots
- * 992-998 / 1,003-1,008 / 1,021-1,031; 132 slots 943-946 / 961-964 / 986-990. XLKV_QKV_SPARE_CTAS overrides it. */
+ * 992-998 / 1,003-1,008 / 1,021-1,031; 132 slots 943-946 / 961-964 / 986-990. The product leaves at most a quarter of
+ * its slots (xlkv_cuda_gemv_fused_spare), so from 2 rows on (72 wanted with 4 KV heads) the cap decides: larger
+ * batches were not measured. XLKV_QKV_SPARE_CTAS overrides it. */
 enum { ATTENTION_ROOM_SPLITS = 9 };
 static int qkv_spare_ctas(const xlkv_cuda_engine *e, int n) {
     const char *forced = getenv("XLKV_QKV_SPARE_CTAS");

@@ -165,7 +165,7 @@ int xlkv_cuda_gemv_input_supported(int n, int in, const void *x, const xlkv_cuda
 int xlkv_cuda_gemv_fused(void *y, int y_is_f32, int accumulate, const void *x, const xlkv_cuda_gemv_input *input,
                          const void *w, int n, int in, int out, xlkv_dtype dt, void *stream);
 /* xlkv_cuda_gemv_fused leaving `spare_ctas` (>= 0) CTA slots of the device free: its grid is that many CTAs smaller
- * than the most that are resident at once (at least 1), so that the kernel launched after it as a programmatic
+ * than the most that are resident at once (at most a quarter of them), so that the kernel launched after it as a programmatic
  * dependent can place CTAs beside it at once (the engine leaves room for the fused decode attention after the qkv
  * product). Same bits for every spare_ctas. */
 int xlkv_cuda_gemv_fused_spare(void *y, int y_is_f32, int accumulate, const void *x, const xlkv_cuda_gemv_input *input,

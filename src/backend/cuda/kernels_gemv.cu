@@ -21,7 +21,8 @@
  *   - epilogue: y = bf16/fp32(acc), or with `accumulate` the residual add y += round(acc) (the unfused product
  *     rounds to the output type before xlkv_cuda_add adds it; y's values are loaded as the row starts, for up to
  *     GEMV_RESIDUAL_AHEAD_ROWS rows, so that the add waits for no load);
- *   - xlkv_cuda_gemv_fused_spare leaves CTA slots free (a smaller grid: same bits) for the kernel launched after it.
+ *   - xlkv_cuda_gemv_fused_spare leaves CTA slots free (a smaller grid, by at most a quarter: same bits) for the
+ *     kernel launched after it.
  * The streaming kernel is launched as a programmatic dependent of the kernel before it (programmatic_launches in
  * kernels_common.cuh: the default; XLKV_GEMV=plain launches it normally); same bits. Launched so, each warp issues
  * its first two bursts into registers and, where the shared memory has room without costing a resident CTA, its
@@ -166,8 +167,10 @@ int launch_one(OutT *y, const __nv_bfloat16 *x, int x_stride, const __nv_bfloat1
         (void)cudaGetLastError(); /* a refused size only means no staging */
         cached_input = input;
     }
-    long long resident = cached_resident - spare_ctas; /* room left for the next kernel's CTAs */
-    if (resident < 1) resident = 1;
+    /* room left for the next kernel's CTAs: at most a quarter of the slots (fewer warps stream fewer bytes: one CTA a
+     * multiprocessor instead of two made every product 15-25% slower, docs/CUDA.md) */
+    const long long spare = spare_ctas < cached_resident / 4 ? spare_ctas : cached_resident / 4;
+    const long long resident = cached_resident - spare > 0 ? cached_resident - spare : 1;
     const long long needed = ((long long)out + GEMV_WARPS - 1) / GEMV_WARPS;
     const int blocks = (int)(needed < resident ? needed : resident);
     const long long warps = (long long)blocks * GEMV_WARPS;
