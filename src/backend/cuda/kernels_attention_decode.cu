@@ -386,8 +386,9 @@ template <int D> __device__ __forceinline__ __nv_bfloat16 *kv_stage_v() {
  * blocks_ready: split_blocks() already holds the split's entries (loaded by the caller before a barrier). own_pos >= 0:
  * the row of position own_pos comes from own_kv (shared memory, 16-byte aligned: K then V, D values each; the
  * fused kernels' new row, which they also write to the pool) instead of the pool. tile0_issued: the caller has
- * already issued tile 0 into stage 0 (split_kv_tiles::load, own row included) and committed it as one cp.async group
- * (the fused kernel does so before it waits for the previous kernel). Shared by decode_mma_kernel and the fused decode
+ * already issued tile 0 into stage 0 (split_kv_tiles::load) and committed it as one cp.async group, and has written
+ * the new row into it itself when that row lies in tile 0 (the fused kernel, before and after its wait for the previous
+ * kernel; a barrier separates that write from this call). Shared by decode_mma_kernel and the fused decode
  * kernels. Every thread returns; no barrier is pending at return. */
 template <int D>
 __device__ __forceinline__ void mma_attend_split(const decode_params<__nv_bfloat16> &p, const __nv_bfloat16 *q_heads,
