@@ -1,7 +1,8 @@
 /* bench/bench_gpu_step: where a batched decode step's time goes, kernel by kernel, at the tinyllama shape (bf16).
  * Times, with CUDA events (median of 20 after warm-up), each launch a decode step of B rows makes per layer (the cuBLAS
  * products at their fused shapes, the elementwise kernels, kv_write and the split-K decode attention over L visible
- * positions through a paged pool), and reports achieved bandwidth / FLOP rate against the device's. For B <=
+ * positions through a paged pool; then rope_kv_write + that attention against the one fused launch the engine runs
+ * for decode rows, xlkv_cuda_attention_decode_fused), and reports achieved bandwidth / FLOP rate against the device's. For B <=
  * XLKV_CUDA_GEMV_MAX_ROWS it also times the fused few-row path the engine takes (cuda_executor.c): the four products
  * with their fused input / epilogue, rope_kv_write, rope_kv_write + the decode attention (three launches) against the
  * one fused launch that replaces them (xlkv_cuda_attention_decode_fused), the fused logits product and the chunked
@@ -378,12 +379,6 @@ static void bench_fused(step_ctx *c) {
     check(cudaMalloc((void **)&c->history, sizeof(int) * XLKV_CUDA_GEMV_MAX_ROWS * XLKV_CUDA_PENALTY_WINDOW), "history");
     check(cudaMalloc((void **)&c->history_len, sizeof(int) * XLKV_CUDA_GEMV_MAX_ROWS), "history");
     check(cudaMemset(c->history_len, 0, sizeof(int) * XLKV_CUDA_GEMV_MAX_ROWS), "history");
-    check(cudaMalloc((void **)&c->attn_counters,
-                     xlkv_cuda_attention_decode_fused_counters(c->batch, KV_HEADS) * sizeof(unsigned)),
-          "counters");
-    check(cudaMemset(c->attn_counters, 0,
-                     xlkv_cuda_attention_decode_fused_counters(c->batch, KV_HEADS) * sizeof(unsigned)),
-          "counters");
     c->layer = 0;
     /* the kernels as programmatic dependent launches (the default) and launched normally (XLKV_GEMV=plain), in the
      * same run */
@@ -408,7 +403,7 @@ int main(int argc, char **argv) {
     check(cudaStreamCreate(&c.stream), "stream");
     if (xlkv_cuda_gemm_init(&c.gemm, XLKV_DTYPE_BF16, c.stream) != XLKV_OK) return 1;
     const size_t rows = (size_t)batch;
-    c.x = device_random(rows * 4096 * 2);
+    c.x = device_random(rows * FFN * 2); /* the input of every product, the down product's included */
     c.y = device_random(rows * 2 * FFN * 2);
     c.big = device_random(rows * 2 * FFN * 2);
     c.w_qkv = device_random((size_t)2560 * DIM * 2);
@@ -439,6 +434,11 @@ int main(int argc, char **argv) {
     check(cudaMalloc((void **)&c.tokens, rows * sizeof(int)), "tokens");
     check(cudaMemcpy(c.row_seq, seqs, rows * sizeof(int), cudaMemcpyHostToDevice), "seq");
     check(cudaMemcpy(c.row_pos, pos, rows * sizeof(int), cudaMemcpyHostToDevice), "pos");
+    check(cudaMalloc((void **)&c.attn_counters,
+                     xlkv_cuda_attention_decode_fused_counters(batch, KV_HEADS) * sizeof(unsigned)),
+          "counters");
+    check(cudaMemset(c.attn_counters, 0, xlkv_cuda_attention_decode_fused_counters(batch, KV_HEADS) * sizeof(unsigned)),
+          "counters");
     size_t ws = xlkv_cuda_attention_decode_workspace(batch, HEADS, HEAD_DIM, context + 16);
     check(cudaMalloc((void **)&c.workspace, ws * sizeof(float)), "workspace");
     c.cos_t = device_random((size_t)(context + 16) * 32 * 4);
@@ -465,6 +465,14 @@ int main(int argc, char **argv) {
     double kv_bytes = (double)batch * context * 2 * 256 * 2;
     printf("%-28s %10.1f %12.0f %12s\n", "decode attention", ms * 1e3, kv_bytes / ms / 1e6, "-");
     layer_us += ms * 1e3;
+    /* what the engine runs for decode rows: RoPE, the K/V write and the attention in one launch, against the three
+     * launches it replaces (rope_kv_write, pass 1, combine); the sum below counts the attention + kv_write lines */
+    const double unfused_ms = time_ms(run_rope_attention_unfused, &c, c.stream);
+    printf("%-28s %10.1f %12.0f %12s\n", "rope_kv_write + attention", unfused_ms * 1e3, kv_bytes / unfused_ms / 1e6,
+           "-");
+    const double fused_ms = time_ms(run_rope_attention_fused, &c, c.stream);
+    printf("%-28s %10.1f %12.0f %12s   (x%.2f)\n", "rope + attention fused", fused_ms * 1e3, kv_bytes / fused_ms / 1e6,
+           "-", unfused_ms / fused_ms);
     launch_fn small[] = {run_rmsnorm, run_swiglu, run_kv_write};
     const char *small_names[] = {"add_rmsnorm", "swiglu", "kv_write"};
     for (int k = 0; k < 3; k++) {

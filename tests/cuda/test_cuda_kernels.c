@@ -1624,7 +1624,9 @@ static int run_fused_case(const fused_case *c, int salt) {
     const int qkv_stride = q_width + 2 * kv_dim;
     int failures = 0;
 
-    int row_seq[XLKV_CUDA_DECODE_FUSED_MAX_ROWS], row_pos[XLKV_CUDA_DECODE_FUSED_MAX_ROWS];
+    int *row_seq = malloc((size_t)batch * sizeof *row_seq), *row_pos = malloc((size_t)batch * sizeof *row_pos);
+    assert_non_null(row_seq);
+    assert_non_null(row_pos);
     fused_rows(batch, c->max_positions, c->long_rows, salt, row_seq, row_pos);
     host_pool hp = make_host_pool(2, c->block_size, kv_dim, batch, c->max_positions, dt);
     device_pool fused_pool = upload_pool(&hp, dt), plain_pool = upload_pool(&hp, dt);
@@ -1748,8 +1750,8 @@ static int run_fused_case(const fused_case *c, int salt) {
         printf("[FAIL] fused %s: the qkv rows were modified\n", shape);
         failures++;
     }
-    unsigned counters[XLKV_CUDA_DECODE_FUSED_MAX_ROWS * 64];
-    assert_true(n_counters <= sizeof counters / sizeof counters[0]);
+    unsigned *counters = malloc(n_counters * sizeof *counters);
+    assert_non_null(counters);
     CK(cudaMemcpy(counters, d_counters, n_counters * sizeof(unsigned), cudaMemcpyDeviceToHost));
     for (size_t i = 0; i < n_counters; i++)
         if (counters[i] != 0) {
@@ -1758,6 +1760,9 @@ static int run_fused_case(const fused_case *c, int salt) {
             break;
         }
 
+    free(counters);
+    free(row_seq);
+    free(row_pos);
     free(qkv_after);
     free(got);
     free(plain);
@@ -1786,7 +1791,7 @@ static int run_fused_case(const fused_case *c, int salt) {
 }
 
 /* The fused decode launch (RoPE + K/V write + split-K attention + last-CTA combine) against rope_kv_write +
- * attention_decode and the CPU: G = 1, 4, 8 at head_dim 64 and 128, batches 1..8, contexts crossing the tiles and
+ * attention_decode and the CPU: G = 1, 4, 8 at head_dim 64 and 128, batches 1..8, 40 and 300, contexts crossing the tiles and
  * splits, full / masked diagonal / windows (window 1: only the new key, or nothing with the diagonal masked), block
  * sizes 16 and 1, a layer writing the slot it reads, one writing another slot, one writing nothing; padding rows. */
 static void attention_decode_fused_matches_unfused(void **state) {
@@ -1797,7 +1802,7 @@ static void attention_decode_fused_matches_unfused(void **state) {
     const int slots[][2] = {{1, 1}, {0, 1}, {-1, 1}};                                                  /* write, read */
     int cases = 0, failures = 0;
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
-        for (int batch = 1; batch <= XLKV_CUDA_DECODE_FUSED_MAX_ROWS; batch++)
+        for (int batch = 1; batch <= 8; batch++)
             for (size_t ri = 0; ri < sizeof rules / sizeof rules[0]; ri++)
                 for (size_t wi = 0; wi < sizeof slots / sizeof slots[0]; wi++) {
                     /* every combination at batch 1, 3, 8; the others with the own-slot layer only */
@@ -1825,17 +1830,30 @@ static void attention_decode_fused_matches_unfused(void **state) {
                 failures += run_fused_case(&c, (int)ri + batch);
                 cases++;
             }
+    /* batches of the throughput protocol's kind: 40 rows (128-key splits) and 300 rows (256-key splits), many
+     * (row, KV head) counters at once; full and windowed + masked, both head sizes */
+    const int big_rules[] = {0, 3};
+    for (size_t si = 0; si < 4; si += 3)
+        for (int bi = 0; bi < 2; bi++)
+            for (int ri = 0; ri < 2; ri++) {
+                const fused_case c = {.sh = shapes[si], .batch = bi ? 300 : 40, .max_positions = 600,
+                                      .window = rules[big_rules[ri]][0], .mask_diagonal = rules[big_rules[ri]][1],
+                                      .block_size = rules[big_rules[ri]][2], .write_slot = 1, .read_slot = 1};
+                failures += run_fused_case(&c, (int)si + ri);
+                cases++;
+            }
     printf("attention_decode_fused: %d cases, %d failed checks\n", cases, failures);
     if (failures)
         fail_msg("attention_decode_fused: %d failed checks in %d cases (lines marked FAIL above)", failures, cases);
 
-    /* refused: f32, more than 8 rows, G > 8, head_dim 96; invalid: a write slot past the pool */
+    /* refused: f32, no rows, G > 8; invalid: a write slot past the pool */
     host_pool hp = make_host_pool(2, 16, 4 * 64, 1, 64, XLKV_DTYPE_BF16);
     device_pool dp = upload_pool(&hp, XLKV_DTYPE_BF16);
     xlkv_attention_rule rule = {.n_heads = 32, .n_kv_heads = 4, .head_dim = 64, .read_slot = 0};
     assert_true(xlkv_cuda_attention_decode_fused_supported(8, &rule, &dp.kv, XLKV_DTYPE_BF16));
     assert_false(xlkv_cuda_attention_decode_fused_supported(8, &rule, &dp.kv, XLKV_DTYPE_F32));
-    assert_false(xlkv_cuda_attention_decode_fused_supported(9, &rule, &dp.kv, XLKV_DTYPE_BF16));
+    assert_true(xlkv_cuda_attention_decode_fused_supported(4096, &rule, &dp.kv, XLKV_DTYPE_BF16));
+    assert_false(xlkv_cuda_attention_decode_fused_supported(0, &rule, &dp.kv, XLKV_DTYPE_BF16));
     rule.n_heads = 64;
     assert_false(xlkv_cuda_attention_decode_fused_supported(1, &rule, &dp.kv, XLKV_DTYPE_BF16));
     rule.n_heads = 32;

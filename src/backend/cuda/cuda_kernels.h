@@ -113,17 +113,16 @@ int xlkv_cuda_attention_decode_with(void *out, const void *q, int q_stride, int 
                                     const xlkv_attention_rule *rule, float *workspace, xlkv_dtype dt,
                                     xlkv_cuda_decode_kernel which, void *stream);
 
-/* Decode attention of a few rows fused with what precedes it, ONE launch (bf16, tensor cores): per row, RoPE on the
+/* Decode attention of a batch of rows fused with what precedes it, ONE launch (bf16, tensor cores): per row, RoPE on the
  * query heads (read from qkv, rotated on the fly; qkv is not modified), K (rotated) and V of the row written to slot
  * rope_kv->write_slot exactly as xlkv_cuda_rope_kv_write writes them (write_slot -1: not a KV layer, nothing written),
  * then split-K attention over slot rule->read_slot and the combine of the partials by the last CTA of each
  * (row, KV head). out is what xlkv_cuda_attention_decode gives for the rotated queries, within rounding. Rows with
  * row_seq < 0 or row_pos < 0 write nothing and get zeros. Supported (else cudaErrorNotSupported) where
- * xlkv_cuda_attention_decode_fused_supported: bf16, batch <= XLKV_CUDA_DECODE_FUSED_MAX_ROWS, head_dim 64 or 128,
+ * xlkv_cuda_attention_decode_fused_supported: bf16, any batch >= 1, head_dim 64 or 128,
  * n_heads / n_kv_heads <= 8, 16-byte aligned pool. workspace: as xlkv_cuda_attention_decode's. counters: device
  * unsigned [xlkv_cuda_attention_decode_fused_counters(batch, n_kv_heads)], zero before the first launch; every launch
  * leaves them zero (CUDA-graph replayable), so one array serves every layer, launched one after another. */
-enum { XLKV_CUDA_DECODE_FUSED_MAX_ROWS = 8 };
 typedef struct xlkv_cuda_decode_rope_kv {
     const float *cos_table, *sin_table; /* as xlkv_cuda_rope */
     int write_slot;                     /* -1: write nothing */

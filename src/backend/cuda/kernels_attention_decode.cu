@@ -1,5 +1,5 @@
 /* backend/cuda/kernels_attention_decode: decode attention for a batch of single-query rows, split-K over the keys
- * (also fused with RoPE and the K/V write of the rows for small batches, below).
+ * (also fused with RoPE and the K/V write of the rows, below: what the engine runs for decode rows).
  *
  * Splits. Keys are cut in splits of split_size positions: 256 when the batch gives the GPU enough CTAs, halved down
  * to 32 (64 for shapes the tensor-core kernel takes: it works in 64-key tiles, so a 32-key split would leave half of
@@ -30,9 +30,10 @@
  * takes the generic kernel (one warp per (row, query head, split), scalar loads, head_dim <= 256). Same workspace.
  * (Measured on an H100, tinyllama, batch 608 at 768 positions: the grouped kernel reaches ~1 TB/s, shuffle/ALU bound.)
  *
- * Fused decode (xlkv_cuda_attention_decode_fused: bf16, the tensor-core shapes, batch <= 8; what the engine runs for
- * few decode rows): rope_kv_write, pass 1 and pass 2 in ONE launch over the same grid as the tensor-core pass 1, since
- * each kernel of a graph costs ~3-5 us of ramp and tail beside ~0.5 MB of KV at batch 1. It is launched as a
+ * Fused decode (xlkv_cuda_attention_decode_fused: bf16, the tensor-core shapes, any batch; what the engine runs for
+ * decode rows): rope_kv_write, pass 1 and pass 2 in ONE launch over the same grid as the tensor-core pass 1, since
+ * each kernel of a graph costs ~3-5 us of ramp and tail beside ~0.5 MB of KV at batch 1, and at large batches the
+ * combine pass re-reads every partial from DRAM after pass 1 (the last CTA of a (row, KV head) finds them in L2). It is launched as a
  * programmatic dependent of the qkv product (programmatic_attention in kernels_common.cuh; XLKV_ATTN_PDL=0 or
  * XLKV_GEMV=plain launch it normally, same bits), so a CTA (row, KV head, split)
  *   0. before it waits for that product, does what does not depend on it: decides its role (attend: a split holding
@@ -1015,7 +1016,7 @@ template <int D> int launch_fused(const decode_params<__nv_bfloat16> &p, const f
 }
 
 bool fused_shape_ok(int batch, const xlkv_attention_rule *rule, const xlkv_paged_kv *kv) {
-    return batch >= 1 && batch <= XLKV_CUDA_DECODE_FUSED_MAX_ROWS && rule && kv && rule->n_heads > 0 &&
+    return batch >= 1 && rule && kv && rule->n_heads > 0 &&
            rule->n_kv_heads > 0 && rule->n_heads % rule->n_kv_heads == 0 &&
            rule->n_heads / rule->n_kv_heads <= MMA_MAX_GROUP && (rule->head_dim == 64 || rule->head_dim == 128) &&
            kv->kv_dim == rule->n_kv_heads * rule->head_dim &&
