@@ -67,6 +67,8 @@
  * (8 FLOP per byte: memory-bound; target: near HBM bandwidth, ~3 TB/s on H100, e.g. batch 512 at L = 1024:
  * 512 MiB -> ~0.18 ms per layer; the tensor-core kernel computes 16-row tiles for G = 8, 2x the useful FLOPs, still
  * far under the mma peak). Partials: per (row, query head, split) 66 floats, small beside the KV bytes. */
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "backend/cuda/kernels_attention_common.cuh"
@@ -87,16 +89,44 @@ constexpr int DECODE_MMA_MIN_SPLIT = 64; /* one key tile of the tensor-core kern
 
 /* Split size for a launch: see the design note above. min_split: DECODE_MIN_SPLIT, or DECODE_MMA_MIN_SPLIT for shapes
  * the tensor-core kernel takes (the workspace is sized with DECODE_MIN_SPLIT: the most splits). */
-int decode_split_size(int batch, int n_heads, int max_positions, int min_split = DECODE_MIN_SPLIT) {
+int decode_split_size(int batch, int n_heads, int max_positions, int min_split = DECODE_MIN_SPLIT,
+                      int max_split = DECODE_SPLIT) {
     const long groups = (long)batch * (n_heads >= 8 ? n_heads / 8 : 1);
-    int split = DECODE_SPLIT;
+    int split = max_split;
     while (split > min_split && groups * ((max_positions + split - 1) / split) < DECODE_TARGET_CTAS) split /= 2;
     return split;
 }
 
-int decode_splits(int batch, int n_heads, int max_positions, int min_split = DECODE_MIN_SPLIT) {
-    const int split = decode_split_size(batch, n_heads, max_positions, min_split);
+int decode_splits(int batch, int n_heads, int max_positions, int min_split = DECODE_MIN_SPLIT,
+                  int max_split = DECODE_SPLIT) {
+    const int split = decode_split_size(batch, n_heads, max_positions, min_split, max_split);
     return max_positions <= 0 ? 1 : (max_positions + split - 1) / split;
+}
+
+/* EXPERIMENT (env, read once): XLKV_DECODE_MAX_SPLIT = the largest split of the tensor-core kernels (default
+ * DECODE_SPLIT; at most DECODE_SPLIT block-table entries, split_blocks()); XLKV_DECODE_GRID=heads puts the KV heads of
+ * a (row, split) in adjacent CTAs (grid.x) instead of the rows. */
+int env_int_once(const char *name, int *cache) {
+    if (*cache < 0) {
+        const char *v = getenv(name);
+        *cache = v ? atoi(v) : 0;
+    }
+    return *cache;
+}
+int mma_max_split(int block_size) {
+    static int env = -1;
+    const int want = env_int_once("XLKV_DECODE_MAX_SPLIT", &env);
+    int split = want >= DECODE_MMA_MIN_SPLIT ? want : DECODE_SPLIT;
+    while (split > DECODE_SPLIT && split / block_size + 1 > DECODE_SPLIT + 1) split /= 2;
+    return split;
+}
+bool decode_heads_fastest(int batch) {
+    static int env = -1;
+    if (env < 0) {
+        const char *v = getenv("XLKV_DECODE_GRID");
+        env = v && !strcmp(v, "heads") ? 1 : 0;
+    }
+    return env == 1 && batch <= 65535;
 }
 
 template <typename T> struct decode_params {
@@ -107,6 +137,7 @@ template <typename T> struct decode_params {
     const T *pool;
     pool_view view;
     int n_heads, n_kv_heads, head_dim, window, mask_diagonal, read_slot, n_splits, split_size;
+    int heads_fastest; /* tensor-core kernels: grid (KV head, row, split) instead of (row, KV head, split) */
     float scale;
     float scale_log2; /* scale * log2(e): the tensor-core path works in exp2 */
     float *part_acc; /* [batch][n_heads][n_splits][head_dim] */
@@ -564,8 +595,19 @@ __device__ __forceinline__ void mma_attend_split(const decode_params<__nv_bfloat
     }
 }
 
+/* The (row, KV head) of this CTA of a tensor-core kernel's grid (see decode_params::heads_fastest). */
+__device__ __forceinline__ int grid_row(const decode_params<__nv_bfloat16> &p) {
+    return p.heads_fastest ? blockIdx.y : blockIdx.x;
+}
+__device__ __forceinline__ int grid_kv_head(const decode_params<__nv_bfloat16> &p) {
+    return p.heads_fastest ? blockIdx.x : blockIdx.y;
+}
+dim3 mma_grid(const decode_params<__nv_bfloat16> &p, int batch) {
+    return p.heads_fastest ? dim3(p.n_kv_heads, batch, p.n_splits) : dim3(batch, p.n_kv_heads, p.n_splits);
+}
+
 template <int D> __global__ void __launch_bounds__(DECODE_THREADS) decode_mma_kernel(decode_params<__nv_bfloat16> p) {
-    const int b = blockIdx.x, kv_head = blockIdx.y;
+    const int b = grid_row(p), kv_head = grid_kv_head(p);
     const int G = p.n_heads / p.n_kv_heads;
     mma_attend_split<D>(p, p.q + (size_t)b * p.q_stride + (size_t)kv_head * G * D, b, kv_head, blockIdx.z,
                         workspace_partial<D>(p, b, kv_head, blockIdx.z));
@@ -713,8 +755,7 @@ template <int D> int launch_mma(const decode_params<__nv_bfloat16> &p, int batch
         if (err != cudaSuccess) return (int)err;
         smem_limit_raised = true;
     }
-    const dim3 grid(batch, p.n_kv_heads, p.n_splits);
-    decode_mma_kernel<D><<<grid, DECODE_THREADS, smem, stream>>>(p);
+    decode_mma_kernel<D><<<mma_grid(p, batch), DECODE_THREADS, smem, stream>>>(p);
     return launch_status();
 }
 
@@ -755,8 +796,10 @@ int make_decode_params(decode_params<T> *out, const void *q, int q_stride, int b
                            (rule->head_dim == 64 || rule->head_dim == 128) &&
                            rule->n_heads / rule->n_kv_heads <= MMA_MAX_GROUP;
     const int min_split = mma_shape ? DECODE_MMA_MIN_SPLIT : DECODE_MIN_SPLIT;
-    p.split_size = decode_split_size(batch, rule->n_heads, max_positions, min_split);
-    p.n_splits = decode_splits(batch, rule->n_heads, max_positions, min_split);
+    const int max_split = mma_shape ? mma_max_split(kv->block_size) : DECODE_SPLIT;
+    p.split_size = decode_split_size(batch, rule->n_heads, max_positions, min_split, max_split);
+    p.n_splits = decode_splits(batch, rule->n_heads, max_positions, min_split, max_split);
+    p.heads_fastest = mma_shape && decode_heads_fastest(batch);
     p.scale = 1.0f / sqrtf((float)rule->head_dim);
     p.scale_log2 = p.scale * 1.4426950408889634f;
     const size_t n_parts = (size_t)batch * rule->n_heads * p.n_splits;
@@ -906,7 +949,7 @@ __global__ void __launch_bounds__(DECODE_THREADS) decode_fused_kernel(decode_par
     __shared__ float s_cos[HALF], s_sin[HALF];
     __shared__ int s_last;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    const int b = blockIdx.x, kv_head = blockIdx.y, split = blockIdx.z, tid = threadIdx.x;
+    const int b = grid_row(p), kv_head = grid_kv_head(p), split = blockIdx.z, tid = threadIdx.x;
     const int G = p.n_heads / p.n_kv_heads;
     /* The o product, launched as a programmatic dependent (programmatic_launches in kernels_common.cuh), may start
      * now: its CTAs stream their weights beside this launch's few CTAs and wait for this kernel's completion before
@@ -1004,7 +1047,7 @@ template <int D> int launch_fused(const decode_params<__nv_bfloat16> &p, const f
         prefer_shared_carveout(decode_fused_kernel<D>);
         carveout_set = true;
     }
-    const dim3 grid(batch, p.n_kv_heads, p.n_splits);
+    const dim3 grid = mma_grid(p, batch);
     if (programmatic_attention()) {
         cudaLaunchAttribute attribute = {};
         attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
