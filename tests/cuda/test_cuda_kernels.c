@@ -1588,7 +1588,7 @@ typedef struct fused_case {
     attention_shape sh;
     int batch, max_positions, window, mask_diagonal, block_size;
     int write_slot, read_slot; /* write_slot -1: a layer without KV */
-    int long_rows;             /* rows near max_positions instead of the positions of fused_rows */
+    int long_rows;             /* 1: rows near max_positions, 2: rows spread over it, 0: the positions of fused_rows */
 } fused_case;
 
 static const char *fused_slots_name(const fused_case *c) {
@@ -1596,14 +1596,17 @@ static const char *fused_slots_name(const fused_case *c) {
 }
 
 /* Row positions: contexts crossing the 64-key tiles and the split boundaries (context t + 1 = 1, 63, 64, 65, 512, 1000
- * and their neighbours), rotated by `salt` (with long_rows: max_positions - 1 - 37 (b + salt % 3)); row 1 is a padding
- * row without a sequence (batch >= 3), row 2 one without a position (batch >= 5). Each row its own sequence. */
+ * and their neighbours), rotated by `salt` (with long_rows 1: max_positions - 1 - 37 (b + salt % 3); 2: (997 b + salt)
+ * mod max_positions, every split of a long context); row 1 is a padding row without a sequence (batch >= 3), row 2
+ * one without a position (batch >= 5). Each row its own sequence. */
 static void fused_rows(int batch, int max_positions, int long_rows, int salt, int *row_seq, int *row_pos) {
     static const int positions[] = {999, 0, 62, 63, 64, 511, 1000, 1, 65, 512, 127, 128};
     const int n = (int)(sizeof positions / sizeof positions[0]);
     for (int b = 0; b < batch; b++) {
         row_seq[b] = b;
-        int t = long_rows ? max_positions - 1 - 37 * (b + salt % 3) : positions[(b + salt) % n];
+        int t = long_rows == 1   ? max_positions - 1 - 37 * (b + salt % 3)
+                : long_rows == 2 ? (int)((997L * b + salt) % max_positions)
+                                 : positions[(b + salt) % n];
         row_pos[b] = t < max_positions ? t : max_positions - 1;
     }
     if (batch >= 3) row_seq[1] = -1;
@@ -1666,7 +1669,7 @@ static int run_fused_case(const fused_case *c, int salt) {
     char shape[160];
     snprintf(shape, sizeof shape, "b=%d h=%d kvh=%d hd=%d win=%d diag=%d bs=%d %s ctx<=%d%s", batch, sh.n_heads,
              sh.n_kv_heads, head_dim, c->window, c->mask_diagonal, c->block_size, fused_slots_name(c),
-             c->max_positions, c->long_rows ? " long" : "");
+             c->max_positions, c->long_rows == 1 ? " long" : c->long_rows == 2 ? " spread" : "");
 
     /* the host's expected pool and rotated queries (CPU RoPE, rounded to bf16 where the GPU stores) */
     float *q_rot = malloc((size_t)batch * q_width * sizeof *q_rot);
@@ -1791,9 +1794,10 @@ static int run_fused_case(const fused_case *c, int salt) {
 }
 
 /* The fused decode launch (RoPE + K/V write + split-K attention + last-CTA combine) against rope_kv_write +
- * attention_decode and the CPU: G = 1, 4, 8 at head_dim 64 and 128, batches 1..8, 40 and 300, contexts crossing the tiles and
- * splits, full / masked diagonal / windows (window 1: only the new key, or nothing with the diagonal masked), block
- * sizes 16 and 1, a layer writing the slot it reads, one writing another slot, one writing nothing; padding rows. */
+ * attention_decode and the CPU: G = 1, 4, 8 at head_dim 64 and 128, batches 1..8, 40, 256 (1024-key splits) and 300,
+ * contexts crossing the tiles and splits, full / masked diagonal / windows (window 1: only the new key, or nothing
+ * with the diagonal masked), block sizes 16 and 1, a layer writing the slot it reads, one writing another slot, one
+ * writing nothing; padding rows. */
 static void attention_decode_fused_matches_unfused(void **state) {
     (void)state;
     const attention_shape shapes[] = {{32, 4, 64}, {16, 4, 64}, {4, 4, 128}, {16, 2, 128}, {4, 4, 64}};
@@ -1842,6 +1846,14 @@ static void attention_decode_fused_matches_unfused(void **state) {
                 failures += run_fused_case(&c, (int)si + ri);
                 cases++;
             }
+    /* 1024-key splits (batch 256: 1,024 (row, KV head) groups), two of them, rows spread over both */
+    for (int ri = 0; ri < 2; ri++) {
+        const fused_case c = {.sh = shapes[0], .batch = 256, .max_positions = 1300,
+                              .window = rules[big_rules[ri]][0] ? 700 : 0, .mask_diagonal = rules[big_rules[ri]][1],
+                              .block_size = 16, .write_slot = 1, .read_slot = 1, .long_rows = 2};
+        failures += run_fused_case(&c, ri);
+        cases++;
+    }
     printf("attention_decode_fused: %d cases, %d failed checks\n", cases, failures);
     if (failures)
         fail_msg("attention_decode_fused: %d failed checks in %d cases (lines marked FAIL above)", failures, cases);

@@ -1,10 +1,16 @@
 /* backend/cuda/kernels_attention_decode: decode attention for a batch of single-query rows, split-K over the keys
  * (also fused with RoPE and the K/V write of the rows, below: what the engine runs for decode rows).
  *
- * Splits. Keys are cut in splits of split_size positions: 256 when the batch gives the GPU enough CTAs, halved down
- * to 32 (64 for shapes the tensor-core kernel takes: it works in 64-key tiles, so a 32-key split would leave half of
- * each tile masked and double the CTAs and partials for nothing) while (batch x query-head groups x splits) stays
- * under ~1024 CTAs, so that batch 1 still spreads over the SMs. The split size depends only on (batch, n_heads,
+ * Splits. Keys are cut in splits of split_size positions: the largest when the batch gives the GPU enough CTAs
+ * (256 for the scalar kernels, whose split's scores sit in shared memory; 1024 for the tensor-core kernels, which
+ * stream 64-key tiles, so a long split only costs registers: block size 1 caps it at 256, the block-table entries
+ * split_blocks() holds), halved down to 32 (64 for the tensor-core kernels: a 32-key split would leave half of each
+ * tile masked and double the CTAs and partials for nothing) while (batch x query-head groups x splits) stays under
+ * ~1024 CTAs, so that batch 1 still spreads over the SMs. Large batches thus take few, long splits: each CTA pays its
+ * prologue (block entries, the first tile's round trip) and its partial once per 1024 keys instead of per 256, and
+ * CTAs of splits a row does not reach (the grid is sized for max_positions) are fewer. Measured on the H100 at
+ * context 1024 (bench_gpu_attention): batch 2282 1,064 -> 943 us, 608 293 -> 263 us, 313 158 -> 152 us; 5+2043 at
+ * 16 GiB, standard map, 51,812 -> 57,230 tokens/s (2026-11-26; XLKV_DECODE_MAX_SPLIT=256 gives the old splits). The split size depends only on (batch, n_heads,
  * max_positions, dtype and head shape), all fixed for a captured graph, never on the
  * rows' lengths, so every grid below is CUDA-graph safe. Pass 1 writes one partial (max, sum of exp(score - max),
  * unnormalized accumulator) per (row, query head, split) to the workspace; a split with no visible key writes
@@ -85,7 +91,8 @@ constexpr int DECODE_THREADS = 128;
 constexpr int DECODE_WARPS = DECODE_THREADS / 32;
 constexpr int COMBINE_THREADS = 64;
 
-constexpr int DECODE_MMA_MIN_SPLIT = 64; /* one key tile of the tensor-core kernel */
+constexpr int DECODE_MMA_MIN_SPLIT = 64;   /* one key tile of the tensor-core kernel */
+constexpr int DECODE_MMA_MAX_SPLIT = 1024; /* 16 tiles: see the design note (Splits) */
 
 /* Split size for a launch: see the design note above. min_split: DECODE_MIN_SPLIT, or DECODE_MMA_MIN_SPLIT for shapes
  * the tensor-core kernel takes (the workspace is sized with DECODE_MIN_SPLIT: the most splits). */
@@ -103,30 +110,19 @@ int decode_splits(int batch, int n_heads, int max_positions, int min_split = DEC
     return max_positions <= 0 ? 1 : (max_positions + split - 1) / split;
 }
 
-/* EXPERIMENT (env, read once): XLKV_DECODE_MAX_SPLIT = the largest split of the tensor-core kernels (default
- * DECODE_SPLIT; at most DECODE_SPLIT block-table entries, split_blocks()); XLKV_DECODE_GRID=heads puts the KV heads of
- * a (row, split) in adjacent CTAs (grid.x) instead of the rows. */
-int env_int_once(const char *name, int *cache) {
-    if (*cache < 0) {
-        const char *v = getenv(name);
-        *cache = v ? atoi(v) : 0;
-    }
-    return *cache;
-}
+/* The largest split of the tensor-core kernels: DECODE_MMA_MAX_SPLIT, or XLKV_DECODE_MAX_SPLIT from the environment
+ * (read once; 64 .. 4096, for A/B measurements), halved until its block-table entries fit split_blocks() (block size
+ * 1: 256 positions). */
 int mma_max_split(int block_size) {
-    static int env = -1;
-    const int want = env_int_once("XLKV_DECODE_MAX_SPLIT", &env);
-    int split = want >= DECODE_MMA_MIN_SPLIT ? want : DECODE_SPLIT;
+    static int from_env = -1;
+    if (from_env < 0) {
+        const char *v = getenv("XLKV_DECODE_MAX_SPLIT");
+        const int n = v ? atoi(v) : 0;
+        from_env = n >= DECODE_MMA_MIN_SPLIT && n <= 4096 ? n : 0;
+    }
+    int split = from_env ? from_env : DECODE_MMA_MAX_SPLIT;
     while (split > DECODE_SPLIT && split / block_size + 1 > DECODE_SPLIT + 1) split /= 2;
     return split;
-}
-bool decode_heads_fastest(int batch) {
-    static int env = -1;
-    if (env < 0) {
-        const char *v = getenv("XLKV_DECODE_GRID");
-        env = v && !strcmp(v, "heads") ? 1 : 0;
-    }
-    return env == 1 && batch <= 65535;
 }
 
 template <typename T> struct decode_params {
@@ -137,7 +133,6 @@ template <typename T> struct decode_params {
     const T *pool;
     pool_view view;
     int n_heads, n_kv_heads, head_dim, window, mask_diagonal, read_slot, n_splits, split_size;
-    int heads_fastest; /* tensor-core kernels: grid (KV head, row, split) instead of (row, KV head, split) */
     float scale;
     float scale_log2; /* scale * log2(e): the tensor-core path works in exp2 */
     float *part_acc; /* [batch][n_heads][n_splits][head_dim] */
@@ -595,19 +590,8 @@ __device__ __forceinline__ void mma_attend_split(const decode_params<__nv_bfloat
     }
 }
 
-/* The (row, KV head) of this CTA of a tensor-core kernel's grid (see decode_params::heads_fastest). */
-__device__ __forceinline__ int grid_row(const decode_params<__nv_bfloat16> &p) {
-    return p.heads_fastest ? blockIdx.y : blockIdx.x;
-}
-__device__ __forceinline__ int grid_kv_head(const decode_params<__nv_bfloat16> &p) {
-    return p.heads_fastest ? blockIdx.x : blockIdx.y;
-}
-dim3 mma_grid(const decode_params<__nv_bfloat16> &p, int batch) {
-    return p.heads_fastest ? dim3(p.n_kv_heads, batch, p.n_splits) : dim3(batch, p.n_kv_heads, p.n_splits);
-}
-
 template <int D> __global__ void __launch_bounds__(DECODE_THREADS) decode_mma_kernel(decode_params<__nv_bfloat16> p) {
-    const int b = grid_row(p), kv_head = grid_kv_head(p);
+    const int b = blockIdx.x, kv_head = blockIdx.y;
     const int G = p.n_heads / p.n_kv_heads;
     mma_attend_split<D>(p, p.q + (size_t)b * p.q_stride + (size_t)kv_head * G * D, b, kv_head, blockIdx.z,
                         workspace_partial<D>(p, b, kv_head, blockIdx.z));
@@ -755,7 +739,8 @@ template <int D> int launch_mma(const decode_params<__nv_bfloat16> &p, int batch
         if (err != cudaSuccess) return (int)err;
         smem_limit_raised = true;
     }
-    decode_mma_kernel<D><<<mma_grid(p, batch), DECODE_THREADS, smem, stream>>>(p);
+    const dim3 grid(batch, p.n_kv_heads, p.n_splits);
+    decode_mma_kernel<D><<<grid, DECODE_THREADS, smem, stream>>>(p);
     return launch_status();
 }
 
@@ -770,15 +755,21 @@ template <> int try_mma<__nv_bfloat16>(const decode_params<__nv_bfloat16> &p, in
     return p.head_dim == 64 ? launch_mma<64>(p, batch, stream) : launch_mma<128>(p, batch, stream);
 }
 
-/* Checks the launch's arguments and fills the parameters shared by every decode kernel; 0 or cudaErrorInvalidValue. */
+/* Checks the launch's arguments and fills the parameters shared by every decode kernel; tensor_cores: the launch runs
+ * a tensor-core kernel (its split sizes). 0 or cudaErrorInvalidValue. */
+/* The arguments every decode launch needs, consistent with one another. */
+bool decode_args_ok(const xlkv_paged_kv *kv, const xlkv_attention_rule *rule, const float *workspace) {
+    return kv && rule && workspace && rule->n_heads > 0 && rule->n_kv_heads > 0 &&
+           rule->n_heads % rule->n_kv_heads == 0 && rule->head_dim > 0 &&
+           kv->kv_dim == rule->n_kv_heads * rule->head_dim && rule->read_slot >= 0 && rule->read_slot < kv->n_slots &&
+           kv->block_size > 0;
+}
+
 template <typename T>
 int make_decode_params(decode_params<T> *out, const void *q, int q_stride, int batch, const int *row_seq,
                        const int *row_pos, int max_positions, const xlkv_paged_kv *kv, const xlkv_attention_rule *rule,
-                       float *workspace) {
-    if (!kv || !rule || !workspace || rule->n_heads <= 0 || rule->n_kv_heads <= 0 ||
-        rule->n_heads % rule->n_kv_heads != 0 || rule->head_dim <= 0 || kv->kv_dim != rule->n_kv_heads * rule->head_dim ||
-        rule->read_slot < 0 || rule->read_slot >= kv->n_slots || kv->block_size <= 0)
-        return (int)cudaErrorInvalidValue;
+                       float *workspace, bool tensor_cores) {
+    if (!decode_args_ok(kv, rule, workspace)) return (int)cudaErrorInvalidValue;
     decode_params<T> p;
     p.q = (const T *)q;
     p.q_stride = q_stride;
@@ -792,14 +783,12 @@ int make_decode_params(decode_params<T> *out, const void *q, int q_stride, int b
     p.window = rule->window;
     p.mask_diagonal = rule->mask_diagonal ? 1 : 0;
     p.read_slot = rule->read_slot;
-    const bool mma_shape = std::is_same<T, __nv_bfloat16>::value &&
-                           (rule->head_dim == 64 || rule->head_dim == 128) &&
-                           rule->n_heads / rule->n_kv_heads <= MMA_MAX_GROUP;
-    const int min_split = mma_shape ? DECODE_MMA_MIN_SPLIT : DECODE_MIN_SPLIT;
-    const int max_split = mma_shape ? mma_max_split(kv->block_size) : DECODE_SPLIT;
+    /* the tensor-core kernels stream 64-key tiles: splits of 64 .. DECODE_MMA_MAX_SPLIT keys; the scalar kernels
+     * keep a split's scores in shared memory: 32 .. DECODE_SPLIT */
+    const int min_split = tensor_cores ? DECODE_MMA_MIN_SPLIT : DECODE_MIN_SPLIT;
+    const int max_split = tensor_cores ? mma_max_split(kv->block_size) : DECODE_SPLIT;
     p.split_size = decode_split_size(batch, rule->n_heads, max_positions, min_split, max_split);
     p.n_splits = decode_splits(batch, rule->n_heads, max_positions, min_split, max_split);
-    p.heads_fastest = mma_shape && decode_heads_fastest(batch);
     p.scale = 1.0f / sqrtf((float)rule->head_dim);
     p.scale_log2 = p.scale * 1.4426950408889634f;
     const size_t n_parts = (size_t)batch * rule->n_heads * p.n_splits;
@@ -817,17 +806,19 @@ int attention_decode(void *out, const void *q, int q_stride, int batch, const in
                      xlkv_cuda_decode_kernel which, cudaStream_t stream) {
     if (batch <= 0) return 0;
     if (which != XLKV_CUDA_DECODE_AUTO && which != XLKV_CUDA_DECODE_SCALAR) return (int)cudaErrorInvalidValue;
-    decode_params<T> p;
-    const int bad = make_decode_params<T>(&p, q, q_stride, batch, row_seq, row_pos, max_positions, kv, rule, workspace);
-    if (bad) return bad;
-
+    if (!decode_args_ok(kv, rule, workspace)) return (int)cudaErrorInvalidValue;
     const int group = rule->n_heads / rule->n_kv_heads;
     const bool aligned = vector_ok<T>(q, rule->head_dim, q_stride) && vector_ok<T>(kv->pool, kv->kv_dim, kv->kv_dim);
     const bool dim_ok = rule->head_dim == 64 || rule->head_dim == 128;
+    const bool tensor_cores = std::is_same<T, __nv_bfloat16>::value && which == XLKV_CUDA_DECODE_AUTO && aligned &&
+                              dim_ok && group <= MMA_MAX_GROUP;
+    decode_params<T> p;
+    const int bad = make_decode_params<T>(&p, q, q_stride, batch, row_seq, row_pos, max_positions, kv, rule, workspace,
+                                          tensor_cores);
+    if (bad) return bad;
     bool launched = false;
     int err = 0;
-    if (which == XLKV_CUDA_DECODE_AUTO && aligned && dim_ok && group <= MMA_MAX_GROUP)
-        err = try_mma<T>(p, batch, stream, &launched);
+    if (tensor_cores) err = try_mma<T>(p, batch, stream, &launched);
     if (err) return err;
     if (!launched && aligned && rule->head_dim == 64) launched = try_grouped<T, 64>(p, batch, group, stream);
     else if (!launched && aligned && rule->head_dim == 128) launched = try_grouped<T, 128>(p, batch, group, stream);
@@ -949,7 +940,7 @@ __global__ void __launch_bounds__(DECODE_THREADS) decode_fused_kernel(decode_par
     __shared__ float s_cos[HALF], s_sin[HALF];
     __shared__ int s_last;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    const int b = grid_row(p), kv_head = grid_kv_head(p), split = blockIdx.z, tid = threadIdx.x;
+    const int b = blockIdx.x, kv_head = blockIdx.y, split = blockIdx.z, tid = threadIdx.x;
     const int G = p.n_heads / p.n_kv_heads;
     /* The o product, launched as a programmatic dependent (programmatic_launches in kernels_common.cuh), may start
      * now: its CTAs stream their weights beside this launch's few CTAs and wait for this kernel's completion before
@@ -1047,7 +1038,7 @@ template <int D> int launch_fused(const decode_params<__nv_bfloat16> &p, const f
         prefer_shared_carveout(decode_fused_kernel<D>);
         carveout_set = true;
     }
-    const dim3 grid = mma_grid(p, batch);
+    const dim3 grid(batch, p.n_kv_heads, p.n_splits);
     if (programmatic_attention()) {
         cudaLaunchAttribute attribute = {};
         attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -1093,7 +1084,7 @@ int xlkv_cuda_attention_decode_fused(void *out, const void *qkv, int qkv_stride,
     if (rope_kv->write_slot >= 0 && !kv_columns_ok) return (int)cudaErrorInvalidValue;
     decode_params<__nv_bfloat16> p;
     const int bad = make_decode_params<__nv_bfloat16>(&p, qkv, qkv_stride, batch, row_seq, row_pos, max_positions, kv,
-                                                      rule, workspace);
+                                                      rule, workspace, true);
     if (bad) return bad;
     fused_extra f;
     f.qkv = (const __nv_bfloat16 *)qkv;
