@@ -116,6 +116,8 @@ typedef struct run_info {
     bool no_varlen;
     const char *gemv_chain;  /* XLKV_GEMV_CHAIN as the engine reads it ("0" when unset: separate launches) */
     const char *gemv_launch; /* XLKV_GEMV as the engine reads it ("pdl" when unset: programmatic dependents) */
+    const char *decode_attention; /* "fused" unless XLKV_DECODE_FUSED=0 ("unfused": rope_kv_write + two launches) */
+    int decode_max_split;         /* XLKV_DECODE_MAX_SPLIT as the kernels read it (0: unset, the default 1024) */
     double bandwidth;  /* bytes/s, 0 if not measured */
     double peak_flops; /* FLOP/s, 0 if not measured */
 } run_info;
@@ -403,6 +405,8 @@ static void json_begin(const run_info *ri, const char *what, const char *map, co
     char buf[64];
     fprintf(ri->out, ", \"gemv_chain\": \"%s\"", json_escape(ri->gemv_chain, buf, sizeof buf));
     fprintf(ri->out, ", \"gemv_launch\": \"%s\"", json_escape(ri->gemv_launch, buf, sizeof buf));
+    fprintf(ri->out, ", \"decode_attention\": \"%s\"", ri->decode_attention);
+    if (ri->decode_max_split) fprintf(ri->out, ", \"decode_max_split\": %d", ri->decode_max_split);
     if (map) fprintf(ri->out, ", \"map\": \"%s\", \"kv_layers\": %d", map, m->map->n_kv_layers);
 }
 
@@ -553,6 +557,10 @@ int main(int argc, char **argv) {
     ri.gemv_chain = gemv_chain && *gemv_chain ? gemv_chain : "0";
     const char *gemv_launch = getenv("XLKV_GEMV"); /* the products as programmatic dependents or not (A/B) */
     ri.gemv_launch = gemv_launch && *gemv_launch ? gemv_launch : "pdl";
+    const char *decode_fused = getenv("XLKV_DECODE_FUSED"); /* the decode attention in one launch or three (A/B) */
+    ri.decode_attention = decode_fused && !strcmp(decode_fused, "0") ? "unfused" : "fused";
+    const char *max_split = getenv("XLKV_DECODE_MAX_SPLIT"); /* the decode attention's longest split (A/B) */
+    ri.decode_max_split = max_split ? atoi(max_split) : 0;
     size_t device_free = 0, device_total = 0;
     const bool on_cuda = !strcmp(o.device, "cuda");
     if (on_cuda) {

@@ -151,6 +151,12 @@ static double kernels_difference(const attention_case *c) {
     return worst;
 }
 
+/* XLKV_DECODE_MAX_SPLIT as the tensor-core kernels read it (0: unset, their default of 1024 keys) */
+static int max_split_env(void) {
+    const char *v = getenv("XLKV_DECODE_MAX_SPLIT");
+    return v ? atoi(v) : 0;
+}
+
 static void run_case(int batch, int context, FILE *out, const char *commit, const char *machine, const char *date,
                      cudaStream_t stream) {
     attention_case c = {.batch = batch, .context = context, .stream = stream};
@@ -197,9 +203,10 @@ static void run_case(int batch, int context, FILE *out, const char *commit, cons
                     "{\"bench\": \"gpu_attention\", \"what\": \"decode_attention\", \"shape\": \"tinyllama\", "
                     "\"kernel\": \"%s\", \"batch\": %d, \"context\": %d, \"block_size\": %d, \"us\": %.2f, "
                     "\"us_single_launch\": %.2f, \"kv_bytes\": %.0f, \"bytes_per_s\": %.4e, "
-                    "\"max_abs_diff_vs_scalar\": %.3e, \"commit\": \"%s\", \"machine\": \"%s\", \"date\": \"%s\"}\n",
+                    "\"max_abs_diff_vs_scalar\": %.3e, \"decode_max_split\": %d, \"commit\": \"%s\", "
+                    "\"machine\": \"%s\", \"date\": \"%s\"}\n",
                     kernels[k].name, batch, context, BLOCK, burst_ms[k] * 1e3, single_ms[k] * 1e3, kv_bytes,
-                    kv_bytes / (burst_ms[k] * 1e-3), diff, commit, machine, date);
+                    kv_bytes / (burst_ms[k] * 1e-3), diff, max_split_env(), commit, machine, date);
     }
     fflush(stdout);
     if (out) fflush(out);
