@@ -20,10 +20,10 @@
  * epilogue; the logits product takes the final RMSNorm as its input. Every fused step rounds where the unfused
  * sequence stores, so both give the same bits (tests/cuda/test_cuda_engine.c checks it). fp32 and larger n keep the
  * separate kernels and cuBLAS. RoPE on the queries and kv_write are one launch on every path.
- * Decode rows (n <= 8, bf16, the tensor-core attention shapes) go further: RoPE, the K/V write and the split-K
- * attention with its combine are ONE launch (xlkv_cuda_attention_decode_fused, kernels_attention_decode.cu), five
- * launches per layer; params.cuda_unfused or cuda_unfused_decode_attention (XLKV_DECODE_FUSED=0) keep rope_kv_write +
- * the two-launch attention. Both give the same bits.
+ * Decode rows of any batch (bf16, the tensor-core attention shapes) go further: RoPE, the K/V write and the split-K
+ * attention with its combine are ONE launch (xlkv_cuda_attention_decode_fused, kernels_attention_decode.cu): five
+ * launches per layer for few rows; params.cuda_unfused or cuda_unfused_decode_attention (XLKV_DECODE_FUSED=0) keep
+ * rope_kv_write + the two-launch attention. Both give the same bits.
  * The products are launched as programmatic dependents (kernels_common.cuh, programmatic_launches; XLKV_GEMV=plain
  * turns it off): each launch and its CTAs' first weight loads overlap the kernel before it, the fused attention's
  * few CTAs included (it lets the next kernel start at once). Optionally (xlkv_cuda_gemv_chain, kernels_gemv_chain.cu) the MLP half of a fused layer (o, gate|up,
@@ -140,8 +140,8 @@ static xlkv_status run_attention(xlkv_cuda_engine *e, const xlkv_attention_rule 
 }
 
 /* True when decode rows run RoPE, the K/V write and the attention as one launch (xlkv_cuda_attention_decode_fused):
- * bf16, the tensor-core shapes, n <= 8 rows, unless params.cuda_unfused or cuda_unfused_decode_attention
- * (XLKV_DECODE_FUSED=0) keep the three launches. */
+ * bf16, the tensor-core shapes, any n up to the buffers' decode rows, unless params.cuda_unfused or
+ * cuda_unfused_decode_attention (XLKV_DECODE_FUSED=0) keep the three launches. */
 static bool decode_attention_fused(const xlkv_cuda_engine *e, int n, const xlkv_attention_rule *rule,
                                    const xlkv_paged_kv *kv) {
     return !e->params.cuda_unfused && !e->params.cuda_unfused_decode_attention && n <= e->buf.shape.decode_rows &&
