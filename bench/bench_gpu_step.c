@@ -2,8 +2,8 @@
  * Times, with CUDA events (median of 20 after warm-up), each launch a decode step of B rows makes per layer (the cuBLAS
  * products at their fused shapes, the elementwise kernels, kv_write and the split-K decode attention over L visible
  * positions through a paged pool; then rope_kv_write + that attention against the one fused launch the engine runs
- * for decode rows, xlkv_cuda_attention_decode_fused), and reports achieved bandwidth / FLOP rate against the device's. For B <=
- * XLKV_CUDA_GEMV_MAX_ROWS it also times the fused few-row path the engine takes (cuda_executor.c): the four products
+ * for decode rows, xlkv_cuda_attention_decode_fused), and reports achieved bandwidth / FLOP rate against the
+ * device's. For B <= XLKV_CUDA_GEMV_MAX_ROWS it also times the fused few-row path the engine takes (cuda_executor.c): the four products
  * with their fused input / epilogue, rope_kv_write, rope_kv_write + the decode attention (three launches) against the
  * one fused launch that replaces them (xlkv_cuda_attention_decode_fused), the fused logits product and the chunked
  * sampler, each alone, and then a whole decode step (22 layers with their own weights, attention included, logits,

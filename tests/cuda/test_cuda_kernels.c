@@ -1834,8 +1834,8 @@ static void attention_decode_fused_matches_unfused(void **state) {
                 failures += run_fused_case(&c, (int)ri + batch);
                 cases++;
             }
-    /* batches of the throughput protocol's kind: 40 rows (128-key splits) and 300 rows (256-key splits), many
-     * (row, KV head) counters at once; full and windowed + masked, both head sizes */
+    /* larger batches, many (row, KV head) counters at once: 40 rows (64-key splits) and 300 rows (one 1024-key
+     * split; two of 512 keys at head_dim 128, 2 KV heads); full and windowed + masked, both head sizes */
     const int big_rules[] = {0, 3};
     for (size_t si = 0; si < 4; si += 3)
         for (int bi = 0; bi < 2; bi++)

@@ -8,11 +8,12 @@
  * tile masked and double the CTAs and partials for nothing) while (batch x query-head groups x splits) stays under
  * ~1024 CTAs, so that batch 1 still spreads over the SMs. Large batches thus take few, long splits: each CTA pays its
  * prologue (block entries, the first tile's round trip) and its partial once per 1024 keys instead of per 256, and
- * CTAs of splits a row does not reach (the grid is sized for max_positions) are fewer. Measured on the H100 at
- * context 1024 (bench_gpu_attention): batch 2282 1,064 -> 943 us, 608 293 -> 263 us, 313 158 -> 152 us; 5+2043 at
- * 16 GiB, standard map, 51,812 -> 57,230 tokens/s (2026-11-26; XLKV_DECODE_MAX_SPLIT=256 gives the old splits). The split size depends only on (batch, n_heads,
- * max_positions, dtype and head shape), all fixed for a captured graph, never on the
- * rows' lengths, so every grid below is CUDA-graph safe. Pass 1 writes one partial (max, sum of exp(score - max),
+ * CTAs of splits a row does not reach (the grid is sized for max_positions) are fewer. Measured on the H100
+ * (bench_gpu_attention, 2026-11-26): batch 608 at context 1024 291.5 -> 262.2 us, at 2048 561.7 -> 499.1 us,
+ * batch 2282 at 1024 1,064 -> 943 us; batches 1 and 64 unchanged. XLKV_DECODE_MAX_SPLIT=256 gives the old splits
+ * (docs/CUDA.md has the engine's figures). The split size depends only on (batch, n_heads, max_positions, block
+ * size, dtype and head shape), all fixed for a captured graph, never on the rows' lengths, so every grid below is
+ * CUDA-graph safe. Pass 1 writes one partial (max, sum of exp(score - max),
  * unnormalized accumulator) per (row, query head, split) to the workspace; a split with no visible key writes
  * max = -inf. Pass 2 (combine): one CTA per (row, query head) rescales and sums the partials; a row with nothing
  * visible (masked diagonal at position 0, a window past everything, a padding row with seq < 0) gets zeros.
@@ -39,9 +40,9 @@
  * Fused decode (xlkv_cuda_attention_decode_fused: bf16, the tensor-core shapes, any batch; what the engine runs for
  * decode rows): rope_kv_write, pass 1 and pass 2 in ONE launch over the same grid as the tensor-core pass 1, since
  * each kernel of a graph costs ~3-5 us of ramp and tail beside ~0.5 MB of KV at batch 1, and at large batches the
- * combine pass re-reads every partial from DRAM after pass 1 (the last CTA of a (row, KV head) finds them in L2). It is launched as a
- * programmatic dependent of the qkv product (programmatic_attention in kernels_common.cuh; XLKV_ATTN_PDL=0 or
- * XLKV_GEMV=plain launch it normally, same bits), so a CTA (row, KV head, split)
+ * combine pass re-reads every partial after pass 1 (the last CTA of a (row, KV head) finds them in L2). It is
+ * launched as a programmatic dependent of the qkv product (programmatic_attention in kernels_common.cuh;
+ * XLKV_ATTN_PDL=0 or XLKV_GEMV=plain launch it normally, same bits), so a CTA (row, KV head, split)
  *   0. before it waits for that product, does what does not depend on it: decides its role (attend: a split holding
  *      a key the row sees; write: the split owning the row's position t, t / split_size clamped to the last split,
  *      in a layer with KV; zero-fill: split 0 of a row that sees nothing; CTAs with none stop here: most of them at
@@ -111,14 +112,14 @@ int decode_splits(int batch, int n_heads, int max_positions, int min_split = DEC
 }
 
 /* The largest split of the tensor-core kernels: DECODE_MMA_MAX_SPLIT, or XLKV_DECODE_MAX_SPLIT from the environment
- * (read once; 64 .. 4096, for A/B measurements), halved until its block-table entries fit split_blocks() (block size
- * 1: 256 positions). */
+ * (read once; a power of two from 64 to 4096, for A/B measurements; anything else is ignored), halved until its
+ * block-table entries fit split_blocks() (block size 1: 256 positions). */
 int mma_max_split(int block_size) {
     static int from_env = -1;
     if (from_env < 0) {
         const char *v = getenv("XLKV_DECODE_MAX_SPLIT");
         const int n = v ? atoi(v) : 0;
-        from_env = n >= DECODE_MMA_MIN_SPLIT && n <= 4096 ? n : 0;
+        from_env = n >= DECODE_MMA_MIN_SPLIT && n <= 4096 && (n & (n - 1)) == 0 ? n : 0;
     }
     int split = from_env ? from_env : DECODE_MMA_MAX_SPLIT;
     while (split > DECODE_SPLIT && split / block_size + 1 > DECODE_SPLIT + 1) split /= 2;
@@ -755,8 +756,6 @@ template <> int try_mma<__nv_bfloat16>(const decode_params<__nv_bfloat16> &p, in
     return p.head_dim == 64 ? launch_mma<64>(p, batch, stream) : launch_mma<128>(p, batch, stream);
 }
 
-/* Checks the launch's arguments and fills the parameters shared by every decode kernel; tensor_cores: the launch runs
- * a tensor-core kernel (its split sizes). 0 or cudaErrorInvalidValue. */
 /* The arguments every decode launch needs, consistent with one another. */
 bool decode_args_ok(const xlkv_paged_kv *kv, const xlkv_attention_rule *rule, const float *workspace) {
     return kv && rule && workspace && rule->n_heads > 0 && rule->n_kv_heads > 0 &&
@@ -765,6 +764,8 @@ bool decode_args_ok(const xlkv_paged_kv *kv, const xlkv_attention_rule *rule, co
            kv->block_size > 0;
 }
 
+/* Checks the launch's arguments and fills the parameters shared by every decode kernel; tensor_cores: the launch runs
+ * a tensor-core kernel (its split sizes). 0 or cudaErrorInvalidValue. */
 template <typename T>
 int make_decode_params(decode_params<T> *out, const void *q, int q_stride, int batch, const int *row_seq,
                        const int *row_pos, int max_positions, const xlkv_paged_kv *kv, const xlkv_attention_rule *rule,
