@@ -3,7 +3,10 @@
  * products at their fused shapes, the elementwise kernels, kv_write and the split-K decode attention over L visible
  * positions through a paged pool; then rope_kv_write + that attention against the one fused launch the engine runs
  * for decode rows, xlkv_cuda_attention_decode_fused), and reports achieved bandwidth / FLOP rate against the
- * device's. For B <= XLKV_CUDA_GEMV_MAX_ROWS it also times the fused few-row path the engine takes (cuda_executor.c): the four products
+ * device's. For B >= 64 it then times 22 layers of (fused attention + the four products) three ways: all rows on one
+ * stream (the engine), two half-batches one after the other, and the two halves on two streams half a layer apart,
+ * so that one half's memory-bound attention can run beside the other's compute-bound products (bench_overlap). For B <=
+ * XLKV_CUDA_GEMV_MAX_ROWS it also times the fused few-row path the engine takes (cuda_executor.c): the four products
  * with their fused input / epilogue, rope_kv_write, rope_kv_write + the decode attention (three launches) against the
  * one fused launch that replaces them (xlkv_cuda_attention_decode_fused), the fused logits product and the chunked
  * sampler, each alone, and then a whole decode step (22 layers with their own weights, attention included, logits,
@@ -388,6 +391,118 @@ static void bench_fused(step_ctx *c) {
     if (unsetenv("XLKV_GEMV") != 0) exit(1);
 }
 
+/* ---- large batches: one half-batch's attention beside the other half's products (two streams) ----
+ * A lane = rows [row0, row0 + n) with its own stream, cuBLAS handle, qkv / output buffer and attention workspace: a
+ * layer is the fused decode attention of its rows, then the four products (qkv, o, gate|up, down) of its rows. */
+typedef struct half_lane {
+    cudaStream_t stream;
+    xlkv_cuda_gemm gemm;
+    int row0, n;
+    void *big;        /* the lane's qkv rows (stride 2560) and products' outputs */
+    float *workspace; /* the lane's decode attention partials */
+} half_lane;
+
+static void lane_attention(step_ctx *c, half_lane *l) {
+    const xlkv_attention_rule rule = {HEADS, KV_HEADS, HEAD_DIM, 0, 0, 0};
+    const xlkv_cuda_decode_rope_kv rope_kv = {.cos_table = c->cos_t, .sin_table = c->sin_t, .write_slot = 0,
+                                              .k_col = HEADS * HEAD_DIM, .v_col = HEADS * HEAD_DIM + 256};
+    check_rc(xlkv_cuda_attention_decode_fused((char *)c->y + (size_t)l->row0 * HEADS * HEAD_DIM * 2, l->big, 2560, l->n,
+                                              c->row_seq + l->row0, c->row_pos + l->row0, c->context + 16, &c->kv,
+                                              &rule, &rope_kv, l->workspace,
+                                              c->attn_counters + (size_t)l->row0 * KV_HEADS, XLKV_DTYPE_BF16,
+                                              l->stream),
+             "lane attention");
+}
+static void lane_products(step_ctx *c, half_lane *l) {
+    const struct { const void *w; int in, out; } p[4] = {
+        {c->w_qkv, DIM, 2560}, {c->w_o, DIM, DIM}, {c->w_gu, DIM, 2 * FFN}, {c->w_down, FFN, DIM}};
+    for (int g = 0; g < 4; g++)
+        if (xlkv_cuda_linear(&l->gemm, l->big, (const char *)c->x + (size_t)l->row0 * p[g].in * 2, p[g].w, l->n,
+                             p[g].in, p[g].out) != XLKV_OK)
+            exit(1);
+}
+
+typedef struct overlap_ctx {
+    step_ctx *c;
+    half_lane all, a, b; /* all rows on the main stream; the halves: a on the main stream, b on the second */
+    cudaEvent_t fork, a_first, b_done;
+} overlap_ctx;
+
+/* 22 layers of all rows on one stream: what the engine runs */
+static void run_layers_one_stream(void *p) {
+    overlap_ctx *o = p;
+    for (int layer = 0; layer < LAYERS; layer++) {
+        lane_attention(o->c, &o->all);
+        lane_products(o->c, &o->all);
+    }
+}
+/* 22 layers of each half, both on the main stream, one half after the other (the cost of halving the products) */
+static void run_halves_one_stream(void *p) {
+    overlap_ctx *o = p;
+    half_lane a = o->a, b = o->b;
+    b.stream = a.stream;
+    b.gemm = a.gemm;
+    for (int layer = 0; layer < LAYERS; layer++) {
+        lane_attention(o->c, &a);
+        lane_products(o->c, &a);
+        lane_attention(o->c, &b);
+        lane_products(o->c, &b);
+    }
+}
+/* 22 layers of each half on its own stream, b half a layer behind a (it starts once a's first attention is done),
+ * launched interleaved: a's attention can run beside b's products and the other way round */
+static void run_halves_two_streams(void *p) {
+    overlap_ctx *o = p;
+    check(cudaEventRecord(o->fork, o->a.stream), "fork");
+    check(cudaStreamWaitEvent(o->b.stream, o->fork, 0), "fork");
+    for (int layer = 0; layer < LAYERS; layer++) {
+        lane_attention(o->c, &o->a);
+        if (layer == 0) {
+            check(cudaEventRecord(o->a_first, o->a.stream), "a first");
+            check(cudaStreamWaitEvent(o->b.stream, o->a_first, 0), "a first");
+        }
+        lane_attention(o->c, &o->b);
+        lane_products(o->c, &o->a);
+        lane_products(o->c, &o->b);
+    }
+    check(cudaEventRecord(o->b_done, o->b.stream), "join");
+    check(cudaStreamWaitEvent(o->a.stream, o->b_done, 0), "join");
+}
+
+/* Prints the three timings (per layer) for this batch: whether running the memory-bound attention of one half beside
+ * the compute-bound products of the other could shorten a large-batch step. */
+static void bench_overlap(step_ctx *c) {
+    overlap_ctx o = {.c = c};
+    const int h = c->batch / 2;
+    const size_t ws = xlkv_cuda_attention_decode_workspace(c->batch, HEADS, HEAD_DIM, c->context + 16);
+    o.all = (half_lane){.stream = c->stream, .gemm = c->gemm, .row0 = 0, .n = c->batch, .big = c->big,
+                        .workspace = c->workspace};
+    o.a = (half_lane){.stream = c->stream, .gemm = c->gemm, .row0 = 0, .n = h, .big = c->big,
+                      .workspace = c->workspace};
+    o.b = (half_lane){.row0 = h, .n = c->batch - h};
+    check(cudaStreamCreateWithFlags(&o.b.stream, cudaStreamNonBlocking), "stream");
+    if (xlkv_cuda_gemm_init(&o.b.gemm, XLKV_DTYPE_BF16, o.b.stream) != XLKV_OK) exit(1);
+    o.b.big = device_random((size_t)c->batch * 2 * FFN * 2);
+    check(cudaMalloc((void **)&o.b.workspace, ws * sizeof(float)), "workspace");
+    check(cudaEventCreateWithFlags(&o.fork, cudaEventDisableTiming), "event");
+    check(cudaEventCreateWithFlags(&o.a_first, cudaEventDisableTiming), "event");
+    check(cudaEventCreateWithFlags(&o.b_done, cudaEventDisableTiming), "event");
+    const double one = time_ms(run_layers_one_stream, &o, c->stream) * 1e3 / LAYERS;
+    const double halves = time_ms(run_halves_one_stream, &o, c->stream) * 1e3 / LAYERS;
+    const double two = time_ms(run_halves_two_streams, &o, c->stream) * 1e3 / LAYERS;
+    printf("overlap, 22 layers of fused attention + 4 products, per layer: all %d rows on one stream %.1f us; two "
+           "halves of %d / %d rows one after the other %.1f us; the halves on two streams, half a layer apart, %.1f us "
+           "(x%.2f against one stream)\n",
+           c->batch, one, h, c->batch - h, halves, two, one / two);
+    xlkv_cuda_gemm_free(&o.b.gemm);
+    cudaFree(o.b.big);
+    cudaFree(o.b.workspace);
+    cudaEventDestroy(o.fork);
+    cudaEventDestroy(o.a_first);
+    cudaEventDestroy(o.b_done);
+    cudaStreamDestroy(o.b.stream);
+}
+
 int main(int argc, char **argv) {
     int batch = 608, context = 768;
     for (int i = 1; i + 1 < argc; i += 2) {
@@ -489,6 +604,7 @@ int main(int argc, char **argv) {
     printf("sum of pieces: %.1f us per layer, %.2f ms per step (rope and launch gaps not counted)\n", layer_us,
            step_us / 1e3);
     if (batch <= XLKV_CUDA_GEMV_MAX_ROWS) bench_fused(&c);
+    if (batch >= 64) bench_overlap(&c);
     return 0;
 }
 #else
