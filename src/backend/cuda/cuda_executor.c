@@ -55,9 +55,21 @@ static xlkv_status gemv_status(int err, const char *what) {
     return XLKV_OK;
 }
 
+/* EXPERIMENT: the most rows the few-row products take (XLKV_GEMV_MAX_ROWS, read once; default
+ * XLKV_CUDA_GEMV_MAX_ROWS); more rows go to cuBLAS. */
+static int few_rows_limit(void) {
+    static int limit = -1;
+    if (limit < 0) {
+        const char *v = getenv("XLKV_GEMV_MAX_ROWS");
+        limit = v ? atoi(v) : XLKV_CUDA_GEMV_MAX_ROWS;
+        if (limit < 0) limit = 0;
+    }
+    return limit;
+}
+
 /* True when the layer's four products run fused for n rows (bf16, few rows, shapes the fused kernel takes). */
 static bool layer_runs_fused(const xlkv_cuda_engine *e, int layer, int n) {
-    if (e->params.cuda_unfused || e->dt != XLKV_DTYPE_BF16) return false;
+    if (e->params.cuda_unfused || e->dt != XLKV_DTYPE_BF16 || n > few_rows_limit()) return false;
     const xlkv_hparams *hp = &e->model->hp;
     const xlkv_cuda_layer_weights *w = &e->weights.layers[layer];
     const xlkv_cuda_buffers *b = &e->buf;
@@ -316,7 +328,7 @@ static xlkv_status logits_of(xlkv_cuda_engine *e, const void *x, int n_rows, flo
     const xlkv_hparams *hp = &e->model->hp;
     const xlkv_cuda_gemv_input norm = {.kind = XLKV_GEMV_INPUT_RMSNORM, .gain = e->weights.output_norm,
                                        .eps = hp->norm_eps};
-    if (!e->params.cuda_unfused &&
+    if (!e->params.cuda_unfused && n_rows <= few_rows_limit() &&
         xlkv_cuda_gemv_input_supported(n_rows, hp->dim, x, &norm, e->weights.output, e->dt))
         return gemv_status(xlkv_cuda_gemv_fused(out, 1, 0, x, &norm, e->weights.output, n_rows, hp->dim,
                                                 hp->vocab_size, e->dt, e->stream),
