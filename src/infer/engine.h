@@ -55,6 +55,10 @@ typedef struct xlkv_engine_params {
     bool cuda_unfused_decode_attention; /* CUDA: decode rows keep rope_kv_write + the two-launch decode attention
                                   instead of the one fused launch (A/B timing; also the environment
                                   XLKV_DECODE_FUSED=0; cuda_unfused implies it); default false */
+    int cuda_few_rows_max;     /* CUDA bf16: passes of at most this many rows run the fused few-row products (1 .. 8,
+                                  the kernels' limit; larger values are taken as 8); larger passes take cuBLAS. 0 = the
+                                  default, 4 (cuBLAS is faster from 5 rows on: docs/CUDA.md); -1 = cuBLAS for every
+                                  pass; also the environment XLKV_GEMV_MAX_ROWS (A/B timing) */
 } xlkv_engine_params;
 
 /* device "cpu", dtype AUTO, max_batch 1, n_ctx 0, block_size 16, pools 0, iterations 0, prefill AUTO, threads 0,

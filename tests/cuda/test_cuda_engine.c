@@ -739,10 +739,12 @@ static void graphs_on_equals_off(void **state) {
 
 /* ---- (h) fused few-row passes equal the separate kernels ------------------------------------------------------- */
 
-/* bf16 passes of <= 8 rows run the fused products (cuda_executor.c) and the chunked sampler; params.cuda_unfused runs
- * the separate kernels. Both round where the other stores, so logits must be bit-identical (prefill chunks of 1..8
- * tokens take the fused path, 12 tokens the unfused one in both engines) and the generated streams (greedy,
- * penalized and sampled rows, batches of 1 and 6) the same, on maps with and without sharing and a cyclic map. */
+/* bf16 passes of <= params.cuda_few_rows_max rows run the fused products (cuda_executor.c), of <= 8 the chunked
+ * sampler; params.cuda_unfused runs the separate kernels. Both round where the other stores, so logits must be
+ * bit-identical (with cuda_few_rows_max 8, the kernels' limit, prefill chunks of 1..8 tokens take the fused path, 12
+ * tokens the unfused one in both engines) and the generated streams (greedy, penalized and sampled rows, batches of
+ * 1 and 6) the same, on maps with and without sharing and a cyclic map. The default limit (4) is checked too: its
+ * 6-row passes take cuBLAS, its logits equal the others. */
 static void fused_equals_unfused_bf16(void **state) {
     (void)state;
     const char *const maps[] = {"standard", "cla:2", "lckv:1", "0s_1_2s_3"};
@@ -754,16 +756,23 @@ static void fused_equals_unfused_bf16(void **state) {
     for (size_t m = 0; m < sizeof maps / sizeof maps[0]; m++) {
         xlkv_model *model = tu_random_model(maps[m], &hp, 13 + m);
         xlkv_engine_params p = engine_params(XLKV_ENGINE_BF16, 8);
+        float *by_default = gpu_logits(model, &p, tokens, chunks, 8); /* chunks of 5 and 8 take cuBLAS */
+        p.cuda_few_rows_max = 8; /* the few-row kernels' limit: every chunk up to 8 rows fused */
         float *fused = gpu_logits(model, &p, tokens, chunks, 8);
         p.cuda_unfused = true;
         float *unfused = gpu_logits(model, &p, tokens, chunks, 8);
         const size_t n = (size_t)N_TOTAL * (size_t)hp.vocab_size;
-        size_t differ = 0;
+        size_t differ = 0, differ_default = 0;
         for (size_t i = 0; i < n; i++) differ += memcmp(&fused[i], &unfused[i], sizeof(float)) != 0;
+        for (size_t i = 0; i < n; i++) differ_default += memcmp(&by_default[i], &unfused[i], sizeof(float)) != 0;
         char what[96];
         snprintf(what, sizeof what, "(h) bf16 logits fused vs unfused, chunks 5,1,1,8,12,1x3, %s", maps[m]);
         printf("check %-58s %zu of %zu differ, max |diff| %.3g\n", what, differ, n, tu_max_abs_diff(fused, unfused, n));
         if (differ) fail_msg("%s: %zu logits differ", what, differ);
+        snprintf(what, sizeof what, "(h) bf16 logits default few-row limit vs unfused, %s", maps[m]);
+        printf("check %-58s %zu of %zu differ\n", what, differ_default, n);
+        if (differ_default) fail_msg("%s: %zu logits differ", what, differ_default);
+        free(by_default);
         free(fused);
         free(unfused);
 

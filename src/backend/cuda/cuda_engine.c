@@ -61,6 +61,11 @@ static xlkv_status resolve_params(xlkv_cuda_engine *e, const xlkv_engine_params 
     if (varlen && strcmp(varlen, "0") == 0) p.cuda_no_varlen = true;
     const char *fused_attention = getenv("XLKV_DECODE_FUSED"); /* "0": the three-launch decode attention (A/B) */
     if (fused_attention && strcmp(fused_attention, "0") == 0) p.cuda_unfused_decode_attention = true;
+    const char *few_rows = getenv("XLKV_GEMV_MAX_ROWS"); /* the most rows of a fused few-row pass (A/B) */
+    if (few_rows) p.cuda_few_rows_max = atoi(few_rows) > 0 ? atoi(few_rows) : -1;
+    if (p.cuda_few_rows_max == 0) p.cuda_few_rows_max = XLKV_CUDA_FEW_ROWS_DEFAULT;
+    if (p.cuda_few_rows_max < 0) p.cuda_few_rows_max = 0;
+    if (p.cuda_few_rows_max > XLKV_CUDA_GEMV_MAX_ROWS) p.cuda_few_rows_max = XLKV_CUDA_GEMV_MAX_ROWS;
     e->params = p;
     e->dt = p.dtype == XLKV_ENGINE_BF16 ? XLKV_DTYPE_BF16 : XLKV_DTYPE_F32;
     e->elem_bytes = xlkv_cuda_dtype_bytes(e->dt);

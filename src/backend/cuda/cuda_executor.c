@@ -13,7 +13,8 @@
  * table row and position, so the products, norms, RoPE and KV writes run once over all rows; the attention runs once
  * per sequence (segment) on that sequence's rows, so no row sees another sequence's keys.
  *
- * Few rows in bf16 (n <= XLKV_CUDA_GEMV_MAX_ROWS, unless params.cuda_unfused): the layer runs as six launches with the
+ * Few rows in bf16 (n <= params.cuda_few_rows_max: 4 by default, at most XLKV_CUDA_GEMV_MAX_ROWS = 8; unless
+ * params.cuda_unfused): the layer runs as six launches with the
  * row-wise steps fused into the products (kernels_gemv.cu): qkv product with the attention RMSNorm of x as its input
  * -> rope_kv_write -> attention -> o-proj with the residual add as its epilogue (x += o) -> gate|up product with the
  * FFN RMSNorm of x as its input -> down product with SwiGLU of gate|up as its input and the residual add as its
@@ -55,21 +56,9 @@ static xlkv_status gemv_status(int err, const char *what) {
     return XLKV_OK;
 }
 
-/* EXPERIMENT: the most rows the few-row products take (XLKV_GEMV_MAX_ROWS, read once; default
- * XLKV_CUDA_GEMV_MAX_ROWS); more rows go to cuBLAS. */
-static int few_rows_limit(void) {
-    static int limit = -1;
-    if (limit < 0) {
-        const char *v = getenv("XLKV_GEMV_MAX_ROWS");
-        limit = v ? atoi(v) : XLKV_CUDA_GEMV_MAX_ROWS;
-        if (limit < 0) limit = 0;
-    }
-    return limit;
-}
-
 /* True when the layer's four products run fused for n rows (bf16, few rows, shapes the fused kernel takes). */
 static bool layer_runs_fused(const xlkv_cuda_engine *e, int layer, int n) {
-    if (e->params.cuda_unfused || e->dt != XLKV_DTYPE_BF16 || n > few_rows_limit()) return false;
+    if (e->params.cuda_unfused || e->dt != XLKV_DTYPE_BF16 || n > e->params.cuda_few_rows_max) return false;
     const xlkv_hparams *hp = &e->model->hp;
     const xlkv_cuda_layer_weights *w = &e->weights.layers[layer];
     const xlkv_cuda_buffers *b = &e->buf;
@@ -328,7 +317,7 @@ static xlkv_status logits_of(xlkv_cuda_engine *e, const void *x, int n_rows, flo
     const xlkv_hparams *hp = &e->model->hp;
     const xlkv_cuda_gemv_input norm = {.kind = XLKV_GEMV_INPUT_RMSNORM, .gain = e->weights.output_norm,
                                        .eps = hp->norm_eps};
-    if (!e->params.cuda_unfused && n_rows <= few_rows_limit() &&
+    if (!e->params.cuda_unfused && n_rows <= e->params.cuda_few_rows_max &&
         xlkv_cuda_gemv_input_supported(n_rows, hp->dim, x, &norm, e->weights.output, e->dt))
         return gemv_status(xlkv_cuda_gemv_fused(out, 1, 0, x, &norm, e->weights.output, n_rows, hp->dim,
                                                 hp->vocab_size, e->dt, e->stream),
