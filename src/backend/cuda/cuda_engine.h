@@ -20,9 +20,9 @@
 
 /* The most rows a bf16 pass runs through the fused few-row products by default (params.cuda_few_rows_max 0); larger
  * passes take cuBLAS. Measured on the H100 (512+512, tinyllama shape, standard map; bench/results/
- * few-rows-h100-ROWSREV.log), tokens/s fused / cuBLAS: 2 rows 1,660 / 1,440, 4 rows 2,590 / 2,490, 5 rows
- * 2,765 / 2,845, 6 rows 2,958 / 3,180, 8 rows 3,296 / 3,815: the few-row kernels stream the weights once for all
- * rows, but their per-row work grows with the rows while cuBLAS's tiles absorb them. */
+ * few-rows-h100-64722f3.log), tokens/s fused / cuBLAS: 2 rows 1,660 / 1,440, 4 rows 2,590 / 2,490, 5 rows
+ * 2,765 / 2,845, 6 rows 2,958 / 3,180, 8 rows 3,296 / 3,815 (why the few-row kernels fall behind from 5 rows on was
+ * not profiled). */
 enum { XLKV_CUDA_FEW_ROWS_DEFAULT = 4 };
 
 typedef enum xlkv_cuda_seq_state {
