@@ -14,8 +14,8 @@
  * per sequence (segment) on that sequence's rows, so no row sees another sequence's keys.
  *
  * Few rows in bf16 (n <= params.cuda_few_rows_max: 4 by default, at most XLKV_CUDA_GEMV_MAX_ROWS = 8; unless
- * params.cuda_unfused): the layer runs as six launches with the
- * row-wise steps fused into the products (kernels_gemv.cu): qkv product with the attention RMSNorm of x as its input
+ * params.cuda_unfused): the layer runs as six launches with the row-wise steps fused into the products
+ * (kernels_gemv.cu): qkv product with the attention RMSNorm of x as its input
  * -> rope_kv_write -> attention -> o-proj with the residual add as its epilogue (x += o) -> gate|up product with the
  * FFN RMSNorm of x as its input -> down product with SwiGLU of gate|up as its input and the residual add as its
  * epilogue; the logits product takes the final RMSNorm as its input. Every fused step rounds where the unfused
